@@ -1,0 +1,1 @@
+//! assim-reliable
