@@ -1,1 +1,119 @@
-fn main() {}
+//! `assim`: the operator's command line.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use assim::client::{Client, format_event, print_status};
+use assim::settings::{CmaCommand, CmaFlags, NanoprobeFlags};
+use clap::{Parser, Subcommand};
+
+/// assim: hyperscale host and service monitoring.
+///
+/// Examples:
+///   assim demo                  start a CMA and 8 nanoprobes locally and show failure detection
+///   assim status                the table of nodes from a running CMA
+///   assim events --follow       stream events as they happen
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    /// The CMA's HTTP API.
+    #[arg(long, env = "ASSIM_API", default_value = "http://127.0.0.1:1985")]
+    api: String,
+    /// Bearer token for the API (needed when the CMA's API is not on loopback).
+    #[arg(long, env = "ASSIM_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show every node: state, since when, ring neighbours, version.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List events (host.up, host.suspect, host.down, host.left, path.suspect, ring.changed).
+    Events {
+        /// Only events after this id.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// At most this many (without --follow).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Keep waiting for new events.
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a CMA and nanoprobes on loopback, crash one, stop one, restart one, and narrate.
+    Demo {
+        /// How many nanoprobes.
+        #[arg(long, default_value_t = 8)]
+        nodes: usize,
+        /// Keep the working directory (data and logs) afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Run the CMA (same as the `cma` binary).
+    Cma {
+        #[command(flatten)]
+        flags: CmaFlags,
+        #[command(subcommand)]
+        command: Option<CmaCommand>,
+    },
+    /// Run a nanoprobe (same as the `nanoprobe` binary).
+    Nanoprobe {
+        #[command(flatten)]
+        flags: NanoprobeFlags,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("assim: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::new(&cli.api, cli.api_token.clone());
+    match cli.command {
+        Command::Status { json } => {
+            let s = client.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print_status(&s);
+            }
+        }
+        Command::Events { since, limit, follow, json } => {
+            let mut cursor = since;
+            loop {
+                let batch =
+                    client.events(cursor, limit, follow.then(|| Duration::from_secs(30)))?;
+                for e in &batch {
+                    cursor = e.id;
+                    if json {
+                        println!("{}", serde_json::to_string(e).context("event to JSON")?);
+                    } else {
+                        println!("{}", format_event(e));
+                    }
+                }
+                if !follow {
+                    break;
+                }
+            }
+        }
+        Command::Demo { nodes, keep } => {
+            assim::demo::run(assim::demo::DemoOptions { nodes, keep })?
+        }
+        Command::Cma { flags, command } => assim::settings::run_cma(flags, command)?,
+        Command::Nanoprobe { flags } => assim::settings::run_nanoprobe(flags)?,
+    }
+    Ok(())
+}

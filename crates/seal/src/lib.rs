@@ -1,1 +1,26 @@
-//! assim-seal
+//! Node identities and datagram sealing for assim.
+//!
+//! This crate owns everything that makes an assim datagram trustworthy: the node's long-term
+//! identity (a node id and a static X25519 key pair kept in the data directory), the sealing and
+//! opening of datagrams with keys bound to both node identities (X25519 + HKDF-SHA256 +
+//! XChaCha20-Poly1305, the header authenticated as associated data), the per-peer replay window,
+//! the counters of everything it refused, and the join tokens that let a new nanoprobe pin the
+//! CMA's key and prove it was invited. It does no IO except [`Identity::load_or_create`], which
+//! reads and writes the two identity files.
+//!
+//! Layout:
+//! - [`identity`]: [`Identity`], its on-disk form, [`fingerprint`] and [`new_session`].
+//! - [`seal`]: [`Sealer`], the key schedule, AEAD and byte layout of a sealed datagram, and
+//!   [`OpenError`] / [`RejectCounters`].
+//! - [`replay`]: [`ReplayWindow`], the sliding anti-replay window kept per peer.
+//! - [`token`]: [`JoinToken`] (`assim1.…` strings) and enrollment proofs.
+
+pub mod identity;
+pub mod replay;
+pub mod seal;
+pub mod token;
+
+pub use identity::{Identity, IdentityError, fingerprint, new_session};
+pub use replay::ReplayWindow;
+pub use seal::{OpenError, Opened, RejectCounters, SealError, Sealer};
+pub use token::{JoinToken, TokenError, token_id_for_secret, verify_proof};

@@ -1,1 +1,26 @@
-fn main() {}
+//! `nanoprobe`: the per-host agent.
+
+use assim::settings::NanoprobeFlags;
+use clap::Parser;
+
+/// The assim nanoprobe: heartbeats the ring neighbours its CMA assigns and reports only
+/// failures and changes. Enroll once with a join token; later starts reuse the pinned CMA key.
+///
+/// Examples:
+///   nanoprobe --token assim1.…                       first start (token from `cma token create`)
+///   nanoprobe                                        later starts
+///   nanoprobe --cma 127.0.0.1:1984 --trust-on-first-use   a lab without tokens
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Cli {
+    #[command(flatten)]
+    flags: NanoprobeFlags,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = assim::settings::run_nanoprobe(cli.flags) {
+        eprintln!("nanoprobe: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,155 @@
+//! The HTTP client behind `assim status` and `assim events`.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use assim_cma::Event;
+use assim_daemon::api::StatusView;
+
+/// Talks to one CMA's HTTP API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// A client for the API at `base` (e.g. `http://127.0.0.1:1985`).
+    pub fn new(base: &str, token: Option<String>) -> Client {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(3))
+            .timeout(Duration::from_secs(90))
+            .build();
+        Client { base: base.trim_end_matches('/').to_string(), token, agent }
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<ureq::Response> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.agent.get(&url);
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        match req.call() {
+            Ok(r) => Ok(r),
+            Err(ureq::Error::Status(code, r)) => {
+                let body = r.into_string().unwrap_or_default();
+                anyhow::bail!("the CMA API at {} answered {code}: {}", self.base, body.trim())
+            }
+            Err(e) => Err(anyhow::anyhow!(e)).with_context(|| {
+                format!(
+                    "cannot reach the CMA API at {} (is `cma` running? is --api right?)",
+                    self.base
+                )
+            }),
+        }
+    }
+
+    /// `GET /api/v1/status`.
+    pub fn status(&self) -> anyhow::Result<StatusView> {
+        self.get("/api/v1/status")?.into_json().context("the CMA's status answer is not valid JSON")
+    }
+
+    /// `GET /api/v1/events`: events after `since`; with `wait`, long-polls up to that long.
+    pub fn events(
+        &self,
+        since: u64,
+        limit: usize,
+        wait: Option<Duration>,
+    ) -> anyhow::Result<Vec<Event>> {
+        let mut path = format!("/api/v1/events?since={since}&limit={limit}");
+        if let Some(w) = wait {
+            path.push_str(&format!("&wait={}", w.as_secs().max(1)));
+        }
+        self.get(&path)?.into_json().context("the CMA's events answer is not valid JSON")
+    }
+
+    /// `GET /metrics` as text.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        Ok(self.get("/metrics")?.into_string()?)
+    }
+}
+
+/// Formats µs since the epoch as UTC `YYYY-MM-DD HH:MM:SS.mmm`.
+pub fn format_time(micros: u64) -> String {
+    let secs = micros / 1_000_000;
+    let ms = (micros / 1000) % 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{ms:03}", rem / 3600, (rem / 60) % 60, rem % 60)
+}
+
+/// Prints the status table.
+pub fn print_status(s: &StatusView) {
+    println!(
+        "CMA {} (key {}) listening on {}, version {}",
+        s.cma.node_id, s.cma.fingerprint, s.cma.listen, s.cma.version
+    );
+    let mut rows = vec![[
+        "HOST".to_string(),
+        "STATE".into(),
+        "SINCE (UTC)".into(),
+        "RING NEIGHBOURS".into(),
+        "VERSION".into(),
+        "ADDRESS".into(),
+    ]];
+    for n in &s.nodes {
+        rows.push([
+            n.hostname.clone(),
+            n.state.clone(),
+            format_time(n.since),
+            if n.neighbours.is_empty() { "-".into() } else { n.neighbours.join(", ") },
+            n.version.clone(),
+            n.listen_addr.clone(),
+        ]);
+    }
+    print_table(&rows);
+    let up = s.nodes.iter().filter(|n| n.state == "up").count();
+    println!("{} node(s), {up} up", s.nodes.len());
+}
+
+/// Prints rows as aligned columns.
+pub fn print_table<const N: usize>(rows: &[[String; N]]) {
+    let mut widths = [0usize; N];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    for r in rows {
+        let line: Vec<String> =
+            r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+/// One event as a line.
+pub fn format_event(e: &Event) -> String {
+    format!(
+        "{:>6}  {}  {:<13} {:<12} {}",
+        e.id,
+        format_time(e.time.0),
+        e.kind.name(),
+        e.hostname,
+        e.text
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc() {
+        assert_eq!(super::format_time(0), "1970-01-01 00:00:00.000");
+        assert_eq!(super::format_time(1_795_267_815_123_000), "2026-11-21 10:10:15.123");
+    }
+}

@@ -1,0 +1,851 @@
+//! [`Cma`]: node lifecycle, ring maintenance, failure decisions and event generation, as one
+//! deterministic state machine.
+//!
+//! Every input (`handle_*`) takes `now`, updates memory, and queues actions in this order:
+//! `Persist(Node)` for every node it changed (final record, once per node), `Persist(Counters)`
+//! if an epoch or event id was used, `SendPeerSet`s, `Probe`s, then `Emit`s. The driver drains
+//! them with [`Cma::poll_action`] and re-arms its timer from [`Cma::poll_timeout`].
+//!
+//! Invariants kept after every input:
+//! - a node is a member of the "all" ring iff its state is Up or Suspect;
+//! - a member's `peers` are its current ring neighbours, and `peer_epoch` the epoch of the set
+//!   that said so; non-members have no peers;
+//! - a node has an open suspicion iff its state is Suspect.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use assim_wire::msg::{
+    HeartbeatReport, Hello, Peer, PeerLiveness, PeerSet, PeerStatus, ReportKind,
+};
+use assim_wire::{NodeId, Timestamp};
+
+use crate::failure::{AliveProof, DeadOutcome, Due, Suspicion, Suspicions, Withdrawal};
+use crate::model::{
+    Action, Change, CmaConfig, Event, EventKind, HelloError, NodeRecord, NodeState, Snapshot, Stats,
+};
+use crate::ring::{RingChange, RingManager};
+
+/// What is queued by the input being handled, turned into actions by `flush`.
+#[derive(Debug, Default)]
+struct Pending {
+    persist: BTreeSet<NodeId>,
+    send: BTreeSet<NodeId>,
+    probes: Vec<(NodeId, u64)>,
+    events: Vec<Event>,
+    counters: bool,
+}
+
+/// Why a Down or Left node is back.
+#[derive(Clone, Copy, Debug)]
+enum Revival {
+    Hello,
+    Message,
+    HeardBy(NodeId),
+}
+
+/// The CMA's decision core. See the crate docs.
+#[derive(Debug)]
+pub struct Cma {
+    config: CmaConfig,
+    nodes: BTreeMap<NodeId, NodeRecord>,
+    rings: RingManager,
+    suspicions: Suspicions,
+    next_epoch: u64,
+    next_event_id: u64,
+    /// When the write-behind `Persist(Ring)` is due; `None` when the stored ring is current.
+    ring_flush_at: Option<Timestamp>,
+    stats: Stats,
+    actions: VecDeque<Action>,
+    pending: Pending,
+}
+
+impl Cma {
+    /// Restores from `snapshot` (use `Snapshot::default()` for a fresh CMA).
+    ///
+    /// The ring is rebuilt from node states (Up and Suspect nodes are members); if that differs
+    /// from `snapshot.ring`, the stored ring is replaced and a `ring.changed` event says so. A
+    /// member whose stored peers differ from its neighbours gets a new peer set. Suspect nodes
+    /// stay Suspect with a fresh deadline (`now + 2×interval`) and a new probe. Peer sets are
+    /// not re-sent otherwise: nanoprobes say hello again when they notice the restart.
+    pub fn new(config: CmaConfig, snapshot: Snapshot, now: Timestamp) -> Cma {
+        let max_epoch = snapshot.nodes.iter().map(|n| n.peer_epoch).max().unwrap_or(0);
+        let mut cma = Cma {
+            config,
+            nodes: BTreeMap::new(),
+            rings: RingManager::new(),
+            suspicions: Suspicions::new(now.micros()),
+            next_epoch: snapshot.next_epoch.max(max_epoch.saturating_add(1)).max(1),
+            next_event_id: snapshot.next_event_id.max(1),
+            ring_flush_at: None,
+            stats: Stats::default(),
+            actions: VecDeque::new(),
+            pending: Pending::default(),
+        };
+        for rec in snapshot.nodes {
+            cma.nodes.insert(rec.id, rec);
+        }
+        let members: Vec<NodeId> =
+            cma.nodes.values().filter(|n| n.state.in_ring()).map(|n| n.id).collect();
+        for &id in &members {
+            cma.rings.join(id);
+        }
+        let order = cma.rings.all().order();
+        if order != snapshot.ring {
+            cma.repair_event(now, &snapshot.ring, &order);
+            cma.actions.push_back(Action::Persist(Change::Ring(order)));
+        }
+        let ids: Vec<NodeId> = cma.nodes.keys().copied().collect();
+        for id in ids {
+            if cma.nodes[&id].state.in_ring() {
+                cma.refresh_peers(id, false);
+            } else if !cma.nodes[&id].peers.is_empty() {
+                cma.node_mut(id).peers.clear();
+                cma.pending.persist.insert(id);
+            }
+            if cma.nodes[&id].state == NodeState::Suspect {
+                let timing = cma.config.timing;
+                let nonce = cma.suspicions.start(id, None, 0, now, &timing);
+                cma.pending.probes.push((id, nonce));
+            }
+        }
+        cma.flush();
+        cma
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // inputs
+
+    /// A nanoprobe registered (start-up, or it noticed the CMA restart).
+    ///
+    /// New, Down or Left node: Up, `host.up`, joins the ring. Up or Suspect node (it restarted,
+    /// perhaps faster than the dead time): Up without `host.down`, any suspicion cancelled
+    /// without event, its details updated, and its current peer set re-sent; if its listen
+    /// address or key changed, its neighbours get new peer sets.
+    pub fn handle_hello(
+        &mut self,
+        now: Timestamp,
+        node: NodeId,
+        public_key: [u8; 32],
+        hello: &Hello,
+    ) -> Result<(), HelloError> {
+        let listen_addr = match hello.listen_addr.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.stats.hellos_rejected += 1;
+                return Err(HelloError::BadListenAddr { node, addr: hello.listen_addr.clone() });
+            }
+        };
+        if listen_addr.port() == 0 || listen_addr.ip().is_unspecified() {
+            self.stats.hellos_rejected += 1;
+            return Err(HelloError::UnreachableListenAddr { node, addr: listen_addr });
+        }
+        self.stats.hellos += 1;
+        let Some(old) = self.nodes.get(&node) else {
+            let rec = NodeRecord {
+                id: node,
+                hostname: hello.hostname.clone(),
+                version: hello.version.clone(),
+                listen_addr,
+                public_key,
+                addresses: hello.addresses.clone(),
+                state: NodeState::Up,
+                since: now,
+                registered_at: now,
+                peer_epoch: 0,
+                peers: Vec::new(),
+            };
+            self.nodes.insert(node, rec);
+            self.pending.persist.insert(node);
+            let text = format!(
+                "{} registered and is up (version {}, listening on {})",
+                self.name(node),
+                hello.version,
+                listen_addr
+            );
+            self.event(
+                now,
+                EventKind::HostUp,
+                Some(node),
+                vec![("reason", "registered".into()), ("version", hello.version.clone())],
+                text,
+            );
+            self.join_ring(now, node);
+            self.flush();
+            return Ok(());
+        };
+        let old_state = old.state;
+        let reachability_changed = old.listen_addr != listen_addr || old.public_key != public_key;
+        let details_changed = reachability_changed
+            || old.hostname != hello.hostname
+            || old.version != hello.version
+            || old.addresses != hello.addresses;
+        if details_changed {
+            let rec = self.node_mut(node);
+            rec.hostname.clone_from(&hello.hostname);
+            rec.version.clone_from(&hello.version);
+            rec.listen_addr = listen_addr;
+            rec.public_key = public_key;
+            rec.addresses.clone_from(&hello.addresses);
+            self.pending.persist.insert(node);
+        }
+        match old_state {
+            NodeState::Up | NodeState::Suspect => {
+                if old_state == NodeState::Suspect {
+                    self.suspicions.cancel(node);
+                    self.set_state(now, node, NodeState::Up);
+                }
+                if !self.rings.is_member(node) {
+                    // Not expected (members are exactly the Up/Suspect nodes); heal rather than
+                    // leave a live node without peers.
+                    self.join_ring(now, node);
+                }
+                if reachability_changed {
+                    for n in self.rings.neighbours(node) {
+                        self.refresh_peers(n, true);
+                    }
+                }
+                self.pending.send.insert(node);
+            }
+            NodeState::Down | NodeState::Left => self.revive(now, node, Revival::Hello),
+        }
+        self.flush();
+        Ok(())
+    }
+
+    /// The node said goodbye: Left, `host.left`, its neighbours get new peer sets. Never
+    /// `host.down`.
+    pub fn handle_goodbye(&mut self, now: Timestamp, node: NodeId) {
+        self.stats.goodbyes += 1;
+        let Some(state) = self.nodes.get(&node).map(|n| n.state) else { return };
+        if state == NodeState::Left {
+            return;
+        }
+        self.suspicions.cancel(node);
+        self.set_state(now, node, NodeState::Left);
+        let text = format!("{} left: it said goodbye", self.name(node));
+        self.event(now, EventKind::HostLeft, Some(node), vec![("reason", "goodbye".into())], text);
+        self.leave_ring(now, node, "left");
+        self.flush();
+    }
+
+    /// A heartbeat report from `reporter`.
+    pub fn handle_report(&mut self, now: Timestamp, reporter: NodeId, report: &HeartbeatReport) {
+        let kind = ReportKind::try_from(report.kind).unwrap_or(ReportKind::Unspecified);
+        match NodeId::from_slice(&report.peer) {
+            Some(peer) => self.on_report(now, reporter, peer, kind, report.silent_ms),
+            None => {
+                self.stats.reports += 1;
+                self.stats.reports_ignored_unknown += 1;
+            }
+        }
+        self.flush();
+    }
+
+    /// A peer status from `reporter`: each expected peer with liveness Dead counts as a dead
+    /// report, Alive as back-alive, Late as a late report.
+    pub fn handle_peer_status(&mut self, now: Timestamp, reporter: NodeId, status: &PeerStatus) {
+        for entry in &status.expecting {
+            let kind = match PeerLiveness::try_from(entry.liveness) {
+                Ok(PeerLiveness::Dead) => ReportKind::Dead,
+                Ok(PeerLiveness::Alive) => ReportKind::BackAlive,
+                Ok(PeerLiveness::Late) => ReportKind::Late,
+                _ => ReportKind::Unspecified,
+            };
+            match NodeId::from_slice(&entry.peer) {
+                Some(peer) => self.on_report(now, reporter, peer, kind, 0),
+                None => {
+                    self.stats.reports += 1;
+                    self.stats.reports_ignored_unknown += 1;
+                }
+            }
+        }
+        self.flush();
+    }
+
+    /// The answer to a [`Action::Probe`]. Proves a suspect node alive if `nonce` was issued for
+    /// its current suspicion; otherwise counted and ignored.
+    pub fn handle_probe_reply(&mut self, _now: Timestamp, node: NodeId, nonce: u64) {
+        if self.suspicions.nonce_matches(node, nonce) {
+            self.stats.probe_replies += 1;
+            self.suspicions.proof_of_life(node, AliveProof::ProbeReply);
+        } else {
+            self.stats.probe_replies_unmatched += 1;
+        }
+        self.flush();
+    }
+
+    /// Any authenticated message from `node` (proof of life). A Suspect node counts as alive
+    /// (decided at its deadline); a Down node is Up again (`host.up`) and rejoins the ring. Left
+    /// nodes come back only by saying hello.
+    pub fn handle_alive(&mut self, now: Timestamp, node: NodeId) {
+        match self.nodes.get(&node).map(|n| n.state) {
+            Some(NodeState::Suspect) => {
+                self.suspicions.proof_of_life(node, AliveProof::Message);
+            }
+            Some(NodeState::Down) => self.revive(now, node, Revival::Message),
+            _ => {}
+        }
+        self.flush();
+    }
+
+    /// Runs everything due at `now`: probes, suspicion deadlines, the ring write-behind.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        let timing = self.config.timing;
+        while let Some(due) = self.suspicions.poll_due(now, &timing) {
+            match due {
+                Due::Probe { node, nonce } => self.pending.probes.push((node, nonce)),
+                Due::Decide { node, suspicion } => self.decide(now, node, suspicion),
+            }
+        }
+        if self.ring_flush_at.is_some_and(|t| t <= now) {
+            self.ring_flush_at = None;
+            self.actions.push_back(Action::Persist(Change::Ring(self.rings.all().order())));
+        }
+        self.flush();
+    }
+
+    /// When [`Cma::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        match (self.suspicions.next_wake(), self.ring_flush_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next action for the driver, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Re-sends the desired peer set to one node (e.g. after it re-registered); no epoch
+    /// change. Nothing for a node that is not a ring member.
+    pub fn resend_peer_set(&mut self, node: NodeId) {
+        if self.nodes.get(&node).is_some_and(|n| n.state.in_ring()) {
+            self.pending.send.insert(node);
+        }
+        self.flush();
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // queries
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeRecord> {
+        self.nodes.get(&id)
+    }
+
+    /// Every known node, by id.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.nodes.values()
+    }
+
+    /// The "all" ring in ring order.
+    pub fn ring(&self) -> Vec<NodeId> {
+        self.rings.all().order()
+    }
+
+    /// The ring manager (read-only).
+    pub fn rings(&self) -> &RingManager {
+        &self.rings
+    }
+
+    /// The nodes `id` heartbeats now (empty for non-members).
+    pub fn neighbours(&self, id: NodeId) -> Vec<NodeId> {
+        self.rings.neighbours(id)
+    }
+
+    /// The open suspicion of a Suspect node.
+    pub fn suspicion(&self, id: NodeId) -> Option<&Suspicion> {
+        self.suspicions.get(id)
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Everything [`Cma::new`] needs to resume.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            nodes: self.nodes.values().cloned().collect(),
+            ring: self.ring(),
+            next_epoch: self.next_epoch,
+            next_event_id: self.next_event_id,
+        }
+    }
+
+    pub fn config(&self) -> &CmaConfig {
+        &self.config
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // reports
+
+    fn on_report(
+        &mut self,
+        now: Timestamp,
+        reporter: NodeId,
+        subject: NodeId,
+        kind: ReportKind,
+        silent_ms: u64,
+    ) {
+        self.stats.reports += 1;
+        let (Some(rep), Some(subj)) = (self.nodes.get(&reporter), self.nodes.get(&subject)) else {
+            self.stats.reports_ignored_unknown += 1;
+            return;
+        };
+        let reporter_active = rep.state.in_ring();
+        let is_neighbour = reporter_active && rep.peers.contains(&subject);
+        let state = subj.state;
+        if reporter == subject {
+            self.stats.reports_no_effect += 1;
+            return;
+        }
+        match kind {
+            ReportKind::Late => self.stats.reports_late += 1,
+            ReportKind::Unspecified => self.stats.reports_no_effect += 1,
+            ReportKind::Dead => {
+                if !is_neighbour {
+                    self.stats.reports_ignored_not_neighbour += 1;
+                    return;
+                }
+                match state {
+                    NodeState::Up => self.suspect(now, subject, reporter, silent_ms),
+                    NodeState::Suspect => self.corroborate(now, subject, reporter, silent_ms),
+                    NodeState::Down | NodeState::Left => self.stats.reports_no_effect += 1,
+                }
+            }
+            ReportKind::BackAlive | ReportKind::Martian => {
+                if !reporter_active {
+                    self.stats.reports_ignored_not_neighbour += 1;
+                    return;
+                }
+                match state {
+                    NodeState::Up | NodeState::Left => self.stats.reports_no_effect += 1,
+                    NodeState::Down => self.revive(now, subject, Revival::HeardBy(reporter)),
+                    NodeState::Suspect if kind == ReportKind::Martian => {
+                        self.suspicions.proof_of_life(subject, AliveProof::HeardBy(reporter));
+                    }
+                    NodeState::Suspect => {
+                        if !is_neighbour {
+                            self.stats.reports_ignored_not_neighbour += 1;
+                            return;
+                        }
+                        if self.suspicions.withdraw(subject, reporter) == Some(Withdrawal::Cleared)
+                        {
+                            // Heartbeats resumed: back to Up quietly (no path trouble to tell).
+                            self.set_state(now, subject, NodeState::Up);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Up → Suspect on a first valid dead report.
+    fn suspect(&mut self, now: Timestamp, node: NodeId, reporter: NodeId, silent_ms: u64) {
+        let timing = self.config.timing;
+        let nonce = self.suspicions.start(node, Some(reporter), silent_ms, now, &timing);
+        self.pending.probes.push((node, nonce));
+        self.stats.suspicions += 1;
+        self.set_state(now, node, NodeState::Suspect);
+        let text = format!(
+            "{} is suspect: {} has had no heartbeats from it for {}; the CMA is probing it",
+            self.name(node),
+            self.name(reporter),
+            self.silence(silent_ms),
+        );
+        let tags = vec![
+            ("reporter", self.name(reporter)),
+            ("reporter_node", reporter.to_string()),
+            ("silent_ms", silent_ms.to_string()),
+        ];
+        self.event(now, EventKind::HostSuspect, Some(node), tags, text);
+    }
+
+    /// A dead report about a Suspect node.
+    fn corroborate(&mut self, now: Timestamp, node: NodeId, reporter: NodeId, silent_ms: u64) {
+        match self.suspicions.report_dead(node, reporter, silent_ms) {
+            Some((DeadOutcome::Confirmed, Some(s))) => {
+                self.stats.downs_corroborated += 1;
+                let names: Vec<String> = s.reporters.iter().map(|r| self.name(*r)).collect();
+                let text = format!(
+                    "{} is down: no heartbeats for {}, confirmed by {}",
+                    self.name(node),
+                    self.silence(s.silent_ms),
+                    join_names(&names),
+                );
+                let tags = vec![
+                    ("reason", "corroborated".into()),
+                    ("reporters", names.join(",")),
+                    ("silent_ms", s.silent_ms.to_string()),
+                ];
+                self.go_down(now, node, tags, text);
+            }
+            Some((DeadOutcome::Repeated, _)) => self.stats.reports_no_effect += 1,
+            _ => {}
+        }
+    }
+
+    /// A suspicion's deadline passed.
+    fn decide(&mut self, now: Timestamp, node: NodeId, s: Suspicion) {
+        let b = self.name(node);
+        match s.alive {
+            Some(proof) => {
+                self.set_state(now, node, NodeState::Up);
+                let how = match proof {
+                    AliveProof::ProbeReply => "it answered the CMA's probe".to_owned(),
+                    AliveProof::Message => "it sent the CMA a message".to_owned(),
+                    AliveProof::HeardBy(n) => format!("{} hears its heartbeats", self.name(n)),
+                };
+                let proof_tag = match proof {
+                    AliveProof::ProbeReply => "probe-reply",
+                    AliveProof::Message => "message",
+                    AliveProof::HeardBy(_) => "heard-by-peer",
+                };
+                if s.reporters.is_empty() {
+                    self.stats.path_suspects += 1;
+                    let text = format!(
+                        "{b} is alive ({how}) although a neighbour reported it dead before the \
+                         CMA restarted; heartbeats from {b} may not reach that neighbour"
+                    );
+                    let tags = vec![("b", b.clone()), ("proof", proof_tag.into())];
+                    self.event(now, EventKind::PathSuspect, Some(node), tags, text);
+                }
+                for a in s.reporters {
+                    self.stats.path_suspects += 1;
+                    let an = self.name(a);
+                    let text = format!(
+                        "heartbeats from {b} do not reach {an} although {b} is alive ({how})"
+                    );
+                    let tags = vec![
+                        ("a", an),
+                        ("a_node", a.to_string()),
+                        ("b", b.clone()),
+                        ("proof", proof_tag.into()),
+                    ];
+                    self.event(now, EventKind::PathSuspect, Some(node), tags, text);
+                }
+            }
+            None => {
+                self.stats.downs_probe_failed += 1;
+                let window = self.config.timing.suspect_window();
+                let text = if s.reporters.is_empty() {
+                    format!(
+                        "{b} is down: it was suspect when the CMA restarted and did not answer \
+                         the CMA's probes for {}",
+                        secs(window)
+                    )
+                } else {
+                    let names: Vec<String> = s.reporters.iter().map(|r| self.name(*r)).collect();
+                    format!(
+                        "{b} is down: no heartbeats for {} reported by {}, and no answer to the \
+                         CMA's probes for {}",
+                        self.silence(s.silent_ms),
+                        join_names(&names),
+                        secs(window)
+                    )
+                };
+                let names: Vec<String> = s.reporters.iter().map(|r| self.name(*r)).collect();
+                let tags = vec![
+                    ("reason", "probe-failed".into()),
+                    ("reporters", names.join(",")),
+                    ("silent_ms", s.silent_ms.to_string()),
+                ];
+                self.go_down(now, node, tags, text);
+            }
+        }
+    }
+
+    fn go_down(
+        &mut self,
+        now: Timestamp,
+        node: NodeId,
+        tags: Vec<(&'static str, String)>,
+        text: String,
+    ) {
+        self.set_state(now, node, NodeState::Down);
+        self.event(now, EventKind::HostDown, Some(node), tags, text);
+        self.leave_ring(now, node, "down");
+    }
+
+    /// Down or Left → Up, `host.up`, rejoin.
+    fn revive(&mut self, now: Timestamp, node: NodeId, why: Revival) {
+        let rec = &self.nodes[&node];
+        let was = rec.state;
+        let away = secs(now.since(rec.since));
+        let name = self.name(node);
+        let (reason, text, reporter) = match (was, why) {
+            (NodeState::Left, _) => {
+                ("hello", format!("{name} is back: it registered again after leaving"), None)
+            }
+            (_, Revival::Hello) => (
+                "hello",
+                format!("{name} is up again: it registered after being down for {away}"),
+                None,
+            ),
+            (_, Revival::Message) => (
+                "message",
+                format!(
+                    "{name} is up again: it sent the CMA a message after being down for {away}"
+                ),
+                None,
+            ),
+            (_, Revival::HeardBy(r)) => (
+                "heard-by-peer",
+                format!(
+                    "{name} is up again: {} hears its heartbeats after it was down for {away}",
+                    self.name(r)
+                ),
+                Some(r),
+            ),
+        };
+        self.set_state(now, node, NodeState::Up);
+        let mut tags = vec![("reason", reason.to_owned()), ("was", was.name().to_owned())];
+        if let Some(r) = reporter {
+            tags.push(("reporter", self.name(r)));
+        }
+        self.event(now, EventKind::HostUp, Some(node), tags, text);
+        self.join_ring(now, node);
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // ring
+
+    fn join_ring(&mut self, now: Timestamp, node: NodeId) {
+        for change in self.rings.join(node) {
+            // The joiner always gets a set: it may be running a stale one (rejoin) or none.
+            self.refresh_peers(node, true);
+            for n in change.disturbed() {
+                self.refresh_peers(n, false);
+            }
+            self.ring_event(now, &change, "join");
+        }
+    }
+
+    fn leave_ring(&mut self, now: Timestamp, node: NodeId, reason: &'static str) {
+        if !self.nodes[&node].peers.is_empty() {
+            self.node_mut(node).peers.clear();
+            self.pending.persist.insert(node);
+        }
+        for change in self.rings.leave(node) {
+            for n in change.disturbed() {
+                self.refresh_peers(n, false);
+            }
+            self.ring_event(now, &change, reason);
+        }
+    }
+
+    /// Recomputes `node`'s peers; on a change (or `force`) gives it a new epoch and queues
+    /// Persist + SendPeerSet.
+    fn refresh_peers(&mut self, node: NodeId, force: bool) {
+        let peers = self.rings.neighbours(node);
+        let rec = self.nodes.get(&node).expect("ring members are known nodes");
+        if !force && same_set(&rec.peers, &peers) {
+            return;
+        }
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        self.pending.counters = true;
+        let rec = self.node_mut(node);
+        rec.peers = peers;
+        rec.peer_epoch = epoch;
+        self.pending.persist.insert(node);
+        self.pending.send.insert(node);
+    }
+
+    fn ring_event(&mut self, now: Timestamp, c: &RingChange, reason: &str) {
+        self.stats.ring_changes += 1;
+        if self.ring_flush_at.is_none() {
+            self.ring_flush_at = Some(now + self.config.timing.interval);
+        }
+        let name = self.name(c.node);
+        let n = c.members;
+        let members = if n == 1 { "1 member".to_owned() } else { format!("{n} members") };
+        let text = match (c.joined, c.predecessor, c.successor) {
+            (true, None, _) | (true, _, None) => format!("{name} joined the ring ({members})"),
+            (true, Some(p), Some(s)) if p == s => {
+                format!("{name} joined the ring next to {} ({members})", self.name(p))
+            }
+            (true, Some(p), Some(s)) => format!(
+                "{name} joined the ring between {} and {} ({members})",
+                self.name(p),
+                self.name(s)
+            ),
+            (false, None, _) | (false, _, None) => {
+                format!("{name} left the ring, which is now empty ({members})")
+            }
+            (false, Some(p), Some(s)) if p == s => {
+                format!("{name} left the ring; {} is its only member ({members})", self.name(p))
+            }
+            (false, Some(p), Some(s)) if n == 2 => format!(
+                "{name} left the ring; {} and {} heartbeat each other ({members})",
+                self.name(p),
+                self.name(s)
+            ),
+            (false, Some(p), Some(s)) => format!(
+                "{name} left the ring; {} and {} are now neighbours ({members})",
+                self.name(p),
+                self.name(s)
+            ),
+        };
+        let mut tags = vec![
+            ("ring", c.ring.0.clone()),
+            ("change", if c.joined { "join" } else { "leave" }.to_owned()),
+            ("reason", reason.to_owned()),
+            ("members", n.to_string()),
+        ];
+        if let Some(p) = c.predecessor {
+            tags.push(("prev", self.name(p)));
+        }
+        if let Some(s) = c.successor {
+            tags.push(("next", self.name(s)));
+        }
+        self.event(now, EventKind::RingChanged, Some(c.node), tags, text);
+    }
+
+    /// The ring.changed event for a restart whose stored ring disagreed with node states.
+    fn repair_event(&mut self, now: Timestamp, stored: &[NodeId], derived: &[NodeId]) {
+        self.stats.ring_changes += 1;
+        let stored_set: BTreeSet<NodeId> = stored.iter().copied().collect();
+        let derived_set: BTreeSet<NodeId> = derived.iter().copied().collect();
+        let added = derived_set.difference(&stored_set).count();
+        let removed = stored_set.difference(&derived_set).count();
+        let text = format!(
+            "the ring was rebuilt from node states on restart: {} members ({added} not in the \
+             stored ring, {removed} stored but not Up or Suspect)",
+            derived.len()
+        );
+        let tags = vec![
+            ("ring", crate::ring::RingKey::ALL.to_owned()),
+            ("change", "repair".to_owned()),
+            ("reason", "restart".to_owned()),
+            ("members", derived.len().to_string()),
+            ("added", added.to_string()),
+            ("removed", removed.to_string()),
+        ];
+        self.event(now, EventKind::RingChanged, None, tags, text);
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // plumbing
+
+    fn node_mut(&mut self, id: NodeId) -> &mut NodeRecord {
+        self.nodes.get_mut(&id).expect("known node")
+    }
+
+    fn name(&self, id: NodeId) -> String {
+        self.nodes.get(&id).map_or_else(|| id.to_string(), NodeRecord::display_name)
+    }
+
+    fn silence(&self, silent_ms: u64) -> String {
+        if silent_ms == 0 {
+            format!("at least {}", secs(self.config.timing.dead))
+        } else {
+            secs(Duration::from_millis(silent_ms))
+        }
+    }
+
+    fn set_state(&mut self, now: Timestamp, node: NodeId, state: NodeState) {
+        let rec = self.node_mut(node);
+        if rec.state != state {
+            rec.state = state;
+            rec.since = now;
+            self.pending.persist.insert(node);
+        }
+    }
+
+    fn event(
+        &mut self,
+        now: Timestamp,
+        kind: EventKind,
+        host: Option<NodeId>,
+        extra: Vec<(&'static str, String)>,
+        text: String,
+    ) {
+        let id = self.next_event_id;
+        self.next_event_id += 1;
+        self.pending.counters = true;
+        self.stats.events += 1;
+        let hostname = host.map(|h| self.name(h)).unwrap_or_default();
+        let mut tags = BTreeMap::new();
+        if let Some(h) = host {
+            tags.insert("host".to_owned(), hostname.clone());
+            tags.insert("node".to_owned(), h.to_string());
+        }
+        for (k, v) in extra {
+            tags.insert(k.to_owned(), v);
+        }
+        self.pending.events.push(Event { id, time: now, kind, host, hostname, tags, text });
+    }
+
+    fn peer_set(&self, rec: &NodeRecord) -> PeerSet {
+        let t = &self.config.timing;
+        PeerSet {
+            epoch: rec.peer_epoch,
+            peers: rec
+                .peers
+                .iter()
+                .filter_map(|p| self.nodes.get(p))
+                .map(|p| Peer {
+                    node_id: p.id.as_bytes().to_vec(),
+                    addr: p.listen_addr.to_string(),
+                    public_key: p.public_key.to_vec(),
+                })
+                .collect(),
+            interval_ms: t.interval.as_millis() as u64,
+            warn_ms: t.warn.as_millis() as u64,
+            dead_ms: t.dead.as_millis() as u64,
+        }
+    }
+
+    /// Turns what the input queued into actions, in the documented order.
+    fn flush(&mut self) {
+        let p = std::mem::take(&mut self.pending);
+        for id in &p.persist {
+            self.actions.push_back(Action::Persist(Change::Node(self.nodes[id].clone())));
+        }
+        if p.counters {
+            self.actions.push_back(Action::Persist(Change::Counters {
+                next_epoch: self.next_epoch,
+                next_event_id: self.next_event_id,
+            }));
+        }
+        for id in &p.send {
+            let rec = &self.nodes[id];
+            if !rec.state.in_ring() {
+                continue;
+            }
+            self.stats.peer_sets_sent += 1;
+            let set = self.peer_set(rec);
+            self.actions.push_back(Action::SendPeerSet { to: *id, addr: rec.listen_addr, set });
+        }
+        for (node, nonce) in p.probes {
+            // A suspicion may have been closed later in the same input.
+            if self.nodes[&node].state != NodeState::Suspect {
+                continue;
+            }
+            self.stats.probes_sent += 1;
+            let addr = self.nodes[&node].listen_addr;
+            self.actions.push_back(Action::Probe { node, addr, nonce });
+        }
+        self.actions.extend(p.events.into_iter().map(Action::Emit));
+    }
+}
+
+fn same_set(a: &[NodeId], b: &[NodeId]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+/// "a", "a and b", "a, b and c".
+fn join_names(names: &[String]) -> String {
+    match names {
+        [] => "nobody".to_owned(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}

@@ -1,0 +1,314 @@
+//! The records the CMA core exchanges with its drivers: configuration, node records, events,
+//! snapshots, actions, errors and counters.
+//!
+//! Everything here is plain data. The store persists [`NodeRecord`], the ring order and the
+//! counters (via [`Change`]); the bus publishes [`Event`]; the daemon and the simulator execute
+//! [`Action`]s.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use assim_wire::{NodeId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// Heartbeat timing, pushed to every nanoprobe with its peer set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timing {
+    /// How often a nanoprobe heartbeats each ring neighbour.
+    pub interval: Duration,
+    /// Silence after which a neighbour is reported late.
+    pub warn: Duration,
+    /// Silence after which a neighbour is reported dead.
+    pub dead: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            interval: Duration::from_secs(1),
+            warn: Duration::from_secs(3),
+            dead: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Timing {
+    /// How long a suspicion waits for corroboration or a probe answer: two heartbeat intervals.
+    pub fn suspect_window(&self) -> Duration {
+        self.interval * 2
+    }
+
+    /// How often the CMA re-sends its liveness probe to a suspect node: half an interval, at
+    /// least 1 ms.
+    pub fn probe_every(&self) -> Duration {
+        (self.interval / 2).max(Duration::from_millis(1))
+    }
+}
+
+/// Configuration of the CMA core.
+#[derive(Clone, Debug, Default)]
+pub struct CmaConfig {
+    pub timing: Timing,
+}
+
+/// Returned by the `FromStr` impls of [`NodeState`] and [`EventKind`].
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+#[error("unknown {what} name {name:?}")]
+pub struct ParseNameError {
+    /// "node state" or "event kind".
+    pub what: &'static str,
+    /// The text that did not parse.
+    pub name: String,
+}
+
+/// Where a node is in its lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Registered and heartbeating; a ring member.
+    Up,
+    /// One neighbour reported it dead; the CMA is corroborating. Still a ring member.
+    Suspect,
+    /// Confirmed dead. Not a ring member.
+    Down,
+    /// Said goodbye. Not a ring member; never alarmed.
+    Left,
+}
+
+impl NodeState {
+    /// Every state, in declaration order.
+    pub const ALL: [NodeState; 4] =
+        [NodeState::Up, NodeState::Suspect, NodeState::Down, NodeState::Left];
+
+    /// The stable lowercase name ("up", "suspect", "down", "left").
+    pub fn name(&self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Suspect => "suspect",
+            NodeState::Down => "down",
+            NodeState::Left => "left",
+        }
+    }
+
+    /// Up and Suspect nodes are ring members; Down and Left nodes are not.
+    pub fn in_ring(&self) -> bool {
+        matches!(self, NodeState::Up | NodeState::Suspect)
+    }
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for NodeState {
+    type Err = ParseNameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NodeState::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| ParseNameError { what: "node state", name: s.to_owned() })
+    }
+}
+
+/// What the CMA knows about one node. Persisted on every change via [`Change::Node`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    pub hostname: String,
+    pub version: String,
+    pub listen_addr: SocketAddr,
+    pub public_key: [u8; 32],
+    pub addresses: Vec<String>,
+    pub state: NodeState,
+    /// When `state` was entered.
+    #[serde(with = "micros")]
+    pub since: Timestamp,
+    /// When the node first registered.
+    #[serde(with = "micros")]
+    pub registered_at: Timestamp,
+    /// Epoch of the last peer set sent to this node.
+    pub peer_epoch: u64,
+    /// Its current ring neighbours (desired), predecessor first; empty when not a ring member.
+    pub peers: Vec<NodeId>,
+}
+
+impl NodeRecord {
+    /// The name used in event texts: the hostname, or the id when the hostname is empty.
+    pub fn display_name(&self) -> String {
+        if self.hostname.is_empty() { self.id.to_string() } else { self.hostname.clone() }
+    }
+}
+
+/// The kinds of event the CMA core publishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    HostUp,
+    HostSuspect,
+    HostDown,
+    HostLeft,
+    PathSuspect,
+    RingChanged,
+}
+
+impl EventKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [EventKind; 6] = [
+        EventKind::HostUp,
+        EventKind::HostSuspect,
+        EventKind::HostDown,
+        EventKind::HostLeft,
+        EventKind::PathSuspect,
+        EventKind::RingChanged,
+    ];
+
+    /// The stable dotted name ("host.up", …, "ring.changed").
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::HostUp => "host.up",
+            EventKind::HostSuspect => "host.suspect",
+            EventKind::HostDown => "host.down",
+            EventKind::HostLeft => "host.left",
+            EventKind::PathSuspect => "path.suspect",
+            EventKind::RingChanged => "ring.changed",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = ParseNameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EventKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| ParseNameError { what: "event kind", name: s.to_owned() })
+    }
+}
+
+/// A published event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Monotonic and deterministic (`next_event_id`, persisted); never reused.
+    pub id: u64,
+    #[serde(with = "micros")]
+    pub time: Timestamp,
+    pub kind: EventKind,
+    pub host: Option<NodeId>,
+    pub hostname: String,
+    /// Always `host` and `node` when the event is about a host; plus kind-specific tags
+    /// (`reporter`, `a`, `b`, `reason`, `change`, `members`, …).
+    pub tags: BTreeMap<String, String>,
+    /// One plain sentence.
+    pub text: String,
+}
+
+/// The CMA core's durable state: what [`crate::Cma::new`] restores from.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub nodes: Vec<NodeRecord>,
+    /// Ring order of the "all" ring.
+    pub ring: Vec<NodeId>,
+    pub next_epoch: u64,
+    pub next_event_id: u64,
+}
+
+/// Something the driver must do, drained with [`crate::Cma::poll_action`].
+///
+/// Within one input the core queues persistence first, then transmissions, then events, so a
+/// driver that applies actions in order never sends what it has not stored.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Send the whole desired peer set over reliable delivery.
+    SendPeerSet { to: NodeId, addr: SocketAddr, set: assim_wire::msg::PeerSet },
+    /// Send a direct liveness probe datagram; the node answers with the nonce
+    /// ([`crate::Cma::handle_probe_reply`]).
+    Probe { node: NodeId, addr: SocketAddr, nonce: u64 },
+    /// Write this to the store.
+    Persist(Change),
+    /// Publish this event.
+    Emit(Event),
+}
+
+/// A change to durable state.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// Insert or replace the node's record.
+    Node(NodeRecord),
+    /// Replace the stored ring order. Write-behind: see the crate docs.
+    Ring(Vec<NodeId>),
+    /// Replace the stored counters.
+    Counters { next_epoch: u64, next_event_id: u64 },
+}
+
+/// Why a hello was refused. In every case the core's state is unchanged and no action queued.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum HelloError {
+    /// `listen_addr` is not an `ip:port` socket address.
+    #[error("hello from {node}: listen address {addr:?} is not ip:port")]
+    BadListenAddr { node: NodeId, addr: String },
+    /// `listen_addr` has port 0 or an unspecified IP (0.0.0.0, ::), which peers cannot send to.
+    /// A driver that wants to accept such nanoprobes substitutes the datagram's source IP first.
+    #[error(
+        "hello from {node}: listen address {addr} is not reachable by peers (unspecified IP or port 0)"
+    )]
+    UnreachableListenAddr { node: NodeId, addr: SocketAddr },
+}
+
+/// Counters, for metrics. Every field only grows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Heartbeat reports handled (PeerStatus entries about a peer count as one each).
+    pub reports: u64,
+    /// Dead/back-alive reports whose reporter is not (or no longer) a ring neighbour of the
+    /// subject, or is not Up/Suspect itself.
+    pub reports_ignored_not_neighbour: u64,
+    /// Reports from or about a node the CMA does not know (or with a malformed peer id).
+    pub reports_ignored_unknown: u64,
+    /// Late reports (informational; never change state).
+    pub reports_late: u64,
+    /// Reports that changed nothing: a repeated dead report, a dead report about a Down or Left
+    /// node, a martian or back-alive about an Up node, unspecified kinds.
+    pub reports_no_effect: u64,
+    pub hellos: u64,
+    pub hellos_rejected: u64,
+    pub goodbyes: u64,
+    pub probes_sent: u64,
+    /// Probe replies that matched a nonce of the node's current suspicion.
+    pub probe_replies: u64,
+    /// Probe replies with a nonce the core did not issue for a current suspicion.
+    pub probe_replies_unmatched: u64,
+    pub peer_sets_sent: u64,
+    /// Ring membership changes (joins and leaves) and repairs.
+    pub ring_changes: u64,
+    pub suspicions: u64,
+    /// Suspect → Down because a second neighbour confirmed.
+    pub downs_corroborated: u64,
+    /// Suspect → Down because the CMA's own probe went unanswered until the deadline.
+    pub downs_probe_failed: u64,
+    pub path_suspects: u64,
+    pub events: u64,
+}
+
+/// Serde for [`Timestamp`] (which has no serde impl of its own): µs since the epoch as a number.
+mod micros {
+    use assim_wire::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(t.micros())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        u64::deserialize(d).map(Timestamp)
+    }
+}

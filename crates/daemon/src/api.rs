@@ -1,0 +1,186 @@
+//! The CMA's HTTP API and Prometheus endpoint.
+//!
+//! - `GET /api/v1/status`: the CMA and every node (state, since, ring neighbours, version).
+//! - `GET /api/v1/events?since=ID&limit=N&wait=SECONDS`: events after `since`, oldest first; with
+//!   `wait`, the request is held until at least one event exists (long-poll, at most 60 s).
+//! - `GET /metrics`: Prometheus text format.
+//! - `GET /healthz`: `ok`.
+//!
+//! Reads go to the SQLite file through the API's own connection; the CMA task is never blocked
+//! by a reader. When a bearer token is configured, every route but `/healthz` requires
+//! `Authorization: Bearer TOKEN`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use assim_cma::Event;
+use assim_store::Store;
+use assim_wire::NodeId;
+use axum::extract::{Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::metrics::SharedMetrics;
+
+/// Facts about the CMA shown by `/api/v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CmaInfo {
+    pub node_id: NodeId,
+    pub fingerprint: String,
+    pub listen: SocketAddr,
+    pub version: String,
+}
+
+/// Shared state of the API handlers.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    store: Arc<Mutex<Store>>,
+    metrics: Arc<SharedMetrics>,
+    last_event: watch::Receiver<u64>,
+    token: Option<String>,
+    info: CmaInfo,
+}
+
+impl ApiState {
+    /// Opens the API's own connection to the store.
+    pub fn new(
+        store_path: PathBuf,
+        metrics: Arc<SharedMetrics>,
+        last_event: watch::Receiver<u64>,
+        token: Option<String>,
+        info: CmaInfo,
+    ) -> anyhow::Result<ApiState> {
+        let store = Store::open(&store_path)?;
+        Ok(ApiState { store: Arc::new(Mutex::new(store)), metrics, last_event, token, info })
+    }
+}
+
+/// One node as `/api/v1/status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub hostname: String,
+    pub state: String,
+    /// When the node entered its state, µs since the epoch.
+    pub since: u64,
+    pub version: String,
+    pub listen_addr: String,
+    pub addresses: Vec<String>,
+    /// Hostnames of its ring neighbours.
+    pub neighbours: Vec<String>,
+    pub peer_epoch: u64,
+}
+
+/// The body of `/api/v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusView {
+    pub cma: CmaInfo,
+    pub nodes: Vec<NodeView>,
+}
+
+/// Query of `/api/v1/events`.
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    #[serde(default)]
+    pub since: u64,
+    pub limit: Option<usize>,
+    pub wait: Option<u64>,
+}
+
+/// Serves the API on `listener` until the task is aborted.
+pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) {
+    let app = router(state);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "HTTP API stopped");
+    }
+}
+
+/// The API's routes.
+pub fn router(state: ApiState) -> Router {
+    let protected = Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/events", get(events))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new().route("/healthz", get(|| async { "ok\n" })).merge(protected).with_state(state)
+}
+
+async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is required (Authorization: Bearer …)\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+}
+
+async fn status(State(state): State<ApiState>) -> Response {
+    let nodes = match state.store.lock().expect("store lock").nodes() {
+        Ok(n) => n,
+        Err(e) => return internal(e),
+    };
+    let names: HashMap<NodeId, String> = nodes.iter().map(|n| (n.id, n.hostname.clone())).collect();
+    let view = StatusView {
+        cma: state.info.clone(),
+        nodes: nodes
+            .into_iter()
+            .map(|n| NodeView {
+                id: n.id,
+                state: n.state.name().to_string(),
+                since: n.since.0,
+                version: n.version,
+                listen_addr: n.listen_addr.to_string(),
+                addresses: n.addresses,
+                neighbours: n
+                    .peers
+                    .iter()
+                    .map(|p| names.get(p).cloned().unwrap_or_else(|| p.to_string()))
+                    .collect(),
+                peer_epoch: n.peer_epoch,
+                hostname: n.hostname,
+            })
+            .collect(),
+    };
+    Json(view).into_response()
+}
+
+async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> Response {
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(60));
+    let mut rx = state.last_event.clone();
+    if !wait.is_zero() && *rx.borrow_and_update() <= q.since {
+        let _ = tokio::time::timeout(wait, rx.wait_for(|last| *last > q.since)).await;
+    }
+    let list: Result<Vec<Event>, _> =
+        state.store.lock().expect("store lock").events_since(q.since, limit);
+    match list {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let body = crate::metrics::render(&state.metrics.get());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}

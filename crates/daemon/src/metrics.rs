@@ -1,0 +1,151 @@
+//! Counters shared between the CMA task (the only writer) and the HTTP API (readers).
+//!
+//! The CMA task publishes a fresh [`CmaMetrics`] value after each batch of work; the API renders
+//! the latest one in the Prometheus text format. Label sets are bounded: reject reasons and event
+//! kinds are fixed lists, node states are four.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+/// What `/metrics` shows.
+#[derive(Clone, Debug, Default)]
+pub struct CmaMetrics {
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Rejected datagrams and messages by reason.
+    pub rejects: BTreeMap<&'static str, u64>,
+    /// Nodes by state name.
+    pub nodes: BTreeMap<&'static str, u64>,
+    /// Events emitted by kind since start.
+    pub events: BTreeMap<&'static str, u64>,
+    pub ring_changes: u64,
+    pub ring_members: u64,
+    pub reports: u64,
+    pub reports_ignored: u64,
+    pub retransmits: u64,
+    pub store_errors: u64,
+}
+
+/// The latest published metrics.
+#[derive(Debug, Default)]
+pub struct SharedMetrics(Mutex<CmaMetrics>);
+
+impl SharedMetrics {
+    /// Replaces the published value.
+    pub fn publish(&self, m: CmaMetrics) {
+        *self.0.lock().expect("metrics lock") = m;
+    }
+
+    /// A copy of the published value.
+    pub fn get(&self) -> CmaMetrics {
+        self.0.lock().expect("metrics lock").clone()
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+}
+
+fn labelled(
+    out: &mut String,
+    kind: &str,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &BTreeMap<&'static str, u64>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (k, v) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{k}\"}} {v}");
+    }
+}
+
+/// Renders `m` in the Prometheus text exposition format (version 0.0.4).
+pub fn render(m: &CmaMetrics) -> String {
+    let mut out = String::new();
+    counter(
+        &mut out,
+        "assim_cma_datagrams_received_total",
+        "UDP datagrams received by the CMA.",
+        m.datagrams_in,
+    );
+    counter(
+        &mut out,
+        "assim_cma_datagrams_sent_total",
+        "UDP datagrams sent by the CMA.",
+        m.datagrams_out,
+    );
+    counter(
+        &mut out,
+        "assim_cma_received_bytes_total",
+        "UDP payload bytes received by the CMA.",
+        m.bytes_in,
+    );
+    counter(
+        &mut out,
+        "assim_cma_sent_bytes_total",
+        "UDP payload bytes sent by the CMA.",
+        m.bytes_out,
+    );
+    labelled(
+        &mut out,
+        "counter",
+        "assim_cma_rejected_total",
+        "Datagrams and messages the CMA refused, by reason.",
+        "reason",
+        &m.rejects,
+    );
+    labelled(&mut out, "gauge", "assim_cma_nodes", "Known nodes by state.", "state", &m.nodes);
+    labelled(
+        &mut out,
+        "counter",
+        "assim_cma_events_total",
+        "Events emitted since start, by type.",
+        "type",
+        &m.events,
+    );
+    counter(
+        &mut out,
+        "assim_cma_ring_changes_total",
+        "Ring membership changes since start.",
+        m.ring_changes,
+    );
+    gauge(
+        &mut out,
+        "assim_cma_ring_members",
+        "Nodes currently in the heartbeat ring.",
+        m.ring_members,
+    );
+    counter(
+        &mut out,
+        "assim_cma_heartbeat_reports_total",
+        "Heartbeat reports received from nanoprobes.",
+        m.reports,
+    );
+    counter(
+        &mut out,
+        "assim_cma_heartbeat_reports_ignored_total",
+        "Heartbeat reports ignored (reporter not a neighbour, unknown node).",
+        m.reports_ignored,
+    );
+    counter(
+        &mut out,
+        "assim_cma_retransmits_total",
+        "Reliable-delivery frames the CMA retransmitted.",
+        m.retransmits,
+    );
+    counter(
+        &mut out,
+        "assim_cma_store_errors_total",
+        "Failed writes to the store (an operator must act).",
+        m.store_errors,
+    );
+    out
+}

@@ -1,0 +1,483 @@
+//! The nanoprobe driver: pins the CMA's key, registers, heartbeats its ring neighbours and
+//! leaves with a goodbye on shutdown.
+//!
+//! The CMA key comes from a join token (`--token`), from the pin file written at the first
+//! enrollment (`cma.pin` in the data directory), or — only when explicitly asked for with
+//! `--trust-on-first-use` — from the CMA itself on first contact. Reliable frames (commands) are
+//! accepted from the pinned CMA only; heartbeats from nodes whose keys the CMA handed out.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use assim_probe::{Action as HbAction, DesiredPeers, Heartbeats};
+use assim_reliable::{Connection, Event as RelEvent};
+use assim_seal::{Identity, JoinToken, Sealer};
+use assim_wire::msg::{self, Body, Direct, DirectBody, Message};
+use assim_wire::{DatagramKind, NodeId, Timestamp};
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+use tracing::{debug, info, warn};
+
+/// How the nanoprobe learns the CMA's key.
+#[derive(Clone, Debug)]
+pub enum Enrollment {
+    /// A join token from `cma token create` (pins the key, proves the secret).
+    Token(String),
+    /// Ask the CMA for its key on first contact and pin it (labs and demos).
+    TrustOnFirstUse,
+    /// Use the pin written by an earlier enrollment; fail if there is none.
+    PinnedOnly,
+}
+
+/// Everything a nanoprobe needs to run.
+#[derive(Clone, Debug)]
+pub struct NanoprobeOptions {
+    /// The CMA's UDP address (default: the first address in the token or pin).
+    pub cma: Option<SocketAddr>,
+    /// Local UDP address for heartbeats and CMA traffic.
+    pub listen: SocketAddr,
+    /// The address to tell the CMA and peers (default: derived from `listen` and the route to the CMA).
+    pub advertise: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub enrollment: Enrollment,
+    /// The host name to report (default: the kernel's host name).
+    pub hostname: Option<String>,
+}
+
+/// The CMA a nanoprobe is pinned to, kept as `cma.pin` in its data directory.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CmaPin {
+    pub node_id: NodeId,
+    /// Hex of the X25519 public key.
+    pub public_key: String,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl CmaPin {
+    fn key(&self) -> anyhow::Result<[u8; 32]> {
+        let bytes = hex::decode(&self.public_key).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+        bytes.context("the CMA key in the pin file is not 64 hex digits")
+    }
+}
+
+fn pin_path(dir: &Path) -> PathBuf {
+    dir.join("cma.pin")
+}
+
+fn read_pin(dir: &Path) -> anyhow::Result<Option<CmaPin>> {
+    let path = pin_path(dir);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let pin: CmaPin = serde_json::from_str(&s).with_context(|| {
+                format!("{} is corrupt; remove it and enroll again with --token", path.display())
+            })?;
+            pin.key().with_context(|| format!("{} is corrupt", path.display()))?;
+            Ok(Some(pin))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn write_pin(dir: &Path, pin: &CmaPin) -> anyhow::Result<()> {
+    let path = pin_path(dir);
+    let tmp = dir.join("cma.pin.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(pin)? + "\n")
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Runs a nanoprobe until `shutdown` resolves (then says goodbye) or the CMA tells it to stop.
+pub async fn run(
+    opts: NanoprobeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
+    let identity = Identity::load_or_create(&opts.data_dir)?;
+    let socket = UdpSocket::bind(opts.listen).await.with_context(|| {
+        format!("cannot bind UDP {}: is another nanoprobe using it?", opts.listen)
+    })?;
+    let session = assim_seal::new_session(Timestamp::now().millis(), rand::random());
+    let mut sealer = Sealer::new(identity.clone(), session);
+
+    // Which CMA do we obey?
+    let token = match &opts.enrollment {
+        Enrollment::Token(t) => Some(JoinToken::decode(t).context("the join token is not valid")?),
+        _ => None,
+    };
+    let existing = read_pin(&opts.data_dir)?;
+    let pin = match (&token, existing) {
+        (Some(t), Some(p)) if p.key()? != t.cma_public_key => bail!(
+            "this nanoprobe is pinned to CMA {} ({}), but the token is for CMA {} ({}); \
+             remove {} to enroll with the new CMA",
+            p.node_id,
+            assim_seal::fingerprint(&p.key()?),
+            t.cma_node_id,
+            t.fingerprint(),
+            pin_path(&opts.data_dir).display()
+        ),
+        (Some(t), _) => {
+            let pin = CmaPin {
+                node_id: t.cma_node_id,
+                public_key: hex::encode(t.cma_public_key),
+                addrs: t.cma_addrs.clone(),
+            };
+            write_pin(&opts.data_dir, &pin)?;
+            pin
+        }
+        (None, Some(p)) => p,
+        (None, None) => match opts.enrollment {
+            Enrollment::TrustOnFirstUse => {
+                let cma = opts.cma.context("--trust-on-first-use needs --cma ADDR:PORT")?;
+                let pin = fetch_cma_key(&socket, &mut sealer, cma).await?;
+                write_pin(&opts.data_dir, &pin)?;
+                pin
+            }
+            _ => bail!(
+                "no CMA is pinned in {}: enroll with --token TOKEN (run `cma token create` on the CMA) \
+                 or, in a lab, --trust-on-first-use",
+                opts.data_dir.display()
+            ),
+        },
+    };
+    let cma_addr = match opts.cma.or_else(|| pin.addrs.first().copied()) {
+        Some(a) => a,
+        None => bail!("no CMA address: pass --cma ADDR:PORT"),
+    };
+    let cma_id = pin.node_id;
+    sealer.add_peer(cma_id, pin.key()?);
+
+    let advertise = match opts.advertise {
+        Some(a) => a,
+        None => advertised_addr(&socket, cma_addr)?,
+    };
+    let hostname = match &opts.hostname {
+        Some(h) => h.clone(),
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into()),
+    };
+    info!(
+        node = %identity.node_id(), host = %hostname, listen = %opts.listen, advertise = %advertise,
+        cma = %cma_addr, cma_key = %assim_seal::fingerprint(&pin.key()?), "nanoprobe started"
+    );
+
+    let started = Instant::now();
+    let seed = session ^ 0x9e37_79b9_7f4a_7c15;
+    let mut p = Probe {
+        sealer,
+        socket,
+        cma_id,
+        cma_addr,
+        conn: Connection::new(assim_reliable::Config::default(), session, seed),
+        heartbeats: Heartbeats::new(identity.node_id()),
+        hello: msg::Hello {
+            version: crate::VERSION.to_string(),
+            hostname,
+            listen_addr: advertise.to_string(),
+            addresses: local_addresses(),
+            started_at: Timestamp::now().micros(),
+            token_proof: token
+                .as_ref()
+                .map(|t| t.proof(identity.node_id(), &identity.public_key())),
+            peer_epoch: 0,
+        },
+        goodbye_id: None,
+        stop: None,
+        dropped: 0,
+    };
+    p.send_hello(started);
+    p.flush().await;
+
+    tokio::pin!(shutdown);
+    let mut rbuf = vec![0u8; 65536];
+    let mut leaving_deadline: Option<Instant> = None;
+    loop {
+        let deadline = [p.heartbeats.poll_timeout(), p.conn.poll_timeout(), leaving_deadline]
+            .into_iter()
+            .flatten()
+            .min();
+        tokio::select! {
+            r = p.socket.recv_from(&mut rbuf) => match r {
+                Ok((len, src)) => {
+                    let d = rbuf[..len].to_vec();
+                    p.handle_datagram(&d, src);
+                }
+                Err(e) => debug!(error = %e, "UDP receive failed"),
+            },
+            _ = sleep_until(deadline) => {
+                let now = Instant::now();
+                p.heartbeats.handle_timeout(now);
+                p.conn.handle_timeout(now);
+            }
+            _ = &mut shutdown, if leaving_deadline.is_none() => {
+                info!("stopping: saying goodbye to the CMA");
+                p.say_goodbye(Instant::now());
+                leaving_deadline = Some(Instant::now() + Duration::from_secs(3));
+            }
+        }
+        p.drain_heartbeats();
+        p.flush().await;
+        if let Some(reason) = p.stop.take() {
+            info!(%reason, "the CMA asked this nanoprobe to stop");
+            return Ok(());
+        }
+        if let Some(deadline) = leaving_deadline {
+            if p.goodbye_id.is_none() {
+                info!("goodbye acknowledged; stopped");
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                warn!("the CMA did not acknowledge the goodbye within 3 s; stopping anyway");
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Asks the CMA for its key until it answers (trust on first use).
+async fn fetch_cma_key(
+    socket: &UdpSocket,
+    sealer: &mut Sealer,
+    cma: SocketAddr,
+) -> anyhow::Result<CmaPin> {
+    let mut req = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    let mut attempt = 0u32;
+    loop {
+        sealer.key_request(&mut req);
+        socket
+            .send_to(&req, cma)
+            .await
+            .with_context(|| format!("cannot send to the CMA at {cma}"))?;
+        let wait = Duration::from_millis(500).saturating_mul(1 << attempt.min(4));
+        match tokio::time::timeout(wait, socket.recv_from(&mut buf)).await {
+            Ok(Ok((len, src))) if src == cma => {
+                if let Ok(o) = sealer.open(&buf[..len]) {
+                    if o.header.kind == DatagramKind::KeyReply {
+                        if let Some(key) = o.header.sender_key {
+                            warn!(
+                                cma = %cma, key = %assim_seal::fingerprint(&key),
+                                "trusting the CMA's key on first use; it is pinned from now on"
+                            );
+                            return Ok(CmaPin {
+                                node_id: o.header.sender,
+                                public_key: hex::encode(key),
+                                addrs: vec![cma],
+                            });
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        attempt += 1;
+        if attempt % 5 == 0 {
+            info!(cma = %cma, attempts = attempt, "still waiting for the CMA to answer a key request");
+        }
+    }
+}
+
+/// The address peers and the CMA should use to reach `socket`: its own address if specific,
+/// otherwise the local address of the route towards the CMA.
+fn advertised_addr(socket: &UdpSocket, cma: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let local = socket.local_addr()?;
+    if !local.ip().is_unspecified() {
+        return Ok(local);
+    }
+    let probe = std::net::UdpSocket::bind(if cma.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    probe.connect(cma).with_context(|| format!("no route to the CMA at {cma}"))?;
+    Ok(SocketAddr::new(probe.local_addr()?.ip(), local.port()))
+}
+
+/// The host's interface addresses with prefix length, loopback excluded ("192.0.2.7/24").
+/// Full interface discovery comes from the discovery collectors; this is the hello's summary.
+fn local_addresses() -> Vec<String> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    let mut out = Vec::new();
+    for a in addrs {
+        let (Some(addr), Some(mask)) = (a.address, a.netmask) else { continue };
+        if let (Some(ip), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+            let ip = ip.ip();
+            if !ip.is_loopback() {
+                out.push(format!("{ip}/{}", u32::from(m.ip()).count_ones()));
+            }
+        } else if let (Some(ip), Some(m)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+            let ip = ip.ip();
+            if !ip.is_loopback() {
+                out.push(format!("{ip}/{}", u128::from(m.ip()).count_ones()));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+struct Probe {
+    sealer: Sealer,
+    socket: UdpSocket,
+    cma_id: NodeId,
+    cma_addr: SocketAddr,
+    conn: Connection,
+    heartbeats: Heartbeats,
+    hello: msg::Hello,
+    goodbye_id: Option<u64>,
+    stop: Option<String>,
+    dropped: u64,
+}
+
+impl Probe {
+    fn send_to_cma(&mut self, body: Body, now: Instant) -> Option<u64> {
+        match self.conn.send(Message::new(body).to_bytes(), now) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                warn!(error = %e, "cannot queue a message for the CMA");
+                None
+            }
+        }
+    }
+
+    fn send_hello(&mut self, now: Instant) {
+        self.hello.peer_epoch = self.heartbeats.epoch();
+        let hello = self.hello.clone();
+        self.send_to_cma(Body::Hello(hello), now);
+    }
+
+    fn say_goodbye(&mut self, now: Instant) {
+        let body = Body::Goodbye(msg::Goodbye { reason: msg::GoodbyeReason::Shutdown as i32 });
+        self.goodbye_id = self.send_to_cma(body, now);
+    }
+
+    fn handle_datagram(&mut self, datagram: &[u8], src: SocketAddr) {
+        let now = Instant::now();
+        let opened = match self.sealer.open(datagram) {
+            Ok(o) => o,
+            Err(e) => {
+                self.dropped += 1;
+                debug!(%src, reason = e.reason(), "datagram rejected");
+                return;
+            }
+        };
+        let sender = opened.header.sender;
+        match opened.header.kind {
+            DatagramKind::Reliable if sender == self.cma_id => {
+                self.cma_addr = src;
+                if let Err(e) = self.conn.handle_frame(&opened.plaintext, now) {
+                    debug!(error = %e, "bad frame from the CMA");
+                }
+                while let Some(ev) = self.conn.poll_event() {
+                    match ev {
+                        RelEvent::Delivered(bytes) => match Message::from_bytes(&bytes) {
+                            Ok(m) => self.handle_command(m, now),
+                            Err(e) => warn!(error = %e, "undecodable message from the CMA"),
+                        },
+                        RelEvent::PeerRestarted { .. } => {
+                            info!("the CMA restarted; registering again");
+                            self.send_hello(now);
+                        }
+                        RelEvent::Acked(id) => {
+                            if self.goodbye_id == Some(id) {
+                                self.goodbye_id = None;
+                            }
+                        }
+                    }
+                }
+            }
+            DatagramKind::Reliable => {
+                self.dropped += 1;
+                warn!(%src, node = %sender, "a command from a node that is not our CMA; ignored");
+            }
+            DatagramKind::Direct => match Direct::from_bytes(&opened.plaintext) {
+                Ok(Direct { body: Some(DirectBody::Heartbeat(hb)) }) => {
+                    self.heartbeats.heartbeat_received(sender, src, &hb, now);
+                }
+                Ok(Direct { body: Some(DirectBody::Probe(p)) }) if sender == self.cma_id => {
+                    let reply = Direct { body: Some(DirectBody::ProbeReply(p)) }.to_bytes();
+                    self.send_direct(sender, src, &reply);
+                }
+                _ => self.dropped += 1,
+            },
+            DatagramKind::KeyRequest | DatagramKind::KeyReply => self.dropped += 1,
+        }
+    }
+
+    fn handle_command(&mut self, m: Message, now: Instant) {
+        match m.body {
+            Some(Body::PeerSet(set)) => match DesiredPeers::try_from(&set) {
+                Ok(desired) => {
+                    for p in &desired.peers {
+                        self.sealer.add_peer(p.node_id, p.public_key);
+                    }
+                    let epoch = desired.epoch;
+                    let n = desired.peers.len();
+                    let outcome = self.heartbeats.apply(desired, now);
+                    debug!(epoch, peers = n, ?outcome, "peer set received");
+                }
+                Err(e) => {
+                    warn!(error = %e, epoch = set.epoch, "invalid peer set from the CMA; ignored")
+                }
+            },
+            Some(Body::Shutdown(s)) => self.stop = Some(s.reason),
+            Some(other) => debug!(kind = other.name(), "command not handled yet; ignored"),
+            None => debug!("a message of a kind this version does not know; ignored"),
+        }
+    }
+
+    fn drain_heartbeats(&mut self) {
+        let now = Instant::now();
+        while let Some(action) = self.heartbeats.poll_action() {
+            match action {
+                HbAction::SendHeartbeat { to, addr, heartbeat } => {
+                    let bytes = Direct { body: Some(DirectBody::Heartbeat(heartbeat)) }.to_bytes();
+                    self.send_direct(to, addr, &bytes);
+                }
+                HbAction::Report(r) => {
+                    info!(kind = msg::ReportKind::try_from(r.kind).map(|k| k.name()).unwrap_or("?"),
+                        peer = %NodeId::from_slice(&r.peer).unwrap_or_default(), silent_ms = r.silent_ms, "reporting a peer");
+                    self.send_to_cma(Body::HeartbeatReport(r), now);
+                }
+                HbAction::Status(s) => {
+                    self.send_to_cma(Body::PeerStatus(s), now);
+                }
+            }
+        }
+    }
+
+    fn send_direct(&mut self, to: NodeId, addr: SocketAddr, plaintext: &[u8]) {
+        let mut out = Vec::new();
+        match self.sealer.seal(to, DatagramKind::Direct, false, plaintext, &mut out) {
+            Ok(()) => {
+                let _ = self.socket.try_send_to(&out, addr);
+            }
+            Err(e) => debug!(node = %to, error = %e, "cannot seal a datagram"),
+        }
+    }
+
+    async fn flush(&mut self) {
+        let now = Instant::now();
+        while let Some(frame) = self.conn.poll_transmit(now) {
+            let mut out = Vec::with_capacity(frame.len() + 96);
+            match self.sealer.seal(self.cma_id, DatagramKind::Reliable, true, &frame, &mut out) {
+                Ok(()) => {
+                    if let Err(e) = self.socket.send_to(&out, self.cma_addr).await {
+                        debug!(error = %e, "cannot send to the CMA");
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot seal a frame for the CMA"),
+            }
+        }
+    }
+}
