@@ -150,6 +150,6 @@ mod tests {
     #[test]
     fn formats_utc() {
         assert_eq!(super::format_time(0), "1970-01-01 00:00:00.000");
-        assert_eq!(super::format_time(1_795_267_815_123_000), "2026-11-21 10:10:15.123");
+        assert_eq!(super::format_time(1_795_267_815_123_000), "2026-11-21 13:30:15.123");
     }
 }

@@ -6,7 +6,7 @@
 //! SUSPECT --dead report (neighbour C != A)--------> DOWN            (unless alive was proven)
 //! SUSPECT --deadline, alive proven----------------> UP + path.suspect(A -> B)
 //! SUSPECT --deadline, no proof of life------------> DOWN            (the CMA's own probe failed)
-//! SUSPECT --back-alive from every reporter--------> UP              (heartbeats resumed)
+//! SUSPECT --back-alive from every reporter--------> UP              (host.up, reason=resumed)
 //! ```
 //!
 //! Proof of life is a probe reply carrying a nonce issued for this suspicion, any other

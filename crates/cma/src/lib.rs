@@ -27,16 +27,16 @@
 //! - [`ring`]: [`ring::Ring`] (one cycle ordered by a hash of the node id) and
 //!   [`ring::RingManager`] (rings by key; today the single ring "all").
 //! - [`failure`]: the suspicion FSM — reporters, probe schedule, deadlines, proof of life.
-//! - `core`: [`Cma`] itself, tying lifecycle, rings, suspicions and events together.
+//! - `cma`: [`Cma`] itself, tying lifecycle, rings, suspicions and events together.
 
 #![forbid(unsafe_code)]
 
-mod core;
+mod cma;
 pub mod failure;
 pub mod model;
 pub mod ring;
 
-pub use crate::core::Cma;
+pub use crate::cma::Cma;
 pub use crate::model::{
     Action, Change, CmaConfig, Event, EventKind, HelloError, NodeRecord, NodeState, ParseNameError,
     Snapshot, Stats, Timing,

@@ -84,7 +84,7 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot bind UDP {}: is another CMA running?", opts.listen))?;
     let now = Timestamp::now();
-    let session = assim_seal::new_session(now.millis(), rand::random());
+    let session = crate::next_session(&opts.data_dir)?;
     let mut sealer = Sealer::new(identity.clone(), session);
     sealer.set_accept_unknown(true);
     for n in &snapshot.nodes {

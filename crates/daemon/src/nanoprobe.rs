@@ -101,7 +101,7 @@ pub async fn run(
     let socket = UdpSocket::bind(opts.listen).await.with_context(|| {
         format!("cannot bind UDP {}: is another nanoprobe using it?", opts.listen)
     })?;
-    let session = assim_seal::new_session(Timestamp::now().millis(), rand::random());
+    let session = crate::next_session(&opts.data_dir)?;
     let mut sealer = Sealer::new(identity.clone(), session);
 
     // Which CMA do we obey?

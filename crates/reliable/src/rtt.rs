@@ -17,6 +17,7 @@ const GRANULARITY: Duration = Duration::from_millis(1);
 #[derive(Clone, Debug)]
 pub(crate) struct Rtt {
     srtt: Option<Duration>,
+    min_rtt: Option<Duration>,
     rttvar: Duration,
     rto: Duration,
     initial: Duration,
@@ -28,6 +29,7 @@ impl Rtt {
     pub(crate) fn new(config: &Config) -> Rtt {
         let mut rtt = Rtt {
             srtt: None,
+            min_rtt: None,
             rttvar: Duration::ZERO,
             rto: Duration::ZERO,
             initial: config.initial_rto,
@@ -40,6 +42,11 @@ impl Rtt {
 
     pub(crate) fn srtt(&self) -> Option<Duration> {
         self.srtt
+    }
+
+    /// The smallest RTT sample seen.
+    pub(crate) fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt
     }
 
     pub(crate) fn rto(&self) -> Duration {
@@ -56,6 +63,7 @@ impl Rtt {
 
     /// Feeds one RTT measurement from a fragment that was sent exactly once.
     pub(crate) fn sample(&mut self, r: Duration) {
+        self.min_rtt = Some(self.min_rtt.map_or(r, |m| m.min(r)));
         match self.srtt {
             None => {
                 self.srtt = Some(r);
@@ -86,9 +94,11 @@ impl Rtt {
     }
 
     /// How much later than a fragment another one must have been sent, and acknowledged, for
-    /// the first to be declared lost (RACK's reordering window).
-    pub(crate) fn reorder_window(&self) -> Duration {
-        (self.srtt.unwrap_or(self.initial) / 4).max(GRANULARITY)
+    /// the first to be declared lost (RACK's reordering window): SRTT/4, widened to the
+    /// reordering observed (`seen`, plus 1 ms) but never beyond SRTT.
+    pub(crate) fn reorder_window(&self, seen: Duration) -> Duration {
+        let srtt = self.srtt.unwrap_or(self.initial);
+        (srtt / 4).max(seen + GRANULARITY).min(srtt).max(GRANULARITY)
     }
 }
 

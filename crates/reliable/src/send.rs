@@ -12,7 +12,7 @@
 //! - The timer runs iff `acked_cum < next_tx`.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha8Rng;
 
@@ -74,6 +74,9 @@ pub(crate) struct Sender {
     /// unacknowledged one counts as lost. Starts at 3 and grows to the reordering actually
     /// observed (a fragment sent once acknowledged after higher seqs), as Linux TCP does.
     reordering: u64,
+    /// The largest send-time distance by which a later-sent fragment overtook an earlier one;
+    /// widens RACK's reordering window (up to SRTT), as DSACK does in Linux.
+    reorder_seen: Duration,
     timer: Option<Instant>,
     rtt: Rtt,
     rng: ChaCha8Rng,
@@ -102,6 +105,7 @@ impl Sender {
             rack: None,
             highest_acked: 0,
             reordering: DUP_THRESHOLD,
+            reorder_seen: Duration::ZERO,
             timer: None,
             rtt: Rtt::new(config),
             rng,
@@ -234,14 +238,27 @@ impl Sender {
         let mut latest: Option<(u64, Instant, bool)> = None;
         let highest_before = self.highest_acked;
         let mut reordering = self.reordering;
+        let mut reorder_seen = self.reorder_seen;
         let window = self.window;
+        let rack_before = self.rack;
+        let min_rtt = self.rtt.min_rtt();
         let mut note = |seq: u64, s: &Sent| {
             if latest.is_none_or(|l| l.0 < s.tx_order) {
                 latest = Some((s.tx_order, s.last_sent, !s.retransmitted));
             }
-            if !s.retransmitted && seq + 1 < highest_before {
-                // Its only transmission arrived after higher seqs: the path reorders this much.
+            // Acknowledged sooner after its retransmission than any round trip takes: an
+            // earlier transmission arrived, so the retransmission was spurious.
+            let spurious =
+                s.retransmitted && min_rtt.is_some_and(|m| now.duration_since(s.last_sent) < m);
+            if (!s.retransmitted || spurious) && seq + 1 < highest_before {
+                // Its earlier transmission arrived after higher seqs: the path reorders this much.
                 reordering = reordering.max(highest_before - seq).min(window);
+            }
+            if !s.retransmitted
+                && let Some((rack_tx, rack_time)) = rack_before
+                && rack_tx > s.tx_order
+            {
+                reorder_seen = reorder_seen.max(rack_time.saturating_duration_since(s.last_sent));
             }
         };
         while self.acked_cum < a.cumulative {
@@ -265,6 +282,7 @@ impl Sender {
             }
         }
         self.reordering = reordering;
+        self.reorder_seen = reorder_seen;
         let top = a.ranges.last().map_or(a.cumulative, |r| r.1);
         self.highest_acked = self.highest_acked.max(top);
         while self.sent.front().is_some_and(|s| s.sacked) {
@@ -307,7 +325,7 @@ impl Sender {
         let Some((rack_tx, rack_time)) = self.rack else {
             return;
         };
-        let reorder = self.rtt.reorder_window();
+        let reorder = self.rtt.reorder_window(self.reorder_seen);
         let mut acked_tx: Vec<u64> =
             self.sent.iter().filter(|s| s.sacked).map(|s| s.tx_order).collect();
         acked_tx.sort_unstable();
@@ -316,7 +334,7 @@ impl Sender {
                 continue;
             }
             let later = acked_tx.len() - acked_tx.partition_point(|&t| t <= s.tx_order);
-            if later >= self.reordering || s.last_sent + reorder <= rack_time {
+            if later as u64 >= self.reordering || s.last_sent + reorder <= rack_time {
                 self.retx.insert(self.acked_cum + i as u64);
             }
         }

@@ -433,8 +433,15 @@ impl Cma {
                         }
                         if self.suspicions.withdraw(subject, reporter) == Some(Withdrawal::Cleared)
                         {
-                            // Heartbeats resumed: back to Up quietly (no path trouble to tell).
+                            // Heartbeats resumed: back to Up, and say so, so that a
+                            // subscriber that saw host.suspect sees it cleared.
                             self.set_state(now, subject, NodeState::Up);
+                            let text = format!(
+                                "{} is up: heartbeats resumed before the suspicion was confirmed",
+                                self.name(subject)
+                            );
+                            let tags = vec![("reason", "resumed".to_string())];
+                            self.event(now, EventKind::HostUp, Some(subject), tags, text);
                         }
                     }
                 }
