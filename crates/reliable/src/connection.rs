@@ -38,13 +38,13 @@ impl Connection {
     ///
     /// # Panics
     ///
-    /// If the configuration is unusable: `max_frame_size` must leave room for a data header plus
-    /// one payload byte and for an ack with one range, `window` must be at least 1, and
+    /// If the configuration is unusable: `max_frame_size` must leave room for an ack with one
+    /// range (42 bytes, which also fits a data header plus payload), `window` must be at least 1, and
     /// `min_rto <= max_rto`.
     pub fn new(config: Config, session: u64, seed: u64) -> Connection {
         assert!(
-            config.max_frame_size > DATA_HEADER_LEN
-                && config.max_frame_size >= ACK_HEADER_LEN + ACK_RANGE_LEN,
+            // An ack with one range (42 bytes) is larger than a data header plus one byte.
+            config.max_frame_size >= ACK_HEADER_LEN + ACK_RANGE_LEN,
             "max_frame_size {} is too small for reliable frames",
             config.max_frame_size
         );
@@ -135,6 +135,8 @@ impl Connection {
             self.recv = Some(self.new_receiver(d.base));
         }
         let recv = self.recv.as_mut().expect("receiver exists");
+        let mut delivered = Vec::new();
+        recv.skip_to(d.base, &mut delivered);
         let urgent = match disposition {
             Disposition::Duplicate => {
                 self.stats.duplicates += 1;
@@ -144,14 +146,10 @@ impl Connection {
                 self.stats.beyond_window += 1;
                 true
             }
-            Disposition::Accept => {
-                let mut delivered = Vec::new();
-                let urgent = recv.accept(d, &mut delivered);
-                self.stats.messages_delivered += delivered.len() as u64;
-                self.events.extend(delivered.into_iter().map(Event::Delivered));
-                urgent
-            }
+            Disposition::Accept => recv.accept(d, &mut delivered),
         };
+        self.stats.messages_delivered += delivered.len() as u64;
+        self.events.extend(delivered.into_iter().map(Event::Delivered));
         let deadline = if urgent { now } else { now + self.config.ack_delay };
         self.ack_deadline = Some(self.ack_deadline.map_or(deadline, |t| t.min(deadline)));
         Ok(())
@@ -251,5 +249,207 @@ impl Connection {
     /// Nothing queued, nothing unacknowledged, no acknowledgement pending.
     pub fn is_idle(&self) -> bool {
         self.sender.is_idle() && self.ack_deadline.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn pair() -> (Connection, Connection, Instant) {
+        let a = Connection::new(Config::default(), 1, 11);
+        let b = Connection::new(Config::default(), 2, 22);
+        (a, b, Instant::now())
+    }
+
+    fn drain(c: &mut Connection, now: Instant) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| c.poll_transmit(now)).collect()
+    }
+
+    fn events(c: &mut Connection) -> Vec<Event> {
+        std::iter::from_fn(|| c.poll_event()).collect()
+    }
+
+    fn seq_of(frame: &[u8]) -> u64 {
+        u64::from_be_bytes(frame[17..25].try_into().unwrap())
+    }
+
+    #[test]
+    fn message_ids_start_at_one_and_increase() {
+        let (mut a, _, now) = pair();
+        assert_eq!(a.send(vec![], now), Ok(1));
+        assert_eq!(a.send(vec![1], now), Ok(2));
+        assert_eq!(a.stats().queued_messages, 2);
+    }
+
+    #[test]
+    fn send_errors_leave_state_unchanged() {
+        let config = Config { max_queued_bytes: 1000, ..Config::default() };
+        let mut a = Connection::new(config, 1, 0);
+        let now = Instant::now();
+        let too_big = assim_wire::limits::MAX_MESSAGE_SIZE + 1;
+        assert_eq!(
+            a.send(vec![0; too_big], now),
+            Err(SendError::TooLarge { size: too_big, max: assim_wire::limits::MAX_MESSAGE_SIZE })
+        );
+        assert_eq!(a.send(vec![0; 900], now), Ok(1));
+        assert!(matches!(a.send(vec![0; 100], now), Err(SendError::QueueFull { .. })));
+        assert_eq!(a.stats().queued_messages, 1);
+        assert_eq!(a.send(vec![0; 10], now), Ok(2), "ids not consumed by errors");
+    }
+
+    #[test]
+    fn largest_message_fits_the_fragment_limit() {
+        let (mut a, _, now) = pair();
+        let id = a.send(vec![0; assim_wire::limits::MAX_MESSAGE_SIZE], now);
+        assert_eq!(id, Ok(1));
+        let frames = drain(&mut a, now);
+        assert_eq!(frames.len(), 128, "window-limited");
+        assert!(frames.iter().all(|f| f.len() <= 1144));
+        let count = u16::from_be_bytes(frames[0][27..29].try_into().unwrap());
+        assert_eq!(usize::from(count), assim_wire::limits::MAX_MESSAGE_SIZE.div_ceil(1115));
+    }
+
+    #[test]
+    fn acks_are_coalesced_for_ack_delay() {
+        let (mut a, mut b, now) = pair();
+        for i in 0..3u8 {
+            a.send(vec![i], now).unwrap();
+        }
+        for f in drain(&mut a, now) {
+            b.handle_frame(&f, now).unwrap();
+        }
+        assert_eq!(
+            events(&mut b),
+            vec![Event::Delivered(vec![0]), Event::Delivered(vec![1]), Event::Delivered(vec![2])]
+        );
+        assert!(b.poll_transmit(now).is_none(), "ack held back");
+        assert_eq!(b.poll_timeout(), Some(now + ms(5)));
+        let acks = drain(&mut b, now + ms(5));
+        assert_eq!(acks.len(), 1, "one ack for three messages");
+        a.handle_frame(&acks[0], now + ms(10)).unwrap();
+        assert_eq!(events(&mut a), vec![Event::Acked(1), Event::Acked(2), Event::Acked(3)]);
+        assert!(a.is_idle() && b.is_idle());
+        assert_eq!(a.stats().srtt, Some(ms(10)));
+    }
+
+    #[test]
+    fn out_of_order_and_duplicate_arrivals_are_acked_immediately() {
+        let (mut a, mut b, now) = pair();
+        a.send(vec![1], now).unwrap();
+        a.send(vec![2], now).unwrap();
+        let frames = drain(&mut a, now);
+        b.handle_frame(&frames[1], now).unwrap();
+        assert!(events(&mut b).is_empty());
+        assert_eq!(drain(&mut b, now).len(), 1, "out of order: ack now");
+        b.handle_frame(&frames[0], now).unwrap();
+        assert_eq!(drain(&mut b, now).len(), 1, "gap filled: ack now");
+        b.handle_frame(&frames[0], now).unwrap();
+        assert_eq!(drain(&mut b, now).len(), 1, "duplicate: ack now");
+        assert_eq!(b.stats().duplicates, 1);
+        assert_eq!(events(&mut b), vec![Event::Delivered(vec![1]), Event::Delivered(vec![2])]);
+    }
+
+    #[test]
+    fn selectively_acked_fragments_are_not_resent() {
+        let (mut a, mut b, now) = pair();
+        for i in 0..6u8 {
+            a.send(vec![i], now).unwrap();
+        }
+        let frames = drain(&mut a, now);
+        assert_eq!(frames.len(), 6);
+        // Seq 1 is lost; 0 and 2..6 arrive.
+        let mut acks = Vec::new();
+        for (i, f) in frames.iter().enumerate() {
+            if i != 1 {
+                b.handle_frame(f, now).unwrap();
+                acks.extend(drain(&mut b, now + ms(5)));
+            }
+        }
+        let t = now + ms(20);
+        for ack in &acks {
+            a.handle_frame(ack, t).unwrap();
+        }
+        // Fast retransmit of seq 1 only: 3 later ones were acknowledged.
+        let resent = drain(&mut a, t);
+        assert_eq!(resent.iter().map(|f| seq_of(f)).collect::<Vec<_>>(), vec![1]);
+        // Timeouts resend seq 1 again, never the selectively acknowledged ones.
+        for _ in 0..3 {
+            let deadline = a.poll_timeout().unwrap();
+            a.handle_timeout(deadline);
+            let resent = drain(&mut a, deadline);
+            assert_eq!(resent.iter().map(|f| seq_of(f)).collect::<Vec<_>>(), vec![1]);
+        }
+        assert_eq!(a.stats().retransmits, 4);
+        assert_eq!(a.stats().in_flight, 1);
+        b.handle_frame(&resent[0], t).unwrap();
+        let deadline = a.poll_timeout().unwrap();
+        for ack in drain(&mut b, t + ms(5)) {
+            a.handle_frame(&ack, deadline).unwrap();
+        }
+        assert_eq!(events(&mut a).len(), 6);
+        assert!(a.is_idle());
+        assert_eq!(a.poll_timeout(), None);
+    }
+
+    /// The RTO doubles on every expiry, is capped at max_rto, and retries never stop; each
+    /// deadline is the RTO ±20 %.
+    #[test]
+    fn rto_backs_off_and_is_capped() {
+        let (mut a, _, start) = pair();
+        a.send(b"into the void".to_vec(), start).unwrap();
+        assert_eq!(drain(&mut a, start).len(), 1);
+        let mut now = start;
+        let mut rtos = vec![a.stats().rto];
+        for _ in 0..100 {
+            let deadline = a.poll_timeout().expect("never gives up");
+            let wait = deadline - now;
+            let rto = a.stats().rto;
+            assert!(
+                wait >= rto.mul_f64(0.8) && wait <= rto.mul_f64(1.2).min(ms(10_000)),
+                "{wait:?} vs {rto:?}"
+            );
+            now = deadline;
+            a.handle_timeout(now);
+            assert_eq!(drain(&mut a, now).len(), 1, "one retransmission per expiry");
+            rtos.push(a.stats().rto);
+        }
+        let secs: Vec<u64> = rtos.iter().map(|d| d.as_millis() as u64).collect();
+        assert_eq!(&secs[..8], &[300, 600, 1200, 2400, 4800, 9600, 10_000, 10_000]);
+        assert!(secs[6..].iter().all(|&s| s == 10_000));
+        assert_eq!(a.stats().timeouts, 100);
+        // 100 expiries at 8–10 s each once capped: still retrying after 12 virtual minutes.
+        assert!(now - start > Duration::from_secs(12 * 60), "retried for over 12 minutes");
+    }
+
+    #[test]
+    fn stale_session_frames_are_dropped_and_restart_is_reported() {
+        let now = Instant::now();
+        let mut a1 = Connection::new(Config::default(), 5, 1);
+        let mut b = Connection::new(Config::default(), 9, 2);
+        a1.send(b"old".to_vec(), now).unwrap();
+        a1.send(b"old, late".to_vec(), now).unwrap();
+        let old_frames = drain(&mut a1, now);
+        b.handle_frame(&old_frames[0], now).unwrap();
+        assert_eq!(events(&mut b), vec![Event::Delivered(b"old".to_vec())]);
+
+        let mut a2 = Connection::new(Config::default(), 6, 1);
+        a2.send(b"new".to_vec(), now).unwrap();
+        for f in drain(&mut a2, now) {
+            b.handle_frame(&f, now).unwrap();
+        }
+        b.handle_frame(&old_frames[1], now).unwrap();
+        assert_eq!(
+            events(&mut b),
+            vec![Event::PeerRestarted { old: 5, new: 6 }, Event::Delivered(b"new".to_vec())]
+        );
+        assert_eq!(b.stats().stale_frames, 1);
+        assert_eq!(b.peer_session(), Some(6));
     }
 }

@@ -85,14 +85,22 @@
 //!   driver that persists [`Event::Delivered`] messages before calling `poll_transmit` never
 //!   acknowledges a message it has not stored.
 //! - The sender keeps at most `window` fragments beyond its cumulative ack point in flight. Loss
-//!   is detected (a) by the retransmission timer: on expiry it resends the oldest unacknowledged
-//!   fragment and every hole below the highest selectively acked one, doubles the RTO (capped at
-//!   `max_rto`, never giving up) and re-arms with ±20 % seeded jitter; (b) by fast retransmit:
-//!   a fragment is resent once 3 fragments sent after it were acknowledged; (c) by time (RACK):
-//!   a fragment is resent when a fragment sent more than SRTT/4 after it was acknowledged — this
-//!   recovers a whole window in one round trip after an outage instead of one fragment per RTO.
-//!   RTT samples come only from fragments sent once (Karn). Like Linux TCP, the backoff is undone
-//!   as soon as an ack acknowledges new data. There is no congestion control beyond the window.
+//!   is detected (a) by the retransmission timer: on expiry it resends the oldest fragment not
+//!   selectively acknowledged and every hole below the highest selectively acknowledged one,
+//!   doubles the RTO (capped at `max_rto`, never giving up) and re-arms with ±20 % seeded
+//!   jitter; (b) by fast retransmit: a fragment is resent once 3 fragments sent after it were
+//!   acknowledged (the 3 grows to the reordering actually observed, as in Linux TCP, so a
+//!   reordering path does not trigger a storm of spurious resends); (c) by time (RACK): a
+//!   fragment is resent when one sent more than SRTT/4 (widened to the observed reordering, at
+//!   most SRTT) after it was acknowledged — this recovers a whole window in one round trip after
+//!   an outage instead of one fragment per RTO. Selectively acknowledged fragments are not
+//!   resent, with one exception: if all outstanding fragments are selectively acknowledged but
+//!   the cumulative ack lags (a restarted receiver waiting for a `base` to skip to), the timer
+//!   resends the oldest as a probe. RTT samples come only from the most recently sent newly
+//!   acknowledged fragment, and only if it was sent once (Karn; this also keeps an ack that
+//!   covers a fragment sent before an outage from inflating SRTT). Like Linux TCP, the backoff
+//!   is undone as soon as an ack acknowledges new data. There is no congestion control beyond
+//!   the window.
 //! - Both endpoints must use the same `max_frame_size` and `max_message_size`: the receiver
 //!   rejects fragments longer than its own payload size and fragment counts that would exceed
 //!   its message size limit before it allocates a reassembly buffer.

@@ -125,14 +125,21 @@ impl Receiver {
         Ok(Disposition::Accept)
     }
 
+    /// Moves the receive point up to `base` (the sender says everything below was acknowledged,
+    /// by an earlier incarnation of us), then delivers what became contiguous. Called for every
+    /// checked frame, duplicates included, before [`Receiver::accept`].
+    pub(crate) fn skip_to(&mut self, base: u64, delivered: &mut Vec<Vec<u8>>) {
+        if base > self.expected {
+            self.expected = base;
+            self.partial = None;
+            self.ooo = self.ooo.split_off(&base);
+            self.drain(delivered);
+        }
+    }
+
     /// Applies an accepted fragment; pushes completed messages, in order, to `delivered`.
     /// Returns whether the fragment arrived out of order or filled a gap (ack at once).
     pub(crate) fn accept(&mut self, f: &DataFrame<'_>, delivered: &mut Vec<Vec<u8>>) -> bool {
-        if f.base > self.expected {
-            self.expected = f.base;
-            self.partial = None;
-            self.ooo = self.ooo.split_off(&f.base);
-        }
         let urgent = f.seq != self.expected || !self.ooo.is_empty();
         if f.seq != self.expected {
             self.ooo.insert(
@@ -142,13 +149,17 @@ impl Receiver {
         } else {
             self.consume(f.frag_index, f.frag_count, Cow::Borrowed(f.payload), delivered);
         }
+        self.drain(delivered);
+        urgent
+    }
+
+    fn drain(&mut self, delivered: &mut Vec<Vec<u8>>) {
         while let Some(entry) = self.ooo.first_entry()
             && *entry.key() == self.expected
         {
             let b = entry.remove();
             self.consume(b.index, b.count, Cow::Owned(b.payload), delivered);
         }
-        urgent
     }
 
     fn consume(
@@ -203,7 +214,9 @@ mod tests {
 
     fn feed(r: &mut Receiver, f: &DataFrame<'_>) -> Result<Vec<Vec<u8>>, FrameError> {
         let mut out = Vec::new();
-        if r.check(f)? == Disposition::Accept {
+        let disposition = r.check(f)?;
+        r.skip_to(f.base, &mut out);
+        if disposition == Disposition::Accept {
             r.accept(f, &mut out);
         }
         Ok(out)

@@ -6,8 +6,9 @@
 //!   covers seqs `[start, start + count)` and the next one starts where it ends.
 //! - `sent[i]` describes seq `acked_cum + i`; `sent` covers exactly `[acked_cum, next_tx)`, the
 //!   fragments transmitted at least once and not cumulatively acknowledged.
-//! - `sent.front()` is never selectively acknowledged (a selectively acknowledged front is folded
-//!   into `acked_cum`: the receiver then holds everything below it).
+//! - `acked_cum` only moves with the receiver's cumulative ack, never by folding selectively
+//!   acknowledged fragments into it: a receiver that restarted may hold fragments it has not
+//!   delivered, and only its cumulative ack says what it delivered.
 //! - `retx` ⊆ `[acked_cum, next_tx)` and holds no selectively acknowledged seq.
 //! - The timer runs iff `acked_cum < next_tx`.
 
@@ -166,7 +167,6 @@ impl Sender {
                 stats.retransmits += 1;
                 let tx_order = self.next_tx_order();
                 let s = &mut self.sent[(seq - self.acked_cum) as usize];
-                debug_assert!(!s.sacked);
                 s.retransmitted = true;
                 s.last_sent = now;
                 s.tx_order = tx_order;
@@ -285,11 +285,6 @@ impl Sender {
         self.reorder_seen = reorder_seen;
         let top = a.ranges.last().map_or(a.cumulative, |r| r.1);
         self.highest_acked = self.highest_acked.max(top);
-        while self.sent.front().is_some_and(|s| s.sacked) {
-            self.sent.pop_front();
-            self.sacked_count -= 1;
-            self.acked_cum += 1;
-        }
         self.retx = self.retx.split_off(&self.acked_cum);
         while let Some(m) = self.messages.front()
             && m.end() <= self.acked_cum
@@ -341,7 +336,10 @@ impl Sender {
     }
 
     /// The retransmission timer: resend the oldest unacknowledged fragment and the holes below
-    /// the highest selectively acknowledged one, back off, re-arm.
+    /// the highest selectively acknowledged one, back off, re-arm. If every outstanding fragment
+    /// was selectively acknowledged but the cumulative ack lags (the receiver restarted and
+    /// waits for a `base` to skip to), the oldest one is resent anyway as a probe: it carries
+    /// the current `base` and draws a fresh ack.
     pub(crate) fn on_timeout(&mut self, now: Instant, stats: &mut Stats) {
         if self.timer.is_none_or(|t| t > now) {
             return;
@@ -351,7 +349,8 @@ impl Sender {
             return;
         }
         stats.timeouts += 1;
-        self.retx.insert(self.acked_cum);
+        let oldest = self.sent.iter().position(|s| !s.sacked).unwrap_or(0);
+        self.retx.insert(self.acked_cum + oldest as u64);
         if let Some(top) = self.sent.iter().rposition(|s| s.sacked) {
             for (i, s) in self.sent.iter().enumerate().take(top) {
                 if !s.sacked {

@@ -47,7 +47,6 @@ fn lossy_network_delivers_everything_exactly_once_in_order() {
         b.frames_sent,
         b.retransmits,
     );
-    println!("A {a:?}\nB {b:?}");
     assert!(a.retransmits > 0 && b.duplicates > 0, "the network was lossy");
     assert!(pair.elapsed() < Duration::from_secs(30), "took {:?} virtual", pair.elapsed());
 }
