@@ -37,7 +37,8 @@ pub fn next_session(data_dir: &std::path::Path) -> anyhow::Result<u64> {
     let fresh = assim_seal::new_session(assim_wire::Timestamp::now().millis(), rand::random());
     let session = previous.map_or(fresh, |p| fresh.max(p.saturating_add(1)));
     let tmp = data_dir.join("session.tmp");
-    std::fs::write(&tmp, format!("{session}\n")).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::write(&tmp, format!("{session}\n"))
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(session)
 }
