@@ -265,26 +265,25 @@ async fn fetch_cma_key(
         let wait = Duration::from_millis(500).saturating_mul(1 << attempt.min(4));
         match tokio::time::timeout(wait, socket.recv_from(&mut buf)).await {
             Ok(Ok((len, src))) if src == cma => {
-                if let Ok(o) = sealer.open(&buf[..len]) {
-                    if o.header.kind == DatagramKind::KeyReply {
-                        if let Some(key) = o.header.sender_key {
-                            warn!(
-                                cma = %cma, key = %assim_seal::fingerprint(&key),
-                                "trusting the CMA's key on first use; it is pinned from now on"
-                            );
-                            return Ok(CmaPin {
-                                node_id: o.header.sender,
-                                public_key: hex::encode(key),
-                                addrs: vec![cma],
-                            });
-                        }
-                    }
+                if let Ok(o) = sealer.open(&buf[..len])
+                    && o.header.kind == DatagramKind::KeyReply
+                    && let Some(key) = o.header.sender_key
+                {
+                    warn!(
+                        cma = %cma, key = %assim_seal::fingerprint(&key),
+                        "trusting the CMA's key on first use; it is pinned from now on"
+                    );
+                    return Ok(CmaPin {
+                        node_id: o.header.sender,
+                        public_key: hex::encode(key),
+                        addrs: vec![cma],
+                    });
                 }
             }
             _ => {}
         }
         attempt += 1;
-        if attempt % 5 == 0 {
+        if attempt.is_multiple_of(5) {
             info!(cma = %cma, attempts = attempt, "still waiting for the CMA to answer a key request");
         }
     }
