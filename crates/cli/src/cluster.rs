@@ -190,13 +190,13 @@ impl Cluster {
         self.cma = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(c) = self.cma.as_mut() {
-                if let Some(status) = c.try_wait()? {
-                    bail!(
-                        "the CMA exited at start-up ({status}); see {}",
-                        self.dir.join("cma.log").display()
-                    );
-                }
+            if let Some(c) = self.cma.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!(
+                    "the CMA exited at start-up ({status}); see {}",
+                    self.dir.join("cma.log").display()
+                );
             }
             if self.client.status().is_ok() {
                 return Ok(());
