@@ -235,6 +235,10 @@ pub struct NanoprobeFlags {
     /// Host name to report [default: the kernel's host name].
     #[arg(long, env = "ASSIM_HOSTNAME")]
     pub hostname: Option<String>,
+    /// Size limit of the spool (records waiting for the CMA's acknowledgement), in MiB
+    /// [default: 64]. When full, peer status is dropped first; reports are never dropped.
+    #[arg(long, env = "ASSIM_SPOOL_MAX_MB")]
+    pub spool_max_mb: Option<u64>,
     /// Print the resolved configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -251,6 +255,7 @@ pub struct NanoprobeFile {
     pub token: Option<String>,
     pub trust_on_first_use: Option<bool>,
     pub hostname: Option<String>,
+    pub spool_max_mb: Option<u64>,
 }
 
 impl NanoprobeFlags {
@@ -280,6 +285,11 @@ impl NanoprobeFlags {
                 .unwrap_or_else(|| "/var/lib/assim/nanoprobe".into()),
             enrollment,
             hostname: self.hostname.clone().or(file.hostname),
+            spool_max_bytes: match self.spool_max_mb.or(file.spool_max_mb) {
+                Some(0) => bail!("spool_max_mb must be at least 1"),
+                Some(mb) => mb * 1024 * 1024,
+                None => assim_daemon::nanoprobe::DEFAULT_SPOOL_MAX_BYTES,
+            },
         })
     }
 }
@@ -295,6 +305,7 @@ pub fn nanoprobe_config_toml(o: &assim_daemon::nanoprobe::NanoprobeOptions) -> S
         token: matches!(o.enrollment, Enrollment::Token(_)).then(|| "(set)".to_string()),
         trust_on_first_use: Some(matches!(o.enrollment, Enrollment::TrustOnFirstUse)),
         hostname: o.hostname.clone(),
+        spool_max_mb: Some(o.spool_max_bytes / (1024 * 1024)),
     };
     toml::to_string(&f).expect("config serializes")
 }

@@ -1,10 +1,22 @@
 //! The CMA driver: one task owning the sealer, a reliable connection per nanoprobe, the CMA
 //! core and the store.
 //!
-//! Per loop turn: receive a batch of datagrams (or wake for a deadline), open and dispatch them,
-//! drain the core's actions, write the turn's changes and events to SQLite in one transaction,
-//! then send. Enrollment of unknown nodes is decided here (token proof or open enrollment),
-//! before the core ever sees them.
+//! Per loop turn:
+//! 1. receive a batch of datagrams (or wake for a deadline) and open them; enrollment of unknown
+//!    nodes is decided here (token proof or open enrollment), before the core ever sees them;
+//! 2. append every authenticated reliable message to the **inbox** (an `assim-log` in
+//!    `DATA_DIR/inbox`), dropping spool records already accepted (dedupe by node id + record);
+//! 3. one fsync for the whole batch (group commit), then `Ack { through }` to each sender: only
+//!    now is anything acknowledged, so an acknowledged record survives `kill -9`;
+//! 4. the decision engine (the CMA core) applies the new inbox records in order;
+//! 5. the core's changes, events and the inbox position are written to SQLite in one
+//!    transaction, so the engine's position always matches the state it produced;
+//! 6. the reliable layer's frames are sent (its acknowledgements included).
+//!
+//! After a crash the driver replays the inbox from the stored position; records whose effects
+//! are already stored are skipped, event ids continue from the stored counter (a subscriber never
+//! sees an id twice or a gap), and every node is sent its desired peer set again, which also tells
+//! the nanoprobes to resend what they have not seen acknowledged.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -14,9 +26,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use assim_cma::{Action, Change, Cma, CmaConfig, Event, NodeState, Timing};
+use assim_log::{FileStorage, Log, LogConfig};
 use assim_reliable::{Connection, Event as RelEvent};
 use assim_seal::{Identity, OpenError, Sealer};
-use assim_store::Store;
+use assim_store::{InboxProgress, Store};
 use assim_wire::msg::{self, Body, Direct, DirectBody, Message};
 use assim_wire::{DatagramKind, NodeId, Timestamp};
 use tokio::net::UdpSocket;
@@ -67,6 +80,53 @@ struct Driver {
     open_enrollment: bool,
     seed: u64,
     last_publish: Instant,
+    inbox: Log<FileStorage>,
+    inbox_dir: PathBuf,
+    /// Inbox records appended this turn, applied after the group commit.
+    to_apply: Vec<(u64, NodeId, [u8; 32], Message)>,
+    /// Nodes enrolled by a hello in this turn's inbox records (not yet known to the core).
+    enrolled: HashSet<NodeId>,
+    /// Per node: the highest spool record stored in the inbox (durable or in this turn's batch).
+    seen: HashMap<NodeId, u64>,
+    /// Per node: the highest spool record whose effects are committed to the store.
+    applied: HashMap<NodeId, u64>,
+    /// Nodes owed an `Ack` after this turn's commit.
+    acks_due: HashSet<NodeId>,
+    progress: InboxProgress,
+}
+
+/// One inbox record: who sent it, with which key, and the message as received.
+///
+/// ```text
+/// offset size
+///  0     16   sender node id
+/// 16     32   sender public key (so a replay after a crash can apply a first hello)
+/// 48      n   the encoded reliable message (its `record` field is the sender's spool record)
+/// ```
+fn inbox_record(node: NodeId, key: &[u8; 32], message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + message.len());
+    out.extend_from_slice(node.as_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(message);
+    out
+}
+
+fn parse_inbox_record(bytes: &[u8]) -> Option<(NodeId, [u8; 32], Message)> {
+    let node = NodeId::from_slice(bytes.get(..16)?)?;
+    let key: [u8; 32] = bytes.get(16..48)?.try_into().ok()?;
+    let m = Message::from_bytes(bytes.get(48..)?).ok()?;
+    Some((node, key, m))
+}
+
+fn open_inbox(dir: &std::path::Path) -> anyhow::Result<Log<FileStorage>> {
+    let storage = FileStorage::open(dir)
+        .with_context(|| format!("cannot open the inbox in {}", dir.display()))?;
+    let log = Log::open(storage, LogConfig::default())
+        .with_context(|| format!("cannot open the inbox in {}", dir.display()))?;
+    if let Some(r) = log.last_recovery() {
+        warn!(segment = %r.segment, truncated_bytes = r.truncated_bytes, "inbox recovered from a torn tail (records never acknowledged): {}", r.detail);
+    }
+    Ok(log)
 }
 
 /// Runs the CMA until `shutdown` resolves.
@@ -90,6 +150,11 @@ pub async fn run(
     for n in &snapshot.nodes {
         sealer.add_peer(n.id, n.public_key);
     }
+    let inbox_dir = opts.data_dir.join("inbox");
+    let inbox = open_inbox(&inbox_dir)?;
+    let inbox_position = store.inbox_position()?;
+    let applied: HashMap<NodeId, u64> =
+        store.applied()?.into_iter().map(|(n, a)| (n, a.through)).collect();
     let nodes = snapshot.nodes.len();
     let core = Cma::new(CmaConfig { timing: opts.timing }, snapshot, now);
     let last_id = store.last_event_id()?;
@@ -137,7 +202,22 @@ pub async fn run(
         open_enrollment: opts.open_enrollment,
         seed: session,
         last_publish: Instant::now() - Duration::from_secs(10),
+        inbox,
+        inbox_dir,
+        to_apply: Vec::new(),
+        enrolled: HashSet::new(),
+        seen: applied.clone(),
+        applied,
+        acks_due: HashSet::new(),
+        progress: InboxProgress::default(),
     };
+    d.replay_inbox(inbox_position)?;
+    // Desired state is re-sent after every start: harmless (epochs), and it tells each nanoprobe
+    // that the CMA restarted, so it resends what it has not seen acknowledged.
+    let members = d.core.ring();
+    for node in members {
+        d.core.resend_peer_set(node);
+    }
     d.drain_core();
     d.flush().await;
     tokio::pin!(shutdown);
@@ -269,16 +349,106 @@ impl Driver {
                 }
                 for bytes in delivered {
                     match Message::from_bytes(&bytes) {
-                        Ok(m) => self.handle_message(sender, opened.new_peer, m),
+                        Ok(m) => self.accept(sender, &bytes, m),
                         Err(_) => self.reject("decode"),
                     }
                 }
-                if opened.new_peer && self.core.node(sender).is_none() {
+                if opened.new_peer
+                    && self.core.node(sender).is_none()
+                    && !self.enrolled.contains(&sender)
+                {
                     // A first datagram that did not enroll the node: forget its key again.
                     self.forget(sender);
                 }
             }
         }
+    }
+
+    /// The packet reader's half: authorize, de-duplicate and append to the inbox.
+    fn accept(&mut self, sender: NodeId, bytes: &[u8], m: Message) {
+        let known = self.core.node(sender).is_some() || self.enrolled.contains(&sender);
+        if !known {
+            match &m.body {
+                Some(Body::Hello(hello)) => {
+                    if !self.enroll(sender, hello) {
+                        return;
+                    }
+                    self.enrolled.insert(sender);
+                }
+                _ => {
+                    self.reject("unregistered");
+                    return;
+                }
+            }
+        }
+        if m.record > 0 {
+            self.acks_due.insert(sender);
+            if m.record <= self.seen.get(&sender).copied().unwrap_or(0) {
+                *self.metrics.rejects.entry("duplicate_record").or_insert(0) += 1;
+                return;
+            }
+        }
+        let key = self.sealer.peer_key(sender).expect("an opened sender has a key");
+        match self.inbox.append(&inbox_record(sender, &key, bytes)) {
+            Ok(lsn) => {
+                if m.record > 0 {
+                    self.seen.insert(sender, m.record);
+                }
+                self.to_apply.push((lsn, sender, key, m));
+            }
+            Err(e) => {
+                self.reject("inbox_full");
+                error!(node = %sender, error = %e, "cannot append to the inbox; the record is not acknowledged and will be resent");
+            }
+        }
+    }
+
+    /// Applies inbox records that were stored but whose effects were not committed before the
+    /// last stop.
+    fn replay_inbox(&mut self, position: u64) -> anyhow::Result<()> {
+        let from = (position + 1).max(self.inbox.first_lsn());
+        let records: Vec<(u64, Vec<u8>)> = self
+            .inbox
+            .read_from(from)
+            .context("cannot read the inbox")?
+            .collect::<Result<_, _>>()
+            .context("cannot read the inbox")?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        info!(records = records.len(), from, "replaying inbox records not yet applied");
+        for (lsn, bytes) in records {
+            let Some((node, key, m)) = parse_inbox_record(&bytes) else {
+                error!(lsn, "an inbox record cannot be decoded; skipped");
+                self.progress.position = Some(lsn);
+                continue;
+            };
+            if self.sealer.peer_key(node).is_none() {
+                self.sealer.add_peer(node, key);
+            }
+            if m.record > 0 {
+                let seen = self.seen.entry(node).or_insert(0);
+                *seen = (*seen).max(m.record);
+            }
+            self.apply(lsn, node, key, m);
+        }
+        self.drain_core();
+        self.commit_store();
+        Ok(())
+    }
+
+    /// The decision engine's half: one inbox record into the core.
+    fn apply(&mut self, lsn: u64, sender: NodeId, key: [u8; 32], m: Message) {
+        self.progress.position = Some(lsn);
+        if m.record > 0 {
+            if m.record <= self.applied.get(&sender).copied().unwrap_or(0) {
+                return; // already applied before a restart
+            }
+            self.applied.insert(sender, m.record);
+            let e = self.progress.applied.entry(sender).or_insert((0, 0));
+            *e = (m.record, e.1 + 1);
+        }
+        self.handle_message(sender, key, m);
     }
 
     fn forget(&mut self, node: NodeId) {
@@ -287,17 +457,13 @@ impl Driver {
         self.timers.set(node, None);
     }
 
-    fn handle_message(&mut self, sender: NodeId, _new_peer: bool, m: Message) {
+    fn handle_message(&mut self, sender: NodeId, key: [u8; 32], m: Message) {
         let now = Timestamp::now();
         let Some(body) = m.body else {
             self.reject("unknown_message");
             return;
         };
         if let Body::Hello(hello) = &body {
-            if self.core.node(sender).is_none() && !self.enroll(sender, hello) {
-                return;
-            }
-            let key = self.sealer.peer_key(sender).expect("an opened sender has a key");
             if let Err(e) = self.core.handle_hello(now, sender, key, hello) {
                 warn!(node = %sender, error = %e, "hello refused");
                 self.reject("bad_hello");
@@ -317,7 +483,8 @@ impl Driver {
             }
             Body::PeerStatus(s) => self.core.handle_peer_status(now, sender, &s),
             other => {
-                debug!(node = %sender, kind = other.name(), "message not handled yet; ignored")
+                *self.metrics.applied_other.entry(other.name()).or_insert(0) += 1;
+                debug!(node = %sender, kind = other.name(), "message stored; nothing more to do with it yet");
             }
         }
     }
@@ -409,24 +576,11 @@ impl Driver {
         }
     }
 
-    /// Writes the turn's changes, then transmits, then re-arms the timers.
+    /// Group commit of the inbox, acks, the engine, the store; then transmits and re-arms timers.
     async fn flush(&mut self) {
-        if !self.changes.is_empty() || !self.events.is_empty() {
-            match self.store.apply(&self.changes, &self.events) {
-                Ok(()) => {
-                    if let Some(last) = self.events.last() {
-                        let _ = self.last_event.send(last.id);
-                    }
-                    self.changes.clear();
-                    self.events.clear();
-                }
-                Err(e) => {
-                    // Keep the batch and retry on the next turn; an operator must look.
-                    self.metrics.store_errors += 1;
-                    error!(error = %e, pending = self.changes.len() + self.events.len(), "cannot write to the store; will retry");
-                }
-            }
-        }
+        self.commit_inbox();
+        self.drain_core();
+        self.commit_store();
         let now = Instant::now();
         let dirty: Vec<NodeId> = self.dirty.drain().collect();
         for id in dirty {
@@ -448,6 +602,80 @@ impl Driver {
         }
         if self.last_publish.elapsed() >= Duration::from_secs(1) {
             self.publish_metrics();
+        }
+    }
+
+    /// Makes this turn's inbox records durable, acknowledges them, and applies them.
+    fn commit_inbox(&mut self) {
+        if !self.to_apply.is_empty() {
+            let started = Instant::now();
+            if let Err(e) = self.inbox.sync() {
+                // Nothing of this batch is acknowledged: the senders keep the records in their
+                // spools and send them again. The log is poisoned after a failed sync (its state
+                // on disk is unknown), so it is reopened from disk.
+                error!(error = %e, records = self.to_apply.len(), "cannot make the inbox durable; nothing acknowledged, senders will resend");
+                self.metrics.store_errors += 1;
+                self.to_apply.clear();
+                self.enrolled.clear();
+                self.acks_due.clear();
+                self.seen = self.applied.clone();
+                match open_inbox(&self.inbox_dir) {
+                    Ok(log) => self.inbox = log,
+                    Err(e) => error!(error = %format!("{e:#}"), "cannot reopen the inbox"),
+                }
+                return;
+            }
+            self.metrics.inbox_syncs += 1;
+            self.metrics.inbox_records += self.to_apply.len() as u64;
+            self.metrics.inbox_sync_micros += started.elapsed().as_micros() as u64;
+        }
+        let now = Instant::now();
+        for node in std::mem::take(&mut self.acks_due) {
+            let through = self.seen.get(&node).copied().unwrap_or(0);
+            let addr = match self.conns.get(&node) {
+                Some(p) => p.addr,
+                None => continue,
+            };
+            let bytes = Message::new(Body::Ack(msg::Ack { through })).to_bytes();
+            self.send_reliable(node, addr, bytes, now);
+        }
+        for (lsn, node, key, m) in std::mem::take(&mut self.to_apply) {
+            self.apply(lsn, node, key, m);
+        }
+        self.enrolled.clear();
+    }
+
+    /// Writes the turn's changes, events and inbox progress in one transaction.
+    fn commit_store(&mut self) {
+        if self.changes.is_empty()
+            && self.events.is_empty()
+            && self.progress == InboxProgress::default()
+        {
+            return;
+        }
+        match self.store.apply(&self.changes, &self.events, &self.progress) {
+            Ok(()) => {
+                if let Some(last) = self.events.last() {
+                    let _ = self.last_event.send(last.id);
+                }
+                if let Some(pos) = self.progress.position
+                    && let Err(e) = self.inbox.remove_through(pos)
+                {
+                    error!(error = %e, "cannot delete applied inbox records");
+                }
+                self.changes.clear();
+                self.events.clear();
+                self.progress = InboxProgress::default();
+            }
+            Err(e) => {
+                // Keep the batch and retry on the next turn; an operator must look.
+                self.metrics.store_errors += 1;
+                error!(
+                    error = %e,
+                    pending = self.changes.len() + self.events.len(),
+                    "cannot write to the store; will retry"
+                );
+            }
         }
     }
 

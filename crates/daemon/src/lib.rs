@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod cma;
+pub mod link;
 pub mod metrics;
 pub mod nanoprobe;
 pub mod timers;

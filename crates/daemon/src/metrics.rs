@@ -27,6 +27,12 @@ pub struct CmaMetrics {
     pub reports_ignored: u64,
     pub retransmits: u64,
     pub store_errors: u64,
+    /// Inbox group commits, records made durable, and total fsync time (µs).
+    pub inbox_syncs: u64,
+    pub inbox_records: u64,
+    pub inbox_sync_micros: u64,
+    /// Stored messages with no further effect yet, by kind.
+    pub applied_other: BTreeMap<&'static str, u64>,
 }
 
 /// The latest published metrics.
@@ -146,6 +152,25 @@ pub fn render(m: &CmaMetrics) -> String {
         "assim_cma_store_errors_total",
         "Failed writes to the store (an operator must act).",
         m.store_errors,
+    );
+    counter(
+        &mut out,
+        "assim_cma_inbox_syncs_total",
+        "Inbox group commits (one fsync each).",
+        m.inbox_syncs,
+    );
+    counter(
+        &mut out,
+        "assim_cma_inbox_records_total",
+        "Records made durable in the inbox.",
+        m.inbox_records,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP assim_cma_inbox_sync_seconds_total Time spent in inbox fsyncs.\n\
+         # TYPE assim_cma_inbox_sync_seconds_total counter\n\
+         assim_cma_inbox_sync_seconds_total {:.6}",
+        m.inbox_sync_micros as f64 / 1e6
     );
     out
 }

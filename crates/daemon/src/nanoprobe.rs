@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use assim_probe::{Action as HbAction, DesiredPeers, Heartbeats};
-use assim_reliable::{Connection, Event as RelEvent};
 use assim_seal::{Identity, JoinToken, Sealer};
 use assim_wire::msg::{self, Body, Direct, DirectBody, Message};
 use assim_wire::{DatagramKind, NodeId, Timestamp};
 use serde::{Deserialize, Serialize};
+
+use crate::link::{CmaLink, FromCma};
 use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
@@ -44,7 +45,12 @@ pub struct NanoprobeOptions {
     pub enrollment: Enrollment,
     /// The host name to report (default: the kernel's host name).
     pub hostname: Option<String>,
+    /// The spool's size limit in bytes (see [`crate::link`] for what happens when it is full).
+    pub spool_max_bytes: u64,
 }
+
+/// The default spool limit: 64 MiB.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The CMA a nanoprobe is pinned to, kept as `cma.pin` in its data directory.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -168,13 +174,14 @@ pub async fn run(
     );
 
     let started = Instant::now();
-    let seed = session ^ 0x9e37_79b9_7f4a_7c15;
+    let link =
+        CmaLink::open(sealer, cma_id, cma_addr, &opts.data_dir, opts.spool_max_bytes, started)?;
+    if link.unacked() > 0 {
+        info!(records = link.unacked(), "the spool holds records the CMA has not acknowledged yet");
+    }
     let mut p = Probe {
-        sealer,
+        link,
         socket,
-        cma_id,
-        cma_addr,
-        conn: Connection::new(assim_reliable::Config::default(), session, seed),
         heartbeats: Heartbeats::new(identity.node_id()),
         hello: msg::Hello {
             version: crate::VERSION.to_string(),
@@ -190,18 +197,26 @@ pub async fn run(
         goodbye_id: None,
         stop: None,
         dropped: 0,
+        metrics_path: opts.data_dir.join("nanoprobe.prom"),
+        next_metrics: started,
     };
     p.send_hello(started);
+    p.link.resend_unacked(started);
     p.flush().await;
 
     tokio::pin!(shutdown);
     let mut rbuf = vec![0u8; 65536];
     let mut leaving_deadline: Option<Instant> = None;
     loop {
-        let deadline = [p.heartbeats.poll_timeout(), p.conn.poll_timeout(), leaving_deadline]
-            .into_iter()
-            .flatten()
-            .min();
+        let deadline = [
+            p.heartbeats.poll_timeout(),
+            p.link.poll_timeout(),
+            leaving_deadline,
+            Some(p.next_metrics),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         tokio::select! {
             r = p.socket.recv_from(&mut rbuf) => match r {
                 Ok((len, src)) => {
@@ -213,7 +228,11 @@ pub async fn run(
             _ = sleep_until(deadline) => {
                 let now = Instant::now();
                 p.heartbeats.handle_timeout(now);
-                p.conn.handle_timeout(now);
+                p.link.handle_timeout(now);
+                if now >= p.next_metrics {
+                    p.write_metrics();
+                    p.next_metrics = now + METRICS_INTERVAL;
+                }
             }
             _ = &mut shutdown, if leaving_deadline.is_none() => {
                 info!("stopping: saying goodbye to the CMA");
@@ -325,44 +344,36 @@ fn local_addresses() -> Vec<String> {
     out
 }
 
+/// How often the nanoprobe rewrites its metrics file.
+const METRICS_INTERVAL: Duration = Duration::from_secs(10);
+
 struct Probe {
-    sealer: Sealer,
+    link: CmaLink,
     socket: UdpSocket,
-    cma_id: NodeId,
-    cma_addr: SocketAddr,
-    conn: Connection,
     heartbeats: Heartbeats,
     hello: msg::Hello,
     goodbye_id: Option<u64>,
     stop: Option<String>,
     dropped: u64,
+    metrics_path: PathBuf,
+    next_metrics: Instant,
 }
 
 impl Probe {
-    fn send_to_cma(&mut self, body: Body, now: Instant) -> Option<u64> {
-        match self.conn.send(Message::new(body).to_bytes(), now) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                warn!(error = %e, "cannot queue a message for the CMA");
-                None
-            }
-        }
-    }
-
     fn send_hello(&mut self, now: Instant) {
         self.hello.peer_epoch = self.heartbeats.epoch();
         let hello = self.hello.clone();
-        self.send_to_cma(Body::Hello(hello), now);
+        self.link.send_control(Body::Hello(hello), now);
     }
 
     fn say_goodbye(&mut self, now: Instant) {
         let body = Body::Goodbye(msg::Goodbye { reason: msg::GoodbyeReason::Shutdown as i32 });
-        self.goodbye_id = self.send_to_cma(body, now);
+        self.goodbye_id = self.link.send_control(body, now);
     }
 
     fn handle_datagram(&mut self, datagram: &[u8], src: SocketAddr) {
         let now = Instant::now();
-        let opened = match self.sealer.open(datagram) {
+        let opened = match self.link.sealer.open(datagram) {
             Ok(o) => o,
             Err(e) => {
                 self.dropped += 1;
@@ -371,23 +382,17 @@ impl Probe {
             }
         };
         let sender = opened.header.sender;
+        let cma_id = self.link.cma_id;
         match opened.header.kind {
-            DatagramKind::Reliable if sender == self.cma_id => {
-                self.cma_addr = src;
-                if let Err(e) = self.conn.handle_frame(&opened.plaintext, now) {
-                    debug!(error = %e, "bad frame from the CMA");
-                }
-                while let Some(ev) = self.conn.poll_event() {
+            DatagramKind::Reliable if sender == cma_id => {
+                for ev in self.link.handle_frame(&opened.plaintext, src, now) {
                     match ev {
-                        RelEvent::Delivered(bytes) => match Message::from_bytes(&bytes) {
-                            Ok(m) => self.handle_command(m, now),
-                            Err(e) => warn!(error = %e, "undecodable message from the CMA"),
-                        },
-                        RelEvent::PeerRestarted { .. } => {
+                        FromCma::Message(m) => self.handle_command(m, now),
+                        FromCma::Restarted => {
                             info!("the CMA restarted; registering again");
                             self.send_hello(now);
                         }
-                        RelEvent::Acked(id) => {
+                        FromCma::Delivered(id) => {
                             if self.goodbye_id == Some(id) {
                                 self.goodbye_id = None;
                             }
@@ -403,7 +408,7 @@ impl Probe {
                 Ok(Direct { body: Some(DirectBody::Heartbeat(hb)) }) => {
                     self.heartbeats.heartbeat_received(sender, src, &hb, now);
                 }
-                Ok(Direct { body: Some(DirectBody::Probe(p)) }) if sender == self.cma_id => {
+                Ok(Direct { body: Some(DirectBody::Probe(p)) }) if sender == cma_id => {
                     let reply = Direct { body: Some(DirectBody::ProbeReply(p)) }.to_bytes();
                     self.send_direct(sender, src, &reply);
                 }
@@ -418,7 +423,7 @@ impl Probe {
             Some(Body::PeerSet(set)) => match DesiredPeers::try_from(&set) {
                 Ok(desired) => {
                     for p in &desired.peers {
-                        self.sealer.add_peer(p.node_id, p.public_key);
+                        self.link.sealer.add_peer(p.node_id, p.public_key);
                     }
                     let epoch = desired.epoch;
                     let n = desired.peers.len();
@@ -444,20 +449,22 @@ impl Probe {
                     self.send_direct(to, addr, &bytes);
                 }
                 HbAction::Report(r) => {
-                    info!(kind = msg::ReportKind::try_from(r.kind).map(|k| k.name()).unwrap_or("?"),
-                        peer = %NodeId::from_slice(&r.peer).unwrap_or_default(), silent_ms = r.silent_ms, "reporting a peer");
-                    self.send_to_cma(Body::HeartbeatReport(r), now);
+                    info!(
+                        kind = msg::ReportKind::try_from(r.kind).map(|k| k.name()).unwrap_or("?"),
+                        peer = %NodeId::from_slice(&r.peer).unwrap_or_default(),
+                        silent_ms = r.silent_ms,
+                        "reporting a peer"
+                    );
+                    self.link.send_spooled(Body::HeartbeatReport(r), now);
                 }
-                HbAction::Status(s) => {
-                    self.send_to_cma(Body::PeerStatus(s), now);
-                }
+                HbAction::Status(s) => self.link.send_spooled(Body::PeerStatus(s), now),
             }
         }
     }
 
     fn send_direct(&mut self, to: NodeId, addr: SocketAddr, plaintext: &[u8]) {
         let mut out = Vec::new();
-        match self.sealer.seal(to, DatagramKind::Direct, false, plaintext, &mut out) {
+        match self.link.sealer.seal(to, DatagramKind::Direct, false, plaintext, &mut out) {
             Ok(()) => {
                 let _ = self.socket.try_send_to(&out, addr);
             }
@@ -467,16 +474,55 @@ impl Probe {
 
     async fn flush(&mut self) {
         let now = Instant::now();
-        while let Some(frame) = self.conn.poll_transmit(now) {
-            let mut out = Vec::with_capacity(frame.len() + 96);
-            match self.sealer.seal(self.cma_id, DatagramKind::Reliable, true, &frame, &mut out) {
-                Ok(()) => {
-                    if let Err(e) = self.socket.send_to(&out, self.cma_addr).await {
-                        debug!(error = %e, "cannot send to the CMA");
-                    }
-                }
-                Err(e) => warn!(error = %e, "cannot seal a frame for the CMA"),
+        self.link.commit(now);
+        let addr = self.link.cma_addr;
+        for datagram in self.link.poll_datagrams(now) {
+            if let Err(e) = self.socket.send_to(&datagram, addr).await {
+                debug!(error = %e, "cannot send to the CMA");
             }
+        }
+    }
+
+    /// Writes the nanoprobe's counters in the Prometheus text format (for node_exporter's
+    /// textfile collector), atomically.
+    fn write_metrics(&self) {
+        let s = &self.link.stats;
+        let hb = self.heartbeats.stats();
+        let text = format!(
+            "# HELP assim_nanoprobe_spool_records Records in the spool not yet acknowledged by the CMA.\n\
+             # TYPE assim_nanoprobe_spool_records gauge\nassim_nanoprobe_spool_records {}\n\
+             # HELP assim_nanoprobe_spool_bytes Bytes the spool uses on disk.\n\
+             # TYPE assim_nanoprobe_spool_bytes gauge\nassim_nanoprobe_spool_bytes {}\n\
+             # HELP assim_nanoprobe_spooled_total Records appended to the spool.\n\
+             # TYPE assim_nanoprobe_spooled_total counter\nassim_nanoprobe_spooled_total {}\n\
+             # HELP assim_nanoprobe_spool_dropped_total Droppable records dropped because the spool was full.\n\
+             # TYPE assim_nanoprobe_spool_dropped_total counter\nassim_nanoprobe_spool_dropped_total {}\n\
+             # HELP assim_nanoprobe_spool_unspooled_total Records sent without the spool because it was full.\n\
+             # TYPE assim_nanoprobe_spool_unspooled_total counter\nassim_nanoprobe_spool_unspooled_total {}\n\
+             # HELP assim_nanoprobe_resent_total Spool records sent again.\n\
+             # TYPE assim_nanoprobe_resent_total counter\nassim_nanoprobe_resent_total {}\n\
+             # HELP assim_nanoprobe_heartbeats_sent_total Heartbeats sent to ring neighbours.\n\
+             # TYPE assim_nanoprobe_heartbeats_sent_total counter\nassim_nanoprobe_heartbeats_sent_total {}\n\
+             # HELP assim_nanoprobe_heartbeats_received_total Heartbeats received from ring neighbours.\n\
+             # TYPE assim_nanoprobe_heartbeats_received_total counter\nassim_nanoprobe_heartbeats_received_total {}\n\
+             # HELP assim_nanoprobe_datagrams_rejected_total Datagrams dropped (authentication, replay, unexpected).\n\
+             # TYPE assim_nanoprobe_datagrams_rejected_total counter\nassim_nanoprobe_datagrams_rejected_total {}\n",
+            self.link.unacked(),
+            self.link.spool_bytes(),
+            s.spooled,
+            s.spool_dropped,
+            s.spool_unspooled,
+            s.resent,
+            hb.heartbeats_sent,
+            hb.heartbeats_received,
+            self.dropped,
+        );
+        let tmp = self.metrics_path.with_extension("prom.tmp");
+        if std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &self.metrics_path))
+            .is_err()
+        {
+            debug!(path = %self.metrics_path.display(), "cannot write the metrics file");
         }
     }
 }

@@ -70,6 +70,11 @@ CREATE TABLE IF NOT EXISTS events (
     tags TEXT NOT NULL,
     text TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS applied (
+    node TEXT PRIMARY KEY,
+    through INTEGER NOT NULL,
+    count INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY,
     secret TEXT NOT NULL,
@@ -79,6 +84,25 @@ CREATE TABLE IF NOT EXISTS tokens (
     uses INTEGER NOT NULL
 );
 ";
+
+/// What the decision engine consumed from the inbox in one batch. It is committed in the same
+/// transaction as the state it changed, so after a crash the engine resumes exactly after the
+/// last record whose effects are stored, and never applies a record twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InboxProgress {
+    /// The last inbox LSN applied; `None` leaves the stored position unchanged.
+    pub position: Option<u64>,
+    /// Per node: the highest spool record applied so far, and how many records of that node this
+    /// batch applied.
+    pub applied: BTreeMap<NodeId, (u64, u64)>,
+}
+
+/// Per-node application record: the highest spool record applied and how many were applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub through: u64,
+    pub count: u64,
+}
 
 /// An enrollment token as the CMA keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,10 +196,15 @@ impl Store {
         Ok(())
     }
 
-    /// Applies a batch of core changes and events in one transaction. Of several ring or counter
-    /// changes in one batch only the last is written; each node is written once with its last
-    /// state.
-    pub fn apply(&mut self, changes: &[Change], events: &[Event]) -> Result<(), StoreError> {
+    /// Applies a batch of core changes and events, and the inbox progress that produced them, in
+    /// one transaction. Of several ring or counter changes in one batch only the last is
+    /// written; each node is written once with its last state.
+    pub fn apply(
+        &mut self,
+        changes: &[Change],
+        events: &[Event],
+        progress: &InboxProgress,
+    ) -> Result<(), StoreError> {
         let mut nodes: BTreeMap<NodeId, &NodeRecord> = BTreeMap::new();
         let mut ring = None;
         let mut counters = None;
@@ -233,6 +262,21 @@ impl Store {
                 put_meta.execute(params!["next_epoch", e.to_string()]).map_err(err)?;
                 put_meta.execute(params!["next_event_id", ev.to_string()]).map_err(err)?;
             }
+            if let Some(pos) = progress.position {
+                put_meta.execute(params!["inbox_position", pos.to_string()]).map_err(err)?;
+            }
+            let mut put_applied = tx
+                .prepare_cached(
+                    "INSERT INTO applied (node, through, count) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(node) DO UPDATE SET through = MAX(through, excluded.through),
+                     count = count + excluded.count",
+                )
+                .map_err(err)?;
+            for (node, (through, count)) in &progress.applied {
+                put_applied
+                    .execute(params![node.to_string(), *through as i64, *count as i64])
+                    .map_err(err)?;
+            }
             let mut put_event = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO events (id, time, kind, host, hostname, tags, text)
@@ -255,6 +299,34 @@ impl Store {
         }
         tx.commit().map_err(err)?;
         Ok(())
+    }
+
+    /// The last inbox LSN whose effects are stored (0 if none).
+    pub fn inbox_position(&self) -> Result<u64, StoreError> {
+        Ok(self.meta_u64("inbox_position")?.unwrap_or(0))
+    }
+
+    /// Per node, the spool records applied so far.
+    pub fn applied(&self) -> Result<BTreeMap<NodeId, Applied>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT node, through, count FROM applied")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (node, through, count) = row.map_err(|e| self.sql(e))?;
+            let id = node.parse().map_err(|_| StoreError::Corrupt {
+                table: "applied",
+                detail: format!("node {node:?}"),
+            })?;
+            out.insert(id, Applied { through: through as u64, count: count as u64 });
+        }
+        Ok(out)
     }
 
     /// All nodes, ordered by hostname.
