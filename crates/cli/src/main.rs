@@ -58,6 +58,29 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Push spooled reports from simulated senders at a CMA (durability tests, ingest benchmark).
+    /// Each sender enrolls by trust on first use, so the CMA needs --open-enrollment.
+    #[command(hide = true)]
+    Loadgen {
+        /// The CMA's UDP address.
+        #[arg(long)]
+        cma: std::net::SocketAddr,
+        /// How many senders (each its own identity, socket and spool).
+        #[arg(long, default_value_t = 50)]
+        senders: usize,
+        /// Reports per sender.
+        #[arg(long, default_value_t = 2000)]
+        reports: u64,
+        /// Unacknowledged reports per sender at most.
+        #[arg(long, default_value_t = 1024)]
+        window: u64,
+        /// Reports spooled per sender per turn (one fsync each).
+        #[arg(long, default_value_t = 64)]
+        batch: u64,
+        /// Where the senders keep identities and spools (reuse it to resume).
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+    },
     /// Run the CMA (same as the `cma` binary).
     Cma {
         #[command(flatten)]
@@ -111,6 +134,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { nodes, keep } => {
             assim::demo::run(assim::demo::DemoOptions { nodes, keep })?
+        }
+        Command::Loadgen { cma, senders, reports, window, batch, data_dir } => {
+            let opts = assim_daemon::loadgen::LoadOptions {
+                cma,
+                senders,
+                reports,
+                window,
+                batch,
+                data_dir,
+            };
+            let r = assim::block_on(assim_daemon::loadgen::run(opts))?;
+            let secs = r.elapsed.as_secs_f64();
+            println!(
+                "{} senders: {} reports spooled, {} acknowledged in {secs:.2} s = {:.0} reports/s; \
+                 ack latency p50 {} us, p99 {} us; {} resent",
+                r.senders,
+                r.spooled,
+                r.acked,
+                r.acked as f64 / secs.max(1e-9),
+                r.percentile(0.5),
+                r.percentile(0.99),
+                r.resent
+            );
         }
         Command::Cma { flags, command } => assim::settings::run_cma(flags, command)?,
         Command::Nanoprobe { flags } => assim::settings::run_nanoprobe(flags)?,

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod cma;
 pub mod link;
+pub mod loadgen;
 pub mod metrics;
 pub mod nanoprobe;
 pub mod timers;

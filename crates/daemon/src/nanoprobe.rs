@@ -62,7 +62,7 @@ pub struct CmaPin {
 }
 
 impl CmaPin {
-    fn key(&self) -> anyhow::Result<[u8; 32]> {
+    pub(crate) fn key(&self) -> anyhow::Result<[u8; 32]> {
         let bytes = hex::decode(&self.public_key).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
         bytes.context("the CMA key in the pin file is not 64 hex digits")
     }
@@ -72,7 +72,7 @@ fn pin_path(dir: &Path) -> PathBuf {
     dir.join("cma.pin")
 }
 
-fn read_pin(dir: &Path) -> anyhow::Result<Option<CmaPin>> {
+pub(crate) fn read_pin(dir: &Path) -> anyhow::Result<Option<CmaPin>> {
     let path = pin_path(dir);
     match std::fs::read_to_string(&path) {
         Ok(s) => {
@@ -87,7 +87,7 @@ fn read_pin(dir: &Path) -> anyhow::Result<Option<CmaPin>> {
     }
 }
 
-fn write_pin(dir: &Path, pin: &CmaPin) -> anyhow::Result<()> {
+pub(crate) fn write_pin(dir: &Path, pin: &CmaPin) -> anyhow::Result<()> {
     let path = pin_path(dir);
     let tmp = dir.join("cma.pin.tmp");
     std::fs::write(&tmp, serde_json::to_string_pretty(pin)? + "\n")
@@ -267,7 +267,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Asks the CMA for its key until it answers (trust on first use).
-async fn fetch_cma_key(
+pub(crate) async fn fetch_cma_key(
     socket: &UdpSocket,
     sealer: &mut Sealer,
     cma: SocketAddr,
