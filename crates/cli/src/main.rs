@@ -93,6 +93,8 @@ enum Command {
         #[command(flatten)]
         flags: NanoprobeFlags,
     },
+    /// Simulate N nanoprobes and a CMA in virtual time; check failure detection.
+    Sim(assim_sim::SimArgs),
 }
 
 fn main() {
@@ -160,6 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Cma { flags, command } => assim::settings::run_cma(flags, command)?,
         Command::Nanoprobe { flags } => assim::settings::run_nanoprobe(flags)?,
+        Command::Sim(args) => assim_sim::run_cli(args)?,
     }
     Ok(())
 }

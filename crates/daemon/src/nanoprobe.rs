@@ -388,10 +388,13 @@ impl Probe {
                 for ev in self.link.handle_frame(&opened.plaintext, src, now) {
                     match ev {
                         FromCma::Message(m) => self.handle_command(m, now),
-                        FromCma::Restarted => {
+                        // While leaving, the goodbye (resent by the reliable layer) is what
+                        // the restarted CMA must see; a hello would register us again.
+                        FromCma::Restarted if self.goodbye_id.is_none() => {
                             info!("the CMA restarted; registering again");
                             self.send_hello(now);
                         }
+                        FromCma::Restarted => {}
                         FromCma::Delivered(id) => {
                             if self.goodbye_id == Some(id) {
                                 self.goodbye_id = None;

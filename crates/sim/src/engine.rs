@@ -1,0 +1,1476 @@
+//! The discrete-event engine: one event queue in virtual time, the nanoprobes (the real
+//! `assim-probe` core plus a real `assim-reliable` connection each), the CMA (the real
+//! `assim-cma` core, a reliable connection per nanoprobe, an in-memory store) and the network.
+//!
+//! Wiring follows the daemon's drivers (`crates/daemon/src/{nanoprobe,cma}.rs`): a nanoprobe
+//! says hello on start and again when its connection reports that the CMA restarted (not while
+//! leaving: see `node_after`); reports and peer status go to the CMA over reliable delivery;
+//! peer sets are applied to the heartbeat core; the CMA's probe is answered with a probe reply;
+//! a graceful leave is a goodbye, and the nanoprobe stops once it is acknowledged (or after
+//! 3 s). The CMA treats every message from a
+//! registered node as proof of life (`handle_alive`) before handling it, as the daemon does.
+//! Enrollment is open: every hello is accepted. Heartbeats, probes and probe replies are single
+//! datagrams; nothing is sealed (sealing is not what is being simulated).
+//!
+//! Determinism: one `ChaCha8Rng` from the seed draws every random choice in event order; the
+//! queue orders by (time, insertion sequence); no hash map is ever iterated. Virtual time is
+//! microseconds since the start; `Instant` = a base instant + that, `Timestamp` = a fixed epoch
+//! plus that. Deadlines from the cores are rounded up to the microsecond.
+//!
+//! Timers are lazy: each endpoint remembers the earliest wake it has queued (`armed`); a wake
+//! that no longer matches is ignored. The cores tolerate early or late calls anyway.
+//!
+//! Message accounting: each nanoprobe → CMA message carries a record number
+//! (`incarnation << 40 | sequence`, as a durable spool would number it). The CMA side applies a
+//! record once; a record at or below the last one applied for that incarnation is counted — as
+//! a violation if it comes within one CMA incarnation (the reliable layer must have suppressed
+//! it), as an expected redelivery if the CMA restarted in between (the reliable layer documents
+//! that; the durable inbox is what de-duplicates it), and is not applied again. A record that
+//! skips ahead is a gap (a violation).
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use assim_cma::{Action as CmaAction, Change, Cma, CmaConfig, EventKind, NodeRecord, Snapshot};
+use assim_probe::{Action as HbAction, DesiredPeers, Heartbeats};
+use assim_reliable::{Config as RelConfig, Connection, Event as RelEvent};
+use assim_wire::msg::{self, Body, Heartbeat, Message};
+use assim_wire::{NodeId, Timestamp};
+use rand::seq::SliceRandom;
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::net::{Fate, Network, Place};
+use crate::report::{self, Report};
+use crate::scenario::{Scenario, StepKind};
+
+/// "Not armed".
+const NONE: u64 = u64::MAX;
+/// The CMA's endpoint number.
+const CMA: u32 = u32::MAX;
+/// The virtual epoch: 2026-01-01T00:00:00Z in µs.
+pub const EPOCH_US: u64 = 1_767_225_600_000_000;
+/// How long a leaving nanoprobe waits for its goodbye to be acknowledged (as the daemon).
+const LEAVE_WAIT: u64 = 3_000_000;
+
+/// Virtual time conversions. One clock, two views.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    base: Instant,
+}
+
+impl Clock {
+    fn instant(&self, t: u64) -> Instant {
+        self.base + Duration::from_micros(t)
+    }
+    fn timestamp(t: u64) -> Timestamp {
+        Timestamp(EPOCH_US + t)
+    }
+    fn of_instant(&self, i: Instant) -> u64 {
+        let ns = i.saturating_duration_since(self.base).as_nanos();
+        u64::try_from(ns.div_ceil(1000)).unwrap_or(NONE - 1)
+    }
+    fn of_timestamp(ts: Timestamp) -> u64 {
+        ts.0.saturating_sub(EPOCH_US)
+    }
+}
+
+/// A datagram in flight.
+#[derive(Clone, Debug)]
+enum Packet {
+    Heartbeat(Heartbeat),
+    Frame(Vec<u8>),
+    Probe(u64),
+    ProbeReply(u64),
+}
+
+/// Why a node crashed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CrashCause {
+    Random,
+    Switch,
+    /// A leaving node stopped without its goodbye reaching the CMA (partition, loss).
+    GoodbyeLost,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Start(u32),
+    NodeWake(u32),
+    CmaWake,
+    CmaConnWake(u32),
+    Deliver { from: u32, to: u32, packet: Packet },
+    Step(u32),
+    Crash(u32, CrashCause),
+    PartitionEnd(u32),
+    CmaUp,
+    Tick,
+}
+
+#[derive(Debug)]
+struct Entry {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Entry {
+    // Reversed: BinaryHeap is a max-heap and we want the earliest (time, seq) first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// The kinds of nanoprobe → CMA message, for accounting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MsgKind {
+    Hello = 0,
+    Report = 1,
+    Status = 2,
+    Goodbye = 3,
+}
+
+impl MsgKind {
+    fn of(body: &Body) -> Option<MsgKind> {
+        match body {
+            Body::Hello(_) => Some(MsgKind::Hello),
+            Body::HeartbeatReport(_) => Some(MsgKind::Report),
+            Body::PeerStatus(_) => Some(MsgKind::Status),
+            Body::Goodbye(_) => Some(MsgKind::Goodbye),
+            _ => None,
+        }
+    }
+}
+
+/// Width of a bucket of the event queue's wheel, in µs.
+const BUCKET_US: u64 = 1000;
+/// Buckets in the wheel (16 s of virtual time at 1 ms).
+const WHEEL: u64 = 1 << 14;
+
+/// The event queue: pops entries in (time, insertion sequence) order, exactly like one binary
+/// heap would, but keeps the heap small: a wheel of 1 ms buckets holds entries up to 16 s ahead
+/// unordered, and a bucket is heapified only when time reaches it; entries further ahead wait
+/// in an overflow heap. (One heap of ~300k entries spent a fifth of the run in cache misses.)
+#[derive(Debug)]
+struct Queue {
+    wheel: Vec<Vec<Entry>>,
+    in_wheel: usize,
+    /// The bucket time has reached; `current` holds its entries (and any pushed for earlier).
+    cur: u64,
+    current: BinaryHeap<Entry>,
+    far: BinaryHeap<Entry>,
+}
+
+impl Queue {
+    fn new() -> Queue {
+        Queue {
+            wheel: (0..WHEEL).map(|_| Vec::new()).collect(),
+            in_wheel: 0,
+            cur: 0,
+            current: BinaryHeap::new(),
+            far: BinaryHeap::new(),
+        }
+    }
+
+    fn push(&mut self, e: Entry) {
+        let b = e.at / BUCKET_US;
+        if b <= self.cur {
+            self.current.push(e);
+        } else if b < self.cur + WHEEL {
+            self.wheel[(b % WHEEL) as usize].push(e);
+            self.in_wheel += 1;
+        } else {
+            self.far.push(e);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Entry> {
+        loop {
+            if let Some(e) = self.current.pop() {
+                return Some(e);
+            }
+            if self.in_wheel == 0 {
+                // Nothing within the horizon: jump to the earliest far entry.
+                self.cur = self.far.peek()?.at / BUCKET_US;
+            } else {
+                self.cur += 1;
+            }
+            let slot = std::mem::take(&mut self.wheel[(self.cur % WHEEL) as usize]);
+            self.in_wheel -= slot.len();
+            self.current = BinaryHeap::from(slot);
+            while self.far.peek().is_some_and(|f| f.at / BUCKET_US <= self.cur) {
+                let e = self.far.pop().expect("peeked");
+                self.current.push(e);
+            }
+        }
+    }
+}
+
+/// Queue, clock, rng and network: what every handler needs besides its own endpoint.
+#[derive(Debug)]
+struct World {
+    now: u64,
+    seq: u64,
+    queue: Queue,
+    rng: ChaCha8Rng,
+    net: Network,
+    clock: Clock,
+    switch_of: Vec<u32>,
+    steady: (u64, u64),
+    counters: report::Counters,
+}
+
+impl World {
+    fn push(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Entry { at, seq: self.seq, ev });
+    }
+
+    fn place(&self, e: u32) -> Place {
+        if e == CMA { Place::Cma } else { Place::Switch(self.switch_of[e as usize]) }
+    }
+
+    fn send(&mut self, from: u32, to: u32, packet: Packet) {
+        if from == CMA {
+            self.counters.cma_datagrams_out += 1;
+            if (self.steady.0..self.steady.1).contains(&self.now) {
+                self.counters.steady_cma_out += 1;
+            }
+        }
+        let (a, b) = (self.place(from), self.place(to));
+        match self.net.route(&mut self.rng, a, b) {
+            Fate::Deliver(first, second) => {
+                if let Some(second) = second {
+                    let copy = packet.clone();
+                    self.push(self.now + second, Ev::Deliver { from, to, packet: copy });
+                }
+                self.push(self.now + first, Ev::Deliver { from, to, packet });
+            }
+            Fate::Cut | Fate::Lost => {}
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Life {
+    Idle,
+    Running,
+    Leaving,
+    Crashed,
+    Left,
+}
+
+/// A running nanoprobe's state: the real cores.
+#[derive(Debug)]
+struct Probe {
+    hb: Heartbeats,
+    conn: Connection,
+    next_seq: u64,
+    /// (message id, record, kind) sent and not yet acknowledged.
+    unacked: VecDeque<(u64, u64, MsgKind)>,
+    goodbye: Option<u64>,
+    leave_by: Option<u64>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) id: NodeId,
+    addr: SocketAddr,
+    pub(crate) switch: u32,
+    pub(crate) life: Life,
+    incarnation: u32,
+    armed: u64,
+    /// Inline rather than boxed: one cache miss less per event at 100k nodes.
+    probe: Option<Probe>,
+    /// The crash (index in `Obs::crashes`) not yet detected.
+    pub(crate) crash: Option<usize>,
+    /// Messages of earlier incarnations that were unacknowledged when they stopped.
+    lost_candidates: Vec<(u64, MsgKind)>,
+}
+
+/// One crash and what became of it.
+#[derive(Clone, Debug)]
+pub(crate) struct CrashRec {
+    pub(crate) node: u32,
+    pub(crate) at: u64,
+    pub(crate) cause: CrashCause,
+    pub(crate) detected_at: Option<u64>,
+    /// Resolved without a host.down: it said hello again (restart) before the CMA confirmed
+    /// the crash, or (`GoodbyeLost`) its goodbye arrived after all.
+    pub(crate) restarted_first: bool,
+    /// The CMA's ring neighbours of the node when it crashed.
+    pub(crate) neighbours: Vec<u32>,
+}
+
+/// A host.down the simulator did not expect from a crash.
+#[derive(Clone, Debug)]
+pub(crate) struct UnexpectedDown {
+    pub(crate) node: u32,
+    pub(crate) at: u64,
+    pub(crate) life: Life,
+    pub(crate) text: String,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct PartitionRec {
+    pub(crate) switches: Vec<u32>,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) nodes_inside: u64,
+    pub(crate) downs_inside: u64,
+    pub(crate) ups_inside_after: u64,
+}
+
+/// What the simulator observed, for the report.
+#[derive(Debug, Default)]
+pub(crate) struct Obs {
+    pub(crate) crashes: Vec<CrashRec>,
+    pub(crate) false_downs: Vec<UnexpectedDown>,
+    pub(crate) cut_off_downs: Vec<UnexpectedDown>,
+    /// host.up for a node that is not running (crashed, left, never started).
+    pub(crate) false_ups: Vec<UnexpectedDown>,
+    /// host.down again for a node that is crashed and whose crash was already reported.
+    pub(crate) repeat_downs: u64,
+    pub(crate) partitions: Vec<PartitionRec>,
+    pub(crate) registered_at: Option<u64>,
+    pub(crate) registered_wall: Option<Duration>,
+    pub(crate) cma_restarts: u64,
+    pub(crate) store_mismatches: u64,
+    pub(crate) leaves: u64,
+    pub(crate) restarts: u64,
+}
+
+/// The durable store of the CMA, in memory: what `Persist` actions wrote.
+#[derive(Debug, Default)]
+struct Store {
+    nodes: BTreeMap<NodeId, NodeRecord>,
+    ring: Vec<NodeId>,
+    next_epoch: u64,
+    next_event_id: u64,
+}
+
+impl Store {
+    fn apply(&mut self, c: Change) {
+        match c {
+            Change::Node(rec) => {
+                self.nodes.insert(rec.id, rec);
+            }
+            Change::Ring(order) => self.ring = order,
+            Change::Counters { next_epoch, next_event_id } => {
+                self.next_epoch = next_epoch;
+                self.next_event_id = next_event_id;
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            nodes: self.nodes.values().cloned().collect(),
+            ring: self.ring.clone(),
+            next_epoch: self.next_epoch,
+            next_event_id: self.next_event_id,
+        }
+    }
+}
+
+/// Per (node, incarnation): the last sequence applied and the CMA incarnation that applied it.
+type Inbox = HashMap<(u32, u32), (u64, u32)>;
+
+#[derive(Debug)]
+struct CmaSide {
+    core: Option<Cma>,
+    config: CmaConfig,
+    /// CMA incarnation (also its reliable session).
+    generation: u32,
+    conns: Vec<Option<Box<Connection>>>,
+    conn_armed: Vec<u64>,
+    armed: u64,
+    dirty: Vec<u32>,
+    is_dirty: Vec<bool>,
+    store: Store,
+    inbox: Inbox,
+}
+
+impl CmaSide {
+    fn mark(&mut self, j: u32) {
+        if !self.is_dirty[j as usize] {
+            self.is_dirty[j as usize] = true;
+            self.dirty.push(j);
+        }
+    }
+}
+
+/// The simulation. Build with [`Sim::new`], run with [`Sim::run`].
+#[derive(Debug)]
+pub struct Sim {
+    sc: Scenario,
+    w: World,
+    nodes: Vec<Node>,
+    cma: CmaSide,
+    obs: Obs,
+    progress: bool,
+    restart_after: Option<u64>,
+    next_group: u32,
+    end: u64,
+    wall_start: Instant,
+    last_progress: Instant,
+    cma_bytes_per_node: Option<f64>,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(NONE - 1)
+}
+
+fn index_of(id: NodeId) -> u32 {
+    u32::from_be_bytes(id.0[12..16].try_into().expect("4 bytes"))
+}
+
+fn public_key(id: NodeId) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(&id.0);
+    k[16..].copy_from_slice(&id.0);
+    k
+}
+
+fn hostname(i: u32, switch: u32) -> String {
+    format!("sw{switch}-n{i}")
+}
+
+fn hello_of(i: u32, n: &Node, now: u64, epoch: u64) -> msg::Hello {
+    msg::Hello {
+        version: "sim".into(),
+        hostname: hostname(i, n.switch),
+        listen_addr: n.addr.to_string(),
+        addresses: vec![format!("{}/8", n.addr.ip())],
+        started_at: Clock::timestamp(now).micros(),
+        token_proof: None,
+        peer_epoch: epoch,
+    }
+}
+
+/// A well-mixed 64-bit seed for one connection.
+fn mix(seed: u64, a: u64, b: u64) -> u64 {
+    let mut x =
+        seed ^ a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b.wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^ (x >> 33)
+}
+
+/// The node ids of a run: random from the seed, UUIDv7-shaped, the index in the last 4 bytes.
+fn node_ids(seed: u64, n: u32) -> Vec<NodeId> {
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, 0x1d5, 0));
+    (0..n)
+        .map(|i| {
+            let mut b = [0u8; 16];
+            rng.fill_bytes(&mut b);
+            b[6] = 0x70 | (b[6] & 0x0f);
+            b[8] = 0x80 | (b[8] & 0x3f);
+            b[12..16].copy_from_slice(&i.to_be_bytes());
+            NodeId(b)
+        })
+        .collect()
+}
+
+fn addr_of(i: u32) -> SocketAddr {
+    let v = i + 1;
+    let ip = Ipv4Addr::new(10, (v >> 16) as u8, (v >> 8) as u8, v as u8);
+    SocketAddr::new(ip.into(), 1984)
+}
+
+impl Sim {
+    /// Prepares a run (the scenario must be valid). `progress`: a `\r` progress line on stderr.
+    /// `measure_memory`: estimate the CMA's memory per node first (see [`crate::mem`]).
+    pub fn new(sc: Scenario, progress: bool, measure_memory: bool) -> Sim {
+        let n = sc.nodes;
+        let ids = node_ids(sc.seed, n);
+        let config = CmaConfig {
+            timing: assim_cma::Timing {
+                interval: sc.timing.interval,
+                warn: sc.timing.warn,
+                dead: sc.timing.dead,
+            },
+        };
+        let cma_bytes_per_node = if measure_memory {
+            let hellos = ids.iter().enumerate().map(|(i, &id)| {
+                let i = i as u32;
+                let hello = msg::Hello {
+                    version: "sim".into(),
+                    hostname: hostname(i, i % sc.switches),
+                    listen_addr: addr_of(i).to_string(),
+                    addresses: vec![format!("{}/8", addr_of(i).ip())],
+                    started_at: EPOCH_US,
+                    token_proof: None,
+                    peer_epoch: 0,
+                };
+                (id, public_key(id), hello)
+            });
+            crate::mem::cma_bytes_per_node(&config, hellos, Clock::timestamp(0))
+        } else {
+            None
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(sc.seed);
+        let per_switch = n.div_ceil(sc.switches);
+        let nodes: Vec<Node> = ids
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| Node {
+                id,
+                addr: addr_of(i as u32),
+                switch: (i as u32 / per_switch).min(sc.switches - 1),
+                life: Life::Idle,
+                incarnation: 0,
+                armed: NONE,
+                probe: None,
+                crash: None,
+                lost_candidates: Vec::new(),
+            })
+            .collect();
+        let switch_of = nodes.iter().map(|n| n.switch).collect();
+        let warm = micros(sc.warmup_end());
+        let steady = (warm, warm + micros(sc.steady));
+        let end = micros(sc.end());
+        let mut w = World {
+            now: 0,
+            seq: 0,
+            queue: Queue::new(),
+            rng: ChaCha8Rng::seed_from_u64(rng.next_u64()),
+            net: Network::new(sc.network.clone(), sc.switches),
+            clock: Clock { base: Instant::now() },
+            switch_of,
+            steady,
+            counters: report::Counters::default(),
+        };
+        let join = micros(sc.join_over).max(1);
+        for i in 0..n {
+            let at = w.rng.gen_range(0..join);
+            w.push(at, Ev::Start(i));
+        }
+        let s0 = micros(sc.scenario_start());
+        for (k, s) in sc.steps.iter().enumerate() {
+            w.push(s0 + micros(s.at), Ev::Step(k as u32));
+        }
+        w.push(1_000_000, Ev::Tick);
+        let cma = CmaSide {
+            core: None,
+            config,
+            generation: 0,
+            conns: (0..n).map(|_| None).collect(),
+            conn_armed: vec![NONE; n as usize],
+            armed: NONE,
+            dirty: Vec::new(),
+            is_dirty: vec![false; n as usize],
+            store: Store::default(),
+            inbox: HashMap::new(),
+        };
+        let now = Instant::now();
+        Sim {
+            sc,
+            w,
+            nodes,
+            cma,
+            obs: Obs::default(),
+            progress,
+            restart_after: None,
+            next_group: 1,
+            end,
+            wall_start: now,
+            last_progress: now,
+            cma_bytes_per_node,
+        }
+    }
+
+    /// Runs to the end of the scenario and returns the report.
+    pub fn run(mut self) -> Report {
+        self.wall_start = Instant::now();
+        self.cma_start();
+        while let Some(e) = self.w.queue.pop() {
+            if e.at > self.end {
+                break;
+            }
+            self.w.now = e.at;
+            self.w.counters.events += 1;
+            self.dispatch(e.ev);
+        }
+        self.w.now = self.end;
+        if self.progress {
+            eprint!("\r{:100}\r", "");
+        }
+        let wall = self.wall_start.elapsed();
+        self.finish(wall)
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        match ev {
+            Ev::Start(i) => self.start_node(i),
+            Ev::NodeWake(i) => self.node_wake(i),
+            Ev::CmaWake => {
+                if self.cma.armed == self.w.now {
+                    self.cma.armed = NONE;
+                    if let Some(core) = self.cma.core.as_mut() {
+                        core.handle_timeout(Clock::timestamp(self.w.now));
+                    }
+                    self.cma_after();
+                }
+            }
+            Ev::CmaConnWake(j) => {
+                if self.cma.conn_armed[j as usize] == self.w.now {
+                    self.cma.conn_armed[j as usize] = NONE;
+                    if let Some(c) = self.cma.conns[j as usize].as_mut() {
+                        c.handle_timeout(self.w.clock.instant(self.w.now));
+                        self.cma.mark(j);
+                    }
+                    self.cma_after();
+                }
+            }
+            Ev::Deliver { from, to, packet } => {
+                if to == CMA {
+                    self.cma_receive(from, packet);
+                } else {
+                    self.node_receive(to, from, packet);
+                }
+            }
+            Ev::Step(k) => self.step(k as usize),
+            Ev::Crash(i, cause) => self.crash_node(i, cause),
+            Ev::PartitionEnd(p) => {
+                let sw = self.obs.partitions[p as usize].switches.clone();
+                self.w.net.set_group(&sw, 0);
+            }
+            Ev::CmaUp => self.cma_start(),
+            Ev::Tick => self.tick(),
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // nanoprobes
+
+    fn start_node(&mut self, i: u32) {
+        let now = self.w.now;
+        let n = &mut self.nodes[i as usize];
+        match n.life {
+            Life::Running | Life::Leaving => return,
+            Life::Idle => {}
+            Life::Crashed | Life::Left => {
+                n.incarnation += 1;
+                self.obs.restarts += 1;
+            }
+        }
+        let session = u64::from(n.incarnation) + 1;
+        let conn =
+            Connection::new(RelConfig::default(), session, mix(self.sc.seed, i.into(), session));
+        n.probe = Some(Probe {
+            hb: Heartbeats::new(n.id),
+            conn,
+            next_seq: 1,
+            unacked: VecDeque::new(),
+            goodbye: None,
+            leave_by: None,
+        });
+        n.life = Life::Running;
+        let hello = hello_of(i, n, now, 0);
+        self.send_msg(i, Body::Hello(hello));
+        self.node_after(i);
+    }
+
+    /// Queues a message to the CMA on node `i`'s reliable connection, with its record number.
+    fn send_msg(&mut self, i: u32, body: Body) {
+        let kind = MsgKind::of(&body).expect("nanoprobes send only accounted kinds");
+        let inst = self.w.clock.instant(self.w.now);
+        let n = &mut self.nodes[i as usize];
+        let Some(p) = n.probe.as_mut() else { return };
+        let record = (u64::from(n.incarnation) << 40) | p.next_seq;
+        p.next_seq += 1;
+        let bytes = Message { record, body: Some(body) }.to_bytes();
+        match p.conn.send(bytes, inst) {
+            Ok(id) => {
+                p.unacked.push_back((id, record, kind));
+                self.w.counters.sent[kind as usize] += 1;
+            }
+            Err(_) => self.w.counters.send_refused += 1,
+        }
+    }
+
+    fn node_wake(&mut self, i: u32) {
+        let now = self.w.now;
+        let n = &mut self.nodes[i as usize];
+        if n.armed != now {
+            return;
+        }
+        n.armed = NONE;
+        let inst = self.w.clock.instant(now);
+        let Some(p) = n.probe.as_mut() else { return };
+        p.hb.handle_timeout(inst);
+        p.conn.handle_timeout(inst);
+        if p.leave_by.is_some_and(|t| t <= now) {
+            // Gave up waiting for the acknowledgement (as the daemon does after 3 s). If the
+            // goodbye never reached the CMA, this is a silent stop as far as it can tell: a
+            // host.down is expected, so it is accounted as a crash.
+            self.w.counters.goodbyes_unacknowledged += 1;
+            let seq = p.goodbye.and_then(|g| p.unacked.iter().find(|u| u.0 == g));
+            let seq = seq.map(|u| u.1 & ((1 << 40) - 1));
+            let key = (i, n.incarnation);
+            let applied =
+                seq.is_none_or(|s| self.cma.inbox.get(&key).is_some_and(|&(a, _)| a >= s));
+            if applied {
+                self.stop_node(i, Life::Left);
+            } else {
+                self.crash_node(i, CrashCause::GoodbyeLost);
+            }
+            return;
+        }
+        self.node_after(i);
+    }
+
+    fn node_receive(&mut self, i: u32, from: u32, packet: Packet) {
+        let now = self.w.now;
+        let inst = self.w.clock.instant(now);
+        let n = &mut self.nodes[i as usize];
+        let Some(p) = n.probe.as_mut() else {
+            self.w.net.stats.to_dead_endpoint += 1;
+            return;
+        };
+        match packet {
+            Packet::Heartbeat(hb) => {
+                let (id, addr) = if from == CMA {
+                    (NodeId::default(), addr_of(0))
+                } else {
+                    let f = &self.nodes[from as usize];
+                    (f.id, f.addr)
+                };
+                let p = self.nodes[i as usize].probe.as_mut().expect("checked above");
+                p.hb.heartbeat_received(id, addr, &hb, inst);
+            }
+            Packet::Frame(bytes) => {
+                if p.conn.handle_frame(&bytes, inst).is_err() {
+                    self.w.counters.bad_frames += 1;
+                }
+            }
+            Packet::Probe(nonce) => {
+                if from == CMA {
+                    self.w.send(i, CMA, Packet::ProbeReply(nonce));
+                }
+            }
+            Packet::ProbeReply(_) => self.w.counters.unexpected_datagrams += 1,
+        }
+        self.node_after(i);
+    }
+
+    /// Drains node `i`'s cores until quiet, then re-arms its timer.
+    fn node_after(&mut self, i: u32) {
+        let now = self.w.now;
+        let inst = self.w.clock.instant(now);
+        loop {
+            let mut progressed = false;
+            let mut hello = false;
+            let mut stop = false;
+            let mut outgoing: Vec<Body> = Vec::new();
+            {
+                let n = &mut self.nodes[i as usize];
+                let incarnation = n.incarnation;
+                let leaving = n.life == Life::Leaving;
+                let Some(p) = n.probe.as_mut() else { return };
+                while let Some(ev) = p.conn.poll_event() {
+                    progressed = true;
+                    match ev {
+                        RelEvent::Delivered(bytes) => match Message::from_bytes(&bytes) {
+                            Ok(Message { body: Some(Body::PeerSet(set)), .. }) => {
+                                match DesiredPeers::try_from(&set) {
+                                    Ok(d) => {
+                                        p.hb.apply(d, inst);
+                                        self.w.counters.peer_sets_applied += 1;
+                                    }
+                                    Err(_) => self.w.counters.peer_sets_invalid += 1,
+                                }
+                            }
+                            Ok(_) => self.w.counters.commands_ignored += 1,
+                            Err(_) => self.w.counters.decode_errors += 1,
+                        },
+                        // Deliberately unlike crates/daemon/src/nanoprobe.rs today: a leaving
+                        // nanoprobe that notices a CMA restart must not register again, or the
+                        // hello (queued after its goodbye) revives it at the CMA just before it
+                        // stops, and its neighbours then report it down. The unacknowledged
+                        // goodbye is resent to the new CMA by the reliable layer anyway.
+                        RelEvent::PeerRestarted { .. } if leaving => {}
+                        RelEvent::PeerRestarted { .. } => {
+                            self.w.counters.rehellos += 1;
+                            hello = true;
+                        }
+                        RelEvent::Acked(id) => {
+                            while let Some(&(mid, record, kind)) = p.unacked.front() {
+                                if mid > id {
+                                    break;
+                                }
+                                p.unacked.pop_front();
+                                self.w.counters.acked[kind as usize] += 1;
+                                let seq = record & ((1 << 40) - 1);
+                                let applied = self
+                                    .cma
+                                    .inbox
+                                    .get(&(i, incarnation))
+                                    .is_some_and(|&(s, _)| s >= seq);
+                                if !applied {
+                                    self.w.counters.acked_not_applied += 1;
+                                }
+                            }
+                            if p.goodbye == Some(id) {
+                                stop = true;
+                            }
+                        }
+                    }
+                }
+                if hello {
+                    outgoing.push(Body::Hello(hello_of(i, n, now, 0)));
+                }
+                let n = &mut self.nodes[i as usize];
+                let p = n.probe.as_mut().expect("still running");
+                if hello && let Some(Body::Hello(h)) = outgoing.last_mut() {
+                    h.peer_epoch = p.hb.epoch();
+                }
+                while let Some(a) = p.hb.poll_action() {
+                    progressed = true;
+                    match a {
+                        HbAction::SendHeartbeat { to, heartbeat, .. } => {
+                            let j = index_of(to);
+                            if (j as usize) < self.w.switch_of.len() {
+                                self.w.send(i, j, Packet::Heartbeat(heartbeat));
+                            }
+                        }
+                        HbAction::Report(r) => {
+                            let k = usize::try_from(r.kind).unwrap_or(0).min(4);
+                            self.w.counters.report_kinds[k] += 1;
+                            outgoing.push(Body::HeartbeatReport(r));
+                        }
+                        HbAction::Status(s) => outgoing.push(Body::PeerStatus(s)),
+                    }
+                }
+            }
+            for body in outgoing {
+                self.send_msg(i, body);
+            }
+            let n = &mut self.nodes[i as usize];
+            let p = n.probe.as_mut().expect("still running");
+            while let Some(frame) = p.conn.poll_transmit(inst) {
+                progressed = true;
+                self.w.send(i, CMA, Packet::Frame(frame));
+            }
+            if stop {
+                self.obs.leaves += 1;
+                self.stop_node(i, Life::Left);
+                return;
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let n = &mut self.nodes[i as usize];
+        let Some(p) = n.probe.as_ref() else { return };
+        let clock = self.w.clock;
+        let deadline = [
+            p.hb.poll_timeout().map(|t| clock.of_instant(t)),
+            p.conn.poll_timeout().map(|t| clock.of_instant(t)),
+            p.leave_by,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if let Some(d) = deadline {
+            let d = d.max(now);
+            if d < n.armed {
+                n.armed = d;
+                self.w.push(d, Ev::NodeWake(i));
+            }
+        }
+    }
+
+    /// Stops node `i` (crash or leave): its cores are dropped; its unacknowledged messages are
+    /// remembered for the final accounting.
+    fn stop_node(&mut self, i: u32, life: Life) {
+        let n = &mut self.nodes[i as usize];
+        if let Some(p) = n.probe.take() {
+            n.lost_candidates.extend(p.unacked.iter().map(|&(_, r, k)| (r, k)));
+        }
+        n.life = life;
+        n.armed = NONE;
+    }
+
+    fn crash_node(&mut self, i: u32, cause: CrashCause) {
+        let life = self.nodes[i as usize].life;
+        if !matches!(life, Life::Running | Life::Leaving) {
+            return;
+        }
+        let neighbours = match &self.cma.core {
+            Some(core) => {
+                core.neighbours(self.nodes[i as usize].id).into_iter().map(index_of).collect()
+            }
+            None => Vec::new(),
+        };
+        self.obs.crashes.push(CrashRec {
+            node: i,
+            at: self.w.now,
+            cause,
+            detected_at: None,
+            restarted_first: false,
+            neighbours,
+        });
+        self.nodes[i as usize].crash = Some(self.obs.crashes.len() - 1);
+        self.stop_node(i, Life::Crashed);
+        if let Some(d) = self.restart_after
+            && cause != CrashCause::GoodbyeLost
+        {
+            self.w.push(self.w.now + d, Ev::Start(i));
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // the CMA
+
+    fn cma_start(&mut self) {
+        let now = self.w.now;
+        self.cma.generation += 1;
+        if self.cma.generation > 1 {
+            self.obs.cma_restarts += 1;
+        }
+        let snapshot = self.cma.store.snapshot();
+        self.cma.core = Some(Cma::new(self.cma.config.clone(), snapshot, Clock::timestamp(now)));
+        self.cma_after();
+    }
+
+    fn cma_stop(&mut self, down_for: Duration) {
+        let Some(core) = self.cma.core.take() else { return };
+        // The store must hold exactly what the core would resume from (nodes and counters; the
+        // ring order is write-behind and rebuilt from node states anyway).
+        let snap = core.snapshot();
+        let mut mismatches = 0;
+        for rec in &snap.nodes {
+            if self.cma.store.nodes.get(&rec.id) != Some(rec) {
+                mismatches += 1;
+            }
+        }
+        mismatches += self.cma.store.nodes.len().saturating_sub(snap.nodes.len()) as u64;
+        if (self.cma.store.next_epoch, self.cma.store.next_event_id)
+            != (snap.next_epoch, snap.next_event_id)
+        {
+            mismatches += 1;
+        }
+        self.obs.store_mismatches += mismatches;
+        for c in &mut self.cma.conns {
+            *c = None;
+        }
+        self.cma.conn_armed.fill(NONE);
+        self.cma.armed = NONE;
+        for &j in &self.cma.dirty {
+            self.cma.is_dirty[j as usize] = false;
+        }
+        self.cma.dirty.clear();
+        self.w.push(self.w.now + micros(down_for), Ev::CmaUp);
+    }
+
+    fn cma_receive(&mut self, from: u32, packet: Packet) {
+        if self.cma.core.is_none() {
+            self.w.net.stats.to_dead_endpoint += 1;
+            return;
+        }
+        let now = self.w.now;
+        self.w.counters.cma_datagrams_in += 1;
+        if (self.w.steady.0..self.w.steady.1).contains(&now) {
+            self.w.counters.steady_cma_in += 1;
+        }
+        let inst = self.w.clock.instant(now);
+        match packet {
+            Packet::Frame(bytes) => {
+                let session = u64::from(self.cma.generation);
+                let seed = mix(self.sc.seed ^ 0xc3a, from.into(), session);
+                let conn = self.cma.conns[from as usize].get_or_insert_with(|| {
+                    Box::new(Connection::new(RelConfig::default(), session, seed))
+                });
+                if conn.handle_frame(&bytes, inst).is_err() {
+                    self.w.counters.bad_frames += 1;
+                }
+                let mut delivered = Vec::new();
+                while let Some(ev) = conn.poll_event() {
+                    if let RelEvent::Delivered(b) = ev {
+                        delivered.push(b);
+                    }
+                }
+                self.cma.mark(from);
+                for b in delivered {
+                    self.cma_message(from, &b);
+                }
+            }
+            Packet::ProbeReply(nonce) => {
+                let id = self.nodes[from as usize].id;
+                let core = self.cma.core.as_mut().expect("checked above");
+                core.handle_probe_reply(Clock::timestamp(now), id, nonce);
+            }
+            Packet::Heartbeat(_) | Packet::Probe(_) => self.w.counters.unexpected_datagrams += 1,
+        }
+        self.cma_after();
+    }
+
+    /// One message delivered from node `j`: de-duplicate by record, then hand it to the core as
+    /// the daemon does.
+    fn cma_message(&mut self, j: u32, bytes: &[u8]) {
+        let Ok(m) = Message::from_bytes(bytes) else {
+            self.w.counters.decode_errors += 1;
+            return;
+        };
+        let Some(body) = m.body else {
+            self.w.counters.decode_errors += 1;
+            return;
+        };
+        let Some(kind) = MsgKind::of(&body) else {
+            self.w.counters.unexpected_messages += 1;
+            return;
+        };
+        let incarnation = (m.record >> 40) as u32;
+        let seq = m.record & ((1 << 40) - 1);
+        let generation = self.cma.generation;
+        let entry = self.cma.inbox.entry((j, incarnation)).or_insert((0, generation));
+        if seq <= entry.0 {
+            if entry.1 == generation {
+                self.w.counters.duplicates_applied[kind as usize] += 1;
+            } else {
+                self.w.counters.redelivered_after_cma_restart[kind as usize] += 1;
+            }
+            return;
+        }
+        if seq != entry.0 + 1 {
+            self.w.counters.gaps += 1;
+        }
+        *entry = (seq, generation);
+        self.w.counters.applied[kind as usize] += 1;
+
+        let now = Clock::timestamp(self.w.now);
+        let id = self.nodes[j as usize].id;
+        let core = self.cma.core.as_mut().expect("only called while the CMA runs");
+        if let Body::Hello(hello) = &body {
+            if core.handle_hello(now, id, public_key(id), hello).is_err() {
+                self.w.counters.hellos_refused += 1;
+            }
+            // A crashed node that came back before its crash was confirmed: the hello makes it
+            // Up without a host.down (documented core behaviour), so the crash is never reported.
+            let n = &mut self.nodes[j as usize];
+            if let Some(c) = n.crash
+                && n.life == Life::Running
+                && self.obs.crashes[c].node == j
+            {
+                self.obs.crashes[c].restarted_first = true;
+                n.crash = None;
+            }
+            return;
+        }
+        if core.node(id).is_none() {
+            self.w.counters.unregistered += 1;
+            return;
+        }
+        // The goodbye of a node that gave up waiting arrived after all: Left, no host.down.
+        if matches!(body, Body::Goodbye(_))
+            && let Some(c) = self.nodes[j as usize].crash
+            && self.obs.crashes[c].cause == CrashCause::GoodbyeLost
+        {
+            self.obs.crashes[c].restarted_first = true;
+            self.nodes[j as usize].crash = None;
+        }
+        core.handle_alive(now, id);
+        match body {
+            Body::Goodbye(_) => core.handle_goodbye(now, id),
+            Body::HeartbeatReport(r) => core.handle_report(now, id, &r),
+            Body::PeerStatus(s) => core.handle_peer_status(now, id, &s),
+            _ => {}
+        }
+    }
+
+    /// Drains the CMA core's actions, transmits on dirty connections, re-arms timers.
+    fn cma_after(&mut self) {
+        let now = self.w.now;
+        let inst = self.w.clock.instant(now);
+        let Some(core) = self.cma.core.as_mut() else { return };
+        let mut emitted = Vec::new();
+        while let Some(a) = core.poll_action() {
+            match a {
+                CmaAction::SendPeerSet { to, set, .. } => {
+                    let j = index_of(to);
+                    let session = u64::from(self.cma.generation);
+                    let seed = mix(self.sc.seed ^ 0xc3a, j.into(), session);
+                    let conn = self.cma.conns[j as usize].get_or_insert_with(|| {
+                        Box::new(Connection::new(RelConfig::default(), session, seed))
+                    });
+                    let bytes = Message { record: 0, body: Some(Body::PeerSet(set)) }.to_bytes();
+                    if conn.send(bytes, inst).is_err() {
+                        self.w.counters.send_refused += 1;
+                    }
+                    self.w.counters.peer_sets_sent += 1;
+                    if !self.cma.is_dirty[j as usize] {
+                        self.cma.is_dirty[j as usize] = true;
+                        self.cma.dirty.push(j);
+                    }
+                }
+                CmaAction::Probe { node, nonce, .. } => {
+                    self.w.send(CMA, index_of(node), Packet::Probe(nonce));
+                }
+                CmaAction::Persist(c) => self.cma.store.apply(c),
+                CmaAction::Emit(e) => emitted.push(e),
+            }
+        }
+        let next = core.poll_timeout().map(Clock::of_timestamp);
+        for j in std::mem::take(&mut self.cma.dirty) {
+            self.cma.is_dirty[j as usize] = false;
+            let Some(conn) = self.cma.conns[j as usize].as_mut() else { continue };
+            while let Some(frame) = conn.poll_transmit(inst) {
+                self.w.send(CMA, j, Packet::Frame(frame));
+            }
+            if let Some(d) = conn.poll_timeout().map(|t| self.w.clock.of_instant(t)) {
+                let d = d.max(now);
+                if d < self.cma.conn_armed[j as usize] {
+                    self.cma.conn_armed[j as usize] = d;
+                    self.w.push(d, Ev::CmaConnWake(j));
+                }
+            }
+        }
+        if let Some(d) = next {
+            let d = d.max(now);
+            if d < self.cma.armed {
+                self.cma.armed = d;
+                self.w.push(d, Ev::CmaWake);
+            }
+        }
+        for e in emitted {
+            self.on_event(e);
+        }
+    }
+
+    fn on_event(&mut self, e: assim_cma::Event) {
+        let now = self.w.now;
+        let c = &mut self.w.counters;
+        match e.kind {
+            EventKind::HostUp => c.host_up += 1,
+            EventKind::HostSuspect => c.host_suspect += 1,
+            EventKind::HostLeft => c.host_left += 1,
+            EventKind::PathSuspect => c.path_suspect += 1,
+            EventKind::RingChanged => c.ring_changed += 1,
+            EventKind::HostDown => c.host_down += 1,
+        }
+        let Some(host) = e.host else { return };
+        let j = index_of(host);
+        if j as usize >= self.nodes.len() {
+            return;
+        }
+        let sw = self.nodes[j as usize].switch;
+        let cut_recently = |obs: &Obs| {
+            let bound = micros(self.sc.detection_bound());
+            obs.partitions
+                .iter()
+                .position(|p| p.switches.contains(&sw) && p.start <= now && now <= p.end + bound)
+        };
+        match e.kind {
+            EventKind::HostUp => {
+                let life = self.nodes[j as usize].life;
+                if !matches!(life, Life::Running | Life::Leaving) {
+                    self.obs.false_ups.push(UnexpectedDown {
+                        node: j,
+                        at: now,
+                        life,
+                        text: e.text,
+                    });
+                } else if let Some(p) = cut_recently(&self.obs)
+                    && now >= self.obs.partitions[p].end
+                {
+                    self.obs.partitions[p].ups_inside_after += 1;
+                }
+            }
+            EventKind::HostDown => {
+                let n = &mut self.nodes[j as usize];
+                if let Some(c) = n.crash.take() {
+                    self.obs.crashes[c].detected_at = Some(now);
+                    return;
+                }
+                let life = n.life;
+                if life == Life::Crashed {
+                    self.obs.repeat_downs += 1;
+                    return;
+                }
+                let down = UnexpectedDown { node: j, at: now, life, text: e.text };
+                match cut_recently(&self.obs) {
+                    Some(p) if matches!(life, Life::Running | Life::Leaving) => {
+                        self.obs.partitions[p].downs_inside += 1;
+                        self.obs.cut_off_downs.push(down);
+                    }
+                    _ => self.obs.false_downs.push(down),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // scenario
+
+    fn pick(&mut self, want: Life, count: u32) -> Vec<u32> {
+        let mut pool: Vec<u32> =
+            (0..self.nodes.len() as u32).filter(|&i| self.nodes[i as usize].life == want).collect();
+        let k = (count as usize).min(pool.len());
+        let (chosen, _) = pool.partial_shuffle(&mut self.w.rng, k);
+        chosen.to_vec()
+    }
+
+    fn step(&mut self, k: usize) {
+        let now = self.w.now;
+        let kind = self.sc.steps[k].kind.clone();
+        match kind {
+            StepKind::Crash { count, over } => {
+                let over = micros(over);
+                for i in self.pick(Life::Running, count) {
+                    let at = if over == 0 { now } else { now + self.w.rng.gen_range(0..over) };
+                    self.w.push(at, Ev::Crash(i, CrashCause::Random));
+                }
+            }
+            StepKind::CrashNodes(list) => {
+                for i in list {
+                    self.crash_node(i, CrashCause::Random);
+                }
+            }
+            StepKind::CrashSwitch(s) => {
+                for i in 0..self.nodes.len() as u32 {
+                    if self.nodes[i as usize].switch == s {
+                        self.crash_node(i, CrashCause::Switch);
+                    }
+                }
+            }
+            StepKind::Partition { switches, for_ } => {
+                let group = self.next_group;
+                self.next_group += 1;
+                self.w.net.set_group(&switches, group);
+                let inside = self
+                    .nodes
+                    .iter()
+                    .filter(|n| switches.contains(&n.switch) && n.life == Life::Running)
+                    .count() as u64;
+                self.obs.partitions.push(PartitionRec {
+                    switches,
+                    start: now,
+                    end: now + micros(for_),
+                    nodes_inside: inside,
+                    downs_inside: 0,
+                    ups_inside_after: 0,
+                });
+                let p = self.obs.partitions.len() as u32 - 1;
+                self.w.push(now + micros(for_), Ev::PartitionEnd(p));
+            }
+            StepKind::Leave(count) => {
+                for i in self.pick(Life::Running, count) {
+                    self.nodes[i as usize].life = Life::Leaving;
+                    let body =
+                        Body::Goodbye(msg::Goodbye { reason: msg::GoodbyeReason::Shutdown as i32 });
+                    self.send_msg(i, body);
+                    let p = self.nodes[i as usize].probe.as_mut().expect("running");
+                    p.goodbye = p.unacked.back().map(|u| u.0);
+                    p.leave_by = Some(now + LEAVE_WAIT);
+                    self.node_after(i);
+                }
+            }
+            StepKind::Restart(count) => {
+                for i in self.pick(Life::Crashed, count) {
+                    self.start_node(i);
+                }
+            }
+            StepKind::RestartAfter(d) => self.restart_after = Some(micros(d)),
+            StepKind::CmaRestart { down_for } => self.cma_stop(down_for),
+            StepKind::Loss(l) => self.w.net.set_loss(l),
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = self.w.now;
+        if self.obs.registered_at.is_none()
+            && now >= micros(self.sc.join_over)
+            && self.all_converged()
+        {
+            self.obs.registered_at = Some(now);
+            self.obs.registered_wall = Some(self.wall_start.elapsed());
+        }
+        if self.progress && self.last_progress.elapsed() >= Duration::from_millis(250) {
+            self.last_progress = Instant::now();
+            let wall = self.wall_start.elapsed().as_secs_f64().max(1e-9);
+            let ev = self.w.counters.events as f64;
+            let members = self.cma.core.as_ref().map_or(0, |c| c.rings().all().len());
+            eprint!(
+                "\r[sim] virtual {:>7.1}s / {:.0}s  ring {:>7}  crashed {:>6}  host.down {:>6}  \
+                 events {:>6.1}M  {:>5.2}M ev/s ",
+                now as f64 / 1e6,
+                self.end as f64 / 1e6,
+                members,
+                self.obs.crashes.len(),
+                self.w.counters.host_down,
+                ev / 1e6,
+                ev / wall / 1e6,
+            );
+        }
+        self.w.push(now + 1_000_000, Ev::Tick);
+    }
+
+    /// Every node has started, is Up at the CMA, and runs the peer set the CMA last sent it.
+    fn all_converged(&self) -> bool {
+        let Some(core) = &self.cma.core else { return false };
+        self.nodes.iter().all(|n| match (&n.probe, core.node(n.id)) {
+            (Some(p), Some(rec)) => {
+                rec.state == assim_cma::NodeState::Up
+                    && rec.peer_epoch > 0
+                    && p.hb.epoch() == rec.peer_epoch
+            }
+            _ => false,
+        })
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // the end
+
+    fn finish(mut self, wall: Duration) -> Report {
+        // Message accounting: every message sent was applied, or its sender stopped first, or it
+        // is still in flight.
+        let mut lost = [0u64; 4];
+        let mut in_flight = [0u64; 4];
+        for (i, n) in self.nodes.iter().enumerate() {
+            let applied = |record: u64| {
+                let inc = (record >> 40) as u32;
+                let seq = record & ((1 << 40) - 1);
+                self.cma.inbox.get(&(i as u32, inc)).is_some_and(|&(s, _)| s >= seq)
+            };
+            for &(r, k) in &n.lost_candidates {
+                if !applied(r) {
+                    lost[k as usize] += 1;
+                }
+            }
+            if let Some(p) = &n.probe {
+                for &(_, r, k) in &p.unacked {
+                    if !applied(r) {
+                        in_flight[k as usize] += 1;
+                    }
+                }
+            }
+        }
+        self.w.counters.lost_with_sender = lost;
+        self.w.counters.in_flight_at_end = in_flight;
+        let ring = self.ring_check();
+        let inputs = report::Inputs {
+            scenario: &self.sc,
+            end: self.end,
+            counters: &self.w.counters,
+            net: &self.w.net.stats,
+            obs: &self.obs,
+            nodes: &self.nodes,
+            cma_stats: self.cma.core.as_ref().map(|c| *c.stats()),
+            ring,
+            wall,
+            cma_bytes_per_node: self.cma_bytes_per_node,
+        };
+        report::build(inputs)
+    }
+
+    /// The ring as the CMA holds it, against node states and against what the nanoprobes run.
+    fn ring_check(&self) -> report::RingCheck {
+        let mut rc = report::RingCheck::default();
+        let Some(core) = &self.cma.core else {
+            rc.problems.push("the CMA is down at the end of the run; ring not checked".into());
+            return rc;
+        };
+        let order = core.ring();
+        rc.members = order.len() as u64;
+        let mut sorted = order.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != order.len() {
+            rc.problems.push(format!("{} ring entries are duplicates", order.len() - sorted.len()));
+        }
+        for rec in core.nodes() {
+            let member = sorted.binary_search(&rec.id).is_ok();
+            match rec.state {
+                assim_cma::NodeState::Up => rc.up += 1,
+                assim_cma::NodeState::Suspect => rc.suspect += 1,
+                assim_cma::NodeState::Down => rc.down += 1,
+                assim_cma::NodeState::Left => rc.left += 1,
+            }
+            if member != rec.state.in_ring() {
+                rc.problems.push(format!(
+                    "{} is {} but {} the ring",
+                    rec.display_name(),
+                    rec.state,
+                    if member { "in" } else { "not in" }
+                ));
+            }
+        }
+        let len = order.len();
+        for k in 0..len {
+            let a = order[k];
+            let b = order[(k + 1) % len];
+            let na = core.neighbours(a);
+            let want = if len >= 3 { 2 } else { len - 1 };
+            let mut distinct = na.clone();
+            distinct.sort();
+            distinct.dedup();
+            if distinct.len() != want || na.len() != want {
+                rc.problems.push(format!("{a} has {} neighbours, expected {want}", na.len()));
+            }
+            if len >= 2 && (!na.contains(&b) || !core.neighbours(b).contains(&a)) {
+                rc.problems.push(format!("{a} and its successor {b} are not mutual neighbours"));
+            }
+            if let Some(rec) = core.node(a) {
+                let mut stored = rec.peers.clone();
+                stored.sort();
+                if stored != distinct {
+                    rc.problems.push(format!("{a}: stored peers differ from its ring neighbours"));
+                }
+            }
+        }
+        // The nanoprobes' side: live nodes run the CMA's current peer set.
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(p) = &n.probe else { continue };
+            if n.life != Life::Running || self.w.net.is_cut_off(n.switch) {
+                continue;
+            }
+            let Some(rec) = core.node(n.id) else {
+                rc.probes_diverged.push(i as u32);
+                continue;
+            };
+            let mut running: Vec<NodeId> = p.hb.peers().map(|(pi, _)| pi.node_id).collect();
+            running.sort();
+            let mut wanted = rec.peers.clone();
+            wanted.sort();
+            if p.hb.epoch() == rec.peer_epoch && running == wanted {
+                rc.probes_converged += 1;
+            } else {
+                rc.probes_diverged.push(i as u32);
+            }
+        }
+        // The CMA's view against the truth of the simulation.
+        for (i, n) in self.nodes.iter().enumerate() {
+            if self.w.net.is_cut_off(n.switch) {
+                continue;
+            }
+            let state = core.node(n.id).map(|r| r.state);
+            use assim_cma::NodeState as S;
+            let ok = match n.life {
+                Life::Idle => state.is_none(),
+                Life::Running => matches!(state, Some(S::Up)),
+                Life::Leaving | Life::Left => matches!(state, Some(S::Left)),
+                Life::Crashed => matches!(state, Some(S::Down)),
+            };
+            if !ok {
+                rc.state_disagreements.push((i as u32, n.life, state));
+            }
+        }
+        rc
+    }
+}

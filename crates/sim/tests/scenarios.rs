@@ -1,0 +1,199 @@
+//! Small simulations (hundreds to a few thousand nodes, a few virtual minutes) that run in
+//! seconds in a debug build. Each prints its report when it fails, with the seed to replay it.
+
+use std::time::Duration;
+
+use assim_sim::{Report, Scenario, StepKind, run};
+
+fn s(secs: u64) -> Duration {
+    Duration::from_secs(secs)
+}
+
+fn go(sc: Scenario) -> Report {
+    sc.validate().expect("valid scenario");
+    run(sc, false, false)
+}
+
+fn check(r: &Report, name: &str) -> bool {
+    r.checks.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no check {name}")).passed
+}
+
+fn assert_checks(r: &Report, names: &[&str]) {
+    for n in names {
+        assert!(check(r, n), "check {n:?} failed (seed {}):\n{}", r.seed, r.human());
+    }
+}
+
+const CORE_CHECKS: &[&str] = &[
+    "registered",
+    "crashes detected",
+    "detection bound",
+    "no false host.down",
+    "ring consistent",
+    "nanoprobes converged",
+    "CMA state matches",
+    "applied exactly once",
+    "store matches core",
+];
+
+#[test]
+fn crashes_are_detected_within_the_bound_without_false_positives() {
+    let sc = Scenario::new(11, 1000)
+        .step(s(0), StepKind::Crash { count: 30, over: s(10) })
+        .step(s(20), StepKind::Leave(10));
+    let r = go(sc);
+    assert_checks(&r, CORE_CHECKS);
+    assert_eq!(r.detection.crashes, 30);
+    assert_eq!(r.detection.detected, 30);
+    assert_eq!(r.false_down.count, 0);
+    assert_eq!(r.events_emitted.host_left, 10);
+    assert!(r.detection.latency.max_ms <= r.detection.bound_ms, "{}", r.human());
+    // No news is good news.
+    assert!(r.steady.in_per_node_per_s < 0.001, "{}", r.human());
+    assert!(r.passed, "{}", r.human());
+}
+
+#[test]
+fn five_percent_loss_raises_no_false_down() {
+    let mut sc = Scenario::new(5, 1000);
+    sc.network.loss = 0.05;
+    sc.network.dup = 0.01;
+    sc.duration = s(180);
+    let sc = sc.step(s(60), StepKind::Crash { count: 10, over: s(5) });
+    let r = go(sc);
+    assert_checks(&r, CORE_CHECKS);
+    assert_eq!(r.false_down.count, 0, "{}", r.human());
+    assert!(r.network.lost > 0 && r.network.duplicated > 0);
+    assert_eq!(r.detection.detected, 10);
+}
+
+#[test]
+fn same_seed_same_report() {
+    let sc = || {
+        let mut sc = Scenario::new(42, 300)
+            .step(s(0), StepKind::Crash { count: 5, over: s(3) })
+            .step(s(10), StepKind::CmaRestart { down_for: s(1) });
+        sc.network.loss = 0.02;
+        sc.network.dup = 0.02;
+        sc
+    };
+    let a = go(sc()).deterministic_json();
+    let b = go(sc()).deterministic_json();
+    assert_eq!(a, b);
+    let mut other = sc();
+    other.seed = 43;
+    assert_ne!(a, go(other).deterministic_json());
+}
+
+#[test]
+fn cma_restart_mid_run_loses_nothing() {
+    let sc = Scenario::new(7, 800)
+        .step(s(0), StepKind::Crash { count: 5, over: s(2) })
+        .step(s(3), StepKind::CmaRestart { down_for: s(2) })
+        .step(s(20), StepKind::Crash { count: 5, over: s(2) })
+        .step(s(30), StepKind::Leave(5));
+    let r = go(sc);
+    assert_checks(&r, CORE_CHECKS);
+    assert_eq!(r.cma_restarts, 1);
+    assert_eq!(r.detection.detected, 10, "{}", r.human());
+    assert_eq!(r.events_emitted.host_left, 5);
+    assert_eq!(r.store_mismatches, 0);
+}
+
+#[test]
+fn crashed_nodes_restart_and_rejoin() {
+    let sc = Scenario::new(8, 500)
+        .step(s(0), StepKind::RestartAfter(s(20)))
+        .step(s(1), StepKind::Crash { count: 10, over: s(2) });
+    let r = go(sc);
+    assert_checks(&r, CORE_CHECKS);
+    assert_eq!(r.restarts, 10);
+    assert_eq!(r.ring.up, 500, "{}", r.human());
+    assert_eq!(r.delivery.hello.applied, 510);
+}
+
+#[test]
+fn switch_crash_reports_every_host_individually() {
+    let sc = Scenario::new(9, 2000).step(s(5), StepKind::CrashSwitch(3));
+    let mut sc = sc;
+    sc.switches = 20;
+    let r = go(sc);
+    // One ring ordered by node-id hash, no topology awareness yet: each of the 100 hosts is
+    // reported down on its own, no switch-level event. The sim says so in a note.
+    assert_eq!(r.detection.switch_crashes, 100);
+    assert_eq!(r.detection.detected, 100, "{}", r.human());
+    assert_eq!(r.events_emitted.host_down, 100);
+    assert!(r.notes.iter().any(|n| n.contains("switch crash")));
+    assert_checks(&r, CORE_CHECKS);
+}
+
+#[test]
+fn partition_cuts_off_a_switch_and_heals() {
+    let mut sc =
+        Scenario::new(10, 1000).step(s(5), StepKind::Partition { switches: vec![2], for_: s(30) });
+    sc.switches = 20;
+    let r = go(sc);
+    let p = &r.partitions[0];
+    assert_eq!(p.nodes_inside, 50);
+    // The CMA cannot reach the 50 nodes and has no topology-aware disambiguation yet: each is
+    // reported host.down while alive, and host.up once the partition heals.
+    assert_eq!(p.host_down_inside, 50, "{}", r.human());
+    assert_eq!(p.host_up_inside_after_heal, 50, "{}", r.human());
+    assert_eq!(r.false_down.cut_off, 50);
+    assert!(r.notes.iter().any(|n| n.contains("partition")));
+    assert_checks(
+        &r,
+        &[
+            "registered",
+            "ring consistent",
+            "nanoprobes converged",
+            "CMA state matches",
+            "applied exactly once",
+        ],
+    );
+}
+
+#[test]
+fn scenario_file_drives_a_run() {
+    let sc = Scenario::from_toml(
+        r#"
+        nodes = 200
+        switches = 4
+        seed = 3
+        duration = "40s"
+        [[step]]
+        at = "1s"
+        crash = 4
+        [[step]]
+        at = "2s"
+        leave = 2
+        "#,
+    )
+    .unwrap();
+    let r = go(sc);
+    assert_checks(&r, CORE_CHECKS);
+    assert_eq!(r.detection.detected, 4);
+    assert_eq!(r.events_emitted.host_left, 2);
+}
+
+#[test]
+fn leaving_inside_a_partition_is_a_silent_stop() {
+    // Leavers whose goodbye cannot reach the CMA give up after 3 s, like the daemon; to the CMA
+    // that is a crash, so their host.down is expected, not false.
+    let mut sc = Scenario::new(2, 600)
+        .step(s(5), StepKind::Partition { switches: vec![4], for_: s(30) })
+        .step(s(5), StepKind::Leave(60));
+    sc.switches = 12;
+    let r = go(sc);
+    assert!(r.detection.goodbye_lost > 0, "{}", r.human());
+    assert_eq!(r.false_down.count, 0, "{}", r.human());
+    // Current core behaviour (see docs/sim.md, Findings): after the partition heals, a stale
+    // observation queued inside it ("sw4-n230 hears sw4-n223") revives the long-gone leaver,
+    // which is then reported down a second time. Flip this when the CMA ignores stale reports.
+    assert_eq!(r.false_down.false_up, 1, "{}", r.human());
+    assert_eq!(r.false_down.repeat_down, 1, "{}", r.human());
+    assert_checks(
+        &r,
+        &["crashes detected", "ring consistent", "CMA state matches", "applied exactly once"],
+    );
+}
