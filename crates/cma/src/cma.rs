@@ -234,7 +234,7 @@ impl Cma {
     pub fn handle_report(&mut self, now: Timestamp, reporter: NodeId, report: &HeartbeatReport) {
         let kind = ReportKind::try_from(report.kind).unwrap_or(ReportKind::Unspecified);
         match NodeId::from_slice(&report.peer) {
-            Some(peer) => self.on_report(now, reporter, peer, kind, report.silent_ms),
+            Some(peer) => self.on_report(now, reporter, peer, kind, report.silent_ms, report.epoch),
             None => {
                 self.stats.reports += 1;
                 self.stats.reports_ignored_unknown += 1;
@@ -254,7 +254,7 @@ impl Cma {
                 _ => ReportKind::Unspecified,
             };
             match NodeId::from_slice(&entry.peer) {
-                Some(peer) => self.on_report(now, reporter, peer, kind, 0),
+                Some(peer) => self.on_report(now, reporter, peer, kind, 0, status.epoch),
                 None => {
                     self.stats.reports += 1;
                     self.stats.reports_ignored_unknown += 1;
@@ -388,6 +388,7 @@ impl Cma {
         subject: NodeId,
         kind: ReportKind,
         silent_ms: u64,
+        epoch: u64,
     ) {
         self.stats.reports += 1;
         let (Some(rep), Some(subj)) = (self.nodes.get(&reporter), self.nodes.get(&subject)) else {
@@ -418,6 +419,13 @@ impl Cma {
             ReportKind::BackAlive | ReportKind::Martian => {
                 if !reporter_active {
                     self.stats.reports_ignored_not_neighbour += 1;
+                    return;
+                }
+                // An observation made under an older peer set than the reporter's current one
+                // is old news (it may have waited out a partition): it must not revive a node.
+                // Dead reports need no such rule: they count only from current neighbours.
+                if epoch < rep.peer_epoch && state == NodeState::Down {
+                    self.stats.reports_stale_epoch += 1;
                     return;
                 }
                 match state {

@@ -279,6 +279,9 @@ pub struct Stats {
     /// Reports that changed nothing: a repeated dead report, a dead report about a Down or Left
     /// node, a martian or back-alive about an Up node, unspecified kinds.
     pub reports_no_effect: u64,
+    /// Back-alive and martian reports made under an older peer-set epoch than the reporter's
+    /// current one (delayed, e.g. queued through a partition): they may not revive a node.
+    pub reports_stale_epoch: u64,
     pub hellos: u64,
     pub hellos_rejected: u64,
     pub goodbyes: u64,

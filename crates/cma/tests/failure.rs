@@ -324,6 +324,25 @@ fn assert_rejoined(h: &mut Harness, b: NodeId, reason: &str) {
 }
 
 #[test]
+fn a_stale_epoch_observation_does_not_revive_a_down_node() {
+    let (mut h, b, a, _) = down_b();
+    // A back-alive that A made before it got its new peer set (it waited out a partition).
+    let old_epoch = h.cma.node(a).unwrap().peer_epoch - 1;
+    let r = assim_wire::msg::HeartbeatReport {
+        kind: ReportKind::BackAlive as i32,
+        peer: b.as_bytes().to_vec(),
+        peer_addr: String::new(),
+        silent_ms: 0,
+        epoch: old_epoch,
+    };
+    h.cma.handle_report(h.now, a, &r);
+    h.drain();
+    assert_eq!(h.state(b), NodeState::Down);
+    assert!(kinds(&h.take()).is_empty());
+    assert_eq!(h.cma.stats().reports_stale_epoch, 1);
+}
+
+#[test]
 fn down_node_hello_rejoins() {
     let (mut h, b, _, _) = down_b();
     h.join(3);

@@ -164,7 +164,8 @@ impl Harness {
             peer: about.as_bytes().to_vec(),
             peer_addr: String::new(),
             silent_ms,
-            epoch: 0,
+            // A converged reporter reports under the newest epoch the CMA sent it.
+            epoch: self.cma.node(reporter).map_or(0, |n| n.peer_epoch),
         };
         self.cma.handle_report(self.now, reporter, &r);
         self.drain();
