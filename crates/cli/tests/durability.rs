@@ -151,3 +151,88 @@ fn torn_inbox_tail_is_recovered_and_reported() {
         "the CMA serves its state after recovery"
     );
 }
+
+#[test]
+fn full_inbox_disk_refuses_without_loss_and_recovers() {
+    let spec = ClusterSpec {
+        cma: Program { path: env!("CARGO_BIN_EXE_cma").into(), prefix: vec![] },
+        nanoprobe: Program { path: env!("CARGO_BIN_EXE_nanoprobe").into(), prefix: vec![] },
+        nodes: 0,
+        interval: std::time::Duration::from_secs(1),
+        warn: std::time::Duration::from_secs(3),
+        dead: std::time::Duration::from_secs(5),
+        enrollment: ClusterEnrollment::TrustOnFirstUse,
+        name_prefix: "n".into(),
+    };
+    let mut c = Cluster::new(spec, false).unwrap();
+    c.stop_cma(false).unwrap();
+    // The inbox on a 256 KiB file system of its own, so it fills up long before the rest.
+    let inbox = c.dir.join("cma").join("inbox");
+    let mount = |opts: &str| {
+        Command::new("mount").args(["-t", "tmpfs", "-o", opts, "tmpfs"]).arg(&inbox).status()
+    };
+    if !mount("size=256k").map(|s| s.success()).unwrap_or(false) {
+        println!("SKIP full-disk test: cannot mount a tmpfs here (needs root, as in CI)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(inbox.clone());
+    c.start_cma().unwrap();
+    let mut senders = Command::new(env!("CARGO_BIN_EXE_assim"))
+        .args([
+            "loadgen",
+            "--cma",
+            &c.cma_listen.to_string(),
+            "--senders",
+            "4",
+            "--reports",
+            "3000",
+        ])
+        .arg("--data-dir")
+        .arg(c.dir.join("senders"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The disk fills: the CMA says so, acknowledges nothing more, and keeps serving its API.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = std::fs::read_to_string(c.dir.join("cma.log")).unwrap_or_default();
+        if log.contains("cannot append to the inbox")
+            || log.contains("cannot make the inbox durable")
+        {
+            break;
+        }
+        assert!(
+            senders.try_wait().unwrap().is_none(),
+            "the senders finished although the inbox disk is tiny"
+        );
+        assert!(Instant::now() < deadline, "the CMA never reported the full inbox disk:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.client.status().unwrap().nodes.len(), 4, "the API keeps serving");
+    assert!(c.client.metrics().unwrap().contains("assim_cma_rejected_total"));
+    // Space comes back: everything is delivered, once.
+    let status =
+        Command::new("mount").args(["-o", "remount,size=256m"]).arg(&inbox).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = senders.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the senders did not finish after the disk got space");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    c.stop_cma(false).unwrap();
+    let store = assim_store::Store::open(&c.dir.join("cma").join("cma.sqlite")).unwrap();
+    for (node, a) in store.applied().unwrap() {
+        assert_eq!((a.through, a.count), (3000, 3000), "sender {node}");
+    }
+}

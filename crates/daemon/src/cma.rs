@@ -403,8 +403,16 @@ impl Driver {
         }
         if m.record > 0 {
             self.acks_due.insert(sender);
-            if m.record <= self.seen.get(&sender).copied().unwrap_or(0) {
+            let seen = self.seen.get(&sender).copied().unwrap_or(0);
+            if m.record <= seen {
                 *self.metrics.rejects.entry("duplicate_record").or_insert(0) += 1;
+                return;
+            }
+            // Spool records are numbered densely, and `Ack { through }` covers everything up
+            // to `through`: so the inbox only ever takes the next record of a sender. A gap
+            // (an earlier record was refused, e.g. the disk was full) waits for the resend.
+            if m.record > seen + 1 {
+                *self.metrics.rejects.entry("record_gap").or_insert(0) += 1;
                 return;
             }
         }
