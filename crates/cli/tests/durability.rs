@@ -25,6 +25,21 @@ fn loadgen(c: &Cluster) -> Child {
         .expect("start the senders")
 }
 
+/// A CMA with open enrollment and no nanoprobes: the senders enroll themselves.
+fn cma_only() -> Cluster {
+    let spec = ClusterSpec {
+        cma: Program { path: env!("CARGO_BIN_EXE_cma").into(), prefix: vec![] },
+        nanoprobe: Program { path: env!("CARGO_BIN_EXE_nanoprobe").into(), prefix: vec![] },
+        nodes: 0,
+        interval: Duration::from_secs(1),
+        warn: Duration::from_secs(3),
+        dead: Duration::from_secs(5),
+        enrollment: ClusterEnrollment::TrustOnFirstUse,
+        name_prefix: "n".into(),
+    };
+    Cluster::new(spec, false).unwrap()
+}
+
 #[test]
 fn cma_and_sender_crashes_lose_nothing_and_apply_nothing_twice() {
     let seed: u64 = std::env::var("ASSIM_TEST_SEED")
@@ -33,17 +48,7 @@ fn cma_and_sender_crashes_lose_nothing_and_apply_nothing_twice() {
         .unwrap_or_else(rand::random);
     println!("seed {seed} (ASSIM_TEST_SEED={seed} replays the kill schedule)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let spec = ClusterSpec {
-        cma: Program { path: env!("CARGO_BIN_EXE_cma").into(), prefix: vec![] },
-        nanoprobe: Program { path: env!("CARGO_BIN_EXE_nanoprobe").into(), prefix: vec![] },
-        nodes: 0,
-        interval: std::time::Duration::from_secs(1),
-        warn: std::time::Duration::from_secs(3),
-        dead: std::time::Duration::from_secs(5),
-        enrollment: ClusterEnrollment::TrustOnFirstUse,
-        name_prefix: "n".into(),
-    };
-    let mut c = Cluster::new(spec, false).unwrap();
+    let mut c = cma_only();
     let mut senders = loadgen(&c);
     let started = Instant::now();
     let mut cma_kills = 0;
@@ -109,17 +114,7 @@ fn cma_and_sender_crashes_lose_nothing_and_apply_nothing_twice() {
 
 #[test]
 fn torn_inbox_tail_is_recovered_and_reported() {
-    let spec = ClusterSpec {
-        cma: Program { path: env!("CARGO_BIN_EXE_cma").into(), prefix: vec![] },
-        nanoprobe: Program { path: env!("CARGO_BIN_EXE_nanoprobe").into(), prefix: vec![] },
-        nodes: 0,
-        interval: std::time::Duration::from_secs(1),
-        warn: std::time::Duration::from_secs(3),
-        dead: std::time::Duration::from_secs(5),
-        enrollment: ClusterEnrollment::TrustOnFirstUse,
-        name_prefix: "n".into(),
-    };
-    let mut c = Cluster::new(spec, false).unwrap();
+    let mut c = cma_only();
     let status = Command::new(env!("CARGO_BIN_EXE_assim"))
         .args(["loadgen", "--cma", &c.cma_listen.to_string(), "--senders", "2", "--reports", "100"])
         .arg("--data-dir")
@@ -154,17 +149,7 @@ fn torn_inbox_tail_is_recovered_and_reported() {
 
 #[test]
 fn full_inbox_disk_refuses_without_loss_and_recovers() {
-    let spec = ClusterSpec {
-        cma: Program { path: env!("CARGO_BIN_EXE_cma").into(), prefix: vec![] },
-        nanoprobe: Program { path: env!("CARGO_BIN_EXE_nanoprobe").into(), prefix: vec![] },
-        nodes: 0,
-        interval: std::time::Duration::from_secs(1),
-        warn: std::time::Duration::from_secs(3),
-        dead: std::time::Duration::from_secs(5),
-        enrollment: ClusterEnrollment::TrustOnFirstUse,
-        name_prefix: "n".into(),
-    };
-    let mut c = Cluster::new(spec, false).unwrap();
+    let mut c = cma_only();
     c.stop_cma(false).unwrap();
     // The inbox on a 256 KiB file system of its own, so it fills up long before the rest.
     let inbox = c.dir.join("cma").join("inbox");
