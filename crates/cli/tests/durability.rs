@@ -66,7 +66,7 @@ fn cma_and_sender_crashes_lose_nothing_and_apply_nothing_twice() {
             started.elapsed() < Duration::from_secs(600),
             "the senders did not finish within 10 minutes"
         );
-        std::thread::sleep(Duration::from_millis(rng.gen_range(200..900)));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(100..500)));
         if cma_kills < 5 || rng.gen_bool(0.3) {
             c.stop_cma(true).unwrap();
             cma_kills += 1;

@@ -245,16 +245,12 @@ pub async fn run(
             r = d.socket.recv_from(&mut rbuf) => {
                 match r {
                     Ok((len, src)) => {
-                        let datagram = rbuf[..len].to_vec();
-                        d.handle_datagram(&datagram, src);
+                        d.handle_datagram(&rbuf[..len], src);
                         // Drain whatever else is already queued, bounded, before acting:
                         // bigger turns mean fewer fsyncs per record.
                         for _ in 0..MAX_DATAGRAMS_PER_TURN {
                             match d.socket.try_recv_from(&mut rbuf) {
-                                Ok((len, src)) => {
-                                    let datagram = rbuf[..len].to_vec();
-                                    d.handle_datagram(&datagram, src);
-                                }
+                                Ok((len, src)) => d.handle_datagram(&rbuf[..len], src),
                                 Err(_) => break,
                             }
                         }
@@ -262,9 +258,11 @@ pub async fn run(
                     Err(e) => warn!(error = %e, "UDP receive failed"),
                 }
             }
-            _ = sleep_until(deadline) => d.handle_timeouts(),
+            _ = sleep_until(deadline) => {}
             _ = &mut shutdown => break,
         }
+        // Timers run every turn, so a steady stream of datagrams cannot starve them.
+        d.handle_timeouts();
         d.drain_core();
         d.flush().await;
     }
@@ -307,7 +305,10 @@ impl Driver {
                 self.dirty.insert(id);
             }
         }
-        self.core.handle_timeout(Timestamp::now());
+        let now = Timestamp::now();
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.handle_timeout(now);
+        }
     }
 
     fn reject(&mut self, reason: &'static str) {

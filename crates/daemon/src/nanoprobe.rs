@@ -225,20 +225,24 @@ pub async fn run(
                 }
                 Err(e) => debug!(error = %e, "UDP receive failed"),
             },
-            _ = sleep_until(deadline) => {
-                let now = Instant::now();
-                p.heartbeats.handle_timeout(now);
-                p.link.handle_timeout(now);
-                if now >= p.next_metrics {
-                    p.write_metrics();
-                    p.next_metrics = now + METRICS_INTERVAL;
-                }
-            }
+            _ = sleep_until(deadline) => {}
             _ = &mut shutdown, if leaving_deadline.is_none() => {
                 info!("stopping: saying goodbye to the CMA");
                 p.say_goodbye(Instant::now());
                 leaving_deadline = Some(Instant::now() + Duration::from_secs(3));
             }
+        }
+        // Timers run every turn, so a flood of datagrams cannot starve the heartbeats.
+        let now = Instant::now();
+        if p.heartbeats.poll_timeout().is_some_and(|t| t <= now) {
+            p.heartbeats.handle_timeout(now);
+        }
+        if p.link.poll_timeout().is_some_and(|t| t <= now) {
+            p.link.handle_timeout(now);
+        }
+        if now >= p.next_metrics {
+            p.write_metrics();
+            p.next_metrics = now + METRICS_INTERVAL;
         }
         p.drain_heartbeats();
         p.flush().await;
