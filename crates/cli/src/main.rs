@@ -97,6 +97,11 @@ enum Command {
     },
     /// Simulate N nanoprobes and a CMA in virtual time; check failure detection.
     Sim(assim_sim::SimArgs),
+    /// Decode the LLDP and CDP frames of a pcap file, one JSON object per frame.
+    DecodeL2 {
+        /// A pcap or pcapng capture with Ethernet frames.
+        file: std::path::PathBuf,
+    },
 }
 
 fn main() {
@@ -165,6 +170,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cma { flags, command } => assim::settings::run_cma(flags, command)?,
         Command::Nanoprobe { flags } => assim::settings::run_nanoprobe(flags)?,
         Command::Sim(args) => assim_sim::run_cli(args)?,
+        Command::DecodeL2 { file } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let lines = assim_l2::decode_pcap_to_json_lines(&bytes)
+                .with_context(|| format!("{} is not a usable capture file", file.display()))?;
+            for line in lines {
+                println!("{line}");
+            }
+        }
     }
     Ok(())
 }
