@@ -100,7 +100,8 @@ impl Connection {
     }
 
     fn handle_data(&mut self, d: &DataFrame<'_>, now: Instant) -> Result<(), FrameError> {
-        if d.payload.len() > self.max_payload {
+        // A packed frame's entries are bounded by the frame size, checked already.
+        if !d.packed && d.payload.len() > self.max_payload {
             return Err(FrameError::TooLarge("fragment payload exceeds the frame size"));
         }
         if usize::from(d.frag_count) > self.max_frag_count {
@@ -316,6 +317,86 @@ mod tests {
         assert_eq!(usize::from(count), assim_wire::limits::MAX_MESSAGE_SIZE.div_ceil(1115));
     }
 
+    /// Small messages queued together share packed frames; a large one between them is
+    /// fragmented and splits the run; ids, delivery order and Acked events are per message.
+    #[test]
+    fn small_messages_are_packed_into_few_frames() {
+        let (mut a, mut b, now) = pair();
+        let mut sent = Vec::new();
+        for i in 0..200u32 {
+            let len = if i == 100 { 3000 } else { 50 };
+            let m: Vec<u8> = (0..len).map(|j| (i as usize * 7 + j) as u8).collect();
+            assert_eq!(a.send(m.clone(), now), Ok(u64::from(i) + 1));
+            sent.push(m);
+        }
+        let frames = drain(&mut a, now);
+        // 199 x 52 bytes of entries in frames of 1144 - 27: 21 per frame, plus 3 fragments.
+        assert_eq!(frames.len(), 5 + 5 + 3, "frames: {}", frames.len());
+        assert!(frames.iter().all(|f| f.len() <= 1144));
+        assert_eq!(frames.iter().filter(|f| f[0] == 3).count(), 10);
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(seq_of(f), i as u64);
+        }
+        for f in &frames {
+            b.handle_frame(f, now).unwrap();
+        }
+        let delivered: Vec<Event> = sent.into_iter().map(Event::Delivered).collect();
+        assert_eq!(events(&mut b), delivered);
+        assert_eq!(b.stats().messages_delivered, 200);
+        for ack in drain(&mut b, now + ms(5)) {
+            a.handle_frame(&ack, now + ms(10)).unwrap();
+        }
+        assert_eq!(events(&mut a), (1..=200).map(Event::Acked).collect::<Vec<_>>());
+        assert!(a.is_idle());
+        assert_eq!(a.stats().queued_messages, 0);
+    }
+
+    /// With `coalesce` off every message takes its own frame.
+    #[test]
+    fn coalescing_can_be_turned_off() {
+        let config = Config { coalesce: false, ..Config::default() };
+        let mut a = Connection::new(config, 1, 0);
+        let now = Instant::now();
+        for i in 0..10u8 {
+            a.send(vec![i; 10], now).unwrap();
+        }
+        let frames = drain(&mut a, now);
+        assert_eq!(frames.len(), 10);
+        assert!(frames.iter().all(|f| f[0] == 1));
+    }
+
+    /// A packed frame lost, then only later frames arrive: it is one unit for selective acks
+    /// and retransmission, and nothing in it is acknowledged before it is.
+    #[test]
+    fn a_lost_packed_frame_is_resent_as_a_unit() {
+        let (mut a, mut b, now) = pair();
+        for i in 0..40u8 {
+            a.send(vec![i; 100], now).unwrap(); // 10 per packed frame
+        }
+        let frames = drain(&mut a, now);
+        assert_eq!(frames.len(), 4);
+        for f in &frames[1..] {
+            b.handle_frame(f, now).unwrap();
+        }
+        assert!(events(&mut b).is_empty(), "held until the gap is filled");
+        let t = now + ms(20);
+        for ack in drain(&mut b, now) {
+            a.handle_frame(&ack, t).unwrap();
+        }
+        assert!(events(&mut a).is_empty(), "nothing cumulatively acknowledged");
+        let resent = drain(&mut a, t);
+        assert_eq!(resent, vec![frames[0].clone()], "the same packed frame again");
+        b.handle_frame(&resent[0], t).unwrap();
+        let delivered = events(&mut b);
+        assert_eq!(delivered.len(), 40);
+        assert_eq!(delivered[0], Event::Delivered(vec![0; 100]));
+        assert_eq!(delivered[39], Event::Delivered(vec![39; 100]));
+        for ack in drain(&mut b, t) {
+            a.handle_frame(&ack, t + ms(10)).unwrap();
+        }
+        assert_eq!(events(&mut a), (1..=40).map(Event::Acked).collect::<Vec<_>>());
+    }
+
     #[test]
     fn acks_are_coalesced_for_ack_delay() {
         let (mut a, mut b, now) = pair();
@@ -342,9 +423,11 @@ mod tests {
     #[test]
     fn out_of_order_and_duplicate_arrivals_are_acked_immediately() {
         let (mut a, mut b, now) = pair();
+        // Each drained before the next is queued: one frame each, not packed together.
         a.send(vec![1], now).unwrap();
+        let mut frames = drain(&mut a, now);
         a.send(vec![2], now).unwrap();
-        let frames = drain(&mut a, now);
+        frames.extend(drain(&mut a, now));
         b.handle_frame(&frames[1], now).unwrap();
         assert!(events(&mut b).is_empty());
         assert_eq!(drain(&mut b, now).len(), 1, "out of order: ack now");
@@ -359,10 +442,11 @@ mod tests {
     #[test]
     fn selectively_acked_fragments_are_not_resent() {
         let (mut a, mut b, now) = pair();
+        let mut frames = Vec::new();
         for i in 0..6u8 {
             a.send(vec![i], now).unwrap();
+            frames.extend(drain(&mut a, now)); // one frame each, not packed together
         }
-        let frames = drain(&mut a, now);
         assert_eq!(frames.len(), 6);
         // Seq 1 is lost; 0 and 2..6 arrive.
         let mut acks = Vec::new();
@@ -434,8 +518,9 @@ mod tests {
         let mut a1 = Connection::new(Config::default(), 5, 1);
         let mut b = Connection::new(Config::default(), 9, 2);
         a1.send(b"old".to_vec(), now).unwrap();
+        let mut old_frames = drain(&mut a1, now);
         a1.send(b"old, late".to_vec(), now).unwrap();
-        let old_frames = drain(&mut a1, now);
+        old_frames.extend(drain(&mut a1, now));
         b.handle_frame(&old_frames[0], now).unwrap();
         assert_eq!(events(&mut b), vec![Event::Delivered(b"old".to_vec())]);
 

@@ -1,7 +1,8 @@
 //! Reliable, ordered, exactly-once message delivery between two endpoints, with no IO.
 //!
 //! This crate owns the reliable-delivery layer between one nanoprobe and the CMA: fragmentation of
-//! messages up to [`assim_wire::limits::MAX_MESSAGE_SIZE`], per-fragment sequence numbers,
+//! messages up to [`assim_wire::limits::MAX_MESSAGE_SIZE`], packing of small messages into one
+//! frame, per-frame sequence numbers,
 //! cumulative + selective acknowledgements, retransmission with an RFC 6298 RTO and exponential
 //! backoff, reassembly, in-order delivery and duplicate suppression, and peer restarts (sessions).
 //!
@@ -17,10 +18,12 @@
 //! changing state.
 //!
 //! Layout:
-//! - `frame`: the two frame types, their byte layouts, encoder and pure decoder.
+//! - `frame`: the three frame types, their byte layouts, encoder and pure decoder.
 //! - `rtt`: SRTT/RTTVAR/RTO estimation (RFC 6298) and backoff.
-//! - `send`: the sending half: fragmentation, send window, retransmission, loss detection.
-//! - `recv`: the receiving half: duplicate suppression, out-of-order buffer, reassembly.
+//! - `send`: the sending half: fragmentation, packing, send window, retransmission, loss
+//!   detection.
+//! - `recv`: the receiving half: duplicate suppression, out-of-order buffer, reassembly,
+//!   unpacking.
 //! - `connection`: [`Connection`], which joins both halves and handles sessions and acks timing.
 //!
 //! # Frames
@@ -51,13 +54,44 @@
 //! 26   16·n   ranges [start, end) as u64 pairs: ascending, disjoint, not adjacent,
 //!             start > cumulative; the lowest ranges are sent when not all fit
 //!  …      …   trailing bytes: reserved for extensions, ignored on receipt
+//!
+//! Packed data frame: 27-byte header, then `count` entries; several whole messages, one seq
+//! offset size field
+//!  0      1   type = 3
+//!  1      8   sender session
+//!  9      8   base (as in a data frame)
+//! 17      8   seq: the one sequence number of the whole frame
+//! 25      2   count: the number of messages (at least 1)
+//! 27      …   count entries, each: u16 length, then that many bytes (one whole message);
+//!             the entries end exactly at the end of the frame (no trailing bytes)
 //! ```
+//!
+//! # Packing small messages
+//!
+//! Every datagram costs sealing, a syscall and bookkeeping whatever its size, so small messages
+//! share frames. A message gets its seq(s) when it is first transmitted, not when it is queued:
+//! when `poll_transmit` sends new data (the window permitting), it takes the oldest queued
+//! message and, if it fits in one fragment (and [`Config::coalesce`] is on), as many of the
+//! directly following queued messages as also fit in one fragment and, together, in one packed
+//! frame of at most `max_frame_size` bytes (at most 65535 of them). Two or more go out as one
+//! packed frame; a lone message goes out as an ordinary data frame (the two cost the same 29
+//! bytes for one message); a message too large for one fragment is fragmented and never packed,
+//! and ends the run. Nothing waits to be packed (no Nagle-style delay): packing only gathers
+//! what is queued when the window has room, which is exactly when the peer is slow or the
+//! sender bursts. A packed frame is one unit for everything below: it occupies one seq, is
+//! acknowledged, selectively acknowledged, retransmitted (identically, with the current `base`)
+//! and buffered out of order as a whole, and its messages are delivered in entry order when its
+//! seq is consumed. All of its messages are released, and get their [`Event::Acked`] in id
+//! order, when the cumulative ack passes its seq. Both kinds interleave freely in one seq space.
 //!
 //! # Invariants and rules
 //!
-//! - Fragments carry sequence numbers from 0 per sender session; message `k`'s fragments follow
-//!   message `k-1`'s. A message of `len` bytes has `max(1, ceil(len / max_payload))` fragments.
-//! - `base` is always the first seq of a message, and no fragment of a message below `base` is
+//! - Data frames (fragments and packed frames) carry sequence numbers from 0 per sender session,
+//!   in message order: message `k`'s frames follow message `k-1`'s, or share its packed frame.
+//!   An unpacked message of `len` bytes has `max(1, ceil(len / max_payload))` fragments; below,
+//!   "fragment" includes a packed frame, which behaves like a message of one fragment.
+//! - `base` is always the first seq of a message (for a packed message, the seq of its packed
+//!   frame), and no fragment of a message below `base` is
 //!   ever sent again. A message is released by the sender, and [`Event::Acked`] is emitted, only
 //!   when the *cumulative* ack passes its last fragment, which means the receiver delivered it.
 //!   Selective acks only suppress retransmission; they are forgotten if the receiver restarts.
@@ -102,7 +136,8 @@
 //!   is undone as soon as an ack acknowledges new data. There is no congestion control beyond
 //!   the window.
 //! - Both endpoints must use the same `max_frame_size` and `max_message_size`: the receiver
-//!   rejects fragments longer than its own payload size and fragment counts that would exceed
+//!   rejects frames longer than its own `max_frame_size`, fragments longer than its own payload
+//!   size, and fragment counts that would exceed
 //!   its message size limit before it allocates a reassembly buffer.
 
 mod connection;
@@ -122,8 +157,8 @@ pub struct Config {
     /// The largest frame produced or accepted, in bytes (default 1144: the 1232-byte datagram
     /// minus 40 header, 32 optional key and 16 tag bytes added by sealing).
     pub max_frame_size: usize,
-    /// The most fragments in flight beyond the cumulative ack point; also the receiver's
-    /// out-of-order buffer size (default 128).
+    /// The most data frames (fragments or packed frames) in flight beyond the cumulative ack
+    /// point; also the receiver's out-of-order buffer size (default 128).
     pub window: usize,
     /// The RTO before the first RTT sample (default 300 ms).
     pub initial_rto: Duration,
@@ -139,6 +174,10 @@ pub struct Config {
     pub max_queued_bytes: usize,
     /// How long an acknowledgement may be held back to coalesce it with later ones (default 5 ms).
     pub ack_delay: Duration,
+    /// Pack consecutive small queued messages into one packed data frame when transmitting
+    /// (default true). Without it every message takes its own frame(s). A receiver accepts
+    /// packed frames either way.
+    pub coalesce: bool,
 }
 
 impl Default for Config {
@@ -152,6 +191,7 @@ impl Default for Config {
             max_message_size: assim_wire::limits::MAX_MESSAGE_SIZE,
             max_queued_bytes: 64 * 1024 * 1024,
             ack_delay: Duration::from_millis(5),
+            coalesce: true,
         }
     }
 }
@@ -176,7 +216,7 @@ pub struct Stats {
     pub frames_sent: u64,
     /// Frames accepted by `handle_frame` (stale ones included, rejected ones not).
     pub frames_received: u64,
-    /// Data fragments sent again.
+    /// Data frames (fragments or packed frames) sent again.
     pub retransmits: u64,
     /// Data fragments received that had been received already.
     pub duplicates: u64,
@@ -188,7 +228,7 @@ pub struct Stats {
     pub srtt: Option<Duration>,
     /// The current retransmission timeout (backed off while nothing gets acknowledged).
     pub rto: Duration,
-    /// Fragments sent and not yet acknowledged.
+    /// Data frames (fragments or packed frames) sent and not yet acknowledged.
     pub in_flight: u64,
     /// Messages queued or in flight, not yet acknowledged.
     pub queued_messages: u64,
@@ -219,10 +259,11 @@ pub enum SendError {
 /// Why [`Connection::handle_frame`] rejected a frame. The connection's state did not change.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
-    /// The frame ends before its header (or its declared ack ranges) does.
+    /// The frame ends before its header (or its declared ack ranges) does. (Packed entries that
+    /// overrun the frame are [`FrameError::Malformed`].)
     #[error("frame truncated")]
     Truncated,
-    /// The type byte is neither data (1) nor ack (2).
+    /// The type byte is none of data (1), ack (2) and packed data (3).
     #[error("unknown frame type {0}")]
     UnknownType(u8),
     /// The frame parses but contradicts itself, the protocol, or fragments received earlier.

@@ -10,6 +10,9 @@
 //!   its neighbours and with `partial` (checked before insertion), so consuming them in order
 //!   never finds a contradiction.
 //!
+//! A packed frame (several whole messages under one seq) behaves like a single-fragment message
+//! here: it spans one seq, and consuming it delivers its messages in order.
+//!
 //! Two fragments are consistent when they claim the same message `[start, end)` or disjoint
 //! ones. Checking a new fragment against its nearest neighbours in seq order suffices: the
 //! relation is transitive along sorted seqs.
@@ -18,7 +21,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::FrameError;
-use crate::frame::DataFrame;
+use crate::frame::{DataFrame, packed_messages};
 
 #[derive(Debug)]
 struct Partial {
@@ -31,6 +34,7 @@ struct Partial {
 struct Buffered {
     index: u16,
     count: u16,
+    packed: bool,
     payload: Vec<u8>,
 }
 
@@ -107,7 +111,7 @@ impl Receiver {
             }
         }
         if let Some(b) = self.ooo.get(&f.seq) {
-            return if (b.index, b.count) == (f.frag_index, f.frag_count) {
+            return if (b.index, b.count, b.packed) == (f.frag_index, f.frag_count, f.packed) {
                 Ok(Disposition::Duplicate)
             } else {
                 Err(FrameError::Malformed("fragment disagrees with an earlier copy"))
@@ -144,10 +148,16 @@ impl Receiver {
         if f.seq != self.expected {
             self.ooo.insert(
                 f.seq,
-                Buffered { index: f.frag_index, count: f.frag_count, payload: f.payload.to_vec() },
+                Buffered {
+                    index: f.frag_index,
+                    count: f.frag_count,
+                    packed: f.packed,
+                    payload: f.payload.to_vec(),
+                },
             );
         } else {
-            self.consume(f.frag_index, f.frag_count, Cow::Borrowed(f.payload), delivered);
+            let (index, count, packed) = (f.frag_index, f.frag_count, f.packed);
+            self.consume(index, count, packed, Cow::Borrowed(f.payload), delivered);
         }
         self.drain(delivered);
         urgent
@@ -158,7 +168,7 @@ impl Receiver {
             && *entry.key() == self.expected
         {
             let b = entry.remove();
-            self.consume(b.index, b.count, Cow::Owned(b.payload), delivered);
+            self.consume(b.index, b.count, b.packed, Cow::Owned(b.payload), delivered);
         }
     }
 
@@ -166,10 +176,15 @@ impl Receiver {
         &mut self,
         index: u16,
         count: u16,
+        packed: bool,
         payload: Cow<'_, [u8]>,
         delivered: &mut Vec<Vec<u8>>,
     ) {
         self.expected += 1;
+        if packed {
+            delivered.extend(packed_messages(&payload).map(<[u8]>::to_vec));
+            return;
+        }
         if count == 1 {
             delivered.push(payload.into_owned());
             return;
@@ -209,7 +224,15 @@ mod tests {
     use super::*;
 
     fn frag(seq: u64, index: u16, count: u16, payload: &[u8]) -> DataFrame<'_> {
-        DataFrame { session: 1, base: 0, seq, frag_index: index, frag_count: count, payload }
+        DataFrame {
+            session: 1,
+            base: 0,
+            seq,
+            frag_index: index,
+            frag_count: count,
+            packed: false,
+            payload,
+        }
     }
 
     fn feed(r: &mut Receiver, f: &DataFrame<'_>) -> Result<Vec<Vec<u8>>, FrameError> {

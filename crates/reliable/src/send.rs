@@ -1,9 +1,16 @@
 //! The sending half: fragmentation, the send window, acknowledgement processing, loss detection
 //! and retransmission.
 //!
+//! Seqs are assigned when a message is first transmitted, not when it is queued, so that
+//! `poll_transmit` can pack the small messages queued by then into one frame.
+//!
 //! Invariants:
-//! - `messages` holds every message not yet cumulatively acknowledged, in seq order; message `i`
-//!   covers seqs `[start, start + count)` and the next one starts where it ends.
+//! - `pending` holds the messages queued but not yet given seqs, in id order; they all come
+//!   after those in `messages`.
+//! - `messages` holds every message given seqs and not yet cumulatively acknowledged, in id
+//!   order; message `i` covers seqs `[start, start + count)`. A fragmented or single-frame
+//!   message starts where the previous one ends; the messages of one packed frame all cover
+//!   the same single seq (`packed` set, `count` 1). `[base, next_seq)` is covered exactly.
 //! - `sent[i]` describes seq `acked_cum + i`; `sent` covers exactly `[acked_cum, next_tx)`, the
 //!   fragments transmitted at least once and not cumulatively acknowledged.
 //! - `acked_cum` only moves with the receiver's cumulative ack, never by folding selectively
@@ -17,7 +24,10 @@ use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha8Rng;
 
-use crate::frame::{AckFrame, DataFrame, encode_data};
+use crate::frame::{
+    AckFrame, DATA_HEADER_LEN, DataFrame, PACKED_ENTRY_LEN, PACKED_HEADER_LEN, encode_data,
+    encode_packed,
+};
 use crate::rtt::Rtt;
 use crate::{Config, Event, FrameError, SendError, Stats};
 
@@ -32,6 +42,8 @@ struct OutMessage {
     id: u64,
     start: u64,
     count: u64,
+    /// Sent in a packed frame with its neighbours of the same `start`.
+    packed: bool,
     data: Vec<u8>,
 }
 
@@ -57,11 +69,14 @@ pub(crate) struct Sender {
     max_message: usize,
     max_queued_bytes: usize,
     window: u64,
+    coalesce: bool,
     next_id: u64,
     next_seq: u64,
     next_tx: u64,
     acked_cum: u64,
     messages: VecDeque<OutMessage>,
+    /// (id, message) queued and not yet given seqs.
+    pending: VecDeque<(u64, Vec<u8>)>,
     queued_bytes: usize,
     sent: VecDeque<Sent>,
     sacked_count: u64,
@@ -93,11 +108,13 @@ impl Sender {
                 .min(assim_wire::limits::MAX_FRAGMENTS * max_payload),
             max_queued_bytes: config.max_queued_bytes,
             window: config.window as u64,
+            coalesce: config.coalesce,
             next_id: 1,
             next_seq: 0,
             next_tx: 0,
             acked_cum: 0,
             messages: VecDeque::new(),
+            pending: VecDeque::new(),
             queued_bytes: 0,
             sent: VecDeque::new(),
             sacked_count: 0,
@@ -124,13 +141,50 @@ impl Sender {
                 max: self.max_queued_bytes,
             });
         }
-        let count = data.len().div_ceil(self.max_payload).max(1) as u64;
         let id = self.next_id;
         self.next_id += 1;
-        self.messages.push_back(OutMessage { id, start: self.next_seq, count, data });
-        self.next_seq += count;
+        self.pending.push_back((id, data));
         self.queued_bytes += charge;
         Ok(id)
+    }
+
+    /// Whether a message of `len` bytes may go into a packed frame.
+    fn packable(&self, len: usize) -> bool {
+        self.coalesce && len <= self.max_payload && len <= usize::from(u16::MAX)
+    }
+
+    /// Gives seqs to the oldest pending message: alone (fragmented as needed) if it is large,
+    /// else packed into one frame with as many of the following pending messages as are small
+    /// and fit. Returns false if nothing is pending.
+    fn assign_seqs(&mut self) -> bool {
+        let Some((_, first)) = self.pending.front() else {
+            return false;
+        };
+        let max_frame = self.max_payload + DATA_HEADER_LEN;
+        let mut n = 1;
+        if self.packable(first.len()) {
+            let mut size = PACKED_HEADER_LEN + PACKED_ENTRY_LEN + first.len();
+            for (_, m) in self.pending.iter().skip(1).take(usize::from(u16::MAX) - 1) {
+                if !self.packable(m.len()) || size + PACKED_ENTRY_LEN + m.len() > max_frame {
+                    break;
+                }
+                size += PACKED_ENTRY_LEN + m.len();
+                n += 1;
+            }
+        }
+        let start = self.next_seq;
+        if n == 1 {
+            let (id, data) = self.pending.pop_front().expect("front exists");
+            let count = data.len().div_ceil(self.max_payload).max(1) as u64;
+            self.messages.push_back(OutMessage { id, start, count, packed: false, data });
+            self.next_seq += count;
+        } else {
+            for (id, data) in self.pending.drain(..n) {
+                self.messages.push_back(OutMessage { id, start, count: 1, packed: true, data });
+            }
+            self.next_seq += 1;
+        }
+        true
     }
 
     /// The first seq of the oldest message not yet cumulatively acknowledged.
@@ -143,26 +197,26 @@ impl Sender {
     }
 
     pub(crate) fn is_idle(&self) -> bool {
-        self.messages.is_empty()
+        self.messages.is_empty() && self.pending.is_empty()
     }
 
     pub(crate) fn update_stats(&self, stats: &mut Stats) {
         stats.srtt = self.rtt.srtt();
         stats.rto = self.rtt.rto();
         stats.in_flight = self.next_tx - self.acked_cum - self.sacked_count;
-        stats.queued_messages = self.messages.len() as u64;
+        stats.queued_messages = (self.messages.len() + self.pending.len()) as u64;
     }
 
     fn arm_timer(&mut self, now: Instant) {
         self.timer = Some(now + self.rtt.jittered(&mut self.rng));
     }
 
-    /// The next data frame to send: a retransmission first, else a new fragment if the window
-    /// allows.
+    /// The next data frame to send: a retransmission first, else a new fragment or packed frame
+    /// if the window allows.
     pub(crate) fn poll_transmit(&mut self, now: Instant, stats: &mut Stats) -> Option<Vec<u8>> {
         let limit = self.acked_cum + self.window;
-        let seq = match self.retx.first() {
-            Some(&seq) if seq < limit => {
+        let seq = match self.retx.first().copied() {
+            Some(seq) if seq < limit => {
                 self.retx.pop_first();
                 stats.retransmits += 1;
                 let tx_order = self.next_tx_order();
@@ -173,7 +227,9 @@ impl Sender {
                 seq
             }
             Some(_) => return None, // wait for the window to open; new data is above anyway
-            None if self.next_tx < self.next_seq && self.next_tx < limit => {
+            None if self.next_tx < limit
+                && (self.next_tx < self.next_seq || self.assign_seqs()) =>
+            {
                 let tx_order = self.next_tx_order();
                 self.sent.push_back(Sent {
                     last_sent: now,
@@ -200,6 +256,14 @@ impl Sender {
     fn encode(&self, seq: u64) -> Vec<u8> {
         let i = self.messages.partition_point(|m| m.end() <= seq);
         let m = &self.messages[i];
+        if m.packed {
+            let pack = self.messages.range(i..).take_while(|p| p.start == seq);
+            let (count, len) = pack.clone().fold((0, PACKED_HEADER_LEN), |(n, len), p| {
+                (n + 1, len + PACKED_ENTRY_LEN + p.data.len())
+            });
+            let data = pack.map(|p| p.data.as_slice());
+            return encode_packed(self.session, self.base(), seq, count, data, len);
+        }
         let index = (seq - m.start) as usize;
         let lo = index * self.max_payload;
         let hi = (lo + self.max_payload).min(m.data.len());
@@ -209,6 +273,7 @@ impl Sender {
             seq,
             frag_index: index as u16,
             frag_count: m.count as u16,
+            packed: false,
             payload: &m.data[lo..hi],
         })
     }

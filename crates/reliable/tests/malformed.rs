@@ -20,6 +20,30 @@ fn data(session: u64, base: u64, seq: u64, index: u16, count: u16, payload: &[u8
     f
 }
 
+/// A packed data frame (type 3) declaring `count` messages, with `entries` as given.
+fn packed_raw(session: u64, base: u64, seq: u64, count: u16, entries: &[u8]) -> Vec<u8> {
+    let mut f = vec![3u8];
+    for v in [session, base, seq] {
+        f.extend_from_slice(&v.to_be_bytes());
+    }
+    f.extend_from_slice(&count.to_be_bytes());
+    f.extend_from_slice(entries);
+    f
+}
+
+/// A well-formed packed data frame of `messages`.
+fn packed(session: u64, base: u64, seq: u64, messages: &[&[u8]]) -> Vec<u8> {
+    let mut entries = Vec::new();
+    for m in messages {
+        entries.extend_from_slice(&(m.len() as u16).to_be_bytes());
+        entries.extend_from_slice(m);
+    }
+    packed_raw(session, base, seq, messages.len() as u16, &entries)
+}
+
+/// Length of a packed frame's header.
+const PACKED_HEADER_LEN: usize = 27;
+
 fn ack(acked: u64, acker: u64, cumulative: u64, ranges: &[(u64, u64)]) -> Vec<u8> {
     let mut f = vec![2u8];
     for v in [acked, acker, cumulative] {
@@ -44,8 +68,8 @@ fn busy_receiver(now: Instant) -> Connection {
     let mut c = Connection::new(Config::default(), SESSION_B, 1);
     for i in 0..3u8 {
         c.send(vec![i; 10], now).unwrap();
+        while c.poll_transmit(now).is_some() {} // one frame each, not packed together
     }
-    while c.poll_transmit(now).is_some() {}
     c.handle_frame(&data(SESSION_A, 0, 0, 0, 4, &[7; 1115]), now).unwrap();
     c.handle_frame(&data(SESSION_A, 0, 2, 2, 4, &[7; 1115]), now).unwrap();
     c
@@ -101,6 +125,59 @@ fn specific_malformed_frames_are_rejected_without_change() {
         &data(SESSION_A, 0, 2, 1, 2, &p),
         FrameError::Malformed("fragment disagrees with the message being reassembled"),
     );
+    // Packed data frames.
+    assert_rejected(&packed(SESSION_A, 0, 4, &[b"ab"])[..26], FrameError::Truncated);
+    assert_rejected(
+        &packed_raw(SESSION_A, 0, 4, 0, &[]),
+        FrameError::Malformed("packed frame holds no message"),
+    );
+    assert_rejected(
+        &packed_raw(SESSION_A, 0, 4, 0, &[0, 1, 7]),
+        FrameError::Malformed("packed frame holds no message"),
+    );
+    assert_rejected(
+        &packed_raw(SESSION_A, 0, 4, 2, &[0, 1, 7]),
+        FrameError::Malformed("packed entries overrun the frame"),
+    );
+    assert_rejected(
+        &packed_raw(SESSION_A, 0, 4, 2, &[0, 1, 7, 0]),
+        FrameError::Malformed("packed entries overrun the frame"),
+    );
+    assert_rejected(
+        &packed_raw(SESSION_A, 0, 4, 1, &[0, 10, 7, 7, 7]),
+        FrameError::Malformed("packed entries overrun the frame"),
+    );
+    assert_rejected(
+        &packed_raw(SESSION_A, 0, 4, 1, &[0xff, 0xff]),
+        FrameError::Malformed("packed entries overrun the frame"),
+    );
+    assert_rejected(
+        &packed_raw(SESSION_A, 0, 4, 1, &[0, 1, 7, 9]),
+        FrameError::Malformed("bytes after the last packed entry"),
+    );
+    assert_rejected(
+        &packed_raw(SESSION_A, 0, 4, 1, &[0, 1, 7, 0, 0]),
+        FrameError::Malformed("bytes after the last packed entry"),
+    );
+    assert_rejected(
+        &packed(SESSION_A, 5, 4, &[b"a", b"b"]),
+        FrameError::Malformed("base is above the fragment's message"),
+    );
+    assert_rejected(
+        &packed(SESSION_A, 0, u64::MAX, &[b"a", b"b"]),
+        FrameError::Malformed("message extends past the last seq"),
+    );
+    assert_rejected(
+        &packed(SESSION_A, 0, 4, &[&[0; 600], &[0; 600]]),
+        FrameError::TooLarge("frame exceeds max_frame_size"),
+    );
+    // Inside the 4-fragment message 0..4 being reassembled.
+    for seq in [1, 3] {
+        assert_rejected(
+            &packed(SESSION_A, 0, seq, &[b"a", b"b"]),
+            FrameError::Malformed("fragment disagrees with the message being reassembled"),
+        );
+    }
     // Acks.
     assert_rejected(&ack(SESSION_B, SESSION_A, 0, &[])[..20], FrameError::Truncated);
     let mut short = ack(SESSION_B, SESSION_A, 0, &[(2, 3)]);
@@ -140,10 +217,58 @@ fn stale_and_foreign_frames_are_ignored_not_rejected() {
     assert_eq!(c.stats().messages_delivered, 0);
 }
 
-/// Valid frames captured from a lossy run, to mutate.
+/// A packed frame and an ordinary data frame for the same seq contradict each other, in
+/// either order; the one buffered first stands.
+#[test]
+fn packed_and_unpacked_copies_of_one_seq_contradict() {
+    let now = Instant::now();
+    let mut c = busy_receiver(now);
+    c.handle_frame(&packed(SESSION_A, 0, 4, &[b"a", b"b"]), now).unwrap();
+    let before = snapshot(&c);
+    assert_eq!(
+        c.handle_frame(&data(SESSION_A, 0, 4, 0, 1, b"a"), now),
+        Err(FrameError::Malformed("fragment disagrees with an earlier copy"))
+    );
+    assert_eq!(snapshot(&c), before);
+    c.handle_frame(&packed(SESSION_A, 0, 4, &[b"a", b"b"]), now).unwrap();
+    assert_eq!(c.stats().duplicates, 1, "the same packed frame again is a duplicate");
+
+    let mut c = busy_receiver(now);
+    c.handle_frame(&data(SESSION_A, 0, 4, 0, 1, b"a"), now).unwrap();
+    let before = snapshot(&c);
+    assert_eq!(
+        c.handle_frame(&packed(SESSION_A, 0, 4, &[b"a", b"b"]), now),
+        Err(FrameError::Malformed("fragment disagrees with an earlier copy"))
+    );
+    assert_eq!(snapshot(&c), before);
+}
+
+/// A packed frame of exactly max_frame_size bytes, and one with empty messages, are accepted
+/// and deliver their messages in order.
+#[test]
+fn largest_packed_frame_is_accepted() {
+    let now = Instant::now();
+    let mut c = Connection::new(Config::default(), SESSION_B, 1);
+    let big = packed(SESSION_A, 0, 0, &[&[1; 500], &[2; 613]]);
+    assert_eq!(big.len(), 1144);
+    c.handle_frame(&big, now).unwrap();
+    c.handle_frame(&packed(SESSION_A, 0, 1, &[b"", b"x", b""]), now).unwrap();
+    let delivered: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+    assert_eq!(
+        delivered,
+        [vec![1; 500], vec![2; 613], vec![], b"x".to_vec(), vec![]]
+            .map(assim_reliable::Event::Delivered)
+    );
+    assert_eq!(c.stats().messages_delivered, 5);
+}
+
+/// Valid frames captured from a lossy run, to mutate: fragments, a packed frame, acks.
 fn captured_frames() -> Vec<Vec<u8>> {
     let mut pair = Pair::new(7, Net::lossy());
     pair.send(common::Side::A, vec![1; 5000]);
+    for i in 0..5u8 {
+        pair.send(common::Side::A, vec![i; 20 * usize::from(i)]);
+    }
     pair.send(common::Side::B, vec![2; 10]);
     let mut frames = Vec::new();
     let now = pair.now;
@@ -156,6 +281,7 @@ fn captured_frames() -> Vec<Vec<u8>> {
     while let Some(f) = pair.b.poll_transmit(now + Duration::from_millis(10)) {
         frames.push(f);
     }
+    assert!(frames.iter().any(|f| f[0] == 3), "a packed frame was captured");
     frames
 }
 
@@ -185,13 +311,48 @@ proptest! {
     fn truncated_frames_are_rejected(which in any::<prop::sample::Index>(), cut in any::<prop::sample::Index>()) {
         let frames = captured_frames();
         let frame = which.get(&frames);
-        let header = if frame[0] == 1 { DATA_HEADER_LEN } else { frame.len() };
+        let header = match frame[0] {
+            1 => DATA_HEADER_LEN,
+            3 => PACKED_HEADER_LEN,
+            _ => frame.len(),
+        };
         let len = cut.index(header);
         let now = Instant::now();
         let mut c = busy_receiver(now);
         let before = snapshot(&c);
         prop_assert_eq!(c.handle_frame(&frame[..len], now), Err(FrameError::Truncated));
         prop_assert_eq!(snapshot(&c), before);
+    }
+
+    /// Truncating a packed frame inside its entries is malformed (an entry overruns the frame).
+    #[test]
+    fn truncated_packed_entries_are_rejected(cut in any::<prop::sample::Index>()) {
+        let frames = captured_frames();
+        let frame = frames.iter().find(|f| f[0] == 3).expect("a packed frame");
+        let len = PACKED_HEADER_LEN + cut.index(frame.len() - PACKED_HEADER_LEN);
+        let now = Instant::now();
+        let mut c = busy_receiver(now);
+        let before = snapshot(&c);
+        prop_assert!(matches!(c.handle_frame(&frame[..len], now), Err(FrameError::Malformed(_))));
+        prop_assert_eq!(snapshot(&c), before);
+    }
+
+    /// Random packed frames (random count and entry bytes, valid header): accepted or
+    /// rejected, never a panic; a rejection changes nothing.
+    #[test]
+    fn random_packed_frames_never_panic(
+        seq in 0u64..8,
+        count in any::<u16>(),
+        entries in prop::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let now = Instant::now();
+        for mut c in [busy_receiver(now), Connection::new(Config::default(), SESSION_A, 3)] {
+            let before = snapshot(&c);
+            if c.handle_frame(&packed_raw(SESSION_A, 0, seq, count, &entries), now).is_err() {
+                prop_assert_eq!(snapshot(&c), before);
+            }
+            while c.poll_transmit(now).is_some() {}
+        }
     }
 
     /// Valid frames with a field overwritten by an arbitrary value: never a panic, and a

@@ -17,7 +17,8 @@ fn tag(m: &[u8]) -> (u8, u32) {
     (m[1], u32::from_be_bytes(m[2..6].try_into().unwrap()))
 }
 
-/// B restarts after a random time. A sees `PeerRestarted`, gets the new incarnation's
+/// B restarts after a random time. Message lengths are 9..`max_len` bytes (below about 1100
+/// several share one packed frame). A sees `PeerRestarted`, gets the new incarnation's
 /// messages in order and nothing from the old incarnation after noticing the restart; A's
 /// own messages all reach B (old or new incarnation), the new incarnation's share in order
 /// and without gaps up to the last, and A gets one `Acked` per message.
@@ -27,17 +28,18 @@ fn check_restart(
     new_count: u32,
     a_count: u32,
     restart_after_ms: u64,
+    max_len: usize,
 ) -> Result<(), TestCaseError> {
     let mut pair = Pair::new(seed, Net::lossy());
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut times: Vec<u64> = (0..a_count).map(|_| rng.gen_range(0..400)).collect();
     times.sort_unstable(); // so that A's index order is its send order
     for (i, at) in (0..a_count).zip(times) {
-        let m = tagged(Side::A, 0, i, rng.gen_range(9..3000), &mut rng);
+        let m = tagged(Side::A, 0, i, rng.gen_range(9..max_len), &mut rng);
         pair.send_at(Duration::from_millis(at), Side::A, m);
     }
     for i in 0..old_count {
-        let m = tagged(Side::B, 0, i, rng.gen_range(9..3000), &mut rng);
+        let m = tagged(Side::B, 0, i, rng.gen_range(9..max_len), &mut rng);
         pair.send(Side::B, m);
     }
     // Restart only once A knows the old session, so that it has something to notice.
@@ -49,7 +51,7 @@ fn check_restart(
     let old_b_sent = std::mem::take(&mut pair.b_sent);
     pair.b = Connection::new(Config::default(), SESSION_B + 1, seed ^ 0xBB);
     for i in 0..new_count {
-        let m = tagged(Side::B, 1, i, rng.gen_range(9..3000), &mut rng);
+        let m = tagged(Side::B, 1, i, rng.gen_range(9..max_len), &mut rng);
         pair.send(Side::B, m);
     }
     pair.run_until_idle(MAX_STEPS);
@@ -144,7 +146,20 @@ proptest! {
         a_count in 1u32..40,
         restart_after_ms in 0u64..200,
     ) {
-        check_restart(seed, old_count, new_count, a_count, restart_after_ms)?;
+        check_restart(seed, old_count, new_count, a_count, restart_after_ms, 3000)?;
+    }
+
+    /// The same with mostly small messages, many of them packed: a restart can cut between
+    /// packed frames, and resent packed frames carry whole messages only.
+    #[test]
+    fn peer_restart_mid_stream_small_messages(
+        seed in any::<u64>(),
+        old_count in 1u32..120,
+        new_count in 0u32..120,
+        a_count in 1u32..160,
+        restart_after_ms in 0u64..200,
+    ) {
+        check_restart(seed, old_count, new_count, a_count, restart_after_ms, 300)?;
     }
 }
 
@@ -153,19 +168,19 @@ proptest! {
 /// that as delivered.
 #[test]
 fn peer_restart_regression_selective_ack_below_stale_base() {
-    check_restart(15757845887341862080, 19, 0, 17, 146).unwrap();
+    check_restart(15757845887341862080, 19, 0, 17, 146, 3000).unwrap();
 }
 
 /// Found by the property test: the new incarnation had nothing to send and A nothing left to
 /// resend, so A never hears of the restart (and need not).
 #[test]
 fn peer_restart_regression_silent_new_incarnation() {
-    check_restart(1324838613447958269, 7, 0, 1, 55).unwrap();
+    check_restart(1324838613447958269, 7, 0, 1, 55, 3000).unwrap();
 }
 
 /// Found by the property test: a stale frame made the new incarnation start low; it delivered
 /// one message again, then skipped ahead to the sender's `base`.
 #[test]
 fn peer_restart_regression_redelivery_then_skip() {
-    check_restart(2139689249250647225, 15, 0, 38, 161).unwrap();
+    check_restart(2139689249250647225, 15, 0, 38, 161, 3000).unwrap();
 }
