@@ -26,6 +26,7 @@ pub mod mem;
 pub mod net;
 pub mod report;
 pub mod scenario;
+pub mod wire;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -53,6 +54,9 @@ pub enum SimError {
     /// The run finished, but some of its checks failed (the report says which).
     #[error("simulation checks failed: {}", .0.join(", "))]
     ChecksFailed(Vec<String>),
+    /// Wire mode could not run (CMA start-up, sockets, API).
+    #[error("wire mode: {0}")]
+    Wire(String),
     /// The report could not be written as JSON.
     #[error("cannot write the JSON report: {0}")]
     Json(#[from] serde_json::Error),
@@ -151,9 +155,23 @@ pub struct SimArgs {
     /// Skip the CMA-memory-per-node measurement.
     #[arg(long)]
     pub no_memory: bool,
-    /// Use the wire mode (real UDP against a `cma` process). Not implemented yet.
+    /// Wire mode: simulated nanoprobes over real UDP on loopback against a real `cma` process
+    /// (registration storm, steady state, a failure burst of --crash nodes [default 100]).
     #[arg(long)]
     pub wire: bool,
+    /// Wire mode: use this running CMA (UDP address) instead of starting one; needs --cma-api.
+    #[arg(long, requires = "cma_api")]
+    pub cma: Option<std::net::SocketAddr>,
+    /// Wire mode: the API address of the CMA given with --cma.
+    #[arg(long)]
+    pub cma_api: Option<std::net::SocketAddr>,
+    /// Wire mode: the `cma` binary to start [default: `assim cma` when run as `assim`, else
+    /// `cma` next to this executable].
+    #[arg(long)]
+    pub cma_bin: Option<PathBuf>,
+    /// Internal: run nodes FIRST..FIRST+COUNT of a wire-mode run (a worker process).
+    #[arg(long, hide = true, value_name = "FIRST:COUNT")]
+    pub wire_worker: Option<String>,
 }
 
 fn flag(name: &'static str, v: &str) -> Result<Duration, SimError> {
@@ -261,11 +279,7 @@ pub fn run(scenario: Scenario, progress: bool, measure_memory: bool) -> Report {
 /// fails with [`SimError::ChecksFailed`] if a check failed.
 pub fn run_cli(args: SimArgs) -> Result<(), SimError> {
     if args.wire {
-        return Err(SimError::InvalidScenario(
-            "--wire (simulated nanoprobes over real UDP against a cma process) is not \
-             implemented yet; run without --wire for the in-process simulation"
-                .into(),
-        ));
+        return run_wire(&args);
     }
     let sc = args.scenario()?;
     eprintln!(
@@ -286,4 +300,65 @@ pub fn run_cli(args: SimArgs) -> Result<(), SimError> {
             report.checks.iter().filter(|c| !c.passed).map(|c| c.name.clone()).collect(),
         ))
     }
+}
+
+/// `assim sim --wire`.
+fn run_wire(args: &SimArgs) -> Result<(), SimError> {
+    if let Some(spec) = &args.wire_worker {
+        let bad = || SimError::BadFlag { flag: "wire-worker", message: "FIRST:COUNT".into() };
+        let (a, b) = spec.split_once(':').ok_or_else(bad)?;
+        let first = a.parse().map_err(|_| bad())?;
+        let count = b.parse().map_err(|_| bad())?;
+        let cma = args.cma.ok_or_else(bad)?;
+        return wire::worker(first, count, cma).map_err(|e| SimError::Wire(format!("{e:#}")));
+    }
+    let opt =
+        |name: &'static str, v: &Option<String>| v.as_deref().map(|v| flag(name, v)).transpose();
+    let timing = match (
+        opt("interval", &args.interval)?,
+        opt("warn", &args.warn)?,
+        opt("dead", &args.dead)?,
+    ) {
+        (None, None, None) => None,
+        (i, w, d) => Some((
+            i.unwrap_or(Duration::from_secs(1)),
+            w.unwrap_or(Duration::from_secs(3)),
+            d.unwrap_or(Duration::from_secs(5)),
+        )),
+    };
+    let cma_program = match &args.cma_bin {
+        Some(p) => (p.clone(), Vec::new()),
+        None => {
+            let exe = std::env::current_exe().map_err(|e| SimError::Wire(e.to_string()))?;
+            let multicall =
+                exe.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("assim"));
+            if multicall {
+                (exe, vec!["cma".to_string()])
+            } else {
+                (exe.with_file_name("cma"), Vec::new())
+            }
+        }
+    };
+    let opts = wire::WireOptions {
+        nodes: args.nodes.unwrap_or(1000) as usize,
+        crash: args.crash.map(|c| c as usize).unwrap_or(100),
+        steady: opt("steady", &args.steady)?.unwrap_or(Duration::from_secs(10)),
+        cma: args.cma.zip(args.cma_api),
+        cma_program,
+        timing,
+        form_timeout: Duration::from_secs(300),
+    };
+    let report = wire::run(opts).map_err(|e| SimError::Wire(format!("{e:#}")))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.human());
+    }
+    if report.detected < report.crashed || report.false_downs > 0 {
+        return Err(SimError::ChecksFailed(vec![format!(
+            "{} of {} stopped nodes reported down, {} unexpected host.down",
+            report.detected, report.crashed, report.false_downs
+        )]));
+    }
+    Ok(())
 }
