@@ -98,6 +98,9 @@ struct Driver {
     progress: InboxProgress,
 }
 
+/// The UDP receive buffer the CMA asks for (bytes).
+const RECV_BUFFER: usize = 32 << 20;
+
 /// Datagrams handled per loop turn at most (one inbox fsync and one store commit per turn).
 const MAX_DATAGRAMS_PER_TURN: usize = 4096;
 
@@ -153,8 +156,10 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot bind UDP {}: is another CMA running?", opts.listen))?;
     // A large receive buffer absorbs registration storms and report bursts between turns.
-    if let Err(e) =
-        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBuf, &(8 << 20))
+    // SO_RCVBUFFORCE (root) may exceed net.core.rmem_max; otherwise the kernel caps SO_RCVBUF.
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(&socket, sockopt::RcvBufForce, &RECV_BUFFER).is_err()
+        && let Err(e) = setsockopt(&socket, sockopt::RcvBuf, &RECV_BUFFER)
     {
         debug!(error = %e, "cannot enlarge the UDP receive buffer");
     }
