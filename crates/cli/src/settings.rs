@@ -151,10 +151,10 @@ impl CmaFlags {
             warn: dur(self.warn_time, &file.warn_time, 3000, "warn_time")?,
             dead: dur(self.dead_time, &file.dead_time, 5000, "dead_time")?,
         };
-        if timing.interval.is_zero() || timing.warn < timing.interval || timing.dead <= timing.warn
-        {
+        if let Err(e) = timing.validate() {
             bail!(
-                "heartbeat timing must satisfy 0 < interval <= warn time < dead time (got {} / {} / {})",
+                "heartbeat timing must satisfy 0 < interval <= warn time < dead time <= 1h \
+                 (got {} / {} / {}): {e}",
                 format_duration(timing.interval),
                 format_duration(timing.warn),
                 format_duration(timing.dead)

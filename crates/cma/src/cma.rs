@@ -544,7 +544,7 @@ impl Cma {
             }
             None => {
                 self.stats.downs_probe_failed += 1;
-                let window = self.config.timing.suspect_window();
+                let window = crate::model::suspect_window(&self.config.timing);
                 let text = if s.reporters.is_empty() {
                     format!(
                         "{b} is down: it was suspect when the CMA restarted and did not answer \

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use assim_wire::{NodeId, Timestamp};
 
-use crate::model::Timing;
+use crate::model::{Timing, probe_every, suspect_window};
 
 /// The most nonces remembered per suspicion (2×interval / (interval/2) + 1 = 5 with the default
 /// schedule; the bound only matters for odd timings).
@@ -146,8 +146,8 @@ impl Suspicions {
     ) -> u64 {
         self.cancel(node);
         let nonce = self.issue_nonce();
-        let deadline = now + timing.suspect_window();
-        let next = now + timing.probe_every();
+        let deadline = now + suspect_window(timing);
+        let next = now + probe_every(timing);
         let s = Suspicion {
             reporters: reporter.into_iter().collect(),
             silent_ms,
@@ -246,7 +246,7 @@ impl Suspicions {
             s.nonces.remove(0);
         }
         s.nonces.push(nonce);
-        let next = s.next_probe.unwrap_or(now).max(now) + timing.probe_every();
+        let next = s.next_probe.unwrap_or(now).max(now) + probe_every(timing);
         s.next_probe = (next < s.deadline).then_some(next);
         self.timers.insert((s.wake(), node));
         Some(Due::Probe { node, nonce })

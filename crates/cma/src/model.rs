@@ -14,38 +14,19 @@ use std::time::Duration;
 use assim_wire::{NodeId, Timestamp};
 use serde::{Deserialize, Serialize};
 
-/// Heartbeat timing, pushed to every nanoprobe with its peer set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Timing {
-    /// How often a nanoprobe heartbeats each ring neighbour.
-    pub interval: Duration,
-    /// Silence after which a neighbour is reported late.
-    pub warn: Duration,
-    /// Silence after which a neighbour is reported dead.
-    pub dead: Duration,
+/// Heartbeat timing, pushed to every nanoprobe with its peer set. One type for the whole
+/// system: the nanoprobe's heartbeat core owns it (with its validation).
+pub use assim_probe::Timing;
+
+/// How long a suspicion waits for corroboration or a probe answer: two heartbeat intervals.
+pub fn suspect_window(t: &Timing) -> Duration {
+    t.interval * 2
 }
 
-impl Default for Timing {
-    fn default() -> Self {
-        Timing {
-            interval: Duration::from_secs(1),
-            warn: Duration::from_secs(3),
-            dead: Duration::from_secs(5),
-        }
-    }
-}
-
-impl Timing {
-    /// How long a suspicion waits for corroboration or a probe answer: two heartbeat intervals.
-    pub fn suspect_window(&self) -> Duration {
-        self.interval * 2
-    }
-
-    /// How often the CMA re-sends its liveness probe to a suspect node: half an interval, at
-    /// least 1 ms.
-    pub fn probe_every(&self) -> Duration {
-        (self.interval / 2).max(Duration::from_millis(1))
-    }
+/// How often the CMA re-sends its liveness probe to a suspect node: half an interval, at least
+/// 1 ms.
+pub fn probe_every(t: &Timing) -> Duration {
+    (t.interval / 2).max(Duration::from_millis(1))
 }
 
 /// Configuration of the CMA core.

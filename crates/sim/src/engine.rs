@@ -497,13 +497,7 @@ impl Sim {
     pub fn new(sc: Scenario, progress: bool, measure_memory: bool) -> Sim {
         let n = sc.nodes;
         let ids = node_ids(sc.seed, n);
-        let config = CmaConfig {
-            timing: assim_cma::Timing {
-                interval: sc.timing.interval,
-                warn: sc.timing.warn,
-                dead: sc.timing.dead,
-            },
-        };
+        let config = CmaConfig { timing: sc.timing };
         let cma_bytes_per_node = if measure_memory {
             let hellos = ids.iter().enumerate().map(|(i, &id)| {
                 let i = i as u32;

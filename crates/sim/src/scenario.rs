@@ -50,19 +50,7 @@ use serde::Deserialize;
 use crate::SimError;
 
 /// Heartbeat timing (interval / warn / dead), pushed by the CMA to every nanoprobe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timing {
-    pub interval: Duration,
-    pub warn: Duration,
-    pub dead: Duration,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        let t = assim_cma::Timing::default();
-        Timing { interval: t.interval, warn: t.warn, dead: t.dead }
-    }
-}
+pub use assim_probe::Timing;
 
 /// Latency and loss of the simulated network.
 #[derive(Clone, Debug, PartialEq)]
@@ -220,9 +208,7 @@ impl Scenario {
                 self.switches, self.nodes
             ));
         }
-        let t = self.timing;
-        let wire = assim_probe::Timing { interval: t.interval, warn: t.warn, dead: t.dead };
-        if let Err(e) = wire.validate() {
+        if let Err(e) = self.timing.validate() {
             return bad(format!("timing: {e}"));
         }
         if !(0.0..=1.0).contains(&self.network.loss) || !(0.0..=1.0).contains(&self.network.dup) {
