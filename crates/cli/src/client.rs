@@ -64,6 +64,22 @@ impl Client {
         self.get(&path)?.into_json().context("the CMA's events answer is not valid JSON")
     }
 
+    /// `GET /api/v1/discovery?host=…`.
+    pub fn discovery(&self, host: &str) -> anyhow::Result<Vec<assim_daemon::api::DiscoveryView>> {
+        let host: String = host
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        self.get(&format!("/api/v1/discovery?host={host}"))?
+            .into_json()
+            .context("the CMA's discovery answer is not valid JSON")
+    }
+
     /// `GET /metrics` as text.
     pub fn metrics(&self) -> anyhow::Result<String> {
         Ok(self.get("/metrics")?.into_string()?)

@@ -51,6 +51,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show what a host's discovery collectors found (interfaces, sockets, OS, packages, …).
+    Discovery {
+        /// Host name or node id.
+        host: String,
+        /// Only this collector, printed in full (e.g. interfaces, sockets, os, packages).
+        collector: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a CMA and nanoprobes on loopback, crash one, stop one, restart one, and narrate.
     Demo {
         /// How many nanoprobes.
@@ -138,6 +148,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 if !follow {
                     break;
+                }
+            }
+        }
+        Command::Discovery { host, collector, json } => {
+            let list = client.discovery(&host)?;
+            match collector {
+                Some(name) => {
+                    let Some(d) = list.iter().find(|d| d.name == name) else {
+                        let known: Vec<&str> = list.iter().map(|d| d.name.as_str()).collect();
+                        anyhow::bail!(
+                            "{host} has no {name:?} result (it has: {})",
+                            known.join(", ")
+                        );
+                    };
+                    println!("{}", serde_json::to_string_pretty(&d.payload)?);
+                }
+                None if json => println!("{}", serde_json::to_string_pretty(&list)?),
+                None => {
+                    let mut rows = vec![[
+                        "COLLECTOR".to_string(),
+                        "UPDATED (UTC)".into(),
+                        "BYTES".into(),
+                        "HASH".into(),
+                    ]];
+                    for d in &list {
+                        rows.push([
+                            d.name.clone(),
+                            assim::client::format_time(d.updated_at),
+                            d.payload.to_string().len().to_string(),
+                            d.hash.chars().take(16).collect(),
+                        ]);
+                    }
+                    assim::client::print_table(&rows);
                 }
             }
         }

@@ -16,6 +16,9 @@ fn loadgen(c: &Cluster) -> Child {
     Command::new(env!("CARGO_BIN_EXE_assim"))
         .args(["loadgen", "--cma", &c.cma_listen.to_string()])
         .args(["--senders", &SENDERS.to_string(), "--reports", &REPORTS.to_string()])
+        // A modest window per sender, as a real nanoprobe would have: the run then lasts long
+        // enough for the kill schedule on a fast machine too.
+        .args(["--window", "32", "--batch", "16"])
         .arg("--data-dir")
         .arg(c.dir.join("senders"))
         .env("ASSIM_LOG", "warn")
@@ -66,7 +69,7 @@ fn cma_and_sender_crashes_lose_nothing_and_apply_nothing_twice() {
             started.elapsed() < Duration::from_secs(600),
             "the senders did not finish within 10 minutes"
         );
-        std::thread::sleep(Duration::from_millis(rng.gen_range(100..500)));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(50..300)));
         if cma_kills < 5 || rng.gen_bool(0.3) {
             c.stop_cma(true).unwrap();
             cma_kills += 1;

@@ -219,3 +219,30 @@ fn metrics_pass_promtool() {
         "promtool check metrics: {report}\n{text}"
     );
 }
+
+#[test]
+fn discovery_results_reach_the_cma() {
+    let mut c = Cluster::new(spec(1, ClusterEnrollment::TrustOnFirstUse), false).unwrap();
+    c.start_all().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let list = loop {
+        let list = c.client.discovery("n1").unwrap_or_default();
+        if ["interfaces", "os", "sockets", "packages"]
+            .iter()
+            .all(|n| list.iter().any(|d| d.name == *n))
+        {
+            break list;
+        }
+        assert!(std::time::Instant::now() < deadline, "discovery did not arrive: {list:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let interfaces = &list.iter().find(|d| d.name == "interfaces").unwrap().payload;
+    assert!(interfaces.to_string().contains("\"lo\""), "loopback missing: {interfaces}");
+    let os = &list.iter().find(|d| d.name == "os").unwrap().payload;
+    let kernel = std::process::Command::new("uname").arg("-r").output().unwrap();
+    let kernel = String::from_utf8_lossy(&kernel.stdout).trim().to_string();
+    assert!(os.to_string().contains(&kernel), "kernel {kernel} not in {os}");
+    // An unknown host is a clear 404.
+    let err = c.client.discovery("no-such-host").unwrap_err().to_string();
+    assert!(err.contains("no host named"), "{err}");
+}

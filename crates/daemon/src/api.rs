@@ -3,6 +3,8 @@
 //! - `GET /api/v1/status`: the CMA and every node (state, since, ring neighbours, version).
 //! - `GET /api/v1/events?since=ID&limit=N&wait=SECONDS`: events after `since`, oldest first; with
 //!   `wait`, the request is held until at least one event exists (long-poll, at most 60 s).
+//! - `GET /api/v1/discovery?host=NAME`: the latest result of every discovery collector on a
+//!   host (by host name or node id).
 //! - `GET /metrics`: Prometheus text format.
 //! - `GET /healthz`: `ok`.
 //!
@@ -108,6 +110,7 @@ pub fn router(state: ApiState) -> Router {
     let protected = Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/discovery", get(discovery))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new().route("/healthz", get(|| async { "ok\n" })).merge(protected).with_state(state)
@@ -176,6 +179,53 @@ async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> 
         state.store.lock().expect("store lock").events_since(q.since, limit);
     match list {
         Ok(list) => Json(list).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+/// Query of `/api/v1/discovery`.
+#[derive(Debug, Deserialize)]
+pub struct DiscoveryQuery {
+    pub host: String,
+}
+
+/// One collector's latest result as `/api/v1/discovery` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DiscoveryView {
+    pub name: String,
+    pub hash: String,
+    pub collected_at: u64,
+    pub updated_at: u64,
+    pub payload: serde_json::Value,
+}
+
+async fn discovery(State(state): State<ApiState>, Query(q): Query<DiscoveryQuery>) -> Response {
+    let store = state.store.lock().expect("store lock");
+    let nodes = match store.nodes() {
+        Ok(n) => n,
+        Err(e) => return internal(e),
+    };
+    let Some(node) = nodes.iter().find(|n| n.hostname == q.host || n.id.to_string() == q.host)
+    else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no host named {:?}; see `assim status`\n", q.host),
+        )
+            .into_response();
+    };
+    match store.discovery(node.id) {
+        Ok(list) => Json(
+            list.into_iter()
+                .map(|d| DiscoveryView {
+                    payload: serde_json::from_str(&d.payload).unwrap_or(serde_json::Value::Null),
+                    name: d.name,
+                    hash: d.hash,
+                    collected_at: d.collected_at,
+                    updated_at: d.updated_at,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
         Err(e) => internal(e),
     }
 }

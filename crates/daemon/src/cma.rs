@@ -516,11 +516,37 @@ impl Driver {
                 self.core.handle_report(now, sender, &r);
             }
             Body::PeerStatus(s) => self.core.handle_peer_status(now, sender, &s),
+            Body::DiscoveryResult(d) => self.store_discovery(sender, d, now),
             other => {
                 *self.metrics.applied_other.entry(other.name()).or_insert(0) += 1;
                 debug!(node = %sender, kind = other.name(), "message stored; nothing more to do with it yet");
             }
         }
+    }
+
+    /// Keeps the latest result of each collector per node (the topology graph builds on these).
+    fn store_discovery(&mut self, sender: NodeId, d: msg::DiscoveryResult, now: Timestamp) {
+        let valid = !d.name.is_empty()
+            && d.name.len() <= 64
+            && serde_json::from_slice::<serde_json::Value>(&d.payload).is_ok();
+        let Ok(payload) = String::from_utf8(d.payload) else {
+            self.reject("bad_discovery");
+            return;
+        };
+        if !valid {
+            warn!(node = %sender, name = %d.name, "invalid discovery result (not JSON, or a bad name); ignored");
+            self.reject("bad_discovery");
+            return;
+        }
+        *self.metrics.applied_other.entry("discovery_result").or_insert(0) += 1;
+        self.progress.discovery.push(assim_store::DiscoveryRecord {
+            node: sender,
+            name: d.name,
+            hash: hex::encode(&d.content_hash),
+            payload,
+            collected_at: d.collected_at,
+            updated_at: now.micros(),
+        });
     }
 
     /// Decides whether an unknown node may join: a valid token proof, or open enrollment.

@@ -199,6 +199,8 @@ pub async fn run(
         dropped: 0,
         metrics_path: opts.data_dir.join("nanoprobe.prom"),
         next_metrics: started,
+        discovery: assim_discovery::ChangeFilter::new(),
+        next_discovery: started,
     };
     p.send_hello(started);
     p.link.resend_unacked(started);
@@ -213,6 +215,7 @@ pub async fn run(
             p.link.poll_timeout(),
             leaving_deadline,
             Some(p.next_metrics),
+            Some(p.next_discovery),
         ]
         .into_iter()
         .flatten()
@@ -243,6 +246,10 @@ pub async fn run(
         if now >= p.next_metrics {
             p.write_metrics();
             p.next_metrics = now + METRICS_INTERVAL;
+        }
+        if now >= p.next_discovery && leaving_deadline.is_none() {
+            p.discover(now);
+            p.next_discovery = now + DISCOVERY_INTERVAL;
         }
         p.drain_heartbeats();
         p.flush().await;
@@ -351,6 +358,9 @@ fn local_addresses() -> Vec<String> {
 /// How often the nanoprobe rewrites its metrics file.
 const METRICS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How often the host collectors run (a result is sent only when it changed).
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(60);
+
 struct Probe {
     link: CmaLink,
     socket: UdpSocket,
@@ -361,9 +371,42 @@ struct Probe {
     dropped: u64,
     metrics_path: PathBuf,
     next_metrics: Instant,
+    discovery: assim_discovery::ChangeFilter,
+    next_discovery: Instant,
 }
 
 impl Probe {
+    /// Runs every host collector and spools the results that changed since the last run.
+    fn discover(&mut self, now: Instant) {
+        let results: Vec<_> = tokio::task::block_in_place(|| {
+            assim_discovery::Collector::ALL.iter().map(|c| (c.name(), c.collect())).collect()
+        });
+        for (name, result) in results {
+            match result {
+                Ok(d) if self.discovery.changed(&d) => {
+                    let payload = match serde_json::to_vec(&d.payload) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            warn!(collector = name, error = %e, "cannot encode a discovery result");
+                            continue;
+                        }
+                    };
+                    debug!(collector = name, bytes = payload.len(), "discovery changed; sending");
+                    let body = Body::DiscoveryResult(msg::DiscoveryResult {
+                        name: d.name,
+                        content_hash: d.hash.to_vec(),
+                        payload,
+                        collected_at: Timestamp::now().micros(),
+                        delta: false,
+                    });
+                    self.link.send_spooled(body, now);
+                }
+                Ok(_) => {}
+                Err(e) => warn!(collector = name, error = %e, "discovery collector failed"),
+            }
+        }
+    }
+
     fn send_hello(&mut self, now: Instant) {
         self.hello.peer_epoch = self.heartbeats.epoch();
         let hello = self.hello.clone();

@@ -75,6 +75,15 @@ CREATE TABLE IF NOT EXISTS applied (
     through INTEGER NOT NULL,
     count INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS discovery (
+    node TEXT NOT NULL,
+    name TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    collected_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (node, name)
+);
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY,
     secret TEXT NOT NULL,
@@ -95,6 +104,23 @@ pub struct InboxProgress {
     /// Per node: the highest spool record applied so far, and how many records of that node this
     /// batch applied.
     pub applied: BTreeMap<NodeId, (u64, u64)>,
+    /// Discovery results to store (the latest per node and collector wins).
+    pub discovery: Vec<DiscoveryRecord>,
+}
+
+/// The latest result of one discovery collector on one node.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiscoveryRecord {
+    pub node: NodeId,
+    pub name: String,
+    /// Hex SHA-256 of the canonical JSON payload, as the nanoprobe computed it.
+    pub hash: String,
+    /// The collector's JSON document.
+    pub payload: String,
+    /// When the nanoprobe collected it, µs since the epoch.
+    pub collected_at: u64,
+    /// When the CMA stored it, µs since the epoch.
+    pub updated_at: u64,
 }
 
 /// Per-node application record: the highest spool record applied and how many were applied.
@@ -277,6 +303,25 @@ impl Store {
                     .execute(params![node.to_string(), *through as i64, *count as i64])
                     .map_err(err)?;
             }
+            let mut put_discovery = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO discovery
+                     (node, name, hash, payload, collected_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(err)?;
+            for d in &progress.discovery {
+                put_discovery
+                    .execute(params![
+                        d.node.to_string(),
+                        d.name,
+                        d.hash,
+                        d.payload,
+                        d.collected_at as i64,
+                        d.updated_at as i64
+                    ])
+                    .map_err(err)?;
+            }
             let mut put_event = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO events (id, time, kind, host, hostname, tags, text)
@@ -327,6 +372,30 @@ impl Store {
             out.insert(id, Applied { through: through as u64, count: count as u64 });
         }
         Ok(out)
+    }
+
+    /// The latest discovery results of one node, by collector name.
+    pub fn discovery(&self, node: NodeId) -> Result<Vec<DiscoveryRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT name, hash, payload, collected_at, updated_at FROM discovery
+                 WHERE node = ?1 ORDER BY name",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([node.to_string()], |r| {
+                Ok(DiscoveryRecord {
+                    node,
+                    name: r.get(0)?,
+                    hash: r.get(1)?,
+                    payload: r.get(2)?,
+                    collected_at: r.get::<_, i64>(3)? as u64,
+                    updated_at: r.get::<_, i64>(4)? as u64,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
     }
 
     /// All nodes, ordered by hostname.
