@@ -153,6 +153,14 @@ pub fn render(m: &CmaMetrics) -> String {
         "Failed writes to the store (an operator must act).",
         m.store_errors,
     );
+    labelled(
+        &mut out,
+        "counter",
+        "assim_cma_messages_stored_total",
+        "Messages stored with no further effect yet (discovery results, local events, …), by kind.",
+        "kind",
+        &m.applied_other,
+    );
     counter(
         &mut out,
         "assim_cma_inbox_syncs_total",
