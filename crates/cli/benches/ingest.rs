@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec, Program};
+use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec};
 use assim_daemon::loadgen::{LoadOptions, run};
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -30,14 +30,8 @@ fn main() {
     let window = env_or("ASSIM_BENCH_WINDOW", 2048);
     let batch = env_or("ASSIM_BENCH_BATCH", 256);
     let spec = ClusterSpec {
-        cma: Program { path: env!("CARGO_BIN_EXE_cma").into(), prefix: vec![] },
-        nanoprobe: Program { path: env!("CARGO_BIN_EXE_nanoprobe").into(), prefix: vec![] },
-        nodes: 0,
-        interval: Duration::from_secs(1),
-        warn: Duration::from_secs(3),
-        dead: Duration::from_secs(5),
         enrollment: ClusterEnrollment::TrustOnFirstUse,
-        name_prefix: "n".into(),
+        ..ClusterSpec::with_binaries(env!("CARGO_BIN_EXE_cma"), env!("CARGO_BIN_EXE_nanoprobe"), 0)
     };
     let c = Cluster::new(spec, false).expect("start the CMA");
     println!(

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec, Program};
+use assim::cluster::{Cluster, ClusterSpec};
 use assim_cma::EventKind;
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -30,14 +30,12 @@ fn main() {
     let kills = env_or("ASSIM_BENCH_KILLS", 5).min(nodes.saturating_sub(3));
     let steady = env_or("ASSIM_BENCH_STEADY_SECS", 20) as u64;
     let spec = ClusterSpec {
-        cma: Program { path: env!("CARGO_BIN_EXE_cma").into(), prefix: vec![] },
-        nanoprobe: Program { path: env!("CARGO_BIN_EXE_nanoprobe").into(), prefix: vec![] },
-        nodes,
-        interval: Duration::from_secs(1),
-        warn: Duration::from_secs(3),
-        dead: Duration::from_secs(5),
-        enrollment: ClusterEnrollment::Token,
         name_prefix: "b".into(),
+        ..ClusterSpec::with_binaries(
+            env!("CARGO_BIN_EXE_cma"),
+            env!("CARGO_BIN_EXE_nanoprobe"),
+            nodes,
+        )
     };
     println!(
         "ring benchmark: {nodes} nanoprobes, heartbeat 1s / warn 3s / dead 5s, {kills} crashes"

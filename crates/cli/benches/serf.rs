@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec, Program};
+use assim::cluster::{Cluster, ClusterSpec};
 use assim_cma::EventKind;
 
 const TABLE: &str = "assim_bench_serf";
@@ -405,14 +405,8 @@ fn run_serf(n: usize, kills: usize, secs: u64, counters: &Counters) -> anyhow::R
 
 fn run_assim(n: usize, kills: usize, secs: u64, counters: &Counters) -> anyhow::Result<Figures> {
     let spec = ClusterSpec {
-        cma: Program { path: env!("CARGO_BIN_EXE_cma").into(), prefix: vec![] },
-        nanoprobe: Program { path: env!("CARGO_BIN_EXE_nanoprobe").into(), prefix: vec![] },
-        nodes: n,
-        interval: Duration::from_secs(1),
-        warn: Duration::from_secs(3),
-        dead: Duration::from_secs(5),
-        enrollment: ClusterEnrollment::Token,
         name_prefix: "b".into(),
+        ..ClusterSpec::with_binaries(env!("CARGO_BIN_EXE_cma"), env!("CARGO_BIN_EXE_nanoprobe"), n)
     };
     let mut c = Cluster::new(spec, false)?;
     let t = Instant::now();

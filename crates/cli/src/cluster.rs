@@ -58,18 +58,33 @@ pub struct ClusterSpec {
 }
 
 impl ClusterSpec {
+    /// `nodes` nanoprobes from the standalone `cma` and `nanoprobe` binaries, with the default
+    /// timing (1 s / 3 s / 5 s), enrolled with a join token, named `n1`, `n2`, …
+    pub fn with_binaries(
+        cma: impl Into<PathBuf>,
+        nanoprobe: impl Into<PathBuf>,
+        nodes: usize,
+    ) -> ClusterSpec {
+        ClusterSpec {
+            cma: Program { path: cma.into(), prefix: vec![] },
+            nanoprobe: Program { path: nanoprobe.into(), prefix: vec![] },
+            nodes,
+            interval: Duration::from_secs(1),
+            warn: Duration::from_secs(3),
+            dead: Duration::from_secs(5),
+            enrollment: ClusterEnrollment::Token,
+            name_prefix: "n".into(),
+        }
+    }
+
     /// The binaries next to the running executable (the `assim` multicall binary).
     pub fn from_current_exe(nodes: usize) -> anyhow::Result<ClusterSpec> {
         let exe = std::env::current_exe().context("cannot find the running executable")?;
         Ok(ClusterSpec {
             cma: Program { path: exe.clone(), prefix: vec!["cma".into()] },
             nanoprobe: Program { path: exe, prefix: vec!["nanoprobe".into()] },
-            nodes,
-            interval: Duration::from_secs(1),
-            warn: Duration::from_secs(3),
-            dead: Duration::from_secs(5),
-            enrollment: ClusterEnrollment::Token,
             name_prefix: "node".into(),
+            ..ClusterSpec::with_binaries("", "", nodes)
         })
     }
 }

@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec, Program};
+use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec};
 use rand::{Rng, SeedableRng};
 
 const SENDERS: usize = 50;
@@ -31,14 +31,8 @@ fn loadgen(c: &Cluster) -> Child {
 /// A CMA with open enrollment and no nanoprobes: the senders enroll themselves.
 fn cma_only() -> Cluster {
     let spec = ClusterSpec {
-        cma: Program { path: env!("CARGO_BIN_EXE_cma").into(), prefix: vec![] },
-        nanoprobe: Program { path: env!("CARGO_BIN_EXE_nanoprobe").into(), prefix: vec![] },
-        nodes: 0,
-        interval: Duration::from_secs(1),
-        warn: Duration::from_secs(3),
-        dead: Duration::from_secs(5),
         enrollment: ClusterEnrollment::TrustOnFirstUse,
-        name_prefix: "n".into(),
+        ..ClusterSpec::with_binaries(env!("CARGO_BIN_EXE_cma"), env!("CARGO_BIN_EXE_nanoprobe"), 0)
     };
     Cluster::new(spec, false).unwrap()
 }

@@ -6,20 +6,21 @@
 
 use std::time::Duration;
 
-use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec, Program};
+use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec};
 use assim_cma::EventKind;
 use assim_daemon::api::StatusView;
 
 fn spec(nodes: usize, enrollment: ClusterEnrollment) -> ClusterSpec {
     ClusterSpec {
-        cma: Program { path: env!("CARGO_BIN_EXE_cma").into(), prefix: vec![] },
-        nanoprobe: Program { path: env!("CARGO_BIN_EXE_nanoprobe").into(), prefix: vec![] },
-        nodes,
         interval: Duration::from_millis(300),
         warn: Duration::from_millis(900),
         dead: Duration::from_millis(1500),
         enrollment,
-        name_prefix: "n".into(),
+        ..ClusterSpec::with_binaries(
+            env!("CARGO_BIN_EXE_cma"),
+            env!("CARGO_BIN_EXE_nanoprobe"),
+            nodes,
+        )
     }
 }
 
