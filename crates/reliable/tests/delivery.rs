@@ -122,6 +122,22 @@ fn small_messages_are_packed_under_loss() {
     assert!(packed_a < 3000 / 2, "A sent {packed_a} frames for 3000 messages");
 }
 
+/// Sends random payloads of the given lengths at the given times (ms) from A or B over the
+/// lossy network, then checks every message was delivered and acknowledged exactly once, in
+/// order.
+fn run_schedule(seed: u64, msgs: Vec<(bool, usize, u64)>) {
+    let mut pair = Pair::new(seed, Net::lossy());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for (from_a, len, at) in msgs {
+        let mut m = vec![0u8; len];
+        rng.fill_bytes(&mut m);
+        let side = if from_a { Side::A } else { Side::B };
+        pair.send_at(Duration::from_millis(at), side, m);
+    }
+    pair.run_until_idle(MAX_STEPS);
+    pair.assert_all_delivered_and_acked();
+}
+
 fn messages() -> impl Strategy<Value = Vec<(bool, usize, u64)>> {
     // (from A?, length, send time in ms)
     prop::collection::vec((any::<bool>(), 0usize..5000, 0u64..500), 0..40)
@@ -137,16 +153,7 @@ proptest! {
         seed in any::<u64>(),
         msgs in messages(),
     ) {
-        let mut pair = Pair::new(seed, Net::lossy());
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        for (from_a, len, at) in msgs {
-            let mut m = vec![0u8; len];
-            rng.fill_bytes(&mut m);
-            let side = if from_a { Side::A } else { Side::B };
-            pair.send_at(Duration::from_millis(at), side, m);
-        }
-        pair.run_until_idle(MAX_STEPS);
-        pair.assert_all_delivered_and_acked();
+        run_schedule(seed, msgs);
     }
 }
 
@@ -167,16 +174,7 @@ proptest! {
         seed in any::<u64>(),
         msgs in mixed_messages(),
     ) {
-        let mut pair = Pair::new(seed, Net::lossy());
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        for (from_a, len, at) in msgs {
-            let mut m = vec![0u8; len];
-            rng.fill_bytes(&mut m);
-            let side = if from_a { Side::A } else { Side::B };
-            pair.send_at(Duration::from_millis(at), side, m);
-        }
-        pair.run_until_idle(MAX_STEPS);
-        pair.assert_all_delivered_and_acked();
+        run_schedule(seed, msgs);
     }
 }
 
