@@ -134,20 +134,38 @@ pub enum EventKind {
     HostLeft,
     PathSuspect,
     RingChanged,
+    /// A service check's HARD state became OK (also: recovered).
+    ServiceOk,
+    ServiceWarning,
+    ServiceCritical,
+    ServiceUnknown,
+    /// A check started flapping (reported once instead of as a storm of changes).
+    ServiceFlapping,
+    /// A host's discovered facts changed (a collector's result differs from the last one).
+    DiscoveryChanged,
+    /// An event submitted by a program on a host (`assim event send`).
+    LocalEvent,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::HostUp,
         EventKind::HostSuspect,
         EventKind::HostDown,
         EventKind::HostLeft,
         EventKind::PathSuspect,
         EventKind::RingChanged,
+        EventKind::ServiceOk,
+        EventKind::ServiceWarning,
+        EventKind::ServiceCritical,
+        EventKind::ServiceUnknown,
+        EventKind::ServiceFlapping,
+        EventKind::DiscoveryChanged,
+        EventKind::LocalEvent,
     ];
 
-    /// The stable dotted name ("host.up", …, "ring.changed").
+    /// The stable dotted name ("host.up", …, "local.event").
     pub fn name(&self) -> &'static str {
         match self {
             EventKind::HostUp => "host.up",
@@ -156,6 +174,13 @@ impl EventKind {
             EventKind::HostLeft => "host.left",
             EventKind::PathSuspect => "path.suspect",
             EventKind::RingChanged => "ring.changed",
+            EventKind::ServiceOk => "service.ok",
+            EventKind::ServiceWarning => "service.warning",
+            EventKind::ServiceCritical => "service.critical",
+            EventKind::ServiceUnknown => "service.unknown",
+            EventKind::ServiceFlapping => "service.flapping",
+            EventKind::DiscoveryChanged => "discovery.changed",
+            EventKind::LocalEvent => "local.event",
         }
     }
 }

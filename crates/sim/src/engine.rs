@@ -1156,6 +1156,8 @@ impl Sim {
             EventKind::PathSuspect => c.path_suspect += 1,
             EventKind::RingChanged => c.ring_changed += 1,
             EventKind::HostDown => c.host_down += 1,
+            // Simulated nanoprobes run no checks, discovery or local events.
+            _ => {}
         }
         let Some(host) = e.host else { return };
         let j = index_of(host);
