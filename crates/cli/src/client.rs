@@ -24,13 +24,27 @@ impl Client {
         Client { base: base.trim_end_matches('/').to_string(), token, agent }
     }
 
-    fn get(&self, path: &str) -> anyhow::Result<ureq::Response> {
+    pub(crate) fn get(&self, path: &str) -> anyhow::Result<ureq::Response> {
+        self.send("GET", path, None)
+    }
+
+    /// One request with an optional JSON body; non-2xx answers become errors with their text.
+    pub(crate) fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<ureq::Response> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.agent.get(&url);
+        let mut req = self.agent.request(method, &url);
         if let Some(t) = &self.token {
             req = req.set("Authorization", &format!("Bearer {t}"));
         }
-        match req.call() {
+        let result = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        match result {
             Ok(r) => Ok(r),
             Err(ureq::Error::Status(code, r)) => {
                 let body = r.into_string().unwrap_or_default();
@@ -41,6 +55,41 @@ impl Client {
                     "cannot reach the CMA API at {} (is `cma` running? is --api right?)",
                     self.base
                 )
+            }),
+        }
+    }
+
+    /// `GET path` and decode the JSON answer; `what` names it in errors ("the dependencies").
+    pub fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> anyhow::Result<T> {
+        self.get(path)?
+            .into_json()
+            .with_context(|| format!("the CMA's answer for {what} is not valid JSON"))
+    }
+
+    /// `POST path` with a JSON body and decode the JSON answer; `what` names it in errors.
+    pub fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        what: &str,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.agent.post(&url);
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        match req.send_json(body) {
+            Ok(r) => r.into_json().with_context(|| format!("the CMA's answer for {what} is not valid JSON")),
+            Err(ureq::Error::Status(code, r)) => {
+                let body = r.into_string().unwrap_or_default();
+                anyhow::bail!("the CMA API at {} answered {code}: {}", self.base, body.trim())
+            }
+            Err(e) => Err(anyhow::anyhow!(e)).with_context(|| {
+                format!("cannot reach the CMA API at {} (is `cma` running? is --api right?)", self.base)
             }),
         }
     }

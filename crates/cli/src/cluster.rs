@@ -55,6 +55,8 @@ pub struct ClusterSpec {
     pub enrollment: ClusterEnrollment,
     /// Host name prefix: nodes are `{prefix}1`, `{prefix}2`, …
     pub name_prefix: String,
+    /// Extra arguments for the CMA (e.g. `--config FILE`).
+    pub cma_args: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -74,6 +76,7 @@ impl ClusterSpec {
             dead: Duration::from_secs(5),
             enrollment: ClusterEnrollment::Token,
             name_prefix: "n".into(),
+            cma_args: Vec::new(),
         }
     }
 
@@ -178,6 +181,7 @@ impl Cluster {
         if self.spec.enrollment == ClusterEnrollment::TrustOnFirstUse {
             cmd.arg("--open-enrollment");
         }
+        cmd.args(&self.spec.cma_args);
     }
 
     fn create_token(&self) -> anyhow::Result<String> {

@@ -15,10 +15,18 @@
 //! - [`cluster`]: starts and stops a CMA and nanoprobes as real processes on loopback (the demo,
 //!   the integration tests and the ring benchmark).
 //! - [`demo`]: `assim demo`.
+//! - [`bus`]: the event bus commands (`event send`, `events --filter`, `subscribe`,
+//!   `subscriptions`).
+//! - [`checks_cli`]: `assim services` and `assim check run`.
+//! - [`query`]: the topology queries (`assim hosts`, `host`, `find`, `ports`, `packages`, …).
 
+pub mod bus;
+pub mod checks_cli;
 pub mod client;
 pub mod cluster;
 pub mod demo;
+pub mod listen_l2;
+pub mod query;
 pub mod settings;
 
 /// Sets up logging to stderr (`RUST_LOG` or `ASSIM_LOG` select the level; default `info`).

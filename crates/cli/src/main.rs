@@ -13,6 +13,11 @@ use clap::{Parser, Subcommand};
 ///   assim demo                  start a CMA and 8 nanoprobes locally and show failure detection
 ///   assim status                the table of nodes from a running CMA
 ///   assim events --follow       stream events as they happen
+///   assim events --filter 'severity>=warning and cluster=Compute1' --follow
+///   assim event send --tag cluster=Compute1 --severity critical "RAID STATUS CHANGE"
+///   assim subscribe ops --filter 'type:host.*'   the host events since the last run
+///   assim host web1 deps        what web1 depends on (topology queries: hosts, host, find,
+///                               ports, deps, unmonitored, packages, unknown-ips, subnets)
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {
@@ -30,6 +35,25 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Monitored services: every check with its HARD state, since when, and its output.
+    ///
+    /// Examples: assim services --state critical; assim services --host web1 --json
+    Services {
+        /// Only this host (name or node id).
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this state: ok, warning, critical, unknown or pending.
+        #[arg(long)]
+        state: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Service checks: `assim check run HOST CHECK` runs one now.
+    Check {
+        #[command(subcommand)]
+        command: assim::checks_cli::CheckCommand,
+    },
     /// Show every node: state, since when, ring neighbours, version.
     Status {
         /// Print JSON instead of a table.
@@ -48,6 +72,23 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
         /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Only events matching this filter, e.g. 'type:host.* and severity>=warning',
+        /// 'cluster=Compute1', 'fqdn=*.example.com', 'has:rack', '/RAID STATUS CHANGE/'
+        /// (and, or, not, parentheses; see docs/bus.md).
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Submit an event from this host through the local nanoprobe (spooled until the CMA has it).
+    #[command(subcommand)]
+    Event(EventCommand),
+    /// Read a durable subscription: the events since you last ran it (the position lives in
+    /// the CMA and moves only after the events were printed).
+    Subscribe(assim::bus::SubscribeArgs),
+    /// List the durable subscriptions and their positions.
+    Subscriptions {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -105,13 +146,35 @@ enum Command {
         #[command(flatten)]
         flags: NanoprobeFlags,
     },
+    #[command(flatten)]
+    Query(assim::query::QueryCommand),
     /// Simulate N nanoprobes and a CMA in virtual time; check failure detection.
     Sim(assim_sim::SimArgs),
-    /// Decode the LLDP and CDP frames of a pcap file, one JSON object per frame.
+    /// Decode the LLDP and CDP frames of a pcap file, or listen live with --listen, one JSON
+    /// object per frame.
     DecodeL2 {
         /// A pcap or pcapng capture with Ethernet frames.
-        file: std::path::PathBuf,
+        #[arg(required_unless_present = "listen", conflicts_with = "listen")]
+        file: Option<std::path::PathBuf>,
+        /// Listen live on this interface ("all": every up, non-loopback Ethernet interface),
+        /// as the nanoprobe does. Needs CAP_NET_RAW (root). Sends nothing.
+        #[arg(long, value_name = "IFACE")]
+        listen: Option<String>,
+        /// With --listen: stop after this many LLDP/CDP frames.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// With --listen: give up after this long (exit 1 if nothing arrived).
+        #[arg(long, default_value = "60s", value_parser = assim::settings::parse_duration)]
+        timeout: std::time::Duration,
     },
+}
+
+/// `assim event …`
+#[derive(Subcommand, Debug)]
+enum EventCommand {
+    /// Send one event, e.g.
+    /// `assim event send --tag cluster=Compute1 --severity critical "RAID STATUS CHANGE for VolumeID 2"`.
+    Send(assim::bus::SendArgs),
 }
 
 fn main() {
@@ -133,7 +196,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_status(&s);
             }
         }
-        Command::Events { since, limit, follow, json } => {
+        Command::Events { since, limit, follow, json, filter: Some(filter) } => {
+            assim::bus::events_filtered(&client, &filter, since, limit, follow, json)?
+        }
+        Command::Event(EventCommand::Send(a)) => assim::bus::send(&a)?,
+        Command::Subscribe(a) => assim::bus::subscribe(&client, &a)?,
+        Command::Subscriptions { json } => assim::bus::list(&client, json)?,
+        Command::Events { since, limit, follow, json, filter: None } => {
             let mut cursor = since;
             loop {
                 let batch =
@@ -149,6 +218,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if !follow {
                     break;
                 }
+            }
+        }
+        Command::Services { host, state, json } => {
+            assim::checks_cli::services(&client, host.as_deref(), state.as_deref(), json)?
+        }
+        Command::Check { command } => {
+            let code = assim::checks_cli::run_check(&client, command)?;
+            if code != 0 {
+                std::process::exit(code);
             }
         }
         Command::Discovery { host, collector, json } => {
@@ -212,8 +290,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Cma { flags, command } => assim::settings::run_cma(flags, command)?,
         Command::Nanoprobe { flags } => assim::settings::run_nanoprobe(flags)?,
+        Command::Query(q) => assim::query::run(&client, q)?,
         Command::Sim(args) => assim_sim::run_cli(args)?,
-        Command::DecodeL2 { file } => {
+        Command::DecodeL2 { listen: Some(iface), count, timeout, .. } => {
+            let iface = (iface != "all").then_some(iface);
+            assim::listen_l2::listen(iface, count, timeout)?;
+        }
+        Command::DecodeL2 { file: None, .. } => anyhow::bail!("give a capture FILE or --listen IFACE"),
+        Command::DecodeL2 { file: Some(file), .. } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let lines = assim_l2::decode_pcap_to_json_lines(&bytes)

@@ -79,6 +79,23 @@ pub struct CmaFlags {
     /// Accept nanoprobes without a join token (labs and demos only).
     #[arg(long, env = "ASSIM_OPEN_ENROLLMENT")]
     pub open_enrollment: bool,
+    /// Also publish every event to NATS JetStream at this address (nats://HOST:PORT); see
+    /// docs/bus.md. Retention, tagging rules and sinks are set in the config file's [bus]
+    /// section.
+    #[arg(long, env = "ASSIM_BUS")]
+    pub bus: Option<String>,
+    /// How often nanoprobes run a discovery collector, NAME=INTERVAL (repeatable or
+    /// comma-separated; 0 disables it). Overrides the config file's [discovery] table, which
+    /// overrides the defaults; `--print-config` shows them all. Names: interfaces, neighbours,
+    /// sockets, l2neighbors, mounts, os, cpu, memory, packages, ssh_host_keys, agent.<file>,
+    /// agent.* (every agent without its own entry).
+    #[arg(long = "discovery", value_name = "NAME=INTERVAL", env = "ASSIM_DISCOVERY", value_delimiter = ',')]
+    pub discovery: Vec<String>,
+    /// Directory of service-check rules files (*.toml), added to the built-in rules and
+    /// overriding them by name: which discovered process gets which check, host-level checks,
+    /// hand-set checks per host. Format: docs/checks.md.
+    #[arg(long, value_name = "DIR", env = "ASSIM_CHECK_RULES")]
+    pub check_rules: Option<PathBuf>,
     /// Print the resolved configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -122,6 +139,89 @@ pub struct CmaFile {
     pub warn_time: Option<String>,
     pub dead_time: Option<String>,
     pub open_enrollment: Option<bool>,
+    /// Service-check rules directory (plain value: before the tables below).
+    pub check_rules: Option<PathBuf>,
+    pub bus: Option<assim_bus::BusConfig>,
+    pub discovery: Option<std::collections::BTreeMap<String, DiscoveryValue>>,
+}
+
+/// One `[discovery]` entry: `name = 60`, `name = "1h"`, or
+/// `name = { interval = "5m", params = { KEY = "value" } }` (params reach agents as
+/// `ASSIM_PARAM_KEY`).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(untagged)]
+pub enum DiscoveryValue {
+    Seconds(u64),
+    Duration(String),
+    Full {
+        interval: DiscoveryInterval,
+        #[serde(default)]
+        params: std::collections::BTreeMap<String, String>,
+    },
+}
+
+/// An interval in seconds or as a duration string.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(untagged)]
+pub enum DiscoveryInterval {
+    Seconds(u64),
+    Duration(String),
+}
+
+fn discovery_seconds(name: &str, v: &DiscoveryInterval) -> anyhow::Result<u64> {
+    match v {
+        DiscoveryInterval::Seconds(s) => Ok(*s),
+        DiscoveryInterval::Duration(s) => parse_duration(s)
+            .map(|d| d.as_secs())
+            .map_err(|e| anyhow::anyhow!("[discovery] {name}: {e}")),
+    }
+}
+
+/// Defaults, then the file's `[discovery]` table, then `--discovery NAME=INTERVAL` flags.
+fn resolve_discovery(
+    file: Option<&std::collections::BTreeMap<String, DiscoveryValue>>,
+    flags: &[String],
+) -> anyhow::Result<assim_daemon::discovery::ScheduleConfig> {
+    use assim_discovery::schedule::{AGENT_PREFIX, DEFAULT_INTERVALS, Entry};
+    let mut config = assim_daemon::discovery::default_schedule_config();
+    let check_name = |name: &str| -> anyhow::Result<()> {
+        let known = DEFAULT_INTERVALS.iter().any(|(n, _)| *n == name)
+            || (name.starts_with(AGENT_PREFIX) && name.len() > AGENT_PREFIX.len());
+        if !known {
+            let names: Vec<&str> = DEFAULT_INTERVALS.iter().map(|(n, _)| *n).collect();
+            bail!(
+                "[discovery]: no collector named {name:?}; known: {}, agent.<file>, agent.*",
+                names.join(", ")
+            );
+        }
+        Ok(())
+    };
+    for (name, v) in file.into_iter().flatten() {
+        check_name(name)?;
+        let entry = match v {
+            DiscoveryValue::Seconds(s) => Entry { interval_s: *s, params: Default::default() },
+            DiscoveryValue::Duration(d) => Entry {
+                interval_s: discovery_seconds(name, &DiscoveryInterval::Duration(d.clone()))?,
+                params: Default::default(),
+            },
+            DiscoveryValue::Full { interval, params } => {
+                Entry { interval_s: discovery_seconds(name, interval)?, params: params.clone() }
+            }
+        };
+        config.insert(name.clone(), entry);
+    }
+    for flag in flags {
+        let Some((name, interval)) = flag.split_once('=') else {
+            bail!("--discovery {flag:?}: expected NAME=INTERVAL, for example sockets=30s");
+        };
+        let (name, interval) = (name.trim(), interval.trim());
+        check_name(name)?;
+        let secs = parse_duration(interval)
+            .map_err(|e| anyhow::anyhow!("--discovery {name}: {e}"))?
+            .as_secs();
+        config.entry(name.to_string()).or_default().interval_s = secs;
+    }
+    Ok(config)
 }
 
 impl CmaFlags {
@@ -181,6 +281,16 @@ impl CmaFlags {
                 .unwrap_or_else(|| "/var/lib/assim/cma".into()),
             timing,
             open_enrollment: self.open_enrollment || file.open_enrollment.unwrap_or(false),
+            bus: {
+                let mut bus = file.bus.unwrap_or_default();
+                if let Some(url) = &self.bus {
+                    bus.nats = Some(url.clone());
+                }
+                bus.validate().map_err(|e| anyhow::anyhow!("config: {e}"))?;
+                bus
+            },
+            discovery: resolve_discovery(file.discovery.as_ref(), &self.discovery)?,
+            check_rules: self.check_rules.clone().or(file.check_rules),
         })
     }
 }
@@ -196,6 +306,24 @@ pub fn cma_config_toml(o: &assim_daemon::cma::CmaOptions) -> String {
         warn_time: Some(format_duration(o.timing.warn)),
         dead_time: Some(format_duration(o.timing.dead)),
         open_enrollment: Some(o.open_enrollment),
+        bus: Some(o.bus.clone()),
+        discovery: Some(
+            o.discovery
+                .iter()
+                .map(|(n, e)| {
+                    let v = if e.params.is_empty() {
+                        DiscoveryValue::Seconds(e.interval_s)
+                    } else {
+                        DiscoveryValue::Full {
+                            interval: DiscoveryInterval::Seconds(e.interval_s),
+                            params: e.params.clone(),
+                        }
+                    };
+                    (n.clone(), v)
+                })
+                .collect(),
+        ),
+        check_rules: o.check_rules.clone(),
     };
     toml::to_string(&f).expect("config serializes")
 }
@@ -239,6 +367,19 @@ pub struct NanoprobeFlags {
     /// [default: 64]. When full, peer status is dropped first; reports are never dropped.
     #[arg(long, env = "ASSIM_SPOOL_MAX_MB")]
     pub spool_max_mb: Option<u64>,
+    /// Directory of external discovery agents: every executable file in it is a collector
+    /// named `agent.<file>` that must print one JSON value (docs/discovery.md)
+    /// [default: DATA_DIR/discovery.d].
+    #[arg(long, env = "ASSIM_DISCOVERY_AGENTS")]
+    pub discovery_agents: Option<PathBuf>,
+    /// Time limit of one discovery agent run; then its whole process group is killed and the
+    /// run reported as an error [default: 30s].
+    #[arg(long, env = "ASSIM_AGENT_TIMEOUT", value_parser = parse_duration)]
+    pub agent_timeout: Option<Duration>,
+    /// Output limit of one discovery agent run, in KiB; more is reported as an error
+    /// [default: 1024].
+    #[arg(long, env = "ASSIM_AGENT_MAX_OUTPUT_KB")]
+    pub agent_max_output_kb: Option<u64>,
     /// Print the resolved configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -256,6 +397,9 @@ pub struct NanoprobeFile {
     pub trust_on_first_use: Option<bool>,
     pub hostname: Option<String>,
     pub spool_max_mb: Option<u64>,
+    pub discovery_agents: Option<PathBuf>,
+    pub agent_timeout: Option<String>,
+    pub agent_max_output_kb: Option<u64>,
 }
 
 impl NanoprobeFlags {
@@ -271,6 +415,31 @@ impl NanoprobeFlags {
             (None, true) => Enrollment::TrustOnFirstUse,
             (None, false) => Enrollment::PinnedOnly,
         };
+        let data_dir: PathBuf = self
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| "/var/lib/assim/nanoprobe".into());
+        let mut discovery = assim_daemon::discovery::DiscoveryOptions::for_data_dir(&data_dir);
+        if let Some(dir) = self.discovery_agents.clone().or(file.discovery_agents) {
+            discovery.agents_dir = dir;
+        }
+        match (self.agent_timeout, &file.agent_timeout) {
+            (Some(d), _) => discovery.agent_limits.timeout = d,
+            (None, Some(s)) => {
+                discovery.agent_limits.timeout =
+                    parse_duration(s).map_err(|e| anyhow::anyhow!("config key agent_timeout: {e}"))?
+            }
+            (None, None) => {}
+        }
+        if discovery.agent_limits.timeout.is_zero() {
+            bail!("agent_timeout must be more than 0 (for example 30s)");
+        }
+        match self.agent_max_output_kb.or(file.agent_max_output_kb) {
+            Some(0) => bail!("agent_max_output_kb must be at least 1"),
+            Some(kb) => discovery.agent_limits.max_output = (kb as usize).saturating_mul(1024),
+            None => {}
+        }
         Ok(assim_daemon::nanoprobe::NanoprobeOptions {
             cma: self.cma.or(file.cma),
             listen: self
@@ -278,11 +447,8 @@ impl NanoprobeFlags {
                 .or(file.listen)
                 .unwrap_or_else(|| "0.0.0.0:1986".parse().expect("valid")),
             advertise: self.advertise.or(file.advertise),
-            data_dir: self
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or_else(|| "/var/lib/assim/nanoprobe".into()),
+            data_dir,
+            discovery,
             enrollment,
             hostname: self.hostname.clone().or(file.hostname),
             spool_max_bytes: match self.spool_max_mb.or(file.spool_max_mb) {
@@ -306,6 +472,9 @@ pub fn nanoprobe_config_toml(o: &assim_daemon::nanoprobe::NanoprobeOptions) -> S
         trust_on_first_use: Some(matches!(o.enrollment, Enrollment::TrustOnFirstUse)),
         hostname: o.hostname.clone(),
         spool_max_mb: Some(o.spool_max_bytes / (1024 * 1024)),
+        discovery_agents: Some(o.discovery.agents_dir.clone()),
+        agent_timeout: Some(format_duration(o.discovery.agent_limits.timeout)),
+        agent_max_output_kb: Some(o.discovery.agent_limits.max_output as u64 / 1024),
     };
     toml::to_string(&f).expect("config serializes")
 }

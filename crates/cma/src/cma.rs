@@ -770,14 +770,14 @@ impl Cma {
         }
     }
 
-    fn event(
+    pub(crate) fn event(
         &mut self,
         now: Timestamp,
         kind: EventKind,
         host: Option<NodeId>,
         extra: Vec<(&'static str, String)>,
         text: String,
-    ) {
+    ) -> &mut Event {
         let id = self.next_event_id;
         self.next_event_id += 1;
         self.pending.counters = true;
@@ -791,7 +791,19 @@ impl Cma {
         for (k, v) in extra {
             tags.insert(k.to_owned(), v);
         }
-        self.pending.events.push(Event { id, time: now, kind, host, hostname, tags, text });
+        let severity = kind.default_severity();
+        self.pending.events.push(Event {
+            id,
+            time: now,
+            kind,
+            host,
+            hostname,
+            tags,
+            text,
+            severity,
+            body: None,
+        });
+        self.pending.events.last_mut().expect("just pushed")
     }
 
     fn peer_set(&self, rec: &NodeRecord) -> PeerSet {
@@ -815,7 +827,7 @@ impl Cma {
     }
 
     /// Turns what the input queued into actions, in the documented order.
-    fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         let p = std::mem::take(&mut self.pending);
         for id in &p.persist {
             self.actions.push_back(Action::Persist(Change::Node(self.nodes[id].clone())));

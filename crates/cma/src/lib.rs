@@ -28,16 +28,21 @@
 //!   [`ring::RingManager`] (rings by key; today the single ring "all").
 //! - [`failure`]: the suspicion FSM — reporters, probe schedule, deadlines, proof of life.
 //! - `cma`: [`Cma`] itself, tying lifecycle, rings, suspicions and events together.
+//! - [`services`]: service check state changes into `service.*` events
+//!   ([`Cma::handle_check_change`]).
+//! - [`local_events`]: events submitted by programs on a host ([`Cma::handle_local_event`]).
 
 #![forbid(unsafe_code)]
 
 mod cma;
 pub mod failure;
+pub mod local_events;
 pub mod model;
 pub mod ring;
+pub mod services;
 
 pub use crate::cma::Cma;
 pub use crate::model::{
     Action, Change, CmaConfig, Event, EventKind, HelloError, NodeRecord, NodeState, ParseNameError,
-    Snapshot, Stats, Timing,
+    Severity, Snapshot, Stats, Timing,
 };

@@ -39,7 +39,7 @@ pub struct CmaConfig {
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 #[error("unknown {what} name {name:?}")]
 pub struct ParseNameError {
-    /// "node state" or "event kind".
+    /// "node state", "event kind" or "severity".
     pub what: &'static str,
     /// The text that did not parse.
     pub name: String,
@@ -201,6 +201,88 @@ impl FromStr for EventKind {
     }
 }
 
+/// How bad an event is, least to most severe. Ordered, so filters can say `severity>=warning`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Debug,
+    #[default]
+    Info,
+    Notice,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl Severity {
+    /// Every severity, least severe first.
+    pub const ALL: [Severity; 6] = [
+        Severity::Debug,
+        Severity::Info,
+        Severity::Notice,
+        Severity::Warning,
+        Severity::Error,
+        Severity::Critical,
+    ];
+
+    /// The stable lowercase name ("debug", …, "critical").
+    pub fn name(&self) -> &'static str {
+        match self {
+            Severity::Debug => "debug",
+            Severity::Info => "info",
+            Severity::Notice => "notice",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Severity {
+    type Err = ParseNameError;
+    /// The names, plus the common aliases "warn", "err" and "crit".
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = match s {
+            "warn" => "warning",
+            "err" => "error",
+            "crit" => "critical",
+            other => other,
+        };
+        Severity::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| ParseNameError { what: "severity", name: s.to_owned() })
+    }
+}
+
+impl EventKind {
+    /// The severity an event of this kind gets unless its producer says otherwise.
+    pub fn default_severity(&self) -> Severity {
+        match self {
+            EventKind::HostDown | EventKind::ServiceCritical => Severity::Critical,
+            EventKind::HostSuspect
+            | EventKind::PathSuspect
+            | EventKind::ServiceWarning
+            | EventKind::ServiceUnknown
+            | EventKind::ServiceFlapping => Severity::Warning,
+            EventKind::HostLeft => Severity::Notice,
+            EventKind::HostUp
+            | EventKind::RingChanged
+            | EventKind::ServiceOk
+            | EventKind::DiscoveryChanged
+            | EventKind::LocalEvent => Severity::Info,
+        }
+    }
+}
+
 /// A published event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -216,6 +298,13 @@ pub struct Event {
     pub tags: BTreeMap<String, String>,
     /// One plain sentence.
     pub text: String,
+    /// How bad it is; [`EventKind::default_severity`] unless the producer chose one (events
+    /// stored before severities existed read as `info`).
+    #[serde(default)]
+    pub severity: Severity,
+    /// Optional structured detail (any JSON), e.g. a check's perfdata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
 }
 
 /// The CMA core's durable state: what [`crate::Cma::new`] restores from.

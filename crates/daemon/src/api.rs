@@ -5,6 +5,10 @@
 //!   `wait`, the request is held until at least one event exists (long-poll, at most 60 s).
 //! - `GET /api/v1/discovery?host=NAME`: the latest result of every discovery collector on a
 //!   host (by host name or node id).
+//! - The event bus: `?filter=` on the events route, an SSE stream, durable subscriptions —
+//!   see [`crate::api_bus`].
+//! - The topology graph's canned queries under `/api/v1/topology/…` — see
+//!   [`crate::api_topology`].
 //! - `GET /metrics`: Prometheus text format.
 //! - `GET /healthz`: `ok`.
 //!
@@ -44,11 +48,13 @@ pub struct CmaInfo {
 /// Shared state of the API handlers.
 #[derive(Clone, Debug)]
 pub struct ApiState {
-    store: Arc<Mutex<Store>>,
+    pub(crate) store: Arc<Mutex<Store>>,
     metrics: Arc<SharedMetrics>,
-    last_event: watch::Receiver<u64>,
+    pub(crate) last_event: watch::Receiver<u64>,
     token: Option<String>,
     info: CmaInfo,
+    /// Where `check run` requests go (the CMA task); `None` outside a running CMA.
+    pub(crate) check_runner: Option<crate::cma::checks_cma::RunSender>,
 }
 
 impl ApiState {
@@ -61,7 +67,14 @@ impl ApiState {
         info: CmaInfo,
     ) -> anyhow::Result<ApiState> {
         let store = Store::open(&store_path)?;
-        Ok(ApiState { store: Arc::new(Mutex::new(store)), metrics, last_event, token, info })
+        Ok(ApiState {
+            store: Arc::new(Mutex::new(store)),
+            metrics,
+            last_event,
+            token,
+            info,
+            check_runner: None,
+        })
     }
 }
 
@@ -95,6 +108,8 @@ pub struct EventsQuery {
     pub since: u64,
     pub limit: Option<usize>,
     pub wait: Option<u64>,
+    /// Only events matching this filter (see [`crate::api_bus`]).
+    pub filter: Option<String>,
 }
 
 /// Serves the API on `listener` until the task is aborted.
@@ -112,6 +127,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/discovery", get(discovery))
         .route("/metrics", get(metrics))
+        .merge(crate::api_bus::routes())
+        .merge(crate::api_topology::routes())
+        .merge(crate::api_checks::routes())
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new().route("/healthz", get(|| async { "ok\n" })).merge(protected).with_state(state)
 }
@@ -171,6 +189,10 @@ async fn status(State(state): State<ApiState>) -> Response {
 async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> Response {
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(60));
+    if q.filter.is_some() {
+        return crate::api_bus::filtered_events(state, q.filter.as_deref(), q.since, limit, wait)
+            .await;
+    }
     let mut rx = state.last_event.clone();
     if !wait.is_zero() && *rx.borrow_and_update() <= q.since {
         let _ = tokio::time::timeout(wait, rx.wait_for(|last| *last > q.since)).await;

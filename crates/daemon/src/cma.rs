@@ -39,6 +39,9 @@ use tracing::{debug, error, info, warn};
 use crate::metrics::{CmaMetrics, SharedMetrics};
 use crate::timers::Timers;
 
+#[path = "checks_cma.rs"]
+pub mod checks_cma;
+
 /// Everything the CMA needs to run.
 #[derive(Clone, Debug)]
 pub struct CmaOptions {
@@ -52,6 +55,12 @@ pub struct CmaOptions {
     pub timing: Timing,
     /// Accept nanoprobes that present no join token (labs and the demo only).
     pub open_enrollment: bool,
+    /// The event bus: retention, tagging rules, sinks, NATS (the `[bus]` config section).
+    pub bus: assim_bus::BusConfig,
+    /// Discovery intervals sent to every nanoprobe that registers (the `[discovery]` table).
+    pub discovery: crate::discovery::ScheduleConfig,
+    /// Operator rules for automatic service checks (`--check-rules DIR`; see docs/checks.md).
+    pub check_rules: Option<PathBuf>,
 }
 
 /// The CMA's database file inside its data directory.
@@ -77,6 +86,12 @@ struct Driver {
     metrics: CmaMetrics,
     shared: Arc<SharedMetrics>,
     last_event: watch::Sender<u64>,
+    /// Sent to every nanoprobe when it registers ([`crate::discovery::schedule_message`]).
+    discovery_schedule: msg::DiscoverySchedule,
+    /// Tagging rules, applied to every event before it is stored.
+    tagger: assim_bus::Tagger,
+    /// Service monitoring: check sets, states, run-now commands ([`checks_cma`]).
+    checks: checks_cma::CmaChecks,
     open_enrollment: bool,
     seed: u64,
     last_publish: Instant,
@@ -150,7 +165,13 @@ pub async fn run(
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
     let identity = Identity::load_or_create(&opts.data_dir)?;
     let mut store = Store::open(&store_path(&opts.data_dir))?;
+    let tagger = assim_bus::Tagger::new(&opts.bus.tag_rules).context("invalid [bus] tag_rules")?;
+    assim_bus::runner::install_config_sinks(&mut store, &opts.bus)
+        .context("cannot install the [bus] sinks")?;
     store.set_meta("listen", &opts.listen.to_string())?;
+    let discovery_schedule = crate::discovery::schedule_message(&mut store, &opts.discovery)?;
+    let checks = checks_cma::CmaChecks::load(&store, opts.check_rules.as_deref())?;
+    let (run_tx, mut run_rx) = tokio::sync::mpsc::channel::<checks_cma::RunRequest>(64);
     let snapshot = store.load_snapshot()?;
     let socket = UdpSocket::bind(opts.listen)
         .await
@@ -204,7 +225,13 @@ pub async fn run(
     if opts.api_token.is_some() {
         info!(api = %opts.api, "the HTTP API requires a bearer token (Authorization: Bearer …)");
     }
+    let api_state = api_state.with_check_runner(run_tx);
     let api_task = tokio::spawn(crate::api::serve(api_listener, api_state));
+    let bus_task = tokio::spawn(assim_bus::runner::run(
+        store_path(&opts.data_dir),
+        opts.bus.clone(),
+        last_event.subscribe(),
+    ));
 
     let mut d = Driver {
         sealer,
@@ -219,6 +246,9 @@ pub async fn run(
         metrics: CmaMetrics::default(),
         shared,
         last_event,
+        discovery_schedule,
+        tagger,
+        checks,
         open_enrollment: opts.open_enrollment,
         seed: session,
         last_publish: Instant::now() - Duration::from_secs(10),
@@ -263,6 +293,7 @@ pub async fn run(
                     Err(e) => warn!(error = %e, "UDP receive failed"),
                 }
             }
+            Some(req) = run_rx.recv() => d.run_request(req),
             _ = sleep_until(deadline) => {}
             _ = &mut shutdown => break,
         }
@@ -276,6 +307,7 @@ pub async fn run(
     d.last_store_commit = Instant::now() - STORE_COMMIT_INTERVAL;
     d.flush().await;
     api_task.abort();
+    bus_task.abort();
     Ok(())
 }
 
@@ -501,6 +533,14 @@ impl Driver {
             if let Err(e) = self.core.handle_hello(now, sender, key, hello) {
                 warn!(node = %sender, error = %e, "hello refused");
                 self.reject("bad_hello");
+            } else if let Some(n) = self.core.node(sender) {
+                // Desired state: resent on every (re-)registration, the epoch makes it idempotent.
+                let bytes = Message::new(Body::DiscoverySchedule(self.discovery_schedule.clone()))
+                    .to_bytes();
+                self.send_reliable(sender, n.listen_addr, bytes, Instant::now());
+            }
+            if self.core.node(sender).is_some() {
+                self.checks_on_hello(sender);
             }
             return;
         }
@@ -516,7 +556,20 @@ impl Driver {
                 self.core.handle_report(now, sender, &r);
             }
             Body::PeerStatus(s) => self.core.handle_peer_status(now, sender, &s),
-            Body::DiscoveryResult(d) => self.store_discovery(sender, d, now),
+            Body::DiscoveryResult(d) => {
+                if d.name == "sockets" {
+                    self.checks_on_sockets(sender, &d.payload);
+                }
+                self.store_discovery(sender, d, now)
+            }
+            Body::CheckStateChange(c) => self.check_change(sender, c, now),
+            Body::CommandResult(r) => self.command_result(sender, r),
+            Body::LocalEvent(ev) => {
+                if let Err(e) = self.core.handle_local_event(now, sender, &ev) {
+                    warn!(node = %sender, error = %e, "local event refused");
+                    self.reject("bad_local_event");
+                }
+            }
             other => {
                 *self.metrics.applied_other.entry(other.name()).or_insert(0) += 1;
                 debug!(node = %sender, kind = other.name(), "message stored; nothing more to do with it yet");
@@ -603,7 +656,8 @@ impl Driver {
                     }
                 }
                 Action::Persist(c) => self.changes.push(c),
-                Action::Emit(e) => {
+                Action::Emit(mut e) => {
+                    self.tagger.apply(&mut e);
                     info!(id = e.id, kind = e.kind.name(), host = %e.hostname, "{}", e.text);
                     *self.metrics.events.entry(e.kind.name()).or_insert(0) += 1;
                     if e.kind == assim_cma::EventKind::RingChanged {

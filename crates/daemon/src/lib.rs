@@ -8,14 +8,28 @@
 //! Layout:
 //! - [`cma`]: the CMA driver: UDP endpoint, enrollment, the CMA core, the SQLite store.
 //! - [`nanoprobe`]: the nanoprobe driver: CMA pinning, registration, heartbeats, graceful leave.
+//! - [`local_socket`]: the nanoprobe's `events.sock`, where local programs submit events.
+//! - [`api_topology`]: the topology query routes of the HTTP API.
+//! - [`api_checks`]: the service routes of the HTTP API (`services`, `checks/run`).
+//! - [`api_bus`]: the event bus routes of the HTTP API (filters, SSE, durable subscriptions).
+//! - [`discovery`]: the nanoprobe's discovery driver (schedule, collectors, agents, LLDP/CDP
+//!   listener) and the CMA's discovery schedule.
+//! - [`checks_probe`]: the nanoprobe's service checks (schedule, runs, state changes, run-now);
+//!   `cma::checks_cma`: the CMA's side (rules → check sets, service states, run-now commands).
 //! - [`api`]: the CMA's HTTP API (status, events with long-poll) and Prometheus `/metrics`.
 //! - [`metrics`]: counters shared between the CMA task and the API.
 //! - [`timers`]: a small deadline set keyed by peer, used for many reliable connections.
 
 pub mod api;
+pub mod api_bus;
+pub mod api_checks;
+pub mod api_topology;
+pub mod checks_probe;
 pub mod cma;
+pub mod discovery;
 pub mod link;
 pub mod loadgen;
+pub mod local_socket;
 pub mod metrics;
 pub mod nanoprobe;
 pub mod timers;

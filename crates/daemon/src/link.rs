@@ -149,6 +149,13 @@ impl CmaLink {
 
     /// Appends a message to the spool; it is sent after the next [`CmaLink::commit`].
     pub fn send_spooled(&mut self, body: Body, now: Instant) {
+        self.spool_record(body, now);
+    }
+
+    /// [`CmaLink::send_spooled`], returning the spool record number: the CMA holds the message
+    /// durably once `stats.acked_through` reaches it. `None` when the message could not be
+    /// spooled (dropped, or sent without disk protection because the spool is full).
+    pub fn spool_record(&mut self, body: Body, now: Instant) -> Option<u64> {
         let droppable = is_droppable(&body);
         let record = self.spool.next_lsn();
         let bytes = Message { record, body: Some(body) }.to_bytes();
@@ -157,6 +164,7 @@ impl CmaLink {
                 debug_assert_eq!(lsn, record);
                 self.stats.spooled += 1;
                 self.unsent.push((lsn, bytes));
+                Some(lsn)
             }
             Err(e) => {
                 let full = matches!(e, LogError::Full { .. } | LogError::DiskFull { .. });
@@ -168,7 +176,7 @@ impl CmaLink {
                             "spool full: dropping peer status and statistics until the CMA catches up"
                         );
                     }
-                    return;
+                    return None;
                 }
                 self.stats.spool_unspooled += 1;
                 error!(error = %e, "cannot spool a message for the CMA; sending it without disk protection");
@@ -177,6 +185,7 @@ impl CmaLink {
                 if let Err(e) = self.conn.send(unspooled.to_bytes(), now) {
                     error!(error = %e, "cannot queue a message for the CMA; it is lost");
                 }
+                None
             }
         }
     }

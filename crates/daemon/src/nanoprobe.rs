@@ -47,6 +47,8 @@ pub struct NanoprobeOptions {
     pub hostname: Option<String>,
     /// The spool's size limit in bytes (see [`crate::link`] for what happens when it is full).
     pub spool_max_bytes: u64,
+    /// Discovery agents directory and limits.
+    pub discovery: crate::discovery::DiscoveryOptions,
 }
 
 /// The default spool limit: 64 MiB.
@@ -179,6 +181,13 @@ pub async fn run(
     if link.unacked() > 0 {
         info!(records = link.unacked(), "the spool holds records the CMA has not acknowledged yet");
     }
+    let discovery = crate::discovery::DiscoveryDriver::new(
+        opts.discovery.clone(),
+        identity.node_id().to_string(),
+        hostname.clone(),
+        started,
+    );
+    let (_local_events, mut local_rx) = crate::local_socket::start(&opts.data_dir)?;
     let mut p = Probe {
         link,
         socket,
@@ -199,8 +208,9 @@ pub async fn run(
         dropped: 0,
         metrics_path: opts.data_dir.join("nanoprobe.prom"),
         next_metrics: started,
-        discovery: assim_discovery::ChangeFilter::new(),
-        next_discovery: started,
+        discovery,
+        confirmations: Default::default(),
+        checks: crate::checks_probe::ProbeChecks::new(rand::random(), Default::default()),
     };
     p.send_hello(started);
     p.link.resend_unacked(started);
@@ -215,7 +225,8 @@ pub async fn run(
             p.link.poll_timeout(),
             leaving_deadline,
             Some(p.next_metrics),
-            Some(p.next_discovery),
+            if leaving_deadline.is_none() { p.discovery.poll_timeout() } else { None },
+            if leaving_deadline.is_none() { p.checks.poll_timeout() } else { None },
         ]
         .into_iter()
         .flatten()
@@ -228,6 +239,20 @@ pub async fn run(
                 }
                 Err(e) => debug!(error = %e, "UDP receive failed"),
             },
+            c = p.discovery.next() => {
+                if let Some(body) = p.discovery.accept(c) {
+                    p.link.send_spooled(body, Instant::now());
+                }
+            }
+            done = p.checks.next() => {
+                let now = Instant::now();
+                if let Some(out) = p.checks.accept(done, now) {
+                    crate::checks_probe::send(&mut p.link, out, now);
+                }
+            }
+            Some(req) = local_rx.recv() => {
+                crate::local_socket::submit(&mut p.link, &mut p.confirmations, req, Instant::now());
+            }
             _ = sleep_until(deadline) => {}
             _ = &mut shutdown, if leaving_deadline.is_none() => {
                 info!("stopping: saying goodbye to the CMA");
@@ -247,9 +272,11 @@ pub async fn run(
             p.write_metrics();
             p.next_metrics = now + METRICS_INTERVAL;
         }
-        if now >= p.next_discovery && leaving_deadline.is_none() {
-            p.discover(now);
-            p.next_discovery = now + DISCOVERY_INTERVAL;
+        if leaving_deadline.is_none() && p.discovery.poll_timeout().is_some_and(|t| t <= now) {
+            p.discovery.handle_timeout(now);
+        }
+        if leaving_deadline.is_none() && p.checks.poll_timeout().is_some_and(|t| t <= now) {
+            p.checks.handle_timeout(now);
         }
         p.drain_heartbeats();
         p.flush().await;
@@ -358,9 +385,6 @@ fn local_addresses() -> Vec<String> {
 /// How often the nanoprobe rewrites its metrics file.
 const METRICS_INTERVAL: Duration = Duration::from_secs(10);
 
-/// How often the host collectors run (a result is sent only when it changed).
-const DISCOVERY_INTERVAL: Duration = Duration::from_secs(60);
-
 struct Probe {
     link: CmaLink,
     socket: UdpSocket,
@@ -371,42 +395,15 @@ struct Probe {
     dropped: u64,
     metrics_path: PathBuf,
     next_metrics: Instant,
-    discovery: assim_discovery::ChangeFilter,
-    next_discovery: Instant,
+    /// Collectors on their schedule, agents, the LLDP/CDP listener ([`crate::discovery`]).
+    discovery: crate::discovery::DiscoveryDriver,
+    /// Local events waiting for the CMA's acknowledgement ([`crate::local_socket`]).
+    confirmations: crate::local_socket::Confirmations,
+    /// Service checks on their schedule ([`crate::checks_probe`]).
+    checks: crate::checks_probe::ProbeChecks,
 }
 
 impl Probe {
-    /// Runs every host collector and spools the results that changed since the last run.
-    fn discover(&mut self, now: Instant) {
-        let results: Vec<_> = tokio::task::block_in_place(|| {
-            assim_discovery::Collector::ALL.iter().map(|c| (c.name(), c.collect())).collect()
-        });
-        for (name, result) in results {
-            match result {
-                Ok(d) if self.discovery.changed(&d) => {
-                    let payload = match serde_json::to_vec(&d.payload) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            warn!(collector = name, error = %e, "cannot encode a discovery result");
-                            continue;
-                        }
-                    };
-                    debug!(collector = name, bytes = payload.len(), "discovery changed; sending");
-                    let body = Body::DiscoveryResult(msg::DiscoveryResult {
-                        name: d.name,
-                        content_hash: d.hash.to_vec(),
-                        payload,
-                        collected_at: Timestamp::now().micros(),
-                        delta: false,
-                    });
-                    self.link.send_spooled(body, now);
-                }
-                Ok(_) => {}
-                Err(e) => warn!(collector = name, error = %e, "discovery collector failed"),
-            }
-        }
-    }
-
     fn send_hello(&mut self, now: Instant) {
         self.hello.peer_epoch = self.heartbeats.epoch();
         let hello = self.hello.clone();
@@ -485,6 +482,13 @@ impl Probe {
                 }
             },
             Some(Body::Shutdown(s)) => self.stop = Some(s.reason),
+            Some(Body::DiscoverySchedule(s)) => self.discovery.apply_schedule(s, now),
+            Some(Body::CheckSet(set)) => self.checks.apply_set(&set, now),
+            Some(Body::RunNow(r)) => {
+                if let Some(out) = self.checks.run_now(&r) {
+                    crate::checks_probe::send(&mut self.link, out, now);
+                }
+            }
             Some(other) => debug!(kind = other.name(), "command not handled yet; ignored"),
             None => debug!("a message of a kind this version does not know; ignored"),
         }
@@ -525,6 +529,7 @@ impl Probe {
     async fn flush(&mut self) {
         let now = Instant::now();
         self.link.commit(now);
+        self.confirmations.settle_and_reply(self.link.stats.acked_through);
         let addr = self.link.cma_addr;
         for datagram in self.link.poll_datagrams(now) {
             if let Err(e) = self.socket.send_to(&datagram, addr).await {

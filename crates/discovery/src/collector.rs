@@ -59,6 +59,13 @@ mod hex_hash {
     }
 }
 
+impl Discovery {
+    /// A result from an already built JSON value (external agents, the L2 listener).
+    pub fn from_value(name: &str, payload: serde_json::Value) -> Discovery {
+        Discovery { name: name.to_string(), hash: crate::hash::content_hash(&payload), payload }
+    }
+}
+
 fn to_discovery(name: &str, value: &impl Serialize) -> Result<Discovery, DiscoveryError> {
     Ok(Discovery {
         name: name.to_string(),

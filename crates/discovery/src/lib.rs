@@ -16,8 +16,11 @@
 //! - [`packages`] — dpkg status and rpm.
 //! - [`mounts`] — `/proc/self/mounts`.
 //! - [`sshkeys`] — SSH host public keys and fingerprints.
+//! - [`schedule`] — [`Schedule`]: when each collector runs, from defaults or the CMA (sans-IO).
+//! - [`agents`] — external discovery agents (`agent.<file>`): listing and running one.
 //! - [`error`] — [`DiscoveryError`].
 
+pub mod agents;
 pub mod collector;
 pub mod error;
 pub mod hash;
@@ -27,6 +30,7 @@ pub mod mounts;
 pub mod neighbours;
 pub mod os;
 pub mod packages;
+pub mod schedule;
 pub mod sockets;
 pub mod sshkeys;
 
@@ -34,6 +38,7 @@ pub use collector::{ChangeFilter, Collector, Discovery};
 pub use error::DiscoveryError;
 pub use hash::{canonical_json, content_hash, try_content_hash};
 pub use neighbours::ArpTracker;
+pub use schedule::Schedule;
 
 #[cfg(test)]
 mod proptests {

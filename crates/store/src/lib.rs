@@ -11,6 +11,14 @@
 //! Layout:
 //! - [`Store`]: open/migrate, load a [`Snapshot`], apply batches, read nodes and events.
 //! - [`TokenRecord`]: enrollment tokens (secret, expiry, uses).
+//! - [`bus`]: the event bus's tables — durable subscriptions with their cursors, dead letters,
+//!   retention.
+//! - [`services`]: service monitoring — check sets with epochs, service states.
+//! - [`topology`]: the topology graph derived from discovery results, and its queries.
+
+pub mod bus;
+pub mod services;
+pub mod topology;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -41,7 +49,20 @@ pub enum StoreError {
     TooNew { found: i64, supported: i64 },
 }
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 4;
+
+/// Schema migrations: `(version, sql)` brings a file at `version - 1` to `version`. [`SCHEMA`]
+/// creates missing tables in their version-1 shape first, then every migration above the file's
+/// `user_version` runs in order, in one transaction with the version bump. Append new steps
+/// (and raise [`SCHEMA_VERSION`]); never edit a released one.
+const MIGRATIONS: &[(i64, &str)] = &[
+    // 2: the event bus — severity and body on events, subscriptions, dead letters.
+    (2, bus::MIGRATION_2),
+    // 3: the topology graph (filled from the stored discovery results, see below).
+    (3, topology::MIGRATION_3),
+    // 4: service monitoring — check sets and service states.
+    (4, services::MIGRATION_4),
+];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS nodes (
@@ -106,6 +127,8 @@ pub struct InboxProgress {
     pub applied: BTreeMap<NodeId, (u64, u64)>,
     /// Discovery results to store (the latest per node and collector wins).
     pub discovery: Vec<DiscoveryRecord>,
+    /// Check sets and service states to store ([`services`]).
+    pub services: services::ServicesBatch,
 }
 
 /// The latest result of one discovery collector on one node.
@@ -171,7 +194,18 @@ impl Store {
             return Err(StoreError::TooNew { found: version, supported: SCHEMA_VERSION });
         }
         conn.execute_batch(SCHEMA).map_err(err)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(err)?;
+        let mut conn = conn;
+        let tx = conn.transaction().map_err(err)?;
+        for (to, sql) in MIGRATIONS {
+            if *to > version {
+                tx.execute_batch(sql).map_err(err)?;
+            }
+        }
+        if version < 3 {
+            topology::backfill(&tx).map_err(err)?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(err)?;
+        tx.commit().map_err(err)?;
         Ok(Store { conn, path: spath })
     }
 
@@ -311,6 +345,8 @@ impl Store {
                 )
                 .map_err(err)?;
             for d in &progress.discovery {
+                // Before the result replaces the previous one: the graph diffs against it.
+                topology::apply_discovery(&tx, d).map_err(err)?;
                 put_discovery
                     .execute(params![
                         d.node.to_string(),
@@ -322,10 +358,12 @@ impl Store {
                     ])
                     .map_err(err)?;
             }
+            services::apply(&tx, &progress.services).map_err(err)?;
             let mut put_event = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO events (id, time, kind, host, hostname, tags, text)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT OR IGNORE INTO events
+                     (id, time, kind, host, hostname, tags, text, severity, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )
                 .map_err(err)?;
             for e in events {
@@ -338,6 +376,8 @@ impl Store {
                         e.hostname,
                         serde_json::to_string(&e.tags).expect("tags serialize"),
                         e.text,
+                        e.severity.name(),
+                        e.body.as_ref().map(|b| b.to_string()),
                     ])
                     .map_err(err)?;
             }
@@ -456,7 +496,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, time, kind, host, hostname, tags, text FROM events
+                "SELECT id, time, kind, host, hostname, tags, text, severity, body FROM events
                  WHERE id > ?1 ORDER BY id LIMIT ?2",
             )
             .map_err(|e| self.sql(e))?;
@@ -470,12 +510,15 @@ impl Store {
                     r.get::<_, String>(4)?,
                     r.get::<_, String>(5)?,
                     r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, Option<String>>(8)?,
                 ))
             })
             .map_err(|e| self.sql(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, time, kind, host, hostname, tags, text) = row.map_err(|e| self.sql(e))?;
+            let (id, time, kind, host, hostname, tags, text, severity, body) =
+                row.map_err(|e| self.sql(e))?;
             let corrupt = |detail: String| StoreError::Corrupt { table: "events", detail };
             let kind: EventKind =
                 kind.parse().map_err(|_| corrupt(format!("kind {kind:?} of event {id}")))?;
@@ -494,6 +537,16 @@ impl Store {
                 tags: serde_json::from_str(&tags)
                     .map_err(|e| corrupt(format!("tags of event {id}: {e}")))?,
                 text,
+                severity: severity
+                    .parse()
+                    .map_err(|_| corrupt(format!("severity {severity:?} of event {id}")))?,
+                body: match body {
+                    Some(b) => Some(
+                        serde_json::from_str(&b)
+                            .map_err(|e| corrupt(format!("body of event {id}: {e}")))?,
+                    ),
+                    None => None,
+                },
             });
         }
         Ok(out)

@@ -343,6 +343,10 @@ pub struct CheckStateChange {
     pub at: u64,
     #[prost(bool, tag = "6")]
     pub flapping: bool,
+    /// The check's first HARD state since it was configured or the nanoprobe started (the CMA
+    /// records an initial OK without raising an event).
+    #[prost(bool, tag = "7")]
+    pub initial: bool,
 }
 
 /// A `key=value` tag.

@@ -1,0 +1,51 @@
+//! Service checks: running them, scheduling them, and deciding which ones a host needs.
+//!
+//! This crate owns everything about a check short of the network: the child-process runner for
+//! Nagios plugins, OCF resource agents, LSB init scripts and systemd units (process-group kill at
+//! the timeout, output cap, cleared environment) and the built-in TCP and process checks; the
+//! Nagios performance-data parser; the sans-IO scheduler with Nagios SOFT/HARD states, flap
+//! detection and drift-free timing; and the pure rule matching that turns a host's discovered
+//! listening processes into its desired check set. The nanoprobe drives the runner and the
+//! scheduler; the CMA uses the rules. See `docs/checks.md` for the operator's view.
+//!
+//! Layout:
+//! - [`spec`]: [`Check`], a validated wire `CheckSpec`, and its [`Kind`]s.
+//! - [`runner`]: [`runner::run`] runs one check and returns a [`CheckResult`].
+//! - [`perfdata`]: the performance-data parser (strict and lenient), with distinct errors.
+//! - [`schedule`]: [`Scheduler`]: intervals, retries, SOFT/HARD, flapping, epochs (sans-IO).
+//! - [`rules`]: [`RuleSet`]: rules files, shipped defaults, matching listeners to checks.
+
+#![forbid(unsafe_code)]
+
+pub mod perfdata;
+pub mod rules;
+pub mod runner;
+pub mod schedule;
+pub mod spec;
+
+pub use crate::rules::{Listener, RuleSet, RulesError};
+pub use crate::runner::{CheckResult, RunnerConfig};
+pub use crate::schedule::{ApplyOutcome, Report, Scheduler};
+pub use crate::spec::{Check, Kind, SpecError};
+pub use assim_wire::msg::CheckState;
+
+/// The lowercase name of a state ("ok", "warning", "critical", "unknown").
+pub fn state_name(s: CheckState) -> &'static str {
+    match s {
+        CheckState::Ok => "ok",
+        CheckState::Warning => "warning",
+        CheckState::Critical => "critical",
+        CheckState::Unknown => "unknown",
+    }
+}
+
+/// Parses a state name (case-insensitive).
+pub fn parse_state(s: &str) -> Option<CheckState> {
+    match s.to_ascii_lowercase().as_str() {
+        "ok" => Some(CheckState::Ok),
+        "warning" | "warn" => Some(CheckState::Warning),
+        "critical" | "crit" => Some(CheckState::Critical),
+        "unknown" => Some(CheckState::Unknown),
+        _ => None,
+    }
+}

@@ -1,0 +1,417 @@
+//! The event bus routes of the CMA's HTTP API.
+//!
+//! - `GET /api/v1/events?filter=EXPR&since=ID&limit=N&wait=S`: like the plain route, but only
+//!   events matching the filter (see `assim_bus::filter`). The answer is the JSON array of
+//!   matching events; the header `X-Assim-Cursor` is the id of the last event *examined*, the
+//!   `since` to use next (it moves past non-matching events, so a follower never re-scans them).
+//! - `GET /api/v1/events/stream?filter=EXPR&since=ID`: Server-Sent Events, one `event: TYPE`,
+//!   `id: ID`, `data: JSON` per matching event; reconnecting with `Last-Event-ID` resumes.
+//! - `PUT /api/v1/subscriptions/NAME` `{"filter": EXPR, "sink": {...}?, "start": "now" |
+//!   "beginning" | ID}`: creates a durable subscription (its cursor at `start`, default "now")
+//!   or changes its filter and sink (keeping the cursor).
+//! - `GET /api/v1/subscriptions`, `GET|DELETE /api/v1/subscriptions/NAME`.
+//! - `GET /api/v1/subscriptions/NAME/events?limit=N&wait=S`: `{"cursor", "through", "events"}`
+//!   — the matching events after the cursor; after handling them, acknowledge `through`.
+//! - `POST /api/v1/subscriptions/NAME/ack` `{"through": ID}`: moves the cursor (never back).
+//! - `GET /api/v1/subscriptions/NAME/dead-letters`: events its sink gave up on.
+//!
+//! A filter that does not parse is a 400 whose text points at the problem.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use assim_bus::{Filter, SinkConfig};
+use assim_cma::Event;
+use assim_store::Store;
+use assim_store::bus::SubscriptionRecord;
+use assim_wire::Timestamp;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{self, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::api::ApiState;
+
+/// Events examined per request at most (a very selective filter then answers with what it
+/// found so far and a cursor to continue from).
+const MAX_SCAN: usize = 100_000;
+/// Rows read per store query while scanning.
+const SCAN_BATCH: usize = 1000;
+/// Longest long-poll.
+const MAX_WAIT: u64 = 60;
+
+/// The bus routes (merged into the protected part of [`crate::api::router`]).
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/api/v1/events/stream", get(stream))
+        .route("/api/v1/subscriptions", get(list))
+        .route("/api/v1/subscriptions/{name}", get(show).put(put).delete(delete))
+        .route("/api/v1/subscriptions/{name}/events", get(sub_events))
+        .route("/api/v1/subscriptions/{name}/ack", axum::routing::post(ack))
+        .route("/api/v1/subscriptions/{name}/dead-letters", get(dead_letters))
+}
+
+fn bad_request(msg: impl std::fmt::Display) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+}
+
+fn not_found(name: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        format!("no subscription named {name:?}; create it with PUT /api/v1/subscriptions/{name}\n"),
+    )
+        .into_response()
+}
+
+fn parse_filter(text: Option<&str>) -> Result<Filter, Response> {
+    let text = text.unwrap_or("");
+    Filter::parse(text).map_err(|e| bad_request(format!("filter: {}", e.render(text))))
+}
+
+/// Matching events after `since`, at most `limit`; and the id of the last event examined.
+pub fn scan(
+    store: &Store,
+    since: u64,
+    limit: usize,
+    filter: &Filter,
+) -> Result<(Vec<Event>, u64), assim_store::StoreError> {
+    let mut out = Vec::new();
+    let mut cursor = since;
+    let mut scanned = 0;
+    while out.len() < limit && scanned < MAX_SCAN {
+        let batch = store.events_since(cursor, SCAN_BATCH)?;
+        let n = batch.len();
+        for e in batch {
+            cursor = e.id;
+            if filter.matches(&e) {
+                out.push(e);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        scanned += n;
+        if n < SCAN_BATCH {
+            break;
+        }
+    }
+    Ok((out, cursor))
+}
+
+/// Scans, and with `wait` holds the request until a matching event exists or time is up.
+async fn scan_wait(
+    state: &ApiState,
+    since: u64,
+    limit: usize,
+    filter: &Filter,
+    wait: Duration,
+) -> Result<(Vec<Event>, u64), Response> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut cursor = since;
+    let mut rx = state.last_event.clone();
+    loop {
+        rx.borrow_and_update();
+        let (events, through) = {
+            let store = state.store.lock().expect("store lock");
+            scan(&store, cursor, limit, filter).map_err(internal)?
+        };
+        cursor = through;
+        if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok((events, cursor));
+        }
+        if *rx.borrow() <= cursor {
+            let _ = tokio::time::timeout_at(deadline, rx.wait_for(|last| *last > cursor)).await;
+        }
+    }
+}
+
+/// `GET /api/v1/events` with a filter (called by [`crate::api`]'s handler).
+pub async fn filtered_events(
+    state: ApiState,
+    filter: Option<&str>,
+    since: u64,
+    limit: usize,
+    wait: Duration,
+) -> Response {
+    let filter = match parse_filter(filter) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    match scan_wait(&state, since, limit, &filter, wait).await {
+        Ok((events, through)) => {
+            ([("x-assim-cursor", through.to_string())], Json(events)).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// Query of the SSE stream.
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    pub filter: Option<String>,
+    pub since: Option<u64>,
+}
+
+async fn stream(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<StreamQuery>,
+) -> Response {
+    let filter = match parse_filter(q.filter.as_deref()) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let since = match resume.or(q.since) {
+        Some(s) => s,
+        // No position: from now on.
+        None => *state.last_event.borrow(),
+    };
+    let init = (state, filter, since, std::collections::VecDeque::<Event>::new());
+    let s = futures_util::stream::unfold(init, |(state, filter, mut cursor, mut queue)| async move {
+        loop {
+            if let Some(e) = queue.pop_front() {
+                let ev = sse::Event::default()
+                    .id(e.id.to_string())
+                    .event(e.kind.name())
+                    .data(serde_json::to_string(&e).expect("events serialize"));
+                return Some((Ok::<_, Infallible>(ev), (state, filter, cursor, queue)));
+            }
+            match scan_wait(&state, cursor, 500, &filter, Duration::from_secs(30)).await {
+                Ok((events, through)) => {
+                    cursor = through;
+                    queue.extend(events);
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    Sse::new(s).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// Where a new subscription starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Start {
+    /// "now" (after the newest event) or "beginning" (the oldest kept event).
+    Word(String),
+    /// After this event id.
+    After(u64),
+    #[default]
+    #[serde(skip)]
+    Now,
+}
+
+/// Body of `PUT /api/v1/subscriptions/NAME`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutSubscription {
+    #[serde(default)]
+    pub filter: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<SinkConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Start>,
+}
+
+/// A subscription as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SubscriptionView {
+    pub name: String,
+    pub filter: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<serde_json::Value>,
+    pub cursor: u64,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+impl From<SubscriptionRecord> for SubscriptionView {
+    fn from(r: SubscriptionRecord) -> Self {
+        SubscriptionView {
+            sink: r.sink.as_deref().and_then(|s| serde_json::from_str(s).ok()).map(hide_secret),
+            name: r.name,
+            filter: r.filter,
+            cursor: r.cursor,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+fn hide_secret(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = v.as_object_mut()
+        && o.contains_key("secret")
+    {
+        o.insert("secret".into(), "(set)".into());
+    }
+    v
+}
+
+async fn put(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(e) = assim_bus::valid_subscription_name(&name) {
+        return bad_request(e);
+    }
+    let req: PutSubscription = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return bad_request(format!(
+                "the body is not a subscription ({e}); send {{\"filter\": \"…\", \"sink\": {{…}}, \"start\": \"now\"}}"
+            ));
+        }
+    };
+    if let Err(r) = parse_filter(Some(&req.filter)) {
+        return r;
+    }
+    if let Some(s) = &req.sink
+        && let Err(e) = s.validate()
+    {
+        return bad_request(format!("sink: {e}"));
+    }
+    let mut store = state.store.lock().expect("store lock");
+    let last = match store.last_event_id() {
+        Ok(l) => l,
+        Err(e) => return internal(e),
+    };
+    let start = match req.start.clone().unwrap_or_default() {
+        Start::Now => last,
+        Start::After(id) => id.min(last),
+        Start::Word(w) if w == "now" => last,
+        Start::Word(w) if w == "beginning" => 0,
+        Start::Word(w) => {
+            return bad_request(format!(
+                "start {w:?} is not valid: use \"now\", \"beginning\" or an event id"
+            ));
+        }
+    };
+    let sink = req.sink.as_ref().map(|s| serde_json::to_string(s).expect("sink serializes"));
+    let existed = matches!(store.subscription(&name), Ok(Some(_)));
+    match store.put_subscription(&name, &req.filter, sink.as_deref(), start, Timestamp::now()) {
+        Ok(rec) => {
+            let code = if existed { StatusCode::OK } else { StatusCode::CREATED };
+            (code, Json(SubscriptionView::from(rec))).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+async fn list(State(state): State<ApiState>) -> Response {
+    match state.store.lock().expect("store lock").subscriptions() {
+        Ok(l) => Json(l.into_iter().map(SubscriptionView::from).collect::<Vec<_>>()).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn show(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    match state.store.lock().expect("store lock").subscription(&name) {
+        Ok(Some(r)) => Json(SubscriptionView::from(r)).into_response(),
+        Ok(None) => not_found(&name),
+        Err(e) => internal(e),
+    }
+}
+
+async fn delete(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    match state.store.lock().expect("store lock").delete_subscription(&name) {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => not_found(&name),
+        Err(e) => internal(e),
+    }
+}
+
+/// Query of `GET /api/v1/subscriptions/NAME/events`.
+#[derive(Debug, Deserialize)]
+pub struct SubEventsQuery {
+    pub limit: Option<usize>,
+    pub wait: Option<u64>,
+}
+
+/// The answer of `GET /api/v1/subscriptions/NAME/events`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SubscriptionBatch {
+    /// The stored cursor (the last acknowledged event).
+    pub cursor: u64,
+    /// The last event examined: acknowledge this after handling `events`.
+    pub through: u64,
+    pub events: Vec<Event>,
+}
+
+async fn sub_events(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(q): Query<SubEventsQuery>,
+) -> Response {
+    let rec = match state.store.lock().expect("store lock").subscription(&name) {
+        Ok(Some(r)) => r,
+        Ok(None) => return not_found(&name),
+        Err(e) => return internal(e),
+    };
+    let filter = match Filter::parse(&rec.filter) {
+        Ok(f) => f,
+        Err(e) => return internal(format!("the stored filter of {name} is not valid: {e}")),
+    };
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT));
+    match scan_wait(&state, rec.cursor, limit, &filter, wait).await {
+        Ok((events, through)) => {
+            Json(SubscriptionBatch { cursor: rec.cursor, through, events }).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// Body of `POST /api/v1/subscriptions/NAME/ack`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckBody {
+    pub through: u64,
+}
+
+async fn ack(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: AckBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("the body is not an ack ({e}); send {{\"through\": ID}}")),
+    };
+    let mut store = state.store.lock().expect("store lock");
+    match store.last_event_id() {
+        Ok(last) if req.through > last => {
+            return bad_request(format!(
+                "event {} does not exist yet (the newest is {last}); acknowledge only events you received",
+                req.through
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => return internal(e),
+    }
+    match store.ack_subscription(&name, req.through, Timestamp::now()) {
+        Ok(Some(cursor)) => Json(serde_json::json!({ "cursor": cursor })).into_response(),
+        Ok(None) => not_found(&name),
+        Err(e) => internal(e),
+    }
+}
+
+async fn dead_letters(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    match state.store.lock().expect("store lock").dead_letters(&name, 1000) {
+        Ok(l) => Json(l).into_response(),
+        Err(e) => internal(e),
+    }
+}

@@ -1,0 +1,106 @@
+//! The service-monitoring routes of the CMA's HTTP API.
+//!
+//! - `GET /api/v1/services?host=H&state=S`: every configured check with its last HARD state
+//!   (`pending` before the first report), optionally for one host (name or node id) and one state.
+//! - `POST /api/v1/checks/run` with `{"host": H, "check": C}`: asks the host's nanoprobe to run
+//!   the check now and answers with its result `{host, check, state, output, long_output,
+//!   perfdata, duration_ms, exit_code}`. The request goes to the CMA task over a channel; the
+//!   answer comes back when the nanoprobe replies, or the route answers 504 after the timeout.
+
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::api::ApiState;
+use crate::cma::checks_cma::{RunRequest, RunSender};
+
+/// How long `checks/run` waits for the nanoprobe (a check's own timeout is at most this minus a
+/// margin for delivery).
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(75);
+
+impl ApiState {
+    /// Connects `checks/run` to the CMA task.
+    pub fn with_check_runner(mut self, tx: RunSender) -> ApiState {
+        self.check_runner = Some(tx);
+        self
+    }
+}
+
+/// The routes, merged into the API's protected router.
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/checks/run", post(run))
+}
+
+/// Query of `/api/v1/services`.
+#[derive(Debug, Deserialize)]
+pub struct ServicesQuery {
+    pub host: Option<String>,
+    pub state: Option<String>,
+}
+
+const STATES: [&str; 5] = ["ok", "warning", "critical", "unknown", "pending"];
+
+async fn services(State(state): State<ApiState>, Query(q): Query<ServicesQuery>) -> Response {
+    if let Some(s) = &q.state
+        && !STATES.contains(&s.to_ascii_lowercase().as_str())
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("state {s:?} is not one of {}\n", STATES.join(", ")),
+        )
+            .into_response();
+    }
+    let store = state.store.lock().expect("store lock");
+    match store.services(q.host.as_deref(), q.state.as_deref()) {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+/// Body of `POST /api/v1/checks/run`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunBody {
+    pub host: String,
+    pub check: String,
+}
+
+async fn run(State(state): State<ApiState>, Json(body): Json<RunBody>) -> Response {
+    let Some(tx) = state.check_runner.clone() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "this API is not connected to a CMA\n")
+            .into_response();
+    };
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let req = RunRequest { host: body.host.clone(), check: body.check.clone(), reply };
+    if tx.send(req).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the CMA is stopping\n").into_response();
+    }
+    match tokio::time::timeout(RUN_TIMEOUT, rx).await {
+        Ok(Ok(Ok(mut v))) => {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("host".into(), body.host.into());
+                o.insert("check".into(), body.check.into());
+            }
+            Json(v).into_response()
+        }
+        Ok(Ok(Err(e))) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+        Ok(Err(_)) => (StatusCode::SERVICE_UNAVAILABLE, "the CMA dropped the request (restarting?)\n")
+            .into_response(),
+        Err(_) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "host {} did not answer within {} s: is its nanoprobe running and reachable? \
+                 (`assim status`)\n",
+                body.host,
+                RUN_TIMEOUT.as_secs()
+            ),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,202 @@
+//! The topology routes of the HTTP API: canned queries over the graph the store derives from
+//! discovery results (see `assim_store::topology`). Every answer is a JSON array of rows.
+//!
+//! - `GET /api/v1/topology/hosts?state=down|crashed`: hosts not running (`down` = crashed or
+//!   left; `crashed` = down without a goodbye).
+//! - `GET /api/v1/topology/hosts/{host}/services`: a host's listening sockets.
+//! - `GET /api/v1/topology/hosts/{host}/dependencies`: what the host depends on (client side).
+//! - `GET /api/v1/topology/hosts/{host}/dependents`: who depends on the host (server side).
+//! - `GET /api/v1/topology/hosts/{host}/ports`: the switch ports its NICs are wired to.
+//! - `GET /api/v1/topology/hosts/{host}/history?limit=N`: changes of its part of the graph.
+//! - `GET /api/v1/topology/ports`: switch ports of every host.
+//! - `GET /api/v1/topology/dependencies`: every client → service edge.
+//! - `GET /api/v1/topology/ip/{addr}`, `GET /api/v1/topology/mac/{mac}`: where it is.
+//! - `GET /api/v1/topology/unmonitored`: services no check watches.
+//! - `GET /api/v1/topology/packages?pattern=P&match=exact|prefix|regex`: which hosts have it.
+//! - `GET /api/v1/topology/unknown-ips`: ARP entries that belong to no known host.
+//! - `GET /api/v1/topology/subnets`, `GET /api/v1/topology/history?limit=N`.
+//!
+//! `{host}` is a host name or a node id; an unknown one is a 404 that names it.
+
+use std::net::IpAddr;
+
+use assim_store::Store;
+use assim_store::topology::query::{HostRef, PackagePattern, normalize_mac};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::api::ApiState;
+
+/// The topology routes (merged into the protected part of [`crate::api::router`]).
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/api/v1/topology/hosts", get(hosts))
+        .route("/api/v1/topology/hosts/{host}/{what}", get(host_query))
+        .route("/api/v1/topology/ports", get(all_ports))
+        .route("/api/v1/topology/dependencies", get(all_dependencies))
+        .route("/api/v1/topology/ip/{addr}", get(find_ip))
+        .route("/api/v1/topology/mac/{mac}", get(find_mac))
+        .route("/api/v1/topology/unmonitored", get(unmonitored))
+        .route("/api/v1/topology/packages", get(packages))
+        .route("/api/v1/topology/unknown-ips", get(unknown_ips))
+        .route("/api/v1/topology/subnets", get(subnets))
+        .route("/api/v1/topology/history", get(history))
+}
+
+/// Longest package pattern accepted (a regex is compiled per request).
+const MAX_PATTERN: usize = 256;
+
+fn bad_request(msg: impl std::fmt::Display) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+}
+
+fn answer<T: Serialize>(r: Result<T, assim_store::StoreError>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+fn with_store<T: Serialize>(
+    state: &ApiState,
+    f: impl FnOnce(&Store) -> Result<T, assim_store::StoreError>,
+) -> Response {
+    answer(f(&state.store.lock().expect("store lock")))
+}
+
+fn unknown_host(host: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        format!("no host named {host:?}; `assim status` lists the known hosts\n"),
+    )
+        .into_response()
+}
+
+/// Query of `/api/v1/topology/hosts`.
+#[derive(Debug, Deserialize)]
+pub struct HostsQuery {
+    /// `down` (crashed or left) or `crashed`.
+    pub state: String,
+}
+
+async fn hosts(State(state): State<ApiState>, Query(q): Query<HostsQuery>) -> Response {
+    let crashed = match q.state.as_str() {
+        "down" => false,
+        "crashed" => true,
+        other => {
+            return bad_request(format!("state must be `down` or `crashed`, not {other:?}"));
+        }
+    };
+    with_store(&state, |s| s.down_hosts(crashed))
+}
+
+/// Query with an optional `limit`.
+#[derive(Debug, Deserialize)]
+pub struct LimitQuery {
+    pub limit: Option<usize>,
+}
+
+async fn host_query(
+    State(state): State<ApiState>,
+    Path((host, what)): Path<(String, String)>,
+    Query(q): Query<LimitQuery>,
+) -> Response {
+    let store = state.store.lock().expect("store lock");
+    let node: HostRef = match store.resolve_host(&host) {
+        Ok(Some(n)) => n,
+        Ok(None) => return unknown_host(&host),
+        Err(e) => return internal(e),
+    };
+    let id = node.node.as_str();
+    match what.as_str() {
+        "services" => answer(store.host_services(id)),
+        "dependencies" => answer(store.dependencies(id)),
+        "dependents" => answer(store.dependents(id)),
+        "ports" => answer(store.switch_ports(Some(id))),
+        "history" => answer(store.topology_history(Some(id), q.limit.unwrap_or(100).min(10_000))),
+        other => (
+            StatusCode::NOT_FOUND,
+            format!(
+                "no host query {other:?}; use services, dependencies, dependents, ports or history\n"
+            ),
+        )
+            .into_response(),
+    }
+}
+
+async fn all_ports(State(state): State<ApiState>) -> Response {
+    with_store(&state, |s| s.switch_ports(None))
+}
+
+async fn all_dependencies(State(state): State<ApiState>) -> Response {
+    with_store(&state, |s| s.all_dependencies())
+}
+
+async fn find_ip(State(state): State<ApiState>, Path(addr): Path<String>) -> Response {
+    let Ok(ip) = addr.parse::<IpAddr>() else {
+        return bad_request(format!(
+            "{addr:?} is not an IP address (give one like 192.0.2.7 or 2001:db8::7)"
+        ));
+    };
+    with_store(&state, |s| s.find_ip(ip))
+}
+
+async fn find_mac(State(state): State<ApiState>, Path(mac): Path<String>) -> Response {
+    let Some(mac) = normalize_mac(&mac) else {
+        return bad_request(format!(
+            "{mac:?} is not a MAC address (give six hex bytes, e.g. 02:42:ac:11:00:02)"
+        ));
+    };
+    with_store(&state, |s| s.find_mac(&mac))
+}
+
+async fn unmonitored(State(state): State<ApiState>) -> Response {
+    with_store(&state, |s| s.unmonitored_services())
+}
+
+/// Query of `/api/v1/topology/packages`.
+#[derive(Debug, Deserialize)]
+pub struct PackagesQuery {
+    pub pattern: String,
+    /// `exact` (default), `prefix` or `regex`.
+    #[serde(rename = "match")]
+    pub mode: Option<String>,
+}
+
+async fn packages(State(state): State<ApiState>, Query(q): Query<PackagesQuery>) -> Response {
+    if q.pattern.len() > MAX_PATTERN {
+        return bad_request(format!("the pattern is longer than {MAX_PATTERN} bytes"));
+    }
+    match q.mode.as_deref().unwrap_or("exact") {
+        "exact" => with_store(&state, |s| s.search_packages(PackagePattern::Exact(&q.pattern))),
+        "prefix" => with_store(&state, |s| s.search_packages(PackagePattern::Prefix(&q.pattern))),
+        "regex" => {
+            let re = match regex::RegexBuilder::new(&q.pattern).size_limit(1 << 20).build() {
+                Ok(re) => re,
+                Err(e) => return bad_request(format!("invalid regular expression: {e}")),
+            };
+            with_store(&state, |s| s.search_packages(PackagePattern::Regex(&re)))
+        }
+        other => bad_request(format!("match must be exact, prefix or regex, not {other:?}")),
+    }
+}
+
+async fn unknown_ips(State(state): State<ApiState>) -> Response {
+    with_store(&state, |s| s.unknown_ips())
+}
+
+async fn subnets(State(state): State<ApiState>) -> Response {
+    with_store(&state, |s| s.subnets())
+}
+
+async fn history(State(state): State<ApiState>, Query(q): Query<LimitQuery>) -> Response {
+    with_store(&state, |s| s.topology_history(None, q.limit.unwrap_or(100).min(10_000)))
+}

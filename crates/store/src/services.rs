@@ -1,0 +1,375 @@
+//! Service monitoring state: each node's desired check set (with its epoch) and the last
+//! reported state of each check. Also keeps the topology's `monitors` table in step with the
+//! check sets, so "services with no monitor" reflects the rules.
+//!
+//! | table | key | what |
+//! |---|---|---|
+//! | `check_sets` | node | epoch, the checks as JSON ([`StoredCheck`]) |
+//! | `service_states` | node, check_name | HARD state, output, perfdata, flapping, since |
+//!
+//! Both are written in the CMA's batch transaction ([`crate::Store::apply`] via
+//! [`ServicesBatch`] in [`crate::InboxProgress`]), so they always match the inbox position.
+
+use std::collections::BTreeMap;
+
+use assim_wire::NodeId;
+use assim_wire::msg::{CheckSpec, Tag};
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+
+use crate::topology::query::{MonitorRecord, replace_monitors};
+use crate::{Store, StoreError};
+
+/// Schema step 4: service monitoring tables.
+pub const MIGRATION_4: &str = "
+CREATE TABLE IF NOT EXISTS check_sets (
+    node TEXT PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    checks TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS service_states (
+    node TEXT NOT NULL,
+    check_name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    output TEXT NOT NULL,
+    perfdata TEXT NOT NULL,
+    flapping INTEGER NOT NULL,
+    since INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (node, check_name)
+);
+";
+
+/// One check as stored (a wire `CheckSpec` in JSON-friendly form).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCheck {
+    pub name: String,
+    pub kind: String,
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    pub interval_s: u64,
+    pub retry_interval_s: u64,
+    pub max_attempts: u32,
+    pub timeout_s: u64,
+}
+
+impl StoredCheck {
+    pub fn from_spec(s: &CheckSpec) -> StoredCheck {
+        StoredCheck {
+            name: s.name.clone(),
+            kind: s.kind.clone(),
+            argv: s.argv.clone(),
+            params: s.params.iter().map(|t| (t.key.clone(), t.value.clone())).collect(),
+            interval_s: s.interval_s,
+            retry_interval_s: s.retry_interval_s,
+            max_attempts: s.max_attempts,
+            timeout_s: s.timeout_s,
+        }
+    }
+
+    pub fn to_spec(&self) -> CheckSpec {
+        CheckSpec {
+            name: self.name.clone(),
+            kind: self.kind.clone(),
+            argv: self.argv.clone(),
+            params: self
+                .params
+                .iter()
+                .map(|(k, v)| Tag { key: k.clone(), value: v.clone() })
+                .collect(),
+            interval_s: self.interval_s,
+            retry_interval_s: self.retry_interval_s,
+            max_attempts: self.max_attempts,
+            timeout_s: self.timeout_s,
+        }
+    }
+}
+
+/// A node's desired check set, and the services (listeners) its checks watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckSetRecord {
+    pub node: NodeId,
+    pub epoch: u64,
+    pub checks: Vec<StoredCheck>,
+    /// Replaces the node's rows in the topology's `monitors` table.
+    pub monitors: Vec<MonitorRecord>,
+}
+
+/// The last reported state of one check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStateRecord {
+    pub node: NodeId,
+    pub check: String,
+    /// "ok", "warning", "critical", "unknown".
+    pub state: String,
+    pub output: String,
+    pub perfdata: String,
+    pub flapping: bool,
+    /// When the state was entered, µs since the epoch (kept while the state stays the same).
+    pub since: u64,
+    /// When it was last reported, µs since the epoch.
+    pub updated_at: u64,
+}
+
+/// What one CMA batch changes in service monitoring.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServicesBatch {
+    pub check_sets: Vec<CheckSetRecord>,
+    pub states: Vec<ServiceStateRecord>,
+}
+
+impl ServicesBatch {
+    pub fn is_empty(&self) -> bool {
+        self.check_sets.is_empty() && self.states.is_empty()
+    }
+}
+
+/// Writes a batch inside the caller's transaction.
+pub(crate) fn apply(tx: &Connection, b: &ServicesBatch) -> rusqlite::Result<()> {
+    if b.is_empty() {
+        return Ok(());
+    }
+    let mut put_set = tx.prepare_cached(
+        "INSERT INTO check_sets (node, epoch, checks) VALUES (?1, ?2, ?3)
+         ON CONFLICT(node) DO UPDATE SET epoch = excluded.epoch, checks = excluded.checks",
+    )?;
+    let mut drop_states = tx.prepare_cached(
+        "DELETE FROM service_states WHERE node = ?1 AND check_name NOT IN
+         (SELECT value FROM json_each(?2))",
+    )?;
+    for s in &b.check_sets {
+        let node = s.node.to_string();
+        put_set.execute(params![
+            node,
+            s.epoch as i64,
+            serde_json::to_string(&s.checks).expect("checks serialize")
+        ])?;
+        let names: Vec<&str> = s.checks.iter().map(|c| c.name.as_str()).collect();
+        drop_states.execute(params![node, serde_json::to_string(&names).expect("names")])?;
+        replace_monitors(tx, &node, &s.monitors)?;
+    }
+    let mut put_state = tx.prepare_cached(
+        "INSERT INTO service_states
+         (node, check_name, state, output, perfdata, flapping, since, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT(node, check_name) DO UPDATE SET
+            since = CASE WHEN service_states.state = excluded.state
+                         THEN service_states.since ELSE excluded.since END,
+            state = excluded.state, output = excluded.output, perfdata = excluded.perfdata,
+            flapping = excluded.flapping, updated_at = excluded.updated_at",
+    )?;
+    for s in &b.states {
+        put_state.execute(params![
+            s.node.to_string(),
+            s.check,
+            s.state,
+            s.output,
+            s.perfdata,
+            s.flapping,
+            s.since as i64,
+            s.updated_at as i64
+        ])?;
+    }
+    Ok(())
+}
+
+/// One monitored service as `assim services` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub host: String,
+    pub node: NodeId,
+    pub check: String,
+    pub kind: String,
+    /// "ok", "warning", "critical", "unknown", or "pending" (no result reported yet).
+    pub state: String,
+    pub output: String,
+    pub perfdata: String,
+    pub flapping: bool,
+    /// When the state was entered (0 while pending), µs since the epoch.
+    pub since: u64,
+    pub interval_s: u64,
+}
+
+impl Store {
+    /// Every node's stored check set.
+    pub fn check_sets(&self) -> Result<Vec<CheckSetRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT node, epoch, checks FROM check_sets ORDER BY node")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (node, epoch, checks) = row.map_err(|e| self.sql(e))?;
+            let corrupt = |detail: String| StoreError::Corrupt { table: "check_sets", detail };
+            out.push(CheckSetRecord {
+                node: node.parse().map_err(|_| corrupt(format!("node id {node:?}")))?,
+                epoch: epoch as u64,
+                checks: serde_json::from_str(&checks)
+                    .map_err(|e| corrupt(format!("checks of {node}: {e}")))?,
+                monitors: Vec::new(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every stored check state.
+    pub fn service_states(&self) -> Result<Vec<ServiceStateRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT node, check_name, state, output, perfdata, flapping, since, updated_at
+                 FROM service_states ORDER BY node, check_name",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, bool>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, i64>(7)?,
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (node, check, state, output, perfdata, flapping, since, updated_at) =
+                row.map_err(|e| self.sql(e))?;
+            out.push(ServiceStateRecord {
+                node: node.parse().map_err(|_| StoreError::Corrupt {
+                    table: "service_states",
+                    detail: format!("node id {node:?}"),
+                })?,
+                check,
+                state,
+                output,
+                perfdata,
+                flapping,
+                since: since as u64,
+                updated_at: updated_at as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Monitored services: every configured check with its last state ("pending" before the
+    /// first report), optionally for one host (name or node id) and one state.
+    pub fn services(
+        &self,
+        host: Option<&str>,
+        state: Option<&str>,
+    ) -> Result<Vec<ServiceView>, StoreError> {
+        let names: BTreeMap<String, String> =
+            self.nodes()?.into_iter().map(|n| (n.id.to_string(), n.hostname)).collect();
+        let states: BTreeMap<(String, String), ServiceStateRecord> = self
+            .service_states()?
+            .into_iter()
+            .map(|s| ((s.node.to_string(), s.check.clone()), s))
+            .collect();
+        let mut out = Vec::new();
+        for set in self.check_sets()? {
+            let node = set.node.to_string();
+            let hostname = names.get(&node).cloned().unwrap_or_else(|| node.clone());
+            if let Some(h) = host
+                && h != hostname
+                && h != node
+            {
+                continue;
+            }
+            for c in set.checks {
+                let s = states.get(&(node.clone(), c.name.clone()));
+                let view = ServiceView {
+                    host: hostname.clone(),
+                    node: set.node,
+                    check: c.name.clone(),
+                    kind: c.kind.clone(),
+                    state: s.map_or("pending".to_owned(), |s| s.state.clone()),
+                    output: s.map(|s| s.output.clone()).unwrap_or_default(),
+                    perfdata: s.map(|s| s.perfdata.clone()).unwrap_or_default(),
+                    flapping: s.is_some_and(|s| s.flapping),
+                    since: s.map_or(0, |s| s.since),
+                    interval_s: c.interval_s,
+                };
+                if state.is_none_or(|want| want.eq_ignore_ascii_case(&view.state)) {
+                    out.push(view);
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.host, &a.check).cmp(&(&b.host, &b.check)));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::InboxProgress;
+
+    #[test]
+    fn check_sets_states_and_the_services_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let node = NodeId::from_slice(&[3; 16]).unwrap();
+        let check = |name: &str| StoredCheck {
+            name: name.into(),
+            kind: "tcp".into(),
+            argv: vec!["127.0.0.1".into(), "80".into()],
+            params: BTreeMap::new(),
+            interval_s: 60,
+            retry_interval_s: 10,
+            max_attempts: 3,
+            timeout_s: 5,
+        };
+        let state = |check: &str, state: &str, at: u64| ServiceStateRecord {
+            node,
+            check: check.into(),
+            state: state.into(),
+            output: format!("{state} output"),
+            perfdata: String::new(),
+            flapping: false,
+            since: at,
+            updated_at: at,
+        };
+        let batch = |services| InboxProgress { services, ..InboxProgress::default() };
+        let set = CheckSetRecord {
+            node,
+            epoch: 4,
+            checks: vec![check("http:80"), check("load")],
+            monitors: vec![MonitorRecord {
+                protocol: "tcp".into(),
+                service_ip: None,
+                port: 80,
+                check_name: "http:80".into(),
+            }],
+        };
+        store
+            .apply(&[], &[], &batch(ServicesBatch { check_sets: vec![set], states: vec![state("http:80", "ok", 10)] }))
+            .unwrap();
+        store.apply(&[], &[], &batch(ServicesBatch { check_sets: vec![], states: vec![state("http:80", "ok", 20)] })).unwrap();
+        let sets = store.check_sets().unwrap();
+        assert_eq!((sets[0].epoch, sets[0].checks.len()), (4, 2));
+        assert_eq!(sets[0].checks[0].to_spec().name, "http:80");
+        let all = store.services(None, None).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!((all[0].state.as_str(), all[0].since), ("ok", 10), "since kept while OK");
+        assert_eq!(all[1].state, "pending");
+        store.apply(&[], &[], &batch(ServicesBatch { check_sets: vec![], states: vec![state("http:80", "critical", 30)] })).unwrap();
+        let crit = store.services(None, Some("critical")).unwrap();
+        assert_eq!((crit.len(), crit[0].since), (1, 30));
+        assert!(store.services(Some("other"), None).unwrap().is_empty());
+        // A new set without the check drops its state.
+        let set = CheckSetRecord { node, epoch: 5, checks: vec![check("load")], monitors: vec![] };
+        store.apply(&[], &[], &batch(ServicesBatch { check_sets: vec![set], states: vec![] })).unwrap();
+        assert!(store.service_states().unwrap().is_empty());
+    }
+}
