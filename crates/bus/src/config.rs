@@ -61,8 +61,7 @@ impl BusConfig {
         crate::tagging::Tagger::new(&self.tag_rules).map_err(|e| format!("bus.tag_rules: {e}"))?;
         let mut names = std::collections::BTreeSet::new();
         for s in &self.sinks {
-            crate::valid_subscription_name(&s.name)
-                .map_err(|e| format!("bus.sinks: {e}"))?;
+            crate::valid_subscription_name(&s.name).map_err(|e| format!("bus.sinks: {e}"))?;
             if !names.insert(&s.name) {
                 return Err(format!("bus.sinks: the name {:?} is used twice", s.name));
             }
@@ -151,9 +150,11 @@ pub enum SinkKind {
 impl SinkConfig {
     /// Checks durations, URLs and limits.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, v) in
-            [("backoff", &self.backoff), ("max_backoff", &self.max_backoff), ("timeout", &self.timeout)]
-        {
+        for (name, v) in [
+            ("backoff", &self.backoff),
+            ("max_backoff", &self.max_backoff),
+            ("timeout", &self.timeout),
+        ] {
             parse_duration(v).map_err(|e| format!("{name}: {e}"))?;
         }
         if !(1..=1000).contains(&self.max_attempts) {
@@ -200,7 +201,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = (&s[..split], s[split..].trim());
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 10s, 5m, 30d)"))?;
+    let n: f64 =
+        num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 10s, 5m, 30d)"))?;
     let mult = match unit {
         "ms" => 0.001,
         "" | "s" => 1.0,

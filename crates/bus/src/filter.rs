@@ -178,7 +178,11 @@ pub enum Expr {
     Host(Glob),
     Has(String),
     /// `key=glob` (`negated`: `key!=glob`, also true when the tag is absent).
-    Tag { key: String, value: Glob, negated: bool },
+    Tag {
+        key: String,
+        value: Glob,
+        negated: bool,
+    },
     Severity(Cmp, Severity),
     Text(TextRegex),
     Not(Box<Expr>),
@@ -401,7 +405,9 @@ impl Parser<'_> {
         let start = self.pos;
         let key_len = self.rest().find(|c: char| !is_key_char(c)).unwrap_or(self.rest().len());
         if key_len == 0 {
-            return Err(self.unexpected("a condition (type:, host:, has:, KEY=VALUE, severity, /regex/) or `(`"));
+            return Err(self.unexpected(
+                "a condition (type:, host:, has:, KEY=VALUE, severity, /regex/) or `(`",
+            ));
         }
         let key = &self.s[start..start + key_len];
         self.pos += key_len;
@@ -554,7 +560,11 @@ fn write_value(f: &mut fmt::Formatter<'_>, v: &str) -> fmt::Result {
 impl fmt::Display for Expr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let child = |f: &mut fmt::Formatter<'_>, x: &Expr| -> fmt::Result {
-            if matches!(x, Expr::And(..) | Expr::Or(..)) { write!(f, "({x})") } else { write!(f, "{x}") }
+            if matches!(x, Expr::And(..) | Expr::Or(..)) {
+                write!(f, "({x})")
+            } else {
+                write!(f, "{x}")
+            }
         };
         match self {
             // Only ever the whole filter: the empty text.
@@ -677,7 +687,13 @@ mod tests {
     #[test]
     fn errors_say_where_and_what() {
         let e = |f: &str| Filter::parse(f).unwrap_err();
-        assert_eq!(e("type:"), FilterError::Incomplete { pos: 5, expected: "a value (a word, or a \"quoted string\")" });
+        assert_eq!(
+            e("type:"),
+            FilterError::Incomplete {
+                pos: 5,
+                expected: "a value (a word, or a \"quoted string\")"
+            }
+        );
         assert!(e("type:").is_incomplete());
         assert!(e("a=1 and").is_incomplete());
         assert!(e("(a=1").is_incomplete());
@@ -722,8 +738,18 @@ mod tests {
 
     fn arb_glob() -> impl Strategy<Value = String> {
         prop::sample::select(vec![
-            "*", "host.*", "*.*", "db?", "Compute1", "*.example.com", "", "a b", "q\"uote", "n1*",
-            "local.event", "?",
+            "*",
+            "host.*",
+            "*.*",
+            "db?",
+            "Compute1",
+            "*.example.com",
+            "",
+            "a b",
+            "q\"uote",
+            "n1*",
+            "local.event",
+            "?",
         ])
         .prop_map(str::to_owned)
     }
@@ -741,10 +767,7 @@ mod tests {
                 prop::sample::select(Severity::ALL.to_vec())
             )
                 .prop_map(|(c, s)| Expr::Severity(c, s)),
-            (
-                prop::sample::select(vec!["RAID", "a/b", "^x$", r"\d", "raid|ok", ""]),
-                any::<bool>()
-            )
+            (prop::sample::select(vec!["RAID", "a/b", "^x$", r"\d", "raid|ok", ""]), any::<bool>())
                 .prop_map(|(r, i)| Expr::Text(TextRegex::new(r, i).unwrap())),
         ]
     }
@@ -753,7 +776,8 @@ mod tests {
         arb_atom().prop_recursive(5, 40, 2, |inner| {
             prop_oneof![
                 inner.clone().prop_map(|x| Expr::Not(Box::new(x))),
-                (inner.clone(), inner.clone()).prop_map(|(a, b)| Expr::And(Box::new(a), Box::new(b))),
+                (inner.clone(), inner.clone())
+                    .prop_map(|(a, b)| Expr::And(Box::new(a), Box::new(b))),
                 (inner.clone(), inner).prop_map(|(a, b)| Expr::Or(Box::new(a), Box::new(b))),
             ]
         })

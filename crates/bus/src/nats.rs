@@ -49,7 +49,9 @@ fn host_token(h: &str) -> String {
     if h.is_empty() {
         return "-".into();
     }
-    h.chars().map(|c| if matches!(c, '.' | '*' | '>') || c.is_whitespace() { '_' } else { c }).collect()
+    h.chars()
+        .map(|c| if matches!(c, '.' | '*' | '>') || c.is_whitespace() { '_' } else { c })
+        .collect()
 }
 
 /// The subject of `e` under `prefix`.
@@ -68,7 +70,8 @@ pub fn consumer_subject(filter: &Filter) -> String {
     }
     if let Some(g) = type_glob(filter.expr()) {
         let tokens: Vec<&str> = g.split('.').collect();
-        let plain = |t: &str| !t.is_empty() && !t.contains(['?', '>']) && (t == "*" || !t.contains('*'));
+        let plain =
+            |t: &str| !t.is_empty() && !t.contains(['?', '>']) && (t == "*" || !t.contains('*'));
         if tokens.len() == 2 && tokens.iter().all(|t| plain(t)) {
             return format!("{PREFIX}.{}.{}.*", tokens[0], tokens[1]);
         }
@@ -90,7 +93,11 @@ pub struct JetStream {
 
 impl JetStream {
     /// Connects and creates (or updates) the stream with the given retention.
-    pub async fn connect(url: &str, max_age: Duration, max_messages: u64) -> Result<JetStream, String> {
+    pub async fn connect(
+        url: &str,
+        max_age: Duration,
+        max_messages: u64,
+    ) -> Result<JetStream, String> {
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
             .connect(url)
@@ -136,7 +143,8 @@ impl JetStream {
 
     /// Creates (or updates) the durable pull consumer `assim-<name>` for a subscription.
     pub async fn ensure_consumer(&self, name: &str, filter: &Filter) -> Result<(), String> {
-        let stream = self.js.get_stream(STREAM).await.map_err(|e| format!("stream {STREAM}: {e}"))?;
+        let stream =
+            self.js.get_stream(STREAM).await.map_err(|e| format!("stream {STREAM}: {e}"))?;
         let durable = format!("assim-{name}");
         let config = consumer::pull::Config {
             durable_name: Some(durable.clone()),
@@ -148,8 +156,15 @@ impl JetStream {
         match stream.get_consumer::<consumer::pull::Config>(&durable).await {
             Ok(c) if c.cached_info().config.filter_subject == config.filter_subject => Ok(()),
             Ok(_) => {
-                stream.delete_consumer(&durable).await.map_err(|e| format!("consumer {durable}: {e}"))?;
-                stream.create_consumer(config).await.map(|_| ()).map_err(|e| format!("consumer {durable}: {e}"))
+                stream
+                    .delete_consumer(&durable)
+                    .await
+                    .map_err(|e| format!("consumer {durable}: {e}"))?;
+                stream
+                    .create_consumer(config)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("consumer {durable}: {e}"))
             }
             Err(_) => stream
                 .create_consumer(config)
@@ -170,7 +185,8 @@ pub async fn publish_core(
     e: &Event,
     timeout: Duration,
 ) -> Result<(), crate::sink::DeliveryError> {
-    let cached = CLIENTS.lock().expect("clients").get_or_insert_with(HashMap::new).get(url).cloned();
+    let cached =
+        CLIENTS.lock().expect("clients").get_or_insert_with(HashMap::new).get(url).cloned();
     let client = match cached {
         Some(c) => c,
         None => {
@@ -179,7 +195,11 @@ pub async fn publish_core(
                 .connect(url)
                 .await
                 .map_err(|err| format!("cannot connect to NATS at {url}: {err}"))?;
-            CLIENTS.lock().expect("clients").get_or_insert_with(HashMap::new).insert(url.to_owned(), c.clone());
+            CLIENTS
+                .lock()
+                .expect("clients")
+                .get_or_insert_with(HashMap::new)
+                .insert(url.to_owned(), c.clone());
             c
         }
     };

@@ -141,7 +141,13 @@ async fn jetstream_publisher(
     };
     let mut backoff = Duration::from_millis(200);
     'connect: loop {
-        let js = match crate::nats::JetStream::connect(&url, config.max_age(), config.retention_max_events).await {
+        let js = match crate::nats::JetStream::connect(
+            &url,
+            config.max_age(),
+            config.retention_max_events,
+        )
+        .await
+        {
             Ok(js) => js,
             Err(e) => {
                 warn!(error = %e, retry_in = ?backoff, "JetStream unavailable; events are kept and published when it is back");
@@ -174,7 +180,9 @@ async fn jetstream_publisher(
                             Ok(()) => {
                                 consumers.insert(sub.name.clone(), sub.filter.clone());
                             }
-                            Err(e) => warn!(subscription = %sub.name, error = %e, "cannot create the JetStream consumer"),
+                            Err(e) => {
+                                warn!(subscription = %sub.name, error = %e, "cannot create the JetStream consumer")
+                            }
                         }
                     }
                 }
@@ -301,7 +309,8 @@ async fn worker(db: PathBuf, sub: SubscriptionRecord, mut last_event: watch::Rec
 
 async fn ack(store: &SharedStore, name: &str, through: u64) {
     let n = name.to_owned();
-    if let Err(e) = blocking(store, move |s| s.ack_subscription(&n, through, Timestamp::now())).await
+    if let Err(e) =
+        blocking(store, move |s| s.ack_subscription(&n, through, Timestamp::now())).await
     {
         warn!(subscription = %name, error = %e, "cannot store the cursor; events may be delivered again");
     }
@@ -346,8 +355,13 @@ pub async fn deliver_once(
     let kind = sink.kind.clone();
     match kind {
         SinkKind::Nats { url, subject } => {
-            crate::nats::publish_core(&url, subject.as_deref().unwrap_or("assim.events"), e, timeout)
-                .await
+            crate::nats::publish_core(
+                &url,
+                subject.as_deref().unwrap_or("assim.events"),
+                e,
+                timeout,
+            )
+            .await
         }
         kind => tokio::task::spawn_blocking(move || match kind {
             SinkKind::Webhook { url, secret } => {

@@ -119,7 +119,10 @@ pub fn exec(dir: &Path, e: &Event, timeout: Duration) -> Result<(), DeliveryErro
                 Ok(None) if Instant::now() >= deadline => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(format!("{} did not finish within {timeout:?}; killed", script.display()));
+                    return Err(format!(
+                        "{} did not finish within {timeout:?}; killed",
+                        script.display()
+                    ));
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(10)),
                 Err(err) => return Err(format!("cannot wait for {}: {err}", script.display())),
@@ -203,7 +206,10 @@ mod tests {
             kind,
             host: None,
             hostname: "db1".into(),
-            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
             text: "RAID STATUS CHANGE\nVolume 2".into(),
             severity,
             body: None,
@@ -236,7 +242,11 @@ mod tests {
 
     #[test]
     fn exec_env_names() {
-        let e = ev(EventKind::LocalEvent, Severity::Warning, &[("fqdn", "db1.example.com"), ("rack-id", "7")]);
+        let e = ev(
+            EventKind::LocalEvent,
+            Severity::Warning,
+            &[("fqdn", "db1.example.com"), ("rack-id", "7")],
+        );
         let env: BTreeMap<_, _> = exec_env(&e).into_iter().collect();
         assert_eq!(env["ASSIM_EVENT_TYPE"], "local.event");
         assert_eq!(env["ASSIM_EVENT_SEVERITY"], "warning");

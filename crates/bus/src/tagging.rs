@@ -65,7 +65,9 @@ pub struct TagRule {
 
 /// Whether `k` is a valid tag name: 1–64 of `[A-Za-z0-9_.-]`.
 pub fn valid_tag_key(k: &str) -> bool {
-    !k.is_empty() && k.len() <= 64 && k.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    !k.is_empty()
+        && k.len() <= 64
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 impl TagRule {
@@ -197,8 +199,16 @@ mod tests {
 
     #[test]
     fn bad_rules_name_the_rule() {
-        let bad = TagRuleConfig { text: Some("(".into()), add: [("a".into(), "b".into())].into(), ..Default::default() };
-        let e = Tagger::new(&[TagRuleConfig { add: [("a".into(), "b".into())].into(), ..Default::default() }, bad]).unwrap_err();
+        let bad = TagRuleConfig {
+            text: Some("(".into()),
+            add: [("a".into(), "b".into())].into(),
+            ..Default::default()
+        };
+        let e = Tagger::new(&[
+            TagRuleConfig { add: [("a".into(), "b".into())].into(), ..Default::default() },
+            bad,
+        ])
+        .unwrap_err();
         assert!(e.to_string().starts_with("tag rule 2: the text regex"), "{e}");
         let e = Tagger::new(&[TagRuleConfig::default()]).unwrap_err();
         assert_eq!(e, TagRuleError::NothingToAdd { index: 1 });

@@ -273,14 +273,16 @@ fn is_range(r: &str) -> bool {
     }
     match r.split_once(':') {
         None => is_num(r),
-        Some((lo, hi)) => (lo.is_empty() || lo == "~" || is_num(lo)) && (hi.is_empty() || is_num(hi)),
+        Some((lo, hi)) => {
+            (lo.is_empty() || lo == "~" || is_num(lo)) && (hi.is_empty() || is_num(hi))
+        }
     }
 }
 
 impl fmt::Display for PerfDatum {
     /// Renders in the canonical form [`parse`] reads back (labels quoted when needed).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let needs_quotes = self.label.contains(|c: char| c == ' ' || c == '=' || c == '\'')
+        let needs_quotes = self.label.contains([' ', '=', '\''])
             || self.label.chars().any(|c| c.is_ascii_whitespace());
         if needs_quotes {
             write!(f, "'{}'=", self.label.replace('\'', "''"))?;

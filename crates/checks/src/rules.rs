@@ -209,11 +209,7 @@ fn parse_secs(s: &str) -> Option<u64> {
     n.trim().parse::<u64>().ok().filter(|v| *v > 0).and_then(|v| v.checked_mul(mul))
 }
 
-fn spec_of(
-    path: &str,
-    name: &str,
-    t: &Template,
-) -> Result<CheckSpec, RulesError> {
+fn spec_of(path: &str, name: &str, t: &Template) -> Result<CheckSpec, RulesError> {
     let spec = CheckSpec {
         name: name.to_owned(),
         kind: t.kind.clone(),
@@ -226,10 +222,8 @@ fn spec_of(
     };
     // Validate with placeholders filled by plausible values.
     let probe = fill_spec(&spec, &Vars::sample());
-    Check::try_from(&probe).map_err(|e| RulesError::Invalid {
-        path: path.to_owned(),
-        detail: e.to_string(),
-    })?;
+    Check::try_from(&probe)
+        .map_err(|e| RulesError::Invalid { path: path.to_owned(), detail: e.to_string() })?;
     Ok(spec)
 }
 
@@ -251,7 +245,8 @@ impl RuleSet {
             if r.disabled {
                 continue;
             }
-            let kind = r.kind.clone().ok_or_else(|| invalid(format!("rule {}: no kind", r.name)))?;
+            let kind =
+                r.kind.clone().ok_or_else(|| invalid(format!("rule {}: no kind", r.name)))?;
             let protocol = r.protocol.clone().unwrap_or_else(|| "tcp".into());
             if protocol != "tcp" && protocol != "udp" {
                 return Err(invalid(format!("rule {}: protocol must be tcp or udp", r.name)));
@@ -286,10 +281,9 @@ impl RuleSet {
                 spec,
             });
         }
-        for (list, raw, per_host) in [
-            (&mut next.host_checks, raw.host_check, false),
-            (&mut next.checks, raw.check, true),
-        ] {
+        for (list, raw, per_host) in
+            [(&mut next.host_checks, raw.host_check, false), (&mut next.checks, raw.check, true)]
+        {
             for c in raw {
                 if per_host != c.host.is_some() {
                     return Err(invalid(format!(
@@ -389,10 +383,8 @@ impl Rule {
                 return false;
             };
             let base = exe.rsplit('/').next().unwrap_or(exe);
-            let hit = self
-                .exe
-                .iter()
-                .any(|p| if p.contains('/') { glob(p, exe) } else { glob(p, base) });
+            let hit =
+                self.exe.iter().any(|p| if p.contains('/') { glob(p, exe) } else { glob(p, base) });
             if !hit {
                 return false;
             }
@@ -454,7 +446,11 @@ fn fill_spec(s: &CheckSpec, v: &Vars) -> CheckSpec {
     CheckSpec {
         name: fill(&s.name, v),
         argv: s.argv.iter().map(|a| fill(a, v)).collect(),
-        params: s.params.iter().map(|t| Tag { key: t.key.clone(), value: fill(&t.value, v) }).collect(),
+        params: s
+            .params
+            .iter()
+            .map(|t| Tag { key: t.key.clone(), value: fill(&t.value, v) })
+            .collect(),
         ..s.clone()
     }
 }
@@ -585,7 +581,10 @@ mod tests {
         for (text, want) in [
             ("[[rule]]\nname='x'\nkind='nagios'\nargv=['a']\n", "matches every listener"),
             ("[[rule]]\nname='x'\nport=1\nkind='bogus'\n", "unknown kind"),
-            ("[[rule]]\nname='x'\nport=1\nkind='tcp'\nargv=['{ip}','{port}']\ninterval='soon'\n", "not a duration"),
+            (
+                "[[rule]]\nname='x'\nport=1\nkind='tcp'\nargv=['{ip}','{port}']\ninterval='soon'\n",
+                "not a duration",
+            ),
             ("[[check]]\nname='x'\nkind='tcp'\nargv=['a','1']\n", "needs host"),
             ("[[rule]]\nname='x'\nport=1\nkind='tcp'\nextra=1\n", "unknown field"),
         ] {

@@ -343,7 +343,13 @@ fn killed_message(o: &Output, what: &str) -> Option<String> {
     o.signal.map(|s| format!("{what} was killed by signal {s}"))
 }
 
-fn finish(state: CheckState, o: &Output, output: String, long: String, perf: String) -> CheckResult {
+fn finish(
+    state: CheckState,
+    o: &Output,
+    output: String,
+    long: String,
+    perf: String,
+) -> CheckResult {
     CheckResult {
         state,
         output: clip(&output, MAX_OUTPUT),
@@ -476,13 +482,17 @@ async fn tcp_check(host: &str, port: u16, timeout: Duration) -> CheckResult {
     let r = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await;
     let secs = started.elapsed().as_secs_f64();
     let (state, output) = match r {
-        Ok(Ok(_)) => {
-            (CheckState::Ok, format!("TCP OK - {secs:.3} second response time on {host} port {port}"))
-        }
+        Ok(Ok(_)) => (
+            CheckState::Ok,
+            format!("TCP OK - {secs:.3} second response time on {host} port {port}"),
+        ),
         Ok(Err(e)) => (CheckState::Critical, format!("TCP CRITICAL - {host} port {port}: {e}")),
         Err(_) => (
             CheckState::Critical,
-            format!("TCP CRITICAL - no answer from {host} port {port} within {} s", timeout.as_secs_f64()),
+            format!(
+                "TCP CRITICAL - no answer from {host} port {port} within {} s",
+                timeout.as_secs_f64()
+            ),
         ),
     };
     CheckResult {
@@ -561,7 +571,9 @@ mod tests {
 
     #[test]
     fn nagios_output_is_split_into_status_long_output_and_perfdata() {
-        let (t, l, p) = split_nagios_output("DISK OK - free | /=2643MB;5948;5958;0;5968\n/ 15272 MB\n/boot 68 MB | /boot=68MB\n/home=69357MB");
+        let (t, l, p) = split_nagios_output(
+            "DISK OK - free | /=2643MB;5948;5958;0;5968\n/ 15272 MB\n/boot 68 MB | /boot=68MB\n/home=69357MB",
+        );
         assert_eq!(t, "DISK OK - free");
         assert_eq!(l, "/ 15272 MB\n/boot 68 MB");
         assert_eq!(p, "/=2643MB;5948;5958;0;5968 /boot=68MB /home=69357MB");
@@ -584,7 +596,12 @@ mod tests {
         assert!(process_matches("sshd", "sshd", None, ""));
         assert!(process_matches("nginx", "x", Some("/usr/sbin/nginx"), ""));
         assert!(process_matches("/usr/sbin/nginx", "x", Some("/usr/sbin/nginx (deleted)"), ""));
-        assert!(process_matches("http.server", "python3", Some("/usr/bin/python3.11"), "python3 -m http.server 8000"));
+        assert!(process_matches(
+            "http.server",
+            "python3",
+            Some("/usr/bin/python3.11"),
+            "python3 -m http.server 8000"
+        ));
         assert!(!process_matches("nginx", "python3", Some("/usr/bin/python3"), "python3 x"));
     }
 

@@ -400,7 +400,11 @@ mod tests {
             t0,
             Duration::from_secs(3600),
             |_, t| {
-                if (600..1200).contains(&t.as_secs()) { CheckState::Critical } else { CheckState::Ok }
+                if (600..1200).contains(&t.as_secs()) {
+                    CheckState::Critical
+                } else {
+                    CheckState::Ok
+                }
             },
             |_, _| {},
         );
@@ -474,7 +478,11 @@ mod tests {
             Duration::from_secs(10 * 120),
             |_, _| {
                 n += 1;
-                if (21..=60).contains(&n) && n % 2 == 0 { CheckState::Critical } else { CheckState::Ok }
+                if (21..=60).contains(&n) && n.is_multiple_of(2) {
+                    CheckState::Critical
+                } else {
+                    CheckState::Ok
+                }
             },
             |_, _| {},
         );
@@ -583,8 +591,7 @@ mod tests {
                 let k = runs.entry(name.to_owned()).or_default();
                 let interval = s_interval(name);
                 let expected = first[name] + interval * (*k as u32);
-                let drift =
-                    if t > expected { t - expected } else { expected - t };
+                let drift = if t > expected { t - expected } else { expected - t };
                 max_drift = max_drift.max(drift);
                 *k += 1;
             },

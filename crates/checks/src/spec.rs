@@ -139,7 +139,9 @@ impl TryFrom<&CheckSpec> for Check {
                 for Tag { key, value } in &s.params {
                     if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                     {
-                        return Err(bad(&format!("OCF parameter name {key:?} is not [A-Za-z0-9_]")));
+                        return Err(bad(&format!(
+                            "OCF parameter name {key:?} is not [A-Za-z0-9_]"
+                        )));
                     }
                     if value.contains('\0') {
                         return Err(bad("an OCF parameter contains a NUL byte"));

@@ -57,17 +57,17 @@ fn scripts() -> &'static PathBuf {
             std::fs::write(&p, body).unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
         };
-        put(
-            "hang",
-            "#!/bin/sh\nsleep 1000 &\necho $! > \"$1\"\necho started\nwait\n",
-            0o755,
-        );
+        put("hang", "#!/bin/sh\nsleep 1000 &\necho $! > \"$1\"\necho started\nwait\n", 0o755);
         put("flood", "#!/bin/sh\nhead -c 5000000 /dev/zero | tr '\\0' a\necho\nexit 1\n", 0o755);
         put("binary", "#!/bin/sh\nprintf 'OK caf\\351 \\377\\376 | a=1s;;;0\\nmore\\n'\n", 0o755);
         put("env", "#!/bin/sh\nenv\n", 0o755);
         put("noexec", "#!/bin/sh\necho hi\n", 0o644);
         put("exit9", "#!/bin/sh\necho weird\nexit 9\n", 0o755);
-        put("lsb-stopped", "#!/bin/sh\n[ \"$1\" = status ] && { echo 'x is not running'; exit 3; }\nexit 2\n", 0o755);
+        put(
+            "lsb-stopped",
+            "#!/bin/sh\n[ \"$1\" = status ] && { echo 'x is not running'; exit 3; }\nexit 2\n",
+            0o755,
+        );
         put("orphan", "#!/bin/sh\n(sleep 1000; echo late) &\necho $! > \"$1\"\necho OK\n", 0o755);
         dir
     })
@@ -81,9 +81,18 @@ fn check_dummy_exit_codes_and_text() {
     let r = run(nagios(&["check_dummy", "0", "all good"]), Duration::from_secs(5));
     assert_eq!(r.state, CheckState::Ok);
     assert_eq!(r.output, "OK: all good");
-    assert_eq!(run(nagios(&["check_dummy", "1"]), Duration::from_secs(5)).state, CheckState::Warning);
-    assert_eq!(run(nagios(&["check_dummy", "2"]), Duration::from_secs(5)).state, CheckState::Critical);
-    assert_eq!(run(nagios(&["check_dummy", "3"]), Duration::from_secs(5)).state, CheckState::Unknown);
+    assert_eq!(
+        run(nagios(&["check_dummy", "1"]), Duration::from_secs(5)).state,
+        CheckState::Warning
+    );
+    assert_eq!(
+        run(nagios(&["check_dummy", "2"]), Duration::from_secs(5)).state,
+        CheckState::Critical
+    );
+    assert_eq!(
+        run(nagios(&["check_dummy", "3"]), Duration::from_secs(5)).state,
+        CheckState::Unknown
+    );
 }
 
 #[test]
@@ -102,7 +111,10 @@ fn check_tcp_against_a_real_listener_with_perfdata() {
     let r = run(nagios(&["check_tcp", "-H", "127.0.0.1", "-p", &port]), Duration::from_secs(5));
     assert_eq!(r.state, CheckState::Critical, "{r:?}");
     // The built-in TCP check agrees.
-    let r = run(Kind::Tcp { host: "127.0.0.1".into(), port: port.parse().unwrap() }, Duration::from_secs(2));
+    let r = run(
+        Kind::Tcp { host: "127.0.0.1".into(), port: port.parse().unwrap() },
+        Duration::from_secs(2),
+    );
     assert_eq!(r.state, CheckState::Critical, "{r:?}");
 }
 
@@ -123,7 +135,11 @@ fn ocf_heartbeat_dummy_monitor() {
     std::fs::write(&state, "").unwrap();
     let r = run(kind, Duration::from_secs(10));
     assert_eq!((r.state, r.exit_code), (CheckState::Ok, Some(0)), "{r:?}");
-    let missing = Kind::Ocf { provider: "heartbeat".into(), agent: "NoSuchAgent".into(), params: BTreeMap::new() };
+    let missing = Kind::Ocf {
+        provider: "heartbeat".into(),
+        agent: "NoSuchAgent".into(),
+        params: BTreeMap::new(),
+    };
     let r = run(missing, Duration::from_secs(5));
     assert_eq!(r.state, CheckState::Unknown);
     assert!(r.output.contains("NoSuchAgent not found"), "{}", r.output);

@@ -76,7 +76,12 @@ pub fn send(a: &SendArgs) -> anyhow::Result<()> {
     match n {
         Ok(0) => bail!("the nanoprobe closed the connection without an answer"),
         Ok(_) => {}
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
             bail!(
                 "the CMA did not confirm the event within {:?}; it stays in the nanoprobe's spool \
                  and will be delivered when the CMA is reachable",
@@ -223,7 +228,11 @@ pub fn subscribe(client: &Client, a: &SubscribeArgs) -> anyhow::Result<()> {
             print(e, a.json)?;
         }
         if batch.through > batch.cursor {
-            client.send("POST", &format!("{base}/ack"), Some(serde_json::json!({"through": batch.through})))?;
+            client.send(
+                "POST",
+                &format!("{base}/ack"),
+                Some(serde_json::json!({"through": batch.through})),
+            )?;
         }
         if !a.follow && batch.events.len() < 1000 {
             return Ok(());

@@ -55,7 +55,11 @@ pub fn run_check(client: &Client, cmd: CheckCommand) -> anyhow::Result<i32> {
                 if !r.perfdata.is_empty() {
                     println!("perfdata: {}", r.perfdata);
                 }
-                println!("took {} ms, exit code {}", r.duration_ms, r.exit_code.map_or("-".into(), |c| c.to_string()));
+                println!(
+                    "took {} ms, exit code {}",
+                    r.duration_ms,
+                    r.exit_code.map_or("-".into(), |c| c.to_string())
+                );
             }
             Ok(match r.state.as_str() {
                 "ok" => 0,

@@ -83,13 +83,18 @@ impl Client {
             req = req.set("Authorization", &format!("Bearer {t}"));
         }
         match req.send_json(body) {
-            Ok(r) => r.into_json().with_context(|| format!("the CMA's answer for {what} is not valid JSON")),
+            Ok(r) => r
+                .into_json()
+                .with_context(|| format!("the CMA's answer for {what} is not valid JSON")),
             Err(ureq::Error::Status(code, r)) => {
                 let body = r.into_string().unwrap_or_default();
                 anyhow::bail!("the CMA API at {} answered {code}: {}", self.base, body.trim())
             }
             Err(e) => Err(anyhow::anyhow!(e)).with_context(|| {
-                format!("cannot reach the CMA API at {} (is `cma` running? is --api right?)", self.base)
+                format!(
+                    "cannot reach the CMA API at {} (is `cma` running? is --api right?)",
+                    self.base
+                )
             }),
         }
     }

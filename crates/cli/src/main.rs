@@ -296,7 +296,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let iface = (iface != "all").then_some(iface);
             assim::listen_l2::listen(iface, count, timeout)?;
         }
-        Command::DecodeL2 { file: None, .. } => anyhow::bail!("give a capture FILE or --listen IFACE"),
+        Command::DecodeL2 { file: None, .. } => {
+            anyhow::bail!("give a capture FILE or --listen IFACE")
+        }
         Command::DecodeL2 { file: Some(file), .. } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;

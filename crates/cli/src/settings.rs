@@ -89,7 +89,12 @@ pub struct CmaFlags {
     /// overrides the defaults; `--print-config` shows them all. Names: interfaces, neighbours,
     /// sockets, l2neighbors, mounts, os, cpu, memory, packages, ssh_host_keys, agent.<file>,
     /// agent.* (every agent without its own entry).
-    #[arg(long = "discovery", value_name = "NAME=INTERVAL", env = "ASSIM_DISCOVERY", value_delimiter = ',')]
+    #[arg(
+        long = "discovery",
+        value_name = "NAME=INTERVAL",
+        env = "ASSIM_DISCOVERY",
+        value_delimiter = ','
+    )]
     pub discovery: Vec<String>,
     /// Directory of service-check rules files (*.toml), added to the built-in rules and
     /// overriding them by name: which discovered process gets which check, host-level checks,
@@ -427,8 +432,8 @@ impl NanoprobeFlags {
         match (self.agent_timeout, &file.agent_timeout) {
             (Some(d), _) => discovery.agent_limits.timeout = d,
             (None, Some(s)) => {
-                discovery.agent_limits.timeout =
-                    parse_duration(s).map_err(|e| anyhow::anyhow!("config key agent_timeout: {e}"))?
+                discovery.agent_limits.timeout = parse_duration(s)
+                    .map_err(|e| anyhow::anyhow!("config key agent_timeout: {e}"))?
             }
             (None, None) => {}
         }

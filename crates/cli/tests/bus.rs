@@ -18,7 +18,11 @@ fn spec(nodes: usize, cma_args: Vec<String>) -> ClusterSpec {
         warn: Duration::from_millis(900),
         dead: Duration::from_millis(1500),
         cma_args,
-        ..ClusterSpec::with_binaries(env!("CARGO_BIN_EXE_cma"), env!("CARGO_BIN_EXE_nanoprobe"), nodes)
+        ..ClusterSpec::with_binaries(
+            env!("CARGO_BIN_EXE_cma"),
+            env!("CARGO_BIN_EXE_nanoprobe"),
+            nodes,
+        )
     }
 }
 
@@ -100,14 +104,22 @@ fn durable_cursor_resumes_exactly_after_the_last_ack_across_a_cma_restart() {
     );
     assert_eq!(code, 201, "{body}");
     // A filter error is a 400 that points at the problem.
-    let (code, body) =
-        c.client_send("PUT", "/api/v1/subscriptions/bad", serde_json::json!({"filter": "cluster=A and ("}));
+    let (code, body) = c.client_send(
+        "PUT",
+        "/api/v1/subscriptions/bad",
+        serde_json::json!({"filter": "cluster=A and ("}),
+    );
     assert_eq!(code, 400);
     assert!(body.contains("ends too early"), "{body}");
 
     for i in 1..=6 {
         let cluster = if i % 2 == 0 { "B" } else { "A" };
-        let (ok, out, err) = send(&c, 0, &["--tag", &format!("cluster={cluster}"), "--confirm"], &format!("event {i}"));
+        let (ok, out, err) = send(
+            &c,
+            0,
+            &["--tag", &format!("cluster={cluster}"), "--confirm"],
+            &format!("event {i}"),
+        );
         assert!(ok, "send failed: {out} {err}");
         assert!(out.ends_with("confirmed\n"), "{out}");
     }
@@ -119,8 +131,11 @@ fn durable_cursor_resumes_exactly_after_the_last_ack_across_a_cma_restart() {
     assert!(batch.events.iter().all(|e| e.tags["cluster"] == "A" && e.tags["host"] == "n1"));
     // Acknowledge up to "event 3" only; then the CMA dies.
     let ack_to = batch.events[1].id;
-    let (code, body) =
-        c.client_send("POST", "/api/v1/subscriptions/ops/ack", serde_json::json!({"through": ack_to}));
+    let (code, body) = c.client_send(
+        "POST",
+        "/api/v1/subscriptions/ops/ack",
+        serde_json::json!({"through": ack_to}),
+    );
     assert_eq!(code, 200, "{body}");
     c.stop_cma(true).unwrap();
     c.start_cma().unwrap();
@@ -129,14 +144,23 @@ fn durable_cursor_resumes_exactly_after_the_last_ack_across_a_cma_restart() {
     let texts: Vec<&str> = batch.events.iter().map(|e| e.text.as_str()).collect();
     assert_eq!(texts, ["event 5"], "resumes exactly after the acknowledged event");
     // An ack of an event that does not exist is refused; the cursor never goes back.
-    let (code, _) = c.client_send("POST", "/api/v1/subscriptions/ops/ack", serde_json::json!({"through": 1_000_000}));
+    let (code, _) = c.client_send(
+        "POST",
+        "/api/v1/subscriptions/ops/ack",
+        serde_json::json!({"through": 1_000_000}),
+    );
     assert_eq!(code, 400);
-    c.client_send("POST", "/api/v1/subscriptions/ops/ack", serde_json::json!({"through": batch.through}));
+    c.client_send(
+        "POST",
+        "/api/v1/subscriptions/ops/ack",
+        serde_json::json!({"through": batch.through}),
+    );
     c.client_send("POST", "/api/v1/subscriptions/ops/ack", serde_json::json!({"through": 1}));
     assert!(sub_events(&c, "ops", 0).events.is_empty());
 
     // The CLI: `assim subscribe` prints what is new since its last run and acknowledges it.
-    let (ok, out, err) = assim(&c, &["subscribe", "cli", "--filter", "/^later/", "--start", "beginning"]);
+    let (ok, out, err) =
+        assim(&c, &["subscribe", "cli", "--filter", "/^later/", "--start", "beginning"]);
     assert!(ok && out.is_empty(), "{out} {err}");
     assert!(send(&c, 0, &["--confirm"], "later one").0);
     c.wait_event(0, Duration::from_secs(20), "later one", |e| e.text == "later one").unwrap();
@@ -164,7 +188,12 @@ fn local_events_survive_a_cma_outage_and_arrive_once() {
     assert!(!ok && err.contains("set by the CMA"), "{err}");
 
     c.stop_cma(false).unwrap();
-    let (ok, out, err) = send(&c, 0, &["--severity", "critical", "--tag", "cluster=Compute1"], "RAID STATUS CHANGE while the CMA is away");
+    let (ok, out, err) = send(
+        &c,
+        0,
+        &["--severity", "critical", "--tag", "cluster=Compute1"],
+        "RAID STATUS CHANGE while the CMA is away",
+    );
     assert!(ok && out.ends_with("spooled\n"), "{out} {err}");
     // --confirm cannot succeed while the CMA is away.
     let (ok, _, err) = send(&c, 0, &["--confirm", "--timeout", "1s"], "second while away");
@@ -181,7 +210,8 @@ fn local_events_survive_a_cma_outage_and_arrive_once() {
     // A later confirmed event proves everything before it was applied; each arrived once.
     let (ok, out, err) = send(&c, 0, &["--confirm"], "after the outage");
     assert!(ok && out.ends_with("confirmed\n"), "{out} {err}");
-    c.wait_event(0, Duration::from_secs(20), "after the outage", |e| e.text == "after the outage").unwrap();
+    c.wait_event(0, Duration::from_secs(20), "after the outage", |e| e.text == "after the outage")
+        .unwrap();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for e in local_events(&c) {
         *counts.entry(e.text).or_default() += 1;
@@ -209,9 +239,10 @@ fn local_events_survive_a_cma_outage_and_arrive_once() {
             frame.push(line);
         }
     }
-    assert_eq!(frame[0], "event: local.event", "{frame:?}");
-    assert_eq!(frame[1], format!("id: {}", e.id));
-    let data: Event = serde_json::from_str(frame[2].strip_prefix("data: ").unwrap()).unwrap();
+    let fields: BTreeMap<&str, &str> = frame.iter().filter_map(|l| l.split_once(": ")).collect();
+    assert_eq!(fields.get("event"), Some(&"local.event"), "{frame:?}");
+    assert_eq!(fields.get("id"), Some(&e.id.to_string().as_str()));
+    let data: Event = serde_json::from_str(fields["data"]).unwrap();
     assert_eq!(data.text, "RAID STATUS CHANGE while the CMA is away");
 }
 
@@ -253,7 +284,8 @@ fn start_receiver(fail_first: usize) -> (std::net::SocketAddr, Arc<Mutex<Receive
                         let id = v["id"].as_u64().unwrap();
                         // Check the signature over the exact body here, with our own HMAC.
                         use hmac::Mac as _;
-                        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+                        let mut mac =
+                            hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
                         mac.update(&body);
                         let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
                         if sig != want {
@@ -307,7 +339,12 @@ max_attempts = 2
     )
     .unwrap();
     let mut c = started(1, vec!["--config".into(), config.to_str().unwrap().into()]);
-    for (sev, text) in [("critical", "RAID STATUS CHANGE 1"), ("info", "ignored"), ("warning", "disk 2"), ("error", "RAID 3")] {
+    for (sev, text) in [
+        ("critical", "RAID STATUS CHANGE 1"),
+        ("info", "ignored"),
+        ("warning", "disk 2"),
+        ("error", "RAID 3"),
+    ] {
         let (ok, out, err) = send(&c, 0, &["--severity", sev, "--confirm"], text);
         assert!(ok, "{out} {err}");
     }
@@ -317,7 +354,11 @@ max_attempts = 2
         if n >= 3 {
             break;
         }
-        assert!(Instant::now() < deadline, "only {n} deliveries within 30 s; logs in {}", c.dir.display());
+        assert!(
+            Instant::now() < deadline,
+            "only {n} deliveries within 30 s; logs in {}",
+            c.dir.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // Restart the CMA: the stored cursor is past the delivered events, nothing is sent again.
@@ -333,18 +374,26 @@ max_attempts = 2
     let r = rx.lock().unwrap();
     assert!(r.requests >= 4 + 4, "the first 4 requests failed and were retried: {}", r.requests);
     let texts: Vec<&str> = r.accepted.iter().map(|(_, v, _)| v["text"].as_str().unwrap()).collect();
-    assert_eq!(texts, ["RAID STATUS CHANGE 1", "disk 2", "RAID 3", "after restart"], "each once, in order");
+    assert_eq!(
+        texts,
+        ["RAID STATUS CHANGE 1", "disk 2", "RAID 3", "after restart"],
+        "each once, in order"
+    );
     let mut ids: Vec<u64> = r.accepted.iter().map(|(id, _, _)| *id).collect();
     ids.dedup();
     assert_eq!(ids.len(), 4);
-    assert_eq!(r.accepted[0].1["tags"]["subsystem"], "storage", "tagging rule applied before delivery");
+    assert_eq!(
+        r.accepted[0].1["tags"]["subsystem"], "storage",
+        "tagging rule applied before delivery"
+    );
     assert_eq!(r.accepted[0].1["type"], "local.event");
     drop(r);
     // The sink to a closed port gave up on each event and left dead letters, without holding
     // anything else up.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let dl: Vec<serde_json::Value> = c.client_get_json("/api/v1/subscriptions/nowhere/dead-letters");
+        let dl: Vec<serde_json::Value> =
+            c.client_get_json("/api/v1/subscriptions/nowhere/dead-letters");
         if dl.len() >= 5 {
             assert!(dl[0]["error"].as_str().unwrap().contains("127.0.0.1:9"), "{dl:?}");
             break;
@@ -359,7 +408,8 @@ fn tempfile_dir(what: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!(
         "assim-bus-{what}-{}-{}",
         std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            % 1_000_000_000
     ));
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -406,10 +456,11 @@ fn start_nagios() -> Option<Nagios> {
         ),
     )
     .unwrap();
-    let week: String = ["sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday"]
-        .iter()
-        .map(|d| format!("  {d} 00:00-24:00\n"))
-        .collect();
+    let week: String =
+        ["sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday"]
+            .iter()
+            .map(|d| format!("  {d} 00:00-24:00\n"))
+            .collect();
     std::fs::write(
         dir.join("objects.cfg"),
         format!(
@@ -450,7 +501,11 @@ fn start_nagios() -> Option<Nagios> {
 }
 
 /// The `servicestatus` block of `service` on `host` in nagios's status file, as key=value.
-fn nagios_service_status(dir: &Path, host: &str, service: &str) -> Option<BTreeMap<String, String>> {
+fn nagios_service_status(
+    dir: &Path,
+    host: &str,
+    service: &str,
+) -> Option<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(dir.join("status.dat")).ok()?;
     for block in text.split("servicestatus {").skip(1) {
         let body = block.split('}').next()?;
@@ -493,7 +548,8 @@ fn nagios_sink_result_is_accepted_by_a_real_nagios4() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(s) = nagios_service_status(&nagios.dir, "n1", "RAID")
-            && s.get("plugin_output").map(String::as_str) == Some("RAID STATUS CHANGE for VolumeID 2")
+            && s.get("plugin_output").map(String::as_str)
+                == Some("RAID STATUS CHANGE for VolumeID 2")
         {
             assert_eq!(s["current_state"], "2", "critical: {s:?}");
             assert_eq!(s["has_been_checked"], "1");
@@ -505,6 +561,167 @@ fn nagios_sink_result_is_accepted_by_a_real_nagios4() {
             nagios.dir.display(),
             c.dir.display()
         );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A nats-server with JetStream on a free loopback port; killed when dropped.
+struct NatsServer {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    url: String,
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_nats() -> Option<NatsServer> {
+    if Command::new("nats-server").arg("--version").output().is_err() {
+        println!("SKIP: nats-server is not installed (scripts/install-deps installs it)");
+        return None;
+    }
+    let dir = tempfile_dir("nats");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("nats.log")).unwrap())
+        .spawn()
+        .expect("start nats-server");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(NatsServer { child, dir, url: format!("nats://127.0.0.1:{port}") })
+}
+
+#[test]
+fn nats_backend_round_trips_events_through_a_real_nats_server() {
+    use futures_util::StreamExt as _;
+    let Some(nats) = start_nats() else { return };
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // NATS handles spawn on drop: keep the runtime entered for the whole test.
+    let _entered = rt.enter();
+    let client = rt.block_on(async_nats::connect(&nats.url)).unwrap();
+    let mut sink_sub = rt.block_on(client.subscribe("sinktest.>")).unwrap();
+    let dir = tempfile_dir("nats-cma");
+    let config = dir.join("cma.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[bus.sinks]]\nname = \"to-nats\"\nfilter = \"type:local.event\"\ntype = \"nats\"\n\
+             url = \"{}\"\nsubject = \"sinktest\"\n",
+            nats.url
+        ),
+    )
+    .unwrap();
+    let mut c = started(
+        1,
+        vec!["--config".into(), config.to_str().unwrap().into(), "--bus".into(), nats.url.clone()],
+    );
+    let (code, body) = c.client_send(
+        "PUT",
+        "/api/v1/subscriptions/ops",
+        serde_json::json!({"filter": "type:local.* and cluster=A"}),
+    );
+    assert_eq!(code, 201, "{body}");
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        let (ok, _, err) = send(&c, 0, &["--tag", "cluster=A", "--confirm"], &format!("nats {i}"));
+        assert!(ok, "{err}");
+        ids.push(
+            c.wait_event(0, Duration::from_secs(20), "the event", |e| {
+                e.text == format!("nats {i}")
+            })
+            .unwrap()
+            .id,
+        );
+    }
+    let js = async_nats::jetstream::new(client.clone());
+    rt.block_on(async {
+        // The sink: core NATS, subject <prefix>.<type>.<host>.
+        for i in 1..=3 {
+            let m = tokio::time::timeout(Duration::from_secs(20), sink_sub.next())
+                .await
+                .expect("sink message")
+                .unwrap();
+            assert_eq!(m.subject.as_str(), "sinktest.local.event.n1");
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            assert_eq!(v["text"], format!("nats {i}"));
+        }
+        // The backend: the durable consumer of the subscription gets exactly the events.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stream = loop {
+            if let Ok(s) = js.get_stream("ASSIM_EVENTS").await {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no ASSIM_EVENTS stream; logs in {}",
+                c.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let consumer = loop {
+            if let Ok(cons) = stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>("assim-ops")
+                .await
+            {
+                break cons;
+            }
+            assert!(Instant::now() < deadline, "no consumer assim-ops");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(consumer.cached_info().config.filter_subject, "assim.events.local.*.*");
+        let mut got = Vec::new();
+        let mut msgs = consumer.messages().await.unwrap();
+        while got.len() < 3 {
+            let m = tokio::time::timeout(Duration::from_secs(20), msgs.next())
+                .await
+                .expect("a JetStream message")
+                .unwrap()
+                .unwrap();
+            assert_eq!(m.subject.as_str(), "assim.events.local.event.n1");
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            let msg_id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.as_str().to_owned());
+            assert_eq!(msg_id, Some(v["id"].to_string()));
+            got.push(v["id"].as_u64().unwrap());
+            m.ack().await.unwrap();
+        }
+        assert_eq!(got, ids);
+    });
+    // After a CMA crash and restart, the stream still holds each event once.
+    c.stop_cma(true).unwrap();
+    c.start_cma().unwrap();
+    let (ok, _, err) = send(&c, 0, &["--confirm"], "after restart");
+    assert!(ok, "{err}");
+    c.wait_event(0, Duration::from_secs(20), "after restart", |e| e.text == "after restart")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = c.events_since(0).unwrap().len() as u64;
+        let in_stream = rt.block_on(async {
+            let mut s = js.get_stream("ASSIM_EVENTS").await.unwrap();
+            s.info().await.unwrap().state.messages
+        });
+        if in_stream == stored {
+            break;
+        }
+        assert!(in_stream <= stored, "duplicates in the stream: {in_stream} > {stored}");
+        assert!(Instant::now() < deadline, "stream has {in_stream} of {stored} events");
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = std::fs::remove_dir_all(&dir);

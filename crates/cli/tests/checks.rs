@@ -108,7 +108,11 @@ fn a_discovered_server_is_monitored_and_its_crash_is_one_event() {
             assert_eq!(list.len(), 1, "only the rule's check: {list:?}");
             break;
         }
-        assert!(Instant::now() < deadline, "no OK monitor {name} on n1 after 60 s: {list:?}; logs in {}", c.dir().display());
+        assert!(
+            Instant::now() < deadline,
+            "no OK monitor {name} on n1 after 60 s: {list:?}; logs in {}",
+            c.dir().display()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let base = c.last_event_id().unwrap();
@@ -126,7 +130,11 @@ fn a_discovered_server_is_monitored_and_its_crash_is_one_event() {
     assert!(r["output"].as_str().unwrap().starts_with("TCP OK"), "{r}");
     let err = c
         .client
-        .post_json::<serde_json::Value>("/api/v1/checks/run", &serde_json::json!({"host": "n1", "check": "nope"}), "run")
+        .post_json::<serde_json::Value>(
+            "/api/v1/checks/run",
+            &serde_json::json!({"host": "n1", "check": "nope"}),
+            "run",
+        )
         .unwrap_err()
         .to_string();
     assert!(err.contains("no check named \"nope\""), "{err}");

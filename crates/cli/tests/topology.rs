@@ -163,12 +163,11 @@ fn wait_for(
     mut check: impl FnMut() -> Result<Value, String>,
 ) -> Value {
     let deadline = Instant::now() + timeout;
-    let mut last = String::new();
     loop {
-        match check() {
+        let last = match check() {
             Ok(v) => return v,
-            Err(e) => last = e,
-        }
+            Err(e) => e,
+        };
         if Instant::now() > deadline {
             panic!("timed out after {timeout:?} waiting for {what}; last: {last}\n{}", lab.logs());
         }

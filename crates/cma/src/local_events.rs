@@ -37,7 +37,10 @@ pub fn validate_local_event(ev: &LocalEvent) -> Result<Severity, String> {
         return Err("the text is empty".into());
     }
     if ev.text.len() > MAX_TEXT {
-        return Err(format!("the text is {} bytes; at most {MAX_TEXT} are accepted", ev.text.len()));
+        return Err(format!(
+            "the text is {} bytes; at most {MAX_TEXT} are accepted",
+            ev.text.len()
+        ));
     }
     if ev.event_type.len() > MAX_TYPE || !ev.event_type.chars().all(is_name_char) {
         return Err(format!(
@@ -136,7 +139,10 @@ mod tests {
             event_type: "raid".into(),
             severity: sev.into(),
             text: text.into(),
-            tags: tags.iter().map(|(k, v)| Tag { key: k.to_string(), value: v.to_string() }).collect(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| Tag { key: k.to_string(), value: v.to_string() })
+                .collect(),
             at: 5,
         }
     }

@@ -106,7 +106,10 @@ impl Cma {
         } else if was_flapping {
             (
                 kind_of(state),
-                format!("service {check} on {host} stopped flapping and is {}: {output}", upper(state)),
+                format!(
+                    "service {check} on {host} stopped flapping and is {}: {output}",
+                    upper(state)
+                ),
                 Some("stopped"),
             )
         } else {
@@ -115,13 +118,12 @@ impl Cma {
                 Some(p) if p.state == state => return Ok(None),
                 _ => {}
             }
-            let verb = if previous.is_some_and(|p| p.state != CheckState::Ok)
-                && state == CheckState::Ok
-            {
-                "recovered: OK"
-            } else {
-                upper(state)
-            };
+            let verb =
+                if previous.is_some_and(|p| p.state != CheckState::Ok) && state == CheckState::Ok {
+                    "recovered: OK"
+                } else {
+                    upper(state)
+                };
             (kind_of(state), format!("service {check} on {host} is {verb}: {output}"), None)
         };
         let mut tags = vec![
@@ -192,10 +194,14 @@ mod tests {
         let ok = |f| Some(KnownState { state: CheckState::Ok, flapping: f });
         let crit = Some(KnownState { state: CheckState::Critical, flapping: false });
         // A first OK is recorded silently.
-        assert_eq!(c.handle_check_change(now, id, &change(CheckState::Ok, true, false), None), Ok(None));
+        assert_eq!(
+            c.handle_check_change(now, id, &change(CheckState::Ok, true, false), None),
+            Ok(None)
+        );
         assert!(events(&mut c).is_empty());
         // OK -> CRITICAL: one event with the tags.
-        let k = c.handle_check_change(now, id, &change(CheckState::Critical, false, false), ok(false));
+        let k =
+            c.handle_check_change(now, id, &change(CheckState::Critical, false, false), ok(false));
         assert_eq!(k, Ok(Some(EventKind::ServiceCritical)));
         let e = events(&mut c);
         assert_eq!(e.len(), 1);
@@ -204,7 +210,10 @@ mod tests {
         assert_eq!(e[0].tags["state"], "critical");
         assert!(e[0].text.contains("is CRITICAL"), "{}", e[0].text);
         // A repeat (nanoprobe restart) raises nothing.
-        assert_eq!(c.handle_check_change(now, id, &change(CheckState::Critical, true, false), crit), Ok(None));
+        assert_eq!(
+            c.handle_check_change(now, id, &change(CheckState::Critical, true, false), crit),
+            Ok(None)
+        );
         // Recovery.
         let k = c.handle_check_change(now, id, &change(CheckState::Ok, false, false), crit);
         assert_eq!(k, Ok(Some(EventKind::ServiceOk)));
@@ -212,7 +221,10 @@ mod tests {
         // Flapping once, then its end.
         let k = c.handle_check_change(now, id, &change(CheckState::Ok, false, true), ok(false));
         assert_eq!(k, Ok(Some(EventKind::ServiceFlapping)));
-        assert_eq!(c.handle_check_change(now, id, &change(CheckState::Critical, false, true), ok(true)), Ok(None));
+        assert_eq!(
+            c.handle_check_change(now, id, &change(CheckState::Critical, false, true), ok(true)),
+            Ok(None)
+        );
         let k = c.handle_check_change(now, id, &change(CheckState::Ok, false, false), ok(true));
         assert_eq!(k, Ok(Some(EventKind::ServiceOk)));
         let e = events(&mut c);
@@ -225,10 +237,16 @@ mod tests {
         let now = Timestamp(2_000_000);
         let mut bad = change(CheckState::Ok, false, false);
         bad.state = 9;
-        assert!(matches!(c.handle_check_change(now, id, &bad, None), Err(CheckChangeError::BadState { .. })));
+        assert!(matches!(
+            c.handle_check_change(now, id, &bad, None),
+            Err(CheckChangeError::BadState { .. })
+        ));
         bad.state = 0;
         bad.check = "a\nb".into();
-        assert!(matches!(c.handle_check_change(now, id, &bad, None), Err(CheckChangeError::BadName(_))));
+        assert!(matches!(
+            c.handle_check_change(now, id, &bad, None),
+            Err(CheckChangeError::BadName(_))
+        ));
         let stranger = NodeId::from_slice(&[9; 16]).unwrap();
         assert_eq!(
             c.handle_check_change(now, stranger, &change(CheckState::Ok, false, false), None),

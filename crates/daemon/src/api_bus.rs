@@ -65,7 +65,9 @@ fn internal(e: impl std::fmt::Display) -> Response {
 fn not_found(name: &str) -> Response {
     (
         StatusCode::NOT_FOUND,
-        format!("no subscription named {name:?}; create it with PUT /api/v1/subscriptions/{name}\n"),
+        format!(
+            "no subscription named {name:?}; create it with PUT /api/v1/subscriptions/{name}\n"
+        ),
     )
         .into_response()
 }
@@ -178,26 +180,27 @@ async fn stream(
         None => *state.last_event.borrow(),
     };
     let init = (state, filter, since, std::collections::VecDeque::<Event>::new());
-    let s = futures_util::stream::unfold(init, |(state, filter, mut cursor, mut queue)| async move {
-        loop {
-            if let Some(e) = queue.pop_front() {
-                let ev = sse::Event::default()
-                    .id(e.id.to_string())
-                    .event(e.kind.name())
-                    .data(serde_json::to_string(&e).expect("events serialize"));
-                return Some((Ok::<_, Infallible>(ev), (state, filter, cursor, queue)));
-            }
-            match scan_wait(&state, cursor, 500, &filter, Duration::from_secs(30)).await {
-                Ok((events, through)) => {
-                    cursor = through;
-                    queue.extend(events);
+    let s =
+        futures_util::stream::unfold(init, |(state, filter, mut cursor, mut queue)| async move {
+            loop {
+                if let Some(e) = queue.pop_front() {
+                    let ev = sse::Event::default()
+                        .id(e.id.to_string())
+                        .event(e.kind.name())
+                        .data(serde_json::to_string(&e).expect("events serialize"));
+                    return Some((Ok::<_, Infallible>(ev), (state, filter, cursor, queue)));
                 }
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                match scan_wait(&state, cursor, 500, &filter, Duration::from_secs(30)).await {
+                    Ok((events, through)) => {
+                        cursor = through;
+                        queue.extend(events);
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
             }
-        }
-    });
+        });
     Sse::new(s).keep_alive(KeepAlive::default()).into_response()
 }
 
@@ -313,7 +316,9 @@ async fn put(
 
 async fn list(State(state): State<ApiState>) -> Response {
     match state.store.lock().expect("store lock").subscriptions() {
-        Ok(l) => Json(l.into_iter().map(SubscriptionView::from).collect::<Vec<_>>()).into_response(),
+        Ok(l) => {
+            Json(l.into_iter().map(SubscriptionView::from).collect::<Vec<_>>()).into_response()
+        }
         Err(e) => internal(e),
     }
 }
@@ -389,7 +394,9 @@ async fn ack(
 ) -> Response {
     let req: AckBody = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return bad_request(format!("the body is not an ack ({e}); send {{\"through\": ID}}")),
+        Err(e) => {
+            return bad_request(format!("the body is not an ack ({e}); send {{\"through\": ID}}"));
+        }
     };
     let mut store = state.store.lock().expect("store lock");
     match store.last_event_id() {

@@ -33,9 +33,7 @@ impl ApiState {
 
 /// The routes, merged into the API's protected router.
 pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/api/v1/services", get(services))
-        .route("/api/v1/checks/run", post(run))
+    Router::new().route("/api/v1/services", get(services)).route("/api/v1/checks/run", post(run))
 }
 
 /// Query of `/api/v1/services`.
@@ -90,8 +88,10 @@ async fn run(State(state): State<ApiState>, Json(body): Json<RunBody>) -> Respon
             Json(v).into_response()
         }
         Ok(Ok(Err(e))) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
-        Ok(Err(_)) => (StatusCode::SERVICE_UNAVAILABLE, "the CMA dropped the request (restarting?)\n")
-            .into_response(),
+        Ok(Err(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "the CMA dropped the request (restarting?)\n")
+                .into_response()
+        }
         Err(_) => (
             StatusCode::GATEWAY_TIMEOUT,
             format!(

@@ -35,6 +35,9 @@ pub struct RunRequest {
     pub reply: oneshot::Sender<Result<serde_json::Value, String>>,
 }
 
+/// A listener's identity: (protocol, address, port).
+type ListenerKey = (String, IpAddr, u16);
+
 /// The sending half the API holds.
 pub type RunSender = mpsc::Sender<RunRequest>;
 
@@ -49,7 +52,7 @@ pub(super) struct CmaChecks {
     /// Per node: listeners that matched a rule, keyed by (protocol, ip, port), with when they
     /// were last seen. A monitored service that stops listening keeps its check (that is what
     /// the check is for) until it has been gone for [`FORGET_AFTER`].
-    remembered: HashMap<NodeId, HashMap<(String, IpAddr, u16), (Listener, Timestamp)>>,
+    remembered: HashMap<NodeId, HashMap<ListenerKey, (Listener, Timestamp)>>,
     states: HashMap<(NodeId, String), KnownState>,
     pending: HashMap<u64, oneshot::Sender<Result<serde_json::Value, String>>>,
     next_command: u64,
@@ -59,7 +62,9 @@ impl CmaChecks {
     /// Loads the rules and the stored check sets and states.
     pub(super) fn load(store: &Store, rules_dir: Option<&std::path::Path>) -> anyhow::Result<Self> {
         let rules = RuleSet::load(rules_dir).with_context(|| match rules_dir {
-            Some(d) => format!("cannot load the check rules in {} (see docs/checks.md)", d.display()),
+            Some(d) => {
+                format!("cannot load the check rules in {} (see docs/checks.md)", d.display())
+            }
             None => "the built-in check rules are invalid".to_owned(),
         })?;
         let sets = store
@@ -147,16 +152,20 @@ impl Driver {
                 self.checks.listeners.insert(node, l);
                 self.update_check_set(node, false);
             }
-            Err(e) => warn!(node = %node, error = %e, "sockets discovery result is not what the check rules expect"),
+            Err(e) => {
+                warn!(node = %node, error = %e, "sockets discovery result is not what the check rules expect")
+            }
         }
     }
 
     /// A node registered: make sure its check set is current, and send it.
     pub(super) fn checks_on_hello(&mut self, node: NodeId) {
         if !self.checks.listeners.contains_key(&node) {
-            let stored = self.store.discovery(node).ok().and_then(|d| {
-                d.into_iter().find(|r| r.name == "sockets").map(|r| r.payload)
-            });
+            let stored = self
+                .store
+                .discovery(node)
+                .ok()
+                .and_then(|d| d.into_iter().find(|r| r.name == "sockets").map(|r| r.payload));
             let listeners =
                 stored.and_then(|p| listeners_of(p.as_bytes()).ok()).unwrap_or_default();
             self.checks.listeners.insert(node, listeners);
@@ -272,12 +281,13 @@ impl Driver {
             return;
         };
         if !state.in_ring() {
-            let _ = req.reply.send(Err(format!(
-                "host {name} is {state}: its nanoprobe cannot run checks now"
-            )));
+            let _ = req
+                .reply
+                .send(Err(format!("host {name} is {state}: its nanoprobe cannot run checks now")));
             return;
         }
-        let known = self.checks.sets.get(&id).is_some_and(|(_, c)| c.iter().any(|c| c.name == req.check));
+        let known =
+            self.checks.sets.get(&id).is_some_and(|(_, c)| c.iter().any(|c| c.name == req.check));
         if !known {
             let names: Vec<String> = self
                 .checks

@@ -94,8 +94,12 @@ impl ProbeChecks {
         for spec in set.checks.iter().take(assim_checks::spec::MAX_CHECKS) {
             match Check::try_from(spec) {
                 Ok(c) if names.insert(c.name.clone()) => checks.push(c),
-                Ok(c) => warn!(check = %c.name, "a check appears twice in the check set; the first wins"),
-                Err(e) => warn!(epoch = set.epoch, error = %e, "invalid check from the CMA; skipped"),
+                Ok(c) => {
+                    warn!(check = %c.name, "a check appears twice in the check set; the first wins")
+                }
+                Err(e) => {
+                    warn!(epoch = set.epoch, error = %e, "invalid check from the CMA; skipped")
+                }
             }
         }
         match self.sched.apply(set.epoch, checks, now) {
@@ -193,7 +197,8 @@ impl ProbeChecks {
     /// `RunNow`: starts the check at once; an unknown check is answered with an error at once.
     pub fn run_now(&mut self, r: &msg::RunNow) -> Option<Outgoing> {
         let Some(entry) = self.sched.get(&r.check) else {
-            let mut known: Vec<&str> = self.sched.entries().map(|e| e.check.name.as_str()).collect();
+            let mut known: Vec<&str> =
+                self.sched.entries().map(|e| e.check.name.as_str()).collect();
             known.truncate(20);
             return Some(Outgoing::Control(Body::CommandResult(msg::CommandResult {
                 command_id: r.command_id,

@@ -78,7 +78,10 @@ impl Reply {
 /// Parses and validates one request line (pure). Returns the wire message and `confirm`.
 pub fn parse_request(line: &[u8], now_micros: u64) -> Result<(LocalEvent, bool), String> {
     if line.len() > MAX_LINE {
-        return Err(format!("the request is {} bytes; at most {MAX_LINE} are accepted", line.len()));
+        return Err(format!(
+            "the request is {} bytes; at most {MAX_LINE} are accepted",
+            line.len()
+        ));
     }
     let s: Submission = serde_json::from_slice(line).map_err(|e| {
         format!(
@@ -122,7 +125,8 @@ impl Confirmations {
             std::mem::take(&mut self.pending).into_iter().partition(|(r, _)| *r <= through);
         self.pending = keep;
         for (record, tx) in done {
-            let _ = tx.send(Reply { ok: true, id: Some(record), confirmed: Some(true), error: None });
+            let _ =
+                tx.send(Reply { ok: true, id: Some(record), confirmed: Some(true), error: None });
         }
     }
 
@@ -151,7 +155,12 @@ pub fn submit(
         }
         Some(record) => {
             debug!(record, text_len, "local event spooled");
-            let _ = req.reply.send(Reply { ok: true, id: Some(record), confirmed: Some(false), error: None });
+            let _ = req.reply.send(Reply {
+                ok: true,
+                id: Some(record),
+                confirmed: Some(false),
+                error: None,
+            });
         }
         None => {
             let _ = req.reply.send(Reply::error(
@@ -223,7 +232,9 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<LocalRequest>) {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             debug!("too many local event connections; refusing one");
             let mut s = stream;
-            let _ = s.write_all(reply_line(&Reply::error("too many connections; retry")).as_bytes()).await;
+            let _ = s
+                .write_all(reply_line(&Reply::error("too many connections; retry")).as_bytes())
+                .await;
             continue;
         };
         let tx = tx.clone();
@@ -297,7 +308,10 @@ mod tests {
         )
         .unwrap();
         assert!(confirm);
-        assert_eq!((ev.text.as_str(), ev.severity.as_str(), ev.at), ("RAID STATUS CHANGE", "critical", 7));
+        assert_eq!(
+            (ev.text.as_str(), ev.severity.as_str(), ev.at),
+            ("RAID STATUS CHANGE", "critical", 7)
+        );
         assert_eq!(ev.tags[0].key, "cluster");
         for (bad, why) in [
             (&b"not json"[..], "not a valid request"),

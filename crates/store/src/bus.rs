@@ -333,13 +333,15 @@ mod tests {
         let path = dir.path().join("db");
         {
             let mut s = Store::open(&path).unwrap();
-            let sub = s.put_subscription("ops", "severity>=warning", None, 4, Timestamp(1)).unwrap();
+            let sub =
+                s.put_subscription("ops", "severity>=warning", None, 4, Timestamp(1)).unwrap();
             assert_eq!(sub.cursor, 4);
             assert_eq!(s.ack_subscription("ops", 9, Timestamp(2)).unwrap(), Some(9));
             assert_eq!(s.ack_subscription("ops", 5, Timestamp(3)).unwrap(), Some(9));
             assert_eq!(s.ack_subscription("nobody", 5, Timestamp(3)).unwrap(), None);
             // Changing the filter keeps the cursor.
-            let sub = s.put_subscription("ops", "has:cluster", Some("{}"), 0, Timestamp(4)).unwrap();
+            let sub =
+                s.put_subscription("ops", "has:cluster", Some("{}"), 0, Timestamp(4)).unwrap();
             assert_eq!((sub.cursor, sub.filter.as_str()), (9, "has:cluster"));
             s.add_dead_letter("ops", 7, 5, "HTTP 500", Timestamp(5)).unwrap();
         }
@@ -368,7 +370,10 @@ mod tests {
         }
         let s = Store::open(&path).unwrap();
         let e = &s.events_since(0, 10).unwrap()[0];
-        assert_eq!((e.text.as_str(), e.severity, e.body.is_none()), ("a is up", Severity::Info, true));
+        assert_eq!(
+            (e.text.as_str(), e.severity, e.body.is_none()),
+            ("a is up", Severity::Info, true)
+        );
         drop(s);
         // Opening again is a no-op (the migration does not run twice).
         Store::open(&path).unwrap();

@@ -353,9 +353,25 @@ mod tests {
             }],
         };
         store
-            .apply(&[], &[], &batch(ServicesBatch { check_sets: vec![set], states: vec![state("http:80", "ok", 10)] }))
+            .apply(
+                &[],
+                &[],
+                &batch(ServicesBatch {
+                    check_sets: vec![set],
+                    states: vec![state("http:80", "ok", 10)],
+                }),
+            )
             .unwrap();
-        store.apply(&[], &[], &batch(ServicesBatch { check_sets: vec![], states: vec![state("http:80", "ok", 20)] })).unwrap();
+        store
+            .apply(
+                &[],
+                &[],
+                &batch(ServicesBatch {
+                    check_sets: vec![],
+                    states: vec![state("http:80", "ok", 20)],
+                }),
+            )
+            .unwrap();
         let sets = store.check_sets().unwrap();
         assert_eq!((sets[0].epoch, sets[0].checks.len()), (4, 2));
         assert_eq!(sets[0].checks[0].to_spec().name, "http:80");
@@ -363,13 +379,24 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!((all[0].state.as_str(), all[0].since), ("ok", 10), "since kept while OK");
         assert_eq!(all[1].state, "pending");
-        store.apply(&[], &[], &batch(ServicesBatch { check_sets: vec![], states: vec![state("http:80", "critical", 30)] })).unwrap();
+        store
+            .apply(
+                &[],
+                &[],
+                &batch(ServicesBatch {
+                    check_sets: vec![],
+                    states: vec![state("http:80", "critical", 30)],
+                }),
+            )
+            .unwrap();
         let crit = store.services(None, Some("critical")).unwrap();
         assert_eq!((crit.len(), crit[0].since), (1, 30));
         assert!(store.services(Some("other"), None).unwrap().is_empty());
         // A new set without the check drops its state.
         let set = CheckSetRecord { node, epoch: 5, checks: vec![check("load")], monitors: vec![] };
-        store.apply(&[], &[], &batch(ServicesBatch { check_sets: vec![set], states: vec![] })).unwrap();
+        store
+            .apply(&[], &[], &batch(ServicesBatch { check_sets: vec![set], states: vec![] }))
+            .unwrap();
         assert!(store.service_states().unwrap().is_empty());
     }
 }
