@@ -30,7 +30,8 @@ fn env_or(key: &str, default: u64) -> u64 {
 }
 
 fn event(id: u64) -> Event {
-    let kinds = [EventKind::LocalEvent, EventKind::HostUp, EventKind::ServiceWarning, EventKind::HostDown];
+    let kinds =
+        [EventKind::LocalEvent, EventKind::HostUp, EventKind::ServiceWarning, EventKind::HostDown];
     let sev = Severity::ALL[(id % 6) as usize];
     let tags: BTreeMap<String, String> = [
         ("cluster".to_string(), format!("Compute{}", id % 10)),
@@ -45,7 +46,11 @@ fn event(id: u64) -> Event {
         host: None,
         hostname: format!("n{}", id % 1000),
         tags,
-        text: if id % 7 == 0 { format!("RAID STATUS CHANGE for VolumeID {id}") } else { format!("event {id}") },
+        text: if id % 7 == 0 {
+            format!("RAID STATUS CHANGE for VolumeID {id}")
+        } else {
+            format!("event {id}")
+        },
         severity: sev,
         body: None,
     }
@@ -65,7 +70,8 @@ fn filter(i: usize) -> Filter {
 fn embedded(events: u64, publishers: u64, subscribers: usize) -> (f64, u64) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("bus.sqlite")).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (fan_tx, _) = tokio::sync::broadcast::channel::<Arc<Vec<Arc<Event>>>>(4096);
     let matched = Arc::new(AtomicU64::new(0));
     let mut subs = Vec::new();
@@ -84,7 +90,9 @@ fn embedded(events: u64, publishers: u64, subscribers: usize) -> (f64, u64) {
                             hits += u64::from(f.matches(e));
                         }
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => panic!("subscriber lagged by {n}"),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        panic!("subscriber lagged by {n}")
+                    }
                     Err(e) => panic!("{e}"),
                 }
             }
@@ -136,11 +144,15 @@ fn embedded(events: u64, publishers: u64, subscribers: usize) -> (f64, u64) {
     (events as f64 / started.elapsed().as_secs_f64(), matched.load(Ordering::Relaxed))
 }
 
-struct NatsServer(std::process::Child, tempfile::TempDir);
+/// The server process and its storage directory (removed when dropped).
+struct NatsServer {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -161,12 +173,19 @@ fn start_nats() -> Option<(NatsServer, String)> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Some((NatsServer(child, dir), format!("nats://127.0.0.1:{port}")))
+    Some((NatsServer { child, _dir: dir }, format!("nats://127.0.0.1:{port}")))
 }
 
-fn jetstream(url: &str, events: u64, publishers: u64, subscribers: usize, round: usize) -> (f64, u64) {
+fn jetstream(
+    url: &str,
+    events: u64,
+    publishers: u64,
+    subscribers: usize,
+    round: usize,
+) -> (f64, u64) {
     use async_nats::jetstream::{self, consumer, stream};
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         let client = async_nats::connect(url).await.unwrap();
         let js = jetstream::new(client.clone());
@@ -211,7 +230,10 @@ fn jetstream(url: &str, events: u64, publishers: u64, subscribers: usize, round:
         for p in 0..publishers {
             let js = js.clone();
             let prefix = prefix.clone();
-            let (from, n) = (1 + p * per, if p == publishers - 1 { events - per * (publishers - 1) } else { per });
+            let (from, n) = (
+                1 + p * per,
+                if p == publishers - 1 { events - per * (publishers - 1) } else { per },
+            );
             pubs.push(tokio::spawn(async move {
                 let mut window = std::collections::VecDeque::new();
                 for id in from..from + n {
@@ -247,16 +269,22 @@ fn main() {
     let publishers = env_or("ASSIM_BENCH_PUBLISHERS", 8).max(1);
     let nats = start_nats();
     if nats.is_none() {
-        println!("nats-server not found or not starting: JetStream column skipped (scripts/install-deps installs it)");
+        println!(
+            "nats-server not found or not starting: JetStream column skipped (scripts/install-deps installs it)"
+        );
     }
     println!(
         "{events} events from {publishers} publishers, filtered by each subscriber; {} CPUs",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("{:>11}  {:>16}  {:>16}  {:>7}  {:>10}", "subscribers", "embedded ev/s", "JetStream ev/s", "ratio", "deliveries");
+    println!(
+        "{:>11}  {:>16}  {:>16}  {:>7}  {:>10}",
+        "subscribers", "embedded ev/s", "JetStream ev/s", "ratio", "deliveries"
+    );
     for (round, subscribers) in [1usize, 10, 100].into_iter().enumerate() {
         let (emb, hits_e) = embedded(events, publishers, subscribers);
-        let js = nats.as_ref().map(|(_, url)| jetstream(url, events, publishers, subscribers, round));
+        let js =
+            nats.as_ref().map(|(_, url)| jetstream(url, events, publishers, subscribers, round));
         if let Some((_, hits_j)) = js {
             assert_eq!(hits_e, hits_j, "both backends must deliver the same matches");
         }

@@ -72,9 +72,10 @@ fn not_found(name: &str) -> Response {
         .into_response()
 }
 
-fn parse_filter(text: Option<&str>) -> Result<Filter, Response> {
+/// The filter, or the 400 answer's text.
+fn parse_filter(text: Option<&str>) -> Result<Filter, String> {
     let text = text.unwrap_or("");
-    Filter::parse(text).map_err(|e| bad_request(format!("filter: {}", e.render(text))))
+    Filter::parse(text).map_err(|e| format!("filter: {}", e.render(text)))
 }
 
 /// Matching events after `since`, at most `limit`; and the id of the last event examined.
@@ -114,7 +115,7 @@ async fn scan_wait(
     limit: usize,
     filter: &Filter,
     wait: Duration,
-) -> Result<(Vec<Event>, u64), Response> {
+) -> Result<(Vec<Event>, u64), assim_store::StoreError> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut cursor = since;
     let mut rx = state.last_event.clone();
@@ -122,7 +123,7 @@ async fn scan_wait(
         rx.borrow_and_update();
         let (events, through) = {
             let store = state.store.lock().expect("store lock");
-            scan(&store, cursor, limit, filter).map_err(internal)?
+            scan(&store, cursor, limit, filter)?
         };
         cursor = through;
         if !events.is_empty() || tokio::time::Instant::now() >= deadline {
@@ -144,13 +145,13 @@ pub async fn filtered_events(
 ) -> Response {
     let filter = match parse_filter(filter) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return bad_request(r),
     };
     match scan_wait(&state, since, limit, &filter, wait).await {
         Ok((events, through)) => {
             ([("x-assim-cursor", through.to_string())], Json(events)).into_response()
         }
-        Err(r) => r,
+        Err(e) => internal(e),
     }
 }
 
@@ -168,7 +169,7 @@ async fn stream(
 ) -> Response {
     let filter = match parse_filter(q.filter.as_deref()) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return bad_request(r),
     };
     let resume = headers
         .get("last-event-id")
@@ -280,7 +281,7 @@ async fn put(
         }
     };
     if let Err(r) = parse_filter(Some(&req.filter)) {
-        return r;
+        return bad_request(r);
     }
     if let Some(s) = &req.sink
         && let Err(e) = s.validate()
@@ -376,7 +377,7 @@ async fn sub_events(
         Ok((events, through)) => {
             Json(SubscriptionBatch { cursor: rec.cursor, through, events }).into_response()
         }
-        Err(r) => r,
+        Err(e) => internal(e),
     }
 }
 
