@@ -46,7 +46,7 @@ fn event(id: u64) -> Event {
         host: None,
         hostname: format!("n{}", id % 1000),
         tags,
-        text: if id % 7 == 0 {
+        text: if id.is_multiple_of(7) {
             format!("RAID STATUS CHANGE for VolumeID {id}")
         } else {
             format!("event {id}")

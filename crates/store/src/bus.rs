@@ -297,7 +297,7 @@ mod tests {
             hostname: "h".into(),
             tags: BTreeMap::from([("k".to_string(), "v".to_string())]),
             text: format!("event {id}"),
-            severity: if id % 2 == 0 { Severity::Critical } else { Severity::Info },
+            severity: if id.is_multiple_of(2) { Severity::Critical } else { Severity::Info },
             body: (id == 3).then(|| serde_json::json!({"raid": [1, 2]})),
         }
     }
