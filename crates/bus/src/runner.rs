@@ -45,14 +45,30 @@ async fn blocking<T: Send + 'static>(
         .expect("store task")
 }
 
+/// The store key listing the sinks the config file declared at the last start.
+const CONFIG_SINKS: &str = "bus_config_sinks";
+
 /// Creates or updates the sinks declared in the config as durable subscriptions (a new one
-/// starts after the newest stored event). Call before [`run`].
+/// starts after the newest stored event), and deletes the ones an earlier config declared
+/// that this one no longer does (sinks created through the API are left alone). Call before
+/// [`run`].
 pub fn install_config_sinks(store: &mut Store, config: &BusConfig) -> anyhow::Result<()> {
     let last = store.last_event_id()?;
+    let before: Vec<String> = match store.meta(CONFIG_SINKS)? {
+        Some(v) => serde_json::from_str(&v).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    for name in before.iter().filter(|n| !config.sinks.iter().any(|s| &s.name == *n)) {
+        if store.delete_subscription(name)? {
+            info!(subscription = %name, "sink removed from the config file; deleted");
+        }
+    }
     for s in &config.sinks {
         let sink = serde_json::to_string(&s.sink)?;
         store.put_subscription(&s.name, &s.filter, Some(&sink), last, Timestamp::now())?;
     }
+    let names: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
+    store.set_meta(CONFIG_SINKS, &serde_json::to_string(&names)?)?;
     Ok(())
 }
 
@@ -375,5 +391,32 @@ pub async fn deliver_once(
         })
         .await
         .map_err(|err| format!("delivery task failed: {err}"))?,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_sinks_are_installed_updated_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        let sink = |name: &str, filter: &str| crate::config::SinkSubscription {
+            name: name.into(),
+            filter: filter.into(),
+            sink: serde_json::from_str(r#"{"type":"exec","dir":"/x"}"#).unwrap(),
+        };
+        let mut config =
+            BusConfig { sinks: vec![sink("a", "has:x"), sink("b", "")], ..Default::default() };
+        install_config_sinks(&mut store, &config).unwrap();
+        store.put_subscription("api", "", None, 0, Timestamp(1)).unwrap();
+        store.ack_subscription("a", 0, Timestamp(2)).unwrap();
+        config.sinks = vec![sink("a", "has:y")];
+        install_config_sinks(&mut store, &config).unwrap();
+        let names: Vec<String> =
+            store.subscriptions().unwrap().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["a", "api"]);
+        assert_eq!(store.subscription("a").unwrap().unwrap().filter, "has:y");
     }
 }

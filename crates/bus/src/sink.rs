@@ -9,7 +9,7 @@
 //!   JSON on stdin and in the environment: `ASSIM_EVENT_ID`, `_TYPE`, `_SEVERITY`, `_HOST`,
 //!   `_NODE`, `_TIME` (µs), `_TEXT`, `_JSON`, and `ASSIM_EVENT_TAG_<KEY>` per tag (key upper-case,
 //!   other characters than letters and digits become `_`). Exit 0 is success; a script that
-//!   outlives the timeout is killed.
+//!   outlives the timeout is killed with its whole process group.
 //! - nagios: one external command line per event (see [`nagios_command`]) appended to the command
 //!   file (usually a FIFO that Nagios/Icinga reads).
 
@@ -101,7 +101,10 @@ pub fn exec(dir: &Path, e: &Event, timeout: Duration) -> Result<(), DeliveryErro
     let json = serde_json::to_vec(&event_json(e)).expect("JSON");
     let env = exec_env(e);
     for script in scripts {
+        use std::os::unix::process::CommandExt as _;
         let mut child = Command::new(&script)
+            // Its own process group, so a timeout kills whatever the script started too.
+            .process_group(0)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -117,6 +120,8 @@ pub fn exec(dir: &Path, e: &Event, timeout: Duration) -> Result<(), DeliveryErro
             match child.try_wait() {
                 Ok(Some(s)) => break s,
                 Ok(None) if Instant::now() >= deadline => {
+                    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(format!(
@@ -238,6 +243,44 @@ mod tests {
         assert!(nagios_command(&e, "assim").unwrap().contains("PROCESS_HOST_CHECK_RESULT;db1;1;"));
         let e = ev(EventKind::ServiceUnknown, Severity::Warning, &[("service", "disk")]);
         assert!(nagios_command(&e, "assim").unwrap().contains(";db1;disk;3;"));
+    }
+
+    #[test]
+    fn exec_runs_every_script_with_the_event_and_kills_slow_ones() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let script = |name: &str, body: &str| {
+            let p = dir.path().join("scripts").join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        script(
+            "10-log",
+            &format!(
+                "cat > {o}.json; echo \"$ASSIM_EVENT_ID $ASSIM_EVENT_TYPE $ASSIM_EVENT_TAG_FQDN\" > {o}.env",
+                o = out.display()
+            ),
+        );
+        // Not executable: ignored.
+        std::fs::write(dir.path().join("scripts/README"), "not a script").unwrap();
+        let e = ev(EventKind::LocalEvent, Severity::Warning, &[("fqdn", "db1.example.com")]);
+        exec(&dir.path().join("scripts"), &e, Duration::from_secs(10)).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.with_extension("json")).unwrap()).unwrap();
+        assert_eq!((json["id"].as_u64(), json["type"].as_str()), (Some(42), Some("local.event")));
+        assert_eq!(
+            std::fs::read_to_string(out.with_extension("env")).unwrap(),
+            "42 local.event db1.example.com\n"
+        );
+        script("20-fail", "exit 3");
+        let err = exec(&dir.path().join("scripts"), &e, Duration::from_secs(10)).unwrap_err();
+        assert!(err.contains("20-fail failed"), "{err}");
+        script("20-fail", "sleep 30");
+        let started = Instant::now();
+        let err = exec(&dir.path().join("scripts"), &e, Duration::from_millis(200)).unwrap_err();
+        assert!(err.contains("killed") && started.elapsed() < Duration::from_secs(10), "{err}");
     }
 
     #[test]

@@ -311,7 +311,16 @@ pub fn cma_config_toml(o: &assim_daemon::cma::CmaOptions) -> String {
         warn_time: Some(format_duration(o.timing.warn)),
         dead_time: Some(format_duration(o.timing.dead)),
         open_enrollment: Some(o.open_enrollment),
-        bus: Some(o.bus.clone()),
+        bus: Some({
+            let mut bus = o.bus.clone();
+            for s in &mut bus.sinks {
+                if let assim_bus::SinkKind::Webhook { secret: Some(secret), .. } = &mut s.sink.kind
+                {
+                    *secret = "(set)".into();
+                }
+            }
+            bus
+        }),
         discovery: Some(
             o.discovery
                 .iter()
