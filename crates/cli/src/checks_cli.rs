@@ -1,7 +1,7 @@
-//! `assim services` and `assim check run`.
+//! `assim services` and `assim check run|add|remove|list`.
 
 use anyhow::Context as _;
-use assim_store::services::ServiceView;
+use assim_store::services::{CheckListEntry, ServiceView, StoredCheck};
 use clap::Subcommand;
 
 use crate::client::{Client, format_time, print_table};
@@ -22,6 +22,100 @@ pub enum CheckCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Set a check on HOST by hand (stored by the CMA; survives restarts). The check is sent to
+    /// the host's nanoprobe at once. A hand-set check replaces a same-named check from the
+    /// rules; adding a name again replaces the earlier hand-set check.
+    ///
+    /// The command comes after `--`; what it means depends on --kind:
+    ///   nagios   plugin and arguments (a name without / is looked up in the plugin directory)
+    ///   ocf      PROVIDER AGENT (parameters with --param name=value)
+    ///   lsb      init script name or path
+    ///   systemd  unit name
+    ///   tcp      HOST PORT (a built-in connect check)
+    ///   process  a pattern matched against process names, paths and command lines
+    ///
+    /// Examples:
+    ///   assim check add web1 https --interval 30s -- check_http -H localhost -S
+    ///   assim check add db1 pg-port --kind tcp -- 127.0.0.1 5432
+    ///   assim check add web1 nginx --kind systemd -- nginx.service
+    #[command(verbatim_doc_comment)]
+    Add {
+        /// Host name or node id (see `assim status`).
+        host: String,
+        /// Check name, unique on the host (it appears in events as the `service` tag).
+        name: String,
+        /// nagios, ocf, lsb, systemd, tcp or process.
+        #[arg(long, default_value = "nagios")]
+        kind: String,
+        /// Time between runs while the state is steady: 30, 30s, 5m, 1h [default: 60s].
+        #[arg(long, value_parser = parse_secs)]
+        interval: Option<u64>,
+        /// Time between runs while re-checking a problem [default: 15s].
+        #[arg(long, value_parser = parse_secs)]
+        retry_interval: Option<u64>,
+        /// Consecutive failures before a problem counts (and raises an event) [default: 3].
+        #[arg(long)]
+        attempts: Option<u32>,
+        /// How long one run may take before it is killed [default: 10s, at most the interval].
+        #[arg(long, value_parser = parse_secs)]
+        timeout: Option<u64>,
+        /// A parameter NAME=VALUE (OCF agents get it as OCF_RESKEY_NAME); repeatable.
+        #[arg(long = "param", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+        /// Print the stored check as JSON.
+        #[arg(long)]
+        json: bool,
+        /// What to run (see above), after `--`.
+        #[arg(last = true, required = true, value_name = "ARGV")]
+        argv: Vec<String>,
+    },
+    /// Remove a check set by hand with `check add`. (Checks from rules and rules files are
+    /// changed there: see docs/checks.md.)
+    ///
+    /// Example: assim check remove web1 https
+    Remove {
+        /// Host name or node id.
+        host: String,
+        /// Check name (see `assim check list --host HOST`).
+        name: String,
+    },
+    /// Show each host's desired checks and where each came from: `rule:NAME` (a discovered
+    /// service matched a rule), `host` (a host-level check), `config` (a `[[check]]` in a rules
+    /// file) or `manual` (`assim check add`).
+    ///
+    /// Example: assim check list --host web1
+    List {
+        /// Only this host (name or node id).
+        #[arg(long)]
+        host: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// "30", "30s", "5m", "1h": whole seconds, at least 1.
+fn parse_secs(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (n, mul) = match t.char_indices().last() {
+        Some((i, 'h')) => (&t[..i], 3600),
+        Some((i, 'm')) => (&t[..i], 60),
+        Some((i, 's')) => (&t[..i], 1),
+        _ => (t, 1),
+    };
+    n.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .and_then(|v| v.checked_mul(mul))
+        .ok_or_else(|| format!("{s:?} is not a duration (examples: 30, 30s, 5m, 1h)"))
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not NAME=VALUE")),
+    }
 }
 
 /// The result of `check run`, as the API returns it.
@@ -67,6 +161,90 @@ pub fn run_check(client: &Client, cmd: CheckCommand) -> anyhow::Result<i32> {
                 "critical" => 2,
                 _ => 3,
             })
+        }
+        CheckCommand::Add {
+            host,
+            name,
+            kind,
+            interval,
+            retry_interval,
+            attempts,
+            timeout,
+            params,
+            json,
+            argv,
+        } => {
+            let check = StoredCheck {
+                name,
+                kind,
+                argv,
+                params: params.into_iter().collect(),
+                interval_s: interval.unwrap_or(0),
+                retry_interval_s: retry_interval.unwrap_or(0),
+                max_attempts: attempts.unwrap_or(0),
+                timeout_s: timeout.unwrap_or(0),
+            };
+            let body = serde_json::json!({ "host": host, "check": check });
+            let e: CheckListEntry = client.post_json("/api/v1/checks", &body, "the new check")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                println!(
+                    "added {} on {} (check set epoch {}): {} {}",
+                    e.check.name,
+                    e.host,
+                    e.epoch,
+                    e.check.kind,
+                    e.check.argv.join(" ")
+                );
+            }
+            Ok(0)
+        }
+        CheckCommand::Remove { host, name } => {
+            let body = serde_json::json!({ "host": host, "name": name });
+            let r: serde_json::Value =
+                client.delete_json("/api/v1/checks", &body, "the removal")?;
+            let host = r["host"].as_str().unwrap_or(&host);
+            println!("removed {name} from {host} (check set epoch {})", r["epoch"]);
+            Ok(0)
+        }
+        CheckCommand::List { host, json } => {
+            let path = match &host {
+                Some(h) => format!("/api/v1/checks?host={}", encode(h)),
+                None => "/api/v1/checks".to_owned(),
+            };
+            let list: Vec<CheckListEntry> = client.get_json(&path, "the check sets")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(0);
+            }
+            let mut rows = vec![[
+                "HOST".to_owned(),
+                "CHECK".to_owned(),
+                "SOURCE".to_owned(),
+                "KIND".to_owned(),
+                "INTERVAL".to_owned(),
+                "COMMAND".to_owned(),
+            ]];
+            for e in &list {
+                let c = &e.check;
+                let interval =
+                    if c.interval_s == 0 { "60s".into() } else { format!("{}s", c.interval_s) };
+                let mut command = c.argv.join(" ");
+                if command.len() > 60 {
+                    command = format!("{}…", clip(&command, 59));
+                }
+                rows.push([
+                    e.host.clone(),
+                    c.name.clone(),
+                    e.source.clone(),
+                    c.kind.clone(),
+                    interval,
+                    command,
+                ]);
+            }
+            print_table(&rows);
+            Ok(0)
         }
     }
 }

@@ -77,8 +77,28 @@ impl Client {
         body: &serde_json::Value,
         what: &str,
     ) -> anyhow::Result<T> {
+        self.send_json("POST", path, body, what)
+    }
+
+    /// `DELETE path` with a JSON body and decode the JSON answer; `what` names it in errors.
+    pub fn delete_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        what: &str,
+    ) -> anyhow::Result<T> {
+        self.send_json("DELETE", path, body, what)
+    }
+
+    fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+        what: &str,
+    ) -> anyhow::Result<T> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.agent.post(&url);
+        let mut req = self.agent.request(method, &url);
         if let Some(t) = &self.token {
             req = req.set("Authorization", &format!("Bearer {t}"));
         }

@@ -49,7 +49,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Service checks: `assim check run HOST CHECK` runs one now.
+    /// Service checks: run one now, set checks by hand (add, remove), list each host's checks.
     Check {
         #[command(subcommand)]
         command: assim::checks_cli::CheckCommand,

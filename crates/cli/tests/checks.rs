@@ -2,7 +2,8 @@
 //! by the sockets discovery, gets its monitor from a rules directory the test writes (a real
 //! `check_tcp` from Debian's monitoring-plugins), and when the test kills it exactly one
 //! `service.critical` arrives (not one per check run); restarting it gives `service.ok`.
-//! `assim check run` (the API route) runs the check at once on the nanoprobe.
+//! `assim check run` (the API route) runs the check at once on the nanoprobe. A service that
+//! stopped keeps its check across a CMA restart (the memory of stopped services is stored).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -166,5 +167,24 @@ fn a_discovered_server_is_monitored_and_its_crash_is_one_event() {
         .map(|e| e.kind.name())
         .collect();
     assert_eq!(mine, ["service.critical", "service.ok"], "one event per HARD change");
+
+    // Stop it again and let the sockets discovery (every 2 s) store that it is gone; then
+    // restart the CMA. The check of the stopped service must still be there afterwards.
+    let ok = events.last().unwrap().id;
     drop(server);
+    c.wait_event(ok, Duration::from_secs(30), "service.critical", |e| {
+        e.kind == EventKind::ServiceCritical && e.tags.get("service") == Some(&name)
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    c.stop_cma(false).unwrap();
+    c.start_cma().unwrap();
+    c.wait_ring(Duration::from_secs(30)).unwrap();
+    // Give the node time to send fresh discovery results (without the listener) too.
+    std::thread::sleep(Duration::from_secs(5));
+    let list: Vec<assim_store::services::CheckListEntry> =
+        c.client.get_json("/api/v1/checks?host=n1", "checks").unwrap();
+    let kept = list.iter().find(|e| e.check.name == name);
+    assert_eq!(kept.map(|e| e.source.as_str()), Some("rule:web"), "kept after restart: {list:?}");
+    assert_eq!(services(&c).iter().find(|s| s.check == name).unwrap().state, "critical");
 }

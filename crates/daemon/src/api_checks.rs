@@ -6,18 +6,29 @@
 //!   the check now and answers with its result `{host, check, state, output, long_output,
 //!   perfdata, duration_ms, exit_code}`. The request goes to the CMA task over a channel; the
 //!   answer comes back when the nanoprobe replies, or the route answers 504 after the timeout.
+//! - `GET /api/v1/checks?host=H`: the desired check sets, each check with its `source`
+//!   (`rule:NAME`, `host`, `config` or `manual`) and its set's epoch.
+//! - `POST /api/v1/checks` with `{"host": H, "check": {name, kind, argv, params, interval_s,
+//!   retry_interval_s, max_attempts, timeout_s}}`: adds (or replaces) a hand-set check; answers
+//!   its list entry. 404 names an unknown host, 400 gives the reason an invalid check is refused.
+//! - `DELETE /api/v1/checks` with `{"host": H, "name": N}`: removes a hand-set check; answers
+//!   `{"host", "name", "epoch"}` (the node's new set epoch).
+//!
+//! All of these go to the CMA task over one channel ([`ChecksRequest`]).
 
 use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::api::ApiState;
-use crate::cma::checks_cma::{RunRequest, RunSender};
+use assim_store::services::StoredCheck;
+
+use crate::cma::checks_cma::{ChecksError, ChecksRequest, RunRequest, RunSender};
 
 /// How long `checks/run` waits for the nanoprobe (a check's own timeout is at most this minus a
 /// margin for delivery).
@@ -33,7 +44,11 @@ impl ApiState {
 
 /// The routes, merged into the API's protected router.
 pub fn routes() -> Router<ApiState> {
-    Router::new().route("/api/v1/services", get(services)).route("/api/v1/checks/run", post(run))
+    Router::new()
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/checks/run", post(run))
+        .route("/api/v1/checks", get(list).post(add))
+        .route("/api/v1/checks", delete(remove))
 }
 
 /// Query of `/api/v1/services`.
@@ -75,7 +90,11 @@ async fn run(State(state): State<ApiState>, Json(body): Json<RunBody>) -> Respon
             .into_response();
     };
     let (reply, rx) = tokio::sync::oneshot::channel();
-    let req = RunRequest { host: body.host.clone(), check: body.check.clone(), reply };
+    let req = ChecksRequest::Run(RunRequest {
+        host: body.host.clone(),
+        check: body.check.clone(),
+        reply,
+    });
     if tx.send(req).await.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "the CMA is stopping\n").into_response();
     }
@@ -103,4 +122,66 @@ async fn run(State(state): State<ApiState>, Json(body): Json<RunBody>) -> Respon
         )
             .into_response(),
     }
+}
+
+/// Query of `GET /api/v1/checks`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub host: Option<String>,
+}
+
+/// Body of `POST /api/v1/checks`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AddBody {
+    pub host: String,
+    pub check: StoredCheck,
+}
+
+/// Body of `DELETE /api/v1/checks`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemoveBody {
+    pub host: String,
+    pub name: String,
+}
+
+/// Sends a request to the CMA task and waits for its answer.
+async fn ask<T: Serialize>(
+    state: &ApiState,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, ChecksError>>) -> ChecksRequest,
+) -> Response {
+    let Some(tx) = state.check_runner.clone() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "this API is not connected to a CMA\n")
+            .into_response();
+    };
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    if tx.send(make(reply)).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the CMA is stopping\n").into_response();
+    }
+    match tokio::time::timeout(Duration::from_secs(10), rx).await {
+        Ok(Ok(Ok(v))) => Json(v).into_response(),
+        Ok(Ok(Err(ChecksError::NotFound(e)))) => {
+            (StatusCode::NOT_FOUND, format!("{e}\n")).into_response()
+        }
+        Ok(Ok(Err(ChecksError::Invalid(e)))) => {
+            (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+        }
+        Ok(Err(_)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "the CMA dropped the request (restarting?)\n")
+                .into_response()
+        }
+        Err(_) => (StatusCode::GATEWAY_TIMEOUT, "the CMA task did not answer within 10 s\n")
+            .into_response(),
+    }
+}
+
+async fn list(State(state): State<ApiState>, Query(q): Query<ListQuery>) -> Response {
+    ask(&state, |reply| ChecksRequest::List { host: q.host, reply }).await
+}
+
+async fn add(State(state): State<ApiState>, Json(body): Json<AddBody>) -> Response {
+    ask(&state, |reply| ChecksRequest::Add { host: body.host, check: body.check, reply }).await
+}
+
+async fn remove(State(state): State<ApiState>, Json(body): Json<RemoveBody>) -> Response {
+    ask(&state, |reply| ChecksRequest::Remove { host: body.host, name: body.name, reply }).await
 }

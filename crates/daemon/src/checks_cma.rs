@@ -10,15 +10,24 @@
 //!   harmless desired state.
 //! - **States.** `CheckStateChange` messages go to the core ([`Cma::handle_check_change`]),
 //!   which raises at most one event each; the last state per check is stored.
+//! - **Hand-set checks.** `assim check add/remove` reach the driver as [`ChecksRequest`]s; a
+//!   valid check is stored (`manual_checks`, in the batch transaction) and the node's set is
+//!   recomputed at once. Hand-set checks win over same-named checks from rules and config files.
+//! - **Stopped services.** The listeners that matched a rule are remembered with when they were
+//!   last seen, in memory and in the store (`remembered_services`), so a CMA restart keeps the
+//!   check of a service that is down until it has been gone for [`FORGET_AFTER`].
 //! - **Run now.** The API sends a [`RunRequest`]; the driver sends `RunNow` to the node and
 //!   answers the API when the node's `CommandResult` arrives (the API times out on its own).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use assim_checks::{Listener, RuleSet};
 use assim_cma::services::KnownState;
-use assim_store::services::{CheckSetRecord, ServiceStateRecord, StoredCheck};
+use assim_store::services::{
+    CheckListEntry, CheckSetRecord, ManualChange, ManualCheck, RememberedService,
+    ServiceStateRecord, StoredCheck,
+};
 use assim_store::topology::query::MonitorRecord;
 use assim_wire::msg::{CheckSpec, CheckState};
 use tokio::sync::{mpsc, oneshot};
@@ -35,11 +44,44 @@ pub struct RunRequest {
     pub reply: oneshot::Sender<Result<serde_json::Value, String>>,
 }
 
+/// Why a checks request was refused; the API maps it to a status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChecksError {
+    /// No such host or check (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is invalid (400).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A request from the API to the CMA task's service monitoring.
+#[derive(Debug)]
+pub enum ChecksRequest {
+    /// `assim check run`.
+    Run(RunRequest),
+    /// `assim check add`: add or replace a hand-set check.
+    Add {
+        host: String,
+        check: StoredCheck,
+        reply: oneshot::Sender<Result<CheckListEntry, ChecksError>>,
+    },
+    /// `assim check remove`: remove a hand-set check.
+    /// Answers `{"host", "name", "epoch"}` (the node's new set epoch).
+    Remove {
+        host: String,
+        name: String,
+        reply: oneshot::Sender<Result<serde_json::Value, ChecksError>>,
+    },
+    /// `assim check list`: the desired check sets with where each check came from.
+    List { host: Option<String>, reply: oneshot::Sender<Result<Vec<CheckListEntry>, ChecksError>> },
+}
+
 /// A listener's identity: (protocol, address, port).
 type ListenerKey = (String, IpAddr, u16);
 
 /// The sending half the API holds.
-pub type RunSender = mpsc::Sender<RunRequest>;
+pub type RunSender = mpsc::Sender<ChecksRequest>;
 
 /// Service-monitoring state of the CMA driver.
 #[derive(Debug)]
@@ -53,6 +95,10 @@ pub(super) struct CmaChecks {
     /// were last seen. A monitored service that stops listening keeps its check (that is what
     /// the check is for) until it has been gone for [`FORGET_AFTER`].
     remembered: HashMap<NodeId, HashMap<ListenerKey, (Listener, Timestamp)>>,
+    /// Per node: when its remembered services were last written to the store.
+    remembered_stored: HashMap<NodeId, Timestamp>,
+    /// Per node: hand-set checks by name (`assim check add`).
+    manual: HashMap<NodeId, BTreeMap<String, CheckSpec>>,
     states: HashMap<(NodeId, String), KnownState>,
     pending: HashMap<u64, oneshot::Sender<Result<serde_json::Value, String>>>,
     next_command: u64,
@@ -80,7 +126,33 @@ impl CmaChecks {
                 Some(((s.node, s.check), KnownState { state, flapping: s.flapping }))
             })
             .collect();
+        let mut manual: HashMap<NodeId, BTreeMap<String, CheckSpec>> = HashMap::new();
+        for m in store.manual_checks()? {
+            manual.entry(m.node).or_default().insert(m.check.name.clone(), m.check.to_spec());
+        }
+        let remembered = store
+            .remembered_services()?
+            .into_iter()
+            .map(|(node, list)| {
+                let map = list
+                    .into_iter()
+                    .map(|r| {
+                        let l = Listener {
+                            protocol: r.protocol,
+                            ip: r.ip,
+                            port: r.port,
+                            exe: r.exe,
+                            cmdline: r.cmdline,
+                            user: r.user,
+                        };
+                        ((l.protocol.clone(), l.ip, l.port), (l, Timestamp(r.seen)))
+                    })
+                    .collect();
+                (node, map)
+            })
+            .collect();
         info!(
+            hand_set_by_cli = manual.values().map(BTreeMap::len).sum::<usize>(),
             rules = rules.rules.len(),
             host_checks = rules.host_checks.len(),
             hand_set = rules.checks.len(),
@@ -91,13 +163,18 @@ impl CmaChecks {
             rules,
             sets,
             listeners: HashMap::new(),
-            remembered: HashMap::new(),
+            remembered,
+            remembered_stored: HashMap::new(),
+            manual,
             states,
             pending: HashMap::new(),
             next_command: 1,
         })
     }
 }
+
+/// How stale the stored "last seen" time of a remembered service may get.
+const STORE_SEEN_EVERY: Duration = Duration::from_secs(3600);
 
 /// How long a monitored service may be gone (not listening) before its check is removed.
 pub const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -181,6 +258,8 @@ impl Driver {
         let now = Timestamp::now();
         let current = self.checks.listeners.get(&node).cloned().unwrap_or_default();
         let remembered = self.checks.remembered.entry(node).or_default();
+        let mut before: Vec<ListenerKey> = remembered.keys().cloned().collect();
+        before.sort();
         for l in &current {
             if self.checks.rules.rules.iter().any(|r| r.matches(l)) {
                 let key = (l.protocol.clone(), l.ip, l.port);
@@ -188,13 +267,36 @@ impl Driver {
             }
         }
         remembered.retain(|_, (_, seen)| now.since(*seen) < FORGET_AFTER);
+        // Store the memory when its members change, and refresh "last seen" at most hourly
+        // (a restart then forgets a stopped service at most an hour early).
+        let mut keys: Vec<ListenerKey> = remembered.keys().cloned().collect();
+        keys.sort();
+        let stored = self.checks.remembered_stored.get(&node).copied();
+        let stale = stored.is_none_or(|t| now.since(t) > STORE_SEEN_EVERY);
+        if keys != before || (stale && !keys.is_empty()) {
+            let list = remembered
+                .values()
+                .map(|(l, seen)| RememberedService {
+                    protocol: l.protocol.clone(),
+                    ip: l.ip,
+                    port: l.port,
+                    exe: l.exe.clone(),
+                    cmdline: l.cmdline.clone(),
+                    user: l.user.clone(),
+                    seen: seen.micros(),
+                })
+                .collect();
+            self.progress.services.remembered.retain(|(n, _)| *n != node);
+            self.progress.services.remembered.push((node, list));
+            self.checks.remembered_stored.insert(node, now);
+        }
         let mut listeners = current.clone();
         for (l, _) in remembered.values() {
             if !current.iter().any(|c| (&c.protocol, c.ip, c.port) == (&l.protocol, l.ip, l.port)) {
                 listeners.push(l.clone());
             }
         }
-        let desired = self.checks.rules.desired(&host, &listeners);
+        let desired = self.desired(node, &host, &listeners);
         let current = self.checks.sets.get(&node);
         let changed = current.is_none_or(|(_, c)| *c != desired);
         if changed {
@@ -221,6 +323,185 @@ impl Driver {
             let bytes = Message::new(Body::CheckSet(msg::CheckSet { epoch, checks })).to_bytes();
             self.send_reliable(node, addr, bytes, Instant::now());
         }
+    }
+
+    /// The rules' checks for these listeners, with the node's hand-set checks on top.
+    fn desired(&self, node: NodeId, host: &str, listeners: &[Listener]) -> Vec<CheckSpec> {
+        let mut out: BTreeMap<String, CheckSpec> = self
+            .checks
+            .rules
+            .desired(host, listeners)
+            .into_iter()
+            .map(|c| (c.name.clone(), c))
+            .collect();
+        if let Some(m) = self.checks.manual.get(&node) {
+            out.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        out.into_values().collect()
+    }
+
+    /// The current and remembered listeners of a node (what its check set is made from).
+    fn listeners_with_remembered(&self, node: NodeId) -> Vec<Listener> {
+        let mut out = self.checks.listeners.get(&node).cloned().unwrap_or_default();
+        for (l, _) in self.checks.remembered.get(&node).into_iter().flat_map(|m| m.values()) {
+            if !out.iter().any(|c| (&c.protocol, c.ip, c.port) == (&l.protocol, l.ip, l.port)) {
+                out.push(l.clone());
+            }
+        }
+        out
+    }
+
+    /// Where each check of a node's set comes from: `manual`, `config`, `host` or `rule:NAME`.
+    fn sources(&self, node: NodeId, host: &str) -> HashMap<String, String> {
+        let rules = &self.checks.rules;
+        let mut out = HashMap::new();
+        for l in self.listeners_with_remembered(node) {
+            if let Some(rule) = rules.rules.iter().rev().find(|r| r.matches(&l)) {
+                for c in rules.desired(host, std::slice::from_ref(&l)) {
+                    out.entry(c.name).or_insert_with(|| format!("rule:{}", rule.name));
+                }
+            }
+        }
+        for c in rules.desired(host, &[]) {
+            out.insert(c.name, "host".to_owned());
+        }
+        for t in rules.checks.iter().filter(|t| t.host.as_deref() == Some(host)) {
+            out.insert(t.spec.name.clone(), "config".to_owned());
+        }
+        for name in self.checks.manual.get(&node).into_iter().flat_map(|m| m.keys()) {
+            out.insert(name.clone(), "manual".to_owned());
+        }
+        out
+    }
+
+    /// A host by name or node id: its id and display name.
+    fn find_host(&self, host: &str) -> Result<(NodeId, String), ChecksError> {
+        self.core
+            .nodes()
+            .find(|n| n.hostname == host || n.id.to_string() == host)
+            .map(|n| (n.id, n.display_name()))
+            .ok_or_else(|| {
+                ChecksError::NotFound(format!(
+                    "no host named {host:?}: see `assim status` for the hosts the CMA knows"
+                ))
+            })
+    }
+
+    /// The list entries of one node's set.
+    fn list_node(&self, node: NodeId) -> Vec<CheckListEntry> {
+        let Some(rec) = self.core.node(node) else { return Vec::new() };
+        let host = rec.hostname.clone();
+        let Some((epoch, checks)) = self.checks.sets.get(&node) else { return Vec::new() };
+        let sources = self.sources(node, &host);
+        checks
+            .iter()
+            .map(|c| CheckListEntry {
+                host: host.clone(),
+                node,
+                epoch: *epoch,
+                source: sources.get(&c.name).cloned().unwrap_or_else(|| "unknown".to_owned()),
+                check: StoredCheck::from_spec(c),
+            })
+            .collect()
+    }
+
+    /// A request from the API.
+    pub(super) fn checks_request(&mut self, req: ChecksRequest) {
+        match req {
+            ChecksRequest::Run(r) => self.run_request(r),
+            ChecksRequest::Add { host, check, reply } => {
+                let _ = reply.send(self.add_manual(&host, check));
+            }
+            ChecksRequest::Remove { host, name, reply } => {
+                let _ = reply.send(self.remove_manual(&host, &name));
+            }
+            ChecksRequest::List { host, reply } => {
+                let answer = match host {
+                    Some(h) => self.find_host(&h).map(|(id, _)| self.list_node(id)),
+                    None => {
+                        let mut nodes: Vec<NodeId> = self.checks.sets.keys().copied().collect();
+                        nodes.sort();
+                        Ok(nodes.into_iter().flat_map(|n| self.list_node(n)).collect())
+                    }
+                };
+                let _ = reply.send(answer.map(|mut l| {
+                    l.sort_by(|a, b| (&a.host, &a.check.name).cmp(&(&b.host, &b.check.name)));
+                    l
+                }));
+            }
+        }
+    }
+
+    /// `assim check add`: validate, store, recompute and send the node's set.
+    fn add_manual(
+        &mut self,
+        host: &str,
+        check: StoredCheck,
+    ) -> Result<CheckListEntry, ChecksError> {
+        let (node, name) = self.find_host(host)?;
+        let spec = check.to_spec();
+        assim_checks::Check::try_from(&spec).map_err(|e| ChecksError::Invalid(e.to_string()))?;
+        let count = self.checks.manual.get(&node).map_or(0, BTreeMap::len);
+        if count >= assim_checks::spec::MAX_CHECKS {
+            return Err(ChecksError::Invalid(format!(
+                "host {name} already has {count} hand-set checks: remove some first"
+            )));
+        }
+        info!(node = %node, host = %name, check = %spec.name, kind = %spec.kind, "hand-set check added");
+        self.checks.manual.entry(node).or_default().insert(spec.name.clone(), spec.clone());
+        self.progress.services.manual.push(ManualChange::Put(ManualCheck {
+            node,
+            check: StoredCheck::from_spec(&spec),
+            added_at: Timestamp::now().micros(),
+        }));
+        self.update_check_set(node, false);
+        self.commit_now();
+        self.list_node(node)
+            .into_iter()
+            .find(|e| e.check.name == spec.name)
+            .ok_or_else(|| ChecksError::NotFound(format!("host {name} has no check set yet")))
+    }
+
+    /// `assim check remove`: only hand-set checks can be removed this way.
+    fn remove_manual(&mut self, host: &str, check: &str) -> Result<serde_json::Value, ChecksError> {
+        let (node, name) = self.find_host(host)?;
+        let removed = self.checks.manual.get_mut(&node).and_then(|m| m.remove(check));
+        if removed.is_none() {
+            let hand: Vec<String> = self
+                .checks
+                .manual
+                .get(&node)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            let other = self.sources(
+                node,
+                &self.core.node(node).map(|n| n.hostname.clone()).unwrap_or_default(),
+            );
+            let hint = match other.get(check) {
+                Some(src) => format!(
+                    "; {check:?} comes from {src}: change or disable it in the rules files                      (docs/checks.md)"
+                ),
+                None => String::new(),
+            };
+            return Err(ChecksError::NotFound(format!(
+                "host {name} has no hand-set check named {check:?} (hand-set: {}){hint}; see                  `assim check list --host {name}`",
+                if hand.is_empty() { "none".to_owned() } else { hand.join(", ") }
+            )));
+        }
+        info!(node = %node, host = %name, check = %check, "hand-set check removed");
+        self.progress.services.manual.push(ManualChange::Remove { node, name: check.to_owned() });
+        self.update_check_set(node, false);
+        self.commit_now();
+        let epoch = self.checks.sets.get(&node).map_or(0, |(e, _)| *e);
+        Ok(serde_json::json!({ "host": name, "name": check, "epoch": epoch }))
+    }
+
+    /// Commits the store now (not after the usual short delay), so the API answers a change
+    /// only once it is durable. No inbox records are pending here: API requests are handled in
+    /// their own loop turn, after the previous turn's flush.
+    fn commit_now(&mut self) {
+        self.last_store_commit = Instant::now() - STORE_COMMIT_INTERVAL;
+        self.commit_store();
     }
 
     /// A nanoprobe reported a check's HARD state.

@@ -171,7 +171,7 @@ pub async fn run(
     store.set_meta("listen", &opts.listen.to_string())?;
     let discovery_schedule = crate::discovery::schedule_message(&mut store, &opts.discovery)?;
     let checks = checks_cma::CmaChecks::load(&store, opts.check_rules.as_deref())?;
-    let (run_tx, mut run_rx) = tokio::sync::mpsc::channel::<checks_cma::RunRequest>(64);
+    let (run_tx, mut run_rx) = tokio::sync::mpsc::channel::<checks_cma::ChecksRequest>(64);
     let snapshot = store.load_snapshot()?;
     let socket = UdpSocket::bind(opts.listen)
         .await
@@ -293,7 +293,7 @@ pub async fn run(
                     Err(e) => warn!(error = %e, "UDP receive failed"),
                 }
             }
-            Some(req) = run_rx.recv() => d.run_request(req),
+            Some(req) = run_rx.recv() => d.checks_request(req),
             _ = sleep_until(deadline) => {}
             _ = &mut shutdown => break,
         }
@@ -562,9 +562,16 @@ impl Driver {
                 }
                 self.store_discovery(sender, d, now)
             }
-            Body::CheckStateChange(c) => self.check_change(sender, c, now),
-            Body::CommandResult(r) => self.command_result(sender, r),
+            Body::CheckStateChange(c) => {
+                *self.metrics.applied_other.entry("check_state_change").or_insert(0) += 1;
+                self.check_change(sender, c, now)
+            }
+            Body::CommandResult(r) => {
+                *self.metrics.applied_other.entry("command_result").or_insert(0) += 1;
+                self.command_result(sender, r)
+            }
             Body::LocalEvent(ev) => {
+                *self.metrics.applied_other.entry("local_event").or_insert(0) += 1;
                 if let Err(e) = self.core.handle_local_event(now, sender, &ev) {
                     warn!(node = %sender, error = %e, "local event refused");
                     self.reject("bad_local_event");

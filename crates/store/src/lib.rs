@@ -49,7 +49,7 @@ pub enum StoreError {
     TooNew { found: i64, supported: i64 },
 }
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Schema migrations: `(version, sql)` brings a file at `version - 1` to `version`. [`SCHEMA`]
 /// creates missing tables in their version-1 shape first, then every migration above the file's
@@ -62,6 +62,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, topology::MIGRATION_3),
     // 4: service monitoring — check sets and service states.
     (4, services::MIGRATION_4),
+    // 5: hand-set checks and remembered (stopped) services.
+    (5, services::MIGRATION_5),
 ];
 
 const SCHEMA: &str = "

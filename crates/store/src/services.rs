@@ -6,6 +6,8 @@
 //! |---|---|---|
 //! | `check_sets` | node | epoch, the checks as JSON ([`StoredCheck`]) |
 //! | `service_states` | node, check_name | HARD state, output, perfdata, flapping, since |
+//! | `manual_checks` | node, name | a check set by hand (`assim check add`), as JSON |
+//! | `remembered_services` | node, protocol, ip, port | a monitored listener and when it was last seen |
 //!
 //! Both are written in the CMA's batch transaction ([`crate::Store::apply`] via
 //! [`ServicesBatch`] in [`crate::InboxProgress`]), so they always match the inbox position.
@@ -39,6 +41,56 @@ CREATE TABLE IF NOT EXISTS service_states (
     PRIMARY KEY (node, check_name)
 );
 ";
+
+/// Schema step 5: hand-set checks, and the monitored services that stopped listening (whose
+/// checks keep running for a day, also across a CMA restart).
+pub const MIGRATION_5: &str = "
+CREATE TABLE IF NOT EXISTS manual_checks (
+    node TEXT NOT NULL,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    added_at INTEGER NOT NULL,
+    PRIMARY KEY (node, name)
+);
+CREATE TABLE IF NOT EXISTS remembered_services (
+    node TEXT NOT NULL,
+    protocol TEXT NOT NULL,
+    ip TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    listener TEXT NOT NULL,
+    seen INTEGER NOT NULL,
+    PRIMARY KEY (node, protocol, ip, port)
+);
+";
+
+/// A check set by hand for one node (`assim check add`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManualCheck {
+    pub node: NodeId,
+    pub check: StoredCheck,
+    /// When it was added, µs since the epoch.
+    pub added_at: u64,
+}
+
+/// A change to the hand-set checks: add (or replace) one, or remove one by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManualChange {
+    Put(ManualCheck),
+    Remove { node: NodeId, name: String },
+}
+
+/// A listener that matched a rule, as remembered (the `sockets` collector's fields).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RememberedService {
+    pub protocol: String,
+    pub ip: std::net::IpAddr,
+    pub port: u16,
+    pub exe: Option<String>,
+    pub cmdline: Vec<String>,
+    pub user: Option<String>,
+    /// When it was last seen listening, µs since the epoch.
+    pub seen: u64,
+}
 
 /// One check as stored (a wire `CheckSpec` in JSON-friendly form).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,11 +169,18 @@ pub struct ServiceStateRecord {
 pub struct ServicesBatch {
     pub check_sets: Vec<CheckSetRecord>,
     pub states: Vec<ServiceStateRecord>,
+    /// Hand-set checks added or removed, in order.
+    pub manual: Vec<ManualChange>,
+    /// Per node: replaces its remembered services.
+    pub remembered: Vec<(NodeId, Vec<RememberedService>)>,
 }
 
 impl ServicesBatch {
     pub fn is_empty(&self) -> bool {
-        self.check_sets.is_empty() && self.states.is_empty()
+        self.check_sets.is_empty()
+            && self.states.is_empty()
+            && self.manual.is_empty()
+            && self.remembered.is_empty()
     }
 }
 
@@ -171,7 +230,61 @@ pub(crate) fn apply(tx: &Connection, b: &ServicesBatch) -> rusqlite::Result<()> 
             s.updated_at as i64
         ])?;
     }
+    for m in &b.manual {
+        match m {
+            ManualChange::Put(m) => {
+                tx.prepare_cached(
+                    "INSERT INTO manual_checks (node, name, spec, added_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(node, name) DO UPDATE SET
+                        spec = excluded.spec, added_at = excluded.added_at",
+                )?
+                .execute(params![
+                    m.node.to_string(),
+                    m.check.name,
+                    serde_json::to_string(&m.check).expect("check serializes"),
+                    m.added_at as i64
+                ])?;
+            }
+            ManualChange::Remove { node, name } => {
+                tx.prepare_cached("DELETE FROM manual_checks WHERE node = ?1 AND name = ?2")?
+                    .execute(params![node.to_string(), name])?;
+            }
+        }
+    }
+    for (node, list) in &b.remembered {
+        let node = node.to_string();
+        tx.prepare_cached("DELETE FROM remembered_services WHERE node = ?1")?
+            .execute(params![node])?;
+        let mut put = tx.prepare_cached(
+            "INSERT OR REPLACE INTO remembered_services (node, protocol, ip, port, listener, seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for r in list {
+            put.execute(params![
+                node,
+                r.protocol,
+                r.ip.to_string(),
+                r.port,
+                serde_json::to_string(r).expect("listener serializes"),
+                r.seen as i64
+            ])?;
+        }
+    }
     Ok(())
+}
+
+/// One check of a node's desired set as `assim check list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckListEntry {
+    pub host: String,
+    pub node: NodeId,
+    /// The epoch of the node's check set.
+    pub epoch: u64,
+    /// Where the check came from: `rule:NAME`, `host` (a host-level check), `config` (a
+    /// `[[check]]` in a rules file) or `manual` (`assim check add`).
+    pub source: String,
+    #[serde(flatten)]
+    pub check: StoredCheck,
 }
 
 /// One monitored service as `assim services` shows it.
@@ -214,6 +327,60 @@ impl Store {
                     .map_err(|e| corrupt(format!("checks of {node}: {e}")))?,
                 monitors: Vec::new(),
             });
+        }
+        Ok(out)
+    }
+
+    /// Every hand-set check, by node and name.
+    pub fn manual_checks(&self) -> Result<Vec<ManualCheck>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT node, name, spec, added_at FROM manual_checks ORDER BY node, name")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (node, name, spec, added_at) = row.map_err(|e| self.sql(e))?;
+            let corrupt = |detail: String| StoreError::Corrupt { table: "manual_checks", detail };
+            out.push(ManualCheck {
+                node: node.parse().map_err(|_| corrupt(format!("node id {node:?}")))?,
+                check: serde_json::from_str(&spec)
+                    .map_err(|e| corrupt(format!("check {name} of {node}: {e}")))?,
+                added_at: added_at as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every remembered service, by node.
+    pub fn remembered_services(
+        &self,
+    ) -> Result<BTreeMap<NodeId, Vec<RememberedService>>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT node, listener FROM remembered_services ORDER BY node, port")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.sql(e))?;
+        let mut out: BTreeMap<NodeId, Vec<RememberedService>> = BTreeMap::new();
+        for row in rows {
+            let (node, listener) = row.map_err(|e| self.sql(e))?;
+            let corrupt =
+                |detail: String| StoreError::Corrupt { table: "remembered_services", detail };
+            let id: NodeId = node.parse().map_err(|_| corrupt(format!("node id {node:?}")))?;
+            let r = serde_json::from_str(&listener)
+                .map_err(|e| corrupt(format!("listener of {node}: {e}")))?;
+            out.entry(id).or_default().push(r);
         }
         Ok(out)
     }
@@ -359,6 +526,7 @@ mod tests {
                 &batch(ServicesBatch {
                     check_sets: vec![set],
                     states: vec![state("http:80", "ok", 10)],
+                    ..ServicesBatch::default()
                 }),
             )
             .unwrap();
@@ -369,6 +537,7 @@ mod tests {
                 &batch(ServicesBatch {
                     check_sets: vec![],
                     states: vec![state("http:80", "ok", 20)],
+                    ..ServicesBatch::default()
                 }),
             )
             .unwrap();
@@ -386,6 +555,7 @@ mod tests {
                 &batch(ServicesBatch {
                     check_sets: vec![],
                     states: vec![state("http:80", "critical", 30)],
+                    ..ServicesBatch::default()
                 }),
             )
             .unwrap();
@@ -395,8 +565,63 @@ mod tests {
         // A new set without the check drops its state.
         let set = CheckSetRecord { node, epoch: 5, checks: vec![check("load")], monitors: vec![] };
         store
-            .apply(&[], &[], &batch(ServicesBatch { check_sets: vec![set], states: vec![] }))
+            .apply(
+                &[],
+                &[],
+                &batch(ServicesBatch { check_sets: vec![set], ..ServicesBatch::default() }),
+            )
             .unwrap();
         assert!(store.service_states().unwrap().is_empty());
+    }
+
+    #[test]
+    fn manual_checks_and_remembered_services_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let node = NodeId::from_slice(&[5; 16]).unwrap();
+        let check = |name: &str, port: &str| StoredCheck {
+            name: name.into(),
+            kind: "tcp".into(),
+            argv: vec!["127.0.0.1".into(), port.into()],
+            params: BTreeMap::new(),
+            interval_s: 5,
+            retry_interval_s: 1,
+            max_attempts: 1,
+            timeout_s: 2,
+        };
+        let put = |name: &str, port: &str| {
+            ManualChange::Put(ManualCheck { node, check: check(name, port), added_at: 7 })
+        };
+        let remembered = |port: u16, seen: u64| RememberedService {
+            protocol: "tcp".into(),
+            ip: "0.0.0.0".parse().unwrap(),
+            port,
+            exe: Some("/usr/sbin/sshd".into()),
+            cmdline: vec!["sshd".into()],
+            user: None,
+            seen,
+        };
+        let batch = |services| InboxProgress { services, ..InboxProgress::default() };
+        {
+            let mut store = Store::open(&path).unwrap();
+            let services = ServicesBatch {
+                manual: vec![put("a", "1"), put("b", "2"), put("a", "3")],
+                remembered: vec![(node, vec![remembered(22, 1), remembered(80, 2)])],
+                ..ServicesBatch::default()
+            };
+            store.apply(&[], &[], &batch(services)).unwrap();
+            let services = ServicesBatch {
+                manual: vec![ManualChange::Remove { node, name: "b".into() }],
+                remembered: vec![(node, vec![remembered(22, 9)])],
+                ..ServicesBatch::default()
+            };
+            store.apply(&[], &[], &batch(services)).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let manual = store.manual_checks().unwrap();
+        assert_eq!(manual.len(), 1, "{manual:?}");
+        assert_eq!(manual[0].check, check("a", "3"), "a later put replaces the check");
+        let rem = store.remembered_services().unwrap();
+        assert_eq!(rem[&node], vec![remembered(22, 9)], "a node's list is replaced whole");
     }
 }
