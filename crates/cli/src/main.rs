@@ -60,7 +60,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List events (host.up, host.suspect, host.down, host.left, path.suspect, ring.changed).
+    /// List events (host.*, path.suspect, ring.changed, service.*, local.event), optionally filtered.
     Events {
         /// Only events after this id.
         #[arg(long, default_value_t = 0)]
