@@ -390,6 +390,23 @@ impl Cluster {
     }
 
     /// The log directory.
+    /// Runs the `assim` CLI at `assim_bin` against this cluster's API (without any token from
+    /// the environment); returns (success, stdout, stderr).
+    pub fn run_cli(&self, assim_bin: &str, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(assim_bin)
+            .arg("--api")
+            .arg(format!("http://{}", self.api))
+            .args(args)
+            .env_remove("ASSIM_API_TOKEN")
+            .output()
+            .expect("run assim");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -28,18 +28,7 @@ fn spec(nodes: usize, cma_args: Vec<String>) -> ClusterSpec {
 
 /// `assim …` against the cluster's API; returns (success, stdout, stderr).
 fn assim(c: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_assim"))
-        .arg("--api")
-        .arg(format!("http://{}", c.api))
-        .args(args)
-        .env_remove("ASSIM_API_TOKEN")
-        .output()
-        .expect("run assim");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    c.run_cli(env!("CARGO_BIN_EXE_assim"), args)
 }
 
 fn send(c: &Cluster, node: usize, extra: &[&str], text: &str) -> (bool, String, String) {

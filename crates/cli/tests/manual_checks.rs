@@ -4,7 +4,6 @@
 //! crash (SIGKILL right after it was added) without a second event; `assim check remove` takes
 //! it off the list and off the host.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec};
@@ -13,18 +12,7 @@ use assim_store::services::{CheckListEntry, ServiceView};
 
 /// Runs `assim --api … ARGS`; returns (success, stdout, stderr).
 fn assim(c: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_assim"))
-        .arg("--api")
-        .arg(format!("http://{}", c.api))
-        .args(args)
-        .env_remove("ASSIM_API_TOKEN")
-        .output()
-        .expect("run assim");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    c.run_cli(env!("CARGO_BIN_EXE_assim"), args)
 }
 
 fn list(c: &Cluster) -> Vec<CheckListEntry> {

@@ -24,18 +24,7 @@ fn spec() -> ClusterSpec {
 
 /// Runs `assim --api … ARGS`; returns (success, stdout, stderr).
 fn assim(c: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_assim"))
-        .arg("--api")
-        .arg(format!("http://{}", c.api))
-        .args(args)
-        .env_remove("ASSIM_API_TOKEN")
-        .output()
-        .expect("run assim");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    c.run_cli(env!("CARGO_BIN_EXE_assim"), args)
 }
 
 fn assim_json(c: &Cluster, args: &[&str]) -> Value {
