@@ -21,7 +21,18 @@
 //! derivable from node states anyway — [`Cma::new`] rebuilds it from them and reports any
 //! difference from the stored order.
 //!
+//! [`Authority`] is the whole core a CMA shell drives: [`Cma`] plus every piece of desired
+//! state a nanoprobe is sent besides its peer set — the discovery schedule and its epoch
+//! ([`schedule`]), the check set computed from monitoring rules and `sockets` discovery with
+//! the memory of stopped services ([`check_sets`]), run-now commands, hand-set checks — and
+//! what must be stored for them ([`DesiredChange`], restored through [`DesiredSnapshot`]).
+//! Its module doc ([`desired`]) lists each entry point and the daemon code it replaces. No
+//! clock is read: epochs come from persisted state, times from `now`.
+//!
 //! Layout:
+//! - [`desired`]: [`Authority`], its [`Output`]s, [`DesiredChange`], [`DesiredSnapshot`].
+//! - [`schedule`]: the discovery schedule and its persisted epoch.
+//! - [`check_sets`]: check sets from rules × listeners, stopped services, hand-set checks.
 //! - [`model`]: the data exchanged with drivers — [`Timing`], [`CmaConfig`], [`NodeRecord`],
 //!   [`Event`], [`Snapshot`], [`Action`], [`Change`], [`HelloError`], [`Stats`].
 //! - [`ring`]: [`ring::Ring`] (one cycle ordered by a hash of the node id) and
@@ -34,14 +45,21 @@
 
 #![forbid(unsafe_code)]
 
+pub mod check_sets;
 mod cma;
+pub mod desired;
 pub mod failure;
 pub mod local_events;
 pub mod model;
 pub mod ring;
+pub mod schedule;
 pub mod services;
 
 pub use crate::cma::Cma;
+pub use crate::desired::{
+    Authority, AuthorityConfig, ChecksError, CommandAnswer, DesiredChange, DesiredSnapshot,
+    DiscoveryError, DiscoveryRecord, Output, ServiceStateRecord,
+};
 pub use crate::model::{
     Action, Change, CmaConfig, Event, EventKind, HelloError, NodeRecord, NodeState, ParseNameError,
     Severity, Snapshot, Stats, Timing,
