@@ -369,3 +369,31 @@ fn run_now_of_an_unknown_check_is_answered_at_once() {
     let answer = answer.expect("a command result");
     assert!(!answer.ok && answer.command_id == 5 && answer.error.contains("no check"));
 }
+
+/// The cost of the seal step the simulator skips (`cargo test -p assim-probe-shell --release
+/// seal_cost -- --ignored --nocapture`): one heartbeat sealed and opened.
+#[test]
+#[ignore = "a measurement, not a test"]
+fn seal_cost() {
+    use assim_seal::{Identity, Sealer};
+    use assim_wire::DatagramKind;
+    use assim_wire::msg::{Direct, DirectBody};
+    let mut rng = rand::rngs::OsRng;
+    let (a, b) = (Identity::generate(&mut rng), Identity::generate(&mut rng));
+    let (mut sa, mut sb) = (Sealer::new(a.clone(), 1), Sealer::new(b.clone(), 2));
+    let t = Instant::now();
+    sa.add_peer(b.node_id(), b.public_key());
+    sb.add_peer(a.node_id(), a.public_key());
+    let setup = t.elapsed() / 2;
+    let hb = Direct { body: Some(DirectBody::Heartbeat(msg::Heartbeat::default())) }.to_bytes();
+    let n = 100_000u32;
+    let mut out = Vec::new();
+    let t = Instant::now();
+    for _ in 0..n {
+        out.clear();
+        sa.seal(b.node_id(), DatagramKind::Direct, false, &hb, &mut out).unwrap();
+        sb.open(&out).unwrap();
+    }
+    let per = t.elapsed() / n;
+    println!("seal+open of a heartbeat: {per:?}; adding a peer (X25519): {setup:?}");
+}
