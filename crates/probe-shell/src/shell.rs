@@ -1,0 +1,831 @@
+//! [`Shell`]: one nanoprobe's logic above the cores, without IO.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use assim_checks::runner::clip;
+use assim_checks::{ApplyOutcome, Check, CheckResult, Scheduler, state_name};
+use assim_discovery::schedule::{Applied as ScheduleApplied, Entry};
+use assim_discovery::{ChangeFilter, Discovery, Schedule};
+use assim_probe::{Action as HbAction, Applied, DesiredPeers, Heartbeats, PeerSetError};
+use assim_reliable::{Connection, Event as RelEvent, SendError};
+use assim_seal::Sealer;
+use assim_wire::msg::{self, Body, Direct, DirectBody, Message};
+use assim_wire::{DatagramKind, NodeId};
+use tracing::{debug, error, info, warn};
+
+use crate::limits::{MAX_MESSAGE, fit, fit_body};
+use crate::spool::{Refused, Spool, SpoolStorage};
+
+/// How long unacknowledged records wait, with the connection idle, before they are sent again.
+pub const RESEND_AFTER: Duration = Duration::from_secs(10);
+/// How long a leaving nanoprobe waits for its goodbye to be acknowledged.
+pub const LEAVE_WAIT: Duration = Duration::from_secs(3);
+/// Checks running at once, at most.
+pub const MAX_CONCURRENT_CHECKS: usize = 32;
+/// The collector name of the LLDP/CDP listener's table.
+pub const L2_COLLECTOR: &str = "l2neighbors";
+
+/// What a shell is built from.
+#[derive(Clone, Debug)]
+pub struct ShellConfig {
+    /// This node.
+    pub node_id: NodeId,
+    /// The CMA this node obeys.
+    pub cma_id: NodeId,
+    /// Where to reach it (updated from the source of its frames).
+    pub cma_addr: SocketAddr,
+    /// The reliable session (a new one per process start) and the seed of its randomness.
+    pub session: u64,
+    pub seed: u64,
+    /// The hello to send on start and after a CMA restart (`peer_epoch` is filled in).
+    pub hello: msg::Hello,
+    /// The reliable layer's settings. Its `max_message_size` is capped at [`MAX_MESSAGE`],
+    /// which is also the spool's record limit.
+    pub reliable: assim_reliable::Config,
+    /// Run discovery on the built-in schedule until the CMA sends one (the daemon), or run
+    /// none until then (the simulator, whose CMA sends none).
+    pub discovery_defaults: bool,
+}
+
+/// A datagram to send, before sealing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Transmit {
+    /// A heartbeat to a ring neighbour.
+    Heartbeat { to: NodeId, addr: SocketAddr, heartbeat: msg::Heartbeat },
+    /// The answer to the CMA's probe.
+    ProbeReply { to: NodeId, addr: SocketAddr, probe: msg::Probe },
+    /// A reliable frame for the CMA.
+    Cma { addr: SocketAddr, frame: Vec<u8> },
+}
+
+/// A sealed datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Datagram {
+    pub to: NodeId,
+    pub addr: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+/// What the driver must do, or may want to know.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// The CMA asked this nanoprobe to stop.
+    Stop { reason: String },
+    /// The goodbye was acknowledged: stop now.
+    Left,
+    /// The goodbye was not acknowledged within [`LEAVE_WAIT`]: stop anyway.
+    LeaveTimedOut,
+    /// Run this check (scheduled); hand the result to [`Shell::check_done`].
+    RunCheck(Check),
+    /// Run this check now for a `RunNow` command; hand the result to [`Shell::check_now_done`].
+    RunCheckNow { command_id: u64, check: Check },
+    /// Run this discovery collector (an agent, a built-in, or the LLDP/CDP table for
+    /// [`L2_COLLECTOR`]); hand the result to [`Shell::collector_done`].
+    RunCollector { name: String, params: BTreeMap<String, String> },
+    /// A hello was queued (`restart`: after a CMA restart); `id` is its reliable id.
+    HelloSent { id: u64, restart: bool },
+    /// A control message (hello, goodbye, command result) was delivered to the CMA.
+    Delivered(u64),
+    /// A peer set arrived.
+    PeerSet(Result<Applied, PeerSetError>),
+    /// A heartbeat report was spooled (`record` 0: sent without the spool).
+    Reported { kind: i32, record: u64 },
+    /// A message was spooled with this record number.
+    Spooled { record: u64, kind: &'static str },
+    /// A message from the CMA this version does not act on, or cannot decode.
+    Ignored { kind: &'static str },
+}
+
+/// Counters of the shell besides the spool's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShellStats {
+    /// Datagrams dropped (authentication, replay, unexpected kind or sender).
+    pub rejected: u64,
+    /// Reliable frames from the CMA that the connection refused.
+    pub bad_frames: u64,
+    /// Hellos sent again after a CMA restart.
+    pub rehellos: u64,
+    /// Messages replaced by their error form because they exceeded [`MAX_MESSAGE`].
+    pub oversized: u64,
+    /// Messages the reliable layer refused to queue (full queue).
+    pub queue_refused: u64,
+}
+
+/// One nanoprobe's shell. See the crate doc.
+#[derive(Debug)]
+pub struct Shell<S: SpoolStorage> {
+    cfg: ShellConfig,
+    hb: Heartbeats,
+    conn: Connection,
+    spool: Spool<S>,
+    sealer: Option<Sealer>,
+    last_ack_progress: Instant,
+    /// The goodbye's reliable id while leaving (None once acknowledged).
+    goodbye: Option<u64>,
+    leave_by: Option<Instant>,
+    leaving: bool,
+    done: bool,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    checks: Scheduler,
+    checks_waiting: VecDeque<Check>,
+    checks_running: usize,
+    discovery: Schedule,
+    /// Whether the discovery schedule runs (see [`ShellConfig::discovery_defaults`]).
+    discovery_active: bool,
+    filter: ChangeFilter,
+    collectors_running: HashSet<String>,
+    stats: ShellStats,
+}
+
+fn is_droppable(body: &Body) -> bool {
+    matches!(body, Body::PeerStatus(_) | Body::Statistics(_))
+}
+
+impl<S: SpoolStorage> Shell<S> {
+    /// A shell over an opened spool. `sealer`: `Some` for the drivers that seal (daemon, wire
+    /// mode), `None` for the virtual-time simulator, which exchanges [`Transmit`]s directly.
+    /// Call [`Shell::start`] next.
+    pub fn new(
+        mut cfg: ShellConfig,
+        spool: Spool<S>,
+        sealer: Option<Sealer>,
+        now: Instant,
+    ) -> Shell<S> {
+        let max = spool.max_record().min(MAX_MESSAGE);
+        cfg.reliable.max_message_size = cfg.reliable.max_message_size.min(max);
+        let conn = Connection::new(cfg.reliable.clone(), cfg.session, cfg.seed);
+        Shell {
+            hb: Heartbeats::new(cfg.node_id),
+            conn,
+            spool,
+            sealer,
+            last_ack_progress: now,
+            goodbye: None,
+            leave_by: None,
+            leaving: false,
+            done: false,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            checks: Scheduler::new(cfg.seed ^ 0xc4ec),
+            checks_waiting: VecDeque::new(),
+            checks_running: 0,
+            discovery: Schedule::new(now),
+            discovery_active: cfg.discovery_defaults,
+            filter: ChangeFilter::new(),
+            collectors_running: HashSet::new(),
+            stats: ShellStats::default(),
+            cfg,
+        }
+    }
+
+    /// Registers with the CMA and sends what the spool still holds from earlier runs.
+    pub fn start(&mut self, now: Instant) {
+        if self.spool.unacked() > 0 {
+            info!(
+                records = self.spool.unacked(),
+                "the spool holds records the CMA has not acknowledged yet"
+            );
+        }
+        self.send_hello(false, now);
+        self.resend_unacked(now);
+    }
+
+    // --------------------------------------------------------------------------------------
+    // accessors
+
+    /// The heartbeat core.
+    pub fn heartbeats(&self) -> &Heartbeats {
+        &self.hb
+    }
+    /// The spool.
+    pub fn spool(&self) -> &Spool<S> {
+        &self.spool
+    }
+    /// The reliable connection to the CMA.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+    /// The sealer (drivers that seal).
+    pub fn sealer(&self) -> Option<&Sealer> {
+        self.sealer.as_ref()
+    }
+    /// Counters.
+    pub fn stats(&self) -> &ShellStats {
+        &self.stats
+    }
+    /// The CMA's id and current address.
+    pub fn cma(&self) -> (NodeId, SocketAddr) {
+        (self.cfg.cma_id, self.cfg.cma_addr)
+    }
+    /// Whether a goodbye was sent.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving
+    }
+    /// The epoch of the applied check set.
+    pub fn check_epoch(&self) -> u64 {
+        self.checks.epoch()
+    }
+    /// The discovery schedule (interval of a collector, e.g. to start the LLDP/CDP listener).
+    pub fn discovery_schedule(&self) -> &Schedule {
+        &self.discovery
+    }
+
+    // --------------------------------------------------------------------------------------
+    // inputs
+
+    /// A sealed datagram from `src` (drivers that seal).
+    pub fn handle_datagram(&mut self, datagram: &[u8], src: SocketAddr, now: Instant) {
+        let Some(sealer) = self.sealer.as_mut() else {
+            self.stats.rejected += 1;
+            return;
+        };
+        let opened = match sealer.open(datagram) {
+            Ok(o) => o,
+            Err(e) => {
+                self.stats.rejected += 1;
+                debug!(%src, reason = e.reason(), "datagram rejected");
+                return;
+            }
+        };
+        let sender = opened.header.sender;
+        match opened.header.kind {
+            DatagramKind::Reliable if sender == self.cfg.cma_id => {
+                self.handle_cma_frame(&opened.plaintext, src, now)
+            }
+            DatagramKind::Reliable => {
+                self.stats.rejected += 1;
+                warn!(%src, node = %sender, "a command from a node that is not our CMA; ignored");
+            }
+            DatagramKind::Direct => match Direct::from_bytes(&opened.plaintext) {
+                Ok(Direct { body: Some(DirectBody::Heartbeat(hb)) }) => {
+                    self.handle_heartbeat(sender, src, &hb, now)
+                }
+                Ok(Direct { body: Some(DirectBody::Probe(p)) }) if sender == self.cfg.cma_id => {
+                    self.handle_probe(p, src)
+                }
+                _ => self.stats.rejected += 1,
+            },
+            DatagramKind::KeyRequest | DatagramKind::KeyReply => self.stats.rejected += 1,
+        }
+    }
+
+    /// A heartbeat from a ring neighbour (already authenticated).
+    pub fn handle_heartbeat(
+        &mut self,
+        from: NodeId,
+        src: SocketAddr,
+        hb: &msg::Heartbeat,
+        now: Instant,
+    ) {
+        self.hb.heartbeat_received(from, src, hb, now);
+        self.drain_heartbeats(now);
+    }
+
+    /// The CMA's probe (already authenticated as coming from the CMA): answer it.
+    pub fn handle_probe(&mut self, probe: msg::Probe, src: SocketAddr) {
+        self.transmits.push_back(Transmit::ProbeReply { to: self.cfg.cma_id, addr: src, probe });
+    }
+
+    /// A reliable frame from the CMA (already authenticated).
+    pub fn handle_cma_frame(&mut self, frame: &[u8], src: SocketAddr, now: Instant) {
+        self.cfg.cma_addr = src;
+        if let Err(e) = self.conn.handle_frame(frame, now) {
+            self.stats.bad_frames += 1;
+            debug!(error = %e, "bad frame from the CMA");
+        }
+        while let Some(ev) = self.conn.poll_event() {
+            match ev {
+                RelEvent::Delivered(bytes) => match Message::from_bytes(&bytes) {
+                    Ok(Message { body: Some(Body::Ack(a)), .. }) => self.handle_ack(a.through, now),
+                    Ok(m) => self.handle_command(m, now),
+                    Err(e) => {
+                        warn!(error = %e, "undecodable message from the CMA");
+                        self.events.push_back(Event::Ignored { kind: "undecodable" });
+                    }
+                },
+                RelEvent::PeerRestarted { .. } => {
+                    // While leaving, the goodbye (resent by the reliable layer) is what the
+                    // restarted CMA must see; a hello would register us again just before we
+                    // stop, and our neighbours would then report us down.
+                    if !self.leaving {
+                        info!("the CMA restarted; registering again");
+                        self.stats.rehellos += 1;
+                        self.send_hello(true, now);
+                    }
+                    self.resend_unacked(now);
+                }
+                RelEvent::Acked(id) => {
+                    self.events.push_back(Event::Delivered(id));
+                    if self.goodbye == Some(id) {
+                        self.goodbye = None;
+                        if !self.done {
+                            self.done = true;
+                            info!("goodbye acknowledged");
+                            self.events.push_back(Event::Left);
+                        }
+                    }
+                }
+            }
+        }
+        self.drain_heartbeats(now);
+    }
+
+    fn handle_command(&mut self, m: Message, now: Instant) {
+        match m.body {
+            Some(Body::PeerSet(set)) => match DesiredPeers::try_from(&set) {
+                Ok(desired) => {
+                    if let Some(s) = self.sealer.as_mut() {
+                        for p in &desired.peers {
+                            s.add_peer(p.node_id, p.public_key);
+                        }
+                    }
+                    let (epoch, n) = (desired.epoch, desired.peers.len());
+                    let outcome = self.hb.apply(desired, now);
+                    debug!(epoch, peers = n, ?outcome, "peer set received");
+                    self.events.push_back(Event::PeerSet(Ok(outcome)));
+                }
+                Err(e) => {
+                    warn!(error = %e, epoch = set.epoch, "invalid peer set from the CMA; ignored");
+                    self.events.push_back(Event::PeerSet(Err(e)));
+                }
+            },
+            Some(Body::Shutdown(s)) => {
+                info!(reason = %s.reason, "the CMA asked this nanoprobe to stop");
+                self.events.push_back(Event::Stop { reason: s.reason });
+            }
+            Some(Body::DiscoverySchedule(s)) => self.apply_schedule(s, now),
+            Some(Body::CheckSet(set)) => self.apply_check_set(&set, now),
+            Some(Body::RunNow(r)) => self.run_now(&r, now),
+            Some(other) => {
+                debug!(kind = other.name(), "command not handled yet; ignored");
+                self.events.push_back(Event::Ignored { kind: other.name() });
+            }
+            None => {
+                debug!("a message of a kind this version does not know; ignored");
+                self.events.push_back(Event::Ignored { kind: "unknown" });
+            }
+        }
+    }
+
+    /// The CMA durably holds every record up to `through`: delete them from the spool.
+    fn handle_ack(&mut self, through: u64, now: Instant) {
+        if self.spool.ack(through, now) {
+            self.last_ack_progress = now;
+        }
+    }
+
+    /// Says goodbye: the driver stops on [`Event::Left`] or [`Event::LeaveTimedOut`].
+    /// Checks and discovery stop being scheduled. Returns the goodbye's reliable id.
+    pub fn leave(&mut self, now: Instant) -> Option<u64> {
+        if self.leaving {
+            return self.goodbye;
+        }
+        self.leaving = true;
+        self.leave_by = Some(now + LEAVE_WAIT);
+        let body = Body::Goodbye(msg::Goodbye { reason: msg::GoodbyeReason::Shutdown as i32 });
+        self.goodbye = self.send_control(body, now);
+        self.goodbye
+    }
+
+    /// Sends a message that must not be lost through the spool (reports, results, local
+    /// events). Returns its record number, or `None` when it could not be spooled (dropped
+    /// because the spool is full and it is droppable, or sent without the spool's protection).
+    pub fn send_spooled(&mut self, body: Body, now: Instant) -> Option<u64> {
+        let droppable = is_droppable(&body);
+        let kind = body.name();
+        let max = self.spool.max_record();
+        // Refuse oversized messages at the source (issue 16 item 2): the error form takes
+        // the record instead, so nothing in the spool is too large to send.
+        let (body, replaced) = fit_body(body, max);
+        if replaced {
+            self.stats.oversized += 1;
+            error!(
+                kind,
+                limit = max,
+                "a message for the CMA is over the size limit; sending an error result instead"
+            );
+        }
+        let body = body?;
+        match self.spool.append(Message { record: 0, body: Some(body.clone()) }) {
+            Ok(record) => {
+                self.events.push_back(Event::Spooled { record, kind });
+                Some(record)
+            }
+            Err(Refused::Full(e)) if droppable => {
+                self.spool.stats.dropped += 1;
+                if self.spool.stats.dropped % 100 == 1 {
+                    warn!(dropped = self.spool.stats.dropped, error = %e, "spool full: dropping peer status and statistics until the CMA catches up");
+                }
+                None
+            }
+            Err(e) => {
+                self.spool.stats.unspooled += 1;
+                let e = match e {
+                    Refused::Full(e) => e.to_string(),
+                    Refused::Failed(s) => s,
+                };
+                error!(error = %e, "cannot spool a message for the CMA; sending it without disk protection");
+                let (bytes, _) = fit(Message { record: 0, body: Some(body) }, max);
+                self.queue(bytes, now);
+                None
+            }
+        }
+    }
+
+    /// Sends a message that is not spooled (hello, goodbye, command results); returns its
+    /// reliable id. An oversized command result is replaced by its error form.
+    pub fn send_control(&mut self, body: Body, now: Instant) -> Option<u64> {
+        let (bytes, replaced) = fit(Message::new(body), self.spool.max_record());
+        if replaced {
+            self.stats.oversized += 1;
+        }
+        self.queue(bytes, now)
+    }
+
+    fn queue(&mut self, bytes: Vec<u8>, now: Instant) -> Option<u64> {
+        match self.conn.send(bytes, now) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                self.stats.queue_refused += 1;
+                warn!(error = %e, "cannot queue a message for the CMA");
+                None
+            }
+        }
+    }
+
+    fn send_hello(&mut self, restart: bool, now: Instant) {
+        self.cfg.hello.peer_epoch = self.hb.epoch();
+        let hello = Body::Hello(self.cfg.hello.clone());
+        if let Some(id) = self.send_control(hello, now) {
+            self.events.push_back(Event::HelloSent { id, restart });
+        }
+    }
+
+    /// Sends every durable record past the acknowledged position again, in order.
+    fn resend_unacked(&mut self, now: Instant) {
+        let records = self.spool.unacked_records();
+        self.last_ack_progress = now;
+        if records.is_empty() {
+            return;
+        }
+        info!(records = records.len(), "sending unacknowledged spool records again");
+        let max = self.spool.max_record();
+        for bytes in records {
+            // A record from an older version that is too large to send goes out in its error
+            // form under the same number, so it cannot block the records after it.
+            let bytes = if bytes.len() > max {
+                self.stats.oversized += 1;
+                fit(Message::from_bytes(&bytes).unwrap_or_default(), max).0
+            } else {
+                bytes
+            };
+            match self.conn.send(bytes, now) {
+                Ok(_) => self.spool.stats.resent += 1,
+                Err(SendError::QueueFull { .. }) => {
+                    // The rest goes out with the next idle resend.
+                    self.stats.queue_refused += 1;
+                    break;
+                }
+                Err(e) => {
+                    self.stats.queue_refused += 1;
+                    warn!(error = %e, "cannot queue a spooled record");
+                }
+            }
+        }
+    }
+
+    fn drain_heartbeats(&mut self, now: Instant) {
+        while let Some(action) = self.hb.poll_action() {
+            match action {
+                HbAction::SendHeartbeat { to, addr, heartbeat } => {
+                    self.transmits.push_back(Transmit::Heartbeat { to, addr, heartbeat })
+                }
+                HbAction::Report(r) => {
+                    debug!(
+                        kind = msg::ReportKind::try_from(r.kind).map(|k| k.name()).unwrap_or("?"),
+                        peer = %NodeId::from_slice(&r.peer).unwrap_or_default(),
+                        silent_ms = r.silent_ms,
+                        "reporting a peer"
+                    );
+                    let kind = r.kind;
+                    let record = self.send_spooled(Body::HeartbeatReport(r), now).unwrap_or(0);
+                    self.events.push_back(Event::Reported { kind, record });
+                }
+                HbAction::Status(s) => {
+                    self.send_spooled(Body::PeerStatus(s), now);
+                }
+            }
+        }
+    }
+
+    // --------------------------------------------------------------------------------------
+    // checks
+
+    fn apply_check_set(&mut self, set: &msg::CheckSet, now: Instant) {
+        let mut checks = Vec::with_capacity(set.checks.len());
+        let mut names = HashSet::new();
+        for spec in set.checks.iter().take(assim_checks::spec::MAX_CHECKS) {
+            match Check::try_from(spec) {
+                Ok(c) if names.insert(c.name.clone()) => checks.push(c),
+                Ok(c) => {
+                    warn!(check = %c.name, "a check appears twice in the check set; the first wins")
+                }
+                Err(e) => {
+                    warn!(epoch = set.epoch, error = %e, "invalid check from the CMA; skipped")
+                }
+            }
+        }
+        match self.checks.apply(set.epoch, checks, now) {
+            ApplyOutcome::Applied { added, kept, removed } => {
+                info!(epoch = set.epoch, added, kept, removed, "check set applied")
+            }
+            ApplyOutcome::Stale { current } => {
+                debug!(epoch = set.epoch, current, "older check set ignored")
+            }
+        }
+    }
+
+    fn start_waiting_checks(&mut self) {
+        while self.checks_running < MAX_CONCURRENT_CHECKS
+            && let Some(check) = self.checks_waiting.pop_front()
+        {
+            self.checks_running += 1;
+            self.events.push_back(Event::RunCheck(check));
+        }
+    }
+
+    /// A scheduled check finished (`at_us`: wall-clock µs of the result).
+    pub fn check_done(&mut self, name: &str, result: &CheckResult, at_us: u64, now: Instant) {
+        self.checks_running = self.checks_running.saturating_sub(1);
+        if !self.leaving {
+            self.start_waiting_checks();
+        }
+        debug!(check = %name, state = state_name(result.state), output = %result.output, "check ran");
+        let Some(report) = self.checks.handle_result(name, result, now) else { return };
+        info!(
+            check = %report.check, state = state_name(report.state), flapping = report.flapping,
+            initial = report.initial, output = %report.output, "check state changed; telling the CMA"
+        );
+        let body = Body::CheckStateChange(msg::CheckStateChange {
+            check: report.check,
+            state: report.state as i32,
+            output: report.output,
+            perfdata: report.perfdata,
+            at: at_us,
+            flapping: report.flapping,
+            initial: report.initial,
+        });
+        self.send_spooled(body, now);
+    }
+
+    fn run_now(&mut self, r: &msg::RunNow, now: Instant) {
+        let Some(entry) = self.checks.get(&r.check) else {
+            let mut known: Vec<&str> =
+                self.checks.entries().map(|e| e.check.name.as_str()).collect();
+            known.truncate(20);
+            let error = format!(
+                "no check named {:?} on this host (it has: {})",
+                r.check,
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            );
+            let body = Body::CommandResult(msg::CommandResult {
+                command_id: r.command_id,
+                ok: false,
+                error,
+                payload: Vec::new(),
+            });
+            self.send_control(body, now);
+            return;
+        };
+        info!(check = %entry.check.name, command_id = r.command_id, "running a check now, as the CMA asked");
+        self.events
+            .push_back(Event::RunCheckNow { command_id: r.command_id, check: entry.check.clone() });
+    }
+
+    /// A `RunNow` check finished: answer the command (not spooled: nobody waits for it after a
+    /// restart). The payload is JSON `{check, state, output, long_output, perfdata,
+    /// duration_ms, exit_code}`.
+    pub fn check_now_done(
+        &mut self,
+        command_id: u64,
+        name: &str,
+        result: &CheckResult,
+        now: Instant,
+    ) {
+        let payload = serde_json::json!({
+            "check": name,
+            "state": state_name(result.state),
+            "output": result.output,
+            "long_output": clip(&result.long_output, 8 * 1024),
+            "perfdata": result.perfdata,
+            "duration_ms": result.duration.as_millis() as u64,
+            "exit_code": result.exit_code,
+        });
+        let body = Body::CommandResult(msg::CommandResult {
+            command_id,
+            ok: true,
+            error: String::new(),
+            payload: serde_json::to_vec(&payload).unwrap_or_default(),
+        });
+        self.send_control(body, now);
+    }
+
+    // --------------------------------------------------------------------------------------
+    // discovery
+
+    fn apply_schedule(&mut self, s: msg::DiscoverySchedule, now: Instant) {
+        let entries: BTreeMap<String, Entry> = s
+            .entries
+            .into_iter()
+            .map(|e| {
+                let params = e.params.into_iter().map(|t| (t.key, t.value)).collect();
+                (e.name, Entry { interval_s: e.interval_s, params })
+            })
+            .collect();
+        let n = entries.len();
+        match self.discovery.apply(s.epoch, entries, now) {
+            ScheduleApplied::Applied { unknown } => {
+                self.discovery_active = true;
+                info!(epoch = s.epoch, entries = n, "discovery schedule from the CMA applied");
+                for name in unknown {
+                    warn!(collector = %name, "the CMA schedules a discovery collector this nanoprobe does not have; ignored");
+                }
+            }
+            ScheduleApplied::Stale { current } => {
+                debug!(epoch = s.epoch, current, "an older discovery schedule; ignored")
+            }
+        }
+    }
+
+    /// The external agents the driver found (names), so the schedule covers them.
+    pub fn set_agents<'a>(&mut self, agents: impl IntoIterator<Item = &'a str>, now: Instant) {
+        self.discovery.set_agents(agents, now);
+    }
+
+    /// A collector finished (or the LLDP/CDP table changed, `name` = [`L2_COLLECTOR`]):
+    /// spools its result if its content changed. `at_us`: wall-clock µs of the collection.
+    pub fn collector_done(
+        &mut self,
+        name: &str,
+        result: Result<Discovery, String>,
+        at_us: u64,
+        now: Instant,
+    ) {
+        self.collectors_running.remove(name);
+        if name != L2_COLLECTOR && !self.discovery.enabled(name) {
+            return; // disabled (or the agent vanished) while it ran
+        }
+        let d = match result {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(collector = %name, error = %e, "discovery collector failed");
+                return;
+            }
+        };
+        if !self.filter.changed(&d) {
+            return;
+        }
+        let payload = match serde_json::to_vec(&d.payload) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(collector = %d.name, error = %e, "cannot encode a discovery result");
+                return;
+            }
+        };
+        debug!(collector = %d.name, bytes = payload.len(), "discovery changed; sending");
+        let body = Body::DiscoveryResult(msg::DiscoveryResult {
+            name: d.name,
+            content_hash: d.hash.to_vec(),
+            payload,
+            collected_at: at_us,
+            delta: false,
+        });
+        self.send_spooled(body, now);
+    }
+
+    // --------------------------------------------------------------------------------------
+    // time and outputs
+
+    /// The next time [`Shell::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let resend = (self.spool.unacked() > 0).then_some(self.last_ack_progress + RESEND_AFTER);
+        let checks = (!self.leaving && self.checks_running < MAX_CONCURRENT_CHECKS)
+            .then(|| self.checks.poll_timeout())
+            .flatten();
+        let discovery = (!self.leaving && self.discovery_active)
+            .then(|| self.discovery.poll_timeout())
+            .flatten();
+        [
+            self.hb.poll_timeout(),
+            self.conn.poll_timeout(),
+            resend,
+            self.spool.retry_at(),
+            self.leave_by.filter(|_| !self.done),
+            checks,
+            discovery,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Runs the timers due at `now` (early or late calls are harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.hb.poll_timeout().is_some_and(|t| t <= now) {
+            self.hb.handle_timeout(now);
+        }
+        if self.conn.poll_timeout().is_some_and(|t| t <= now) {
+            self.conn.handle_timeout(now);
+        }
+        if self.spool.unacked() > 0 && now >= self.last_ack_progress + RESEND_AFTER {
+            if self.conn.is_idle() {
+                self.resend_unacked(now);
+            } else {
+                self.last_ack_progress = now;
+            }
+        }
+        if let Some(by) = self.leave_by
+            && now >= by
+            && !self.done
+        {
+            self.done = true;
+            warn!("the CMA did not acknowledge the goodbye in time; stopping anyway");
+            self.events.push_back(Event::LeaveTimedOut);
+        }
+        if !self.leaving {
+            if self.checks.poll_timeout().is_some_and(|t| t <= now) {
+                let due = self.checks.due(now);
+                self.checks_waiting.extend(due);
+                self.start_waiting_checks();
+            }
+            if self.discovery_active && self.discovery.poll_timeout().is_some_and(|t| t <= now) {
+                for name in self.discovery.due(now) {
+                    if name != L2_COLLECTOR && !self.collectors_running.insert(name.clone()) {
+                        debug!(collector = %name, "still running from its last turn; skipped");
+                        continue;
+                    }
+                    let params = self.discovery.params(&name);
+                    self.events.push_back(Event::RunCollector { name, params });
+                }
+            }
+        }
+        self.drain_heartbeats(now);
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Commits the spool (one fsync for everything appended since the last call), queues the
+    /// now-durable records, and returns the next datagram to send, unsealed. Drivers call it
+    /// after each batch of inputs until it returns `None`.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        if let Some(t) = self.transmits.pop_front() {
+            return Some(t);
+        }
+        if self.spool.uncommitted() > 0 || self.spool.retry_at().is_some_and(|t| t <= now) {
+            for bytes in self.spool.commit(now) {
+                if let Err(e) = self.conn.send(bytes, now) {
+                    self.stats.queue_refused += 1;
+                    warn!(error = %e, "cannot queue a spooled record; it stays in the spool and is resent later");
+                }
+            }
+        }
+        let frame = self.conn.poll_transmit(now)?;
+        Some(Transmit::Cma { addr: self.cfg.cma_addr, frame })
+    }
+
+    /// [`Shell::poll_transmit`], sealed. Needs a sealer; datagrams that cannot be sealed (no
+    /// key for the peer) are skipped and counted.
+    pub fn poll_datagram(&mut self, now: Instant) -> Option<Datagram> {
+        loop {
+            let t = self.poll_transmit(now)?;
+            let (to, addr, kind, include_key, plaintext) = match t {
+                Transmit::Heartbeat { to, addr, heartbeat } => {
+                    let d = Direct { body: Some(DirectBody::Heartbeat(heartbeat)) };
+                    (to, addr, DatagramKind::Direct, false, d.to_bytes())
+                }
+                Transmit::ProbeReply { to, addr, probe } => {
+                    let d = Direct { body: Some(DirectBody::ProbeReply(probe)) };
+                    (to, addr, DatagramKind::Direct, false, d.to_bytes())
+                }
+                Transmit::Cma { addr, frame } => {
+                    (self.cfg.cma_id, addr, DatagramKind::Reliable, true, frame)
+                }
+            };
+            let sealer = self.sealer.as_mut()?;
+            let mut bytes = Vec::with_capacity(plaintext.len() + 96);
+            match sealer.seal(to, kind, include_key, &plaintext, &mut bytes) {
+                Ok(()) => return Some(Datagram { to, addr, bytes }),
+                Err(e) => {
+                    self.stats.rejected += 1;
+                    debug!(node = %to, error = %e, "cannot seal a datagram");
+                }
+            }
+        }
+    }
+}

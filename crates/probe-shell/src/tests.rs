@@ -1,0 +1,371 @@
+//! The shell against a fake CMA in virtual time (the quinn `Pair` pattern): the CMA side is a
+//! real reliable connection with the inbox's next-record rule and `Ack { through }`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use assim_log::MemStorage;
+use assim_reliable::{Config as RelConfig, Connection, Event as RelEvent};
+use assim_wire::NodeId;
+use assim_wire::msg::{self, Body, Message};
+
+use crate::{Event, LEAVE_WAIT, Shell, ShellConfig, Spool, Transmit};
+
+const NODE: NodeId = NodeId([1; 16]);
+const CMA: NodeId = NodeId([2; 16]);
+
+fn cma_addr() -> SocketAddr {
+    "127.0.0.1:1984".parse().unwrap()
+}
+
+#[derive(Debug)]
+struct FakeCma {
+    conn: Connection,
+    generation: u64,
+    /// The inbox's high-water mark (survives CMA restarts, as the durable inbox does).
+    seen: u64,
+    applied: Vec<Message>,
+    hellos: usize,
+    goodbyes: usize,
+    up: bool,
+    ack: bool,
+}
+
+impl FakeCma {
+    fn new() -> FakeCma {
+        FakeCma {
+            conn: Connection::new(RelConfig::default(), 1000, 7),
+            generation: 1,
+            seen: 0,
+            applied: Vec::new(),
+            hellos: 0,
+            goodbyes: 0,
+            up: true,
+            ack: true,
+        }
+    }
+
+    fn restart(&mut self) {
+        self.generation += 1;
+        self.conn = Connection::new(RelConfig::default(), 1000 + self.generation, 7);
+        self.up = true;
+    }
+
+    fn receive(&mut self, frame: &[u8], now: Instant) {
+        let _ = self.conn.handle_frame(frame, now);
+        let mut spooled = false;
+        while let Some(ev) = self.conn.poll_event() {
+            let RelEvent::Delivered(bytes) = ev else { continue };
+            let m = Message::from_bytes(&bytes).unwrap();
+            if m.record == 0 {
+                match &m.body {
+                    Some(Body::Hello(_)) => self.hellos += 1,
+                    Some(Body::Goodbye(_)) => self.goodbyes += 1,
+                    _ => {}
+                }
+                self.applied.push(m);
+                continue;
+            }
+            spooled = true;
+            if m.record == self.seen + 1 {
+                self.seen = m.record;
+                self.applied.push(m);
+            }
+        }
+        if spooled && self.ack {
+            let ack = Message::new(Body::Ack(msg::Ack { through: self.seen })).to_bytes();
+            self.conn.send(ack, now).unwrap();
+        }
+    }
+
+    fn records(&self) -> Vec<(u64, &'static str)> {
+        self.applied
+            .iter()
+            .filter(|m| m.record > 0)
+            .map(|m| (m.record, m.body.as_ref().map_or("none", Body::name)))
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+struct Pair {
+    shell: Shell<MemStorage>,
+    storage: MemStorage,
+    cma: FakeCma,
+    now: Instant,
+    events: Vec<Event>,
+    incarnation: u64,
+}
+
+fn shell(storage: &MemStorage, incarnation: u64, now: Instant) -> Shell<MemStorage> {
+    let cfg = ShellConfig {
+        node_id: NODE,
+        cma_id: CMA,
+        cma_addr: cma_addr(),
+        session: incarnation,
+        seed: incarnation,
+        hello: msg::Hello { hostname: "n1".into(), ..Default::default() },
+        reliable: RelConfig::default(),
+        discovery_defaults: false,
+    };
+    let spool = Spool::open(storage.clone(), 64 << 20, crate::limits::MAX_MESSAGE).unwrap();
+    let mut s = Shell::new(cfg, spool, None, now);
+    s.start(now);
+    s
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let storage = MemStorage::new(1);
+        let now = Instant::now();
+        let shell = shell(&storage, 1, now);
+        Pair { shell, storage, cma: FakeCma::new(), now, events: Vec::new(), incarnation: 1 }
+    }
+
+    /// The nanoprobe process restarts (kill -9: the page cache survives).
+    fn restart_node(&mut self) {
+        self.incarnation += 1;
+        self.shell = shell(&self.storage, self.incarnation, self.now);
+    }
+
+    /// Exchanges everything queued, with no loss and no delay.
+    fn exchange(&mut self) {
+        for _ in 0..1000 {
+            let mut progressed = false;
+            while let Some(e) = self.shell.poll_event() {
+                self.events.push(e);
+            }
+            while let Some(t) = self.shell.poll_transmit(self.now) {
+                progressed = true;
+                if let Transmit::Cma { frame, .. } = t
+                    && self.cma.up
+                {
+                    self.cma.receive(&frame, self.now);
+                }
+            }
+            if self.cma.up {
+                while let Some(frame) = self.cma.conn.poll_transmit(self.now) {
+                    progressed = true;
+                    self.shell.handle_cma_frame(&frame, cma_addr(), self.now);
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+        panic!("livelock");
+    }
+
+    /// Runs virtual time forward by `d`, jumping from deadline to deadline.
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        self.exchange();
+        for _ in 0..100_000 {
+            let next = [
+                self.shell.poll_timeout(),
+                self.cma.up.then(|| self.cma.conn.poll_timeout()).flatten(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    self.shell.handle_timeout(self.now);
+                    if self.cma.up {
+                        self.cma.conn.handle_timeout(self.now);
+                    }
+                    self.exchange();
+                }
+                _ => {
+                    self.now = end;
+                    return;
+                }
+            }
+        }
+        panic!("too many steps");
+    }
+
+    fn report(&mut self, n: u32) -> Option<u64> {
+        let body = Body::HeartbeatReport(msg::HeartbeatReport {
+            peer: NodeId([9; 16]).0.to_vec(),
+            kind: msg::ReportKind::Dead as i32,
+            silent_ms: n.into(),
+            ..Default::default()
+        });
+        self.shell.send_spooled(body, self.now)
+    }
+}
+
+#[test]
+fn hello_on_start() {
+    let mut p = Pair::new();
+    p.run(Duration::from_secs(1));
+    assert_eq!(p.cma.hellos, 1);
+    assert!(p.events.iter().any(|e| matches!(e, Event::HelloSent { restart: false, .. })));
+}
+
+#[test]
+fn ack_deletes_spooled_records() {
+    let mut p = Pair::new();
+    for i in 0..3 {
+        assert_eq!(p.report(i), Some(u64::from(i) + 1));
+    }
+    p.run(Duration::from_secs(1));
+    assert_eq!(p.cma.records().len(), 3);
+    assert_eq!(p.shell.spool().stats().acked_through, 3);
+    assert_eq!(p.shell.spool().unacked(), 0);
+    let log = p.shell.spool().log().unwrap();
+    assert!(log.read_from(log.first_lsn()).unwrap().next().is_none(), "acked records removed");
+}
+
+#[test]
+fn spool_resent_after_restart() {
+    let mut p = Pair::new();
+    p.run(Duration::from_secs(1));
+    p.cma.up = false; // the CMA is down: nothing is acknowledged
+    for i in 0..3 {
+        p.report(i);
+    }
+    p.run(Duration::from_secs(2));
+    assert_eq!(p.shell.spool().unacked(), 3);
+    p.restart_node();
+    p.cma.restart();
+    p.run(Duration::from_secs(2));
+    assert_eq!(p.cma.records().iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(p.shell.spool().unacked(), 0);
+    // Numbers go on where the spool left off.
+    assert_eq!(p.report(9), Some(4));
+}
+
+#[test]
+fn cma_restart_sends_hello_again_and_resends() {
+    let mut p = Pair::new();
+    p.run(Duration::from_secs(1));
+    p.cma.ack = false;
+    p.report(1);
+    p.run(Duration::from_secs(1));
+    assert_eq!(p.cma.records().len(), 1);
+    p.cma.restart();
+    p.cma.ack = true;
+    // Anything from the CMA's new session reveals the restart; a peer set, say.
+    let set = msg::PeerSet { epoch: 1, ..Default::default() };
+    p.cma.conn.send(Message::new(Body::PeerSet(set)).to_bytes(), p.now).unwrap();
+    p.run(Duration::from_secs(1));
+    assert_eq!(p.cma.hellos, 2, "a hello to the restarted CMA");
+    assert_eq!(p.shell.stats().rehellos, 1);
+    assert_eq!(p.shell.spool().unacked(), 0, "the record was resent and acknowledged");
+}
+
+#[test]
+fn goodbye_acknowledged_then_left() {
+    let mut p = Pair::new();
+    p.run(Duration::from_secs(1));
+    p.shell.leave(p.now);
+    p.run(Duration::from_secs(1));
+    assert_eq!(p.cma.goodbyes, 1);
+    assert!(p.events.contains(&Event::Left));
+    assert!(!p.events.contains(&Event::LeaveTimedOut));
+}
+
+#[test]
+fn goodbye_times_out_when_the_cma_is_down() {
+    let mut p = Pair::new();
+    p.run(Duration::from_secs(1));
+    p.cma.up = false;
+    p.shell.leave(p.now);
+    p.run(LEAVE_WAIT + Duration::from_secs(1));
+    assert!(p.events.contains(&Event::LeaveTimedOut));
+    assert!(!p.events.contains(&Event::Left));
+}
+
+/// Issue 16 item 2: a discovery result between the reliable layer's limit (2 MiB) and the
+/// spool's old one (4 MiB) was spooled, could never be sent, and blocked every later record.
+#[test]
+fn item2_oversized_record_does_not_wedge_the_spool() {
+    let mut p = Pair::new();
+    p.run(Duration::from_secs(1));
+    let big = Body::DiscoveryResult(msg::DiscoveryResult {
+        name: "sockets".into(),
+        payload: vec![b'x'; 3 << 20],
+        ..Default::default()
+    });
+    assert_eq!(p.shell.send_spooled(big, p.now), Some(1));
+    p.report(1);
+    p.run(Duration::from_secs(2));
+    assert_eq!(p.cma.records(), [(1, "discovery_result"), (2, "heartbeat_report")]);
+    let Some(Body::DiscoveryResult(d)) =
+        &p.cma.applied.iter().find(|m| m.record == 1).unwrap().body
+    else {
+        unreachable!()
+    };
+    let v: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("exceeds"), "{v}");
+    assert_eq!(p.shell.stats().oversized, 1);
+    assert_eq!(p.shell.spool().unacked(), 0);
+}
+
+/// Issue 16 item 8: one failed fsync poisoned the spool until the nanoprobe restarted; every
+/// later record then went out without disk protection.
+#[test]
+fn item8_spool_fsync_failure_reopens_the_spool() {
+    let mut p = Pair::new();
+    p.run(Duration::from_secs(1));
+    p.storage.fail_next_syncs(1);
+    assert_eq!(p.report(1), Some(1));
+    p.run(Duration::from_secs(3));
+    assert_eq!(p.shell.spool().stats().reopened, 1);
+    assert_eq!(p.report(2), Some(2), "the spool takes records again");
+    p.run(Duration::from_secs(1));
+    assert_eq!(p.cma.records().iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(p.shell.spool().stats().unspooled, 0);
+    assert_eq!(p.shell.spool().unacked(), 0);
+    // And what was acknowledged is durable: a power loss keeps the position.
+    p.storage.crash(false);
+    p.restart_node();
+    assert_eq!(p.shell.spool().stats().acked_through, 2);
+}
+
+#[test]
+fn peer_status_dropped_when_the_spool_is_full() {
+    let storage = MemStorage::new(3);
+    let now = Instant::now();
+    let cfg = ShellConfig {
+        node_id: NODE,
+        cma_id: CMA,
+        cma_addr: cma_addr(),
+        session: 1,
+        seed: 1,
+        hello: msg::Hello::default(),
+        reliable: RelConfig::default(),
+        discovery_defaults: false,
+    };
+    // Just room for a couple of records.
+    let spool = Spool::open(storage, 200, 4096).unwrap();
+    let mut s = Shell::new(cfg, spool, None, now);
+    let status = || Body::PeerStatus(msg::PeerStatus::default());
+    let mut dropped = 0;
+    for _ in 0..50 {
+        if s.send_spooled(status(), now).is_none() {
+            dropped += 1;
+        }
+    }
+    assert!(dropped > 0);
+    assert_eq!(s.spool().stats().dropped, dropped);
+    assert_eq!(s.spool().stats().unspooled, 0);
+}
+
+#[test]
+fn run_now_of_an_unknown_check_is_answered_at_once() {
+    let mut p = Pair::new();
+    p.run(Duration::from_secs(1));
+    let r = msg::RunNow { command_id: 5, check: "nope".into() };
+    p.cma.conn.send(Message::new(Body::RunNow(r)).to_bytes(), p.now).unwrap();
+    p.run(Duration::from_secs(1));
+    let answer = p.cma.applied.iter().find_map(|m| match &m.body {
+        Some(Body::CommandResult(c)) => Some(c.clone()),
+        _ => None,
+    });
+    let answer = answer.expect("a command result");
+    assert!(!answer.ok && answer.command_id == 5 && answer.error.contains("no check"));
+}
