@@ -1,16 +1,18 @@
-//! The discrete-event engine: one event queue in virtual time, the nanoprobes (the real
-//! `assim-probe` core plus a real `assim-reliable` connection each), the CMA (the real
-//! `assim-cma` core, a reliable connection per nanoprobe, an in-memory store) and the network.
+//! The discrete-event engine: one event queue in virtual time, the nanoprobes (each the real
+//! nanoprobe shell, `assim-probe-shell`: heartbeat core, reliable connection and a spool in an
+//! `assim-log` over `MemStorage`), the CMA (the real `assim-cma` core, a reliable connection per
+//! nanoprobe, an in-memory store) and the network.
 //!
-//! Wiring follows the daemon's drivers (`crates/daemon/src/{nanoprobe,cma}.rs`): a nanoprobe
-//! says hello on start and again when its connection reports that the CMA restarted (not while
-//! leaving: see `node_after`); reports and peer status go to the CMA over reliable delivery;
-//! peer sets are applied to the heartbeat core; the CMA's probe is answered with a probe reply;
-//! a graceful leave is a goodbye, and the nanoprobe stops once it is acknowledged (or after
-//! 3 s). The CMA treats every message from a
-//! registered node as proof of life (`handle_alive`) before handling it, as the daemon does.
-//! Enrollment is open: every hello is accepted. Heartbeats, probes and probe replies are single
-//! datagrams; nothing is sealed (sealing is not what is being simulated).
+//! The nanoprobe side only feeds the shell (start, datagrams, timers, a leave) and carries out
+//! what it emits: the hello/goodbye/CMA-restart rules, the spool and its resends, and peer-set
+//! handling are the daemon's own code. A node's spool storage (its disk) survives its crashes
+//! and restarts, so a restarted node resends what the CMA had not acknowledged. The CMA side
+//! keeps the inbox's next-record rule (a record is taken only if it is the next of its
+//! sender; record 0, hellos and goodbyes, always) and acknowledges spool records with
+//! `Ack { through }`. The CMA treats every message from a registered node as proof of life
+//! (`handle_alive`) before handling it, as the daemon does. Enrollment is open: every hello is
+//! accepted. Heartbeats, probes and probe replies are single datagrams; nothing is sealed (the
+//! shell's layer below sealing is driven; see the `assim-probe-shell` doc for why).
 //!
 //! Determinism: one `ChaCha8Rng` from the seed draws every random choice in event order; the
 //! queue orders by (time, insertion sequence); no hash map is ever iterated. Virtual time is
@@ -20,13 +22,12 @@
 //! Timers are lazy: each endpoint remembers the earliest wake it has queued (`armed`); a wake
 //! that no longer matches is ignored. The cores tolerate early or late calls anyway.
 //!
-//! Message accounting: each nanoprobe → CMA message carries a record number
-//! (`incarnation << 40 | sequence`, as a durable spool would number it). The CMA side applies a
-//! record once; a record at or below the last one applied for that incarnation is counted — as
-//! a violation if it comes within one CMA incarnation (the reliable layer must have suppressed
-//! it), as an expected redelivery if the CMA restarted in between (the reliable layer documents
-//! that; the durable inbox is what de-duplicates it), and is not applied again. A record that
-//! skips ahead is a gap (a violation).
+//! Message accounting: spool records are numbered by the spool (dense per node, across
+//! restarts). The CMA side applies a record once; one at or below the last taken is dropped
+//! (counted as a redelivery: resends after a restart, idle resends, or the reliable layer's
+//! documented redelivery to a restarted CMA), one that skips ahead is a gap (a violation). At
+//! the end every node's spool is read back and compared with what the simulation saw spooled
+//! (`spool_check`).
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -34,7 +35,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use assim_cma::{Action as CmaAction, Change, Cma, CmaConfig, EventKind, NodeRecord, Snapshot};
-use assim_probe::{Action as HbAction, DesiredPeers, Heartbeats};
+use assim_log::MemStorage;
+use assim_probe_shell::{Event, Shell, ShellConfig, Spool, Transmit};
 use assim_reliable::{Config as RelConfig, Connection, Event as RelEvent};
 use assim_wire::msg::{self, Body, Heartbeat, Message};
 use assim_wire::{NodeId, Timestamp};
@@ -52,8 +54,8 @@ const NONE: u64 = u64::MAX;
 const CMA: u32 = u32::MAX;
 /// The virtual epoch: 2026-01-01T00:00:00Z in µs.
 pub const EPOCH_US: u64 = 1_767_225_600_000_000;
-/// How long a leaving nanoprobe waits for its goodbye to be acknowledged (as the daemon).
-const LEAVE_WAIT: u64 = 3_000_000;
+/// The spool's size limit of a simulated nanoprobe (the daemon's default).
+const SPOOL_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Virtual time conversions. One clock, two views.
 #[derive(Clone, Copy, Debug)]
@@ -273,16 +275,12 @@ pub(crate) enum Life {
     Left,
 }
 
-/// A running nanoprobe's state: the real cores.
+/// A running nanoprobe: the real shell (heartbeat core, reliable connection, spool).
 #[derive(Debug)]
 struct Probe {
-    hb: Heartbeats,
-    conn: Connection,
-    next_seq: u64,
-    /// (message id, record, kind) sent and not yet acknowledged.
-    unacked: VecDeque<(u64, u64, MsgKind)>,
-    goodbye: Option<u64>,
-    leave_by: Option<u64>,
+    shell: Shell<MemStorage>,
+    /// Control messages (hello, goodbye) queued and not yet acknowledged: (reliable id, kind).
+    controls: VecDeque<(u64, MsgKind)>,
 }
 
 #[derive(Debug)]
@@ -293,12 +291,18 @@ pub(crate) struct Node {
     pub(crate) life: Life,
     incarnation: u32,
     armed: u64,
-    /// Inline rather than boxed: one cache miss less per event at 100k nodes.
-    probe: Option<Probe>,
+    probe: Option<Box<Probe>>,
+    /// The node's spool storage (its disk): kept across crashes and restarts.
+    spool: Option<MemStorage>,
+    /// Spooled records not yet acknowledged, as the simulation saw them spooled (record, kind,
+    /// virtual time):
+    /// the model the spool is checked against at the end.
+    spooled: VecDeque<(u64, MsgKind, u64)>,
     /// The crash (index in `Obs::crashes`) not yet detected.
     pub(crate) crash: Option<usize>,
-    /// Messages of earlier incarnations that were unacknowledged when they stopped.
-    lost_candidates: Vec<(u64, MsgKind)>,
+    /// Control messages (hello, goodbye) of earlier incarnations unacknowledged when they
+    /// stopped.
+    lost_candidates: Vec<MsgKind>,
 }
 
 /// One crash and what became of it.
@@ -386,8 +390,9 @@ impl Store {
     }
 }
 
-/// Per (node, incarnation): the last sequence applied and the CMA incarnation that applied it.
-type Inbox = HashMap<(u32, u32), (u64, u32)>;
+/// Per node: the last spool record taken and the CMA incarnation that took it (the durable
+/// inbox's high-water marks).
+type Inbox = HashMap<u32, (u64, u32)>;
 
 #[derive(Debug)]
 struct CmaSide {
@@ -529,6 +534,8 @@ impl Sim {
                 incarnation: 0,
                 armed: NONE,
                 probe: None,
+                spool: None,
+                spooled: VecDeque::new(),
                 crash: None,
                 lost_candidates: Vec::new(),
             })
@@ -653,6 +660,7 @@ impl Sim {
 
     fn start_node(&mut self, i: u32) {
         let now = self.w.now;
+        let inst = self.w.clock.instant(now);
         let n = &mut self.nodes[i as usize];
         match n.life {
             Life::Running | Life::Leaving => return,
@@ -663,38 +671,28 @@ impl Sim {
             }
         }
         let session = u64::from(n.incarnation) + 1;
-        let conn =
-            Connection::new(RelConfig::default(), session, mix(self.sc.seed, i.into(), session));
-        n.probe = Some(Probe {
-            hb: Heartbeats::new(n.id),
-            conn,
-            next_seq: 1,
-            unacked: VecDeque::new(),
-            goodbye: None,
-            leave_by: None,
-        });
+        // The node's disk: it survives crashes and restarts (a kill -9 keeps the page cache).
+        let storage = n
+            .spool
+            .get_or_insert_with(|| MemStorage::new(mix(self.sc.seed ^ 0x5b0, i.into(), 0)))
+            .clone();
+        let spool = Spool::open(storage, SPOOL_MAX_BYTES, assim_probe_shell::limits::MAX_MESSAGE)
+            .expect("an in-memory spool opens");
+        let cfg = ShellConfig {
+            node_id: n.id,
+            cma_id: NodeId::default(),
+            cma_addr: addr_of(0),
+            session,
+            seed: mix(self.sc.seed, i.into(), session),
+            hello: hello_of(i, n, now, 0),
+            reliable: RelConfig::default(),
+            discovery_defaults: false,
+        };
+        let mut shell = Shell::new(cfg, spool, None, inst);
+        shell.start(inst);
+        n.probe = Some(Box::new(Probe { shell, controls: VecDeque::new() }));
         n.life = Life::Running;
-        let hello = hello_of(i, n, now, 0);
-        self.send_msg(i, Body::Hello(hello));
         self.node_after(i);
-    }
-
-    /// Queues a message to the CMA on node `i`'s reliable connection, with its record number.
-    fn send_msg(&mut self, i: u32, body: Body) {
-        let kind = MsgKind::of(&body).expect("nanoprobes send only accounted kinds");
-        let inst = self.w.clock.instant(self.w.now);
-        let n = &mut self.nodes[i as usize];
-        let Some(p) = n.probe.as_mut() else { return };
-        let record = (u64::from(n.incarnation) << 40) | p.next_seq;
-        p.next_seq += 1;
-        let bytes = Message { record, body: Some(body) }.to_bytes();
-        match p.conn.send(bytes, inst) {
-            Ok(id) => {
-                p.unacked.push_back((id, record, kind));
-                self.w.counters.sent[kind as usize] += 1;
-            }
-            Err(_) => self.w.counters.send_refused += 1,
-        }
     }
 
     fn node_wake(&mut self, i: u32) {
@@ -706,181 +704,133 @@ impl Sim {
         n.armed = NONE;
         let inst = self.w.clock.instant(now);
         let Some(p) = n.probe.as_mut() else { return };
-        p.hb.handle_timeout(inst);
-        p.conn.handle_timeout(inst);
-        if p.leave_by.is_some_and(|t| t <= now) {
-            // Gave up waiting for the acknowledgement (as the daemon does after 3 s). If the
-            // goodbye never reached the CMA, this is a silent stop as far as it can tell: a
-            // host.down is expected, so it is accounted as a crash.
-            self.w.counters.goodbyes_unacknowledged += 1;
-            let seq = p.goodbye.and_then(|g| p.unacked.iter().find(|u| u.0 == g));
-            let seq = seq.map(|u| u.1 & ((1 << 40) - 1));
-            let key = (i, n.incarnation);
-            let applied =
-                seq.is_none_or(|s| self.cma.inbox.get(&key).is_some_and(|&(a, _)| a >= s));
-            if applied {
-                self.stop_node(i, Life::Left);
-            } else {
-                self.crash_node(i, CrashCause::GoodbyeLost);
-            }
-            return;
-        }
+        p.shell.handle_timeout(inst);
         self.node_after(i);
     }
 
     fn node_receive(&mut self, i: u32, from: u32, packet: Packet) {
         let now = self.w.now;
         let inst = self.w.clock.instant(now);
-        let n = &mut self.nodes[i as usize];
-        let Some(p) = n.probe.as_mut() else {
+        let (id, addr) = if from == CMA {
+            (NodeId::default(), addr_of(0))
+        } else {
+            let f = &self.nodes[from as usize];
+            (f.id, f.addr)
+        };
+        let Some(p) = self.nodes[i as usize].probe.as_mut() else {
             self.w.net.stats.to_dead_endpoint += 1;
             return;
         };
         match packet {
-            Packet::Heartbeat(hb) => {
-                let (id, addr) = if from == CMA {
-                    (NodeId::default(), addr_of(0))
-                } else {
-                    let f = &self.nodes[from as usize];
-                    (f.id, f.addr)
-                };
-                let p = self.nodes[i as usize].probe.as_mut().expect("checked above");
-                p.hb.heartbeat_received(id, addr, &hb, inst);
-            }
+            Packet::Heartbeat(hb) => p.shell.handle_heartbeat(id, addr, &hb, inst),
             Packet::Frame(bytes) => {
-                if p.conn.handle_frame(&bytes, inst).is_err() {
+                let bad = p.shell.stats().bad_frames;
+                p.shell.handle_cma_frame(&bytes, addr, inst);
+                if p.shell.stats().bad_frames > bad {
                     self.w.counters.bad_frames += 1;
                 }
             }
-            Packet::Probe(nonce) => {
-                if from == CMA {
-                    self.w.send(i, CMA, Packet::ProbeReply(nonce));
-                }
+            Packet::Probe(nonce) if from == CMA => {
+                p.shell.handle_probe(msg::Probe { nonce }, addr);
             }
+            Packet::Probe(_) => {}
             Packet::ProbeReply(_) => self.w.counters.unexpected_datagrams += 1,
         }
         self.node_after(i);
     }
 
-    /// Drains node `i`'s cores until quiet, then re-arms its timer.
+    /// Drains node `i`'s shell (events, then datagrams), then re-arms its timer.
     fn node_after(&mut self, i: u32) {
         let now = self.w.now;
         let inst = self.w.clock.instant(now);
-        loop {
-            let mut progressed = false;
-            let mut hello = false;
-            let mut stop = false;
-            let mut outgoing: Vec<Body> = Vec::new();
-            {
-                let n = &mut self.nodes[i as usize];
-                let incarnation = n.incarnation;
-                let leaving = n.life == Life::Leaving;
-                let Some(p) = n.probe.as_mut() else { return };
-                while let Some(ev) = p.conn.poll_event() {
-                    progressed = true;
-                    match ev {
-                        RelEvent::Delivered(bytes) => match Message::from_bytes(&bytes) {
-                            Ok(Message { body: Some(Body::PeerSet(set)), .. }) => {
-                                match DesiredPeers::try_from(&set) {
-                                    Ok(d) => {
-                                        p.hb.apply(d, inst);
-                                        self.w.counters.peer_sets_applied += 1;
-                                    }
-                                    Err(_) => self.w.counters.peer_sets_invalid += 1,
-                                }
-                            }
-                            Ok(_) => self.w.counters.commands_ignored += 1,
-                            Err(_) => self.w.counters.decode_errors += 1,
-                        },
-                        // Deliberately unlike crates/daemon/src/nanoprobe.rs today: a leaving
-                        // nanoprobe that notices a CMA restart must not register again, or the
-                        // hello (queued after its goodbye) revives it at the CMA just before it
-                        // stops, and its neighbours then report it down. The unacknowledged
-                        // goodbye is resent to the new CMA by the reliable layer anyway.
-                        RelEvent::PeerRestarted { .. } if leaving => {}
-                        RelEvent::PeerRestarted { .. } => {
-                            self.w.counters.rehellos += 1;
-                            hello = true;
-                        }
-                        RelEvent::Acked(id) => {
-                            while let Some(&(mid, record, kind)) = p.unacked.front() {
-                                if mid > id {
-                                    break;
-                                }
-                                p.unacked.pop_front();
-                                self.w.counters.acked[kind as usize] += 1;
-                                let seq = record & ((1 << 40) - 1);
-                                let applied = self
-                                    .cma
-                                    .inbox
-                                    .get(&(i, incarnation))
-                                    .is_some_and(|&(s, _)| s >= seq);
-                                if !applied {
-                                    self.w.counters.acked_not_applied += 1;
-                                }
-                            }
-                            if p.goodbye == Some(id) {
-                                stop = true;
-                            }
-                        }
-                    }
-                }
-                if hello {
-                    outgoing.push(Body::Hello(hello_of(i, n, now, 0)));
-                }
-                let n = &mut self.nodes[i as usize];
-                let p = n.probe.as_mut().expect("still running");
-                if hello && let Some(Body::Hello(h)) = outgoing.last_mut() {
-                    h.peer_epoch = p.hb.epoch();
-                }
-                while let Some(a) = p.hb.poll_action() {
-                    progressed = true;
-                    match a {
-                        HbAction::SendHeartbeat { to, heartbeat, .. } => {
-                            let j = index_of(to);
-                            if (j as usize) < self.w.switch_of.len() {
-                                self.w.send(i, j, Packet::Heartbeat(heartbeat));
-                            }
-                        }
-                        HbAction::Report(r) => {
-                            let k = usize::try_from(r.kind).unwrap_or(0).min(4);
-                            self.w.counters.report_kinds[k] += 1;
-                            outgoing.push(Body::HeartbeatReport(r));
-                        }
-                        HbAction::Status(s) => outgoing.push(Body::PeerStatus(s)),
-                    }
-                }
-            }
-            for body in outgoing {
-                self.send_msg(i, body);
-            }
+        let mut stop = None;
+        {
             let n = &mut self.nodes[i as usize];
-            let p = n.probe.as_mut().expect("still running");
-            while let Some(frame) = p.conn.poll_transmit(inst) {
-                progressed = true;
-                self.w.send(i, CMA, Packet::Frame(frame));
+            let Some(p) = n.probe.as_mut() else { return };
+            let c = &mut self.w.counters;
+            while let Some(ev) = p.shell.poll_event() {
+                match ev {
+                    Event::HelloSent { id, restart } => {
+                        c.sent[MsgKind::Hello as usize] += 1;
+                        p.controls.push_back((id, MsgKind::Hello));
+                        if restart {
+                            c.rehellos += 1;
+                        }
+                    }
+                    Event::Delivered(id) => {
+                        if let Some(k) = p.controls.iter().position(|u| u.0 == id) {
+                            let (_, kind) = p.controls.remove(k).expect("found");
+                            c.acked[kind as usize] += 1;
+                        }
+                    }
+                    Event::Spooled { record, kind } => {
+                        let kind = match kind {
+                            "heartbeat_report" => MsgKind::Report,
+                            "peer_status" => MsgKind::Status,
+                            _ => continue,
+                        };
+                        c.sent[kind as usize] += 1;
+                        n.spooled.push_back((record, kind, now));
+                    }
+                    Event::Reported { kind, .. } => {
+                        let k = usize::try_from(kind).unwrap_or(0).min(4);
+                        c.report_kinds[k] += 1;
+                    }
+                    Event::PeerSet(Ok(_)) => c.peer_sets_applied += 1,
+                    Event::PeerSet(Err(_)) => c.peer_sets_invalid += 1,
+                    Event::Ignored { kind: "undecodable" } => c.decode_errors += 1,
+                    Event::Ignored { .. } | Event::Stop { .. } => c.commands_ignored += 1,
+                    Event::Left => stop = Some(true),
+                    Event::LeaveTimedOut => stop = Some(false),
+                    // Simulated nanoprobes run no checks or collectors (none are scheduled).
+                    Event::RunCheck(_) | Event::RunCheckNow { .. } | Event::RunCollector { .. } => {
+                    }
+                }
             }
-            if stop {
+            // Records the CMA acknowledged left the spool.
+            let acked = p.shell.spool().stats().acked_through;
+            while n.spooled.front().is_some_and(|r| r.0 <= acked) {
+                let (_, kind, _) = n.spooled.pop_front().expect("peeked");
+                c.acked[kind as usize] += 1;
+            }
+            while let Some(t) = p.shell.poll_transmit(inst) {
+                match t {
+                    Transmit::Heartbeat { to, heartbeat, .. } => {
+                        let j = index_of(to);
+                        if (j as usize) < self.w.switch_of.len() {
+                            self.w.send(i, j, Packet::Heartbeat(heartbeat));
+                        }
+                    }
+                    Transmit::ProbeReply { probe, .. } => {
+                        self.w.send(i, CMA, Packet::ProbeReply(probe.nonce))
+                    }
+                    Transmit::Cma { frame, .. } => self.w.send(i, CMA, Packet::Frame(frame)),
+                }
+            }
+        }
+        match stop {
+            Some(true) => {
                 self.obs.leaves += 1;
                 self.stop_node(i, Life::Left);
                 return;
             }
-            if !progressed {
-                break;
+            Some(false) => {
+                // Gave up waiting for the acknowledgement (as the daemon does after 3 s). If
+                // the goodbye never reached the CMA, this is a silent stop as far as it can
+                // tell: a host.down is expected, so it is accounted as a crash.
+                self.w.counters.goodbyes_unacknowledged += 1;
+                if self.cma_saw_goodbye(i) {
+                    self.stop_node(i, Life::Left);
+                } else {
+                    self.crash_node(i, CrashCause::GoodbyeLost);
+                }
+                return;
             }
+            None => {}
         }
         let n = &mut self.nodes[i as usize];
         let Some(p) = n.probe.as_ref() else { return };
-        let clock = self.w.clock;
-        let deadline = [
-            p.hb.poll_timeout().map(|t| clock.of_instant(t)),
-            p.conn.poll_timeout().map(|t| clock.of_instant(t)),
-            p.leave_by,
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        if let Some(d) = deadline {
+        if let Some(d) = p.shell.poll_timeout().map(|t| self.w.clock.of_instant(t)) {
             let d = d.max(now);
             if d < n.armed {
                 n.armed = d;
@@ -889,12 +839,22 @@ impl Sim {
         }
     }
 
-    /// Stops node `i` (crash or leave): its cores are dropped; its unacknowledged messages are
-    /// remembered for the final accounting.
+    /// Whether the CMA (running, or in its persisted store while down) has node `i` as left.
+    fn cma_saw_goodbye(&self, i: u32) -> bool {
+        let id = self.nodes[i as usize].id;
+        let state = match &self.cma.core {
+            Some(core) => core.node(id).map(|r| r.state),
+            None => self.cma.store.nodes.get(&id).map(|r| r.state),
+        };
+        state == Some(assim_cma::NodeState::Left)
+    }
+
+    /// Stops node `i` (crash or leave): its shell is dropped, its spool stays; control
+    /// messages it had not seen acknowledged are remembered for the final accounting.
     fn stop_node(&mut self, i: u32, life: Life) {
         let n = &mut self.nodes[i as usize];
         if let Some(p) = n.probe.take() {
-            n.lost_candidates.extend(p.unacked.iter().map(|&(_, r, k)| (r, k)));
+            n.lost_candidates.extend(p.controls.iter().map(|&(_, k)| k));
         }
         n.life = life;
         n.armed = NONE;
@@ -1000,8 +960,12 @@ impl Sim {
                     }
                 }
                 self.cma.mark(from);
+                let mut ack = false;
                 for b in delivered {
-                    self.cma_message(from, &b);
+                    ack |= self.cma_message(from, &b);
+                }
+                if ack {
+                    self.cma_ack(from);
                 }
             }
             Packet::ProbeReply(nonce) => {
@@ -1014,37 +978,41 @@ impl Sim {
         self.cma_after();
     }
 
-    /// One message delivered from node `j`: de-duplicate by record, then hand it to the core as
-    /// the daemon does.
-    fn cma_message(&mut self, j: u32, bytes: &[u8]) {
+    /// One message delivered from node `j`: the inbox's next-record rule (spool records are
+    /// dense: a record at or below the last one taken is a duplicate, one beyond the next is a
+    /// gap and waits for the resend; record 0 is not spooled and always taken), then the core,
+    /// as the daemon does. Returns whether it carried a spool record (to acknowledge).
+    fn cma_message(&mut self, j: u32, bytes: &[u8]) -> bool {
         let Ok(m) = Message::from_bytes(bytes) else {
             self.w.counters.decode_errors += 1;
-            return;
+            return false;
         };
         let Some(body) = m.body else {
             self.w.counters.decode_errors += 1;
-            return;
+            return m.record > 0;
         };
         let Some(kind) = MsgKind::of(&body) else {
             self.w.counters.unexpected_messages += 1;
-            return;
+            return m.record > 0;
         };
-        let incarnation = (m.record >> 40) as u32;
-        let seq = m.record & ((1 << 40) - 1);
-        let generation = self.cma.generation;
-        let entry = self.cma.inbox.entry((j, incarnation)).or_insert((0, generation));
-        if seq <= entry.0 {
-            if entry.1 == generation {
-                self.w.counters.duplicates_applied[kind as usize] += 1;
-            } else {
-                self.w.counters.redelivered_after_cma_restart[kind as usize] += 1;
+        if m.record > 0 {
+            let generation = self.cma.generation;
+            let entry = self.cma.inbox.entry(j).or_insert((0, generation));
+            if m.record <= entry.0 {
+                if entry.1 == generation {
+                    self.w.counters.duplicates_applied[kind as usize] += 1;
+                } else {
+                    self.w.counters.redelivered_after_cma_restart[kind as usize] += 1;
+                }
+                return true;
             }
-            return;
+            if m.record != entry.0 + 1 {
+                self.w.counters.gaps += 1;
+                return true;
+            }
+            *entry = (m.record, generation);
         }
-        if seq != entry.0 + 1 {
-            self.w.counters.gaps += 1;
-        }
-        *entry = (seq, generation);
+        let spooled = m.record > 0;
         self.w.counters.applied[kind as usize] += 1;
 
         let now = Clock::timestamp(self.w.now);
@@ -1064,11 +1032,11 @@ impl Sim {
                 self.obs.crashes[c].restarted_first = true;
                 n.crash = None;
             }
-            return;
+            return spooled;
         }
         if core.node(id).is_none() {
             self.w.counters.unregistered += 1;
-            return;
+            return spooled;
         }
         // The goodbye of a node that gave up waiting arrived after all: Left, no host.down.
         if matches!(body, Body::Goodbye(_))
@@ -1085,6 +1053,24 @@ impl Sim {
             Body::PeerStatus(s) => core.handle_peer_status(now, id, &s),
             _ => {}
         }
+        spooled
+    }
+
+    /// `Ack { through }` to node `j`: its spool may delete every record the inbox took.
+    fn cma_ack(&mut self, j: u32) {
+        let through = self.cma.inbox.get(&j).map_or(0, |e| e.0);
+        let inst = self.w.clock.instant(self.w.now);
+        let Some(conn) = self.cma.conns[j as usize].as_mut() else { return };
+        let bytes = Message::new(Body::Ack(msg::Ack { through })).to_bytes();
+        if conn.send(bytes, inst).is_err() {
+            self.w.counters.send_refused += 1;
+        }
+        self.cma.mark(j);
+    }
+
+    /// The last spool record of node `j` the CMA's inbox took.
+    fn cma_applied_through(&self, j: u32) -> u64 {
+        self.cma.inbox.get(&j).map_or(0, |e| e.0)
     }
 
     /// Drains the CMA core's actions, transmits on dirty connections, re-arms timers.
@@ -1267,13 +1253,14 @@ impl Sim {
             }
             StepKind::Leave(count) => {
                 for i in self.pick(Life::Running, count) {
-                    self.nodes[i as usize].life = Life::Leaving;
-                    let body =
-                        Body::Goodbye(msg::Goodbye { reason: msg::GoodbyeReason::Shutdown as i32 });
-                    self.send_msg(i, body);
-                    let p = self.nodes[i as usize].probe.as_mut().expect("running");
-                    p.goodbye = p.unacked.back().map(|u| u.0);
-                    p.leave_by = Some(now + LEAVE_WAIT);
+                    let inst = self.w.clock.instant(now);
+                    let n = &mut self.nodes[i as usize];
+                    n.life = Life::Leaving;
+                    let p = n.probe.as_mut().expect("running");
+                    if let Some(id) = p.shell.leave(inst) {
+                        p.controls.push_back((id, MsgKind::Goodbye));
+                        self.w.counters.sent[MsgKind::Goodbye as usize] += 1;
+                    }
                     self.node_after(i);
                 }
             }
@@ -1324,7 +1311,7 @@ impl Sim {
             (Some(p), Some(rec)) => {
                 rec.state == assim_cma::NodeState::Up
                     && rec.peer_epoch > 0
-                    && p.hb.epoch() == rec.peer_epoch
+                    && p.shell.heartbeats().epoch() == rec.peer_epoch
             }
             _ => false,
         })
@@ -1334,31 +1321,35 @@ impl Sim {
     // the end
 
     fn finish(mut self, wall: Duration) -> Report {
-        // Message accounting: every message sent was applied, or its sender stopped first, or it
-        // is still in flight.
+        // Message accounting: every message sent was applied, or waits in the spool of a
+        // stopped sender (spooled kinds) / was unacknowledged when its sender stopped (hello,
+        // goodbye), or is still in flight.
         let mut lost = [0u64; 4];
         let mut in_flight = [0u64; 4];
         for (i, n) in self.nodes.iter().enumerate() {
-            let applied = |record: u64| {
-                let inc = (record >> 40) as u32;
-                let seq = record & ((1 << 40) - 1);
-                self.cma.inbox.get(&(i as u32, inc)).is_some_and(|&(s, _)| s >= seq)
-            };
-            for &(r, k) in &n.lost_candidates {
-                if !applied(r) {
-                    lost[k as usize] += 1;
+            let applied = self.cma_applied_through(i as u32);
+            let running = n.probe.is_some();
+            for &(r, k, _) in &n.spooled {
+                if r > applied {
+                    if running {
+                        in_flight[k as usize] += 1;
+                    } else {
+                        lost[k as usize] += 1;
+                    }
                 }
             }
+            for &k in &n.lost_candidates {
+                lost[k as usize] += 1;
+            }
             if let Some(p) = &n.probe {
-                for &(_, r, k) in &p.unacked {
-                    if !applied(r) {
-                        in_flight[k as usize] += 1;
-                    }
+                for &(_, k) in &p.controls {
+                    in_flight[k as usize] += 1;
                 }
             }
         }
         self.w.counters.lost_with_sender = lost;
         self.w.counters.in_flight_at_end = in_flight;
+        let spool = self.spool_check();
         let ring = self.ring_check();
         let inputs = report::Inputs {
             scenario: &self.sc,
@@ -1371,8 +1362,110 @@ impl Sim {
             ring,
             wall,
             cma_bytes_per_node: self.cma_bytes_per_node,
+            spool,
         };
         report::build(inputs)
+    }
+
+    /// Every node's spool against the simulation's model of it: what the CMA acknowledged is
+    /// gone from the spool and was applied; what it did not is still there, in order, with the
+    /// kind that was spooled; nothing waits long in the spool of a live, reachable node.
+    fn spool_check(&self) -> report::SpoolCheck {
+        let mut sc = report::SpoolCheck::default();
+        let settle = micros(assim_probe_shell::RESEND_AFTER + self.sc.detection_bound() * 2);
+        let cma_up = self.cma.core.is_some();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(storage) = &n.spool else { continue };
+            // A stopped node's spool as its restart would find it.
+            let reopened;
+            let spool = match &n.probe {
+                Some(p) => p.shell.spool(),
+                None => match Spool::open(
+                    storage.clone(),
+                    SPOOL_MAX_BYTES,
+                    assim_probe_shell::limits::MAX_MESSAGE,
+                ) {
+                    Ok(s) => {
+                        reopened = s;
+                        &reopened
+                    }
+                    Err(e) => {
+                        sc.problems.push(format!("{}: the spool does not open: {e}", n.id));
+                        continue;
+                    }
+                },
+            };
+            let Some(log) = spool.log() else { continue };
+            let acked = spool.stats().acked_through;
+            let spooled = log.next_lsn() - 1;
+            sc.spooled += spooled;
+            sc.acked += acked;
+            if acked > self.cma_applied_through(i as u32) {
+                sc.acked_not_applied += 1;
+            }
+            // Acknowledged records are gone (removal inside a segment is logical: a reopened
+            // log shows them again and reads on from its acknowledged position).
+            if n.probe.is_some() && log.first_lsn() <= acked {
+                sc.not_removed += 1;
+            }
+            // The rest is exactly the model's pending records.
+            let mut model = n.spooled.iter();
+            let from = (acked + 1).max(log.first_lsn());
+            let records: Vec<(u64, Vec<u8>)> = match log.read_from(from) {
+                Ok(r) => r.filter_map(Result::ok).collect(),
+                Err(e) => {
+                    sc.problems.push(format!("{}: the spool cannot be read: {e}", n.id));
+                    continue;
+                }
+            };
+            for (lsn, bytes) in &records {
+                let kind = Message::from_bytes(bytes)
+                    .ok()
+                    .and_then(|m| m.body)
+                    .and_then(|b| MsgKind::of(&b));
+                match model.next() {
+                    Some(&(r, k, _)) if r == *lsn && Some(k) == kind => {}
+                    other => {
+                        sc.lost += 1;
+                        if sc.problems.len() < 10 {
+                            sc.problems.push(format!(
+                                "{}: spool record {lsn} ({kind:?}) where the simulation expected {other:?}",
+                                n.id
+                            ));
+                        }
+                    }
+                }
+            }
+            sc.lost += model.count() as u64;
+            let waiting = records.len() as u64;
+            match n.life {
+                Life::Running | Life::Leaving => {
+                    sc.in_flight += waiting;
+                    // A live, reachable node whose records wait long while the CMA is up.
+                    let old =
+                        n.spooled.iter().any(|&(r, _, at)| r > acked && at + settle < self.end);
+                    if cma_up && !self.w.net.is_cut_off(n.switch) && old {
+                        sc.stuck += 1;
+                        if sc.problems.len() < 10 {
+                            sc.problems.push(format!(
+                                "{}: {waiting} records wait in the spool of a live node",
+                                n.id
+                            ));
+                        }
+                    }
+                }
+                _ => sc.waiting_stopped += waiting,
+            }
+        }
+        for n in &self.nodes {
+            if let Some(p) = &n.probe {
+                let st = p.shell.spool().stats();
+                sc.resent += st.resent;
+                sc.unspooled += st.unspooled;
+                sc.dropped += st.dropped;
+            }
+        }
+        sc
     }
 
     /// The ring as the CMA holds it, against node states and against what the nanoprobes run.
@@ -1440,11 +1533,12 @@ impl Sim {
                 rc.probes_diverged.push(i as u32);
                 continue;
             };
-            let mut running: Vec<NodeId> = p.hb.peers().map(|(pi, _)| pi.node_id).collect();
+            let hb = p.shell.heartbeats();
+            let mut running: Vec<NodeId> = hb.peers().map(|(pi, _)| pi.node_id).collect();
             running.sort();
             let mut wanted = rec.peers.clone();
             wanted.sort();
-            if p.hb.epoch() == rec.peer_epoch && running == wanted {
+            if hb.epoch() == rec.peer_epoch && running == wanted {
                 rc.probes_converged += 1;
             } else {
                 rc.probes_diverged.push(i as u32);

@@ -4,11 +4,10 @@
 //! Each simulated node is one tokio task with its own UDP socket on 127.0.0.1 (so the kernel
 //! demultiplexes: the sealed header names the sender, not the receiver), its own X25519
 //! identity and [`Sealer`], and trust-on-first-use enrollment (a `KeyRequest` to the CMA, whose
-//! `KeyReply` key is pinned). It then runs the real cores the way `crates/daemon/src/nanoprobe.rs`
-//! wires them: a reliable [`Connection`] to the CMA carrying the hello (record 0) and the
-//! heartbeat reports and peer status (dense record numbers from 1, as a fresh spool would number
-//! them; there is no disk spool here), and a [`Heartbeats`] core that heartbeats the ring
-//! neighbours the CMA assigns (their keys come with the peer set); the CMA's probes are answered.
+//! `KeyReply` key is pinned). It then runs the real nanoprobe shell (`assim-probe-shell`, the
+//! daemon's own logic) with that sealer: hello, heartbeats to the ring neighbours the CMA
+//! assigns (their keys come with the peer set), reports and peer status through a spool in
+//! memory that the CMA's acknowledgements drain, probe replies. The task only carries bytes.
 //!
 //! The run: start the CMA (`cma --open-enrollment` on a free loopback port, default timing) unless
 //! `--cma`/`--cma-api` name a running one; start every node at once (the registration storm)
@@ -27,10 +26,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use assim_probe::{Action as HbAction, DesiredPeers, Heartbeats};
-use assim_reliable::{Config as RelConfig, Connection, Event as RelEvent};
+use assim_log::MemStorage;
+use assim_probe_shell::{Event, Shell, ShellConfig, Spool};
+use assim_reliable::Config as RelConfig;
 use assim_seal::{Identity, Sealer};
-use assim_wire::msg::{self, Body, Direct, DirectBody, Message};
+use assim_wire::msg;
 use assim_wire::{DatagramKind, NodeId, Timestamp};
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
@@ -88,18 +88,15 @@ fn raise_nofile(want: u64) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // One simulated nanoprobe
 
+/// One simulated nanoprobe: a socket around the real nanoprobe shell.
 struct Node {
-    i: usize,
     socket: UdpSocket,
-    sealer: Sealer,
-    cma_id: NodeId,
-    cma_addr: SocketAddr,
-    conn: Connection,
-    hb: Heartbeats,
-    hello: msg::Hello,
-    next_record: u64,
+    shell: Shell<MemStorage>,
     shared: Arc<Shared>,
-    out: Vec<u8>,
+    /// The shell's counters already added to `shared`.
+    hb_sent: u64,
+    hb_received: u64,
+    rejected: u64,
 }
 
 async fn enroll(
@@ -148,14 +145,20 @@ async fn run_node(
     sealer.add_peer(cma_id, key);
     shared.enrolled.fetch_add(1, Ordering::Relaxed);
     let listen = socket.local_addr()?;
-    let mut n = Node {
-        i,
-        socket,
-        sealer,
+    let now = Instant::now();
+    // The spool in memory: wire mode exercises the network path, not the disk.
+    let spool = Spool::open(
+        MemStorage::new(session),
+        64 * 1024 * 1024,
+        assim_probe_shell::limits::MAX_MESSAGE,
+    )
+    .context("open the in-memory spool")?;
+    let cfg = ShellConfig {
+        node_id: identity.node_id(),
         cma_id,
         cma_addr: cma,
-        conn: Connection::new(RelConfig::default(), session, session ^ 0x9e37_79b9_7f4a_7c15),
-        hb: Heartbeats::new(identity.node_id()),
+        session,
+        seed: session ^ 0x9e37_79b9_7f4a_7c15,
         hello: msg::Hello {
             version: env!("CARGO_PKG_VERSION").to_string(),
             hostname: hostname(i),
@@ -165,36 +168,31 @@ async fn run_node(
             token_proof: None,
             peer_epoch: 0,
         },
-        next_record: 1,
-        shared,
-        out: Vec::with_capacity(1500),
+        reliable: RelConfig::default(),
+        // Simulated nanoprobes run no collectors.
+        discovery_defaults: false,
     };
-    n.send_hello(Instant::now());
+    let mut shell = Shell::new(cfg, spool, Some(sealer), now);
+    shell.start(now);
+    let mut n = Node { socket, shell, shared, hb_sent: 0, hb_received: 0, rejected: 0 };
     n.flush().await;
     let mut buf = vec![0u8; 65536];
     loop {
-        let deadline = [n.hb.poll_timeout(), n.conn.poll_timeout()].into_iter().flatten().min();
+        let deadline = n.shell.poll_timeout();
         tokio::select! {
             r = n.socket.recv_from(&mut buf) => {
                 if let Ok((len, src)) = r {
-                    n.handle_datagram(&buf[..len], src);
+                    n.shell.handle_datagram(&buf[..len], src, Instant::now());
                     // Drain what else is queued.
                     while let Ok((len, src)) = n.socket.try_recv_from(&mut buf) {
-                        n.handle_datagram(&buf[..len], src);
+                        n.shell.handle_datagram(&buf[..len], src, Instant::now());
                     }
                 }
             }
             _ = sleep_until(deadline) => {}
             _ = &mut stop => return Ok(()),
         }
-        let now = Instant::now();
-        if n.hb.poll_timeout().is_some_and(|t| t <= now) {
-            n.hb.handle_timeout(now);
-        }
-        if n.conn.poll_timeout().is_some_and(|t| t <= now) {
-            n.conn.handle_timeout(now);
-        }
-        n.drain_heartbeats();
+        n.shell.handle_timeout(Instant::now());
         n.flush().await;
     }
 }
@@ -207,102 +205,31 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl Node {
-    fn send_hello(&mut self, now: Instant) {
-        self.hello.peer_epoch = self.hb.epoch();
-        let bytes = Message::new(Body::Hello(self.hello.clone())).to_bytes();
-        let _ = self.conn.send(bytes, now);
-    }
-
-    /// A spooled message: the next dense record number, as a fresh spool would give it.
-    fn send_record(&mut self, body: Body, now: Instant) {
-        let record = self.next_record;
-        self.next_record += 1;
-        let _ = self.conn.send(Message { record, body: Some(body) }.to_bytes(), now);
-    }
-
-    fn handle_datagram(&mut self, datagram: &[u8], src: SocketAddr) {
-        let now = Instant::now();
-        let Ok(opened) = self.sealer.open(datagram) else {
-            self.shared.rejected.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let sender = opened.header.sender;
-        match opened.header.kind {
-            DatagramKind::Reliable if sender == self.cma_id => {
-                self.cma_addr = src;
-                let _ = self.conn.handle_frame(&opened.plaintext, now);
-                while let Some(ev) = self.conn.poll_event() {
-                    match ev {
-                        RelEvent::Delivered(bytes) => {
-                            if let Ok(Message { body: Some(Body::PeerSet(set)), .. }) =
-                                Message::from_bytes(&bytes)
-                                && let Ok(desired) = DesiredPeers::try_from(&set)
-                            {
-                                for p in &desired.peers {
-                                    self.sealer.add_peer(p.node_id, p.public_key);
-                                }
-                                self.hb.apply(desired, now);
-                            }
-                            // Acks (no spool to trim) and other commands: ignored.
-                        }
-                        RelEvent::PeerRestarted { .. } => self.send_hello(now),
-                        RelEvent::Acked(_) => {}
-                    }
-                }
-            }
-            DatagramKind::Direct => match Direct::from_bytes(&opened.plaintext) {
-                Ok(Direct { body: Some(DirectBody::Heartbeat(hb)) }) => {
-                    self.shared.heartbeats_received.fetch_add(1, Ordering::Relaxed);
-                    self.hb.heartbeat_received(sender, src, &hb, now);
-                }
-                Ok(Direct { body: Some(DirectBody::Probe(p)) }) if sender == self.cma_id => {
-                    let reply = Direct { body: Some(DirectBody::ProbeReply(p)) }.to_bytes();
-                    self.send_direct(sender, src, &reply);
-                }
-                _ => {
-                    self.shared.rejected.fetch_add(1, Ordering::Relaxed);
-                }
-            },
-            _ => {
-                self.shared.rejected.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    fn drain_heartbeats(&mut self) {
-        let now = Instant::now();
-        while let Some(action) = self.hb.poll_action() {
-            match action {
-                HbAction::SendHeartbeat { to, addr, heartbeat } => {
-                    let bytes = Direct { body: Some(DirectBody::Heartbeat(heartbeat)) }.to_bytes();
-                    self.send_direct(to, addr, &bytes);
-                    self.shared.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
-                }
-                HbAction::Report(r) => {
-                    self.shared.reports.fetch_add(1, Ordering::Relaxed);
-                    self.send_record(Body::HeartbeatReport(r), now);
-                }
-                HbAction::Status(s) => self.send_record(Body::PeerStatus(s), now),
-            }
-        }
-    }
-
-    fn send_direct(&mut self, to: NodeId, addr: SocketAddr, plaintext: &[u8]) {
-        self.out.clear();
-        if self.sealer.seal(to, DatagramKind::Direct, false, plaintext, &mut self.out).is_ok() {
-            let _ = self.socket.try_send_to(&self.out, addr);
-        }
-    }
-
+    /// Carries out what the shell emitted: counts, then sends its sealed datagrams.
     async fn flush(&mut self) {
         let now = Instant::now();
-        while let Some(frame) = self.conn.poll_transmit(now) {
-            let mut d = Vec::with_capacity(frame.len() + 96);
-            if self.sealer.seal(self.cma_id, DatagramKind::Reliable, true, &frame, &mut d).is_ok() {
-                let _ = self.socket.send_to(&d, self.cma_addr).await;
+        while let Some(ev) = self.shell.poll_event() {
+            if let Event::Reported { .. } = ev {
+                self.shared.reports.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let _ = self.i;
+        let (cma_id, _) = self.shell.cma();
+        while let Some(d) = self.shell.poll_datagram(now) {
+            if d.to == cma_id {
+                let _ = self.socket.send_to(&d.bytes, d.addr).await;
+            } else {
+                let _ = self.socket.try_send_to(&d.bytes, d.addr);
+            }
+        }
+        let st = *self.shell.heartbeats().stats();
+        let rejected = self.shell.stats().rejected;
+        let add = |c: &AtomicU64, now: u64, seen: &mut u64| {
+            c.fetch_add(now.saturating_sub(*seen), Ordering::Relaxed);
+            *seen = now;
+        };
+        add(&self.shared.heartbeats_sent, st.heartbeats_sent, &mut self.hb_sent);
+        add(&self.shared.heartbeats_received, st.heartbeats_received, &mut self.hb_received);
+        add(&self.shared.rejected, rejected, &mut self.rejected);
     }
 }
 

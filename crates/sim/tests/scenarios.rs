@@ -34,6 +34,7 @@ const CORE_CHECKS: &[&str] = &[
     "CMA state matches",
     "applied exactly once",
     "store matches core",
+    "spool",
 ];
 
 #[test]
@@ -98,6 +99,25 @@ fn cma_restart_mid_run_loses_nothing() {
     assert_eq!(r.detection.detected, 10, "{}", r.human());
     assert_eq!(r.events_emitted.host_left, 5);
     assert_eq!(r.store_mismatches, 0);
+}
+
+/// Issue 12 / issue 16 item 0: hosts crash while the CMA is down; their neighbours' dead
+/// reports wait in the spools and reach the CMA when it is back. Every such host must end down
+/// (the detection bound does not apply: nobody could decide while the CMA was down).
+#[test]
+fn hosts_that_crash_while_the_cma_is_down_end_down() {
+    let sc = Scenario::new(12, 300)
+        .step(s(0), StepKind::CmaRestart { down_for: s(20) })
+        .step(s(2), StepKind::Crash { count: 6, over: s(3) });
+    let r = go(sc);
+    assert_checks(
+        &r,
+        &["registered", "crashes detected", "CMA state matches", "no false host.down", "spool"],
+    );
+    assert_eq!(r.detection.crashes, 6);
+    assert_eq!(r.detection.detected, 6, "{}", r.human());
+    assert_eq!(r.ring.down, 6, "{}", r.human());
+    assert!(r.delivery.reports_dead >= 6, "{}", r.human());
 }
 
 #[test]
