@@ -117,7 +117,7 @@ pub enum Note {
     Applied { node: NodeId, record: u64, kind: &'static str },
     /// A message was not taken into the inbox: `duplicate_record`, `record_gap`, `inbox_full`,
     /// `enrollment` or `unregistered`.
-    Refused { node: NodeId, record: u64, reason: &'static str },
+    Refused { node: NodeId, record: u64, kind: &'static str, reason: &'static str },
     /// The core refused a hello.
     HelloRefused { node: NodeId },
     /// A message from a node the core does not know reached the engine.
@@ -147,6 +147,8 @@ pub struct Metrics {
     /// Stored messages with no further effect yet, by kind.
     pub applied_other: BTreeMap<&'static str, u64>,
     pub retransmits: u64,
+    /// Messages queued to nanoprobes, by kind.
+    pub sent: BTreeMap<&'static str, u64>,
 }
 
 impl Metrics {
@@ -363,11 +365,12 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens, X: Extension> Shell<A, I, S, X>
     fn accept(&mut self, now: Now, sender: NodeId, bytes: &[u8], m: Message) {
         let key = self.seal.peer_key(sender).expect("an opened sender has a key");
         let record = m.record;
+        let kind = m.body.as_ref().map_or("unknown", Body::name);
         let known =
             self.engine.core.node(sender).is_some() || self.reader.enrolled.contains(&sender);
         if !known {
             let Some(Body::Hello(hello)) = &m.body else {
-                self.refuse(sender, record, "unregistered");
+                self.refuse(sender, record, kind, "unregistered");
                 return;
             };
             let store = &mut self.engine.store;
@@ -376,22 +379,22 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens, X: Extension> Shell<A, I, S, X>
                     self.reader.enrolled.insert(sender);
                 }
                 Err(r) => {
-                    self.refuse(sender, record, r.reason());
+                    self.refuse(sender, record, kind, r.reason());
                     return;
                 }
             }
         }
         match self.reader.accept(sender, key, bytes, m) {
             Ok(()) => {}
-            Err(NotTaken::Duplicate) => self.refuse(sender, record, "duplicate_record"),
-            Err(NotTaken::Gap) => self.refuse(sender, record, "record_gap"),
-            Err(NotTaken::InboxFull) => self.refuse(sender, record, "inbox_full"),
+            Err(NotTaken::Duplicate) => self.refuse(sender, record, kind, "duplicate_record"),
+            Err(NotTaken::Gap) => self.refuse(sender, record, kind, "record_gap"),
+            Err(NotTaken::InboxFull) => self.refuse(sender, record, kind, "inbox_full"),
         }
     }
 
-    fn refuse(&mut self, node: NodeId, record: u64, reason: &'static str) {
+    fn refuse(&mut self, node: NodeId, record: u64, kind: &'static str, reason: &'static str) {
         self.metrics.reject(reason);
-        self.notes.push_back(Note::Refused { node, record, reason });
+        self.notes.push_back(Note::Refused { node, record, kind, reason });
     }
 
     fn forget(&mut self, node: NodeId) {
@@ -453,6 +456,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens, X: Extension> Shell<A, I, S, X>
             match send {
                 Send::Reliable { to, addr, body } => {
                     let Some(addr) = addr.or_else(|| self.conns.addr(to)) else { continue };
+                    *self.metrics.sent.entry(body.name()).or_insert(0) += 1;
                     let bytes = Message::new(body).to_bytes();
                     if let Err(e) = self.conns.to(to, addr).send(bytes, now.mono) {
                         warn!(node = %to, error = %e, "cannot queue a message for a nanoprobe");
