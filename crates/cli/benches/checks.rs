@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec};
-use assim_store::services::ServiceView;
+use assim_store_sqlite::services::ServiceView;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -54,11 +54,7 @@ fn main() {
         name_prefix: "c".into(),
         enrollment: ClusterEnrollment::TrustOnFirstUse,
         cma_args: vec!["--check-rules".into(), rules.path().display().to_string()],
-        ..ClusterSpec::with_binaries(
-            env!("CARGO_BIN_EXE_cma"),
-            env!("CARGO_BIN_EXE_nanoprobe"),
-            nodes,
-        )
+        ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), nodes)
     };
     let services = nodes * per_node;
     println!(

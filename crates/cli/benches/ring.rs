@@ -31,11 +31,7 @@ fn main() {
     let steady = env_or("ASSIM_BENCH_STEADY_SECS", 20) as u64;
     let spec = ClusterSpec {
         name_prefix: "b".into(),
-        ..ClusterSpec::with_binaries(
-            env!("CARGO_BIN_EXE_cma"),
-            env!("CARGO_BIN_EXE_nanoprobe"),
-            nodes,
-        )
+        ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), nodes)
     };
     println!(
         "ring benchmark: {nodes} nanoprobes, heartbeat 1s / warn 3s / dead 5s, {kills} crashes"

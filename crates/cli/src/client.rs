@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use assim_cma::Event;
-use assim_daemon::api::StatusView;
+use assim_cma_daemon::api::StatusView;
 
 /// Talks to one CMA's HTTP API.
 #[derive(Debug, Clone)]
@@ -139,7 +139,10 @@ impl Client {
     }
 
     /// `GET /api/v1/discovery?host=…`.
-    pub fn discovery(&self, host: &str) -> anyhow::Result<Vec<assim_daemon::api::DiscoveryView>> {
+    pub fn discovery(
+        &self,
+        host: &str,
+    ) -> anyhow::Result<Vec<assim_cma_daemon::api::DiscoveryView>> {
         let host: String = host
             .bytes()
             .map(|b| match b {
