@@ -15,8 +15,8 @@ use assim_wire::msg::{self, Body, Message};
 use assim_wire::{NodeId, Timestamp};
 use tracing::{debug, error, warn};
 
-use crate::seams::{DiscoveryRecord, EngineStore, InboxProgress};
 use crate::{Extension, Metrics, Note};
+use assim_store::{DiscoveryRecord, EngineStore, InboxProgress};
 
 /// What the engine asks the shell to send.
 #[derive(Debug)]

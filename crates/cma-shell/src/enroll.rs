@@ -9,7 +9,7 @@ use assim_wire::msg::Hello;
 use assim_wire::{NodeId, Timestamp};
 use tracing::{error, info, warn};
 
-use crate::seams::Tokens;
+use assim_store::Tokens;
 
 /// How a node was admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,8 @@
 //! ([`Shell::handle_timeout`]), then calls [`Shell::flush`], sends what
 //! [`Shell::poll_transmit`] returns, reads [`Shell::poll_note`] and re-arms one timer at
 //! [`Shell::poll_timeout`]. Every input carries [`Now`]; the shell reads no clock and touches
-//! no socket, file or database except through its seams.
+//! no socket, file or database except through its seams, the [`Inbox`], [`EngineStore`] and
+//! [`Tokens`] traits of `assim-store` (with [`LogInbox`] and [`MemStore`] there).
 //!
 //! 1. **Reader** ([`reader`]): open and authenticate ([`Seal`]); an unknown node may join only
 //!    with a hello that passes the enrolment decision ([`enroll`]: token proof against
@@ -25,7 +26,6 @@
 //! event tagging) plug in through [`Extension`].
 //!
 //! Layout:
-//! - [`seams`]: the [`Inbox`], [`EngineStore`] and [`Tokens`] traits, [`LogInbox`], [`MemStore`].
 //! - [`seal`]: the [`Seal`] trait over [`assim_seal::Sealer`], and [`PlainSeal`] for simulators.
 //! - [`enroll`]: the enrolment decision.
 //! - [`reader`]: next-record rule, inbox appends, group commit, acknowledgements.
@@ -41,7 +41,6 @@ pub mod enroll;
 pub mod reader;
 pub mod record;
 pub mod seal;
-pub mod seams;
 #[cfg(test)]
 mod tests;
 
@@ -59,7 +58,7 @@ pub use crate::engine::Cx;
 use crate::engine::{Effects, Engine, Send};
 use crate::reader::{NotTaken, Reader};
 pub use crate::seal::{PlainSeal, Seal};
-pub use crate::seams::{
+pub use assim_store::{
     EngineStore, Inbox, InboxError, Loaded, LogInbox, MemStore, StoreFailed, Tokens,
 };
 

@@ -18,7 +18,7 @@ use tracing::error;
 
 use crate::Metrics;
 use crate::record;
-use crate::seams::Inbox;
+use assim_store::Inbox;
 
 /// A message accepted this turn, waiting for the group commit.
 #[derive(Debug)]

@@ -13,7 +13,7 @@ use assim_wire::msg::{self, Body, Direct, DirectBody, Message};
 use assim_wire::{DatagramKind, NodeId, Timestamp};
 
 use super::*;
-use crate::seams::TokenRecord;
+use assim_store::TokenRecord;
 
 const EPOCH: u64 = 1_767_225_600_000_000;
 
