@@ -43,6 +43,7 @@ pub struct Cx<'a> {
     pub progress: &'a mut InboxProgress,
     pub(crate) effects: &'a mut Effects,
     pub(crate) commit_soon: &'a mut bool,
+    pub(crate) metrics: &'a mut Metrics,
 }
 
 impl Cx<'_> {
@@ -50,6 +51,11 @@ impl Cx<'_> {
     pub fn send(&mut self, node: NodeId, body: Body) {
         let addr = self.core.node(node).map(|n| n.listen_addr);
         self.effects.sends.push(Send::Reliable { to: node, addr, body });
+    }
+
+    /// Counts a refused input under `reason` (a metric label).
+    pub fn reject(&mut self, reason: &'static str) {
+        self.metrics.reject(reason);
     }
 
     /// Asks for the batch to be stored at the end of this turn rather than within the commit
@@ -106,13 +112,19 @@ impl<S: EngineStore> Engine<S> {
     }
 
     /// A context for the extension outside message handling (API requests).
-    pub(crate) fn cx<'a>(&'a mut self, now: Timestamp, effects: &'a mut Effects) -> Cx<'a> {
+    pub(crate) fn cx<'a>(
+        &'a mut self,
+        now: Timestamp,
+        effects: &'a mut Effects,
+        metrics: &'a mut Metrics,
+    ) -> Cx<'a> {
         Cx {
             now,
             core: &mut self.core,
             progress: &mut self.batch.progress,
             effects,
             commit_soon: &mut self.commit_soon,
+            metrics,
         }
     }
 
@@ -170,7 +182,7 @@ impl<S: EngineStore> Engine<S> {
                     false
                 }
             };
-            ext.hello(&mut self.cx(now, effects), sender, accepted);
+            ext.hello(&mut self.cx(now, effects, metrics), sender, accepted);
             return;
         }
         if self.core.node(sender).is_none() {
@@ -194,13 +206,13 @@ impl<S: EngineStore> Engine<S> {
                 }
             }
             Body::DiscoveryResult(d) => {
-                ext.discovery(&mut self.cx(now, effects), sender, &d);
+                ext.discovery(&mut self.cx(now, effects, metrics), sender, &d);
                 self.store_discovery(now, sender, d, metrics);
             }
             other => {
                 let kind = other.name();
                 metrics.applied_other(kind);
-                if !ext.message(&mut self.cx(now, effects), sender, other) {
+                if !ext.message(&mut self.cx(now, effects, metrics), sender, other) {
                     debug!(node = %sender, kind, "message stored; nothing more to do with it yet");
                 }
             }

@@ -517,7 +517,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens, X: Extension> Shell<A, I, S, X>
     pub fn with_extension<R>(&mut self, now: Now, f: impl FnOnce(&mut X, &mut Cx<'_>) -> R) -> R {
         self.last = now;
         let mut effects = std::mem::take(&mut self.effects);
-        let r = f(&mut self.ext, &mut self.engine.cx(now.wall, &mut effects));
+        let r = f(&mut self.ext, &mut self.engine.cx(now.wall, &mut effects, &mut self.metrics));
         self.effects = effects;
         r
     }
