@@ -17,7 +17,6 @@
 //! - [`api_checks`]: the service routes of the HTTP API (`services`, `checks/run`).
 //! - [`api_bus`]: the event bus routes of the HTTP API (filters, SSE, durable subscriptions).
 //! - [`metrics`]: counters shared between the CMA task and the API.
-//! - [`timers`]: a small deadline set keyed by peer, used for many reliable connections.
 //! - [`settings`]: flags/env/file resolution, `--print-config`, `cma token create`;
 //!   `src/main.rs` is the binary.
 
@@ -29,4 +28,3 @@ pub mod cma;
 pub mod discovery;
 pub mod metrics;
 pub mod settings;
-pub mod timers;

@@ -1,18 +1,20 @@
 //! The discrete-event engine: one event queue in virtual time, the nanoprobes (each the real
 //! nanoprobe shell, `assim-probe-shell`: heartbeat core, reliable connection and a spool in an
-//! `assim-log` over `MemStorage`), the CMA (the real `assim-cma` core, a reliable connection per
-//! nanoprobe, an in-memory store) and the network.
+//! `assim-log` over `MemStorage`), the CMA (the real CMA shell, `assim-cma-shell`: reader,
+//! enrolment, the inbox's next-record rule and group commit in an `assim-log` over
+//! `MemStorage`, the `assim-cma` core, the in-memory engine store) and the network.
 //!
-//! The nanoprobe side only feeds the shell (start, datagrams, timers, a leave) and carries out
-//! what it emits: the hello/goodbye/CMA-restart rules, the spool and its resends, and peer-set
-//! handling are the daemon's own code. A node's spool storage (its disk) survives its crashes
-//! and restarts, so a restarted node resends what the CMA had not acknowledged. The CMA side
-//! keeps the inbox's next-record rule (a record is taken only if it is the next of its
-//! sender; record 0, hellos and goodbyes, always) and acknowledges spool records with
-//! `Ack { through }`. The CMA treats every message from a registered node as proof of life
-//! (`handle_alive`) before handling it, as the daemon does. Enrollment is open: every hello is
-//! accepted. Heartbeats, probes and probe replies are single datagrams; nothing is sealed (the
-//! shell's layer below sealing is driven; see the `assim-probe-shell` doc for why).
+//! Both sides only feed their shell (start, datagrams, timers, a leave) and carry out what it
+//! emits: the hello/goodbye/CMA-restart rules, the spool and its resends, peer-set handling,
+//! enrolment, the next-record rule (a record is taken only if it is the next of its sender;
+//! record 0, hellos and goodbyes, always), `Ack { through }` only after the inbox sync, the
+//! engine's batches and the replay after a CMA restart are the daemons' own code. A node's
+//! spool storage (its disk) survives its crashes and restarts, so a restarted node resends what
+//! the CMA had not acknowledged; the CMA's inbox disk and store survive CMA restarts.
+//! Enrollment is open: every hello is accepted. Heartbeats, probes and probe replies are single
+//! datagrams; nothing is sealed: the nanoprobes drive their shell's layer below sealing (see the
+//! `assim-probe-shell` doc for why) and the CMA shell runs with `PlainSeal`, the same header
+//! and key bookkeeping without cryptography.
 //!
 //! Determinism: one `ChaCha8Rng` from the seed draws every random choice in event order; the
 //! queue orders by (time, insertion sequence); no hash map is ever iterated. Virtual time is
@@ -23,23 +25,28 @@
 //! that no longer matches is ignored. The cores tolerate early or late calls anyway.
 //!
 //! Message accounting: spool records are numbered by the spool (dense per node, across
-//! restarts). The CMA side applies a record once; one at or below the last taken is dropped
-//! (counted as a redelivery: resends after a restart, idle resends, or the reliable layer's
-//! documented redelivery to a restarted CMA), one that skips ahead is a gap (a violation). At
+//! restarts). The CMA shell's notes say what its engine applied and what its reader refused: a
+//! record at or below the last taken is dropped (counted as a redelivery: resends after a
+//! restart, idle resends, or the reliable layer's documented redelivery to a restarted CMA), one
+//! that skips ahead is a gap (a violation), and a record the engine applies twice or out of
+//! order fails the `CMA inbox rule` check. At
 //! the end every node's spool is read back and compared with what the simulation saw spooled
 //! (`spool_check`).
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use assim_cma::{Action as CmaAction, Change, Cma, CmaConfig, EventKind, NodeRecord, Snapshot};
+use assim_cma::{Cma, CmaConfig, EventKind};
+use assim_cma_shell::{
+    LogInbox, MemStore, NoExtension, Note, Now, PlainSeal, ShellConfig as CmaShellConfig,
+};
 use assim_log::MemStorage;
 use assim_probe_shell::{Event, Shell, ShellConfig, Spool, Transmit};
-use assim_reliable::{Config as RelConfig, Connection, Event as RelEvent};
-use assim_wire::msg::{self, Body, Heartbeat, Message};
-use assim_wire::{NodeId, Timestamp};
+use assim_reliable::Config as RelConfig;
+use assim_wire::msg::{self, Body, Direct, DirectBody, Heartbeat, Message};
+use assim_wire::{DatagramKind, NodeId, Timestamp};
 use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -74,9 +81,6 @@ impl Clock {
         let ns = i.saturating_duration_since(self.base).as_nanos();
         u64::try_from(ns.div_ceil(1000)).unwrap_or(NONE - 1)
     }
-    fn of_timestamp(ts: Timestamp) -> u64 {
-        ts.0.saturating_sub(EPOCH_US)
-    }
 }
 
 /// A datagram in flight.
@@ -102,7 +106,6 @@ enum Ev {
     Start(u32),
     NodeWake(u32),
     CmaWake,
-    CmaConnWake(u32),
     Deliver { from: u32, to: u32, packet: Packet },
     Step(u32),
     Crash(u32, CrashCause),
@@ -152,6 +155,17 @@ impl MsgKind {
             Body::HeartbeatReport(_) => Some(MsgKind::Report),
             Body::PeerStatus(_) => Some(MsgKind::Status),
             Body::Goodbye(_) => Some(MsgKind::Goodbye),
+            _ => None,
+        }
+    }
+
+    /// The kind of a message by its wire name (`Body::name`).
+    fn of_name(name: &str) -> Option<MsgKind> {
+        match name {
+            "hello" => Some(MsgKind::Hello),
+            "heartbeat_report" => Some(MsgKind::Report),
+            "peer_status" => Some(MsgKind::Status),
+            "goodbye" => Some(MsgKind::Goodbye),
             _ => None,
         }
     }
@@ -357,64 +371,34 @@ pub(crate) struct Obs {
     pub(crate) restarts: u64,
 }
 
-/// The durable store of the CMA, in memory: what `Persist` actions wrote.
-#[derive(Debug, Default)]
-struct Store {
-    nodes: BTreeMap<NodeId, NodeRecord>,
-    ring: Vec<NodeId>,
-    next_epoch: u64,
-    next_event_id: u64,
-}
+/// The CMA's shell with the simulator's parts: plain (unsealed) datagrams, an `assim-log` inbox
+/// over `MemStorage`, the in-memory engine store.
+type CmaShell = assim_cma_shell::Shell<PlainSeal, LogInbox<MemStorage>, MemStore, NoExtension>;
 
-impl Store {
-    fn apply(&mut self, c: Change) {
-        match c {
-            Change::Node(rec) => {
-                self.nodes.insert(rec.id, rec);
-            }
-            Change::Ring(order) => self.ring = order,
-            Change::Counters { next_epoch, next_event_id } => {
-                self.next_epoch = next_epoch;
-                self.next_event_id = next_event_id;
-            }
-        }
-    }
-
-    fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            nodes: self.nodes.values().cloned().collect(),
-            ring: self.ring.clone(),
-            next_epoch: self.next_epoch,
-            next_event_id: self.next_event_id,
-        }
-    }
-}
-
-/// Per node: the last spool record taken and the CMA incarnation that took it (the durable
-/// inbox's high-water marks).
+/// Per node: the last spool record the engine applied and the CMA incarnation that applied it
+/// (the simulation's model of the inbox, fed by the shell's notes).
 type Inbox = HashMap<u32, (u64, u32)>;
 
 #[derive(Debug)]
 struct CmaSide {
-    core: Option<Cma>,
+    /// The running CMA: the real shell around the real core.
+    shell: Option<Box<CmaShell>>,
     config: CmaConfig,
     /// CMA incarnation (also its reliable session).
     generation: u32,
-    conns: Vec<Option<Box<Connection>>>,
-    conn_armed: Vec<u64>,
     armed: u64,
-    dirty: Vec<u32>,
-    is_dirty: Vec<bool>,
-    store: Store,
+    /// The engine's store while the CMA is down (the shell owns it while it runs).
+    store: MemStore,
+    /// The inbox's disk: survives CMA restarts.
+    inbox_disk: MemStorage,
     inbox: Inbox,
+    /// Inbox counters summed over CMA incarnations (syncs, records, replayed, refusals).
+    metrics: assim_cma_shell::Metrics,
 }
 
 impl CmaSide {
-    fn mark(&mut self, j: u32) {
-        if !self.is_dirty[j as usize] {
-            self.is_dirty[j as usize] = true;
-            self.dirty.push(j);
-        }
+    fn core(&self) -> Option<&Cma> {
+        self.shell.as_ref().map(|s| s.core())
     }
 }
 
@@ -488,6 +472,31 @@ fn node_ids(seed: u64, n: u32) -> Vec<NodeId> {
             NodeId(b)
         })
         .collect()
+}
+
+/// The endpoint behind an address of [`addr_of`].
+fn index_of_addr(a: SocketAddr) -> Option<u32> {
+    match a.ip() {
+        std::net::IpAddr::V4(ip) => {
+            let o = ip.octets();
+            (u32::from(o[1]) << 16 | u32::from(o[2]) << 8 | u32::from(o[3])).checked_sub(1)
+        }
+        std::net::IpAddr::V6(_) => None,
+    }
+}
+
+/// Adds one CMA incarnation's shell counters to the run's.
+fn add_metrics(sum: &mut assim_cma_shell::Metrics, m: &assim_cma_shell::Metrics) {
+    sum.inbox_syncs += m.inbox_syncs;
+    sum.inbox_records += m.inbox_records;
+    sum.replayed += m.replayed;
+    sum.store_errors += m.store_errors;
+    for (k, v) in &m.rejects {
+        *sum.rejects.entry(k).or_insert(0) += v;
+    }
+    for (k, v) in &m.sent {
+        *sum.sent.entry(k).or_insert(0) += v;
+    }
 }
 
 fn addr_of(i: u32) -> SocketAddr {
@@ -566,16 +575,14 @@ impl Sim {
         }
         w.push(1_000_000, Ev::Tick);
         let cma = CmaSide {
-            core: None,
+            shell: None,
             config,
             generation: 0,
-            conns: (0..n).map(|_| None).collect(),
-            conn_armed: vec![NONE; n as usize],
             armed: NONE,
-            dirty: Vec::new(),
-            is_dirty: vec![false; n as usize],
-            store: Store::default(),
+            store: MemStore::default(),
+            inbox_disk: MemStorage::new(mix(sc.seed ^ 0x1b0, 0, 0)),
             inbox: HashMap::new(),
+            metrics: assim_cma_shell::Metrics::default(),
         };
         let now = Instant::now();
         Sim {
@@ -621,18 +628,9 @@ impl Sim {
             Ev::CmaWake => {
                 if self.cma.armed == self.w.now {
                     self.cma.armed = NONE;
-                    if let Some(core) = self.cma.core.as_mut() {
-                        core.handle_timeout(Clock::timestamp(self.w.now));
-                    }
-                    self.cma_after();
-                }
-            }
-            Ev::CmaConnWake(j) => {
-                if self.cma.conn_armed[j as usize] == self.w.now {
-                    self.cma.conn_armed[j as usize] = NONE;
-                    if let Some(c) = self.cma.conns[j as usize].as_mut() {
-                        c.handle_timeout(self.w.clock.instant(self.w.now));
-                        self.cma.mark(j);
+                    let now = self.cma_now();
+                    if let Some(shell) = self.cma.shell.as_mut() {
+                        shell.handle_timeout(now);
                     }
                     self.cma_after();
                 }
@@ -842,7 +840,7 @@ impl Sim {
     /// Whether the CMA (running, or in its persisted store while down) has node `i` as left.
     fn cma_saw_goodbye(&self, i: u32) -> bool {
         let id = self.nodes[i as usize].id;
-        let state = match &self.cma.core {
+        let state = match self.cma.core() {
             Some(core) => core.node(id).map(|r| r.state),
             None => self.cma.store.nodes.get(&id).map(|r| r.state),
         };
@@ -865,7 +863,7 @@ impl Sim {
         if !matches!(life, Life::Running | Life::Leaving) {
             return;
         }
-        let neighbours = match &self.cma.core {
+        let neighbours = match self.cma.core() {
             Some(core) => {
                 core.neighbours(self.nodes[i as usize].id).into_iter().map(index_of).collect()
             }
@@ -891,49 +889,67 @@ impl Sim {
     // ------------------------------------------------------------------------------------------
     // the CMA
 
+    /// The CMA's view of the current virtual time.
+    fn cma_now(&self) -> Now {
+        Now { mono: self.w.clock.instant(self.w.now), wall: Clock::timestamp(self.w.now) }
+    }
+
+    /// Starts the CMA: the shell loads the store, replays the inbox from the stored position and
+    /// queues every ring member's peer set.
     fn cma_start(&mut self) {
-        let now = self.w.now;
         self.cma.generation += 1;
         if self.cma.generation > 1 {
             self.obs.cma_restarts += 1;
         }
-        let snapshot = self.cma.store.snapshot();
-        self.cma.core = Some(Cma::new(self.cma.config.clone(), snapshot, Clock::timestamp(now)));
+        let generation = u64::from(self.cma.generation);
+        let mut cfg =
+            CmaShellConfig::new(self.cma.config.clone(), mix(self.sc.seed ^ 0xc3a, 0, generation));
+        cfg.open_enrollment = true;
+        // Every turn is stored at once, so the store always equals the core between turns (the
+        // `store matches core` check); the shell's unit tests cover a lagging store's replay.
+        cfg.commit_interval = Duration::ZERO;
+        let seal = PlainSeal::new(NodeId::default(), [0; 32], generation);
+        let disk = self.cma.inbox_disk.clone();
+        let inbox = LogInbox::open(move || Ok(disk.clone()), assim_log::LogConfig::default())
+            .expect("an in-memory inbox opens");
+        let store = std::mem::take(&mut self.cma.store);
+        let shell = CmaShell::start(cfg, seal, inbox, store, NoExtension, self.cma_now())
+            .expect("the in-memory store loads");
+        self.cma.shell = Some(Box::new(shell));
         self.cma_after();
     }
 
+    /// Stops the CMA as `kill -9` would: the shell and its connections are gone; the store and
+    /// the inbox's disk stay.
     fn cma_stop(&mut self, down_for: Duration) {
-        let Some(core) = self.cma.core.take() else { return };
+        let Some(shell) = self.cma.shell.take() else { return };
         // The store must hold exactly what the core would resume from (nodes and counters; the
         // ring order is write-behind and rebuilt from node states anyway).
-        let snap = core.snapshot();
+        let snap = shell.core().snapshot();
+        let m = shell.metrics();
+        let (_, _, store, _) = shell.into_parts();
         let mut mismatches = 0;
         for rec in &snap.nodes {
-            if self.cma.store.nodes.get(&rec.id) != Some(rec) {
+            if store.nodes.get(&rec.id) != Some(rec) {
                 mismatches += 1;
             }
         }
-        mismatches += self.cma.store.nodes.len().saturating_sub(snap.nodes.len()) as u64;
-        if (self.cma.store.next_epoch, self.cma.store.next_event_id)
-            != (snap.next_epoch, snap.next_event_id)
-        {
+        mismatches += store.nodes.len().saturating_sub(snap.nodes.len()) as u64;
+        if (store.next_epoch, store.next_event_id) != (snap.next_epoch, snap.next_event_id) {
             mismatches += 1;
         }
         self.obs.store_mismatches += mismatches;
-        for c in &mut self.cma.conns {
-            *c = None;
-        }
-        self.cma.conn_armed.fill(NONE);
+        self.cma.store = store;
+        self.cma.inbox_disk.crash(false);
+        add_metrics(&mut self.cma.metrics, &m);
         self.cma.armed = NONE;
-        for &j in &self.cma.dirty {
-            self.cma.is_dirty[j as usize] = false;
-        }
-        self.cma.dirty.clear();
         self.w.push(self.w.now + micros(down_for), Ev::CmaUp);
     }
 
+    /// A datagram for the CMA: the simulated network carries frames and probe replies; the
+    /// shell takes datagrams, so they are framed as a nanoprobe would (header, key, plaintext).
     fn cma_receive(&mut self, from: u32, packet: Packet) {
-        if self.cma.core.is_none() {
+        if self.cma.shell.is_none() {
             self.w.net.stats.to_dead_endpoint += 1;
             return;
         }
@@ -942,183 +958,67 @@ impl Sim {
         if (self.w.steady.0..self.w.steady.1).contains(&now) {
             self.w.counters.steady_cma_in += 1;
         }
-        let inst = self.w.clock.instant(now);
-        match packet {
-            Packet::Frame(bytes) => {
-                let session = u64::from(self.cma.generation);
-                let seed = mix(self.sc.seed ^ 0xc3a, from.into(), session);
-                let conn = self.cma.conns[from as usize].get_or_insert_with(|| {
-                    Box::new(Connection::new(RelConfig::default(), session, seed))
-                });
-                if conn.handle_frame(&bytes, inst).is_err() {
-                    self.w.counters.bad_frames += 1;
-                }
-                let mut delivered = Vec::new();
-                while let Some(ev) = conn.poll_event() {
-                    if let RelEvent::Delivered(b) = ev {
-                        delivered.push(b);
-                    }
-                }
-                self.cma.mark(from);
-                let mut ack = false;
-                for b in delivered {
-                    ack |= self.cma_message(from, &b);
-                }
-                if ack {
-                    self.cma_ack(from);
-                }
+        let n = &self.nodes[from as usize];
+        let (id, key, session) = (n.id, public_key(n.id), u64::from(n.incarnation) + 1);
+        let datagram = match packet {
+            Packet::Frame(frame) => {
+                PlainSeal::datagram(DatagramKind::Reliable, id, session, 0, Some(key), &frame)
             }
             Packet::ProbeReply(nonce) => {
-                let id = self.nodes[from as usize].id;
-                let core = self.cma.core.as_mut().expect("checked above");
-                core.handle_probe_reply(Clock::timestamp(now), id, nonce);
+                let reply = Direct { body: Some(DirectBody::ProbeReply(msg::Probe { nonce })) };
+                PlainSeal::datagram(
+                    DatagramKind::Direct,
+                    id,
+                    session,
+                    0,
+                    Some(key),
+                    &reply.to_bytes(),
+                )
             }
-            Packet::Heartbeat(_) | Packet::Probe(_) => self.w.counters.unexpected_datagrams += 1,
-        }
+            Packet::Heartbeat(_) | Packet::Probe(_) => {
+                self.w.counters.unexpected_datagrams += 1;
+                return;
+            }
+        };
+        let now = self.cma_now();
+        let shell = self.cma.shell.as_mut().expect("checked above");
+        shell.handle_datagram(now, addr_of(from), &datagram);
         self.cma_after();
     }
 
-    /// One message delivered from node `j`: the inbox's next-record rule (spool records are
-    /// dense: a record at or below the last one taken is a duplicate, one beyond the next is a
-    /// gap and waits for the resend; record 0 is not spooled and always taken), then the core,
-    /// as the daemon does. Returns whether it carried a spool record (to acknowledge).
-    fn cma_message(&mut self, j: u32, bytes: &[u8]) -> bool {
-        let Ok(m) = Message::from_bytes(bytes) else {
-            self.w.counters.decode_errors += 1;
-            return false;
-        };
-        let Some(body) = m.body else {
-            self.w.counters.decode_errors += 1;
-            return m.record > 0;
-        };
-        let Some(kind) = MsgKind::of(&body) else {
-            self.w.counters.unexpected_messages += 1;
-            return m.record > 0;
-        };
-        if m.record > 0 {
-            let generation = self.cma.generation;
-            let entry = self.cma.inbox.entry(j).or_insert((0, generation));
-            if m.record <= entry.0 {
-                if entry.1 == generation {
-                    self.w.counters.duplicates_applied[kind as usize] += 1;
-                } else {
-                    self.w.counters.redelivered_after_cma_restart[kind as usize] += 1;
-                }
-                return true;
-            }
-            if m.record != entry.0 + 1 {
-                self.w.counters.gaps += 1;
-                return true;
-            }
-            *entry = (m.record, generation);
-        }
-        let spooled = m.record > 0;
-        self.w.counters.applied[kind as usize] += 1;
-
-        let now = Clock::timestamp(self.w.now);
-        let id = self.nodes[j as usize].id;
-        let core = self.cma.core.as_mut().expect("only called while the CMA runs");
-        if let Body::Hello(hello) = &body {
-            if core.handle_hello(now, id, public_key(id), hello).is_err() {
-                self.w.counters.hellos_refused += 1;
-            }
-            // A crashed node that came back before its crash was confirmed: the hello makes it
-            // Up without a host.down (documented core behaviour), so the crash is never reported.
-            let n = &mut self.nodes[j as usize];
-            if let Some(c) = n.crash
-                && n.life == Life::Running
-                && self.obs.crashes[c].node == j
-            {
-                self.obs.crashes[c].restarted_first = true;
-                n.crash = None;
-            }
-            return spooled;
-        }
-        if core.node(id).is_none() {
-            self.w.counters.unregistered += 1;
-            return spooled;
-        }
-        // The goodbye of a node that gave up waiting arrived after all: Left, no host.down.
-        if matches!(body, Body::Goodbye(_))
-            && let Some(c) = self.nodes[j as usize].crash
-            && self.obs.crashes[c].cause == CrashCause::GoodbyeLost
-        {
-            self.obs.crashes[c].restarted_first = true;
-            self.nodes[j as usize].crash = None;
-        }
-        core.handle_alive(now, id);
-        match body {
-            Body::Goodbye(_) => core.handle_goodbye(now, id),
-            Body::HeartbeatReport(r) => core.handle_report(now, id, &r),
-            Body::PeerStatus(s) => core.handle_peer_status(now, id, &s),
-            _ => {}
-        }
-        spooled
-    }
-
-    /// `Ack { through }` to node `j`: its spool may delete every record the inbox took.
-    fn cma_ack(&mut self, j: u32) {
-        let through = self.cma.inbox.get(&j).map_or(0, |e| e.0);
-        let inst = self.w.clock.instant(self.w.now);
-        let Some(conn) = self.cma.conns[j as usize].as_mut() else { return };
-        let bytes = Message::new(Body::Ack(msg::Ack { through })).to_bytes();
-        if conn.send(bytes, inst).is_err() {
-            self.w.counters.send_refused += 1;
-        }
-        self.cma.mark(j);
-    }
-
-    /// The last spool record of node `j` the CMA's inbox took.
+    /// The last spool record of node `j` the CMA's engine applied.
     fn cma_applied_through(&self, j: u32) -> u64 {
         self.cma.inbox.get(&j).map_or(0, |e| e.0)
     }
 
-    /// Drains the CMA core's actions, transmits on dirty connections, re-arms timers.
+    /// Ends the CMA's turn: the shell's group commit, engine and store; then its datagrams go
+    /// out, its notes are accounted and its timer is re-armed.
     fn cma_after(&mut self) {
         let now = self.w.now;
-        let inst = self.w.clock.instant(now);
-        let Some(core) = self.cma.core.as_mut() else { return };
-        let mut emitted = Vec::new();
-        while let Some(a) = core.poll_action() {
-            match a {
-                CmaAction::SendPeerSet { to, set, .. } => {
-                    let j = index_of(to);
-                    let session = u64::from(self.cma.generation);
-                    let seed = mix(self.sc.seed ^ 0xc3a, j.into(), session);
-                    let conn = self.cma.conns[j as usize].get_or_insert_with(|| {
-                        Box::new(Connection::new(RelConfig::default(), session, seed))
-                    });
-                    let bytes = Message { record: 0, body: Some(Body::PeerSet(set)) }.to_bytes();
-                    if conn.send(bytes, inst).is_err() {
-                        self.w.counters.send_refused += 1;
-                    }
-                    self.w.counters.peer_sets_sent += 1;
-                    if !self.cma.is_dirty[j as usize] {
-                        self.cma.is_dirty[j as usize] = true;
-                        self.cma.dirty.push(j);
-                    }
-                }
-                CmaAction::Probe { node, nonce, .. } => {
-                    self.w.send(CMA, index_of(node), Packet::Probe(nonce));
-                }
-                CmaAction::Persist(c) => self.cma.store.apply(c),
-                CmaAction::Emit(e) => emitted.push(e),
-            }
+        let cma_now = self.cma_now();
+        let Some(shell) = self.cma.shell.as_mut() else { return };
+        shell.flush(cma_now);
+        let mut out = Vec::new();
+        while let Some(t) = shell.poll_transmit() {
+            out.push(t);
         }
-        let next = core.poll_timeout().map(Clock::of_timestamp);
-        for j in std::mem::take(&mut self.cma.dirty) {
-            self.cma.is_dirty[j as usize] = false;
-            let Some(conn) = self.cma.conns[j as usize].as_mut() else { continue };
-            while let Some(frame) = conn.poll_transmit(inst) {
-                self.w.send(CMA, j, Packet::Frame(frame));
-            }
-            if let Some(d) = conn.poll_timeout().map(|t| self.w.clock.of_instant(t)) {
-                let d = d.max(now);
-                if d < self.cma.conn_armed[j as usize] {
-                    self.cma.conn_armed[j as usize] = d;
-                    self.w.push(d, Ev::CmaConnWake(j));
-                }
-            }
+        let mut notes = Vec::new();
+        while let Some(n) = shell.poll_note() {
+            notes.push(n);
+        }
+        let next = shell.poll_timeout().map(|t| self.w.clock.of_instant(t));
+        for t in out {
+            let Some(j) = index_of_addr(t.to) else { continue };
+            let Some((header, plaintext)) = PlainSeal::parse(&t.datagram) else { continue };
+            let packet = match header.kind {
+                DatagramKind::Reliable => Packet::Frame(plaintext.to_vec()),
+                DatagramKind::Direct => match Direct::from_bytes(plaintext) {
+                    Ok(Direct { body: Some(DirectBody::Probe(p)) }) => Packet::Probe(p.nonce),
+                    _ => continue,
+                },
+                DatagramKind::KeyRequest | DatagramKind::KeyReply => continue,
+            };
+            self.w.send(CMA, j, packet);
         }
         if let Some(d) = next {
             let d = d.max(now);
@@ -1127,8 +1027,81 @@ impl Sim {
                 self.w.push(d, Ev::CmaWake);
             }
         }
-        for e in emitted {
-            self.on_event(e);
+        for n in notes {
+            self.cma_note(n);
+        }
+    }
+
+    /// Accounting of what the shell did (the simulator's model of the inbox and of crashes).
+    fn cma_note(&mut self, note: Note) {
+        let generation = self.cma.generation;
+        match note {
+            Note::Event(e) => self.on_event(e),
+            Note::Stored { .. } => {}
+            Note::Applied { node, record, kind } => {
+                let j = index_of(node);
+                let Some(kind) = MsgKind::of_name(kind) else {
+                    self.w.counters.unexpected_messages += 1;
+                    return;
+                };
+                if record > 0 {
+                    let entry = self.cma.inbox.entry(j).or_insert((0, generation));
+                    if record <= entry.0 {
+                        self.w.counters.inbox_applied_twice += 1;
+                        return;
+                    }
+                    if record != entry.0 + 1 {
+                        self.w.counters.inbox_applied_out_of_order += 1;
+                    }
+                    *entry = (record, generation);
+                }
+                self.w.counters.applied[kind as usize] += 1;
+                let n = &mut self.nodes[j as usize];
+                match kind {
+                    // A crashed node that came back before its crash was confirmed: the hello
+                    // makes it Up without a host.down (documented core behaviour), so the crash
+                    // is never reported.
+                    MsgKind::Hello => {
+                        if let Some(c) = n.crash
+                            && n.life == Life::Running
+                            && self.obs.crashes[c].node == j
+                        {
+                            self.obs.crashes[c].restarted_first = true;
+                            n.crash = None;
+                        }
+                    }
+                    // The goodbye of a node that gave up waiting arrived after all: Left, no
+                    // host.down.
+                    MsgKind::Goodbye => {
+                        if let Some(c) = n.crash
+                            && self.obs.crashes[c].cause == CrashCause::GoodbyeLost
+                        {
+                            self.obs.crashes[c].restarted_first = true;
+                            n.crash = None;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Note::Refused { node, record, kind, reason } => {
+                let j = index_of(node);
+                match reason {
+                    "duplicate_record" => {
+                        let entry = self.cma.inbox.get(&j).copied().unwrap_or((0, generation));
+                        let kind = MsgKind::of_name(kind).unwrap_or(MsgKind::Report) as usize;
+                        if entry.1 == generation && record <= entry.0 {
+                            self.w.counters.duplicates_applied[kind] += 1;
+                        } else {
+                            self.w.counters.redelivered_after_cma_restart[kind] += 1;
+                        }
+                    }
+                    "record_gap" => self.w.counters.gaps += 1,
+                    "unregistered" => self.w.counters.unregistered += 1,
+                    _ => self.w.counters.inbox_refused += 1,
+                }
+            }
+            Note::HelloRefused { .. } => self.w.counters.hellos_refused += 1,
+            Note::Unregistered { .. } => self.w.counters.unregistered += 1,
         }
     }
 
@@ -1288,7 +1261,7 @@ impl Sim {
             self.last_progress = Instant::now();
             let wall = self.wall_start.elapsed().as_secs_f64().max(1e-9);
             let ev = self.w.counters.events as f64;
-            let members = self.cma.core.as_ref().map_or(0, |c| c.rings().all().len());
+            let members = self.cma.core().map_or(0, |c| c.rings().all().len());
             eprint!(
                 "\r[sim] virtual {:>7.1}s / {:.0}s  ring {:>7}  crashed {:>6}  host.down {:>6}  \
                  events {:>6.1}M  {:>5.2}M ev/s ",
@@ -1306,7 +1279,7 @@ impl Sim {
 
     /// Every node has started, is Up at the CMA, and runs the peer set the CMA last sent it.
     fn all_converged(&self) -> bool {
-        let Some(core) = &self.cma.core else { return false };
+        let Some(core) = self.cma.core() else { return false };
         self.nodes.iter().all(|n| match (&n.probe, core.node(n.id)) {
             (Some(p), Some(rec)) => {
                 rec.state == assim_cma::NodeState::Up
@@ -1321,6 +1294,15 @@ impl Sim {
     // the end
 
     fn finish(mut self, wall: Duration) -> Report {
+        if let Some(shell) = &self.cma.shell {
+            add_metrics(&mut self.cma.metrics, &shell.metrics());
+        }
+        let m = &self.cma.metrics;
+        let c = &mut self.w.counters;
+        c.inbox_syncs = m.inbox_syncs;
+        c.inbox_records = m.inbox_records;
+        c.inbox_replayed = m.replayed;
+        c.peer_sets_sent = m.sent.get("peer_set").copied().unwrap_or(0);
         // Message accounting: every message sent was applied, or waits in the spool of a
         // stopped sender (spooled kinds) / was unacknowledged when its sender stopped (hello,
         // goodbye), or is still in flight.
@@ -1358,7 +1340,7 @@ impl Sim {
             net: &self.w.net.stats,
             obs: &self.obs,
             nodes: &self.nodes,
-            cma_stats: self.cma.core.as_ref().map(|c| *c.stats()),
+            cma_stats: self.cma.core().map(|c| *c.stats()),
             ring,
             wall,
             cma_bytes_per_node: self.cma_bytes_per_node,
@@ -1373,7 +1355,7 @@ impl Sim {
     fn spool_check(&self) -> report::SpoolCheck {
         let mut sc = report::SpoolCheck::default();
         let settle = micros(assim_probe_shell::RESEND_AFTER + self.sc.detection_bound() * 2);
-        let cma_up = self.cma.core.is_some();
+        let cma_up = self.cma.core().is_some();
         for (i, n) in self.nodes.iter().enumerate() {
             let Some(storage) = &n.spool else { continue };
             // A stopped node's spool as its restart would find it.
@@ -1403,9 +1385,10 @@ impl Sim {
             if acked > self.cma_applied_through(i as u32) {
                 sc.acked_not_applied += 1;
             }
-            // Acknowledged records are gone (removal inside a segment is logical: a reopened
-            // log shows them again and reads on from its acknowledged position).
-            if n.probe.is_some() && log.first_lsn() <= acked {
+            // Acknowledged records are gone.
+            if let Ok(mut r) = log.read_from(log.first_lsn())
+                && r.next().is_some_and(|x| x.is_ok_and(|(lsn, _)| lsn <= acked))
+            {
                 sc.not_removed += 1;
             }
             // The rest is exactly the model's pending records.
@@ -1471,7 +1454,7 @@ impl Sim {
     /// The ring as the CMA holds it, against node states and against what the nanoprobes run.
     fn ring_check(&self) -> report::RingCheck {
         let mut rc = report::RingCheck::default();
-        let Some(core) = &self.cma.core else {
+        let Some(core) = self.cma.core() else {
             rc.problems.push("the CMA is down at the end of the run; ring not checked".into());
             return rc;
         };

@@ -38,6 +38,16 @@ pub struct Counters {
     pub in_flight_at_end: [u64; 4],
     pub gaps: u64,
     pub acked_not_applied: u64,
+    /// The CMA shell's inbox: records applied again (at or below the node's last applied one),
+    /// applied out of order (beyond the next), refused for another reason than a duplicate or
+    /// gap (enrollment, a full inbox), group commits, records made durable, records replayed at
+    /// CMA starts.
+    pub inbox_applied_twice: u64,
+    pub inbox_applied_out_of_order: u64,
+    pub inbox_refused: u64,
+    pub inbox_syncs: u64,
+    pub inbox_records: u64,
+    pub inbox_replayed: u64,
     /// Reports emitted by heartbeat cores, by `ReportKind` (unspecified, dead, late,
     /// back-alive, martian).
     pub report_kinds: [u64; 5],
@@ -253,6 +263,23 @@ pub struct Delivery {
     pub acked_not_applied: u64,
     /// Frames the reliable layer refused.
     pub bad_frames: u64,
+    pub inbox: InboxReport,
+}
+
+/// The CMA shell's inbox: the next-record rule, group commits, replay.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct InboxReport {
+    /// Group commits (one sync each) and records they made durable.
+    pub syncs: u64,
+    pub records: u64,
+    /// Records applied again after a CMA start (their effects were not stored yet).
+    pub replayed: u64,
+    /// Spool records the engine applied twice, or beyond the next one (violations).
+    pub applied_twice: u64,
+    pub applied_out_of_order: u64,
+    /// Messages refused for enrollment or a full inbox (none expected: open enrollment, no
+    /// disk faults).
+    pub refused: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -559,6 +586,14 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
         gaps: c.gaps,
         acked_not_applied: c.acked_not_applied,
         bad_frames: c.bad_frames,
+        inbox: InboxReport {
+            syncs: c.inbox_syncs,
+            records: c.inbox_records,
+            replayed: c.inbox_replayed,
+            applied_twice: c.inbox_applied_twice,
+            applied_out_of_order: c.inbox_applied_out_of_order,
+            refused: c.inbox_refused,
+        },
     };
 
     let window = sc.steady.as_secs_f64();
@@ -704,6 +739,27 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
             c.gaps,
             c.acked_not_applied,
             balance
+        ),
+    );
+    check(
+        "CMA inbox rule",
+        c.inbox_applied_twice == 0
+            && c.inbox_applied_out_of_order == 0
+            && c.inbox_refused == 0
+            && c.gaps == 0
+            && c.inbox_syncs > 0,
+        format!(
+            "{} group commits made {} records durable before any acknowledgement; {} replayed at \
+             CMA starts; {} duplicates and {} gaps refused by the next-record rule; {} spool \
+             records applied twice, {} out of order, {} refused otherwise",
+            c.inbox_syncs,
+            c.inbox_records,
+            c.inbox_replayed,
+            dup,
+            c.gaps,
+            c.inbox_applied_twice,
+            c.inbox_applied_out_of_order,
+            c.inbox_refused
         ),
     );
     check(

@@ -29,6 +29,8 @@ use assim_cma::{Change, Event, EventKind, NodeRecord, Snapshot};
 use assim_wire::{NodeId, Timestamp};
 use rusqlite::{Connection, OptionalExtension, params};
 
+pub use assim_store::{DiscoveryRecord, InboxProgress, TokenRecord};
+
 /// Errors from the store. No variant leaves a half-applied batch behind: batches are
 /// transactions.
 #[derive(Debug, thiserror::Error)]
@@ -119,61 +121,11 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 ";
 
-/// What the decision engine consumed from the inbox in one batch. It is committed in the same
-/// transaction as the state it changed, so after a crash the engine resumes exactly after the
-/// last record whose effects are stored, and never applies a record twice.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct InboxProgress {
-    /// The last inbox LSN applied; `None` leaves the stored position unchanged.
-    pub position: Option<u64>,
-    /// Per node: the highest spool record applied so far, and how many records of that node this
-    /// batch applied.
-    pub applied: BTreeMap<NodeId, (u64, u64)>,
-    /// Discovery results to store (the latest per node and collector wins).
-    pub discovery: Vec<DiscoveryRecord>,
-    /// Check sets and service states to store ([`services`]).
-    pub services: services::ServicesBatch,
-}
-
-/// The latest result of one discovery collector on one node.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DiscoveryRecord {
-    pub node: NodeId,
-    pub name: String,
-    /// Hex SHA-256 of the canonical JSON payload, as the nanoprobe computed it.
-    pub hash: String,
-    /// The collector's JSON document.
-    pub payload: String,
-    /// When the nanoprobe collected it, µs since the epoch.
-    pub collected_at: u64,
-    /// When the CMA stored it, µs since the epoch.
-    pub updated_at: u64,
-}
-
 /// Per-node application record: the highest spool record applied and how many were applied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
     pub through: u64,
     pub count: u64,
-}
-
-/// An enrollment token as the CMA keeps it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TokenRecord {
-    pub id: [u8; 16],
-    pub secret: [u8; 32],
-    pub created_at: Timestamp,
-    pub expires_at: Timestamp,
-    /// 0 = unlimited.
-    pub max_uses: u64,
-    pub uses: u64,
-}
-
-impl TokenRecord {
-    /// Whether the token may enroll one more node at `now`.
-    pub fn usable(&self, now: Timestamp) -> bool {
-        now < self.expires_at && (self.max_uses == 0 || self.uses < self.max_uses)
-    }
 }
 
 /// The SQLite store. One writer (the CMA's core task); readers open their own [`Store`].
@@ -647,4 +599,43 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
 
 fn hex_decode32(s: &str) -> Option<[u8; 32]> {
     hex_decode(s)?.try_into().ok()
+}
+
+/// The CMA engine's store seam over SQLite: the snapshot, inbox position and applied records at
+/// start; one transaction per batch.
+impl assim_store::EngineStore for Store {
+    fn load(&mut self) -> Result<assim_store::Loaded, assim_store::StoreFailed> {
+        let failed = |e: StoreError| assim_store::StoreFailed(Box::new(e));
+        Ok(assim_store::Loaded {
+            snapshot: self.load_snapshot().map_err(failed)?,
+            position: self.inbox_position().map_err(failed)?,
+            applied: self
+                .applied()
+                .map_err(failed)?
+                .into_iter()
+                .map(|(n, a)| (n, a.through))
+                .collect(),
+        })
+    }
+
+    fn apply(
+        &mut self,
+        changes: &[Change],
+        events: &[Event],
+        progress: &InboxProgress,
+    ) -> Result<(), assim_store::StoreFailed> {
+        Store::apply(self, changes, events, progress)
+            .map_err(|e| assim_store::StoreFailed(Box::new(e)))
+    }
+}
+
+/// Join tokens for the enrolment decision.
+impl assim_store::Tokens for Store {
+    fn token(&self, id: &[u8]) -> Result<Option<TokenRecord>, assim_store::StoreFailed> {
+        Store::token(self, id).map_err(|e| assim_store::StoreFailed(Box::new(e)))
+    }
+
+    fn use_token(&mut self, id: &[u8]) -> Result<(), assim_store::StoreFailed> {
+        Store::use_token(self, id).map_err(|e| assim_store::StoreFailed(Box::new(e)))
+    }
 }

@@ -15,12 +15,18 @@
 use std::collections::BTreeMap;
 
 use assim_wire::NodeId;
-use assim_wire::msg::{CheckSpec, Tag};
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
-use crate::topology::query::{MonitorRecord, replace_monitors};
+pub use assim_store::services::{
+    CheckSetRecord, ManualChange, ManualCheck, RememberedService, ServiceStateRecord,
+    ServicesBatch, StoredCheck,
+};
+
+use crate::topology::query::replace_monitors;
 use crate::{Store, StoreError};
+#[cfg(test)]
+use assim_store::services::MonitorRecord;
 
 /// Schema step 4: service monitoring tables.
 pub const MIGRATION_4: &str = "
@@ -62,127 +68,6 @@ CREATE TABLE IF NOT EXISTS remembered_services (
     PRIMARY KEY (node, protocol, ip, port)
 );
 ";
-
-/// A check set by hand for one node (`assim check add`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ManualCheck {
-    pub node: NodeId,
-    pub check: StoredCheck,
-    /// When it was added, µs since the epoch.
-    pub added_at: u64,
-}
-
-/// A change to the hand-set checks: add (or replace) one, or remove one by name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ManualChange {
-    Put(ManualCheck),
-    Remove { node: NodeId, name: String },
-}
-
-/// A listener that matched a rule, as remembered (the `sockets` collector's fields).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RememberedService {
-    pub protocol: String,
-    pub ip: std::net::IpAddr,
-    pub port: u16,
-    pub exe: Option<String>,
-    pub cmdline: Vec<String>,
-    pub user: Option<String>,
-    /// When it was last seen listening, µs since the epoch.
-    pub seen: u64,
-}
-
-/// One check as stored (a wire `CheckSpec` in JSON-friendly form).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredCheck {
-    pub name: String,
-    pub kind: String,
-    pub argv: Vec<String>,
-    #[serde(default)]
-    pub params: BTreeMap<String, String>,
-    pub interval_s: u64,
-    pub retry_interval_s: u64,
-    pub max_attempts: u32,
-    pub timeout_s: u64,
-}
-
-impl StoredCheck {
-    pub fn from_spec(s: &CheckSpec) -> StoredCheck {
-        StoredCheck {
-            name: s.name.clone(),
-            kind: s.kind.clone(),
-            argv: s.argv.clone(),
-            params: s.params.iter().map(|t| (t.key.clone(), t.value.clone())).collect(),
-            interval_s: s.interval_s,
-            retry_interval_s: s.retry_interval_s,
-            max_attempts: s.max_attempts,
-            timeout_s: s.timeout_s,
-        }
-    }
-
-    pub fn to_spec(&self) -> CheckSpec {
-        CheckSpec {
-            name: self.name.clone(),
-            kind: self.kind.clone(),
-            argv: self.argv.clone(),
-            params: self
-                .params
-                .iter()
-                .map(|(k, v)| Tag { key: k.clone(), value: v.clone() })
-                .collect(),
-            interval_s: self.interval_s,
-            retry_interval_s: self.retry_interval_s,
-            max_attempts: self.max_attempts,
-            timeout_s: self.timeout_s,
-        }
-    }
-}
-
-/// A node's desired check set, and the services (listeners) its checks watch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckSetRecord {
-    pub node: NodeId,
-    pub epoch: u64,
-    pub checks: Vec<StoredCheck>,
-    /// Replaces the node's rows in the topology's `monitors` table.
-    pub monitors: Vec<MonitorRecord>,
-}
-
-/// The last reported state of one check.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceStateRecord {
-    pub node: NodeId,
-    pub check: String,
-    /// "ok", "warning", "critical", "unknown".
-    pub state: String,
-    pub output: String,
-    pub perfdata: String,
-    pub flapping: bool,
-    /// When the state was entered, µs since the epoch (kept while the state stays the same).
-    pub since: u64,
-    /// When it was last reported, µs since the epoch.
-    pub updated_at: u64,
-}
-
-/// What one CMA batch changes in service monitoring.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ServicesBatch {
-    pub check_sets: Vec<CheckSetRecord>,
-    pub states: Vec<ServiceStateRecord>,
-    /// Hand-set checks added or removed, in order.
-    pub manual: Vec<ManualChange>,
-    /// Per node: replaces its remembered services.
-    pub remembered: Vec<(NodeId, Vec<RememberedService>)>,
-}
-
-impl ServicesBatch {
-    pub fn is_empty(&self) -> bool {
-        self.check_sets.is_empty()
-            && self.states.is_empty()
-            && self.manual.is_empty()
-            && self.remembered.is_empty()
-    }
-}
 
 /// Writes a batch inside the caller's transaction.
 pub(crate) fn apply(tx: &Connection, b: &ServicesBatch) -> rusqlite::Result<()> {

@@ -13,4 +13,21 @@
 //! Embedded engine: `assim-store-sqlite` (the only crate that names rusqlite). In-memory
 //! implementations for the simulator and tests live here.
 //!
-//! Layout: (the traits arrive with the shells; see issue 12.)
+//! Layout:
+//! - [`inbox`]: [`Inbox`], [`InboxError`], [`LogInbox`] (the `assim-log` inbox).
+//! - [`engine`]: [`EngineStore`], [`Tokens`], [`Loaded`], [`StoreFailed`].
+//! - [`batch`]: what a batch carries besides the core's changes and events —
+//!   [`InboxProgress`], [`DiscoveryRecord`] — and [`TokenRecord`].
+//! - [`services`]: the service-monitoring part of a batch ([`services::ServicesBatch`]).
+//! - [`mem`]: [`MemStore`], the in-memory engine store and tokens.
+
+pub mod batch;
+pub mod engine;
+pub mod inbox;
+pub mod mem;
+pub mod services;
+
+pub use crate::batch::{DiscoveryRecord, InboxProgress, TokenRecord};
+pub use crate::engine::{EngineStore, Loaded, StoreFailed, Tokens};
+pub use crate::inbox::{Inbox, InboxError, LogInbox};
+pub use crate::mem::MemStore;

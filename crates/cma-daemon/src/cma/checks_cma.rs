@@ -1,5 +1,6 @@
-//! The CMA's side of service monitoring (a child module of [`crate::cma`], so it extends the
-//! driver directly):
+//! The CMA's side of service monitoring, plugged into the CMA shell as part of its extension
+//! ([`super::DaemonExt`]); every method gets the shell's context ([`Cx`]: the core, the batch,
+//! sends). Until the check-set decisions move into `assim-cma`, they live here:
 //!
 //! - **Automatic configuration.** When a node's `sockets` discovery result changes (and when it
 //!   registers), its listening processes go through the rules ([`assim_checks::RuleSet`]:
@@ -86,6 +87,8 @@ pub type RunSender = mpsc::Sender<ChecksRequest>;
 /// Service-monitoring state of the CMA driver.
 #[derive(Debug)]
 pub(super) struct CmaChecks {
+    /// A reader of the store, for a node's stored `sockets` result when it registers.
+    pub(super) reader: Option<Store>,
     rules: RuleSet,
     /// Per node: the epoch and checks last decided (and stored).
     sets: HashMap<NodeId, (u64, Vec<CheckSpec>)>,
@@ -160,6 +163,7 @@ impl CmaChecks {
             "check rules loaded"
         );
         Ok(CmaChecks {
+            reader: None,
             rules,
             sets,
             listeners: HashMap::new(),
@@ -221,13 +225,13 @@ fn monitors_of(rules: &RuleSet, host: &str, listeners: &[Listener]) -> Vec<Monit
     out
 }
 
-impl Driver {
+impl CmaChecks {
     /// A node's sockets changed: recompute its checks.
-    pub(super) fn checks_on_sockets(&mut self, node: NodeId, payload: &[u8]) {
+    pub(super) fn on_sockets(&mut self, cx: &mut Cx<'_>, node: NodeId, payload: &[u8]) {
         match listeners_of(payload) {
             Ok(l) => {
-                self.checks.listeners.insert(node, l);
-                self.update_check_set(node, false);
+                self.listeners.insert(node, l);
+                self.update_check_set(cx, node, false);
             }
             Err(e) => {
                 warn!(node = %node, error = %e, "sockets discovery result is not what the check rules expect")
@@ -236,32 +240,31 @@ impl Driver {
     }
 
     /// A node registered: make sure its check set is current, and send it.
-    pub(super) fn checks_on_hello(&mut self, node: NodeId) {
-        if !self.checks.listeners.contains_key(&node) {
+    pub(super) fn on_hello(&mut self, cx: &mut Cx<'_>, node: NodeId) {
+        if !self.listeners.contains_key(&node) {
             let stored = self
-                .store
-                .discovery(node)
-                .ok()
+                .reader
+                .as_ref()
+                .and_then(|r| r.discovery(node).ok())
                 .and_then(|d| d.into_iter().find(|r| r.name == "sockets").map(|r| r.payload));
             let listeners =
                 stored.and_then(|p| listeners_of(p.as_bytes()).ok()).unwrap_or_default();
-            self.checks.listeners.insert(node, listeners);
+            self.listeners.insert(node, listeners);
         }
-        self.update_check_set(node, true);
+        self.update_check_set(cx, node, true);
     }
 
     /// Recomputes the desired check set; stores and sends it when it changed (or when `resend`).
-    fn update_check_set(&mut self, node: NodeId, resend: bool) {
-        let Some(rec) = self.core.node(node) else { return };
+    fn update_check_set(&mut self, cx: &mut Cx<'_>, node: NodeId, resend: bool) {
+        let Some(rec) = cx.core.node(node) else { return };
         let host = rec.hostname.clone();
-        let addr = rec.listen_addr;
         let now = Timestamp::now();
-        let current = self.checks.listeners.get(&node).cloned().unwrap_or_default();
-        let remembered = self.checks.remembered.entry(node).or_default();
+        let current = self.listeners.get(&node).cloned().unwrap_or_default();
+        let remembered = self.remembered.entry(node).or_default();
         let mut before: Vec<ListenerKey> = remembered.keys().cloned().collect();
         before.sort();
         for l in &current {
-            if self.checks.rules.rules.iter().any(|r| r.matches(l)) {
+            if self.rules.rules.iter().any(|r| r.matches(l)) {
                 let key = (l.protocol.clone(), l.ip, l.port);
                 remembered.insert(key, (l.clone(), now));
             }
@@ -271,7 +274,7 @@ impl Driver {
         // (a restart then forgets a stopped service at most an hour early).
         let mut keys: Vec<ListenerKey> = remembered.keys().cloned().collect();
         keys.sort();
-        let stored = self.checks.remembered_stored.get(&node).copied();
+        let stored = self.remembered_stored.get(&node).copied();
         let stale = stored.is_none_or(|t| now.since(t) > STORE_SEEN_EVERY);
         if keys != before || (stale && !keys.is_empty()) {
             let list = remembered
@@ -286,9 +289,9 @@ impl Driver {
                     seen: seen.micros(),
                 })
                 .collect();
-            self.progress.services.remembered.retain(|(n, _)| *n != node);
-            self.progress.services.remembered.push((node, list));
-            self.checks.remembered_stored.insert(node, now);
+            cx.progress.services.remembered.retain(|(n, _)| *n != node);
+            cx.progress.services.remembered.push((node, list));
+            self.remembered_stored.insert(node, now);
         }
         let mut listeners = current.clone();
         for (l, _) in remembered.values() {
@@ -297,7 +300,7 @@ impl Driver {
             }
         }
         let desired = self.desired(node, &host, &listeners);
-        let current = self.checks.sets.get(&node);
+        let current = self.sets.get(&node);
         let changed = current.is_none_or(|(_, c)| *c != desired);
         if changed {
             let previous = current.map_or(0, |(e, _)| *e);
@@ -307,34 +310,28 @@ impl Driver {
                 names = %desired.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(","),
                 "check set changed"
             );
-            self.progress.services.check_sets.push(CheckSetRecord {
+            cx.progress.services.check_sets.push(CheckSetRecord {
                 node,
                 epoch,
                 checks: desired.iter().map(StoredCheck::from_spec).collect(),
-                monitors: monitors_of(&self.checks.rules, &host, &listeners),
+                monitors: monitors_of(&self.rules, &host, &listeners),
             });
             let names: std::collections::HashSet<&str> =
                 desired.iter().map(|c| c.name.as_str()).collect();
-            self.checks.states.retain(|(n, c), _| *n != node || names.contains(c.as_str()));
-            self.checks.sets.insert(node, (epoch, desired));
+            self.states.retain(|(n, c), _| *n != node || names.contains(c.as_str()));
+            self.sets.insert(node, (epoch, desired));
         }
         if changed || resend {
-            let (epoch, checks) = self.checks.sets[&node].clone();
-            let bytes = Message::new(Body::CheckSet(msg::CheckSet { epoch, checks })).to_bytes();
-            self.send_reliable(node, addr, bytes, Instant::now());
+            let (epoch, checks) = self.sets[&node].clone();
+            cx.send(node, Body::CheckSet(msg::CheckSet { epoch, checks }));
         }
     }
 
     /// The rules' checks for these listeners, with the node's hand-set checks on top.
     fn desired(&self, node: NodeId, host: &str, listeners: &[Listener]) -> Vec<CheckSpec> {
-        let mut out: BTreeMap<String, CheckSpec> = self
-            .checks
-            .rules
-            .desired(host, listeners)
-            .into_iter()
-            .map(|c| (c.name.clone(), c))
-            .collect();
-        if let Some(m) = self.checks.manual.get(&node) {
+        let mut out: BTreeMap<String, CheckSpec> =
+            self.rules.desired(host, listeners).into_iter().map(|c| (c.name.clone(), c)).collect();
+        if let Some(m) = self.manual.get(&node) {
             out.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         out.into_values().collect()
@@ -342,8 +339,8 @@ impl Driver {
 
     /// The current and remembered listeners of a node (what its check set is made from).
     fn listeners_with_remembered(&self, node: NodeId) -> Vec<Listener> {
-        let mut out = self.checks.listeners.get(&node).cloned().unwrap_or_default();
-        for (l, _) in self.checks.remembered.get(&node).into_iter().flat_map(|m| m.values()) {
+        let mut out = self.listeners.get(&node).cloned().unwrap_or_default();
+        for (l, _) in self.remembered.get(&node).into_iter().flat_map(|m| m.values()) {
             if !out.iter().any(|c| (&c.protocol, c.ip, c.port) == (&l.protocol, l.ip, l.port)) {
                 out.push(l.clone());
             }
@@ -353,7 +350,7 @@ impl Driver {
 
     /// Where each check of a node's set comes from: `manual`, `config`, `host` or `rule:NAME`.
     fn sources(&self, node: NodeId, host: &str) -> HashMap<String, String> {
-        let rules = &self.checks.rules;
+        let rules = &self.rules;
         let mut out = HashMap::new();
         for l in self.listeners_with_remembered(node) {
             if let Some(rule) = rules.rules.iter().rev().find(|r| r.matches(&l)) {
@@ -368,15 +365,15 @@ impl Driver {
         for t in rules.checks.iter().filter(|t| t.host.as_deref() == Some(host)) {
             out.insert(t.spec.name.clone(), "config".to_owned());
         }
-        for name in self.checks.manual.get(&node).into_iter().flat_map(|m| m.keys()) {
+        for name in self.manual.get(&node).into_iter().flat_map(|m| m.keys()) {
             out.insert(name.clone(), "manual".to_owned());
         }
         out
     }
 
     /// A host by name or node id: its id and display name.
-    fn find_host(&self, host: &str) -> Result<(NodeId, String), ChecksError> {
-        self.core
+    fn find_host(&self, cx: &Cx<'_>, host: &str) -> Result<(NodeId, String), ChecksError> {
+        cx.core
             .nodes()
             .find(|n| n.hostname == host || n.id.to_string() == host)
             .map(|n| (n.id, n.display_name()))
@@ -388,10 +385,10 @@ impl Driver {
     }
 
     /// The list entries of one node's set.
-    fn list_node(&self, node: NodeId) -> Vec<CheckListEntry> {
-        let Some(rec) = self.core.node(node) else { return Vec::new() };
+    fn list_node(&self, cx: &Cx<'_>, node: NodeId) -> Vec<CheckListEntry> {
+        let Some(rec) = cx.core.node(node) else { return Vec::new() };
         let host = rec.hostname.clone();
-        let Some((epoch, checks)) = self.checks.sets.get(&node) else { return Vec::new() };
+        let Some((epoch, checks)) = self.sets.get(&node) else { return Vec::new() };
         let sources = self.sources(node, &host);
         checks
             .iter()
@@ -406,22 +403,22 @@ impl Driver {
     }
 
     /// A request from the API.
-    pub(super) fn checks_request(&mut self, req: ChecksRequest) {
+    pub(super) fn request(&mut self, cx: &mut Cx<'_>, req: ChecksRequest) {
         match req {
-            ChecksRequest::Run(r) => self.run_request(r),
+            ChecksRequest::Run(r) => self.run_request(cx, r),
             ChecksRequest::Add { host, check, reply } => {
-                let _ = reply.send(self.add_manual(&host, check));
+                let _ = reply.send(self.add_manual(cx, &host, check));
             }
             ChecksRequest::Remove { host, name, reply } => {
-                let _ = reply.send(self.remove_manual(&host, &name));
+                let _ = reply.send(self.remove_manual(cx, &host, &name));
             }
             ChecksRequest::List { host, reply } => {
                 let answer = match host {
-                    Some(h) => self.find_host(&h).map(|(id, _)| self.list_node(id)),
+                    Some(h) => self.find_host(cx, &h).map(|(id, _)| self.list_node(cx, id)),
                     None => {
-                        let mut nodes: Vec<NodeId> = self.checks.sets.keys().copied().collect();
+                        let mut nodes: Vec<NodeId> = self.sets.keys().copied().collect();
                         nodes.sort();
-                        Ok(nodes.into_iter().flat_map(|n| self.list_node(n)).collect())
+                        Ok(nodes.into_iter().flat_map(|n| self.list_node(cx, n)).collect())
                     }
                 };
                 let _ = reply.send(answer.map(|mut l| {
@@ -435,48 +432,48 @@ impl Driver {
     /// `assim check add`: validate, store, recompute and send the node's set.
     fn add_manual(
         &mut self,
+        cx: &mut Cx<'_>,
         host: &str,
         check: StoredCheck,
     ) -> Result<CheckListEntry, ChecksError> {
-        let (node, name) = self.find_host(host)?;
+        let (node, name) = self.find_host(cx, host)?;
         let spec = check.to_spec();
         assim_checks::Check::try_from(&spec).map_err(|e| ChecksError::Invalid(e.to_string()))?;
-        let count = self.checks.manual.get(&node).map_or(0, BTreeMap::len);
+        let count = self.manual.get(&node).map_or(0, BTreeMap::len);
         if count >= assim_checks::spec::MAX_CHECKS {
             return Err(ChecksError::Invalid(format!(
                 "host {name} already has {count} hand-set checks: remove some first"
             )));
         }
         info!(node = %node, host = %name, check = %spec.name, kind = %spec.kind, "hand-set check added");
-        self.checks.manual.entry(node).or_default().insert(spec.name.clone(), spec.clone());
-        self.progress.services.manual.push(ManualChange::Put(ManualCheck {
+        self.manual.entry(node).or_default().insert(spec.name.clone(), spec.clone());
+        cx.progress.services.manual.push(ManualChange::Put(ManualCheck {
             node,
             check: StoredCheck::from_spec(&spec),
             added_at: Timestamp::now().micros(),
         }));
-        self.update_check_set(node, false);
-        self.commit_now();
-        self.list_node(node)
+        self.update_check_set(cx, node, false);
+        cx.commit_soon();
+        self.list_node(cx, node)
             .into_iter()
             .find(|e| e.check.name == spec.name)
             .ok_or_else(|| ChecksError::NotFound(format!("host {name} has no check set yet")))
     }
 
     /// `assim check remove`: only hand-set checks can be removed this way.
-    fn remove_manual(&mut self, host: &str, check: &str) -> Result<serde_json::Value, ChecksError> {
-        let (node, name) = self.find_host(host)?;
-        let removed = self.checks.manual.get_mut(&node).and_then(|m| m.remove(check));
+    fn remove_manual(
+        &mut self,
+        cx: &mut Cx<'_>,
+        host: &str,
+        check: &str,
+    ) -> Result<serde_json::Value, ChecksError> {
+        let (node, name) = self.find_host(cx, host)?;
+        let removed = self.manual.get_mut(&node).and_then(|m| m.remove(check));
         if removed.is_none() {
-            let hand: Vec<String> = self
-                .checks
-                .manual
-                .get(&node)
-                .map(|m| m.keys().cloned().collect())
-                .unwrap_or_default();
-            let other = self.sources(
-                node,
-                &self.core.node(node).map(|n| n.hostname.clone()).unwrap_or_default(),
-            );
+            let hand: Vec<String> =
+                self.manual.get(&node).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+            let other = self
+                .sources(node, &cx.core.node(node).map(|n| n.hostname.clone()).unwrap_or_default());
             let hint = match other.get(check) {
                 Some(src) => format!(
                     "; {check:?} comes from {src}: change or disable it in the rules files                      (docs/checks.md)"
@@ -489,31 +486,24 @@ impl Driver {
             )));
         }
         info!(node = %node, host = %name, check = %check, "hand-set check removed");
-        self.progress.services.manual.push(ManualChange::Remove { node, name: check.to_owned() });
-        self.update_check_set(node, false);
-        self.commit_now();
-        let epoch = self.checks.sets.get(&node).map_or(0, |(e, _)| *e);
+        cx.progress.services.manual.push(ManualChange::Remove { node, name: check.to_owned() });
+        self.update_check_set(cx, node, false);
+        cx.commit_soon();
+        let epoch = self.sets.get(&node).map_or(0, |(e, _)| *e);
         Ok(serde_json::json!({ "host": name, "name": check, "epoch": epoch }))
     }
 
-    /// Commits the store now (not after the usual short delay), so the API answers a change
-    /// only once it is durable. No inbox records are pending here: API requests are handled in
-    /// their own loop turn, after the previous turn's flush.
-    fn commit_now(&mut self) {
-        self.last_store_commit = Instant::now() - STORE_COMMIT_INTERVAL;
-        self.commit_store();
-    }
-
     /// A nanoprobe reported a check's HARD state.
-    pub(super) fn check_change(&mut self, node: NodeId, c: msg::CheckStateChange, now: Timestamp) {
+    pub(super) fn check_change(&mut self, cx: &mut Cx<'_>, node: NodeId, c: msg::CheckStateChange) {
+        let now = cx.now;
         let key = (node, c.check.clone());
-        let previous = self.checks.states.get(&key).copied();
-        match self.core.handle_check_change(now, node, &c, previous) {
+        let previous = self.states.get(&key).copied();
+        match cx.core.handle_check_change(now, node, &c, previous) {
             Ok(_) => {
                 let state = CheckState::try_from(c.state).unwrap_or(CheckState::Unknown);
-                self.checks.states.insert(key, KnownState { state, flapping: c.flapping });
+                self.states.insert(key, KnownState { state, flapping: c.flapping });
                 let at = if c.at > 0 { c.at } else { now.micros() };
-                self.progress.services.states.push(ServiceStateRecord {
+                cx.progress.services.states.push(ServiceStateRecord {
                     node,
                     check: c.check,
                     state: assim_checks::state_name(state).to_owned(),
@@ -526,14 +516,14 @@ impl Driver {
             }
             Err(e) => {
                 warn!(node = %node, error = %e, "check state change refused");
-                self.reject("bad_check_change");
+                cx.reject("bad_check_change");
             }
         }
     }
 
     /// The answer to a `RunNow`.
     pub(super) fn command_result(&mut self, node: NodeId, r: msg::CommandResult) {
-        let Some(reply) = self.checks.pending.remove(&r.command_id) else {
+        let Some(reply) = self.pending.remove(&r.command_id) else {
             debug!(node = %node, command_id = r.command_id, "command result nobody waits for");
             return;
         };
@@ -547,14 +537,14 @@ impl Driver {
     }
 
     /// `assim check run`: send `RunNow` to the node.
-    pub(super) fn run_request(&mut self, req: RunRequest) {
-        self.checks.pending.retain(|_, tx| !tx.is_closed());
-        let node = self
+    pub(super) fn run_request(&mut self, cx: &mut Cx<'_>, req: RunRequest) {
+        self.pending.retain(|_, tx| !tx.is_closed());
+        let node = cx
             .core
             .nodes()
             .find(|n| n.hostname == req.host || n.id.to_string() == req.host)
-            .map(|n| (n.id, n.listen_addr, n.state, n.display_name()));
-        let Some((id, addr, state, name)) = node else {
+            .map(|n| (n.id, n.state, n.display_name()));
+        let Some((id, state, name)) = node else {
             let _ = req.reply.send(Err(format!(
                 "no host named {:?}: see `assim status` for the hosts the CMA knows",
                 req.host
@@ -567,11 +557,9 @@ impl Driver {
                 .send(Err(format!("host {name} is {state}: its nanoprobe cannot run checks now")));
             return;
         }
-        let known =
-            self.checks.sets.get(&id).is_some_and(|(_, c)| c.iter().any(|c| c.name == req.check));
+        let known = self.sets.get(&id).is_some_and(|(_, c)| c.iter().any(|c| c.name == req.check));
         if !known {
             let names: Vec<String> = self
-                .checks
                 .sets
                 .get(&id)
                 .map(|(_, c)| c.iter().map(|c| c.name.clone()).collect())
@@ -583,13 +571,11 @@ impl Driver {
             )));
             return;
         }
-        let command_id = self.checks.next_command;
-        self.checks.next_command += 1;
-        self.checks.pending.insert(command_id, req.reply);
+        let command_id = self.next_command;
+        self.next_command += 1;
+        self.pending.insert(command_id, req.reply);
         info!(node = %id, host = %name, check = %req.check, command_id, "asking a nanoprobe to run a check now");
-        let bytes =
-            Message::new(Body::RunNow(msg::RunNow { command_id, check: req.check })).to_bytes();
-        self.send_reliable(id, addr, bytes, Instant::now());
+        cx.send(id, Body::RunNow(msg::RunNow { command_id, check: req.check }));
     }
 }
 

@@ -177,18 +177,7 @@ pub struct HistoryEntry {
     pub removed_labels: Vec<String>,
 }
 
-/// A check watching a service; what the service checks write into the `monitors` table with
-/// [`Store::set_monitors`] or, inside their own transaction, [`replace_monitors`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MonitorRecord {
-    /// `tcp` or `udp`.
-    pub protocol: String,
-    /// The service address it checks; `None` covers the port on every address of the node.
-    pub service_ip: Option<IpAddr>,
-    pub port: u16,
-    /// The check's name, shown next to the service.
-    pub check_name: String,
-}
+pub use assim_store::services::MonitorRecord;
 
 /// Replaces the monitors of `node` (for use inside a caller's transaction).
 pub fn replace_monitors(

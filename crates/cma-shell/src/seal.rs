@@ -1,0 +1,201 @@
+//! Opening and sealing datagrams: the [`Seal`] trait the shell uses, implemented by
+//! [`assim_seal::Sealer`] (the daemon) and by [`PlainSeal`] (the simulator: the same header and
+//! key bookkeeping, no cryptography — sealing is not what the simulator measures).
+
+use std::collections::{BTreeMap, HashMap};
+
+use assim_seal::{OpenError, Opened, SealError, Sealer};
+use assim_wire::{DatagramKind, Header, NodeId};
+
+/// What the shell needs from datagram security.
+pub trait Seal {
+    /// Our reliable session (changes on every start).
+    fn session(&self) -> u64;
+    /// Parses and authenticates one datagram. An unknown sender that carried its key may be
+    /// added provisionally ([`Opened::new_peer`]); the shell removes it again unless it enrols.
+    fn open(&mut self, datagram: &[u8]) -> Result<Opened, OpenError>;
+    /// Seals `plaintext` of `kind` for `to` into `out`.
+    fn seal(
+        &mut self,
+        to: NodeId,
+        kind: DatagramKind,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError>;
+    /// A clear-text reply carrying our public key.
+    fn key_reply(&mut self, out: &mut Vec<u8>);
+    fn add_peer(&mut self, id: NodeId, public_key: [u8; 32]);
+    fn remove_peer(&mut self, id: NodeId);
+    fn peer_key(&self, id: NodeId) -> Option<[u8; 32]>;
+    fn peer_count(&self) -> usize;
+    /// Refused datagrams by reason so far.
+    fn rejects(&self) -> Vec<(&'static str, u64)>;
+}
+
+impl Seal for Sealer {
+    fn session(&self) -> u64 {
+        Sealer::session(self)
+    }
+    fn open(&mut self, datagram: &[u8]) -> Result<Opened, OpenError> {
+        Sealer::open(self, datagram)
+    }
+    fn seal(
+        &mut self,
+        to: NodeId,
+        kind: DatagramKind,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
+        Sealer::seal(self, to, kind, false, plaintext, out)
+    }
+    fn key_reply(&mut self, out: &mut Vec<u8>) {
+        Sealer::key_reply(self, out)
+    }
+    fn add_peer(&mut self, id: NodeId, public_key: [u8; 32]) {
+        Sealer::add_peer(self, id, public_key)
+    }
+    fn remove_peer(&mut self, id: NodeId) {
+        Sealer::remove_peer(self, id)
+    }
+    fn peer_key(&self, id: NodeId) -> Option<[u8; 32]> {
+        Sealer::peer_key(self, id)
+    }
+    fn peer_count(&self) -> usize {
+        Sealer::peer_count(self)
+    }
+    fn rejects(&self) -> Vec<(&'static str, u64)> {
+        Sealer::rejects(self).iter().collect()
+    }
+}
+
+/// A [`Seal`] without cryptography, for simulators: a datagram is the wire header followed by
+/// the plaintext. Peers are tracked exactly as [`Sealer`] tracks them (unknown senders are
+/// added provisionally when they carry their key, a different key for a known id is a
+/// `KeyMismatch`), so the shell's enrolment and forgetting are exercised; authenticity is not.
+#[derive(Debug)]
+pub struct PlainSeal {
+    id: NodeId,
+    public_key: [u8; 32],
+    session: u64,
+    counter: u64,
+    peers: HashMap<NodeId, [u8; 32]>,
+    rejects: BTreeMap<&'static str, u64>,
+}
+
+impl PlainSeal {
+    /// A plain sealer for `id` in `session`; unknown senders carrying their key are accepted.
+    pub fn new(id: NodeId, public_key: [u8; 32], session: u64) -> PlainSeal {
+        PlainSeal {
+            id,
+            public_key,
+            session,
+            counter: 1,
+            peers: HashMap::new(),
+            rejects: BTreeMap::new(),
+        }
+    }
+
+    /// Builds a plain datagram (what a simulated peer sends).
+    pub fn datagram(
+        kind: DatagramKind,
+        sender: NodeId,
+        session: u64,
+        counter: u64,
+        sender_key: Option<[u8; 32]>,
+        plaintext: &[u8],
+    ) -> Vec<u8> {
+        let header = Header { kind, sender, session, counter, sender_key };
+        let mut out = Vec::with_capacity(header.len() + plaintext.len());
+        header.encode(&mut out);
+        out.extend_from_slice(plaintext);
+        out
+    }
+
+    /// Splits a plain datagram into its header and plaintext.
+    pub fn parse(datagram: &[u8]) -> Option<(Header, &[u8])> {
+        Header::decode(datagram).ok()
+    }
+
+    fn refuse(&mut self, e: OpenError) -> OpenError {
+        *self.rejects.entry(e.reason()).or_insert(0) += 1;
+        e
+    }
+}
+
+impl Seal for PlainSeal {
+    fn session(&self) -> u64 {
+        self.session
+    }
+
+    fn open(&mut self, datagram: &[u8]) -> Result<Opened, OpenError> {
+        let (header, body) = match Header::decode(datagram) {
+            Ok(x) => x,
+            Err(e) => return Err(self.refuse(OpenError::Header(e))),
+        };
+        let plaintext = body.to_vec();
+        if !header.kind.is_sealed() {
+            return Ok(Opened { header, plaintext: Vec::new(), new_peer: false });
+        }
+        let mut new_peer = false;
+        match (self.peers.get(&header.sender), header.sender_key) {
+            (Some(k), Some(key)) if *k != key => {
+                return Err(self.refuse(OpenError::KeyMismatch(header.sender)));
+            }
+            (Some(_), _) => {}
+            (None, Some(key)) => {
+                self.peers.insert(header.sender, key);
+                new_peer = true;
+            }
+            (None, None) => return Err(self.refuse(OpenError::UnknownPeer(header.sender))),
+        }
+        Ok(Opened { header, plaintext, new_peer })
+    }
+
+    fn seal(
+        &mut self,
+        to: NodeId,
+        kind: DatagramKind,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), SealError> {
+        if !self.peers.contains_key(&to) {
+            return Err(SealError::UnknownPeer(to));
+        }
+        *out = PlainSeal::datagram(kind, self.id, self.session, self.counter, None, plaintext);
+        self.counter += 1;
+        Ok(())
+    }
+
+    fn key_reply(&mut self, out: &mut Vec<u8>) {
+        let key = Some(self.public_key);
+        *out = PlainSeal::datagram(
+            DatagramKind::KeyReply,
+            self.id,
+            self.session,
+            self.counter,
+            key,
+            &[],
+        );
+        self.counter += 1;
+    }
+
+    fn add_peer(&mut self, id: NodeId, public_key: [u8; 32]) {
+        self.peers.insert(id, public_key);
+    }
+
+    fn remove_peer(&mut self, id: NodeId) {
+        self.peers.remove(&id);
+    }
+
+    fn peer_key(&self, id: NodeId) -> Option<[u8; 32]> {
+        self.peers.get(&id).copied()
+    }
+
+    fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    fn rejects(&self) -> Vec<(&'static str, u64)> {
+        self.rejects.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}

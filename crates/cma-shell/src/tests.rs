@@ -1,0 +1,503 @@
+//! Virtual-time tests of the shell against real sealed nanoprobe connections: an in-memory
+//! harness that delivers datagrams both ways and jumps time to the next deadline, with a bounded
+//! step count.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use assim_cma::{CmaConfig, NodeState, Timing};
+use assim_log::{LogConfig, MemStorage};
+use assim_reliable::Connection;
+use assim_seal::{Identity, JoinToken, Sealer};
+use assim_wire::msg::{self, Body, Direct, DirectBody, Message};
+use assim_wire::{DatagramKind, NodeId, Timestamp};
+
+use super::*;
+use assim_store::TokenRecord;
+
+const EPOCH: u64 = 1_767_225_600_000_000;
+
+type TestShell = Shell<Sealer, LogInbox<MemStorage>, MemStore>;
+
+fn ident(n: u8) -> Identity {
+    let mut id = [0u8; 16];
+    id[0] = n;
+    id[6] = 0x70;
+    id[8] = 0x80;
+    id[15] = n;
+    Identity::from_parts(NodeId(id), [n.wrapping_mul(7).wrapping_add(1); 32])
+}
+
+fn addr(n: u8) -> SocketAddr {
+    SocketAddr::new(Ipv4Addr::new(10, 0, 0, n).into(), 1984)
+}
+
+/// A nanoprobe's side: its sealer and reliable connection to the CMA.
+struct Probe {
+    id: Identity,
+    sealer: Sealer,
+    conn: Connection,
+    addr: SocketAddr,
+    cma: NodeId,
+    /// Messages the CMA sent, in order.
+    received: Vec<Message>,
+}
+
+impl Probe {
+    fn new(n: u8, cma: &Identity, session: u64) -> Probe {
+        let id = ident(n);
+        let mut sealer = Sealer::new(id.clone(), session);
+        sealer.add_peer(cma.node_id(), cma.public_key());
+        Probe {
+            conn: Connection::new(assim_reliable::Config::default(), session, u64::from(n)),
+            sealer,
+            id,
+            addr: addr(n),
+            cma: cma.node_id(),
+            received: Vec::new(),
+        }
+    }
+
+    fn hello(&self, token: Option<&JoinToken>) -> Body {
+        Body::Hello(msg::Hello {
+            version: "test".into(),
+            hostname: format!("host{}", self.id.node_id().0[15]),
+            listen_addr: self.addr.to_string(),
+            addresses: vec![],
+            started_at: EPOCH,
+            token_proof: token.map(|t| t.proof(self.id.node_id(), &self.id.public_key())),
+            peer_epoch: 0,
+        })
+    }
+
+    fn send(&mut self, record: u64, body: Body, now: Instant) {
+        self.conn.send(Message { record, body: Some(body) }.to_bytes(), now).unwrap();
+    }
+
+    fn datagrams(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(frame) = self.conn.poll_transmit(now) {
+            let mut d = Vec::new();
+            self.sealer.seal(self.cma, DatagramKind::Reliable, true, &frame, &mut d).unwrap();
+            out.push(d);
+        }
+        out
+    }
+
+    fn receive(&mut self, datagram: &[u8], now: Instant) {
+        let Ok(o) = self.sealer.open(datagram) else { return };
+        if o.header.kind == DatagramKind::Reliable {
+            let _ = self.conn.handle_frame(&o.plaintext, now);
+            while let Some(ev) = self.conn.poll_event() {
+                if let assim_reliable::Event::Delivered(b) = ev {
+                    self.received.push(Message::from_bytes(&b).unwrap());
+                }
+            }
+        }
+    }
+
+    fn acks(&self) -> Vec<u64> {
+        self.received
+            .iter()
+            .filter_map(|m| match &m.body {
+                Some(Body::Ack(a)) => Some(a.through),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+struct World {
+    base: Instant,
+    t: u64,
+    cma: Identity,
+    storage: MemStorage,
+    shell: Option<TestShell>,
+    probes: Vec<Probe>,
+    notes: Vec<Note>,
+}
+
+fn config(open: bool, commit_interval: Duration) -> ShellConfig {
+    let mut c = ShellConfig::new(CmaConfig { timing: Timing::default() }, 7);
+    c.open_enrollment = open;
+    c.commit_interval = commit_interval;
+    c
+}
+
+impl World {
+    fn new(open: bool, store: MemStore) -> World {
+        World::with(config(open, Duration::ZERO), store)
+    }
+
+    fn with(cfg: ShellConfig, store: MemStore) -> World {
+        let storage = MemStorage::new(1);
+        let mut w = World {
+            base: Instant::now(),
+            t: 0,
+            cma: ident(200),
+            storage,
+            shell: None,
+            probes: Vec::new(),
+            notes: Vec::new(),
+        };
+        w.start(cfg, store, 1);
+        w
+    }
+
+    fn now(&self) -> Now {
+        Now { mono: self.base + Duration::from_micros(self.t), wall: Timestamp(EPOCH + self.t) }
+    }
+
+    fn start(&mut self, cfg: ShellConfig, store: MemStore, session: u64) {
+        let mut sealer = Sealer::new(self.cma.clone(), session);
+        sealer.set_accept_unknown(true);
+        let storage = self.storage.clone();
+        let inbox = LogInbox::open(move || Ok(storage.clone()), LogConfig::default()).unwrap();
+        let shell = Shell::start(cfg, sealer, inbox, store, NoExtension, self.now()).unwrap();
+        self.shell = Some(shell);
+        self.pump();
+    }
+
+    fn shell(&mut self) -> &mut TestShell {
+        self.shell.as_mut().unwrap()
+    }
+
+    fn add_probe(&mut self, n: u8) -> usize {
+        let p = Probe::new(n, &self.cma, 1);
+        self.probes.push(p);
+        self.probes.len() - 1
+    }
+
+    /// Delivers every queued datagram both ways until quiet (bounded).
+    fn pump(&mut self) {
+        for _ in 0..100 {
+            let now = self.now();
+            let mut moved = false;
+            for i in 0..self.probes.len() {
+                let (src, ds) = (self.probes[i].addr, self.probes[i].datagrams(now.mono));
+                for d in ds {
+                    moved = true;
+                    self.shell().handle_datagram(now, src, &d);
+                }
+            }
+            self.shell().flush(now);
+            while let Some(n) = self.shell().poll_note() {
+                self.notes.push(n);
+            }
+            while let Some(t) = self.shell().poll_transmit() {
+                moved = true;
+                if let Some(p) = self.probes.iter_mut().find(|p| p.addr == t.to) {
+                    p.receive(&t.datagram, now.mono);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("no quiescence after 100 rounds");
+    }
+
+    /// Jumps to the next deadline of anyone, `steps` times at most, stopping at `until`.
+    fn run_until(&mut self, until: u64) {
+        for _ in 0..10_000 {
+            let base = self.base;
+            let of = |i: Instant| i.saturating_duration_since(base).as_micros() as u64;
+            let mut next = self.shell().poll_timeout().map(of);
+            for p in &self.probes {
+                if let Some(d) = p.conn.poll_timeout().map(of) {
+                    next = Some(next.map_or(d, |n: u64| n.min(d)));
+                }
+            }
+            let Some(next) = next.filter(|&n| n <= until) else {
+                self.t = until;
+                return;
+            };
+            self.t = next.max(self.t);
+            let now = self.now();
+            for p in &mut self.probes {
+                p.conn.handle_timeout(now.mono);
+            }
+            self.shell().handle_timeout(now);
+            self.pump();
+        }
+        panic!("livelock: 10000 steps before {until}");
+    }
+
+    fn send(&mut self, i: usize, record: u64, body: Body) {
+        let now = self.now().mono;
+        self.probes[i].send(record, body, now);
+        self.pump();
+    }
+
+    fn applied(&self, node: NodeId) -> Vec<u64> {
+        self.notes
+            .iter()
+            .filter_map(|n| match n {
+                Note::Applied { node: m, record, .. } if *m == node && *record > 0 => Some(*record),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn crash(&mut self) -> MemStore {
+        let shell = self.shell.take().unwrap();
+        let (_, _, store, _) = shell.into_parts();
+        self.storage.crash(false);
+        store
+    }
+}
+
+fn status(n: u64) -> Body {
+    Body::PeerStatus(msg::PeerStatus { epoch: n, ..Default::default() })
+}
+
+#[test]
+fn open_enrollment_registers_a_hello() {
+    let mut w = World::new(true, MemStore::default());
+    let p = w.add_probe(1);
+    let hello = w.probes[p].hello(None);
+    w.send(p, 0, hello);
+    let id = w.probes[p].id.node_id();
+    assert_eq!(w.shell().core().node(id).map(|n| n.state), Some(NodeState::Up));
+    // Registered nodes are stored with the batch.
+    assert!(w.shell().store().nodes.contains_key(&id));
+}
+
+#[test]
+fn enrolment_with_a_valid_token_is_accepted_and_counted() {
+    let cma = ident(200);
+    let token = JoinToken::generate(&cma, vec![], &mut rand::thread_rng());
+    let mut store = MemStore::default();
+    store.tokens.insert(
+        token.token_id(),
+        TokenRecord {
+            id: token.token_id(),
+            secret: token.secret,
+            created_at: Timestamp(EPOCH),
+            expires_at: Timestamp(EPOCH + 3_600_000_000),
+            max_uses: 1,
+            uses: 0,
+        },
+    );
+    let mut w = World::new(false, store);
+    let p = w.add_probe(1);
+    let hello = w.probes[p].hello(Some(&token));
+    w.send(p, 0, hello);
+    let id = w.probes[p].id.node_id();
+    assert!(w.shell().core().node(id).is_some());
+    assert_eq!(w.shell().store().tokens[&token.token_id()].uses, 1);
+
+    // The token is used up: a second node with it is refused and leaves nothing behind.
+    let q = w.add_probe(2);
+    let hello = w.probes[q].hello(Some(&token));
+    w.send(q, 0, hello);
+    let id2 = w.probes[q].id.node_id();
+    assert!(w.shell().core().node(id2).is_none());
+    assert_eq!(w.shell().seal().peer_key(id2), None);
+    assert!(
+        w.notes
+            .iter()
+            .any(|n| matches!(n, Note::Refused { node, reason: "enrollment", .. } if *node == id2))
+    );
+}
+
+#[test]
+fn enrolment_without_a_token_or_with_a_bad_proof_is_refused_and_forgotten() {
+    let cma = ident(200);
+    let token = JoinToken::generate(&cma, vec![], &mut rand::thread_rng());
+    let mut w = World::new(false, MemStore::default());
+    let p = w.add_probe(1);
+    let hello = w.probes[p].hello(None);
+    w.send(p, 0, hello);
+    // A proof for a token the CMA does not hold.
+    let q = w.add_probe(2);
+    let hello = w.probes[q].hello(Some(&token));
+    w.send(q, 0, hello);
+    // Reports before any hello.
+    let r = w.add_probe(3);
+    w.send(r, 1, status(1));
+    for i in [p, q, r] {
+        let id = w.probes[i].id.node_id();
+        assert!(w.shell().core().node(id).is_none());
+        assert_eq!(w.shell().seal().peer_key(id), None, "an unenrolled sender's key is kept");
+    }
+    assert_eq!(w.shell().seal().peer_count(), 0);
+    assert!(w.probes[r].acks().is_empty(), "an unregistered node's record was acknowledged");
+    assert_eq!(w.shell().metrics().rejects.get("enrollment"), Some(&2));
+}
+
+#[test]
+fn next_record_rule_takes_only_the_next_record() {
+    let mut w = World::new(true, MemStore::default());
+    let p = w.add_probe(1);
+    let hello = w.probes[p].hello(None);
+    w.send(p, 0, hello);
+    let id = w.probes[p].id.node_id();
+    w.send(p, 1, status(1));
+    w.send(p, 3, status(3)); // a gap: waits for the resend of 2
+    w.send(p, 1, status(1)); // a duplicate: dropped, acknowledged again
+    w.send(p, 2, status(2));
+    w.send(p, 3, status(3));
+    w.send(p, 3, status(3));
+    assert_eq!(w.applied(id), vec![1, 2, 3]);
+    let m = w.shell().metrics();
+    assert_eq!(m.rejects.get("record_gap"), Some(&1));
+    assert_eq!(m.rejects.get("duplicate_record"), Some(&2));
+    // Acks never run ahead of what the inbox holds.
+    assert_eq!(w.probes[p].acks(), vec![1, 1, 1, 2, 3, 3]);
+}
+
+#[test]
+fn acks_only_after_the_inbox_sync_and_a_failed_sync_acknowledges_nothing() {
+    let mut w = World::new(true, MemStore::default());
+    let p = w.add_probe(1);
+    let hello = w.probes[p].hello(None);
+    w.send(p, 0, hello);
+    let id = w.probes[p].id.node_id();
+    let syncs = w.storage.syncs();
+    w.send(p, 1, status(1));
+    assert!(w.storage.syncs() > syncs, "acknowledged without a sync");
+    assert_eq!(w.probes[p].acks(), vec![1]);
+
+    w.storage.fail_next_syncs(1);
+    w.send(p, 2, status(2));
+    assert_eq!(w.probes[p].acks(), vec![1], "acknowledged a record whose sync failed");
+    assert_eq!(w.applied(id), vec![1], "applied a record whose sync failed");
+    // The sender resends (its spool still holds it): now it is taken.
+    w.send(p, 2, status(2));
+    assert_eq!(w.probes[p].acks(), vec![1, 2]);
+    assert_eq!(w.applied(id), vec![1, 2]);
+    assert!(w.shell().metrics().store_errors >= 1);
+}
+
+#[test]
+fn restart_replays_the_inbox_exactly_once() {
+    // The store lags the inbox (a long commit interval), so a crash leaves records to replay.
+    let cfg = config(true, Duration::from_secs(3600));
+    let mut w = World::with(cfg.clone(), MemStore::default());
+    let p = w.add_probe(1);
+    let hello = w.probes[p].hello(None);
+    w.send(p, 0, hello);
+    let id = w.probes[p].id.node_id();
+    for r in 1..=5 {
+        w.send(p, r, status(r));
+    }
+    assert_eq!(w.applied(id), vec![1, 2, 3, 4, 5]);
+    let store = w.crash();
+    let stored = store.applied.get(&id).copied().unwrap_or(0);
+    assert!(stored < 5, "the store did not lag; nothing to replay");
+
+    w.notes.clear();
+    w.t += 1_000_000;
+    w.start(cfg.clone(), store, 2);
+    // Exactly the records whose effects were not stored, once each, in order.
+    let want: Vec<u64> = (stored + 1..=5).collect();
+    assert_eq!(w.applied(id), want);
+    assert_eq!(w.shell().store().applied.get(&id), Some(&5));
+    assert!(w.shell().core().node(id).is_some());
+    // Resends of replayed records are duplicates now.
+    w.send(p, 5, status(5));
+    assert_eq!(w.applied(id), want);
+
+    // After a graceful stop (everything stored) a restart finds nothing to replay.
+    let now = w.now();
+    w.shell().stop(now);
+    let store = w.crash();
+    w.notes.clear();
+    w.start(cfg, store, 3);
+    assert!(w.applied(id).is_empty());
+    assert_eq!(w.shell().metrics().replayed, 0);
+}
+
+#[test]
+fn restart_resends_desired_peer_sets() {
+    let mut w = World::new(true, MemStore::default());
+    let p = w.add_probe(1);
+    let hello = w.probes[p].hello(None);
+    w.send(p, 0, hello);
+    w.run_until(5_000_000);
+    let store = w.crash();
+    w.start(config(true, Duration::ZERO), store, 2);
+    assert!(w.shell().metrics().datagrams_out > 0, "no desired state sent after the start");
+}
+
+/// Issue 16, item 1: a `Direct` datagram under a fresh node id must not leave the sender in the
+/// CMA's peer table (only the `Reliable` branch used to forget it).
+#[test]
+fn hardening_item_1_unknown_senders_do_not_grow_the_peer_table() {
+    let mut w = World::new(false, MemStore::default());
+    let now = w.now();
+    for n in 1..=50u8 {
+        let id = ident(n);
+        let mut s = Sealer::new(id.clone(), 1);
+        s.add_peer(w.cma.node_id(), w.cma.public_key());
+        let reply = Direct { body: Some(DirectBody::ProbeReply(msg::Probe { nonce: 1 })) };
+        let mut d = Vec::new();
+        s.seal(w.cma.node_id(), DatagramKind::Direct, true, &reply.to_bytes(), &mut d).unwrap();
+        w.shell().handle_datagram(now, addr(n), &d);
+        // And one Reliable frame that is not a hello.
+        let mut p = Probe::new(n, &w.cma, 1);
+        p.send(1, status(1), now.mono);
+        for d in p.datagrams(now.mono) {
+            w.shell().handle_datagram(now, addr(n), &d);
+        }
+    }
+    w.shell().flush(now);
+    assert_eq!(w.shell().seal().peer_count(), 0, "unauthenticated senders left lasting state");
+
+    // A node whose id was tried by someone else first can still enrol (no squatting).
+    let cma = w.cma.clone();
+    let mut w2 = World::new(true, MemStore::default());
+    let mut squat = Sealer::new(Identity::from_parts(ident(1).node_id(), [99; 32]), 1);
+    squat.add_peer(cma.node_id(), cma.public_key());
+    let reply = Direct { body: Some(DirectBody::ProbeReply(msg::Probe { nonce: 1 })) };
+    let mut d = Vec::new();
+    squat.seal(cma.node_id(), DatagramKind::Direct, true, &reply.to_bytes(), &mut d).unwrap();
+    let now = w2.now();
+    w2.shell().handle_datagram(now, addr(1), &d);
+    w2.shell().flush(now);
+    let p = w2.add_probe(1);
+    let hello = w2.probes[p].hello(None);
+    w2.send(p, 0, hello);
+    assert!(w2.shell().core().node(ident(1).node_id()).is_some(), "the squatted id cannot enrol");
+}
+
+/// Issue 16, item 5: a hello (no record number) whose inbox sync fails was already acknowledged
+/// by the transport and is never resent; it must still register the node.
+#[test]
+fn hardening_item_5_a_hello_is_not_lost_when_the_inbox_fails() {
+    let mut w = World::new(true, MemStore::default());
+    let p = w.add_probe(1);
+    w.storage.fail_next_syncs(1);
+    let hello = w.probes[p].hello(None);
+    w.send(p, 0, hello);
+    let id = w.probes[p].id.node_id();
+    assert!(w.shell().core().node(id).is_some(), "the hello was lost with the inbox sync");
+    assert!(w.shell().store().nodes.contains_key(&id), "the registration was not stored");
+
+    // The same with a full inbox: the append itself fails.
+    let q = w.add_probe(2);
+    w.storage.set_capacity(Some(w.storage.used_bytes()));
+    let hello = w.probes[q].hello(None);
+    w.send(q, 0, hello);
+    w.storage.clear_faults();
+    let id = w.probes[q].id.node_id();
+    assert!(w.shell().core().node(id).is_some(), "the hello was lost with the inbox append");
+}
+
+#[test]
+fn a_failed_store_commit_is_retried_and_the_inbox_kept() {
+    let mut w = World::new(true, MemStore::default());
+    w.shell().store_mut().fail_next = 1;
+    let p = w.add_probe(1);
+    let hello = w.probes[p].hello(None);
+    w.send(p, 0, hello);
+    let id = w.probes[p].id.node_id();
+    assert_eq!(w.shell().metrics().store_errors, 1);
+    assert!(w.shell().store().nodes.contains_key(&id), "the batch was not retried");
+    // The inbox kept the hello until its effects were stored, then let it go.
+    let store = w.crash();
+    w.notes.clear();
+    w.start(config(true, Duration::ZERO), store, 2);
+    assert_eq!(w.shell().metrics().replayed, 0);
+}

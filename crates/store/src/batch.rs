@@ -1,0 +1,58 @@
+//! The batch the CMA engine hands its store: what one batch of inbox records changed besides
+//! the core's [`assim_cma::Change`]s and events, and the records the enrolment decision reads.
+
+use std::collections::BTreeMap;
+
+use assim_wire::{NodeId, Timestamp};
+
+use crate::services::ServicesBatch;
+
+/// What the decision engine consumed from the inbox in one batch. It is committed in the same
+/// transaction as the state it changed, so after a crash the engine resumes exactly after the
+/// last record whose effects are stored, and never applies a record twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InboxProgress {
+    /// The last inbox LSN applied; `None` leaves the stored position unchanged.
+    pub position: Option<u64>,
+    /// Per node: the highest spool record applied so far, and how many records of that node this
+    /// batch applied.
+    pub applied: BTreeMap<NodeId, (u64, u64)>,
+    /// Discovery results to store (the latest per node and collector wins).
+    pub discovery: Vec<DiscoveryRecord>,
+    /// Check sets and service states to store .
+    pub services: ServicesBatch,
+}
+
+/// The latest result of one discovery collector on one node.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiscoveryRecord {
+    pub node: NodeId,
+    pub name: String,
+    /// Hex SHA-256 of the canonical JSON payload, as the nanoprobe computed it.
+    pub hash: String,
+    /// The collector's JSON document.
+    pub payload: String,
+    /// When the nanoprobe collected it, µs since the epoch.
+    pub collected_at: u64,
+    /// When the CMA stored it, µs since the epoch.
+    pub updated_at: u64,
+}
+
+/// An enrollment token as the CMA keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: [u8; 16],
+    pub secret: [u8; 32],
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// 0 = unlimited.
+    pub max_uses: u64,
+    pub uses: u64,
+}
+
+impl TokenRecord {
+    /// Whether the token may enroll one more node at `now`.
+    pub fn usable(&self, now: Timestamp) -> bool {
+        now < self.expires_at && (self.max_uses == 0 || self.uses < self.max_uses)
+    }
+}

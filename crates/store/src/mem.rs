@@ -1,0 +1,98 @@
+//! [`MemStore`]: the engine's store and the join tokens in memory (the simulator, tests).
+
+use std::collections::BTreeMap;
+
+use assim_cma::{Change, Event, NodeRecord, Snapshot};
+use assim_wire::NodeId;
+
+use crate::batch::{DiscoveryRecord, InboxProgress, TokenRecord};
+use crate::engine::{EngineStore, Loaded, StoreFailed, Tokens};
+
+/// An [`EngineStore`] and [`Tokens`] in memory: the simulator's store, and tests'.
+#[derive(Clone, Debug, Default)]
+pub struct MemStore {
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    pub ring: Vec<NodeId>,
+    pub next_epoch: u64,
+    pub next_event_id: u64,
+    pub position: u64,
+    pub applied: BTreeMap<NodeId, u64>,
+    pub events: u64,
+    pub discovery: BTreeMap<(NodeId, String), DiscoveryRecord>,
+    pub tokens: BTreeMap<[u8; 16], TokenRecord>,
+    /// How many batches were applied.
+    pub batches: u64,
+    /// When set, the next `n` batches fail (fault injection).
+    pub fail_next: u32,
+}
+
+impl MemStore {
+    /// What [`EngineStore::load`] would return.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            nodes: self.nodes.values().cloned().collect(),
+            ring: self.ring.clone(),
+            next_epoch: self.next_epoch,
+            next_event_id: self.next_event_id,
+        }
+    }
+}
+
+impl EngineStore for MemStore {
+    fn load(&mut self) -> Result<Loaded, StoreFailed> {
+        Ok(Loaded {
+            snapshot: self.snapshot(),
+            position: self.position,
+            applied: self.applied.clone(),
+        })
+    }
+
+    fn apply(
+        &mut self,
+        changes: &[Change],
+        events: &[Event],
+        progress: &InboxProgress,
+    ) -> Result<(), StoreFailed> {
+        if self.fail_next > 0 {
+            self.fail_next -= 1;
+            return Err(StoreFailed("injected store failure".into()));
+        }
+        for c in changes {
+            match c {
+                Change::Node(rec) => {
+                    self.nodes.insert(rec.id, rec.clone());
+                }
+                Change::Ring(order) => self.ring = order.clone(),
+                Change::Counters { next_epoch, next_event_id } => {
+                    self.next_epoch = *next_epoch;
+                    self.next_event_id = *next_event_id;
+                }
+            }
+        }
+        self.events += events.len() as u64;
+        if let Some(p) = progress.position {
+            self.position = p;
+        }
+        for (node, (through, _)) in &progress.applied {
+            self.applied.insert(*node, *through);
+        }
+        for d in &progress.discovery {
+            self.discovery.insert((d.node, d.name.clone()), d.clone());
+        }
+        self.batches += 1;
+        Ok(())
+    }
+}
+
+impl Tokens for MemStore {
+    fn token(&self, id: &[u8]) -> Result<Option<TokenRecord>, StoreFailed> {
+        Ok(<[u8; 16]>::try_from(id).ok().and_then(|id| self.tokens.get(&id).cloned()))
+    }
+
+    fn use_token(&mut self, id: &[u8]) -> Result<(), StoreFailed> {
+        if let Some(t) = <[u8; 16]>::try_from(id).ok().and_then(|id| self.tokens.get_mut(&id)) {
+            t.uses += 1;
+        }
+        Ok(())
+    }
+}
