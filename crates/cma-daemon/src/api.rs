@@ -12,8 +12,9 @@
 //! - `GET /metrics`: Prometheus text format.
 //! - `GET /healthz`: `ok`.
 //!
-//! Reads go to the SQLite file through the API's own connection; the CMA task is never blocked
-//! by a reader. When a bearer token is configured, every route but `/healthz` requires
+//! Reads go to the SQLite file through the API's own connection, on tokio's blocking threads
+//! ([`ApiState::with_store`]), so neither the CMA task nor the async workers ever wait for a
+//! store call. When a bearer token is configured, every route but `/healthz` requires
 //! `Authorization: Bearer TOKEN`.
 
 use std::collections::HashMap;
@@ -75,6 +76,18 @@ impl ApiState {
             info,
             check_runner: None,
         })
+    }
+
+    /// Runs `f` with the API's store connection on a blocking thread: store calls do disk IO
+    /// and may wait for the writer's lock, so they never run on the async workers.
+    pub(crate) async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> T + Send + 'static,
+    ) -> T {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&mut store.lock().expect("store lock")))
+            .await
+            .expect("a store call panicked")
     }
 }
 
@@ -157,7 +170,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 }
 
 async fn status(State(state): State<ApiState>) -> Response {
-    let nodes = match state.store.lock().expect("store lock").nodes() {
+    let nodes = match state.with_store(|s| s.nodes()).await {
         Ok(n) => n,
         Err(e) => return internal(e),
     };
@@ -197,8 +210,8 @@ async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> 
     if !wait.is_zero() && *rx.borrow_and_update() <= q.since {
         let _ = tokio::time::timeout(wait, rx.wait_for(|last| *last > q.since)).await;
     }
-    let list: Result<Vec<Event>, _> =
-        state.store.lock().expect("store lock").events_since(q.since, limit);
+    let since = q.since;
+    let list: Result<Vec<Event>, _> = state.with_store(move |s| s.events_since(since, limit)).await;
     match list {
         Ok(list) => Json(list).into_response(),
         Err(e) => internal(e),
@@ -222,7 +235,10 @@ pub struct DiscoveryView {
 }
 
 async fn discovery(State(state): State<ApiState>, Query(q): Query<DiscoveryQuery>) -> Response {
-    let store = state.store.lock().expect("store lock");
+    state.with_store(move |store| discovery_answer(store, &q)).await
+}
+
+fn discovery_answer(store: &Store, q: &DiscoveryQuery) -> Response {
     let nodes = match store.nodes() {
         Ok(n) => n,
         Err(e) => return internal(e),

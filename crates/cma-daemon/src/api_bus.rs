@@ -121,10 +121,8 @@ async fn scan_wait(
     let mut rx = state.last_event.clone();
     loop {
         rx.borrow_and_update();
-        let (events, through) = {
-            let store = state.store.lock().expect("store lock");
-            scan(&store, cursor, limit, filter)?
-        };
+        let f = filter.clone();
+        let (events, through) = state.with_store(move |s| scan(s, cursor, limit, &f)).await?;
         cursor = through;
         if !events.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok((events, cursor));
@@ -288,7 +286,10 @@ async fn put(
     {
         return bad_request(format!("sink: {e}"));
     }
-    let mut store = state.store.lock().expect("store lock");
+    state.with_store(move |store| put_answer(store, &name, &req)).await
+}
+
+fn put_answer(store: &mut Store, name: &str, req: &PutSubscription) -> Response {
     let last = match store.last_event_id() {
         Ok(l) => l,
         Err(e) => return internal(e),
@@ -305,8 +306,8 @@ async fn put(
         }
     };
     let sink = req.sink.as_ref().map(|s| serde_json::to_string(s).expect("sink serializes"));
-    let existed = matches!(store.subscription(&name), Ok(Some(_)));
-    match store.put_subscription(&name, &req.filter, sink.as_deref(), start, Timestamp::now()) {
+    let existed = matches!(store.subscription(name), Ok(Some(_)));
+    match store.put_subscription(name, &req.filter, sink.as_deref(), start, Timestamp::now()) {
         Ok(rec) => {
             let code = if existed { StatusCode::OK } else { StatusCode::CREATED };
             (code, Json(SubscriptionView::from(rec))).into_response()
@@ -316,7 +317,7 @@ async fn put(
 }
 
 async fn list(State(state): State<ApiState>) -> Response {
-    match state.store.lock().expect("store lock").subscriptions() {
+    match state.with_store(|s| s.subscriptions()).await {
         Ok(l) => {
             Json(l.into_iter().map(SubscriptionView::from).collect::<Vec<_>>()).into_response()
         }
@@ -325,7 +326,8 @@ async fn list(State(state): State<ApiState>) -> Response {
 }
 
 async fn show(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
-    match state.store.lock().expect("store lock").subscription(&name) {
+    let n = name.clone();
+    match state.with_store(move |s| s.subscription(&n)).await {
         Ok(Some(r)) => Json(SubscriptionView::from(r)).into_response(),
         Ok(None) => not_found(&name),
         Err(e) => internal(e),
@@ -333,7 +335,8 @@ async fn show(State(state): State<ApiState>, Path(name): Path<String>) -> Respon
 }
 
 async fn delete(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
-    match state.store.lock().expect("store lock").delete_subscription(&name) {
+    let n = name.clone();
+    match state.with_store(move |s| s.delete_subscription(&n)).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => not_found(&name),
         Err(e) => internal(e),
@@ -362,7 +365,8 @@ async fn sub_events(
     Path(name): Path<String>,
     Query(q): Query<SubEventsQuery>,
 ) -> Response {
-    let rec = match state.store.lock().expect("store lock").subscription(&name) {
+    let n = name.clone();
+    let rec = match state.with_store(move |s| s.subscription(&n)).await {
         Ok(Some(r)) => r,
         Ok(None) => return not_found(&name),
         Err(e) => return internal(e),
@@ -399,7 +403,10 @@ async fn ack(
             return bad_request(format!("the body is not an ack ({e}); send {{\"through\": ID}}"));
         }
     };
-    let mut store = state.store.lock().expect("store lock");
+    state.with_store(move |store| ack_answer(store, &name, &req)).await
+}
+
+fn ack_answer(store: &mut Store, name: &str, req: &AckBody) -> Response {
     match store.last_event_id() {
         Ok(last) if req.through > last => {
             return bad_request(format!(
@@ -410,15 +417,15 @@ async fn ack(
         Ok(_) => {}
         Err(e) => return internal(e),
     }
-    match store.ack_subscription(&name, req.through, Timestamp::now()) {
+    match store.ack_subscription(name, req.through, Timestamp::now()) {
         Ok(Some(cursor)) => Json(serde_json::json!({ "cursor": cursor })).into_response(),
-        Ok(None) => not_found(&name),
+        Ok(None) => not_found(name),
         Err(e) => internal(e),
     }
 }
 
 async fn dead_letters(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
-    match state.store.lock().expect("store lock").dead_letters(&name, 1000) {
+    match state.with_store(move |s| s.dead_letters(&name, 1000)).await {
         Ok(l) => Json(l).into_response(),
         Err(e) => internal(e),
     }
