@@ -18,12 +18,11 @@
 //! `Authorization: Bearer TOKEN`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use assim_cma::Event;
+pub use assim_api::{CmaInfo, DiscoveryView, NodeView, StatusView};
 use assim_store_sqlite::Store;
 use assim_wire::NodeId;
 use axum::extract::{Query, Request, State};
@@ -32,19 +31,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::metrics::SharedMetrics;
-
-/// Facts about the CMA shown by `/api/v1/status`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CmaInfo {
-    pub node_id: NodeId,
-    pub fingerprint: String,
-    pub listen: SocketAddr,
-    pub version: String,
-}
 
 /// Shared state of the API handlers.
 #[derive(Clone, Debug)]
@@ -89,29 +79,6 @@ impl ApiState {
             .await
             .expect("a store call panicked")
     }
-}
-
-/// One node as `/api/v1/status` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct NodeView {
-    pub id: NodeId,
-    pub hostname: String,
-    pub state: String,
-    /// When the node entered its state, µs since the epoch.
-    pub since: u64,
-    pub version: String,
-    pub listen_addr: String,
-    pub addresses: Vec<String>,
-    /// Hostnames of its ring neighbours.
-    pub neighbours: Vec<String>,
-    pub peer_epoch: u64,
-}
-
-/// The body of `/api/v1/status`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StatusView {
-    pub cma: CmaInfo,
-    pub nodes: Vec<NodeView>,
 }
 
 /// Query of `/api/v1/events`.
@@ -211,9 +178,11 @@ async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> 
         let _ = tokio::time::timeout(wait, rx.wait_for(|last| *last > q.since)).await;
     }
     let since = q.since;
-    let list: Result<Vec<Event>, _> = state.with_store(move |s| s.events_since(since, limit)).await;
+    let list = state.with_store(move |s| s.events_since(since, limit)).await;
     match list {
-        Ok(list) => Json(list).into_response(),
+        Ok(list) => {
+            Json(list.into_iter().map(assim_api::Event::from).collect::<Vec<_>>()).into_response()
+        }
         Err(e) => internal(e),
     }
 }
@@ -222,16 +191,6 @@ async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> 
 #[derive(Debug, Deserialize)]
 pub struct DiscoveryQuery {
     pub host: String,
-}
-
-/// One collector's latest result as `/api/v1/discovery` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DiscoveryView {
-    pub name: String,
-    pub hash: String,
-    pub collected_at: u64,
-    pub updated_at: u64,
-    pub payload: serde_json::Value,
 }
 
 async fn discovery(State(state): State<ApiState>, Query(q): Query<DiscoveryQuery>) -> Response {
