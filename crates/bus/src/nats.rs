@@ -11,7 +11,7 @@
 //! | `assim.events.host.down.*` | every `host.down` |
 //! | `assim.events.*.*.db1` | everything about db1 |
 //!
-//! The payload is the event as JSON (as the HTTP API and sinks give it, plus `"type"`).
+//! The payload is the event as JSON, exactly as the HTTP API and sinks give it (`assim_api::Event`).
 //!
 //! **Stream.** The CMA keeps a JetStream stream `ASSIM_EVENTS` on `assim.events.>` with the
 //! bus's retention (max age, max messages) and publishes every stored event to it in id order,

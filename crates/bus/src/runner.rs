@@ -1,7 +1,8 @@
 //! The CMA's bus task: retention, and one delivery worker per durable subscription that has a
 //! sink. It runs beside the CMA core and talks to it only through the store (its own SQLite
 //! connections) and a `watch` of the last stored event id, so a slow or dead sink can never
-//! hold up the core.
+//! hold up the core. It reads and writes through the [`EventLog`] seam (handles opened with an
+//! [`OpenEventLog`], each used from blocking threads), so it works with any storage engine.
 //!
 //! A worker reads the events after its subscription's cursor, and for each one that matches
 //! the filter tries the sink up to `max_attempts` times, waiting `backoff`, 2×`backoff`, … (at
@@ -11,13 +12,11 @@
 //! `X-Assim-Event-Id` for that case).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use assim_cma::Event;
-use assim_store_sqlite::Store;
-use assim_store_sqlite::bus::SubscriptionRecord;
+use assim_store::{EventLog, OpenEventLog, SubscriptionRecord};
 use assim_wire::Timestamp;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,14 +32,14 @@ const RETENTION_EVERY: Duration = Duration::from_secs(60);
 /// Events deleted per retention transaction.
 const RETENTION_BATCH: usize = 5000;
 
-type SharedStore = Arc<Mutex<Store>>;
+type SharedStore = Arc<Mutex<Box<dyn EventLog>>>;
 
 async fn blocking<T: Send + 'static>(
     store: &SharedStore,
-    f: impl FnOnce(&mut Store) -> T + Send + 'static,
+    f: impl FnOnce(&mut dyn EventLog) -> T + Send + 'static,
 ) -> T {
     let s = store.clone();
-    tokio::task::spawn_blocking(move || f(&mut s.lock().expect("store lock")))
+    tokio::task::spawn_blocking(move || f(&mut **s.lock().expect("store lock")))
         .await
         .expect("store task")
 }
@@ -52,9 +51,9 @@ const CONFIG_SINKS: &str = "bus_config_sinks";
 /// starts after the newest stored event), and deletes the ones an earlier config declared
 /// that this one no longer does (sinks created through the API are left alone). Call before
 /// [`run`].
-pub fn install_config_sinks(store: &mut Store, config: &BusConfig) -> anyhow::Result<()> {
+pub fn install_config_sinks(store: &mut dyn EventLog, config: &BusConfig) -> anyhow::Result<()> {
     let last = store.last_event_id()?;
-    let before: Vec<String> = match store.meta(CONFIG_SINKS)? {
+    let before: Vec<String> = match store.bus_state(CONFIG_SINKS)? {
         Some(v) => serde_json::from_str(&v).unwrap_or_default(),
         None => Vec::new(),
     };
@@ -68,13 +67,13 @@ pub fn install_config_sinks(store: &mut Store, config: &BusConfig) -> anyhow::Re
         store.put_subscription(&s.name, &s.filter, Some(&sink), last, Timestamp::now())?;
     }
     let names: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
-    store.set_meta(CONFIG_SINKS, &serde_json::to_string(&names)?)?;
+    store.set_bus_state(CONFIG_SINKS, &serde_json::to_string(&names)?)?;
     Ok(())
 }
 
 /// Runs retention and the sink workers until the task is aborted.
-pub async fn run(db: PathBuf, config: BusConfig, last_event: watch::Receiver<u64>) {
-    let store = match Store::open(&db) {
+pub async fn run(open: OpenEventLog, config: BusConfig, last_event: watch::Receiver<u64>) {
+    let store = match open() {
         Ok(s) => Arc::new(Mutex::new(s)),
         Err(e) => {
             error!(error = %e, "the event bus cannot open the store; no sinks and no retention");
@@ -83,7 +82,7 @@ pub async fn run(db: PathBuf, config: BusConfig, last_event: watch::Receiver<u64
     };
     let _jetstream = config.nats.clone().map(|url| {
         AbortOnDrop(tokio::spawn(jetstream_publisher(
-            db.clone(),
+            open.clone(),
             url,
             config.clone(),
             last_event.clone(),
@@ -118,7 +117,8 @@ pub async fn run(db: PathBuf, config: BusConfig, last_event: watch::Receiver<u64
                     if workers.contains_key(&name) {
                         continue;
                     }
-                    let handle = tokio::spawn(worker(db.clone(), rec.clone(), last_event.clone()));
+                    let handle =
+                        tokio::spawn(worker(open.clone(), rec.clone(), last_event.clone()));
                     workers.insert(name, (rec, handle));
                 }
             }
@@ -143,12 +143,12 @@ pub const NATS_POSITION: &str = "nats_published";
 /// Publishes every stored event to JetStream in id order (see [`crate::nats`]), and keeps a
 /// durable consumer per subscription. Reconnects with backoff; never gives up.
 async fn jetstream_publisher(
-    db: PathBuf,
+    open: OpenEventLog,
     url: String,
     config: BusConfig,
     mut last_event: watch::Receiver<u64>,
 ) {
-    let store = match Store::open(&db) {
+    let store = match open() {
         Ok(s) => Arc::new(Mutex::new(s)),
         Err(e) => {
             error!(error = %e, "the JetStream publisher cannot open the store");
@@ -174,7 +174,7 @@ async fn jetstream_publisher(
         };
         backoff = Duration::from_millis(200);
         info!(%url, stream = crate::nats::STREAM, "publishing events to NATS JetStream");
-        let mut cursor: u64 = match blocking(&store, |s| s.meta(NATS_POSITION)).await {
+        let mut cursor: u64 = match blocking(&store, |s| s.bus_state(NATS_POSITION)).await {
             Ok(v) => v.and_then(|v| v.parse().ok()).unwrap_or(0),
             Err(e) => {
                 warn!(error = %e, "cannot read the JetStream position");
@@ -222,7 +222,9 @@ async fn jetstream_publisher(
                     }
                     cursor = batch.last().map_or(cursor, |e| e.id);
                     let v = cursor.to_string();
-                    if let Err(e) = blocking(&store, move |s| s.set_meta(NATS_POSITION, &v)).await {
+                    if let Err(e) =
+                        blocking(&store, move |s| s.set_bus_state(NATS_POSITION, &v)).await
+                    {
                         warn!(error = %e, "cannot store the JetStream position (duplicates are dropped by NATS)");
                     }
                 }
@@ -264,7 +266,7 @@ async fn retention(store: &SharedStore, config: &BusConfig) {
 }
 
 /// Delivers one subscription until aborted.
-async fn worker(db: PathBuf, sub: SubscriptionRecord, mut last_event: watch::Receiver<u64>) {
+async fn worker(open: OpenEventLog, sub: SubscriptionRecord, mut last_event: watch::Receiver<u64>) {
     let name = sub.name.clone();
     let sink: SinkConfig = match sub.sink.as_deref().map(serde_json::from_str) {
         Some(Ok(s)) => s,
@@ -281,7 +283,7 @@ async fn worker(db: PathBuf, sub: SubscriptionRecord, mut last_event: watch::Rec
             return;
         }
     };
-    let store = match Store::open(&db) {
+    let store = match open() {
         Ok(s) => Arc::new(Mutex::new(s)),
         Err(e) => {
             error!(subscription = %name, error = %e, "cannot open the store");
@@ -397,6 +399,7 @@ pub async fn deliver_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use assim_store_sqlite::Store;
 
     #[test]
     fn config_sinks_are_installed_updated_and_removed() {

@@ -32,13 +32,10 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// The JSON document sinks deliver: the event with `type` as its dotted name.
+/// The JSON document sinks deliver: the event as the HTTP API gives it ([`assim_api::Event`],
+/// `type` as its dotted name).
 pub fn event_json(e: &Event) -> serde_json::Value {
-    let mut v = serde_json::to_value(e).expect("events serialize");
-    if let Some(o) = v.as_object_mut() {
-        o.insert("type".into(), e.kind.name().into());
-    }
-    v
+    serde_json::to_value(assim_api::Event::from(e.clone())).expect("events serialize")
 }
 
 /// One webhook attempt (blocking).

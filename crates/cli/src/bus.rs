@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use assim_cma::Event;
+use assim_api::Event;
 use clap::Args;
 
 use crate::client::{Client, format_event};
@@ -220,7 +220,7 @@ pub fn subscribe(client: &Client, a: &SubscribeArgs) -> anyhow::Result<()> {
     }
     loop {
         let wait = if a.follow { 30 } else { 0 };
-        let batch: assim_cma_daemon::api_bus::SubscriptionBatch = client
+        let batch: assim_api::SubscriptionBatch = client
             .get(&format!("{base}/events?limit=1000&wait={wait}"))?
             .into_json()
             .context("the CMA's subscription answer is not valid JSON")?;
@@ -242,7 +242,7 @@ pub fn subscribe(client: &Client, a: &SubscribeArgs) -> anyhow::Result<()> {
 
 /// `assim subscriptions`: the table of durable subscriptions.
 pub fn list(client: &Client, json: bool) -> anyhow::Result<()> {
-    let list: Vec<assim_cma_daemon::api_bus::SubscriptionView> =
+    let list: Vec<assim_api::SubscriptionView> =
         client.get("/api/v1/subscriptions")?.into_json()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);

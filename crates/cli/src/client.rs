@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use assim_cma::Event;
-use assim_cma_daemon::api::StatusView;
+use assim_api::Event;
+use assim_api::StatusView;
 
 /// Talks to one CMA's HTTP API.
 #[derive(Debug, Clone)]
@@ -139,10 +139,7 @@ impl Client {
     }
 
     /// `GET /api/v1/discovery?host=…`.
-    pub fn discovery(
-        &self,
-        host: &str,
-    ) -> anyhow::Result<Vec<assim_cma_daemon::api::DiscoveryView>> {
+    pub fn discovery(&self, host: &str) -> anyhow::Result<Vec<assim_api::DiscoveryView>> {
         let host: String = host
             .bytes()
             .map(|b| match b {

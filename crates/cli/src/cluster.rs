@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use assim_cma::Event;
-use assim_cma_daemon::api::StatusView;
+use assim_api::Event;
+use assim_api::StatusView;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 

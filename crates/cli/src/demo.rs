@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use assim_cma::{Event, EventKind};
+use assim_api::Event;
+use assim_cma::EventKind;
 
 use crate::client::print_status;
 use crate::cluster::{Cluster, ClusterSpec};

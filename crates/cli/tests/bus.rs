@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use assim::cluster::{Cluster, ClusterSpec};
-use assim_cma::{Event, EventKind};
-use assim_cma_daemon::api_bus::SubscriptionBatch;
+use assim_api::Event;
+use assim_api::SubscriptionBatch;
+use assim_cma::EventKind;
 
 fn spec(nodes: usize, cma_args: Vec<String>) -> ClusterSpec {
     ClusterSpec {

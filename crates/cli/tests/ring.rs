@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec};
+use assim_api::StatusView;
 use assim_cma::EventKind;
-use assim_cma_daemon::api::StatusView;
 
 fn spec(nodes: usize, enrollment: ClusterEnrollment) -> ClusterSpec {
     ClusterSpec {

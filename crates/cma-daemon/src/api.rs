@@ -12,17 +12,17 @@
 //! - `GET /metrics`: Prometheus text format.
 //! - `GET /healthz`: `ok`.
 //!
-//! Reads go to the SQLite file through the API's own connection; the CMA task is never blocked
-//! by a reader. When a bearer token is configured, every route but `/healthz` requires
+//! Reads go to the SQLite file through the API's own connection, on tokio's blocking threads
+//! ([`ApiState::with_store`]), so neither the CMA task nor the async workers ever wait for a
+//! store call. When a bearer token is configured, every route but `/healthz` requires
 //! `Authorization: Bearer TOKEN`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use assim_cma::Event;
+pub use assim_api::{CmaInfo, DiscoveryView, NodeView, StatusView};
 use assim_store_sqlite::Store;
 use assim_wire::NodeId;
 use axum::extract::{Query, Request, State};
@@ -31,19 +31,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::metrics::SharedMetrics;
-
-/// Facts about the CMA shown by `/api/v1/status`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CmaInfo {
-    pub node_id: NodeId,
-    pub fingerprint: String,
-    pub listen: SocketAddr,
-    pub version: String,
-}
 
 /// Shared state of the API handlers.
 #[derive(Clone, Debug)]
@@ -76,29 +67,18 @@ impl ApiState {
             check_runner: None,
         })
     }
-}
 
-/// One node as `/api/v1/status` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct NodeView {
-    pub id: NodeId,
-    pub hostname: String,
-    pub state: String,
-    /// When the node entered its state, µs since the epoch.
-    pub since: u64,
-    pub version: String,
-    pub listen_addr: String,
-    pub addresses: Vec<String>,
-    /// Hostnames of its ring neighbours.
-    pub neighbours: Vec<String>,
-    pub peer_epoch: u64,
-}
-
-/// The body of `/api/v1/status`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StatusView {
-    pub cma: CmaInfo,
-    pub nodes: Vec<NodeView>,
+    /// Runs `f` with the API's store connection on a blocking thread: store calls do disk IO
+    /// and may wait for the writer's lock, so they never run on the async workers.
+    pub(crate) async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> T + Send + 'static,
+    ) -> T {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&mut store.lock().expect("store lock")))
+            .await
+            .expect("a store call panicked")
+    }
 }
 
 /// Query of `/api/v1/events`.
@@ -157,7 +137,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 }
 
 async fn status(State(state): State<ApiState>) -> Response {
-    let nodes = match state.store.lock().expect("store lock").nodes() {
+    let nodes = match state.with_store(|s| s.nodes()).await {
         Ok(n) => n,
         Err(e) => return internal(e),
     };
@@ -197,10 +177,12 @@ async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> 
     if !wait.is_zero() && *rx.borrow_and_update() <= q.since {
         let _ = tokio::time::timeout(wait, rx.wait_for(|last| *last > q.since)).await;
     }
-    let list: Result<Vec<Event>, _> =
-        state.store.lock().expect("store lock").events_since(q.since, limit);
+    let since = q.since;
+    let list = state.with_store(move |s| s.events_since(since, limit)).await;
     match list {
-        Ok(list) => Json(list).into_response(),
+        Ok(list) => {
+            Json(list.into_iter().map(assim_api::Event::from).collect::<Vec<_>>()).into_response()
+        }
         Err(e) => internal(e),
     }
 }
@@ -211,18 +193,11 @@ pub struct DiscoveryQuery {
     pub host: String,
 }
 
-/// One collector's latest result as `/api/v1/discovery` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DiscoveryView {
-    pub name: String,
-    pub hash: String,
-    pub collected_at: u64,
-    pub updated_at: u64,
-    pub payload: serde_json::Value,
+async fn discovery(State(state): State<ApiState>, Query(q): Query<DiscoveryQuery>) -> Response {
+    state.with_store(move |store| discovery_answer(store, &q)).await
 }
 
-async fn discovery(State(state): State<ApiState>, Query(q): Query<DiscoveryQuery>) -> Response {
-    let store = state.store.lock().expect("store lock");
+fn discovery_answer(store: &Store, q: &DiscoveryQuery) -> Response {
     let nodes = match store.nodes() {
         Ok(n) => n,
         Err(e) => return internal(e),

@@ -20,6 +20,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+pub use assim_api::{AckBody, SubscriptionBatch, SubscriptionView};
 use assim_bus::{Filter, SinkConfig};
 use assim_cma::Event;
 use assim_store_sqlite::Store;
@@ -121,10 +122,8 @@ async fn scan_wait(
     let mut rx = state.last_event.clone();
     loop {
         rx.borrow_and_update();
-        let (events, through) = {
-            let store = state.store.lock().expect("store lock");
-            scan(&store, cursor, limit, filter)?
-        };
+        let f = filter.clone();
+        let (events, through) = state.with_store(move |s| scan(s, cursor, limit, &f)).await?;
         cursor = through;
         if !events.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok((events, cursor));
@@ -149,6 +148,7 @@ pub async fn filtered_events(
     };
     match scan_wait(&state, since, limit, &filter, wait).await {
         Ok((events, through)) => {
+            let events: Vec<assim_api::Event> = events.into_iter().map(Into::into).collect();
             ([("x-assim-cursor", through.to_string())], Json(events)).into_response()
         }
         Err(e) => internal(e),
@@ -185,10 +185,10 @@ async fn stream(
         futures_util::stream::unfold(init, |(state, filter, mut cursor, mut queue)| async move {
             loop {
                 if let Some(e) = queue.pop_front() {
-                    let ev = sse::Event::default()
-                        .id(e.id.to_string())
-                        .event(e.kind.name())
-                        .data(serde_json::to_string(&e).expect("events serialize"));
+                    let ev = sse::Event::default().id(e.id.to_string()).event(e.kind.name()).data(
+                        serde_json::to_string(&assim_api::Event::from(e))
+                            .expect("events serialize"),
+                    );
                     return Some((Ok::<_, Infallible>(ev), (state, filter, cursor, queue)));
                 }
                 match scan_wait(&state, cursor, 500, &filter, Duration::from_secs(30)).await {
@@ -230,28 +230,15 @@ pub struct PutSubscription {
     pub start: Option<Start>,
 }
 
-/// A subscription as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SubscriptionView {
-    pub name: String,
-    pub filter: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sink: Option<serde_json::Value>,
-    pub cursor: u64,
-    pub created_at: u64,
-    pub updated_at: u64,
-}
-
-impl From<SubscriptionRecord> for SubscriptionView {
-    fn from(r: SubscriptionRecord) -> Self {
-        SubscriptionView {
-            sink: r.sink.as_deref().and_then(|s| serde_json::from_str(s).ok()).map(hide_secret),
-            name: r.name,
-            filter: r.filter,
-            cursor: r.cursor,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-        }
+/// A stored subscription as the API shows it.
+fn view(r: SubscriptionRecord) -> SubscriptionView {
+    SubscriptionView {
+        sink: r.sink.as_deref().and_then(|s| serde_json::from_str(s).ok()).map(hide_secret),
+        name: r.name,
+        filter: r.filter,
+        cursor: r.cursor,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
     }
 }
 
@@ -288,7 +275,10 @@ async fn put(
     {
         return bad_request(format!("sink: {e}"));
     }
-    let mut store = state.store.lock().expect("store lock");
+    state.with_store(move |store| put_answer(store, &name, &req)).await
+}
+
+fn put_answer(store: &mut Store, name: &str, req: &PutSubscription) -> Response {
     let last = match store.last_event_id() {
         Ok(l) => l,
         Err(e) => return internal(e),
@@ -305,35 +295,35 @@ async fn put(
         }
     };
     let sink = req.sink.as_ref().map(|s| serde_json::to_string(s).expect("sink serializes"));
-    let existed = matches!(store.subscription(&name), Ok(Some(_)));
-    match store.put_subscription(&name, &req.filter, sink.as_deref(), start, Timestamp::now()) {
+    let existed = matches!(store.subscription(name), Ok(Some(_)));
+    match store.put_subscription(name, &req.filter, sink.as_deref(), start, Timestamp::now()) {
         Ok(rec) => {
             let code = if existed { StatusCode::OK } else { StatusCode::CREATED };
-            (code, Json(SubscriptionView::from(rec))).into_response()
+            (code, Json(view(rec))).into_response()
         }
         Err(e) => internal(e),
     }
 }
 
 async fn list(State(state): State<ApiState>) -> Response {
-    match state.store.lock().expect("store lock").subscriptions() {
-        Ok(l) => {
-            Json(l.into_iter().map(SubscriptionView::from).collect::<Vec<_>>()).into_response()
-        }
+    match state.with_store(|s| s.subscriptions()).await {
+        Ok(l) => Json(l.into_iter().map(view).collect::<Vec<_>>()).into_response(),
         Err(e) => internal(e),
     }
 }
 
 async fn show(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
-    match state.store.lock().expect("store lock").subscription(&name) {
-        Ok(Some(r)) => Json(SubscriptionView::from(r)).into_response(),
+    let n = name.clone();
+    match state.with_store(move |s| s.subscription(&n)).await {
+        Ok(Some(r)) => Json(view(r)).into_response(),
         Ok(None) => not_found(&name),
         Err(e) => internal(e),
     }
 }
 
 async fn delete(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
-    match state.store.lock().expect("store lock").delete_subscription(&name) {
+    let n = name.clone();
+    match state.with_store(move |s| s.delete_subscription(&n)).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => not_found(&name),
         Err(e) => internal(e),
@@ -347,22 +337,13 @@ pub struct SubEventsQuery {
     pub wait: Option<u64>,
 }
 
-/// The answer of `GET /api/v1/subscriptions/NAME/events`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SubscriptionBatch {
-    /// The stored cursor (the last acknowledged event).
-    pub cursor: u64,
-    /// The last event examined: acknowledge this after handling `events`.
-    pub through: u64,
-    pub events: Vec<Event>,
-}
-
 async fn sub_events(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     Query(q): Query<SubEventsQuery>,
 ) -> Response {
-    let rec = match state.store.lock().expect("store lock").subscription(&name) {
+    let n = name.clone();
+    let rec = match state.with_store(move |s| s.subscription(&n)).await {
         Ok(Some(r)) => r,
         Ok(None) => return not_found(&name),
         Err(e) => return internal(e),
@@ -375,17 +356,11 @@ async fn sub_events(
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT));
     match scan_wait(&state, rec.cursor, limit, &filter, wait).await {
         Ok((events, through)) => {
+            let events = events.into_iter().map(Into::into).collect();
             Json(SubscriptionBatch { cursor: rec.cursor, through, events }).into_response()
         }
         Err(e) => internal(e),
     }
-}
-
-/// Body of `POST /api/v1/subscriptions/NAME/ack`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AckBody {
-    pub through: u64,
 }
 
 async fn ack(
@@ -399,7 +374,10 @@ async fn ack(
             return bad_request(format!("the body is not an ack ({e}); send {{\"through\": ID}}"));
         }
     };
-    let mut store = state.store.lock().expect("store lock");
+    state.with_store(move |store| ack_answer(store, &name, &req)).await
+}
+
+fn ack_answer(store: &mut Store, name: &str, req: &AckBody) -> Response {
     match store.last_event_id() {
         Ok(last) if req.through > last => {
             return bad_request(format!(
@@ -410,15 +388,15 @@ async fn ack(
         Ok(_) => {}
         Err(e) => return internal(e),
     }
-    match store.ack_subscription(&name, req.through, Timestamp::now()) {
+    match store.ack_subscription(name, req.through, Timestamp::now()) {
         Ok(Some(cursor)) => Json(serde_json::json!({ "cursor": cursor })).into_response(),
-        Ok(None) => not_found(&name),
+        Ok(None) => not_found(name),
         Err(e) => internal(e),
     }
 }
 
 async fn dead_letters(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
-    match state.store.lock().expect("store lock").dead_letters(&name, 1000) {
+    match state.with_store(move |s| s.dead_letters(&name, 1000)).await {
         Ok(l) => Json(l).into_response(),
         Err(e) => internal(e),
     }

@@ -70,8 +70,8 @@ async fn services(State(state): State<ApiState>, Query(q): Query<ServicesQuery>)
         )
             .into_response();
     }
-    let store = state.store.lock().expect("store lock");
-    match store.services(q.host.as_deref(), q.state.as_deref()) {
+    let list = state.with_store(move |s| s.services(q.host.as_deref(), q.state.as_deref())).await;
+    match list {
         Ok(list) => Json(list).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }

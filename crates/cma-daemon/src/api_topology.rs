@@ -65,11 +65,12 @@ fn answer<T: Serialize>(r: Result<T, assim_store_sqlite::StoreError>) -> Respons
     }
 }
 
-fn with_store<T: Serialize>(
+/// Runs a query on a blocking thread and answers with its rows.
+async fn with_store<T: Serialize + Send + 'static>(
     state: &ApiState,
-    f: impl FnOnce(&Store) -> Result<T, assim_store_sqlite::StoreError>,
+    f: impl FnOnce(&Store) -> Result<T, assim_store_sqlite::StoreError> + Send + 'static,
 ) -> Response {
-    answer(f(&state.store.lock().expect("store lock")))
+    answer(state.with_store(move |s| f(s)).await)
 }
 
 fn unknown_host(host: &str) -> Response {
@@ -95,7 +96,7 @@ async fn hosts(State(state): State<ApiState>, Query(q): Query<HostsQuery>) -> Re
             return bad_request(format!("state must be `down` or `crashed`, not {other:?}"));
         }
     };
-    with_store(&state, |s| s.down_hosts(crashed))
+    with_store(&state, move |s| s.down_hosts(crashed)).await
 }
 
 /// Query with an optional `limit`.
@@ -109,19 +110,22 @@ async fn host_query(
     Path((host, what)): Path<(String, String)>,
     Query(q): Query<LimitQuery>,
 ) -> Response {
-    let store = state.store.lock().expect("store lock");
-    let node: HostRef = match store.resolve_host(&host) {
+    state.with_store(move |store| host_answer(store, &host, &what, q.limit)).await
+}
+
+fn host_answer(store: &Store, host: &str, what: &str, limit: Option<usize>) -> Response {
+    let node: HostRef = match store.resolve_host(host) {
         Ok(Some(n)) => n,
-        Ok(None) => return unknown_host(&host),
+        Ok(None) => return unknown_host(host),
         Err(e) => return internal(e),
     };
     let id = node.node.as_str();
-    match what.as_str() {
+    match what {
         "services" => answer(store.host_services(id)),
         "dependencies" => answer(store.dependencies(id)),
         "dependents" => answer(store.dependents(id)),
         "ports" => answer(store.switch_ports(Some(id))),
-        "history" => answer(store.topology_history(Some(id), q.limit.unwrap_or(100).min(10_000))),
+        "history" => answer(store.topology_history(Some(id), limit.unwrap_or(100).min(10_000))),
         other => (
             StatusCode::NOT_FOUND,
             format!(
@@ -133,11 +137,11 @@ async fn host_query(
 }
 
 async fn all_ports(State(state): State<ApiState>) -> Response {
-    with_store(&state, |s| s.switch_ports(None))
+    with_store(&state, |s| s.switch_ports(None)).await
 }
 
 async fn all_dependencies(State(state): State<ApiState>) -> Response {
-    with_store(&state, |s| s.all_dependencies())
+    with_store(&state, |s| s.all_dependencies()).await
 }
 
 async fn find_ip(State(state): State<ApiState>, Path(addr): Path<String>) -> Response {
@@ -146,7 +150,7 @@ async fn find_ip(State(state): State<ApiState>, Path(addr): Path<String>) -> Res
             "{addr:?} is not an IP address (give one like 192.0.2.7 or 2001:db8::7)"
         ));
     };
-    with_store(&state, |s| s.find_ip(ip))
+    with_store(&state, move |s| s.find_ip(ip)).await
 }
 
 async fn find_mac(State(state): State<ApiState>, Path(mac): Path<String>) -> Response {
@@ -155,11 +159,11 @@ async fn find_mac(State(state): State<ApiState>, Path(mac): Path<String>) -> Res
             "{mac:?} is not a MAC address (give six hex bytes, e.g. 02:42:ac:11:00:02)"
         ));
     };
-    with_store(&state, |s| s.find_mac(&mac))
+    with_store(&state, move |s| s.find_mac(&mac)).await
 }
 
 async fn unmonitored(State(state): State<ApiState>) -> Response {
-    with_store(&state, |s| s.unmonitored_services())
+    with_store(&state, |s| s.unmonitored_services()).await
 }
 
 /// Query of `/api/v1/topology/packages`.
@@ -176,27 +180,31 @@ async fn packages(State(state): State<ApiState>, Query(q): Query<PackagesQuery>)
         return bad_request(format!("the pattern is longer than {MAX_PATTERN} bytes"));
     }
     match q.mode.as_deref().unwrap_or("exact") {
-        "exact" => with_store(&state, |s| s.search_packages(PackagePattern::Exact(&q.pattern))),
-        "prefix" => with_store(&state, |s| s.search_packages(PackagePattern::Prefix(&q.pattern))),
+        "exact" => {
+            with_store(&state, move |s| s.search_packages(PackagePattern::Exact(&q.pattern))).await
+        }
+        "prefix" => {
+            with_store(&state, move |s| s.search_packages(PackagePattern::Prefix(&q.pattern))).await
+        }
         "regex" => {
             let re = match regex::RegexBuilder::new(&q.pattern).size_limit(1 << 20).build() {
                 Ok(re) => re,
                 Err(e) => return bad_request(format!("invalid regular expression: {e}")),
             };
-            with_store(&state, |s| s.search_packages(PackagePattern::Regex(&re)))
+            with_store(&state, move |s| s.search_packages(PackagePattern::Regex(&re))).await
         }
         other => bad_request(format!("match must be exact, prefix or regex, not {other:?}")),
     }
 }
 
 async fn unknown_ips(State(state): State<ApiState>) -> Response {
-    with_store(&state, |s| s.unknown_ips())
+    with_store(&state, |s| s.unknown_ips()).await
 }
 
 async fn subnets(State(state): State<ApiState>) -> Response {
-    with_store(&state, |s| s.subnets())
+    with_store(&state, |s| s.subnets()).await
 }
 
 async fn history(State(state): State<ApiState>, Query(q): Query<LimitQuery>) -> Response {
-    with_store(&state, |s| s.topology_history(None, q.limit.unwrap_or(100).min(10_000)))
+    with_store(&state, move |s| s.topology_history(None, q.limit.unwrap_or(100).min(10_000))).await
 }

@@ -139,7 +139,7 @@ pub async fn run(
     let api_state = api_state.with_check_runner(run_tx);
     let api_task = tokio::spawn(crate::api::serve(api_listener, api_state));
     let bus_task = tokio::spawn(assim_bus::runner::run(
-        store_path(&opts.data_dir),
+        assim_store_sqlite::bus::event_log_opener(store_path(&opts.data_dir)),
         opts.bus.clone(),
         last_event.subscribe(),
     ));

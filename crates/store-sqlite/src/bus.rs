@@ -23,7 +23,10 @@
 
 use assim_wire::Timestamp;
 use rusqlite::{OptionalExtension, params};
-use serde::{Deserialize, Serialize};
+
+pub use assim_store::event_log::{DeadLetter, Pruned, SubscriptionRecord};
+
+use assim_store::QueryError;
 
 use crate::{Store, StoreError};
 
@@ -49,45 +52,6 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_subscription ON dead_letters (subscription, id);
 ";
-
-/// A durable named subscription.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SubscriptionRecord {
-    pub name: String,
-    /// The filter expression, as given.
-    pub filter: String,
-    /// The sink configuration (JSON), if the CMA delivers this subscription itself.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sink: Option<String>,
-    /// The last acknowledged event id; the subscriber gets the events after it.
-    pub cursor: u64,
-    /// µs since the epoch.
-    pub created_at: u64,
-    /// µs since the epoch; changes with the filter, the sink and every ack.
-    pub updated_at: u64,
-}
-
-/// An event a sink gave up on.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadLetter {
-    pub id: u64,
-    pub subscription: String,
-    pub event_id: u64,
-    pub attempts: u64,
-    /// The last delivery error.
-    pub error: String,
-    /// µs since the epoch.
-    pub at: u64,
-}
-
-/// What one retention pass removed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Pruned {
-    /// Events deleted because they were older than the cut-off.
-    pub by_age: u64,
-    /// Events deleted because more than the maximum count were kept.
-    pub by_count: u64,
-}
 
 fn row_to_subscription(r: &rusqlite::Row<'_>) -> rusqlite::Result<SubscriptionRecord> {
     Ok(SubscriptionRecord {
@@ -277,6 +241,83 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// The event bus's seam over this store (see [`assim_store::EventLog`]).
+impl assim_store::EventLog for Store {
+    fn events_since(&self, after: u64, limit: usize) -> Result<Vec<assim_cma::Event>, QueryError> {
+        Store::events_since(self, after, limit).map_err(QueryError::backend)
+    }
+    fn last_event_id(&self) -> Result<u64, QueryError> {
+        Store::last_event_id(self).map_err(QueryError::backend)
+    }
+    fn prune_events(
+        &mut self,
+        older_than: Timestamp,
+        keep: u64,
+        batch: usize,
+    ) -> Result<Pruned, QueryError> {
+        Store::prune_events(self, older_than, keep, batch).map_err(QueryError::backend)
+    }
+    fn subscriptions(&self) -> Result<Vec<SubscriptionRecord>, QueryError> {
+        Store::subscriptions(self).map_err(QueryError::backend)
+    }
+    fn subscription(&self, name: &str) -> Result<Option<SubscriptionRecord>, QueryError> {
+        Store::subscription(self, name).map_err(QueryError::backend)
+    }
+    fn put_subscription(
+        &mut self,
+        name: &str,
+        filter: &str,
+        sink: Option<&str>,
+        start: u64,
+        now: Timestamp,
+    ) -> Result<SubscriptionRecord, QueryError> {
+        Store::put_subscription(self, name, filter, sink, start, now).map_err(QueryError::backend)
+    }
+    fn delete_subscription(&mut self, name: &str) -> Result<bool, QueryError> {
+        Store::delete_subscription(self, name).map_err(QueryError::backend)
+    }
+    fn ack_subscription(
+        &mut self,
+        name: &str,
+        through: u64,
+        now: Timestamp,
+    ) -> Result<Option<u64>, QueryError> {
+        Store::ack_subscription(self, name, through, now).map_err(QueryError::backend)
+    }
+    fn add_dead_letter(
+        &mut self,
+        subscription: &str,
+        event_id: u64,
+        attempts: u64,
+        error: &str,
+        now: Timestamp,
+    ) -> Result<(), QueryError> {
+        Store::add_dead_letter(self, subscription, event_id, attempts, error, now)
+            .map_err(QueryError::backend)
+    }
+    fn dead_letters(
+        &self,
+        subscription: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, QueryError> {
+        Store::dead_letters(self, subscription, limit).map_err(QueryError::backend)
+    }
+    fn bus_state(&self, key: &str) -> Result<Option<String>, QueryError> {
+        Store::meta(self, key).map_err(QueryError::backend)
+    }
+    fn set_bus_state(&mut self, key: &str, value: &str) -> Result<(), QueryError> {
+        Store::set_meta(self, key, value).map_err(QueryError::backend)
+    }
+}
+
+/// Opens a new connection to the SQLite file at `path` for every handle the bus asks for.
+pub fn event_log_opener(path: std::path::PathBuf) -> assim_store::OpenEventLog {
+    std::sync::Arc::new(move || {
+        let store = Store::open(&path).map_err(QueryError::backend)?;
+        Ok(Box::new(store) as Box<dyn assim_store::EventLog>)
+    })
 }
 
 #[cfg(test)]

@@ -8,10 +8,11 @@
 //! - `EngineStore`: what the CMA engine writes (apply one batch atomically together with the
 //!   inbox position) and reads back at start (the snapshot).
 //! - `Queries`: what the HTTP API and the CLI read (status, events, topology, services).
-//! - `EventLog`: the event log and the durable subscription cursors of the event bus.
+//! - [`EventLog`]: the event log and the durable subscription cursors of the event bus.
 //!
-//! Embedded engine: `assim-store-sqlite` (the only crate that names rusqlite). In-memory
-//! implementations for the simulator and tests live here.
+//! Embedded engine: `assim-store-sqlite` (the only crate that names rusqlite). A PostgreSQL or
+//! JetStream engine is a new crate beside it that implements the same traits; the wiring crate
+//! (`assim-cma-daemon`) picks one.
 //!
 //! Layout:
 //! - [`inbox`]: [`Inbox`], [`InboxError`], [`LogInbox`] (the `assim-log` inbox).
@@ -20,14 +21,36 @@
 //!   [`InboxProgress`], [`DiscoveryRecord`] — and [`TokenRecord`].
 //! - [`services`]: the service-monitoring part of a batch ([`services::ServicesBatch`]).
 //! - [`mem`]: [`MemStore`], the in-memory engine store and tokens.
+//! - [`event_log`]: [`EventLog`], its records ([`SubscriptionRecord`], [`DeadLetter`],
+//!   [`Pruned`]) and [`OpenEventLog`], how the bus opens its own handles.
+//! - [`QueryError`]: the one error of the read-side seams.
 
 pub mod batch;
 pub mod engine;
+pub mod event_log;
 pub mod inbox;
 pub mod mem;
 pub mod services;
 
 pub use crate::batch::{DiscoveryRecord, InboxProgress, TokenRecord};
 pub use crate::engine::{EngineStore, Loaded, StoreFailed, Tokens};
+pub use crate::event_log::{DeadLetter, EventLog, OpenEventLog, Pruned, SubscriptionRecord};
 pub use crate::inbox::{Inbox, InboxError, LogInbox};
 pub use crate::mem::MemStore;
+
+/// Why a read-side or event-log call failed. Engines apply each call atomically, so a failed
+/// call changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The storage engine failed (IO, corruption, a lost connection); nothing was changed. The
+    /// source names the engine's own error.
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl QueryError {
+    /// Wraps an engine's error.
+    pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> QueryError {
+        QueryError::Backend(Box::new(e))
+    }
+}
