@@ -164,7 +164,7 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         count: usize,
         /// With --listen: give up after this long (exit 1 if nothing arrived).
-        #[arg(long, default_value = "60s", value_parser = assim::settings::parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = assim_util::parse_duration)]
         timeout: std::time::Duration,
     },
 }
