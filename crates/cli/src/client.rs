@@ -98,26 +98,9 @@ impl Client {
         body: &serde_json::Value,
         what: &str,
     ) -> anyhow::Result<T> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.agent.request(method, &url);
-        if let Some(t) = &self.token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        match req.send_json(body) {
-            Ok(r) => r
-                .into_json()
-                .with_context(|| format!("the CMA's answer for {what} is not valid JSON")),
-            Err(ureq::Error::Status(code, r)) => {
-                let body = r.into_string().unwrap_or_default();
-                anyhow::bail!("the CMA API at {} answered {code}: {}", self.base, body.trim())
-            }
-            Err(e) => Err(anyhow::anyhow!(e)).with_context(|| {
-                format!(
-                    "cannot reach the CMA API at {} (is `cma` running? is --api right?)",
-                    self.base
-                )
-            }),
-        }
+        self.send(method, path, Some(body.clone()))?
+            .into_json()
+            .with_context(|| format!("the CMA's answer for {what} is not valid JSON"))
     }
 
     /// `GET /api/v1/status`.
