@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use assim_bus::Filter;
 use assim_cma::{Event, EventKind, Severity};
-use assim_store::{InboxProgress, Store};
+use assim_store_sqlite::{InboxProgress, Store};
 use assim_wire::Timestamp;
 use futures_util::StreamExt as _;
 

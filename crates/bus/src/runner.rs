@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use assim_cma::Event;
-use assim_store::Store;
-use assim_store::bus::SubscriptionRecord;
+use assim_store_sqlite::Store;
+use assim_store_sqlite::bus::SubscriptionRecord;
 use assim_wire::Timestamp;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

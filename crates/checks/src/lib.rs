@@ -10,7 +10,9 @@
 //!
 //! Layout:
 //! - [`spec`]: [`Check`], a validated wire `CheckSpec`, and its [`Kind`]s.
-//! - [`runner`]: [`runner::run`] runs one check and returns a [`CheckResult`].
+//! - [`result`]: [`CheckResult`], what one run produced (plain data).
+//! - [`runner`]: [`runner::run`] runs one check and returns a [`CheckResult`] (feature
+//!   `runner`, on by default: tokio and nix; without it the crate is pure, for the CMA core).
 //! - [`perfdata`]: the performance-data parser (strict and lenient), with distinct errors.
 //! - [`schedule`]: [`Scheduler`]: intervals, retries, SOFT/HARD, flapping, epochs (sans-IO).
 //! - [`rules`]: [`RuleSet`]: rules files, shipped defaults, matching listeners to checks.
@@ -18,28 +20,22 @@
 #![forbid(unsafe_code)]
 
 pub mod perfdata;
+pub mod result;
 pub mod rules;
+#[cfg(feature = "runner")]
 pub mod runner;
 pub mod schedule;
 pub mod spec;
 
+pub use crate::result::CheckResult;
 pub use crate::rules::{Listener, RuleSet, RulesError};
-pub use crate::runner::{CheckResult, RunnerConfig};
+#[cfg(feature = "runner")]
+pub use crate::runner::RunnerConfig;
 pub use crate::schedule::{ApplyOutcome, Report, Scheduler};
 pub use crate::spec::{Check, Kind, SpecError};
 pub use assim_wire::msg::CheckState;
 
-/// The lowercase name of a state ("ok", "warning", "critical", "unknown").
-pub fn state_name(s: CheckState) -> &'static str {
-    match s {
-        CheckState::Ok => "ok",
-        CheckState::Warning => "warning",
-        CheckState::Critical => "critical",
-        CheckState::Unknown => "unknown",
-    }
-}
-
-/// Parses a state name (case-insensitive).
+/// Parses a state name (case-insensitive; `CheckState::name` writes them).
 pub fn parse_state(s: &str) -> Option<CheckState> {
     match s.to_ascii_lowercase().as_str() {
         "ok" => Some(CheckState::Ok),

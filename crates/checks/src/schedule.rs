@@ -36,7 +36,7 @@ use assim_wire::msg::CheckState;
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 
-use crate::runner::CheckResult;
+use crate::result::CheckResult;
 use crate::spec::Check;
 
 /// Results kept for flap detection.

@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec};
-use assim_store::services::ServiceView;
+use assim_store_sqlite::services::ServiceView;
 use common::{datagrams_received, env_or};
 
 fn main() {
@@ -45,11 +45,7 @@ fn main() {
         name_prefix: "c".into(),
         enrollment: ClusterEnrollment::TrustOnFirstUse,
         cma_args: vec!["--check-rules".into(), rules.path().display().to_string()],
-        ..ClusterSpec::with_binaries(
-            env!("CARGO_BIN_EXE_cma"),
-            env!("CARGO_BIN_EXE_nanoprobe"),
-            nodes,
-        )
+        ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), nodes)
     };
     let services = nodes * per_node;
     println!(

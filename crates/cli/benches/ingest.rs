@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec};
-use assim_daemon::loadgen::{LoadOptions, run};
+use assim::loadgen::{LoadOptions, run};
 use common::{env_or, metric};
 
 fn main() {
@@ -23,7 +23,7 @@ fn main() {
     let batch = env_or("ASSIM_BENCH_BATCH", 256);
     let spec = ClusterSpec {
         enrollment: ClusterEnrollment::TrustOnFirstUse,
-        ..ClusterSpec::with_binaries(env!("CARGO_BIN_EXE_cma"), env!("CARGO_BIN_EXE_nanoprobe"), 0)
+        ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), 0)
     };
     let c = Cluster::new(spec, false).expect("start the CMA");
     println!(

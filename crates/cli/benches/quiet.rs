@@ -31,11 +31,7 @@ fn main() {
     let quiet = env_or("ASSIM_BENCH_QUIET_SECS", 60);
     let spec = ClusterSpec {
         name_prefix: "q".into(),
-        ..ClusterSpec::with_binaries(
-            env!("CARGO_BIN_EXE_cma"),
-            env!("CARGO_BIN_EXE_nanoprobe"),
-            nodes,
-        )
+        ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), nodes)
     };
     println!("quiet-minute benchmark: {nodes} nanoprobes with discovery on, {quiet} s measured");
     let mut c = Cluster::new(spec, false).expect("start the CMA");

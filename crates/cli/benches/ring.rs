@@ -17,16 +17,12 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let nodes = env_or("ASSIM_BENCH_NODES", 20);
+    let nodes = env_or("ASSIM_BENCH_NODES", 20usize);
     let kills = env_or("ASSIM_BENCH_KILLS", 5).min(nodes.saturating_sub(3));
     let steady = env_or("ASSIM_BENCH_STEADY_SECS", 20) as u64;
     let spec = ClusterSpec {
         name_prefix: "b".into(),
-        ..ClusterSpec::with_binaries(
-            env!("CARGO_BIN_EXE_cma"),
-            env!("CARGO_BIN_EXE_nanoprobe"),
-            nodes,
-        )
+        ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), nodes)
     };
     println!(
         "ring benchmark: {nodes} nanoprobes, heartbeat 1s / warn 3s / dead 5s, {kills} crashes"

@@ -405,7 +405,7 @@ fn run_serf(n: usize, kills: usize, secs: u64, counters: &Counters) -> anyhow::R
 fn run_assim(n: usize, kills: usize, secs: u64, counters: &Counters) -> anyhow::Result<Figures> {
     let spec = ClusterSpec {
         name_prefix: "b".into(),
-        ..ClusterSpec::with_binaries(env!("CARGO_BIN_EXE_cma"), env!("CARGO_BIN_EXE_nanoprobe"), n)
+        ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), n)
     };
     let mut c = Cluster::new(spec, false)?;
     let t = Instant::now();

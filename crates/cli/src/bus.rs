@@ -37,7 +37,7 @@ pub struct SendArgs {
     #[arg(long)]
     pub confirm: bool,
     /// How long --confirm waits.
-    #[arg(long, default_value = "30s", value_parser = assim_util::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = assim_util::duration::parse_duration)]
     pub timeout: Duration,
 }
 
@@ -90,7 +90,7 @@ pub fn send(a: &SendArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e).context("cannot read the nanoprobe's answer"),
     }
-    let reply: assim_daemon::local_socket::Reply =
+    let reply: assim_nanoprobe::local_socket::Reply =
         serde_json::from_str(&line).context("the nanoprobe's answer is not valid JSON")?;
     if !reply.ok {
         bail!("the nanoprobe refused the event: {}", reply.error.unwrap_or_default());
@@ -211,7 +211,7 @@ pub fn subscribe(client: &Client, a: &SubscribeArgs) -> anyhow::Result<()> {
     }
     loop {
         let wait = if a.follow { 30 } else { 0 };
-        let batch: assim_daemon::api_bus::SubscriptionBatch = client
+        let batch: assim_cma_daemon::api_bus::SubscriptionBatch = client
             .get(&format!("{base}/events?limit=1000&wait={wait}"))?
             .into_json()
             .context("the CMA's subscription answer is not valid JSON")?;
@@ -233,7 +233,7 @@ pub fn subscribe(client: &Client, a: &SubscribeArgs) -> anyhow::Result<()> {
 
 /// `assim subscriptions`: the table of durable subscriptions.
 pub fn list(client: &Client, json: bool) -> anyhow::Result<()> {
-    let list: Vec<assim_daemon::api_bus::SubscriptionView> =
+    let list: Vec<assim_cma_daemon::api_bus::SubscriptionView> =
         client.get("/api/v1/subscriptions")?.into_json()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);

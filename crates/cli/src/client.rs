@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use assim_cma::Event;
-use assim_daemon::api::StatusView;
+use assim_cma_daemon::api::StatusView;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// Talks to one CMA's HTTP API.
@@ -123,7 +123,10 @@ impl Client {
     }
 
     /// `GET /api/v1/discovery?host=…`.
-    pub fn discovery(&self, host: &str) -> anyhow::Result<Vec<assim_daemon::api::DiscoveryView>> {
+    pub fn discovery(
+        &self,
+        host: &str,
+    ) -> anyhow::Result<Vec<assim_cma_daemon::api::DiscoveryView>> {
         self.get(&format!("/api/v1/discovery?host={}", encode_component(host)))?
             .into_json()
             .context("the CMA's discovery answer is not valid JSON")

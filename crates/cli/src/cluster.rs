@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use assim_cma::Event;
-use assim_daemon::api::StatusView;
+use assim_cma_daemon::api::StatusView;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::client::Client;
-use crate::settings::format_duration;
+use assim_util::duration::format_duration;
 
 /// A program to run: a binary and the arguments that select the role (`assim cma …` or `cma …`).
 #[derive(Clone, Debug)]
@@ -80,15 +80,22 @@ impl ClusterSpec {
         }
     }
 
-    /// The binaries next to the running executable (the `assim` multicall binary).
+    /// Like [`ClusterSpec::with_binaries`], but both roles run from the `assim` multicall binary
+    /// at `assim` (`assim cma …`, `assim nanoprobe …`). The integration tests use this: the
+    /// standalone binaries belong to other packages, which `CARGO_BIN_EXE_*` cannot name.
+    pub fn multicall(assim: impl Into<PathBuf>, nodes: usize) -> ClusterSpec {
+        let assim = assim.into();
+        ClusterSpec {
+            cma: Program { path: assim.clone(), prefix: vec!["cma".into()] },
+            nanoprobe: Program { path: assim, prefix: vec!["nanoprobe".into()] },
+            ..ClusterSpec::with_binaries("", "", nodes)
+        }
+    }
+
+    /// The running executable (the `assim` multicall binary) in both roles.
     pub fn from_current_exe(nodes: usize) -> anyhow::Result<ClusterSpec> {
         let exe = std::env::current_exe().context("cannot find the running executable")?;
-        Ok(ClusterSpec {
-            cma: Program { path: exe.clone(), prefix: vec!["cma".into()] },
-            nanoprobe: Program { path: exe, prefix: vec!["nanoprobe".into()] },
-            name_prefix: "node".into(),
-            ..ClusterSpec::with_binaries("", "", nodes)
-        })
+        Ok(ClusterSpec { name_prefix: "node".into(), ..ClusterSpec::multicall(exe, nodes) })
     }
 }
 

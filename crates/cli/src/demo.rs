@@ -10,7 +10,7 @@ use assim_cma::{Event, EventKind};
 
 use crate::client::print_status;
 use crate::cluster::{Cluster, ClusterSpec};
-use crate::settings::format_duration;
+use assim_util::duration::format_duration;
 
 /// Options of `assim demo`.
 #[derive(Clone, Debug)]

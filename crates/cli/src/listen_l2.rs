@@ -11,7 +11,7 @@ use serde_json::json;
 /// Listens on `interface` (every up, non-loopback Ethernet interface when `None`) until
 /// `count` LLDP/CDP frames were printed or `timeout` passed. Fails if none arrived in time.
 pub fn listen(interface: Option<String>, count: usize, timeout: Duration) -> anyhow::Result<()> {
-    crate::block_on(async move {
+    assim_util::daemon::block_on(async move {
         let mut listener = Listener::open().context("cannot listen for LLDP/CDP")?;
         listener.rescan();
         let joined: Vec<_> = listener.interfaces().cloned().collect();

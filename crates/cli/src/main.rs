@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use assim::client::{Client, format_event, print_status};
-use assim::settings::{CmaCommand, CmaFlags, NanoprobeFlags};
+use assim_cma_daemon::settings::{CmaCommand, CmaFlags};
+use assim_nanoprobe::settings::NanoprobeFlags;
 use clap::{Parser, Subcommand};
 
 /// assim: hyperscale host and service monitoring.
@@ -164,7 +165,7 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         count: usize,
         /// With --listen: give up after this long (exit 1 if nothing arrived).
-        #[arg(long, default_value = "60s", value_parser = assim_util::parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = assim_util::duration::parse_duration)]
         timeout: std::time::Duration,
     },
 }
@@ -266,15 +267,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             assim::demo::run(assim::demo::DemoOptions { nodes, keep })?
         }
         Command::Loadgen { cma, senders, reports, window, batch, data_dir } => {
-            let opts = assim_daemon::loadgen::LoadOptions {
-                cma,
-                senders,
-                reports,
-                window,
-                batch,
-                data_dir,
-            };
-            let r = assim::block_on(assim_daemon::loadgen::run(opts))?;
+            let opts =
+                assim::loadgen::LoadOptions { cma, senders, reports, window, batch, data_dir };
+            let r = assim_util::daemon::block_on(assim::loadgen::run(opts))?;
             let secs = r.elapsed.as_secs_f64();
             println!(
                 "{} senders: {} reports spooled, {} acknowledged in {secs:.2} s = {:.0} reports/s; \
@@ -288,8 +283,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 r.resent
             );
         }
-        Command::Cma { flags, command } => assim::settings::run_cma(flags, command)?,
-        Command::Nanoprobe { flags } => assim::settings::run_nanoprobe(flags)?,
+        Command::Cma { flags, command } => assim_cma_daemon::settings::run_cma(flags, command)?,
+        Command::Nanoprobe { flags } => assim_nanoprobe::settings::run_nanoprobe(flags)?,
         Command::Query(q) => assim::query::run(&client, q)?,
         Command::Sim(args) => assim_sim::run_cli(args)?,
         Command::DecodeL2 { listen: Some(iface), count, timeout, .. } => {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use assim::cluster::{Cluster, ClusterSpec};
 use assim_cma::{Event, EventKind};
-use assim_daemon::api_bus::SubscriptionBatch;
+use assim_cma_daemon::api_bus::SubscriptionBatch;
 
 fn spec(nodes: usize, cma_args: Vec<String>) -> ClusterSpec {
     ClusterSpec {
@@ -18,11 +18,7 @@ fn spec(nodes: usize, cma_args: Vec<String>) -> ClusterSpec {
         warn: Duration::from_millis(900),
         dead: Duration::from_millis(1500),
         cma_args,
-        ..ClusterSpec::with_binaries(
-            env!("CARGO_BIN_EXE_cma"),
-            env!("CARGO_BIN_EXE_nanoprobe"),
-            nodes,
-        )
+        ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), nodes)
     }
 }
 

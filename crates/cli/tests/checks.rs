@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec};
 use assim_cma::EventKind;
-use assim_store::services::ServiceView;
+use assim_store_sqlite::services::ServiceView;
 
 const CHECK_TCP: &str = "/usr/lib/nagios/plugins/check_tcp";
 
@@ -93,7 +93,7 @@ fn a_discovered_server_is_monitored_and_its_crash_is_one_event() {
             "--discovery".into(),
             "sockets=2s".into(),
         ],
-        ..ClusterSpec::with_binaries(env!("CARGO_BIN_EXE_cma"), env!("CARGO_BIN_EXE_nanoprobe"), 1)
+        ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), 1)
     };
     let mut c = Cluster::new(spec, false).unwrap();
     c.start_all().unwrap();
@@ -181,7 +181,7 @@ fn a_discovered_server_is_monitored_and_its_crash_is_one_event() {
     c.wait_ring(Duration::from_secs(30)).unwrap();
     // Give the node time to send fresh discovery results (without the listener) too.
     std::thread::sleep(Duration::from_secs(5));
-    let list: Vec<assim_store::services::CheckListEntry> =
+    let list: Vec<assim_store_sqlite::services::CheckListEntry> =
         c.client.get_json("/api/v1/checks?host=n1", "checks").unwrap();
     let kept = list.iter().find(|e| e.check.name == name);
     assert_eq!(kept.map(|e| e.source.as_str()), Some("rule:web"), "kept after restart: {list:?}");

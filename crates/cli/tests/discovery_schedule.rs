@@ -29,12 +29,11 @@ fn the_cma_schedule_runs_agents_and_reports_their_errors() -> anyhow::Result<()>
         "[discovery]\n\"agent.counter\" = { interval = \"1s\", params = { zone = \"eu\" } }\n\"agent.*\" = 1\n",
     )?;
 
-    let mut spec =
-        ClusterSpec::with_binaries(env!("CARGO_BIN_EXE_cma"), env!("CARGO_BIN_EXE_nanoprobe"), 1);
+    let mut spec = ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), 1);
     spec.cma_args = vec!["--config".into(), config.display().to_string()];
     spec.nanoprobe = Program {
-        path: env!("CARGO_BIN_EXE_nanoprobe").into(),
-        prefix: vec!["--discovery-agents".into(), agents.display().to_string()],
+        path: env!("CARGO_BIN_EXE_assim").into(),
+        prefix: vec!["nanoprobe".into(), "--discovery-agents".into(), agents.display().to_string()],
     };
     let mut c = Cluster::new(spec, false)?;
     c.start_all()?;

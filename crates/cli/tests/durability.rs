@@ -32,7 +32,7 @@ fn loadgen(c: &Cluster) -> Child {
 fn cma_only() -> Cluster {
     let spec = ClusterSpec {
         enrollment: ClusterEnrollment::TrustOnFirstUse,
-        ..ClusterSpec::with_binaries(env!("CARGO_BIN_EXE_cma"), env!("CARGO_BIN_EXE_nanoprobe"), 0)
+        ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), 0)
     };
     Cluster::new(spec, false).unwrap()
 }
@@ -95,7 +95,7 @@ fn cma_and_sender_crashes_lose_nothing_and_apply_nothing_twice() {
         assert_eq!(e.id, i as u64 + 1, "event ids must be 1, 2, 3, … with no gap or repeat");
     }
     c.stop_cma(false).unwrap();
-    let store = assim_store::Store::open(&c.dir.join("cma").join("cma.sqlite")).unwrap();
+    let store = assim_store_sqlite::Store::open(&c.dir.join("cma").join("cma.sqlite")).unwrap();
     let applied = store.applied().unwrap();
     assert_eq!(applied.len(), SENDERS, "every sender's reports were applied");
     for (node, a) in &applied {
@@ -215,7 +215,7 @@ fn full_inbox_disk_refuses_without_loss_and_recovers() {
     };
     assert!(status.success());
     c.stop_cma(false).unwrap();
-    let store = assim_store::Store::open(&c.dir.join("cma").join("cma.sqlite")).unwrap();
+    let store = assim_store_sqlite::Store::open(&c.dir.join("cma").join("cma.sqlite")).unwrap();
     for (node, a) in store.applied().unwrap() {
         assert_eq!((a.through, a.count), (3000, 3000), "sender {node}");
     }

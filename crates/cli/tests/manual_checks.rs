@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec};
 use assim_cma::EventKind;
-use assim_store::services::{CheckListEntry, ServiceView};
+use assim_store_sqlite::services::{CheckListEntry, ServiceView};
 
 /// Runs `assim --api … ARGS`; returns (success, stdout, stderr).
 fn assim(c: &Cluster, args: &[&str]) -> (bool, String, String) {
@@ -57,7 +57,7 @@ fn a_hand_set_check_is_monitored_listed_kept_across_a_crash_and_removed() {
         dead: Duration::from_millis(1500),
         enrollment: ClusterEnrollment::TrustOnFirstUse,
         cma_args: vec!["--check-rules".into(), rules.path().display().to_string()],
-        ..ClusterSpec::with_binaries(env!("CARGO_BIN_EXE_cma"), env!("CARGO_BIN_EXE_nanoprobe"), 1)
+        ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), 1)
     };
     let mut c = Cluster::new(spec, false).unwrap();
     c.start_all().unwrap();

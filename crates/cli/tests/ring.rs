@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec};
 use assim_cma::EventKind;
-use assim_daemon::api::StatusView;
+use assim_cma_daemon::api::StatusView;
 
 fn spec(nodes: usize, enrollment: ClusterEnrollment) -> ClusterSpec {
     ClusterSpec {
@@ -16,11 +16,7 @@ fn spec(nodes: usize, enrollment: ClusterEnrollment) -> ClusterSpec {
         warn: Duration::from_millis(900),
         dead: Duration::from_millis(1500),
         enrollment,
-        ..ClusterSpec::with_binaries(
-            env!("CARGO_BIN_EXE_cma"),
-            env!("CARGO_BIN_EXE_nanoprobe"),
-            nodes,
-        )
+        ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), nodes)
     }
 }
 
@@ -144,8 +140,15 @@ fn restart_faster_than_dead_time_raises_no_alarm() {
 fn enrollment_is_enforced() {
     let c = Cluster::new(spec(1, ClusterEnrollment::Token), false).unwrap();
     // No token and no trust-on-first-use: the nanoprobe refuses to start and says what to do.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nanoprobe"))
-        .args(["--cma", &c.cma_listen.to_string(), "--listen", "127.0.0.1:0", "--data-dir"])
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_assim"))
+        .args([
+            "nanoprobe",
+            "--cma",
+            &c.cma_listen.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(c.dir.join("untrusted"))
         .output()
         .unwrap();
@@ -154,8 +157,9 @@ fn enrollment_is_enforced() {
     assert!(err.contains("--token"), "stderr: {err}");
 
     // Trust-on-first-use against a CMA that requires tokens: the CMA refuses the node.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nanoprobe"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_assim"))
         .args([
+            "nanoprobe",
             "--cma",
             &c.cma_listen.to_string(),
             "--listen",

@@ -226,7 +226,8 @@ fn netns_lldp_wiring_and_dependency_edge() {
         "cma",
         &cma_ns.clone(),
         &[
-            env!("CARGO_BIN_EXE_cma"),
+            env!("CARGO_BIN_EXE_assim"),
+            "cma",
             "--listen",
             &cma_listen,
             "--api",
@@ -309,7 +310,8 @@ fn netns_lldp_wiring_and_dependency_edge() {
             name,
             &ns.clone(),
             &[
-                env!("CARGO_BIN_EXE_nanoprobe"),
+                env!("CARGO_BIN_EXE_assim"),
+                "nanoprobe",
                 "--cma",
                 &cma_listen,
                 "--listen",

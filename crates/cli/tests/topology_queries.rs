@@ -18,7 +18,7 @@ fn spec() -> ClusterSpec {
         warn: Duration::from_millis(900),
         dead: Duration::from_millis(1500),
         enrollment: ClusterEnrollment::TrustOnFirstUse,
-        ..ClusterSpec::with_binaries(env!("CARGO_BIN_EXE_cma"), env!("CARGO_BIN_EXE_nanoprobe"), 3)
+        ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), 3)
     }
 }
 
@@ -82,7 +82,8 @@ fn topology_queries_through_cli_and_api() {
         .find(|s| s["protocol"] == "udp" && s["port"] == n1.port())
         .unwrap();
     assert!(
-        own["exe"].as_str().unwrap_or("").contains("nanoprobe"),
+        // The test cluster runs the nanoprobe as `assim nanoprobe` (the multicall binary).
+        own["exe"].as_str().unwrap_or("").contains(env!("CARGO_BIN_EXE_assim")),
         "the listener's process should be the nanoprobe: {own}"
     );
     assert_eq!(own["host"], "n1");

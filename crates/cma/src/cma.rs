@@ -21,7 +21,7 @@ use assim_wire::msg::{
 };
 use assim_wire::{NodeId, Timestamp};
 
-use crate::failure::{AliveProof, DeadOutcome, Due, Suspicion, Suspicions, Withdrawal};
+use crate::failure::{AliveProof, Due, Saw, Suspicion, Suspicions, Witnessed, Word};
 use crate::model::{
     Action, Change, CmaConfig, Event, EventKind, HelloError, NodeRecord, NodeState, Snapshot, Stats,
 };
@@ -106,7 +106,7 @@ impl Cma {
             }
             if cma.nodes[&id].state == NodeState::Suspect {
                 let timing = cma.config.timing;
-                let nonce = cma.suspicions.start(id, None, 0, now, &timing);
+                let nonce = cma.suspicions.start(id, None, now, &timing);
                 cma.pending.probes.push((id, nonce));
             }
         }
@@ -234,7 +234,11 @@ impl Cma {
     pub fn handle_report(&mut self, now: Timestamp, reporter: NodeId, report: &HeartbeatReport) {
         let kind = ReportKind::try_from(report.kind).unwrap_or(ReportKind::Unspecified);
         match NodeId::from_slice(&report.peer) {
-            Some(peer) => self.on_report(now, reporter, peer, kind, report.silent_ms, report.epoch),
+            Some(peer) => {
+                let ev =
+                    Evidence { epoch: report.epoch, at: report.at, silent_ms: report.silent_ms };
+                self.on_report(now, reporter, peer, kind, ev)
+            }
             None => {
                 self.stats.reports += 1;
                 self.stats.reports_ignored_unknown += 1;
@@ -254,7 +258,10 @@ impl Cma {
                 _ => ReportKind::Unspecified,
             };
             match NodeId::from_slice(&entry.peer) {
-                Some(peer) => self.on_report(now, reporter, peer, kind, 0, status.epoch),
+                Some(peer) => {
+                    let ev = Evidence { epoch: status.epoch, at: status.at, silent_ms: 0 };
+                    self.on_report(now, reporter, peer, kind, ev)
+                }
                 None => {
                     self.stats.reports += 1;
                     self.stats.reports_ignored_unknown += 1;
@@ -387,8 +394,7 @@ impl Cma {
         reporter: NodeId,
         subject: NodeId,
         kind: ReportKind,
-        silent_ms: u64,
-        epoch: u64,
+        ev: Evidence,
     ) {
         self.stats.reports += 1;
         let (Some(rep), Some(subj)) = (self.nodes.get(&reporter), self.nodes.get(&subject)) else {
@@ -397,22 +403,31 @@ impl Cma {
         };
         let reporter_active = rep.state.in_ring();
         let is_neighbour = reporter_active && rep.peers.contains(&subject);
+        let reporter_epoch = rep.peer_epoch;
         let state = subj.state;
         if reporter == subject {
             self.stats.reports_no_effect += 1;
             return;
         }
         match kind {
-            ReportKind::Late => self.stats.reports_late += 1,
             ReportKind::Unspecified => self.stats.reports_no_effect += 1,
+            ReportKind::Late => {
+                self.stats.reports_late += 1;
+                if is_neighbour && state == NodeState::Suspect {
+                    // Not proof of death, but it withdraws this neighbour's earlier "alive".
+                    let word = ev.word(Saw::Late, ev.silent_ms);
+                    self.witness(now, subject, reporter, word, false);
+                }
+            }
             ReportKind::Dead => {
                 if !is_neighbour {
                     self.stats.reports_ignored_not_neighbour += 1;
                     return;
                 }
+                let word = ev.word(Saw::Dead, ev.silent_ms);
                 match state {
-                    NodeState::Up => self.suspect(now, subject, reporter, silent_ms),
-                    NodeState::Suspect => self.corroborate(now, subject, reporter, silent_ms),
+                    NodeState::Up => self.suspect(now, subject, reporter, word),
+                    NodeState::Suspect => self.witness(now, subject, reporter, word, false),
                     NodeState::Down | NodeState::Left => self.stats.reports_no_effect += 1,
                 }
             }
@@ -424,64 +439,31 @@ impl Cma {
                 // An observation made under an older peer set than the reporter's current one
                 // is old news (it may have waited out a partition): it must not revive a node.
                 // Dead reports need no such rule: they count only from current neighbours.
-                if epoch < rep.peer_epoch && state == NodeState::Down {
+                if ev.epoch < reporter_epoch && state == NodeState::Down {
                     self.stats.reports_stale_epoch += 1;
                     return;
                 }
+                let martian = kind == ReportKind::Martian;
                 match state {
                     NodeState::Up | NodeState::Left => self.stats.reports_no_effect += 1,
                     NodeState::Down => self.revive(now, subject, Revival::HeardBy(reporter)),
-                    NodeState::Suspect if kind == ReportKind::Martian => {
-                        self.suspicions.proof_of_life(subject, AliveProof::HeardBy(reporter));
-                    }
                     NodeState::Suspect => {
-                        if !is_neighbour {
+                        if !martian && !is_neighbour {
                             self.stats.reports_ignored_not_neighbour += 1;
                             return;
                         }
-                        if self.suspicions.withdraw(subject, reporter) == Some(Withdrawal::Cleared)
-                        {
-                            // Heartbeats resumed: back to Up, and say so, so that a
-                            // subscriber that saw host.suspect sees it cleared.
-                            self.set_state(now, subject, NodeState::Up);
-                            let text = format!(
-                                "{} is up: heartbeats resumed before the suspicion was confirmed",
-                                self.name(subject)
-                            );
-                            let tags = vec![("reason", "resumed".to_string())];
-                            self.event(now, EventKind::HostUp, Some(subject), tags, text);
-                        }
+                        let word = ev.word(Saw::Alive, 0);
+                        self.witness(now, subject, reporter, word, martian);
                     }
                 }
             }
         }
     }
 
-    /// Up → Suspect on a first valid dead report.
-    fn suspect(&mut self, now: Timestamp, node: NodeId, reporter: NodeId, silent_ms: u64) {
-        let timing = self.config.timing;
-        let nonce = self.suspicions.start(node, Some(reporter), silent_ms, now, &timing);
-        self.pending.probes.push((node, nonce));
-        self.stats.suspicions += 1;
-        self.set_state(now, node, NodeState::Suspect);
-        let text = format!(
-            "{} is suspect: {} has had no heartbeats from it for {}; the CMA is probing it",
-            self.name(node),
-            self.name(reporter),
-            self.silence(silent_ms),
-        );
-        let tags = vec![
-            ("reporter", self.name(reporter)),
-            ("reporter_node", reporter.to_string()),
-            ("silent_ms", silent_ms.to_string()),
-        ];
-        self.event(now, EventKind::HostSuspect, Some(node), tags, text);
-    }
-
-    /// A dead report about a Suspect node.
-    fn corroborate(&mut self, now: Timestamp, node: NodeId, reporter: NodeId, silent_ms: u64) {
-        match self.suspicions.report_dead(node, reporter, silent_ms) {
-            Some((DeadOutcome::Confirmed, Some(s))) => {
+    /// A witness's word about a Suspect node: the suspicion's verdict, applied.
+    fn witness(&mut self, now: Timestamp, node: NodeId, who: NodeId, word: Word, martian: bool) {
+        match self.suspicions.witness(node, who, word, martian, now) {
+            Some(Witnessed::Confirmed(s)) => {
                 self.stats.downs_corroborated += 1;
                 let names: Vec<String> = s.reporters.iter().map(|r| self.name(*r)).collect();
                 let text = format!(
@@ -497,9 +479,43 @@ impl Cma {
                 ];
                 self.go_down(now, node, tags, text);
             }
-            Some((DeadOutcome::Repeated, _)) => self.stats.reports_no_effect += 1,
-            _ => {}
+            Some(Witnessed::Cleared) => {
+                // Heartbeats resumed: back to Up, and say so, so that a subscriber that saw
+                // host.suspect sees it cleared.
+                self.set_state(now, node, NodeState::Up);
+                let text = format!(
+                    "{} is up: heartbeats resumed before the suspicion was confirmed",
+                    self.name(node)
+                );
+                let tags = vec![("reason", "resumed".to_string())];
+                self.event(now, EventKind::HostUp, Some(node), tags, text);
+            }
+            Some(Witnessed::Repeated) => self.stats.reports_no_effect += 1,
+            Some(Witnessed::Stale) => self.stats.reports_stale += 1,
+            Some(Witnessed::Recorded | Witnessed::ProofOfLife) | None => {}
         }
+    }
+
+    /// Up → Suspect on a first valid dead report.
+    fn suspect(&mut self, now: Timestamp, node: NodeId, reporter: NodeId, word: Word) {
+        let timing = self.config.timing;
+        let silent_ms = word.silent_ms;
+        let nonce = self.suspicions.start(node, Some((reporter, word)), now, &timing);
+        self.pending.probes.push((node, nonce));
+        self.stats.suspicions += 1;
+        self.set_state(now, node, NodeState::Suspect);
+        let text = format!(
+            "{} is suspect: {} has had no heartbeats from it for {}; the CMA is probing it",
+            self.name(node),
+            self.name(reporter),
+            self.silence(silent_ms),
+        );
+        let tags = vec![
+            ("reporter", self.name(reporter)),
+            ("reporter_node", reporter.to_string()),
+            ("silent_ms", silent_ms.to_string()),
+        ];
+        self.event(now, EventKind::HostSuspect, Some(node), tags, text);
     }
 
     /// A suspicion's deadline passed.
@@ -857,6 +873,20 @@ impl Cma {
             self.actions.push_back(Action::Probe { node, addr, nonce });
         }
         self.actions.extend(p.events.into_iter().map(Action::Emit));
+    }
+}
+
+/// A report's stamps: the reporter's epoch and clock, and the silence it stated.
+#[derive(Clone, Copy, Debug)]
+struct Evidence {
+    epoch: u64,
+    at: u64,
+    silent_ms: u64,
+}
+
+impl Evidence {
+    fn word(&self, saw: Saw, silent_ms: u64) -> Word {
+        Word { saw, epoch: self.epoch, at: self.at, silent_ms }
     }
 }
 

@@ -11,9 +11,26 @@
 //!
 //! Proof of life is a probe reply carrying a nonce issued for this suspicion, any other
 //! authenticated message from the node, or a neighbour that is not a reporter hearing its
-//! heartbeats (back-alive, martian). Once alive is proven the CMA stops probing, and a second
-//! dead report no longer makes the node Down: two neighbours that cannot hear a node the CMA can
-//! reach is path trouble, decided at the deadline.
+//! heartbeats (back-alive, martian, a peer status saying alive). Once alive is proven the CMA
+//! stops probing, and a second dead report no longer makes the node Down: two neighbours that
+//! cannot hear a node the CMA can reach is path trouble, decided at the deadline.
+//!
+//! **Ordering evidence** (issue 16 item 0). Reports can be old when they arrive: a nanoprobe
+//! spools them while the CMA is down and they are replayed after its restart, each reporter's
+//! stream in its own order. So the suspicion keeps every witness's *latest word* about the node
+//! ([`Word`]: dead, late or alive, with the reporter's epoch and its own clock `at`):
+//! - a witness's word replaces its previous one unless it is older (smaller epoch, or the same
+//!   epoch and an earlier `at`; words without `at`, from older nanoprobes, count in arrival
+//!   order, which is the reporter's spool order);
+//! - a neighbour's "heard it" counts as proof of life only while it is that neighbour's latest
+//!   word, and only if it is newer than the silence it would contradict: its `at` after every
+//!   reporter's silence start (`at - silent_ms` in the reporter's clock), when both are known.
+//!   A neighbour that said "alive" and then "late" or "dead" has withdrawn its proof;
+//! - when every proof is withdrawn the CMA probes again, and decides at the deadline on its own
+//!   probe: a host is never left up when every neighbour and the CMA's probe say otherwise.
+//!
+//! Probe replies and the node's own messages are the CMA's first-hand evidence and are never
+//! withdrawn.
 //!
 //! This module only keeps suspicions and their timers; [`crate::Cma`] applies the lifecycle
 //! consequences (state, ring, events). Timers live in one `BTreeSet<(wake, node)>`, so finding
@@ -40,11 +57,57 @@ pub enum AliveProof {
     HeardBy(NodeId),
 }
 
+/// What a witness last said about a suspect node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Saw {
+    /// No heartbeats for at least the dead time.
+    Dead,
+    /// No heartbeats for at least the warn time.
+    Late,
+    /// Its heartbeats arrive (back-alive, martian, peer status "alive").
+    Alive,
+}
+
+/// One witness's word about a node, stamped with the witness's own epoch and clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Word {
+    pub saw: Saw,
+    /// The witness's peer-set epoch when it made the observation.
+    pub epoch: u64,
+    /// When it made the observation, µs since the Unix epoch in the witness's clock; 0 if the
+    /// nanoprobe did not say (older versions).
+    pub at: u64,
+    /// For `Dead` and `Late`: how long the node had been silent, in ms.
+    pub silent_ms: u64,
+}
+
+impl Word {
+    /// A word without the witness's time (ordered by arrival).
+    pub fn untimed(saw: Saw, epoch: u64, silent_ms: u64) -> Word {
+        Word { saw, epoch, at: 0, silent_ms }
+    }
+
+    /// When the silence this word reports began, in the witness's clock, if known (a peer
+    /// status says "dead" without saying for how long: unknown).
+    pub fn silent_since(&self) -> Option<u64> {
+        (self.at > 0 && self.silent_ms > 0 && self.saw != Saw::Alive)
+            .then(|| self.at.saturating_sub(self.silent_ms.saturating_mul(1000)))
+    }
+
+    /// Whether this word was made before `other`, by the same witness.
+    pub fn older_than(&self, other: &Word) -> bool {
+        if self.epoch != other.epoch {
+            return self.epoch < other.epoch;
+        }
+        self.at > 0 && other.at > 0 && self.at < other.at
+    }
+}
+
 /// One open suspicion.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Suspicion {
-    /// Distinct neighbours that reported the node dead, in report order. Empty for a
-    /// suspicion restored after a CMA restart until a new report arrives.
+    /// Distinct neighbours whose latest word is "dead", in report order. Empty for a suspicion
+    /// restored after a CMA restart until a new report arrives.
     pub reporters: Vec<NodeId>,
     /// The longest silence any reporter stated, in ms.
     pub silent_ms: u64,
@@ -54,33 +117,63 @@ pub struct Suspicion {
     next_probe: Option<Timestamp>,
     /// Nonces issued for this suspicion.
     nonces: Vec<u64>,
-    /// The first proof of life, if any.
+    /// The current proof of life, if any: the first-hand one, else the first neighbour whose
+    /// latest word still proves it.
     pub alive: Option<AliveProof>,
     /// Restored from a snapshot rather than started by a report.
     pub restored: bool,
+    /// A probe reply or a message from the node itself (never withdrawn).
+    first_hand: Option<AliveProof>,
+    /// Neighbours whose "alive" counted, in arrival order (valid while their latest word).
+    heard_by: Vec<NodeId>,
+    /// Each witness's latest word.
+    words: BTreeMap<NodeId, Word>,
 }
 
 impl Suspicion {
     fn wake(&self) -> Timestamp {
         self.next_probe.map_or(self.deadline, |p| p.min(self.deadline))
     }
+
+    /// Each witness's latest word about the node.
+    pub fn words(&self) -> &BTreeMap<NodeId, Word> {
+        &self.words
+    }
+
+    /// Whether `w`'s "alive" is newer than every reporter's silence it would contradict.
+    fn contradicts_silence(&self, w: &Word) -> bool {
+        if w.at == 0 {
+            return true;
+        }
+        self.reporters
+            .iter()
+            .filter_map(|r| self.words.get(r).and_then(Word::silent_since))
+            .all(|since| w.at > since)
+    }
+
+    /// Recomputes `alive` from the first-hand proof and the neighbours' latest words.
+    fn refresh_alive(&mut self) {
+        let heard = self.heard_by.iter().copied().find(|n| {
+            self.words.get(n).is_some_and(|w| w.saw == Saw::Alive && self.contradicts_silence(w))
+        });
+        self.alive = self.first_hand.or(heard.map(AliveProof::HeardBy));
+    }
 }
 
-/// Result of a dead report about a node that is already suspect.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeadOutcome {
-    /// The reporter had already reported; nothing changed.
+/// What a witness's word did to a suspicion ([`Suspicions::witness`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Witnessed {
+    /// Older than what this witness said before, or an "alive" older than the silence it would
+    /// contradict: ignored.
+    Stale,
+    /// The witness had already reported it dead; nothing changed.
     Repeated,
-    /// A second neighbour confirms and nothing proved the node alive: it is down. The
-    /// suspicion is closed and returned by [`Suspicions::report_dead`].
-    Confirmed,
-    /// Another reporter, but the node was proven alive: recorded, decided at the deadline.
+    /// A second neighbour confirms and nothing proves the node alive: it is down. The
+    /// suspicion is closed and returned.
+    Confirmed(Suspicion),
+    /// Recorded; decided later (another reporter while alive is proven, the first report
+    /// after a restart, a late word).
     Recorded,
-}
-
-/// Result of a neighbour hearing a suspect node's heartbeats again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Withdrawal {
     /// Every reporter hears it again: the suspicion is closed.
     Cleared,
     /// Counted as proof of life; other reporters still cannot hear it.
@@ -134,13 +227,12 @@ impl Suspicions {
         n
     }
 
-    /// Opens a suspicion (replacing none: the caller checks the node is not suspect) and issues
-    /// the first probe's nonce.
+    /// Opens a suspicion (replacing any) on `first`'s dead word, or restored after a restart
+    /// when `None`, and issues the first probe's nonce.
     pub fn start(
         &mut self,
         node: NodeId,
-        reporter: Option<NodeId>,
-        silent_ms: u64,
+        first: Option<(NodeId, Word)>,
         now: Timestamp,
         timing: &Timing,
     ) -> u64 {
@@ -149,14 +241,17 @@ impl Suspicions {
         let deadline = now + suspect_window(timing);
         let next = now + probe_every(timing);
         let s = Suspicion {
-            reporters: reporter.into_iter().collect(),
-            silent_ms,
+            reporters: first.iter().map(|f| f.0).collect(),
+            silent_ms: first.map_or(0, |f| f.1.silent_ms),
             started: now,
             deadline,
             next_probe: (next < deadline).then_some(next),
             nonces: vec![nonce],
             alive: None,
-            restored: reporter.is_none(),
+            restored: first.is_none(),
+            first_hand: None,
+            heard_by: Vec::new(),
+            words: first.into_iter().collect(),
         };
         self.timers.insert((s.wake(), node));
         self.by_node.insert(node, s);
@@ -170,62 +265,112 @@ impl Suspicions {
         Some(s)
     }
 
-    /// A dead report about a suspect node. `None` if the node is not suspect.
-    pub fn report_dead(
+    /// A witness's word about a suspect node. `None` if the node is not suspect.
+    ///
+    /// `Dead` and `Late` words come from ring neighbours, `Alive` ones from neighbours
+    /// (back-alive, peer status) or, with `martian`, from any active node that heard it.
+    pub fn witness(
         &mut self,
         node: NodeId,
-        reporter: NodeId,
-        silent_ms: u64,
-    ) -> Option<(DeadOutcome, Option<Suspicion>)> {
+        who: NodeId,
+        word: Word,
+        martian: bool,
+        now: Timestamp,
+    ) -> Option<Witnessed> {
         let s = self.by_node.get_mut(&node)?;
-        if s.reporters.contains(&reporter) {
-            return Some((DeadOutcome::Repeated, None));
+        let old_wake = s.wake();
+        if s.words.get(&who).is_some_and(|old| word.older_than(old)) {
+            return Some(Witnessed::Stale);
         }
-        s.reporters.push(reporter);
-        s.silent_ms = s.silent_ms.max(silent_ms);
-        if s.alive.is_some() {
-            return Some((DeadOutcome::Recorded, None));
-        }
-        // A restored suspicion lost its first reporter; the first report after the restart
-        // takes its place rather than confirming.
-        if s.reporters.len() < 2 {
-            return Some((DeadOutcome::Recorded, None));
-        }
-        Some((DeadOutcome::Confirmed, self.cancel(node)))
+        let outcome = match word.saw {
+            Saw::Dead => {
+                if s.reporters.contains(&who) {
+                    return Some(Witnessed::Repeated);
+                }
+                s.words.insert(who, word);
+                s.reporters.push(who);
+                s.silent_ms = s.silent_ms.max(word.silent_ms);
+                s.refresh_alive();
+                // A restored suspicion lost its first reporter; the first report after the
+                // restart takes its place rather than confirming.
+                if s.alive.is_some() || s.reporters.len() < 2 {
+                    Witnessed::Recorded
+                } else {
+                    let closed = self.cancel(node).expect("present");
+                    return Some(Witnessed::Confirmed(closed));
+                }
+            }
+            Saw::Late => {
+                s.words.insert(who, word);
+                s.refresh_alive();
+                Witnessed::Recorded
+            }
+            Saw::Alive => {
+                if !s.contradicts_silence(&word) {
+                    return Some(Witnessed::Stale);
+                }
+                s.words.insert(who, word);
+                let was_reporter = s.reporters.contains(&who);
+                if !martian {
+                    s.reporters.retain(|r| *r != who);
+                    if s.reporters.is_empty() && (was_reporter || s.restored) {
+                        self.cancel(node);
+                        return Some(Witnessed::Cleared);
+                    }
+                }
+                if !s.heard_by.contains(&who) {
+                    s.heard_by.push(who);
+                }
+                s.refresh_alive();
+                Witnessed::ProofOfLife
+            }
+        };
+        self.retime(node, old_wake, now);
+        Some(outcome)
     }
 
-    /// Records proof of life and stops probing. False if the node is not suspect.
+    /// Records first-hand proof of life (a probe reply, a message from the node) and stops
+    /// probing. False if the node is not suspect. (A neighbour's word goes through
+    /// [`Suspicions::witness`]; given here, it is recorded as its "alive" without a time.)
     pub fn proof_of_life(&mut self, node: NodeId, proof: AliveProof) -> bool {
         let Some(s) = self.by_node.get_mut(&node) else { return false };
-        if s.alive.is_none() {
-            s.alive = Some(proof);
+        let old_wake = s.wake();
+        match proof {
+            AliveProof::HeardBy(n) => {
+                s.words.insert(n, Word::untimed(Saw::Alive, 0, 0));
+                if !s.heard_by.contains(&n) {
+                    s.heard_by.push(n);
+                }
+            }
+            first_hand => {
+                s.first_hand.get_or_insert(first_hand);
+            }
         }
-        if s.next_probe.is_some() {
-            let old = s.wake();
-            s.next_probe = None;
-            let new = s.wake();
-            self.timers.remove(&(old, node));
-            self.timers.insert((new, node));
-        }
+        s.refresh_alive();
+        let now = s.started;
+        self.retime(node, old_wake, now);
         true
+    }
+
+    /// Probing stops while alive is proven and resumes (at `now`) when the proof is withdrawn;
+    /// moves the node's timer to match.
+    fn retime(&mut self, node: NodeId, old_wake: Timestamp, now: Timestamp) {
+        let s = self.by_node.get_mut(&node).expect("present");
+        if s.alive.is_some() {
+            s.next_probe = None;
+        } else if s.next_probe.is_none() && now < s.deadline {
+            s.next_probe = Some(now);
+        }
+        let new_wake = s.wake();
+        if new_wake != old_wake {
+            self.timers.remove(&(old_wake, node));
+            self.timers.insert((new_wake, node));
+        }
     }
 
     /// Whether `nonce` was issued for the node's current suspicion.
     pub fn nonce_matches(&self, node: NodeId, nonce: u64) -> bool {
         self.by_node.get(&node).is_some_and(|s| s.nonces.contains(&nonce))
-    }
-
-    /// `reporter` hears the suspect node's heartbeats again. `None` if the node is not suspect.
-    pub fn withdraw(&mut self, node: NodeId, reporter: NodeId) -> Option<Withdrawal> {
-        let s = self.by_node.get_mut(&node)?;
-        let was_reporter = s.reporters.contains(&reporter);
-        s.reporters.retain(|r| *r != reporter);
-        if s.reporters.is_empty() && (was_reporter || s.restored) {
-            self.cancel(node);
-            return Some(Withdrawal::Cleared);
-        }
-        self.proof_of_life(node, AliveProof::HeardBy(reporter));
-        Some(Withdrawal::ProofOfLife)
     }
 
     /// Pops the next piece of work due at `now`, if any. Call until `None`.
@@ -262,6 +407,14 @@ mod tests {
         NodeId([n; 16])
     }
 
+    fn dead(silent_ms: u64) -> Word {
+        Word::untimed(Saw::Dead, 1, silent_ms)
+    }
+
+    fn alive() -> Word {
+        Word::untimed(Saw::Alive, 1, 0)
+    }
+
     fn drain(s: &mut Suspicions, now: Timestamp, t: &Timing) -> Vec<Due> {
         std::iter::from_fn(|| s.poll_due(now, t)).collect()
     }
@@ -271,7 +424,7 @@ mod tests {
         let t = Timing::default();
         let mut s = Suspicions::new(100);
         let t0 = Timestamp(1_000_000);
-        assert_eq!(s.start(id(2), Some(id(1)), 5000, t0, &t), 100);
+        assert_eq!(s.start(id(2), Some((id(1), dead(5000))), t0, &t), 100);
         let mut probes = 1;
         let now = loop {
             let now = s.next_wake().unwrap();
@@ -295,28 +448,89 @@ mod tests {
     #[test]
     fn second_reporter_confirms_unless_alive() {
         let t = Timing::default();
+        let now = Timestamp(0);
         let mut s = Suspicions::new(0);
-        s.start(id(2), Some(id(1)), 5000, Timestamp(0), &t);
-        assert_eq!(s.report_dead(id(2), id(1), 6000).unwrap().0, DeadOutcome::Repeated);
-        let (o, closed) = s.report_dead(id(2), id(3), 5500).unwrap();
-        assert_eq!(o, DeadOutcome::Confirmed);
-        assert_eq!(closed.unwrap().reporters, vec![id(1), id(3)]);
+        s.start(id(2), Some((id(1), dead(5000))), now, &t);
+        assert_eq!(s.witness(id(2), id(1), dead(6000), false, now), Some(Witnessed::Repeated));
+        let Some(Witnessed::Confirmed(closed)) = s.witness(id(2), id(3), dead(5500), false, now)
+        else {
+            panic!("not confirmed")
+        };
+        assert_eq!(closed.reporters, vec![id(1), id(3)]);
         assert!(s.next_wake().is_none());
 
-        s.start(id(2), Some(id(1)), 5000, Timestamp(0), &t);
+        s.start(id(2), Some((id(1), dead(5000))), now, &t);
         assert!(s.proof_of_life(id(2), AliveProof::ProbeReply));
-        assert_eq!(s.report_dead(id(2), id(3), 5500).unwrap().0, DeadOutcome::Recorded);
+        assert_eq!(s.witness(id(2), id(3), dead(5500), false, now), Some(Witnessed::Recorded));
         assert_eq!(s.next_wake(), Some(Timestamp(2_000_000)), "probing stopped");
     }
 
     #[test]
     fn withdrawal_by_every_reporter_clears() {
         let t = Timing::default();
+        let now = Timestamp(0);
         let mut s = Suspicions::new(0);
-        s.start(id(2), Some(id(1)), 5000, Timestamp(0), &t);
-        assert_eq!(s.withdraw(id(2), id(3)), Some(Withdrawal::ProofOfLife));
-        assert_eq!(s.withdraw(id(2), id(1)), Some(Withdrawal::Cleared));
+        s.start(id(2), Some((id(1), dead(5000))), now, &t);
+        assert_eq!(s.witness(id(2), id(3), alive(), false, now), Some(Witnessed::ProofOfLife));
+        assert_eq!(s.witness(id(2), id(1), alive(), false, now), Some(Witnessed::Cleared));
         assert!(s.get(id(2)).is_none() && s.next_wake().is_none());
-        assert_eq!(s.withdraw(id(2), id(1)), None);
+        assert_eq!(s.witness(id(2), id(1), alive(), false, now), None);
+    }
+
+    #[test]
+    fn a_neighbour_that_heard_it_and_then_reports_it_dead_withdraws_its_proof() {
+        let t = Timing::default();
+        let t0 = Timestamp(1_000_000);
+        let mut s = Suspicions::new(0);
+        s.start(id(2), Some((id(1), dead(5000))), t0, &t);
+        // Neighbour 3's old "alive" arrives first (spool order), then its "dead".
+        assert_eq!(s.witness(id(2), id(3), alive(), false, t0), Some(Witnessed::ProofOfLife));
+        assert_eq!(s.get(id(2)).unwrap().alive, Some(AliveProof::HeardBy(id(3))));
+        let Some(Witnessed::Confirmed(c)) = s.witness(id(2), id(3), dead(5000), false, t0) else {
+            panic!("two neighbours say dead and nothing else proves it alive")
+        };
+        assert_eq!(c.alive, None);
+    }
+
+    #[test]
+    fn a_late_word_withdraws_a_proof_and_probing_resumes() {
+        let t = Timing::default();
+        let t0 = Timestamp(1_000_000);
+        let mut s = Suspicions::new(0);
+        s.start(id(2), Some((id(1), dead(5000))), t0, &t);
+        s.witness(id(2), id(3), alive(), false, t0);
+        assert_eq!(s.next_wake(), Some(t0 + Duration::from_secs(2)), "probing stopped");
+        let t1 = t0 + Duration::from_millis(300);
+        let late = Word::untimed(Saw::Late, 1, 3000);
+        assert_eq!(s.witness(id(2), id(3), late, false, t1), Some(Witnessed::Recorded));
+        assert_eq!(s.get(id(2)).unwrap().alive, None);
+        assert_eq!(s.next_wake(), Some(t1), "probing resumes at once");
+        assert!(matches!(drain(&mut s, t1, &t).as_slice(), [Due::Probe { .. }]));
+    }
+
+    #[test]
+    fn words_are_ordered_by_the_witness_epoch_and_clock() {
+        let t = Timing::default();
+        let t0 = Timestamp(1_000_000);
+        let mut s = Suspicions::new(0);
+        // Reporter 1: silent since 100 s (its clock).
+        let d = Word { saw: Saw::Dead, epoch: 4, at: 105_000_000, silent_ms: 5000 };
+        s.start(id(2), Some((id(1), d)), t0, &t);
+        // Neighbour 3 heard it at 99 s: before the silence began, so no proof of life.
+        let old = Word { saw: Saw::Alive, epoch: 4, at: 99_000_000, silent_ms: 0 };
+        assert_eq!(s.witness(id(2), id(3), old, false, t0), Some(Witnessed::Stale));
+        // ... at 101 s: after it began, so path trouble until the deadline.
+        let new = Word { at: 101_000_000, ..old };
+        assert_eq!(s.witness(id(2), id(3), new, false, t0), Some(Witnessed::ProofOfLife));
+        // Its own older word (earlier clock, or older epoch) cannot replace it.
+        let older = Word { saw: Saw::Dead, epoch: 4, at: 100_500_000, silent_ms: 5000 };
+        assert_eq!(s.witness(id(2), id(3), older, false, t0), Some(Witnessed::Stale));
+        let older_epoch = Word { epoch: 3, at: 200_000_000, ..older };
+        assert_eq!(s.witness(id(2), id(3), older_epoch, false, t0), Some(Witnessed::Stale));
+        assert_eq!(s.get(id(2)).unwrap().alive, Some(AliveProof::HeardBy(id(3))));
+        // A second reporter whose silence began after 101 s: 3's word no longer contradicts
+        // every silence, and two neighbours say dead.
+        let d5 = Word { saw: Saw::Dead, epoch: 4, at: 107_000_000, silent_ms: 5000 };
+        assert!(matches!(s.witness(id(2), id(5), d5, false, t0), Some(Witnessed::Confirmed(_))));
     }
 }

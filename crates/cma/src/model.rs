@@ -377,6 +377,11 @@ pub struct Stats {
     /// Back-alive and martian reports made under an older peer-set epoch than the reporter's
     /// current one (delayed, e.g. queued through a partition): they may not revive a node.
     pub reports_stale_epoch: u64,
+    /// Words about a suspect node older than what the CMA already had: older than the same
+    /// reporter's last word (its epoch and clock), or an "alive" older than the silence it
+    /// would contradict (e.g. replayed from a spool after a CMA outage). Ignored.
+    #[serde(default)]
+    pub reports_stale: u64,
     pub hellos: u64,
     pub hellos_rejected: u64,
     pub goodbyes: u64,

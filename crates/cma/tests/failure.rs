@@ -201,6 +201,7 @@ fn peer_status_dead_entries_count_as_reports() {
             liveness: PeerLiveness::Dead as i32,
         }],
         sending_to: vec![],
+        at: 0,
     };
     h.cma.handle_peer_status(h.now, a, &status(b));
     h.cma.handle_peer_status(h.now, c, &status(b));
@@ -334,6 +335,7 @@ fn a_stale_epoch_observation_does_not_revive_a_down_node() {
         peer_addr: String::new(),
         silent_ms: 0,
         epoch: old_epoch,
+        at: 0,
     };
     h.cma.handle_report(h.now, a, &r);
     h.drain();

@@ -65,6 +65,7 @@ fn hundred_thousand_joins_and_a_thousand_failures() {
                 peer_addr: String::new(),
                 silent_ms: 5000,
                 epoch: 0,
+                at: 0,
             };
             cma.handle_report(now, *a, &r);
             drain(&mut cma);

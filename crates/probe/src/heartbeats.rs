@@ -336,6 +336,8 @@ impl Heartbeats {
                 })
                 .collect(),
             sending_to: self.peers.iter().map(|p| p.info.node_id.as_bytes().to_vec()).collect(),
+            // This core has no wall clock: the shell stamps `at` when it spools the status.
+            at: 0,
         }
     }
 
@@ -376,6 +378,8 @@ impl Heartbeats {
             peer_addr,
             silent_ms: millis(silent),
             epoch: self.epoch,
+            // This core has no wall clock: the shell stamps `at` when it spools the report.
+            at: 0,
         }
     }
 

@@ -178,6 +178,35 @@ pub fn new_session(unix_millis: u64, random16: u16) -> u64 {
     (unix_millis << 16) | u64::from(random16)
 }
 
+/// Picks this run's session number and records it in `data_dir/session`.
+///
+/// Peers accept only sessions larger than the last one they saw from us, so a restart must never
+/// go backwards, even when the wall clock did: the new session is the larger of a fresh
+/// clock-based one ([`new_session`]) and the previous run's plus one. An unreadable previous
+/// value counts as none.
+pub fn next_session(data_dir: &Path) -> Result<u64, IdentityError> {
+    let path = data_dir.join("session");
+    let previous = match fs::read_to_string(&path) {
+        Ok(s) => s.trim().parse::<u64>().ok(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => return Err(IdentityError::Io { action: "read", path, source }),
+    };
+    let fresh = new_session(assim_wire::Timestamp::now().millis(), rand::random());
+    let session = previous.map_or(fresh, |p| fresh.max(p.saturating_add(1)));
+    let tmp = data_dir.join("session.tmp");
+    fs::write(&tmp, format!("{session}\n")).map_err(|source| IdentityError::Io {
+        action: "write",
+        path: tmp.clone(),
+        source,
+    })?;
+    fs::rename(&tmp, &path).map_err(|source| IdentityError::Io {
+        action: "write",
+        path,
+        source,
+    })?;
+    Ok(session)
+}
+
 /// Largest identity file we read: the key file is 65 bytes; anything much larger is corrupt and is
 /// refused before it is read into memory.
 const MAX_FILE_LEN: u64 = 256;
@@ -272,6 +301,19 @@ fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<(), IdentityE
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sessions_never_go_backwards() {
+        let dir = std::env::temp_dir().join(format!("assim-session-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = super::next_session(&dir).unwrap();
+        // A previous run from "the future" (clock stepped back since).
+        std::fs::write(dir.join("session"), format!("{}\n", a + 1_000_000_000)).unwrap();
+        let b = super::next_session(&dir).unwrap();
+        assert_eq!(b, a + 1_000_000_001);
+        assert!(super::next_session(&dir).unwrap() > b);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     use super::*;
     use rand::SeedableRng as _;
 

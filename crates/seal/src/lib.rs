@@ -6,10 +6,11 @@
 //! XChaCha20-Poly1305, the header authenticated as associated data), the per-peer replay window,
 //! the counters of everything it refused, and the join tokens that let a new nanoprobe pin the
 //! CMA's key and prove it was invited. It does no IO except [`Identity::load_or_create`], which
-//! reads and writes the two identity files.
+//! reads and writes the two identity files, and [`next_session`], which keeps the session file.
 //!
 //! Layout:
-//! - [`identity`]: [`Identity`], its on-disk form, [`fingerprint`] and [`new_session`].
+//! - [`identity`]: [`Identity`], its on-disk form, [`fingerprint`], [`new_session`] and
+//!   [`next_session`] (the session file kept beside the identity).
 //! - [`seal`]: [`Sealer`], the key schedule, AEAD and byte layout of a sealed datagram, and
 //!   [`OpenError`] / [`RejectCounters`].
 //! - [`replay`]: [`ReplayWindow`], the sliding anti-replay window kept per peer.
@@ -20,7 +21,7 @@ pub mod replay;
 pub mod seal;
 pub mod token;
 
-pub use identity::{Identity, IdentityError, fingerprint, new_session};
+pub use identity::{Identity, IdentityError, fingerprint, new_session, next_session};
 pub use replay::ReplayWindow;
 pub use seal::{OpenError, Opened, RejectCounters, SealError, Sealer};
 pub use token::{JoinToken, TokenError, token_id_for_secret, verify_proof};

@@ -29,5 +29,8 @@ pub use header::{DatagramKind, Header, HeaderError};
 pub use id::NodeId;
 pub use time::Timestamp;
 
+/// This build's version, reported in hello messages and by the API.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// The protocol version this crate speaks, carried in every datagram header.
 pub const PROTOCOL_VERSION: u8 = 1;

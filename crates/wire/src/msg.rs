@@ -255,6 +255,12 @@ pub struct HeartbeatReport {
     /// The reporter's peer-set epoch when it made the report.
     #[prost(uint64, tag = "5")]
     pub epoch: u64,
+    /// When the reporter made the observation, µs since the Unix epoch in the reporter's own
+    /// clock (the nanoprobe stamps it when it spools the report); 0 = not said (older
+    /// nanoprobes). The CMA orders evidence with it: a report may reach it long after it was
+    /// made (spooled through a CMA outage).
+    #[prost(uint64, tag = "6")]
+    pub at: u64,
 }
 
 /// Liveness of one peer as a nanoprobe sees it.
@@ -285,6 +291,10 @@ pub struct PeerStatus {
     pub expecting: Vec<PeerState>,
     #[prost(bytes = "vec", repeated, tag = "3")]
     pub sending_to: Vec<Vec<u8>>,
+    /// When the status was made, µs since the Unix epoch in the reporter's clock; 0 = not said.
+    /// See [`HeartbeatReport::at`].
+    #[prost(uint64, tag = "4")]
+    pub at: u64,
 }
 
 /// Acknowledges (or refuses) a command from the CMA.
@@ -326,6 +336,19 @@ pub enum CheckState {
     Warning = 1,
     Critical = 2,
     Unknown = 3,
+}
+
+impl CheckState {
+    /// The lowercase name ("ok", "warning", "critical", "unknown"), as events, the API and the
+    /// CLI spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckState::Ok => "ok",
+            CheckState::Warning => "warning",
+            CheckState::Critical => "critical",
+            CheckState::Unknown => "unknown",
+        }
+    }
 }
 
 /// A check's HARD state changed.

@@ -54,6 +54,7 @@ pub fn report(kind: ReportKind, about: u32, silent_ms: u64) -> HeartbeatReport {
         peer_addr: addr(about),
         silent_ms,
         epoch: 0,
+        at: 0,
     }
 }
 
@@ -166,6 +167,7 @@ impl Harness {
             silent_ms,
             // A converged reporter reports under the newest epoch the CMA sent it.
             epoch: self.cma.node(reporter).map_or(0, |n| n.peer_epoch),
+            at: 0,
         };
         self.cma.handle_report(self.now, reporter, &r);
         self.drain();

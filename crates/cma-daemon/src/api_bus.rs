@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use assim_bus::{Filter, SinkConfig};
 use assim_cma::Event;
-use assim_store::Store;
-use assim_store::bus::SubscriptionRecord;
+use assim_store_sqlite::Store;
+use assim_store_sqlite::bus::SubscriptionRecord;
 use assim_wire::Timestamp;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -84,7 +84,7 @@ pub fn scan(
     since: u64,
     limit: usize,
     filter: &Filter,
-) -> Result<(Vec<Event>, u64), assim_store::StoreError> {
+) -> Result<(Vec<Event>, u64), assim_store_sqlite::StoreError> {
     let mut out = Vec::new();
     let mut cursor = since;
     let mut scanned = 0;
@@ -115,7 +115,7 @@ async fn scan_wait(
     limit: usize,
     filter: &Filter,
     wait: Duration,
-) -> Result<(Vec<Event>, u64), assim_store::StoreError> {
+) -> Result<(Vec<Event>, u64), assim_store_sqlite::StoreError> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut cursor = since;
     let mut rx = state.last_event.clone();

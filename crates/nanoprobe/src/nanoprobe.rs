@@ -64,7 +64,8 @@ pub struct CmaPin {
 }
 
 impl CmaPin {
-    pub(crate) fn key(&self) -> anyhow::Result<[u8; 32]> {
+    /// The pinned public key.
+    pub fn key(&self) -> anyhow::Result<[u8; 32]> {
         let bytes = hex::decode(&self.public_key).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
         bytes.context("the CMA key in the pin file is not 64 hex digits")
     }
@@ -74,7 +75,8 @@ fn pin_path(dir: &Path) -> PathBuf {
     dir.join("cma.pin")
 }
 
-pub(crate) fn read_pin(dir: &Path) -> anyhow::Result<Option<CmaPin>> {
+/// The CMA pin in `dir` (`cma.pin`), if there is one.
+pub fn read_pin(dir: &Path) -> anyhow::Result<Option<CmaPin>> {
     let path = pin_path(dir);
     match std::fs::read_to_string(&path) {
         Ok(s) => {
@@ -89,7 +91,8 @@ pub(crate) fn read_pin(dir: &Path) -> anyhow::Result<Option<CmaPin>> {
     }
 }
 
-pub(crate) fn write_pin(dir: &Path, pin: &CmaPin) -> anyhow::Result<()> {
+/// Writes the CMA pin to `dir` (atomically, by rename).
+pub fn write_pin(dir: &Path, pin: &CmaPin) -> anyhow::Result<()> {
     let path = pin_path(dir);
     let tmp = dir.join("cma.pin.tmp");
     std::fs::write(&tmp, serde_json::to_string_pretty(pin)? + "\n")
@@ -109,7 +112,7 @@ pub async fn run(
     let socket = UdpSocket::bind(opts.listen).await.with_context(|| {
         format!("cannot bind UDP {}: is another nanoprobe using it?", opts.listen)
     })?;
-    let session = crate::next_session(&opts.data_dir)?;
+    let session = assim_seal::next_session(&opts.data_dir)?;
     let mut sealer = Sealer::new(identity.clone(), session);
 
     // Which CMA do we obey?
@@ -193,7 +196,7 @@ pub async fn run(
         socket,
         heartbeats: Heartbeats::new(identity.node_id()),
         hello: msg::Hello {
-            version: crate::VERSION.to_string(),
+            version: assim_wire::VERSION.to_string(),
             hostname,
             listen_addr: advertise.to_string(),
             addresses: local_addresses(),
@@ -305,7 +308,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Asks the CMA for its key until it answers (trust on first use).
-pub(crate) async fn fetch_cma_key(
+pub async fn fetch_cma_key(
     socket: &UdpSocket,
     sealer: &mut Sealer,
     cma: SocketAddr,

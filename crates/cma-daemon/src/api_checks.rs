@@ -26,7 +26,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::api::ApiState;
-use assim_store::services::StoredCheck;
+use assim_store_sqlite::services::StoredCheck;
 
 use crate::cma::checks_cma::{ChecksError, ChecksRequest, RunRequest, RunSender};
 

@@ -1,14 +1,10 @@
-//! Discovery, both ends.
+//! The nanoprobe's discovery.
 //!
-//! Nanoprobe: [`DiscoveryDriver`] runs the collectors on the [`Schedule`] (built-in defaults
+//! [`DiscoveryDriver`] runs the collectors on the [`Schedule`] (built-in defaults
 //! until the CMA's `DiscoverySchedule` arrives), each on a blocking thread so heartbeats never
 //! wait for `/proc` or an agent, and hands back only results whose content hash changed
 //! ([`ChangeFilter`]). It also owns the passive LLDP/CDP listener (`l2neighbors`, reported
 //! whenever the neighbour table changes) and the external agents in the agents directory.
-//!
-//! CMA: [`schedule_message`] turns the configured intervals into the `DiscoverySchedule` sent to
-//! every nanoprobe that registers, with an epoch that grows whenever the configuration changes
-//! (kept in the store's meta table).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
@@ -17,14 +13,11 @@ use std::time::{Duration, Instant};
 use assim_capture::{L2Report, Listener};
 use assim_discovery::agents::{AgentContext, AgentLimits, list_agents, run_agent};
 use assim_discovery::schedule::{Applied, Entry};
-use assim_discovery::{ChangeFilter, Collector, Discovery, Schedule};
+use assim_discovery::{ChangeFilter, Collector, Discovery, L2_COLLECTOR, Schedule};
 use assim_wire::Timestamp;
 use assim_wire::msg::{self, Body};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
-
-/// The collector name of the LLDP/CDP listener's table.
-pub const L2_COLLECTOR: &str = "l2neighbors";
 
 /// How often the agents directory is listed again.
 const AGENT_RESCAN: Duration = Duration::from_secs(60);
@@ -272,64 +265,4 @@ fn l2_collected(report: &L2Report) -> Collected {
         .map(|v| Discovery::from_value(L2_COLLECTOR, v))
         .map_err(|e| e.to_string());
     Collected { name: L2_COLLECTOR.to_string(), result }
-}
-
-// ---------------------------------------------------------------------------------------------
-// CMA side
-
-/// The CMA's configured schedule: collector name → entry.
-pub type ScheduleConfig = BTreeMap<String, Entry>;
-
-/// The built-in schedule as a CMA configuration (what the CMA sends when not told otherwise).
-pub fn default_schedule_config() -> ScheduleConfig {
-    let mut c: ScheduleConfig = assim_discovery::schedule::DEFAULT_INTERVALS
-        .iter()
-        .map(|(n, s)| (n.to_string(), Entry { interval_s: *s, params: BTreeMap::new() }))
-        .collect();
-    c.insert(
-        "agent.*".into(),
-        Entry {
-            interval_s: assim_discovery::schedule::DEFAULT_AGENT_INTERVAL.as_secs(),
-            params: BTreeMap::new(),
-        },
-    );
-    c
-}
-
-/// The `DiscoverySchedule` for `config`. Its epoch is the stored one when the configuration is
-/// unchanged since the last start, else one more (both kept in the store's meta table).
-pub fn schedule_message(
-    store: &mut assim_store::Store,
-    config: &ScheduleConfig,
-) -> anyhow::Result<msg::DiscoverySchedule> {
-    let canonical = config
-        .iter()
-        .map(|(n, e)| format!("{n}={}{:?}", e.interval_s, e.params))
-        .collect::<Vec<_>>()
-        .join(";");
-    let stored_epoch: u64 =
-        store.meta("discovery_epoch")?.and_then(|s| s.parse().ok()).unwrap_or(0);
-    let epoch = if store.meta("discovery_schedule")?.as_deref() == Some(canonical.as_str()) {
-        stored_epoch.max(1)
-    } else {
-        let epoch = stored_epoch + 1;
-        store.set_meta("discovery_schedule", &canonical)?;
-        store.set_meta("discovery_epoch", &epoch.to_string())?;
-        epoch
-    };
-    Ok(msg::DiscoverySchedule {
-        epoch,
-        entries: config
-            .iter()
-            .map(|(name, e)| msg::DiscoveryEntry {
-                name: name.clone(),
-                interval_s: e.interval_s,
-                params: e
-                    .params
-                    .iter()
-                    .map(|(k, v)| msg::Tag { key: k.clone(), value: v.clone() })
-                    .collect(),
-            })
-            .collect(),
-    })
 }

@@ -1,6 +1,6 @@
 //! `cma`: the Collective Monitoring Authority.
 
-use assim::settings::{CmaCommand, CmaFlags};
+use assim_cma_daemon::settings::{CmaCommand, CmaFlags};
 use clap::Parser;
 
 /// The assim CMA: registers nanoprobes, assigns their heartbeat rings, corroborates failures and
@@ -21,7 +21,7 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    if let Err(e) = assim::settings::run_cma(cli.flags, cli.command) {
+    if let Err(e) = assim_cma_daemon::settings::run_cma(cli.flags, cli.command) {
         eprintln!("cma: {e:#}");
         std::process::exit(1);
     }

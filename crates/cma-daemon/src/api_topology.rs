@@ -1,5 +1,5 @@
 //! The topology routes of the HTTP API: canned queries over the graph the store derives from
-//! discovery results (see `assim_store::topology`). Every answer is a JSON array of rows.
+//! discovery results (see `assim_store_sqlite::topology`). Every answer is a JSON array of rows.
 //!
 //! - `GET /api/v1/topology/hosts?state=down|crashed`: hosts not running (`down` = crashed or
 //!   left; `crashed` = down without a goodbye).
@@ -20,8 +20,8 @@
 
 use std::net::IpAddr;
 
-use assim_store::Store;
-use assim_store::topology::query::{HostRef, PackagePattern, normalize_mac};
+use assim_store_sqlite::Store;
+use assim_store_sqlite::topology::query::{HostRef, PackagePattern, normalize_mac};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -58,7 +58,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
 }
 
-fn answer<T: Serialize>(r: Result<T, assim_store::StoreError>) -> Response {
+fn answer<T: Serialize>(r: Result<T, assim_store_sqlite::StoreError>) -> Response {
     match r {
         Ok(v) => Json(v).into_response(),
         Err(e) => internal(e),
@@ -67,7 +67,7 @@ fn answer<T: Serialize>(r: Result<T, assim_store::StoreError>) -> Response {
 
 fn with_store<T: Serialize>(
     state: &ApiState,
-    f: impl FnOnce(&Store) -> Result<T, assim_store::StoreError>,
+    f: impl FnOnce(&Store) -> Result<T, assim_store_sqlite::StoreError>,
 ) -> Response {
     answer(f(&state.store.lock().expect("store lock")))
 }

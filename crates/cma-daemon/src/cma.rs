@@ -29,7 +29,7 @@ use assim_cma::{Action, Change, Cma, CmaConfig, Event, NodeState, Timing};
 use assim_log::{FileStorage, Log, LogConfig};
 use assim_reliable::{Connection, Event as RelEvent};
 use assim_seal::{Identity, OpenError, Sealer};
-use assim_store::{InboxProgress, Store};
+use assim_store_sqlite::{InboxProgress, Store};
 use assim_wire::msg::{self, Body, Direct, DirectBody, Message};
 use assim_wire::{DatagramKind, NodeId, Timestamp};
 use tokio::net::UdpSocket;
@@ -39,7 +39,6 @@ use tracing::{debug, error, info, warn};
 use crate::metrics::{CmaMetrics, SharedMetrics};
 use crate::timers::Timers;
 
-#[path = "checks_cma.rs"]
 pub mod checks_cma;
 
 /// Everything the CMA needs to run.
@@ -185,7 +184,7 @@ pub async fn run(
         debug!(error = %e, "cannot enlarge the UDP receive buffer");
     }
     let now = Timestamp::now();
-    let session = crate::next_session(&opts.data_dir)?;
+    let session = assim_seal::next_session(&opts.data_dir)?;
     let mut sealer = Sealer::new(identity.clone(), session);
     sealer.set_accept_unknown(true);
     for n in &snapshot.nodes {
@@ -214,7 +213,7 @@ pub async fn run(
             node_id: identity.node_id(),
             fingerprint: identity.fingerprint(),
             listen: opts.listen,
-            version: crate::VERSION.to_string(),
+            version: assim_wire::VERSION.to_string(),
         },
     )?;
     info!(
@@ -599,7 +598,7 @@ impl Driver {
             return;
         }
         *self.metrics.applied_other.entry("discovery_result").or_insert(0) += 1;
-        self.progress.discovery.push(assim_store::DiscoveryRecord {
+        self.progress.discovery.push(assim_store_sqlite::DiscoveryRecord {
             node: sender,
             name: d.name,
             hash: hex::encode(&d.content_hash),

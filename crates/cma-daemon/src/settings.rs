@@ -1,52 +1,16 @@
-//! Configuration of the daemons: every key comes from a flag, else its environment variable,
-//! else the TOML file given with `--config`, else the built-in default. `--print-config` prints
-//! the result as TOML, ready to be saved as a config file.
+//! Configuration of `cma`: every key comes from a flag, else its environment variable, else the
+//! TOML file given with `--config`, else the built-in default. `--print-config` prints the result
+//! as TOML, ready to be saved as a config file. Also `cma token create`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use assim_util::daemon::{block_on_shutdown, init_logging, read_config_file};
+use assim_util::duration::{format_duration, parse_duration};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
-
-/// Parses "1s", "250ms", "2m", "1h", or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => (&s[..i], s[i..].trim()),
-        None => (s, "s"),
-    };
-    let n: f64 =
-        num.parse().map_err(|_| format!("{s:?} is not a duration (examples: 500ms, 1s, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s, m or h)")),
-    };
-    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// Formats a duration the way [`parse_duration`] reads it.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms.is_multiple_of(1000) { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
-}
-
-fn read_file<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> anyhow::Result<T> {
-    let Some(path) = path else { return Ok(T::default()) };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
-}
-
-// ---------------------------------------------------------------------------------------------
-// cma
 
 /// `cma` flags.
 #[derive(Args, Debug, Clone, Default)]
@@ -186,9 +150,9 @@ fn discovery_seconds(name: &str, v: &DiscoveryInterval) -> anyhow::Result<u64> {
 fn resolve_discovery(
     file: Option<&std::collections::BTreeMap<String, DiscoveryValue>>,
     flags: &[String],
-) -> anyhow::Result<assim_daemon::discovery::ScheduleConfig> {
+) -> anyhow::Result<crate::discovery::ScheduleConfig> {
     use assim_discovery::schedule::{AGENT_PREFIX, DEFAULT_INTERVALS, Entry};
-    let mut config = assim_daemon::discovery::default_schedule_config();
+    let mut config = crate::discovery::default_schedule_config();
     let check_name = |name: &str| -> anyhow::Result<()> {
         let known = DEFAULT_INTERVALS.iter().any(|(n, _)| *n == name)
             || (name.starts_with(AGENT_PREFIX) && name.len() > AGENT_PREFIX.len());
@@ -231,8 +195,8 @@ fn resolve_discovery(
 
 impl CmaFlags {
     /// Flags > environment > file > defaults, validated.
-    pub fn resolve(&self) -> anyhow::Result<assim_daemon::cma::CmaOptions> {
-        let file: CmaFile = read_file(self.config.as_deref())?;
+    pub fn resolve(&self) -> anyhow::Result<crate::cma::CmaOptions> {
+        let file: CmaFile = read_config_file(self.config.as_deref())?;
         let dur = |flag: Option<Duration>,
                    file: &Option<String>,
                    default: u64,
@@ -272,7 +236,7 @@ impl CmaFlags {
                 "the HTTP API on {api} is not loopback: set --api-token (or ASSIM_API_TOKEN) so it is not open to the network"
             );
         }
-        Ok(assim_daemon::cma::CmaOptions {
+        Ok(crate::cma::CmaOptions {
             listen: self
                 .listen
                 .or(file.listen)
@@ -301,7 +265,7 @@ impl CmaFlags {
 }
 
 /// Renders resolved CMA options as a config file.
-pub fn cma_config_toml(o: &assim_daemon::cma::CmaOptions) -> String {
+pub fn cma_config_toml(o: &crate::cma::CmaOptions) -> String {
     let f = CmaFile {
         listen: Some(o.listen),
         api: Some(o.api),
@@ -342,157 +306,6 @@ pub fn cma_config_toml(o: &assim_daemon::cma::CmaOptions) -> String {
     toml::to_string(&f).expect("config serializes")
 }
 
-// ---------------------------------------------------------------------------------------------
-// nanoprobe
-
-/// `nanoprobe` flags.
-#[derive(Args, Debug, Clone, Default)]
-pub struct NanoprobeFlags {
-    /// TOML config file; flags and environment variables override its keys.
-    #[arg(long, env = "ASSIM_NANOPROBE_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// The CMA's UDP address [default: the first address in the join token or pin file].
-    #[arg(long, env = "ASSIM_CMA")]
-    pub cma: Option<SocketAddr>,
-    /// Local UDP address for heartbeats and CMA traffic [default: 0.0.0.0:1986].
-    #[arg(long, env = "ASSIM_NANOPROBE_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// Address to announce to the CMA and peers [default: derived from the route to the CMA].
-    #[arg(long, env = "ASSIM_NANOPROBE_ADVERTISE")]
-    pub advertise: Option<SocketAddr>,
-    /// Directory for the node's identity and CMA pin [default: /var/lib/assim/nanoprobe].
-    #[arg(long, env = "ASSIM_NANOPROBE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Join token from `cma token create`: pins the CMA's key and proves we may enroll.
-    #[arg(
-        long,
-        env = "ASSIM_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "trust_on_first_use"
-    )]
-    pub token: Option<String>,
-    /// Trust whatever key the CMA presents on first contact and pin it (labs and demos only).
-    #[arg(long, env = "ASSIM_TRUST_ON_FIRST_USE")]
-    pub trust_on_first_use: bool,
-    /// Host name to report [default: the kernel's host name].
-    #[arg(long, env = "ASSIM_HOSTNAME")]
-    pub hostname: Option<String>,
-    /// Size limit of the spool (records waiting for the CMA's acknowledgement), in MiB
-    /// [default: 64]. When full, peer status is dropped first; reports are never dropped.
-    #[arg(long, env = "ASSIM_SPOOL_MAX_MB")]
-    pub spool_max_mb: Option<u64>,
-    /// Directory of external discovery agents: every executable file in it is a collector
-    /// named `agent.<file>` that must print one JSON value (docs/discovery.md)
-    /// [default: DATA_DIR/discovery.d].
-    #[arg(long, env = "ASSIM_DISCOVERY_AGENTS")]
-    pub discovery_agents: Option<PathBuf>,
-    /// Time limit of one discovery agent run; then its whole process group is killed and the
-    /// run reported as an error [default: 30s].
-    #[arg(long, env = "ASSIM_AGENT_TIMEOUT", value_parser = parse_duration)]
-    pub agent_timeout: Option<Duration>,
-    /// Output limit of one discovery agent run, in KiB; more is reported as an error
-    /// [default: 1024].
-    #[arg(long, env = "ASSIM_AGENT_MAX_OUTPUT_KB")]
-    pub agent_max_output_kb: Option<u64>,
-    /// Print the resolved configuration as TOML and exit.
-    #[arg(long)]
-    pub print_config: bool,
-}
-
-/// The `nanoprobe` config file.
-#[derive(Serialize, Deserialize, Debug, Clone, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct NanoprobeFile {
-    pub cma: Option<SocketAddr>,
-    pub listen: Option<SocketAddr>,
-    pub advertise: Option<SocketAddr>,
-    pub data_dir: Option<PathBuf>,
-    pub token: Option<String>,
-    pub trust_on_first_use: Option<bool>,
-    pub hostname: Option<String>,
-    pub spool_max_mb: Option<u64>,
-    pub discovery_agents: Option<PathBuf>,
-    pub agent_timeout: Option<String>,
-    pub agent_max_output_kb: Option<u64>,
-}
-
-impl NanoprobeFlags {
-    /// Flags > environment > file > defaults.
-    pub fn resolve(&self) -> anyhow::Result<assim_daemon::nanoprobe::NanoprobeOptions> {
-        use assim_daemon::nanoprobe::Enrollment;
-        let file: NanoprobeFile = read_file(self.config.as_deref())?;
-        let token = self.token.clone().or(file.token);
-        let tofu = self.trust_on_first_use || file.trust_on_first_use.unwrap_or(false);
-        let enrollment = match (token, tofu) {
-            (Some(_), true) => bail!("give either a join token or --trust-on-first-use, not both"),
-            (Some(t), false) => Enrollment::Token(t),
-            (None, true) => Enrollment::TrustOnFirstUse,
-            (None, false) => Enrollment::PinnedOnly,
-        };
-        let data_dir: PathBuf = self
-            .data_dir
-            .clone()
-            .or(file.data_dir)
-            .unwrap_or_else(|| "/var/lib/assim/nanoprobe".into());
-        let mut discovery = assim_daemon::discovery::DiscoveryOptions::for_data_dir(&data_dir);
-        if let Some(dir) = self.discovery_agents.clone().or(file.discovery_agents) {
-            discovery.agents_dir = dir;
-        }
-        match (self.agent_timeout, &file.agent_timeout) {
-            (Some(d), _) => discovery.agent_limits.timeout = d,
-            (None, Some(s)) => {
-                discovery.agent_limits.timeout = parse_duration(s)
-                    .map_err(|e| anyhow::anyhow!("config key agent_timeout: {e}"))?
-            }
-            (None, None) => {}
-        }
-        if discovery.agent_limits.timeout.is_zero() {
-            bail!("agent_timeout must be more than 0 (for example 30s)");
-        }
-        match self.agent_max_output_kb.or(file.agent_max_output_kb) {
-            Some(0) => bail!("agent_max_output_kb must be at least 1"),
-            Some(kb) => discovery.agent_limits.max_output = (kb as usize).saturating_mul(1024),
-            None => {}
-        }
-        Ok(assim_daemon::nanoprobe::NanoprobeOptions {
-            cma: self.cma.or(file.cma),
-            listen: self
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| "0.0.0.0:1986".parse().expect("valid")),
-            advertise: self.advertise.or(file.advertise),
-            data_dir,
-            discovery,
-            enrollment,
-            hostname: self.hostname.clone().or(file.hostname),
-            spool_max_bytes: match self.spool_max_mb.or(file.spool_max_mb) {
-                Some(0) => bail!("spool_max_mb must be at least 1"),
-                Some(mb) => mb * 1024 * 1024,
-                None => assim_daemon::nanoprobe::DEFAULT_SPOOL_MAX_BYTES,
-            },
-        })
-    }
-}
-
-/// Renders resolved nanoprobe options as a config file.
-pub fn nanoprobe_config_toml(o: &assim_daemon::nanoprobe::NanoprobeOptions) -> String {
-    use assim_daemon::nanoprobe::Enrollment;
-    let f = NanoprobeFile {
-        cma: o.cma,
-        listen: Some(o.listen),
-        advertise: o.advertise,
-        data_dir: Some(o.data_dir.clone()),
-        token: matches!(o.enrollment, Enrollment::Token(_)).then(|| "(set)".to_string()),
-        trust_on_first_use: Some(matches!(o.enrollment, Enrollment::TrustOnFirstUse)),
-        hostname: o.hostname.clone(),
-        spool_max_mb: Some(o.spool_max_bytes / (1024 * 1024)),
-        discovery_agents: Some(o.discovery.agents_dir.clone()),
-        agent_timeout: Some(format_duration(o.discovery.agent_limits.timeout)),
-        agent_max_output_kb: Some(o.discovery.agent_limits.max_output as u64 / 1024),
-    };
-    toml::to_string(&f).expect("config serializes")
-}
-
 /// Runs `cma` (daemon or subcommand).
 pub fn run_cma(flags: CmaFlags, command: Option<CmaCommand>) -> anyhow::Result<()> {
     let opts = flags.resolve()?;
@@ -502,8 +315,8 @@ pub fn run_cma(flags: CmaFlags, command: Option<CmaCommand>) -> anyhow::Result<(
     }
     match command {
         None => {
-            crate::init_logging();
-            block_on_shutdown(|s| assim_daemon::cma::run(opts, s))
+            init_logging();
+            block_on_shutdown(|s| crate::cma::run(opts, s))
         }
         Some(CmaCommand::Token(TokenCommand::Create { advertise, ttl, uses })) => {
             token_create(&opts, advertise, ttl, uses)
@@ -512,7 +325,7 @@ pub fn run_cma(flags: CmaFlags, command: Option<CmaCommand>) -> anyhow::Result<(
 }
 
 fn token_create(
-    opts: &assim_daemon::cma::CmaOptions,
+    opts: &crate::cma::CmaOptions,
     advertise: Vec<SocketAddr>,
     ttl: Duration,
     uses: u64,
@@ -521,7 +334,7 @@ fn token_create(
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
     let identity = assim_seal::Identity::load_or_create(&opts.data_dir)?;
-    let mut store = assim_store::Store::open(&assim_daemon::cma::store_path(&opts.data_dir))?;
+    let mut store = assim_store_sqlite::Store::open(&crate::cma::store_path(&opts.data_dir))?;
     let addrs = if advertise.is_empty() {
         let listen = match store.meta("listen")? {
             Some(s) => s.parse().unwrap_or(opts.listen),
@@ -538,7 +351,7 @@ fn token_create(
     };
     let token = assim_seal::JoinToken::generate(&identity, addrs, &mut rand::rngs::OsRng);
     let now = Timestamp::now();
-    store.add_token(&assim_store::TokenRecord {
+    store.add_token(&assim_store_sqlite::TokenRecord {
         id: token.token_id(),
         secret: token.secret,
         created_at: now,
@@ -557,40 +370,9 @@ fn token_create(
     Ok(())
 }
 
-/// Runs `nanoprobe`.
-pub fn run_nanoprobe(flags: NanoprobeFlags) -> anyhow::Result<()> {
-    let opts = flags.resolve()?;
-    if flags.print_config {
-        print!("{}", nanoprobe_config_toml(&opts));
-        return Ok(());
-    }
-    crate::init_logging();
-    block_on_shutdown(|s| assim_daemon::nanoprobe::run(opts, s))
-}
-
-fn block_on_shutdown<F, Fut>(f: F) -> anyhow::Result<()>
-where
-    F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    crate::block_on(async move { f(Box::pin(crate::shutdown_signal())).await })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_and_format() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5 parsecs").is_err());
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
-        assert_eq!(format_duration(Duration::from_secs(3)), "3s");
-    }
 
     #[test]
     fn flags_override_file_and_timing_is_checked() {

@@ -24,11 +24,11 @@ use std::net::IpAddr;
 
 use assim_checks::{Listener, RuleSet};
 use assim_cma::services::KnownState;
-use assim_store::services::{
+use assim_store_sqlite::services::{
     CheckListEntry, CheckSetRecord, ManualChange, ManualCheck, RememberedService,
     ServiceStateRecord, StoredCheck,
 };
-use assim_store::topology::query::MonitorRecord;
+use assim_store_sqlite::topology::query::MonitorRecord;
 use assim_wire::msg::{CheckSpec, CheckState};
 use tokio::sync::{mpsc, oneshot};
 
@@ -516,7 +516,7 @@ impl Driver {
                 self.progress.services.states.push(ServiceStateRecord {
                     node,
                     check: c.check,
-                    state: assim_checks::state_name(state).to_owned(),
+                    state: state.name().to_owned(),
                     output: c.output,
                     perfdata: c.perfdata,
                     flapping: c.flapping,

@@ -1,6 +1,6 @@
 //! `nanoprobe`: the per-host agent.
 
-use assim::settings::NanoprobeFlags;
+use assim_nanoprobe::settings::NanoprobeFlags;
 use clap::Parser;
 
 /// The assim nanoprobe: heartbeats the ring neighbours its CMA assigns and reports only
@@ -19,7 +19,7 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    if let Err(e) = assim::settings::run_nanoprobe(cli.flags) {
+    if let Err(e) = assim_nanoprobe::settings::run_nanoprobe(cli.flags) {
         eprintln!("nanoprobe: {e:#}");
         std::process::exit(1);
     }

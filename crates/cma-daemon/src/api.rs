@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use assim_cma::Event;
-use assim_store::Store;
+use assim_store_sqlite::Store;
 use assim_wire::NodeId;
 use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};

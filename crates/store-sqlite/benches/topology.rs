@@ -2,12 +2,12 @@
 //! included, one fsync'd transaction each) as the fleet grows: it must not grow with the number
 //! of hosts. Also the same apply without topology-relevant data (`mounts`) as the floor.
 //!
-//! `cargo bench -p assim-store --bench topology`
+//! `cargo bench -p assim-store-sqlite --bench topology`
 
 use std::time::Instant;
 
 use assim_cma::{Change, NodeRecord, NodeState};
-use assim_store::{DiscoveryRecord, InboxProgress, Store};
+use assim_store_sqlite::{DiscoveryRecord, InboxProgress, Store};
 use assim_wire::{NodeId, Timestamp};
 use serde_json::{Value, json};
 

@@ -18,8 +18,8 @@ use assim_wire::msg::{self, Body};
 use assim_wire::{DatagramKind, Timestamp};
 use tokio::net::UdpSocket;
 
-use crate::link::{CmaLink, FromCma};
-use crate::nanoprobe::{CmaPin, fetch_cma_key, read_pin, write_pin};
+use assim_nanoprobe::link::{CmaLink, FromCma};
+use assim_nanoprobe::nanoprobe::{CmaPin, fetch_cma_key, read_pin, write_pin};
 
 /// What to send.
 #[derive(Clone, Debug)]
@@ -86,7 +86,7 @@ async fn sender(i: usize, opts: LoadOptions) -> anyhow::Result<LoadReport> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let identity = Identity::load_or_create(&dir)?;
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
-    let session = crate::next_session(&dir)?;
+    let session = assim_seal::next_session(&dir)?;
     let mut sealer = Sealer::new(identity.clone(), session);
     let pin: CmaPin = match read_pin(&dir)? {
         Some(p) => p,
@@ -100,7 +100,7 @@ async fn sender(i: usize, opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let now = Instant::now();
     let mut link = CmaLink::open(sealer, pin.node_id, opts.cma, &dir, 1 << 30, now)?;
     let hello = msg::Hello {
-        version: crate::VERSION.to_string(),
+        version: assim_wire::VERSION.to_string(),
         hostname: format!("sender-{i}"),
         listen_addr: socket.local_addr()?.to_string(),
         addresses: Vec::new(),

@@ -1,0 +1,32 @@
+//! The CMA daemon: the tokio driver that puts the CMA core on the network, its HTTP API and
+//! metrics, the event bus runner, plus the `cma` binary's settings.
+//!
+//! The driver is one task that owns its cores outright (no mutex around protocol state): it
+//! reads datagrams, opens them with `assim-seal`, feeds frames to `assim-reliable` connections
+//! and messages to the core, drains the core's actions, writes what must be durable, and sends
+//! what must be sent. Timers are the cores' `poll_timeout`s. This is the crate that picks the
+//! storage engine (today SQLite, `assim-store-sqlite`).
+//!
+//! Layout:
+//! - [`cma`]: the CMA driver: UDP endpoint, enrollment, inbox, the CMA core, the store;
+//!   `cma::checks_cma` is its service-monitoring side (rules → check sets, service states,
+//!   run-now commands).
+//! - [`discovery`]: the discovery schedule the CMA sends to every nanoprobe.
+//! - [`api`]: the HTTP API (status, events with long-poll) and Prometheus `/metrics`.
+//! - [`api_topology`]: the topology query routes of the HTTP API.
+//! - [`api_checks`]: the service routes of the HTTP API (`services`, `checks/run`).
+//! - [`api_bus`]: the event bus routes of the HTTP API (filters, SSE, durable subscriptions).
+//! - [`metrics`]: counters shared between the CMA task and the API.
+//! - [`timers`]: a small deadline set keyed by peer, used for many reliable connections.
+//! - [`settings`]: flags/env/file resolution, `--print-config`, `cma token create`;
+//!   `src/main.rs` is the binary.
+
+pub mod api;
+pub mod api_bus;
+pub mod api_checks;
+pub mod api_topology;
+pub mod cma;
+pub mod discovery;
+pub mod metrics;
+pub mod settings;
+pub mod timers;

@@ -1,0 +1,172 @@
+//! Configuration of `nanoprobe`: every key comes from a flag, else its environment variable,
+//! else the TOML file given with `--config`, else the built-in default. `--print-config` prints
+//! the result as TOML, ready to be saved as a config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use assim_util::daemon::{block_on_shutdown, init_logging, read_config_file};
+use assim_util::duration::{format_duration, parse_duration};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+/// `nanoprobe` flags.
+#[derive(Args, Debug, Clone, Default)]
+pub struct NanoprobeFlags {
+    /// TOML config file; flags and environment variables override its keys.
+    #[arg(long, env = "ASSIM_NANOPROBE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The CMA's UDP address [default: the first address in the join token or pin file].
+    #[arg(long, env = "ASSIM_CMA")]
+    pub cma: Option<SocketAddr>,
+    /// Local UDP address for heartbeats and CMA traffic [default: 0.0.0.0:1986].
+    #[arg(long, env = "ASSIM_NANOPROBE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address to announce to the CMA and peers [default: derived from the route to the CMA].
+    #[arg(long, env = "ASSIM_NANOPROBE_ADVERTISE")]
+    pub advertise: Option<SocketAddr>,
+    /// Directory for the node's identity and CMA pin [default: /var/lib/assim/nanoprobe].
+    #[arg(long, env = "ASSIM_NANOPROBE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Join token from `cma token create`: pins the CMA's key and proves we may enroll.
+    #[arg(
+        long,
+        env = "ASSIM_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "trust_on_first_use"
+    )]
+    pub token: Option<String>,
+    /// Trust whatever key the CMA presents on first contact and pin it (labs and demos only).
+    #[arg(long, env = "ASSIM_TRUST_ON_FIRST_USE")]
+    pub trust_on_first_use: bool,
+    /// Host name to report [default: the kernel's host name].
+    #[arg(long, env = "ASSIM_HOSTNAME")]
+    pub hostname: Option<String>,
+    /// Size limit of the spool (records waiting for the CMA's acknowledgement), in MiB
+    /// [default: 64]. When full, peer status is dropped first; reports are never dropped.
+    #[arg(long, env = "ASSIM_SPOOL_MAX_MB")]
+    pub spool_max_mb: Option<u64>,
+    /// Directory of external discovery agents: every executable file in it is a collector
+    /// named `agent.<file>` that must print one JSON value (docs/discovery.md)
+    /// [default: DATA_DIR/discovery.d].
+    #[arg(long, env = "ASSIM_DISCOVERY_AGENTS")]
+    pub discovery_agents: Option<PathBuf>,
+    /// Time limit of one discovery agent run; then its whole process group is killed and the
+    /// run reported as an error [default: 30s].
+    #[arg(long, env = "ASSIM_AGENT_TIMEOUT", value_parser = parse_duration)]
+    pub agent_timeout: Option<Duration>,
+    /// Output limit of one discovery agent run, in KiB; more is reported as an error
+    /// [default: 1024].
+    #[arg(long, env = "ASSIM_AGENT_MAX_OUTPUT_KB")]
+    pub agent_max_output_kb: Option<u64>,
+    /// Print the resolved configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// The `nanoprobe` config file.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct NanoprobeFile {
+    pub cma: Option<SocketAddr>,
+    pub listen: Option<SocketAddr>,
+    pub advertise: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub token: Option<String>,
+    pub trust_on_first_use: Option<bool>,
+    pub hostname: Option<String>,
+    pub spool_max_mb: Option<u64>,
+    pub discovery_agents: Option<PathBuf>,
+    pub agent_timeout: Option<String>,
+    pub agent_max_output_kb: Option<u64>,
+}
+
+impl NanoprobeFlags {
+    /// Flags > environment > file > defaults.
+    pub fn resolve(&self) -> anyhow::Result<crate::nanoprobe::NanoprobeOptions> {
+        use crate::nanoprobe::Enrollment;
+        let file: NanoprobeFile = read_config_file(self.config.as_deref())?;
+        let token = self.token.clone().or(file.token);
+        let tofu = self.trust_on_first_use || file.trust_on_first_use.unwrap_or(false);
+        let enrollment = match (token, tofu) {
+            (Some(_), true) => bail!("give either a join token or --trust-on-first-use, not both"),
+            (Some(t), false) => Enrollment::Token(t),
+            (None, true) => Enrollment::TrustOnFirstUse,
+            (None, false) => Enrollment::PinnedOnly,
+        };
+        let data_dir: PathBuf = self
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| "/var/lib/assim/nanoprobe".into());
+        let mut discovery = crate::discovery::DiscoveryOptions::for_data_dir(&data_dir);
+        if let Some(dir) = self.discovery_agents.clone().or(file.discovery_agents) {
+            discovery.agents_dir = dir;
+        }
+        match (self.agent_timeout, &file.agent_timeout) {
+            (Some(d), _) => discovery.agent_limits.timeout = d,
+            (None, Some(s)) => {
+                discovery.agent_limits.timeout = parse_duration(s)
+                    .map_err(|e| anyhow::anyhow!("config key agent_timeout: {e}"))?
+            }
+            (None, None) => {}
+        }
+        if discovery.agent_limits.timeout.is_zero() {
+            bail!("agent_timeout must be more than 0 (for example 30s)");
+        }
+        match self.agent_max_output_kb.or(file.agent_max_output_kb) {
+            Some(0) => bail!("agent_max_output_kb must be at least 1"),
+            Some(kb) => discovery.agent_limits.max_output = (kb as usize).saturating_mul(1024),
+            None => {}
+        }
+        Ok(crate::nanoprobe::NanoprobeOptions {
+            cma: self.cma.or(file.cma),
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "0.0.0.0:1986".parse().expect("valid")),
+            advertise: self.advertise.or(file.advertise),
+            data_dir,
+            discovery,
+            enrollment,
+            hostname: self.hostname.clone().or(file.hostname),
+            spool_max_bytes: match self.spool_max_mb.or(file.spool_max_mb) {
+                Some(0) => bail!("spool_max_mb must be at least 1"),
+                Some(mb) => mb * 1024 * 1024,
+                None => crate::nanoprobe::DEFAULT_SPOOL_MAX_BYTES,
+            },
+        })
+    }
+}
+
+/// Renders resolved nanoprobe options as a config file.
+pub fn nanoprobe_config_toml(o: &crate::nanoprobe::NanoprobeOptions) -> String {
+    use crate::nanoprobe::Enrollment;
+    let f = NanoprobeFile {
+        cma: o.cma,
+        listen: Some(o.listen),
+        advertise: o.advertise,
+        data_dir: Some(o.data_dir.clone()),
+        token: matches!(o.enrollment, Enrollment::Token(_)).then(|| "(set)".to_string()),
+        trust_on_first_use: Some(matches!(o.enrollment, Enrollment::TrustOnFirstUse)),
+        hostname: o.hostname.clone(),
+        spool_max_mb: Some(o.spool_max_bytes / (1024 * 1024)),
+        discovery_agents: Some(o.discovery.agents_dir.clone()),
+        agent_timeout: Some(format_duration(o.discovery.agent_limits.timeout)),
+        agent_max_output_kb: Some(o.discovery.agent_limits.max_output as u64 / 1024),
+    };
+    toml::to_string(&f).expect("config serializes")
+}
+
+/// Runs `nanoprobe`.
+pub fn run_nanoprobe(flags: NanoprobeFlags) -> anyhow::Result<()> {
+    let opts = flags.resolve()?;
+    if flags.print_config {
+        print!("{}", nanoprobe_config_toml(&opts));
+        return Ok(());
+    }
+    init_logging();
+    block_on_shutdown(|s| crate::nanoprobe::run(opts, s))
+}

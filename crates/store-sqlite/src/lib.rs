@@ -1,0 +1,650 @@
+//! The CMA's embedded store: one SQLite file in the CMA's data directory.
+//! It is the embedded engine behind the seams of `assim-store`, and the only crate that names
+//! rusqlite.
+//!
+//! It keeps what a restarted CMA must still know — nodes with their state, the ring, the epoch
+//! and event counters — plus the event history and the enrollment tokens. The CMA core emits
+//! [`assim_cma::Change`]s and [`assim_cma::Event`]s as actions; the driver hands a batch of them
+//! to [`Store::apply`], which writes them in one transaction (one fsync for the whole batch).
+//!
+//! The database runs in WAL mode with `synchronous=FULL`, so a committed batch survives a crash
+//! or power loss, and readers (the HTTP API, `cma token create`) work beside the writer.
+//!
+//! Layout:
+//! - [`Store`]: open/migrate, load a [`Snapshot`], apply batches, read nodes and events.
+//! - [`TokenRecord`]: enrollment tokens (secret, expiry, uses).
+//! - [`bus`]: the event bus's tables — durable subscriptions with their cursors, dead letters,
+//!   retention.
+//! - [`services`]: service monitoring — check sets with epochs, service states.
+//! - [`topology`]: the topology graph derived from discovery results, and its queries.
+
+pub mod bus;
+pub mod services;
+pub mod topology;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use assim_cma::{Change, Event, EventKind, NodeRecord, Snapshot};
+use assim_wire::{NodeId, Timestamp};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Errors from the store. No variant leaves a half-applied batch behind: batches are
+/// transactions.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused an operation (disk full, permissions, corruption); the batch was rolled back.
+    #[error("database error in {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A row could not be decoded into a record (the file was edited by hand or is from a newer
+    /// version); nothing was changed.
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+    /// The file's schema is newer than this build understands; nothing was changed.
+    #[error(
+        "database schema version {found} is newer than this build supports ({supported}); upgrade assim"
+    )]
+    TooNew { found: i64, supported: i64 },
+}
+
+const SCHEMA_VERSION: i64 = 5;
+
+/// Schema migrations: `(version, sql)` brings a file at `version - 1` to `version`. [`SCHEMA`]
+/// creates missing tables in their version-1 shape first, then every migration above the file's
+/// `user_version` runs in order, in one transaction with the version bump. Append new steps
+/// (and raise [`SCHEMA_VERSION`]); never edit a released one.
+const MIGRATIONS: &[(i64, &str)] = &[
+    // 2: the event bus — severity and body on events, subscriptions, dead letters.
+    (2, bus::MIGRATION_2),
+    // 3: the topology graph (filled from the stored discovery results, see below).
+    (3, topology::MIGRATION_3),
+    // 4: service monitoring — check sets and service states.
+    (4, services::MIGRATION_4),
+    // 5: hand-set checks and remembered (stopped) services.
+    (5, services::MIGRATION_5),
+];
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    version TEXT NOT NULL,
+    listen_addr TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    addresses TEXT NOT NULL,
+    state TEXT NOT NULL,
+    since INTEGER NOT NULL,
+    registered_at INTEGER NOT NULL,
+    peer_epoch INTEGER NOT NULL,
+    peers TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    time INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    host TEXT,
+    hostname TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS applied (
+    node TEXT PRIMARY KEY,
+    through INTEGER NOT NULL,
+    count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS discovery (
+    node TEXT NOT NULL,
+    name TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    collected_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (node, name)
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    secret TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    max_uses INTEGER NOT NULL,
+    uses INTEGER NOT NULL
+);
+";
+
+/// What the decision engine consumed from the inbox in one batch. It is committed in the same
+/// transaction as the state it changed, so after a crash the engine resumes exactly after the
+/// last record whose effects are stored, and never applies a record twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InboxProgress {
+    /// The last inbox LSN applied; `None` leaves the stored position unchanged.
+    pub position: Option<u64>,
+    /// Per node: the highest spool record applied so far, and how many records of that node this
+    /// batch applied.
+    pub applied: BTreeMap<NodeId, (u64, u64)>,
+    /// Discovery results to store (the latest per node and collector wins).
+    pub discovery: Vec<DiscoveryRecord>,
+    /// Check sets and service states to store ([`services`]).
+    pub services: services::ServicesBatch,
+}
+
+/// The latest result of one discovery collector on one node.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiscoveryRecord {
+    pub node: NodeId,
+    pub name: String,
+    /// Hex SHA-256 of the canonical JSON payload, as the nanoprobe computed it.
+    pub hash: String,
+    /// The collector's JSON document.
+    pub payload: String,
+    /// When the nanoprobe collected it, µs since the epoch.
+    pub collected_at: u64,
+    /// When the CMA stored it, µs since the epoch.
+    pub updated_at: u64,
+}
+
+/// Per-node application record: the highest spool record applied and how many were applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub through: u64,
+    pub count: u64,
+}
+
+/// An enrollment token as the CMA keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: [u8; 16],
+    pub secret: [u8; 32],
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// 0 = unlimited.
+    pub max_uses: u64,
+    pub uses: u64,
+}
+
+impl TokenRecord {
+    /// Whether the token may enroll one more node at `now`.
+    pub fn usable(&self, now: Timestamp) -> bool {
+        now < self.expires_at && (self.max_uses == 0 || self.uses < self.max_uses)
+    }
+}
+
+/// The SQLite store. One writer (the CMA's core task); readers open their own [`Store`].
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: String,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let spath = path.display().to_string();
+        let err = |source| StoreError::Sqlite { path: spath.clone(), source };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        let version: i64 =
+            conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { found: version, supported: SCHEMA_VERSION });
+        }
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        let mut conn = conn;
+        let tx = conn.transaction().map_err(err)?;
+        for (to, sql) in MIGRATIONS {
+            if *to > version {
+                tx.execute_batch(sql).map_err(err)?;
+            }
+        }
+        if version < 3 {
+            topology::backfill(&tx).map_err(err)?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Store { conn, path: spath })
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite { path: self.path.clone(), source }
+    }
+
+    /// Loads everything the CMA core needs to resume.
+    pub fn load_snapshot(&self) -> Result<Snapshot, StoreError> {
+        let nodes = self.nodes()?;
+        let ring: Vec<NodeId> = match self.meta("ring")? {
+            Some(s) => serde_json::from_str(&s)
+                .map_err(|e| StoreError::Corrupt { table: "meta", detail: format!("ring: {e}") })?,
+            None => Vec::new(),
+        };
+        let next_epoch = self.meta_u64("next_epoch")?.unwrap_or(1);
+        let next_event_id = self.meta_u64("next_event_id")?.unwrap_or(1);
+        Ok(Snapshot { nodes, ring, next_epoch, next_event_id })
+    }
+
+    /// Reads a metadata value.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    fn meta_u64(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match self.meta(key)? {
+            None => Ok(None),
+            Some(s) => s.parse().map(Some).map_err(|_| StoreError::Corrupt {
+                table: "meta",
+                detail: format!("{key} is not a number: {s:?}"),
+            }),
+        }
+    }
+
+    /// Writes a metadata value (its own transaction).
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// Applies a batch of core changes and events, and the inbox progress that produced them, in
+    /// one transaction. Of several ring or counter changes in one batch only the last is
+    /// written; each node is written once with its last state.
+    pub fn apply(
+        &mut self,
+        changes: &[Change],
+        events: &[Event],
+        progress: &InboxProgress,
+    ) -> Result<(), StoreError> {
+        let mut nodes: BTreeMap<NodeId, &NodeRecord> = BTreeMap::new();
+        let mut ring = None;
+        let mut counters = None;
+        for c in changes {
+            match c {
+                Change::Node(n) => {
+                    nodes.insert(n.id, n);
+                }
+                Change::Ring(r) => ring = Some(r),
+                Change::Counters { next_epoch, next_event_id } => {
+                    counters = Some((*next_epoch, *next_event_id))
+                }
+            }
+        }
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut put_node = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO nodes (id, hostname, version, listen_addr, public_key,
+                     addresses, state, since, registered_at, peer_epoch, peers)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .map_err(err)?;
+            for n in nodes.values() {
+                put_node
+                    .execute(params![
+                        n.id.to_string(),
+                        n.hostname,
+                        n.version,
+                        n.listen_addr.to_string(),
+                        hex_encode(&n.public_key),
+                        serde_json::to_string(&n.addresses).expect("strings serialize"),
+                        n.state.name(),
+                        n.since.0 as i64,
+                        n.registered_at.0 as i64,
+                        n.peer_epoch as i64,
+                        serde_json::to_string(&n.peers).expect("ids serialize"),
+                    ])
+                    .map_err(err)?;
+            }
+            let mut put_meta = tx
+                .prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                )
+                .map_err(err)?;
+            if let Some(r) = ring {
+                put_meta
+                    .execute(params!["ring", serde_json::to_string(r).expect("ids serialize")])
+                    .map_err(err)?;
+            }
+            if let Some((e, ev)) = counters {
+                put_meta.execute(params!["next_epoch", e.to_string()]).map_err(err)?;
+                put_meta.execute(params!["next_event_id", ev.to_string()]).map_err(err)?;
+            }
+            if let Some(pos) = progress.position {
+                put_meta.execute(params!["inbox_position", pos.to_string()]).map_err(err)?;
+            }
+            let mut put_applied = tx
+                .prepare_cached(
+                    "INSERT INTO applied (node, through, count) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(node) DO UPDATE SET through = MAX(through, excluded.through),
+                     count = count + excluded.count",
+                )
+                .map_err(err)?;
+            for (node, (through, count)) in &progress.applied {
+                put_applied
+                    .execute(params![node.to_string(), *through as i64, *count as i64])
+                    .map_err(err)?;
+            }
+            let mut put_discovery = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO discovery
+                     (node, name, hash, payload, collected_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(err)?;
+            for d in &progress.discovery {
+                // Before the result replaces the previous one: the graph diffs against it.
+                topology::apply_discovery(&tx, d).map_err(err)?;
+                put_discovery
+                    .execute(params![
+                        d.node.to_string(),
+                        d.name,
+                        d.hash,
+                        d.payload,
+                        d.collected_at as i64,
+                        d.updated_at as i64
+                    ])
+                    .map_err(err)?;
+            }
+            services::apply(&tx, &progress.services).map_err(err)?;
+            let mut put_event = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO events
+                     (id, time, kind, host, hostname, tags, text, severity, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .map_err(err)?;
+            for e in events {
+                put_event
+                    .execute(params![
+                        e.id as i64,
+                        e.time.0 as i64,
+                        e.kind.name(),
+                        e.host.map(|h| h.to_string()),
+                        e.hostname,
+                        serde_json::to_string(&e.tags).expect("tags serialize"),
+                        e.text,
+                        e.severity.name(),
+                        e.body.as_ref().map(|b| b.to_string()),
+                    ])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(())
+    }
+
+    /// The last inbox LSN whose effects are stored (0 if none).
+    pub fn inbox_position(&self) -> Result<u64, StoreError> {
+        Ok(self.meta_u64("inbox_position")?.unwrap_or(0))
+    }
+
+    /// Per node, the spool records applied so far.
+    pub fn applied(&self) -> Result<BTreeMap<NodeId, Applied>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT node, through, count FROM applied")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (node, through, count) = row.map_err(|e| self.sql(e))?;
+            let id = node.parse().map_err(|_| StoreError::Corrupt {
+                table: "applied",
+                detail: format!("node {node:?}"),
+            })?;
+            out.insert(id, Applied { through: through as u64, count: count as u64 });
+        }
+        Ok(out)
+    }
+
+    /// The latest discovery results of one node, by collector name.
+    pub fn discovery(&self, node: NodeId) -> Result<Vec<DiscoveryRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT name, hash, payload, collected_at, updated_at FROM discovery
+                 WHERE node = ?1 ORDER BY name",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([node.to_string()], |r| {
+                Ok(DiscoveryRecord {
+                    node,
+                    name: r.get(0)?,
+                    hash: r.get(1)?,
+                    payload: r.get(2)?,
+                    collected_at: r.get::<_, i64>(3)? as u64,
+                    updated_at: r.get::<_, i64>(4)? as u64,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+
+    /// All nodes, ordered by hostname.
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, hostname, version, listen_addr, public_key, addresses, state, since,
+                 registered_at, peer_epoch, peers FROM nodes ORDER BY hostname, id",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, i64>(7)?,
+                    r.get::<_, i64>(8)?,
+                    r.get::<_, i64>(9)?,
+                    r.get::<_, String>(10)?,
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, hostname, version, listen, key, addrs, state, since, reg, epoch, peers) =
+                row.map_err(|e| self.sql(e))?;
+            let corrupt = |detail: String| StoreError::Corrupt { table: "nodes", detail };
+            out.push(NodeRecord {
+                id: id.parse().map_err(|e| corrupt(format!("id {id:?}: {e}")))?,
+                hostname,
+                version,
+                listen_addr: listen
+                    .parse()
+                    .map_err(|e| corrupt(format!("listen_addr {listen:?}: {e}")))?,
+                public_key: hex_decode32(&key)
+                    .ok_or_else(|| corrupt(format!("public_key of {id}")))?,
+                addresses: serde_json::from_str(&addrs)
+                    .map_err(|e| corrupt(format!("addresses of {id}: {e}")))?,
+                state: state.parse().map_err(|_| corrupt(format!("state {state:?} of {id}")))?,
+                since: Timestamp(since as u64),
+                registered_at: Timestamp(reg as u64),
+                peer_epoch: epoch as u64,
+                peers: serde_json::from_str(&peers)
+                    .map_err(|e| corrupt(format!("peers of {id}: {e}")))?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Events with id greater than `since`, oldest first, at most `limit`.
+    pub fn events_since(&self, since: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, time, kind, host, hostname, tags, text, severity, body FROM events
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params![since as i64, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, Option<String>>(8)?,
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, time, kind, host, hostname, tags, text, severity, body) =
+                row.map_err(|e| self.sql(e))?;
+            let corrupt = |detail: String| StoreError::Corrupt { table: "events", detail };
+            let kind: EventKind =
+                kind.parse().map_err(|_| corrupt(format!("kind {kind:?} of event {id}")))?;
+            let host = match host {
+                Some(h) => {
+                    Some(h.parse().map_err(|_| corrupt(format!("host {h:?} of event {id}")))?)
+                }
+                None => None,
+            };
+            out.push(Event {
+                id: id as u64,
+                time: Timestamp(time as u64),
+                kind,
+                host,
+                hostname,
+                tags: serde_json::from_str(&tags)
+                    .map_err(|e| corrupt(format!("tags of event {id}: {e}")))?,
+                text,
+                severity: severity
+                    .parse()
+                    .map_err(|_| corrupt(format!("severity {severity:?} of event {id}")))?,
+                body: match body {
+                    Some(b) => Some(
+                        serde_json::from_str(&b)
+                            .map_err(|e| corrupt(format!("body of event {id}: {e}")))?,
+                    ),
+                    None => None,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// The id of the newest event (0 if none).
+    pub fn last_event_id(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get::<_, i64>(0))
+            .map(|v| v as u64)
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Stores a new enrollment token.
+    pub fn add_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO tokens (id, secret, created_at, expires_at, max_uses, uses)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    hex_encode(&t.id),
+                    hex_encode(&t.secret),
+                    t.created_at.0 as i64,
+                    t.expires_at.0 as i64,
+                    t.max_uses as i64,
+                    t.uses as i64
+                ],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// Looks a token up by id.
+    pub fn token(&self, id: &[u8]) -> Result<Option<TokenRecord>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT id, secret, created_at, expires_at, max_uses, uses FROM tokens WHERE id = ?1",
+                [hex_encode(id)],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        let Some((id, secret, created, expires, max_uses, uses)) = row else { return Ok(None) };
+        let corrupt = || StoreError::Corrupt { table: "tokens", detail: format!("token {id}") };
+        let id_bytes = hex_decode(&id).and_then(|v| v.try_into().ok()).ok_or_else(corrupt)?;
+        Ok(Some(TokenRecord {
+            id: id_bytes,
+            secret: hex_decode32(&secret).ok_or_else(corrupt)?,
+            created_at: Timestamp(created as u64),
+            expires_at: Timestamp(expires as u64),
+            max_uses: max_uses as u64,
+            uses: uses as u64,
+        }))
+    }
+
+    /// Counts one use of a token.
+    pub fn use_token(&mut self, id: &[u8]) -> Result<(), StoreError> {
+        self.conn
+            .execute("UPDATE tokens SET uses = uses + 1 WHERE id = ?1", [hex_encode(id)])
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// Number of nodes in each state, by state name.
+    pub fn count_by_state(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT state, COUNT(*) FROM nodes GROUP BY state")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    hex::decode(s).ok()
+}
+
+fn hex_decode32(s: &str) -> Option<[u8; 32]> {
+    hex_decode(s)?.try_into().ok()
+}
