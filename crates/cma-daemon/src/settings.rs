@@ -331,8 +331,8 @@ fn token_create(
     uses: u64,
 ) -> anyhow::Result<()> {
     use assim_wire::Timestamp;
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
+    // 0700 before anything is written into it (the identity, the database, the inbox).
+    assim_seal::create_private_dir(&opts.data_dir)?;
     let identity = assim_seal::Identity::load_or_create(&opts.data_dir)?;
     let mut store = assim_store_sqlite::Store::open(&crate::cma::store_path(&opts.data_dir))?;
     let addrs = if advertise.is_empty() {

@@ -40,6 +40,14 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The database file could not be created or its permissions could not be tightened to
+    /// 0600; nothing was changed.
+    #[error("cannot create {path} or make it private (mode 0600): {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A row could not be decoded into a record (the file was edited by hand or is from a newer
     /// version); nothing was changed.
     #[error("corrupt row in {table}: {detail}")]
@@ -176,6 +184,34 @@ impl TokenRecord {
     }
 }
 
+/// Creates the database file with mode 0600 if it is missing (SQLite gives its `-wal` and `-shm`
+/// files the database file's mode), and takes group and other access away from an existing
+/// database and its `-wal`/`-shm` files, which older versions created 0644: the database holds
+/// join-token material and the whole inventory.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let mut name = path.as_os_str().to_owned();
+    for suffix in ["", "-wal", "-shm"] {
+        name.push(suffix);
+        let p = Path::new(&name);
+        match std::fs::metadata(p) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        name = path.as_os_str().to_owned();
+    }
+    Ok(())
+}
+
 /// The SQLite store. One writer (the CMA's core task); readers open their own [`Store`].
 #[derive(Debug)]
 pub struct Store {
@@ -188,6 +224,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let spath = path.display().to_string();
         let err = |source| StoreError::Sqlite { path: spath.clone(), source };
+        make_private(path).map_err(|source| StoreError::Io { path: spath.clone(), source })?;
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
