@@ -615,7 +615,8 @@ impl Driver {
             let now = Timestamp::now();
             match self.store.token(&proof.token_id) {
                 Ok(Some(t))
-                    if t.usable(now) && assim_seal::verify_proof(&t.secret, node, &key, proof) =>
+                    if t.usable(now)
+                        && assim_seal::verify_proof(&t.secret_hash, node, &key, proof) =>
                 {
                     if let Err(e) = self.store.use_token(&proof.token_id) {
                         error!(error = %e, "cannot count a token use");

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use assim_util::daemon::{block_on_shutdown, init_logging, read_config_file};
 use assim_util::duration::{format_duration, parse_duration};
 use clap::{Args, Subcommand};
@@ -353,7 +353,7 @@ fn token_create(
     let now = Timestamp::now();
     store.add_token(&assim_store_sqlite::TokenRecord {
         id: token.token_id(),
-        secret: token.secret,
+        secret_hash: assim_seal::secret_hash(&token.secret),
         created_at: now,
         expires_at: now + ttl,
         max_uses: uses,

@@ -26,4 +26,4 @@ pub use identity::{
 };
 pub use replay::ReplayWindow;
 pub use seal::{OpenError, Opened, RejectCounters, SealError, Sealer};
-pub use token::{JoinToken, TokenError, token_id_for_secret, verify_proof};
+pub use token::{JoinToken, TokenError, secret_hash, token_id_for_secret, verify_proof};
