@@ -1385,8 +1385,11 @@ impl Sim {
             if acked > self.cma_applied_through(i as u32) {
                 sc.acked_not_applied += 1;
             }
-            // Acknowledged records are gone.
-            if let Ok(mut r) = log.read_from(log.first_lsn())
+            // Acknowledged records are gone. Only a running spool can say so: removal from the
+            // middle of a segment is logical until the process ends (see `Log::remove_through`),
+            // so a reopened spool shows them again and its reader resumes after `acked`.
+            if n.probe.is_some()
+                && let Ok(mut r) = log.read_from(log.first_lsn())
                 && r.next().is_some_and(|x| x.is_ok_and(|(lsn, _)| lsn <= acked))
             {
                 sc.not_removed += 1;
