@@ -39,6 +39,9 @@ struct Inode {
     durable: Vec<u8>,
     /// After a failed sync: byte range whose pages were dropped as clean without being written.
     lost: Option<(usize, usize)>,
+    /// Length of the prefix that `data` and `durable` are known to share, so that a sync copies
+    /// only what changed since the last one (an inbox syncs its active segment every turn).
+    synced: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -117,7 +120,8 @@ impl MemState {
     fn new_inode(&mut self) -> u64 {
         let ino = self.next_ino;
         self.next_ino += 1;
-        self.inodes.insert(ino, Inode { data: Vec::new(), durable: Vec::new(), lost: None });
+        self.inodes
+            .insert(ino, Inode { data: Vec::new(), durable: Vec::new(), lost: None, synced: 0 });
         ino
     }
 }
@@ -214,6 +218,7 @@ impl MemStorage {
                 inode.durable.clone()
             };
             let inode = s.inodes.get_mut(&ino).expect("listed above");
+            inode.synced = new.len();
             inode.data = new.clone();
             inode.durable = new;
             inode.lost = None;
@@ -305,7 +310,9 @@ impl Storage for MemStorage {
                 ino
             }
         };
-        s.inodes.get_mut(&ino).expect("just looked up").data.clear();
+        let inode = s.inodes.get_mut(&ino).expect("just looked up");
+        inode.data.clear();
+        inode.synced = 0;
         let space = usize::try_from(s.space()).unwrap_or(usize::MAX);
         let n = data.len().min(space);
         s.inodes.get_mut(&ino).expect("just looked up").data.extend_from_slice(&data[..n]);
@@ -338,11 +345,15 @@ impl Storage for MemStorage {
         }
         s.syncs += 1;
         let inode = s.inodes.get_mut(&ino).expect("dir entry points to an inode");
-        inode.durable = inode.data.clone();
+        let same = inode.synced.min(inode.data.len()).min(inode.durable.len());
+        inode.durable.truncate(same);
+        inode.durable.extend_from_slice(&inode.data[same..]);
+        inode.synced = inode.data.len();
         if let Some((a, b)) = inode.lost.take() {
             let b = b.min(inode.durable.len());
             if a < b {
                 inode.durable[a..b].fill(0);
+                inode.synced = a;
             }
         }
         Ok(())
@@ -357,6 +368,7 @@ impl Storage for MemStorage {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "mem: truncate cannot extend"));
         }
         inode.data.truncate(len);
+        inode.synced = inode.synced.min(len);
         if let Some((a, b)) = inode.lost {
             inode.lost = if a >= len { None } else { Some((a, b.min(len))) };
         }
@@ -439,6 +451,25 @@ mod tests {
         assert_eq!(m.read_all("a").unwrap(), b"abcd"); // the cache still has them
         m.crash(false);
         assert_eq!(m.read_all("a").unwrap(), b"\0\0\0d"); // the disk does not
+    }
+
+    #[test]
+    fn a_sync_after_truncate_and_rewrite_makes_the_new_bytes_durable() {
+        let mut m = MemStorage::new(1);
+        m.create("a").unwrap();
+        m.sync_dir().unwrap();
+        m.append("a", b"abcdef").unwrap();
+        m.sync("a").unwrap();
+        m.truncate("a", 2).unwrap();
+        m.append("a", b"XY").unwrap();
+        m.sync("a").unwrap();
+        m.write_file("a", b"q").unwrap();
+        m.append("a", b"rs").unwrap();
+        m.sync("a").unwrap();
+        m.append("a", b"tu").unwrap();
+        m.sync("a").unwrap();
+        m.crash(false);
+        assert_eq!(m.read_all("a").unwrap(), b"qrstu");
     }
 
     #[test]
