@@ -304,6 +304,7 @@ impl Cma {
             match due {
                 Due::Probe { node, nonce } => self.pending.probes.push((node, nonce)),
                 Due::Decide { node, suspicion } => self.decide(now, node, suspicion),
+                Due::Confirmed { node, suspicion } => self.down_corroborated(now, node, suspicion),
             }
         }
         if self.ring_flush_at.is_some_and(|t| t <= now) {
@@ -463,22 +464,7 @@ impl Cma {
     /// A witness's word about a Suspect node: the suspicion's verdict, applied.
     fn witness(&mut self, now: Timestamp, node: NodeId, who: NodeId, word: Word, martian: bool) {
         match self.suspicions.witness(node, who, word, martian, now) {
-            Some(Witnessed::Confirmed(s)) => {
-                self.stats.downs_corroborated += 1;
-                let names: Vec<String> = s.reporters.iter().map(|r| self.name(*r)).collect();
-                let text = format!(
-                    "{} is down: no heartbeats for {}, confirmed by {}",
-                    self.name(node),
-                    self.silence(s.silent_ms),
-                    join_names(&names),
-                );
-                let tags = vec![
-                    ("reason", "corroborated".into()),
-                    ("reporters", names.join(",")),
-                    ("silent_ms", s.silent_ms.to_string()),
-                ];
-                self.go_down(now, node, tags, text);
-            }
+            Some(Witnessed::Confirmed(s)) => self.down_corroborated(now, node, s),
             Some(Witnessed::Cleared) => {
                 // Heartbeats resumed: back to Up, and say so, so that a subscriber that saw
                 // host.suspect sees it cleared.
@@ -494,6 +480,24 @@ impl Cma {
             Some(Witnessed::Stale) => self.stats.reports_stale += 1,
             Some(Witnessed::Recorded | Witnessed::ProofOfLife) | None => {}
         }
+    }
+
+    /// Suspect → Down: two neighbours' dead words and the CMA's own probe unanswered.
+    fn down_corroborated(&mut self, now: Timestamp, node: NodeId, s: Suspicion) {
+        self.stats.downs_corroborated += 1;
+        let names: Vec<String> = s.reporters.iter().map(|r| self.name(*r)).collect();
+        let text = format!(
+            "{} is down: no heartbeats for {}, confirmed by {}; it did not answer the CMA's probe",
+            self.name(node),
+            self.silence(s.silent_ms),
+            join_names(&names),
+        );
+        let tags = vec![
+            ("reason", "corroborated".into()),
+            ("reporters", names.join(",")),
+            ("silent_ms", s.silent_ms.to_string()),
+        ];
+        self.go_down(now, node, tags, text);
     }
 
     /// Up → Suspect on a first valid dead report.

@@ -3,7 +3,9 @@
 //! ```text
 //! UP --dead report (neighbour A)------------------> SUSPECT{reporters={A}, deadline=now+2*interval}
 //!                                                   probe now, then every interval/2
-//! SUSPECT --dead report (neighbour C != A)--------> DOWN            (unless alive was proven)
+//! SUSPECT --dead report (neighbour C != A)--------> DOWN            (unless alive was proven;
+//!                                                   once the CMA's first probe has gone
+//!                                                   unanswered for interval/2)
 //! SUSPECT --deadline, alive proven----------------> UP + path.suspect(A -> B)
 //! SUSPECT --deadline, no proof of life------------> DOWN            (the CMA's own probe failed)
 //! SUSPECT --back-alive from every reporter--------> UP              (host.up, reason=resumed)
@@ -31,6 +33,11 @@
 //!
 //! Probe replies and the node's own messages are the CMA's first-hand evidence and are never
 //! withdrawn.
+//!
+//! **The CMA's own probe decides** (issue 16 item 4). Two neighbours' dead words are not enough
+//! on their own: the node goes down only once the CMA's first probe has gone unanswered for
+//! [`probe_every`] (half an interval). Two colluding neighbours can therefore not take down a
+//! host the CMA can reach; a second report that arrives sooner arms a confirmation timer.
 //!
 //! This module only keeps suspicions and their timers; [`crate::Cma`] applies the lifecycle
 //! consequences (state, ring, events). Timers live in one `BTreeSet<(wake, node)>`, so finding
@@ -122,6 +129,11 @@ pub struct Suspicion {
     pub alive: Option<AliveProof>,
     /// Restored from a snapshot rather than started by a report.
     pub restored: bool,
+    /// When the first probe has gone unanswered long enough to confirm a corroborated
+    /// suspicion.
+    probe_failed_at: Timestamp,
+    /// Two reporters and no proof of life before `probe_failed_at`: decide then.
+    confirm_pending: bool,
     /// A probe reply or a message from the node itself (never withdrawn).
     first_hand: Option<AliveProof>,
     /// Neighbours whose "alive" counted, in arrival order (valid while their latest word).
@@ -132,7 +144,13 @@ pub struct Suspicion {
 
 impl Suspicion {
     fn wake(&self) -> Timestamp {
-        self.next_probe.map_or(self.deadline, |p| p.min(self.deadline))
+        let wake = self.next_probe.map_or(self.deadline, |p| p.min(self.deadline));
+        if self.confirm_pending { wake.min(self.probe_failed_at) } else { wake }
+    }
+
+    /// Corroborated by two reporters with nothing proving the node alive.
+    fn corroborated(&self) -> bool {
+        self.alive.is_none() && self.reporters.len() >= 2
     }
 
     /// Each witness's latest word about the node.
@@ -168,8 +186,8 @@ pub enum Witnessed {
     Stale,
     /// The witness had already reported it dead; nothing changed.
     Repeated,
-    /// A second neighbour confirms and nothing proves the node alive: it is down. The
-    /// suspicion is closed and returned.
+    /// A second neighbour confirms, nothing proves the node alive and the CMA's first probe
+    /// has gone unanswered: it is down. The suspicion is closed and returned.
     Confirmed(Suspicion),
     /// Recorded; decided later (another reporter while alive is proven, the first report
     /// after a restart, a late word).
@@ -187,6 +205,9 @@ pub enum Due {
     Probe { node: NodeId, nonce: u64 },
     /// The deadline passed: decide. The suspicion is closed.
     Decide { node: NodeId, suspicion: Suspicion },
+    /// A corroborated suspicion's first probe went unanswered: down, as
+    /// [`Witnessed::Confirmed`]. The suspicion is closed.
+    Confirmed { node: NodeId, suspicion: Suspicion },
 }
 
 /// Every open suspicion and its timer.
@@ -249,6 +270,8 @@ impl Suspicions {
             nonces: vec![nonce],
             alive: None,
             restored: first.is_none(),
+            probe_failed_at: now + probe_every(timing),
+            confirm_pending: false,
             first_hand: None,
             heard_by: Vec::new(),
             words: first.into_iter().collect(),
@@ -293,11 +316,14 @@ impl Suspicions {
                 s.refresh_alive();
                 // A restored suspicion lost its first reporter; the first report after the
                 // restart takes its place rather than confirming.
-                if s.alive.is_some() || s.reporters.len() < 2 {
+                if !s.corroborated() {
                     Witnessed::Recorded
-                } else {
+                } else if now >= s.probe_failed_at {
                     let closed = self.cancel(node).expect("present");
                     return Some(Witnessed::Confirmed(closed));
+                } else {
+                    s.confirm_pending = true;
+                    Witnessed::Recorded
                 }
             }
             Saw::Late => {
@@ -380,10 +406,21 @@ impl Suspicions {
             return None;
         }
         self.timers.pop_first();
-        let s = self.by_node.get(&node).expect("every timer belongs to a suspicion");
+        let s = self.by_node.get_mut(&node).expect("every timer belongs to a suspicion");
         if now >= s.deadline {
             let suspicion = self.by_node.remove(&node).expect("present");
             return Some(Due::Decide { node, suspicion });
+        }
+        if s.confirm_pending && now >= s.probe_failed_at {
+            s.confirm_pending = false;
+            if s.corroborated() {
+                let suspicion = self.by_node.remove(&node).expect("present");
+                return Some(Due::Confirmed { node, suspicion });
+            }
+            if s.next_probe.is_none_or(|p| p > now) {
+                self.timers.insert((s.wake(), node));
+                return self.poll_due(now, timing);
+            }
         }
         let nonce = self.issue_nonce();
         let s = self.by_node.get_mut(&node).expect("present");
@@ -452,7 +489,8 @@ mod tests {
         let mut s = Suspicions::new(0);
         s.start(id(2), Some((id(1), dead(5000))), now, &t);
         assert_eq!(s.witness(id(2), id(1), dead(6000), false, now), Some(Witnessed::Repeated));
-        let Some(Witnessed::Confirmed(closed)) = s.witness(id(2), id(3), dead(5500), false, now)
+        let later = now + probe_every(&t);
+        let Some(Witnessed::Confirmed(closed)) = s.witness(id(2), id(3), dead(5500), false, later)
         else {
             panic!("not confirmed")
         };
@@ -486,10 +524,36 @@ mod tests {
         // Neighbour 3's old "alive" arrives first (spool order), then its "dead".
         assert_eq!(s.witness(id(2), id(3), alive(), false, t0), Some(Witnessed::ProofOfLife));
         assert_eq!(s.get(id(2)).unwrap().alive, Some(AliveProof::HeardBy(id(3))));
-        let Some(Witnessed::Confirmed(c)) = s.witness(id(2), id(3), dead(5000), false, t0) else {
-            panic!("two neighbours say dead and nothing else proves it alive")
+        assert_eq!(s.witness(id(2), id(3), dead(5000), false, t0), Some(Witnessed::Recorded));
+        let due = drain(&mut s, t0 + probe_every(&t), &t);
+        let [Due::Confirmed { suspicion: c, .. }] = &due[..] else {
+            panic!("two neighbours say dead and nothing else proves it alive: {due:?}")
         };
         assert_eq!(c.alive, None);
+    }
+
+    #[test]
+    fn item_4_two_neighbours_cannot_take_down_a_host_that_answers_the_cma() {
+        let t = Timing::default();
+        let t0 = Timestamp(1_000_000);
+        let mut s = Suspicions::new(0);
+        // Two (colluding) neighbours say dead at once; the CMA's probe went out at t0.
+        s.start(id(2), Some((id(1), dead(5000))), t0, &t);
+        assert_eq!(s.witness(id(2), id(3), dead(5000), false, t0), Some(Witnessed::Recorded));
+        assert_eq!(s.next_wake(), Some(t0 + probe_every(&t)), "decides when the probe has failed");
+        // The host answers the probe in time: not down, and decided at the deadline as alive.
+        assert!(s.proof_of_life(id(2), AliveProof::ProbeReply));
+        let due = drain(&mut s, t0 + probe_every(&t), &t);
+        assert!(due.is_empty(), "{due:?}");
+        let due = drain(&mut s, t0 + suspect_window(&t), &t);
+        let [Due::Decide { suspicion, .. }] = &due[..] else { panic!("{due:?}") };
+        assert_eq!(suspicion.alive, Some(AliveProof::ProbeReply));
+        // Without an answer, the same two words take it down once the probe has failed.
+        s.start(id(2), Some((id(1), dead(5000))), t0, &t);
+        s.witness(id(2), id(3), dead(5000), false, t0);
+        assert!(drain(&mut s, t0 + probe_every(&t) - Duration::from_millis(1), &t).is_empty());
+        let due = drain(&mut s, t0 + probe_every(&t), &t);
+        assert!(matches!(&due[..], [Due::Confirmed { .. }]), "{due:?}");
     }
 
     #[test]
@@ -531,6 +595,7 @@ mod tests {
         // A second reporter whose silence began after 101 s: 3's word no longer contradicts
         // every silence, and two neighbours say dead.
         let d5 = Word { saw: Saw::Dead, epoch: 4, at: 107_000_000, silent_ms: 5000 };
-        assert!(matches!(s.witness(id(2), id(5), d5, false, t0), Some(Witnessed::Confirmed(_))));
+        let t1 = t0 + probe_every(&t);
+        assert!(matches!(s.witness(id(2), id(5), d5, false, t1), Some(Witnessed::Confirmed(_))));
     }
 }
