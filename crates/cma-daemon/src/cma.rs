@@ -105,7 +105,13 @@ pub async fn run(
     let mut checks = checks;
     checks.reader = Some(Store::open(&store_path(&opts.data_dir))?);
     let ext = DaemonExt { checks, discovery_schedule, tagger };
-    let mut config = ShellConfig::new(CmaConfig { timing: opts.timing }, session);
+    let mut config = ShellConfig::new(
+        CmaConfig {
+            timing: opts.timing,
+            placement_key: identity.derive_key("assim ring placement"),
+        },
+        session,
+    );
     config.open_enrollment = opts.open_enrollment;
     let shell = Shell::start(config, sealer, inbox, store, ext, now())
         .context("cannot start the CMA engine")?;

@@ -118,7 +118,8 @@ struct World {
 }
 
 fn config(open: bool, commit_interval: Duration) -> ShellConfig {
-    let mut c = ShellConfig::new(CmaConfig { timing: Timing::default() }, 7);
+    let mut c =
+        ShellConfig::new(CmaConfig { timing: Timing::default(), ..CmaConfig::default() }, 7);
     c.open_enrollment = open;
     c.commit_interval = commit_interval;
     c

@@ -71,10 +71,11 @@ impl Cma {
     /// not re-sent otherwise: nanoprobes say hello again when they notice the restart.
     pub fn new(config: CmaConfig, snapshot: Snapshot, now: Timestamp) -> Cma {
         let max_epoch = snapshot.nodes.iter().map(|n| n.peer_epoch).max().unwrap_or(0);
+        let rings = RingManager::with_key(config.placement_key);
         let mut cma = Cma {
             config,
             nodes: BTreeMap::new(),
-            rings: RingManager::new(),
+            rings,
             suspicions: Suspicions::new(now.micros()),
             next_epoch: snapshot.next_epoch.max(max_epoch.saturating_add(1)).max(1),
             next_event_id: snapshot.next_event_id.max(1),

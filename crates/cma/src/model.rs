@@ -33,6 +33,10 @@ pub fn probe_every(t: &Timing) -> Duration {
 #[derive(Clone, Debug, Default)]
 pub struct CmaConfig {
     pub timing: Timing,
+    /// Secret mixed into every ring position (see [`crate::ring`]), so that a node cannot
+    /// choose its neighbours by choosing its id. The daemon derives it from the CMA's identity
+    /// ([`assim_seal`'s `Identity::derive_key`]); all zeros (the default) only in tests.
+    pub placement_key: crate::ring::PlacementKey,
 }
 
 /// Returned by the `FromStr` impls of [`NodeState`] and [`EventKind`].

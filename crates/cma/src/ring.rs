@@ -1,8 +1,11 @@
 //! The ring manager: which nodes heartbeat which.
 //!
-//! A [`Ring`] is one cycle. Its order is fixed by a hash of the node id — the first 8 bytes of
-//! SHA-256(id) as a big-endian `u64`, ties broken by the id — so consecutive joins land at
-//! spread-out positions and a join or leave disturbs only the two nodes next to it. Members are
+//! A [`Ring`] is one cycle. Its order is fixed by a keyed hash of the node id — the first 8
+//! bytes of SHA-256(placement key ‖ id) as a big-endian `u64`, ties broken by the id — so
+//! consecutive joins land at spread-out positions and a join or leave disturbs only the two
+//! nodes next to it. The placement key is the CMA's secret (issue 16 item 4): a node that
+//! chooses its own id cannot choose where it lands, so two colluding identities cannot make
+//! themselves the neighbours of a host they want to report dead or hide. Members are
 //! kept in a `BTreeSet<(position, id)>`: insert, remove and neighbour lookups are O(log n).
 //!
 //! Neighbours in one ring: none for a ring of one, the other node for a ring of two, the
@@ -23,9 +26,15 @@ use sha2::{Digest, Sha256};
 /// A node's fixed position on every ring: hash first, id as the tie-breaker.
 pub type Position = (u64, NodeId);
 
-/// The ring position of a node.
-pub fn position(id: NodeId) -> Position {
-    let digest = Sha256::digest(id.as_bytes());
+/// The CMA's secret that keys ring positions.
+pub type PlacementKey = [u8; 32];
+
+/// The ring position of a node under `key`.
+pub fn position(key: &PlacementKey, id: NodeId) -> Position {
+    let mut h = Sha256::new();
+    h.update(key);
+    h.update(id.as_bytes());
+    let digest = h.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     (u64::from_be_bytes(first), id)
@@ -34,18 +43,32 @@ pub fn position(id: NodeId) -> Position {
 /// One cycle of nodes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ring {
+    key: PlacementKey,
     members: BTreeSet<Position>,
 }
 
 impl Ring {
-    /// An empty ring.
+    /// An empty ring under the all-zero key (tests).
     pub fn new() -> Self {
         Ring::default()
     }
 
-    /// A ring holding `ids` (duplicates collapse).
+    /// An empty ring whose positions are keyed by `key`.
+    pub fn with_key(key: PlacementKey) -> Self {
+        Ring { key, members: BTreeSet::new() }
+    }
+
+    /// A ring holding `ids` (duplicates collapse), under the all-zero key.
     pub fn from_ids(ids: impl IntoIterator<Item = NodeId>) -> Self {
-        Ring { members: ids.into_iter().map(position).collect() }
+        let mut ring = Ring::new();
+        for id in ids {
+            ring.insert(id);
+        }
+        ring
+    }
+
+    fn position(&self, id: NodeId) -> Position {
+        position(&self.key, id)
     }
 
     pub fn len(&self) -> usize {
@@ -57,28 +80,28 @@ impl Ring {
     }
 
     pub fn contains(&self, id: NodeId) -> bool {
-        self.members.contains(&position(id))
+        self.members.contains(&self.position(id))
     }
 
     /// Adds `id`; false if it was already a member.
     pub fn insert(&mut self, id: NodeId) -> bool {
-        self.members.insert(position(id))
+        self.members.insert(self.position(id))
     }
 
     /// Removes `id`; false if it was not a member.
     pub fn remove(&mut self, id: NodeId) -> bool {
-        self.members.remove(&position(id))
+        self.members.remove(&self.position(id))
     }
 
     /// The member before `id` in ring order (wrapping), other than `id` itself. `id` need not be
     /// a member: for a non-member this is where it would sit.
     pub fn predecessor(&self, id: NodeId) -> Option<NodeId> {
-        self.before(&position(id))
+        self.before(&self.position(id))
     }
 
     /// The member after `id` in ring order (wrapping), other than `id` itself.
     pub fn successor(&self, id: NodeId) -> Option<NodeId> {
-        self.after(&position(id))
+        self.after(&self.position(id))
     }
 
     fn before(&self, p: &Position) -> Option<NodeId> {
@@ -96,7 +119,7 @@ impl Ring {
     /// The nodes `id` heartbeats in this ring: predecessor first, then successor if different.
     /// Empty when `id` is not a member or alone.
     pub fn neighbours(&self, id: NodeId) -> Vec<NodeId> {
-        let p = position(id);
+        let p = self.position(id);
         if !self.members.contains(&p) {
             return Vec::new();
         }
@@ -170,10 +193,15 @@ impl Default for RingManager {
 }
 
 impl RingManager {
-    /// A manager with one empty ring, [`RingKey::ALL`].
+    /// A manager with one empty ring, [`RingKey::ALL`], under the all-zero key (tests).
     pub fn new() -> Self {
+        RingManager::with_key([0; 32])
+    }
+
+    /// A manager with one empty ring, [`RingKey::ALL`], keyed by `key`.
+    pub fn with_key(key: PlacementKey) -> Self {
         let mut rings = BTreeMap::new();
-        rings.insert(RingKey::all(), Ring::new());
+        rings.insert(RingKey::all(), Ring::with_key(key));
         RingManager { rings }
     }
 
@@ -277,11 +305,34 @@ mod tests {
     }
 
     #[test]
+    fn item_4_ring_placement_is_keyed_by_the_cma_secret() {
+        let ids: Vec<NodeId> = (0..64).map(id).collect();
+        let order = |key: PlacementKey| {
+            let mut r = Ring::with_key(key);
+            ids.iter().for_each(|n| {
+                r.insert(*n);
+            });
+            r.order()
+        };
+        let (a, b) = (order([1; 32]), order([2; 32]));
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b, "another CMA secret puts the same ids in another order");
+        assert_eq!(a, order([1; 32]), "the same secret gives the same order");
+        // Without the key, the unkeyed hash does not predict the order.
+        let mut unkeyed = ids.clone();
+        unkeyed.sort_by_key(|n| {
+            let d = Sha256::digest(n.as_bytes());
+            u64::from_be_bytes(d[..8].try_into().unwrap())
+        });
+        assert_ne!(a, unkeyed);
+    }
+
+    #[test]
     fn order_follows_hash_not_id() {
         let r = Ring::from_ids((0..50).map(id));
         let order = r.order();
         let mut by_hash = order.clone();
-        by_hash.sort_by_key(|n| position(*n));
+        by_hash.sort_by_key(|n| position(&[0; 32], *n));
         assert_eq!(order, by_hash);
         let mut by_id = order.clone();
         by_id.sort();

@@ -162,6 +162,17 @@ impl Identity {
         fingerprint(&self.public)
     }
 
+    /// A 32-byte key for `purpose`, derived one-way from the secret key: stable for this
+    /// identity, unpredictable without it (the CMA's ring placement key).
+    pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"assim derived key\0");
+        h.update(purpose.as_bytes());
+        h.update([0]);
+        h.update(self.secret.as_bytes());
+        h.finalize().into()
+    }
+
     /// The secret key (crate-internal: sealing and tests only).
     pub(crate) fn secret(&self) -> &StaticSecret {
         &self.secret

@@ -511,7 +511,9 @@ impl Sim {
     pub fn new(sc: Scenario, progress: bool, measure_memory: bool) -> Sim {
         let n = sc.nodes;
         let ids = node_ids(sc.seed, n);
-        let config = CmaConfig { timing: sc.timing };
+        let mut placement_key = [0u8; 32];
+        ChaCha8Rng::seed_from_u64(mix(sc.seed, 0x51ace, 0)).fill_bytes(&mut placement_key);
+        let config = CmaConfig { timing: sc.timing, placement_key };
         let cma_bytes_per_node = if measure_memory {
             let hellos = ids.iter().enumerate().map(|(i, &id)| {
                 let i = i as u32;
