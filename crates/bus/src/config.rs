@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! [bus]
-//! retention_max_age = "30d"      # delete events older than this (s, m, h, d)
+//! retention_max_age = "30d"      # delete events older than this (12h, 30d, …)
 //! retention_max_events = 1000000 # and keep at most this many
 //!
 //! [[bus.tag_rules]]              # see `tagging`
@@ -20,6 +20,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use assim_util::parse_duration;
 use serde::{Deserialize, Serialize};
 
 use crate::tagging::TagRuleConfig;
@@ -194,28 +195,6 @@ impl SinkConfig {
         let d = |s: &str, dflt: u64| parse_duration(s).unwrap_or(Duration::from_secs(dflt));
         (d(&self.backoff, 1), d(&self.max_backoff, 300), d(&self.timeout, 10))
     }
-}
-
-/// Parses "500ms", "10s", "5m", "2h", "30d" or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, unit) = (&s[..split], s[split..].trim());
-    let n: f64 =
-        num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 10s, 5m, 30d)"))?;
-    let mult = match unit {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "d" => 86_400.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s, m, h or d)")),
-    };
-    let secs = n * mult;
-    if !secs.is_finite() || !(0.0..=86_400.0 * 3650.0).contains(&secs) {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use std::fmt;
 use assim_cma::{Event, Severity};
 use regex::Regex;
 
-use crate::glob::Glob;
+use assim_util::Glob;
 
 /// The longest filter accepted, in bytes.
 pub const MAX_FILTER_LEN: usize = 4096;

@@ -15,7 +15,6 @@
 //!
 //! Layout:
 //! - [`filter`]: grammar, parser, [`Filter`] and its evaluator.
-//! - [`glob`]: `*`/`?` globs.
 //! - [`tagging`]: [`Tagger`] and its rules.
 //! - [`config`]: [`BusConfig`], [`SinkConfig`].
 //! - [`sink`]: one delivery attempt per sink kind.
@@ -26,7 +25,6 @@
 
 pub mod config;
 pub mod filter;
-pub mod glob;
 pub mod nats;
 pub mod runner;
 pub mod sink;

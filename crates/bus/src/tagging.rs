@@ -20,7 +20,7 @@ use assim_cma::Event;
 use serde::{Deserialize, Serialize};
 
 use crate::filter::{Filter, FilterError, TextRegex};
-use crate::glob::Glob;
+use assim_util::Glob;
 
 /// One rule as written in the config file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

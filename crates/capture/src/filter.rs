@@ -148,10 +148,11 @@ mod tests {
     /// The program agrees with the LLDP/CDP parser's own framing on every captured fixture.
     #[test]
     fn agrees_with_the_parser_on_fixtures() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/l2");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            println!("SKIP: {} is absent", dir.display());
+        use assim_util::testing::{l2_fixtures, skip};
+        let dir = l2_fixtures(std::path::Path::new(env!("CARGO_MANIFEST_DIR")));
+        let Some((dir, entries)) = dir.and_then(|d| std::fs::read_dir(&d).ok().map(|e| (d, e)))
+        else {
+            skip("shared/fixtures/l2 not found beside the checkout (or set ASSIM_L2_FIXTURES)");
             return;
         };
         let mut checked = 0;

@@ -35,17 +35,7 @@ pub use crate::schedule::{ApplyOutcome, Report, Scheduler};
 pub use crate::spec::{Check, Kind, SpecError};
 pub use assim_wire::msg::CheckState;
 
-/// The lowercase name of a state ("ok", "warning", "critical", "unknown").
-pub fn state_name(s: CheckState) -> &'static str {
-    match s {
-        CheckState::Ok => "ok",
-        CheckState::Warning => "warning",
-        CheckState::Critical => "critical",
-        CheckState::Unknown => "unknown",
-    }
-}
-
-/// Parses a state name (case-insensitive).
+/// Parses a state name (case-insensitive; `CheckState::name` writes them).
 pub fn parse_state(s: &str) -> Option<CheckState> {
     match s.to_ascii_lowercase().as_str() {
         "ok" => Some(CheckState::Ok),

@@ -7,22 +7,13 @@
 //! Run: `cargo bench -p assim --bench checks` (env: ASSIM_BENCH_NODES, ASSIM_BENCH_SERVICES,
 //! ASSIM_BENCH_WINDOW_SECS).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec};
 use assim_store_sqlite::services::ServiceView;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn received(c: &Cluster) -> u64 {
-    let m = c.client.metrics().expect("metrics");
-    m.lines()
-        .find_map(|l| l.strip_prefix("assim_cma_datagrams_received_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("datagrams counter")
-}
+use common::{datagrams_received, env_or};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -78,9 +69,9 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
     std::thread::sleep(Duration::from_secs(2));
-    let (r0, t0) = (received(&c), Instant::now());
+    let (r0, t0) = (datagrams_received(&c), Instant::now());
     std::thread::sleep(Duration::from_secs(window));
-    let (r1, dt) = (received(&c), t0.elapsed().as_secs_f64());
+    let (r1, dt) = (datagrams_received(&c), t0.elapsed().as_secs_f64());
     let packets = r1 - r0;
     let per_service_hour = packets as f64 / services as f64 / (dt / 3600.0);
     println!(

@@ -5,21 +5,13 @@
 //! Run: `cargo bench -p assim --bench ingest` (env: ASSIM_BENCH_SENDERS, ASSIM_BENCH_REPORTS
 //! per sender, ASSIM_BENCH_WINDOW, ASSIM_BENCH_BATCH).
 
+mod common;
+
 use std::time::Duration;
 
 use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec};
 use assim::loadgen::{LoadOptions, run};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
+use common::{env_or, metric};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

@@ -5,27 +5,21 @@
 //!
 //! Run: `cargo bench -p assim --bench quiet` (env: ASSIM_BENCH_NODES, ASSIM_BENCH_QUIET_SECS).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use assim::cluster::{Cluster, ClusterSpec};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use common::{env_or, metric};
 
 /// (datagrams received, bytes received, discovery results stored).
 fn counters(c: &Cluster) -> (u64, u64, u64) {
     let m = c.client.metrics().expect("metrics");
-    let find = |prefix: &str| {
-        m.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let find = |name: &str| metric(&m, name) as u64;
     (
-        find("assim_cma_datagrams_received_total "),
-        find("assim_cma_received_bytes_total "),
-        find("assim_cma_messages_stored_total{kind=\"discovery_result\"} "),
+        find("assim_cma_datagrams_received_total"),
+        find("assim_cma_received_bytes_total"),
+        find("assim_cma_messages_stored_total{kind=\"discovery_result\"}"),
     )
 }
 

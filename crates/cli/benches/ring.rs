@@ -5,28 +5,19 @@
 //! Run: `cargo bench -p assim --bench ring` (env: ASSIM_BENCH_NODES, ASSIM_BENCH_KILLS,
 //! ASSIM_BENCH_STEADY_SECS).
 
+mod common;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use assim::cluster::{Cluster, ClusterSpec};
 use assim_cma::EventKind;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn received(c: &Cluster) -> u64 {
-    let m = c.client.metrics().expect("metrics");
-    m.lines()
-        .find_map(|l| l.strip_prefix("assim_cma_datagrams_received_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("datagrams counter")
-}
+use common::{datagrams_received, env_or};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let nodes = env_or("ASSIM_BENCH_NODES", 20);
+    let nodes = env_or("ASSIM_BENCH_NODES", 20usize);
     let kills = env_or("ASSIM_BENCH_KILLS", 5).min(nodes.saturating_sub(3));
     let steady = env_or("ASSIM_BENCH_STEADY_SECS", 20) as u64;
     let spec = ClusterSpec {
@@ -44,9 +35,9 @@ fn main() {
 
     // Let registration traffic settle, then measure the quiet.
     std::thread::sleep(Duration::from_secs(3));
-    let (r0, t0) = (received(&c), Instant::now());
+    let (r0, t0) = (datagrams_received(&c), Instant::now());
     std::thread::sleep(Duration::from_secs(steady));
-    let (r1, dt) = (received(&c), t0.elapsed().as_secs_f64());
+    let (r1, dt) = (datagrams_received(&c), t0.elapsed().as_secs_f64());
     let per_node = (r1 - r0) as f64 / nodes as f64 / dt;
     println!(
         "steady state: CMA received {} datagrams in {dt:.1} s from {nodes} nodes = {per_node:.4} packets/node/s",

@@ -28,6 +28,8 @@
 //! Run: `cargo bench -p assim --bench serf` (installs `serf` and `nftables` with apt-get when
 //! they are missing).
 
+mod common;
+
 use std::fs::File;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -38,14 +40,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use assim::cluster::{Cluster, ClusterSpec};
 use assim_cma::EventKind;
+use common::env_or;
 
 const TABLE: &str = "assim_bench_serf";
 /// /proc/<pid>/stat times are in USER_HZ, which is 100 on Linux.
 const USER_HZ: f64 = 100.0;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64

@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use assim_api::Event;
 use clap::Args;
 
-use crate::client::{Client, format_event};
+use crate::client::{Client, encode_component, format_event};
 
 /// The data directory of the system's nanoprobe (the default of `nanoprobe --data-dir`).
 pub const DEFAULT_NANOPROBE_DATA_DIR: &str = "/var/lib/assim/nanoprobe";
@@ -115,17 +115,6 @@ fn print(e: &Event, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// `assim events --filter EXPR [--follow]`.
 pub fn events_filtered(
     client: &Client,
@@ -139,8 +128,10 @@ pub fn events_filtered(
     let mut cursor = since;
     let mut printed = 0;
     loop {
-        let mut path =
-            format!("/api/v1/events?since={cursor}&limit={limit}&filter={}", encode(filter));
+        let mut path = format!(
+            "/api/v1/events?since={cursor}&limit={limit}&filter={}",
+            encode_component(filter)
+        );
         if follow {
             path.push_str("&wait=30");
         }

@@ -2,9 +2,10 @@
 
 use anyhow::Context as _;
 use assim_store_sqlite::services::{CheckListEntry, ServiceView, StoredCheck};
+use assim_util::duration::parse_whole_seconds;
 use clap::Subcommand;
 
-use crate::client::{Client, format_time, print_table};
+use crate::client::{Client, encode_component, format_time, print_table};
 
 /// `assim check …`.
 #[derive(Subcommand, Debug)]
@@ -48,16 +49,16 @@ pub enum CheckCommand {
         #[arg(long, default_value = "nagios")]
         kind: String,
         /// Time between runs while the state is steady: 30, 30s, 5m, 1h [default: 60s].
-        #[arg(long, value_parser = parse_secs)]
+        #[arg(long, value_parser = parse_whole_seconds)]
         interval: Option<u64>,
         /// Time between runs while re-checking a problem [default: 15s].
-        #[arg(long, value_parser = parse_secs)]
+        #[arg(long, value_parser = parse_whole_seconds)]
         retry_interval: Option<u64>,
         /// Consecutive failures before a problem counts (and raises an event) [default: 3].
         #[arg(long)]
         attempts: Option<u32>,
         /// How long one run may take before it is killed [default: 10s, at most the interval].
-        #[arg(long, value_parser = parse_secs)]
+        #[arg(long, value_parser = parse_whole_seconds)]
         timeout: Option<u64>,
         /// A parameter NAME=VALUE (OCF agents get it as OCF_RESKEY_NAME); repeatable.
         #[arg(long = "param", value_parser = parse_param)]
@@ -92,23 +93,6 @@ pub enum CheckCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// "30", "30s", "5m", "1h": whole seconds, at least 1.
-fn parse_secs(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (n, mul) = match t.char_indices().last() {
-        Some((i, 'h')) => (&t[..i], 3600),
-        Some((i, 'm')) => (&t[..i], 60),
-        Some((i, 's')) => (&t[..i], 1),
-        _ => (t, 1),
-    };
-    n.trim()
-        .parse::<u64>()
-        .ok()
-        .filter(|v| *v > 0)
-        .and_then(|v| v.checked_mul(mul))
-        .ok_or_else(|| format!("{s:?} is not a duration (examples: 30, 30s, 5m, 1h)"))
 }
 
 fn parse_param(s: &str) -> Result<(String, String), String> {
@@ -210,7 +194,7 @@ pub fn run_check(client: &Client, cmd: CheckCommand) -> anyhow::Result<i32> {
         }
         CheckCommand::List { host, json } => {
             let path = match &host {
-                Some(h) => format!("/api/v1/checks?host={}", encode(h)),
+                Some(h) => format!("/api/v1/checks?host={}", encode_component(h)),
                 None => "/api/v1/checks".to_owned(),
             };
             let list: Vec<CheckListEntry> = client.get_json(&path, "the check sets")?;
@@ -258,10 +242,10 @@ pub fn services(
 ) -> anyhow::Result<()> {
     let mut query = Vec::new();
     if let Some(h) = host {
-        query.push(format!("host={}", encode(h)));
+        query.push(format!("host={}", encode_component(h)));
     }
     if let Some(s) = state {
-        query.push(format!("state={}", encode(s)));
+        query.push(format!("state={}", encode_component(s)));
     }
     let path = format!("/api/v1/services?{}", query.join("&"));
     let list: Vec<ServiceView> = client.get_json(&path, "the services")?;
@@ -298,13 +282,4 @@ fn clip(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

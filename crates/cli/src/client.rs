@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use assim_api::Event;
 use assim_api::StatusView;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// Talks to one CMA's HTTP API.
 #[derive(Debug, Clone)]
@@ -97,26 +98,9 @@ impl Client {
         body: &serde_json::Value,
         what: &str,
     ) -> anyhow::Result<T> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.agent.request(method, &url);
-        if let Some(t) = &self.token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        match req.send_json(body) {
-            Ok(r) => r
-                .into_json()
-                .with_context(|| format!("the CMA's answer for {what} is not valid JSON")),
-            Err(ureq::Error::Status(code, r)) => {
-                let body = r.into_string().unwrap_or_default();
-                anyhow::bail!("the CMA API at {} answered {code}: {}", self.base, body.trim())
-            }
-            Err(e) => Err(anyhow::anyhow!(e)).with_context(|| {
-                format!(
-                    "cannot reach the CMA API at {} (is `cma` running? is --api right?)",
-                    self.base
-                )
-            }),
-        }
+        self.send(method, path, Some(body.clone()))?
+            .into_json()
+            .with_context(|| format!("the CMA's answer for {what} is not valid JSON"))
     }
 
     /// `GET /api/v1/status`.
@@ -140,16 +124,7 @@ impl Client {
 
     /// `GET /api/v1/discovery?host=…`.
     pub fn discovery(&self, host: &str) -> anyhow::Result<Vec<assim_api::DiscoveryView>> {
-        let host: String = host
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        self.get(&format!("/api/v1/discovery?host={host}"))?
+        self.get(&format!("/api/v1/discovery?host={}", encode_component(host)))?
             .into_json()
             .context("the CMA's discovery answer is not valid JSON")
     }
@@ -235,11 +210,28 @@ pub fn format_event(e: &Event) -> String {
     )
 }
 
+/// What stays as it is in a URL path segment or query value: RFC 3986's unreserved characters.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Percent-encodes one path segment or query value (UTF-8, then every byte outside
+/// `A-Z a-z 0-9 - . _ ~`).
+pub(crate) fn encode_component(s: &str) -> String {
+    utf8_percent_encode(s, COMPONENT).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn formats_utc() {
         assert_eq!(super::format_time(0), "1970-01-01 00:00:00.000");
         assert_eq!(super::format_time(1_795_267_815_123_000), "2026-11-21 13:30:15.123");
+    }
+
+    #[test]
+    fn encodes_components() {
+        assert_eq!(super::encode_component("web-1.example_~"), "web-1.example_~");
+        assert_eq!(super::encode_component("^(a|b)$"), "%5E%28a%7Cb%29%24");
+        assert_eq!(super::encode_component("fe80::1"), "fe80%3A%3A1");
+        assert_eq!(super::encode_component("type:host.* and é"), "type%3Ahost.%2A%20and%20%C3%A9");
     }
 }

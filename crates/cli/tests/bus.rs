@@ -419,7 +419,7 @@ impl Drop for Nagios {
 fn start_nagios() -> Option<Nagios> {
     let bin = ["/usr/sbin/nagios4", "/usr/sbin/nagios"].into_iter().find(|p| Path::new(p).exists());
     let Some(bin) = bin else {
-        println!("SKIP: nagios4 is not installed (scripts/install-deps installs it)");
+        assim_util::testing::skip("nagios4 is not installed (scripts/install-deps installs it)");
         return None;
     };
     let dir = tempfile_dir("nagios");
@@ -569,7 +569,9 @@ impl Drop for NatsServer {
 
 fn start_nats() -> Option<NatsServer> {
     if Command::new("nats-server").arg("--version").output().is_err() {
-        println!("SKIP: nats-server is not installed (scripts/install-deps installs it)");
+        assim_util::testing::skip(
+            "nats-server is not installed (scripts/install-deps installs it)",
+        );
         return None;
     }
     let dir = tempfile_dir("nats");

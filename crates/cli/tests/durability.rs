@@ -154,7 +154,9 @@ fn full_inbox_disk_refuses_without_loss_and_recovers() {
         Command::new("mount").args(["-t", "tmpfs", "-o", opts, "tmpfs"]).arg(&inbox).status()
     };
     if !mount("size=256k").map(|s| s.success()).unwrap_or(false) {
-        println!("SKIP full-disk test: cannot mount a tmpfs here (needs root, as in CI)");
+        assim_util::testing::skip(
+            "full-disk test: cannot mount a tmpfs here (needs root, as in CI)",
+        );
         return;
     }
     struct Unmount(std::path::PathBuf);

@@ -50,7 +50,7 @@ fn mac_of(ns: &str, iface: &str) -> anyhow::Result<String> {
 #[test]
 fn lldpd_neighbours_are_seen_across_a_veth() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        println!("SKIP: needs root for network namespaces and AF_PACKET");
+        assim_util::testing::skip("needs root for network namespaces and AF_PACKET");
         return Ok(());
     }
     let lldpd = ["/usr/sbin/lldpd", "/usr/bin/lldpd"].into_iter().find(|p| Path::new(p).exists());

@@ -200,8 +200,8 @@ fn metrics_pass_promtool() {
     assert!(text.contains("assim_cma_nodes{state=\"up\"} 3"), "{text}");
     assert!(text.contains("assim_cma_datagrams_received_total"));
     if std::process::Command::new("promtool").arg("--version").output().is_err() {
-        println!(
-            "SKIP promtool check: promtool is not installed (scripts/test installs the prometheus package)"
+        assim_util::testing::skip(
+            "promtool check: promtool is not installed (scripts/install-deps installs the prometheus package)",
         );
         return;
     }

@@ -182,7 +182,7 @@ fn write(path: &Path, text: &str) {
 #[test]
 fn netns_lldp_wiring_and_dependency_edge() {
     if !nix::unistd::geteuid().is_root() {
-        println!("SKIP: needs root for network namespaces (CI runs as root)");
+        assim_util::testing::skip("needs root for network namespaces (CI runs as root)");
         return;
     }
     for (cmd, pkg) in [("lldpd", "lldpd"), ("python3", "python3")] {

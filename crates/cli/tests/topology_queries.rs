@@ -110,7 +110,7 @@ fn topology_queries_through_cli_and_api() {
         let (ok, _, err) = assim(&c, &["packages", "--regex", "(unclosed"]);
         assert!(!ok && err.contains("invalid regular expression"), "{err}");
     } else {
-        println!("SKIP: package search part (dpkg-query not available)");
+        assim_util::testing::skip("package search part: dpkg-query not available");
     }
 
     // Unknown hosts and bad addresses are named, with the way out.

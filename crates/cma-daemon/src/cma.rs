@@ -62,8 +62,8 @@ pub async fn run(
     opts: CmaOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
+    // 0700 before anything is written into it (the identity, the database, the inbox).
+    assim_seal::create_private_dir(&opts.data_dir)?;
     let identity = Identity::load_or_create(&opts.data_dir)?;
     let mut store = Store::open(&store_path(&opts.data_dir))?;
     let tagger = assim_bus::Tagger::new(&opts.bus.tag_rules).context("invalid [bus] tag_rules")?;

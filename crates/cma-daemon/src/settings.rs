@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use assim_util::daemon::{block_on_shutdown, init_logging, read_config_file};
 use assim_util::duration::{format_duration, parse_duration};
 use clap::{Args, Subcommand};
@@ -331,8 +331,8 @@ fn token_create(
     uses: u64,
 ) -> anyhow::Result<()> {
     use assim_wire::Timestamp;
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
+    // 0700 before anything is written into it (the identity, the database, the inbox).
+    assim_seal::create_private_dir(&opts.data_dir)?;
     let identity = assim_seal::Identity::load_or_create(&opts.data_dir)?;
     let mut store = assim_store_sqlite::Store::open(&crate::cma::store_path(&opts.data_dir))?;
     let addrs = if advertise.is_empty() {
@@ -353,7 +353,7 @@ fn token_create(
     let now = Timestamp::now();
     store.add_token(&assim_store_sqlite::TokenRecord {
         id: token.token_id(),
-        secret: token.secret,
+        secret_hash: assim_seal::secret_hash(&token.secret),
         created_at: now,
         expires_at: now + ttl,
         max_uses: uses,

@@ -58,7 +58,7 @@ pub fn decide(
         return Err(Refused::NoToken);
     };
     match tokens.token(&proof.token_id) {
-        Ok(Some(t)) if t.usable(now) && verify_proof(&t.secret, node, key, proof) => {
+        Ok(Some(t)) if t.usable(now) && verify_proof(&t.secret_hash, node, key, proof) => {
             if let Err(e) = tokens.use_token(&proof.token_id) {
                 error!(error = %e, "cannot count a token use");
             }

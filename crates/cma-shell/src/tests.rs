@@ -272,7 +272,7 @@ fn enrolment_with_a_valid_token_is_accepted_and_counted() {
         token.token_id(),
         TokenRecord {
             id: token.token_id(),
-            secret: token.secret,
+            secret_hash: assim_seal::secret_hash(&token.secret),
             created_at: Timestamp(EPOCH),
             expires_at: Timestamp(EPOCH + 3_600_000_000),
             max_uses: 1,

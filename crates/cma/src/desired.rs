@@ -394,7 +394,7 @@ impl Authority {
             self.persist.push(DesiredChange::ServiceState(ServiceStateRecord {
                 node,
                 check: c.check.clone(),
-                state: crate::services::state_name(state).to_owned(),
+                state: state.name().to_owned(),
                 output: c.output.clone(),
                 perfdata: c.perfdata.clone(),
                 flapping: c.flapping,

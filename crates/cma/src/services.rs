@@ -126,27 +126,14 @@ impl Cma {
                 };
             (kind_of(state), format!("service {check} on {host} is {verb}: {output}"), None)
         };
-        let mut tags = vec![
-            ("service", check.clone()),
-            ("check", check),
-            ("state", crate::services::state_name(state).to_owned()),
-        ];
+        let mut tags =
+            vec![("service", check.clone()), ("check", check), ("state", state.name().to_owned())];
         if let Some(f) = flapping_tag {
             tags.push(("flapping", f.to_owned()));
         }
         self.event(now, kind, Some(node), tags, text);
         self.flush();
         Ok(Some(kind))
-    }
-}
-
-/// "ok", "warning", "critical", "unknown".
-pub fn state_name(s: CheckState) -> &'static str {
-    match s {
-        CheckState::Ok => "ok",
-        CheckState::Warning => "warning",
-        CheckState::Critical => "critical",
-        CheckState::Unknown => "unknown",
     }
 }
 

@@ -38,7 +38,7 @@ pub use collector::{ChangeFilter, Collector, Discovery};
 pub use error::DiscoveryError;
 pub use hash::{canonical_json, content_hash, try_content_hash};
 pub use neighbours::ArpTracker;
-pub use schedule::Schedule;
+pub use schedule::{L2_COLLECTOR, Schedule};
 
 #[cfg(test)]
 mod proptests {

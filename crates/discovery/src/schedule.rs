@@ -21,7 +21,7 @@ pub const DEFAULT_INTERVALS: [(&str, u64); 10] = [
     ("interfaces", 60),
     ("neighbours", 60),
     ("sockets", 60),
-    ("l2neighbors", 30),
+    (L2_COLLECTOR, 30),
     ("mounts", 600),
     ("os", 3600),
     ("cpu", 3600),
@@ -32,6 +32,10 @@ pub const DEFAULT_INTERVALS: [(&str, u64); 10] = [
 
 /// Interval of an external agent without its own entry (and without `agent.*`).
 pub const DEFAULT_AGENT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// The name of the passive LLDP/CDP listener's results (the daemon runs the listener; the
+/// store derives the wiring topology from them).
+pub const L2_COLLECTOR: &str = "l2neighbors";
 
 /// The prefix of external agents' collector names.
 pub const AGENT_PREFIX: &str = "agent.";

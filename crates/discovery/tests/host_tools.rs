@@ -1,6 +1,6 @@
 //! Compares the collectors with independent tools on this host (`ip`, `ss`,
 //! `dpkg-query`, `uname`). A test whose tool is absent prints a SKIP line and
-//! passes.
+//! passes, except under CI (`assim_util::testing::skip`).
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -13,6 +13,7 @@ use assim_discovery::os::{collect_os, parse_os_release};
 use assim_discovery::packages::{PackageManager, collect_packages};
 use assim_discovery::sockets::{Protocol, collect_sockets};
 use assim_discovery::{Collector, content_hash};
+use assim_util::testing::skip;
 use serde_json::Value;
 
 /// Runs a tool; `None` (with a SKIP line) if it is not installed or fails.
@@ -20,16 +21,16 @@ fn tool(program: &str, args: &[&str]) -> Option<String> {
     match Command::new(program).args(args).output() {
         Ok(out) if out.status.success() => Some(String::from_utf8_lossy(&out.stdout).into_owned()),
         Ok(out) => {
-            println!(
-                "SKIP: `{program} {}` failed ({}): {}",
+            skip(format!(
+                "`{program} {}` failed ({}): {}",
                 args.join(" "),
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
-            );
+            ));
             None
         }
         Err(e) => {
-            println!("SKIP: `{program}` not available: {e}");
+            skip(format!("`{program}` not available: {e}"));
             None
         }
     }
@@ -237,7 +238,7 @@ fn os_matches_uname_and_os_release() {
             assert_eq!(os.os_release, expected);
             assert!(os.os_release.contains_key("ID"));
         }
-        Err(e) => println!("SKIP: /etc/os-release unreadable: {e}"),
+        Err(e) => skip(format!("/etc/os-release unreadable: {e}")),
     }
     assert!(!os.hostname.is_empty());
     assert!(!os.virtualisation.is_empty());

@@ -1,17 +1,18 @@
-//! Decoding the real captures in `../shared/fixtures/l2`. Expected values were read off
+//! Decoding the real captures in `shared/fixtures/l2` (beside the checkout; see
+//! `assim_util::testing::l2_fixtures`). Expected values were read off
 //! `tshark -r FILE -V` for each file.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use assim_l2::pcap::{Format, Reader};
 use assim_l2::{Pdu, decode_frame, decode_pcap_to_json_lines};
+use assim_util::testing::{l2_fixtures, skip};
 
 fn fixture(name: &str) -> Option<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/l2");
-    if !dir.is_dir() {
-        println!("SKIP: ../shared/fixtures/l2 not found");
+    let Some(dir) = l2_fixtures(Path::new(env!("CARGO_MANIFEST_DIR"))) else {
+        skip("shared/fixtures/l2 not found beside the checkout (or set ASSIM_L2_FIXTURES)");
         return None;
-    }
+    };
     Some(std::fs::read(dir.join(name)).expect("fixture present but unreadable"))
 }
 

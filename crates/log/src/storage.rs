@@ -7,6 +7,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 /// A flat directory of files, named by plain strings (no separators).
@@ -84,15 +85,18 @@ impl fmt::Debug for FileStorage {
 }
 
 impl FileStorage {
-    /// Opens (creating it and its parents if needed) the log directory `dir` and locks it.
+    /// Opens (creating it and its parents if needed, mode 0700) the log directory `dir` and
+    /// locks it. Files it creates are mode 0600: a log holds what other local users must not
+    /// read.
     pub fn open(dir: impl Into<PathBuf>) -> io::Result<Self> {
         let dir = dir.into();
-        fs::create_dir_all(&dir)?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
         let lock = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(dir.join(LOCK_FILE))?;
         match lock.try_lock() {
             Ok(()) => {}
@@ -145,6 +149,7 @@ impl Storage for FileStorage {
             .read(true)
             .append(true)
             .create_new(true)
+            .mode(0o600)
             .open(self.dir.join(name))?;
         self.handles.insert(name.to_owned(), f);
         Ok(())
@@ -162,6 +167,7 @@ impl Storage for FileStorage {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(self.dir.join(name))?;
         f.write_all(data)?;
         self.handles.insert(name.to_owned(), f);

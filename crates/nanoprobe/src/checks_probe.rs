@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use assim_checks::runner::{self, RunnerConfig};
-use assim_checks::{ApplyOutcome, Check, CheckResult, Scheduler, state_name};
+use assim_checks::{ApplyOutcome, Check, CheckResult, Scheduler};
 use assim_wire::Timestamp;
 use assim_wire::msg::{self, Body};
 use tokio::sync::mpsc;
@@ -158,10 +158,10 @@ impl ProbeChecks {
             Done::Scheduled { name, result } => {
                 self.running = self.running.saturating_sub(1);
                 self.start_waiting();
-                debug!(check = %name, state = state_name(result.state), output = %result.output, "check ran");
+                debug!(check = %name, state = result.state.name(), output = %result.output, "check ran");
                 let report = self.sched.handle_result(&name, &result, now)?;
                 info!(
-                    check = %report.check, state = state_name(report.state), flapping = report.flapping,
+                    check = %report.check, state = report.state.name(), flapping = report.flapping,
                     initial = report.initial, output = %report.output, "check state changed; telling the CMA"
                 );
                 Some(Outgoing::Spooled(Body::CheckStateChange(msg::CheckStateChange {
@@ -177,7 +177,7 @@ impl ProbeChecks {
             Done::RunNow { command_id, name, result } => {
                 let payload = RunNowPayload {
                     check: name,
-                    state: state_name(result.state).to_owned(),
+                    state: result.state.name().to_owned(),
                     output: result.output,
                     long_output: runner::clip(&result.long_output, 8 * 1024),
                     perfdata: result.perfdata,

@@ -13,14 +13,11 @@ use std::time::{Duration, Instant};
 use assim_capture::{L2Report, Listener};
 use assim_discovery::agents::{AgentContext, AgentLimits, list_agents, run_agent};
 use assim_discovery::schedule::{Applied, Entry};
-use assim_discovery::{ChangeFilter, Collector, Discovery, Schedule};
+use assim_discovery::{ChangeFilter, Collector, Discovery, L2_COLLECTOR, Schedule};
 use assim_wire::Timestamp;
 use assim_wire::msg::{self, Body};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
-
-/// The collector name of the LLDP/CDP listener's table.
-pub const L2_COLLECTOR: &str = "l2neighbors";
 
 /// How often the agents directory is listed again.
 const AGENT_RESCAN: Duration = Duration::from_secs(60);

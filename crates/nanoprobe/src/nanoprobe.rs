@@ -106,8 +106,8 @@ pub async fn run(
     opts: NanoprobeOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
+    // 0700 before anything is written into it (the identity, the database, the inbox).
+    assim_seal::create_private_dir(&opts.data_dir)?;
     let identity = Identity::load_or_create(&opts.data_dir)?;
     let socket = UdpSocket::bind(opts.listen).await.with_context(|| {
         format!("cannot bind UDP {}: is another nanoprobe using it?", opts.listen)

@@ -35,9 +35,11 @@
 //! Sealing: [`Shell::handle_datagram`] and [`Shell::poll_datagram`] open and seal with an
 //! [`assim_seal::Sealer`] (daemon, wire mode). The virtual-time simulator passes no sealer and
 //! uses the layer below ([`Shell::handle_heartbeat`], [`Shell::handle_cma_frame`],
-//! [`Shell::handle_probe`], [`Shell::poll_transmit`]): a seal and an open cost about
-//! 1.5 µs per heartbeat plus an X25519 agreement per new peer, which at 100,000 simulated nodes
-//! is more than the rest of a heartbeat's simulation and proves nothing the wire mode does not.
+//! [`Shell::handle_probe`], [`Shell::poll_transmit`]): sealing costs an AEAD seal and open per
+//! heartbeat plus an X25519 agreement per new peer (and 100,000 real identities to generate),
+//! which proves nothing at that scale that wire mode does not. Not yet measured against the
+//! simulator's per-heartbeat cost; measure with
+//! `cargo test -p assim-probe-shell --release seal_cost -- --ignored --nocapture`.
 //!
 //! Layout:
 //! - `shell`: [`Shell`], [`ShellConfig`], [`Transmit`], [`Datagram`], [`Event`].

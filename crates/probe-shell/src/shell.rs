@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use assim_checks::runner::clip;
-use assim_checks::{ApplyOutcome, Check, CheckResult, Scheduler, state_name};
+use assim_checks::{ApplyOutcome, Check, CheckResult, Scheduler};
 use assim_discovery::schedule::{Applied as ScheduleApplied, Entry};
 use assim_discovery::{ChangeFilter, Discovery, Schedule};
 use assim_probe::{Action as HbAction, Applied, DesiredPeers, Heartbeats, PeerSetError};
@@ -563,10 +563,10 @@ impl<S: SpoolStorage> Shell<S> {
         if !self.leaving {
             self.start_waiting_checks();
         }
-        debug!(check = %name, state = state_name(result.state), output = %result.output, "check ran");
+        debug!(check = %name, state = result.state.name(), output = %result.output, "check ran");
         let Some(report) = self.checks.handle_result(name, result, now) else { return };
         info!(
-            check = %report.check, state = state_name(report.state), flapping = report.flapping,
+            check = %report.check, state = report.state.name(), flapping = report.flapping,
             initial = report.initial, output = %report.output, "check state changed; telling the CMA"
         );
         let body = Body::CheckStateChange(msg::CheckStateChange {
@@ -617,7 +617,7 @@ impl<S: SpoolStorage> Shell<S> {
     ) {
         let payload = serde_json::json!({
             "check": name,
-            "state": state_name(result.state),
+            "state": result.state.name(),
             "output": result.output,
             "long_output": clip(&result.long_output, 8 * 1024),
             "perfdata": result.perfdata,

@@ -90,7 +90,10 @@ impl Receiver {
         if f.seq < floor {
             return Ok(Disposition::Duplicate);
         }
-        if f.seq >= floor + self.window {
+        // `f.seq - floor`, not `floor + window`: the peer chooses `base`, and a floor within a
+        // window of u64::MAX must not overflow (a panic in debug builds, a wrap that refuses
+        // every frame in release builds).
+        if f.seq - floor >= self.window {
             return Ok(Disposition::BeyondWindow);
         }
         let span = (f.message_start(), f.message_end());
@@ -287,6 +290,24 @@ mod tests {
         f.base = 3;
         assert_eq!(feed(&mut r, &f).unwrap(), vec![b"d".to_vec()]);
         assert_eq!(r.ack_state(10), (4, vec![(5, 6)]));
+    }
+
+    /// Issue 16 item 16: `floor + window` overflowed when the peer's base or our receive point
+    /// was within a window of `u64::MAX`.
+    #[test]
+    fn item16_window_near_u64_max_does_not_overflow() {
+        let top = u64::MAX - 3;
+        let mut r = Receiver::new(top, 16, 4, 1 << 20);
+        assert_eq!(r.check(&frag(top + 1, 0, 1, b"b")), Ok(Disposition::Accept));
+        assert_eq!(feed(&mut r, &frag(top, 0, 1, b"a")).unwrap(), vec![b"a".to_vec()]);
+        assert_eq!(feed(&mut r, &frag(top + 1, 0, 1, b"b")).unwrap(), vec![b"b".to_vec()]);
+        assert_eq!(r.ack_state(10), (top + 2, vec![]));
+        // A fresh receiver told by the peer's base to skip up there.
+        let mut r = Receiver::new(0, 16, 4, 1 << 20);
+        let mut f = frag(top, 0, 1, b"x");
+        f.base = top;
+        assert_eq!(feed(&mut r, &f).unwrap(), vec![b"x".to_vec()]);
+        assert_eq!(r.ack_state(10), (top + 1, vec![]));
     }
 
     #[test]

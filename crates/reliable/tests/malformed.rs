@@ -217,6 +217,25 @@ fn stale_and_foreign_frames_are_ignored_not_rejected() {
     assert_eq!(c.stats().messages_delivered, 0);
 }
 
+/// Issue 16 item 16: a peer whose base is within a receive window of `u64::MAX` neither
+/// crashes the receiver (debug builds) nor has every frame refused as beyond the window
+/// (release builds, where `floor + window` wrapped).
+#[test]
+fn item16_base_near_u64_max_is_delivered_not_overflowed() {
+    let now = Instant::now();
+    let mut c = Connection::new(Config::default(), SESSION_B, 1);
+    let top = u64::MAX - 2;
+    c.handle_frame(&data(SESSION_A, top, top, 0, 1, b"first"), now).unwrap();
+    c.handle_frame(&data(SESSION_A, top, top + 1, 0, 1, b"second"), now).unwrap();
+    let delivered: Vec<Vec<u8>> = std::iter::from_fn(|| c.poll_event())
+        .filter_map(|e| match e {
+            assim_reliable::Event::Delivered(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, vec![b"first".to_vec(), b"second".to_vec()]);
+}
+
 /// A packed frame and an ordinary data frame for the same seq contradict each other, in
 /// either order; the one buffered first stands.
 #[test]

@@ -79,6 +79,13 @@ pub enum IdentityError {
          and {KEY_FILE} in that directory to start as a new node (the CMA will see a new node)"
     )]
     Corrupt { path: PathBuf, reason: String },
+    /// The session file exists but does not hold a session number. Nothing was changed.
+    #[error(
+        "{path} is corrupt ({reason}); it holds the last session number, so peers accept this \
+         run's messages: remove it to start with a fresh clock-based session (peers that saw a \
+         later session from this node will ignore it until its clock passes that one)"
+    )]
+    CorruptSession { path: PathBuf, reason: String },
     /// Only one of the two files exists. Nothing was changed.
     #[error(
         "{present} exists but {missing} does not; restore {missing} from a backup, or remove \
@@ -95,11 +102,7 @@ impl Identity {
     /// Refuses with [`IdentityError`] if a file is readable or writable by group or others, is
     /// corrupt (bad hex, wrong length, bad UUID), or only one of the two files exists.
     pub fn load_or_create(dir: &Path) -> Result<Identity, IdentityError> {
-        if !dir.exists() {
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|source| {
-                IdentityError::Io { action: "create directory", path: dir.to_owned(), source }
-            })?;
-        }
+        create_private_dir(dir)?;
         let id_path = dir.join(NODE_ID_FILE);
         let key_path = dir.join(KEY_FILE);
         let id_text = read_private(&id_path)?;
@@ -182,29 +185,47 @@ pub fn new_session(unix_millis: u64, random16: u16) -> u64 {
 ///
 /// Peers accept only sessions larger than the last one they saw from us, so a restart must never
 /// go backwards, even when the wall clock did: the new session is the larger of a fresh
-/// clock-based one ([`new_session`]) and the previous run's plus one. An unreadable previous
-/// value counts as none.
+/// clock-based one ([`new_session`]) and the previous run's plus one. The file is written
+/// atomically with mode 0600 and made durable (file and directory fsync'd) before the session is
+/// used; a file that does not hold a number is an error ([`IdentityError::CorruptSession`]),
+/// not silently replaced, since a replacement could go backwards.
 pub fn next_session(data_dir: &Path) -> Result<u64, IdentityError> {
-    let path = data_dir.join("session");
+    let path = data_dir.join(SESSION_FILE);
     let previous = match fs::read_to_string(&path) {
-        Ok(s) => s.trim().parse::<u64>().ok(),
+        Ok(s) => Some(s.trim().parse::<u64>().map_err(|e| IdentityError::CorruptSession {
+            path: path.clone(),
+            reason: format!("{:?} is not a session number: {e}", clip(s.trim(), 40)),
+        })?),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            return Err(IdentityError::CorruptSession { path, reason: "not UTF-8 text".into() });
+        }
         Err(source) => return Err(IdentityError::Io { action: "read", path, source }),
     };
     let fresh = new_session(assim_wire::Timestamp::now().millis(), rand::random());
     let session = previous.map_or(fresh, |p| fresh.max(p.saturating_add(1)));
-    let tmp = data_dir.join("session.tmp");
-    fs::write(&tmp, format!("{session}\n")).map_err(|source| IdentityError::Io {
-        action: "write",
-        path: tmp.clone(),
-        source,
-    })?;
-    fs::rename(&tmp, &path).map_err(|source| IdentityError::Io {
-        action: "write",
-        path,
-        source,
-    })?;
+    write_atomic(data_dir, SESSION_FILE, format!("{session}\n").as_bytes())?;
     Ok(session)
+}
+
+/// The file, in a data directory, that holds the last session number.
+pub const SESSION_FILE: &str = "session";
+
+fn clip(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Creates a data directory (and missing parents) with mode 0700, so that nothing in it is
+/// readable by other local users; an existing directory is left as it is. Call it before
+/// anything else writes into the directory.
+pub fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|source| {
+        IdentityError::Io { action: "create directory", path: dir.to_owned(), source }
+    })
 }
 
 /// Largest identity file we read: the key file is 65 bytes; anything much larger is corrupt and is
@@ -301,6 +322,24 @@ fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> Result<(), IdentityE
 
 #[cfg(test)]
 mod tests {
+    /// Issue 16 item 16: the session file is private and durable, and a corrupt one is an error
+    /// that names the file and the way out (it was silently replaced by a fresh session).
+    #[test]
+    fn item16_corrupt_session_file_is_an_error_naming_the_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("assim-session-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        super::next_session(&dir).unwrap();
+        let path = dir.join(super::SESSION_FILE);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!dir.join(".session.tmp").exists());
+        std::fs::write(&path, "17\u{0}garbage\n").unwrap();
+        let e = super::next_session(&dir).unwrap_err().to_string();
+        assert!(e.contains(&path.display().to_string()) && e.contains("remove it"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "17\u{0}garbage\n", "left alone");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn sessions_never_go_backwards() {
         let dir = std::env::temp_dir().join(format!("assim-session-{}", std::process::id()));

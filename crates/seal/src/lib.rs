@@ -21,7 +21,9 @@ pub mod replay;
 pub mod seal;
 pub mod token;
 
-pub use identity::{Identity, IdentityError, fingerprint, new_session, next_session};
+pub use identity::{
+    Identity, IdentityError, create_private_dir, fingerprint, new_session, next_session,
+};
 pub use replay::ReplayWindow;
 pub use seal::{OpenError, Opened, RejectCounters, SealError, Sealer};
-pub use token::{JoinToken, TokenError, token_id_for_secret, verify_proof};
+pub use token::{JoinToken, TokenError, secret_hash, token_id_for_secret, verify_proof};

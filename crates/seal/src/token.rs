@@ -3,8 +3,11 @@
 //! The CMA creates a token (its addresses, node id and public key, plus a 32-byte random
 //! secret) and the operator hands the string to the new host. The nanoprobe then trusts only the
 //! pinned CMA key, and its first `Hello` carries a [`TokenProof`]: the token's id (derived from
-//! the secret, not secret itself) and an HMAC keyed by the secret over the node's id and public
-//! key. The secret never travels on the wire.
+//! the secret, not secret itself), an HMAC keyed by the secret over the node's id and public
+//! key, and the secret itself. The secret travels only inside that sealed `Hello`, encrypted to
+//! the pinned CMA key, so only the CMA that made the token sees it; the CMA keeps only the
+//! secret's SHA-256 ([`secret_hash`]) and checks a presented secret against it, so a copy of
+//! its database cannot enroll anyone.
 //!
 //! # Text form
 //!
@@ -29,8 +32,9 @@
 //! # Derivations
 //!
 //! ```text
-//! token id = SHA-256("assim token id" || secret)[..16]
-//! proof    = HMAC-SHA256(key = secret, "assim enroll v1" || node id (16) || node public key (32))
+//! token id    = SHA-256("assim token id" || secret)[..16]
+//! proof       = HMAC-SHA256(key = secret, "assim enroll v1" || node id (16) || node public key (32))
+//! stored hash = SHA-256(secret)                      what the CMA keeps (`secret_hash`)
 //! ```
 
 use std::fmt;
@@ -202,6 +206,7 @@ impl JoinToken {
         TokenProof {
             token_id: self.token_id().to_vec(),
             mac: proof_mac(&self.secret, node_id, node_public_key).finalize().into_bytes().to_vec(),
+            secret: self.secret.to_vec(),
         }
     }
 
@@ -217,16 +222,26 @@ pub fn token_id_for_secret(secret: &[u8; 32]) -> [u8; 16] {
     digest[..16].try_into().expect("16 bytes")
 }
 
-/// Whether `proof` proves knowledge of `secret` for this node id and key: the token id must
-/// match the secret's and the HMAC must verify (compared in constant time).
+/// What the CMA stores of a token's secret: SHA-256(secret).
+pub fn secret_hash(secret: &[u8; 32]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+/// Whether `proof` proves knowledge of the secret whose [`secret_hash`] is `stored_hash`, for
+/// this node id and key: the presented secret must hash to `stored_hash` (compared in constant
+/// time), the token id must be the secret's, and the HMAC must verify. A proof without the
+/// secret (from a nanoprobe older than the field) is refused.
 pub fn verify_proof(
-    secret: &[u8; 32],
+    stored_hash: &[u8; 32],
     node_id: NodeId,
     node_public_key: &[u8; 32],
     proof: &TokenProof,
 ) -> bool {
-    proof.token_id.as_slice() == token_id_for_secret(secret).as_slice()
-        && proof_mac(secret, node_id, node_public_key).verify_slice(&proof.mac).is_ok()
+    let Ok(secret) = <[u8; 32]>::try_from(proof.secret.as_slice()) else { return false };
+    let diff = secret_hash(&secret).iter().zip(stored_hash).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    diff == 0
+        && proof.token_id.as_slice() == token_id_for_secret(&secret).as_slice()
+        && proof_mac(&secret, node_id, node_public_key).verify_slice(&proof.mac).is_ok()
 }
 
 fn proof_mac(secret: &[u8; 32], node_id: NodeId, node_public_key: &[u8; 32]) -> Hmac<Sha256> {
@@ -342,22 +357,31 @@ mod tests {
         let proof = t.proof(node.node_id(), &node.public_key());
         assert_eq!(proof.token_id, t.token_id().to_vec());
         assert_eq!(proof.mac.len(), 32);
-        assert!(verify_proof(&t.secret, node.node_id(), &node.public_key(), &proof));
+        let stored = secret_hash(&t.secret);
+        assert!(verify_proof(&stored, node.node_id(), &node.public_key(), &proof));
 
-        let other_secret = [0xee; 32];
-        assert!(!verify_proof(&other_secret, node.node_id(), &node.public_key(), &proof));
-        assert!(!verify_proof(&t.secret, NodeId([6; 16]), &node.public_key(), &proof));
-        assert!(!verify_proof(&t.secret, node.node_id(), &[7; 32], &proof));
+        let other = secret_hash(&[0xee; 32]);
+        assert!(!verify_proof(&other, node.node_id(), &node.public_key(), &proof));
+        // The stored hash is not a credential: presenting it as the secret fails.
+        let mut bad = proof.clone();
+        bad.secret = stored.to_vec();
+        assert!(!verify_proof(&stored, node.node_id(), &node.public_key(), &bad));
+        // A proof from a nanoprobe that does not send the secret.
+        let mut bad = proof.clone();
+        bad.secret.clear();
+        assert!(!verify_proof(&stored, node.node_id(), &node.public_key(), &bad));
+        assert!(!verify_proof(&stored, NodeId([6; 16]), &node.public_key(), &proof));
+        assert!(!verify_proof(&stored, node.node_id(), &[7; 32], &proof));
         let mut bad = proof.clone();
         bad.mac[31] ^= 1;
-        assert!(!verify_proof(&t.secret, node.node_id(), &node.public_key(), &bad));
+        assert!(!verify_proof(&stored, node.node_id(), &node.public_key(), &bad));
         let mut bad = proof.clone();
         bad.mac.truncate(16);
-        assert!(!verify_proof(&t.secret, node.node_id(), &node.public_key(), &bad));
+        assert!(!verify_proof(&stored, node.node_id(), &node.public_key(), &bad));
         let mut bad = proof.clone();
         bad.token_id[0] ^= 1;
-        assert!(!verify_proof(&t.secret, node.node_id(), &node.public_key(), &bad));
-        assert!(!verify_proof(&t.secret, node.node_id(), &node.public_key(), &Default::default()));
+        assert!(!verify_proof(&stored, node.node_id(), &node.public_key(), &bad));
+        assert!(!verify_proof(&stored, node.node_id(), &node.public_key(), &Default::default()));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 pub use engine::Sim;
 pub use report::Report;
-pub use scenario::{NetworkSpec, Scenario, Step, StepKind, Timing, parse_duration};
+pub use scenario::{NetworkSpec, Scenario, Step, StepKind, Timing};
 
 /// What can go wrong around a run. A run itself does not fail: it reports.
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +175,8 @@ pub struct SimArgs {
 }
 
 fn flag(name: &'static str, v: &str) -> Result<Duration, SimError> {
-    parse_duration(v).map_err(|message| SimError::BadFlag { flag: name, message })
+    assim_util::parse_duration(v)
+        .map_err(|e| SimError::BadFlag { flag: name, message: e.to_string() })
 }
 
 impl SimArgs {

@@ -45,6 +45,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use assim_util::parse_duration;
 use serde::Deserialize;
 
 use crate::SimError;
@@ -412,41 +413,9 @@ struct StepSpec {
     loss: Option<f64>,
 }
 
-/// Parses "1h", "10m", "30s", "1.5s", "500ms", "100us" (or "µs"); a bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 =
-        num.parse().map_err(|_| format!("{s:?} is not a duration like 30s, 10m, 500ms"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1e3,
-        "us" | "µs" => n / 1e6,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        other => return Err(format!("{s:?}: unknown unit {other:?} (use h, m, s, ms, us)")),
-    };
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(Duration::from_micros((secs * 1e6).round() as u64))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("100us").unwrap(), Duration::from_micros(100));
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert!(parse_duration("10 parsecs").is_err());
-        assert!(parse_duration("").is_err());
-    }
 
     #[test]
     fn toml_round_trip() {

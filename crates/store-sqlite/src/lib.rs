@@ -12,7 +12,7 @@
 //!
 //! Layout:
 //! - [`Store`]: open/migrate, load a [`Snapshot`], apply batches, read nodes and events.
-//! - [`TokenRecord`]: enrollment tokens (secret, expiry, uses).
+//! - [`TokenRecord`]: enrollment tokens (SHA-256 of the secret, expiry, uses).
 //! - [`bus`]: the event bus's tables — durable subscriptions with their cursors, dead letters,
 //!   retention.
 //! - [`services`]: service monitoring — check sets with epochs, service states.
@@ -42,6 +42,14 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The database file could not be created or its permissions could not be tightened to
+    /// 0600; nothing was changed.
+    #[error("cannot create {path} or make it private (mode 0600): {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A row could not be decoded into a record (the file was edited by hand or is from a newer
     /// version); nothing was changed.
     #[error("corrupt row in {table}: {detail}")]
@@ -53,7 +61,7 @@ pub enum StoreError {
     TooNew { found: i64, supported: i64 },
 }
 
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// Schema migrations: `(version, sql)` brings a file at `version - 1` to `version`. [`SCHEMA`]
 /// creates missing tables in their version-1 shape first, then every migration above the file's
@@ -68,6 +76,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, services::MIGRATION_4),
     // 5: hand-set checks and remembered (stopped) services.
     (5, services::MIGRATION_5),
+    // 6: join-token secrets kept only as SHA-256 (the rows are rewritten in Rust, see `open`).
+    (6, "ALTER TABLE tokens RENAME COLUMN secret TO secret_sha256;"),
 ];
 
 const SCHEMA: &str = "
@@ -128,6 +138,57 @@ pub struct Applied {
     pub count: u64,
 }
 
+/// Migration 6: replaces every stored plaintext token secret by its SHA-256 (the same as
+/// `assim_seal::secret_hash`), in the migration's transaction.
+fn hash_token_secrets(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    use sha2::Digest as _;
+    let rows: Vec<(String, String)> = tx
+        .prepare("SELECT id, secret_sha256 FROM tokens")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, secret) in rows {
+        // A row that is not 32 bytes of hex cannot be a secret this build wrote; it can never
+        // match a presented secret either way, so it is hashed as text and so disabled.
+        let hash: [u8; 32] = match hex_decode32(&secret) {
+            Some(s) => sha2::Sha256::digest(s).into(),
+            None => sha2::Sha256::digest(secret.as_bytes()).into(),
+        };
+        tx.execute(
+            "UPDATE tokens SET secret_sha256 = ?1 WHERE id = ?2",
+            params![hex_encode(&hash), id],
+        )?;
+    }
+    Ok(())
+}
+
+/// Creates the database file with mode 0600 if it is missing (SQLite gives its `-wal` and `-shm`
+/// files the database file's mode), and takes group and other access away from an existing
+/// database and its `-wal`/`-shm` files, which older versions created 0644: the database holds
+/// join-token material and the whole inventory.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let mut name = path.as_os_str().to_owned();
+    for suffix in ["", "-wal", "-shm"] {
+        name.push(suffix);
+        let p = Path::new(&name);
+        match std::fs::metadata(p) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        name = path.as_os_str().to_owned();
+    }
+    Ok(())
+}
+
 /// The SQLite store. One writer (the CMA's core task); readers open their own [`Store`].
 #[derive(Debug)]
 pub struct Store {
@@ -140,6 +201,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let spath = path.display().to_string();
         let err = |source| StoreError::Sqlite { path: spath.clone(), source };
+        make_private(path).map_err(|source| StoreError::Io { path: spath.clone(), source })?;
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
@@ -159,6 +221,9 @@ impl Store {
         }
         if version < 3 {
             topology::backfill(&tx).map_err(err)?;
+        }
+        if (1..6).contains(&version) {
+            hash_token_secrets(&tx).map_err(err)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(err)?;
         tx.commit().map_err(err)?;
@@ -524,11 +589,11 @@ impl Store {
     pub fn add_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT INTO tokens (id, secret, created_at, expires_at, max_uses, uses)
+                "INSERT INTO tokens (id, secret_sha256, created_at, expires_at, max_uses, uses)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     hex_encode(&t.id),
-                    hex_encode(&t.secret),
+                    hex_encode(&t.secret_hash),
                     t.created_at.0 as i64,
                     t.expires_at.0 as i64,
                     t.max_uses as i64,
@@ -544,7 +609,7 @@ impl Store {
         let row = self
             .conn
             .query_row(
-                "SELECT id, secret, created_at, expires_at, max_uses, uses FROM tokens WHERE id = ?1",
+                "SELECT id, secret_sha256, created_at, expires_at, max_uses, uses FROM tokens WHERE id = ?1",
                 [hex_encode(id)],
                 |r| {
                     Ok((
@@ -564,7 +629,7 @@ impl Store {
         let id_bytes = hex_decode(&id).and_then(|v| v.try_into().ok()).ok_or_else(corrupt)?;
         Ok(Some(TokenRecord {
             id: id_bytes,
-            secret: hex_decode32(&secret).ok_or_else(corrupt)?,
+            secret_hash: hex_decode32(&secret).ok_or_else(corrupt)?,
             created_at: Timestamp(created as u64),
             expires_at: Timestamp(expires as u64),
             max_uses: max_uses as u64,
@@ -683,5 +748,80 @@ impl assim_store::Tokens for Store {
 
     fn use_token(&mut self, id: &[u8]) -> Result<(), assim_store::StoreFailed> {
         Store::use_token(self, id).map_err(|e| assim_store::StoreFailed(Box::new(e)))
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+    use sha2::Digest as _;
+
+    /// Issue 16 item 7: join-token secrets are kept only as SHA-256, and opening a database of
+    /// an older version replaces the plaintext secrets it holds by their hashes.
+    #[test]
+    fn item7_token_secrets_are_stored_as_hashes_and_old_plaintext_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cma.sqlite");
+        let secret = [0x5a; 32];
+        let id = [7u8; 16];
+        {
+            // A version-5 database, as the previous release wrote it: the secret in clear.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to <= 5) {
+                conn.execute_batch(sql).unwrap_or_else(|e| panic!("migration {to}: {e}"));
+            }
+            conn.pragma_update(None, "user_version", 5).unwrap();
+            conn.execute(
+                "INSERT INTO tokens (id, secret, created_at, expires_at, max_uses, uses)
+                 VALUES (?1, ?2, 1, 2, 0, 0)",
+                params![hex_encode(&id), hex_encode(&secret)],
+            )
+            .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        let want: [u8; 32] = sha2::Sha256::digest(secret).into();
+        assert_eq!(store.token(&id).unwrap().unwrap().secret_hash, want);
+        store
+            .add_token(&TokenRecord {
+                id: [8; 16],
+                secret_hash: [9; 32],
+                created_at: Timestamp(1),
+                expires_at: Timestamp(2),
+                max_uses: 1,
+                uses: 0,
+            })
+            .unwrap();
+        drop(store);
+        // Nothing in the file is the plaintext secret any more.
+        let conn = Connection::open(&path).unwrap();
+        let stored: Vec<String> = conn
+            .prepare("SELECT secret_sha256 FROM tokens")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(!stored.contains(&hex_encode(&secret)), "{stored:?}");
+        assert!(stored.contains(&hex_encode(&want)), "{stored:?}");
+    }
+
+    /// Issue 16 item 7: the database file and its WAL and shared-memory files are 0600, also
+    /// when an older version had created the database 0644.
+    #[test]
+    fn item7_database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cma.sqlite");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let store = Store::open(&path).unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let p = dir.path().join(format!("cma.sqlite{suffix}"));
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        drop(store);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _store = Store::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
     }
 }

@@ -40,11 +40,12 @@ pub struct DiscoveryRecord {
     pub updated_at: u64,
 }
 
-/// An enrollment token as the CMA keeps it.
+/// An enrollment token as the CMA keeps it: the secret only as its SHA-256
+/// (`assim_seal::secret_hash`), which a presented secret is checked against.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenRecord {
     pub id: [u8; 16],
-    pub secret: [u8; 32],
+    pub secret_hash: [u8; 32],
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
     /// 0 = unlimited.

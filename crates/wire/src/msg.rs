@@ -174,7 +174,8 @@ pub struct Hello {
     pub peer_epoch: u64,
 }
 
-/// Proves knowledge of a join token's secret without revealing it.
+/// Proves knowledge of a join token's secret. It travels only inside the sealed `Hello`,
+/// encrypted to the CMA key the token pins.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TokenProof {
     /// Identifies the token (derived from its secret; not secret itself).
@@ -183,6 +184,10 @@ pub struct TokenProof {
     /// HMAC-SHA256 keyed by the secret over the node id and the node's public key.
     #[prost(bytes = "vec", tag = "2")]
     pub mac: Vec<u8>,
+    /// The token's secret itself, so that the CMA needs to keep only its SHA-256 (a copy of the
+    /// CMA's database then enrolls nobody). Empty from nanoprobes before this field existed.
+    #[prost(bytes = "vec", tag = "3")]
+    pub secret: Vec<u8>,
 }
 
 /// Why a nanoprobe says goodbye.
@@ -336,6 +341,19 @@ pub enum CheckState {
     Warning = 1,
     Critical = 2,
     Unknown = 3,
+}
+
+impl CheckState {
+    /// The lowercase name ("ok", "warning", "critical", "unknown"), as events, the API and the
+    /// CLI spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckState::Ok => "ok",
+            CheckState::Warning => "warning",
+            CheckState::Critical => "critical",
+            CheckState::Unknown => "unknown",
+        }
+    }
 }
 
 /// A check's HARD state changed.

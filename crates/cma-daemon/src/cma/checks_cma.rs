@@ -506,7 +506,7 @@ impl CmaChecks {
                 cx.progress.services.states.push(ServiceStateRecord {
                     node,
                     check: c.check,
-                    state: assim_checks::state_name(state).to_owned(),
+                    state: state.name().to_owned(),
                     output: c.output,
                     perfdata: c.perfdata,
                     flapping: c.flapping,

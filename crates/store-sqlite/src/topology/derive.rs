@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use assim_discovery::{
+    L2_COLLECTOR,
     hw::{CpuInfo, MemInfo},
     interfaces::Interfaces,
     neighbours::Neighbours,
@@ -18,9 +19,6 @@ use assim_discovery::{
     sshkeys::SshHostKeys,
 };
 use serde::Deserialize;
-
-/// The collector that reports LLDP/CDP neighbours (a live listener on the nanoprobe).
-pub const L2_COLLECTOR: &str = "l2neighbors";
 
 /// A payload that does not have the shape its collector name promises.
 #[derive(Debug, thiserror::Error)]
