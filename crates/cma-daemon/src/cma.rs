@@ -5,9 +5,22 @@
 //! deadline) and hand them to the shell, flush it, send its datagrams, publish its notes (the
 //! latest stored event for the API and the bus) and metrics.
 //!
-//! Decisions that still depend on the daemon's configuration plug into the shell as
-//! [`DaemonExt`]: service checks ([`checks_cma`]), the discovery schedule sent on registration,
-//! and event tags.
+//! Every decision is the shell's core's (`assim_cma::Authority`: rings, failures, the
+//! discovery schedule and its epoch, check sets, hand-set checks, run-now); the daemon gives it
+//! configuration (timing, the `[discovery]` table, the check rules loaded from `--check-rules`,
+//! the bus's tagging rules) and carries API requests to it ([`checks_cma`]: only the reply
+//! channels live here).
+//!
+//! Blocking work: a shell turn ends with the inbox's fsync and the SQLite commit of its batch
+//! (`Shell::flush`, `Shell::stop`). Those run through [`blocking`]: on a tokio worker thread it
+//! is `block_in_place`, so the runtime moves the worker's other tasks (the API, the bus runner)
+//! to another thread first; on the runtime's `block_on` thread (where `cma` runs this loop) or
+//! outside a multi-threaded runtime it simply runs. The datagram handling between the flushes is
+//! CPU only.
+//!
+//! Epochs: the discovery schedule's and every check set's epoch are the stored one + 1 on a
+//! change (a store written by older daemons, whose check-set epochs were
+//! `max(previous + 1, now in seconds)`, simply continues from its stored epochs).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,13 +29,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use assim_cma::{CmaConfig, Event, NodeState, Timing};
-use assim_cma_shell::{Cx, Extension, LogInbox, Note, Now, Shell, ShellConfig};
+use assim_checks::RuleSet;
+use assim_cma::{AuthorityConfig, CmaConfig, NodeState, Timing};
+use assim_cma_shell::{EventTagger, LogInbox, Note, Now, Shell, ShellConfig};
 use assim_log::{FileStorage, LogConfig};
 use assim_seal::{Identity, Sealer};
 use assim_store_sqlite::Store;
-use assim_wire::msg::{self, Body};
-use assim_wire::{NodeId, Timestamp};
+use assim_wire::Timestamp;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -47,7 +60,7 @@ pub struct CmaOptions {
     /// The event bus: retention, tagging rules, sinks, NATS (the `[bus]` config section).
     pub bus: assim_bus::BusConfig,
     /// Discovery intervals sent to every nanoprobe that registers (the `[discovery]` table).
-    pub discovery: crate::discovery::ScheduleConfig,
+    pub discovery: assim_cma::schedule::ScheduleConfig,
     /// Operator rules for automatic service checks (`--check-rules DIR`; see docs/checks.md).
     pub check_rules: Option<PathBuf>,
 }
@@ -67,11 +80,10 @@ pub async fn run(
     let identity = Identity::load_or_create(&opts.data_dir)?;
     let mut store = Store::open(&store_path(&opts.data_dir))?;
     let tagger = assim_bus::Tagger::new(&opts.bus.tag_rules).context("invalid [bus] tag_rules")?;
+    let rules = load_rules(opts.check_rules.as_deref())?;
     assim_bus::runner::install_config_sinks(&mut store, &opts.bus)
         .context("cannot install the [bus] sinks")?;
     store.set_meta("listen", &opts.listen.to_string())?;
-    let discovery_schedule = crate::discovery::schedule_message(&mut store, &opts.discovery)?;
-    let checks = checks_cma::CmaChecks::load(&store, opts.check_rules.as_deref())?;
     let (run_tx, mut run_rx) = tokio::sync::mpsc::channel::<checks_cma::ChecksRequest>(64);
     let socket = UdpSocket::bind(opts.listen)
         .await
@@ -102,19 +114,18 @@ pub async fn run(
         format!("cannot open the inbox in {}", opts.data_dir.join("inbox").display())
     })?;
     let last_id = store.last_event_id()?;
-    let mut checks = checks;
-    checks.reader = Some(Store::open(&store_path(&opts.data_dir))?);
-    let ext = DaemonExt { checks, discovery_schedule, tagger };
-    let mut config = ShellConfig::new(
-        CmaConfig {
-            timing: opts.timing,
-            placement_key: identity.derive_key("assim ring placement"),
-        },
-        session,
-    );
+    let core = CmaConfig {
+        timing: opts.timing,
+        placement_key: identity.derive_key("assim ring placement"),
+    };
+    let mut config = ShellConfig::new(core.clone(), session);
+    config.authority = AuthorityConfig { core, discovery: opts.discovery.clone(), rules };
     config.open_enrollment = opts.open_enrollment;
-    let shell = Shell::start(config, sealer, inbox, store, ext, now())
-        .context("cannot start the CMA engine")?;
+    config.tagger = Some(EventTagger::new(move |e| {
+        tagger.apply(e);
+    }));
+    let shell =
+        Shell::start(config, sealer, inbox, store, now()).context("cannot start the CMA engine")?;
     let nodes = shell.core().nodes().count();
     let (last_event, last_event_rx) = watch::channel(last_id);
     let shared = Arc::new(SharedMetrics::default());
@@ -157,6 +168,7 @@ pub async fn run(
         last_event,
         last_publish: Instant::now() - Duration::from_secs(10),
         store_errors_seen: 0,
+        replies: checks_cma::Replies::default(),
     };
     d.send_all().await;
     tokio::pin!(shutdown);
@@ -183,24 +195,51 @@ pub async fn run(
                     Err(e) => warn!(error = %e, "UDP receive failed"),
                 }
             }
-            Some(req) = run_rx.recv() => {
-                d.shell.with_extension(now(), |ext, cx| ext.checks.request(cx, req));
-            }
+            Some(req) = run_rx.recv() => d.replies.request(&mut d.shell, req),
             _ = sleep_until(deadline) => {}
             _ = &mut shutdown => break,
         }
         // Timers run every turn, so a steady stream of datagrams cannot starve them.
         let t = now();
-        d.shell.handle_timeout(t);
-        d.shell.flush(t);
+        blocking(|| {
+            d.shell.handle_timeout(t);
+            d.shell.flush(t);
+        });
+        d.replies.flushed();
         d.send_all().await;
     }
     info!("CMA stopping");
-    d.shell.stop(now());
+    blocking(|| d.shell.stop(now()));
     d.send_all().await;
     api_task.abort();
     bus_task.abort();
     Ok(())
+}
+
+/// The shipped check rules plus the operator's (`--check-rules DIR`).
+fn load_rules(dir: Option<&std::path::Path>) -> anyhow::Result<RuleSet> {
+    let rules = RuleSet::load(dir).with_context(|| match dir {
+        Some(d) => format!("cannot load the check rules in {} (see docs/checks.md)", d.display()),
+        None => "the built-in check rules are invalid".to_owned(),
+    })?;
+    info!(
+        rules = rules.rules.len(),
+        host_checks = rules.host_checks.len(),
+        hand_set = rules.checks.len(),
+        dir = ?dir,
+        "check rules loaded"
+    );
+    Ok(rules)
+}
+
+/// Runs `f`, which blocks on the store or the inbox, without stalling a tokio worker thread: on
+/// a multi-threaded runtime through `block_in_place`; otherwise directly (a current-thread
+/// runtime cannot hand its tasks elsewhere, and `block_in_place` would panic there).
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// The current time in both clocks.
@@ -221,7 +260,7 @@ const MAX_DATAGRAMS_PER_TURN: usize = 4096;
 /// The UDP receive buffer the CMA asks for (bytes).
 const RECV_BUFFER: usize = 32 << 20;
 
-type CmaShell = Shell<Sealer, LogInbox<FileStorage>, Store, DaemonExt>;
+type CmaShell = Shell<Sealer, LogInbox<FileStorage>, Store>;
 
 struct Driver {
     shell: CmaShell,
@@ -230,48 +269,8 @@ struct Driver {
     last_event: watch::Sender<u64>,
     last_publish: Instant,
     store_errors_seen: u64,
-}
-
-/// The daemon's decisions plugged into the shell.
-#[derive(Debug)]
-pub(crate) struct DaemonExt {
-    /// Service monitoring: check sets, states, run-now commands ([`checks_cma`]).
-    checks: checks_cma::CmaChecks,
-    /// Sent to every nanoprobe when it registers ([`crate::discovery::schedule_message`]).
-    discovery_schedule: msg::DiscoverySchedule,
-    /// Tagging rules, applied to every event before it is stored.
-    tagger: assim_bus::Tagger,
-}
-
-impl Extension for DaemonExt {
-    fn hello(&mut self, cx: &mut Cx<'_>, node: NodeId, accepted: bool) {
-        if accepted {
-            // Desired state: resent on every (re-)registration, the epoch makes it idempotent.
-            cx.send(node, Body::DiscoverySchedule(self.discovery_schedule.clone()));
-        }
-        if cx.core.node(node).is_some() {
-            self.checks.on_hello(cx, node);
-        }
-    }
-
-    fn discovery(&mut self, cx: &mut Cx<'_>, node: NodeId, result: &msg::DiscoveryResult) {
-        if result.name == "sockets" {
-            self.checks.on_sockets(cx, node, &result.payload);
-        }
-    }
-
-    fn message(&mut self, cx: &mut Cx<'_>, node: NodeId, body: Body) -> bool {
-        match body {
-            Body::CheckStateChange(c) => self.checks.check_change(cx, node, c),
-            Body::CommandResult(r) => self.checks.command_result(node, r),
-            _ => return false,
-        }
-        true
-    }
-
-    fn event(&mut self, event: &mut Event) {
-        self.tagger.apply(event);
-    }
+    /// The API's requests waiting for an answer.
+    replies: checks_cma::Replies,
 }
 
 impl Driver {
@@ -283,8 +282,12 @@ impl Driver {
             }
         }
         while let Some(n) = self.shell.poll_note() {
-            if let Note::Stored { last_event: Some(id) } = n {
-                let _ = self.last_event.send(id);
+            match n {
+                Note::Stored { last_event: Some(id) } => {
+                    let _ = self.last_event.send(id);
+                }
+                Note::CommandAnswer(a) => self.replies.answer(a),
+                _ => {}
             }
         }
         if self.last_publish.elapsed() >= Duration::from_secs(1) {

@@ -8,10 +8,9 @@
 //! storage engine (today SQLite, `assim-store-sqlite`).
 //!
 //! Layout:
-//! - [`cma`]: the CMA driver: UDP endpoint, enrollment, inbox, the CMA core, the store;
-//!   `cma::checks_cma` is its service-monitoring side (rules → check sets, service states,
-//!   run-now commands).
-//! - [`discovery`]: the discovery schedule the CMA sends to every nanoprobe.
+//! - [`cma`]: the CMA driver: UDP endpoint, timers, the CMA shell (enrollment, inbox, the
+//!   decision core `assim_cma::Authority`, the store); `cma::checks_cma` carries the API's
+//!   service-monitoring requests to the shell and keeps their reply channels.
 //! - [`api`]: the HTTP API (status, events with long-poll) and Prometheus `/metrics`.
 //! - [`api_topology`]: the topology query routes of the HTTP API.
 //! - [`api_checks`]: the service routes of the HTTP API (`services`, `checks/run`).
@@ -25,6 +24,5 @@ pub mod api_bus;
 pub mod api_checks;
 pub mod api_topology;
 pub mod cma;
-pub mod discovery;
 pub mod metrics;
 pub mod settings;

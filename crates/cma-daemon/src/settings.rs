@@ -150,9 +150,9 @@ fn discovery_seconds(name: &str, v: &DiscoveryInterval) -> anyhow::Result<u64> {
 fn resolve_discovery(
     file: Option<&std::collections::BTreeMap<String, DiscoveryValue>>,
     flags: &[String],
-) -> anyhow::Result<crate::discovery::ScheduleConfig> {
+) -> anyhow::Result<assim_cma::schedule::ScheduleConfig> {
     use assim_discovery::schedule::{AGENT_PREFIX, DEFAULT_INTERVALS, Entry};
-    let mut config = crate::discovery::default_schedule_config();
+    let mut config = assim_cma::schedule::default_schedule_config();
     let check_name = |name: &str| -> anyhow::Result<()> {
         let known = DEFAULT_INTERVALS.iter().any(|(n, _)| *n == name)
             || (name.starts_with(AGENT_PREFIX) && name.len() > AGENT_PREFIX.len());

@@ -5,18 +5,25 @@
 //! and the stored position always match. A spool record at or below the node's applied record is
 //! skipped (applied before a restart). Events go to the store at once (subscribers wait for
 //! them); a batch of changes alone may wait up to [`crate::ShellConfig::commit_interval`].
+//!
+//! The core is [`Authority`]: every record goes through its `handle_*` inputs, and its outputs
+//! are carried out in order — `Core(Action)` (peer sets, probes, the liveness core's changes,
+//! events), `Persist(DesiredChange)` into the batch (`assim_store::desired::add_change`),
+//! `Send` queued on the node's reliable connection. A batch is stored before the turn's sends
+//! go out only when it is due; otherwise the inbox holds the records durably meanwhile and a
+//! restart replays them, so nothing sent is ever lost from the store's point of view.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use assim_cma::{Action, Change, Cma, Event};
-use assim_wire::msg::{self, Body, Message};
+use assim_cma::{Action, Authority, Change, DesiredChange, Event, Output};
+use assim_wire::msg::{Body, Message};
 use assim_wire::{NodeId, Timestamp};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::{Extension, Metrics, Note};
-use assim_store::{DiscoveryRecord, EngineStore, InboxProgress};
+use crate::{EventTagger, Metrics, Note};
+use assim_store::{EngineStore, InboxProgress};
 
 /// What the engine asks the shell to send.
 #[derive(Debug)]
@@ -32,37 +39,6 @@ pub(crate) enum Send {
 pub(crate) struct Effects {
     pub(crate) sends: Vec<Send>,
     pub(crate) notes: Vec<Note>,
-}
-
-/// What an [`Extension`] may touch while it handles an input.
-#[derive(Debug)]
-pub struct Cx<'a> {
-    pub now: Timestamp,
-    pub core: &'a mut Cma,
-    /// The batch being built; its services and discovery parts are the extension's to fill.
-    pub progress: &'a mut InboxProgress,
-    pub(crate) effects: &'a mut Effects,
-    pub(crate) commit_soon: &'a mut bool,
-    pub(crate) metrics: &'a mut Metrics,
-}
-
-impl Cx<'_> {
-    /// Sends `body` to `node` on its reliable connection (desired state, commands).
-    pub fn send(&mut self, node: NodeId, body: Body) {
-        let addr = self.core.node(node).map(|n| n.listen_addr);
-        self.effects.sends.push(Send::Reliable { to: node, addr, body });
-    }
-
-    /// Counts a refused input under `reason` (a metric label).
-    pub fn reject(&mut self, reason: &'static str) {
-        self.metrics.reject(reason);
-    }
-
-    /// Asks for the batch to be stored at the end of this turn rather than within the commit
-    /// interval (an operator is waiting for it).
-    pub fn commit_soon(&mut self) {
-        *self.commit_soon = true;
-    }
 }
 
 /// The batch being built.
@@ -83,22 +59,26 @@ impl Batch {
 
 #[derive(Debug)]
 pub(crate) struct Engine<S> {
-    pub(crate) core: Cma,
+    pub(crate) core: Authority,
     pub(crate) store: S,
     /// Per node: the highest spool record applied (stored or in the batch).
     pub(crate) applied: HashMap<NodeId, u64>,
     batch: Batch,
     commit_interval: Duration,
     last_commit: Option<Instant>,
-    commit_soon: bool,
+    /// Store the batch at the end of this turn (an operator waits for it).
+    pub(crate) commit_soon: bool,
+    /// Tags events before they are stored (the driver's configuration).
+    tagger: Option<EventTagger>,
 }
 
 impl<S: EngineStore> Engine<S> {
     pub(crate) fn new(
-        core: Cma,
+        core: Authority,
         store: S,
         applied: HashMap<NodeId, u64>,
         commit_interval: Duration,
+        tagger: Option<EventTagger>,
     ) -> Self {
         Engine {
             core,
@@ -108,23 +88,7 @@ impl<S: EngineStore> Engine<S> {
             commit_interval,
             last_commit: None,
             commit_soon: false,
-        }
-    }
-
-    /// A context for the extension outside message handling (API requests).
-    pub(crate) fn cx<'a>(
-        &'a mut self,
-        now: Timestamp,
-        effects: &'a mut Effects,
-        metrics: &'a mut Metrics,
-    ) -> Cx<'a> {
-        Cx {
-            now,
-            core: &mut self.core,
-            progress: &mut self.batch.progress,
-            effects,
-            commit_soon: &mut self.commit_soon,
-            metrics,
+            tagger,
         }
     }
 
@@ -138,7 +102,6 @@ impl<S: EngineStore> Engine<S> {
         sender: NodeId,
         key: [u8; 32],
         m: Message,
-        ext: &mut dyn Extension,
         effects: &mut Effects,
         metrics: &mut Metrics,
     ) {
@@ -158,122 +121,107 @@ impl<S: EngineStore> Engine<S> {
             return;
         };
         effects.notes.push(Note::Applied { node: sender, record: m.record, kind: body.name() });
-        self.handle_message(now, sender, key, body, ext, effects, metrics);
+        self.handle_message(now, sender, key, body, effects, metrics);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn handle_message(
         &mut self,
         now: Timestamp,
         sender: NodeId,
         key: [u8; 32],
         body: Body,
-        ext: &mut dyn Extension,
         effects: &mut Effects,
         metrics: &mut Metrics,
     ) {
+        let core = &mut self.core;
         if let Body::Hello(hello) = &body {
-            let accepted = match self.core.handle_hello(now, sender, key, hello) {
-                Ok(()) => true,
-                Err(e) => {
-                    warn!(node = %sender, error = %e, "hello refused");
-                    metrics.reject("bad_hello");
-                    effects.notes.push(Note::HelloRefused { node: sender });
-                    false
-                }
-            };
-            ext.hello(&mut self.cx(now, effects, metrics), sender, accepted);
+            if let Err(e) = core.handle_hello(now, sender, key, hello) {
+                warn!(node = %sender, error = %e, "hello refused");
+                metrics.reject("bad_hello");
+                effects.notes.push(Note::HelloRefused { node: sender });
+            }
             return;
         }
-        if self.core.node(sender).is_none() {
+        if core.cma().node(sender).is_none() {
             metrics.reject("unregistered");
             effects.notes.push(Note::Unregistered { node: sender, kind: body.name() });
             return;
         }
-        self.core.handle_alive(now, sender);
+        core.handle_alive(now, sender);
         match body {
-            Body::Goodbye(_) => self.core.handle_goodbye(now, sender),
+            Body::Goodbye(_) => core.handle_goodbye(now, sender),
             Body::HeartbeatReport(r) => {
                 metrics.reports += 1;
-                self.core.handle_report(now, sender, &r);
+                core.handle_report(now, sender, &r);
             }
-            Body::PeerStatus(s) => self.core.handle_peer_status(now, sender, &s),
+            Body::PeerStatus(s) => core.handle_peer_status(now, sender, &s),
             Body::LocalEvent(ev) => {
                 metrics.applied_other("local_event");
-                if let Err(e) = self.core.handle_local_event(now, sender, &ev) {
+                if let Err(e) = core.handle_local_event(now, sender, &ev) {
                     warn!(node = %sender, error = %e, "local event refused");
                     metrics.reject("bad_local_event");
                 }
             }
-            Body::DiscoveryResult(d) => {
-                ext.discovery(&mut self.cx(now, effects, metrics), sender, &d);
-                self.store_discovery(now, sender, d, metrics);
+            Body::DiscoveryResult(d) => match core.handle_discovery(now, sender, &d) {
+                Ok(()) => metrics.applied_other("discovery_result"),
+                Err(e) => {
+                    warn!(node = %sender, error = %e, "invalid discovery result; ignored");
+                    metrics.reject("bad_discovery");
+                }
+            },
+            Body::CheckStateChange(c) => {
+                if let Err(e) = core.handle_check_state_change(now, sender, &c) {
+                    warn!(node = %sender, error = %e, "check state change refused");
+                    metrics.reject("bad_check_change");
+                }
             }
+            Body::CommandResult(r) => match core.command_result(sender, &r) {
+                Some(answer) => effects.notes.push(Note::CommandAnswer(answer)),
+                None => {
+                    debug!(node = %sender, command_id = r.command_id, "command result nobody waits for")
+                }
+            },
             other => {
                 let kind = other.name();
                 metrics.applied_other(kind);
-                if !ext.message(&mut self.cx(now, effects, metrics), sender, other) {
-                    debug!(node = %sender, kind, "message stored; nothing more to do with it yet");
-                }
+                debug!(node = %sender, kind, "message stored; nothing more to do with it yet");
             }
         }
     }
 
-    /// Keeps the latest result of each collector per node (the topology graph builds on these).
-    fn store_discovery(
-        &mut self,
-        now: Timestamp,
-        sender: NodeId,
-        d: msg::DiscoveryResult,
-        metrics: &mut Metrics,
-    ) {
-        let valid = !d.name.is_empty()
-            && d.name.len() <= 64
-            && serde_json::from_slice::<serde_json::Value>(&d.payload).is_ok();
-        let Ok(payload) = String::from_utf8(d.payload) else {
-            metrics.reject("bad_discovery");
-            return;
-        };
-        if !valid {
-            warn!(node = %sender, name = %d.name, "invalid discovery result (not JSON, or a bad name); ignored");
-            metrics.reject("bad_discovery");
-            return;
-        }
-        metrics.applied_other("discovery_result");
-        self.batch.progress.discovery.push(DiscoveryRecord {
-            node: sender,
-            name: d.name,
-            hash: hex::encode(&d.content_hash),
-            payload,
-            collected_at: d.collected_at,
-            updated_at: now.micros(),
-        });
-    }
-
-    /// Drains the core's actions: persistence and events into the batch, sends into `effects`.
-    pub(crate) fn drain_core(
-        &mut self,
-        ext: &mut dyn Extension,
-        effects: &mut Effects,
-        metrics: &mut Metrics,
-    ) {
-        while let Some(action) = self.core.poll_action() {
-            match action {
-                Action::SendPeerSet { to, addr, set } => effects.sends.push(Send::Reliable {
-                    to,
-                    addr: Some(addr),
-                    body: Body::PeerSet(set),
-                }),
-                Action::Probe { node, addr, nonce } => {
+    /// Carries out the core's outputs in order: persistence and events into the batch, sends
+    /// into `effects`.
+    pub(crate) fn drain_core(&mut self, effects: &mut Effects, metrics: &mut Metrics) {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Core(Action::SendPeerSet { to, addr, set }) => effects
+                    .sends
+                    .push(Send::Reliable { to, addr: Some(addr), body: Body::PeerSet(set) }),
+                Output::Core(Action::Probe { node, addr, nonce }) => {
                     effects.sends.push(Send::Probe { to: node, addr, nonce })
                 }
-                Action::Persist(c) => self.batch.changes.push(c),
-                Action::Emit(mut e) => {
-                    ext.event(&mut e);
-                    tracing::info!(id = e.id, kind = e.kind.name(), host = %e.hostname, "{}", e.text);
+                Output::Core(Action::Persist(c)) => self.batch.changes.push(c),
+                Output::Core(Action::Emit(mut e)) => {
+                    if let Some(t) = &self.tagger {
+                        t.tag(&mut e);
+                    }
+                    info!(id = e.id, kind = e.kind.name(), host = %e.hostname, "{}", e.text);
                     metrics.event(&e);
                     effects.notes.push(Note::Event(e.clone()));
                     self.batch.events.push(e);
+                }
+                Output::Persist(change) => {
+                    if let DesiredChange::CheckSet(set) = &change {
+                        info!(
+                            node = %set.node, epoch = set.epoch, checks = set.checks.len(),
+                            names = %set.checks.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(","),
+                            "check set changed"
+                        );
+                    }
+                    assim_store::desired::add_change(&mut self.batch.progress, change);
+                }
+                Output::Send { to, addr, body } => {
+                    effects.sends.push(Send::Reliable { to, addr: Some(addr), body })
                 }
             }
         }

@@ -14,22 +14,29 @@
 //!    whatever the datagram's kind, so nothing unauthenticated creates lasting state; the
 //!    next-record rule; append to the [`Inbox`].
 //! 2. **Group commit**: one inbox sync per turn, and only then `Ack { through }` to each sender.
-//! 3. **Engine** ([`engine`]): the new inbox records in order into the CMA core; its changes,
-//!    events and the inbox position go to the [`EngineStore`] as one batch.
+//! 3. **Engine** ([`engine`]): the new inbox records in order into the CMA core
+//!    ([`Authority`]: liveness, discovery schedule, check sets, run-now); its changes, desired
+//!    state, events and the inbox position go to the [`EngineStore`] as one batch, its
+//!    desired-state messages onto the nodes' reliable connections.
 //! 4. Reliable frames out ([`conns`]), sealed.
 //!
-//! At start the engine resumes from the stored snapshot, replays the inbox from the stored
-//! position (records already applied are skipped), and sends every ring member its desired peer
-//! set again, which also tells the nanoprobes to resend what they have not seen acknowledged.
+//! At start the engine builds the [`Authority`] from the stored snapshot and desired state
+//! ([`Loaded::desired`]), which queues every ring member's desired peer set again (this also
+//! tells the nanoprobes to resend what they have not seen acknowledged), then replays the inbox
+//! from the stored position (records already applied are skipped).
 //!
-//! Decisions that belong to the driver's configuration (service checks, the discovery schedule,
-//! event tagging) plug in through [`Extension`].
+//! Requests from an operator (run a check now, add/remove/list hand-set checks) are shell
+//! methods ([`Shell::run_check`], [`Shell::add_manual_check`], …) that call the [`Authority`];
+//! a `RunNow`'s answer comes back as [`Note::CommandAnswer`], so a driver keeps only its reply
+//! channels, keyed by command id. The driver's only say in decisions is configuration:
+//! [`ShellConfig::authority`] (timing, discovery schedule, check rules) and an optional
+//! [`EventTagger`].
 //!
 //! Layout:
 //! - [`seal`]: the [`Seal`] trait over [`assim_seal::Sealer`], and [`PlainSeal`] for simulators.
 //! - [`enroll`]: the enrolment decision.
 //! - [`reader`]: next-record rule, inbox appends, group commit, acknowledgements.
-//! - [`engine`]: records → core → batch; the extension context [`Cx`].
+//! - [`engine`]: records → core → batch.
 //! - [`conns`]: reliable connections and their timers.
 //! - [`record`]: the inbox record's byte layout.
 
@@ -48,13 +55,17 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use assim_cma::{Cma, CmaConfig, Event, EventKind};
+use std::sync::Arc;
+
+use assim_cma::check_sets::CheckListEntry;
+use assim_cma::{
+    Authority, AuthorityConfig, ChecksError, Cma, CmaConfig, CommandAnswer, Event, EventKind,
+};
 use assim_seal::OpenError;
 use assim_wire::msg::{self, Body, Direct, DirectBody, Message};
 use assim_wire::{DatagramKind, NodeId, Timestamp};
 use tracing::{debug, error, info, warn};
 
-pub use crate::engine::Cx;
 use crate::engine::{Effects, Engine, Send};
 use crate::reader::{NotTaken, Reader};
 pub use crate::seal::{PlainSeal, Seal};
@@ -73,7 +84,8 @@ pub struct Now {
 /// How the shell runs.
 #[derive(Clone, Debug)]
 pub struct ShellConfig {
-    pub cma: CmaConfig,
+    /// The core's configuration: liveness timing, the discovery schedule, the check rules.
+    pub authority: AuthorityConfig,
     /// Accept nanoprobes that present no join token (labs, the demo, the simulator).
     pub open_enrollment: bool,
     pub reliable: assim_reliable::Config,
@@ -82,18 +94,42 @@ pub struct ShellConfig {
     /// How long a batch of changes without events may wait before it is stored (the inbox holds
     /// its records durably meanwhile).
     pub commit_interval: Duration,
+    /// Tags every event before it is stored (the bus's tagging rules), if set.
+    pub tagger: Option<EventTagger>,
 }
 
 impl ShellConfig {
-    /// The daemon's defaults around `cma`.
+    /// The daemon's defaults around `cma`, with the built-in discovery schedule and check rules.
     pub fn new(cma: CmaConfig, seed: u64) -> ShellConfig {
         ShellConfig {
-            cma,
+            authority: AuthorityConfig { core: cma, ..AuthorityConfig::default() },
             open_enrollment: false,
             reliable: assim_reliable::Config::default(),
             seed,
             commit_interval: Duration::from_millis(50),
+            tagger: None,
         }
+    }
+}
+
+/// Adds tags to an event before it is stored: configuration of the driver (the bus's tagging
+/// rules), not a decision of the core.
+#[derive(Clone)]
+pub struct EventTagger(Arc<dyn Fn(&mut Event) + std::marker::Send + Sync>);
+
+impl EventTagger {
+    pub fn new(f: impl Fn(&mut Event) + std::marker::Send + Sync + 'static) -> EventTagger {
+        EventTagger(Arc::new(f))
+    }
+
+    pub(crate) fn tag(&self, e: &mut Event) {
+        (self.0)(e)
+    }
+}
+
+impl std::fmt::Debug for EventTagger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventTagger")
     }
 }
 
@@ -121,6 +157,8 @@ pub enum Note {
     HelloRefused { node: NodeId },
     /// A message from a node the core does not know reached the engine.
     Unregistered { node: NodeId, kind: &'static str },
+    /// A node answered a `RunNow` someone waits for ([`Shell::run_check`]).
+    CommandAnswer(CommandAnswer),
 }
 
 /// Counters of the shell (the daemon publishes them as metrics).
@@ -165,27 +203,6 @@ impl Metrics {
     }
 }
 
-/// Decisions the driver plugs in (service checks, the discovery schedule, event tags). Every
-/// method has a do-nothing default.
-pub trait Extension {
-    /// A hello reached the engine; `accepted`: the core registered the node.
-    fn hello(&mut self, _cx: &mut Cx<'_>, _node: NodeId, _accepted: bool) {}
-    /// A discovery result from a registered node (the shell stores it afterwards).
-    fn discovery(&mut self, _cx: &mut Cx<'_>, _node: NodeId, _result: &msg::DiscoveryResult) {}
-    /// Any other message from a registered node; returns whether it was handled.
-    fn message(&mut self, _cx: &mut Cx<'_>, _node: NodeId, _body: Body) -> bool {
-        false
-    }
-    /// An event before it is stored (tagging).
-    fn event(&mut self, _event: &mut Event) {}
-}
-
-/// The [`Extension`] that does nothing.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoExtension;
-
-impl Extension for NoExtension {}
-
 /// Why the shell could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -199,12 +216,11 @@ pub enum StartError {
 
 /// The CMA shell. See the crate documentation.
 #[derive(Debug)]
-pub struct Shell<A, I, S, X = NoExtension> {
+pub struct Shell<A, I, S> {
     seal: A,
     conns: conns::Conns,
     reader: Reader<I>,
     engine: Engine<S>,
-    ext: X,
     open_enrollment: bool,
     effects: Effects,
     transmits: VecDeque<Transmit>,
@@ -213,15 +229,14 @@ pub struct Shell<A, I, S, X = NoExtension> {
     last: Now,
 }
 
-impl<A: Seal, I: Inbox, S: EngineStore + Tokens, X: Extension> Shell<A, I, S, X> {
-    /// Loads the engine's state, replays the inbox from the stored position and queues every
-    /// ring member's desired peer set. `seal` should already hold the CMA's identity.
+impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
+    /// Loads the engine's state, queues every ring member's desired peer set and replays the
+    /// inbox from the stored position. `seal` should already hold the CMA's identity.
     pub fn start(
         config: ShellConfig,
         mut seal: A,
         mut inbox: I,
         mut store: S,
-        ext: X,
         now: Now,
     ) -> Result<Self, StartError> {
         let loaded = store.load().map_err(StartError::Load)?;
@@ -230,14 +245,15 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens, X: Extension> Shell<A, I, S, X>
         }
         let replay = inbox.read_from(loaded.position + 1).map_err(StartError::Inbox)?;
         let applied: HashMap<NodeId, u64> = loaded.applied.into_iter().collect();
-        let core = Cma::new(config.cma, loaded.snapshot, now.wall);
+        // Queues the peer sets of every ring member (desired state after a start) and the
+        // discovery schedule's new epoch if its configuration changed.
+        let core = Authority::new(config.authority, loaded.snapshot, loaded.desired, now.wall);
         let conns = conns::Conns::new(config.reliable, seal.session(), config.seed);
         let mut shell = Shell {
             seal,
             conns,
             reader: Reader::new(inbox, applied.clone()),
-            engine: Engine::new(core, store, applied, config.commit_interval),
-            ext,
+            engine: Engine::new(core, store, applied, config.commit_interval, config.tagger),
             open_enrollment: config.open_enrollment,
             effects: Effects::default(),
             transmits: VecDeque::new(),
@@ -246,11 +262,6 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens, X: Extension> Shell<A, I, S, X>
             last: now,
         };
         shell.replay(now, replay);
-        // Desired state is re-sent after every start: harmless (epochs), and it tells each
-        // nanoprobe that the CMA restarted, so it resends what it has not seen acknowledged.
-        for node in shell.engine.core.ring() {
-            shell.engine.core.resend_peer_set(node);
-        }
         shell.flush(now);
         Ok(shell)
     }
@@ -279,16 +290,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens, X: Extension> Shell<A, I, S, X>
                 *seen = (*seen).max(m.record);
             }
             self.metrics.replayed += 1;
-            self.engine.apply(
-                now.wall,
-                Some(lsn),
-                node,
-                key,
-                m,
-                &mut self.ext,
-                &mut effects,
-                &mut self.metrics,
-            );
+            self.engine.apply(now.wall, Some(lsn), node, key, m, &mut effects, &mut self.metrics);
         }
         self.effects = effects;
         self.finish_turn(now, true);
@@ -327,7 +329,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens, X: Extension> Shell<A, I, S, X>
             DatagramKind::Reliable => self.handle_frame(now, src, sender, &opened.plaintext),
         }
         if opened.new_peer
-            && self.engine.core.node(sender).is_none()
+            && self.engine.core.cma().node(sender).is_none()
             && !self.reader.enrolled.contains(&sender)
         {
             // A first datagram that did not enrol the node: forget its key again, whatever its
@@ -366,7 +368,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens, X: Extension> Shell<A, I, S, X>
         let record = m.record;
         let kind = m.body.as_ref().map_or("unknown", Body::name);
         let known =
-            self.engine.core.node(sender).is_some() || self.reader.enrolled.contains(&sender);
+            self.engine.core.cma().node(sender).is_some() || self.reader.enrolled.contains(&sender);
         if !known {
             let Some(Body::Hello(hello)) = &m.body else {
                 self.refuse(sender, record, kind, "unregistered");
@@ -422,16 +424,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens, X: Extension> Shell<A, I, S, X>
             effects.sends.push(Send::Reliable { to: node, addr: None, body });
         }
         for (lsn, node, key, m) in committed.apply {
-            self.engine.apply(
-                now.wall,
-                lsn,
-                node,
-                key,
-                m,
-                &mut self.ext,
-                &mut effects,
-                &mut self.metrics,
-            );
+            self.engine.apply(now.wall, lsn, node, key, m, &mut effects, &mut self.metrics);
         }
         self.effects = effects;
         self.finish_turn(now, false);
@@ -445,7 +438,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens, X: Extension> Shell<A, I, S, X>
 
     fn finish_turn(&mut self, now: Now, force: bool) {
         let mut effects = std::mem::take(&mut self.effects);
-        self.engine.drain_core(&mut self.ext, &mut effects, &mut self.metrics);
+        self.engine.drain_core(&mut effects, &mut self.metrics);
         if let Some(pos) = self.engine.commit(now.mono, force, &mut self.metrics, &mut effects)
             && let Err(e) = self.reader.inbox.remove_through(pos)
         {
@@ -512,18 +505,67 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens, X: Extension> Shell<A, I, S, X>
         [core, self.conns.poll_timeout(), batch].into_iter().flatten().min()
     }
 
-    /// Lets the extension act outside message handling (an API request); call
-    /// [`Shell::flush`] afterwards.
-    pub fn with_extension<R>(&mut self, now: Now, f: impl FnOnce(&mut X, &mut Cx<'_>) -> R) -> R {
+    // ------------------------------------------------------------------------------------------
+    // operator requests (the API): each calls the core; call [`Shell::flush`] afterwards
+
+    /// `assim check run`: sends the node `RunNow`; its answer comes back as
+    /// [`Note::CommandAnswer`] with the returned command id. Refused (nothing sent) with a
+    /// sentence saying what to do.
+    pub fn run_check(&mut self, now: Now, host: &str, check: &str) -> Result<u64, String> {
         self.last = now;
-        let mut effects = std::mem::take(&mut self.effects);
-        let r = f(&mut self.ext, &mut self.engine.cx(now.wall, &mut effects, &mut self.metrics));
-        self.effects = effects;
-        r
+        let id = self.engine.core.run_check(now.wall, host, check)?;
+        info!(host, check, command_id = id, "asking a nanoprobe to run a check now");
+        Ok(id)
     }
 
-    /// The CMA core (read only: inputs go through the shell).
+    /// Nobody waits for this command's answer any more.
+    pub fn cancel_command(&mut self, command_id: u64) {
+        self.engine.core.cancel_command(command_id);
+    }
+
+    /// `assim check add`: adds (or replaces) a hand-set check; the batch is stored at the end
+    /// of this turn.
+    pub fn add_manual_check(
+        &mut self,
+        now: Now,
+        host: &str,
+        spec: msg::CheckSpec,
+    ) -> Result<CheckListEntry, ChecksError> {
+        self.last = now;
+        let (name, kind) = (spec.name.clone(), spec.kind.clone());
+        let r = self.engine.core.add_manual_check(now.wall, host, spec)?;
+        info!(host, check = %name, kind = %kind, "hand-set check added");
+        self.engine.commit_soon = true;
+        Ok(r)
+    }
+
+    /// `assim check remove`: removes a hand-set check; returns the host's name and its set's
+    /// new epoch. The batch is stored at the end of this turn.
+    pub fn remove_manual_check(
+        &mut self,
+        now: Now,
+        host: &str,
+        check: &str,
+    ) -> Result<(String, u64), ChecksError> {
+        self.last = now;
+        let r = self.engine.core.remove_manual_check(now.wall, host, check)?;
+        info!(host, check, "hand-set check removed");
+        self.engine.commit_soon = true;
+        Ok(r)
+    }
+
+    /// `assim check list`: the desired check sets (one host's, or all).
+    pub fn list_checks(&self, host: Option<&str>) -> Result<Vec<CheckListEntry>, ChecksError> {
+        self.engine.core.list_checks(host)
+    }
+
+    /// The CMA's liveness core (read only: inputs go through the shell).
     pub fn core(&self) -> &Cma {
+        self.engine.core.cma()
+    }
+
+    /// The whole decision core (read only).
+    pub fn authority(&self) -> &Authority {
         &self.engine.core
     }
 
@@ -543,10 +585,6 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens, X: Extension> Shell<A, I, S, X>
         &self.reader.inbox
     }
 
-    pub fn extension(&self) -> &X {
-        &self.ext
-    }
-
     /// The counters, the sealer's refusals included.
     pub fn metrics(&self) -> Metrics {
         let mut m = self.metrics.clone();
@@ -558,7 +596,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens, X: Extension> Shell<A, I, S, X>
     }
 
     /// Gives the parts back (the simulator keeps the store and inbox across a CMA restart).
-    pub fn into_parts(self) -> (A, I, S, X) {
-        (self.seal, self.reader.inbox, self.engine.store, self.ext)
+    pub fn into_parts(self) -> (A, I, S) {
+        (self.seal, self.reader.inbox, self.engine.store)
     }
 }

@@ -154,7 +154,7 @@ impl World {
         sealer.set_accept_unknown(true);
         let storage = self.storage.clone();
         let inbox = LogInbox::open(move || Ok(storage.clone()), LogConfig::default()).unwrap();
-        let shell = Shell::start(cfg, sealer, inbox, store, NoExtension, self.now()).unwrap();
+        let shell = Shell::start(cfg, sealer, inbox, store, self.now()).unwrap();
         self.shell = Some(shell);
         self.pump();
     }
@@ -242,7 +242,7 @@ impl World {
 
     fn crash(&mut self) -> MemStore {
         let shell = self.shell.take().unwrap();
-        let (_, _, store, _) = shell.into_parts();
+        let (_, _, store) = shell.into_parts();
         self.storage.crash(false);
         store
     }

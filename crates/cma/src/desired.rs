@@ -5,9 +5,10 @@
 //!
 //! The CMA shell owns one `Authority` and calls, per inbox record or request:
 //!
-//! Paths below are in `crates/cma-daemon/src/` (`cma.rs`, `cma/checks_cma.rs`, `discovery.rs`).
+//! The driver code each input replaced (deleted when the shell adopted the `Authority`) was in
+//! `crates/cma-daemon/src/` (`cma.rs`, `cma/checks_cma.rs`, `discovery.rs`).
 //!
-//! | input | replaces |
+//! | input | replaced |
 //! |---|---|
 //! | [`Authority::new`] | `discovery::schedule_message` (epoch in store meta), `CmaChecks::load`, and the loop in `cma::run` that re-sends every member's peer set after a start |
 //! | [`Authority::handle_hello`] | `Driver::handle_message`'s `Body::Hello` branch: sending the `DiscoverySchedule`, `checks_on_hello` |

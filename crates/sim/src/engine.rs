@@ -39,9 +39,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use assim_cma::{Cma, CmaConfig, EventKind};
-use assim_cma_shell::{
-    LogInbox, MemStore, NoExtension, Note, Now, PlainSeal, ShellConfig as CmaShellConfig,
-};
+use assim_cma_shell::{LogInbox, MemStore, Note, Now, PlainSeal, ShellConfig as CmaShellConfig};
 use assim_log::MemStorage;
 use assim_probe_shell::{Event, Shell, ShellConfig, Spool, Transmit};
 use assim_reliable::Config as RelConfig;
@@ -373,7 +371,7 @@ pub(crate) struct Obs {
 
 /// The CMA's shell with the simulator's parts: plain (unsealed) datagrams, an `assim-log` inbox
 /// over `MemStorage`, the in-memory engine store.
-type CmaShell = assim_cma_shell::Shell<PlainSeal, LogInbox<MemStorage>, MemStore, NoExtension>;
+type CmaShell = assim_cma_shell::Shell<PlainSeal, LogInbox<MemStorage>, MemStore>;
 
 /// Per node: the last spool record the engine applied and the CMA incarnation that applied it
 /// (the simulation's model of the inbox, fed by the shell's notes).
@@ -451,6 +449,31 @@ fn hello_of(i: u32, n: &Node, now: u64, epoch: u64) -> msg::Hello {
 }
 
 /// A well-mixed 64-bit seed for one connection.
+/// Every this many nodes one reports a synthetic `sockets` discovery result.
+const SOCKETS_EVERY: u32 = 8;
+
+/// Whether node `i` reports a `sockets` result (sshd listening on port 22).
+fn reports_sockets(i: u32) -> bool {
+    i.is_multiple_of(SOCKETS_EVERY)
+}
+
+/// The listeners of the synthetic `sockets` result.
+fn sockets_payload() -> serde_json::Value {
+    serde_json::json!({
+        "listening": [{
+            "protocol": "tcp", "local": "0.0.0.0:22", "remote": "0.0.0.0:0", "uid": 0,
+            "user": "root", "inode": 1,
+            "owner": {"pid": 10, "exe": "/usr/sbin/sshd", "cmdline": ["sshd", "-D"]}
+        }],
+        "established": []
+    })
+}
+
+/// The synthetic `sockets` result, as the collector would hand it to the shell.
+fn sockets_result() -> assim_discovery::Discovery {
+    assim_discovery::Discovery::from_value("sockets", sockets_payload())
+}
+
 fn mix(seed: u64, a: u64, b: u64) -> u64 {
     let mut x =
         seed ^ a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b.wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
@@ -782,7 +805,16 @@ impl Sim {
                     Event::Ignored { .. } | Event::Stop { .. } => c.commands_ignored += 1,
                     Event::Left => stop = Some(true),
                     Event::LeaveTimedOut => stop = Some(false),
-                    // Simulated nanoprobes run no checks or collectors (none are scheduled).
+                    // Simulated nanoprobes run no checks and only one collector: every
+                    // `SOCKETS_EVERY`th node reports a synthetic `sockets` result (sshd on port
+                    // 22) when the CMA's discovery schedule first runs it; after that the
+                    // change filter keeps it quiet (no news is good news).
+                    Event::RunCollector { name, .. } if name == "sockets" => {
+                        if reports_sockets(i) {
+                            let at = Clock::timestamp(now).micros();
+                            p.shell.collector_done("sockets", Ok(sockets_result()), at, inst);
+                        }
+                    }
                     Event::RunCheck(_) | Event::RunCheckNow { .. } | Event::RunCollector { .. } => {
                     }
                 }
@@ -915,7 +947,7 @@ impl Sim {
         let inbox = LogInbox::open(move || Ok(disk.clone()), assim_log::LogConfig::default())
             .expect("an in-memory inbox opens");
         let store = std::mem::take(&mut self.cma.store);
-        let shell = CmaShell::start(cfg, seal, inbox, store, NoExtension, self.cma_now())
+        let shell = CmaShell::start(cfg, seal, inbox, store, self.cma_now())
             .expect("the in-memory store loads");
         self.cma.shell = Some(Box::new(shell));
         self.cma_after();
@@ -929,7 +961,7 @@ impl Sim {
         // ring order is write-behind and rebuilt from node states anyway).
         let snap = shell.core().snapshot();
         let m = shell.metrics();
-        let (_, _, store, _) = shell.into_parts();
+        let (_, _, store) = shell.into_parts();
         let mut mismatches = 0;
         for rec in &snap.nodes {
             if store.nodes.get(&rec.id) != Some(rec) {
@@ -1042,10 +1074,7 @@ impl Sim {
             Note::Stored { .. } => {}
             Note::Applied { node, record, kind } => {
                 let j = index_of(node);
-                let Some(kind) = MsgKind::of_name(kind) else {
-                    self.w.counters.unexpected_messages += 1;
-                    return;
-                };
+                let kind_name = kind;
                 if record > 0 {
                     let entry = self.cma.inbox.entry(j).or_insert((0, generation));
                     if record <= entry.0 {
@@ -1057,6 +1086,14 @@ impl Sim {
                     }
                     *entry = (record, generation);
                 }
+                if kind_name == "discovery_result" {
+                    self.w.counters.discovery_applied += 1;
+                    return;
+                }
+                let Some(kind) = MsgKind::of_name(kind_name) else {
+                    self.w.counters.unexpected_messages += 1;
+                    return;
+                };
                 self.w.counters.applied[kind as usize] += 1;
                 let n = &mut self.nodes[j as usize];
                 match kind {
@@ -1104,6 +1141,7 @@ impl Sim {
             }
             Note::HelloRefused { .. } => self.w.counters.hellos_refused += 1,
             Note::Unregistered { .. } => self.w.counters.unregistered += 1,
+            Note::CommandAnswer(_) => {}
         }
     }
 
@@ -1335,6 +1373,7 @@ impl Sim {
         self.w.counters.in_flight_at_end = in_flight;
         let spool = self.spool_check();
         let ring = self.ring_check();
+        let check_sets = self.check_sets_check();
         let inputs = report::Inputs {
             scenario: &self.sc,
             end: self.end,
@@ -1347,6 +1386,7 @@ impl Sim {
             wall,
             cma_bytes_per_node: self.cma_bytes_per_node,
             spool,
+            check_sets,
         };
         report::build(inputs)
     }
@@ -1407,10 +1447,11 @@ impl Sim {
                 }
             };
             for (lsn, bytes) in &records {
-                let kind = Message::from_bytes(bytes)
-                    .ok()
-                    .and_then(|m| m.body)
-                    .and_then(|b| MsgKind::of(&b));
+                let body = Message::from_bytes(bytes).ok().and_then(|m| m.body);
+                if matches!(body, Some(Body::DiscoveryResult(_))) {
+                    continue; // the synthetic `sockets` results are not in the model
+                }
+                let kind = body.and_then(|b| MsgKind::of(&b));
                 match model.next() {
                     Some(&(r, k, _)) if r == *lsn && Some(k) == kind => {}
                     other => {
@@ -1454,6 +1495,81 @@ impl Sim {
             }
         }
         sc
+    }
+
+    /// Desired state beyond the ring: every live, reachable node the CMA has Up runs the CMA's
+    /// discovery schedule (its epoch) and the check set the CMA decided for it (its epoch); the
+    /// nodes that reported `sockets` have exactly the checks the rules imply for those
+    /// listeners (host-level checks, and a rule's check for sshd), the others the host-level
+    /// checks alone.
+    fn check_sets_check(&self) -> report::CheckSetsCheck {
+        let mut cs = report::CheckSetsCheck::default();
+        let Some(shell) = &self.cma.shell else {
+            cs.problems
+                .push("the CMA is down at the end of the run; check sets not checked".into());
+            return cs;
+        };
+        let a = shell.authority();
+        let rules = a.check_sets().rules();
+        let listeners =
+            assim_cma::check_sets::listeners_of(sockets_payload().to_string().as_bytes())
+                .expect("the synthetic sockets payload parses");
+        let schedule_epoch = a.discovery_schedule().epoch;
+        let problem = |cs: &mut report::CheckSetsCheck, text: String| {
+            cs.diverged += 1;
+            if cs.problems.len() < 10 {
+                cs.problems.push(text);
+            }
+        };
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(p) = &n.probe else { continue };
+            if n.life != Life::Running || self.w.net.is_cut_off(n.switch) {
+                continue;
+            }
+            let Some(rec) = a.cma().node(n.id) else { continue };
+            if rec.state != assim_cma::NodeState::Up {
+                continue;
+            }
+            cs.nodes += 1;
+            if p.shell.discovery_schedule().epoch() != schedule_epoch {
+                let got = p.shell.discovery_schedule().epoch();
+                problem(
+                    &mut cs,
+                    format!("{}: discovery schedule epoch {got}, the CMA's {schedule_epoch}", n.id),
+                );
+                continue;
+            }
+            let Some((epoch, checks)) = a.check_sets().set(n.id) else {
+                problem(&mut cs, format!("{}: the CMA decided no check set", n.id));
+                continue;
+            };
+            if p.shell.check_epoch() != epoch {
+                problem(
+                    &mut cs,
+                    format!(
+                        "{}: runs check set epoch {}, the CMA's is {epoch}",
+                        n.id,
+                        p.shell.check_epoch()
+                    ),
+                );
+                continue;
+            }
+            let reported = reports_sockets(i as u32);
+            let implied = rules.desired(&rec.hostname, if reported { &listeners } else { &[] });
+            let mut want: Vec<&str> = implied.iter().map(|c| c.name.as_str()).collect();
+            let mut got: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+            want.sort_unstable();
+            got.sort_unstable();
+            if want != got {
+                problem(&mut cs, format!("{}: checks {got:?}, the rules imply {want:?}", n.id));
+                continue;
+            }
+            if reported {
+                cs.with_sockets += 1;
+            }
+            cs.checks += got.len() as u64;
+        }
+        cs
     }
 
     /// The ring as the CMA holds it, against node states and against what the nanoprobes run.

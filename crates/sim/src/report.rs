@@ -70,6 +70,8 @@ pub struct Counters {
     pub host_left: u64,
     pub path_suspect: u64,
     pub ring_changed: u64,
+    /// Discovery results the CMA's engine applied (the synthetic `sockets` results).
+    pub discovery_applied: u64,
 }
 
 /// The ring at the end, as checked by the engine.
@@ -98,6 +100,22 @@ pub(crate) struct Inputs<'a> {
     pub wall: Duration,
     pub cma_bytes_per_node: Option<f64>,
     pub spool: SpoolCheck,
+    pub check_sets: CheckSetsCheck,
+}
+
+/// Desired state at the end: discovery schedules and check sets on the live nodes, against the
+/// CMA's decisions and the rules.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct CheckSetsCheck {
+    /// Live, reachable nodes the CMA has Up (the ones checked).
+    pub nodes: u64,
+    /// Of those, nodes that reported a `sockets` result and run the checks the rules imply.
+    pub with_sockets: u64,
+    /// Checks in the sets of the nodes that agree.
+    pub checks: u64,
+    /// Nodes whose schedule or check set differs from the CMA's or from the rules.
+    pub diverged: u64,
+    pub problems: Vec<String>,
 }
 
 /// The nanoprobes' spools at the end of the run, against what the simulation saw spooled.
@@ -352,6 +370,7 @@ pub struct Report {
     pub ring: Ring,
     pub delivery: Delivery,
     pub spool: SpoolCheck,
+    pub check_sets: CheckSetsCheck,
     pub events_emitted: Events,
     pub cma: Option<assim_cma::Stats>,
     pub cma_restarts: u64,
@@ -793,6 +812,24 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
             }
         ),
     );
+    let cs = &i.check_sets;
+    check(
+        "check sets",
+        cs.diverged == 0 && cs.problems.is_empty(),
+        format!(
+            "{} live nodes run the CMA's discovery schedule and check set ({} checks), {} of them \
+             with the rules' checks for a reported `sockets` result; {} diverged{}",
+            cs.nodes,
+            cs.checks,
+            cs.with_sockets,
+            cs.diverged,
+            if cs.problems.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", cs.problems.join("; "))
+            }
+        ),
+    );
     let passed = checks.iter().all(|c| c.passed);
 
     let wall = i.wall.as_secs_f64().max(1e-9);
@@ -827,6 +864,7 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
         ring,
         delivery,
         spool: i.spool.clone(),
+        check_sets: i.check_sets.clone(),
         events_emitted: Events {
             host_up: c.host_up,
             host_suspect: c.host_suspect,

@@ -346,6 +346,10 @@ impl Store {
             if let Some(pos) = progress.position {
                 put_meta.execute(params!["inbox_position", pos.to_string()]).map_err(err)?;
             }
+            if let Some(s) = &progress.schedule {
+                put_meta.execute(params!["discovery_schedule", s.canonical]).map_err(err)?;
+                put_meta.execute(params!["discovery_epoch", s.epoch.to_string()]).map_err(err)?;
+            }
             let mut put_applied = tx
                 .prepare_cached(
                     "INSERT INTO applied (node, through, count) VALUES (?1, ?2, ?3)
@@ -666,6 +670,47 @@ fn hex_decode32(s: &str) -> Option<[u8; 32]> {
     hex_decode(s)?.try_into().ok()
 }
 
+impl Store {
+    /// The desired state the core restores from: the schedule's meta keys, check sets, states,
+    /// hand-set checks, remembered services and each node's latest `sockets` result.
+    pub fn load_desired(&self) -> Result<assim_cma::DesiredSnapshot, StoreError> {
+        let schedule = match (self.meta("discovery_schedule")?, self.meta_u64("discovery_epoch")?) {
+            (Some(canonical), epoch) => {
+                Some(assim_cma::schedule::StoredSchedule { canonical, epoch: epoch.unwrap_or(0) })
+            }
+            (None, _) => None,
+        };
+        let mut sockets = Vec::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT node, payload FROM discovery WHERE name = ?1 ORDER BY node")
+                .map_err(|e| self.sql(e))?;
+            let rows = stmt
+                .query_map([assim_store::desired::SOCKETS], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(|e| self.sql(e))?;
+            for row in rows {
+                let (node, payload) = row.map_err(|e| self.sql(e))?;
+                let id: NodeId = node.parse().map_err(|_| StoreError::Corrupt {
+                    table: "discovery",
+                    detail: format!("node id {node:?}"),
+                })?;
+                sockets.push((id, payload));
+            }
+        }
+        Ok(assim_store::desired::snapshot(assim_store::desired::StoredDesired {
+            schedule,
+            check_sets: self.check_sets()?,
+            states: self.service_states()?,
+            manual: self.manual_checks()?,
+            remembered: self.remembered_services()?.into_iter().collect(),
+            sockets,
+        }))
+    }
+}
+
 /// The CMA engine's store seam over SQLite: the snapshot, inbox position and applied records at
 /// start; one transaction per batch.
 impl assim_store::EngineStore for Store {
@@ -680,6 +725,7 @@ impl assim_store::EngineStore for Store {
                 .into_iter()
                 .map(|(n, a)| (n, a.through))
                 .collect(),
+            desired: self.load_desired().map_err(failed)?,
         })
     }
 

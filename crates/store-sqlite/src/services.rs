@@ -509,4 +509,108 @@ mod tests {
         let rem = store.remembered_services().unwrap();
         assert_eq!(rem[&node], vec![remembered(22, 9)], "a node's list is replaced whole");
     }
+
+    /// The core's desired-state changes survive a reopen the same way in SQLite and in
+    /// `MemStore`, through the one mapping in `assim_store::desired`.
+    #[test]
+    fn desired_changes_load_back_the_same_in_both_engines() {
+        use assim_cma::check_sets as core;
+        use assim_cma::schedule::StoredSchedule;
+        use assim_cma::{DesiredChange, DesiredSnapshot};
+        use assim_store::EngineStore;
+        use assim_wire::msg::CheckSpec;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let node = NodeId::from_slice(&[6; 16]).unwrap();
+        let spec = |name: &str| CheckSpec {
+            name: name.into(),
+            kind: "tcp".into(),
+            argv: vec!["127.0.0.1".into(), "22".into()],
+            params: vec![],
+            interval_s: 5,
+            retry_interval_s: 1,
+            max_attempts: 1,
+            timeout_s: 2,
+        };
+        let changes = vec![
+            DesiredChange::Schedule(StoredSchedule { canonical: "sockets=60{}".into(), epoch: 3 }),
+            DesiredChange::CheckSet(core::CheckSetRecord {
+                node,
+                epoch: 9,
+                checks: vec![spec("ssh"), spec("hand")],
+                monitors: vec![],
+            }),
+            DesiredChange::ServiceState(assim_cma::ServiceStateRecord {
+                node,
+                check: "ssh".into(),
+                state: "critical".into(),
+                output: "refused".into(),
+                perfdata: String::new(),
+                flapping: false,
+                since: 10,
+                updated_at: 11,
+            }),
+            DesiredChange::Manual(core::ManualChange::Put(core::ManualCheck {
+                node,
+                check: spec("hand"),
+                added_at: 4,
+            })),
+            DesiredChange::Remembered {
+                node,
+                services: vec![core::RememberedService {
+                    protocol: "tcp".into(),
+                    ip: "0.0.0.0".parse().unwrap(),
+                    port: 22,
+                    exe: None,
+                    cmdline: vec![],
+                    user: None,
+                    seen: 5,
+                }],
+            },
+            DesiredChange::Discovery(assim_cma::DiscoveryRecord {
+                node,
+                name: "sockets".into(),
+                hash: "00".into(),
+                payload: "{\"listeners\":[]}".into(),
+                collected_at: 1,
+                updated_at: 2,
+            }),
+        ];
+        let mut progress = InboxProgress::default();
+        for c in changes {
+            assim_store::desired::add_change(&mut progress, c);
+        }
+        let summary = |d: DesiredSnapshot| {
+            (
+                d.schedule,
+                d.check_sets
+                    .iter()
+                    .map(|c| (c.node, c.epoch, c.checks.clone()))
+                    .collect::<Vec<_>>(),
+                d.states
+                    .iter()
+                    .map(|s| (s.check.clone(), s.state.clone(), s.since))
+                    .collect::<Vec<_>>(),
+                d.manual,
+                d.remembered,
+                d.sockets,
+            )
+        };
+        {
+            let mut store = Store::open(&path).unwrap();
+            Store::apply(&mut store, &[], &[], &progress).unwrap();
+        }
+        let mut mem = assim_store::MemStore::default();
+        mem.apply(&[], &[], &progress).unwrap();
+        let from_sqlite = summary(Store::open(&path).unwrap().load().unwrap().desired);
+        let from_mem = summary(mem.load().unwrap().desired);
+        assert_eq!(from_sqlite, from_mem);
+        assert_eq!(from_sqlite.0.as_ref().map(|s| s.epoch), Some(3));
+        assert_eq!(from_sqlite.1, vec![(node, 9, vec![spec("ssh"), spec("hand")])]);
+        assert_eq!(from_sqlite.2, vec![("ssh".into(), "critical".into(), 10)]);
+        assert_eq!(from_sqlite.3.len(), 1);
+        assert_eq!(from_sqlite.4.len(), 1);
+        assert_eq!(from_sqlite.5, vec![(node, b"{\"listeners\":[]}".to_vec())]);
+    }
 }

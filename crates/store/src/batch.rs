@@ -21,6 +21,8 @@ pub struct InboxProgress {
     pub discovery: Vec<DiscoveryRecord>,
     /// Check sets and service states to store .
     pub services: ServicesBatch,
+    /// The discovery schedule's configuration and epoch, when the core decided a new one.
+    pub schedule: Option<assim_cma::schedule::StoredSchedule>,
 }
 
 /// The latest result of one discovery collector on one node.

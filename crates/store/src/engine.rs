@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use assim_cma::{Change, Event, Snapshot};
+use assim_cma::{Change, DesiredSnapshot, Event, Snapshot};
 use assim_wire::NodeId;
 
 use crate::batch::{InboxProgress, TokenRecord};
@@ -23,6 +23,9 @@ pub struct Loaded {
     pub position: u64,
     /// Per node: the highest spool record whose effects are stored.
     pub applied: BTreeMap<NodeId, u64>,
+    /// The desired state the core restores from (schedule, check sets, states, hand-set
+    /// checks, remembered services, latest `sockets` results).
+    pub desired: DesiredSnapshot,
 }
 
 /// The decision engine's state: loaded at start, then written one batch at a time.

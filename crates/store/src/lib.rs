@@ -19,6 +19,8 @@
 //! - [`engine`]: [`EngineStore`], [`Tokens`], [`Loaded`], [`StoreFailed`].
 //! - [`batch`]: what a batch carries besides the core's changes and events —
 //!   [`InboxProgress`], [`DiscoveryRecord`] — and [`TokenRecord`].
+//! - [`desired`]: the core's desired-state changes into a batch, and its snapshot from what
+//!   an engine store loaded.
 //! - [`services`]: the service-monitoring part of a batch ([`services::ServicesBatch`]).
 //! - [`mem`]: [`MemStore`], the in-memory engine store and tokens.
 //! - [`event_log`]: [`EventLog`], its records ([`SubscriptionRecord`], [`DeadLetter`],
@@ -26,6 +28,7 @@
 //! - [`QueryError`]: the one error of the read-side seams.
 
 pub mod batch;
+pub mod desired;
 pub mod engine;
 pub mod event_log;
 pub mod inbox;

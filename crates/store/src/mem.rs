@@ -6,7 +6,12 @@ use assim_cma::{Change, Event, NodeRecord, Snapshot};
 use assim_wire::NodeId;
 
 use crate::batch::{DiscoveryRecord, InboxProgress, TokenRecord};
+use crate::desired::{SOCKETS, StoredDesired};
 use crate::engine::{EngineStore, Loaded, StoreFailed, Tokens};
+use crate::services::{
+    CheckSetRecord, ManualChange, ManualCheck, RememberedService, ServiceStateRecord,
+};
+use assim_cma::schedule::StoredSchedule;
 
 /// An [`EngineStore`] and [`Tokens`] in memory: the simulator's store, and tests'.
 #[derive(Clone, Debug, Default)]
@@ -20,6 +25,13 @@ pub struct MemStore {
     pub events: u64,
     pub discovery: BTreeMap<(NodeId, String), DiscoveryRecord>,
     pub tokens: BTreeMap<[u8; 16], TokenRecord>,
+    /// The discovery schedule last decided.
+    pub schedule: Option<StoredSchedule>,
+    pub check_sets: BTreeMap<NodeId, CheckSetRecord>,
+    /// The last state per (node, check); `since` is kept while the state stays the same.
+    pub states: BTreeMap<(NodeId, String), ServiceStateRecord>,
+    pub manual: BTreeMap<(NodeId, String), ManualCheck>,
+    pub remembered: BTreeMap<NodeId, Vec<RememberedService>>,
     /// How many batches were applied.
     pub batches: u64,
     /// When set, the next `n` batches fail (fault injection).
@@ -44,6 +56,19 @@ impl EngineStore for MemStore {
             snapshot: self.snapshot(),
             position: self.position,
             applied: self.applied.clone(),
+            desired: crate::desired::snapshot(StoredDesired {
+                schedule: self.schedule.clone(),
+                check_sets: self.check_sets.values().cloned().collect(),
+                states: self.states.values().cloned().collect(),
+                manual: self.manual.values().cloned().collect(),
+                remembered: self.remembered.iter().map(|(n, l)| (*n, l.clone())).collect(),
+                sockets: self
+                    .discovery
+                    .values()
+                    .filter(|d| d.name == SOCKETS)
+                    .map(|d| (d.node, d.payload.clone()))
+                    .collect(),
+            }),
         })
     }
 
@@ -78,6 +103,40 @@ impl EngineStore for MemStore {
         }
         for d in &progress.discovery {
             self.discovery.insert((d.node, d.name.clone()), d.clone());
+        }
+        if let Some(s) = &progress.schedule {
+            self.schedule = Some(s.clone());
+        }
+        let b = &progress.services;
+        for c in &b.check_sets {
+            self.check_sets.insert(c.node, c.clone());
+            let names: Vec<&str> = c.checks.iter().map(|k| k.name.as_str()).collect();
+            self.states.retain(|(n, k), _| *n != c.node || names.contains(&k.as_str()));
+        }
+        for st in &b.states {
+            let key = (st.node, st.check.clone());
+            let mut st = st.clone();
+            if let Some(old) = self.states.get(&key).filter(|o| o.state == st.state) {
+                st.since = old.since;
+            }
+            self.states.insert(key, st);
+        }
+        for m in &b.manual {
+            match m {
+                ManualChange::Put(m) => {
+                    self.manual.insert((m.node, m.check.name.clone()), m.clone());
+                }
+                ManualChange::Remove { node, name } => {
+                    self.manual.remove(&(*node, name.clone()));
+                }
+            }
+        }
+        for (node, list) in &b.remembered {
+            if list.is_empty() {
+                self.remembered.remove(node);
+            } else {
+                self.remembered.insert(*node, list.clone());
+            }
         }
         self.batches += 1;
         Ok(())
