@@ -25,7 +25,7 @@ pub const LEAVE_WAIT: Duration = Duration::from_secs(3);
 /// Checks running at once, at most.
 pub const MAX_CONCURRENT_CHECKS: usize = 32;
 /// The collector name of the LLDP/CDP listener's table.
-pub const L2_COLLECTOR: &str = "l2neighbors";
+pub use assim_discovery::L2_COLLECTOR;
 
 /// What a shell is built from.
 #[derive(Clone, Debug)]
@@ -47,6 +47,37 @@ pub struct ShellConfig {
     /// Run discovery on the built-in schedule until the CMA sends one (the daemon), or run
     /// none until then (the simulator, whose CMA sends none).
     pub discovery_defaults: bool,
+    /// The reporter's own clock, read once by the driver (the shell reads no clock).
+    pub wall_clock: WallClock,
+}
+
+/// The nanoprobe's wall clock without reading it: at `at` the clock said `micros` (µs since
+/// the Unix epoch); later instants count on from there. The daemon moves the anchor each turn
+/// ([`Shell::set_wall_clock`]) so a stepped clock is followed; the simulator sets it once from
+/// its virtual clock. The shell stamps with it what the CMA orders by the reporter's time
+/// (heartbeat reports and peer status, issue 12 item 6), and check and discovery results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WallClock {
+    at: Instant,
+    micros: u64,
+}
+
+impl WallClock {
+    /// At `at` the wall clock read `micros`.
+    pub fn new(at: Instant, micros: u64) -> WallClock {
+        WallClock { at, micros }
+    }
+
+    /// The wall clock at `now`, µs since the Unix epoch.
+    pub fn micros(&self, now: Instant) -> u64 {
+        if now >= self.at {
+            let d = u64::try_from(now.duration_since(self.at).as_micros()).unwrap_or(u64::MAX);
+            self.micros.saturating_add(d)
+        } else {
+            let d = u64::try_from(self.at.duration_since(now).as_micros()).unwrap_or(u64::MAX);
+            self.micros.saturating_sub(d)
+        }
+    }
 }
 
 /// A datagram to send, before sealing.
@@ -232,6 +263,14 @@ impl<S: SpoolStorage> Shell<S> {
     pub fn discovery_schedule(&self) -> &Schedule {
         &self.discovery
     }
+    /// The reporter's wall clock at `now`, µs since the Unix epoch.
+    pub fn wall_micros(&self, now: Instant) -> u64 {
+        self.cfg.wall_clock.micros(now)
+    }
+    /// The driver read the wall clock: at `now` it said `micros`.
+    pub fn set_wall_clock(&mut self, now: Instant, micros: u64) {
+        self.cfg.wall_clock = WallClock::new(now, micros);
+    }
 
     // --------------------------------------------------------------------------------------
     // inputs
@@ -394,6 +433,13 @@ impl<S: SpoolStorage> Shell<S> {
     /// events). Returns its record number, or `None` when it could not be spooled (dropped
     /// because the spool is full and it is droppable, or sent without the spool's protection).
     pub fn send_spooled(&mut self, body: Body, now: Instant) -> Option<u64> {
+        let mut body = body;
+        // The CMA orders liveness evidence by the reporter's own time (issue 16 item 0).
+        match &mut body {
+            Body::HeartbeatReport(r) if r.at == 0 => r.at = self.wall_micros(now),
+            Body::PeerStatus(s) if s.at == 0 => s.at = self.wall_micros(now),
+            _ => {}
+        }
         let droppable = is_droppable(&body);
         let kind = body.name();
         let max = self.spool.max_record();
@@ -557,8 +603,8 @@ impl<S: SpoolStorage> Shell<S> {
         }
     }
 
-    /// A scheduled check finished (`at_us`: wall-clock µs of the result).
-    pub fn check_done(&mut self, name: &str, result: &CheckResult, at_us: u64, now: Instant) {
+    /// A scheduled check finished (stamped with the wall clock at `now`).
+    pub fn check_done(&mut self, name: &str, result: &CheckResult, now: Instant) {
         self.checks_running = self.checks_running.saturating_sub(1);
         if !self.leaving {
             self.start_waiting_checks();
@@ -574,7 +620,7 @@ impl<S: SpoolStorage> Shell<S> {
             state: report.state as i32,
             output: report.output,
             perfdata: report.perfdata,
-            at: at_us,
+            at: self.wall_micros(now),
             flapping: report.flapping,
             initial: report.initial,
         });
@@ -666,14 +712,8 @@ impl<S: SpoolStorage> Shell<S> {
     }
 
     /// A collector finished (or the LLDP/CDP table changed, `name` = [`L2_COLLECTOR`]):
-    /// spools its result if its content changed. `at_us`: wall-clock µs of the collection.
-    pub fn collector_done(
-        &mut self,
-        name: &str,
-        result: Result<Discovery, String>,
-        at_us: u64,
-        now: Instant,
-    ) {
+    /// spools its result if its content changed (stamped with the wall clock at `now`).
+    pub fn collector_done(&mut self, name: &str, result: Result<Discovery, String>, now: Instant) {
         self.collectors_running.remove(name);
         if name != L2_COLLECTOR && !self.discovery.enabled(name) {
             return; // disabled (or the agent vanished) while it ran
@@ -700,7 +740,7 @@ impl<S: SpoolStorage> Shell<S> {
             name: d.name,
             content_hash: d.hash.to_vec(),
             payload,
-            collected_at: at_us,
+            collected_at: self.wall_micros(now),
             delta: false,
         });
         self.send_spooled(body, now);
