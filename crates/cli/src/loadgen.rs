@@ -2,7 +2,7 @@
 //!
 //! Each sender is the real nanoprobe shell (`assim_probe_shell::Shell`: identity, sealing,
 //! reliable delivery, the disk spool, hello after a CMA restart) with its own UDP socket and
-//! data directory, without heartbeat peers, checks or collectors; it registers with a hello
+//! data directory, without heartbeats, checks or collectors; it registers with a hello
 //! and then spools `LocalEvent`
 //! reports numbered 1..=N (the spool record number is the report number, so a restarted sender
 //! continues where its spool ends). It finishes when the CMA has acknowledged all N. Used by the
@@ -108,8 +108,9 @@ async fn sender(i: usize, opts: LoadOptions) -> anyhow::Result<LoadReport> {
         token_proof: None,
         peer_epoch: 0,
     };
-    // No collectors or checks: the sender's shell only spools and sends.
-    let mut shell = open_shell(sealer, (pin.node_id, opts.cma), hello, &dir, 1 << 30, false, now)?;
+    // No heartbeats, collectors or checks: the sender's spool holds only its reports.
+    let mut shell = open_shell(sealer, (pin.node_id, opts.cma), hello, &dir, 1 << 30, false, now)?
+        .without_heartbeats();
     shell.start(now);
 
     let mut report = LoadReport { senders: 1, ..LoadReport::default() };

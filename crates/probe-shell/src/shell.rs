@@ -169,6 +169,8 @@ pub struct Shell<S: SpoolStorage> {
     filter: ChangeFilter,
     collectors_running: HashSet<String>,
     stats: ShellStats,
+    /// Whether peer sets are applied (see [`Shell::without_heartbeats`]).
+    heartbeats_on: bool,
 }
 
 fn is_droppable(body: &Body) -> bool {
@@ -208,8 +210,17 @@ impl<S: SpoolStorage> Shell<S> {
             filter: ChangeFilter::new(),
             collectors_running: HashSet::new(),
             stats: ShellStats::default(),
+            heartbeats_on: true,
             cfg,
         }
+    }
+
+    /// A shell that never applies a peer set: it sends no heartbeats and spools no heartbeat
+    /// reports or peer status, so its spool holds only what the driver sends (`assim
+    /// loadgen`'s senders, whose record numbers are their report numbers).
+    pub fn without_heartbeats(mut self) -> Shell<S> {
+        self.heartbeats_on = false;
+        self
     }
 
     /// Registers with the CMA and sends what the spool still holds from earlier runs.
@@ -374,6 +385,10 @@ impl<S: SpoolStorage> Shell<S> {
 
     fn handle_command(&mut self, m: Message, now: Instant) {
         match m.body {
+            Some(Body::PeerSet(_)) if !self.heartbeats_on => {
+                debug!("peer set ignored: this shell sends no heartbeats");
+                self.events.push_back(Event::Ignored { kind: "peer_set" });
+            }
             Some(Body::PeerSet(set)) => match DesiredPeers::try_from(&set) {
                 Ok(desired) => {
                     if let Some(s) = self.sealer.as_mut() {

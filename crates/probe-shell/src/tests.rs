@@ -438,3 +438,45 @@ fn reports_and_peer_status_are_stamped_with_the_reporters_time() {
     };
     assert_eq!(r.at, 5_000_000);
 }
+
+/// A shell without heartbeats (`assim loadgen`'s senders) ignores peer sets, so its spool
+/// holds only what its driver sends; a normal shell applies them and spools peer status.
+#[test]
+fn a_shell_without_heartbeats_spools_only_what_it_is_given() {
+    let peer_set = || {
+        Message::new(Body::PeerSet(msg::PeerSet {
+            epoch: 1,
+            peers: vec![msg::Peer {
+                node_id: vec![9; 16],
+                addr: "127.0.0.1:2000".into(),
+                public_key: vec![7; 32],
+            }],
+            interval_ms: 1000,
+            warn_ms: 3000,
+            dead_ms: 5000,
+        }))
+        .to_bytes()
+    };
+    let spooled_kinds = |p: &Pair| -> Vec<&'static str> {
+        p.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Spooled { kind, .. } => Some(*kind),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut normal = Pair::new();
+    normal.cma.conn.send(peer_set(), normal.now).unwrap();
+    normal.run(Duration::from_secs(10));
+    assert!(spooled_kinds(&normal).contains(&"peer_status"), "{:?}", normal.events);
+
+    let mut mute = Pair::new();
+    let now = mute.now;
+    mute.shell = shell(&mute.storage, 2, now).without_heartbeats();
+    mute.cma.conn.send(peer_set(), mute.now).unwrap();
+    mute.run(Duration::from_secs(10));
+    assert!(spooled_kinds(&mute).is_empty(), "{:?}", mute.events);
+    assert!(mute.events.contains(&Event::Ignored { kind: "peer_set" }));
+    assert_eq!(mute.shell.heartbeats().stats().heartbeats_sent, 0);
+}
