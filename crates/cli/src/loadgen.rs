@@ -1,7 +1,9 @@
-//! Simulated senders: many nanoprobe links in one process pushing spooled reports at a CMA.
+//! Simulated senders: many nanoprobe shells in one process pushing spooled reports at a CMA.
 //!
-//! Each sender is a real [`CmaLink`] (identity, sealing, reliable delivery, disk spool) with its
-//! own UDP socket and data directory; it registers with a hello and then spools `LocalEvent`
+//! Each sender is the real nanoprobe shell (`assim_probe_shell::Shell`: identity, sealing,
+//! reliable delivery, the disk spool, hello after a CMA restart) with its own UDP socket and
+//! data directory, without heartbeats, checks or collectors; it registers with a hello
+//! and then spools `LocalEvent`
 //! reports numbered 1..=N (the spool record number is the report number, so a restarted sender
 //! continues where its spool ends). It finishes when the CMA has acknowledged all N. Used by the
 //! crash test (kill the CMA or the senders at random moments: nothing may be lost or applied
@@ -14,12 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use assim_seal::{Identity, Sealer};
+use assim_wire::Timestamp;
 use assim_wire::msg::{self, Body};
-use assim_wire::{DatagramKind, Timestamp};
 use tokio::net::UdpSocket;
 
-use assim_nanoprobe::link::{CmaLink, FromCma};
-use assim_nanoprobe::nanoprobe::{CmaPin, fetch_cma_key, read_pin, write_pin};
+use assim_nanoprobe::nanoprobe::{CmaPin, fetch_cma_key, open_shell, read_pin, write_pin};
 
 /// What to send.
 #[derive(Clone, Debug)]
@@ -98,7 +99,6 @@ async fn sender(i: usize, opts: LoadOptions) -> anyhow::Result<LoadReport> {
     };
     sealer.add_peer(pin.node_id, pin.key()?);
     let now = Instant::now();
-    let mut link = CmaLink::open(sealer, pin.node_id, opts.cma, &dir, 1 << 30, now)?;
     let hello = msg::Hello {
         version: assim_wire::VERSION.to_string(),
         hostname: format!("sender-{i}"),
@@ -108,23 +108,26 @@ async fn sender(i: usize, opts: LoadOptions) -> anyhow::Result<LoadReport> {
         token_proof: None,
         peer_epoch: 0,
     };
-    link.send_control(Body::Hello(hello.clone()), now);
-    link.resend_unacked(now);
+    // No heartbeats, collectors or checks: the sender's spool holds only its reports.
+    let mut shell = open_shell(sealer, (pin.node_id, opts.cma), hello, &dir, 1 << 30, false, now)?
+        .without_heartbeats();
+    shell.start(now);
 
     let mut report = LoadReport { senders: 1, ..LoadReport::default() };
-    let resent_before = link.stats.resent;
+    let resent_before = shell.spool().stats().resent;
     let mut pending: VecDeque<(u64, Instant)> = VecDeque::new();
-    let mut acked_through = link.stats.acked_through;
+    let mut acked_through = shell.spool().stats().acked_through;
     let mut buf = vec![0u8; 65536];
     loop {
         let now = Instant::now();
         // Spool the next batch, within the window.
         let mut n = 0;
         while n < opts.batch
-            && link.next_record() <= opts.reports
-            && link.next_record() - 1 - link.stats.acked_through < opts.window
+            && shell.spool().next_record() <= opts.reports
+            && shell.spool().next_record().saturating_sub(1 + shell.spool().stats().acked_through)
+                < opts.window
         {
-            let number = link.next_record();
+            let number = shell.spool().next_record();
             let body = Body::LocalEvent(msg::LocalEvent {
                 event_type: "load.report".into(),
                 severity: "info".into(),
@@ -132,35 +135,35 @@ async fn sender(i: usize, opts: LoadOptions) -> anyhow::Result<LoadReport> {
                 tags: Vec::new(),
                 at: Timestamp::now().micros(),
             });
-            link.send_spooled(body, now);
+            shell.send_spooled(body, now);
             pending.push_back((number, now));
             report.spooled += 1;
             n += 1;
         }
-        link.commit(now);
-        for d in link.poll_datagrams(now) {
-            let _ = socket.send_to(&d, link.cma_addr).await;
+        // Nothing to carry out: the shell runs no checks or collectors here.
+        while shell.poll_event().is_some() {}
+        while let Some(d) = shell.poll_datagram(now) {
+            let _ = socket.send_to(&d.bytes, d.addr).await;
         }
-        if link.next_record() > opts.reports && link.unacked() == 0 {
+        if shell.spool().next_record() > opts.reports && shell.spool().unacked() == 0 {
             break;
         }
-        let wait = link
+        let wait = shell
             .poll_timeout()
             .map(|t| t.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_millis(200));
         if let Ok(Ok((len, src))) = tokio::time::timeout(wait, socket.recv_from(&mut buf)).await {
-            handle(&mut link, &buf[..len], src, &hello);
+            shell.handle_datagram(&buf[..len], src, Instant::now());
             // Drain what else is queued.
             while let Ok((len, src)) = socket.try_recv_from(&mut buf) {
-                handle(&mut link, &buf[..len], src, &hello);
+                shell.handle_datagram(&buf[..len], src, Instant::now());
             }
-        } else {
-            link.handle_timeout(Instant::now());
         }
+        shell.handle_timeout(Instant::now());
         let now = Instant::now();
-        if link.stats.acked_through > acked_through {
-            acked_through = link.stats.acked_through;
+        if shell.spool().stats().acked_through > acked_through {
+            acked_through = shell.spool().stats().acked_through;
             while let Some(&(number, at)) = pending.front() {
                 if number > acked_through {
                     break;
@@ -171,19 +174,6 @@ async fn sender(i: usize, opts: LoadOptions) -> anyhow::Result<LoadReport> {
             }
         }
     }
-    report.resent = link.stats.resent - resent_before;
+    report.resent = shell.spool().stats().resent - resent_before;
     Ok(report)
-}
-
-fn handle(link: &mut CmaLink, datagram: &[u8], src: SocketAddr, hello: &msg::Hello) {
-    let Ok(opened) = link.sealer.open(datagram) else { return };
-    if opened.header.kind != DatagramKind::Reliable || opened.header.sender != link.cma_id {
-        return;
-    }
-    let now = Instant::now();
-    for ev in link.handle_frame(&opened.plaintext, src, now) {
-        if let FromCma::Restarted = ev {
-            link.send_control(Body::Hello(hello.clone()), now);
-        }
-    }
 }

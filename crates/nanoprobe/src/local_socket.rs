@@ -142,13 +142,13 @@ impl Confirmations {
 /// Spools a request's event and answers it: at once, or (with `confirm`) when the CMA has
 /// acknowledged its record ([`Confirmations::settle_and_reply`]).
 pub fn submit(
-    link: &mut crate::link::CmaLink,
+    link: &mut crate::nanoprobe::ProbeShell,
     confirmations: &mut Confirmations,
     req: LocalRequest,
     now: std::time::Instant,
 ) {
     let text_len = req.event.text.len();
-    match link.spool_record(assim_wire::msg::Body::LocalEvent(req.event), now) {
+    match link.send_spooled(assim_wire::msg::Body::LocalEvent(req.event), now) {
         Some(record) if req.confirm => {
             debug!(record, text_len, "local event spooled; waiting for the CMA");
             confirmations.add(record, req.reply);

@@ -1,5 +1,12 @@
-//! The nanoprobe driver: pins the CMA's key, registers, heartbeats its ring neighbours and
-//! leaves with a goodbye on shutdown.
+//! The nanoprobe driver: pins the CMA's key, then drives the nanoprobe shell
+//! ([`assim_probe_shell::Shell`]) until it is told to stop, and leaves with a goodbye on
+//! shutdown.
+//!
+//! The shell decides (registration, heartbeats, the spool, check and discovery schedules,
+//! limits); this driver only owns IO: it feeds the shell datagrams, timer expiries, local
+//! events, check and collector results with `now`, sends what it transmits, re-arms one timer
+//! at its `poll_timeout`, and carries out its events (run a check or collector, stop). The
+//! spool is the shell's, over the real disk ([`assim_log::FileStorage`] in `DATA_DIR/spool`).
 //!
 //! The CMA key comes from a join token (`--token`), from the pin file written at the first
 //! enrollment (`cma.pin` in the data directory), or — only when explicitly asked for with
@@ -11,15 +18,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use assim_probe::{Action as HbAction, DesiredPeers, Heartbeats};
+use assim_log::FileStorage;
+use assim_probe_shell::{Event, Shell, ShellConfig, Spool, WallClock};
 use assim_seal::{Identity, JoinToken, Sealer};
-use assim_wire::msg::{self, Body, Direct, DirectBody, Message};
+use assim_wire::msg;
 use assim_wire::{DatagramKind, NodeId, Timestamp};
 use serde::{Deserialize, Serialize};
-
-use crate::link::{CmaLink, FromCma};
 use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
+
+use crate::checks_probe::{CheckRunner, Done};
+use crate::discovery::Collectors;
 
 /// How the nanoprobe learns the CMA's key.
 #[derive(Clone, Debug)]
@@ -45,7 +54,7 @@ pub struct NanoprobeOptions {
     pub enrollment: Enrollment,
     /// The host name to report (default: the kernel's host name).
     pub hostname: Option<String>,
-    /// The spool's size limit in bytes (see [`crate::link`] for what happens when it is full).
+    /// The spool's size limit in bytes (see [`assim_probe_shell`] for what happens when it is full).
     pub spool_max_bytes: u64,
     /// Discovery agents directory and limits.
     pub discovery: crate::discovery::DiscoveryOptions,
@@ -99,6 +108,46 @@ pub fn write_pin(dir: &Path, pin: &CmaPin) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// The nanoprobe shell over the spool on disk.
+pub type ProbeShell = Shell<FileStorage>;
+
+/// Opens the spool in `DATA_DIR/spool` (at most `max_bytes`, records up to the one message
+/// limit [`assim_probe_shell::limits::MAX_MESSAGE`]).
+pub fn open_spool(data_dir: &Path, max_bytes: u64) -> anyhow::Result<Spool<FileStorage>> {
+    let dir = data_dir.join("spool");
+    let storage = FileStorage::open(&dir)
+        .with_context(|| format!("cannot open the spool in {}", dir.display()))?;
+    Spool::open(storage, max_bytes, assim_probe_shell::limits::MAX_MESSAGE)
+        .with_context(|| format!("cannot open the spool in {}", dir.display()))
+}
+
+/// A shell for `sealer`'s node, pinned to `cma`, over the spool in `data_dir` (the daemon's
+/// and `assim loadgen`'s). Call [`Shell::start`] next.
+pub fn open_shell(
+    sealer: Sealer,
+    cma: (NodeId, SocketAddr),
+    hello: msg::Hello,
+    data_dir: &Path,
+    spool_max_bytes: u64,
+    discovery_defaults: bool,
+    now: Instant,
+) -> anyhow::Result<ProbeShell> {
+    let spool = open_spool(data_dir, spool_max_bytes)?;
+    let session = sealer.session();
+    let cfg = ShellConfig {
+        node_id: sealer.node_id(),
+        cma_id: cma.0,
+        cma_addr: cma.1,
+        session,
+        seed: session ^ 0x9e37_79b9_7f4a_7c15,
+        hello,
+        reliable: assim_reliable::Config::default(),
+        discovery_defaults,
+        wall_clock: WallClock::new(now, Timestamp::now().micros()),
+    };
+    Ok(Shell::new(cfg, spool, Some(sealer), now))
 }
 
 /// Runs a nanoprobe until `shutdown` resolves (then says goodbye) or the CMA tells it to stop.
@@ -179,12 +228,25 @@ pub async fn run(
     );
 
     let started = Instant::now();
-    let link =
-        CmaLink::open(sealer, cma_id, cma_addr, &opts.data_dir, opts.spool_max_bytes, started)?;
-    if link.unacked() > 0 {
-        info!(records = link.unacked(), "the spool holds records the CMA has not acknowledged yet");
-    }
-    let discovery = crate::discovery::DiscoveryDriver::new(
+    let hello = msg::Hello {
+        version: assim_wire::VERSION.to_string(),
+        hostname: hostname.clone(),
+        listen_addr: advertise.to_string(),
+        addresses: local_addresses(),
+        started_at: Timestamp::now().micros(),
+        token_proof: token.as_ref().map(|t| t.proof(identity.node_id(), &identity.public_key())),
+        peer_epoch: 0,
+    };
+    let shell = open_shell(
+        sealer,
+        (cma_id, cma_addr),
+        hello,
+        &opts.data_dir,
+        opts.spool_max_bytes,
+        true,
+        started,
+    )?;
+    let collectors = Collectors::new(
         opts.discovery.clone(),
         identity.node_id().to_string(),
         hostname.clone(),
@@ -192,110 +254,72 @@ pub async fn run(
     );
     let (_local_events, mut local_rx) = crate::local_socket::start(&opts.data_dir)?;
     let mut p = Probe {
-        link,
+        shell,
         socket,
-        heartbeats: Heartbeats::new(identity.node_id()),
-        hello: msg::Hello {
-            version: assim_wire::VERSION.to_string(),
-            hostname,
-            listen_addr: advertise.to_string(),
-            addresses: local_addresses(),
-            started_at: Timestamp::now().micros(),
-            token_proof: token
-                .as_ref()
-                .map(|t| t.proof(identity.node_id(), &identity.public_key())),
-            peer_epoch: 0,
-        },
-        goodbye_id: None,
-        stop: None,
-        dropped: 0,
         metrics_path: opts.data_dir.join("nanoprobe.prom"),
         next_metrics: started,
-        discovery,
+        collectors,
         confirmations: Default::default(),
-        checks: crate::checks_probe::ProbeChecks::new(rand::random(), Default::default()),
+        checks: CheckRunner::new(Default::default()),
+        stop: false,
     };
-    p.send_hello(started);
-    p.link.resend_unacked(started);
+    // The agents directory is listed before the schedule first runs.
+    p.collectors.handle_timeout(&mut p.shell, started);
+    p.shell.start(started);
+    p.carry_out();
     p.flush().await;
 
     tokio::pin!(shutdown);
     let mut rbuf = vec![0u8; 65536];
-    let mut leaving_deadline: Option<Instant> = None;
     loop {
+        let leaving = p.shell.is_leaving();
         let deadline = [
-            p.heartbeats.poll_timeout(),
-            p.link.poll_timeout(),
-            leaving_deadline,
+            p.shell.poll_timeout(),
             Some(p.next_metrics),
-            if leaving_deadline.is_none() { p.discovery.poll_timeout() } else { None },
-            if leaving_deadline.is_none() { p.checks.poll_timeout() } else { None },
+            (!leaving).then(|| p.collectors.poll_timeout()),
         ]
         .into_iter()
         .flatten()
         .min();
         tokio::select! {
             r = p.socket.recv_from(&mut rbuf) => match r {
-                Ok((len, src)) => {
-                    let d = rbuf[..len].to_vec();
-                    p.handle_datagram(&d, src);
-                }
+                Ok((len, src)) => p.shell.handle_datagram(&rbuf[..len], src, Instant::now()),
                 Err(e) => debug!(error = %e, "UDP receive failed"),
             },
-            c = p.discovery.next() => {
-                if let Some(body) = p.discovery.accept(c) {
-                    p.link.send_spooled(body, Instant::now());
-                }
-            }
+            c = p.collectors.next() => p.shell.collector_done(&c.name, c.result, Instant::now()),
             done = p.checks.next() => {
                 let now = Instant::now();
-                if let Some(out) = p.checks.accept(done, now) {
-                    crate::checks_probe::send(&mut p.link, out, now);
+                match done {
+                    Done::Scheduled { name, result } => p.shell.check_done(&name, &result, now),
+                    Done::RunNow { command_id, name, result } => {
+                        p.shell.check_now_done(command_id, &name, &result, now)
+                    }
                 }
             }
             Some(req) = local_rx.recv() => {
-                crate::local_socket::submit(&mut p.link, &mut p.confirmations, req, Instant::now());
+                crate::local_socket::submit(&mut p.shell, &mut p.confirmations, req, Instant::now());
             }
             _ = sleep_until(deadline) => {}
-            _ = &mut shutdown, if leaving_deadline.is_none() => {
+            _ = &mut shutdown, if !leaving => {
                 info!("stopping: saying goodbye to the CMA");
-                p.say_goodbye(Instant::now());
-                leaving_deadline = Some(Instant::now() + Duration::from_secs(3));
+                p.shell.leave(Instant::now());
             }
         }
         // Timers run every turn, so a flood of datagrams cannot starve the heartbeats.
         let now = Instant::now();
-        if p.heartbeats.poll_timeout().is_some_and(|t| t <= now) {
-            p.heartbeats.handle_timeout(now);
+        p.shell.set_wall_clock(now, Timestamp::now().micros());
+        if !p.shell.is_leaving() {
+            p.collectors.handle_timeout(&mut p.shell, now);
         }
-        if p.link.poll_timeout().is_some_and(|t| t <= now) {
-            p.link.handle_timeout(now);
-        }
+        p.shell.handle_timeout(now);
         if now >= p.next_metrics {
             p.write_metrics();
             p.next_metrics = now + METRICS_INTERVAL;
         }
-        if leaving_deadline.is_none() && p.discovery.poll_timeout().is_some_and(|t| t <= now) {
-            p.discovery.handle_timeout(now);
-        }
-        if leaving_deadline.is_none() && p.checks.poll_timeout().is_some_and(|t| t <= now) {
-            p.checks.handle_timeout(now);
-        }
-        p.drain_heartbeats();
+        p.carry_out();
         p.flush().await;
-        if let Some(reason) = p.stop.take() {
-            info!(%reason, "the CMA asked this nanoprobe to stop");
+        if p.stop {
             return Ok(());
-        }
-        if let Some(deadline) = leaving_deadline {
-            if p.goodbye_id.is_none() {
-                info!("goodbye acknowledged; stopped");
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                warn!("the CMA did not acknowledge the goodbye within 3 s; stopping anyway");
-                return Ok(());
-            }
         }
     }
 }
@@ -388,193 +412,143 @@ fn local_addresses() -> Vec<String> {
 /// How often the nanoprobe rewrites its metrics file.
 const METRICS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The driver's state: the shell and the IO around it. One task owns it.
 struct Probe {
-    link: CmaLink,
+    shell: ProbeShell,
     socket: UdpSocket,
-    heartbeats: Heartbeats,
-    hello: msg::Hello,
-    goodbye_id: Option<u64>,
-    stop: Option<String>,
-    dropped: u64,
     metrics_path: PathBuf,
     next_metrics: Instant,
-    /// Collectors on their schedule, agents, the LLDP/CDP listener ([`crate::discovery`]).
-    discovery: crate::discovery::DiscoveryDriver,
+    /// Runs the collectors the shell asks for ([`crate::discovery`]).
+    collectors: Collectors,
     /// Local events waiting for the CMA's acknowledgement ([`crate::local_socket`]).
     confirmations: crate::local_socket::Confirmations,
-    /// Service checks on their schedule ([`crate::checks_probe`]).
-    checks: crate::checks_probe::ProbeChecks,
+    /// Runs the checks the shell asks for ([`crate::checks_probe`]).
+    checks: CheckRunner,
+    /// The shell said stop (the CMA's shutdown, or the goodbye is done).
+    stop: bool,
 }
 
 impl Probe {
-    fn send_hello(&mut self, now: Instant) {
-        self.hello.peer_epoch = self.heartbeats.epoch();
-        let hello = self.hello.clone();
-        self.link.send_control(Body::Hello(hello), now);
-    }
-
-    fn say_goodbye(&mut self, now: Instant) {
-        let body = Body::Goodbye(msg::Goodbye { reason: msg::GoodbyeReason::Shutdown as i32 });
-        self.goodbye_id = self.link.send_control(body, now);
-    }
-
-    fn handle_datagram(&mut self, datagram: &[u8], src: SocketAddr) {
-        let now = Instant::now();
-        let opened = match self.link.sealer.open(datagram) {
-            Ok(o) => o,
-            Err(e) => {
-                self.dropped += 1;
-                debug!(%src, reason = e.reason(), "datagram rejected");
-                return;
-            }
-        };
-        let sender = opened.header.sender;
-        let cma_id = self.link.cma_id;
-        match opened.header.kind {
-            DatagramKind::Reliable if sender == cma_id => {
-                for ev in self.link.handle_frame(&opened.plaintext, src, now) {
-                    match ev {
-                        FromCma::Message(m) => self.handle_command(m, now),
-                        // While leaving, the goodbye (resent by the reliable layer) is what
-                        // the restarted CMA must see; a hello would register us again.
-                        FromCma::Restarted if self.goodbye_id.is_none() => {
-                            info!("the CMA restarted; registering again");
-                            self.send_hello(now);
-                        }
-                        FromCma::Restarted => {}
-                        FromCma::Delivered(id) => {
-                            if self.goodbye_id == Some(id) {
-                                self.goodbye_id = None;
-                            }
-                        }
-                    }
+    /// Carries out the shell's events.
+    fn carry_out(&mut self) {
+        while let Some(ev) = self.shell.poll_event() {
+            match ev {
+                Event::Stop { reason } => {
+                    info!(%reason, "the CMA asked this nanoprobe to stop");
+                    self.stop = true;
                 }
-            }
-            DatagramKind::Reliable => {
-                self.dropped += 1;
-                warn!(%src, node = %sender, "a command from a node that is not our CMA; ignored");
-            }
-            DatagramKind::Direct => match Direct::from_bytes(&opened.plaintext) {
-                Ok(Direct { body: Some(DirectBody::Heartbeat(hb)) }) => {
-                    self.heartbeats.heartbeat_received(sender, src, &hb, now);
+                Event::Left => {
+                    info!("goodbye acknowledged; stopped");
+                    self.stop = true;
                 }
-                Ok(Direct { body: Some(DirectBody::Probe(p)) }) if sender == cma_id => {
-                    let reply = Direct { body: Some(DirectBody::ProbeReply(p)) }.to_bytes();
-                    self.send_direct(sender, src, &reply);
-                }
-                _ => self.dropped += 1,
-            },
-            DatagramKind::KeyRequest | DatagramKind::KeyReply => self.dropped += 1,
-        }
-    }
-
-    fn handle_command(&mut self, m: Message, now: Instant) {
-        match m.body {
-            Some(Body::PeerSet(set)) => match DesiredPeers::try_from(&set) {
-                Ok(desired) => {
-                    for p in &desired.peers {
-                        self.link.sealer.add_peer(p.node_id, p.public_key);
-                    }
-                    let epoch = desired.epoch;
-                    let n = desired.peers.len();
-                    let outcome = self.heartbeats.apply(desired, now);
-                    debug!(epoch, peers = n, ?outcome, "peer set received");
-                }
-                Err(e) => {
-                    warn!(error = %e, epoch = set.epoch, "invalid peer set from the CMA; ignored")
-                }
-            },
-            Some(Body::Shutdown(s)) => self.stop = Some(s.reason),
-            Some(Body::DiscoverySchedule(s)) => self.discovery.apply_schedule(s, now),
-            Some(Body::CheckSet(set)) => self.checks.apply_set(&set, now),
-            Some(Body::RunNow(r)) => {
-                if let Some(out) = self.checks.run_now(&r) {
-                    crate::checks_probe::send(&mut self.link, out, now);
-                }
-            }
-            Some(other) => debug!(kind = other.name(), "command not handled yet; ignored"),
-            None => debug!("a message of a kind this version does not know; ignored"),
-        }
-    }
-
-    fn drain_heartbeats(&mut self) {
-        let now = Instant::now();
-        while let Some(action) = self.heartbeats.poll_action() {
-            match action {
-                HbAction::SendHeartbeat { to, addr, heartbeat } => {
-                    let bytes = Direct { body: Some(DirectBody::Heartbeat(heartbeat)) }.to_bytes();
-                    self.send_direct(to, addr, &bytes);
-                }
-                HbAction::Report(r) => {
-                    info!(
-                        kind = msg::ReportKind::try_from(r.kind).map(|k| k.name()).unwrap_or("?"),
-                        peer = %NodeId::from_slice(&r.peer).unwrap_or_default(),
-                        silent_ms = r.silent_ms,
-                        "reporting a peer"
-                    );
-                    self.link.send_spooled(Body::HeartbeatReport(r), now);
-                }
-                HbAction::Status(s) => self.link.send_spooled(Body::PeerStatus(s), now),
+                Event::LeaveTimedOut => self.stop = true,
+                Event::RunCheck(check) => self.checks.run(check),
+                Event::RunCheckNow { command_id, check } => self.checks.run_now(command_id, check),
+                Event::RunCollector { name, params } => self.collectors.run(name, params),
+                Event::Reported { kind, record } => info!(
+                    kind = msg::ReportKind::try_from(kind).map(|k| k.name()).unwrap_or("?"),
+                    record, "reported a peer to the CMA"
+                ),
+                Event::HelloSent { .. }
+                | Event::Delivered(_)
+                | Event::PeerSet(_)
+                | Event::Spooled { .. }
+                | Event::Ignored { .. } => {}
             }
         }
+        // A new discovery schedule may start or stop the LLDP/CDP listener.
+        self.collectors.sync_l2(self.shell.discovery_schedule());
     }
 
-    fn send_direct(&mut self, to: NodeId, addr: SocketAddr, plaintext: &[u8]) {
-        let mut out = Vec::new();
-        match self.link.sealer.seal(to, DatagramKind::Direct, false, plaintext, &mut out) {
-            Ok(()) => {
-                let _ = self.socket.try_send_to(&out, addr);
-            }
-            Err(e) => debug!(node = %to, error = %e, "cannot seal a datagram"),
-        }
-    }
-
+    /// Sends what the shell transmits (commits the spool first) and answers the local events
+    /// the CMA now holds.
     async fn flush(&mut self) {
         let now = Instant::now();
-        self.link.commit(now);
-        self.confirmations.settle_and_reply(self.link.stats.acked_through);
-        let addr = self.link.cma_addr;
-        for datagram in self.link.poll_datagrams(now) {
-            if let Err(e) = self.socket.send_to(&datagram, addr).await {
-                debug!(error = %e, "cannot send to the CMA");
+        let (cma_id, _) = self.shell.cma();
+        while let Some(d) = self.shell.poll_datagram(now) {
+            if d.to == cma_id {
+                if let Err(e) = self.socket.send_to(&d.bytes, d.addr).await {
+                    debug!(error = %e, "cannot send to the CMA");
+                }
+            } else {
+                let _ = self.socket.try_send_to(&d.bytes, d.addr);
             }
         }
+        self.confirmations.settle_and_reply(self.shell.spool().stats().acked_through);
     }
 
     /// Writes the nanoprobe's counters in the Prometheus text format (for node_exporter's
     /// textfile collector), atomically.
     fn write_metrics(&self) {
-        let s = &self.link.stats;
-        let hb = self.heartbeats.stats();
-        let text = format!(
-            "# HELP assim_nanoprobe_spool_records Records in the spool not yet acknowledged by the CMA.\n\
-             # TYPE assim_nanoprobe_spool_records gauge\nassim_nanoprobe_spool_records {}\n\
-             # HELP assim_nanoprobe_spool_bytes Bytes the spool uses on disk.\n\
-             # TYPE assim_nanoprobe_spool_bytes gauge\nassim_nanoprobe_spool_bytes {}\n\
-             # HELP assim_nanoprobe_spooled_total Records appended to the spool.\n\
-             # TYPE assim_nanoprobe_spooled_total counter\nassim_nanoprobe_spooled_total {}\n\
-             # HELP assim_nanoprobe_spool_dropped_total Droppable records dropped because the spool was full.\n\
-             # TYPE assim_nanoprobe_spool_dropped_total counter\nassim_nanoprobe_spool_dropped_total {}\n\
-             # HELP assim_nanoprobe_spool_unspooled_total Records sent without the spool because it was full.\n\
-             # TYPE assim_nanoprobe_spool_unspooled_total counter\nassim_nanoprobe_spool_unspooled_total {}\n\
-             # HELP assim_nanoprobe_resent_total Spool records sent again.\n\
-             # TYPE assim_nanoprobe_resent_total counter\nassim_nanoprobe_resent_total {}\n\
-             # HELP assim_nanoprobe_heartbeats_sent_total Heartbeats sent to ring neighbours.\n\
-             # TYPE assim_nanoprobe_heartbeats_sent_total counter\nassim_nanoprobe_heartbeats_sent_total {}\n\
-             # HELP assim_nanoprobe_heartbeats_received_total Heartbeats received from ring neighbours.\n\
-             # TYPE assim_nanoprobe_heartbeats_received_total counter\nassim_nanoprobe_heartbeats_received_total {}\n\
-             # HELP assim_nanoprobe_datagrams_rejected_total Datagrams dropped (authentication, replay, unexpected).\n\
-             # TYPE assim_nanoprobe_datagrams_rejected_total counter\nassim_nanoprobe_datagrams_rejected_total {}\n",
-            self.link.unacked(),
-            self.link.spool_bytes(),
-            s.spooled,
-            s.spool_dropped,
-            s.spool_unspooled,
-            s.resent,
-            hb.heartbeats_sent,
-            hb.heartbeats_received,
-            self.dropped,
-        );
+        let spool = self.shell.spool();
+        let s = spool.stats();
+        let hb = self.shell.heartbeats().stats();
+        let shell = self.shell.stats();
+        let metrics: [(&str, &str, &str, u64); 12] = [
+            (
+                "spool_records",
+                "gauge",
+                "Records in the spool not yet acknowledged by the CMA.",
+                spool.unacked(),
+            ),
+            ("spool_bytes", "gauge", "Bytes the spool uses on disk.", spool.disk_bytes()),
+            ("spooled_total", "counter", "Records appended to the spool.", s.spooled),
+            (
+                "spool_dropped_total",
+                "counter",
+                "Droppable records dropped because the spool was full.",
+                s.dropped,
+            ),
+            (
+                "spool_unspooled_total",
+                "counter",
+                "Records sent without the spool because it was full or unavailable.",
+                s.unspooled,
+            ),
+            (
+                "spool_errors_total",
+                "counter",
+                "Failed spool syncs, removals and position writes.",
+                s.errors,
+            ),
+            (
+                "spool_reopened_total",
+                "counter",
+                "Times the spool was reopened after a failed sync.",
+                s.reopened,
+            ),
+            ("resent_total", "counter", "Spool records sent again.", s.resent),
+            (
+                "oversized_total",
+                "counter",
+                "Messages over the size limit, replaced by their error form.",
+                shell.oversized,
+            ),
+            (
+                "heartbeats_sent_total",
+                "counter",
+                "Heartbeats sent to ring neighbours.",
+                hb.heartbeats_sent,
+            ),
+            (
+                "heartbeats_received_total",
+                "counter",
+                "Heartbeats received from ring neighbours.",
+                hb.heartbeats_received,
+            ),
+            (
+                "datagrams_rejected_total",
+                "counter",
+                "Datagrams dropped (authentication, replay, unexpected).",
+                shell.rejected,
+            ),
+        ];
+        let mut text = String::new();
+        for (name, kind, help, value) in metrics {
+            text.push_str(&format!(
+                "# HELP assim_nanoprobe_{name} {help}\n# TYPE assim_nanoprobe_{name} {kind}\nassim_nanoprobe_{name} {value}\n"
+            ));
+        }
         let tmp = self.metrics_path.with_extension("prom.tmp");
         if std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, &self.metrics_path))

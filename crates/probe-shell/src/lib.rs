@@ -22,6 +22,9 @@
 //!   after a CMA restart (after the new hello), and after [`RESEND_AFTER`] without progress while
 //!   the connection is idle. Peer status and statistics are dropped when the spool is full;
 //!   everything else is then sent without the spool's protection (record 0).
+//! - **The reporter's time**: heartbeat reports and peer status are stamped (`at`) with the
+//!   nanoprobe's own clock ([`WallClock`]) when they are spooled, unless already stamped; the
+//!   CMA orders evidence that waited in a spool through an outage by it (issue 12 item 6).
 //! - **Limits** ([`limits`]): one message limit for spool and reliable layer; an oversized
 //!   message is replaced at the source by its error form (issue 16 item 2).
 //! - **Failed fsync**: the spool is reopened and the pending records spooled again
@@ -42,7 +45,7 @@
 //! `cargo test -p assim-probe-shell --release seal_cost -- --ignored --nocapture`.
 //!
 //! Layout:
-//! - `shell`: [`Shell`], [`ShellConfig`], [`Transmit`], [`Datagram`], [`Event`].
+//! - `shell`: [`Shell`], [`ShellConfig`], [`WallClock`], [`Transmit`], [`Datagram`], [`Event`].
 //! - `spool`: [`Spool`], [`SpoolStorage`] (reopen after a failed fsync), [`SpoolStats`].
 //! - `limits`: [`limits::MAX_MESSAGE`] and the error forms of oversized messages.
 
@@ -54,7 +57,7 @@ pub mod spool;
 
 pub use crate::shell::{
     Datagram, Event, L2_COLLECTOR, LEAVE_WAIT, MAX_CONCURRENT_CHECKS, RESEND_AFTER, Shell,
-    ShellConfig, ShellStats, Transmit,
+    ShellConfig, ShellStats, Transmit, WallClock,
 };
 pub use crate::spool::{Spool, SpoolStats, SpoolStorage};
 

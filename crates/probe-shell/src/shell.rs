@@ -25,7 +25,7 @@ pub const LEAVE_WAIT: Duration = Duration::from_secs(3);
 /// Checks running at once, at most.
 pub const MAX_CONCURRENT_CHECKS: usize = 32;
 /// The collector name of the LLDP/CDP listener's table.
-pub const L2_COLLECTOR: &str = "l2neighbors";
+pub use assim_discovery::L2_COLLECTOR;
 
 /// What a shell is built from.
 #[derive(Clone, Debug)]
@@ -47,6 +47,37 @@ pub struct ShellConfig {
     /// Run discovery on the built-in schedule until the CMA sends one (the daemon), or run
     /// none until then (the simulator, whose CMA sends none).
     pub discovery_defaults: bool,
+    /// The reporter's own clock, read once by the driver (the shell reads no clock).
+    pub wall_clock: WallClock,
+}
+
+/// The nanoprobe's wall clock without reading it: at `at` the clock said `micros` (µs since
+/// the Unix epoch); later instants count on from there. The daemon moves the anchor each turn
+/// ([`Shell::set_wall_clock`]) so a stepped clock is followed; the simulator sets it once from
+/// its virtual clock. The shell stamps with it what the CMA orders by the reporter's time
+/// (heartbeat reports and peer status, issue 12 item 6), and check and discovery results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WallClock {
+    at: Instant,
+    micros: u64,
+}
+
+impl WallClock {
+    /// At `at` the wall clock read `micros`.
+    pub fn new(at: Instant, micros: u64) -> WallClock {
+        WallClock { at, micros }
+    }
+
+    /// The wall clock at `now`, µs since the Unix epoch.
+    pub fn micros(&self, now: Instant) -> u64 {
+        if now >= self.at {
+            let d = u64::try_from(now.duration_since(self.at).as_micros()).unwrap_or(u64::MAX);
+            self.micros.saturating_add(d)
+        } else {
+            let d = u64::try_from(self.at.duration_since(now).as_micros()).unwrap_or(u64::MAX);
+            self.micros.saturating_sub(d)
+        }
+    }
 }
 
 /// A datagram to send, before sealing.
@@ -138,6 +169,8 @@ pub struct Shell<S: SpoolStorage> {
     filter: ChangeFilter,
     collectors_running: HashSet<String>,
     stats: ShellStats,
+    /// Whether peer sets are applied (see [`Shell::without_heartbeats`]).
+    heartbeats_on: bool,
 }
 
 fn is_droppable(body: &Body) -> bool {
@@ -177,8 +210,17 @@ impl<S: SpoolStorage> Shell<S> {
             filter: ChangeFilter::new(),
             collectors_running: HashSet::new(),
             stats: ShellStats::default(),
+            heartbeats_on: true,
             cfg,
         }
+    }
+
+    /// A shell that never applies a peer set: it sends no heartbeats and spools no heartbeat
+    /// reports or peer status, so its spool holds only what the driver sends (`assim
+    /// loadgen`'s senders, whose record numbers are their report numbers).
+    pub fn without_heartbeats(mut self) -> Shell<S> {
+        self.heartbeats_on = false;
+        self
     }
 
     /// Registers with the CMA and sends what the spool still holds from earlier runs.
@@ -231,6 +273,14 @@ impl<S: SpoolStorage> Shell<S> {
     /// The discovery schedule (interval of a collector, e.g. to start the LLDP/CDP listener).
     pub fn discovery_schedule(&self) -> &Schedule {
         &self.discovery
+    }
+    /// The reporter's wall clock at `now`, µs since the Unix epoch.
+    pub fn wall_micros(&self, now: Instant) -> u64 {
+        self.cfg.wall_clock.micros(now)
+    }
+    /// The driver read the wall clock: at `now` it said `micros`.
+    pub fn set_wall_clock(&mut self, now: Instant, micros: u64) {
+        self.cfg.wall_clock = WallClock::new(now, micros);
     }
 
     // --------------------------------------------------------------------------------------
@@ -335,6 +385,10 @@ impl<S: SpoolStorage> Shell<S> {
 
     fn handle_command(&mut self, m: Message, now: Instant) {
         match m.body {
+            Some(Body::PeerSet(_)) if !self.heartbeats_on => {
+                debug!("peer set ignored: this shell sends no heartbeats");
+                self.events.push_back(Event::Ignored { kind: "peer_set" });
+            }
             Some(Body::PeerSet(set)) => match DesiredPeers::try_from(&set) {
                 Ok(desired) => {
                     if let Some(s) = self.sealer.as_mut() {
@@ -394,6 +448,13 @@ impl<S: SpoolStorage> Shell<S> {
     /// events). Returns its record number, or `None` when it could not be spooled (dropped
     /// because the spool is full and it is droppable, or sent without the spool's protection).
     pub fn send_spooled(&mut self, body: Body, now: Instant) -> Option<u64> {
+        let mut body = body;
+        // The CMA orders liveness evidence by the reporter's own time (issue 16 item 0).
+        match &mut body {
+            Body::HeartbeatReport(r) if r.at == 0 => r.at = self.wall_micros(now),
+            Body::PeerStatus(s) if s.at == 0 => s.at = self.wall_micros(now),
+            _ => {}
+        }
         let droppable = is_droppable(&body);
         let kind = body.name();
         let max = self.spool.max_record();
@@ -557,8 +618,8 @@ impl<S: SpoolStorage> Shell<S> {
         }
     }
 
-    /// A scheduled check finished (`at_us`: wall-clock µs of the result).
-    pub fn check_done(&mut self, name: &str, result: &CheckResult, at_us: u64, now: Instant) {
+    /// A scheduled check finished (stamped with the wall clock at `now`).
+    pub fn check_done(&mut self, name: &str, result: &CheckResult, now: Instant) {
         self.checks_running = self.checks_running.saturating_sub(1);
         if !self.leaving {
             self.start_waiting_checks();
@@ -574,7 +635,7 @@ impl<S: SpoolStorage> Shell<S> {
             state: report.state as i32,
             output: report.output,
             perfdata: report.perfdata,
-            at: at_us,
+            at: self.wall_micros(now),
             flapping: report.flapping,
             initial: report.initial,
         });
@@ -666,14 +727,8 @@ impl<S: SpoolStorage> Shell<S> {
     }
 
     /// A collector finished (or the LLDP/CDP table changed, `name` = [`L2_COLLECTOR`]):
-    /// spools its result if its content changed. `at_us`: wall-clock µs of the collection.
-    pub fn collector_done(
-        &mut self,
-        name: &str,
-        result: Result<Discovery, String>,
-        at_us: u64,
-        now: Instant,
-    ) {
+    /// spools its result if its content changed (stamped with the wall clock at `now`).
+    pub fn collector_done(&mut self, name: &str, result: Result<Discovery, String>, now: Instant) {
         self.collectors_running.remove(name);
         if name != L2_COLLECTOR && !self.discovery.enabled(name) {
             return; // disabled (or the agent vanished) while it ran
@@ -700,7 +755,7 @@ impl<S: SpoolStorage> Shell<S> {
             name: d.name,
             content_hash: d.hash.to_vec(),
             payload,
-            collected_at: at_us,
+            collected_at: self.wall_micros(now),
             delta: false,
         });
         self.send_spooled(body, now);

@@ -14,7 +14,9 @@
 //!   records that were waiting for that commit again, under the numbers the reopened log hands
 //!   out; they were never sent, so nobody saw the old numbers (issue 16 item 8). If the
 //!   directory cannot be reopened, the spool is *unavailable*: records are sent without its
-//!   protection and the reopen is retried at [`Spool::retry_at`].
+//!   protection and the reopen is retried at [`Spool::retry_at`]. A pending record the reopened
+//!   log already holds (its write reached the file before the fsync failed) keeps its number
+//!   and is synced again rather than spooled twice.
 
 use std::fmt;
 use std::io;
@@ -27,6 +29,11 @@ use tracing::{error, info, warn};
 
 /// The spool's reader position: every record up to it was acknowledged by the CMA.
 const ACKED: &str = "acked";
+
+/// The record limit of spools written before the limits agreed (issue 16 item 2): such a
+/// spool may hold records up to this size, which must still be readable so they can be sent
+/// in their error form instead of making the spool unreadable.
+pub const LEGACY_MAX_RECORD: usize = 4 << 20;
 
 /// How long to wait before retrying a failed commit or reopen.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -95,6 +102,8 @@ pub struct Spool<S: SpoolStorage> {
     log: Option<Log<S>>,
     token: S::Reopen,
     config: LogConfig,
+    /// The largest record appended (the log reads up to [`LEGACY_MAX_RECORD`]).
+    max_record: usize,
     /// Records appended since the last commit: (record, encoded message).
     unsent: Vec<(u64, Vec<u8>)>,
     retry_at: Option<Instant>,
@@ -103,11 +112,13 @@ pub struct Spool<S: SpoolStorage> {
 
 impl<S: SpoolStorage> Spool<S> {
     /// Opens the spool in `storage`; `max_record` is the largest encoded message it takes.
+    /// Records up to [`LEGACY_MAX_RECORD`] written by older versions are still read (and sent
+    /// in their error form, see `crate::limits`).
     pub fn open(storage: S, max_bytes: u64, max_record: usize) -> Result<Spool<S>, LogError> {
         let config = LogConfig {
             max_disk_bytes: Some(max_bytes),
             segment_size: (max_bytes / 8).clamp(64 * 1024, 16 * 1024 * 1024),
-            max_record_size: max_record,
+            max_record_size: max_record.max(LEGACY_MAX_RECORD),
             ..LogConfig::default()
         };
         let token = storage.reopen_token();
@@ -120,6 +131,7 @@ impl<S: SpoolStorage> Spool<S> {
             log: Some(log),
             token,
             config,
+            max_record,
             unsent: Vec::new(),
             retry_at: None,
             stats: SpoolStats { acked_through: acked, ..SpoolStats::default() },
@@ -128,7 +140,7 @@ impl<S: SpoolStorage> Spool<S> {
 
     /// The largest encoded message the spool takes.
     pub fn max_record(&self) -> usize {
-        self.config.max_record_size
+        self.max_record
     }
 
     /// Counters.
@@ -230,9 +242,17 @@ impl<S: SpoolStorage> Spool<S> {
         self.stats.reopened += 1;
         self.stats.acked_through = self.stats.acked_through.max(log.position(ACKED).unwrap_or(0));
         info!(next = log.next_lsn(), pending = self.unsent.len(), "spool reopened");
-        self.log = Some(log);
+        // On a real disk the writes usually reached the files before the fsync failed: the
+        // reopened log finds those records under their own numbers. They keep them (the next
+        // commit syncs them again) instead of being spooled a second time, which would deliver
+        // them twice; the others are appended again.
         let pending = std::mem::take(&mut self.unsent);
-        for (_, bytes) in pending {
+        let (kept, again): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(lsn, bytes)| {
+            *lsn < log.next_lsn() && read_one(&log, *lsn).as_deref() == Some(bytes.as_slice())
+        });
+        self.unsent = kept;
+        self.log = Some(log);
+        for (_, bytes) in again {
             let Ok(m) = Message::from_bytes(&bytes) else { continue };
             if let Err(e) = self.append(m) {
                 // Counted by the caller's policy normally; here the record was already taken.
@@ -284,4 +304,10 @@ impl<S: SpoolStorage> Spool<S> {
         }
         true
     }
+}
+
+/// The record `lsn` of `log`, if it is there.
+fn read_one<S: Storage>(log: &Log<S>, lsn: u64) -> Option<Vec<u8>> {
+    let (found, bytes) = log.read_from(lsn).ok()?.next()?.ok()?;
+    (found == lsn).then_some(bytes)
 }

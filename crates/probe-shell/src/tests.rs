@@ -9,7 +9,10 @@ use assim_reliable::{Config as RelConfig, Connection, Event as RelEvent};
 use assim_wire::NodeId;
 use assim_wire::msg::{self, Body, Message};
 
-use crate::{Event, LEAVE_WAIT, Shell, ShellConfig, Spool, Transmit};
+use crate::{Event, LEAVE_WAIT, Shell, ShellConfig, Spool, Transmit, WallClock};
+
+/// The nanoprobe's wall clock at the test's start, µs.
+const WALL0: u64 = 1_700_000_000_000_000;
 
 const NODE: NodeId = NodeId([1; 16]);
 const CMA: NodeId = NodeId([2; 16]);
@@ -107,6 +110,7 @@ fn shell(storage: &MemStorage, incarnation: u64, now: Instant) -> Shell<MemStora
         hello: msg::Hello { hostname: "n1".into(), ..Default::default() },
         reliable: RelConfig::default(),
         discovery_defaults: false,
+        wall_clock: WallClock::new(now, WALL0),
     };
     let spool = Spool::open(storage.clone(), 64 << 20, crate::limits::MAX_MESSAGE).unwrap();
     let mut s = Shell::new(cfg, spool, None, now);
@@ -339,6 +343,7 @@ fn peer_status_dropped_when_the_spool_is_full() {
         hello: msg::Hello::default(),
         reliable: RelConfig::default(),
         discovery_defaults: false,
+        wall_clock: WallClock::new(now, WALL0),
     };
     // Just room for a couple of records.
     let spool = Spool::open(storage, 200, 4096).unwrap();
@@ -396,4 +401,82 @@ fn seal_cost() {
     }
     let per = t.elapsed() / n;
     println!("seal+open of a heartbeat: {per:?}; adding a peer (X25519): {setup:?}");
+}
+
+/// Issue 12 item 6: heartbeat reports and peer status carry the reporter's own time, so the
+/// CMA can order evidence that waited in the spool through an outage.
+#[test]
+fn reports_and_peer_status_are_stamped_with_the_reporters_time() {
+    let mut p = Pair::new();
+    let start = p.now;
+    p.run(Duration::from_secs(5));
+    let at = WALL0 + (p.now - start).as_micros() as u64;
+    p.report(1);
+    let stamped =
+        msg::HeartbeatReport { at: 42, kind: msg::ReportKind::Late as i32, ..Default::default() };
+    p.shell.send_spooled(Body::HeartbeatReport(stamped), p.now);
+    p.shell
+        .send_spooled(Body::PeerStatus(msg::PeerStatus { epoch: 1, ..Default::default() }), p.now);
+    p.run(Duration::from_secs(1));
+    let ats: Vec<u64> = p
+        .cma
+        .applied
+        .iter()
+        .filter_map(|m| match &m.body {
+            Some(Body::HeartbeatReport(r)) => Some(r.at),
+            Some(Body::PeerStatus(s)) => Some(s.at),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ats, [at, 42, at], "unstamped ones get the wall clock, stamped ones keep theirs");
+    // The driver moves the clock (e.g. after an NTP step): later reports follow it.
+    p.shell.set_wall_clock(p.now, 5_000_000);
+    p.report(2);
+    p.run(Duration::from_secs(1));
+    let Some(Body::HeartbeatReport(r)) = &p.cma.applied.last().unwrap().body else {
+        unreachable!()
+    };
+    assert_eq!(r.at, 5_000_000);
+}
+
+/// A shell without heartbeats (`assim loadgen`'s senders) ignores peer sets, so its spool
+/// holds only what its driver sends; a normal shell applies them and spools peer status.
+#[test]
+fn a_shell_without_heartbeats_spools_only_what_it_is_given() {
+    let peer_set = || {
+        Message::new(Body::PeerSet(msg::PeerSet {
+            epoch: 1,
+            peers: vec![msg::Peer {
+                node_id: vec![9; 16],
+                addr: "127.0.0.1:2000".into(),
+                public_key: vec![7; 32],
+            }],
+            interval_ms: 1000,
+            warn_ms: 3000,
+            dead_ms: 5000,
+        }))
+        .to_bytes()
+    };
+    let spooled_kinds = |p: &Pair| -> Vec<&'static str> {
+        p.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Spooled { kind, .. } => Some(*kind),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut normal = Pair::new();
+    normal.cma.conn.send(peer_set(), normal.now).unwrap();
+    normal.run(Duration::from_secs(10));
+    assert!(spooled_kinds(&normal).contains(&"peer_status"), "{:?}", normal.events);
+
+    let mut mute = Pair::new();
+    let now = mute.now;
+    mute.shell = shell(&mute.storage, 2, now).without_heartbeats();
+    mute.cma.conn.send(peer_set(), mute.now).unwrap();
+    mute.run(Duration::from_secs(10));
+    assert!(spooled_kinds(&mute).is_empty(), "{:?}", mute.events);
+    assert!(mute.events.contains(&Event::Ignored { kind: "peer_set" }));
+    assert_eq!(mute.shell.heartbeats().stats().heartbeats_sent, 0);
 }

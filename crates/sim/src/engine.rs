@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use assim_cma::{Cma, CmaConfig, EventKind};
 use assim_cma_shell::{LogInbox, MemStore, Note, Now, PlainSeal, ShellConfig as CmaShellConfig};
 use assim_log::MemStorage;
-use assim_probe_shell::{Event, Shell, ShellConfig, Spool, Transmit};
+use assim_probe_shell::{Event, Shell, ShellConfig, Spool, Transmit, WallClock};
 use assim_reliable::Config as RelConfig;
 use assim_wire::msg::{self, Body, Direct, DirectBody, Heartbeat, Message};
 use assim_wire::{DatagramKind, NodeId, Timestamp};
@@ -710,6 +710,8 @@ impl Sim {
             hello: hello_of(i, n, now, 0),
             reliable: RelConfig::default(),
             discovery_defaults: false,
+            // The node's own clock is the virtual one.
+            wall_clock: WallClock::new(inst, Clock::timestamp(now).micros()),
         };
         let mut shell = Shell::new(cfg, spool, None, inst);
         shell.start(inst);

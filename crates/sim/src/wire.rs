@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use assim_log::MemStorage;
-use assim_probe_shell::{Event, Shell, ShellConfig, Spool};
+use assim_probe_shell::{Event, Shell, ShellConfig, Spool, WallClock};
 use assim_reliable::Config as RelConfig;
 use assim_seal::{Identity, Sealer};
 use assim_wire::msg;
@@ -171,6 +171,7 @@ async fn run_node(
         reliable: RelConfig::default(),
         // Simulated nanoprobes run no collectors.
         discovery_defaults: false,
+        wall_clock: WallClock::new(now, Timestamp::now().micros()),
     };
     let mut shell = Shell::new(cfg, spool, Some(sealer), now);
     shell.start(now);
