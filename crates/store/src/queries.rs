@@ -217,6 +217,47 @@ impl Queries for MemStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use assim_cma::NodeRecord;
+    use assim_wire::Timestamp;
+
+    fn node(n: u8, hostname: &str, state: NodeState, since: u64, registered: u64) -> NodeRecord {
+        NodeRecord {
+            id: NodeId::from_slice(&[n; 16]).unwrap(),
+            hostname: hostname.into(),
+            version: "t".into(),
+            listen_addr: "127.0.0.1:1".parse().unwrap(),
+            public_key: [n; 32],
+            addresses: Vec::new(),
+            state,
+            since: Timestamp(since),
+            registered_at: Timestamp(registered),
+            peer_epoch: 0,
+            peers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_in_memory_store_resolves_hosts_and_lists_the_down_ones() {
+        let mut mem = MemStore::default();
+        for n in [
+            node(1, "web", NodeState::Up, 1, 1),
+            node(2, "web", NodeState::Left, 5, 9),
+            node(3, "db", NodeState::Down, 7, 2),
+        ] {
+            mem.nodes.insert(n.id, n);
+        }
+        let id1 = NodeId::from_slice(&[1; 16]).unwrap().to_string();
+        // By name: the most recently registered; by id: that node.
+        assert_eq!(mem.resolve_host("web").unwrap().unwrap().state, "left");
+        assert_eq!(mem.resolve_host(&id1).unwrap().unwrap().node, id1);
+        assert_eq!(mem.resolve_host("nosuch").unwrap(), None);
+        let down: Vec<_> =
+            mem.down_hosts(false).unwrap().into_iter().map(|d| (d.host, d.state)).collect();
+        assert_eq!(down, [("db".to_string(), "down".to_string()), ("web".into(), "left".into())]);
+        assert_eq!(mem.down_hosts(true).unwrap().len(), 1);
+        let names: Vec<_> = mem.nodes().unwrap().into_iter().map(|n| n.hostname).collect();
+        assert_eq!(names, ["db", "web", "web"]);
+    }
 
     #[test]
     fn macs_normalise() {
