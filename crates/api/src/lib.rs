@@ -11,13 +11,28 @@
 //! - [`discovery`]: `/api/v1/discovery` ([`DiscoveryView`]).
 //! - [`bus`]: the durable subscriptions ([`SubscriptionView`], [`SubscriptionBatch`],
 //!   [`AckBody`]).
+//! - [`services`]: `/api/v1/services` and `/api/v1/checks` ([`ServiceView`],
+//!   [`CheckListEntry`], [`StoredCheck`]).
+//! - [`topology`]: the rows of the topology queries under `/api/v1/topology/…` ([`DownHost`],
+//!   [`Service`], [`Dependency`], [`IpSighting`], [`MacSighting`], [`SwitchPortLink`],
+//!   [`PackageHit`], [`UnknownIp`], [`Subnet`], [`HistoryEntry`]).
+//!
+//! The read side of the storage engines (`assim_store::Queries`) answers with these types, so
+//! the HTTP API serves what the engine returns and the CLI reads it back unchanged.
 
 pub mod bus;
 pub mod discovery;
 pub mod events;
+pub mod services;
 pub mod status;
+pub mod topology;
 
 pub use bus::{AckBody, SubscriptionBatch, SubscriptionView};
 pub use discovery::DiscoveryView;
 pub use events::Event;
+pub use services::{CheckListEntry, ServiceView, StoredCheck};
 pub use status::{CmaInfo, NodeView, StatusView};
+pub use topology::{
+    Dependency, DownHost, HistoryEntry, IpSighting, MacSighting, PackageHit, Service, Subnet,
+    SwitchPortLink, UnknownIp,
+};

@@ -1,5 +1,6 @@
 //! `GET /api/v1/status`: the CMA and every node.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use assim_wire::NodeId;
@@ -35,4 +36,31 @@ pub struct NodeView {
 pub struct StatusView {
     pub cma: CmaInfo,
     pub nodes: Vec<NodeView>,
+}
+
+impl NodeView {
+    /// The status rows of `nodes`, in the given order; ring neighbours are named by their host
+    /// names (a neighbour not among `nodes` by its node id).
+    pub fn list(nodes: Vec<assim_cma::NodeRecord>) -> Vec<NodeView> {
+        let names: HashMap<NodeId, String> =
+            nodes.iter().map(|n| (n.id, n.hostname.clone())).collect();
+        nodes
+            .into_iter()
+            .map(|n| NodeView {
+                id: n.id,
+                state: n.state.name().to_string(),
+                since: n.since.0,
+                version: n.version,
+                listen_addr: n.listen_addr.to_string(),
+                addresses: n.addresses,
+                neighbours: n
+                    .peers
+                    .iter()
+                    .map(|p| names.get(p).cloned().unwrap_or_else(|| p.to_string()))
+                    .collect(),
+                peer_epoch: n.peer_epoch,
+                hostname: n.hostname,
+            })
+            .collect()
+    }
 }

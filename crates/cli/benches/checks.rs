@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec};
-use assim_store_sqlite::services::ServiceView;
+use assim_api::ServiceView;
 use common::{datagrams_received, env_or};
 
 fn main() {

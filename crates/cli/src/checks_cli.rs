@@ -1,7 +1,7 @@
 //! `assim services` and `assim check run|add|remove|list`.
 
 use anyhow::Context as _;
-use assim_store_sqlite::services::{CheckListEntry, ServiceView, StoredCheck};
+use assim_api::{CheckListEntry, ServiceView, StoredCheck};
 use assim_util::duration::parse_whole_seconds;
 use clap::Subcommand;
 

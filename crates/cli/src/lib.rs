@@ -5,7 +5,10 @@
 //! binaries, so one binary is enough for the demo and the integration tests.
 //!
 //! The binary is thin: flags, logging and signals; the work is done by the daemon packages, the
-//! HTTP API (through [`client`]) and `assim-sim`.
+//! HTTP API (through [`client`]) and `assim-sim`. Every query command (status, events, services,
+//! checks, the topology) reads the CMA's HTTP API and decodes the `assim-api` answer types; the
+//! CLI opens no store itself, so no storage engine is named here (the SQLite engine comes in
+//! only with the embedded `cma` of the multicall, through `assim-cma-daemon`).
 //!
 //! Layout:
 //! - [`client`]: the HTTP client behind `assim status` and `assim events`.

@@ -4,7 +4,7 @@
 //! CMA's `/api/v1/topology/…` routes.
 
 use anyhow::Context as _;
-use assim_store_sqlite::topology::query::{
+use assim_api::{
     Dependency, DownHost, HistoryEntry, IpSighting, MacSighting, PackageHit, Service, Subnet,
     SwitchPortLink, UnknownIp,
 };

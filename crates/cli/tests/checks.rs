@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec};
+use assim_api::ServiceView;
 use assim_cma::EventKind;
-use assim_store_sqlite::services::ServiceView;
 
 const CHECK_TCP: &str = "/usr/lib/nagios/plugins/check_tcp";
 
@@ -181,7 +181,7 @@ fn a_discovered_server_is_monitored_and_its_crash_is_one_event() {
     c.wait_ring(Duration::from_secs(30)).unwrap();
     // Give the node time to send fresh discovery results (without the listener) too.
     std::thread::sleep(Duration::from_secs(5));
-    let list: Vec<assim_store_sqlite::services::CheckListEntry> =
+    let list: Vec<assim_api::CheckListEntry> =
         c.client.get_json("/api/v1/checks?host=n1", "checks").unwrap();
     let kept = list.iter().find(|e| e.check.name == name);
     assert_eq!(kept.map(|e| e.source.as_str()), Some("rule:web"), "kept after restart: {list:?}");

@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec};
+use assim_api::{CheckListEntry, ServiceView};
 use assim_cma::EventKind;
-use assim_store_sqlite::services::{CheckListEntry, ServiceView};
 
 /// Runs `assim --api … ARGS`; returns (success, stdout, stderr).
 fn assim(c: &Cluster, args: &[&str]) -> (bool, String, String) {

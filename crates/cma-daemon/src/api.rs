@@ -12,19 +12,20 @@
 //! - `GET /metrics`: Prometheus text format.
 //! - `GET /healthz`: `ok`.
 //!
-//! Reads go to the SQLite file through the API's own connection, on tokio's blocking threads
-//! ([`ApiState::with_store`]), so neither the CMA task nor the async workers ever wait for a
-//! store call. When a bearer token is configured, every route but `/healthz` requires
+//! Reads go through the storage seams — [`Queries`] for status, discovery, services and the
+//! topology, [`EventLog`] for events and subscriptions — on a few handles of the API's own
+//! ([`Readers`]), called on tokio's blocking threads ([`ApiState::read`],
+//! [`ApiState::with_events`]), so neither the CMA task nor the async workers ever wait for a
+//! store call. [`ApiState::new`] opens them on the SQLite file; [`ApiState::with_engine`] takes
+//! any engine's (the in-memory one in tests). When a bearer token is configured, every route but `/healthz` requires
 //! `Authorization: Bearer TOKEN`.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 pub use assim_api::{CmaInfo, DiscoveryView, NodeView, StatusView};
-use assim_store_sqlite::Store;
-use assim_wire::NodeId;
+use assim_store::{EventLog, OpenEventLog, OpenQueries, Queries, QueryError};
 use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -39,7 +40,10 @@ use crate::metrics::SharedMetrics;
 /// Shared state of the API handlers.
 #[derive(Clone, Debug)]
 pub struct ApiState {
-    pub(crate) store: Arc<Mutex<Store>>,
+    /// Handles on the read side of the store.
+    pub(crate) queries: Arc<Readers<dyn Queries>>,
+    /// Handles on the event log and the subscriptions.
+    pub(crate) events: Arc<Readers<dyn EventLog>>,
     metrics: Arc<SharedMetrics>,
     pub(crate) last_event: watch::Receiver<u64>,
     token: Option<String>,
@@ -48,8 +52,12 @@ pub struct ApiState {
     pub(crate) check_runner: Option<crate::cma::checks_cma::RunSender>,
 }
 
+/// Store handles the API keeps per seam.
+const API_HANDLES: usize = 4;
+
 impl ApiState {
-    /// Opens the API's own connection to the store.
+    /// Opens the API's own handles on the SQLite store at `store_path` (the one place the API
+    /// names its engine).
     pub fn new(
         store_path: PathBuf,
         metrics: Arc<SharedMetrics>,
@@ -57,9 +65,29 @@ impl ApiState {
         token: Option<String>,
         info: CmaInfo,
     ) -> anyhow::Result<ApiState> {
-        let store = Store::open(&store_path)?;
+        ApiState::with_engine(
+            assim_store_sqlite::queries::queries_opener(store_path.clone()),
+            assim_store_sqlite::bus::event_log_opener(store_path),
+            metrics,
+            last_event,
+            token,
+            info,
+        )
+    }
+
+    /// The API over any storage engine: `queries` and `events` open its handles. One of each is
+    /// opened now, so a store that cannot be opened fails here rather than on the first request.
+    pub fn with_engine(
+        queries: OpenQueries,
+        events: OpenEventLog,
+        metrics: Arc<SharedMetrics>,
+        last_event: watch::Receiver<u64>,
+        token: Option<String>,
+        info: CmaInfo,
+    ) -> anyhow::Result<ApiState> {
         Ok(ApiState {
-            store: Arc::new(Mutex::new(store)),
+            queries: Arc::new(Readers::new(queries, API_HANDLES)?),
+            events: Arc::new(Readers::new(events, API_HANDLES)?),
             metrics,
             last_event,
             token,
@@ -68,16 +96,111 @@ impl ApiState {
         })
     }
 
-    /// Runs `f` with the API's store connection on a blocking thread: store calls do disk IO
-    /// and may wait for the writer's lock, so they never run on the async workers.
-    pub(crate) async fn with_store<T: Send + 'static>(
+    /// Runs `f` with a read handle on a blocking thread: store calls do disk IO and may wait
+    /// for the writer's lock, so they never run on the async workers.
+    pub(crate) async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Store) -> T + Send + 'static,
-    ) -> T {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&mut store.lock().expect("store lock")))
+        f: impl FnOnce(&dyn Queries) -> Result<T, QueryError> + Send + 'static,
+    ) -> Result<T, QueryError> {
+        let queries = self.queries.clone();
+        tokio::task::spawn_blocking(move || queries.run(|q| f(q)))
             .await
             .expect("a store call panicked")
+    }
+
+    /// Runs `f` with an event-log handle on a blocking thread (see [`ApiState::read`]).
+    pub(crate) async fn with_events<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn EventLog) -> Result<T, QueryError> + Send + 'static,
+    ) -> Result<T, QueryError> {
+        let events = self.events.clone();
+        tokio::task::spawn_blocking(move || events.run(|e| f(e)))
+            .await
+            .expect("a store call panicked")
+    }
+}
+
+/// Opens a blocking store handle of one seam.
+type Open<T> = Arc<dyn Fn() -> Result<Box<T>, QueryError> + Send + Sync>;
+
+/// A few blocking handles on one seam of the store (an SQLite connection is not shared between
+/// threads): at most `max` open, each used by one blocking thread at a time and then kept for
+/// the next call; a caller finding all in use waits for one.
+pub struct Readers<T: ?Sized> {
+    open: Open<T>,
+    max: usize,
+    pool: Mutex<Pool<T>>,
+    free: Condvar,
+}
+
+struct Pool<T: ?Sized> {
+    idle: Vec<Box<T>>,
+    /// Handles open, idle or in use.
+    open: usize,
+}
+
+impl<T: ?Sized> std::fmt::Debug for Readers<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readers").field("max", &self.max).finish_non_exhaustive()
+    }
+}
+
+impl<T: ?Sized> Readers<T> {
+    /// Opens the first handle now.
+    pub fn new(open: Open<T>, max: usize) -> Result<Readers<T>, QueryError> {
+        let first = open()?;
+        Ok(Readers {
+            open,
+            max: max.max(1),
+            pool: Mutex::new(Pool { idle: vec![first], open: 1 }),
+            free: Condvar::new(),
+        })
+    }
+
+    /// Runs `f` with a handle (blocking: call it on a blocking thread).
+    pub fn run<R>(&self, f: impl FnOnce(&mut T) -> Result<R, QueryError>) -> Result<R, QueryError> {
+        let mut handle = self.take()?;
+        f(handle.handle.as_mut().expect("a handle in use"))
+    }
+
+    fn take(&self) -> Result<Handle<'_, T>, QueryError> {
+        let mut pool = self.pool.lock().expect("readers lock");
+        loop {
+            if let Some(h) = pool.idle.pop() {
+                return Ok(Handle { handle: Some(h), readers: self });
+            }
+            if pool.open < self.max {
+                pool.open += 1;
+                drop(pool);
+                return match (self.open)() {
+                    Ok(h) => Ok(Handle { handle: Some(h), readers: self }),
+                    Err(e) => {
+                        self.pool.lock().expect("readers lock").open -= 1;
+                        self.free.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            pool = self.free.wait(pool).expect("readers lock");
+        }
+    }
+}
+
+/// A handle in use; goes back to the pool when dropped. If the call panicked the handle may
+/// be mid-call, so it is closed instead.
+struct Handle<'a, T: ?Sized> {
+    handle: Option<Box<T>>,
+    readers: &'a Readers<T>,
+}
+
+impl<T: ?Sized> Drop for Handle<'_, T> {
+    fn drop(&mut self) {
+        let mut pool = self.readers.pool.lock().unwrap_or_else(|e| e.into_inner());
+        match self.handle.take() {
+            Some(h) if !std::thread::panicking() => pool.idle.push(h),
+            _ => pool.open -= 1,
+        }
+        self.readers.free.notify_one();
     }
 }
 
@@ -137,33 +260,10 @@ fn internal(e: impl std::fmt::Display) -> Response {
 }
 
 async fn status(State(state): State<ApiState>) -> Response {
-    let nodes = match state.with_store(|s| s.nodes()).await {
-        Ok(n) => n,
-        Err(e) => return internal(e),
-    };
-    let names: HashMap<NodeId, String> = nodes.iter().map(|n| (n.id, n.hostname.clone())).collect();
-    let view = StatusView {
-        cma: state.info.clone(),
-        nodes: nodes
-            .into_iter()
-            .map(|n| NodeView {
-                id: n.id,
-                state: n.state.name().to_string(),
-                since: n.since.0,
-                version: n.version,
-                listen_addr: n.listen_addr.to_string(),
-                addresses: n.addresses,
-                neighbours: n
-                    .peers
-                    .iter()
-                    .map(|p| names.get(p).cloned().unwrap_or_else(|| p.to_string()))
-                    .collect(),
-                peer_epoch: n.peer_epoch,
-                hostname: n.hostname,
-            })
-            .collect(),
-    };
-    Json(view).into_response()
+    match state.read(|q| q.nodes()).await {
+        Ok(nodes) => Json(StatusView { cma: state.info.clone(), nodes }).into_response(),
+        Err(e) => internal(e),
+    }
 }
 
 async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> Response {
@@ -178,7 +278,7 @@ async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> 
         let _ = tokio::time::timeout(wait, rx.wait_for(|last| *last > q.since)).await;
     }
     let since = q.since;
-    let list = state.with_store(move |s| s.events_since(since, limit)).await;
+    let list = state.with_events(move |s| s.events_since(since, limit)).await;
     match list {
         Ok(list) => {
             Json(list.into_iter().map(assim_api::Event::from).collect::<Vec<_>>()).into_response()
@@ -194,35 +294,23 @@ pub struct DiscoveryQuery {
 }
 
 async fn discovery(State(state): State<ApiState>, Query(q): Query<DiscoveryQuery>) -> Response {
-    state.with_store(move |store| discovery_answer(store, &q)).await
-}
-
-fn discovery_answer(store: &Store, q: &DiscoveryQuery) -> Response {
-    let nodes = match store.nodes() {
-        Ok(n) => n,
-        Err(e) => return internal(e),
-    };
-    let Some(node) = nodes.iter().find(|n| n.hostname == q.host || n.id.to_string() == q.host)
-    else {
-        return (
-            StatusCode::NOT_FOUND,
-            format!("no host named {:?}; see `assim status`\n", q.host),
-        )
-            .into_response();
-    };
-    match store.discovery(node.id) {
-        Ok(list) => Json(
-            list.into_iter()
-                .map(|d| DiscoveryView {
-                    payload: serde_json::from_str(&d.payload).unwrap_or(serde_json::Value::Null),
-                    name: d.name,
-                    hash: d.hash,
-                    collected_at: d.collected_at,
-                    updated_at: d.updated_at,
-                })
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
+    let answer = state
+        .read(move |store| {
+            let nodes = store.nodes()?;
+            let Some(node) =
+                nodes.iter().find(|n| n.hostname == q.host || n.id.to_string() == q.host)
+            else {
+                return Ok(Err(q.host));
+            };
+            store.discovery(node.id).map(Ok)
+        })
+        .await;
+    match answer {
+        Ok(Ok(list)) => Json(list).into_response(),
+        Ok(Err(host)) => {
+            (StatusCode::NOT_FOUND, format!("no host named {host:?}; see `assim status`\n"))
+                .into_response()
+        }
         Err(e) => internal(e),
     }
 }

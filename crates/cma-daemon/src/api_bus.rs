@@ -23,8 +23,7 @@ use std::time::Duration;
 pub use assim_api::{AckBody, SubscriptionBatch, SubscriptionView};
 use assim_bus::{Filter, SinkConfig};
 use assim_cma::Event;
-use assim_store_sqlite::Store;
-use assim_store_sqlite::bus::SubscriptionRecord;
+use assim_store::{EventLog, QueryError, SubscriptionRecord};
 use assim_wire::Timestamp;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -81,11 +80,11 @@ fn parse_filter(text: Option<&str>) -> Result<Filter, String> {
 
 /// Matching events after `since`, at most `limit`; and the id of the last event examined.
 pub fn scan(
-    store: &Store,
+    store: &dyn EventLog,
     since: u64,
     limit: usize,
     filter: &Filter,
-) -> Result<(Vec<Event>, u64), assim_store_sqlite::StoreError> {
+) -> Result<(Vec<Event>, u64), QueryError> {
     let mut out = Vec::new();
     let mut cursor = since;
     let mut scanned = 0;
@@ -116,14 +115,14 @@ async fn scan_wait(
     limit: usize,
     filter: &Filter,
     wait: Duration,
-) -> Result<(Vec<Event>, u64), assim_store_sqlite::StoreError> {
+) -> Result<(Vec<Event>, u64), QueryError> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut cursor = since;
     let mut rx = state.last_event.clone();
     loop {
         rx.borrow_and_update();
         let f = filter.clone();
-        let (events, through) = state.with_store(move |s| scan(s, cursor, limit, &f)).await?;
+        let (events, through) = state.with_events(move |s| scan(s, cursor, limit, &f)).await?;
         cursor = through;
         if !events.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok((events, cursor));
@@ -275,10 +274,13 @@ async fn put(
     {
         return bad_request(format!("sink: {e}"));
     }
-    state.with_store(move |store| put_answer(store, &name, &req)).await
+    state
+        .with_events(move |store| Ok(put_answer(store, &name, &req)))
+        .await
+        .unwrap_or_else(internal)
 }
 
-fn put_answer(store: &mut Store, name: &str, req: &PutSubscription) -> Response {
+fn put_answer(store: &mut dyn EventLog, name: &str, req: &PutSubscription) -> Response {
     let last = match store.last_event_id() {
         Ok(l) => l,
         Err(e) => return internal(e),
@@ -306,7 +308,7 @@ fn put_answer(store: &mut Store, name: &str, req: &PutSubscription) -> Response 
 }
 
 async fn list(State(state): State<ApiState>) -> Response {
-    match state.with_store(|s| s.subscriptions()).await {
+    match state.with_events(|s| s.subscriptions()).await {
         Ok(l) => Json(l.into_iter().map(view).collect::<Vec<_>>()).into_response(),
         Err(e) => internal(e),
     }
@@ -314,7 +316,7 @@ async fn list(State(state): State<ApiState>) -> Response {
 
 async fn show(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
     let n = name.clone();
-    match state.with_store(move |s| s.subscription(&n)).await {
+    match state.with_events(move |s| s.subscription(&n)).await {
         Ok(Some(r)) => Json(view(r)).into_response(),
         Ok(None) => not_found(&name),
         Err(e) => internal(e),
@@ -323,7 +325,7 @@ async fn show(State(state): State<ApiState>, Path(name): Path<String>) -> Respon
 
 async fn delete(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
     let n = name.clone();
-    match state.with_store(move |s| s.delete_subscription(&n)).await {
+    match state.with_events(move |s| s.delete_subscription(&n)).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => not_found(&name),
         Err(e) => internal(e),
@@ -343,7 +345,7 @@ async fn sub_events(
     Query(q): Query<SubEventsQuery>,
 ) -> Response {
     let n = name.clone();
-    let rec = match state.with_store(move |s| s.subscription(&n)).await {
+    let rec = match state.with_events(move |s| s.subscription(&n)).await {
         Ok(Some(r)) => r,
         Ok(None) => return not_found(&name),
         Err(e) => return internal(e),
@@ -374,10 +376,13 @@ async fn ack(
             return bad_request(format!("the body is not an ack ({e}); send {{\"through\": ID}}"));
         }
     };
-    state.with_store(move |store| ack_answer(store, &name, &req)).await
+    state
+        .with_events(move |store| Ok(ack_answer(store, &name, &req)))
+        .await
+        .unwrap_or_else(internal)
 }
 
-fn ack_answer(store: &mut Store, name: &str, req: &AckBody) -> Response {
+fn ack_answer(store: &mut dyn EventLog, name: &str, req: &AckBody) -> Response {
     match store.last_event_id() {
         Ok(last) if req.through > last => {
             return bad_request(format!(
@@ -396,7 +401,7 @@ fn ack_answer(store: &mut Store, name: &str, req: &AckBody) -> Response {
 }
 
 async fn dead_letters(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
-    match state.with_store(move |s| s.dead_letters(&name, 1000)).await {
+    match state.with_events(move |s| s.dead_letters(&name, 1000)).await {
         Ok(l) => Json(l).into_response(),
         Err(e) => internal(e),
     }

@@ -26,7 +26,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::api::ApiState;
-use assim_store_sqlite::services::StoredCheck;
+use assim_api::StoredCheck;
 
 use crate::cma::checks_cma::{ChecksError, ChecksRequest, RunRequest, RunSender};
 
@@ -70,7 +70,7 @@ async fn services(State(state): State<ApiState>, Query(q): Query<ServicesQuery>)
         )
             .into_response();
     }
-    let list = state.with_store(move |s| s.services(q.host.as_deref(), q.state.as_deref())).await;
+    let list = state.read(move |s| s.services(q.host.as_deref(), q.state.as_deref())).await;
     match list {
         Ok(list) => Json(list).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),

@@ -1,5 +1,6 @@
 //! The topology routes of the HTTP API: canned queries over the graph the store derives from
-//! discovery results (see `assim_store_sqlite::topology`). Every answer is a JSON array of rows.
+//! discovery results, read through the `assim_store::Queries` seam. Every answer is a JSON array
+//! of `assim_api::topology` rows.
 //!
 //! - `GET /api/v1/topology/hosts?state=down|crashed`: hosts not running (`down` = crashed or
 //!   left; `crashed` = down without a goodbye).
@@ -20,8 +21,7 @@
 
 use std::net::IpAddr;
 
-use assim_store_sqlite::Store;
-use assim_store_sqlite::topology::query::{HostRef, PackagePattern, normalize_mac};
+use assim_store::{PackagePattern, Queries, QueryError, normalize_mac};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -58,7 +58,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
 }
 
-fn answer<T: Serialize>(r: Result<T, assim_store_sqlite::StoreError>) -> Response {
+fn answer<T: Serialize>(r: Result<T, QueryError>) -> Response {
     match r {
         Ok(v) => Json(v).into_response(),
         Err(e) => internal(e),
@@ -68,9 +68,9 @@ fn answer<T: Serialize>(r: Result<T, assim_store_sqlite::StoreError>) -> Respons
 /// Runs a query on a blocking thread and answers with its rows.
 async fn with_store<T: Serialize + Send + 'static>(
     state: &ApiState,
-    f: impl FnOnce(&Store) -> Result<T, assim_store_sqlite::StoreError> + Send + 'static,
+    f: impl FnOnce(&dyn Queries) -> Result<T, QueryError> + Send + 'static,
 ) -> Response {
-    answer(state.with_store(move |s| f(s)).await)
+    answer(state.read(f).await)
 }
 
 fn unknown_host(host: &str) -> Response {
@@ -110,17 +110,21 @@ async fn host_query(
     Path((host, what)): Path<(String, String)>,
     Query(q): Query<LimitQuery>,
 ) -> Response {
-    state.with_store(move |store| host_answer(store, &host, &what, q.limit)).await
+    match state.read(move |store| host_answer(store, &host, &what, q.limit)).await {
+        Ok(r) => r,
+        Err(e) => internal(e),
+    }
 }
 
-fn host_answer(store: &Store, host: &str, what: &str, limit: Option<usize>) -> Response {
-    let node: HostRef = match store.resolve_host(host) {
-        Ok(Some(n)) => n,
-        Ok(None) => return unknown_host(host),
-        Err(e) => return internal(e),
-    };
+fn host_answer(
+    store: &dyn Queries,
+    host: &str,
+    what: &str,
+    limit: Option<usize>,
+) -> Result<Response, QueryError> {
+    let Some(node) = store.resolve_host(host)? else { return Ok(unknown_host(host)) };
     let id = node.node.as_str();
-    match what {
+    Ok(match what {
         "services" => answer(store.host_services(id)),
         "dependencies" => answer(store.dependencies(id)),
         "dependents" => answer(store.dependents(id)),
@@ -133,7 +137,7 @@ fn host_answer(store: &Store, host: &str, what: &str, limit: Option<usize>) -> R
             ),
         )
             .into_response(),
-    }
+    })
 }
 
 async fn all_ports(State(state): State<ApiState>) -> Response {

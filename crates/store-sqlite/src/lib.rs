@@ -17,8 +17,11 @@
 //!   retention.
 //! - [`services`]: service monitoring — check sets with epochs, service states.
 //! - [`topology`]: the topology graph derived from discovery results, and its queries.
+//! - [`queries`]: the read side of the API and the CLI (`assim_store::Queries`) over all of it,
+//!   and [`queries::queries_opener`].
 
 pub mod bus;
+pub mod queries;
 pub mod services;
 pub mod topology;
 

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 
 use assim_wire::NodeId;
 use rusqlite::{Connection, params};
-use serde::{Deserialize, Serialize};
 
+pub use assim_api::{CheckListEntry, ServiceView};
 pub use assim_store::services::{
     CheckSetRecord, ManualChange, ManualCheck, RememberedService, ServiceStateRecord,
     ServicesBatch, StoredCheck,
@@ -156,37 +156,6 @@ pub(crate) fn apply(tx: &Connection, b: &ServicesBatch) -> rusqlite::Result<()> 
         }
     }
     Ok(())
-}
-
-/// One check of a node's desired set as `assim check list` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckListEntry {
-    pub host: String,
-    pub node: NodeId,
-    /// The epoch of the node's check set.
-    pub epoch: u64,
-    /// Where the check came from: `rule:NAME`, `host` (a host-level check), `config` (a
-    /// `[[check]]` in a rules file) or `manual` (`assim check add`).
-    pub source: String,
-    #[serde(flatten)]
-    pub check: StoredCheck,
-}
-
-/// One monitored service as `assim services` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceView {
-    pub host: String,
-    pub node: NodeId,
-    pub check: String,
-    pub kind: String,
-    /// "ok", "warning", "critical", "unknown", or "pending" (no result reported yet).
-    pub state: String,
-    pub output: String,
-    pub perfdata: String,
-    pub flapping: bool,
-    /// When the state was entered (0 while pending), µs since the epoch.
-    pub since: u64,
-    pub interval_s: u64,
 }
 
 impl Store {

@@ -46,7 +46,8 @@
 //!
 //! Layout:
 //! - [`derive`]: JSON → row structs, row labels and diffs (pure, unit-tested).
-//! - [`query`]: the canned queries as [`crate::Store`] methods and their result types.
+//! - [`query`]: the canned queries as [`crate::Store`] methods, answering with the
+//!   `assim-api` topology rows (served through `assim_store::Queries`, [`crate::queries`]).
 //! - this file: schema, migration (with a backfill from stored results), writing rows.
 
 pub mod derive;

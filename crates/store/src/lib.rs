@@ -7,8 +7,10 @@
 //!   position, remove through). Embedded: the `assim-log` record log; at scale: JetStream.
 //! - `EngineStore`: what the CMA engine writes (apply one batch atomically together with the
 //!   inbox position) and reads back at start (the snapshot).
-//! - `Queries`: what the HTTP API and the CLI read (status, events, topology, services).
-//! - [`EventLog`]: the event log and the durable subscription cursors of the event bus.
+//! - [`Queries`]: what the HTTP API and the CLI read (status, discovery, services, the
+//!   topology's canned queries), answered with `assim-api` types.
+//! - [`EventLog`]: the event log and the durable subscription cursors of the event bus (the
+//!   API's events and subscriptions read and write through it).
 //!
 //! Embedded engine: `assim-store-sqlite` (the only crate that names rusqlite). A PostgreSQL or
 //! JetStream engine is a new crate beside it that implements the same traits; the wiring crate
@@ -22,7 +24,10 @@
 //! - [`desired`]: the core's desired-state changes into a batch, and its snapshot from what
 //!   an engine store loaded.
 //! - [`services`]: the service-monitoring part of a batch ([`services::ServicesBatch`]).
-//! - [`mem`]: [`MemStore`], the in-memory engine store and tokens.
+//! - [`mem`]: [`MemStore`], the in-memory engine store and tokens (and a subset of
+//!   [`Queries`]).
+//! - [`queries`]: [`Queries`], [`OpenQueries`], [`HostRef`], [`PackagePattern`],
+//!   [`normalize_mac`].
 //! - [`event_log`]: [`EventLog`], its records ([`SubscriptionRecord`], [`DeadLetter`],
 //!   [`Pruned`]) and [`OpenEventLog`], how the bus opens its own handles.
 //! - [`QueryError`]: the one error of the read-side seams.
@@ -33,6 +38,7 @@ pub mod engine;
 pub mod event_log;
 pub mod inbox;
 pub mod mem;
+pub mod queries;
 pub mod services;
 
 pub use crate::batch::{DiscoveryRecord, InboxProgress, TokenRecord};
@@ -40,6 +46,7 @@ pub use crate::engine::{EngineStore, Loaded, StoreFailed, Tokens};
 pub use crate::event_log::{DeadLetter, EventLog, OpenEventLog, Pruned, SubscriptionRecord};
 pub use crate::inbox::{Inbox, InboxError, LogInbox};
 pub use crate::mem::MemStore;
+pub use crate::queries::{HostRef, OpenQueries, PackagePattern, Queries, normalize_mac};
 
 /// Why a read-side or event-log call failed. Engines apply each call atomically, so a failed
 /// call changed nothing.

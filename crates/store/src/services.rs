@@ -1,12 +1,12 @@
 //! Service monitoring records in a batch: check sets with their epochs, service states,
 //! hand-set checks, remembered (stopped) services, and the monitors of the topology graph.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use assim_wire::NodeId;
-use assim_wire::msg::{CheckSpec, Tag};
 use serde::{Deserialize, Serialize};
+
+pub use assim_api::StoredCheck;
 
 /// A check set by hand for one node (`assim check add`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,52 +35,6 @@ pub struct RememberedService {
     pub user: Option<String>,
     /// When it was last seen listening, µs since the epoch.
     pub seen: u64,
-}
-
-/// One check as stored (a wire `CheckSpec` in JSON-friendly form).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredCheck {
-    pub name: String,
-    pub kind: String,
-    pub argv: Vec<String>,
-    #[serde(default)]
-    pub params: BTreeMap<String, String>,
-    pub interval_s: u64,
-    pub retry_interval_s: u64,
-    pub max_attempts: u32,
-    pub timeout_s: u64,
-}
-
-impl StoredCheck {
-    pub fn from_spec(s: &CheckSpec) -> StoredCheck {
-        StoredCheck {
-            name: s.name.clone(),
-            kind: s.kind.clone(),
-            argv: s.argv.clone(),
-            params: s.params.iter().map(|t| (t.key.clone(), t.value.clone())).collect(),
-            interval_s: s.interval_s,
-            retry_interval_s: s.retry_interval_s,
-            max_attempts: s.max_attempts,
-            timeout_s: s.timeout_s,
-        }
-    }
-
-    pub fn to_spec(&self) -> CheckSpec {
-        CheckSpec {
-            name: self.name.clone(),
-            kind: self.kind.clone(),
-            argv: self.argv.clone(),
-            params: self
-                .params
-                .iter()
-                .map(|(k, v)| Tag { key: k.clone(), value: v.clone() })
-                .collect(),
-            interval_s: self.interval_s,
-            retry_interval_s: self.retry_interval_s,
-            max_attempts: self.max_attempts,
-            timeout_s: self.timeout_s,
-        }
-    }
 }
 
 /// A node's desired check set, and the services (listeners) its checks watch.

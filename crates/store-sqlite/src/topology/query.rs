@@ -1,182 +1,19 @@
-//! The canned topology queries, as [`Store`] methods returning serialisable rows. The HTTP API
-//! serves them under `/api/v1/topology/…` and `assim` prints them as tables or JSON.
+//! The canned topology queries, as [`Store`] methods returning the `assim-api` row types; the
+//! `assim_store::Queries` impl ([`crate::queries`]) hands them to the HTTP API, which serves
+//! them under `/api/v1/topology/…`, and `assim` prints them as tables or JSON.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use rusqlite::{Connection, OptionalExtension, Row as SqlRow, params};
-use serde::{Deserialize, Serialize};
 
 use crate::{Store, StoreError};
 
-/// A node found by name or id.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostRef {
-    pub node: String,
-    pub hostname: String,
-    pub state: String,
-}
-
-/// A host that is not running: `down` (crashed: no goodbye; the ring declared it dead) or
-/// `left` (said goodbye).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DownHost {
-    pub host: String,
-    pub node: String,
-    pub state: String,
-    /// When it entered the state, µs since the epoch.
-    pub since: u64,
-    /// The text of its last `host.down` / `host.left` event, if still stored.
-    pub last_event: Option<String>,
-}
-
-/// A listening socket of a host.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Service {
-    pub host: String,
-    pub node: String,
-    pub protocol: String,
-    /// Bound address (`0.0.0.0` / `::` for every address).
-    pub ip: String,
-    pub port: u16,
-    pub pid: Option<u32>,
-    pub exe: Option<String>,
-    pub cmdline: String,
-    pub user: Option<String>,
-    /// How many other hosts have connections to it.
-    pub client_hosts: u64,
-    /// Checks watching it (from the `monitors` table).
-    pub monitors: Vec<String>,
-}
-
-/// A client → service edge between two hosts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Dependency {
-    pub client_host: String,
-    pub client_node: String,
-    pub client_state: String,
-    pub client_pid: Option<u32>,
-    pub client_exe: Option<String>,
-    pub server_host: String,
-    pub server_node: String,
-    pub server_state: String,
-    /// The address the client connects to.
-    pub server_ip: String,
-    pub port: u16,
-    /// The listener's bound address (may be a wildcard).
-    pub service_ip: String,
-    pub server_pid: Option<u32>,
-    pub server_exe: Option<String>,
-    /// Established connections behind the edge.
-    pub connections: u64,
-}
-
-/// Where an IP address was found.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IpSighting {
-    pub ip: String,
-    /// `address`: configured on the host's NIC; `arp`: in the host's ARP cache.
-    pub how: String,
-    pub host: String,
-    pub node: String,
-    pub interface: String,
-    /// The NIC's MAC (`address`) or the MAC the neighbour answered with (`arp`).
-    pub mac: Option<String>,
-    pub prefix_len: Option<u8>,
-    pub subnet: Option<String>,
-}
-
-/// Where a MAC address was found.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MacSighting {
-    pub mac: String,
-    /// `nic`: a host's NIC; `arp`: another host's ARP cache; `switch`: an LLDP chassis id.
-    pub how: String,
-    pub host: Option<String>,
-    pub node: Option<String>,
-    pub interface: Option<String>,
-    /// NIC addresses (`nic`), the neighbour IP (`arp`), the switch name (`switch`).
-    pub detail: String,
-}
-
-/// One host NIC wired to one switch port, as LLDP or CDP told the host.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SwitchPortLink {
-    pub host: String,
-    pub node: String,
-    pub nic: String,
-    pub mac: Option<String>,
-    pub protocol: String,
-    pub chassis_id: String,
-    pub switch_name: Option<String>,
-    pub switch_description: Option<String>,
-    pub platform: Option<String>,
-    pub management_addresses: Vec<String>,
-    pub port_id: String,
-    pub port_description: Option<String>,
-    pub vlan: Option<String>,
-    /// When the switch was last heard, µs since the epoch.
-    pub last_seen: u64,
-}
-
-/// How [`Store::search_packages`] matches names.
-#[derive(Clone, Copy, Debug)]
-pub enum PackagePattern<'a> {
-    Exact(&'a str),
-    Prefix(&'a str),
-    Regex(&'a regex::Regex),
-}
-
-/// An installed package on a host.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PackageHit {
-    pub name: String,
-    pub version: String,
-    pub arch: String,
-    pub manager: String,
-    pub host: String,
-    pub node: String,
-}
-
-/// An address in some host's ARP cache that is on no known host's NIC.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnknownIp {
-    pub ip: String,
-    pub mac: String,
-    /// The host whose ARP cache has it.
-    pub seen_by: String,
-    pub node: String,
-    pub interface: String,
-}
-
-/// A subnet and how many hosts have an address in it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Subnet {
-    pub subnet: String,
-    pub family: u8,
-    pub hosts: u64,
-    pub addresses: u64,
-}
-
-/// One change of the graph: rows of one kind added and removed when a collector result of a
-/// host changed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryEntry {
-    pub id: u64,
-    /// µs since the epoch (when the CMA stored the result).
-    pub time: u64,
-    pub host: String,
-    pub node: String,
-    pub collector: String,
-    /// `nic`, `ip`, `service`, `dependency`, `package`, `switch_port`, …
-    pub kind: String,
-    pub added: u64,
-    pub removed: u64,
-    /// Up to [`super::HISTORY_LABELS`] labels of each.
-    pub added_labels: Vec<String>,
-    pub removed_labels: Vec<String>,
-}
-
+pub use assim_api::topology::{
+    Dependency, DownHost, HistoryEntry, IpSighting, MacSighting, PackageHit, Service, Subnet,
+    SwitchPortLink, UnknownIp,
+};
+pub use assim_store::queries::{HostRef, PackagePattern, normalize_mac};
 pub use assim_store::services::MonitorRecord;
 
 /// Replaces the monitors of `node` (for use inside a caller's transaction).
@@ -200,17 +37,6 @@ pub fn replace_monitors(
         ])?;
     }
     Ok(())
-}
-
-/// A MAC in the stored form (lowercase, colon-separated), from `AA:BB:…`, `aa-bb-…` or
-/// `aabb.ccdd.eeff`; `None` if it is not 6 bytes of hex.
-pub fn normalize_mac(text: &str) -> Option<String> {
-    let hex: String = text.chars().filter(|c| !matches!(c, ':' | '-' | '.')).collect();
-    if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    let hex = hex.to_ascii_lowercase();
-    Some((0..6).map(|i| &hex[2 * i..2 * i + 2]).collect::<Vec<_>>().join(":"))
 }
 
 fn ip_key(s: &str) -> (u8, Option<IpAddr>, String) {
@@ -675,18 +501,5 @@ impl Store {
             out.insert(t.to_string(), n as u64);
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn macs_normalise() {
-        use super::normalize_mac;
-        assert_eq!(normalize_mac("AA:BB:CC:DD:EE:0F").as_deref(), Some("aa:bb:cc:dd:ee:0f"));
-        assert_eq!(normalize_mac("aa-bb-cc-dd-ee-0f").as_deref(), Some("aa:bb:cc:dd:ee:0f"));
-        assert_eq!(normalize_mac("aabb.ccdd.ee0f").as_deref(), Some("aa:bb:cc:dd:ee:0f"));
-        assert_eq!(normalize_mac("aa:bb:cc:dd:ee"), None);
-        assert_eq!(normalize_mac("zz:bb:cc:dd:ee:0f"), None);
     }
 }
