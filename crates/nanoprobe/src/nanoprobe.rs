@@ -532,7 +532,9 @@ impl Probe {
     async fn flush(&mut self) {
         let now = Instant::now();
         self.link.commit(now);
-        self.confirmations.settle_and_reply(self.link.stats.acked_through);
+        // Durable position = acknowledged + durable but unacknowledged.
+        let acked = self.link.stats.acked_through;
+        self.confirmations.settle(acked + self.link.unacked(), acked);
         let addr = self.link.cma_addr;
         for datagram in self.link.poll_datagrams(now) {
             if let Err(e) = self.socket.send_to(&datagram, addr).await {
