@@ -17,8 +17,10 @@
 //!   retention.
 //! - [`services`]: service monitoring — check sets with epochs, service states.
 //! - [`topology`]: the topology graph derived from discovery results, and its queries.
+//! - [`retention`]: the bound on the topology history.
 
 pub mod bus;
+pub mod retention;
 pub mod services;
 pub mod topology;
 
