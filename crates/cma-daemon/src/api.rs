@@ -14,8 +14,9 @@
 //!
 //! Reads go to the SQLite file through the API's own connection, on tokio's blocking threads
 //! ([`ApiState::with_store`]), so neither the CMA task nor the async workers ever wait for a
-//! store call. When a bearer token is configured, every route but `/healthz` requires
-//! `Authorization: Bearer TOKEN`.
+//! store call. Who may call what is [`crate::api_access`]: every request must name this API in
+//! its `Host` header, requests that change state need the operator's token even on loopback,
+//! and reads need it too when a token is configured with `--api-token`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,9 +26,9 @@ use std::time::Duration;
 pub use assim_api::{CmaInfo, DiscoveryView, NodeView, StatusView};
 use assim_store_sqlite::Store;
 use assim_wire::NodeId;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -42,7 +43,7 @@ pub struct ApiState {
     pub(crate) store: Arc<Mutex<Store>>,
     metrics: Arc<SharedMetrics>,
     pub(crate) last_event: watch::Receiver<u64>,
-    token: Option<String>,
+    pub(crate) access: crate::api_access::ApiAccess,
     info: CmaInfo,
     /// Where `check run` requests go (the CMA task); `None` outside a running CMA.
     pub(crate) check_runner: Option<crate::cma::checks_cma::RunSender>,
@@ -54,7 +55,7 @@ impl ApiState {
         store_path: PathBuf,
         metrics: Arc<SharedMetrics>,
         last_event: watch::Receiver<u64>,
-        token: Option<String>,
+        access: crate::api_access::ApiAccess,
         info: CmaInfo,
     ) -> anyhow::Result<ApiState> {
         let store = Store::open(&store_path)?;
@@ -62,7 +63,7 @@ impl ApiState {
             store: Arc::new(Mutex::new(store)),
             metrics,
             last_event,
-            token,
+            access,
             info,
             check_runner: None,
         })
@@ -100,9 +101,10 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) {
     }
 }
 
-/// The API's routes.
+/// The API's routes, every one behind [`crate::api_access`]'s guard (Host header, token).
 pub fn router(state: ApiState) -> Router {
-    let protected = Router::new()
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/v1/status", get(status))
         .route("/api/v1/events", get(events))
         .route("/api/v1/discovery", get(discovery))
@@ -110,26 +112,8 @@ pub fn router(state: ApiState) -> Router {
         .merge(crate::api_bus::routes())
         .merge(crate::api_topology::routes())
         .merge(crate::api_checks::routes())
-        .layer(middleware::from_fn_with_state(state.clone(), auth));
-    Router::new().route("/healthz", get(|| async { "ok\n" })).merge(protected).with_state(state)
-}
-
-async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                "a valid bearer token is required (Authorization: Bearer …)\n",
-            )
-                .into_response();
-        }
-    }
-    next.run(req).await
+        .layer(middleware::from_fn_with_state(state.clone(), crate::api_access::guard))
+        .with_state(state)
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
