@@ -132,7 +132,7 @@ impl ApiAccess {
     /// Whether `host` (a `Host` header value or URI authority) names this API.
     pub fn host_allowed(&self, host: &str) -> bool {
         let name = strip_port(host);
-        if name == "localhost" || self.hosts.iter().any(|h| *h == name) {
+        if name == "localhost" || self.hosts.contains(&name) {
             return true;
         }
         match name.parse::<IpAddr>() {
@@ -145,8 +145,8 @@ impl ApiAccess {
         }
     }
 
-    /// Checks the host and, where needed, the token; `Err` is the answer to send instead.
-    fn admit(&self, method: &Method, headers: &HeaderMap, uri: &Uri) -> Result<(), Response> {
+    /// Checks the host and, where needed, the token: the answer to send instead, or `None`.
+    fn refusal(&self, method: &Method, headers: &HeaderMap, uri: &Uri) -> Option<Response> {
         let host = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
@@ -156,22 +156,26 @@ impl ApiAccess {
             Some(h) if self.host_allowed(&h) => {}
             Some(h) => {
                 tracing::debug!(host = %h, "HTTP request with an unknown Host header refused");
-                return Err((
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "this API does not answer to the host name {:?}; if clients reach the \
+                return Some(
+                    (
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "this API does not answer to the host name {:?}; if clients reach the \
                          CMA by that name, allow it with --api-host (ASSIM_API_HOSTS)\n",
-                        strip_port(&h)
-                    ),
-                )
-                    .into_response());
+                            strip_port(&h)
+                        ),
+                    )
+                        .into_response(),
+                );
             }
             None => {
-                return Err((
-                    StatusCode::BAD_REQUEST,
-                    "the request has no Host header; send the address of the API as Host\n",
-                )
-                    .into_response());
+                return Some(
+                    (
+                        StatusCode::BAD_REQUEST,
+                        "the request has no Host header; send the address of the API as Host\n",
+                    )
+                        .into_response(),
+                );
             }
         }
         let mutating = !matches!(*method, Method::GET | Method::HEAD);
@@ -179,20 +183,22 @@ impl ApiAccess {
         let needs_token = mutating || (self.reads_need_token && uri.path() != "/healthz");
         if needs_token && !self.authorized(headers) {
             let what = if mutating { "a request that changes state" } else { "this API" };
-            return Err((
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                format!(
-                    "{what} needs the CMA's API token (Authorization: Bearer TOKEN): the token \
+            return Some(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    format!(
+                        "{what} needs the CMA's API token (Authorization: Bearer TOKEN): the token \
                      is in {} on the CMA host, or the one set with --api-token; the assim CLI \
                      reads --api-token-file (ASSIM_API_TOKEN_FILE) or --api-token \
                      (ASSIM_API_TOKEN)\n",
-                    self.token_file.display()
-                ),
-            )
-                .into_response());
+                        self.token_file.display()
+                    ),
+                )
+                    .into_response(),
+            );
         }
-        Ok(())
+        None
     }
 
     /// Whether an API-set check may run what it names; `Err` is the 400 answer's text.
@@ -234,7 +240,7 @@ impl ApiAccess {
 
 /// The middleware in front of every route: Host header, then the token where needed.
 pub(crate) async fn guard(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    if let Err(answer) = state.access.admit(req.method(), req.headers(), req.uri()) {
+    if let Some(answer) = state.access.refusal(req.method(), req.headers(), req.uri()) {
         return answer;
     }
     next.run(req).await
