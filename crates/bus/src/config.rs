@@ -148,6 +148,15 @@ pub enum SinkKind {
     Nats { url: String, subject: Option<String> },
 }
 
+impl SinkKind {
+    /// Whether a subscription created through the HTTP API may use this kind. `exec` runs
+    /// programs and `nagios` appends to a file on the CMA host, so both come only from the
+    /// config file; the runner refuses them on any subscription the config did not declare.
+    pub fn api_may_create(&self) -> bool {
+        matches!(self, SinkKind::Webhook { .. } | SinkKind::Nats { .. })
+    }
+}
+
 impl SinkConfig {
     /// Checks durations, URLs and limits.
     pub fn validate(&self) -> Result<(), String> {

@@ -89,6 +89,8 @@ pub async fn run(open: OpenEventLog, config: BusConfig, last_event: watch::Recei
         )))
     });
     let mut workers: HashMap<String, (SubscriptionRecord, JoinHandle<()>)> = HashMap::new();
+    // Subscriptions already refused (logged once, not every rescan).
+    let mut refused: HashMap<String, Option<String>> = HashMap::new();
     let mut next_retention = tokio::time::Instant::now();
     loop {
         if tokio::time::Instant::now() >= next_retention {
@@ -101,6 +103,16 @@ pub async fn run(open: OpenEventLog, config: BusConfig, last_event: watch::Recei
                 let wanted: HashMap<String, SubscriptionRecord> = subs
                     .into_iter()
                     .filter(|s| s.sink.is_some())
+                    .filter(|s| match sink_allowed(&config, s) {
+                        Ok(()) => true,
+                        Err(why) => {
+                            if refused.get(&s.name) != Some(&s.sink) {
+                                error!(subscription = %s.name, "{why}");
+                                refused.insert(s.name.clone(), s.sink.clone());
+                            }
+                            false
+                        }
+                    })
                     .map(|s| (s.name.clone(), s))
                     .collect();
                 workers.retain(|name, (rec, handle)| {
@@ -125,6 +137,36 @@ pub async fn run(open: OpenEventLog, config: BusConfig, last_event: watch::Recei
             Err(e) => warn!(error = %e, "cannot read the subscriptions"),
         }
         tokio::time::sleep(RESCAN).await;
+    }
+}
+
+/// Whether the runner may deliver `sub`'s sink: `exec` and `nagios` sinks act on the CMA host, so
+/// they run only when the config file declares this very subscription with this very sink (an
+/// API client, or an older CMA that let one create them, cannot make the CMA run a program).
+fn sink_allowed(config: &BusConfig, sub: &SubscriptionRecord) -> Result<(), String> {
+    let Some(text) = sub.sink.as_deref() else { return Ok(()) };
+    let Ok(sink) = serde_json::from_str::<SinkConfig>(text) else {
+        // The worker reports an unreadable sink itself.
+        return Ok(());
+    };
+    if sink.kind.api_may_create() {
+        return Ok(());
+    }
+    let declared = config
+        .sinks
+        .iter()
+        .any(|s| s.name == sub.name && serde_json::to_string(&s.sink).is_ok_and(|t| t == text));
+    if declared {
+        Ok(())
+    } else {
+        Err(format!(
+            "subscription {:?} has a {} sink that the config file does not declare; not \
+             delivering (such sinks come only from [[bus.sinks]]; delete it with DELETE \
+             /api/v1/subscriptions/{})",
+            sub.name,
+            sink.kind_name(),
+            sub.name
+        ))
     }
 }
 
@@ -421,5 +463,80 @@ mod tests {
             store.subscriptions().unwrap().into_iter().map(|s| s.name).collect();
         assert_eq!(names, ["a", "api"]);
         assert_eq!(store.subscription("a").unwrap().unwrap().filter, "has:y");
+    }
+
+    #[test]
+    fn item_6_exec_sinks_run_only_when_the_config_declares_them() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let scripts = dir.path().join("scripts");
+        std::fs::create_dir(&scripts).unwrap();
+        let script = scripts.join("record");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\ntouch {}/ran-$ASSIM_EVENT_ID-$$\n", dir.path().display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sink: SinkConfig =
+            serde_json::from_value(serde_json::json!({"type": "exec", "dir": scripts})).unwrap();
+        let config = BusConfig {
+            sinks: vec![crate::config::SinkSubscription {
+                name: "declared".into(),
+                filter: "".into(),
+                sink: sink.clone(),
+            }],
+            ..Default::default()
+        };
+        {
+            // Installed before any event exists, so every subscription starts at 0.
+            let mut store = Store::open(&db).unwrap();
+            install_config_sinks(&mut store, &config).unwrap();
+            // As an API client (or an older CMA's API) would have stored it.
+            let text = serde_json::to_string(&sink).unwrap();
+            store.put_subscription("rogue", "", Some(&text), 0, Timestamp(1)).unwrap();
+            // A config name with a sink the config does not declare is refused too.
+            let mut other = sink.clone();
+            other.max_attempts = 1;
+            let text = serde_json::to_string(&other).unwrap();
+            store.put_subscription("declared2", "", Some(&text), 0, Timestamp(1)).unwrap();
+            let e = Event {
+                id: 1,
+                time: Timestamp::now(),
+                kind: assim_cma::EventKind::LocalEvent,
+                host: None,
+                hostname: "h".into(),
+                tags: Default::default(),
+                text: "x".into(),
+                severity: assim_cma::Severity::Info,
+                body: None,
+            };
+            store.apply(&[], &[e], &Default::default()).unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let ran = |d: &std::path::Path| {
+            std::fs::read_dir(d)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("ran-"))
+                .count()
+        };
+        rt.block_on(async {
+            let (_tx, rx) = watch::channel(1);
+            let task = tokio::spawn(run(
+                assim_store_sqlite::bus::event_log_opener(db.clone()),
+                config.clone(),
+                rx,
+            ));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while ran(dir.path()) == 0 {
+                assert!(tokio::time::Instant::now() < deadline, "the declared sink never ran");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // The other workers started in the same rescan; give them time to run too.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            task.abort();
+        });
+        assert_eq!(ran(dir.path()), 1, "only the declared exec sink ran");
     }
 }

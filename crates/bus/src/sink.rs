@@ -8,8 +8,9 @@
 //! - exec: every executable regular file in the directory, in name order, with the event as
 //!   JSON on stdin and in the environment: `ASSIM_EVENT_ID`, `_TYPE`, `_SEVERITY`, `_HOST`,
 //!   `_NODE`, `_TIME` (µs), `_TEXT`, `_JSON`, and `ASSIM_EVENT_TAG_<KEY>` per tag (key upper-case,
-//!   other characters than letters and digits become `_`). Exit 0 is success; a script that
-//!   outlives the timeout is killed with its whole process group.
+//!   other characters than letters and digits become `_`), and nothing else of the CMA's
+//!   environment but a fixed `PATH`. Exit 0 is success; a script that outlives the timeout is
+//!   killed with its whole process group.
 //! - nagios: one external command line per event (see [`nagios_command`]) appended to the command
 //!   file (usually a FIFO that Nagios/Icinga reads).
 
@@ -84,7 +85,21 @@ pub fn exec_env(e: &Event) -> Vec<(String, String)> {
     env
 }
 
-/// Runs every script of `dir` for `e` (blocking); the first failure is the error.
+/// The `PATH` exec-sink scripts run with (the CMA's own environment is not passed on).
+pub const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The pipe, switched to non-blocking writes.
+fn nonblocking(pipe: std::process::ChildStdin) -> std::io::Result<std::process::ChildStdin> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    use std::os::fd::AsRawFd as _;
+    let fd = pipe.as_raw_fd();
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(pipe)
+}
+
+/// Runs every script of `dir` for `e` (blocking); the first failure is the error. Scripts get
+/// a cleared environment: `PATH` ([`SAFE_PATH`]) and the event's variables only.
 pub fn exec(dir: &Path, e: &Event, timeout: Duration) -> Result<(), DeliveryError> {
     use std::os::unix::fs::PermissionsExt as _;
     let mut scripts: Vec<_> = std::fs::read_dir(dir)
@@ -102,18 +117,32 @@ pub fn exec(dir: &Path, e: &Event, timeout: Duration) -> Result<(), DeliveryErro
         let mut child = Command::new(&script)
             // Its own process group, so a timeout kills whatever the script started too.
             .process_group(0)
+            // Nothing of the CMA's environment (its API token among it) reaches a script.
+            .env_clear()
+            .env("PATH", SAFE_PATH)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|err| format!("cannot run {}: {err}", script.display()))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A script that does not read its stdin is fine.
-            let _ = stdin.write_all(&json);
-        }
+        // Written without blocking, between checks of the deadline: a script that never reads
+        // its stdin cannot hold the delivery past its timeout.
+        let mut stdin = child.stdin.take().and_then(|s| nonblocking(s).ok());
+        let mut written = 0;
         let deadline = Instant::now() + timeout;
         let status = loop {
+            if let Some(pipe) = stdin.as_mut() {
+                match pipe.write(&json[written..]) {
+                    Ok(n) => written += n,
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                    // A script that does not read its stdin is fine.
+                    Err(_) => written = json.len(),
+                }
+                if written >= json.len() {
+                    stdin = None;
+                }
+            }
             match child.try_wait() {
                 Ok(Some(s)) => break s,
                 Ok(None) if Instant::now() >= deadline => {
@@ -278,6 +307,49 @@ mod tests {
         let started = Instant::now();
         let err = exec(&dir.path().join("scripts"), &e, Duration::from_millis(200)).unwrap_err();
         assert!(err.contains("killed") && started.elapsed() < Duration::from_secs(10), "{err}");
+    }
+
+    #[test]
+    fn item_14_exec_scripts_get_a_clean_environment() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let scripts = dir.path().join("scripts");
+        std::fs::create_dir(&scripts).unwrap();
+        let out = dir.path().join("env");
+        let p = scripts.join("dump");
+        std::fs::write(&p, format!("#!/bin/sh\nenv > {}\n", out.display())).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = ev(EventKind::LocalEvent, Severity::Warning, &[("fqdn", "db1")]);
+        exec(&scripts, &e, Duration::from_secs(10)).unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        let names: Vec<&str> =
+            text.lines().filter_map(|l| l.split_once('=')).map(|(k, _)| k).collect();
+        // What the shell itself may set, the fixed PATH, and the event.
+        let own = ["PWD", "OLDPWD", "SHLVL", "_"];
+        for n in &names {
+            assert!(
+                n.starts_with("ASSIM_EVENT_") || *n == "PATH" || own.contains(n),
+                "the script saw {n} from the CMA's environment:\n{text}"
+            );
+        }
+        assert!(text.contains(&format!("PATH={SAFE_PATH}\n")), "{text}");
+        assert!(names.contains(&"ASSIM_EVENT_TAG_FQDN"), "{text}");
+    }
+
+    #[test]
+    fn item_14_a_script_that_never_reads_stdin_is_still_timed_out() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("deaf");
+        std::fs::write(&p, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // An event larger than a pipe buffer (64 KiB), smaller than one environment string.
+        let mut e = ev(EventKind::LocalEvent, Severity::Warning, &[]);
+        e.text = "x".repeat(100_000);
+        let started = Instant::now();
+        let err = exec(dir.path(), &e, Duration::from_millis(300)).unwrap_err();
+        assert!(err.contains("killed"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     }
 
     #[test]

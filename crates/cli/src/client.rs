@@ -8,11 +8,32 @@ use assim_api::StatusView;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// Talks to one CMA's HTTP API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     base: String,
     token: Option<String>,
+    /// Why no token could be read from the token file (said when the CMA answers 401).
+    token_problem: Option<String>,
     agent: ureq::Agent,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .field("token_problem", &self.token_problem)
+            .finish()
+    }
+}
+
+/// Reads an API token file (the CMA's `DATA_DIR/api.token`): the trimmed text, or why not.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() && t.len() <= 1024 => Ok(t.trim().to_string()),
+        Ok(_) => Err(format!("{} does not hold a token", path.display())),
+        Err(e) => Err(format!("cannot read the API token file {}: {e}", path.display())),
+    }
 }
 
 impl Client {
@@ -22,7 +43,19 @@ impl Client {
             .timeout_connect(Duration::from_secs(3))
             .timeout(Duration::from_secs(90))
             .build();
-        Client { base: base.trim_end_matches('/').to_string(), token, agent }
+        Client { base: base.trim_end_matches('/').to_string(), token, token_problem: None, agent }
+    }
+
+    /// Without a token yet, takes the one in `path` (the CMA's `DATA_DIR/api.token`); if it
+    /// cannot be read, requests go without one and a refusal says why.
+    pub fn with_token_file(mut self, path: &std::path::Path) -> Client {
+        if self.token.is_none() {
+            match read_token_file(path) {
+                Ok(t) => self.token = Some(t),
+                Err(why) => self.token_problem = Some(why),
+            }
+        }
+        self
     }
 
     pub(crate) fn get(&self, path: &str) -> anyhow::Result<ureq::Response> {
@@ -49,7 +82,11 @@ impl Client {
             Ok(r) => Ok(r),
             Err(ureq::Error::Status(code, r)) => {
                 let body = r.into_string().unwrap_or_default();
-                anyhow::bail!("the CMA API at {} answered {code}: {}", self.base, body.trim())
+                let hint = match (code, &self.token_problem) {
+                    (401, Some(why)) => format!(" ({why}; or pass --api-token)"),
+                    _ => String::new(),
+                };
+                anyhow::bail!("the CMA API at {} answered {code}: {}{hint}", self.base, body.trim())
             }
             Err(e) => Err(anyhow::anyhow!(e)).with_context(|| {
                 format!(

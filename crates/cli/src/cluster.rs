@@ -225,6 +225,9 @@ impl Cluster {
                 );
             }
             if self.client.status().is_ok() {
+                // The CMA wrote its operator token before its API answered.
+                self.client = Client::new(&format!("http://{}", self.api), None)
+                    .with_token_file(&self.api_token_file());
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -396,7 +399,6 @@ impl Cluster {
         Ok(self.events_since(0)?.last().map(|e| e.id).unwrap_or(0))
     }
 
-    /// The log directory.
     /// Runs the `assim` CLI at `assim_bin` against this cluster's API (without any token from
     /// the environment); returns (success, stdout, stderr).
     pub fn run_cli(&self, assim_bin: &str, args: &[&str]) -> (bool, String, String) {
@@ -405,6 +407,7 @@ impl Cluster {
             .arg(format!("http://{}", self.api))
             .args(args)
             .env_remove("ASSIM_API_TOKEN")
+            .env("ASSIM_API_TOKEN_FILE", self.api_token_file())
             .output()
             .expect("run assim");
         (
@@ -414,6 +417,17 @@ impl Cluster {
         )
     }
 
+    /// The CMA's operator token file (requests that change state need its token).
+    pub fn api_token_file(&self) -> PathBuf {
+        self.dir.join("cma").join("api.token")
+    }
+
+    /// The CMA's operator token.
+    pub fn api_token(&self) -> anyhow::Result<String> {
+        crate::client::read_token_file(&self.api_token_file()).map_err(anyhow::Error::msg)
+    }
+
+    /// The log directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

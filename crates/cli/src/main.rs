@@ -25,9 +25,14 @@ struct Cli {
     /// The CMA's HTTP API.
     #[arg(long, env = "ASSIM_API", default_value = "http://127.0.0.1:1985")]
     api: String,
-    /// Bearer token for the API (needed when the CMA's API is not on loopback).
+    /// Bearer token for the API: the CMA's --api-token. Without it, the token in
+    /// --api-token-file is sent.
     #[arg(long, env = "ASSIM_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
+    /// The CMA's operator token file (DATA_DIR/api.token on the CMA host, mode 0600): requests
+    /// that change state (check add/remove/run, subscriptions) need it, on loopback too.
+    #[arg(long, env = "ASSIM_API_TOKEN_FILE", default_value = "/var/lib/assim/cma/api.token")]
+    api_token_file: std::path::PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -187,7 +192,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::new(&cli.api, cli.api_token.clone());
+    let client = Client::new(&cli.api, cli.api_token.clone()).with_token_file(&cli.api_token_file);
     match cli.command {
         Command::Status { json } => {
             let s = client.status()?;

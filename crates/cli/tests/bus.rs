@@ -72,7 +72,12 @@ impl ClientExt for Cluster {
         ureq::get(&format!("http://{}{path}", self.api)).call().unwrap().into_json().unwrap()
     }
     fn client_send(&self, method: &str, path: &str, body: serde_json::Value) -> (u16, String) {
-        match ureq::request(method, &format!("http://{}{path}", self.api)).send_json(body) {
+        // Requests that change state carry the CMA's operator token (issue 16, item 6).
+        let token = format!("Bearer {}", self.api_token().unwrap());
+        match ureq::request(method, &format!("http://{}{path}", self.api))
+            .set("Authorization", &token)
+            .send_json(body)
+        {
             Ok(r) => (r.status(), r.into_string().unwrap()),
             Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
             Err(e) => panic!("{e}"),

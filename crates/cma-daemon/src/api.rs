@@ -17,8 +17,10 @@
 //! ([`Readers`]), called on tokio's blocking threads ([`ApiState::read`],
 //! [`ApiState::with_events`]), so neither the CMA task nor the async workers ever wait for a
 //! store call. [`ApiState::new`] opens them on the SQLite file; [`ApiState::with_engine`] takes
-//! any engine's (the in-memory one in tests). When a bearer token is configured, every route but `/healthz` requires
-//! `Authorization: Bearer TOKEN`.
+//! any engine's (the in-memory one in tests). Who may call what is [`crate::api_access`]: every
+//! request must name this API in its `Host` header, requests that change state need the
+//! operator's token even on loopback, and reads need it too when a token is configured with
+//! `--api-token`.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
@@ -26,9 +28,9 @@ use std::time::Duration;
 
 pub use assim_api::{CmaInfo, DiscoveryView, NodeView, StatusView};
 use assim_store::{EventLog, OpenEventLog, OpenQueries, Queries, QueryError};
-use axum::extract::{Query, Request, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -46,7 +48,7 @@ pub struct ApiState {
     pub(crate) events: Arc<Readers<dyn EventLog>>,
     metrics: Arc<SharedMetrics>,
     pub(crate) last_event: watch::Receiver<u64>,
-    token: Option<String>,
+    pub(crate) access: crate::api_access::ApiAccess,
     info: CmaInfo,
     /// Where `check run` requests go (the CMA task); `None` outside a running CMA.
     pub(crate) check_runner: Option<crate::cma::checks_cma::RunSender>,
@@ -62,7 +64,7 @@ impl ApiState {
         store_path: PathBuf,
         metrics: Arc<SharedMetrics>,
         last_event: watch::Receiver<u64>,
-        token: Option<String>,
+        access: crate::api_access::ApiAccess,
         info: CmaInfo,
     ) -> anyhow::Result<ApiState> {
         ApiState::with_engine(
@@ -70,7 +72,7 @@ impl ApiState {
             assim_store_sqlite::bus::event_log_opener(store_path),
             metrics,
             last_event,
-            token,
+            access,
             info,
         )
     }
@@ -82,7 +84,7 @@ impl ApiState {
         events: OpenEventLog,
         metrics: Arc<SharedMetrics>,
         last_event: watch::Receiver<u64>,
-        token: Option<String>,
+        access: crate::api_access::ApiAccess,
         info: CmaInfo,
     ) -> anyhow::Result<ApiState> {
         Ok(ApiState {
@@ -90,7 +92,7 @@ impl ApiState {
             events: Arc::new(Readers::new(events, API_HANDLES)?),
             metrics,
             last_event,
-            token,
+            access,
             info,
             check_runner: None,
         })
@@ -223,9 +225,10 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) {
     }
 }
 
-/// The API's routes.
+/// The API's routes, every one behind [`crate::api_access`]'s guard (Host header, token).
 pub fn router(state: ApiState) -> Router {
-    let protected = Router::new()
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/v1/status", get(status))
         .route("/api/v1/events", get(events))
         .route("/api/v1/discovery", get(discovery))
@@ -233,26 +236,8 @@ pub fn router(state: ApiState) -> Router {
         .merge(crate::api_bus::routes())
         .merge(crate::api_topology::routes())
         .merge(crate::api_checks::routes())
-        .layer(middleware::from_fn_with_state(state.clone(), auth));
-    Router::new().route("/healthz", get(|| async { "ok\n" })).merge(protected).with_state(state)
-}
-
-async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                "a valid bearer token is required (Authorization: Bearer …)\n",
-            )
-                .into_response();
-        }
-    }
-    next.run(req).await
+        .layer(middleware::from_fn_with_state(state.clone(), crate::api_access::guard))
+        .with_state(state)
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {

@@ -8,7 +8,8 @@
 //!   `id: ID`, `data: JSON` per matching event; reconnecting with `Last-Event-ID` resumes.
 //! - `PUT /api/v1/subscriptions/NAME` `{"filter": EXPR, "sink": {...}?, "start": "now" |
 //!   "beginning" | ID}`: creates a durable subscription (its cursor at `start`, default "now")
-//!   or changes its filter and sink (keeping the cursor).
+//!   or changes its filter and sink (keeping the cursor). `exec` and `nagios` sinks act on the CMA
+//!   host (programs, files) and come only from the config file: the API refuses them (400).
 //! - `GET /api/v1/subscriptions`, `GET|DELETE /api/v1/subscriptions/NAME`.
 //! - `GET /api/v1/subscriptions/NAME/events?limit=N&wait=S`: `{"cursor", "through", "events"}`
 //!   — the matching events after the cursor; after handling them, acknowledge `through`.
@@ -273,6 +274,15 @@ async fn put(
         && let Err(e) = s.validate()
     {
         return bad_request(format!("sink: {e}"));
+    }
+    if let Some(s) = &req.sink
+        && !s.kind.api_may_create()
+    {
+        return bad_request(format!(
+            "sink: a {} sink acts on the CMA host itself, so it is set only in the CMA's config \
+             file ([[bus.sinks]]), not through the API",
+            s.kind_name()
+        ));
     }
     state
         .with_events(move |store| Ok(put_answer(store, &name, &req)))

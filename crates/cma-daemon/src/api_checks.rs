@@ -10,7 +10,8 @@
 //!   (`rule:NAME`, `host`, `config` or `manual`) and its set's epoch.
 //! - `POST /api/v1/checks` with `{"host": H, "check": {name, kind, argv, params, interval_s,
 //!   retry_interval_s, max_attempts, timeout_s}}`: adds (or replaces) a hand-set check; answers
-//!   its list entry. 404 names an unknown host, 400 gives the reason an invalid check is refused.
+//!   its list entry. 404 names an unknown host, 400 gives the reason an invalid check is refused
+//!   (a program outside the CMA's `check_plugin_dirs` among them, see [`crate::api_access`]).
 //! - `DELETE /api/v1/checks` with `{"host": H, "name": N}`: removes a hand-set check; answers
 //!   `{"host", "name", "epoch"}` (the node's new set epoch).
 //!
@@ -179,6 +180,9 @@ async fn list(State(state): State<ApiState>, Query(q): Query<ListQuery>) -> Resp
 }
 
 async fn add(State(state): State<ApiState>, Json(body): Json<AddBody>) -> Response {
+    if let Err(e) = state.access.check_program(&body.check) {
+        return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+    }
     ask(&state, |reply| ChecksRequest::Add { host: body.host, check: body.check, reply }).await
 }
 

@@ -51,8 +51,13 @@ pub struct CmaOptions {
     pub listen: SocketAddr,
     /// HTTP API address.
     pub api: SocketAddr,
-    /// Bearer token required by the API (mandatory when `api` is not loopback).
+    /// Bearer token the API accepts besides the token file's; with one set, reads need a token
+    /// too (mandatory when `api` is not loopback). See [`crate::api_access`].
     pub api_token: Option<String>,
+    /// Host names the API answers to besides localhost and its addresses (`--api-host`).
+    pub api_hosts: Vec<String>,
+    /// Where checks set through the API may run programs from (`--check-plugin-dir`).
+    pub check_plugin_dirs: Vec<PathBuf>,
     pub data_dir: PathBuf,
     pub timing: Timing,
     /// Accept nanoprobes that present no join token (labs and the demo only).
@@ -63,6 +68,10 @@ pub struct CmaOptions {
     pub discovery: assim_cma::schedule::ScheduleConfig,
     /// Operator rules for automatic service checks (`--check-rules DIR`; see docs/checks.md).
     pub check_rules: Option<PathBuf>,
+    /// Topology history rows older than this are deleted ([`crate::retention`]).
+    pub topology_history_max_age: Duration,
+    /// At most this many topology history rows are kept.
+    pub topology_history_max_rows: u64,
 }
 
 /// The CMA's database file inside its data directory.
@@ -137,7 +146,7 @@ pub async fn run(
         store_path(&opts.data_dir),
         shared.clone(),
         last_event_rx,
-        opts.api_token.clone(),
+        crate::api_access::ApiAccess::load(&opts)?,
         crate::api::CmaInfo {
             node_id: identity.node_id(),
             fingerprint: identity.fingerprint(),
@@ -155,6 +164,11 @@ pub async fn run(
     }
     let api_state = api_state.with_check_runner(run_tx);
     let api_task = tokio::spawn(crate::api::serve(api_listener, api_state));
+    let retention_task = tokio::spawn(crate::retention::run(
+        store_path(&opts.data_dir),
+        opts.topology_history_max_age,
+        opts.topology_history_max_rows,
+    ));
     let bus_task = tokio::spawn(assim_bus::runner::run(
         assim_store_sqlite::bus::event_log_opener(store_path(&opts.data_dir)),
         opts.bus.clone(),
@@ -213,6 +227,7 @@ pub async fn run(
     d.send_all().await;
     api_task.abort();
     bus_task.abort();
+    retention_task.abort();
     Ok(())
 }
 

@@ -12,17 +12,22 @@
 //!   decision core `assim_cma::Authority`, the store); `cma::checks_cma` carries the API's
 //!   service-monitoring requests to the shell and keeps their reply channels.
 //! - [`api`]: the HTTP API (status, events with long-poll) and Prometheus `/metrics`.
+//! - [`api_access`]: who may call the API (Host header, the operator's token file) and which
+//!   programs checks set through it may run.
 //! - [`api_topology`]: the topology query routes of the HTTP API.
 //! - [`api_checks`]: the service routes of the HTTP API (`services`, `checks/run`).
 //! - [`api_bus`]: the event bus routes of the HTTP API (filters, SSE, durable subscriptions).
 //! - [`metrics`]: counters shared between the CMA task and the API.
+//! - [`retention`]: the bound on the topology history (age and rows).
 //! - [`settings`]: flags/env/file resolution, `--print-config`, `cma token create`;
 //!   `src/main.rs` is the binary.
 
 pub mod api;
+pub mod api_access;
 pub mod api_bus;
 pub mod api_checks;
 pub mod api_topology;
 pub mod cma;
 pub mod metrics;
+pub mod retention;
 pub mod settings;

@@ -25,9 +25,28 @@ pub struct CmaFlags {
     /// requires --api-token.
     #[arg(long, env = "ASSIM_CMA_API")]
     pub api: Option<SocketAddr>,
-    /// Bearer token the HTTP API requires.
+    /// Bearer token the HTTP API accepts, and then requires for reads too. Requests that change
+    /// state (checks, run-now, subscriptions) always need a token, on loopback too: this one or
+    /// the one the CMA keeps in DATA_DIR/api.token (created at the first start, mode 0600),
+    /// which the `assim` CLI reads.
     #[arg(long, env = "ASSIM_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// Host names clients use to reach the HTTP API, besides localhost and IP addresses
+    /// (repeatable or comma-separated). Requests with any other Host header are refused, so a
+    /// web page cannot reach the API by rebinding its DNS name.
+    #[arg(long = "api-host", value_name = "NAME", env = "ASSIM_API_HOSTS", value_delimiter = ',')]
+    pub api_hosts: Vec<String>,
+    /// Directories whose programs checks set through the API may name by path (Nagios plugins,
+    /// LSB scripts; repeatable or comma-separated) [default: /usr/lib/nagios/plugins,
+    /// /usr/lib64/nagios/plugins, /etc/init.d]. A name without / runs from the nanoprobe's
+    /// plugin directory. Checks from --check-rules files are not restricted.
+    #[arg(
+        long = "check-plugin-dir",
+        value_name = "DIR",
+        env = "ASSIM_CHECK_PLUGIN_DIRS",
+        value_delimiter = ','
+    )]
+    pub check_plugin_dirs: Vec<PathBuf>,
     /// Directory for the CMA's identity and database [default: /var/lib/assim/cma].
     #[arg(long, env = "ASSIM_CMA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -65,6 +84,13 @@ pub struct CmaFlags {
     /// hand-set checks per host. Format: docs/checks.md.
     #[arg(long, value_name = "DIR", env = "ASSIM_CHECK_RULES")]
     pub check_rules: Option<PathBuf>,
+    /// Topology history (`assim host H history`) older than this is deleted [default: 90d].
+    #[arg(long, env = "ASSIM_TOPOLOGY_HISTORY_MAX_AGE", value_parser = parse_duration)]
+    pub topology_history_max_age: Option<Duration>,
+    /// At most this many topology history rows are kept, the oldest deleted first
+    /// [default: 1000000].
+    #[arg(long, env = "ASSIM_TOPOLOGY_HISTORY_MAX_ROWS")]
+    pub topology_history_max_rows: Option<u64>,
     /// Print the resolved configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -103,6 +129,8 @@ pub struct CmaFile {
     pub listen: Option<SocketAddr>,
     pub api: Option<SocketAddr>,
     pub api_token: Option<String>,
+    pub api_hosts: Option<Vec<String>>,
+    pub check_plugin_dirs: Option<Vec<PathBuf>>,
     pub data_dir: Option<PathBuf>,
     pub heartbeat_interval: Option<String>,
     pub warn_time: Option<String>,
@@ -110,6 +138,8 @@ pub struct CmaFile {
     pub open_enrollment: Option<bool>,
     /// Service-check rules directory (plain value: before the tables below).
     pub check_rules: Option<PathBuf>,
+    pub topology_history_max_age: Option<String>,
+    pub topology_history_max_rows: Option<u64>,
     pub bus: Option<assim_bus::BusConfig>,
     pub discovery: Option<std::collections::BTreeMap<String, DiscoveryValue>>,
 }
@@ -236,6 +266,33 @@ impl CmaFlags {
                 "the HTTP API on {api} is not loopback: set --api-token (or ASSIM_API_TOKEN) so it is not open to the network"
             );
         }
+        let topology_history_max_age = dur(
+            self.topology_history_max_age,
+            &file.topology_history_max_age,
+            assim_store_sqlite::retention::DEFAULT_MAX_AGE_DAYS * 86_400_000,
+            "topology_history_max_age",
+        )?;
+        let topology_history_max_rows = self
+            .topology_history_max_rows
+            .or(file.topology_history_max_rows)
+            .unwrap_or(assim_store_sqlite::retention::DEFAULT_MAX_ROWS);
+        if topology_history_max_age.is_zero() || topology_history_max_rows == 0 {
+            bail!("topology_history_max_age and topology_history_max_rows must be above 0");
+        }
+        let api_hosts = if self.api_hosts.is_empty() {
+            file.api_hosts.unwrap_or_default()
+        } else {
+            self.api_hosts.clone()
+        };
+        crate::api_access::validate_hosts(&api_hosts)?;
+        let check_plugin_dirs = if !self.check_plugin_dirs.is_empty() {
+            self.check_plugin_dirs.clone()
+        } else if let Some(dirs) = file.check_plugin_dirs {
+            dirs
+        } else {
+            crate::api_access::DEFAULT_PLUGIN_DIRS.iter().map(PathBuf::from).collect()
+        };
+        crate::api_access::validate_plugin_dirs(&check_plugin_dirs)?;
         Ok(crate::cma::CmaOptions {
             listen: self
                 .listen
@@ -243,6 +300,8 @@ impl CmaFlags {
                 .unwrap_or_else(|| "0.0.0.0:1984".parse().expect("valid")),
             api,
             api_token,
+            api_hosts,
+            check_plugin_dirs,
             data_dir: self
                 .data_dir
                 .clone()
@@ -260,6 +319,8 @@ impl CmaFlags {
             },
             discovery: resolve_discovery(file.discovery.as_ref(), &self.discovery)?,
             check_rules: self.check_rules.clone().or(file.check_rules),
+            topology_history_max_age,
+            topology_history_max_rows,
         })
     }
 }
@@ -270,6 +331,8 @@ pub fn cma_config_toml(o: &crate::cma::CmaOptions) -> String {
         listen: Some(o.listen),
         api: Some(o.api),
         api_token: o.api_token.as_ref().map(|_| "(set)".to_string()),
+        api_hosts: Some(o.api_hosts.clone()),
+        check_plugin_dirs: Some(o.check_plugin_dirs.clone()),
         data_dir: Some(o.data_dir.clone()),
         heartbeat_interval: Some(format_duration(o.timing.interval)),
         warn_time: Some(format_duration(o.timing.warn)),
@@ -302,6 +365,8 @@ pub fn cma_config_toml(o: &crate::cma::CmaOptions) -> String {
                 .collect(),
         ),
         check_rules: o.check_rules.clone(),
+        topology_history_max_age: Some(format_duration(o.topology_history_max_age)),
+        topology_history_max_rows: Some(o.topology_history_max_rows),
     };
     toml::to_string(&f).expect("config serializes")
 }

@@ -144,7 +144,14 @@ async fn the_api_answers_from_the_in_memory_store() {
         events,
         Arc::new(SharedMetrics::default()),
         last_event,
-        None,
+        // The operator token guards writes; this test only reads.
+        assim_cma_daemon::api_access::ApiAccess::new(
+            "operator-token-for-writes",
+            None,
+            "127.0.0.1:0".parse().unwrap(),
+            &[],
+            &[],
+        ),
         info,
     )
     .unwrap();

@@ -114,7 +114,7 @@ impl Collector {
         match self {
             Collector::Interfaces => to_discovery(name, &crate::interfaces::collect_interfaces()?),
             Collector::Neighbours => to_discovery(name, &crate::neighbours::collect_neighbours()?),
-            Collector::Sockets => to_discovery(name, &crate::sockets::collect_sockets()?),
+            Collector::Sockets => crate::sockets::collect_sockets()?.to_discovery(),
             Collector::Os => to_discovery(name, &crate::os::collect_os()?),
             Collector::Cpu => to_discovery(name, &crate::hw::collect_cpu()?),
             Collector::Memory => to_discovery(name, &crate::hw::collect_memory()?),

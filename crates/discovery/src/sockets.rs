@@ -4,6 +4,12 @@
 //!
 //! Processes that cannot be read (other users, raced exits) leave their
 //! sockets without an owner; that is never an error.
+//!
+//! The result carries every connection (the CMA derives dependencies from them), but its
+//! content hash covers only [`Sockets::stable_view`]: the listeners and the service-level view
+//! of the connections, without ephemeral ports, inodes or pids. So a busy host whose clients
+//! come and go on new ports sends a new result only when a listener, a dependency (program →
+//! remote address and service port) or a client host of one of its services changes.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -79,6 +85,66 @@ pub struct Sockets {
     pub listening: Vec<SocketEntry>,
     /// Established TCP connections, sorted.
     pub established: Vec<SocketEntry>,
+}
+
+/// What an operator cares about in a [`Sockets`] result: its content hash covers this only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StableView {
+    /// Listeners: protocol, address, user and program (not the inode or the pid).
+    pub listening: std::collections::BTreeSet<StableListener>,
+    /// Outbound connections as dependencies: program → remote address and service port.
+    pub outbound: std::collections::BTreeSet<(Option<String>, IpAddr, u16)>,
+    /// Inbound connections as clients of a service: local service port ← remote host.
+    pub inbound: std::collections::BTreeSet<(u16, IpAddr)>,
+}
+
+/// One listener in the [`StableView`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct StableListener {
+    pub protocol: Protocol,
+    pub local: SocketAddr,
+    pub uid: u32,
+    pub exe: Option<String>,
+    pub cmdline: Vec<String>,
+}
+
+impl Sockets {
+    /// The result as the collector sends it: every socket in the payload, the hash over
+    /// [`Sockets::stable_view`] only.
+    pub fn to_discovery(&self) -> Result<crate::collector::Discovery, DiscoveryError> {
+        Ok(crate::collector::Discovery {
+            name: "sockets".to_string(),
+            hash: crate::hash::try_content_hash(&self.stable_view())?,
+            payload: serde_json::to_value(self)?,
+        })
+    }
+
+    /// The stable part of this result (see the module doc).
+    pub fn stable_view(&self) -> StableView {
+        let mut v = StableView::default();
+        let mut tcp_ports = std::collections::BTreeSet::new();
+        for e in &self.listening {
+            if e.protocol == Protocol::Tcp {
+                tcp_ports.insert(e.local.port());
+            }
+            v.listening.insert(StableListener {
+                protocol: e.protocol,
+                local: e.local,
+                uid: e.uid,
+                exe: e.owner.as_ref().and_then(|o| o.exe.clone()),
+                cmdline: e.owner.as_ref().map(|o| o.cmdline.clone()).unwrap_or_default(),
+            });
+        }
+        for e in &self.established {
+            if tcp_ports.contains(&e.local.port()) {
+                v.inbound.insert((e.local.port(), e.remote.ip()));
+            } else {
+                let exe = e.owner.as_ref().and_then(|o| o.exe.clone());
+                v.outbound.insert((exe, e.remote.ip(), e.remote.port()));
+            }
+        }
+        v
+    }
 }
 
 /// An IPv6 address as `/proc/net/tcp6` prints it: four native-endian 32-bit
@@ -283,6 +349,51 @@ mod tests {
         assert_eq!(s[1].remote, "[::1]:50000".parse().unwrap());
         assert_eq!(s[2].local, "[::ffff:127.0.0.1]:80".parse().unwrap());
         assert_eq!(s[2].remote, "[2001:db8::1]:443".parse().unwrap());
+    }
+
+    fn entry(local: &str, remote: &str, inode: u64, pid: u32) -> SocketEntry {
+        SocketEntry {
+            protocol: Protocol::Tcp,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            uid: 0,
+            user: Some("root".into()),
+            inode,
+            owner: Some(ProcessOwner {
+                pid,
+                exe: Some("/usr/sbin/app".into()),
+                cmdline: vec!["app".into()],
+            }),
+        }
+    }
+
+    #[test]
+    fn item_13_ephemeral_ports_inodes_and_pids_do_not_change_the_hash() {
+        let busy = |round: u64| Sockets {
+            listening: vec![entry("0.0.0.0:80", "0.0.0.0:0", 100 + round, 7 + round as u32)],
+            established: vec![
+                // Clients of the web service, each round from new ports (and sockets).
+                entry("10.0.0.1:80", &format!("10.0.0.9:{}", 40000 + round), 200 + round, 8),
+                entry("10.0.0.1:80", &format!("10.0.0.9:{}", 41000 + round), 300 + round, 8),
+                // The app's connections to its database, from new ports each round.
+                entry(&format!("10.0.0.1:{}", 50000 + round), "10.0.0.5:5432", 400 + round, 9),
+            ],
+        };
+        let hash = |s: &Sockets| s.to_discovery().unwrap().hash;
+        assert_eq!(hash(&busy(0)), hash(&busy(1)), "only volatile details changed");
+        // What an operator cares about does change it.
+        let mut new_listener = busy(1);
+        new_listener.listening.push(entry("0.0.0.0:443", "0.0.0.0:0", 5, 7));
+        assert_ne!(hash(&busy(0)), hash(&new_listener));
+        let mut new_dependency = busy(1);
+        new_dependency.established.push(entry("10.0.0.1:50999", "10.0.0.6:6379", 6, 9));
+        assert_ne!(hash(&busy(0)), hash(&new_dependency));
+        let mut new_client = busy(1);
+        new_client.established.push(entry("10.0.0.1:80", "10.0.0.77:40000", 7, 8));
+        assert_ne!(hash(&busy(0)), hash(&new_client));
+        // The payload still carries every connection.
+        let d = busy(1).to_discovery().unwrap();
+        assert_eq!(d.payload["established"].as_array().unwrap().len(), 3);
     }
 
     #[test]

@@ -151,3 +151,86 @@ fn only_executable_visible_files_are_agents() {
     assert_eq!(names, ["agent.a-agent", "agent.b-agent"]);
     assert!(list_agents(&dir.path().join("missing")).is_empty());
 }
+
+#[test]
+fn item_14_an_agent_whose_child_left_its_group_does_not_hang_the_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("escaped.pid");
+    // The child starts its own session (so its own process group) and keeps stdout and stderr.
+    let p = agent(
+        dir.path(),
+        "escape",
+        &format!(
+            "setsid sh -c 'echo $$ > {}; exec sleep 60' &\nwhile [ ! -s {} ]; do sleep 0.01; done\necho '{{}}'",
+            pidfile.display(),
+            pidfile.display()
+        ),
+    );
+    let started = Instant::now();
+    let r = run(&p, AgentLimits { timeout: Duration::from_secs(20), ..AgentLimits::default() });
+    let took = started.elapsed();
+    let escaped: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(escaped), nix::sys::signal::SIGKILL);
+    let (error, exit) = error_of(&r);
+    assert!(error.contains("left its process group"), "{error}");
+    assert_eq!(exit, 0);
+    assert!(took < Duration::from_secs(5), "returned after {took:?}");
+
+    // A background process that stayed in the group is ended, and the output counts.
+    let bg = dir.path().join("bg.pid");
+    let p = agent(
+        dir.path(),
+        "background",
+        &format!("sleep 60 & echo $! > {}\necho '{{\"ok\":1}}'", bg.display()),
+    );
+    let started = Instant::now();
+    let r = run(&p, AgentLimits { timeout: Duration::from_secs(20), ..AgentLimits::default() });
+    assert_eq!(r.error, None, "{r:?}");
+    assert_eq!(r.discovery.payload["ok"], 1);
+    assert!(started.elapsed() < Duration::from_secs(5), "returned after {:?}", started.elapsed());
+    let child: u32 = std::fs::read_to_string(&bg).unwrap().trim().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dead(child) {
+        assert!(Instant::now() < deadline, "the agent's background child {child} survived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn item_14_agents_writable_or_owned_by_others_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = agent(dir.path(), "inv", "echo '{}'");
+    assert_eq!(run(&p, AgentLimits::default()).error, None);
+
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let r = run(&p, AgentLimits::default());
+    let (error, exit) = error_of(&r);
+    assert!(error.contains("agent directory") && error.contains("chmod go-w"), "{error}");
+    assert!(exit.is_null());
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let r = run(&p, AgentLimits::default());
+    let (error, _) = error_of(&r);
+    assert!(error.contains("writable by group or others (mode 0775)"), "{error}");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(run(&p, AgentLimits::default()).error, None);
+
+    // Owned by another user (tests run as root in CI, which may give a file away).
+    if nix::unistd::geteuid().is_root() {
+        nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let r = run(&p, AgentLimits::default());
+        let (error, _) = error_of(&r);
+        assert!(error.contains("owned by uid 65534"), "{error}");
+    } else {
+        assim_util::testing::skip("giving a file to another user needs root");
+    }
+}
+
+#[test]
+fn item_14_agents_get_a_fixed_path_not_the_daemons() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = agent(dir.path(), "path", r#"printf '{"path":"%s"}' "$PATH""#);
+    let r = run(&p, AgentLimits::default());
+    assert_eq!(r.discovery.payload["path"], assim_discovery::agents::SAFE_PATH);
+}

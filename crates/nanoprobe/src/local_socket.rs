@@ -13,12 +13,15 @@
 //! ```
 //!
 //! Only `text` is required; `severity` defaults to `info`. `id` is the record number in this
-//! nanoprobe's spool. Without `confirm` the reply comes once the event is in the spool (fsync'd:
-//! it survives a nanoprobe crash and reaches the CMA when it is back); with `confirm` the reply
-//! waits until the CMA acknowledged the record, i.e. holds it in its own durable inbox — the
-//! client chooses how long to wait. Lines are at most [`MAX_LINE`] bytes; a longer line, bad
-//! JSON, an unknown field or an invalid value gets an error reply, and the connection stays
-//! usable (a too-long line closes it).
+//! nanoprobe's spool. Without `confirm` the reply comes once the event is in the spool *and the
+//! spool's fsync covering it has returned* (it survives a nanoprobe crash and reaches the CMA
+//! when it is back); with `confirm` the reply waits until the CMA acknowledged the record, i.e.
+//! holds it in its own durable inbox — the client chooses how long to wait. Both waits are kept
+//! in [`Confirmations`], which the driver settles after every group commit with the spool's
+//! durable and acknowledged positions ([`Confirmations::settle`]). A client that disconnects
+//! while it waits frees its connection slot at once (its wait is dropped at the next settle).
+//! Lines are at most [`MAX_LINE`] bytes; a longer line, bad JSON, an unknown field or an invalid
+//! value gets an error reply, and the connection stays usable (a too-long line closes it).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -108,39 +111,62 @@ pub struct LocalRequest {
     pub reply: oneshot::Sender<Reply>,
 }
 
-/// Replies waiting for the CMA's acknowledgement of their spool record.
+/// Replies waiting for their spool record: to be durable (fsync'd), or acknowledged by the CMA.
 #[derive(Debug, Default)]
 pub struct Confirmations {
+    /// Without `confirm`: answered (`confirmed: false`) once the record is durable.
+    unsynced: Vec<(u64, oneshot::Sender<Reply>)>,
+    /// With `confirm`: answered (`confirmed: true`) once the CMA acknowledged the record.
     pending: Vec<(u64, oneshot::Sender<Reply>)>,
 }
 
 impl Confirmations {
+    /// Waits for the CMA's acknowledgement of `record`.
     pub fn add(&mut self, record: u64, reply: oneshot::Sender<Reply>) {
         self.pending.push((record, reply));
     }
 
-    /// Answers every waiter whose record the CMA acknowledged (`through` and below).
-    pub fn settle_and_reply(&mut self, through: u64) {
-        let (done, keep): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.pending).into_iter().partition(|(r, _)| *r <= through);
-        self.pending = keep;
-        for (record, tx) in done {
-            let _ =
-                tx.send(Reply { ok: true, id: Some(record), confirmed: Some(true), error: None });
+    /// Waits for `record` to be durable in the spool.
+    pub fn add_unsynced(&mut self, record: u64, reply: oneshot::Sender<Reply>) {
+        self.unsynced.push((record, reply));
+    }
+
+    /// Answers every waiter whose record is durable (`durable_through` and below: the spool's
+    /// fsync'd position) or acknowledged by the CMA (`acked_through` and below), and forgets the
+    /// waiters whose client has gone. Call after every group commit and acknowledgement.
+    pub fn settle(&mut self, durable_through: u64, acked_through: u64) {
+        for (list, through, confirmed) in [
+            (&mut self.unsynced, durable_through.max(acked_through), false),
+            (&mut self.pending, acked_through, true),
+        ] {
+            let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(list)
+                .into_iter()
+                .filter(|(_, tx)| !tx.is_closed())
+                .partition(|(r, _)| *r <= through);
+            *list = keep;
+            for (record, tx) in done {
+                let _ = tx.send(Reply {
+                    ok: true,
+                    id: Some(record),
+                    confirmed: Some(confirmed),
+                    error: None,
+                });
+            }
         }
     }
 
+    /// Waiters of both kinds.
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.unsynced.len() + self.pending.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.len() == 0
     }
 }
 
-/// Spools a request's event and answers it: at once, or (with `confirm`) when the CMA has
-/// acknowledged its record ([`Confirmations::settle_and_reply`]).
+/// Spools a request's event; its answer comes from [`Confirmations::settle`] once the record is
+/// durable, or (with `confirm`) once the CMA has acknowledged it. A refusal is answered at once.
 pub fn submit(
     link: &mut crate::nanoprobe::ProbeShell,
     confirmations: &mut Confirmations,
@@ -154,17 +180,13 @@ pub fn submit(
             confirmations.add(record, req.reply);
         }
         Some(record) => {
-            debug!(record, text_len, "local event spooled");
-            let _ = req.reply.send(Reply {
-                ok: true,
-                id: Some(record),
-                confirmed: Some(false),
-                error: None,
-            });
+            debug!(record, text_len, "local event spooled; waiting for the fsync");
+            confirmations.add_unsynced(record, req.reply);
         }
         None => {
             let _ = req.reply.send(Reply::error(
-                "the nanoprobe's spool is full: the event was sent without disk protection and                  cannot be confirmed (see the nanoprobe's log; raise --spool-max-mb)",
+                "the nanoprobe's spool is full: the event was sent without disk protection and \
+                 cannot be confirmed (see the nanoprobe's log; raise --spool-max-mb)",
             ));
         }
     }
@@ -281,7 +303,15 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<LocalRequest>) {
                     if tx.send(LocalRequest { event, confirm, reply: rtx }).await.is_err() {
                         Reply::error("the nanoprobe is stopping")
                     } else {
-                        rrx.await.unwrap_or_else(|_| Reply::error("the nanoprobe is stopping"))
+                        // A client that hangs up while it waits (for the CMA, possibly for
+                        // hours) gives its slot back at once.
+                        tokio::select! {
+                            r = rrx => r.unwrap_or_else(|_| Reply::error("the nanoprobe is stopping")),
+                            () = peer_closed(&mut read) => {
+                                debug!("local event client left before its answer");
+                                return;
+                            }
+                        }
                     }
                 }
                 Err(e) => Reply::error(e),
@@ -293,6 +323,15 @@ async fn connection(stream: UnixStream, tx: mpsc::Sender<LocalRequest>) {
         if too_long {
             return;
         }
+    }
+}
+
+/// Resolves when the client has closed its side (or the connection failed); never while it is
+/// open, even when it already sent its next request (which stays buffered for the loop).
+async fn peer_closed<R: tokio::io::AsyncBufRead + Unpin>(read: &mut R) {
+    match read.fill_buf().await {
+        Ok([]) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 
@@ -337,12 +376,98 @@ mod tests {
         let (b, mut rb) = oneshot::channel();
         c.add(3, a);
         c.add(5, b);
-        c.settle_and_reply(4);
+        c.settle(9, 4);
         assert_eq!(ra.try_recv().unwrap().id, Some(3));
         assert!(rb.try_recv().is_err());
         assert_eq!(c.len(), 1);
-        c.settle_and_reply(9);
+        c.settle(9, 9);
         assert_eq!(rb.try_recv().unwrap().confirmed, Some(true));
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn item_11_the_unconfirmed_answer_waits_for_the_fsync() {
+        let mut c = Confirmations::default();
+        let (a, mut ra) = oneshot::channel();
+        c.add_unsynced(7, a);
+        // Appended but not yet durable: no answer.
+        c.settle(6, 0);
+        assert!(ra.try_recv().is_err(), "answered before the fsync");
+        c.settle(7, 0);
+        let r = ra.try_recv().unwrap();
+        assert_eq!((r.ok, r.id, r.confirmed), (true, Some(7), Some(false)));
+        assert!(c.is_empty());
+        // Waiters whose client left are forgotten, not kept until the CMA is back.
+        let (b, rb) = oneshot::channel();
+        c.add(8, b);
+        drop(rb);
+        c.settle(8, 0);
+        assert!(c.is_empty());
+    }
+
+    /// A driver stand-in: answers requests without `confirm` at once, and keeps the others
+    /// waiting for ever (a CMA that never acknowledges).
+    async fn fake_driver(mut rx: mpsc::Receiver<LocalRequest>, seen: mpsc::UnboundedSender<()>) {
+        let mut held = Vec::new();
+        while let Some(req) = rx.recv().await {
+            if req.confirm {
+                held.push(req.reply);
+                let _ = seen.send(());
+            } else {
+                let _ = req.reply.send(Reply {
+                    ok: true,
+                    id: Some(1),
+                    confirmed: Some(false),
+                    error: None,
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn item_11_confirm_waiters_that_hang_up_free_their_slots() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            // (No tempfile dev-dependency here: a directory of our own, removed at the end.)
+            let dir = std::env::temp_dir().join(format!("assim-item11-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let listener = bind(&dir).unwrap();
+            let (tx, rx) = mpsc::channel(256);
+            let (seen_tx, mut seen) = mpsc::unbounded_channel();
+            tokio::spawn(serve(listener, tx));
+            tokio::spawn(fake_driver(rx, seen_tx));
+            let path = socket_path(&dir);
+            // Every slot taken by a client waiting for a confirmation that never comes...
+            let mut clients = Vec::new();
+            for _ in 0..MAX_CONNECTIONS {
+                let mut s = UnixStream::connect(&path).await.unwrap();
+                s.write_all(b"{\"text\":\"x\",\"confirm\":true}\n").await.unwrap();
+                clients.push(s);
+            }
+            for _ in 0..MAX_CONNECTIONS {
+                tokio::time::timeout(Duration::from_secs(10), seen.recv()).await.unwrap();
+            }
+            // ... and then every one of them hangs up.
+            drop(clients);
+            // A new client is served (within a deadline: the slots come back asynchronously).
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let s = UnixStream::connect(&path).await.unwrap();
+                let (r, mut w) = s.into_split();
+                w.write_all(b"{\"text\":\"after\"}\n").await.unwrap();
+                let mut line = String::new();
+                BufReader::new(r).read_line(&mut line).await.unwrap();
+                let reply: Reply = serde_json::from_str(&line).unwrap();
+                if reply.ok {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "local events still refused after the waiting clients left: {line}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        });
     }
 }

@@ -474,7 +474,11 @@ impl Probe {
                 let _ = self.socket.try_send_to(&d.bytes, d.addr);
             }
         }
-        self.confirmations.settle_and_reply(self.shell.spool().stats().acked_through);
+        // Durable position: what the spool's log has fsync'd (acknowledged records included).
+        let spool = self.shell.spool();
+        let acked = spool.stats().acked_through;
+        let durable = spool.log().map_or(acked, |l| l.durable_lsn()).max(acked);
+        self.confirmations.settle(durable, acked);
     }
 
     /// Writes the nanoprobe's counters in the Prometheus text format (for node_exporter's

@@ -19,9 +19,11 @@
 //! - [`topology`]: the topology graph derived from discovery results, and its queries.
 //! - [`queries`]: the read side of the API and the CLI (`assim_store::Queries`) over all of it,
 //!   and [`queries::queries_opener`].
+//! - [`retention`]: the bound on the topology history.
 
 pub mod bus;
 pub mod queries;
+pub mod retention;
 pub mod services;
 pub mod topology;
 
