@@ -104,6 +104,10 @@ pub enum CmaCommand {
     Token(TokenCommand),
 }
 
+/// Enrollments a join token allows unless `--uses` says otherwise: a leaked token admits a
+/// bounded number of identities (issue 16 item 4).
+pub const DEFAULT_TOKEN_USES: u64 = 100;
+
 /// `cma token …`
 #[derive(Subcommand, Debug, Clone)]
 pub enum TokenCommand {
@@ -116,8 +120,8 @@ pub enum TokenCommand {
         /// How long the token stays valid for new enrollments.
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         ttl: Duration,
-        /// How many nodes may enroll with it (0 = unlimited).
-        #[arg(long, default_value_t = 0)]
+        /// How many nodes may enroll with it (0 = unlimited, which you must ask for).
+        #[arg(long, default_value_t = DEFAULT_TOKEN_USES)]
         uses: u64,
     },
 }
@@ -425,7 +429,9 @@ fn token_create(
         uses: 0,
     })?;
     eprintln!(
-        "Join token for CMA {} (key {}), valid {}{}. Start a nanoprobe with:\n  nanoprobe --token <TOKEN>",
+        "Join token for CMA {} (key {}), valid {}{}. Save it in a file only root can read \
+         (chmod 600) and start a nanoprobe with:\n  nanoprobe --token-file FILE   \
+         (or ASSIM_TOKEN=TOKEN in its environment; not --token, which other users can see)",
         identity.node_id(),
         identity.fingerprint(),
         format_duration(ttl),

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use assim_util::daemon::{block_on_shutdown, init_logging, read_config_file};
 use assim_util::duration::{format_duration, parse_duration};
 use clap::Args;
@@ -31,6 +31,7 @@ pub struct NanoprobeFlags {
     #[arg(long, env = "ASSIM_NANOPROBE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Join token from `cma token create`: pins the CMA's key and proves we may enroll.
+    /// Prefer `--token-file` or `ASSIM_TOKEN`: other local users can read a command line.
     #[arg(
         long,
         env = "ASSIM_TOKEN",
@@ -38,6 +39,9 @@ pub struct NanoprobeFlags {
         conflicts_with = "trust_on_first_use"
     )]
     pub token: Option<String>,
+    /// File holding the join token (first line; it must not be readable by group or others).
+    #[arg(long, env = "ASSIM_TOKEN_FILE", conflicts_with_all = ["token", "trust_on_first_use"])]
+    pub token_file: Option<PathBuf>,
     /// Trust whatever key the CMA presents on first contact and pin it (labs and demos only).
     #[arg(long, env = "ASSIM_TRUST_ON_FIRST_USE")]
     pub trust_on_first_use: bool,
@@ -88,7 +92,10 @@ impl NanoprobeFlags {
     pub fn resolve(&self) -> anyhow::Result<crate::nanoprobe::NanoprobeOptions> {
         use crate::nanoprobe::Enrollment;
         let file: NanoprobeFile = read_config_file(self.config.as_deref())?;
-        let token = self.token.clone().or(file.token);
+        let token = match &self.token_file {
+            Some(path) => Some(read_token_file(path)?),
+            None => self.token.clone().or(file.token),
+        };
         let tofu = self.trust_on_first_use || file.trust_on_first_use.unwrap_or(false);
         let enrollment = match (token, tofu) {
             (Some(_), true) => bail!("give either a join token or --trust-on-first-use, not both"),
@@ -169,4 +176,50 @@ pub fn run_nanoprobe(flags: NanoprobeFlags) -> anyhow::Result<()> {
     }
     init_logging();
     block_on_shutdown(|s| crate::nanoprobe::run(opts, s))
+}
+
+/// Reads a join token from `path`: its first line, from a file only its owner can read.
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the join token file {}", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "the join token file {} is readable by other users (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            meta.mode() & 0o777,
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the join token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        bail!("the join token file {} is empty", path.display());
+    }
+    Ok(token.to_owned())
+}
+
+#[cfg(test)]
+mod token_file_tests {
+    use super::read_token_file;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn item_4_the_join_token_comes_from_a_private_file() {
+        let dir = std::env::temp_dir().join(format!("assim-token-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "assim1.abc\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_token_file(&path).unwrap(), "assim1.abc");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_token_file(&path).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::write(&path, "\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_token_file(&path).unwrap_err().to_string().contains("empty"));
+        assert!(read_token_file(&dir.join("none")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
