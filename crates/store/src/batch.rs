@@ -25,20 +25,8 @@ pub struct InboxProgress {
     pub schedule: Option<assim_cma::schedule::StoredSchedule>,
 }
 
-/// The latest result of one discovery collector on one node.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DiscoveryRecord {
-    pub node: NodeId,
-    pub name: String,
-    /// Hex SHA-256 of the canonical JSON payload, as the nanoprobe computed it.
-    pub hash: String,
-    /// The collector's JSON document.
-    pub payload: String,
-    /// When the nanoprobe collected it, µs since the epoch.
-    pub collected_at: u64,
-    /// When the CMA stored it, µs since the epoch.
-    pub updated_at: u64,
-}
+/// The latest result of one discovery collector on one node: the core's record.
+pub use assim_cma::DiscoveryRecord;
 
 /// An enrollment token as the CMA keeps it: the secret only as its SHA-256
 /// (`assim_seal::secret_hash`), which a presented secret is checked against.

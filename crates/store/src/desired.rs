@@ -10,7 +10,7 @@ use assim_cma::schedule::StoredSchedule;
 use assim_cma::{DesiredChange, DesiredSnapshot};
 use assim_wire::NodeId;
 
-use crate::batch::{DiscoveryRecord, InboxProgress};
+use crate::batch::InboxProgress;
 use crate::services::{
     CheckSetRecord, ManualChange, ManualCheck, MonitorRecord, RememberedService,
     ServiceStateRecord, StoredCheck,
@@ -39,16 +39,7 @@ pub fn add_change(progress: &mut InboxProgress, change: DesiredChange) {
                 })
                 .collect(),
         }),
-        DesiredChange::ServiceState(r) => s.states.push(ServiceStateRecord {
-            node: r.node,
-            check: r.check,
-            state: r.state,
-            output: r.output,
-            perfdata: r.perfdata,
-            flapping: r.flapping,
-            since: r.since,
-            updated_at: r.updated_at,
-        }),
+        DesiredChange::ServiceState(r) => s.states.push(r),
         DesiredChange::Manual(core::ManualChange::Put(m)) => {
             s.manual.push(ManualChange::Put(ManualCheck {
                 node: m.node,
@@ -62,14 +53,7 @@ pub fn add_change(progress: &mut InboxProgress, change: DesiredChange) {
         DesiredChange::Remembered { node, services } => {
             s.remembered.push((node, services.into_iter().map(remembered_to_store).collect()))
         }
-        DesiredChange::Discovery(d) => progress.discovery.push(DiscoveryRecord {
-            node: d.node,
-            name: d.name,
-            hash: d.hash,
-            payload: d.payload,
-            collected_at: d.collected_at,
-            updated_at: d.updated_at,
-        }),
+        DesiredChange::Discovery(d) => progress.discovery.push(d),
     }
 }
 
@@ -132,20 +116,7 @@ pub fn snapshot(d: StoredDesired) -> DesiredSnapshot {
                     .collect(),
             })
             .collect(),
-        states: d
-            .states
-            .into_iter()
-            .map(|r| assim_cma::ServiceStateRecord {
-                node: r.node,
-                check: r.check,
-                state: r.state,
-                output: r.output,
-                perfdata: r.perfdata,
-                flapping: r.flapping,
-                since: r.since,
-                updated_at: r.updated_at,
-            })
-            .collect(),
+        states: d.states,
         manual: d
             .manual
             .into_iter()

@@ -47,21 +47,8 @@ pub struct CheckSetRecord {
     pub monitors: Vec<MonitorRecord>,
 }
 
-/// The last reported state of one check.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceStateRecord {
-    pub node: NodeId,
-    pub check: String,
-    /// "ok", "warning", "critical", "unknown".
-    pub state: String,
-    pub output: String,
-    pub perfdata: String,
-    pub flapping: bool,
-    /// When the state was entered, µs since the epoch (kept while the state stays the same).
-    pub since: u64,
-    /// When it was last reported, µs since the epoch.
-    pub updated_at: u64,
-}
+/// The last reported state of one check: the core's record.
+pub use assim_cma::ServiceStateRecord;
 
 /// What one CMA batch changes in service monitoring.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
