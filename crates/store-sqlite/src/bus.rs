@@ -211,35 +211,7 @@ impl Store {
         keep: u64,
         batch: usize,
     ) -> Result<Pruned, StoreError> {
-        let mut out = Pruned::default();
-        // Ids grow with time, so the old events are a prefix of the id order: walk it from the
-        // oldest and stop at the first young one.
-        let n = self
-            .conn
-            .execute(
-                "DELETE FROM events WHERE id IN
-                 (SELECT id FROM events WHERE time < ?1 ORDER BY id LIMIT ?2)",
-                params![older_than.0 as i64, batch as i64],
-            )
-            .map_err(|e| self.sql(e))?;
-        out.by_age = n as u64;
-        let left = batch.saturating_sub(n);
-        if left > 0 {
-            let total = self.event_count()?;
-            let excess = total.saturating_sub(keep).min(left as u64);
-            if excess > 0 {
-                let n = self
-                    .conn
-                    .execute(
-                        "DELETE FROM events WHERE id IN
-                         (SELECT id FROM events ORDER BY id LIMIT ?1)",
-                        [excess as i64],
-                    )
-                    .map_err(|e| self.sql(e))?;
-                out.by_count = n as u64;
-            }
-        }
-        Ok(out)
+        self.prune_table("events", older_than, keep, batch)
     }
 }
 

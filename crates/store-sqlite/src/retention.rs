@@ -24,13 +24,28 @@ impl Store {
         keep: u64,
         batch: usize,
     ) -> Result<Pruned, StoreError> {
+        self.prune_table("topo_history", older_than, keep, batch)
+    }
+
+    /// One retention step over `table` (its `id` grows with its `time`): deletes at most `batch`
+    /// rows older than `older_than`, then the oldest beyond the newest `keep`. One short write
+    /// transaction per call. Shared by the event log and the topology history.
+    pub(crate) fn prune_table(
+        &mut self,
+        table: &'static str,
+        older_than: Timestamp,
+        keep: u64,
+        batch: usize,
+    ) -> Result<Pruned, StoreError> {
         let mut out = Pruned::default();
         // Ids grow with time: the old rows are a prefix of the id order.
         let n = self
             .conn
             .execute(
-                "DELETE FROM topo_history WHERE id IN
-                 (SELECT id FROM topo_history WHERE time < ?1 ORDER BY id LIMIT ?2)",
+                &format!(
+                    "DELETE FROM {table} WHERE id IN
+                     (SELECT id FROM {table} WHERE time < ?1 ORDER BY id LIMIT ?2)"
+                ),
                 params![older_than.0 as i64, batch as i64],
             )
             .map_err(|e| self.sql(e))?;
@@ -39,15 +54,17 @@ impl Store {
         if left > 0 {
             let total: i64 = self
                 .conn
-                .query_row("SELECT COUNT(*) FROM topo_history", [], |r| r.get(0))
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
                 .map_err(|e| self.sql(e))?;
             let excess = (total.max(0) as u64).saturating_sub(keep).min(left as u64);
             if excess > 0 {
                 let n = self
                     .conn
                     .execute(
-                        "DELETE FROM topo_history WHERE id IN
-                         (SELECT id FROM topo_history ORDER BY id LIMIT ?1)",
+                        &format!(
+                            "DELETE FROM {table} WHERE id IN
+                             (SELECT id FROM {table} ORDER BY id LIMIT ?1)"
+                        ),
                         [excess as i64],
                     )
                     .map_err(|e| self.sql(e))?;
