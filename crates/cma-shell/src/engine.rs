@@ -22,6 +22,7 @@ use assim_wire::msg::{Body, Message};
 use assim_wire::{NodeId, Timestamp};
 use tracing::{debug, error, info, warn};
 
+use crate::reader::{Incarnation, incarnation_change};
 use crate::{EventTagger, Metrics, Note};
 use assim_store::{EngineStore, InboxProgress};
 
@@ -63,6 +64,8 @@ pub(crate) struct Engine<S> {
     pub(crate) store: S,
     /// Per node: the highest spool record applied (stored or in the batch).
     pub(crate) applied: HashMap<NodeId, u64>,
+    /// Per node: the spool incarnation `applied` counts in (stored or in the batch).
+    pub(crate) incarnations: HashMap<NodeId, u64>,
     batch: Batch,
     commit_interval: Duration,
     last_commit: Option<Instant>,
@@ -84,11 +87,43 @@ impl<S: EngineStore> Engine<S> {
             core,
             store,
             applied,
+            incarnations: HashMap::new(),
             batch: Batch::default(),
             commit_interval,
             last_commit: None,
             commit_soon: false,
             tagger,
+        }
+    }
+
+    /// The spool incarnations stored with `applied`.
+    pub(crate) fn with_incarnations(mut self, incarnations: HashMap<NodeId, u64>) -> Self {
+        self.incarnations = incarnations;
+        self
+    }
+
+    /// A hello's spool incarnation (issue 16 item 9, see [`crate::reader`]): remembered in the
+    /// batch, and a new one resets the node's applied record there too.
+    fn note_hello(&mut self, node: NodeId, m: &Message) {
+        let Some(Body::Hello(h)) = &m.body else { return };
+        let inc = h.spool_incarnation;
+        let reset = match incarnation_change(self.incarnations.get(&node).copied(), inc) {
+            Incarnation::Same => return,
+            Incarnation::Adopt => false,
+            Incarnation::Reset => true,
+        };
+        self.incarnations.insert(node, inc);
+        let entry = self.batch.progress.incarnations.entry(node).or_default();
+        entry.incarnation = inc;
+        if reset {
+            entry.reset = true;
+            let old = self.applied.insert(node, 0).unwrap_or(0);
+            let a = self.batch.progress.applied.entry(node).or_insert((0, 0));
+            a.0 = 0;
+            info!(
+                node = %node, old_through = old, incarnation = format_args!("{inc:016x}"),
+                "the node's spool was lost or reset; taking its records from 1 again"
+            );
         }
     }
 
@@ -116,6 +151,7 @@ impl<S: EngineStore> Engine<S> {
             let e = self.batch.progress.applied.entry(sender).or_insert((0, 0));
             *e = (m.record, e.1 + 1);
         }
+        self.note_hello(sender, &m);
         let Some(body) = m.body else {
             metrics.reject("unknown_message");
             return;

@@ -245,6 +245,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
         }
         let replay = inbox.read_from(loaded.position + 1).map_err(StartError::Inbox)?;
         let applied: HashMap<NodeId, u64> = loaded.applied.into_iter().collect();
+        let incarnations: HashMap<NodeId, u64> = loaded.incarnations.into_iter().collect();
         // Queues the peer sets of every ring member (desired state after a start) and the
         // discovery schedule's new epoch if its configuration changed.
         let core = Authority::new(config.authority, loaded.snapshot, loaded.desired, now.wall);
@@ -252,8 +253,9 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
         let mut shell = Shell {
             seal,
             conns,
-            reader: Reader::new(inbox, applied.clone()),
-            engine: Engine::new(core, store, applied, config.commit_interval, config.tagger),
+            reader: Reader::new(inbox, applied.clone(), incarnations.clone()),
+            engine: Engine::new(core, store, applied, config.commit_interval, config.tagger)
+                .with_incarnations(incarnations),
             open_enrollment: config.open_enrollment,
             effects: Effects::default(),
             transmits: VecDeque::new(),
@@ -285,6 +287,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             if self.seal.peer_key(node).is_none() {
                 self.seal.add_peer(node, key);
             }
+            self.reader.note_hello(node, &m);
             if m.record > 0 {
                 let seen = self.reader.seen.entry(node).or_insert(0);
                 *seen = (*seen).max(m.record);
@@ -417,10 +420,11 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
     /// the frames to send.
     pub fn flush(&mut self, now: Now) {
         self.last = now;
-        let committed = self.reader.commit(&self.engine.applied, &mut self.metrics);
+        let committed =
+            self.reader.commit(&self.engine.applied, &self.engine.incarnations, &mut self.metrics);
         let mut effects = std::mem::take(&mut self.effects);
-        for (node, through) in committed.acks {
-            let body = Body::Ack(msg::Ack { through });
+        for (node, through, incarnation) in committed.acks {
+            let body = Body::Ack(msg::Ack { through, incarnation });
             effects.sends.push(Send::Reliable { to: node, addr: None, body });
         }
         for (lsn, node, key, m) in committed.apply {

@@ -5,6 +5,19 @@
 //!   or below the highest seen is a duplicate (dropped, but acknowledged again), one beyond the
 //!   next is a gap (an earlier record was refused, e.g. the disk was full) and waits for the
 //!   resend. Messages without a record number (hello, goodbye, unspooled reports) always go in.
+//! - **Spool incarnation** (issue 16 item 9). A hello carries the node's spool incarnation.
+//!   One that replaces a known one means the node's spool was lost or reset and numbers its
+//!   records from 1 again: the node's seen record drops to 0 at that point of the node's
+//!   stream, so its new records are taken. The engine does the same when it applies the hello
+//!   (in inbox order, so a replay after a restart resets at the same point) and stores the
+//!   incarnation in the same batch as the applied record it resets. The order is sound because
+//!   a node's messages arrive in the order it sent them (one reliable session delivers in
+//!   order, and datagrams of an older session are refused once a newer one was seen), and a
+//!   node says hello before it sends any record of a new incarnation; records before the hello
+//!   count in the old incarnation. `Ack`s carry the incarnation they count in, so an old
+//!   acknowledgement that reaches a new spool (the reliable layer resends to a restarted
+//!   node what it had not delivered) deletes nothing. An unknown incarnation (0, or a node
+//!   that never sent one) is adopted without a reset: an upgraded node keeps its numbers.
 //! - **Group commit.** Everything appended in a turn is made durable by one sync; only then is
 //!   any `Ack` sent. A failed sync acknowledges nothing: spooled records are resent by their
 //!   senders; messages without a record number were already acknowledged by the transport, so
@@ -13,7 +26,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use assim_wire::NodeId;
-use assim_wire::msg::Message;
+use assim_wire::msg::{Body, Message};
 use tracing::error;
 
 use crate::Metrics;
@@ -35,8 +48,29 @@ pub(crate) struct Pending {
 pub(crate) struct Committed {
     /// Records for the engine, in inbox order; `None` position: not in the inbox (see above).
     pub(crate) apply: Vec<(Option<u64>, NodeId, [u8; 32], Message)>,
-    /// `Ack { through }` to send, per node.
-    pub(crate) acks: Vec<(NodeId, u64)>,
+    /// `Ack { through, incarnation }` to send, per node.
+    pub(crate) acks: Vec<(NodeId, u64, u64)>,
+}
+
+/// What a hello's spool incarnation means for a node whose known one is `known` (issue 16
+/// item 9; see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Incarnation {
+    /// The same, or the hello carries none (0): nothing changes.
+    Same,
+    /// None was known: remember it, keep the node's record numbers.
+    Adopt,
+    /// Another one was known: the node's records start again at 1.
+    Reset,
+}
+
+pub(crate) fn incarnation_change(known: Option<u64>, hello: u64) -> Incarnation {
+    match known {
+        _ if hello == 0 => Incarnation::Same,
+        Some(k) if k == hello => Incarnation::Same,
+        None | Some(0) => Incarnation::Adopt,
+        Some(_) => Incarnation::Reset,
+    }
 }
 
 /// Why a message was not appended.
@@ -54,17 +88,24 @@ pub(crate) struct Reader<I> {
     pub(crate) seen: HashMap<NodeId, u64>,
     /// Nodes enrolled by a hello pending in this turn (not yet known to the core).
     pub(crate) enrolled: HashSet<NodeId>,
+    /// Per node: the spool incarnation `seen` counts in (issue 16 item 9).
+    pub(crate) incarnations: HashMap<NodeId, u64>,
     acks_due: BTreeSet<NodeId>,
     /// In arrival order, including messages without a record number that the inbox refused.
     pending: Vec<Pending>,
 }
 
 impl<I: Inbox> Reader<I> {
-    pub(crate) fn new(inbox: I, seen: HashMap<NodeId, u64>) -> Self {
+    pub(crate) fn new(
+        inbox: I,
+        seen: HashMap<NodeId, u64>,
+        incarnations: HashMap<NodeId, u64>,
+    ) -> Self {
         Reader {
             inbox,
             seen,
             enrolled: HashSet::new(),
+            incarnations,
             acks_due: BTreeSet::new(),
             pending: Vec::new(),
         }
@@ -94,12 +135,14 @@ impl<I: Inbox> Reader<I> {
                 if record > 0 {
                     self.seen.insert(node, record);
                 }
+                self.note_hello(node, &message);
                 self.pending.push(Pending { lsn: Some(lsn), node, key, message });
                 Ok(())
             }
             Err(e) => {
                 if record == 0 {
                     error!(node = %node, error = %e, "cannot append to the inbox; a message without a record number is applied without it");
+                    self.note_hello(node, &message);
                     self.pending.push(Pending { lsn: None, node, key, message });
                 } else {
                     error!(node = %node, error = %e, "cannot append to the inbox; the record is not acknowledged and will be resent");
@@ -109,11 +152,32 @@ impl<I: Inbox> Reader<I> {
         }
     }
 
-    /// The group commit: one sync, then acknowledgements. `applied` is the engine's record per
-    /// node, to which `seen` falls back when the sync fails.
+    /// A hello's spool incarnation, at its place in the node's stream (issue 16 item 9): a new
+    /// one resets the node's seen record. Returns whether it did.
+    pub(crate) fn note_hello(&mut self, node: NodeId, message: &Message) -> bool {
+        let Some(Body::Hello(h)) = &message.body else { return false };
+        let inc = h.spool_incarnation;
+        match incarnation_change(self.incarnations.get(&node).copied(), inc) {
+            Incarnation::Same => false,
+            Incarnation::Adopt => {
+                self.incarnations.insert(node, inc);
+                false
+            }
+            Incarnation::Reset => {
+                self.incarnations.insert(node, inc);
+                self.seen.insert(node, 0);
+                true
+            }
+        }
+    }
+
+    /// The group commit: one sync, then acknowledgements. `applied` and `incarnations` are the
+    /// engine's per node, to which `seen` and the reader's incarnations fall back when the sync
+    /// fails.
     pub(crate) fn commit(
         &mut self,
         applied: &HashMap<NodeId, u64>,
+        incarnations: &HashMap<NodeId, u64>,
         metrics: &mut Metrics,
     ) -> Committed {
         let mut out = Committed::default();
@@ -137,19 +201,21 @@ impl<I: Inbox> Reader<I> {
             };
         if synced {
             for node in std::mem::take(&mut self.acks_due) {
-                out.acks.push((node, self.seen.get(&node).copied().unwrap_or(0)));
+                let through = self.seen.get(&node).copied().unwrap_or(0);
+                let incarnation = self.incarnations.get(&node).copied().unwrap_or(0);
+                out.acks.push((node, through, incarnation));
             }
             out.apply.extend(pending.into_iter().map(|p| (p.lsn, p.node, p.key, p.message)));
         } else {
             self.acks_due.clear();
             self.seen = applied.clone();
-            // Already acknowledged by the transport and never resent: apply without the inbox.
-            out.apply.extend(
-                pending
-                    .into_iter()
-                    .filter(|p| p.message.record == 0)
-                    .map(|p| (None, p.node, p.key, p.message)),
-            );
+            self.incarnations = incarnations.clone();
+            // Already acknowledged by the transport and never resent: apply without the inbox
+            // (a hello among them resets here as it will in the engine).
+            for p in pending.into_iter().filter(|p| p.message.record == 0) {
+                self.note_hello(p.node, &p.message);
+                out.apply.push((None, p.node, p.key, p.message));
+            }
         }
         out
     }

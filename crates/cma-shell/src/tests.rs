@@ -67,7 +67,26 @@ impl Probe {
             started_at: EPOCH,
             token_proof: token.map(|t| t.proof(self.id.node_id(), &self.id.public_key())),
             peer_epoch: 0,
+            spool_incarnation: 0,
         })
+    }
+
+    /// A hello announcing spool incarnation `inc` (issue 16 item 9).
+    fn hello_inc(&self, inc: u64) -> Body {
+        let Body::Hello(mut h) = self.hello(None) else { unreachable!() };
+        h.spool_incarnation = inc;
+        Body::Hello(h)
+    }
+
+    /// The acknowledgements as (through, incarnation).
+    fn acks_inc(&self) -> Vec<(u64, u64)> {
+        self.received
+            .iter()
+            .filter_map(|m| match &m.body {
+                Some(Body::Ack(a)) => Some((a.through, a.incarnation)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn send(&mut self, record: u64, body: Body, now: Instant) {
@@ -501,4 +520,100 @@ fn a_failed_store_commit_is_retried_and_the_inbox_kept() {
     w.notes.clear();
     w.start(config(true, Duration::ZERO), store, 2);
     assert_eq!(w.shell().metrics().replayed, 0);
+}
+
+/// Issue 16 item 9: a node that lost its spool numbers its records from 1 again. The CMA used to
+/// drop them all as duplicates up to the old high-water mark; a hello with a new spool
+/// incarnation now restarts the next-record rule for that node, at that point of its stream,
+/// across a CMA restart at the worst moment (the reset only in the inbox, not yet stored), and
+/// late datagrams of the old process are not applied after the reset.
+#[test]
+fn item_9_a_new_spool_incarnation_restarts_the_next_record_rule() {
+    // The store lags the inbox (long commit interval) so a crash leaves the reset to replay.
+    let cfg = config(true, Duration::from_secs(3600));
+    let mut w = World::with(cfg.clone(), MemStore::default());
+    let p = w.add_probe(1);
+    let id = w.probes[p].id.node_id();
+    let hello = w.probes[p].hello_inc(0xa);
+    w.send(p, 0, hello);
+    for r in 1..=5 {
+        w.send(p, r, status(r));
+    }
+    let now = w.now();
+    w.shell().stop(now);
+    assert_eq!(w.shell().store().applied.get(&id), Some(&5));
+    assert_eq!(w.shell().store().incarnations.get(&id), Some(&0xa));
+    assert_eq!(w.probes[p].acks_inc().last(), Some(&(5, 0xa)));
+
+    // The nanoprobe restarts on an empty spool: a new session, a new incarnation, records
+    // from 1. The old process still has a record in flight.
+    let mut old = std::mem::replace(&mut w.probes[p], Probe::new(1, &w.cma, 2));
+    w.notes.clear();
+    let hello = w.probes[p].hello_inc(0xb);
+    w.send(p, 0, hello);
+    w.send(p, 1, status(101));
+    w.send(p, 2, status(102));
+    assert_eq!(w.applied(id), vec![1, 2], "the new spool's records were dropped");
+    assert_eq!(w.probes[p].acks_inc().last(), Some(&(2, 0xb)));
+    // The old process's late record 6: refused (its session is over), never applied.
+    let now = w.now();
+    old.send(6, status(6), now.mono);
+    for d in old.datagrams(now.mono) {
+        w.shell().handle_datagram(now, old.addr, &d);
+    }
+    w.pump();
+    assert_eq!(w.applied(id), vec![1, 2]);
+
+    // The CMA dies before the batch with the reset is stored.
+    let store = w.crash();
+    assert_eq!(store.incarnations.get(&id), Some(&0xa), "the store did not lag");
+    assert_eq!(store.applied.get(&id), Some(&5));
+    w.notes.clear();
+    w.t += 1_000_000;
+    w.start(cfg.clone(), store, 2);
+    assert_eq!(w.applied(id), vec![1, 2], "the replay did not reset at the hello");
+    // The node goes on: record 3 is the next, 2 a duplicate.
+    w.send(p, 2, status(102));
+    w.send(p, 3, status(103));
+    assert_eq!(w.applied(id), vec![1, 2, 3]);
+    let now = w.now();
+    w.shell().stop(now);
+    assert_eq!(w.shell().store().applied.get(&id), Some(&3));
+    assert_eq!(w.shell().store().incarnations.get(&id), Some(&0xb));
+
+    // Stored reset: a restart from it keeps counting in the new incarnation.
+    let store = w.crash();
+    w.notes.clear();
+    w.start(cfg.clone(), store, 3);
+    w.send(p, 3, status(103));
+    w.send(p, 4, status(104));
+    assert_eq!(w.applied(id), vec![4]);
+    // A hello with the same incarnation (a CMA restart, a nanoprobe restart with its spool)
+    // resets nothing, and neither does one without an incarnation (an older nanoprobe).
+    for inc in [0xb, 0] {
+        let hello = w.probes[p].hello_inc(inc);
+        w.send(p, 0, hello);
+        w.send(p, 4, status(104));
+    }
+    assert_eq!(w.applied(id), vec![4]);
+}
+
+/// Issue 16 item 9: a node first seen without an incarnation (an upgrade) adopts the one its
+/// next hello brings without a reset: its numbers go on.
+#[test]
+fn item_9_an_upgraded_node_adopts_its_incarnation_without_a_reset() {
+    let mut w = World::new(true, MemStore::default());
+    let p = w.add_probe(1);
+    let id = w.probes[p].id.node_id();
+    let hello = w.probes[p].hello_inc(0);
+    w.send(p, 0, hello);
+    w.send(p, 1, status(1));
+    w.send(p, 2, status(2));
+    let hello = w.probes[p].hello_inc(0xc);
+    w.send(p, 0, hello);
+    w.send(p, 2, status(2));
+    w.send(p, 3, status(3));
+    assert_eq!(w.applied(id), vec![1, 2, 3]);
+    assert_eq!(w.shell().store().incarnations.get(&id), Some(&0xc));
+    assert_eq!(w.shell().store().applied.get(&id), Some(&3));
 }

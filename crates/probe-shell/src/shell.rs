@@ -349,7 +349,7 @@ impl<S: SpoolStorage> Shell<S> {
         while let Some(ev) = self.conn.poll_event() {
             match ev {
                 RelEvent::Delivered(bytes) => match Message::from_bytes(&bytes) {
-                    Ok(Message { body: Some(Body::Ack(a)), .. }) => self.handle_ack(a.through, now),
+                    Ok(Message { body: Some(Body::Ack(a)), .. }) => self.handle_ack(a, now),
                     Ok(m) => self.handle_command(m, now),
                     Err(e) => {
                         warn!(error = %e, "undecodable message from the CMA");
@@ -425,8 +425,16 @@ impl<S: SpoolStorage> Shell<S> {
     }
 
     /// The CMA durably holds every record up to `through`: delete them from the spool.
-    fn handle_ack(&mut self, through: u64, now: Instant) {
-        if self.spool.ack(through, now) {
+    fn handle_ack(&mut self, ack: msg::Ack, now: Instant) {
+        if ack.incarnation != 0 && ack.incarnation != self.spool.incarnation() {
+            // It counts the records of a spool this node lost (issue 16 item 9).
+            debug!(
+                through = ack.through,
+                "an acknowledgement for another spool incarnation; ignored"
+            );
+            return;
+        }
+        if self.spool.ack(ack.through, now) {
             self.last_ack_progress = now;
         }
     }
@@ -519,6 +527,7 @@ impl<S: SpoolStorage> Shell<S> {
 
     fn send_hello(&mut self, restart: bool, now: Instant) {
         self.cfg.hello.peer_epoch = self.hb.epoch();
+        self.cfg.hello.spool_incarnation = self.spool.incarnation();
         let hello = Body::Hello(self.cfg.hello.clone());
         if let Some(id) = self.send_control(hello, now) {
             self.events.push_back(Event::HelloSent { id, restart });
@@ -843,7 +852,14 @@ impl<S: SpoolStorage> Shell<S> {
             return Some(t);
         }
         if self.spool.uncommitted() > 0 || self.spool.retry_at().is_some_and(|t| t <= now) {
-            for bytes in self.spool.commit(now) {
+            let committed = self.spool.commit(now);
+            if self.spool.incarnation() != self.cfg.hello.spool_incarnation && !self.leaving {
+                // The spool was lost and reopened under a new incarnation (issue 16 item 9):
+                // the CMA must hear of it before the first record numbered under it.
+                info!("the spool restarted its record numbers; registering again");
+                self.send_hello(true, now);
+            }
+            for bytes in committed {
                 if let Err(e) = self.conn.send(bytes, now) {
                     self.stats.queue_refused += 1;
                     warn!(error = %e, "cannot queue a spooled record; it stays in the spool and is resent later");

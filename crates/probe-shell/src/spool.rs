@@ -17,6 +17,16 @@
 //!   protection and the reopen is retried at [`Spool::retry_at`]. A pending record the reopened
 //!   log already holds (its write reached the file before the fsync failed) keeps its number
 //!   and is synced again rather than spooled twice.
+//! - **Incarnation** (issue 16 item 9): a spool that holds no segment (new, or lost with its
+//!   directory, or reset) gets a new random *incarnation*, kept in the file `incarnation` of
+//!   its directory (`{:016x}` and a newline, written to `incarnation.tmp`, synced, renamed,
+//!   directory synced) before the log creates its first segment. Its record numbers start at 1
+//!   again; the hello carries the incarnation, and a CMA that knew another one forgets the
+//!   node's old high-water mark instead of dropping the new records as duplicates. A spool
+//!   that has segments keeps its incarnation (an older spool without the file gets one, which
+//!   a CMA that knew none adopts). A reopen after a failed fsync that finds the directory
+//!   empty makes a new one too; the shell then says hello again before it sends anything
+//!   spooled under it.
 
 use std::fmt;
 use std::io;
@@ -34,6 +44,11 @@ const ACKED: &str = "acked";
 /// spool may hold records up to this size, which must still be readable so they can be sent
 /// in their error form instead of making the spool unreadable.
 pub const LEGACY_MAX_RECORD: usize = 4 << 20;
+
+/// The file holding the spool's incarnation.
+const INCARNATION: &str = "incarnation";
+/// The incarnation file while it is being written.
+const INCARNATION_TMP: &str = "incarnation.tmp";
 
 /// How long to wait before retrying a failed commit or reopen.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -85,6 +100,14 @@ pub struct SpoolStats {
     pub errors: u64,
     /// Times the spool was reopened after a failed sync.
     pub reopened: u64,
+    /// Messages the spool could not take that were kept in memory instead (issue 16 item 10).
+    pub backlogged: u64,
+    /// Backlogged messages replaced by a newer word on the same subject (a peer's status, a
+    /// check's state, a heartbeat report on the same peer) before the spool took them.
+    pub coalesced: u64,
+    /// Messages refused at the source because the spool and the backlog were full (local
+    /// events: the submitter gets the error).
+    pub refused: u64,
 }
 
 /// Why [`Spool::append`] did not take a record.
@@ -107,6 +130,10 @@ pub struct Spool<S: SpoolStorage> {
     /// Records appended since the last commit: (record, encoded message).
     unsent: Vec<(u64, Vec<u8>)>,
     retry_at: Option<Instant>,
+    /// The incarnation (see the module doc).
+    incarnation: u64,
+    /// Draws the next new incarnation (splitmix64 state).
+    rng: u64,
     pub(crate) stats: SpoolStats,
 }
 
@@ -114,7 +141,22 @@ impl<S: SpoolStorage> Spool<S> {
     /// Opens the spool in `storage`; `max_record` is the largest encoded message it takes.
     /// Records up to [`LEGACY_MAX_RECORD`] written by older versions are still read (and sent
     /// in their error form, see `crate::limits`).
+    /// A spool without segments gets a new incarnation drawn from the operating system's
+    /// randomness ([`Spool::open_seeded`] takes a seed instead).
     pub fn open(storage: S, max_bytes: u64, max_record: usize) -> Result<Spool<S>, LogError> {
+        Spool::open_seeded(storage, max_bytes, max_record, os_random())
+    }
+
+    /// [`Spool::open`] with the seed new incarnations are drawn from (the simulator's): give
+    /// every spool a different one, or two spools of one node may draw the same incarnation.
+    pub fn open_seeded(
+        mut storage: S,
+        max_bytes: u64,
+        max_record: usize,
+        seed: u64,
+    ) -> Result<Spool<S>, LogError> {
+        let mut rng = seed;
+        let incarnation = load_incarnation(&mut storage, &mut rng)?;
         let config = LogConfig {
             max_disk_bytes: Some(max_bytes),
             segment_size: (max_bytes / 8).clamp(64 * 1024, 16 * 1024 * 1024),
@@ -134,8 +176,15 @@ impl<S: SpoolStorage> Spool<S> {
             max_record,
             unsent: Vec::new(),
             retry_at: None,
+            incarnation,
+            rng,
             stats: SpoolStats { acked_through: acked, ..SpoolStats::default() },
         })
+    }
+
+    /// The spool's incarnation (never 0; see the module doc).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// The largest encoded message the spool takes.
@@ -228,10 +277,14 @@ impl<S: SpoolStorage> Spool<S> {
     }
 
     fn try_reopen(&mut self, now: Instant) {
-        let opened = S::reopen(&self.token)
-            .map_err(|e| e.to_string())
-            .and_then(|s| Log::open(s, self.config.clone()).map_err(|e| e.to_string()));
-        let log = match opened {
+        let mut rng = self.rng;
+        let opened = S::reopen(&self.token).map_err(|e| e.to_string()).and_then(|mut s| {
+            let incarnation = load_incarnation(&mut s, &mut rng).map_err(|e| e.to_string())?;
+            let log = Log::open(s, self.config.clone()).map_err(|e| e.to_string())?;
+            Ok((incarnation, log))
+        });
+        self.rng = rng;
+        let (incarnation, log) = match opened {
             Ok(l) => l,
             Err(e) => {
                 self.retry_at = Some(now + RETRY_AFTER);
@@ -240,7 +293,20 @@ impl<S: SpoolStorage> Spool<S> {
             }
         };
         self.stats.reopened += 1;
-        self.stats.acked_through = self.stats.acked_through.max(log.position(ACKED).unwrap_or(0));
+        if incarnation == self.incarnation {
+            self.stats.acked_through =
+                self.stats.acked_through.max(log.position(ACKED).unwrap_or(0));
+        } else {
+            // The directory was lost: numbers start again under a new incarnation, and the
+            // old acknowledged position means nothing for them.
+            warn!(
+                old = format_args!("{:016x}", self.incarnation),
+                new = format_args!("{incarnation:016x}"),
+                "the spool directory was lost; a new spool incarnation starts at record 1"
+            );
+            self.incarnation = incarnation;
+            self.stats.acked_through = log.position(ACKED).unwrap_or(0);
+        }
         info!(next = log.next_lsn(), pending = self.unsent.len(), "spool reopened");
         // On a real disk the writes usually reached the files before the fsync failed: the
         // reopened log finds those records under their own numbers. They keep them (the next
@@ -304,6 +370,80 @@ impl<S: SpoolStorage> Spool<S> {
         }
         true
     }
+}
+
+/// The spool's incarnation in `storage`: the stored one while the spool has segments, else a
+/// new one, made durable before the log creates its first segment (see the module doc).
+fn load_incarnation<S: Storage>(storage: &mut S, rng: &mut u64) -> Result<u64, LogError> {
+    let io = |storage: &S, name: &str, op: &'static str| {
+        let file = storage.describe(name);
+        move |source| LogError::Io { file, op, source }
+    };
+    let names = storage.list().map_err(io(storage, "", "listing"))?;
+    let has_segments = names.iter().any(|n| n.ends_with(".seg"));
+    if has_segments && names.iter().any(|n| n == INCARNATION) {
+        let bytes = storage.read_all(INCARNATION).map_err(io(storage, INCARNATION, "reading"))?;
+        match parse_incarnation(&bytes) {
+            Some(i) => return Ok(i),
+            None => warn!(
+                file = %storage.describe(INCARNATION),
+                "the spool's incarnation file is damaged; making a new one (the CMA will take the spool's records from 1 again)"
+            ),
+        }
+    }
+    let incarnation = loop {
+        let i = splitmix64(rng);
+        if i != 0 {
+            break i;
+        }
+    };
+    let text = format!("{incarnation:016x}\n");
+    storage.write_file(INCARNATION_TMP, text.as_bytes()).map_err(io(
+        storage,
+        INCARNATION_TMP,
+        "writing",
+    ))?;
+    storage.sync(INCARNATION_TMP).map_err(io(storage, INCARNATION_TMP, "syncing"))?;
+    storage.rename(INCARNATION_TMP, INCARNATION).map_err(io(
+        storage,
+        INCARNATION,
+        "renaming over",
+    ))?;
+    storage.sync_dir().map_err(io(storage, "", "syncing the directory of"))?;
+    if has_segments {
+        info!(
+            incarnation = format_args!("{incarnation:016x}"),
+            "the spool had no incarnation; made one"
+        );
+    } else {
+        info!(incarnation = format_args!("{incarnation:016x}"), "new spool");
+    }
+    Ok(incarnation)
+}
+
+fn parse_incarnation(bytes: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(bytes).ok()?.trim_end_matches('\n');
+    if text.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(text, 16).ok().filter(|&i| i != 0)
+}
+
+/// splitmix64: the next number of the sequence in `state`.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A random seed from the operating system (std's hash keys come from it).
+fn os_random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish()
 }
 
 /// The record `lsn` of `log`, if it is there.

@@ -32,6 +32,10 @@ struct FakeCma {
     goodbyes: usize,
     up: bool,
     ack: bool,
+    /// The spool incarnation of the latest hello (the CMA's next-record rule restarts at a new
+    /// one, issue 16 item 9), and every hello's.
+    incarnation: u64,
+    hello_incarnations: Vec<u64>,
 }
 
 impl FakeCma {
@@ -45,6 +49,8 @@ impl FakeCma {
             goodbyes: 0,
             up: true,
             ack: true,
+            incarnation: 0,
+            hello_incarnations: Vec::new(),
         }
     }
 
@@ -62,7 +68,16 @@ impl FakeCma {
             let m = Message::from_bytes(&bytes).unwrap();
             if m.record == 0 {
                 match &m.body {
-                    Some(Body::Hello(_)) => self.hellos += 1,
+                    Some(Body::Hello(h)) => {
+                        self.hellos += 1;
+                        self.hello_incarnations.push(h.spool_incarnation);
+                        if h.spool_incarnation != self.incarnation {
+                            if self.incarnation != 0 {
+                                self.seen = 0;
+                            }
+                            self.incarnation = h.spool_incarnation;
+                        }
+                    }
                     Some(Body::Goodbye(_)) => self.goodbyes += 1,
                     _ => {}
                 }
@@ -76,7 +91,8 @@ impl FakeCma {
             }
         }
         if spooled && self.ack {
-            let ack = Message::new(Body::Ack(msg::Ack { through: self.seen })).to_bytes();
+            let ack = msg::Ack { through: self.seen, incarnation: self.incarnation };
+            let ack = Message::new(Body::Ack(ack)).to_bytes();
             self.conn.send(ack, now).unwrap();
         }
     }
@@ -328,6 +344,118 @@ fn item8_spool_fsync_failure_reopens_the_spool() {
     p.storage.crash(false);
     p.restart_node();
     assert_eq!(p.shell.spool().stats().acked_through, 2);
+}
+
+/// Issue 16 item 9: the spool's incarnation is kept with its segments, made anew when they are
+/// gone, and survives crashes.
+#[test]
+fn item_9_spool_incarnation_lives_and_dies_with_the_spool() {
+    use assim_log::Storage as _;
+    let open = |s: &MemStorage, seed| {
+        Spool::open_seeded(s.clone(), 64 << 20, crate::limits::MAX_MESSAGE, seed).unwrap()
+    };
+    let a = MemStorage::new(1);
+    let first = open(&a, 1).incarnation();
+    assert_ne!(first, 0);
+    a.crash(false);
+    assert_eq!(open(&a, 2).incarnation(), first, "a restart keeps the incarnation");
+    // Another (lost, new) spool gets another one.
+    let b = MemStorage::new(1);
+    assert_ne!(open(&b, 3).incarnation(), first);
+    // Segments gone, incarnation file left: a new incarnation (numbers restart at 1).
+    let mut c = a.clone();
+    for name in c.list().unwrap().into_iter().filter(|n| n.ends_with(".seg")) {
+        c.remove(&name).unwrap();
+    }
+    let again = open(&c, 8);
+    assert_eq!(again.next_record(), 1);
+    assert_ne!(again.incarnation(), first);
+    // A spool from before incarnations gets one, and keeps it.
+    let d = MemStorage::new(4);
+    let mut sp = open(&d, 4);
+    sp.append(Message::new(Body::Statistics(msg::Statistics::default()))).unwrap();
+    sp.commit(Instant::now());
+    drop(sp);
+    let mut dd = d.clone();
+    dd.remove("incarnation").unwrap();
+    let adopted = open(&d, 5).incarnation();
+    assert_eq!(open(&d, 6).incarnation(), adopted);
+    assert_eq!(open(&d, 7).next_record(), 2, "the old records keep their numbers");
+}
+
+/// Issue 16 item 9: the hello carries the spool's incarnation, and an acknowledgement counted
+/// in another incarnation (the CMA's reliable layer resends old acks to a restarted node)
+/// deletes nothing.
+#[test]
+fn item_9_acks_of_another_spool_incarnation_delete_nothing() {
+    let mut p = Pair::new();
+    p.run(Duration::from_secs(1));
+    let inc = p.shell.spool().incarnation();
+    assert_eq!(p.cma.hello_incarnations, [inc]);
+    p.cma.ack = false;
+    for i in 0..3 {
+        p.report(i);
+    }
+    p.run(Duration::from_secs(1));
+    assert_eq!(p.shell.spool().unacked(), 3);
+    let send_ack = |p: &mut Pair, incarnation| {
+        let ack = Message::new(Body::Ack(msg::Ack { through: 3, incarnation })).to_bytes();
+        p.cma.conn.send(ack, p.now).unwrap();
+        p.exchange();
+    };
+    send_ack(&mut p, inc ^ 1);
+    assert_eq!(p.shell.spool().unacked(), 3, "an ack of another incarnation deleted records");
+    send_ack(&mut p, inc);
+    assert_eq!(p.shell.spool().unacked(), 0);
+    // A CMA without the field (0) is believed, as before.
+    p.report(4);
+    p.run(Duration::from_secs(1));
+    let ack = Message::new(Body::Ack(msg::Ack { through: 4, incarnation: 0 })).to_bytes();
+    p.cma.conn.send(ack, p.now).unwrap();
+    p.exchange();
+    assert_eq!(p.shell.spool().unacked(), 0);
+}
+
+/// Issue 16 item 9: a nanoprobe that loses its spool (a new disk, a wiped directory) numbers
+/// its records from 1 again; a CMA that applies the next-record rule per incarnation takes them.
+#[test]
+fn item_9_a_lost_spool_starts_a_new_incarnation_the_cma_takes() {
+    let mut p = Pair::new();
+    for i in 0..5 {
+        p.report(i);
+    }
+    p.run(Duration::from_secs(1));
+    assert_eq!(p.cma.seen, 5);
+    let old = p.shell.spool().incarnation();
+    // The node restarts on an empty spool.
+    p.storage = MemStorage::new(9);
+    p.restart_node();
+    assert_ne!(p.shell.spool().incarnation(), old);
+    p.report(10);
+    p.report(11);
+    p.run(Duration::from_secs(1));
+    let records: Vec<u64> = p.cma.records().iter().map(|r| r.0).collect();
+    assert_eq!(records, [1, 2, 3, 4, 5, 1, 2], "the new spool's records did not arrive");
+    assert_eq!(p.shell.spool().unacked(), 0);
+
+    // The spool directory vanishes under the running nanoprobe: the reopen after the failed
+    // write finds it empty, makes a new incarnation and says hello before record 1.
+    let mut st = p.storage.clone();
+    {
+        use assim_log::Storage as _;
+        for name in st.list().unwrap() {
+            st.remove(&name).unwrap();
+        }
+    }
+    let before = p.shell.spool().incarnation();
+    p.report(20);
+    p.run(Duration::from_secs(3));
+    let now_inc = p.shell.spool().incarnation();
+    assert_ne!(now_inc, before);
+    assert_eq!(p.cma.hello_incarnations.last(), Some(&now_inc));
+    let records: Vec<u64> = p.cma.records().iter().map(|r| r.0).collect();
+    assert_eq!(records, [1, 2, 3, 4, 5, 1, 2, 1], "the record of the reopened spool was lost");
+    assert_eq!(p.shell.spool().unacked(), 0);
 }
 
 #[test]

@@ -445,6 +445,7 @@ fn hello_of(i: u32, n: &Node, now: u64, epoch: u64) -> msg::Hello {
         started_at: Clock::timestamp(now).micros(),
         token_proof: None,
         peer_epoch: epoch,
+        spool_incarnation: 0,
     }
 }
 
@@ -548,6 +549,7 @@ impl Sim {
                     started_at: EPOCH_US,
                     token_proof: None,
                     peer_epoch: 0,
+                    spool_incarnation: 0,
                 };
                 (id, public_key(id), hello)
             });

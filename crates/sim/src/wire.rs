@@ -167,6 +167,7 @@ async fn run_node(
             started_at: Timestamp::now().micros(),
             token_proof: None,
             peer_epoch: 0,
+            spool_incarnation: 0,
         },
         reliable: RelConfig::default(),
         // Simulated nanoprobes run no collectors.

@@ -69,9 +69,9 @@ pub enum StoreError {
 const SCHEMA_VERSION: i64 = 6;
 
 /// Schema migrations: `(version, sql)` brings a file at `version - 1` to `version`. [`SCHEMA`]
-/// creates missing tables in their version-1 shape first, then every migration above the file's
-/// `user_version` runs in order, in one transaction with the version bump. Append new steps
-/// (and raise [`SCHEMA_VERSION`]); never edit a released one.
+/// creates missing tables in their first shape first (so a new table needs no migration), then
+/// every migration above the file's `user_version` runs in order, in one transaction with the
+/// version bump. Append new steps (and raise [`SCHEMA_VERSION`]); never edit a released one.
 const MIGRATIONS: &[(i64, &str)] = &[
     // 2: the event bus — severity and body on events, subscriptions, dead letters.
     (2, bus::MIGRATION_2),
@@ -116,6 +116,12 @@ CREATE TABLE IF NOT EXISTS applied (
     node TEXT PRIMARY KEY,
     through INTEGER NOT NULL,
     count INTEGER NOT NULL
+);
+-- Issue 16 item 9, new in schema 6 without a version bump (a missing table is simply created):
+-- each node's spool incarnation (u64 stored as its i64 bit pattern).
+CREATE TABLE IF NOT EXISTS spool_incarnations (
+    node TEXT PRIMARY KEY,
+    incarnation INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS discovery (
     node TEXT NOT NULL,
@@ -367,6 +373,27 @@ impl Store {
                     .execute(params![node.to_string(), *through as i64, *count as i64])
                     .map_err(err)?;
             }
+            // A new spool incarnation replaces the node's applied record (issue 16 item 9).
+            let mut put_incarnation = tx
+                .prepare_cached(
+                    "INSERT INTO spool_incarnations (node, incarnation) VALUES (?1, ?2)
+                     ON CONFLICT(node) DO UPDATE SET incarnation = excluded.incarnation",
+                )
+                .map_err(err)?;
+            let mut reset_applied = tx
+                .prepare_cached("UPDATE applied SET through = ?2 WHERE node = ?1")
+                .map_err(err)?;
+            for (node, inc) in &progress.incarnations {
+                put_incarnation
+                    .execute(params![node.to_string(), inc.incarnation as i64])
+                    .map_err(err)?;
+                if inc.reset {
+                    let through = progress.applied.get(node).map_or(0, |a| a.0);
+                    reset_applied
+                        .execute(params![node.to_string(), through as i64])
+                        .map_err(err)?;
+                }
+            }
             let mut put_discovery = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO discovery
@@ -440,6 +467,27 @@ impl Store {
                 detail: format!("node {node:?}"),
             })?;
             out.insert(id, Applied { through: through as u64, count: count as u64 });
+        }
+        Ok(out)
+    }
+
+    /// Per node, the spool incarnation (issue 16 item 9).
+    pub fn spool_incarnations(&self) -> Result<BTreeMap<NodeId, u64>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT node, incarnation FROM spool_incarnations")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| self.sql(e))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (node, incarnation) = row.map_err(|e| self.sql(e))?;
+            let id = node.parse().map_err(|_| StoreError::Corrupt {
+                table: "spool_incarnations",
+                detail: format!("node {node:?}"),
+            })?;
+            out.insert(id, incarnation as u64);
         }
         Ok(out)
     }
@@ -730,6 +778,7 @@ impl assim_store::EngineStore for Store {
                 .into_iter()
                 .map(|(n, a)| (n, a.through))
                 .collect(),
+            incarnations: self.spool_incarnations().map_err(failed)?,
             desired: self.load_desired().map_err(failed)?,
         })
     }
@@ -828,5 +877,41 @@ mod token_tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let _store = Store::open(&path).unwrap();
         assert_eq!(mode(&path), 0o600);
+    }
+}
+
+#[cfg(test)]
+mod incarnation_tests {
+    use super::*;
+    use assim_store::{EngineStore as _, SpoolIncarnation};
+
+    /// Issue 16 item 9: a node's spool incarnation is stored with the batch, survives a reopen,
+    /// and a reset replaces the node's applied record (which otherwise only rises).
+    #[test]
+    fn item_9_spool_incarnation_is_stored_and_a_reset_lowers_the_applied_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cma.sqlite");
+        let node = NodeId([3; 16]);
+        let mut store = Store::open(&path).unwrap();
+        let batch = |through, inc, reset| {
+            let mut p = InboxProgress::default();
+            p.applied.insert(node, (through, 1));
+            if inc != 0 {
+                p.incarnations.insert(node, SpoolIncarnation { incarnation: inc, reset });
+            }
+            p
+        };
+        store.apply(&[], &[], &batch(500, u64::MAX - 1, false)).unwrap();
+        // Without a reset a lower record does not lower the mark (a late duplicate batch).
+        store.apply(&[], &[], &batch(7, 0, false)).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.applied[&node], 500);
+        assert_eq!(loaded.incarnations[&node], u64::MAX - 1, "u64 survives the i64 column");
+        store.apply(&[], &[], &batch(2, 0xb, true)).unwrap();
+        drop(store);
+        let mut store = Store::open(&path).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.applied[&node], 2);
+        assert_eq!(loaded.incarnations[&node], 0xb);
     }
 }

@@ -23,6 +23,19 @@ pub struct InboxProgress {
     pub services: ServicesBatch,
     /// The discovery schedule's configuration and epoch, when the core decided a new one.
     pub schedule: Option<assim_cma::schedule::StoredSchedule>,
+    /// Nodes whose spool incarnation this batch learnt (issue 16 item 9).
+    pub incarnations: BTreeMap<NodeId, SpoolIncarnation>,
+}
+
+/// A node's spool incarnation as a hello of this batch told it (issue 16 item 9).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpoolIncarnation {
+    /// The incarnation to store.
+    pub incarnation: u64,
+    /// It replaced another one: the node's spool was lost or reset and numbers its records
+    /// from 1 again, so its applied record is *replaced* by this batch's entry in
+    /// [`InboxProgress::applied`] (which the engine then always sets), not raised to it.
+    pub reset: bool,
 }
 
 /// The latest result of one discovery collector on one node: the core's record.

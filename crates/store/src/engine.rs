@@ -23,6 +23,8 @@ pub struct Loaded {
     pub position: u64,
     /// Per node: the highest spool record whose effects are stored.
     pub applied: BTreeMap<NodeId, u64>,
+    /// Per node: the spool incarnation stored with it (issue 16 item 9; absent: none known).
+    pub incarnations: BTreeMap<NodeId, u64>,
     /// The desired state the core restores from (schedule, check sets, states, hand-set
     /// checks, remembered services, latest `sockets` results).
     pub desired: DesiredSnapshot,

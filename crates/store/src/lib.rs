@@ -41,7 +41,7 @@ pub mod mem;
 pub mod queries;
 pub mod services;
 
-pub use crate::batch::{DiscoveryRecord, InboxProgress, TokenRecord};
+pub use crate::batch::{DiscoveryRecord, InboxProgress, SpoolIncarnation, TokenRecord};
 pub use crate::engine::{EngineStore, Loaded, StoreFailed, Tokens};
 pub use crate::event_log::{DeadLetter, EventLog, OpenEventLog, Pruned, SubscriptionRecord};
 pub use crate::inbox::{Inbox, InboxError, LogInbox};

@@ -22,6 +22,8 @@ pub struct MemStore {
     pub next_event_id: u64,
     pub position: u64,
     pub applied: BTreeMap<NodeId, u64>,
+    /// Per node, the spool incarnation (issue 16 item 9).
+    pub incarnations: BTreeMap<NodeId, u64>,
     pub events: u64,
     pub discovery: BTreeMap<(NodeId, String), DiscoveryRecord>,
     pub tokens: BTreeMap<[u8; 16], TokenRecord>,
@@ -56,6 +58,7 @@ impl EngineStore for MemStore {
             snapshot: self.snapshot(),
             position: self.position,
             applied: self.applied.clone(),
+            incarnations: self.incarnations.clone(),
             desired: crate::desired::snapshot(StoredDesired {
                 schedule: self.schedule.clone(),
                 check_sets: self.check_sets.values().cloned().collect(),
@@ -100,6 +103,13 @@ impl EngineStore for MemStore {
         }
         for (node, (through, _)) in &progress.applied {
             self.applied.insert(*node, *through);
+        }
+        for (node, inc) in &progress.incarnations {
+            self.incarnations.insert(*node, inc.incarnation);
+            if inc.reset {
+                let through = progress.applied.get(node).map_or(0, |a| a.0);
+                self.applied.insert(*node, through);
+            }
         }
         for d in &progress.discovery {
             self.discovery.insert((d.node, d.name.clone()), d.clone());

@@ -172,6 +172,12 @@ pub struct Hello {
     /// The heartbeat epoch the nanoprobe currently runs (0 after a fresh start).
     #[prost(uint64, tag = "7")]
     pub peer_epoch: u64,
+    /// The spool's incarnation: a random number made when the spool was created (kept in its
+    /// directory). A new one means the spool was lost or reset and its record numbers start at
+    /// 1 again, so the CMA forgets the node's old high-water mark (issue 16 item 9). 0: a
+    /// sender without this field (never resets anything).
+    #[prost(uint64, tag = "8")]
+    pub spool_incarnation: u64,
 }
 
 /// Proves knowledge of a join token's secret. It travels only inside the sealed `Hello`,
@@ -558,6 +564,12 @@ pub struct Shutdown {
 pub struct Ack {
     #[prost(uint64, tag = "1")]
     pub through: u64,
+    /// The spool incarnation `through` counts in (the one of the node's latest hello): a
+    /// nanoprobe whose spool has another one ignores the ack, so an acknowledgement of a lost
+    /// spool's records never deletes the new spool's (issue 16 item 9). 0: a CMA without this
+    /// field, or a node that announced none.
+    #[prost(uint64, tag = "2")]
+    pub incarnation: u64,
 }
 
 /// A heartbeat.
@@ -628,6 +640,36 @@ mod tests {
     }
 
     #[test]
+    fn item_9_hello_spool_incarnation_is_optional_on_the_wire() {
+        // A hello of a sender that predates the field decodes with incarnation 0.
+        let old = MessageV2 {
+            record: 0,
+            hello: Some(HelloV2 {
+                version: "1.0".into(),
+                hostname: "old".into(),
+                ..Default::default()
+            }),
+            future_envelope_field: Vec::new(),
+        };
+        match Message::from_bytes(&old.encode_to_vec()).unwrap().body {
+            Some(Body::Hello(h)) => {
+                assert_eq!((h.hostname.as_str(), h.spool_incarnation), ("old", 0))
+            }
+            other => panic!("expected hello, got {other:?}"),
+        }
+        // A new one carries it, and an old decoder (HelloV2 has no tag 8) skips it.
+        let new = Message::new(Body::Hello(Hello {
+            hostname: "new".into(),
+            spool_incarnation: 0xfeed_f00d_dead_beef,
+            ..Default::default()
+        }));
+        let bytes = new.to_bytes();
+        assert_eq!(Message::from_bytes(&bytes).unwrap(), new);
+        let v2 = MessageV2::decode(bytes.as_slice()).unwrap();
+        assert_eq!(v2.hello.unwrap().hostname, "new");
+    }
+
+    #[test]
     fn unknown_body_variant_decodes_to_none() {
         #[derive(Clone, PartialEq, prost::Message)]
         struct Future {
@@ -666,7 +708,7 @@ mod tests {
             Body::RunNow(RunNow::default()),
             Body::ProbeRequest(ProbeRequest::default()),
             Body::Shutdown(Shutdown::default()),
-            Body::Ack(Ack { through: 4 }),
+            Body::Ack(Ack { through: 4, incarnation: 9 }),
         ];
         for b in bodies {
             let m = Message { record: 1, body: Some(b) };

@@ -44,6 +44,7 @@ pub fn hello(n: u32) -> Hello {
         started_at: 0,
         token_proof: None,
         peer_epoch: 0,
+        spool_incarnation: 0,
     }
 }
 
