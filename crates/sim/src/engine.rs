@@ -315,6 +315,11 @@ pub(crate) struct Node {
     /// Control messages (hello, goodbye) of earlier incarnations unacknowledged when they
     /// stopped.
     lost_candidates: Vec<MsgKind>,
+    /// The spool's disk was lost ([`StepKind::LoseSpool`]): its unacknowledged records, until
+    /// the CMA applies the next hello (the new incarnation restarts its next-record rule);
+    /// then those it never applied count as lost with the disk.
+    lost_spool: Option<Vec<(u64, MsgKind)>>,
+    lost_with_disk: [u64; 4],
 }
 
 /// One crash and what became of it.
@@ -367,6 +372,7 @@ pub(crate) struct Obs {
     pub(crate) store_mismatches: u64,
     pub(crate) leaves: u64,
     pub(crate) restarts: u64,
+    pub(crate) spools_lost: u64,
 }
 
 /// The CMA's shell with the simulator's parts: plain (unsealed) datagrams, an `assim-log` inbox
@@ -574,6 +580,8 @@ impl Sim {
                 spooled: VecDeque::new(),
                 crash: None,
                 lost_candidates: Vec::new(),
+                lost_spool: None,
+                lost_with_disk: [0; 4],
             })
             .collect();
         let switch_of = nodes.iter().map(|n| n.switch).collect();
@@ -701,8 +709,14 @@ impl Sim {
             .spool
             .get_or_insert_with(|| MemStorage::new(mix(self.sc.seed ^ 0x5b0, i.into(), 0)))
             .clone();
-        let spool = Spool::open(storage, SPOOL_MAX_BYTES, assim_probe_shell::limits::MAX_MESSAGE)
-            .expect("an in-memory spool opens");
+        // A new spool (a lost disk) draws its incarnation from the seed, per start.
+        let spool = Spool::open_seeded(
+            storage,
+            SPOOL_MAX_BYTES,
+            assim_probe_shell::limits::MAX_MESSAGE,
+            mix(self.sc.seed ^ 0x1c4, i.into(), session),
+        )
+        .expect("an in-memory spool opens");
         let cfg = ShellConfig {
             node_id: n.id,
             cma_id: NodeId::default(),
@@ -1099,6 +1113,20 @@ impl Sim {
                 };
                 self.w.counters.applied[kind as usize] += 1;
                 let n = &mut self.nodes[j as usize];
+                if kind == MsgKind::Hello
+                    && let Some(lost) = n.lost_spool.take()
+                {
+                    // The first hello of a node whose disk was lost: the CMA restarts its
+                    // next-record rule here; what the old spool held and the CMA never
+                    // applied went with the disk.
+                    let through = self.cma.inbox.get(&j).map_or(0, |e| e.0);
+                    for (r, k) in lost {
+                        if r > through {
+                            n.lost_with_disk[k as usize] += 1;
+                        }
+                    }
+                    self.cma.inbox.insert(j, (0, generation));
+                }
                 match kind {
                     // A crashed node that came back before its crash was confirmed: the hello
                     // makes it Up without a host.down (documented core behaviour), so the crash
@@ -1288,6 +1316,15 @@ impl Sim {
             StepKind::RestartAfter(d) => self.restart_after = Some(micros(d)),
             StepKind::CmaRestart { down_for } => self.cma_stop(down_for),
             StepKind::Loss(l) => self.w.net.set_loss(l),
+            StepKind::LoseSpool(count) => {
+                for i in self.pick(Life::Crashed, count) {
+                    let n = &mut self.nodes[i as usize];
+                    n.spool = None;
+                    let lost = n.lost_spool.get_or_insert_with(Vec::new);
+                    lost.extend(n.spooled.drain(..).map(|(r, k, _)| (r, k)));
+                    self.obs.spools_lost += 1;
+                }
+            }
         }
     }
 
@@ -1365,6 +1402,14 @@ impl Sim {
             }
             for &k in &n.lost_candidates {
                 lost[k as usize] += 1;
+            }
+            for (k, l) in n.lost_with_disk.iter().enumerate() {
+                lost[k] += l;
+            }
+            for &(r, k) in n.lost_spool.iter().flatten() {
+                if r > applied {
+                    lost[k as usize] += 1;
+                }
             }
             if let Some(p) = &n.probe {
                 for &(_, k) in &p.controls {

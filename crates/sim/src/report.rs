@@ -378,6 +378,8 @@ pub struct Report {
     pub store_mismatches: u64,
     pub leaves: u64,
     pub restarts: u64,
+    /// Nodes whose spool's disk was lost (`lose_spool` steps, issue 16 item 9).
+    pub spools_lost: u64,
     pub network: NetStats,
     pub notes: Vec<String>,
     pub checks: Vec<Check>,
@@ -437,6 +439,7 @@ fn describe(s: &crate::scenario::Step) -> String {
             format!("{at}: CMA restart ({:.1}s down)", down_for.as_secs_f64())
         }
         StepKind::Loss(l) => format!("{at}: random loss now {:.2}%", l * 100.0),
+        StepKind::LoseSpool(n) => format!("{at}: {n} crashed nodes lose their spool"),
     }
 }
 
@@ -879,6 +882,7 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
         store_mismatches: i.obs.store_mismatches,
         leaves: i.obs.leaves,
         restarts: i.obs.restarts,
+        spools_lost: i.obs.spools_lost,
         network: *i.net,
         notes,
         checks,

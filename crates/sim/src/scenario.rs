@@ -38,6 +38,9 @@
 //! at = "80s"
 //! cma_restart = "2s"       # the CMA stops for 2 s and resumes from its last snapshot
 //! [[step]]
+//! at = "85s"
+//! lose_spool = 3           # that many crashed nodes lose their spool (their disk)
+//! [[step]]
 //! at = "90s"
 //! loss = 5.0               # change the random loss from now on
 //! ```
@@ -102,6 +105,9 @@ pub enum StepKind {
     CmaRestart { down_for: Duration },
     /// Random loss changes to this fraction (0.0–1.0).
     Loss(f64),
+    /// This many crashed nodes (random among them) lose their spool's disk: their next start
+    /// opens an empty spool, numbered from 1 under a new incarnation (issue 16 item 9).
+    LoseSpool(u32),
 }
 
 /// A step and when it happens, relative to the start of the scenario phase.
@@ -349,10 +355,13 @@ impl Scenario {
             if let Some(v) = s.loss {
                 kinds.push(StepKind::Loss(v / 100.0));
             }
+            if let Some(n) = s.lose_spool {
+                kinds.push(StepKind::LoseSpool(n));
+            }
             if kinds.len() != 1 {
                 return Err(parse_err(format!(
                     "{what}: give exactly one of crash, crash_nodes, crash_switch, partition, \
-                     leave, restart, restart_after, cma_restart, loss (found {})",
+                     leave, restart, restart_after, cma_restart, loss, lose_spool (found {})",
                     kinds.len()
                 )));
             }
@@ -411,6 +420,7 @@ struct StepSpec {
     restart_after: Option<String>,
     cma_restart: Option<String>,
     loss: Option<f64>,
+    lose_spool: Option<u32>,
 }
 
 #[cfg(test)]

@@ -216,3 +216,23 @@ fn leaving_inside_a_partition_is_a_silent_stop() {
         &["crashes detected", "ring consistent", "CMA state matches", "applied exactly once"],
     );
 }
+
+/// Issue 16 item 9: crashed nodes that lose their spool come back numbering their records from
+/// 1 under a new incarnation; the CMA takes them (it used to drop them as duplicates up to the
+/// old high-water mark, so they stayed in the spool for good and never counted as applied).
+#[test]
+fn item_9_nodes_that_lose_their_spool_are_heard_again() {
+    // Crash 4 nodes: their neighbours report them (records in their spools), they report their
+    // peers until they die. Then 2 of them lose their disk and all come back.
+    let sc = Scenario::new(19, 300)
+        .step(s(0), StepKind::Crash { count: 4, over: s(1) })
+        .step(s(10), StepKind::LoseSpool(2))
+        .step(s(12), StepKind::Restart(4))
+        .step(s(30), StepKind::Crash { count: 6, over: s(2) });
+    let r = go(sc);
+    assert_eq!(r.spools_lost, 2);
+    assert_eq!(r.restarts, 4);
+    assert_checks(&r, CORE_CHECKS);
+    assert_checks(&r, &["CMA inbox rule"]);
+    assert!(r.passed, "{}", r.human());
+}
