@@ -10,7 +10,8 @@
 //! - The topology graph's canned queries under `/api/v1/topology/…` — see
 //!   [`crate::api_topology`].
 //! - `GET /metrics`: Prometheus text format.
-//! - `GET /healthz`: `ok`.
+//! - `GET /healthz`: `ok`; 503 with the reason while the store refuses writes (the CMA then
+//!   acknowledges no new records, issue 16 item 15).
 //!
 //! Reads go through the storage seams — [`Queries`] for status, discovery, services and the
 //! topology, [`EventLog`] for events and subscriptions — on a few handles of the API's own
@@ -228,7 +229,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) {
 /// The API's routes, every one behind [`crate::api_access`]'s guard (Host header, token).
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/api/v1/status", get(status))
         .route("/api/v1/events", get(events))
         .route("/api/v1/discovery", get(discovery))
@@ -242,6 +243,13 @@ pub fn router(state: ApiState) -> Router {
 
 fn internal(e: impl std::fmt::Display) -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+}
+
+async fn healthz(State(state): State<ApiState>) -> Response {
+    match state.metrics.get().store_unavailable {
+        None => "ok\n".into_response(),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    }
 }
 
 async fn status(State(state): State<ApiState>) -> Response {

@@ -179,7 +179,8 @@ impl ApiAccess {
             }
         }
         let mutating = !matches!(*method, Method::GET | Method::HEAD);
-        // `/healthz` says only "ok": load balancers and service managers probe it without a token.
+        // `/healthz` says only "ok" (or that the store refuses writes, without its error):
+        // load balancers and service managers probe it without a token.
         let needs_token = mutating || (self.reads_need_token && uri.path() != "/healthz");
         if needs_token && !self.authorized(headers) {
             let what = if mutating { "a request that changes state" } else { "this API" };

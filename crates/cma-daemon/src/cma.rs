@@ -330,6 +330,17 @@ impl Driver {
             retransmits: s.retransmits,
             ..CmaMetrics::default()
         };
+        if let Some(st) = self.shell.store_unavailable() {
+            let secs = st.since.elapsed().as_secs();
+            m.store_unavailable_seconds = secs.max(1);
+            m.store_unavailable = Some(format!(
+                "the store refuses writes since {secs} s ({} attempts; the error is in the \
+                 CMA's log); the CMA acknowledges no new records meanwhile ({} refused, kept in \
+                 the nanoprobes' spools; {} waiting in the inbox) and resumes by itself once \
+                 writes succeed",
+                st.failures, st.refused, st.deferred
+            ));
+        }
         let core = self.shell.core();
         let mut nodes: BTreeMap<&'static str, u64> =
             [NodeState::Up, NodeState::Suspect, NodeState::Down, NodeState::Left]

@@ -27,6 +27,11 @@ pub struct CmaMetrics {
     pub reports_ignored: u64,
     pub retransmits: u64,
     pub store_errors: u64,
+    /// Set while the store refuses batches (issue 16 item 15): why, since when, what it cost;
+    /// the CMA then acknowledges no new records. `/healthz` answers 503 with it.
+    pub store_unavailable: Option<String>,
+    /// Seconds since the store last worked (0 while it works).
+    pub store_unavailable_seconds: u64,
     /// Inbox group commits, records made durable, and total fsync time (µs).
     pub inbox_syncs: u64,
     pub inbox_records: u64,
@@ -152,6 +157,18 @@ pub fn render(m: &CmaMetrics) -> String {
         "assim_cma_store_errors_total",
         "Failed writes to the store (an operator must act).",
         m.store_errors,
+    );
+    gauge(
+        &mut out,
+        "assim_cma_store_unavailable",
+        "1 while the store refuses writes: the CMA acknowledges no new records (see /healthz).",
+        u64::from(m.store_unavailable.is_some()),
+    );
+    gauge(
+        &mut out,
+        "assim_cma_store_unavailable_seconds",
+        "How long the store has been refusing writes (0 while it works).",
+        m.store_unavailable_seconds,
     );
     labelled(
         &mut out,

@@ -12,6 +12,17 @@
 //! `Send` queued on the node's reliable connection. A batch is stored before the turn's sends
 //! go out only when it is due; otherwise the inbox holds the records durably meanwhile and a
 //! restart replays them, so nothing sent is ever lost from the store's point of view.
+//!
+//! **A store that keeps failing** (issue 16 item 15): a failed batch is kept and retried every
+//! commit interval, and the engine is *stalled* from the first failure to the next success.
+//! While it is, the reader takes no spool record (nothing new is acknowledged, so the
+//! nanoprobes keep their records in their spools and resend them later), and messages without
+//! a record number (hellos, goodbyes, command results, which the transport already
+//! acknowledged) stay in the inbox, unapplied, until the store works again; so the batch grows
+//! only with what the core decides on its own (timers, operator requests), bounded by the
+//! fleet, never by the traffic. One ERROR line says when it starts, a reminder with counts
+//! follows every [`STALL_REMINDER`], an INFO line when it ends; [`Stall`] is what the driver
+//! shows (metrics, health).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +36,27 @@ use tracing::{debug, error, info, warn};
 use crate::reader::{Incarnation, incarnation_change};
 use crate::{EventTagger, Metrics, Note};
 use assim_store::{EngineStore, InboxProgress};
+
+/// How often a stalled engine tries its batch again (at least; or the commit interval).
+pub const STALL_RETRY: Duration = Duration::from_secs(1);
+/// How often a stalled engine repeats its ERROR line.
+pub const STALL_REMINDER: Duration = Duration::from_secs(60);
+
+/// The store refuses batches (see the module doc).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stall {
+    /// When the first batch failed.
+    pub since: Instant,
+    /// Failed attempts so far.
+    pub failures: u64,
+    /// The store's last error.
+    pub error: String,
+    /// Spool records refused meanwhile (they wait in the nanoprobes' spools).
+    pub refused: u64,
+    /// Messages kept in the inbox meanwhile, applied once the store works again.
+    pub deferred: u64,
+    last_reminder: Instant,
+}
 
 /// What the engine asks the shell to send.
 #[derive(Debug)]
@@ -73,6 +105,8 @@ pub(crate) struct Engine<S> {
     pub(crate) commit_soon: bool,
     /// Tags events before they are stored (the driver's configuration).
     tagger: Option<EventTagger>,
+    /// The store refuses batches (issue 16 item 15).
+    pub(crate) stall: Option<Stall>,
 }
 
 impl<S: EngineStore> Engine<S> {
@@ -93,6 +127,7 @@ impl<S: EngineStore> Engine<S> {
             last_commit: None,
             commit_soon: false,
             tagger,
+            stall: None,
         }
     }
 
@@ -263,12 +298,37 @@ impl<S: EngineStore> Engine<S> {
         }
     }
 
+    /// What the batch being built holds: changes, events and per-node progress entries (a
+    /// measure of the engine's memory that a failing store must not let grow with traffic).
+    pub(crate) fn pending(&self) -> usize {
+        let b = &self.batch;
+        let p = &b.progress;
+        b.changes.len()
+            + b.events.len()
+            + p.applied.len()
+            + p.discovery.len()
+            + p.incarnations.len()
+            + p.services.check_sets.len()
+            + p.services.states.len()
+            + p.services.manual.len()
+            + p.services.remembered.len()
+    }
+
+    /// The commit interval, or [`STALL_RETRY`] if longer once the store failed three times in
+    /// a row (a passing hiccup is retried at once).
+    fn retry_interval(&self) -> Duration {
+        match &self.stall {
+            Some(st) if st.failures >= 3 => self.commit_interval.max(STALL_RETRY),
+            _ => self.commit_interval,
+        }
+    }
+
     /// When a waiting batch is due (`now` if it is due already).
     pub(crate) fn commit_due(&self, now: Instant) -> Option<Instant> {
         if self.batch.is_empty() {
             return None;
         }
-        Some(self.last_commit.map_or(now, |t| (t + self.commit_interval).max(now)))
+        Some(self.last_commit.map_or(now, |t| (t + self.retry_interval()).max(now)))
     }
 
     /// Writes the batch if it holds events, was asked for, or waited the commit interval
@@ -283,8 +343,9 @@ impl<S: EngineStore> Engine<S> {
         if self.batch.is_empty() {
             return None;
         }
-        let waited = self.last_commit.is_none_or(|t| now >= t + self.commit_interval);
-        if !(force || waited || self.commit_soon || !self.batch.events.is_empty()) {
+        let waited = self.last_commit.is_none_or(|t| now >= t + self.retry_interval());
+        let eager = self.stall.is_none() && (self.commit_soon || !self.batch.events.is_empty());
+        if !(force || waited || eager) {
             return None;
         }
         let b = &self.batch;
@@ -292,6 +353,15 @@ impl<S: EngineStore> Engine<S> {
             Ok(()) => {
                 self.last_commit = Some(now);
                 self.commit_soon = false;
+                if let Some(st) = self.stall.take() {
+                    info!(
+                        failures = st.failures,
+                        down_s = now.saturating_duration_since(st.since).as_secs(),
+                        refused = st.refused,
+                        deferred = st.deferred,
+                        "the store works again; acknowledging records again"
+                    );
+                }
                 let b = std::mem::take(&mut self.batch);
                 if let Some(last) = b.events.last() {
                     effects.notes.push(Note::Stored { last_event: Some(last.id) });
@@ -301,14 +371,42 @@ impl<S: EngineStore> Engine<S> {
                 b.progress.position
             }
             Err(e) => {
-                // Keep the batch and retry after the commit interval; an operator must look.
+                // Keep the batch and retry after the commit interval; stop taking records
+                // meanwhile (see the module doc); an operator must look.
                 self.last_commit = Some(now);
                 metrics.store_errors += 1;
-                error!(
-                    error = %e,
-                    pending = self.batch.changes.len() + self.batch.events.len(),
-                    "cannot write to the store; will retry"
-                );
+                let pending = self.pending();
+                match &mut self.stall {
+                    None => {
+                        error!(
+                            error = %e, pending,
+                            "cannot write to the store; acknowledging no new records until it works again (the nanoprobes keep them), retrying"
+                        );
+                        self.stall = Some(Stall {
+                            since: now,
+                            failures: 1,
+                            error: e.to_string(),
+                            refused: 0,
+                            deferred: 0,
+                            last_reminder: now,
+                        });
+                    }
+                    Some(st) => {
+                        st.failures += 1;
+                        st.error = e.to_string();
+                        if now >= st.last_reminder + STALL_REMINDER {
+                            st.last_reminder = now;
+                            error!(
+                                error = %e, pending,
+                                failures = st.failures,
+                                down_s = now.saturating_duration_since(st.since).as_secs(),
+                                refused = st.refused,
+                                deferred = st.deferred,
+                                "the store still fails; acknowledging no new records"
+                            );
+                        }
+                    }
+                }
                 None
             }
         }

@@ -227,6 +227,8 @@ pub struct Shell<A, I, S> {
     notes: VecDeque<Note>,
     metrics: Metrics,
     last: Now,
+    /// The first inbox record deferred while the store failed (issue 16 item 15).
+    deferred_from: Option<u64>,
 }
 
 impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
@@ -262,6 +264,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             notes: VecDeque::new(),
             metrics: Metrics::default(),
             last: now,
+            deferred_from: None,
         };
         shell.replay(now, replay);
         shell.flush(now);
@@ -393,6 +396,12 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             Err(NotTaken::Duplicate) => self.refuse(sender, record, kind, "duplicate_record"),
             Err(NotTaken::Gap) => self.refuse(sender, record, kind, "record_gap"),
             Err(NotTaken::InboxFull) => self.refuse(sender, record, kind, "inbox_full"),
+            Err(NotTaken::StoreUnavailable) => {
+                if let Some(st) = self.engine.stall.as_mut() {
+                    st.refused += 1;
+                }
+                self.refuse(sender, record, kind, "store_unavailable")
+            }
         }
     }
 
@@ -428,10 +437,62 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             effects.sends.push(Send::Reliable { to: node, addr: None, body });
         }
         for (lsn, node, key, m) in committed.apply {
+            if let Some(lsn) = lsn
+                && self.held()
+            {
+                // The store fails: the record waits in the inbox (issue 16 item 15).
+                if let Some(st) = self.engine.stall.as_mut() {
+                    st.deferred += 1;
+                }
+                self.deferred_from.get_or_insert(lsn);
+                continue;
+            }
             self.engine.apply(now.wall, lsn, node, key, m, &mut effects, &mut self.metrics);
         }
         self.effects = effects;
         self.finish_turn(now, false);
+    }
+
+    /// Whether new records wait: the store fails, or records deferred while it did are not
+    /// applied yet (they go first, in inbox order).
+    fn held(&self) -> bool {
+        self.engine.stall.is_some() || self.deferred_from.is_some()
+    }
+
+    /// Applies the inbox records deferred while the store failed, once it works again.
+    fn catch_up(&mut self, now: Now, effects: &mut Effects) {
+        let Some(from) = self.deferred_from else { return };
+        let records = match self.reader.inbox.read_from(from) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, from, "cannot read the inbox records deferred while the store failed; retrying");
+                return;
+            }
+        };
+        self.deferred_from = None;
+        info!(
+            records = records.len(),
+            from, "applying the records deferred while the store failed"
+        );
+        for (lsn, bytes) in records {
+            let Some((node, key, m)) = record::decode(&bytes) else {
+                error!(lsn, "an inbox record cannot be decoded; skipped");
+                continue;
+            };
+            self.engine.apply(now.wall, Some(lsn), node, key, m, effects, &mut self.metrics);
+        }
+    }
+
+    /// Whether the store fails, since when, and what it cost so far (issue 16 item 15): the
+    /// CMA then acknowledges no new records (see [`engine`]).
+    pub fn store_unavailable(&self) -> Option<&engine::Stall> {
+        self.engine.stall.as_ref()
+    }
+
+    /// What the engine's batch in memory holds (changes, events, progress entries): bounded
+    /// while the store fails, whatever the traffic.
+    pub fn pending_batch(&self) -> usize {
+        self.engine.pending()
     }
 
     /// Stores everything pending at once (a graceful stop).
@@ -448,6 +509,13 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
         {
             error!(error = %e, "cannot delete applied inbox records");
         }
+        if self.engine.stall.is_none() && self.deferred_from.is_some() {
+            // The store works again: the deferred records now, stored with the next batch.
+            self.catch_up(now, &mut effects);
+            self.engine.drain_core(&mut effects, &mut self.metrics);
+            self.engine.commit_soon = true;
+        }
+        self.reader.paused = self.held();
         for send in effects.sends.drain(..) {
             match send {
                 Send::Reliable { to, addr, body } => {

@@ -79,6 +79,8 @@ pub(crate) enum NotTaken {
     Duplicate,
     Gap,
     InboxFull,
+    /// The engine's store fails: no spool record is taken (issue 16 item 15).
+    StoreUnavailable,
 }
 
 #[derive(Debug)]
@@ -90,6 +92,8 @@ pub(crate) struct Reader<I> {
     pub(crate) enrolled: HashSet<NodeId>,
     /// Per node: the spool incarnation `seen` counts in (issue 16 item 9).
     pub(crate) incarnations: HashMap<NodeId, u64>,
+    /// Take no spool record: the engine's store fails (issue 16 item 15).
+    pub(crate) paused: bool,
     acks_due: BTreeSet<NodeId>,
     /// In arrival order, including messages without a record number that the inbox refused.
     pending: Vec<Pending>,
@@ -106,6 +110,7 @@ impl<I: Inbox> Reader<I> {
             seen,
             enrolled: HashSet::new(),
             incarnations,
+            paused: false,
             acks_due: BTreeSet::new(),
             pending: Vec::new(),
         }
@@ -120,6 +125,10 @@ impl<I: Inbox> Reader<I> {
         message: Message,
     ) -> Result<(), NotTaken> {
         let record = message.record;
+        if record > 0 && self.paused {
+            // Not acknowledged: the sender keeps it in its spool and resends it later.
+            return Err(NotTaken::StoreUnavailable);
+        }
         if record > 0 {
             self.acks_due.insert(node);
             let seen = self.seen.get(&node).copied().unwrap_or(0);

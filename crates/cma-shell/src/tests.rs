@@ -617,3 +617,85 @@ fn item_9_an_upgraded_node_adopts_its_incarnation_without_a_reset() {
     assert_eq!(w.shell().store().incarnations.get(&id), Some(&0xc));
     assert_eq!(w.shell().store().applied.get(&id), Some(&3));
 }
+
+fn local_event(n: u64) -> Body {
+    Body::LocalEvent(msg::LocalEvent {
+        event_type: "app.test".into(),
+        severity: "info".into(),
+        text: format!("event {n}"),
+        ..Default::default()
+    })
+}
+
+/// Issue 16 item 15: a store that keeps failing used to keep every applied record's effects in
+/// the batch (memory grew with the traffic, the inbox was never trimmed) while the CMA went on
+/// acknowledging. Now it acknowledges nothing new (the nanoprobes keep their records), the
+/// batch stays bounded, it says so, and it resumes by itself when the store works again.
+#[test]
+fn item_15_a_failing_store_stops_acknowledgement_and_keeps_memory_bounded() {
+    let mut w = World::new(true, MemStore::default());
+    let p = w.add_probe(1);
+    let id = w.probes[p].id.node_id();
+    let hello = w.probes[p].hello(None);
+    w.send(p, 0, hello);
+    w.send(p, 1, local_event(1));
+    assert_eq!(w.probes[p].acks(), vec![1]);
+    let batches = w.shell().store().batches;
+
+    // The store fails for good (a failing store double: every batch is refused).
+    w.shell().store_mut().fail_next = u32::MAX;
+    w.send(p, 2, local_event(2)); // taken before the failure is known: durable, acknowledged
+    assert!(w.shell().store_unavailable().is_some(), "the failure was not noticed");
+    let acks = w.probes[p].acks();
+    let pending_at_start = w.shell().pending_batch();
+    // A newcomer's hello (acknowledged by the transport) while the store fails.
+    let q = w.add_probe(2);
+    let hello = w.probes[q].hello(None);
+    w.send(q, 0, hello);
+    let q_id = w.probes[q].id.node_id();
+    let mut pending = Vec::new();
+    for r in 3..=400 {
+        w.send(p, r, local_event(r));
+        if r % 50 == 0 {
+            w.t += 700_000; // retries and reminders come due
+            let now = w.now();
+            w.shell().handle_timeout(now);
+            w.pump();
+            pending.push(w.shell().pending_batch());
+        }
+    }
+    assert!(
+        pending.iter().all(|&n| n <= pending_at_start + 4),
+        "the batch grows with the traffic while the store fails: {pending_at_start} then {pending:?}"
+    );
+    assert_eq!(w.probes[p].acks(), acks, "records acknowledged while the store fails");
+    let st = w.shell().store_unavailable().unwrap().clone();
+    assert!(st.failures >= 3, "{st:?}");
+    assert!(st.refused >= 398, "{st:?}");
+    assert_eq!(st.deferred, 1, "the newcomer's hello waits in the inbox");
+    assert!(st.error.contains("injected"), "{st:?}");
+    assert_eq!(w.shell().metrics().rejects.get("store_unavailable"), Some(&st.refused));
+    assert_eq!(w.shell().store().batches, batches);
+
+    // The store works again: the CMA resumes by itself, applies the deferred hello, and takes
+    // the records the nanoprobe resends from its spool.
+    w.shell().store_mut().fail_next = 0;
+    w.run_until(w.t + 3_000_000);
+    assert!(w.shell().store_unavailable().is_none(), "did not resume");
+    assert!(w.shell().core().node(q_id).is_some(), "the deferred hello was lost");
+    assert!(w.shell().store().nodes.contains_key(&q_id));
+    for r in 3..=400 {
+        w.send(p, r, local_event(r));
+    }
+    w.run_until(w.t + 10_000_000);
+    assert_eq!(
+        w.probes[p].acks().last(),
+        Some(&400),
+        "{:?} {:?}",
+        w.shell().metrics().rejects,
+        w.shell().store_unavailable()
+    );
+    assert_eq!(w.applied(id).last(), Some(&400));
+    assert_eq!(w.shell().pending_batch(), 0, "the backlog was not stored");
+    assert_eq!(w.shell().store().applied.get(&id), Some(&400));
+}
