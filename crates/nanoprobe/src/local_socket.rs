@@ -174,20 +174,31 @@ pub fn submit(
     now: std::time::Instant,
 ) {
     let text_len = req.event.text.len();
-    match link.send_spooled(assim_wire::msg::Body::LocalEvent(req.event), now) {
-        Some(record) if req.confirm => {
+    use assim_probe_shell::NotSpooled;
+    match link.submit_spooled(assim_wire::msg::Body::LocalEvent(req.event), now) {
+        Ok(record) if req.confirm => {
             debug!(record, text_len, "local event spooled; waiting for the CMA");
             confirmations.add(record, req.reply);
         }
-        Some(record) => {
+        Ok(record) => {
             debug!(record, text_len, "local event spooled; waiting for the fsync");
             confirmations.add_unsynced(record, req.reply);
         }
-        None => {
+        Err(NotSpooled::Unspooled) => {
             let _ = req.reply.send(Reply::error(
-                "the nanoprobe's spool is full: the event was sent without disk protection and \
-                 cannot be confirmed (see the nanoprobe's log; raise --spool-max-mb)",
+                "the nanoprobe's spool is unavailable (its disk failed): the event was sent \
+                 without disk protection and cannot be confirmed (see the nanoprobe's log)",
             ));
+        }
+        Err(NotSpooled::Refused(_) | NotSpooled::Backlogged) => {
+            let _ = req.reply.send(Reply::error(
+                "spool full: the nanoprobe's spool is full (the CMA has not acknowledged its \
+                 records), so the event was refused and not sent; submit it again later, and \
+                 check the CMA or raise --spool-max-mb",
+            ));
+        }
+        Err(NotSpooled::Empty) => {
+            let _ = req.reply.send(Reply::error("the event is too large to send"));
         }
     }
 }

@@ -489,7 +489,8 @@ impl Probe {
         let s = spool.stats();
         let hb = self.shell.heartbeats().stats();
         let shell = self.shell.stats();
-        let metrics: [(&str, &str, &str, u64); 12] = [
+        let (backlog, backlog_bytes) = self.shell.backlog();
+        let metrics: [(&str, &str, &str, u64); 17] = [
             (
                 "spool_records",
                 "gauge",
@@ -501,14 +502,45 @@ impl Probe {
             (
                 "spool_dropped_total",
                 "counter",
-                "Droppable records dropped because the spool was full.",
+                "Records dropped because the spool was full (0: the backlog keeps them).",
                 s.dropped,
             ),
             (
                 "spool_unspooled_total",
                 "counter",
-                "Records sent without the spool because it was full or unavailable.",
+                "Records sent without the spool because it was unavailable (its disk failed).",
                 s.unspooled,
+            ),
+            (
+                "spool_backlog_records",
+                "gauge",
+                "Messages waiting in memory for room in the full spool (latest per subject).",
+                backlog as u64,
+            ),
+            (
+                "spool_backlog_bytes",
+                "gauge",
+                "Bytes of the messages waiting in memory for room in the spool.",
+                backlog_bytes as u64,
+            ),
+            (
+                "spool_backlogged_total",
+                "counter",
+                "Messages the full spool could not take, kept in memory instead.",
+                s.backlogged,
+            ),
+            (
+                "spool_coalesced_total",
+                "counter",
+                "Waiting messages replaced by newer news on the same subject (peer, check, …).",
+                s.coalesced,
+            ),
+            (
+                "spool_refused_total",
+                "counter",
+                "Messages refused at the source because the spool was full (local events: the \
+                 submitter got the error).",
+                s.refused,
             ),
             (
                 "spool_errors_total",

@@ -49,7 +49,8 @@ pub struct NanoprobeFlags {
     #[arg(long, env = "ASSIM_HOSTNAME")]
     pub hostname: Option<String>,
     /// Size limit of the spool (records waiting for the CMA's acknowledgement), in MiB
-    /// [default: 64]. When full, peer status is dropped first; reports are never dropped.
+    /// [default: 64]. When full, reports, peer status and check and discovery results wait in
+    /// memory, the latest per subject; local events are refused (the submitter is told).
     #[arg(long, env = "ASSIM_SPOOL_MAX_MB")]
     pub spool_max_mb: Option<u64>,
     /// Directory of external discovery agents: every executable file in it is a collector

@@ -20,8 +20,14 @@
 //!   commit in [`Shell::poll_transmit`] and only then sent; `Ack { through }` from the CMA
 //!   deletes them. Unacknowledged records are sent again after a restart ([`Shell::start`]),
 //!   after a CMA restart (after the new hello), and after [`RESEND_AFTER`] without progress while
-//!   the connection is idle. Peer status and statistics are dropped when the spool is full;
-//!   everything else is then sent without the spool's protection (record 0).
+//!   the connection is idle.
+//! - **A full spool** (issue 16 item 10): state (heartbeat reports, peer status, statistics,
+//!   check results, discovery results) waits in a bounded in-memory backlog, the latest word
+//!   per subject (`backlog`), and goes into the spool as soon as it has room; local events are
+//!   refused at the source ([`NotSpooled::Refused`]: `events.sock` tells the submitter). Only
+//!   when the spool is *unavailable* (its disk failed) is a message sent without its
+//!   protection (record 0); if the reliable queue to the CMA is full too, it waits in the
+//!   backlog as well. Nothing is dropped silently; the counts are in [`SpoolStats`].
 //! - **The reporter's time**: heartbeat reports and peer status are stamped (`at`) with the
 //!   nanoprobe's own clock ([`WallClock`]) when they are spooled, unless already stamped; the
 //!   CMA orders evidence that waited in a spool through an outage by it (issue 12 item 6).
@@ -48,16 +54,18 @@
 //! - `shell`: [`Shell`], [`ShellConfig`], [`WallClock`], [`Transmit`], [`Datagram`], [`Event`].
 //! - `spool`: [`Spool`], [`SpoolStorage`] (reopen after a failed fsync), [`SpoolStats`].
 //! - `limits`: [`limits::MAX_MESSAGE`] and the error forms of oversized messages.
+//! - `backlog`: what a full spool could not take, coalesced per subject and bounded.
 
 #![forbid(unsafe_code)]
 
+mod backlog;
 pub mod limits;
 mod shell;
 pub mod spool;
 
 pub use crate::shell::{
-    Datagram, Event, L2_COLLECTOR, LEAVE_WAIT, MAX_CONCURRENT_CHECKS, RESEND_AFTER, Shell,
-    ShellConfig, ShellStats, Transmit, WallClock,
+    Datagram, Event, L2_COLLECTOR, LEAVE_WAIT, MAX_CONCURRENT_CHECKS, NotSpooled, RESEND_AFTER,
+    Shell, ShellConfig, ShellStats, Transmit, WallClock,
 };
 pub use crate::spool::{Spool, SpoolStats, SpoolStorage};
 

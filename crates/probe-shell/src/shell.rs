@@ -15,6 +15,7 @@ use assim_wire::msg::{self, Body, Direct, DirectBody, Message};
 use assim_wire::{DatagramKind, NodeId};
 use tracing::{debug, error, info, warn};
 
+use crate::backlog::{Backlog, Pushed, Subject};
 use crate::limits::{MAX_MESSAGE, fit, fit_body};
 use crate::spool::{Refused, Spool, SpoolStorage};
 
@@ -129,6 +130,21 @@ pub enum Event {
     Ignored { kind: &'static str },
 }
 
+/// Why a message for the CMA did not get a spool record ([`Shell::submit_spooled`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotSpooled {
+    /// The spool is full: the message waits in the in-memory backlog, coalesced with older
+    /// news on the same subject, until the spool takes it (see `crate::backlog`).
+    Backlogged,
+    /// The spool is unavailable (its disk failed): sent without its protection (record 0).
+    Unspooled,
+    /// Refused, nothing sent: the spool is full and the message cannot be coalesced (a local
+    /// event) or the backlog has no room. The reason, for the submitter.
+    Refused(String),
+    /// An oversized message with no error form: nothing to send.
+    Empty,
+}
+
 /// Counters of the shell besides the spool's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ShellStats {
@@ -171,10 +187,8 @@ pub struct Shell<S: SpoolStorage> {
     stats: ShellStats,
     /// Whether peer sets are applied (see [`Shell::without_heartbeats`]).
     heartbeats_on: bool,
-}
-
-fn is_droppable(body: &Body) -> bool {
-    matches!(body, Body::PeerStatus(_) | Body::Statistics(_))
+    /// What the full spool could not take yet (issue 16 item 10).
+    backlog: Backlog,
 }
 
 impl<S: SpoolStorage> Shell<S> {
@@ -211,6 +225,7 @@ impl<S: SpoolStorage> Shell<S> {
             collectors_running: HashSet::new(),
             stats: ShellStats::default(),
             heartbeats_on: true,
+            backlog: Backlog::default(),
             cfg,
         }
     }
@@ -257,6 +272,10 @@ impl<S: SpoolStorage> Shell<S> {
     /// Counters.
     pub fn stats(&self) -> &ShellStats {
         &self.stats
+    }
+    /// Messages waiting in the backlog for room in the spool, and their encoded bytes.
+    pub fn backlog(&self) -> (usize, usize) {
+        (self.backlog.len(), self.backlog.bytes())
     }
     /// The CMA's id and current address.
     pub fn cma(&self) -> (NodeId, SocketAddr) {
@@ -436,6 +455,7 @@ impl<S: SpoolStorage> Shell<S> {
         }
         if self.spool.ack(ack.through, now) {
             self.last_ack_progress = now;
+            self.drain_backlog(now);
         }
     }
 
@@ -453,9 +473,17 @@ impl<S: SpoolStorage> Shell<S> {
     }
 
     /// Sends a message that must not be lost through the spool (reports, results, local
-    /// events). Returns its record number, or `None` when it could not be spooled (dropped
-    /// because the spool is full and it is droppable, or sent without the spool's protection).
+    /// events). Returns its record number, or `None` when it did not get one (see
+    /// [`Shell::submit_spooled`] for why).
     pub fn send_spooled(&mut self, body: Body, now: Instant) -> Option<u64> {
+        self.submit_spooled(body, now).ok()
+    }
+
+    /// [`Shell::send_spooled`], saying why a message got no record. When the spool is full,
+    /// state (heartbeat reports, peer status, statistics, check results, discovery results)
+    /// waits in the backlog, the latest word per subject (see `crate::backlog`); local events
+    /// are refused and the submitter must be told. Nothing is dropped silently.
+    pub fn submit_spooled(&mut self, body: Body, now: Instant) -> Result<u64, NotSpooled> {
         let mut body = body;
         // The CMA orders liveness evidence by the reporter's own time (issue 16 item 0).
         match &mut body {
@@ -463,7 +491,6 @@ impl<S: SpoolStorage> Shell<S> {
             Body::PeerStatus(s) if s.at == 0 => s.at = self.wall_micros(now),
             _ => {}
         }
-        let droppable = is_droppable(&body);
         let kind = body.name();
         let max = self.spool.max_record();
         // Refuse oversized messages at the source (issue 16 item 2): the error form takes
@@ -477,29 +504,106 @@ impl<S: SpoolStorage> Shell<S> {
                 "a message for the CMA is over the size limit; sending an error result instead"
             );
         }
-        let body = body?;
+        let body = body.ok_or(NotSpooled::Empty)?;
+        self.drain_backlog(now);
+        let subject = Subject::of(&body);
+        if let Some(s) = &subject
+            && self.backlog.holds(s)
+        {
+            // Older news on this subject waits: this one replaces it, never overtakes it.
+            return self.hold(subject, body, "older news on it waits in the backlog".into());
+        }
         match self.spool.append(Message { record: 0, body: Some(body.clone()) }) {
             Ok(record) => {
                 self.events.push_back(Event::Spooled { record, kind });
-                Some(record)
+                Ok(record)
             }
-            Err(Refused::Full(e)) if droppable => {
-                self.spool.stats.dropped += 1;
-                if self.spool.stats.dropped % 100 == 1 {
-                    warn!(dropped = self.spool.stats.dropped, error = %e, "spool full: dropping peer status and statistics until the CMA catches up");
+            Err(Refused::Full(e)) => self.hold(subject, body, e.to_string()),
+            Err(Refused::Failed(e)) => {
+                let (bytes, _) = fit(Message { record: 0, body: Some(body.clone()) }, max);
+                match self.conn.send(bytes, now) {
+                    Ok(_) => {
+                        self.spool.stats.unspooled += 1;
+                        error!(error = %e, kind, "cannot spool a message for the CMA; sent it without disk protection");
+                        Err(NotSpooled::Unspooled)
+                    }
+                    Err(q) => {
+                        self.stats.queue_refused += 1;
+                        self.hold(
+                            subject,
+                            body,
+                            format!("{e}, and the queue to the CMA is full: {q}"),
+                        )
+                    }
                 }
-                None
             }
-            Err(e) => {
-                self.spool.stats.unspooled += 1;
-                let e = match e {
-                    Refused::Full(e) => e.to_string(),
-                    Refused::Failed(s) => s,
-                };
-                error!(error = %e, "cannot spool a message for the CMA; sending it without disk protection");
-                let (bytes, _) = fit(Message { record: 0, body: Some(body) }, max);
-                self.queue(bytes, now);
-                None
+        }
+    }
+
+    /// Keeps `body` in the backlog, or refuses it (see `crate::backlog`).
+    fn hold(
+        &mut self,
+        subject: Option<Subject>,
+        body: Body,
+        why: String,
+    ) -> Result<u64, NotSpooled> {
+        let kind = body.name();
+        let refuse = |this: &mut Self, why: String| {
+            this.spool.stats.refused += 1;
+            if this.spool.stats.refused % 100 == 1 {
+                error!(kind, refused = this.spool.stats.refused, reason = %why, "the spool is full: a message for the CMA is refused (local events: the submitter is told)");
+            }
+            Err(NotSpooled::Refused(why))
+        };
+        let Some(subject) = subject else { return refuse(self, why) };
+        let size = Message { record: 0, body: Some(body.clone()) }.to_bytes().len();
+        let pushed = self.backlog.push(subject.clone(), body, size);
+        if pushed != Pushed::NoRoom {
+            self.spool.stats.backlogged += 1;
+        }
+        match pushed {
+            Pushed::Added => {
+                if self.backlog.len() == 1 {
+                    warn!(kind, reason = %why, "the spool is full: keeping the latest news per subject in memory until it has room");
+                }
+                Err(NotSpooled::Backlogged)
+            }
+            Pushed::Coalesced => {
+                self.spool.stats.coalesced += 1;
+                Err(NotSpooled::Backlogged)
+            }
+            Pushed::NoRoom => {
+                if let Subject::Discovery(name) = &subject {
+                    // Collected again (and sent) at its next run.
+                    self.filter.forget(name);
+                }
+                refuse(self, format!("{why}; the in-memory backlog is full too"))
+            }
+        }
+    }
+
+    /// Moves backlog entries into the spool, oldest first, while it takes them.
+    fn drain_backlog(&mut self, now: Instant) {
+        while let Some(body) = self.backlog.front() {
+            let kind = body.name();
+            match self.spool.append(Message { record: 0, body: Some(body.clone()) }) {
+                Ok(record) => {
+                    self.backlog.pop();
+                    self.events.push_back(Event::Spooled { record, kind });
+                    if self.backlog.is_empty() {
+                        info!("the spool took the backlog");
+                    }
+                }
+                Err(Refused::Full(_)) => return,
+                Err(Refused::Failed(_)) => {
+                    let max = self.spool.max_record();
+                    let (bytes, _) = fit(Message { record: 0, body: Some(body.clone()) }, max);
+                    if self.conn.send(bytes, now).is_err() {
+                        return;
+                    }
+                    self.backlog.pop();
+                    self.spool.stats.unspooled += 1;
+                }
             }
         }
     }
@@ -850,6 +954,9 @@ impl<S: SpoolStorage> Shell<S> {
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         if let Some(t) = self.transmits.pop_front() {
             return Some(t);
+        }
+        if !self.backlog.is_empty() {
+            self.drain_backlog(now);
         }
         if self.spool.uncommitted() > 0 || self.spool.retry_at().is_some_and(|t| t <= now) {
             let committed = self.spool.commit(now);

@@ -92,7 +92,8 @@ pub struct SpoolStats {
     pub acked_through: u64,
     /// Records sent again (restart, CMA restart, idle resend).
     pub resent: u64,
-    /// Droppable records dropped because the spool was full.
+    /// Records dropped because the spool was full: always 0 since the backlog (issue 16 item
+    /// 10) keeps the latest peer status and statistics instead; kept for the metrics file.
     pub dropped: u64,
     /// Records sent without the spool (full, or unavailable).
     pub unspooled: u64,

@@ -9,7 +9,7 @@ use assim_reliable::{Config as RelConfig, Connection, Event as RelEvent};
 use assim_wire::NodeId;
 use assim_wire::msg::{self, Body, Message};
 
-use crate::{Event, LEAVE_WAIT, Shell, ShellConfig, Spool, Transmit, WallClock};
+use crate::{Event, LEAVE_WAIT, NotSpooled, Shell, ShellConfig, Spool, Transmit, WallClock};
 
 /// The nanoprobe's wall clock at the test's start, µs.
 const WALL0: u64 = 1_700_000_000_000_000;
@@ -117,6 +117,15 @@ struct Pair {
 }
 
 fn shell(storage: &MemStorage, incarnation: u64, now: Instant) -> Shell<MemStorage> {
+    shell_with(storage, incarnation, now, 64 << 20)
+}
+
+fn shell_with(
+    storage: &MemStorage,
+    incarnation: u64,
+    now: Instant,
+    spool_bytes: u64,
+) -> Shell<MemStorage> {
     let cfg = ShellConfig {
         node_id: NODE,
         cma_id: CMA,
@@ -128,7 +137,7 @@ fn shell(storage: &MemStorage, incarnation: u64, now: Instant) -> Shell<MemStora
         discovery_defaults: false,
         wall_clock: WallClock::new(now, WALL0),
     };
-    let spool = Spool::open(storage.clone(), 64 << 20, crate::limits::MAX_MESSAGE).unwrap();
+    let spool = Spool::open(storage.clone(), spool_bytes, crate::limits::MAX_MESSAGE).unwrap();
     let mut s = Shell::new(cfg, spool, None, now);
     s.start(now);
     s
@@ -458,34 +467,116 @@ fn item_9_a_lost_spool_starts_a_new_incarnation_the_cma_takes() {
     assert_eq!(p.shell.spool().unacked(), 0);
 }
 
+fn peer_report(peer: u8, n: u64) -> Body {
+    Body::HeartbeatReport(msg::HeartbeatReport {
+        peer: NodeId([peer; 16]).0.to_vec(),
+        kind: msg::ReportKind::Dead as i32,
+        silent_ms: n,
+        ..Default::default()
+    })
+}
+
+fn check_change(name: &str, n: u64) -> Body {
+    Body::CheckStateChange(msg::CheckStateChange {
+        check: name.into(),
+        state: (n % 3) as i32,
+        output: format!("output {n}"),
+        at: WALL0 + n,
+        ..Default::default()
+    })
+}
+
+fn event(n: u64) -> Body {
+    Body::LocalEvent(msg::LocalEvent { text: format!("event {n}"), ..Default::default() })
+}
+
+/// Issue 16 item 10: with the spool full (and the CMA away, so the reliable queue fills too),
+/// reports used to be sent without the spool and dropped on `QueueFull`, and peer status was
+/// dropped. Now state waits in a bounded backlog, the latest word per subject; local events are
+/// refused with an error the submitter sees; once the CMA acknowledges, the backlog goes
+/// through the spool and the latest word on every subject arrives.
 #[test]
-fn peer_status_dropped_when_the_spool_is_full() {
-    let storage = MemStorage::new(3);
+fn item_10_a_full_spool_coalesces_state_and_refuses_events() {
+    let storage = MemStorage::new(1);
     let now = Instant::now();
-    let cfg = ShellConfig {
-        node_id: NODE,
-        cma_id: CMA,
-        cma_addr: cma_addr(),
-        session: 1,
-        seed: 1,
-        hello: msg::Hello::default(),
-        reliable: RelConfig::default(),
-        discovery_defaults: false,
-        wall_clock: WallClock::new(now, WALL0),
+    let mut p = Pair {
+        shell: shell_with(&storage, 1, now, 4096),
+        storage,
+        cma: FakeCma::new(),
+        now,
+        events: Vec::new(),
+        incarnation: 1,
     };
-    // Just room for a couple of records.
-    let spool = Spool::open(storage, 200, 4096).unwrap();
-    let mut s = Shell::new(cfg, spool, None, now);
-    let status = || Body::PeerStatus(msg::PeerStatus::default());
-    let mut dropped = 0;
-    for _ in 0..50 {
-        if s.send_spooled(status(), now).is_none() {
-            dropped += 1;
+    p.run(Duration::from_secs(1));
+    p.cma.up = false;
+    let mut refused_events = 0;
+    let mut last_event_ok = 0;
+    for n in 1..=3000u64 {
+        let t = p.now;
+        let body = match n % 5 {
+            0 | 1 => peer_report((n % 3) as u8 + 10, n),
+            2 => Body::PeerStatus(msg::PeerStatus { epoch: n, ..Default::default() }),
+            3 => check_change(if n % 2 == 0 { "disk" } else { "http" }, n),
+            _ => event(n),
+        };
+        match p.shell.submit_spooled(body, t) {
+            Ok(_) if n % 5 == 4 => last_event_ok = n,
+            Err(NotSpooled::Refused(why)) => {
+                assert_eq!(n % 5, 4, "state refused: {why}");
+                assert!(why.contains("full"), "{why}");
+                refused_events += 1;
+            }
+            Err(NotSpooled::Unspooled | NotSpooled::Empty) => panic!("sent without the spool"),
+            _ => {}
+        }
+        if n % 100 == 0 {
+            p.run(Duration::from_millis(200));
         }
     }
-    assert!(dropped > 0);
-    assert_eq!(s.spool().stats().dropped, dropped);
-    assert_eq!(s.spool().stats().unspooled, 0);
+    let st = *p.shell.spool().stats();
+    assert!(refused_events > 0 && st.refused == refused_events, "{st:?}");
+    assert!(st.coalesced > 1000, "{st:?}");
+    assert_eq!((st.unspooled, st.dropped), (0, 0), "{st:?}");
+    // One entry per subject: 3 peers, the status, 2 checks.
+    let (len, bytes) = p.shell.backlog();
+    assert!(len <= 6 && bytes < 4096, "backlog {len} entries, {bytes} bytes");
+
+    // The CMA comes back: everything still held arrives, the latest word on every subject.
+    p.cma.restart();
+    p.run(Duration::from_secs(30));
+    assert_eq!(p.shell.backlog().0, 0, "the backlog was not drained");
+    assert_eq!(p.shell.spool().unacked(), 0);
+    let got = |p: &Pair, f: &dyn Fn(&Body) -> Option<u64>| -> Vec<u64> {
+        p.cma.applied.iter().filter_map(|m| m.body.as_ref().and_then(f)).collect()
+    };
+    for peer in 10..13u8 {
+        let last = (1..=3000u64).filter(|n| n % 5 <= 1 && (n % 3) as u8 + 10 == peer).max();
+        let seen = got(&p, &|b| match b {
+            Body::HeartbeatReport(r) if r.peer == vec![peer; 16] => Some(r.silent_ms),
+            _ => None,
+        });
+        assert_eq!(seen.last().copied(), last, "peer {peer}: the latest report did not arrive");
+    }
+    let statuses = got(&p, &|b| match b {
+        Body::PeerStatus(s) => Some(s.epoch),
+        _ => None,
+    });
+    assert_eq!(statuses.last(), Some(&2997), "the latest peer status did not arrive");
+    for check in ["disk", "http"] {
+        let seen = got(&p, &|b| match b {
+            Body::CheckStateChange(c) if c.check == check => Some(c.at - WALL0),
+            _ => None,
+        });
+        let last = (1..=3000u64).filter(|n| n % 5 == 3 && (n % 2 == 0) == (check == "disk")).max();
+        assert_eq!(seen.last().copied(), last, "check {check}: the latest state did not arrive");
+    }
+    // Every event either arrived or was refused to its submitter.
+    let events = got(&p, &|b| match b {
+        Body::LocalEvent(_) => Some(0),
+        _ => None,
+    });
+    assert_eq!(events.len() as u64 + refused_events, 600);
+    assert!(last_event_ok > 0);
 }
 
 #[test]
