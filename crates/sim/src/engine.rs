@@ -25,7 +25,8 @@
 //! that no longer matches is ignored. The cores tolerate early or late calls anyway.
 //!
 //! Message accounting: spool records are numbered by the spool (dense per node, across
-//! restarts). The CMA shell's notes say what its engine applied and what its reader refused: a
+//! restarts; a `lose_spool` step starts a node's numbers again at 1 under a new incarnation,
+//! and the model follows at the CMA's next applied hello of that node). The CMA shell's notes say what its engine applied and what its reader refused: a
 //! record at or below the last taken is dropped (counted as a redelivery: resends after a
 //! restart, idle resends, or the reliable layer's documented redelivery to a restarted CMA), one
 //! that skips ahead is a gap (a violation), and a record the engine applies twice or out of
