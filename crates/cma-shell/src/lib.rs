@@ -479,6 +479,9 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
                 error!(lsn, "an inbox record cannot be decoded; skipped");
                 continue;
             };
+            // The reader took no spool record meanwhile, so a hello's reset is still due there
+            // only if a failed inbox sync rolled the reader back to the engine's view.
+            self.reader.note_hello(node, &m);
             self.engine.apply(now.wall, Some(lsn), node, key, m, effects, &mut self.metrics);
         }
     }
