@@ -228,12 +228,14 @@ impl Expr {
 pub struct Filter {
     text: String,
     expr: Expr,
+    /// Regexes compiled for it (at most [`MAX_REGEXES`]).
+    regexes: usize,
 }
 
 impl Filter {
     /// The filter that matches every event.
     pub fn all() -> Filter {
-        Filter { text: String::new(), expr: Expr::All }
+        Filter { text: String::new(), expr: Expr::All, regexes: 0 }
     }
 
     /// Parses and compiles `text`.
@@ -251,12 +253,18 @@ impl Filter {
         if p.pos < text.len() {
             return Err(p.unexpected("`and`, `or` or the end of the filter"));
         }
-        Ok(Filter { text: text.to_owned(), expr })
+        Ok(Filter { text: text.to_owned(), expr, regexes: p.regexes })
     }
 
     /// The text it was parsed from.
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// How many regexes it compiled: what it costs in memory beyond its text (each up to
+    /// [`MAX_REGEX_SIZE`] of program and as much of cache).
+    pub fn regexes(&self) -> usize {
+        self.regexes
     }
 
     /// The compiled expression.
@@ -708,7 +716,8 @@ mod tests {
             Filter::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         let eight = ["/a/"; MAX_REGEXES].join(" or ");
-        assert!(Filter::parse(&eight).is_ok());
+        assert_eq!(Filter::parse(&eight).unwrap().regexes(), MAX_REGEXES);
+        assert_eq!(Filter::parse("type:host.* and x=1").unwrap().regexes(), 0);
         // A short text that asks for hundreds of regexes is refused at the first one too many,
         // before it is compiled, with the way out in the message.
         let many = vec!["/a/"; 500].join(" or ");

@@ -294,7 +294,7 @@ async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> 
     }
     let mut rx = state.last_event.clone();
     if !wait.is_zero() && *rx.borrow_and_update() <= q.since {
-        let _held = match state.held.hold() {
+        let _held = match state.held.hold(0) {
             Ok(p) => p,
             Err(busy) => return busy.into_response(),
         };

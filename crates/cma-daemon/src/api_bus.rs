@@ -161,7 +161,7 @@ async fn scan_wait(
             return Ok((found.events, cursor));
         }
         if !holds_place && place.is_none() {
-            place = Some(state.held.hold()?);
+            place = Some(state.held.hold(filter.regexes())?);
         }
         examined = 0;
         if *rx.borrow() <= cursor {
@@ -217,7 +217,7 @@ async fn stream(
         None => *state.last_event.borrow(),
     };
     // The stream holds one of the API's places for held requests for as long as it is open.
-    let held = match state.held.hold() {
+    let held = match state.held.hold(filter.regexes()) {
         Ok(p) => p,
         Err(busy) => return busy.into_response(),
     };

@@ -5,14 +5,17 @@
 //! |---|---|---|
 //! | TCP connections | [`MAX_CONNECTIONS`] open at once | not accepted until one closes |
 //! | an idle connection | [`IDLE_TIMEOUT`] without a byte either way | closed |
-//! | held requests (long-polls with `wait`, SSE streams) | [`MAX_HELD`] at once | `503`, `Retry-After` |
+//! | held requests (long-polls with `wait`, SSE streams) | [`MAX_HELD`] units at once: 1 each, plus [`UNITS_PER_REGEX`] per regex in its filter | `503`, `Retry-After` |
 //! | store calls | [`API_HANDLES`] running, [`MAX_QUEUED_READS`] waiting (asynchronously, no thread each) | `503`, `Retry-After` |
 //! | rows in one answer | [`assim_store::MAX_ANSWER_ROWS`] | `422`, "narrow the query" |
 //! | events examined by one store call | [`SCAN_PER_CALL`]; one request at most `MAX_SCAN` (api_bus) | the cursor to continue from |
 //! | a filter | 4 KiB, 8 regexes of bounded size (`assim_bus::filter`) | `400` naming the problem |
 //!
 //! A held request waits on a watch channel, not on a thread or a store handle, so the only
-//! per-request cost is its task and its filter. SSE streams send a keep-alive comment every
+//! per-request cost is its task and its filter. A filter's regexes dominate that (up to
+//! 128 KiB of program each, `assim_bus::filter`), hence the weight: 256 plain streams, or 28
+//! streams whose filters hold 8 regexes each; never more than 256 regexes (32 MiB of programs)
+//! held at once. SSE streams send a keep-alive comment every
 //! 15 s, which keeps a live stream from counting as idle; a long-poll is held at most 60 s,
 //! half the idle timeout.
 
@@ -35,10 +38,12 @@ use tokio::time::{Instant, Sleep};
 pub const API_HANDLES: usize = 4;
 /// Store calls waiting for a handle, per seam, before new ones are refused.
 pub const MAX_QUEUED_READS: usize = 256;
-/// Long-polls and SSE streams held at once.
+/// Units of held requests (long-polls and SSE streams) at once; see [`UNITS_PER_REGEX`].
 pub const MAX_HELD: usize = 256;
-/// TCP connections open at once.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// What each regex of a held request's filter adds to its one unit.
+pub const UNITS_PER_REGEX: usize = 1;
+/// TCP connections open at once (each costs tens of KiB of buffers and state).
+pub const MAX_CONNECTIONS: usize = 512;
 /// A connection with no traffic either way for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Events one store call examines for a filtered read; a request makes several calls (up to
@@ -114,14 +119,21 @@ impl HeldGate {
         HeldGate { permits: Arc::new(Semaphore::new(max)), max }
     }
 
-    /// A permit to hold one request, or why not (a `503` answer).
-    pub fn hold(&self) -> Result<OwnedSemaphorePermit, Busy> {
-        self.permits.clone().try_acquire_owned().map_err(|_| {
+    /// A permit to hold one request whose filter compiled `regexes` regexes, or why not (a
+    /// `503` answer).
+    pub fn hold(&self, regexes: usize) -> Result<OwnedSemaphorePermit, Busy> {
+        let units = 1 + regexes * UNITS_PER_REGEX;
+        let refused = || {
             Busy(format!(
-                "{} long-polls and event streams are already open; close one or retry later",
+                "long-polls and event streams already hold {} of {} places, and this one needs \
+                 {units} (1, plus {UNITS_PER_REGEX} per regex in its filter); close one, use \
+                 fewer regexes, or retry later",
+                self.open(),
                 self.max
             ))
-        })
+        };
+        let units32 = u32::try_from(units).map_err(|_| refused())?;
+        self.permits.clone().try_acquire_many_owned(units32).map_err(|_| refused())
     }
 
     /// Held requests now open (for tests and metrics).
@@ -313,13 +325,18 @@ mod tests {
 
     #[test]
     fn item_12_held_requests_are_bounded() {
-        let gate = HeldGate::new(2);
-        let a = gate.hold().unwrap();
-        let _b = gate.hold().unwrap();
-        let refused = gate.hold().unwrap_err().into_response();
+        let gate = HeldGate::new(4);
+        let a = gate.hold(0).unwrap();
+        let _b = gate.hold(0).unwrap();
+        // A filter with regexes weighs more: two regexes need three places, two are left.
+        let refused = gate.hold(2).unwrap_err();
+        assert!(refused.0.contains("needs 3"), "{}", refused.0);
+        let refused = refused.into_response();
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(refused.headers().contains_key(header::RETRY_AFTER));
         drop(a);
-        assert!(gate.hold().is_ok(), "a closed request frees its place");
+        let _c = gate.hold(2).expect("a closed request frees its place");
+        assert_eq!(gate.open(), 4);
+        assert!(gate.hold(0).is_err());
     }
 }

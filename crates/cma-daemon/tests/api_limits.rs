@@ -99,7 +99,7 @@ async fn item_12_held_requests_past_the_bound_get_503_and_free_their_place() {
         let (mut c, head) = open(addr, "/api/v1/events/stream");
         assert_eq!(status(&head), 503, "{head}");
         assert!(head.to_ascii_lowercase().contains("retry-after: 2"), "{head}");
-        assert!(body(&mut c).contains("already open"));
+        assert!(body(&mut c).contains("already hold"));
         let (_c, head) = open(addr, "/api/v1/events?since=0&wait=30&filter=type:host.*");
         assert_eq!(status(&head), 503, "{head}");
         // Reads that do not wait are still answered.
