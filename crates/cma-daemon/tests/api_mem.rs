@@ -139,10 +139,11 @@ async fn the_api_answers_from_the_in_memory_store() {
         listen: "127.0.0.1:1984".parse().unwrap(),
         version: "test".into(),
     };
+    let metrics = Arc::new(SharedMetrics::default());
     let state = ApiState::with_engine(
         queries,
         events,
-        Arc::new(SharedMetrics::default()),
+        metrics.clone(),
         last_event,
         // The operator token guards writes; this test only reads.
         assim_cma_daemon::api_access::ApiAccess::new(
@@ -188,6 +189,21 @@ async fn the_api_answers_from_the_in_memory_store() {
         assert!(body.contains("nosuch"), "{body}");
         let (code, _) = get(&base, "/api/v1/discovery?host=nosuch");
         assert_eq!(code, 404);
+
+        // Issue 16 item 15: while the store refuses writes, /healthz says so (503, the reason).
+        assert_eq!(get(&base, "/healthz"), (200, "ok\n".to_string()));
+        metrics.publish(assim_cma_daemon::metrics::CmaMetrics {
+            store_unavailable: Some("the store refuses writes since 5 s".into()),
+            store_unavailable_seconds: 5,
+            ..Default::default()
+        });
+        let (code, body) = get(&base, "/healthz");
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("refuses writes"), "{body}");
+        let (_, text) = get(&base, "/metrics");
+        assert!(text.contains("assim_cma_store_unavailable 1"), "{text}");
+        metrics.publish(Default::default());
+        assert_eq!(get(&base, "/healthz").0, 200);
     })
     .await
     .unwrap();
