@@ -36,6 +36,7 @@ step log cargo bench -p assim-log
 step ring cargo bench -p assim --bench ring
 step ingest cargo bench -p assim --bench ingest
 step serf cargo bench -p assim --bench serf
+step flood cargo bench -p assim --bench flood
 step sim-crash "$assim" sim --nodes 100000 --crash 1000 --seed 1
 step sim-loss "$assim" sim --nodes 10000 --loss 5 --duration 10m --seed 1
 step sim-wire "$assim" sim --wire --nodes 20000

@@ -8,7 +8,14 @@
 //! - 1: the rest is a plaintext, sealed by the known node (kind and key flag from the next byte),
 //!      which must open to the same plaintext, then decoded as a message;
 //! - 2: a fixed heartbeat is sealed, the rest is XORed over it; it must authenticate only if
-//!      unchanged (a changed kind byte may turn it into a clear-text key request or reply).
+//!      unchanged (a changed kind byte may turn it into a clear-text key request or reply);
+//! - 3: the rest is a datagram whose last 16 bytes are replaced by a valid mac1 for the
+//!      receiver, so the fuzzer gets past the mac1 to the budgets and the paths behind them;
+//!      it is opened with `open_from` (the next byte picks a loopback or other source and the
+//!      time).
+//!
+//! Everywhere: a datagram refused at the header, the mac1 or a budget cost no X25519 operation
+//! (`Sealer::dh_ops` did not move), and an X25519 operation costs at most one per datagram.
 //!
 //! The two identities are fixed bytes; the sealers live across inputs (building them costs three
 //! X25519 operations), and any peer a raw input manages to add is removed again.
@@ -16,7 +23,10 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use assim_seal::{Identity, Sealer};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use assim_seal::{Identity, Mac1Key, OpenError, Sealer};
 use assim_wire::msg::{Direct, DirectBody, Heartbeat, Message};
 use assim_wire::{DatagramKind, Header, NodeId};
 use libfuzzer_sys::fuzz_target;
@@ -27,6 +37,8 @@ struct State {
     /// The receiver ("the CMA"), accepting unknown senders that carry their key.
     cma: Sealer,
     out: Vec<u8>,
+    mac1: Mac1Key,
+    t0: Instant,
 }
 
 fn state() -> &'static Mutex<State> {
@@ -39,7 +51,8 @@ fn state() -> &'static Mutex<State> {
         let mut cma = Sealer::new(cma_id, 2 << 16);
         cma.add_peer(node_id.node_id(), node_id.public_key());
         cma.set_accept_unknown(true);
-        Mutex::new(State { node, cma, out: Vec::new() })
+        let mac1 = Mac1Key::for_receiver(&cma.public_key());
+        Mutex::new(State { node, cma, out: Vec::new(), mac1, t0: Instant::now() })
     })
 }
 
@@ -48,10 +61,29 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut guard = state().lock().unwrap_or_else(|e| e.into_inner());
-    let State { node, cma, out } = &mut *guard;
+    let State { node, cma, out, mac1, t0 } = &mut *guard;
     let cma_id = cma.node_id();
-    match mode % 3 {
-        0 => open_and_decode(cma, rest, None),
+    match mode % 4 {
+        0 => open_and_decode(cma, rest, None, None),
+        3 => {
+            let Some((&how, rest)) = rest.split_first() else {
+                return;
+            };
+            out.clear();
+            out.extend_from_slice(rest);
+            if out.len() >= 16 {
+                let n = out.len() - 16;
+                let m = mac1.compute(&out[..n]);
+                out[n..].copy_from_slice(&m);
+            }
+            let src: SocketAddr = if how & 1 == 0 {
+                ([127, 0, 0, how], 9).into()
+            } else {
+                ([10, how, 0, 1], 9).into()
+            };
+            let now = *t0 + Duration::from_millis(u64::from(how >> 1) * 37);
+            open_and_decode(cma, out, None, Some((now, src)));
+        }
         1 => {
             let Some((&flags, plaintext)) = rest.split_first() else {
                 return;
@@ -60,7 +92,7 @@ fuzz_target!(|data: &[u8]| {
             let include_key = flags & 2 != 0;
             let plaintext = &plaintext[..plaintext.len().min(Sealer::max_plaintext(include_key))];
             node.seal(cma_id, kind, include_key, plaintext, out).expect("fits and peer known");
-            open_and_decode(cma, out, Some(plaintext));
+            open_and_decode(cma, out, Some(plaintext), None);
         }
         _ => {
             let hb = Direct {
@@ -91,12 +123,33 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-/// Opens `datagram` at the receiver and decodes whatever opens. With `expect`, it must open to
-/// exactly that plaintext.
-fn open_and_decode(cma: &mut Sealer, datagram: &[u8], expect: Option<&[u8]>) {
+/// Opens `datagram` at the receiver (with `from`: under the budgets) and decodes whatever
+/// opens. With `expect`, it must open to exactly that plaintext.
+fn open_and_decode(
+    cma: &mut Sealer,
+    datagram: &[u8],
+    expect: Option<&[u8]>,
+    from: Option<(Instant, SocketAddr)>,
+) {
     let header = Header::decode(datagram);
     let before = cma.rejects().total();
-    match cma.open(datagram) {
+    let dh = cma.dh_ops();
+    let result = match from {
+        Some((now, src)) => cma.open_from(now, src, datagram),
+        None => cma.open(datagram),
+    };
+    assert!(cma.dh_ops() <= dh + 1, "more than one X25519 operation for one datagram");
+    if let Err(
+        OpenError::Header(_)
+        | OpenError::BadMac1
+        | OpenError::MissingMac1
+        | OpenError::BadKeyRequest
+        | OpenError::Throttled(_),
+    ) = &result
+    {
+        assert_eq!(cma.dh_ops(), dh, "a cheap refusal cost an X25519 operation: {result:?}");
+    }
+    match result {
         Ok(opened) => {
             assert!(header.is_ok(), "opened a datagram whose header does not decode");
             if let Some(expect) = expect {

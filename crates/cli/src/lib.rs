@@ -22,12 +22,15 @@
 //! - [`listen_l2`]: `assim decode-l2 --listen`.
 //! - [`loadgen`]: `assim loadgen`, simulated senders pushing spooled reports at a CMA
 //!   (durability tests, ingest benchmark).
+//! - [`flood`]: `assim flood`, a first-contact flood from random identities and loopback
+//!   sources (the flood benchmark).
 
 pub mod bus;
 pub mod checks_cli;
 pub mod client;
 pub mod cluster;
 pub mod demo;
+pub mod flood;
 pub mod listen_l2;
 pub mod loadgen;
 pub mod query;

@@ -140,6 +140,23 @@ enum Command {
         #[arg(long)]
         data_dir: std::path::PathBuf,
     },
+    /// Flood a CMA with first contacts from random identities and random 127.0.0.0/8 sources
+    /// (valid mac1: what an attacker who fetched the CMA's key can send). Benchmark use only.
+    #[command(hide = true)]
+    Flood {
+        /// The CMA's UDP address.
+        #[arg(long)]
+        cma: std::net::SocketAddr,
+        /// Datagrams per second.
+        #[arg(long, default_value_t = 50_000)]
+        rate: u64,
+        /// How long (e.g. 30s).
+        #[arg(long, default_value = "30s", value_parser = assim_util::duration::parse_duration)]
+        duration: std::time::Duration,
+        /// Random bytes behind a valid header start instead of valid-mac1 first contacts.
+        #[arg(long)]
+        garbage: bool,
+    },
     /// Run the CMA (same as the `cma` binary).
     Cma {
         #[command(flatten)]
@@ -286,6 +303,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 r.percentile(0.5),
                 r.percentile(0.99),
                 r.resent
+            );
+        }
+        Command::Flood { cma, rate, duration, garbage } => {
+            let opts = assim::flood::FloodOptions {
+                rate,
+                garbage,
+                ..assim::flood::FloodOptions::new(cma, duration)
+            };
+            let r = assim::flood::run(&opts)?;
+            println!(
+                "flood: {} datagrams of {} bytes in {:.1} s = {:.0}/s from {} source addresses; {} send errors",
+                r.sent,
+                r.datagram_len,
+                r.elapsed.as_secs_f64(),
+                r.rate(),
+                r.sources,
+                r.send_errors
             );
         }
         Command::Cma { flags, command } => assim_cma_daemon::settings::run_cma(flags, command)?,

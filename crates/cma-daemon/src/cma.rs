@@ -328,6 +328,7 @@ impl Driver {
             inbox_records: s.inbox_records,
             applied_other: s.applied_other,
             retransmits: s.retransmits,
+            dh_ops: s.dh_ops,
             ..CmaMetrics::default()
         };
         if let Some(st) = self.shell.store_unavailable() {

@@ -26,6 +26,8 @@ pub struct CmaMetrics {
     pub reports: u64,
     pub reports_ignored: u64,
     pub retransmits: u64,
+    /// X25519 operations done by the CMA's sealer (first contacts admitted, key derivations).
+    pub dh_ops: u64,
     pub store_errors: u64,
     /// Set while the store refuses batches (issue 16 item 15): why, since when, what it cost;
     /// the CMA then acknowledges no new records. `/healthz` answers 503 with it.
@@ -151,6 +153,12 @@ pub fn render(m: &CmaMetrics) -> String {
         "assim_cma_retransmits_total",
         "Reliable-delivery frames the CMA retransmitted.",
         m.retransmits,
+    );
+    counter(
+        &mut out,
+        "assim_cma_dh_operations_total",
+        "X25519 operations (first contacts within the budget, key derivations).",
+        m.dh_ops,
     );
     counter(
         &mut out,

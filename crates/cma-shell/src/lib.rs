@@ -184,6 +184,8 @@ pub struct Metrics {
     /// Stored messages with no further effect yet, by kind.
     pub applied_other: BTreeMap<&'static str, u64>,
     pub retransmits: u64,
+    /// X25519 operations done by the sealer (first contacts, key derivations).
+    pub dh_ops: u64,
     /// Messages queued to nanoprobes, by kind.
     pub sent: BTreeMap<&'static str, u64>,
 }
@@ -222,6 +224,7 @@ pub struct Shell<A, I, S> {
     reader: Reader<I>,
     engine: Engine<S>,
     open_enrollment: bool,
+    enroll_log: enroll::RefusalLog,
     effects: Effects,
     transmits: VecDeque<Transmit>,
     notes: VecDeque<Note>,
@@ -259,6 +262,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             engine: Engine::new(core, store, applied, config.commit_interval, config.tagger)
                 .with_incarnations(incarnations),
             open_enrollment: config.open_enrollment,
+            enroll_log: enroll::RefusalLog::default(),
             effects: Effects::default(),
             transmits: VecDeque::new(),
             notes: VecDeque::new(),
@@ -307,7 +311,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
         self.last = now;
         self.metrics.datagrams_in += 1;
         self.metrics.bytes_in += datagram.len() as u64;
-        let opened = match self.seal.open(datagram) {
+        let opened = match self.seal.open(now.mono, src, datagram) {
             Ok(o) => o,
             Err(e) => {
                 debug!(%src, reason = e.reason(), "datagram rejected");
@@ -320,9 +324,13 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
         let sender = opened.header.sender;
         match opened.header.kind {
             DatagramKind::KeyRequest => {
-                let mut out = Vec::new();
-                self.seal.key_reply(&mut out);
-                self.transmit(src, out);
+                // Opened means: well-formed (it carries the requester's key, padded to the
+                // reply's length) and within the key-request budget.
+                if let Some(key) = opened.header.sender_key {
+                    let mut out = Vec::new();
+                    self.seal.key_reply(&key, &mut out);
+                    self.transmit(src, out);
+                }
             }
             DatagramKind::KeyReply => self.metrics.reject("unexpected_kind"),
             DatagramKind::Direct => match Direct::from_bytes(&opened.plaintext) {
@@ -380,8 +388,8 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
                 self.refuse(sender, record, kind, "unregistered");
                 return;
             };
-            let store = &mut self.engine.store;
-            match enroll::decide(store, self.open_enrollment, now.wall, sender, &key, hello) {
+            let (store, log) = (&mut self.engine.store, &mut self.enroll_log);
+            match enroll::decide(store, log, self.open_enrollment, now.wall, sender, &key, hello) {
                 Ok(_) => {
                     self.reader.enrolled.insert(sender);
                 }
@@ -429,6 +437,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
     /// the frames to send.
     pub fn flush(&mut self, now: Now) {
         self.last = now;
+        self.enroll_log.tick(now.wall);
         let committed =
             self.reader.commit(&self.engine.applied, &self.engine.incarnations, &mut self.metrics);
         let mut effects = std::mem::take(&mut self.effects);
@@ -667,6 +676,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             *m.rejects.entry(reason).or_insert(0) += n;
         }
         m.retransmits = self.conns.retransmits();
+        m.dh_ops = self.seal.dh_ops();
         m
     }
 

@@ -1,8 +1,16 @@
 //! Opening and sealing datagrams: the [`Seal`] trait the shell uses, implemented by
 //! [`assim_seal::Sealer`] (the daemon) and by [`PlainSeal`] (the simulator: the same header and
 //! key bookkeeping, no cryptography — sealing is not what the simulator measures).
+//!
+//! The shell's open path ([`Seal::open`]) gets the source address and `now`, because opening a
+//! stranger's datagram is what a flood targets: the [`Sealer`] checks the mac1 before any
+//! X25519 operation and takes first contacts and key requests out of its budgets
+//! ([`assim_seal::admission`]), counting every refusal by reason. [`PlainSeal`] does no DH, so
+//! it has no budgets and no mac1 (the simulator's datagrams are not the wire format).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Instant;
 
 use assim_seal::{OpenError, Opened, SealError, Sealer};
 use assim_wire::{DatagramKind, Header, NodeId};
@@ -11,9 +19,11 @@ use assim_wire::{DatagramKind, Header, NodeId};
 pub trait Seal {
     /// Our reliable session (changes on every start).
     fn session(&self) -> u64;
-    /// Parses and authenticates one datagram. An unknown sender that carried its key may be
-    /// added provisionally ([`Opened::new_peer`]); the shell removes it again unless it enrols.
-    fn open(&mut self, datagram: &[u8]) -> Result<Opened, OpenError>;
+    /// Parses and authenticates one datagram from `src` at `now`. An unknown sender that carried
+    /// its key may be added provisionally ([`Opened::new_peer`]); the shell removes it again
+    /// unless it enrols. First contacts and key requests are subject to the sealer's budgets.
+    fn open(&mut self, now: Instant, src: SocketAddr, datagram: &[u8])
+    -> Result<Opened, OpenError>;
     /// Seals `plaintext` of `kind` for `to` into `out`.
     fn seal(
         &mut self,
@@ -22,22 +32,31 @@ pub trait Seal {
         plaintext: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), SealError>;
-    /// A clear-text reply carrying our public key.
-    fn key_reply(&mut self, out: &mut Vec<u8>);
+    /// A clear-text reply carrying our public key, for the requester holding `to_key`.
+    fn key_reply(&mut self, to_key: &[u8; 32], out: &mut Vec<u8>);
     fn add_peer(&mut self, id: NodeId, public_key: [u8; 32]);
     fn remove_peer(&mut self, id: NodeId);
     fn peer_key(&self, id: NodeId) -> Option<[u8; 32]>;
     fn peer_count(&self) -> usize;
     /// Refused datagrams by reason so far.
     fn rejects(&self) -> Vec<(&'static str, u64)>;
+    /// X25519 operations done so far.
+    fn dh_ops(&self) -> u64 {
+        0
+    }
 }
 
 impl Seal for Sealer {
     fn session(&self) -> u64 {
         Sealer::session(self)
     }
-    fn open(&mut self, datagram: &[u8]) -> Result<Opened, OpenError> {
-        Sealer::open(self, datagram)
+    fn open(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        datagram: &[u8],
+    ) -> Result<Opened, OpenError> {
+        Sealer::open_from(self, now, src, datagram)
     }
     fn seal(
         &mut self,
@@ -48,8 +67,8 @@ impl Seal for Sealer {
     ) -> Result<(), SealError> {
         Sealer::seal(self, to, kind, false, plaintext, out)
     }
-    fn key_reply(&mut self, out: &mut Vec<u8>) {
-        Sealer::key_reply(self, out)
+    fn key_reply(&mut self, to_key: &[u8; 32], out: &mut Vec<u8>) {
+        Sealer::key_reply(self, to_key, out)
     }
     fn add_peer(&mut self, id: NodeId, public_key: [u8; 32]) {
         Sealer::add_peer(self, id, public_key)
@@ -65,6 +84,9 @@ impl Seal for Sealer {
     }
     fn rejects(&self) -> Vec<(&'static str, u64)> {
         Sealer::rejects(self).iter().collect()
+    }
+    fn dh_ops(&self) -> u64 {
+        Sealer::dh_ops(self)
     }
 }
 
@@ -104,7 +126,7 @@ impl PlainSeal {
         sender_key: Option<[u8; 32]>,
         plaintext: &[u8],
     ) -> Vec<u8> {
-        let header = Header { kind, sender, session, counter, sender_key };
+        let header = Header { kind, sender, session, counter, sender_key, mac1: false };
         let mut out = Vec::with_capacity(header.len() + plaintext.len());
         header.encode(&mut out);
         out.extend_from_slice(plaintext);
@@ -127,7 +149,7 @@ impl Seal for PlainSeal {
         self.session
     }
 
-    fn open(&mut self, datagram: &[u8]) -> Result<Opened, OpenError> {
+    fn open(&mut self, _: Instant, _: SocketAddr, datagram: &[u8]) -> Result<Opened, OpenError> {
         let (header, body) = match Header::decode(datagram) {
             Ok(x) => x,
             Err(e) => return Err(self.refuse(OpenError::Header(e))),
@@ -166,7 +188,7 @@ impl Seal for PlainSeal {
         Ok(())
     }
 
-    fn key_reply(&mut self, out: &mut Vec<u8>) {
+    fn key_reply(&mut self, _: &[u8; 32], out: &mut Vec<u8>) {
         let key = Some(self.public_key);
         *out = PlainSeal::datagram(
             DatagramKind::KeyReply,

@@ -699,3 +699,73 @@ fn item_15_a_failing_store_stops_acknowledgement_and_keeps_memory_bounded() {
     assert_eq!(w.shell().pending_batch(), 0, "the backlog was not stored");
     assert_eq!(w.shell().store().applied.get(&id), Some(&400));
 }
+
+/// Issue 16, item 3: a flood of first contacts (valid mac1: the attacker fetched the CMA's key)
+/// from random identities and random loopback sources costs at most the first-contact budget in
+/// X25519 operations, while a known nanoprobe's reports are still taken, in order; a key request
+/// is answered with a reply no larger than itself.
+#[test]
+fn item_3_first_contact_flood_is_bounded_and_known_nodes_are_served() {
+    use rand::{RngCore as _, SeedableRng as _};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(16);
+    let mut w = World::new(true, MemStore::default());
+    let p = w.add_probe(1);
+    let hello = w.probes[p].hello(None);
+    w.send(p, 0, hello);
+    let id = w.probes[p].id.node_id();
+    assert!(w.shell().core().node(id).is_some());
+    let dh_before = w.shell().metrics().dh_ops;
+
+    // The attacker's template: one valid first contact; each flood datagram rewrites the id and
+    // recomputes the mac1.
+    let mut attacker = Sealer::new(ident(77), 1);
+    attacker.add_peer(w.cma.node_id(), w.cma.public_key());
+    let mut template = Vec::new();
+    let frame = b"not a real frame".to_vec();
+    attacker.seal(w.cma.node_id(), DatagramKind::Reliable, true, &frame, &mut template).unwrap();
+    let mac1 = assim_seal::Mac1Key::for_receiver(&w.cma.public_key());
+
+    // 2 s of virtual time at 10,000 first contacts per second; the known probe sends a report
+    // every 10 ms.
+    let mut record = 0;
+    for step in 0..200u64 {
+        for _ in 0..100 {
+            let mut d = template.clone();
+            rng.fill_bytes(&mut d[8..24]);
+            let n = d.len() - 16;
+            let m = mac1.compute(&d[..n]);
+            d[n..].copy_from_slice(&m);
+            let r = rng.next_u32();
+            let src = SocketAddr::new(
+                Ipv4Addr::new(127, r as u8, (r >> 8) as u8, (r >> 16) as u8).into(),
+                9,
+            );
+            let now = w.now();
+            w.shell().handle_datagram(now, src, &d);
+        }
+        record += 1;
+        w.send(p, record, status(record));
+        w.t = (step + 1) * 10_000;
+    }
+    let m = w.shell().metrics();
+    let flood_dh = m.dh_ops - dh_before;
+    let l = assim_seal::Limits::FIRST_CONTACT;
+    assert!(flood_dh as f64 <= l.burst + 2.0 * l.rate, "{flood_dh} DH operations");
+    assert!(
+        m.rejects.get("first_contact_budget").copied().unwrap_or(0) > 10_000,
+        "{:?}",
+        m.rejects
+    );
+    assert_eq!(w.applied(id), (1..=record).collect::<Vec<_>>(), "the known node's reports");
+    assert_eq!(w.shell().seal().peer_count(), 1, "the flood left peers behind");
+
+    // A key request is answered, no larger than the request; a short (v1) one is not.
+    let mut req = Vec::new();
+    Sealer::new(ident(9), 1).key_request(&mut req);
+    let now = w.now();
+    w.shell().handle_datagram(now, addr(9), &req);
+    w.shell().handle_datagram(now, addr(9), &req[..40]);
+    let replies: Vec<_> = std::iter::from_fn(|| w.shell().poll_transmit()).collect();
+    assert_eq!(replies.len(), 1);
+    assert!(replies[0].datagram.len() <= req.len());
+}

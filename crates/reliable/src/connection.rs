@@ -312,9 +312,9 @@ mod tests {
         assert_eq!(id, Ok(1));
         let frames = drain(&mut a, now);
         assert_eq!(frames.len(), 128, "window-limited");
-        assert!(frames.iter().all(|f| f.len() <= 1144));
+        assert!(frames.iter().all(|f| f.len() <= 1128));
         let count = u16::from_be_bytes(frames[0][27..29].try_into().unwrap());
-        assert_eq!(usize::from(count), assim_wire::limits::MAX_MESSAGE_SIZE.div_ceil(1115));
+        assert_eq!(usize::from(count), assim_wire::limits::MAX_MESSAGE_SIZE.div_ceil(1128 - 29));
     }
 
     /// Small messages queued together share packed frames; a large one between them is
@@ -330,9 +330,9 @@ mod tests {
             sent.push(m);
         }
         let frames = drain(&mut a, now);
-        // 199 x 52 bytes of entries in frames of 1144 - 27: 21 per frame, plus 3 fragments.
+        // 199 x 52 bytes of entries in frames of 1128 - 27: 21 per frame, plus 3 fragments.
         assert_eq!(frames.len(), 5 + 5 + 3, "frames: {}", frames.len());
-        assert!(frames.iter().all(|f| f.len() <= 1144));
+        assert!(frames.iter().all(|f| f.len() <= 1128));
         assert_eq!(frames.iter().filter(|f| f[0] == 3).count(), 10);
         for (i, f) in frames.iter().enumerate() {
             assert_eq!(seq_of(f), i as u64);

@@ -28,8 +28,9 @@
 //!
 //! # Frames
 //!
-//! All integers are big endian. A frame is at most [`Config::max_frame_size`] bytes (default 1144
-//! = the 1232-byte datagram minus 88 bytes of sealing: 40 header, 32 optional key, 16 AEAD tag).
+//! All integers are big endian. A frame is at most [`Config::max_frame_size`] bytes (default 1128
+//! = the 1232-byte datagram minus 104 bytes of sealing: 40 header, 32 optional key, 16 AEAD tag,
+//! 16 mac1; `assim_wire::header::MAX_OVERHEAD`).
 //! Versioning lives in the datagram header (`assim_wire::header`), which carries the protocol
 //! version; an unknown frame type is rejected with [`FrameError::UnknownType`].
 //!
@@ -154,8 +155,8 @@ pub use frame::{ACK_HEADER_LEN, ACK_RANGE_LEN, DATA_HEADER_LEN};
 /// Tuning of one [`Connection`]. Both endpoints should use the same frame and message sizes.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The largest frame produced or accepted, in bytes (default 1144: the 1232-byte datagram
-    /// minus 40 header, 32 optional key and 16 tag bytes added by sealing).
+    /// The largest frame produced or accepted, in bytes (default 1128: the 1232-byte datagram
+    /// minus 40 header, 32 optional key, 16 tag and 16 mac1 bytes added by sealing).
     pub max_frame_size: usize,
     /// The most data frames (fragments or packed frames) in flight beyond the cumulative ack
     /// point; also the receiver's out-of-order buffer size (default 128).
@@ -183,7 +184,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            max_frame_size: assim_wire::limits::MAX_DATAGRAM_SIZE - 88,
+            max_frame_size: assim_wire::limits::MAX_DATAGRAM_SIZE
+                - assim_wire::header::MAX_OVERHEAD,
             window: 128,
             initial_rto: Duration::from_millis(300),
             min_rto: Duration::from_millis(50),

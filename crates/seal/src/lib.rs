@@ -13,17 +13,25 @@
 //!   [`next_session`] (the session file kept beside the identity).
 //! - [`seal`]: [`Sealer`], the key schedule, AEAD and byte layout of a sealed datagram, and
 //!   [`OpenError`] / [`RejectCounters`].
+//! - [`mac1`]: [`Mac1Key`], the cheap pre-authentication keyed by the receiver's public key,
+//!   checked before any X25519 operation.
+//! - [`admission`]: [`Budget`], the first-contact and key-request budgets (token buckets per
+//!   source and global, bounded memory).
 //! - [`replay`]: [`ReplayWindow`], the sliding anti-replay window kept per peer.
 //! - [`token`]: [`JoinToken`] (`assim1.…` strings) and enrollment proofs.
 
+pub mod admission;
 pub mod identity;
+pub mod mac1;
 pub mod replay;
 pub mod seal;
 pub mod token;
 
+pub use admission::{Budget, Limits, Refusal};
 pub use identity::{
     Identity, IdentityError, create_private_dir, fingerprint, new_session, next_session,
 };
+pub use mac1::Mac1Key;
 pub use replay::ReplayWindow;
-pub use seal::{OpenError, Opened, RejectCounters, SealError, Sealer};
+pub use seal::{OpenError, Opened, RejectCounters, SealError, Sealer, Throttle};
 pub use token::{JoinToken, TokenError, secret_hash, token_id_for_secret, verify_proof};

@@ -22,7 +22,9 @@
 //! 40            [32]  sender public key, only when header flag bit 0 is set
 //! H              n    ciphertext of the plaintext (XChaCha20), n = plaintext length
 //! H + n          16   Poly1305 tag
-//!                     H = 40 or 72; H + n + 16 <= MAX_DATAGRAM_SIZE (1232)
+//! H + n + 16    [16]  mac1 (crate::mac1, keyed by the receiver's public key), present exactly
+//!                     when the key is (flag bit 1 set with flag bit 0)
+//!                     H = 40 or 72; H + n + 16 (+ 16) <= MAX_DATAGRAM_SIZE (1232)
 //!
 //! AEAD  = XChaCha20-Poly1305 with the tx key
 //! nonce = session (8, BE) || counter (8, BE) || 8 zero bytes                     24 bytes
@@ -31,20 +33,40 @@
 //!
 //! The counter is per [`Sealer`] (shared by all peers), starts at 1 and grows with every sealed
 //! datagram; the session grows across restarts ([`crate::new_session`]). A `(key, nonce)` pair is
-//! therefore never reused. The two key-discovery kinds (`KeyRequest`, `KeyReply`) are clear text:
-//! a header only (a `KeyReply` with the public key), consuming a counter value too.
+//! therefore never reused. The two key-discovery kinds are clear text and consume a counter value
+//! too: a `KeyRequest` is the header, the requester's public key and 16 zero bytes of padding; a
+//! `KeyReply` is the header, the answerer's public key and a mac1 keyed by the requester's key.
+//! Both are [`KEY_REQUEST_LEN`] (88) bytes: an answer is never larger than its request.
+//!
+//! # Which datagrams carry mac1, and why only those
+//!
+//! mac1 is on every datagram whose opening may cost the receiver an X25519 operation: the sealed
+//! kinds when they carry the sender's key (a CMA derives keys for a sender it does not know from
+//! it) and `KeyReply` (an unknown answerer's key is checked for low order). Datagrams between
+//! peers that hold each other's keys (heartbeats, the CMA's frames and probes) carry neither key
+//! nor mac1: opening them costs a table lookup, the replay check and one AEAD, never a DH, so a
+//! mac1 would buy nothing for its 16 bytes. A nanoprobe always sends its key (and so a mac1) to
+//! the CMA, so that a CMA that lost its state can still take it as a first contact.
 //!
 //! # Opening
 //!
-//! [`Sealer::open`] parses the header (size limits first, nothing allocated before), finds the
-//! peer's cached rx key, runs the cheap replay check, authenticates and decrypts, and only then
-//! records the counter in the peer's [`ReplayWindow`]. Every refusal increments the
-//! [`RejectCounters`] entry for its [`OpenError::reason`] and changes nothing else.
+//! [`Sealer::open`] parses the header (size limits first, nothing allocated before) and checks
+//! the mac1 in constant time if the datagram has one, and requires one where the rules above
+//! do, before any X25519. Then it finds the peer's cached rx key (for an unknown sender that is
+//! accepted, [`Sealer::open_from`] first takes a token from the first-contact [`Budget`], then
+//! derives its keys: the only DH on this path), runs the cheap replay check, authenticates and
+//! decrypts, and only then records the counter in the peer's [`ReplayWindow`]. A `KeyRequest`
+//! at [`Sealer::open_from`] takes a token from the key-request budget. Every refusal increments
+//! the [`RejectCounters`] entry for its [`OpenError::reason`] and changes nothing else.
+//! [`Sealer::dh_ops`] counts the X25519 operations done so far.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
+use std::time::Instant;
 
-use assim_wire::header::{HEADER_LEN, PUBKEY_LEN};
+use assim_wire::header::{HEADER_LEN, KEY_REQUEST_LEN, MAC1_LEN, PUBKEY_LEN, split_mac1};
 use assim_wire::limits::{AEAD_TAG_LEN, MAX_DATAGRAM_SIZE};
 use assim_wire::{DatagramKind, Header, HeaderError, NodeId};
 use chacha20poly1305::aead::{AeadInPlace as _, KeyInit as _};
@@ -53,7 +75,9 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use x25519_dalek::PublicKey;
 
+use crate::admission::{Budget, Limits, Refusal};
 use crate::identity::Identity;
+use crate::mac1::Mac1Key;
 use crate::replay::{ReplayError, ReplayWindow};
 
 const HKDF_SALT: &[u8] = b"assim-v1";
@@ -98,6 +122,43 @@ pub enum OpenError {
     /// carried no key.
     #[error("unusable public key")]
     BadKey,
+    /// A datagram that must carry a mac1 (it carries a key, or is a `KeyReply`) has none.
+    #[error("datagram without the mac1 its kind requires")]
+    MissingMac1,
+    /// The mac1 does not verify: garbage, or meant for another receiver. No DH was done.
+    #[error("datagram failed the mac1 check")]
+    BadMac1,
+    /// A `KeyRequest` without the requester's key or shorter than its reply would be.
+    #[error("malformed key request")]
+    BadKeyRequest,
+    /// Refused by a budget ([`Sealer::open_from`]); no DH was done and no answer is sent.
+    #[error("over the {} budget", .0.reason())]
+    Throttled(Throttle),
+}
+
+/// Which budget refused a datagram, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// First contacts: this source is over its allowance while the budget is contended.
+    FirstContactSource,
+    /// First contacts: the global budget is used up.
+    FirstContactBudget,
+    /// Key requests: this source is over its allowance while the budget is contended.
+    KeyRequestSource,
+    /// Key requests: the global budget is used up.
+    KeyRequestBudget,
+}
+
+impl Throttle {
+    /// The reject counter's label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Throttle::FirstContactSource => "first_contact_source",
+            Throttle::FirstContactBudget => "first_contact_budget",
+            Throttle::KeyRequestSource => "key_request_source",
+            Throttle::KeyRequestBudget => "key_request_budget",
+        }
+    }
 }
 
 impl OpenError {
@@ -111,6 +172,10 @@ impl OpenError {
             OpenError::Replayed => "replayed",
             OpenError::StaleSession => "stale_session",
             OpenError::BadKey => "bad_key",
+            OpenError::MissingMac1 => "no_mac1",
+            OpenError::BadMac1 => "bad_mac1",
+            OpenError::BadKeyRequest => "bad_key_request",
+            OpenError::Throttled(t) => t.reason(),
         }
     }
 }
@@ -122,7 +187,7 @@ impl From<HeaderError> for OpenError {
 }
 
 /// Every reject reason, in a fixed order (a bounded label set for metrics).
-const REASONS: [&str; 11] = [
+const REASONS: [&str; 18] = [
     "truncated",
     "oversized",
     "bad_magic",
@@ -134,6 +199,13 @@ const REASONS: [&str; 11] = [
     "replayed",
     "stale_session",
     "bad_key",
+    "no_mac1",
+    "bad_mac1",
+    "bad_key_request",
+    "first_contact_source",
+    "first_contact_budget",
+    "key_request_source",
+    "key_request_budget",
 ];
 
 /// How many datagrams [`Sealer::open`] refused, per reason.
@@ -180,6 +252,8 @@ pub struct Opened {
 #[derive(Clone)]
 struct Peer {
     public: [u8; 32],
+    /// The mac1 key of datagrams to this peer.
+    mac1: Mac1Key,
     /// `None` when the peer's key is low order: we neither seal to it nor accept from it.
     keys: Option<PeerKeys>,
     replay: ReplayWindow,
@@ -200,6 +274,12 @@ pub struct Sealer {
     accept_unknown: bool,
     peers: HashMap<NodeId, Peer>,
     rejects: RejectCounters,
+    /// The mac1 key of datagrams to us.
+    own_mac1: Mac1Key,
+    /// X25519 operations done so far.
+    dh_ops: Cell<u64>,
+    first_contacts: Budget,
+    key_requests: Budget,
 }
 
 impl fmt::Debug for Sealer {
@@ -211,6 +291,7 @@ impl fmt::Debug for Sealer {
             .field("accept_unknown", &self.accept_unknown)
             .field("peers", &self.peers.len())
             .field("rejects", &self.rejects.total())
+            .field("dh_ops", &self.dh_ops.get())
             .finish()
     }
 }
@@ -219,6 +300,10 @@ impl Sealer {
     /// A sealer for `identity` in `session` (see [`crate::new_session`]).
     pub fn new(identity: Identity, session: u64) -> Sealer {
         Sealer {
+            own_mac1: Mac1Key::for_receiver(&identity.public_key()),
+            dh_ops: Cell::new(0),
+            first_contacts: Budget::new(Limits::FIRST_CONTACT),
+            key_requests: Budget::new(Limits::KEY_REQUEST),
             identity,
             session,
             next_counter: 1,
@@ -280,13 +365,33 @@ impl Sealer {
         &self.rejects
     }
 
-    /// Largest plaintext that fits one datagram.
+    /// X25519 operations done so far (key derivations for peers, low-order checks).
+    pub fn dh_ops(&self) -> u64 {
+        self.dh_ops.get()
+    }
+
+    /// Replaces the limits of the first-contact and key-request budgets of
+    /// [`open_from`](Self::open_from) (defaults: [`Limits::FIRST_CONTACT`],
+    /// [`Limits::KEY_REQUEST`]); their buckets start full again.
+    pub fn set_limits(&mut self, first_contacts: Limits, key_requests: Limits) {
+        self.first_contacts = Budget::new(first_contacts);
+        self.key_requests = Budget::new(key_requests);
+    }
+
+    /// Source entries held by the two budgets (bounded by their `sources` limits).
+    pub fn tracked_sources(&self) -> usize {
+        self.first_contacts.tracked_sources() + self.key_requests.tracked_sources()
+    }
+
+    /// Largest plaintext that fits one datagram (a datagram with our key carries a mac1 too).
     pub fn max_plaintext(include_key: bool) -> usize {
-        MAX_DATAGRAM_SIZE - HEADER_LEN - if include_key { PUBKEY_LEN } else { 0 } - AEAD_TAG_LEN
+        let key = if include_key { PUBKEY_LEN + MAC1_LEN } else { 0 };
+        MAX_DATAGRAM_SIZE - HEADER_LEN - key - AEAD_TAG_LEN
     }
 
     /// Seals `plaintext` for `to` into `out` (cleared first): the header (kind, our id, our
-    /// session, the next counter, our public key if `include_key`), then ciphertext and tag.
+    /// session, the next counter, our public key if `include_key`), then ciphertext and tag,
+    /// then, with our key, the mac1 for `to`.
     ///
     /// `kind` should be a sealed kind (`Reliable` or `Direct`); the key-discovery kinds are built
     /// by [`key_request`](Self::key_request) and [`key_reply`](Self::key_reply).
@@ -303,7 +408,9 @@ impl Sealer {
         if plaintext.len() > max {
             return Err(SealError::TooLarge { len: plaintext.len(), max });
         }
-        let Some(keys) = self.peers.get(&to).and_then(|p| p.keys.as_ref()) else {
+        let Some((keys, mac1)) =
+            self.peers.get(&to).and_then(|p| p.keys.as_ref().map(|k| (k, &p.mac1)))
+        else {
             return Err(SealError::UnknownPeer(to));
         };
         let counter = self.next_counter;
@@ -313,8 +420,9 @@ impl Sealer {
             session: self.session,
             counter,
             sender_key: include_key.then(|| self.identity.public_key()),
+            mac1: include_key,
         };
-        out.reserve(header.len() + plaintext.len() + AEAD_TAG_LEN);
+        out.reserve(header.len() + plaintext.len() + AEAD_TAG_LEN + MAC1_LEN);
         header.encode(out);
         let header_len = out.len();
         out.extend_from_slice(plaintext);
@@ -324,28 +432,39 @@ impl Sealer {
             .encrypt_in_place_detached(&nonce(self.session, counter), aad, body)
             .expect("XChaCha20Poly1305 encrypts any plaintext that fits a datagram");
         out.extend_from_slice(&tag);
+        if include_key {
+            let m = mac1.compute(out);
+            out.extend_from_slice(&m);
+        }
         self.next_counter += 1;
         Ok(())
     }
 
-    /// A clear-text `KeyRequest` from us ("tell me your public key"), trust-on-first-use only.
+    /// A clear-text `KeyRequest` from us ("tell me your public key"), trust-on-first-use only:
+    /// our key (so that the reply can carry a mac1 for us) and zero padding up to the reply's
+    /// length.
     pub fn key_request(&mut self, out: &mut Vec<u8>) {
-        self.clear_text(DatagramKind::KeyRequest, None, out);
+        self.clear_text(DatagramKind::KeyRequest, false, out);
+        out.resize(KEY_REQUEST_LEN, 0);
     }
 
-    /// A clear-text `KeyReply` carrying our public key in the header.
-    pub fn key_reply(&mut self, out: &mut Vec<u8>) {
-        self.clear_text(DatagramKind::KeyReply, Some(self.identity.public_key()), out);
+    /// A clear-text `KeyReply` carrying our public key, with a mac1 for `to_key` (the key the
+    /// request carried).
+    pub fn key_reply(&mut self, to_key: &[u8; 32], out: &mut Vec<u8>) {
+        self.clear_text(DatagramKind::KeyReply, true, out);
+        let m = Mac1Key::for_receiver(to_key).compute(out);
+        out.extend_from_slice(&m);
     }
 
-    fn clear_text(&mut self, kind: DatagramKind, key: Option<[u8; 32]>, out: &mut Vec<u8>) {
+    fn clear_text(&mut self, kind: DatagramKind, mac1: bool, out: &mut Vec<u8>) {
         out.clear();
         let header = Header {
             kind,
             sender: self.identity.node_id(),
             session: self.session,
             counter: self.next_counter,
-            sender_key: key,
+            sender_key: Some(self.identity.public_key()),
+            mac1,
         };
         header.encode(out);
         self.next_counter += 1;
@@ -357,19 +476,65 @@ impl Sealer {
     /// `KeyRequest` and `KeyReply` are returned with an empty plaintext and are not
     /// authenticated (the caller decides whether it wants them); a `KeyReply` must carry a usable
     /// key, and one that contradicts the key we hold for its sender is a `KeyMismatch`.
+    ///
+    /// No budget applies here: this is for receivers that take no first contacts and answer no
+    /// key requests (nanoprobes, tests). A CMA uses [`open_from`](Self::open_from).
     pub fn open(&mut self, datagram: &[u8]) -> Result<Opened, OpenError> {
-        let result = self.open_inner(datagram);
+        let result = self.open_inner(datagram, None);
         if let Err(e) = &result {
             self.rejects.bump(e.reason());
         }
         result
     }
 
-    fn open_inner(&mut self, datagram: &[u8]) -> Result<Opened, OpenError> {
+    /// [`open`](Self::open) for a datagram from `src` at `now`, under the budgets: a first
+    /// contact (a sealed datagram from a sender we hold no key for) takes a token from the
+    /// first-contact budget before its DH, a `KeyRequest` one from the key-request budget
+    /// (the caller answers only what this returns). Refused: [`OpenError::Throttled`].
+    pub fn open_from(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        datagram: &[u8],
+    ) -> Result<Opened, OpenError> {
+        let result = self.open_inner(datagram, Some((now, src)));
+        if let Err(e) = &result {
+            self.rejects.bump(e.reason());
+        }
+        result
+    }
+
+    fn open_inner(
+        &mut self,
+        datagram: &[u8],
+        from: Option<(Instant, SocketAddr)>,
+    ) -> Result<Opened, OpenError> {
         let (header, body) = Header::decode(datagram)?;
-        let header_len = datagram.len() - body.len();
+        let header_len = header.len();
+        // mac1 first: a hash, never a DH. Required where opening may cost one.
+        if header.mac1 {
+            let (covered, mac) = split_mac1(datagram).ok_or(OpenError::MissingMac1)?;
+            if !self.own_mac1.verify(covered, mac) {
+                return Err(OpenError::BadMac1);
+            }
+        } else if header.kind == DatagramKind::KeyReply
+            || (header.kind.is_sealed() && header.sender_key.is_some())
+        {
+            return Err(OpenError::MissingMac1);
+        }
         match header.kind {
             DatagramKind::KeyRequest => {
+                if header.sender_key.is_none() || datagram.len() < KEY_REQUEST_LEN {
+                    return Err(OpenError::BadKeyRequest);
+                }
+                if let Some((now, src)) = from {
+                    self.key_requests.admit(now, src.ip()).map_err(|r| {
+                        OpenError::Throttled(match r {
+                            Refusal::Source => Throttle::KeyRequestSource,
+                            Refusal::Budget => Throttle::KeyRequestBudget,
+                        })
+                    })?;
+                }
                 return Ok(Opened { header, plaintext: Vec::new(), new_peer: false });
             }
             DatagramKind::KeyReply => {
@@ -405,6 +570,14 @@ impl Sealer {
             }
             None => match header.sender_key {
                 Some(key) if self.accept_unknown => {
+                    if let Some((now, src)) = from {
+                        self.first_contacts.admit(now, src.ip()).map_err(|r| {
+                            OpenError::Throttled(match r {
+                                Refusal::Source => Throttle::FirstContactSource,
+                                Refusal::Budget => Throttle::FirstContactBudget,
+                            })
+                        })?;
+                    }
                     &*new_peer.insert(self.derive_peer(header.sender, key))
                 }
                 _ => return Err(OpenError::UnknownPeer(header.sender)),
@@ -436,18 +609,20 @@ impl Sealer {
     }
 
     fn shared_is_contributory(&self, their_public: &[u8; 32]) -> bool {
+        self.dh_ops.set(self.dh_ops.get() + 1);
         self.identity.secret().diffie_hellman(&PublicKey::from(*their_public)).was_contributory()
     }
 
     /// Derives both directional keys for a peer (`keys: None` for a low-order key).
     fn derive_peer(&self, id: NodeId, public: [u8; 32]) -> Peer {
+        self.dh_ops.set(self.dh_ops.get() + 1);
         let shared = self.identity.secret().diffie_hellman(&PublicKey::from(public));
         let keys = shared.was_contributory().then(|| {
             let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), shared.as_bytes());
             let me = self.identity.node_id();
             PeerKeys { tx: directional(&hk, me, id), rx: directional(&hk, id, me) }
         });
-        Peer { public, keys, replay: ReplayWindow::new() }
+        Peer { public, mac1: Mac1Key::for_receiver(&public), keys, replay: ReplayWindow::new() }
     }
 }
 
@@ -473,6 +648,7 @@ mod tests {
     use super::*;
     use assim_wire::msg;
     use proptest::prelude::*;
+    use std::time::Duration;
 
     fn ident(n: u8) -> Identity {
         Identity::from_parts(NodeId([n; 16]), [n.wrapping_mul(37).wrapping_add(1); 32])
@@ -506,7 +682,8 @@ mod tests {
         let (mut a, mut b) = pair();
         for include_key in [false, true] {
             let dg = sealed(&mut a, b.node_id(), include_key, b"hello b");
-            let expected_len = HEADER_LEN + if include_key { 32 } else { 0 } + 7 + AEAD_TAG_LEN;
+            let expected_len =
+                HEADER_LEN + if include_key { 32 + MAC1_LEN } else { 0 } + 7 + AEAD_TAG_LEN;
             assert_eq!(dg.len(), expected_len);
             let opened = b.open(&dg).unwrap();
             assert_eq!(opened.plaintext, b"hello b");
@@ -552,33 +729,58 @@ mod tests {
             assert_eq!(out.len(), MAX_DATAGRAM_SIZE);
         }
         assert_eq!(Sealer::max_plaintext(false), 1232 - 40 - 16);
-        assert_eq!(Sealer::max_plaintext(true), 1232 - 72 - 16);
+        assert_eq!(Sealer::max_plaintext(true), 1232 - 72 - 16 - 16);
+    }
+
+    /// Recomputes the mac1 of a datagram for `receiver` (what anyone knowing its public key
+    /// can do), so that a tampered datagram reaches the checks behind the mac1.
+    fn remac(dg: &mut [u8], receiver: &[u8; 32]) {
+        let n = dg.len() - MAC1_LEN;
+        let m = Mac1Key::for_receiver(receiver).compute(&dg[..n]);
+        dg[n..].copy_from_slice(&m);
     }
 
     #[test]
     fn every_single_byte_flip_is_rejected_and_counted() {
-        let (mut a, mut b) = pair();
-        let dg = sealed(&mut a, b.node_id(), true, &heartbeat());
-        let mut rejected = 0;
-        for i in 0..dg.len() {
-            for bit in 0..8 {
-                let mut bad = dg.clone();
-                bad[i] ^= 1 << bit;
-                let err = b.open(&bad).unwrap_err();
-                rejected += 1;
-                if i >= HEADER_LEN + 32 {
-                    assert_eq!(err, OpenError::Unauthenticated, "byte {i} bit {bit}");
+        for include_key in [false, true] {
+            let (mut a, mut b) = pair();
+            let dg = sealed(&mut a, b.node_id(), include_key, &heartbeat());
+            let mut rejected = 0;
+            for i in 0..dg.len() {
+                for bit in 0..8 {
+                    let mut bad = dg.clone();
+                    bad[i] ^= 1 << bit;
+                    let err = b.open(&bad).unwrap_err();
+                    rejected += 1;
+                    if include_key && i >= HEADER_LEN {
+                        // mac1 covers everything: refused before any key lookup or AEAD.
+                        assert_eq!(err, OpenError::BadMac1, "byte {i} bit {bit}");
+                    } else if i >= HEADER_LEN {
+                        assert_eq!(err, OpenError::Unauthenticated, "byte {i} bit {bit}");
+                    }
+                    if include_key {
+                        // Past the mac1, as an attacker who knows B's key: still refused.
+                        if i < dg.len() - MAC1_LEN && bad[4] & 0x02 != 0 {
+                            remac(&mut bad, &b.public_key());
+                            b.open(&bad).unwrap_err();
+                            rejected += 1;
+                        }
+                    }
                 }
             }
+            assert_eq!(b.rejects().total(), rejected);
+            assert!(b.rejects().get("unauthenticated") > 0);
+            assert!(b.rejects().get("bad_magic") > 0);
+            assert!(b.rejects().get("unknown_kind") > 0);
+            assert!(b.rejects().get("unknown_peer") > 0);
+            if include_key {
+                assert!(b.rejects().get("key_mismatch") > 0);
+                assert!(b.rejects().get("bad_mac1") > 0);
+                assert!(b.rejects().get("no_mac1") > 0);
+            }
+            // The forged attempts did not move the window: the original still opens.
+            assert_eq!(b.open(&dg).unwrap().plaintext, heartbeat());
         }
-        assert_eq!(b.rejects().total(), rejected);
-        assert!(b.rejects().get("unauthenticated") > 0);
-        assert!(b.rejects().get("bad_magic") > 0);
-        assert!(b.rejects().get("unknown_kind") > 0);
-        assert!(b.rejects().get("unknown_peer") > 0);
-        assert!(b.rejects().get("key_mismatch") > 0);
-        // The forged attempts did not move the window: the original still opens.
-        assert_eq!(b.open(&dg).unwrap().plaintext, heartbeat());
     }
 
     #[test]
@@ -687,9 +889,12 @@ mod tests {
         // Without the key in the header it cannot be opened.
         let no_key = sealed(&mut probe, cma.node_id(), false, b"hello");
         assert_eq!(cma.open(&no_key), Err(OpenError::UnknownPeer(node.node_id())));
-        // A tampered first contact adds nothing.
+        // A tampered first contact adds nothing: the mac1 catches it, and with a fresh mac1 the
+        // AEAD does.
         let mut bad = hello.clone();
-        *bad.last_mut().unwrap() ^= 1;
+        bad[HEADER_LEN + 32] ^= 1;
+        assert_eq!(cma.open(&bad), Err(OpenError::BadMac1));
+        remac(&mut bad, &cma.public_key());
         assert_eq!(cma.open(&bad), Err(OpenError::Unauthenticated));
         assert_eq!(cma.peer_count(), 0);
 
@@ -719,9 +924,11 @@ mod tests {
             session: 1,
             counter: 1,
             sender_key: Some([0; 32]),
+            mac1: true,
         }
         .encode(&mut dg);
-        dg.extend_from_slice(&[0; 20]);
+        dg.extend_from_slice(&[0; 20 + MAC1_LEN]);
+        remac(&mut dg, &me.public_key());
         assert_eq!(s.open(&dg), Err(OpenError::BadKey));
         assert_eq!(s.peer_count(), 0);
         // Added by hand: we neither seal to it nor open from it.
@@ -738,12 +945,14 @@ mod tests {
         let (mut a, mut b) = pair();
         let mut out = Vec::new();
         a.key_request(&mut out);
-        assert_eq!(out.len(), HEADER_LEN);
+        assert_eq!(out.len(), KEY_REQUEST_LEN);
         let opened = b.open(&out).unwrap();
         assert_eq!(opened.header.kind, DatagramKind::KeyRequest);
+        assert_eq!(opened.header.sender_key, Some(a.public_key()));
         assert!(opened.plaintext.is_empty());
 
-        b.key_reply(&mut out);
+        b.key_reply(&a.public_key(), &mut out);
+        assert_eq!(out.len(), KEY_REQUEST_LEN, "a reply is never larger than the request");
         let opened = a.open(&out).unwrap();
         assert_eq!(opened.header.kind, DatagramKind::KeyReply);
         assert_eq!(opened.header.sender_key, Some(b.public_key()));
@@ -751,16 +960,27 @@ mod tests {
 
         // A stranger's reply is returned for the caller to judge (trust on first use).
         let mut stranger = Sealer::new(ident(5), 1);
-        stranger.key_reply(&mut out);
+        stranger.key_reply(&a.public_key(), &mut out);
         assert_eq!(a.open(&out).unwrap().header.sender, NodeId([5; 16]));
-
-        // A reply contradicting the key we hold, or carrying no key, is refused.
-        let mut impostor = Sealer::new(Identity::from_parts(b.node_id(), [99; 32]), 1);
-        impostor.key_reply(&mut out);
-        assert_eq!(a.open(&out), Err(OpenError::KeyMismatch(b.node_id())));
+        // A reply with a mac1 for someone else, or none, is refused before any DH.
+        stranger.key_reply(&b.public_key(), &mut out);
+        let dh = a.dh_ops();
+        assert_eq!(a.open(&out), Err(OpenError::BadMac1));
         b.key_request(&mut out);
         out[3] = DatagramKind::KeyReply as u8;
-        assert_eq!(a.open(&out), Err(OpenError::BadKey));
+        assert_eq!(a.open(&out), Err(OpenError::MissingMac1));
+        assert_eq!(a.dh_ops(), dh);
+
+        // A reply contradicting the key we hold is refused.
+        let mut impostor = Sealer::new(Identity::from_parts(b.node_id(), [99; 32]), 1);
+        impostor.key_reply(&a.public_key(), &mut out);
+        assert_eq!(a.open(&out), Err(OpenError::KeyMismatch(b.node_id())));
+
+        // A short (version 1 style) or keyless request is refused, so is no reflector.
+        a.key_request(&mut out);
+        assert_eq!(b.open(&out[..HEADER_LEN + 32]), Err(OpenError::BadKeyRequest));
+        out[4] = 0;
+        assert_eq!(b.open(&out), Err(OpenError::BadKeyRequest));
     }
 
     #[test]
@@ -794,7 +1014,7 @@ mod tests {
     #[test]
     fn reasons_and_counters() {
         let c = RejectCounters::default();
-        assert_eq!(c.iter().count(), 11);
+        assert_eq!(c.iter().count(), 18);
         assert_eq!(c.total(), 0);
         assert_eq!(c.get("no_such_reason"), 0);
         let errors = [
@@ -809,11 +1029,164 @@ mod tests {
             OpenError::Replayed,
             OpenError::StaleSession,
             OpenError::BadKey,
+            OpenError::MissingMac1,
+            OpenError::BadMac1,
+            OpenError::BadKeyRequest,
+            OpenError::Throttled(Throttle::FirstContactSource),
+            OpenError::Throttled(Throttle::FirstContactBudget),
+            OpenError::Throttled(Throttle::KeyRequestSource),
+            OpenError::Throttled(Throttle::KeyRequestBudget),
         ];
         let names: Vec<_> = errors.iter().map(OpenError::reason).collect();
         assert_eq!(names, REASONS);
         let dbg = format!("{:?}", pair().0);
         assert!(dbg.contains("Sealer"), "{dbg}");
+    }
+
+    /// A first contact for `cma` under a new random sender id, as a flooder makes it: one valid
+    /// datagram, then the id rewritten and the mac1 recomputed (cheap for the sender; the AEAD
+    /// then fails, but only after the receiver's DH).
+    fn flood_datagram(
+        template: &[u8],
+        cma_key: &[u8; 32],
+        rng: &mut impl rand::RngCore,
+    ) -> Vec<u8> {
+        let mut dg = template.to_vec();
+        rng.fill_bytes(&mut dg[8..24]);
+        remac(&mut dg, cma_key);
+        dg
+    }
+
+    fn src(n: u32) -> SocketAddr {
+        SocketAddr::from(([127, (n >> 16) as u8, (n >> 8) as u8, n as u8], 40000))
+    }
+
+    #[test]
+    fn item_3_garbage_of_first_contact_size_costs_no_dh() {
+        use rand::{RngCore as _, SeedableRng as _};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut cma = Sealer::new(ident(2), 1);
+        cma.set_accept_unknown(true);
+        let now = Instant::now();
+        // ~88-byte garbage that gets past the header checks: a first contact's flags, random
+        // id, key, body and mac1.
+        for i in 0..5_000u32 {
+            let mut dg = vec![0u8; 88 + (i as usize % 40)];
+            rng.fill_bytes(&mut dg);
+            dg[..8].copy_from_slice(&[b'A', b'S', assim_wire::PROTOCOL_VERSION, 4, 3, 0, 0, 0]);
+            assert_eq!(cma.open_from(now, src(i), &dg), Err(OpenError::BadMac1));
+            // The same without the mac1 flag.
+            dg[4] = 1;
+            assert_eq!(cma.open_from(now, src(i), &dg), Err(OpenError::MissingMac1));
+        }
+        assert_eq!(cma.dh_ops(), 0, "garbage cost an X25519 operation");
+        assert_eq!(cma.rejects().get("bad_mac1"), 5_000);
+        assert_eq!(cma.rejects().get("no_mac1"), 5_000);
+        assert_eq!(cma.peer_count(), 0);
+        // A nanoprobe's KeyReply path too: a reply not mac'd for us costs no DH.
+        let mut probe = Sealer::new(ident(1), 1);
+        for _ in 0..100 {
+            let mut dg = vec![0u8; KEY_REQUEST_LEN];
+            rng.fill_bytes(&mut dg);
+            dg[..8].copy_from_slice(&[b'A', b'S', assim_wire::PROTOCOL_VERSION, 2, 3, 0, 0, 0]);
+            assert_eq!(probe.open(&dg), Err(OpenError::BadMac1));
+        }
+        assert_eq!(probe.dh_ops(), 0);
+    }
+
+    #[test]
+    fn item_3_first_contact_flood_stays_within_the_budget_and_known_peers_still_open() {
+        use rand::SeedableRng as _;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let (node, cma_id) = (ident(1), ident(2));
+        let mut cma = Sealer::new(cma_id.clone(), 1);
+        cma.set_accept_unknown(true);
+        let limits =
+            Limits { rate: 100.0, burst: 100.0, source_rate: 5.0, source_burst: 10.0, sources: 64 };
+        cma.set_limits(limits, Limits::KEY_REQUEST);
+        // A known nanoprobe (its key is cached: added once, one DH).
+        let mut probe = Sealer::new(node.clone(), 10);
+        probe.add_peer(cma_id.node_id(), cma_id.public_key());
+        cma.add_peer(node.node_id(), node.public_key());
+        let dh_known = cma.dh_ops();
+        // The attacker fetched the CMA's key and made one valid first contact.
+        let mut attacker = Sealer::new(ident(9), 5);
+        attacker.add_peer(cma_id.node_id(), cma_id.public_key());
+        let template = sealed(&mut attacker, cma_id.node_id(), true, b"hello");
+
+        // 5 s at 4,000 first contacts per second from random sources on 127.0.0.0/8, with a
+        // known peer's datagram every 10 ms.
+        let t0 = Instant::now();
+        let (mut known_opened, mut known_sent) = (0, 0);
+        for i in 0..20_000u32 {
+            let now = t0 + Duration::from_micros(u64::from(i) * 250);
+            let dg = flood_datagram(&template, &cma_id.public_key(), &mut rng);
+            let r = cma.open_from(now, src(i.wrapping_mul(2_654_435_761) >> 8), &dg);
+            assert!(r.is_err(), "a rewritten first contact never opens");
+            if i % 40 == 0 {
+                known_sent += 1;
+                let d = sealed(&mut probe, cma_id.node_id(), true, &heartbeat());
+                if cma.open_from(now, src(7), &d).is_ok() {
+                    known_opened += 1;
+                }
+            }
+        }
+        let flood_dh = cma.dh_ops() - dh_known;
+        assert!(flood_dh <= 100 + 100 * 5, "{flood_dh} DH operations for the flood");
+        assert!(flood_dh >= 500, "the budget admits what it allows: {flood_dh}");
+        assert_eq!(known_opened, known_sent, "a known peer's datagrams must always open");
+        assert!(cma.rejects().get("first_contact_budget") > 18_000);
+        assert!(cma.tracked_sources() <= 64 + Limits::KEY_REQUEST.sources);
+        assert_eq!(cma.peer_count(), 1, "the flood added no peer");
+    }
+
+    #[test]
+    fn item_3_source_table_memory_is_bounded() {
+        let mut cma = Sealer::new(ident(2), 1);
+        cma.set_accept_unknown(true);
+        let mut req = Vec::new();
+        Sealer::new(ident(1), 1).key_request(&mut req);
+        let t0 = Instant::now();
+        for i in 0..100_000u32 {
+            let now = t0 + Duration::from_micros(u64::from(i) * 10);
+            let _ = cma.open_from(now, src(i), &req);
+        }
+        assert!(cma.tracked_sources() <= Limits::KEY_REQUEST.sources);
+    }
+
+    #[test]
+    fn item_16_key_request_answers_are_no_larger_and_rate_limited() {
+        let mut cma = Sealer::new(ident(2), 1);
+        let mut asker = Sealer::new(ident(1), 1);
+        let mut req = Vec::new();
+        asker.key_request(&mut req);
+        let mut reply = Vec::new();
+        cma.key_reply(&asker.public_key(), &mut reply);
+        assert!(reply.len() <= req.len(), "reply {} > request {}", reply.len(), req.len());
+        // One spoofed victim address, 10,000 requests in one second: the victim receives at most
+        // its source allowance.
+        let victim = SocketAddr::from(([192, 0, 2, 7], 53));
+        let t0 = Instant::now();
+        let mut answered = 0;
+        for i in 0..10_000u64 {
+            let now = t0 + Duration::from_micros(i * 100);
+            if cma.open_from(now, victim, &req).is_ok() {
+                answered += 1;
+            }
+        }
+        let l = Limits::KEY_REQUEST;
+        assert!(answered as f64 <= l.source_burst + l.source_rate, "{answered}");
+        assert!(cma.rejects().get("key_request_source") > 9_900);
+        // From everywhere at once (loopback: any local address), the global budget holds.
+        let t1 = t0 + Duration::from_secs(10);
+        let mut answered = 0;
+        for i in 0..20_000u32 {
+            let now = t1 + Duration::from_micros(u64::from(i) * 50);
+            if cma.open_from(now, src(i), &req).is_ok() {
+                answered += 1;
+            }
+        }
+        assert!(answered as f64 <= l.burst + l.rate, "{answered}");
     }
 
     /// A fixed receiver for the property tests, with the sender known.
@@ -836,7 +1209,7 @@ mod tests {
             if as_header && bytes.len() >= 8 {
                 // Make it get past the magic/version/kind checks often.
                 let kind = 3 + (bytes[4] & 1);
-                bytes[..4].copy_from_slice(&[b'A', b'S', 1, kind]);
+                bytes[..4].copy_from_slice(&[b'A', b'S', assim_wire::PROTOCOL_VERSION, kind]);
             }
             match b.open(&bytes) {
                 Ok(o) => prop_assert!(

@@ -6,18 +6,37 @@
 //! ```text
 //! offset size field
 //!  0      2   magic "AS"
-//!  2      1   protocol version (1)
+//!  2      1   protocol version (2)
 //!  3      1   datagram kind (DatagramKind)
 //!  4      1   flags: bit 0 = the sender's X25519 public key (32 bytes) follows the header
+//!                    bit 1 = the datagram ends with a 16-byte mac1 (see below)
+//!                    bits 2-7 reserved, sent as zero, ignored on receipt
 //!  5      3   reserved, sent as zero, ignored on receipt
 //!  8     16   sender node id (UUIDv7)
 //! 24      8   sender session (big endian; a new, larger value after every restart)
 //! 32      8   counter within the session (big endian; strictly increasing, never reused)
 //! 40    [32]  sender public key, only when flag bit 0 is set
+//!  …          body
+//! end-16 [16] mac1, only when flag bit 1 is set
 //! ```
 //!
-//! The body that follows is the sealed payload plus a 16-byte AEAD tag, except for the two
-//! key-discovery kinds, whose body is clear text.
+//! The body is the sealed payload plus a 16-byte AEAD tag, except for the two key-discovery
+//! kinds, whose body is clear text (a `KeyRequest`'s body is zero padding, see below).
+//!
+//! # mac1 (version 2)
+//!
+//! A cheap pre-authentication in the manner of WireGuard's mac1: a MAC keyed by the
+//! *receiver's* public key over every byte before it, so that a receiver can refuse garbage
+//! before it spends an X25519 operation on it. `assim-seal` computes and checks it (HMAC-SHA256
+//! truncated to 16 bytes, key = SHA-256("assim mac1" ‖ receiver public key)). It is carried by
+//! every datagram whose opening may cost the receiver a Diffie-Hellman: the sealed kinds when
+//! they carry the sender's key (a first contact at the CMA) and every `KeyReply`. A `KeyRequest`
+//! carries the requester's key (so that the reply can carry a mac1 for it) and is padded to
+//! [`KEY_REQUEST_LEN`], the length of the reply, so that answering it reflects no more bytes
+//! than it received. Datagrams between peers that already hold each other's keys carry no key
+//! and no mac1: opening them costs a table lookup, the replay check and one AEAD, no DH.
+//!
+//! Version 1 (no mac1, 40-byte key requests) is refused as `UnsupportedVersion(1)`.
 
 use crate::NodeId;
 use crate::limits::MAX_DATAGRAM_SIZE;
@@ -30,6 +49,15 @@ pub const HEADER_LEN: usize = 40;
 pub const PUBKEY_LEN: usize = 32;
 /// Flag bit: the sender's public key follows the header.
 pub const FLAG_PUBKEY: u8 = 0x01;
+/// Flag bit: the datagram ends with a [`MAC1_LEN`]-byte mac1.
+pub const FLAG_MAC1: u8 = 0x02;
+/// Length of the mac1 trailer.
+pub const MAC1_LEN: usize = 16;
+/// Length of a `KeyRequest` and of a `KeyReply` (header, key, then padding or mac1): equal, so
+/// that the answer to a request is no larger than the request.
+pub const KEY_REQUEST_LEN: usize = HEADER_LEN + PUBKEY_LEN + MAC1_LEN;
+/// The most bytes sealing adds around a payload: header, key, AEAD tag and mac1.
+pub const MAX_OVERHEAD: usize = HEADER_LEN + PUBKEY_LEN + crate::limits::AEAD_TAG_LEN + MAC1_LEN;
 
 /// What a datagram carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -82,6 +110,9 @@ pub struct Header {
     pub counter: u64,
     /// The sender's X25519 public key, when it chose to include it (first contact with the CMA).
     pub sender_key: Option<[u8; 32]>,
+    /// Whether the datagram ends with a mac1 (flag bit 1). [`Header::decode`] leaves it out of
+    /// the body; [`split_mac1`] returns it with the bytes it covers.
+    pub mac1: bool,
 }
 
 /// Why a header was refused. Nothing is allocated before these checks.
@@ -133,7 +164,8 @@ impl Header {
         out.extend_from_slice(&MAGIC);
         out.push(crate::PROTOCOL_VERSION);
         out.push(self.kind as u8);
-        out.push(if self.sender_key.is_some() { FLAG_PUBKEY } else { 0 });
+        let key = if self.sender_key.is_some() { FLAG_PUBKEY } else { 0 };
+        out.push(key | if self.mac1 { FLAG_MAC1 } else { 0 });
         out.extend_from_slice(&[0, 0, 0]);
         out.extend_from_slice(self.sender.as_bytes());
         out.extend_from_slice(&self.session.to_be_bytes());
@@ -143,7 +175,8 @@ impl Header {
         }
     }
 
-    /// Parses the header at the start of `datagram`; returns it and the body that follows.
+    /// Parses the header at the start of `datagram`; returns it and the body that follows (the
+    /// mac1 trailer, if flagged, is not part of the body).
     pub fn decode(datagram: &[u8]) -> Result<(Header, &[u8]), HeaderError> {
         if datagram.len() > MAX_DATAGRAM_SIZE {
             return Err(HeaderError::Oversized(datagram.len()));
@@ -163,6 +196,17 @@ impl Header {
         let sender = NodeId::from_slice(&datagram[8..24]).expect("16 bytes");
         let session = u64::from_be_bytes(datagram[24..32].try_into().expect("8 bytes"));
         let counter = u64::from_be_bytes(datagram[32..40].try_into().expect("8 bytes"));
+        let mac1 = flags & FLAG_MAC1 != 0;
+        let end = if mac1 {
+            let min = HEADER_LEN + MAC1_LEN + if flags & FLAG_PUBKEY != 0 { PUBKEY_LEN } else { 0 };
+            if datagram.len() < min {
+                return Err(HeaderError::Truncated(datagram.len()));
+            }
+            datagram.len() - MAC1_LEN
+        } else {
+            datagram.len()
+        };
+        let datagram = &datagram[..end];
         let (sender_key, body) = if flags & FLAG_PUBKEY != 0 {
             if datagram.len() < HEADER_LEN + PUBKEY_LEN {
                 return Err(HeaderError::Truncated(datagram.len()));
@@ -173,8 +217,19 @@ impl Header {
         } else {
             (None, &datagram[HEADER_LEN..])
         };
-        Ok((Header { kind, sender, session, counter, sender_key }, body))
+        Ok((Header { kind, sender, session, counter, sender_key, mac1 }, body))
     }
+}
+
+/// The mac1 of a datagram whose header has flag bit 1: the bytes it covers (everything before
+/// it) and the mac. `None` when the flag is clear or the datagram is too short to hold it.
+/// Call after [`Header::decode`] accepted the datagram.
+pub fn split_mac1(datagram: &[u8]) -> Option<(&[u8], &[u8; MAC1_LEN])> {
+    if datagram.len() < HEADER_LEN + MAC1_LEN || datagram[4] & FLAG_MAC1 == 0 {
+        return None;
+    }
+    let (covered, mac) = datagram.split_at(datagram.len() - MAC1_LEN);
+    Some((covered, mac.try_into().expect("16 bytes")))
 }
 
 #[cfg(test)]
@@ -189,6 +244,7 @@ mod tests {
             session: 0x0102_0304_0506_0708,
             counter: 42,
             sender_key: key.then_some([9; 32]),
+            mac1: false,
         }
     }
 
@@ -207,6 +263,32 @@ mod tests {
     }
 
     #[test]
+    fn mac1_trailer_is_not_part_of_the_body() {
+        for key in [false, true] {
+            let h = Header { mac1: true, ..sample(key) };
+            let mut buf = Vec::new();
+            h.encode(&mut buf);
+            buf.extend_from_slice(b"body");
+            buf.extend_from_slice(&[0xAA; MAC1_LEN]);
+            let (back, body) = Header::decode(&buf).unwrap();
+            assert_eq!(back, h);
+            assert_eq!(body, b"body");
+            let (covered, mac) = split_mac1(&buf).unwrap();
+            assert_eq!(covered.len(), buf.len() - MAC1_LEN);
+            assert_eq!(mac, &[0xAA; MAC1_LEN]);
+            // Too short to hold the header, the key and the mac1.
+            let cut = h.len() + MAC1_LEN - 1;
+            assert_eq!(Header::decode(&buf[..cut]), Err(HeaderError::Truncated(cut)));
+        }
+        let mut plain = Vec::new();
+        sample(false).encode(&mut plain);
+        plain.extend_from_slice(&[0; 20]);
+        assert_eq!(split_mac1(&plain), None);
+        assert_eq!(KEY_REQUEST_LEN, 88);
+        assert_eq!(MAX_OVERHEAD, 104);
+    }
+
+    #[test]
     fn rejects_by_reason() {
         let mut buf = Vec::new();
         sample(true).encode(&mut buf);
@@ -218,6 +300,8 @@ mod tests {
         let mut bad = buf.clone();
         bad[2] = 9;
         assert_eq!(Header::decode(&bad), Err(HeaderError::UnsupportedVersion(9)));
+        bad[2] = 1;
+        assert_eq!(Header::decode(&bad), Err(HeaderError::UnsupportedVersion(1)), "v1 is gone");
         let mut bad = buf.clone();
         bad[3] = 200;
         assert_eq!(Header::decode(&bad), Err(HeaderError::UnknownKind(200)));
@@ -229,6 +313,23 @@ mod tests {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
             let _ = Header::decode(&bytes);
+            let _ = split_mac1(&bytes);
+        }
+
+        /// Any header that decodes, with any flags, leaves a body and mac1 inside the datagram.
+        #[test]
+        fn decode_splits_within_bounds(
+            flags in any::<u8>(),
+            rest in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let mut bytes = vec![b'A', b'S', crate::PROTOCOL_VERSION, 3, flags, 0, 0, 0];
+            bytes.extend_from_slice(&[1; 32]);
+            bytes.extend_from_slice(&rest);
+            if let Ok((h, body)) = Header::decode(&bytes) {
+                let trailer = if h.mac1 { MAC1_LEN } else { 0 };
+                prop_assert_eq!(h.len() + body.len() + trailer, bytes.len());
+                prop_assert_eq!(h.mac1, split_mac1(&bytes).is_some());
+            }
         }
     }
 }

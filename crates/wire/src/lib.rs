@@ -1,4 +1,4 @@
-//! The assim wire protocol, version 1, with no IO.
+//! The assim wire protocol, version 2, with no IO.
 //!
 //! This crate owns what travels between a nanoprobe and the CMA (and between two nanoprobes):
 //! node identities, the fixed datagram header, the size limits every decoder checks before it
@@ -13,7 +13,7 @@
 //!
 //! Layout:
 //! - [`id`]: [`NodeId`], the UUIDv7 that names a node forever (addresses change, ids do not).
-//! - [`header`]: the 40-byte datagram header and [`DatagramKind`].
+//! - [`header`]: the 40-byte datagram header, the mac1 trailer and [`DatagramKind`].
 //! - [`limits`]: datagram, fragment and message size limits.
 //! - [`msg`]: the messages, [`msg::Message`] (reliable, both directions) and [`msg::Direct`]
 //!   (unreliable: heartbeats and the CMA's liveness probes).
@@ -32,5 +32,6 @@ pub use time::Timestamp;
 /// This build's version, reported in hello messages and by the API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The protocol version this crate speaks, carried in every datagram header.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol version this crate speaks, carried in every datagram header. Version 2 added
+/// the mac1 trailer and the padded key request ([`header`]).
+pub const PROTOCOL_VERSION: u8 = 2;
