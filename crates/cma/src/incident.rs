@@ -418,3 +418,81 @@ impl Incidents {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn id(n: u8) -> NodeId {
+        NodeId([n; 16])
+    }
+
+    fn ring() -> RingKey {
+        RingKey::switch("tor1")
+    }
+
+    fn drain(i: &mut Incidents, now: Timestamp, t: &Timing) -> Vec<IncidentDue> {
+        std::iter::from_fn(|| i.poll_due(now, t)).collect()
+    }
+
+    #[test]
+    fn a_check_closes_early_when_half_answer_and_holds_decisions_until_then() {
+        let t = Timing::default();
+        let t0 = Timestamp(1_000_000);
+        let mut inc = Incidents::new(0);
+        let members: Vec<NodeId> = (1..=4).map(id).collect();
+        let probes = inc.open_check(&ring(), members.clone(), (id(1), id(9)), t0, &t).unwrap();
+        assert_eq!(probes.len(), 4);
+        assert!(
+            inc.open_check(&ring(), members, (id(1), id(9)), t0, &t).is_none(),
+            "one at a time"
+        );
+        assert!(inc.nonce_matches(id(2), probes[1].1));
+        assert!(inc.hold(id(1), Held { tags: vec![], text: "down".into() }));
+        assert!(inc.heard(id(2)).is_none(), "1 of 4 answered: not settled");
+        let (_, c) = inc.heard(id(3)).expect("2 of 4 answered: not the switch");
+        assert!(!c.blames_switch());
+        assert_eq!(c.held.len(), 1, "the held host.down goes ahead");
+        assert!(inc.next_wake().is_none());
+    }
+
+    #[test]
+    fn a_silent_majority_at_the_deadline_blames_the_switch_then_it_returns() {
+        let t = Timing::default();
+        let t0 = Timestamp(1_000_000);
+        let mut inc = Incidents::new(0);
+        let members: Vec<NodeId> = (1..=5).map(id).collect();
+        inc.open_check(&ring(), members, (id(1), id(9)), t0, &t).unwrap();
+        inc.heard(id(5));
+        // Re-probes of the silent ones every interval/2, then the verdict.
+        let due = drain(&mut inc, t0 + Duration::from_millis(500), &t);
+        assert!(matches!(&due[..], [IncidentDue::Probes(p)] if p.len() == 4), "{due:?}");
+        let due = drain(&mut inc, t0 + Duration::from_secs(2), &t);
+        let Some(IncidentDue::CheckClosed { check, .. }) = due.last() else { panic!("{due:?}") };
+        assert!(check.blames_switch());
+        assert_eq!(check.silent().len(), 4);
+        inc.start_outage(&ring(), OutageKind::Unreachable, check.silent(), t0, &t);
+        assert_eq!(inc.outage_of(id(2)), Some(&ring()));
+        // Host 2 is heard: the return window opens and the others are probed at once.
+        let t1 = t0 + Duration::from_secs(30);
+        assert_eq!(inc.returned(id(2), t1, &t), Some(ring()));
+        let due = drain(&mut inc, t1, &t);
+        assert!(matches!(&due[..], [IncidentDue::Probes(p)] if p.len() == 3), "{due:?}");
+        inc.returned(id(3), t1, &t);
+        let due = drain(&mut inc, t1 + Duration::from_millis(2500), &t);
+        let Some(IncidentDue::Returned { outage, .. }) = due.last() else { panic!("{due:?}") };
+        assert_eq!(outage.back.len(), 2);
+        assert_eq!(outage.not_back(), vec![id(1), id(4)]);
+        assert!(inc.outage(&ring()).is_none() && inc.outage_of(id(1)).is_none());
+    }
+
+    #[test]
+    fn one_silent_host_of_two_does_not_blame_the_switch() {
+        let t = Timing::default();
+        let mut inc = Incidents::new(0);
+        inc.open_check(&ring(), vec![id(1), id(2)], (id(1), id(9)), Timestamp(0), &t);
+        let (_, c) = inc.heard(id(2)).expect("half answered");
+        assert!(!c.blames_switch());
+    }
+}

@@ -225,3 +225,23 @@ fn path_trouble_is_path_suspect_without_host_down_or_flapping() {
     assert_eq!(h.cma.stats().path_suspects as usize, nb.len(), "once per reporter, no flapping");
     assert_eq!(h.cma.stats().suspicions, 1);
 }
+
+#[test]
+fn an_operator_pin_wins_over_discovery() {
+    let mut config = assim_cma::CmaConfig::default();
+    config.pins.insert(hostname(2), "rack7".into());
+    let mut h = Harness::with(config, Snapshot::default(), T0);
+    h.join_all(1..=3);
+    assert_eq!(h.cma.rings().home_of(id(2)).unwrap().0, "pinned:rack7");
+    h.cma.handle_wiring(h.now, id(2), Some(vec![link("sw0")]), None);
+    h.cma.handle_wiring(h.now, id(1), Some(vec![link("sw0")]), None);
+    h.drain();
+    assert_eq!(h.cma.rings().home_of(id(2)).unwrap().0, "pinned:rack7");
+    assert_eq!(h.cma.rings().home_of(id(1)).unwrap().0, "switch:sw0");
+    assert_eq!(h.cma.rings().home_of(id(3)).unwrap().0, "unwired");
+    check_ring(&h.cma);
+    // The wiring survives a restart through what the core asked to store.
+    let r = assim_cma::Cma::new(h.cma.config().clone(), h.store.snapshot(), h.now);
+    assert_eq!(r.rings().home_of(id(1)).unwrap().0, "switch:sw0");
+    assert_eq!(r.rings().home_of(id(2)).unwrap().0, "pinned:rack7");
+}
