@@ -72,6 +72,8 @@ pub struct CmaOptions {
     pub topology_history_max_age: Duration,
     /// At most this many topology history rows are kept.
     pub topology_history_max_rows: u64,
+    /// Ring pins: host name or node id → ring name (`[pins]`, `--pin`; issue 13).
+    pub pins: std::collections::BTreeMap<String, String>,
 }
 
 /// The CMA's database file inside its data directory.
@@ -126,7 +128,7 @@ pub async fn run(
     let core = CmaConfig {
         timing: opts.timing,
         placement_key: identity.derive_key("assim ring placement"),
-        ..CmaConfig::default()
+        pins: opts.pins.clone(),
     };
     let mut config = ShellConfig::new(core.clone(), session);
     config.authority = AuthorityConfig { core, discovery: opts.discovery.clone(), rules };
