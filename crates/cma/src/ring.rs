@@ -345,6 +345,9 @@ pub struct RingManager {
     /// When each member joined its home ring (a counter): the earliest non-representative
     /// replaces a representative that leaves.
     joined_at: BTreeMap<NodeId, u64>,
+    /// Each home ring's members by join order: the replacement of a representative is found
+    /// in O(log n), never by a scan of the ring.
+    by_join: BTreeMap<RingKey, BTreeSet<(u64, NodeId)>>,
     next_join: u64,
     upper: BTreeSet<UpperPos>,
     upper_pos: BTreeMap<NodeId, UpperPos>,
@@ -373,6 +376,7 @@ impl RingManager {
             wired: BTreeMap::new(),
             reps: BTreeMap::new(),
             joined_at: BTreeMap::new(),
+            by_join: BTreeMap::new(),
             next_join: 0,
             upper: BTreeSet::new(),
             upper_pos: BTreeMap::new(),
@@ -579,6 +583,7 @@ impl RingManager {
         };
         self.home.insert(id, key.clone());
         self.joined_at.insert(id, self.next_join);
+        self.by_join.entry(key.clone()).or_default().insert((self.next_join, id));
         self.next_join += 1;
         self.dirty.insert(key.clone());
         let mut changes = vec![change];
@@ -592,7 +597,14 @@ impl RingManager {
 
     fn leave_home(&mut self, id: NodeId) -> Vec<RingChange> {
         let Some(key) = self.home.remove(&id) else { return Vec::new() };
-        self.joined_at.remove(&id);
+        if let Some(at) = self.joined_at.remove(&id)
+            && let Some(set) = self.by_join.get_mut(&key)
+        {
+            set.remove(&(at, id));
+            if set.is_empty() {
+                self.by_join.remove(&key);
+            }
+        }
         let mut changes = Vec::new();
         if self.upper_pos.contains_key(&id) {
             self.upper_remove(id, &mut changes);
@@ -657,13 +669,18 @@ impl RingManager {
         if have >= want {
             return;
         }
-        let mut candidates: Vec<(u64, NodeId)> = ring
-            .iter()
+        let _ = ring;
+        // At most `have` (≤ 2) representatives are skipped: O(log n).
+        let candidates: Vec<NodeId> = self
+            .by_join
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|e| e.1)
             .filter(|n| !self.upper_pos.contains_key(n))
-            .map(|n| (self.joined_at.get(&n).copied().unwrap_or(u64::MAX), n))
+            .take(want - have)
             .collect();
-        candidates.sort();
-        for (_, n) in candidates.into_iter().take(want - have) {
+        for n in candidates {
             self.reps.entry(key.clone()).or_default().push(n);
             self.upper_insert(n, key, changes);
         }
