@@ -72,6 +72,8 @@ pub struct CmaOptions {
     pub topology_history_max_age: Duration,
     /// At most this many topology history rows are kept.
     pub topology_history_max_rows: u64,
+    /// Ring pins: host name or node id → ring name (`[pins]`, `--pin`; issue 13).
+    pub pins: std::collections::BTreeMap<String, String>,
 }
 
 /// The CMA's database file inside its data directory.
@@ -126,6 +128,7 @@ pub async fn run(
     let core = CmaConfig {
         timing: opts.timing,
         placement_key: identity.derive_key("assim ring placement"),
+        pins: opts.pins.clone(),
     };
     let mut config = ShellConfig::new(core.clone(), session);
     config.authority = AuthorityConfig { core, discovery: opts.discovery.clone(), rules };
@@ -344,10 +347,7 @@ impl Driver {
         }
         let core = self.shell.core();
         let mut nodes: BTreeMap<&'static str, u64> =
-            [NodeState::Up, NodeState::Suspect, NodeState::Down, NodeState::Left]
-                .iter()
-                .map(|s| (s.name(), 0))
-                .collect();
+            NodeState::ALL.iter().map(|s| (s.name(), 0)).collect();
         for n in core.nodes() {
             *nodes.entry(n.state.name()).or_insert(0) += 1;
         }

@@ -91,6 +91,11 @@ pub struct CmaFlags {
     /// [default: 1000000].
     #[arg(long, env = "ASSIM_TOPOLOGY_HISTORY_MAX_ROWS")]
     pub topology_history_max_rows: Option<u64>,
+    /// Pin a host to a ring, HOST=NAME (host name or node id; repeatable or comma-separated):
+    /// it heartbeats in the ring `pinned:NAME` whatever LLDP/CDP or its subnet say — for
+    /// networks that announce nothing. Overrides the config file's [pins] table.
+    #[arg(long = "pin", value_name = "HOST=NAME", env = "ASSIM_PIN", value_delimiter = ',')]
+    pub pins: Vec<String>,
     /// Print the resolved configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -146,6 +151,45 @@ pub struct CmaFile {
     pub topology_history_max_rows: Option<u64>,
     pub bus: Option<assim_bus::BusConfig>,
     pub discovery: Option<std::collections::BTreeMap<String, DiscoveryValue>>,
+    /// Ring pins: host name or node id → ring name (`[pins]`, issue 13).
+    pub pins: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// The most pins accepted.
+pub const MAX_PINS: usize = 100_000;
+
+/// Ring pins from the file's `[pins]` table, replaced by `--pin HOST=NAME` flags when given.
+/// Names: 1–128 bytes, no whitespace or control characters.
+fn resolve_pins(
+    file: Option<&std::collections::BTreeMap<String, String>>,
+    flags: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut pins = std::collections::BTreeMap::new();
+    if flags.is_empty() {
+        pins.extend(file.cloned().unwrap_or_default());
+    } else {
+        for f in flags {
+            let Some((host, name)) = f.split_once('=') else {
+                bail!("--pin {f:?}: expected HOST=NAME, for example web1=rack7");
+            };
+            pins.insert(host.trim().to_owned(), name.trim().to_owned());
+        }
+    }
+    if pins.len() > MAX_PINS {
+        bail!("{} ring pins: at most {MAX_PINS}", pins.len());
+    }
+    let ok = |s: &str| {
+        !s.is_empty() && s.len() <= 128 && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+    };
+    for (host, name) in &pins {
+        if !ok(host) || !ok(name) {
+            bail!(
+                "ring pin {host:?} = {name:?}: host and ring name must be 1–128 bytes without \
+                 spaces or control characters"
+            );
+        }
+    }
+    Ok(pins)
 }
 
 /// One `[discovery]` entry: `name = 60`, `name = "1h"`, or
@@ -325,6 +369,7 @@ impl CmaFlags {
             check_rules: self.check_rules.clone().or(file.check_rules),
             topology_history_max_age,
             topology_history_max_rows,
+            pins: resolve_pins(file.pins.as_ref(), &self.pins)?,
         })
     }
 }
@@ -371,6 +416,7 @@ pub fn cma_config_toml(o: &crate::cma::CmaOptions) -> String {
         check_rules: o.check_rules.clone(),
         topology_history_max_age: Some(format_duration(o.topology_history_max_age)),
         topology_history_max_rows: Some(o.topology_history_max_rows),
+        pins: Some(o.pins.clone()),
     };
     toml::to_string(&f).expect("config serializes")
 }
@@ -472,5 +518,18 @@ mod tests {
         let typo = CmaFlags { config: Some(file), ..Default::default() };
         assert!(format!("{:#}", typo.resolve().unwrap_err()).contains("lisen"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ring_pins_come_from_the_file_or_the_flags_and_are_checked() {
+        let mut file = std::collections::BTreeMap::new();
+        file.insert("web1".to_string(), "rack7".to_string());
+        let p = resolve_pins(Some(&file), &[]).unwrap();
+        assert_eq!(p["web1"], "rack7");
+        let p = resolve_pins(Some(&file), &["db1=rack9".into()]).unwrap();
+        assert_eq!((p.len(), p["db1"].as_str()), (1, "rack9"), "flags replace the table");
+        assert!(resolve_pins(None, &["db1".into()]).unwrap_err().to_string().contains("HOST=NAME"));
+        assert!(resolve_pins(None, &["db1=a b".into()]).is_err());
+        assert!(resolve_pins(None, &["=x".into()]).is_err());
     }
 }

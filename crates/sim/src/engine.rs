@@ -259,6 +259,14 @@ impl World {
     }
 
     fn send(&mut self, from: u32, to: u32, packet: Packet) {
+        if matches!(packet, Packet::Heartbeat(_))
+            && (self.steady.0..self.steady.1).contains(&self.now)
+        {
+            self.counters.steady_heartbeats += 1;
+            if self.switch_of[from as usize] != self.switch_of[to as usize] {
+                self.counters.steady_heartbeats_cross += 1;
+            }
+        }
         if from == CMA {
             self.counters.cma_datagrams_out += 1;
             if (self.steady.0..self.steady.1).contains(&self.now) {
@@ -335,6 +343,20 @@ pub(crate) struct CrashRec {
     pub(crate) restarted_first: bool,
     /// The CMA's ring neighbours of the node when it crashed.
     pub(crate) neighbours: Vec<u32>,
+    /// Resolved as UNREACHABLE by a switch incident (switch.down / switch.unreachable /
+    /// host.unreachable) rather than by host.down.
+    pub(crate) unreachable: bool,
+}
+
+/// A switch incident event (switch.down, switch.unreachable, switch.up) as observed.
+#[derive(Clone, Debug)]
+pub(crate) struct SwitchEvent {
+    pub(crate) at: u64,
+    pub(crate) kind: EventKind,
+    /// The simulated switch (from the ring key `switch:sw<N>`).
+    pub(crate) switch: Option<u32>,
+    /// The hosts it lists.
+    pub(crate) hosts: Vec<u32>,
 }
 
 /// A host.down the simulator did not expect from a crash.
@@ -374,6 +396,14 @@ pub(crate) struct Obs {
     pub(crate) leaves: u64,
     pub(crate) restarts: u64,
     pub(crate) spools_lost: u64,
+    /// switch.* events, in order.
+    pub(crate) switch_events: Vec<SwitchEvent>,
+    /// Nodes ever made UNREACHABLE.
+    pub(crate) unreachable: std::collections::BTreeSet<u32>,
+    /// UNREACHABLE for a node that was running and not cut off.
+    pub(crate) false_unreachable: Vec<UnexpectedDown>,
+    /// When each crashed switch crashed.
+    pub(crate) switch_crashed_at: Vec<(u32, u64)>,
 }
 
 /// The CMA's shell with the simulator's parts: plain (unsealed) datagrams, an `assim-log` inbox
@@ -477,6 +507,20 @@ fn sockets_payload() -> serde_json::Value {
     })
 }
 
+/// The synthetic `l2neighbors` result of node `i` under `switch`: one LLDP neighbour, the
+/// switch's chassis `sw<N>` on port `swp<i>`.
+fn l2_result(i: u32, switch: u32) -> assim_discovery::Discovery {
+    let payload = serde_json::json!({"neighbors": [{
+        "interface": "eth0", "mac": "", "protocol": "lldp",
+        "chassis_id": format!("sw{switch}"), "port_id": format!("swp{i}"),
+        "port_description": null, "system_name": format!("sw{switch}"),
+        "system_description": null, "platform": null, "capabilities": ["bridge"],
+        "management_addresses": [], "vlan": null, "chassis_id_kind": "local",
+        "port_id_kind": "interface_name", "source_mac": ""
+    }]});
+    assim_discovery::Discovery::from_value(assim_discovery::schedule::L2_COLLECTOR, payload)
+}
+
 /// The synthetic `sockets` result, as the collector would hand it to the shell.
 fn sockets_result() -> assim_discovery::Discovery {
     assim_discovery::Discovery::from_value("sockets", sockets_payload())
@@ -544,7 +588,7 @@ impl Sim {
         let ids = node_ids(sc.seed, n);
         let mut placement_key = [0u8; 32];
         ChaCha8Rng::seed_from_u64(mix(sc.seed, 0x51ace, 0)).fill_bytes(&mut placement_key);
-        let config = CmaConfig { timing: sc.timing, placement_key };
+        let config = CmaConfig { timing: sc.timing, placement_key, ..CmaConfig::default() };
         let cma_bytes_per_node = if measure_memory {
             let hellos = ids.iter().enumerate().map(|(i, &id)| {
                 let i = i as u32;
@@ -833,6 +877,20 @@ impl Sim {
                             p.shell.collector_done("sockets", Ok(sockets_result()), inst);
                         }
                     }
+                    // Every node hears its switch's LLDP (issue 13), unless the scenario is
+                    // flat (one ring, as before).
+                    Event::RunCollector { name, .. }
+                        if name == assim_discovery::schedule::L2_COLLECTOR =>
+                    {
+                        if self.sc.wiring {
+                            let r = l2_result(i, n.switch);
+                            p.shell.collector_done(
+                                assim_discovery::schedule::L2_COLLECTOR,
+                                Ok(r),
+                                inst,
+                            );
+                        }
+                    }
                     Event::RunCheck(_) | Event::RunCheckNow { .. } | Event::RunCollector { .. } => {
                     }
                 }
@@ -928,6 +986,7 @@ impl Sim {
             detected_at: None,
             restarted_first: false,
             neighbours,
+            unreachable: false,
         });
         self.nodes[i as usize].crash = Some(self.obs.crashes.len() - 1);
         self.stop_node(i, Life::Crashed);
@@ -1187,6 +1246,38 @@ impl Sim {
             EventKind::PathSuspect => c.path_suspect += 1,
             EventKind::RingChanged => c.ring_changed += 1,
             EventKind::HostDown => c.host_down += 1,
+            EventKind::SwitchDown | EventKind::SwitchUnreachable | EventKind::SwitchUp => {
+                let hosts: Vec<u32> = e
+                    .body
+                    .as_ref()
+                    .and_then(|b| b["hosts"].as_array().cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|h| h["node"].as_str()?.parse::<NodeId>().ok())
+                    .map(index_of)
+                    .filter(|j| (*j as usize) < self.nodes.len())
+                    .collect();
+                let switch =
+                    e.tags.get("switch").and_then(|s| s.strip_prefix("sw")?.parse::<u32>().ok());
+                self.obs.switch_events.push(SwitchEvent {
+                    at: now,
+                    kind: e.kind,
+                    switch,
+                    hosts: hosts.clone(),
+                });
+                if e.kind != EventKind::SwitchUp {
+                    for j in hosts {
+                        self.on_unreachable(j, &e.text);
+                    }
+                }
+                return;
+            }
+            EventKind::HostUnreachable => {
+                if let Some(j) = e.host.map(index_of).filter(|j| (*j as usize) < self.nodes.len()) {
+                    self.on_unreachable(j, &e.text);
+                }
+                return;
+            }
             // Simulated nanoprobes run no checks, discovery or local events.
             _ => {}
         }
@@ -1226,7 +1317,11 @@ impl Sim {
                 }
                 let life = n.life;
                 if life == Life::Crashed {
-                    self.obs.repeat_downs += 1;
+                    // Made unreachable with its switch, then down because it did not come back
+                    // with it: expected (issue 13). Otherwise a repeat.
+                    if !self.obs.unreachable.contains(&j) {
+                        self.obs.repeat_downs += 1;
+                    }
                     return;
                 }
                 let down = UnexpectedDown { node: j, at: now, life, text: e.text };
@@ -1239,6 +1334,23 @@ impl Sim {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Node `j` was made UNREACHABLE: a crash resolved (its switch is down), expected for a
+    /// node cut off by a partition, false for a running node that is not.
+    fn on_unreachable(&mut self, j: u32, text: &str) {
+        let now = self.w.now;
+        self.obs.unreachable.insert(j);
+        let n = &mut self.nodes[j as usize];
+        if let Some(c) = n.crash.take() {
+            self.obs.crashes[c].detected_at = Some(now);
+            self.obs.crashes[c].unreachable = true;
+            return;
+        }
+        if n.life == Life::Running && !self.w.net.is_cut_off(n.switch) {
+            let d = UnexpectedDown { node: j, at: now, life: n.life, text: text.to_owned() };
+            self.obs.false_unreachable.push(d);
         }
     }
 
@@ -1270,6 +1382,7 @@ impl Sim {
                 }
             }
             StepKind::CrashSwitch(s) => {
+                self.obs.switch_crashed_at.push((s, now));
                 for i in 0..self.nodes.len() as u32 {
                     if self.nodes[i as usize].switch == s {
                         self.crash_node(i, CrashCause::Switch);
@@ -1643,6 +1756,7 @@ impl Sim {
                 assim_cma::NodeState::Suspect => rc.suspect += 1,
                 assim_cma::NodeState::Down => rc.down += 1,
                 assim_cma::NodeState::Left => rc.left += 1,
+                assim_cma::NodeState::Unreachable => rc.unreachable += 1,
             }
             if member != rec.state.in_ring() {
                 rc.problems.push(format!(
@@ -1653,20 +1767,34 @@ impl Sim {
                 ));
             }
         }
+        // Each member: its stored peers are its ring neighbours (home ring ∪ upper ring),
+        // the relation is mutual, and nobody is unwatched (issue 13: rings per switch).
+        let rings = core.rings();
         let len = order.len();
-        for k in 0..len {
-            let a = order[k];
-            let b = order[(k + 1) % len];
+        for &a in &order {
             let na = core.neighbours(a);
-            let want = if len >= 3 { 2 } else { len - 1 };
             let mut distinct = na.clone();
             distinct.sort();
             distinct.dedup();
-            if distinct.len() != want || na.len() != want {
-                rc.problems.push(format!("{a} has {} neighbours, expected {want}", na.len()));
+            if distinct.len() != na.len() {
+                rc.problems.push(format!("{a} has a neighbour twice"));
             }
-            if len >= 2 && (!na.contains(&b) || !core.neighbours(b).contains(&a)) {
-                rc.problems.push(format!("{a} and its successor {b} are not mutual neighbours"));
+            if len >= 2 && na.is_empty() {
+                rc.problems.push(format!("{a} is unwatched"));
+            }
+            match rings.home_of(a).and_then(|h| rings.ring(h.as_str()).map(|r| (h, r))) {
+                Some((home, ring)) => {
+                    if ring.neighbours(a).iter().any(|n| !na.contains(n)) {
+                        rc.problems
+                            .push(format!("{a} does not heartbeat its neighbours in {home}"));
+                    }
+                }
+                None => rc.problems.push(format!("{a} is a member without a home ring")),
+            }
+            for b in &na {
+                if !core.neighbours(*b).contains(&a) {
+                    rc.problems.push(format!("{a} and {b} are not mutual neighbours"));
+                }
             }
             if let Some(rec) = core.node(a) {
                 let mut stored = rec.peers.clone();
@@ -1676,6 +1804,8 @@ impl Sim {
                 }
             }
         }
+        rc.home_rings = rings.home_rings().count() as u64;
+        rc.upper_ring = rings.upper_order().len() as u64;
         // The nanoprobes' side: live nodes run the CMA's current peer set.
         for (i, n) in self.nodes.iter().enumerate() {
             let Some(p) = &n.probe else { continue };
@@ -1708,7 +1838,12 @@ impl Sim {
                 Life::Idle => state.is_none(),
                 Life::Running => matches!(state, Some(S::Up)),
                 Life::Leaving | Life::Left => matches!(state, Some(S::Left)),
-                Life::Crashed => matches!(state, Some(S::Down)),
+                // Behind a crashed switch: unreachable, not down (issue 13).
+                Life::Crashed => {
+                    matches!(state, Some(S::Down))
+                        || (matches!(state, Some(S::Unreachable))
+                            && self.obs.switch_crashed_at.iter().any(|(s, _)| *s == n.switch))
+                }
             };
             if !ok {
                 rc.state_disagreements.push((i as u32, n.life, state));

@@ -155,6 +155,10 @@ pub struct SimArgs {
     /// Skip the CMA-memory-per-node measurement.
     #[arg(long)]
     pub no_memory: bool,
+    /// Nodes announce no switch (no LLDP): one flat ring, as before issue 13 (to compare
+    /// cross-switch heartbeat traffic and failure handling).
+    #[arg(long)]
+    pub flat: bool,
     /// Wire mode: simulated nanoprobes over real UDP on loopback against a real `cma` process
     /// (registration storm, steady state, a failure burst of --crash nodes [default 100]).
     #[arg(long)]
@@ -196,6 +200,9 @@ impl SimArgs {
         }
         if let Some(s) = self.switches {
             sc.switches = s;
+        }
+        if self.flat {
+            sc.wiring = false;
         }
         sc.seed = match self.seed {
             Some(s) => s,

@@ -20,6 +20,9 @@ pub struct Counters {
     pub cma_datagrams_out: u64,
     pub steady_cma_in: u64,
     pub steady_cma_out: u64,
+    /// Heartbeats sent in the steady window, and those between nodes of different switches.
+    pub steady_heartbeats: u64,
+    pub steady_heartbeats_cross: u64,
     /// Per message kind (hello, report, status, goodbye): queued by nanoprobes.
     pub sent: [u64; 4],
     /// Acknowledged to the nanoprobe by its reliable connection.
@@ -82,6 +85,9 @@ pub struct RingCheck {
     pub suspect: u64,
     pub down: u64,
     pub left: u64,
+    pub unreachable: u64,
+    pub home_rings: u64,
+    pub upper_ring: u64,
     pub problems: Vec<String>,
     pub probes_converged: u64,
     pub probes_diverged: Vec<u32>,
@@ -242,6 +248,11 @@ pub struct Ring {
     pub suspect: u64,
     pub down: u64,
     pub left: u64,
+    /// Behind a switch that is down or cut off (issue 13).
+    pub unreachable: u64,
+    /// Home rings (one per switch when nodes announce their switch) and the upper ring's size.
+    pub home_rings: u64,
+    pub upper_ring: u64,
     pub consistent: bool,
     pub problems: Vec<String>,
     /// Live nanoprobes running exactly the CMA's current peer set and epoch.
@@ -300,6 +311,37 @@ pub struct InboxReport {
     pub refused: u64,
 }
 
+/// p50 / p99 / max in ms.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Pct {
+    pub count: u64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl From<&Distribution> for Pct {
+    fn from(d: &Distribution) -> Pct {
+        Pct { count: d.count, p50: d.p50_ms, p99: d.p99_ms, max: d.max_ms }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct DetectionMs {
+    pub hosts: Pct,
+    pub switches: Pct,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Heartbeats {
+    /// Nodes announce their switch (rings per switch); false: one flat ring (`--flat`).
+    pub rings_per_switch: bool,
+    pub per_node_per_s: f64,
+    pub cross_switch_per_node_per_s: f64,
+    /// Cross-switch share of all heartbeats.
+    pub cross_switch_share: f64,
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Steady {
     pub window_s: f64,
@@ -351,6 +393,18 @@ pub struct Perf {
 /// Everything a run found.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Report {
+    /// switch.down and switch.unreachable events (issue 13: one per failed switch).
+    pub switch_down_events: u64,
+    /// host.down events.
+    pub host_down_events: u64,
+    /// host.down for nodes that were running (false alarms), cut-off nodes included.
+    pub false_host_down: u64,
+    /// Distinct hosts made UNREACHABLE during the run.
+    pub unreachable_hosts: u64,
+    /// Failure → event latency: crashed hosts → host.down, failed switches → switch event.
+    pub detection_ms: DetectionMs,
+    /// Heartbeat traffic in the steady window, and the part crossing switches.
+    pub heartbeats: Heartbeats,
     pub seed: u64,
     pub nodes: u32,
     pub switches: u32,
@@ -479,7 +533,9 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
         match cr.detected_at {
             Some(t) => {
                 let l = t - cr.at;
-                lat.push(l);
+                if !cr.unreachable {
+                    lat.push(l);
+                }
                 if neighbours_down {
                     lat_alone.push(l);
                 }
@@ -518,6 +574,7 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
         .iter()
         .filter(|cr| {
             cr.detected_at.is_some_and(|t| t - cr.at > bound)
+                && !cr.unreachable
                 && !cr.neighbours.is_empty()
                 && !cr.neighbours.iter().all(|&nb| {
                     crash_times[nb as usize]
@@ -580,6 +637,9 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
         suspect: rc.suspect,
         down: rc.down,
         left: rc.left,
+        unreachable: rc.unreachable,
+        home_rings: rc.home_rings,
+        upper_ring: rc.upper_ring,
         consistent: rc.problems.is_empty(),
         problems: rc.problems.iter().take(LIST_MAX).cloned().collect(),
         probes_converged: rc.probes_converged,
@@ -629,7 +689,7 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
 
     // Notes: what the current core does, said plainly.
     let mut notes = Vec::new();
-    if detection.switch_crashes > 0 {
+    if detection.switch_crashes > 0 && !sc.wiring {
         notes.push(format!(
             "switch crash: {} nodes went silent at once and were reported host.down one by one \
              ({} host.down); the core has one ring ordered by node-id hash and no topology-aware \
@@ -637,7 +697,7 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
             detection.switch_crashes, detection.detected
         ));
     }
-    for p in &partitions {
+    for p in partitions.iter().filter(|_| !sc.wiring) {
         notes.push(format!(
             "partition of switches {:?} ({} running nodes inside, {:.0}s): {} of them reported \
              host.down although alive (the CMA cannot reach them and has no topology-aware \
@@ -701,15 +761,90 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
             late_live
         ),
     );
-    check(
-        "no false host.down",
-        false_down.count == 0,
-        format!(
-            "{} host.down for live nodes outside partitions ({} more for nodes cut off by a \
-             partition, expected with the current core)",
-            false_down.count, false_down.cut_off
-        ),
-    );
+    if sc.wiring {
+        check(
+            "no false host.down",
+            false_down.count == 0 && false_down.cut_off == 0 && i.obs.false_unreachable.is_empty(),
+            format!(
+                "{} host.down for live nodes outside partitions, {} for nodes cut off by a \
+                 partition (they must be unreachable instead), {} running nodes made unreachable",
+                false_down.count,
+                false_down.cut_off,
+                i.obs.false_unreachable.len()
+            ),
+        );
+        // Issue 13: one event per failed switch, its hosts unreachable and none down.
+        let mut failed: Vec<(u32, u64, Option<u64>)> =
+            i.obs.switch_crashed_at.iter().map(|(s, at)| (*s, *at, None)).collect();
+        for p in &i.obs.partitions {
+            failed.extend(p.switches.iter().map(|s| (*s, p.start, Some(p.end))));
+        }
+        for (sw, at, end) in failed {
+            let during = |e: &&crate::engine::SwitchEvent| {
+                e.switch == Some(sw) && e.at >= at && end.is_none_or(|t| e.at <= t + bound)
+            };
+            let downs = i
+                .obs
+                .switch_events
+                .iter()
+                .filter(during)
+                .filter(|e| e.kind != assim_cma::EventKind::SwitchUp)
+                .count();
+            let listed: u64 = i
+                .obs
+                .switch_events
+                .iter()
+                .filter(during)
+                .filter(|e| e.kind != assim_cma::EventKind::SwitchUp)
+                .map(|e| e.hosts.len() as u64)
+                .sum();
+            let inside = i.nodes.iter().filter(|n| n.switch == sw).count() as u64;
+            let host_downs = i
+                .obs
+                .crashes
+                .iter()
+                .filter(|c| c.cause == CrashCause::Switch && i.nodes[c.node as usize].switch == sw)
+                .filter(|c| c.detected_at.is_some() && !c.unreachable)
+                .count()
+                + i.obs
+                    .cut_off_downs
+                    .iter()
+                    .filter(|d| i.nodes[d.node as usize].switch == sw)
+                    .count();
+            let ups = i
+                .obs
+                .switch_events
+                .iter()
+                .filter(|e| e.switch == Some(sw) && e.kind == assim_cma::EventKind::SwitchUp)
+                .filter(|e| e.at >= at)
+                .count();
+            let what = if end.is_some() { "partitioned" } else { "crashed" };
+            let recovered = end.is_none() || ups == 1;
+            check(
+                &format!("switch sw{sw} {what}: one switch event"),
+                downs == 1 && host_downs == 0 && recovered,
+                format!(
+                    "{downs} switch.down/unreachable events listing {listed} of its {inside} \
+                     hosts, {host_downs} host.down for them{}",
+                    if end.is_some() {
+                        format!(", {ups} switch.up after it healed")
+                    } else {
+                        String::new()
+                    }
+                ),
+            );
+        }
+    } else {
+        check(
+            "no false host.down",
+            false_down.count == 0,
+            format!(
+                "{} host.down for live nodes outside partitions ({} more for nodes cut off by a \
+                 partition: one flat ring (--flat) cannot tell them from crashes)",
+                false_down.count, false_down.cut_off
+            ),
+        );
+    }
     check(
         "no false host.up",
         false_down.false_up == 0,
@@ -847,7 +982,47 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
         peak_rss_bytes_per_node: peak.map(|b| b as f64 / n),
     };
 
+    // Switch incidents: each crashed or partitioned switch → its first switch event.
+    let mut sw_lat = Vec::new();
+    let mut starts: Vec<(u32, u64)> = i.obs.switch_crashed_at.clone();
+    for p in &i.obs.partitions {
+        starts.extend(p.switches.iter().map(|s| (*s, p.start)));
+    }
+    for (sw, at) in &starts {
+        if let Some(e) = i.obs.switch_events.iter().find(|e| {
+            e.switch == Some(*sw) && e.at >= *at && e.kind != assim_cma::EventKind::SwitchUp
+        }) {
+            sw_lat.push(e.at - at);
+        }
+    }
+    let switch_down_events =
+        i.obs.switch_events.iter().filter(|e| e.kind != assim_cma::EventKind::SwitchUp).count()
+            as u64;
+    let hb_window = sc.steady.as_secs_f64() * n;
+    let heartbeats = Heartbeats {
+        rings_per_switch: sc.wiring,
+        per_node_per_s: if hb_window > 0.0 { c.steady_heartbeats as f64 / hb_window } else { 0.0 },
+        cross_switch_per_node_per_s: if hb_window > 0.0 {
+            c.steady_heartbeats_cross as f64 / hb_window
+        } else {
+            0.0
+        },
+        cross_switch_share: if c.steady_heartbeats > 0 {
+            c.steady_heartbeats_cross as f64 / c.steady_heartbeats as f64
+        } else {
+            0.0
+        },
+    };
     Report {
+        switch_down_events,
+        host_down_events: c.host_down,
+        false_host_down: (i.obs.false_downs.len() + i.obs.cut_off_downs.len()) as u64,
+        unreachable_hosts: i.obs.unreachable.len() as u64,
+        detection_ms: DetectionMs {
+            hosts: Pct::from(&detection.latency),
+            switches: Pct::from(&Distribution::of(sw_lat)),
+        },
+        heartbeats,
         seed: sc.seed,
         nodes: sc.nodes,
         switches: sc.switches,
@@ -972,6 +1147,26 @@ impl Report {
         for m in d.missed.iter().chain(&d.late) {
             let _ = writeln!(s, "  {} (node {}) at {:.1}s: {}", m.host, m.node, m.at_s, m.note);
         }
+        let sw = &self.detection_ms.switches;
+        let _ = writeln!(
+            s,
+            "switches: {} switch.down/unreachable events, {} hosts made unreachable, {} host.down in all; switch detection p50 {:.0} / p99 {:.0} / max {:.0} ms",
+            self.switch_down_events,
+            self.unreachable_hosts,
+            self.host_down_events,
+            sw.p50,
+            sw.p99,
+            sw.max
+        );
+        let hb = &self.heartbeats;
+        let _ = writeln!(
+            s,
+            "heartbeats ({}): {:.3} per node per second, {:.4} crossing switches ({:.2}%)",
+            if hb.rings_per_switch { "rings per switch" } else { "one flat ring" },
+            hb.per_node_per_s,
+            hb.cross_switch_per_node_per_s,
+            hb.cross_switch_share * 100.0
+        );
         let f = &self.false_down;
         let _ = writeln!(
             s,

@@ -137,6 +137,10 @@ pub struct Scenario {
     /// Allowed detection time beyond `dead + 2 × interval` (network and scheduling slack).
     pub slack: Duration,
     pub steps: Vec<Step>,
+    /// Nodes report their switch over LLDP (a synthetic `l2neighbors` result), so the CMA
+    /// builds a ring per switch and an upper ring (issue 13). `false`: one flat ring, as
+    /// before (for comparisons).
+    pub wiring: bool,
 }
 
 impl Scenario {
@@ -154,6 +158,7 @@ impl Scenario {
             duration: Duration::from_secs(60),
             slack: Duration::from_millis(500),
             steps: Vec::new(),
+            wiring: true,
         }
     }
 

@@ -133,18 +133,22 @@ fn crashed_nodes_restart_and_rejoin() {
 }
 
 #[test]
-fn switch_crash_reports_every_host_individually() {
-    let sc = Scenario::new(9, 2000).step(s(5), StepKind::CrashSwitch(3));
-    let mut sc = sc;
+fn switch_crash_is_one_switch_event_and_its_hosts_unreachable() {
+    let mut sc = Scenario::new(9, 2000).step(s(5), StepKind::CrashSwitch(3));
     sc.switches = 20;
     let r = go(sc);
-    // One ring ordered by node-id hash, no topology awareness yet: each of the 100 hosts is
-    // reported down on its own, no switch-level event. The sim says so in a note.
+    // Issue 13: rings per switch and an upper ring: the switch's 100 hosts go silent together,
+    // its representatives are reported from outside, the CMA probes the whole ring and raises
+    // one switch.down; the hosts are unreachable, none is down.
     assert_eq!(r.detection.switch_crashes, 100);
     assert_eq!(r.detection.detected, 100, "{}", r.human());
-    assert_eq!(r.events_emitted.host_down, 100);
-    assert!(r.notes.iter().any(|n| n.contains("switch crash")));
+    assert_eq!(r.switch_down_events, 1, "{}", r.human());
+    assert_eq!(r.host_down_events, 0, "{}", r.human());
+    assert_eq!(r.unreachable_hosts, 100);
+    assert_eq!(r.ring.unreachable, 100);
+    assert!(r.detection_ms.switches.max > 0.0);
     assert_checks(&r, CORE_CHECKS);
+    assert_checks(&r, &["switch sw3 crashed: one switch event"]);
 }
 
 #[test]
@@ -155,22 +159,42 @@ fn partition_cuts_off_a_switch_and_heals() {
     let r = go(sc);
     let p = &r.partitions[0];
     assert_eq!(p.nodes_inside, 50);
-    // The CMA cannot reach the 50 nodes and has no topology-aware disambiguation yet: each is
-    // reported host.down while alive, and host.up once the partition heals.
-    assert_eq!(p.host_down_inside, 50, "{}", r.human());
-    assert_eq!(p.host_up_inside_after_heal, 50, "{}", r.human());
-    assert_eq!(r.false_down.cut_off, 50);
-    assert!(r.notes.iter().any(|n| n.contains("partition")));
+    // Issue 13: the 50 hosts cut off are one switch event and unreachable, not down; one
+    // switch.up when the partition heals, and they are up again.
+    assert_eq!(p.host_down_inside, 0, "{}", r.human());
+    assert_eq!(r.false_down.cut_off, 0);
+    assert_eq!(r.false_host_down, 0);
+    assert_eq!(r.switch_down_events, 1, "{}", r.human());
+    assert_eq!(r.unreachable_hosts, 50);
+    assert_eq!(r.ring.unreachable, 0, "all back after the heal");
     assert_checks(
         &r,
         &[
             "registered",
+            "no false host.down",
+            "switch sw2 partitioned: one switch event",
             "ring consistent",
             "nanoprobes converged",
             "CMA state matches",
             "applied exactly once",
         ],
     );
+}
+
+#[test]
+fn heartbeats_stay_inside_switches_except_the_upper_ring() {
+    let mut sc = Scenario::new(12, 400);
+    sc.switches = 8;
+    sc.duration = s(5);
+    let flat = go(Scenario { wiring: false, ..sc.clone() });
+    let rings = go(sc);
+    // One flat ring: a neighbour is on another switch 7 times in 8. Rings per switch: only the
+    // upper ring crosses (one pair of directions per switch).
+    assert!(flat.heartbeats.cross_switch_share > 0.7, "{}", flat.human());
+    assert!(rings.heartbeats.cross_switch_share < 0.1, "{}", rings.human());
+    assert_eq!(rings.ring.home_rings, 8);
+    assert_eq!(rings.ring.upper_ring, 16);
+    assert_checks(&rings, &["registered", "ring consistent", "nanoprobes converged"]);
 }
 
 #[test]
