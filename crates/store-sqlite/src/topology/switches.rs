@@ -1,0 +1,148 @@
+//! The ring and switch queries (`assim rings`, `assim switches`, `assim switch SW`,
+//! `assim hosts --unreachable`) as [`Store`] methods answering with the `assim-api` rows.
+//!
+//! - Rings: the ring layout the CMA wrote (each ring's members in order, representatives and
+//!   watchers), node ids named from `nodes`, a switch ring's name from `topo_switches`.
+//! - Switches: `topo_switches` with the hosts `topo_wiring` puts on them (one row per host NIC
+//!   and port; LLDP and CDP for one port merge into one row), each host's state from `nodes`.
+//! - Unreachable hosts: `nodes` in state `unreachable`, with the text of the last event about
+//!   them that made them so.
+
+use std::collections::{BTreeMap, HashMap};
+
+use assim_api::{DownHost, RingView, SwitchHost, SwitchView};
+use assim_store::{RingDesc, ring_views};
+use assim_wire::NodeId;
+
+use super::query::split_list;
+use crate::{Store, StoreError};
+
+/// Most switches one `switches` answer lists (a bound on the answer, not on the graph).
+pub const MAX_SWITCHES: usize = 10_000;
+
+impl Store {
+    /// Hosts in state `unreachable`, newest first, with their last `host.unreachable` or
+    /// `switch.*` event's text.
+    pub fn unreachable_hosts(&self) -> Result<Vec<DownHost>, StoreError> {
+        self.rows(
+            "SELECT n.hostname, n.id, n.state, n.since,
+               (SELECT e.text FROM events e WHERE e.host = n.id
+                  AND e.kind IN ('host.unreachable', 'switch.down', 'switch.unreachable')
+                  ORDER BY e.id DESC LIMIT 1)
+             FROM nodes n WHERE n.state = 'unreachable' ORDER BY n.since DESC, n.hostname",
+            [],
+            |r| {
+                Ok(DownHost {
+                    host: r.get(0)?,
+                    node: r.get(1)?,
+                    state: r.get(2)?,
+                    since: r.get::<_, i64>(3)? as u64,
+                    last_event: r.get(4)?,
+                })
+            },
+        )
+    }
+
+    /// Every ring as `assim rings` shows it.
+    pub fn ring_views(&self) -> Result<Vec<RingView>, StoreError> {
+        let rings = self.ring_descs()?;
+        let nodes: HashMap<NodeId, (String, String)> = self
+            .rows("SELECT id, hostname, state FROM nodes", [], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })?
+            .into_iter()
+            .filter_map(|(id, host, state)| Some((id.parse().ok()?, (host, state))))
+            .collect();
+        let names: HashMap<String, String> = self
+            .rows(
+                "SELECT chassis_id, system_name FROM topo_switches WHERE system_name IS NOT NULL",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .into_iter()
+            .collect();
+        Ok(ring_views(rings, &nodes, &names))
+    }
+
+    /// The stored ring layout: the single ring (`meta.ring`, in ring order) of a CMA without
+    /// network-aware rings.
+    fn ring_descs(&self) -> Result<Vec<RingDesc>, StoreError> {
+        let Some(text) = self.meta("ring")? else { return Ok(Vec::new()) };
+        let members: Vec<NodeId> = serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt { table: "meta", detail: format!("ring: {e}") })?;
+        Ok(if members.is_empty() { Vec::new() } else { vec![RingDesc::all(members)] })
+    }
+
+    /// Switches with the hosts behind them: all, or those whose chassis id or announced name
+    /// is `switch`; by chassis id, at most [`MAX_SWITCHES`].
+    pub fn switch_views(&self, switch: Option<&str>) -> Result<Vec<SwitchView>, StoreError> {
+        let mut switches: Vec<SwitchView> = self.rows(
+            &format!(
+                "SELECT chassis_id, system_name, system_description, platform,
+                        management_addresses, last_seen
+                 FROM topo_switches WHERE ?1 IS NULL OR chassis_id = ?1 OR system_name = ?1
+                 ORDER BY chassis_id LIMIT {MAX_SWITCHES}"
+            ),
+            [switch],
+            |r| {
+                Ok(SwitchView {
+                    chassis_id: r.get(0)?,
+                    name: r.get(1)?,
+                    description: r.get(2)?,
+                    platform: r.get(3)?,
+                    management_addresses: split_list(r.get(4)?),
+                    last_seen: r.get::<_, i64>(5)? as u64,
+                    state: None,
+                    ring: None,
+                    hosts: Vec::new(),
+                })
+            },
+        )?;
+        for sw in &mut switches {
+            sw.hosts = self.switch_hosts(&sw.chassis_id)?;
+        }
+        Ok(switches)
+    }
+
+    /// The host NICs wired to one chassis; LLDP and CDP for one (host, NIC, port) merge into
+    /// one row whose protocol lists both.
+    fn switch_hosts(&self, chassis: &str) -> Result<Vec<SwitchHost>, StoreError> {
+        let rows = self.rows(
+            "SELECT n.hostname, w.node, n.state, w.nic, w.port_id, p.description, w.protocol
+             FROM topo_wiring w JOIN nodes n ON n.id = w.node
+             LEFT JOIN topo_switch_ports p ON p.chassis_id = w.chassis_id
+                  AND p.port_id = w.port_id
+             WHERE w.chassis_id = ?1
+             ORDER BY n.hostname, w.node, w.nic, w.port_id, w.protocol",
+            [chassis],
+            |r| {
+                Ok(SwitchHost {
+                    host: r.get(0)?,
+                    node: r.get(1)?,
+                    state: r.get(2)?,
+                    nic: r.get(3)?,
+                    port_id: r.get(4)?,
+                    port_description: r.get(5)?,
+                    protocol: r.get(6)?,
+                    in_ring: false,
+                })
+            },
+        )?;
+        let mut merged: BTreeMap<(String, String, String, String), SwitchHost> = BTreeMap::new();
+        for h in rows {
+            let key = (h.host.clone(), h.node.clone(), h.nic.clone(), h.port_id.clone());
+            match merged.get_mut(&key) {
+                Some(m) => {
+                    m.protocol = format!("{},{}", m.protocol, h.protocol);
+                    if m.port_description.is_none() {
+                        m.port_description = h.port_description;
+                    }
+                }
+                None => {
+                    merged.insert(key, h);
+                }
+            }
+        }
+        Ok(merged.into_values().collect())
+    }
+}
