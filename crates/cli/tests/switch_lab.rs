@@ -24,10 +24,16 @@
 //! Timings are short (`--heartbeat-interval 300ms --warn-time 900ms --dead-time 1500ms`), and
 //! the packages and SSH-key collectors are off, to keep each run at a few tens of seconds.
 //!
-//! Scenarios: the wiring of every host reaches the CMA (`assim ports`), the ring forms and
-//! `assim rings` shows it, the cross-switch heartbeat traffic is measured on the uplink
-//! (`ASSIM_LAB_MEASURE_SECS`, default 5 s, prints the figure), and a SIGKILLed host gives
-//! exactly one `host.down` and nothing else.
+//! Scenarios:
+//! - the wiring of every host reaches the CMA (`assim ports`, `assim switch SW`), the rings form
+//!   and `assim rings` shows them, the cross-switch heartbeat traffic is measured on the uplink
+//!   (`ASSIM_LAB_MEASURE_SECS`, default 5 s, prints the figure), and a SIGKILLed host gives
+//!   exactly one `host.down` and nothing else;
+//! - one host's outgoing heartbeats dropped with nftables (what it sends the CMA passes) for
+//!   10 dead times (`ASSIM_LAB_DROP_SECS`, 120 for the issue's two minutes): `path.suspect`,
+//!   no `host.down`, the host never Down, no `host.up` (no revive/rejoin flapping);
+//! - every link of one switch down, then up again: one `switch.down` or `switch.unreachable`,
+//!   its hosts Unreachable, no `host.down`, then one `switch.up`.
 //!
 //! Every namespace has a name unique to this run and is deleted on drop, panics included
 //! (`netns::Lab`). `ASSIM_KEEP_LAB=1` keeps the logs directory.
@@ -463,4 +469,161 @@ fn switch_lab_wiring_rings_traffic_and_one_crash() {
     let behind = lab.switch_hosts(&lab.switches[1].name);
     assert!(behind.contains(&(victim.clone(), "down".to_string())), "{behind:?}");
     assert_eq!(behind.iter().filter(|(_, s)| s == "up").count(), 2, "{behind:?}");
+}
+
+impl SwitchLab {
+    /// Sets every link of switch `s` (its host ports and its uplink) down or up.
+    fn set_switch_links(&self, s: usize, up: bool) {
+        let sw = &self.switches[s];
+        let state = if up { "up" } else { "down" };
+        for h in 1..=sw.hosts.len() {
+            ip(&["-n", &sw.ns, "link", "set", &format!("p{h}"), state]);
+        }
+        ip(&["-n", &sw.ns, "link", "set", "uplink", state]);
+    }
+
+    /// The state of every host of switch `s` in the status.
+    fn states_behind(&self, s: usize) -> Result<Vec<String>, String> {
+        let nodes = self.nodes()?;
+        Ok(self.switches[s]
+            .hosts
+            .iter()
+            .map(|h| {
+                nodes
+                    .iter()
+                    .find(|n| n["hostname"] == h.name.as_str())
+                    .and_then(|n| n["state"].as_str())
+                    .unwrap_or("?")
+                    .to_string()
+            })
+            .collect())
+    }
+}
+
+/// (type, host name) of the alarms after `since`, `host.suspect` left out (a suspicion is
+/// the step before every verdict).
+fn alarms_since(lab: &SwitchLab, since: u64) -> Vec<(String, String)> {
+    lab.events_since(since)
+        .iter()
+        .filter(|e| is_alarm(e) && e["type"] != "host.suspect")
+        .map(|e| {
+            (e["type"].as_str().unwrap().to_string(), e["hostname"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "pending issue 13's core (branch rings): switch.down/up, the Unreachable state"]
+fn switch_lab_a_cut_switch_is_one_incident_and_one_recovery() {
+    if !preconditions() {
+        return;
+    }
+    let lab = SwitchLab::start(3, 3);
+    let cut = 1;
+    let name = lab.switches[cut].name.clone();
+    let start = lab.last_event_id();
+    lab.set_switch_links(cut, false);
+    let incident = lab.wait_event(start, &format!("switch.down/unreachable for {name}"), |e| {
+        e["type"] == "switch.down" || e["type"] == "switch.unreachable"
+    });
+    wait_for(&lab.lab, "its hosts unreachable", Duration::from_secs(20), || {
+        let states = lab.states_behind(cut)?;
+        if states.iter().all(|s| s == "unreachable") {
+            Ok(Value::Null)
+        } else {
+            Err(format!("{states:?}"))
+        }
+    });
+    let listed = lab.q(&["hosts", "--unreachable"]).unwrap();
+    let mut listed: Vec<&str> =
+        listed.as_array().unwrap().iter().map(|h| h["host"].as_str().unwrap()).collect();
+    listed.sort();
+    let want: Vec<&str> = lab.switches[cut].hosts.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(listed, want, "assim hosts --unreachable");
+    // A quiet window of several dead times: still one incident, no host.down.
+    std::thread::sleep(DEAD_TIME * 4);
+    let alarms = alarms_since(&lab, start);
+    assert_eq!(alarms.len(), 1, "exactly one incident: {alarms:?}\n{incident}");
+    assert!(alarms[0].0.starts_with("switch."), "{alarms:?}");
+    let behind = lab.switch_hosts(&name);
+    assert!(behind.iter().all(|(_, s)| s == "unreachable"), "{behind:?}");
+    let sw = lab.q(&["switch", &name]).unwrap();
+    assert!(matches!(sw[0]["state"].as_str(), Some("down" | "unreachable")), "{sw}");
+
+    // It comes back: one recovery event, every host up, still no host.down.
+    let back = lab.last_event_id();
+    lab.set_switch_links(cut, true);
+    lab.wait_event(back, &format!("switch.up for {name}"), |e| e["type"] == "switch.up");
+    wait_for(&lab.lab, "its hosts up again", Duration::from_secs(30), || {
+        let states = lab.states_behind(cut)?;
+        if states.iter().all(|s| s == "up") { Ok(Value::Null) } else { Err(format!("{states:?}")) }
+    });
+    std::thread::sleep(DEAD_TIME * 3);
+    let after: Vec<(String, String)> = lab
+        .events_since(back)
+        .iter()
+        .filter(|e| is_alarm(e) || e["type"] == "switch.up")
+        .map(|e| {
+            (e["type"].as_str().unwrap().to_string(), e["hostname"].as_str().unwrap().to_string())
+        })
+        .filter(|(t, _)| t != "host.suspect")
+        .collect();
+    assert_eq!(after.len(), 1, "exactly one recovery event: {after:?}");
+    assert_eq!(after[0].0, "switch.up", "{after:?}");
+    let all = alarms_since(&lab, start);
+    assert!(all.iter().all(|(t, _)| t != "host.down"), "no host.down: {all:?}");
+}
+
+#[test]
+fn switch_lab_one_way_heartbeat_drop_is_a_path_suspect_without_flapping() {
+    if !preconditions() {
+        return;
+    }
+    let lab = SwitchLab::start(3, 3);
+    // The issue asks for 2 minutes; the suite holds the drop for 10 dead times (15 s) and
+    // `ASSIM_LAB_DROP_SECS=120` runs the full length.
+    let secs: u64 =
+        std::env::var("ASSIM_LAB_DROP_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
+    let victim = &lab.switches[0].hosts[1];
+    let start = lab.last_event_id();
+    // The victim's heartbeats (to its peers' :1990) are dropped on the way out; what it sends
+    // to the CMA (:1984) and everything it receives pass.
+    nft_load(
+        &victim.ns,
+        &format!(
+            "table inet labdrop {{\n\
+               chain out {{ type filter hook output priority 0; policy accept;\n\
+                 udp dport {PROBE_PORT} drop\n }}\n\
+             }}\n"
+        ),
+    );
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut seen = std::collections::BTreeSet::new();
+    while Instant::now() < until {
+        let nodes = lab.nodes().unwrap();
+        let state = nodes.iter().find(|n| n["hostname"] == victim.name.as_str()).unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        seen.insert(state);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    ip(&["netns", "exec", &victim.ns, "nft", "delete", "table", "inet", "labdrop"]);
+    let alarms = alarms_since(&lab, start);
+    let suspects = alarms.iter().filter(|(t, _)| t == "path.suspect").count();
+    // At least one, and not a stream: at most one per heartbeat peer of the victim (two ring
+    // neighbours, two more in the upper ring for a representative).
+    assert!((1..=4).contains(&suspects), "path.suspect events: {alarms:?}");
+    assert!(
+        alarms.iter().all(|(t, _)| t == "path.suspect" || t == "link.suspect"),
+        "nothing but path/link suspicions: {alarms:?}"
+    );
+    let ups = lab.events_since(start).iter().filter(|e| e["type"] == "host.up").count();
+    assert_eq!(ups, 0, "no revive/rejoin flapping");
+    assert!(!seen.contains("down"), "the victim's states during the drop: {seen:?}");
+    println!(
+        "one-way drop of {}'s heartbeats for {secs} s: {} alarm(s) {alarms:?}, states {seen:?}",
+        victim.name,
+        alarms.len()
+    );
 }
