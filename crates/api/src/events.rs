@@ -6,7 +6,8 @@
 //! ```
 //!
 //! `time` is µs since the epoch. `type` is the dotted name (`host.down`, `service.critical`,
-//! `local.event`, …), the same the filter language matches with `type:host.*`. Reading also
+//! `local.event`, and for network-aware rings `switch.down`, `switch.up`, `switch.unreachable`,
+//! `host.unreachable`, `link.suspect`, …), the same the filter language matches with `type:host.*`. Reading also
 //! accepts the spelling before it (`"kind": "HostDown"`).
 
 use std::collections::BTreeMap;
@@ -145,5 +146,21 @@ mod tests {
         // The stored form of the core's event (same field names) converts both ways.
         let core: assim_cma::Event = e.clone().into();
         assert_eq!(Event::from(core), e);
+    }
+
+    #[test]
+    fn issue_13_switch_and_unreachable_types_have_one_spelling() {
+        for (kind, name) in [
+            (EventKind::SwitchDown, "switch.down"),
+            (EventKind::SwitchUp, "switch.up"),
+            (EventKind::SwitchUnreachable, "switch.unreachable"),
+            (EventKind::HostUnreachable, "host.unreachable"),
+            (EventKind::LinkSuspect, "link.suspect"),
+        ] {
+            let e = Event { kind, ..sample() };
+            let v = serde_json::to_value(&e).unwrap();
+            assert_eq!(v["type"], name);
+            assert_eq!(serde_json::from_value::<Event>(v).unwrap().kind, kind);
+        }
     }
 }

@@ -126,6 +126,7 @@ pub async fn run(
     let core = CmaConfig {
         timing: opts.timing,
         placement_key: identity.derive_key("assim ring placement"),
+        ..CmaConfig::default()
     };
     let mut config = ShellConfig::new(core.clone(), session);
     config.authority = AuthorityConfig { core, discovery: opts.discovery.clone(), rules };
@@ -332,10 +333,7 @@ impl Driver {
         };
         let core = self.shell.core();
         let mut nodes: BTreeMap<&'static str, u64> =
-            [NodeState::Up, NodeState::Suspect, NodeState::Down, NodeState::Left]
-                .iter()
-                .map(|s| (s.name(), 0))
-                .collect();
+            NodeState::ALL.iter().map(|s| (s.name(), 0)).collect();
         for n in core.nodes() {
             *nodes.entry(n.state.name()).or_insert(0) += 1;
         }

@@ -26,6 +26,7 @@ use crate::model::{
     Action, Change, CmaConfig, Event, EventKind, HelloError, NodeRecord, NodeState, Snapshot, Stats,
 };
 use crate::ring::{RingChange, RingManager};
+use crate::wiring::{NodeWiring, WiringInputs};
 
 /// What is queued by the input being handled, turned into actions by `flush`.
 #[derive(Debug, Default)]
@@ -51,6 +52,8 @@ pub struct Cma {
     config: CmaConfig,
     nodes: BTreeMap<NodeId, NodeRecord>,
     rings: RingManager,
+    /// Each node's wiring, when derived (issue 13).
+    wiring: BTreeMap<NodeId, NodeWiring>,
     suspicions: Suspicions,
     next_epoch: u64,
     next_event_id: u64,
@@ -76,6 +79,7 @@ impl Cma {
             config,
             nodes: BTreeMap::new(),
             rings,
+            wiring: BTreeMap::new(),
             suspicions: Suspicions::new(now.micros()),
             next_epoch: snapshot.next_epoch.max(max_epoch.saturating_add(1)).max(1),
             next_event_id: snapshot.next_event_id.max(1),
@@ -86,6 +90,12 @@ impl Cma {
         };
         for rec in snapshot.nodes {
             cma.nodes.insert(rec.id, rec);
+        }
+        for w in snapshot.wiring {
+            if cma.nodes.contains_key(&w.node) {
+                cma.rings.set_ring(w.node, w.wiring.ring.clone());
+                cma.wiring.insert(w.node, w);
+            }
         }
         let members: Vec<NodeId> =
             cma.nodes.values().filter(|n| n.state.in_ring()).map(|n| n.id).collect();
@@ -172,6 +182,11 @@ impl Cma {
                 vec![("reason", "registered".into()), ("version", hello.version.clone())],
                 text,
             );
+            if let Some(pin) = self.pin_of(node) {
+                let inputs = WiringInputs::default();
+                let wiring = crate::wiring::derive(Some(&pin), &inputs);
+                self.rewire(now, node, NodeWiring { node, wiring, inputs });
+            }
             self.join_ring(now, node);
             self.flush();
             return Ok(());
@@ -209,7 +224,9 @@ impl Cma {
                 }
                 self.pending.send.insert(node);
             }
-            NodeState::Down | NodeState::Left => self.revive(now, node, Revival::Hello),
+            NodeState::Down | NodeState::Left | NodeState::Unreachable => {
+                self.revive(now, node, Revival::Hello)
+            }
         }
         self.flush();
         Ok(())
@@ -292,7 +309,9 @@ impl Cma {
             Some(NodeState::Suspect) => {
                 self.suspicions.proof_of_life(node, AliveProof::Message);
             }
-            Some(NodeState::Down) => self.revive(now, node, Revival::Message),
+            Some(NodeState::Down | NodeState::Unreachable) => {
+                self.revive(now, node, Revival::Message)
+            }
             _ => {}
         }
         self.flush();
@@ -311,6 +330,10 @@ impl Cma {
         if self.ring_flush_at.is_some_and(|t| t <= now) {
             self.ring_flush_at = None;
             self.actions.push_back(Action::Persist(Change::Ring(self.rings.all().order())));
+            let dirty = self.rings.take_dirty();
+            if !dirty.is_empty() {
+                self.actions.push_back(Action::Persist(Change::Rings(dirty)));
+            }
         }
         self.flush();
     }
@@ -335,6 +358,71 @@ impl Cma {
             self.pending.send.insert(node);
         }
         self.flush();
+    }
+
+    /// New wiring inputs for a node (its `l2neighbors` or `interfaces` result, parsed by the
+    /// caller; `None` keeps that input as it was): derives its wiring
+    /// ([`crate::wiring::derive`], the operator's pin first) and, when it changed, persists it
+    /// and moves the node to its new ring (`ring.changed`, reason `rewired`). Unknown nodes
+    /// are ignored.
+    pub fn handle_wiring(
+        &mut self,
+        now: Timestamp,
+        node: NodeId,
+        l2: Option<Vec<assim_discovery::wiring::L2Link>>,
+        route: Option<Option<assim_discovery::wiring::PrimaryRoute>>,
+    ) {
+        if !self.nodes.contains_key(&node) {
+            return;
+        }
+        let mut inputs = self.wiring.get(&node).map(|w| w.inputs.clone()).unwrap_or_default();
+        if let Some(l2) = l2 {
+            inputs.l2 = Some(l2);
+        }
+        if let Some(route) = route {
+            inputs.route = route;
+        }
+        let pin = self.pin_of(node);
+        let wiring = crate::wiring::derive(pin.as_deref(), &inputs);
+        let old = self.wiring.get(&node);
+        if old.is_some_and(|o| o.wiring == wiring && o.inputs == inputs) {
+            return;
+        }
+        self.rewire(now, node, NodeWiring { node, wiring, inputs });
+        self.flush();
+    }
+
+    /// A node's wiring: what ring it is in by its discovery, and why.
+    pub fn wiring(&self, node: NodeId) -> Option<&NodeWiring> {
+        self.wiring.get(&node)
+    }
+
+    /// The operator's pin for a node (by host name, then node id).
+    fn pin_of(&self, node: NodeId) -> Option<String> {
+        let pins = &self.config.pins;
+        if pins.is_empty() {
+            return None;
+        }
+        let rec = self.nodes.get(&node)?;
+        pins.get(&rec.hostname).or_else(|| pins.get(&node.to_string())).cloned()
+    }
+
+    /// Stores a node's new wiring and moves it to its ring.
+    fn rewire(&mut self, now: Timestamp, node: NodeId, w: NodeWiring) {
+        let ring = w.wiring.ring.clone();
+        let moved = self.rings.wired_ring(node) != ring;
+        self.actions.push_back(Action::Persist(Change::Wiring(w.clone())));
+        self.wiring.insert(node, w);
+        if !moved {
+            return;
+        }
+        self.stats.rewired += 1;
+        let member = self.rings.is_member(node);
+        let changes = self.rings.set_ring(node, ring);
+        if member {
+            self.refresh_peers(node, false);
+            self.apply_ring_changes(now, node, &changes, "rewired");
+        }
     }
 
     // ------------------------------------------------------------------------------------------
@@ -380,6 +468,7 @@ impl Cma {
             ring: self.ring(),
             next_epoch: self.next_epoch,
             next_event_id: self.next_event_id,
+            wiring: self.wiring.values().cloned().collect(),
         }
     }
 
@@ -430,7 +519,9 @@ impl Cma {
                 match state {
                     NodeState::Up => self.suspect(now, subject, reporter, word),
                     NodeState::Suspect => self.witness(now, subject, reporter, word, false),
-                    NodeState::Down | NodeState::Left => self.stats.reports_no_effect += 1,
+                    NodeState::Down | NodeState::Left | NodeState::Unreachable => {
+                        self.stats.reports_no_effect += 1
+                    }
                 }
             }
             ReportKind::BackAlive | ReportKind::Martian => {
@@ -441,14 +532,18 @@ impl Cma {
                 // An observation made under an older peer set than the reporter's current one
                 // is old news (it may have waited out a partition): it must not revive a node.
                 // Dead reports need no such rule: they count only from current neighbours.
-                if ev.epoch < reporter_epoch && state == NodeState::Down {
+                if ev.epoch < reporter_epoch
+                    && matches!(state, NodeState::Down | NodeState::Unreachable)
+                {
                     self.stats.reports_stale_epoch += 1;
                     return;
                 }
                 let martian = kind == ReportKind::Martian;
                 match state {
                     NodeState::Up | NodeState::Left => self.stats.reports_no_effect += 1,
-                    NodeState::Down => self.revive(now, subject, Revival::HeardBy(reporter)),
+                    NodeState::Down | NodeState::Unreachable => {
+                        self.revive(now, subject, Revival::HeardBy(reporter))
+                    }
                     NodeState::Suspect => {
                         if !martian && !is_neighbour {
                             self.stats.reports_ignored_not_neighbour += 1;
@@ -649,13 +744,33 @@ impl Cma {
     // ring
 
     fn join_ring(&mut self, now: Timestamp, node: NodeId) {
-        for change in self.rings.join(node) {
+        let changes = self.rings.join(node);
+        if !changes.is_empty() {
             // The joiner always gets a set: it may be running a stale one (rejoin) or none.
             self.refresh_peers(node, true);
-            for n in change.disturbed() {
-                self.refresh_peers(n, false);
+        }
+        self.apply_ring_changes(now, node, &changes, "join");
+    }
+
+    /// Refreshes the peers of everyone a ring change may have touched (other than `subject`,
+    /// handled by the caller) and reports each change.
+    fn apply_ring_changes(
+        &mut self,
+        now: Timestamp,
+        subject: NodeId,
+        changes: &[RingChange],
+        reason: &str,
+    ) {
+        for change in changes {
+            if change.node != subject && self.rings.is_member(change.node) {
+                self.refresh_peers(change.node, false);
             }
-            self.ring_event(now, &change, "join");
+            for n in change.disturbed() {
+                if n != subject && self.rings.is_member(n) {
+                    self.refresh_peers(n, false);
+                }
+            }
+            self.ring_event(now, change, reason);
         }
     }
 
@@ -664,12 +779,8 @@ impl Cma {
             self.node_mut(node).peers.clear();
             self.pending.persist.insert(node);
         }
-        for change in self.rings.leave(node) {
-            for n in change.disturbed() {
-                self.refresh_peers(n, false);
-            }
-            self.ring_event(now, &change, reason);
-        }
+        let changes = self.rings.leave(node);
+        self.apply_ring_changes(now, node, &changes, reason);
     }
 
     /// Recomputes `node`'s peers; on a change (or `force`) gives it a new epoch and queues
@@ -697,30 +808,35 @@ impl Cma {
         }
         let name = self.name(c.node);
         let n = c.members;
+        let the = if c.ring.0 == crate::ring::RingKey::UNWIRED {
+            "the ring".to_owned()
+        } else {
+            format!("ring {}", c.ring)
+        };
         let members = if n == 1 { "1 member".to_owned() } else { format!("{n} members") };
         let text = match (c.joined, c.predecessor, c.successor) {
-            (true, None, _) | (true, _, None) => format!("{name} joined the ring ({members})"),
+            (true, None, _) | (true, _, None) => format!("{name} joined {the} ({members})"),
             (true, Some(p), Some(s)) if p == s => {
-                format!("{name} joined the ring next to {} ({members})", self.name(p))
+                format!("{name} joined {the} next to {} ({members})", self.name(p))
             }
             (true, Some(p), Some(s)) => format!(
-                "{name} joined the ring between {} and {} ({members})",
+                "{name} joined {the} between {} and {} ({members})",
                 self.name(p),
                 self.name(s)
             ),
             (false, None, _) | (false, _, None) => {
-                format!("{name} left the ring, which is now empty ({members})")
+                format!("{name} left {the}, which is now empty ({members})")
             }
             (false, Some(p), Some(s)) if p == s => {
-                format!("{name} left the ring; {} is its only member ({members})", self.name(p))
+                format!("{name} left {the}; {} is its only member ({members})", self.name(p))
             }
             (false, Some(p), Some(s)) if n == 2 => format!(
-                "{name} left the ring; {} and {} heartbeat each other ({members})",
+                "{name} left {the}; {} and {} heartbeat each other ({members})",
                 self.name(p),
                 self.name(s)
             ),
             (false, Some(p), Some(s)) => format!(
-                "{name} left the ring; {} and {} are now neighbours ({members})",
+                "{name} left {the}; {} and {} are now neighbours ({members})",
                 self.name(p),
                 self.name(s)
             ),

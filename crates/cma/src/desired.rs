@@ -336,7 +336,8 @@ impl Authority {
     // desired-state inputs
 
     /// A collector's result: validated and stored (its latest per node and name); a `sockets`
-    /// result also recomputes the node's check set.
+    /// result also recomputes the node's check set; an `l2neighbors` or `interfaces` result
+    /// re-derives the node's wiring ([`Cma::handle_wiring`]), which may move it to another ring.
     pub fn handle_discovery(
         &mut self,
         now: Timestamp,
@@ -362,6 +363,17 @@ impl Authority {
                 self.checks.set_listeners(node, l);
                 self.update_check_set(now, node, false);
             }
+        }
+        // The host's wiring (issue 13): which switch or segment ring it belongs in. A payload
+        // that does not have the collector's shape keeps the old input.
+        if d.name == assim_discovery::schedule::L2_COLLECTOR {
+            if let Ok(links) = assim_discovery::wiring::l2_links(payload) {
+                self.cma.handle_wiring(now, node, Some(links), None);
+            }
+        } else if d.name == "interfaces"
+            && let Ok(route) = assim_discovery::wiring::primary_route_of(payload)
+        {
+            self.cma.handle_wiring(now, node, None, Some(route));
         }
         self.persist.push(DesiredChange::Discovery(DiscoveryRecord {
             node,

@@ -54,6 +54,7 @@ pub mod model;
 pub mod ring;
 pub mod schedule;
 pub mod services;
+pub mod wiring;
 
 pub use crate::cma::Cma;
 pub use crate::desired::{

@@ -37,6 +37,9 @@ pub struct CmaConfig {
     /// choose its neighbours by choosing its id. The daemon derives it from the CMA's identity
     /// ([`assim_seal`'s `Identity::derive_key`]); all zeros (the default) only in tests.
     pub placement_key: crate::ring::PlacementKey,
+    /// Operator pins (issue 13): host name or node id → ring name. A pinned host heartbeats in
+    /// the ring `pinned:<name>` whatever its discovery says (networks that announce nothing).
+    pub pins: BTreeMap<String, String>,
 }
 
 /// Returned by the `FromStr` impls of [`NodeState`] and [`EventKind`].
@@ -61,24 +64,34 @@ pub enum NodeState {
     Down,
     /// Said goodbye. Not a ring member; never alarmed.
     Left,
+    /// Behind a switch (or segment) that is down or cut off: the CMA cannot tell whether the
+    /// host itself is up. Not a ring member; its service alarms are suppressed (Nagios
+    /// `parents`). Back to Up when it is heard again, Down if it does not return with its switch.
+    Unreachable,
 }
 
 impl NodeState {
     /// Every state, in declaration order.
-    pub const ALL: [NodeState; 4] =
-        [NodeState::Up, NodeState::Suspect, NodeState::Down, NodeState::Left];
+    pub const ALL: [NodeState; 5] = [
+        NodeState::Up,
+        NodeState::Suspect,
+        NodeState::Down,
+        NodeState::Left,
+        NodeState::Unreachable,
+    ];
 
-    /// The stable lowercase name ("up", "suspect", "down", "left").
+    /// The stable lowercase name ("up", "suspect", "down", "left", "unreachable").
     pub fn name(&self) -> &'static str {
         match self {
             NodeState::Up => "up",
             NodeState::Suspect => "suspect",
             NodeState::Down => "down",
             NodeState::Left => "left",
+            NodeState::Unreachable => "unreachable",
         }
     }
 
-    /// Up and Suspect nodes are ring members; Down and Left nodes are not.
+    /// Up and Suspect nodes are ring members; Down, Left and Unreachable nodes are not.
     pub fn in_ring(&self) -> bool {
         matches!(self, NodeState::Up | NodeState::Suspect)
     }
@@ -149,11 +162,24 @@ pub enum EventKind {
     DiscoveryChanged,
     /// An event submitted by a program on a host (`assim event send`).
     LocalEvent,
+    /// Most of a switch ring went silent at once and nothing on the switch answers: one event
+    /// for the switch, its hosts Unreachable (listed in the body).
+    SwitchDown,
+    /// The hosts of a switch that was down or unreachable are heard again (body: who came
+    /// back, who did not).
+    SwitchUp,
+    /// Most of a switch ring went silent at once but some of its hosts still answer: the
+    /// switch forwards, the silent hosts are cut off (Unreachable, listed in the body).
+    SwitchUnreachable,
+    /// One host became Unreachable on its own (its switch or segment was already down).
+    HostUnreachable,
+    /// A NIC or switch port is implicated (a host's only NIC went quiet while its switch works).
+    LinkSuspect,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::HostUp,
         EventKind::HostSuspect,
         EventKind::HostDown,
@@ -167,6 +193,11 @@ impl EventKind {
         EventKind::ServiceFlapping,
         EventKind::DiscoveryChanged,
         EventKind::LocalEvent,
+        EventKind::SwitchDown,
+        EventKind::SwitchUp,
+        EventKind::SwitchUnreachable,
+        EventKind::HostUnreachable,
+        EventKind::LinkSuspect,
     ];
 
     /// The stable dotted name ("host.up", …, "local.event").
@@ -185,6 +216,11 @@ impl EventKind {
             EventKind::ServiceFlapping => "service.flapping",
             EventKind::DiscoveryChanged => "discovery.changed",
             EventKind::LocalEvent => "local.event",
+            EventKind::SwitchDown => "switch.down",
+            EventKind::SwitchUp => "switch.up",
+            EventKind::SwitchUnreachable => "switch.unreachable",
+            EventKind::HostUnreachable => "host.unreachable",
+            EventKind::LinkSuspect => "link.suspect",
         }
     }
 }
@@ -271,18 +307,24 @@ impl EventKind {
     /// The severity an event of this kind gets unless its producer says otherwise.
     pub fn default_severity(&self) -> Severity {
         match self {
-            EventKind::HostDown | EventKind::ServiceCritical => Severity::Critical,
+            EventKind::HostDown | EventKind::ServiceCritical | EventKind::SwitchDown => {
+                Severity::Critical
+            }
+            EventKind::SwitchUnreachable => Severity::Error,
             EventKind::HostSuspect
             | EventKind::PathSuspect
             | EventKind::ServiceWarning
             | EventKind::ServiceUnknown
-            | EventKind::ServiceFlapping => Severity::Warning,
+            | EventKind::ServiceFlapping
+            | EventKind::HostUnreachable
+            | EventKind::LinkSuspect => Severity::Warning,
             EventKind::HostLeft => Severity::Notice,
             EventKind::HostUp
             | EventKind::RingChanged
             | EventKind::ServiceOk
             | EventKind::DiscoveryChanged
-            | EventKind::LocalEvent => Severity::Info,
+            | EventKind::LocalEvent
+            | EventKind::SwitchUp => Severity::Info,
         }
     }
 }
@@ -319,6 +361,9 @@ pub struct Snapshot {
     pub ring: Vec<NodeId>,
     pub next_epoch: u64,
     pub next_event_id: u64,
+    /// Each node's wiring (issue 13): the ring it belongs in and what that was derived from.
+    #[serde(default)]
+    pub wiring: Vec<crate::wiring::NodeWiring>,
 }
 
 /// Something the driver must do, drained with [`crate::Cma::poll_action`].
@@ -347,6 +392,13 @@ pub enum Change {
     Ring(Vec<NodeId>),
     /// Replace the stored counters.
     Counters { next_epoch: u64, next_event_id: u64 },
+    /// Insert or replace a node's wiring (its ring and what it was derived from); written in
+    /// the input that derived it.
+    Wiring(crate::wiring::NodeWiring),
+    /// Replace these rings' descriptions (members, representatives, watchers); a ring with no
+    /// members is gone. Write-behind like [`Change::Ring`]: only rings changed since the last
+    /// write.
+    Rings(Vec<crate::ring::RingRecord>),
 }
 
 /// Why a hello was refused. In every case the core's state is unchanged and no action queued.
@@ -404,6 +456,18 @@ pub struct Stats {
     pub downs_probe_failed: u64,
     pub path_suspects: u64,
     pub events: u64,
+    /// Wiring derivations that moved a node to another ring.
+    #[serde(default)]
+    pub rewired: u64,
+    /// Switch (or segment) incidents raised: `switch.down` and `switch.unreachable`.
+    #[serde(default)]
+    pub switch_incidents: u64,
+    /// Hosts made Unreachable by a switch incident (instead of Down).
+    #[serde(default)]
+    pub unreachable: u64,
+    /// Ring checks opened (every member of one ring probed at once).
+    #[serde(default)]
+    pub ring_checks: u64,
 }
 
 /// Serde for [`Timestamp`] (which has no serde impl of its own): µs since the epoch as a number.

@@ -17,6 +17,8 @@
 //! - [`mounts`] — `/proc/self/mounts`.
 //! - [`sshkeys`] — SSH host public keys and fingerprints.
 //! - [`schedule`] — [`Schedule`]: when each collector runs, from defaults or the CMA (sans-IO).
+//! - [`wiring`] — how a host is wired (LLDP/CDP links, primary route): the rules the CMA's
+//!   rings and the topology graph share.
 //! - [`agents`] — external discovery agents (`agent.<file>`): listing and running one.
 //! - [`error`] — [`DiscoveryError`].
 
@@ -33,6 +35,7 @@ pub mod packages;
 pub mod schedule;
 pub mod sockets;
 pub mod sshkeys;
+pub mod wiring;
 
 pub use collector::{ChangeFilter, Collector, Discovery};
 pub use error::DiscoveryError;

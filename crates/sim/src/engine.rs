@@ -536,7 +536,7 @@ impl Sim {
         let ids = node_ids(sc.seed, n);
         let mut placement_key = [0u8; 32];
         ChaCha8Rng::seed_from_u64(mix(sc.seed, 0x51ace, 0)).fill_bytes(&mut placement_key);
-        let config = CmaConfig { timing: sc.timing, placement_key };
+        let config = CmaConfig { timing: sc.timing, placement_key, ..CmaConfig::default() };
         let cma_bytes_per_node = if measure_memory {
             let hellos = ids.iter().enumerate().map(|(i, &id)| {
                 let i = i as u32;
@@ -1595,6 +1595,7 @@ impl Sim {
                 assim_cma::NodeState::Suspect => rc.suspect += 1,
                 assim_cma::NodeState::Down => rc.down += 1,
                 assim_cma::NodeState::Left => rc.left += 1,
+                assim_cma::NodeState::Unreachable => rc.unreachable += 1,
             }
             if member != rec.state.in_ring() {
                 rc.problems.push(format!(

@@ -82,6 +82,7 @@ pub struct RingCheck {
     pub suspect: u64,
     pub down: u64,
     pub left: u64,
+    pub unreachable: u64,
     pub problems: Vec<String>,
     pub probes_converged: u64,
     pub probes_diverged: Vec<u32>,
@@ -242,6 +243,8 @@ pub struct Ring {
     pub suspect: u64,
     pub down: u64,
     pub left: u64,
+    /// Behind a switch that is down or cut off (issue 13).
+    pub unreachable: u64,
     pub consistent: bool,
     pub problems: Vec<String>,
     /// Live nanoprobes running exactly the CMA's current peer set and epoch.
@@ -577,6 +580,7 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
         suspect: rc.suspect,
         down: rc.down,
         left: rc.left,
+        unreachable: rc.unreachable,
         consistent: rc.problems.is_empty(),
         problems: rc.problems.iter().take(LIST_MAX).cloned().collect(),
         probes_converged: rc.probes_converged,

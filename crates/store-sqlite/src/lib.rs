@@ -20,10 +20,13 @@
 //! - [`queries`]: the read side of the API and the CLI (`assim_store::Queries`) over all of it,
 //!   and [`queries::queries_opener`].
 //! - [`retention`]: the bound on the topology history.
+//! - [`rings`]: the network-aware rings — each node's wiring, each ring's members, representatives
+//!   and watchers (issue 13).
 
 pub mod bus;
 pub mod queries;
 pub mod retention;
+pub mod rings;
 pub mod services;
 pub mod topology;
 
@@ -66,7 +69,7 @@ pub enum StoreError {
     TooNew { found: i64, supported: i64 },
 }
 
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// Schema migrations: `(version, sql)` brings a file at `version - 1` to `version`. [`SCHEMA`]
 /// creates missing tables in their version-1 shape first, then every migration above the file's
@@ -83,6 +86,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, services::MIGRATION_5),
     // 6: join-token secrets kept only as SHA-256 (the rows are rewritten in Rust, see `open`).
     (6, "ALTER TABLE tokens RENAME COLUMN secret TO secret_sha256;"),
+    // 7: network-aware rings (issue 13) — each node's wiring, each ring's description.
+    (7, rings::MIGRATION_7),
 ];
 
 const SCHEMA: &str = "
@@ -249,7 +254,8 @@ impl Store {
         };
         let next_epoch = self.meta_u64("next_epoch")?.unwrap_or(1);
         let next_event_id = self.meta_u64("next_event_id")?.unwrap_or(1);
-        Ok(Snapshot { nodes, ring, next_epoch, next_event_id })
+        let wiring = self.wiring()?;
+        Ok(Snapshot { nodes, ring, next_epoch, next_event_id, wiring })
     }
 
     /// Reads a metadata value.
@@ -294,6 +300,8 @@ impl Store {
         let mut nodes: BTreeMap<NodeId, &NodeRecord> = BTreeMap::new();
         let mut ring = None;
         let mut counters = None;
+        let mut wiring = Vec::new();
+        let mut rings = Vec::new();
         for c in changes {
             match c {
                 Change::Node(n) => {
@@ -303,6 +311,8 @@ impl Store {
                 Change::Counters { next_epoch, next_event_id } => {
                     counters = Some((*next_epoch, *next_event_id))
                 }
+                Change::Wiring(w) => wiring.push(w),
+                Change::Rings(r) => rings.extend(r),
             }
         }
         let path = self.path.clone();
@@ -389,6 +399,7 @@ impl Store {
                     .map_err(err)?;
             }
             services::apply(&tx, &progress.services).map_err(err)?;
+            rings::apply(&tx, &wiring, &rings).map_err(err)?;
             let mut put_event = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO events

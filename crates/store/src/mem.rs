@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use assim_cma::ring::{RingKey, RingRecord};
+use assim_cma::wiring::NodeWiring;
 use assim_cma::{Change, Event, NodeRecord, Snapshot};
 use assim_wire::NodeId;
 
@@ -32,6 +34,10 @@ pub struct MemStore {
     pub states: BTreeMap<(NodeId, String), ServiceStateRecord>,
     pub manual: BTreeMap<(NodeId, String), ManualCheck>,
     pub remembered: BTreeMap<NodeId, Vec<RememberedService>>,
+    /// Each node's wiring (its ring and what it was derived from).
+    pub wiring: BTreeMap<NodeId, NodeWiring>,
+    /// Each ring's last written description (members, representatives, watchers).
+    pub rings: BTreeMap<RingKey, RingRecord>,
     /// How many batches were applied.
     pub batches: u64,
     /// When set, the next `n` batches fail (fault injection).
@@ -46,6 +52,7 @@ impl MemStore {
             ring: self.ring.clone(),
             next_epoch: self.next_epoch,
             next_event_id: self.next_event_id,
+            wiring: self.wiring.values().cloned().collect(),
         }
     }
 }
@@ -91,6 +98,18 @@ impl EngineStore for MemStore {
                 Change::Counters { next_epoch, next_event_id } => {
                     self.next_epoch = *next_epoch;
                     self.next_event_id = *next_event_id;
+                }
+                Change::Wiring(w) => {
+                    self.wiring.insert(w.node, w.clone());
+                }
+                Change::Rings(rings) => {
+                    for r in rings {
+                        if r.members.is_empty() {
+                            self.rings.remove(&r.key);
+                        } else {
+                            self.rings.insert(r.key.clone(), r.clone());
+                        }
+                    }
                 }
             }
         }

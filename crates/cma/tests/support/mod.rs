@@ -65,6 +65,8 @@ pub struct ModelStore {
     pub ring: Vec<NodeId>,
     pub next_epoch: u64,
     pub next_event_id: u64,
+    pub wiring: BTreeMap<NodeId, assim_cma::wiring::NodeWiring>,
+    pub rings: BTreeMap<assim_cma::ring::RingKey, assim_cma::ring::RingRecord>,
 }
 
 impl ModelStore {
@@ -79,6 +81,18 @@ impl ModelStore {
                     self.next_epoch = *next_epoch;
                     self.next_event_id = *next_event_id;
                 }
+                Change::Wiring(w) => {
+                    self.wiring.insert(w.node, w.clone());
+                }
+                Change::Rings(rings) => {
+                    for r in rings {
+                        if r.members.is_empty() {
+                            self.rings.remove(&r.key);
+                        } else {
+                            self.rings.insert(r.key.clone(), r.clone());
+                        }
+                    }
+                }
             }
         }
     }
@@ -89,6 +103,7 @@ impl ModelStore {
             ring: self.ring.clone(),
             next_epoch: self.next_epoch,
             next_event_id: self.next_event_id,
+            wiring: self.wiring.values().cloned().collect(),
         }
     }
 }

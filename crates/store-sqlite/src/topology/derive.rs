@@ -6,7 +6,7 @@
 //! row removed and the new one added.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use assim_discovery::{
     L2_COLLECTOR,
@@ -416,30 +416,7 @@ impl Derived {
     }
 }
 
-/// `::ffff:a.b.c.d` → `a.b.c.d`; everything else unchanged. Dual-stack sockets report IPv4 peers
-/// this way, hosts report their IPv4 addresses plainly.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
-
-/// The network address of `ip/prefix_len` as `net/len` (the prefix is clamped to the family).
-pub fn subnet_of(ip: IpAddr, prefix_len: u8) -> String {
-    match ip {
-        IpAddr::V4(v4) => {
-            let len = prefix_len.min(32);
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
-            format!("{}/{len}", Ipv4Addr::from(u32::from(v4) & mask))
-        }
-        IpAddr::V6(v6) => {
-            let len = prefix_len.min(128);
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
-            format!("{}/{len}", Ipv6Addr::from(u128::from(v6) & mask))
-        }
-    }
-}
+pub use assim_discovery::wiring::{canonical_ip, subnet_of};
 
 /// Whether a listener bound to `listen` accepts connections addressed to `dest`.
 pub fn listener_accepts(listen: IpAddr, dest: IpAddr) -> bool {
@@ -455,57 +432,6 @@ pub fn listener_accepts(listen: IpAddr, dest: IpAddr) -> bool {
 fn parse<'a, T: Deserialize<'a>>(collector: &str, payload: &'a str) -> Result<T, DeriveError> {
     serde_json::from_str(payload)
         .map_err(|source| DeriveError { collector: collector.to_string(), source })
-}
-
-/// The LLDP/CDP listener's payload. Lenient: unknown fields are ignored, list fields may hold
-/// strings or objects.
-#[derive(Debug, Deserialize)]
-struct L2Payload {
-    #[serde(default)]
-    neighbors: Vec<L2Neighbor>,
-}
-
-#[derive(Debug, Deserialize)]
-struct L2Neighbor {
-    interface: String,
-    #[serde(default)]
-    mac: Option<String>,
-    protocol: String,
-    chassis_id: String,
-    port_id: String,
-    #[serde(default)]
-    port_description: Option<String>,
-    #[serde(default)]
-    system_name: Option<String>,
-    #[serde(default)]
-    system_description: Option<String>,
-    #[serde(default)]
-    platform: Option<String>,
-    #[serde(default)]
-    capabilities: Vec<serde_json::Value>,
-    #[serde(default)]
-    management_addresses: Vec<serde_json::Value>,
-    #[serde(default)]
-    vlan: Option<serde_json::Value>,
-}
-
-fn value_text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Object(m) => {
-            // e.g. {"address": "192.0.2.1", …} or {"name": "router", "enabled": true}
-            for key in ["address", "name", "id", "value"] {
-                if let Some(serde_json::Value::String(s)) = m.get(key) {
-                    return s.clone();
-                }
-                if let Some(n @ serde_json::Value::Number(_)) = m.get(key) {
-                    return n.to_string();
-                }
-            }
-            v.to_string()
-        }
-        other => other.to_string(),
-    }
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {
@@ -629,40 +555,26 @@ pub fn derive(collector: &str, payload: &str) -> Result<Derived, DeriveError> {
             d.ssh_keys = rows;
         }
         Part::L2 => {
-            let l2: L2Payload = parse(collector, payload)?;
-            for n in l2.neighbors {
-                if n.chassis_id.is_empty() || n.port_id.is_empty() || n.interface.is_empty() {
-                    continue;
-                }
-                d.wiring.push(WiringRow {
-                    nic: n.interface,
-                    mac: non_empty(n.mac.map(|m| m.to_ascii_lowercase())),
-                    protocol: n.protocol.to_ascii_lowercase(),
-                    chassis_id: n.chassis_id,
-                    port_id: n.port_id,
-                    port_description: non_empty(n.port_description),
-                    vlan: n.vlan.as_ref().filter(|v| !v.is_null()).map(value_text),
-                    system_name: non_empty(n.system_name),
-                    system_description: non_empty(n.system_description),
-                    platform: non_empty(n.platform),
-                    capabilities: sorted_dedup(n.capabilities.iter().map(value_text).collect()),
-                    management_addresses: sorted_dedup(
-                        n.management_addresses.iter().map(value_text).collect(),
-                    ),
-                });
-            }
-            d.wiring.sort_by(|a, b| {
-                (&a.nic, &a.protocol, &a.chassis_id, &a.port_id).cmp(&(
-                    &b.nic,
-                    &b.protocol,
-                    &b.chassis_id,
-                    &b.port_id,
-                ))
-            });
-            d.wiring.dedup_by(|a, b| {
-                (&a.nic, &a.protocol, &a.chassis_id, &a.port_id)
-                    == (&b.nic, &b.protocol, &b.chassis_id, &b.port_id)
-            });
+            // The rules are shared with the CMA's rings (`assim_discovery::wiring`).
+            let links = assim_discovery::wiring::l2_links(payload)
+                .map_err(|source| DeriveError { collector: collector.to_string(), source })?;
+            d.wiring = links
+                .into_iter()
+                .map(|l| WiringRow {
+                    nic: l.nic,
+                    mac: l.mac,
+                    protocol: l.protocol,
+                    chassis_id: l.chassis_id,
+                    port_id: l.port_id,
+                    port_description: l.port_description,
+                    vlan: l.vlan,
+                    system_name: l.system_name,
+                    system_description: l.system_description,
+                    platform: l.platform,
+                    capabilities: l.capabilities,
+                    management_addresses: l.management_addresses,
+                })
+                .collect();
         }
     }
     Ok(d)
