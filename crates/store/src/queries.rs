@@ -148,8 +148,21 @@ pub struct RingDesc {
     pub watchers: Vec<NodeId>,
 }
 
+impl From<assim_cma::ring::RingRecord> for RingDesc {
+    fn from(r: assim_cma::ring::RingRecord) -> Self {
+        RingDesc {
+            key: r.key.0,
+            kind: r.kind.name().to_string(),
+            members: r.members,
+            representatives: r.representatives,
+            watchers: r.watchers,
+        }
+    }
+}
+
 impl RingDesc {
-    /// The single ring of a CMA without network-aware rings: every member, key `all`.
+    /// The single ring of a CMA without network-aware rings (a store written before them):
+    /// every member, key `all`.
     pub fn all(members: Vec<NodeId>) -> RingDesc {
         RingDesc {
             key: "all".into(),
@@ -267,8 +280,13 @@ impl Queries for MemStore {
             .values()
             .map(|n| (n.id, (n.hostname.clone(), n.state.name().to_string())))
             .collect();
-        let rings =
-            if self.ring.is_empty() { Vec::new() } else { vec![RingDesc::all(self.ring.clone())] };
+        let rings = if !self.rings.is_empty() {
+            self.rings.values().cloned().map(RingDesc::from).collect()
+        } else if !self.ring.is_empty() {
+            vec![RingDesc::all(self.ring.clone())]
+        } else {
+            Vec::new()
+        };
         Ok(ring_views(rings, &nodes, &Default::default()))
     }
 

@@ -1,18 +1,25 @@
 //! The ring and switch queries (`assim rings`, `assim switches`, `assim switch SW`,
 //! `assim hosts --unreachable`) as [`Store`] methods answering with the `assim-api` rows.
 //!
-//! - Rings: the ring layout the CMA wrote (each ring's members in order, representatives and
-//!   watchers), node ids named from `nodes`, a switch ring's name from `topo_switches`.
+//! - Rings: the ring layout the CMA wrote (`rings`: each ring's members in order,
+//!   representatives and watchers; the single ring in `meta.ring` for a store written before
+//!   network-aware rings), node ids named from `nodes`, a switch ring's name from
+//!   `topo_switches`.
 //! - Switches: `topo_switches` with the hosts `topo_wiring` puts on them (one row per host NIC
-//!   and port; LLDP and CDP for one port merge into one row), each host's state from `nodes`.
+//!   and port; LLDP and CDP for one port merge into one row), each host's state from `nodes`
+//!   and whether the switch is its ring's (`node_wiring`); the switch's state is the CMA's
+//!   last `switch.*` event for its ring (tag `ring`), found through the `events_host` index
+//!   (switch events have no host, so only host-less events are read).
 //! - Unreachable hosts: `nodes` in state `unreachable`, with the text of the last event about
 //!   them that made them so.
 
 use std::collections::{BTreeMap, HashMap};
 
 use assim_api::{DownHost, RingView, SwitchHost, SwitchView};
+use assim_cma::ring::RingKey;
 use assim_store::{RingDesc, ring_views};
 use assim_wire::NodeId;
+use rusqlite::params;
 
 use super::query::split_list;
 use crate::{Store, StoreError};
@@ -64,9 +71,13 @@ impl Store {
         Ok(ring_views(rings, &nodes, &names))
     }
 
-    /// The stored ring layout: the single ring (`meta.ring`, in ring order) of a CMA without
-    /// network-aware rings.
+    /// The stored ring layout: the network-aware rings, or the single ring (`meta.ring`, in
+    /// ring order) of a store written before them.
     fn ring_descs(&self) -> Result<Vec<RingDesc>, StoreError> {
+        let rings = self.rings()?;
+        if !rings.is_empty() {
+            return Ok(rings.into_iter().map(RingDesc::from).collect());
+        }
         let Some(text) = self.meta("ring")? else { return Ok(Vec::new()) };
         let members: Vec<NodeId> = serde_json::from_str(&text)
             .map_err(|e| StoreError::Corrupt { table: "meta", detail: format!("ring: {e}") })?;
@@ -99,22 +110,43 @@ impl Store {
             },
         )?;
         for sw in &mut switches {
-            sw.hosts = self.switch_hosts(&sw.chassis_id)?;
+            let key = RingKey::switch(&sw.chassis_id).0;
+            sw.hosts = self.switch_hosts(&sw.chassis_id, &key)?;
+            let ring_stored =
+                !self.rows("SELECT 1 FROM rings WHERE key = ?1", [&key], |_| Ok(()))?.is_empty();
+            sw.ring = ring_stored.then(|| key.clone());
+            sw.state = self.switch_state(&key)?;
         }
         Ok(switches)
     }
 
+    /// The CMA's last verdict on the switch whose ring is `ring`: `down`, `unreachable` or `up`
+    /// from its last `switch.*` event; `None` without one.
+    fn switch_state(&self, ring: &str) -> Result<Option<String>, StoreError> {
+        let kinds = self.rows(
+            "SELECT kind FROM events WHERE host IS NULL
+               AND kind IN ('switch.down', 'switch.unreachable', 'switch.up')
+               AND json_extract(tags, '$.ring') = ?1
+             ORDER BY id DESC LIMIT 1",
+            [ring],
+            |r| r.get::<_, String>(0),
+        )?;
+        Ok(kinds.into_iter().next().map(|k| k.trim_start_matches("switch.").to_string()))
+    }
+
     /// The host NICs wired to one chassis; LLDP and CDP for one (host, NIC, port) merge into
     /// one row whose protocol lists both.
-    fn switch_hosts(&self, chassis: &str) -> Result<Vec<SwitchHost>, StoreError> {
+    fn switch_hosts(&self, chassis: &str, ring: &str) -> Result<Vec<SwitchHost>, StoreError> {
         let rows = self.rows(
-            "SELECT n.hostname, w.node, n.state, w.nic, w.port_id, p.description, w.protocol
+            "SELECT n.hostname, w.node, n.state, w.nic, w.port_id, p.description, w.protocol,
+                    nw.ring = ?2
              FROM topo_wiring w JOIN nodes n ON n.id = w.node
              LEFT JOIN topo_switch_ports p ON p.chassis_id = w.chassis_id
                   AND p.port_id = w.port_id
+             LEFT JOIN node_wiring nw ON nw.node = w.node
              WHERE w.chassis_id = ?1
              ORDER BY n.hostname, w.node, w.nic, w.port_id, w.protocol",
-            [chassis],
+            params![chassis, ring],
             |r| {
                 Ok(SwitchHost {
                     host: r.get(0)?,
@@ -124,7 +156,7 @@ impl Store {
                     port_id: r.get(4)?,
                     port_description: r.get(5)?,
                     protocol: r.get(6)?,
-                    in_ring: false,
+                    in_ring: r.get::<_, Option<bool>>(7)?.unwrap_or(false),
                 })
             },
         )?;

@@ -623,4 +623,86 @@ fn rings_switches_and_unreachable_hosts() {
     assert_eq!(un.len(), 1);
     assert_eq!((un[0].host.as_str(), un[0].state.as_str(), un[0].since), ("b", "unreachable", 9));
     assert_eq!(d.store.switch_views(Some("tor1")).unwrap()[0].hosts[1].state, "unreachable");
+
+    // Network-aware rings: the stored layout replaces the single ring; the switch knows its
+    // ring, which of its hosts heartbeat in it, and the CMA's last verdict on it.
+    use assim_cma::ring::{RingKey, RingKind, RingRecord};
+    use assim_cma::wiring::{NodeWiring, Wiring, WiringInputs, WiringSource};
+    let key = RingKey::switch("00:11:22:33:44:55");
+    let wiring = |node, ring: RingKey| {
+        Change::Wiring(NodeWiring {
+            node,
+            wiring: Wiring { ring, source: WiringSource::Lldp, ..Default::default() },
+            inputs: WiringInputs::default(),
+        })
+    };
+    let ring = |key: RingKey, kind, members: Vec<NodeId>, reps, watchers| RingRecord {
+        key,
+        kind,
+        members,
+        representatives: reps,
+        watchers,
+    };
+    let changes = [
+        wiring(a, key.clone()),
+        wiring(b, key.clone()),
+        wiring(c, RingKey::segment("192.0.2.0/24")),
+        Change::Rings(vec![
+            ring(key.clone(), RingKind::Switch, vec![b, a], vec![b, a], vec![c]),
+            ring(RingKey::segment("192.0.2.0/24"), RingKind::Segment, vec![c], vec![c], vec![a]),
+            ring(RingKey::upper(), RingKind::Upper, vec![b, a, c], vec![], vec![]),
+        ]),
+    ];
+    let switch_event = |id, kind, ring: &RingKey| assim_cma::Event {
+        id,
+        time: Timestamp(id),
+        kind,
+        host: None,
+        hostname: String::new(),
+        tags: [("ring".to_string(), ring.0.clone())].into(),
+        text: "switch".into(),
+        severity: Default::default(),
+        body: None,
+    };
+    let events = [
+        switch_event(1, assim_cma::EventKind::SwitchDown, &key),
+        switch_event(2, assim_cma::EventKind::SwitchUp, &RingKey::switch("other")),
+    ];
+    d.store.apply(&changes, &events, &InboxProgress::default()).unwrap();
+    let rings = d.store.ring_views().unwrap();
+    let shape: Vec<_> = rings
+        .iter()
+        .map(|r| {
+            let hosts = |l: &[assim_api::RingMember]| {
+                l.iter().map(|m| m.host.clone()).collect::<Vec<_>>().join(" ")
+            };
+            (
+                r.ring.as_str(),
+                r.kind.as_str(),
+                r.switch_name.as_deref(),
+                hosts(&r.members),
+                hosts(&r.watchers),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("segment:192.0.2.0/24", "segment", None, "c".to_string(), "a".to_string()),
+            ("switch:00:11:22:33:44:55", "switch", Some("tor1"), "b a".into(), "c".into()),
+            ("upper", "upper", None, "b a c".into(), "".into()),
+        ]
+    );
+    let sw = &d.store.switch_views(Some("tor1")).unwrap()[0];
+    assert_eq!(sw.ring.as_deref(), Some(key.0.as_str()));
+    assert_eq!(sw.state.as_deref(), Some("down"));
+    assert!(sw.hosts.iter().all(|h| h.in_ring), "{:?}", sw.hosts);
+    d.store
+        .apply(
+            &[],
+            &[switch_event(3, assim_cma::EventKind::SwitchUp, &key)],
+            &InboxProgress::default(),
+        )
+        .unwrap();
+    assert_eq!(d.store.switch_views(None).unwrap()[0].state.as_deref(), Some("up"));
 }
