@@ -7,10 +7,19 @@
 //! them with [`Cma::poll_action`] and re-arms its timer from [`Cma::poll_timeout`].
 //!
 //! Invariants kept after every input:
-//! - a node is a member of the "all" ring iff its state is Up or Suspect;
-//! - a member's `peers` are its current ring neighbours, and `peer_epoch` the epoch of the set
-//!   that said so; non-members have no peers;
-//! - a node has an open suspicion iff its state is Suspect.
+//! - a node is a ring member (in exactly one home ring, and in the upper ring if it is a
+//!   representative) iff its state is Up or Suspect;
+//! - a member's `peers` are its current ring neighbours (home ring ∪ upper ring), and
+//!   `peer_epoch` the epoch of the set that said so; non-members have no peers;
+//! - a node has an open suspicion iff its state is Suspect, except while its `host.down` is
+//!   held by a ring check ([`crate::incident`]);
+//! - an Unreachable node belongs to one outage of its ring (after a restart: rebuilt from the
+//!   states).
+//!
+//! Path trouble (issue 13): once a reporter's dead word about a node was found to be path
+//! trouble (the CMA reaches the node), the same reporter's dead words under that epoch are not
+//! news; and a Down node a neighbour hears again is probed by the CMA and rejoins only if it
+//! answers — so a host only its neighbours cannot hear is neither downed nor revived in a loop.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -22,6 +31,7 @@ use assim_wire::msg::{
 use assim_wire::{NodeId, Timestamp};
 
 use crate::failure::{AliveProof, Due, Saw, Suspicion, Suspicions, Witnessed, Word};
+use crate::incident::{Check, Held, IncidentDue, Incidents, Outage, OutageKind};
 use crate::model::{
     Action, Change, CmaConfig, Event, EventKind, HelloError, NodeRecord, NodeState, Snapshot, Stats,
 };
@@ -34,6 +44,8 @@ struct Pending {
     persist: BTreeSet<NodeId>,
     send: BTreeSet<NodeId>,
     probes: Vec<(NodeId, u64)>,
+    /// Probes of a ring check, an outage or a revival: sent whatever the node's state.
+    other_probes: Vec<(NodeId, u64)>,
     events: Vec<Event>,
     counters: bool,
 }
@@ -43,7 +55,6 @@ struct Pending {
 enum Revival {
     Hello,
     Message,
-    HeardBy(NodeId),
 }
 
 /// The CMA's decision core. See the crate docs.
@@ -55,6 +66,15 @@ pub struct Cma {
     /// Each node's wiring, when derived (issue 13).
     wiring: BTreeMap<NodeId, NodeWiring>,
     suspicions: Suspicions,
+    /// Ring checks and switch outages (issue 13).
+    incidents: Incidents,
+    /// (subject, reporter) → the reporter's epoch when its dead report was found to be path
+    /// trouble: the same reporter's dead word under that epoch or older is not news.
+    path_trouble: BTreeSet<(NodeId, NodeId, u64)>,
+    /// Down nodes a neighbour heard again: the nonce of the CMA's probe that must confirm it
+    /// before the node rejoins, and when it was sent.
+    revival_probes: BTreeMap<NodeId, (u64, Timestamp)>,
+    next_revival_nonce: u64,
     next_epoch: u64,
     next_event_id: u64,
     /// When the write-behind `Persist(Ring)` is due; `None` when the stored ring is current.
@@ -81,6 +101,10 @@ impl Cma {
             rings,
             wiring: BTreeMap::new(),
             suspicions: Suspicions::new(now.micros()),
+            incidents: Incidents::new(now.micros() ^ (1 << 62)),
+            path_trouble: BTreeSet::new(),
+            revival_probes: BTreeMap::new(),
+            next_revival_nonce: now.micros() ^ (1 << 61),
             next_epoch: snapshot.next_epoch.max(max_epoch.saturating_add(1)).max(1),
             next_event_id: snapshot.next_event_id.max(1),
             ring_flush_at: None,
@@ -120,6 +144,15 @@ impl Cma {
                 let nonce = cma.suspicions.start(id, None, now, &timing);
                 cma.pending.probes.push((id, nonce));
             }
+        }
+        // Unreachable hosts stay behind their switch: one outage per ring, as before the restart.
+        let mut outages: BTreeMap<crate::ring::RingKey, Vec<NodeId>> = BTreeMap::new();
+        for n in cma.nodes.values().filter(|n| n.state == NodeState::Unreachable) {
+            outages.entry(cma.rings.wired_ring(n.id)).or_default().push(n.id);
+        }
+        let timing = cma.config.timing;
+        for (ring, hosts) in outages {
+            cma.incidents.start_outage(&ring, OutageKind::Down, hosts, now, &timing);
         }
         cma.flush();
         cma
@@ -241,6 +274,7 @@ impl Cma {
             return;
         }
         self.suspicions.cancel(node);
+        self.incidents.forget(node);
         self.set_state(now, node, NodeState::Left);
         let text = format!("{} left: it said goodbye", self.name(node));
         self.event(now, EventKind::HostLeft, Some(node), vec![("reason", "goodbye".into())], text);
@@ -295,6 +329,13 @@ impl Cma {
         if self.suspicions.nonce_matches(node, nonce) {
             self.stats.probe_replies += 1;
             self.suspicions.proof_of_life(node, AliveProof::ProbeReply);
+            self.heard(_now, node);
+        } else if self.incidents.nonce_matches(node, nonce)
+            || self.revival_probes.get(&node).is_some_and(|p| p.0 == nonce)
+        {
+            self.stats.probe_replies += 1;
+            self.handle_alive(_now, node);
+            return;
         } else {
             self.stats.probe_replies_unmatched += 1;
         }
@@ -305,10 +346,9 @@ impl Cma {
     /// (decided at its deadline); a Down node is Up again (`host.up`) and rejoins the ring. Left
     /// nodes come back only by saying hello.
     pub fn handle_alive(&mut self, now: Timestamp, node: NodeId) {
+        self.heard(now, node);
         match self.nodes.get(&node).map(|n| n.state) {
-            Some(NodeState::Suspect) => {
-                self.suspicions.proof_of_life(node, AliveProof::Message);
-            }
+            Some(NodeState::Suspect) => self.alive_while_suspect(now, node),
             Some(NodeState::Down | NodeState::Unreachable) => {
                 self.revive(now, node, Revival::Message)
             }
@@ -327,6 +367,13 @@ impl Cma {
                 Due::Confirmed { node, suspicion } => self.down_corroborated(now, node, suspicion),
             }
         }
+        while let Some(due) = self.incidents.poll_due(now, &timing) {
+            match due {
+                IncidentDue::Probes(p) => self.pending.other_probes.extend(p),
+                IncidentDue::CheckClosed { ring, check } => self.check_closed(now, ring, check),
+                IncidentDue::Returned { ring, outage } => self.switch_returned(now, ring, outage),
+            }
+        }
         if self.ring_flush_at.is_some_and(|t| t <= now) {
             self.ring_flush_at = None;
             self.actions.push_back(Action::Persist(Change::Ring(self.rings.all().order())));
@@ -340,10 +387,10 @@ impl Cma {
 
     /// When [`Cma::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        match (self.suspicions.next_wake(), self.ring_flush_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.suspicions.next_wake(), self.ring_flush_at, self.incidents.next_wake()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next action for the driver, in order.
@@ -516,9 +563,20 @@ impl Cma {
                     return;
                 }
                 let word = ev.word(Saw::Dead, ev.silent_ms);
+                if state == NodeState::Up && self.known_path_trouble(subject, reporter, ev.epoch) {
+                    // Already decided: the CMA reaches it, this neighbour does not. Not news.
+                    self.stats.reports_no_effect += 1;
+                    return;
+                }
                 match state {
-                    NodeState::Up => self.suspect(now, subject, reporter, word),
-                    NodeState::Suspect => self.witness(now, subject, reporter, word, false),
+                    NodeState::Up => {
+                        self.suspect(now, subject, reporter, word);
+                        self.maybe_check(now, subject, reporter);
+                    }
+                    NodeState::Suspect => {
+                        self.witness(now, subject, reporter, word, false);
+                        self.maybe_check(now, subject, reporter);
+                    }
                     NodeState::Down | NodeState::Left | NodeState::Unreachable => {
                         self.stats.reports_no_effect += 1
                     }
@@ -539,10 +597,18 @@ impl Cma {
                     return;
                 }
                 let martian = kind == ReportKind::Martian;
+                if !martian {
+                    let lo = (subject, reporter, 0);
+                    let hi = (subject, reporter, u64::MAX);
+                    let gone: Vec<_> = self.path_trouble.range(lo..=hi).copied().collect();
+                    for g in gone {
+                        self.path_trouble.remove(&g);
+                    }
+                }
                 match state {
                     NodeState::Up | NodeState::Left => self.stats.reports_no_effect += 1,
                     NodeState::Down | NodeState::Unreachable => {
-                        self.revive(now, subject, Revival::HeardBy(reporter))
+                        self.probe_before_revival(now, subject)
                     }
                     NodeState::Suspect => {
                         if !martian && !is_neighbour {
@@ -643,7 +709,9 @@ impl Cma {
                     let tags = vec![("b", b.clone()), ("proof", proof_tag.into())];
                     self.event(now, EventKind::PathSuspect, Some(node), tags, text);
                 }
-                for a in s.reporters {
+                for &a in &s.reporters {
+                    let epoch = s.words().get(&a).map_or(0, |w| w.epoch);
+                    self.path_trouble.insert((node, a, epoch));
                     self.stats.path_suspects += 1;
                     let an = self.name(a);
                     let text = format!(
@@ -695,6 +763,38 @@ impl Cma {
         tags: Vec<(&'static str, String)>,
         text: String,
     ) {
+        // Its ring is being checked: decided when the check closes (module `incident`).
+        if self.incidents.hold(node, Held { tags: tags.clone(), text: text.clone() }) {
+            return;
+        }
+        // Its switch is already down or cut off: unreachable, not down.
+        let ring = self.rings.wired_ring(node);
+        if ring.is_topological() && self.incidents.add_to_outage(&ring, node) {
+            self.stats.unreachable += 1;
+            self.set_state(now, node, NodeState::Unreachable);
+            let text = format!(
+                "{} is unreachable: it went silent while its {} is down or cut off, so the CMA \
+                 cannot tell whether the host itself is down",
+                self.name(node),
+                describe_ring(&ring)
+            );
+            let tags = vec![("ring", ring.0.clone()), ("reason", "switch-down".into())];
+            self.event(now, EventKind::HostUnreachable, Some(node), tags, text);
+            self.leave_ring(now, node, "unreachable");
+            return;
+        }
+        self.down_now(now, node, tags, text);
+    }
+
+    fn down_now(
+        &mut self,
+        now: Timestamp,
+        node: NodeId,
+        tags: Vec<(&'static str, String)>,
+        text: String,
+    ) {
+        self.forget_path_trouble(node);
+        self.revival_probes.remove(&node);
         self.set_state(now, node, NodeState::Down);
         self.event(now, EventKind::HostDown, Some(node), tags, text);
         self.leave_ring(now, node, "down");
@@ -702,42 +802,266 @@ impl Cma {
 
     /// Down or Left → Up, `host.up`, rejoin.
     fn revive(&mut self, now: Timestamp, node: NodeId, why: Revival) {
-        let rec = &self.nodes[&node];
-        let was = rec.state;
-        let away = secs(now.since(rec.since));
-        let name = self.name(node);
-        let (reason, text, reporter) = match (was, why) {
-            (NodeState::Left, _) => {
-                ("hello", format!("{name} is back: it registered again after leaving"), None)
+        let (was, since) = (self.nodes[&node].state, self.nodes[&node].since);
+        self.revival_probes.remove(&node);
+        if was == NodeState::Unreachable {
+            let timing = self.config.timing;
+            if self.incidents.returned(node, now, &timing).is_some() {
+                // Back with its switch: reported once, by switch.up, when the window closes.
+                self.set_state(now, node, NodeState::Up);
+                self.join_ring(now, node);
+                return;
             }
-            (_, Revival::Hello) => (
-                "hello",
-                format!("{name} is up again: it registered after being down for {away}"),
-                None,
-            ),
+        }
+        let away = secs(now.since(since));
+        let name = self.name(node);
+        let (reason, text) = match (was, why) {
+            (NodeState::Left, _) => {
+                ("hello", format!("{name} is back: it registered again after leaving"))
+            }
+            (_, Revival::Hello) => {
+                ("hello", format!("{name} is up again: it registered after being down for {away}"))
+            }
             (_, Revival::Message) => (
                 "message",
                 format!(
                     "{name} is up again: it sent the CMA a message after being down for {away}"
                 ),
-                None,
-            ),
-            (_, Revival::HeardBy(r)) => (
-                "heard-by-peer",
-                format!(
-                    "{name} is up again: {} hears its heartbeats after it was down for {away}",
-                    self.name(r)
-                ),
-                Some(r),
             ),
         };
         self.set_state(now, node, NodeState::Up);
-        let mut tags = vec![("reason", reason.to_owned()), ("was", was.name().to_owned())];
-        if let Some(r) = reporter {
-            tags.push(("reporter", self.name(r)));
-        }
+        let tags = vec![("reason", reason.to_owned()), ("was", was.name().to_owned())];
         self.event(now, EventKind::HostUp, Some(node), tags, text);
+        if was == NodeState::Down && matches!(why, Revival::Message) {
+            // Its nanoprobe kept its session through the outage: it did not restart.
+            self.stats.path_suspects += 1;
+            let text = format!(
+                "{name} was down for {away} but did not restart (its nanoprobe kept running and \
+                 is sending again): its NIC, cable or switch port was down, not the host"
+            );
+            let tags = vec![("reason", "no-restart".to_owned()), ("down_for", away.clone())];
+            self.event(now, EventKind::LinkSuspect, Some(node), tags, text);
+        }
         self.join_ring(now, node);
+    }
+
+    /// A Down node was heard by a neighbour: the CMA probes it (at most once per interval) and
+    /// it rejoins only if it answers — a node that neighbours hear but the CMA cannot reach is
+    /// not revived and downed again every few seconds.
+    fn probe_before_revival(&mut self, now: Timestamp, node: NodeId) {
+        let interval = self.config.timing.interval;
+        if self.revival_probes.get(&node).is_some_and(|p| now < p.1 + interval) {
+            return;
+        }
+        let nonce = self.next_revival_nonce;
+        self.next_revival_nonce = self.next_revival_nonce.wrapping_add(1);
+        self.revival_probes.insert(node, (nonce, now));
+        self.pending.other_probes.push((node, nonce));
+    }
+
+    fn forget_path_trouble(&mut self, node: NodeId) {
+        let lo = (node, NodeId([0; 16]), 0);
+        let hi = (node, NodeId([0xff; 16]), u64::MAX);
+        let gone: Vec<_> = self.path_trouble.range(lo..=hi).copied().collect();
+        for g in gone {
+            self.path_trouble.remove(&g);
+        }
+    }
+
+    /// Whether `reporter`'s dead word about `subject` under `epoch` was already found to be
+    /// path trouble.
+    fn known_path_trouble(&self, subject: NodeId, reporter: NodeId, epoch: u64) -> bool {
+        let lo = (subject, reporter, epoch);
+        let hi = (subject, reporter, u64::MAX);
+        self.path_trouble.range(lo..=hi).next().is_some()
+    }
+
+    /// A message from a Suspect node: proof of life for its suspicion, or — if its host.down
+    /// was held by a ring check (which it has now answered) — back to Up at once.
+    fn alive_while_suspect(&mut self, now: Timestamp, node: NodeId) {
+        if self.suspicions.proof_of_life(node, AliveProof::Message) {
+            return;
+        }
+        self.set_state(now, node, NodeState::Up);
+        let text = format!(
+            "{} is up: it sent the CMA a message while its switch was being checked",
+            self.name(node)
+        );
+        let tags = vec![("reason", "message".to_string())];
+        self.event(now, EventKind::HostUp, Some(node), tags, text);
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // switch incidents (module `incident`)
+
+    /// `node` was heard (a message or a probe reply): counts for an open check of its ring.
+    fn heard(&mut self, now: Timestamp, node: NodeId) {
+        if let Some((ring, check)) = self.incidents.heard(node) {
+            self.check_closed(now, ring, check);
+        }
+    }
+
+    /// A member of a topological ring became (or stays) suspect on `reporter`'s word: open a
+    /// check of the ring when the word comes from outside it, or two members are suspect.
+    fn maybe_check(&mut self, now: Timestamp, node: NodeId, reporter: NodeId) {
+        let Some(ring) = self.rings.home_of(node).cloned() else { return };
+        if !ring.is_topological() || self.incidents.check(&ring).is_some() {
+            return;
+        }
+        let Some(members) = self.rings.ring(ring.as_str()) else { return };
+        let outside = self.rings.home_of(reporter) != Some(&ring);
+        let suspects = members
+            .iter()
+            .filter(|m| self.nodes.get(m).is_some_and(|n| n.state == NodeState::Suspect))
+            .take(2)
+            .count();
+        if !outside && suspects < 2 {
+            return;
+        }
+        let members = members.order();
+        let timing = self.config.timing;
+        if let Some(p) = self.incidents.open_check(&ring, members, (node, reporter), now, &timing) {
+            self.stats.ring_checks += 1;
+            self.pending.other_probes.extend(p);
+        }
+    }
+
+    /// A ring check closed (module `incident`): blame the switch, or let the held decisions go.
+    fn check_closed(&mut self, now: Timestamp, ring: crate::ring::RingKey, check: Check) {
+        if !check.blames_switch() {
+            for (node, held) in check.held {
+                if self.nodes.get(&node).is_some_and(|n| n.state == NodeState::Suspect)
+                    && self.suspicions.get(node).is_none()
+                {
+                    self.down_now(now, node, held.tags, held.text);
+                }
+            }
+            return;
+        }
+        let silent: Vec<NodeId> = check
+            .silent()
+            .into_iter()
+            .filter(|n| self.nodes.get(n).is_some_and(|r| r.state.in_ring()))
+            .collect();
+        if silent.is_empty() {
+            return;
+        }
+        let kind =
+            if check.answered.is_empty() { OutageKind::Down } else { OutageKind::Unreachable };
+        self.stats.switch_incidents += 1;
+        for &h in &silent {
+            self.suspicions.cancel(h);
+            self.stats.unreachable += 1;
+            self.set_state(now, h, NodeState::Unreachable);
+            self.leave_ring(now, h, "unreachable");
+        }
+        let timing = self.config.timing;
+        self.incidents.start_outage(&ring, kind, silent.clone(), now, &timing);
+        let what = describe_ring(&ring);
+        let n = check.members.len();
+        let window = secs(now.since(check.opened));
+        let (ekind, text) = match kind {
+            OutageKind::Down => (
+                EventKind::SwitchDown,
+                format!(
+                    "{what} is down or cut off: all {n} of its hosts went silent together and \
+                     none answered the CMA's probes for {window}; they are unreachable, not \
+                     down (a dead switch and a cut uplink look the same from the CMA)"
+                ),
+            ),
+            OutageKind::Unreachable => (
+                EventKind::SwitchUnreachable,
+                format!(
+                    "{what} is partly cut off: {} of its {n} hosts went silent together and did \
+                     not answer the CMA's probes for {window}, while {} still answer; the silent \
+                     hosts are unreachable, not down",
+                    silent.len(),
+                    check.answered.len()
+                ),
+            ),
+        };
+        let tags = vec![
+            ("ring", ring.0.clone()),
+            ("switch", ring.name().to_owned()),
+            ("hosts", silent.len().to_string()),
+            ("members", n.to_string()),
+            ("trigger", self.name(check.trigger.0)),
+            ("reporter", self.name(check.trigger.1)),
+        ];
+        let body =
+            self.incident_body(&ring, &silent, &check.answered.iter().copied().collect::<Vec<_>>());
+        let e = self.event(now, ekind, None, tags, text);
+        e.body = Some(body);
+    }
+
+    /// A switch's return window closed: one switch.up; hosts that did not come back are down.
+    fn switch_returned(&mut self, now: Timestamp, ring: crate::ring::RingKey, o: Outage) {
+        let back: Vec<NodeId> = o.back.iter().copied().collect();
+        let missing: Vec<NodeId> = o
+            .not_back()
+            .into_iter()
+            .filter(|n| self.nodes.get(n).is_some_and(|r| r.state == NodeState::Unreachable))
+            .collect();
+        let what = describe_ring(&ring);
+        let away = secs(now.since(o.since));
+        let text = if missing.is_empty() {
+            format!("{what} is back: all {} of its hosts are heard again after {away}", back.len())
+        } else {
+            format!(
+                "{what} is back after {away}: {} of its hosts are heard again, {} did not come \
+                 back with it and are reported down one by one",
+                back.len(),
+                missing.len()
+            )
+        };
+        let tags = vec![
+            ("ring", ring.0.clone()),
+            ("switch", ring.name().to_owned()),
+            ("back", back.len().to_string()),
+            ("not_back", missing.len().to_string()),
+        ];
+        let mut body = self.incident_body(&ring, &back, &[]);
+        body["not_back"] =
+            serde_json::Value::Array(missing.iter().map(|n| self.host_json(*n)).collect());
+        let e = self.event(now, EventKind::SwitchUp, None, tags, text);
+        e.body = Some(body);
+        for n in missing {
+            let text = format!(
+                "{} is down: it did not come back with its {what}, whose other hosts are heard \
+                 again",
+                self.name(n)
+            );
+            let tags = vec![("reason", "not-back-with-switch".into()), ("ring", ring.0.clone())];
+            self.down_now(now, n, tags, text);
+        }
+    }
+
+    fn host_json(&self, n: NodeId) -> serde_json::Value {
+        serde_json::json!({ "node": n.to_string(), "host": self.name(n) })
+    }
+
+    /// An incident's body: the ring, the switch as it announces itself, the hosts.
+    fn incident_body(
+        &self,
+        ring: &crate::ring::RingKey,
+        hosts: &[NodeId],
+        answering: &[NodeId],
+    ) -> serde_json::Value {
+        let switch = hosts
+            .iter()
+            .chain(answering)
+            .find_map(|h| self.wiring.get(h).and_then(|w| w.wiring.switch.clone()));
+        serde_json::json!({
+            "ring": ring.0,
+            "kind": ring.kind().name(),
+            "switch": switch.map(|s| serde_json::json!({
+                "chassis_id": s.chassis_id,
+                "system_name": s.system_name,
+                "management_addresses": s.management_addresses,
+            })),
+            "hosts": hosts.iter().map(|h| self.host_json(*h)).collect::<Vec<_>>(),
+            "answering": answering.iter().map(|h| self.host_json(*h)).collect::<Vec<_>>(),
+        })
     }
 
     // ------------------------------------------------------------------------------------------
@@ -993,6 +1317,14 @@ impl Cma {
             let addr = self.nodes[&node].listen_addr;
             self.actions.push_back(Action::Probe { node, addr, nonce });
         }
+        for (node, nonce) in p.other_probes {
+            let Some(rec) = self.nodes.get(&node) else { continue };
+            if rec.state == NodeState::Left {
+                continue;
+            }
+            self.stats.probes_sent += 1;
+            self.actions.push_back(Action::Probe { node, addr: rec.listen_addr, nonce });
+        }
         self.actions.extend(p.events.into_iter().map(Action::Emit));
     }
 }
@@ -1025,5 +1357,16 @@ fn join_names(names: &[String]) -> String {
         [] => "nobody".to_owned(),
         [one] => one.clone(),
         [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// A ring in plain words: "switch tor1", "segment 10.0.1.0/24@10.0.1.1", "pinned group rack7".
+fn describe_ring(ring: &crate::ring::RingKey) -> String {
+    use crate::ring::RingKind;
+    match ring.kind() {
+        RingKind::Switch => format!("switch {}", ring.name()),
+        RingKind::Segment => format!("segment {}", ring.name()),
+        RingKind::Pinned => format!("pinned group {}", ring.name()),
+        RingKind::Unwired | RingKind::Upper => format!("ring {ring}"),
     }
 }

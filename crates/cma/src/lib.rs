@@ -36,8 +36,13 @@
 //! - [`model`]: the data exchanged with drivers — [`Timing`], [`CmaConfig`], [`NodeRecord`],
 //!   [`Event`], [`Snapshot`], [`Action`], [`Change`], [`HelloError`], [`Stats`].
 //! - [`ring`]: [`ring::Ring`] (one cycle ordered by a hash of the node id) and
-//!   [`ring::RingManager`] (rings by key; today the single ring "all").
+//!   [`ring::RingManager`] (issue 13: a home ring per switch/segment/pin, the `unwired`
+//!   fallback ring, an upper ring of two representatives per home ring, watchers).
+//! - [`wiring`]: a node's ring from its `l2neighbors` and `interfaces` results and the
+//!   operator's pins ([`wiring::derive()`]).
 //! - [`failure`]: the suspicion FSM — reporters, probe schedule, deadlines, proof of life.
+//! - [`incident`]: switch incidents — ring checks, `switch.down`/`switch.unreachable`, hosts
+//!   UNREACHABLE, the return window and `switch.up`.
 //! - `cma`: [`Cma`] itself, tying lifecycle, rings, suspicions and events together.
 //! - [`services`]: service check state changes into `service.*` events
 //!   ([`Cma::handle_check_change`]).
@@ -49,6 +54,7 @@ pub mod check_sets;
 mod cma;
 pub mod desired;
 pub mod failure;
+pub mod incident;
 pub mod local_events;
 pub mod model;
 pub mod ring;

@@ -805,4 +805,150 @@ mod tests {
         assert_eq!(m.neighbours(id(1)), vec![id(2)]);
         assert!(m.is_member(id(1)) && !m.is_member(id(3)));
     }
+
+    fn sw(n: u8) -> RingKey {
+        RingKey::switch(&format!("sw{n}"))
+    }
+
+    /// Invariants of a manager: every member in one home ring; neighbours symmetric; every
+    /// member of a system of two nodes or more has a neighbour; representatives as documented;
+    /// each ring's representatives adjacent in the upper ring.
+    fn check(m: &RingManager) {
+        let members = m.all().order();
+        for &a in &members {
+            let home = m.home_of(a).expect("a member has a home ring");
+            assert!(m.ring(&home.0).unwrap().contains(a));
+            let na = m.neighbours(a);
+            if members.len() >= 2 {
+                assert!(!na.is_empty(), "{a} is unwatched");
+            }
+            for b in na {
+                assert!(m.neighbours(b).contains(&a), "{a} heartbeats {b} but not back");
+            }
+        }
+        let homes: usize = m.home_rings().map(|(_, r)| r.len()).sum();
+        assert_eq!(homes, members.len());
+        for (k, r) in m.home_rings() {
+            let reps = m.representatives(k);
+            if m.upper_active() {
+                assert_eq!(reps.len(), r.len().min(2), "{k}");
+                if reps.len() == 2 {
+                    let up = m.upper_neighbours(reps[0]);
+                    assert!(up.contains(&reps[1]) || m.upper_order().len() == 2, "{k} reps apart");
+                }
+                assert!(!m.watchers(k).is_empty(), "{k} is not watched from outside");
+            } else {
+                assert!(reps.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn one_ring_per_switch_and_an_upper_ring_of_two_representatives_each() {
+        let mut m = RingManager::new();
+        for n in 1..=12u8 {
+            m.set_ring(id(n), sw(n % 3));
+            m.join(id(n));
+            check(&m);
+        }
+        assert_eq!(m.home_rings().count(), 3);
+        assert_eq!(m.upper_order().len(), 6);
+        // A member's peers are inside its switch unless it is a representative.
+        for n in 1..=12u8 {
+            let home = m.home_of(id(n)).unwrap().clone();
+            let outside: Vec<NodeId> =
+                m.neighbours(id(n)).into_iter().filter(|p| m.home_of(*p) != Some(&home)).collect();
+            if m.is_representative(id(n)) {
+                assert_eq!(outside.len(), 1, "a representative has one neighbour outside");
+            } else {
+                assert!(outside.is_empty());
+            }
+        }
+        let recs = m.records();
+        assert_eq!(recs.len(), 4);
+        assert_eq!(recs[3].key.0, "upper");
+        assert_eq!(recs[0].kind, RingKind::Switch);
+        assert_eq!(recs[0].members.len(), 4);
+        assert_eq!(recs[0].watchers.len(), 2);
+    }
+
+    #[test]
+    fn small_rings_are_watched_from_the_upper_ring() {
+        let mut m = RingManager::new();
+        m.set_ring(id(1), sw(1));
+        m.join(id(1));
+        assert!(m.neighbours(id(1)).is_empty(), "the only node");
+        m.set_ring(id(2), sw(2));
+        m.join(id(2));
+        check(&m);
+        assert_eq!(m.neighbours(id(1)), vec![id(2)], "two rings of one watch each other");
+        for n in 3..=6 {
+            m.set_ring(id(n), sw(3));
+            m.join(id(n));
+        }
+        check(&m);
+        assert_eq!(m.watchers(&sw(1)).len(), 2);
+    }
+
+    #[test]
+    fn a_moved_host_leaves_one_ring_and_joins_another_with_minimal_churn() {
+        let mut m = RingManager::new();
+        for n in 1..=9u8 {
+            m.set_ring(id(n), sw(n % 3));
+            m.join(id(n));
+        }
+        let reps_before: Vec<Vec<NodeId>> =
+            (0..3).map(|s| m.representatives(&sw(s)).to_vec()).collect();
+        let mover = (1..=9u8)
+            .map(id)
+            .find(|n| m.home_of(*n) == Some(&sw(1)) && !m.is_representative(*n))
+            .unwrap();
+        let changes = m.set_ring(mover, sw(2));
+        check(&m);
+        assert_eq!(m.home_of(mover), Some(&sw(2)));
+        assert_eq!(changes.iter().filter(|c| c.ring != RingKey::upper()).count(), 2);
+        let reps_after: Vec<Vec<NodeId>> =
+            (0..3).map(|s| m.representatives(&sw(s)).to_vec()).collect();
+        assert_eq!(reps_before, reps_after, "no representative had to change");
+        // A representative that leaves is replaced by the earliest-joined other member.
+        let rep = m.representatives(&sw(0))[0];
+        m.leave(rep);
+        check(&m);
+        assert_eq!(m.representatives(&sw(0)).len(), 2);
+        assert!(!m.representatives(&sw(0)).contains(&rep));
+        // Unwired nodes are in the fallback ring, watched like any other.
+        m.join(id(50));
+        check(&m);
+        assert_eq!(m.home_of(id(50)).unwrap().0, "unwired");
+        assert!(m.take_dirty().iter().any(|r| r.key.0 == "unwired"));
+        assert!(m.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn random_joins_leaves_and_moves_keep_the_invariants() {
+        let mut m = RingManager::with_key([9; 32]);
+        let mut x: u64 = 0x1234_5678;
+        for _ in 0..600 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let n = id((x >> 33) as u8 % 40);
+            match (x >> 50) % 4 {
+                0 | 1 => {
+                    m.join(n);
+                }
+                2 => {
+                    m.leave(n);
+                }
+                _ => {
+                    m.set_ring(n, sw((x >> 20) as u8 % 5));
+                }
+            }
+            check(&m);
+        }
+        // Down to one home ring: the upper ring dissolves.
+        for n in 0..40u8 {
+            m.set_ring(id(n), sw(0));
+        }
+        check(&m);
+        assert!(m.upper_order().is_empty());
+    }
 }

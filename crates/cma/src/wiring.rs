@@ -9,7 +9,7 @@
 //!   subnet and gateway ([`assim_discovery::wiring::primary_route`]);
 //! - the operator's pin ([`crate::CmaConfig::pins`], by host name or node id).
 //!
-//! Rule ([`derive`]), first that applies:
+//! Rule ([`derive()`]), first that applies:
 //!
 //! | evidence | ring | source |
 //! |---|---|---|

@@ -315,7 +315,17 @@ fn down_b() -> (Harness, NodeId, NodeId, NodeId) {
 fn assert_rejoined(h: &mut Harness, b: NodeId, reason: &str) {
     assert_eq!(h.state(b), NodeState::Up);
     let acts = h.take();
-    assert_eq!(kinds(&acts), vec![EventKind::HostUp, EventKind::RingChanged]);
+    if reason == "message" {
+        // Back without restarting (issue 13): its link was down, not the host.
+        assert_eq!(
+            kinds(&acts),
+            vec![EventKind::HostUp, EventKind::LinkSuspect, EventKind::RingChanged]
+        );
+        let link = events(&acts)[1];
+        assert!(link.text.contains("did not restart"), "{}", link.text);
+    } else {
+        assert_eq!(kinds(&acts), vec![EventKind::HostUp, EventKind::RingChanged]);
+    }
     let up = events(&acts)[0];
     assert_eq!(up.tags["reason"], reason);
     assert_eq!(up.tags["was"], "down");
@@ -358,14 +368,21 @@ fn down_node_heard_as_martian_rejoins() {
     let (mut h, b, _a, _c) = down_b();
     let other = h.cma.ring()[0];
     h.report(other, ReportKind::Martian, b, 0);
-    assert_rejoined(&mut h, b, "heard-by-peer");
+    // Issue 13: a neighbour's word alone no longer revives it (that was the revive/rejoin
+    // flapping of a host only the neighbours could hear): the CMA probes, and its answer does.
+    assert_eq!(h.state(b), NodeState::Down);
+    assert_eq!(probes(&h.log).len(), 1);
+    assert!(h.answer_probe(b));
+    assert_rejoined(&mut h, b, "message");
 }
 
 #[test]
 fn down_node_heard_back_alive_rejoins() {
     let (mut h, b, a, _c) = down_b();
     h.report(a, ReportKind::BackAlive, b, 0);
-    assert_rejoined(&mut h, b, "heard-by-peer");
+    assert_eq!(h.state(b), NodeState::Down, "not before the CMA's probe answers (issue 13)");
+    assert!(h.answer_probe(b));
+    assert_rejoined(&mut h, b, "message");
 }
 
 #[test]

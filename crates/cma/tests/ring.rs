@@ -124,6 +124,9 @@ impl Run {
                     // Revived by a heartbeat someone hears.
                     let reporter = *before.iter().next().unwrap();
                     self.h.report(reporter, ReportKind::Martian, x, 0);
+                    // The CMA confirms with its own probe before the node rejoins.
+                    assert_eq!(self.h.state(x), NodeState::Down);
+                    assert!(self.h.answer_probe(x), "a heard-again Down node is probed");
                 } else {
                     self.h.join(Self::number(x));
                 }

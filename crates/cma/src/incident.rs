@@ -1,0 +1,420 @@
+//! Switch incidents: telling a switch (or segment) that went down or was cut off from hosts
+//! that failed one by one (issue 13). Sans-IO: every input takes `now`; timers live in one
+//! ordered set; [`crate::Cma`] applies the consequences (states, rings, events).
+//!
+//! ```text
+//! QUIET    --trigger: a member of topological ring R is suspect and the -----> CHECKING(R)
+//!            reporter is outside R (the upper ring), or two members of R       probe every member now,
+//!            are suspect at once                                               then every interval/2;
+//!                                                                              deadline = now + 2*interval
+//! CHECKING --a member answers (probe reply with a check nonce, any message)--> (recorded)
+//! CHECKING --half or more of the members answered--------------------------> QUIET   (not the switch:
+//!                                                                              held host.down decisions go ahead)
+//! CHECKING --deadline; silent > half and ≥ 2 members; nobody answered------> DOWN(R)  switch.down
+//! CHECKING --deadline; silent > half and ≥ 2 members; some answered--------> DOWN(R)  switch.unreachable
+//!            (the silent hosts become UNREACHABLE, not DOWN; one event lists them)
+//! CHECKING --deadline, otherwise--------------------------------------------> QUIET   (held decisions go ahead)
+//! DOWN     --every 2*interval---------------------------------------------> probe every host not back
+//! DOWN     --a host of it is heard (message, probe reply, hello, heartbeat)-> RETURNING  host Up (no host.up);
+//!                                                                              probe the others every interval/2;
+//!                                                                              deadline = now + 2*interval + interval/2
+//! RETURNING --another host heard------------------------------------------> (it is back, Up)
+//! RETURNING --deadline----------------------------------------------------> QUIET   one switch.up (body: back,
+//!                                                                              not back); each host not back → DOWN
+//!                                                                              (host.down "did not come back with it")
+//! ```
+//!
+//! While a check of R is open, a member's `host.down` is **held** (its text and tags kept)
+//! and decided when the check closes: Unreachable if the switch is blamed, Down otherwise. A
+//! member of R whose suspicion ends in Down while R is DOWN becomes Unreachable
+//! (`host.unreachable`).
+//!
+//! What the evidence cannot tell apart (said in the events' text): with the CMA outside the
+//! switch, a dead switch and a cut uplink look the same (every host silent: `switch.down`, "down
+//! or cut off"); a switch that forwards for some hosts but not others (`switch.unreachable`) may
+//! be a partial failure of the switch or of its hosts' links. Probes from nanoprobes on other
+//! switches (the `ProbeRequest` message) and a probe of the switch's management address would
+//! add evidence; neither is sent yet (the CMA's own probes decide).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use assim_wire::{NodeId, Timestamp};
+
+use crate::model::{Timing, probe_every, suspect_window};
+use crate::ring::RingKey;
+
+/// A `host.down` held while its ring is checked: the decision as it would have been made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub tags: Vec<(&'static str, String)>,
+    pub text: String,
+}
+
+/// An open check of one ring: is most of it silent?
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub opened: Timestamp,
+    pub deadline: Timestamp,
+    /// Members of the ring when the check opened.
+    pub members: BTreeSet<NodeId>,
+    /// Members that answered (or were heard from) since.
+    pub answered: BTreeSet<NodeId>,
+    /// What opened it: (the suspect member, the reporter).
+    pub trigger: (NodeId, NodeId),
+    /// `host.down` decisions held until the check closes.
+    pub held: BTreeMap<NodeId, Held>,
+    nonces: BTreeMap<u64, NodeId>,
+    next_probe: Option<Timestamp>,
+}
+
+impl Check {
+    /// Members that have not answered.
+    pub fn silent(&self) -> Vec<NodeId> {
+        self.members.difference(&self.answered).copied().collect()
+    }
+
+    /// Whether the silent members blame the ring's switch: more than half silent, two or more
+    /// members.
+    pub fn blames_switch(&self) -> bool {
+        let silent = self.members.len() - self.answered.len();
+        self.members.len() >= 2 && silent * 2 > self.members.len()
+    }
+
+    fn settled_not_switch(&self) -> bool {
+        self.answered.len() * 2 >= self.members.len()
+    }
+
+    fn wake(&self) -> Timestamp {
+        self.next_probe.map_or(self.deadline, |p| p.min(self.deadline))
+    }
+}
+
+/// Whether the incident is a dead (or cut-off) switch, or a switch some hosts still answer
+/// through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutageKind {
+    Down,
+    Unreachable,
+}
+
+/// A switch (ring) that is down or cut off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outage {
+    pub kind: OutageKind,
+    pub since: Timestamp,
+    /// The hosts made Unreachable by it.
+    pub hosts: BTreeSet<NodeId>,
+    /// Those heard again since it started returning.
+    pub back: BTreeSet<NodeId>,
+    /// When the return window closes (`None` until a first host is heard again).
+    pub returning: Option<Timestamp>,
+    next_probe: Timestamp,
+    nonces: BTreeMap<u64, NodeId>,
+}
+
+impl Outage {
+    fn wake(&self) -> Timestamp {
+        self.returning.map_or(self.next_probe, |r| r.min(self.next_probe))
+    }
+
+    /// Hosts not heard again.
+    pub fn not_back(&self) -> Vec<NodeId> {
+        self.hosts.difference(&self.back).copied().collect()
+    }
+}
+
+/// Work that fell due ([`Incidents::poll_due`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IncidentDue {
+    /// Send these probes.
+    Probes(Vec<(NodeId, u64)>),
+    /// A check's deadline passed: decide. Closed.
+    CheckClosed { ring: RingKey, check: Check },
+    /// A return window closed: switch.up. Closed.
+    Returned { ring: RingKey, outage: Outage },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Check,
+    Outage,
+}
+
+/// Every open check and outage. See the module doc.
+#[derive(Clone, Debug, Default)]
+pub struct Incidents {
+    checks: BTreeMap<RingKey, Check>,
+    outages: BTreeMap<RingKey, Outage>,
+    /// Each unreachable host's outage.
+    outage_of: BTreeMap<NodeId, RingKey>,
+    /// Each member of an open check → its ring.
+    checked: BTreeMap<NodeId, RingKey>,
+    timers: BTreeSet<(Timestamp, TimerKind, RingKey)>,
+    next_nonce: u64,
+}
+
+impl Incidents {
+    /// Nonces count up from `nonce_base` (distinct from the suspicions' nonces).
+    pub fn new(nonce_base: u64) -> Self {
+        Incidents { next_nonce: nonce_base, ..Incidents::default() }
+    }
+
+    pub fn check(&self, ring: &RingKey) -> Option<&Check> {
+        self.checks.get(ring)
+    }
+
+    pub fn outage(&self, ring: &RingKey) -> Option<&Outage> {
+        self.outages.get(ring)
+    }
+
+    /// Every outage, by ring.
+    pub fn outages(&self) -> impl Iterator<Item = (&RingKey, &Outage)> {
+        self.outages.iter()
+    }
+
+    /// The outage an unreachable host belongs to.
+    pub fn outage_of(&self, node: NodeId) -> Option<&RingKey> {
+        self.outage_of.get(&node)
+    }
+
+    /// The ring whose open check `node` is a member of.
+    pub fn checked_ring(&self, node: NodeId) -> Option<&RingKey> {
+        self.checked.get(&node)
+    }
+
+    pub fn next_wake(&self) -> Option<Timestamp> {
+        self.timers.first().map(|t| t.0)
+    }
+
+    fn nonce(&mut self) -> u64 {
+        let n = self.next_nonce;
+        self.next_nonce = self.next_nonce.wrapping_add(1);
+        n
+    }
+
+    /// Opens a check of `ring` over `members` (no-op, `None`, if one is open or the ring is
+    /// down). Returns the probes to send now.
+    pub fn open_check(
+        &mut self,
+        ring: &RingKey,
+        members: Vec<NodeId>,
+        trigger: (NodeId, NodeId),
+        now: Timestamp,
+        timing: &Timing,
+    ) -> Option<Vec<(NodeId, u64)>> {
+        if self.checks.contains_key(ring) || self.outages.contains_key(ring) {
+            return None;
+        }
+        let deadline = now + suspect_window(timing);
+        let mut check = Check {
+            opened: now,
+            deadline,
+            members: members.iter().copied().collect(),
+            answered: BTreeSet::new(),
+            trigger,
+            held: BTreeMap::new(),
+            nonces: BTreeMap::new(),
+            next_probe: None,
+        };
+        let mut probes = Vec::with_capacity(members.len());
+        for m in members {
+            let n = self.nonce();
+            check.nonces.insert(n, m);
+            probes.push((m, n));
+            self.checked.insert(m, ring.clone());
+        }
+        let next = now + probe_every(timing);
+        check.next_probe = (next < deadline).then_some(next);
+        self.timers.insert((check.wake(), TimerKind::Check, ring.clone()));
+        self.checks.insert(ring.clone(), check);
+        Some(probes)
+    }
+
+    /// Holds a `host.down` of a member of an open check. False if `node` is in no open check.
+    pub fn hold(&mut self, node: NodeId, held: Held) -> bool {
+        let Some(ring) = self.checked.get(&node) else { return false };
+        let c = self.checks.get_mut(ring).expect("checked nodes belong to a check");
+        c.held.insert(node, held);
+        true
+    }
+
+    /// Drops a held decision (the node proved alive, said hello or goodbye). True if one was
+    /// held.
+    pub fn release(&mut self, node: NodeId) -> bool {
+        let Some(ring) = self.checked.get(&node) else { return false };
+        self.checks.get_mut(ring).is_some_and(|c| c.held.remove(&node).is_some())
+    }
+
+    /// Whether a decision about `node` is held.
+    pub fn is_held(&self, node: NodeId) -> bool {
+        self.checked
+            .get(&node)
+            .and_then(|r| self.checks.get(r))
+            .is_some_and(|c| c.held.contains_key(&node))
+    }
+
+    /// `node` was heard (a message, a probe reply to any nonce of ours). For an open check:
+    /// recorded, and the check is returned closed if half its members have answered.
+    pub fn heard(&mut self, node: NodeId) -> Option<(RingKey, Check)> {
+        let ring = self.checked.get(&node)?.clone();
+        let c = self.checks.get_mut(&ring).expect("checked nodes belong to a check");
+        c.answered.insert(node);
+        c.held.remove(&node);
+        if !c.settled_not_switch() {
+            return None;
+        }
+        let c = self.close_check(&ring);
+        Some((ring, c))
+    }
+
+    fn close_check(&mut self, ring: &RingKey) -> Check {
+        let c = self.checks.remove(ring).expect("open");
+        self.timers.remove(&(c.wake(), TimerKind::Check, ring.clone()));
+        for m in &c.members {
+            if self.checked.get(m) == Some(ring) {
+                self.checked.remove(m);
+            }
+        }
+        c
+    }
+
+    /// Whether `nonce` is one of ours for `node` (check or outage probe).
+    pub fn nonce_matches(&self, node: NodeId, nonce: u64) -> bool {
+        let in_check = self
+            .checked
+            .get(&node)
+            .and_then(|r| self.checks.get(r))
+            .is_some_and(|c| c.nonces.get(&nonce) == Some(&node));
+        in_check
+            || self
+                .outage_of
+                .get(&node)
+                .and_then(|r| self.outages.get(r))
+                .is_some_and(|o| o.nonces.get(&nonce) == Some(&node))
+    }
+
+    /// Starts an outage of `ring` with these hosts Unreachable.
+    pub fn start_outage(
+        &mut self,
+        ring: &RingKey,
+        kind: OutageKind,
+        hosts: Vec<NodeId>,
+        now: Timestamp,
+        timing: &Timing,
+    ) {
+        let o = Outage {
+            kind,
+            since: now,
+            hosts: hosts.iter().copied().collect(),
+            back: BTreeSet::new(),
+            returning: None,
+            next_probe: now + suspect_window(timing),
+            nonces: BTreeMap::new(),
+        };
+        for h in hosts {
+            self.outage_of.insert(h, ring.clone());
+        }
+        self.timers.insert((o.wake(), TimerKind::Outage, ring.clone()));
+        self.outages.insert(ring.clone(), o);
+    }
+
+    /// An unreachable host of an outage is back. Returns its ring if it was in one; the first
+    /// return opens the return window (and probes the others at once).
+    pub fn returned(&mut self, node: NodeId, now: Timestamp, timing: &Timing) -> Option<RingKey> {
+        let ring = self.outage_of.remove(&node)?;
+        let o = self.outages.get_mut(&ring).expect("outage_of points to an outage");
+        let old = o.wake();
+        o.back.insert(node);
+        if o.returning.is_none() {
+            o.returning = Some(now + suspect_window(timing) + probe_every(timing));
+            o.next_probe = now;
+        }
+        let new = o.wake();
+        if new != old {
+            self.timers.remove(&(old, TimerKind::Outage, ring.clone()));
+            self.timers.insert((new, TimerKind::Outage, ring.clone()));
+        }
+        Some(ring)
+    }
+
+    /// A host leaves its outage without returning (goodbye, rewired): forgotten by it.
+    pub fn forget(&mut self, node: NodeId) {
+        if let Some(ring) = self.outage_of.remove(&node)
+            && let Some(o) = self.outages.get_mut(&ring)
+        {
+            o.hosts.remove(&node);
+        }
+        self.release(node);
+    }
+
+    /// Adds a host to an existing outage (its suspicion ended while the switch was down).
+    pub fn add_to_outage(&mut self, ring: &RingKey, node: NodeId) -> bool {
+        let Some(o) = self.outages.get_mut(ring) else { return false };
+        o.hosts.insert(node);
+        o.back.remove(&node);
+        self.outage_of.insert(node, ring.clone());
+        true
+    }
+
+    /// Pops the next piece of work due at `now`. Call until `None`.
+    pub fn poll_due(&mut self, now: Timestamp, timing: &Timing) -> Option<IncidentDue> {
+        let (wake, kind, ring) = self.timers.first()?.clone();
+        if wake > now {
+            return None;
+        }
+        self.timers.pop_first();
+        match kind {
+            TimerKind::Check => {
+                let c = self.checks.get(&ring).expect("timer of an open check");
+                if now >= c.deadline {
+                    self.timers.insert((c.wake(), TimerKind::Check, ring.clone()));
+                    let check = self.close_check(&ring);
+                    return Some(IncidentDue::CheckClosed { ring, check });
+                }
+                // Re-probe the members that have not answered, each with a new nonce.
+                let silent = c.silent();
+                let deadline = c.deadline;
+                let mut nonces = Vec::with_capacity(silent.len());
+                for m in silent {
+                    nonces.push((m, self.nonce()));
+                }
+                let c = self.checks.get_mut(&ring).expect("open");
+                for (m, n) in &nonces {
+                    c.nonces.insert(*n, *m);
+                }
+                let next = now + probe_every(timing);
+                c.next_probe = (next < deadline).then_some(next);
+                self.timers.insert((c.wake(), TimerKind::Check, ring.clone()));
+                Some(IncidentDue::Probes(nonces))
+            }
+            TimerKind::Outage => {
+                let o = self.outages.get(&ring).expect("timer of an outage");
+                if o.returning.is_some_and(|r| now >= r) {
+                    let outage = self.outages.remove(&ring).expect("present");
+                    for h in &outage.hosts {
+                        if self.outage_of.get(h) == Some(&ring) {
+                            self.outage_of.remove(h);
+                        }
+                    }
+                    return Some(IncidentDue::Returned { ring, outage });
+                }
+                let targets = o.not_back();
+                let mut nonces = Vec::with_capacity(targets.len());
+                for m in targets {
+                    nonces.push((m, self.nonce()));
+                }
+                let o = self.outages.get_mut(&ring).expect("present");
+                // Only the latest round's nonces answer: bounded memory for a long outage.
+                o.nonces = nonces.iter().map(|(m, n)| (*n, *m)).collect();
+                let every = if o.returning.is_some() {
+                    probe_every(timing)
+                } else {
+                    suspect_window(timing)
+                };
+                o.next_probe = now + every;
+                self.timers.insert((o.wake(), TimerKind::Outage, ring.clone()));
+                Some(IncidentDue::Probes(nonces))
+            }
+        }
+    }
+}

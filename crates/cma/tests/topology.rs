@@ -1,0 +1,227 @@
+//! Network-aware rings and the disambiguation of switch, host and path failures (issue 13),
+//! through the core's inputs: wiring from discovery, heartbeat reports, probe replies, time.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use assim_cma::{Action, Authority, AuthorityConfig, EventKind, NodeState, Output};
+use assim_cma::{DesiredSnapshot, Snapshot};
+use assim_discovery::wiring::L2Link;
+use assim_wire::NodeId;
+use assim_wire::msg::{DiscoveryResult, ReportKind};
+use support::*;
+
+fn link(chassis: &str) -> L2Link {
+    L2Link {
+        nic: "eth0".into(),
+        mac: None,
+        protocol: "lldp".into(),
+        chassis_id: chassis.into(),
+        port_id: "p1".into(),
+        port_description: None,
+        vlan: None,
+        system_name: Some(chassis.to_uppercase()),
+        system_description: None,
+        platform: None,
+        capabilities: vec![],
+        management_addresses: vec![],
+    }
+}
+
+/// Nodes 1..=switches*per, node n on switch `sw{(n-1)/per}`.
+fn fabric(switches: u32, per: u32) -> Harness {
+    let mut h = Harness::new();
+    for n in 1..=switches * per {
+        h.join(n);
+        let sw = format!("sw{}", (n - 1) / per);
+        h.cma.handle_wiring(h.now, id(n), Some(vec![link(&sw)]), None);
+        h.drain();
+    }
+    h.advance(Duration::from_secs(2));
+    h.take();
+    h
+}
+
+fn on_switch(h: &Harness, sw: u32) -> Vec<NodeId> {
+    let key = format!("switch:sw{sw}");
+    h.cma.rings().ring(&key).unwrap().order()
+}
+
+/// Every live node answers the probes the CMA sent since the last `take` (all but `dead`).
+fn answer_all(h: &mut Harness, dead: &[NodeId]) {
+    h.drain();
+    let mut asked: Vec<NodeId> = h
+        .log
+        .iter()
+        .filter_map(|a| match a {
+            Action::Probe { node, .. } => Some(*node),
+            _ => None,
+        })
+        .collect();
+    asked.sort();
+    asked.dedup();
+    for n in asked {
+        if !dead.contains(&n) {
+            h.answer_probe(n);
+        }
+    }
+}
+
+/// Every neighbour outside `members` reports each member it watches dead.
+fn outside_reports(h: &mut Harness, members: &[NodeId]) {
+    for &m in members {
+        for w in h.cma.neighbours(m) {
+            if !members.contains(&w) {
+                h.report(w, ReportKind::Dead, m, 5000);
+            }
+        }
+    }
+}
+
+#[test]
+fn rings_follow_the_switches_and_heartbeats_cross_only_between_representatives() {
+    let h = fabric(3, 4);
+    let rings = h.cma.rings();
+    assert_eq!(rings.home_rings().count(), 3);
+    assert_eq!(rings.upper_order().len(), 6);
+    let mut crossing = 0;
+    for rec in h.cma.nodes() {
+        let home = rings.home_of(rec.id).unwrap();
+        let mut peers = rec.peers.clone();
+        peers.sort();
+        let mut want = rings.neighbours(rec.id);
+        want.sort();
+        assert_eq!(peers, want, "stored peers are the ring neighbours");
+        crossing += rec.peers.iter().filter(|p| rings.home_of(**p) != Some(home)).count();
+    }
+    assert_eq!(crossing, 6, "one crossing pair per switch ring");
+    let rec = rings.record(&assim_cma::ring::RingKey::switch("sw1"));
+    assert_eq!((rec.members.len(), rec.representatives.len(), rec.watchers.len()), (4, 2, 2));
+}
+
+#[test]
+fn wiring_comes_from_the_l2neighbors_discovery_result_and_a_moved_host_changes_ring() {
+    let mut a = Authority::new(
+        AuthorityConfig::default(),
+        Snapshot::default(),
+        DesiredSnapshot::default(),
+        T0,
+    );
+    for n in 1..=4 {
+        a.handle_hello(T0, id(n), key(n), &hello(n)).unwrap();
+    }
+    let l2 = |chassis: &str| DiscoveryResult {
+        name: "l2neighbors".into(),
+        content_hash: vec![1],
+        payload: format!(
+            r#"{{"neighbors":[{{"interface":"eth0","protocol":"lldp","chassis_id":"{chassis}",
+               "port_id":"swp1","system_name":"{chassis}"}}]}}"#
+        )
+        .into_bytes(),
+        collected_at: 1,
+        delta: false,
+    };
+    for n in 1..=4 {
+        a.handle_discovery(T0, id(n), &l2(if n <= 2 { "aa" } else { "bb" })).unwrap();
+    }
+    while a.poll_output().is_some() {}
+    let rings = a.cma().rings();
+    assert_eq!(rings.home_of(id(1)).unwrap().0, "switch:aa");
+    assert_eq!(rings.home_of(id(3)).unwrap().0, "switch:bb");
+    assert_eq!(a.cma().wiring(id(1)).unwrap().wiring.switch.as_ref().unwrap().port_id, "swp1");
+    // Host 2 is re-cabled to switch bb: it leaves one ring and joins the other, and the move is
+    // persisted.
+    a.handle_discovery(T0, id(2), &l2("bb")).unwrap();
+    let outs: Vec<Output> = std::iter::from_fn(|| a.poll_output()).collect();
+    assert!(outs.iter().any(|o| matches!(o,
+        Output::Core(Action::Persist(assim_cma::Change::Wiring(w))) if w.node == id(2))));
+    assert_eq!(a.cma().rings().home_of(id(2)).unwrap().0, "switch:bb");
+    assert_eq!(a.cma().rings().ring("switch:aa").unwrap().len(), 1);
+    assert_eq!(a.cma().stats().rewired, 5);
+    // The same result again changes nothing.
+    a.handle_discovery(T0, id(2), &l2("bb")).unwrap();
+    let again: Vec<Output> = std::iter::from_fn(|| a.poll_output()).collect();
+    assert!(!again.iter().any(|o| matches!(o, Output::Core(Action::SendPeerSet { .. }))));
+}
+
+#[test]
+fn a_dead_switch_is_one_switch_down_and_its_hosts_unreachable_not_down() {
+    let mut h = fabric(4, 5);
+    let gone = on_switch(&h, 1);
+    outside_reports(&mut h, &gone);
+    // Nothing behind the switch answers the CMA's probes.
+    h.advance(Duration::from_secs(3));
+    let acts = h.take();
+    let ks = kinds(&acts);
+    assert_eq!(ks.iter().filter(|k| **k == EventKind::SwitchDown).count(), 1, "{ks:?}");
+    assert!(!ks.contains(&EventKind::HostDown), "{ks:?}");
+    for n in &gone {
+        assert_eq!(h.state(*n), NodeState::Unreachable);
+    }
+    let e = events(&acts).into_iter().find(|e| e.kind == EventKind::SwitchDown).unwrap();
+    assert_eq!(e.tags["switch"], "sw1");
+    assert_eq!(e.body.as_ref().unwrap()["hosts"].as_array().unwrap().len(), 5);
+    assert!(e.text.contains("down or cut off"), "{}", e.text);
+    check_ring(&h.cma);
+    // The switch comes back with four of its five hosts: one switch.up, one host.down.
+    let back: Vec<NodeId> = gone[..4].to_vec();
+    h.cma.handle_alive(h.now, back[0]);
+    h.advance(Duration::from_millis(1));
+    for n in &back[1..] {
+        assert!(h.answer_probe(*n), "the others are probed at once");
+    }
+    h.advance(Duration::from_secs(3));
+    let acts = h.take();
+    let ks = kinds(&acts);
+    assert_eq!(ks.iter().filter(|k| **k == EventKind::SwitchUp).count(), 1, "{ks:?}");
+    assert_eq!(ks.iter().filter(|k| **k == EventKind::HostDown).count(), 1, "{ks:?}");
+    assert!(!ks.contains(&EventKind::HostUp), "hosts back with their switch are in switch.up");
+    assert_eq!(h.state(gone[4]), NodeState::Down);
+    assert!(back.iter().all(|n| h.state(*n) == NodeState::Up));
+    check_ring(&h.cma);
+}
+
+#[test]
+fn a_crashed_host_is_host_down_and_no_switch_event() {
+    let mut h = fabric(3, 5);
+    // A representative, so the check of its switch opens too (reported from outside).
+    let x = h.cma.rings().representatives(&assim_cma::ring::RingKey::switch("sw2"))[0];
+    for w in h.cma.neighbours(x) {
+        h.report(w, ReportKind::Dead, x, 5000);
+    }
+    assert_eq!(h.cma.stats().ring_checks, 1);
+    answer_all(&mut h, &[x]);
+    h.advance(Duration::from_secs(3));
+    let ks = kinds(&h.take());
+    assert_eq!(ks.iter().filter(|k| **k == EventKind::HostDown).count(), 1, "{ks:?}");
+    assert!(!ks.iter().any(|k| k.name().starts_with("switch.")), "{ks:?}");
+    assert_eq!(h.state(x), NodeState::Down);
+    check_ring(&h.cma);
+}
+
+#[test]
+fn path_trouble_is_path_suspect_without_host_down_or_flapping() {
+    let mut h = fabric(2, 5);
+    let x = on_switch(&h, 0)[2];
+    let nb = h.cma.neighbours(x);
+    let mut seen = HashSet::new();
+    // For two minutes the neighbours cannot hear x, but x answers the CMA; they repeat their
+    // dead reports every 10 s (as after a peer-set change they would).
+    for _ in 0..12 {
+        for &w in &nb {
+            h.report(w, ReportKind::Dead, x, 5000);
+        }
+        answer_all(&mut h, &[]);
+        h.advance(Duration::from_secs(10));
+        for e in events(&h.take()) {
+            seen.insert(e.kind);
+        }
+        assert_eq!(h.state(x), NodeState::Up);
+    }
+    assert!(seen.contains(&EventKind::PathSuspect));
+    assert!(!seen.contains(&EventKind::HostDown));
+    assert_eq!(h.cma.stats().path_suspects as usize, nb.len(), "once per reporter, no flapping");
+    assert_eq!(h.cma.stats().suspicions, 1);
+}
