@@ -575,13 +575,9 @@ fn alarms_since(lab: &SwitchLab, since: u64) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-#[ignore = "pending issue 13's core (branch rings): switch.down/up, the Unreachable state"]
-fn switch_lab_a_cut_switch_is_one_incident_and_one_recovery() {
-    if !preconditions() {
-        return;
-    }
-    let lab = SwitchLab::start(3, 3);
+/// Cuts every link of switch 2, checks the incident, restores the links, checks the recovery;
+/// returns the alarms and switch events after the links came back (`host.suspect` left out).
+fn cut_and_restore_a_switch(lab: &SwitchLab) -> Vec<(String, String)> {
     let cut = 1;
     let name = lab.switches[cut].name.clone();
     let start = lab.last_event_id();
@@ -605,7 +601,7 @@ fn switch_lab_a_cut_switch_is_one_incident_and_one_recovery() {
     assert_eq!(listed, want, "assim hosts --unreachable");
     // A quiet window of several dead times: still one incident, no host.down.
     std::thread::sleep(DEAD_TIME * 4);
-    let alarms = alarms_since(&lab, start);
+    let alarms = alarms_since(lab, start);
     assert_eq!(alarms.len(), 1, "exactly one incident: {alarms:?}\n{incident}");
     assert!(alarms[0].0.starts_with("switch."), "{alarms:?}");
     let behind = lab.switch_hosts(&name);
@@ -631,10 +627,39 @@ fn switch_lab_a_cut_switch_is_one_incident_and_one_recovery() {
         })
         .filter(|(t, _)| t != "host.suspect")
         .collect();
-    assert_eq!(after.len(), 1, "exactly one recovery event: {after:?}");
-    assert_eq!(after[0].0, "switch.up", "{after:?}");
-    let all = alarms_since(&lab, start);
+    let verdicts: Vec<&(String, String)> =
+        after.iter().filter(|(t, _)| t.starts_with("switch.") || t.starts_with("host.")).collect();
+    assert_eq!(verdicts.len(), 1, "exactly one recovery event: {after:?}");
+    assert_eq!(verdicts[0].0, "switch.up", "{after:?}");
+    let sw = lab.q(&["switch", &name]).unwrap();
+    assert_eq!(sw[0]["state"], "up", "{sw}");
+    let all = alarms_since(lab, start);
     assert!(all.iter().all(|(t, _)| t != "host.down"), "no host.down: {all:?}");
+    after
+}
+
+#[test]
+fn switch_lab_a_cut_switch_is_one_incident_and_one_recovery() {
+    if !preconditions() {
+        return;
+    }
+    let lab = SwitchLab::start(3, 3);
+    let after = cut_and_restore_a_switch(&lab);
+    println!("after the switch returned: {after:?}");
+}
+
+/// The strict form of the recovery: nothing but the `switch.up`. Today the hosts of the
+/// returning switch report the peers they could not hear while cut off, and those late reports
+/// raise `path.suspect` for hosts the CMA reaches (seen: three after one `switch.up`).
+#[test]
+#[ignore = "pending the core (rings): late dead reports from a returning switch's hosts raise path.suspect"]
+fn switch_lab_a_returning_switch_raises_nothing_but_switch_up() {
+    if !preconditions() {
+        return;
+    }
+    let lab = SwitchLab::start(3, 3);
+    let after = cut_and_restore_a_switch(&lab);
+    assert_eq!(after.len(), 1, "only switch.up after the return: {after:?}");
 }
 
 #[test]
