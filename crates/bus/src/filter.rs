@@ -39,8 +39,12 @@ use assim_util::Glob;
 pub const MAX_FILTER_LEN: usize = 4096;
 /// The deepest nesting of `not` and parentheses accepted.
 pub const MAX_DEPTH: usize = 32;
-/// The compiled size limit of one regex, in bytes.
-pub const MAX_REGEX_SIZE: usize = 256 * 1024;
+/// The compiled size limit of one regex, in bytes (and the size of its lazy-DFA cache).
+pub const MAX_REGEX_SIZE: usize = 128 * 1024;
+/// The most regexes one filter may hold. With [`MAX_REGEX_SIZE`] this bounds what one filter
+/// costs in memory (programs plus caches) to about 2 MiB, whatever its text: a 4 KiB filter
+/// could otherwise compile hundreds of regexes (issue 16 item 12).
+pub const MAX_REGEXES: usize = 8;
 
 /// Why a filter did not parse. `pos` is a byte offset into the filter text.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +76,12 @@ pub enum FilterError {
     /// More than [`MAX_DEPTH`] levels of `not`/parentheses.
     #[error("the filter nests deeper than {MAX_DEPTH} levels at column {}", pos + 1)]
     TooDeep { pos: usize },
+    /// More than [`MAX_REGEXES`] regexes.
+    #[error(
+        "the regex at column {} is one too many: a filter holds at most {MAX_REGEXES} (join alternatives into one, /a|b/)",
+        pos + 1
+    )]
+    TooManyRegexes { pos: usize },
 }
 
 impl FilterError {
@@ -94,7 +104,8 @@ impl FilterError {
             | FilterError::UnterminatedRegex { pos }
             | FilterError::BadRegex { pos, .. }
             | FilterError::BadSeverity { pos, .. }
-            | FilterError::TooDeep { pos } => *pos,
+            | FilterError::TooDeep { pos }
+            | FilterError::TooManyRegexes { pos } => *pos,
             FilterError::TooLong { .. } => 0,
         }
     }
@@ -217,12 +228,14 @@ impl Expr {
 pub struct Filter {
     text: String,
     expr: Expr,
+    /// Regexes compiled for it (at most [`MAX_REGEXES`]).
+    regexes: usize,
 }
 
 impl Filter {
     /// The filter that matches every event.
     pub fn all() -> Filter {
-        Filter { text: String::new(), expr: Expr::All }
+        Filter { text: String::new(), expr: Expr::All, regexes: 0 }
     }
 
     /// Parses and compiles `text`.
@@ -230,7 +243,7 @@ impl Filter {
         if text.len() > MAX_FILTER_LEN {
             return Err(FilterError::TooLong { len: text.len() });
         }
-        let mut p = Parser { s: text, pos: 0, depth: 0 };
+        let mut p = Parser { s: text, pos: 0, depth: 0, regexes: 0 };
         p.skip_ws();
         if p.pos == text.len() {
             return Ok(Filter::all());
@@ -240,12 +253,18 @@ impl Filter {
         if p.pos < text.len() {
             return Err(p.unexpected("`and`, `or` or the end of the filter"));
         }
-        Ok(Filter { text: text.to_owned(), expr })
+        Ok(Filter { text: text.to_owned(), expr, regexes: p.regexes })
     }
 
     /// The text it was parsed from.
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// How many regexes it compiled: what it costs in memory beyond its text (each up to
+    /// [`MAX_REGEX_SIZE`] of program and as much of cache).
+    pub fn regexes(&self) -> usize {
+        self.regexes
     }
 
     /// The compiled expression.
@@ -270,6 +289,8 @@ struct Parser<'a> {
     s: &'a str,
     pos: usize,
     depth: usize,
+    /// Regexes compiled so far.
+    regexes: usize,
 }
 
 fn is_key_char(c: char) -> bool {
@@ -505,6 +526,10 @@ impl Parser<'_> {
 
     fn regex(&mut self) -> Result<Expr, FilterError> {
         let start = self.pos;
+        self.regexes += 1;
+        if self.regexes > MAX_REGEXES {
+            return Err(FilterError::TooManyRegexes { pos: start });
+        }
         self.pos += 1;
         let mut src = String::new();
         let mut chars = self.rest().char_indices();
@@ -682,6 +707,26 @@ mod tests {
         // `or`/`not` as tag names.
         let odd = ev(EventKind::HostUp, "h", Severity::Info, &[("or", "1"), ("not", "2")], "");
         assert!(m("or=1 and not=2", &odd));
+    }
+
+    #[test]
+    fn item_12_a_filter_compiles_a_bounded_number_of_small_regexes() {
+        // Everyday regexes fit the per-regex budget.
+        for ok in [r"/RAID STATUS CHANGE/i", r"/\w+ failed on \S+/", r"/error|fail|crit/"] {
+            Filter::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let eight = ["/a/"; MAX_REGEXES].join(" or ");
+        assert_eq!(Filter::parse(&eight).unwrap().regexes(), MAX_REGEXES);
+        assert_eq!(Filter::parse("type:host.* and x=1").unwrap().regexes(), 0);
+        // A short text that asks for hundreds of regexes is refused at the first one too many,
+        // before it is compiled, with the way out in the message.
+        let many = vec!["/a/"; 500].join(" or ");
+        assert!(many.len() < MAX_FILTER_LEN);
+        let err = Filter::parse(&many).unwrap_err();
+        assert_eq!(err, FilterError::TooManyRegexes { pos: MAX_REGEXES * 7 });
+        assert!(err.to_string().contains("/a|b/"), "{err}");
+        // One regex whose program would be large is refused, not compiled without bound.
+        assert!(matches!(Filter::parse(r"/\w{200}/"), Err(FilterError::BadRegex { .. })));
     }
 
     #[test]

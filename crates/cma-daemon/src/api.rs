@@ -20,7 +20,8 @@
 //! any engine's (the in-memory one in tests). Who may call what is [`crate::api_access`]: every
 //! request must name this API in its `Host` header, requests that change state need the
 //! operator's token even on loopback, and reads need it too when a token is configured with
-//! `--api-token`.
+//! `--api-token`. What one client can hold (connections, long-polls and streams, store calls,
+//! answer sizes) is bounded by [`crate::api_limits`].
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
@@ -37,6 +38,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use crate::api_limits::{
+    API_HANDLES, BoundedListener, HeldGate, Limits, MAX_HELD, MAX_QUEUED_READS, ReadGate,
+};
 use crate::metrics::SharedMetrics;
 
 /// Shared state of the API handlers.
@@ -52,10 +56,13 @@ pub struct ApiState {
     info: CmaInfo,
     /// Where `check run` requests go (the CMA task); `None` outside a running CMA.
     pub(crate) check_runner: Option<crate::cma::checks_cma::RunSender>,
+    /// Store calls running and queued, per seam.
+    query_gate: Arc<ReadGate>,
+    events_gate: Arc<ReadGate>,
+    /// Long-polls and event streams held open.
+    pub(crate) held: HeldGate,
+    limits: Limits,
 }
-
-/// Store handles the API keeps per seam.
-const API_HANDLES: usize = 4;
 
 impl ApiState {
     /// Opens the API's own handles on the SQLite store at `store_path` (the one place the API
@@ -95,19 +102,40 @@ impl ApiState {
             access,
             info,
             check_runner: None,
+            query_gate: Arc::new(ReadGate::new(API_HANDLES, MAX_QUEUED_READS)),
+            events_gate: Arc::new(ReadGate::new(API_HANDLES, MAX_QUEUED_READS)),
+            held: HeldGate::new(MAX_HELD),
+            limits: Limits::default(),
         })
     }
 
+    /// The same API with other bounds (tests use small ones).
+    pub fn with_limits(mut self, limits: Limits) -> ApiState {
+        self.query_gate = Arc::new(ReadGate::new(API_HANDLES, limits.queued_reads));
+        self.events_gate = Arc::new(ReadGate::new(API_HANDLES, limits.queued_reads));
+        self.held = HeldGate::new(limits.held);
+        self.limits = limits;
+        self
+    }
+
     /// Runs `f` with a read handle on a blocking thread: store calls do disk IO and may wait
-    /// for the writer's lock, so they never run on the async workers.
+    /// for the writer's lock, so they never run on the async workers. A call first waits
+    /// (asynchronously) for one of the [`API_HANDLES`] places; with [`MAX_QUEUED_READS`]
+    /// already waiting it is refused with [`QueryError::Busy`].
     pub(crate) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Queries) -> Result<T, QueryError> + Send + 'static,
     ) -> Result<T, QueryError> {
+        let Some(place) = self.query_gate.enter().await else {
+            return Err(QueryError::Busy("every store reader is in use and the queue is full"));
+        };
         let queries = self.queries.clone();
-        tokio::task::spawn_blocking(move || queries.run(|q| f(q)))
-            .await
-            .expect("a store call panicked")
+        tokio::task::spawn_blocking(move || {
+            let _place = place;
+            queries.run(|q| f(q))
+        })
+        .await
+        .expect("a store call panicked")
     }
 
     /// Runs `f` with an event-log handle on a blocking thread (see [`ApiState::read`]).
@@ -115,10 +143,16 @@ impl ApiState {
         &self,
         f: impl FnOnce(&mut dyn EventLog) -> Result<T, QueryError> + Send + 'static,
     ) -> Result<T, QueryError> {
+        let Some(place) = self.events_gate.enter().await else {
+            return Err(QueryError::Busy("every event-log reader is in use and the queue is full"));
+        };
         let events = self.events.clone();
-        tokio::task::spawn_blocking(move || events.run(|e| f(e)))
-            .await
-            .expect("a store call panicked")
+        tokio::task::spawn_blocking(move || {
+            let _place = place;
+            events.run(|e| f(e))
+        })
+        .await
+        .expect("a store call panicked")
     }
 }
 
@@ -217,9 +251,13 @@ pub struct EventsQuery {
     pub filter: Option<String>,
 }
 
-/// Serves the API on `listener` until the task is aborted.
+/// Serves the API on `listener` until the task is aborted, with the state's [`Limits`] on
+/// connections (by default [`crate::api_limits::MAX_CONNECTIONS`] at once, each closed after
+/// [`crate::api_limits::IDLE_TIMEOUT`] without traffic).
 pub async fn serve(listener: tokio::net::TcpListener, state: ApiState) {
+    let limits = state.limits;
     let app = router(state);
+    let listener = BoundedListener::new(listener, limits.connections, limits.idle);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "HTTP API stopped");
     }
@@ -240,14 +278,10 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
-    (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
-}
-
 async fn status(State(state): State<ApiState>) -> Response {
     match state.read(|q| q.nodes()).await {
         Ok(nodes) => Json(StatusView { cma: state.info.clone(), nodes }).into_response(),
-        Err(e) => internal(e),
+        Err(e) => crate::api_limits::failed(e),
     }
 }
 
@@ -260,6 +294,10 @@ async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> 
     }
     let mut rx = state.last_event.clone();
     if !wait.is_zero() && *rx.borrow_and_update() <= q.since {
+        let _held = match state.held.hold(0) {
+            Ok(p) => p,
+            Err(busy) => return busy.into_response(),
+        };
         let _ = tokio::time::timeout(wait, rx.wait_for(|last| *last > q.since)).await;
     }
     let since = q.since;
@@ -268,7 +306,7 @@ async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> 
         Ok(list) => {
             Json(list.into_iter().map(assim_api::Event::from).collect::<Vec<_>>()).into_response()
         }
-        Err(e) => internal(e),
+        Err(e) => crate::api_limits::failed(e),
     }
 }
 
@@ -296,7 +334,7 @@ async fn discovery(State(state): State<ApiState>, Query(q): Query<DiscoveryQuery
             (StatusCode::NOT_FOUND, format!("no host named {host:?}; see `assim status`\n"))
                 .into_response()
         }
-        Err(e) => internal(e),
+        Err(e) => crate::api_limits::failed(e),
     }
 }
 

@@ -35,9 +35,10 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::api::ApiState;
+use crate::api_limits::SCAN_PER_CALL;
 
 /// Events examined per request at most (a very selective filter then answers with what it
-/// found so far and a cursor to continue from).
+/// found so far and a cursor to continue from), in store calls of at most [`SCAN_PER_CALL`].
 const MAX_SCAN: usize = 100_000;
 /// Rows read per store query while scanning.
 const SCAN_BATCH: usize = 1000;
@@ -79,55 +80,90 @@ fn parse_filter(text: Option<&str>) -> Result<Filter, String> {
     Filter::parse(text).map_err(|e| format!("filter: {}", e.render(text)))
 }
 
-/// Matching events after `since`, at most `limit`; and the id of the last event examined.
+/// What one [`scan`] found.
+#[derive(Debug)]
+pub struct Scanned {
+    /// Matching events, oldest first.
+    pub events: Vec<Event>,
+    /// The id of the last event examined: where the next scan starts.
+    pub through: u64,
+    /// Events examined.
+    pub examined: usize,
+    /// True when the scan reached the newest event.
+    pub at_end: bool,
+}
+
+/// Matching events after `since`, at most `limit`, examining at most `max_examined` events.
 pub fn scan(
     store: &dyn EventLog,
     since: u64,
     limit: usize,
     filter: &Filter,
-) -> Result<(Vec<Event>, u64), QueryError> {
-    let mut out = Vec::new();
-    let mut cursor = since;
-    let mut scanned = 0;
-    while out.len() < limit && scanned < MAX_SCAN {
-        let batch = store.events_since(cursor, SCAN_BATCH)?;
+    max_examined: usize,
+) -> Result<Scanned, QueryError> {
+    let mut out = Scanned { events: Vec::new(), through: since, examined: 0, at_end: false };
+    while out.events.len() < limit && out.examined < max_examined {
+        let want = SCAN_BATCH.min(max_examined - out.examined);
+        let batch = store.events_since(out.through, want)?;
         let n = batch.len();
         for e in batch {
-            cursor = e.id;
+            out.through = e.id;
+            out.examined += 1;
             if filter.matches(&e) {
-                out.push(e);
-                if out.len() >= limit {
+                out.events.push(e);
+                if out.events.len() >= limit {
                     break;
                 }
             }
         }
-        scanned += n;
-        if n < SCAN_BATCH {
+        if n < want {
+            out.at_end = true;
             break;
         }
     }
-    Ok((out, cursor))
+    Ok(out)
 }
 
-/// Scans, and with `wait` holds the request until a matching event exists or time is up.
+/// Scans, and with `wait` holds the request until a matching event exists or time is up. One
+/// store call examines at most [`SCAN_PER_CALL`] events and a request at most [`MAX_SCAN`]
+/// before it answers with what it found and the cursor to continue from; a request that waits
+/// takes one of the [`crate::api_limits::MAX_HELD`] places (unless the caller `holds_place`,
+/// as an event stream does for its whole life).
 async fn scan_wait(
     state: &ApiState,
     since: u64,
     limit: usize,
     filter: &Filter,
     wait: Duration,
-) -> Result<(Vec<Event>, u64), QueryError> {
+    holds_place: bool,
+) -> Result<(Vec<Event>, u64), Response> {
+    let mut place = None;
     let deadline = tokio::time::Instant::now() + wait;
     let mut cursor = since;
     let mut rx = state.last_event.clone();
+    let mut examined = 0;
     loop {
         rx.borrow_and_update();
         let f = filter.clone();
-        let (events, through) = state.with_events(move |s| scan(s, cursor, limit, &f)).await?;
-        cursor = through;
-        if !events.is_empty() || tokio::time::Instant::now() >= deadline {
-            return Ok((events, cursor));
+        let found = state
+            .with_events(move |s| scan(s, cursor, limit, &f, SCAN_PER_CALL))
+            .await
+            .map_err(crate::api_limits::failed)?;
+        cursor = found.through;
+        examined += found.examined;
+        if !found.events.is_empty() {
+            return Ok((found.events, cursor));
         }
+        if !found.at_end && examined < MAX_SCAN {
+            continue;
+        }
+        if tokio::time::Instant::now() >= deadline || !found.at_end {
+            return Ok((found.events, cursor));
+        }
+        if !holds_place && place.is_none() {
+            place = Some(state.held.hold(filter.regexes())?);
+        }
+        examined = 0;
         if *rx.borrow() <= cursor {
             let _ = tokio::time::timeout_at(deadline, rx.wait_for(|last| *last > cursor)).await;
         }
@@ -146,12 +182,12 @@ pub async fn filtered_events(
         Ok(f) => f,
         Err(r) => return bad_request(r),
     };
-    match scan_wait(&state, since, limit, &filter, wait).await {
+    match scan_wait(&state, since, limit, &filter, wait, false).await {
         Ok((events, through)) => {
             let events: Vec<assim_api::Event> = events.into_iter().map(Into::into).collect();
             ([("x-assim-cursor", through.to_string())], Json(events)).into_response()
         }
-        Err(e) => internal(e),
+        Err(answer) => answer,
     }
 }
 
@@ -180,18 +216,25 @@ async fn stream(
         // No position: from now on.
         None => *state.last_event.borrow(),
     };
-    let init = (state, filter, since, std::collections::VecDeque::<Event>::new());
-    let s =
-        futures_util::stream::unfold(init, |(state, filter, mut cursor, mut queue)| async move {
+    // The stream holds one of the API's places for held requests for as long as it is open.
+    let held = match state.held.hold(filter.regexes()) {
+        Ok(p) => p,
+        Err(busy) => return busy.into_response(),
+    };
+    let init = (state, filter, since, std::collections::VecDeque::<Event>::new(), held);
+    let s = futures_util::stream::unfold(
+        init,
+        |(state, filter, mut cursor, mut queue, held)| async move {
             loop {
                 if let Some(e) = queue.pop_front() {
                     let ev = sse::Event::default().id(e.id.to_string()).event(e.kind.name()).data(
                         serde_json::to_string(&assim_api::Event::from(e))
                             .expect("events serialize"),
                     );
-                    return Some((Ok::<_, Infallible>(ev), (state, filter, cursor, queue)));
+                    return Some((Ok::<_, Infallible>(ev), (state, filter, cursor, queue, held)));
                 }
-                match scan_wait(&state, cursor, 500, &filter, Duration::from_secs(30)).await {
+                let wait = Duration::from_secs(30);
+                match scan_wait(&state, cursor, 500, &filter, wait, true).await {
                     Ok((events, through)) => {
                         cursor = through;
                         queue.extend(events);
@@ -201,7 +244,8 @@ async fn stream(
                     }
                 }
             }
-        });
+        },
+    );
     Sse::new(s).keep_alive(KeepAlive::default()).into_response()
 }
 
@@ -293,7 +337,7 @@ async fn put(
 fn put_answer(store: &mut dyn EventLog, name: &str, req: &PutSubscription) -> Response {
     let last = match store.last_event_id() {
         Ok(l) => l,
-        Err(e) => return internal(e),
+        Err(e) => return crate::api_limits::failed(e),
     };
     let start = match req.start.clone().unwrap_or_default() {
         Start::Now => last,
@@ -313,14 +357,14 @@ fn put_answer(store: &mut dyn EventLog, name: &str, req: &PutSubscription) -> Re
             let code = if existed { StatusCode::OK } else { StatusCode::CREATED };
             (code, Json(view(rec))).into_response()
         }
-        Err(e) => internal(e),
+        Err(e) => crate::api_limits::failed(e),
     }
 }
 
 async fn list(State(state): State<ApiState>) -> Response {
     match state.with_events(|s| s.subscriptions()).await {
         Ok(l) => Json(l.into_iter().map(view).collect::<Vec<_>>()).into_response(),
-        Err(e) => internal(e),
+        Err(e) => crate::api_limits::failed(e),
     }
 }
 
@@ -329,7 +373,7 @@ async fn show(State(state): State<ApiState>, Path(name): Path<String>) -> Respon
     match state.with_events(move |s| s.subscription(&n)).await {
         Ok(Some(r)) => Json(view(r)).into_response(),
         Ok(None) => not_found(&name),
-        Err(e) => internal(e),
+        Err(e) => crate::api_limits::failed(e),
     }
 }
 
@@ -338,7 +382,7 @@ async fn delete(State(state): State<ApiState>, Path(name): Path<String>) -> Resp
     match state.with_events(move |s| s.delete_subscription(&n)).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => not_found(&name),
-        Err(e) => internal(e),
+        Err(e) => crate::api_limits::failed(e),
     }
 }
 
@@ -358,7 +402,7 @@ async fn sub_events(
     let rec = match state.with_events(move |s| s.subscription(&n)).await {
         Ok(Some(r)) => r,
         Ok(None) => return not_found(&name),
-        Err(e) => return internal(e),
+        Err(e) => return crate::api_limits::failed(e),
     };
     let filter = match Filter::parse(&rec.filter) {
         Ok(f) => f,
@@ -366,12 +410,12 @@ async fn sub_events(
     };
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT));
-    match scan_wait(&state, rec.cursor, limit, &filter, wait).await {
+    match scan_wait(&state, rec.cursor, limit, &filter, wait, false).await {
         Ok((events, through)) => {
             let events = events.into_iter().map(Into::into).collect();
             Json(SubscriptionBatch { cursor: rec.cursor, through, events }).into_response()
         }
-        Err(e) => internal(e),
+        Err(answer) => answer,
     }
 }
 
@@ -401,18 +445,18 @@ fn ack_answer(store: &mut dyn EventLog, name: &str, req: &AckBody) -> Response {
             ));
         }
         Ok(_) => {}
-        Err(e) => return internal(e),
+        Err(e) => return crate::api_limits::failed(e),
     }
     match store.ack_subscription(name, req.through, Timestamp::now()) {
         Ok(Some(cursor)) => Json(serde_json::json!({ "cursor": cursor })).into_response(),
         Ok(None) => not_found(name),
-        Err(e) => internal(e),
+        Err(e) => crate::api_limits::failed(e),
     }
 }
 
 async fn dead_letters(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
     match state.with_events(move |s| s.dead_letters(&name, 1000)).await {
         Ok(l) => Json(l).into_response(),
-        Err(e) => internal(e),
+        Err(e) => crate::api_limits::failed(e),
     }
 }

@@ -74,7 +74,7 @@ async fn services(State(state): State<ApiState>, Query(q): Query<ServicesQuery>)
     let list = state.read(move |s| s.services(q.host.as_deref(), q.state.as_deref())).await;
     match list {
         Ok(list) => Json(list).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => crate::api_limits::failed(e),
     }
 }
 

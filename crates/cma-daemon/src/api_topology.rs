@@ -65,14 +65,10 @@ fn bad_request(msg: impl std::fmt::Display) -> Response {
     (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
-    (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
-}
-
 fn answer<T: Serialize>(r: Result<T, QueryError>) -> Response {
     match r {
         Ok(v) => Json(v).into_response(),
-        Err(e) => internal(e),
+        Err(e) => crate::api_limits::failed(e),
     }
 }
 
@@ -126,7 +122,7 @@ async fn host_query(
 ) -> Response {
     match state.read(move |store| host_answer(store, &host, &what, q.limit)).await {
         Ok(r) => r,
-        Err(e) => internal(e),
+        Err(e) => crate::api_limits::failed(e),
     }
 }
 

@@ -67,6 +67,19 @@ pub enum StoreError {
         "database schema version {found} is newer than this build supports ({supported}); upgrade assim"
     )]
     TooNew { found: i64, supported: i64 },
+    /// A read would answer with more than [`assim_store::MAX_ANSWER_ROWS`] rows; reading
+    /// stopped at the bound.
+    #[error("the answer has more than {} rows", assim_store::MAX_ANSWER_ROWS)]
+    TooLarge,
+}
+
+impl From<StoreError> for assim_store::QueryError {
+    fn from(e: StoreError) -> assim_store::QueryError {
+        match e {
+            StoreError::TooLarge => assim_store::QueryError::TooLarge,
+            e => assim_store::QueryError::backend(e),
+        }
+    }
 }
 
 const SCHEMA_VERSION: i64 = 7;

@@ -58,7 +58,23 @@ pub enum QueryError {
     /// source names the engine's own error.
     #[error(transparent)]
     Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// The answer would have more than [`MAX_ANSWER_ROWS`] rows; nothing was returned. Engines
+    /// stop reading at the bound, so no query holds more than that in memory.
+    #[error(
+        "the answer has more than {} rows; narrow the query (a host, a --prefix, a tighter regex)",
+        MAX_ANSWER_ROWS
+    )]
+    TooLarge,
+    /// The caller's capacity for store calls is used up (the HTTP API's readers are busy and
+    /// its queue is full); nothing was read. Try again shortly.
+    #[error("the CMA's API is busy ({0}); try again in a few seconds")]
+    Busy(&'static str),
 }
+
+/// The most rows one read-side query answers with (issue 16 item 12): an unbounded query (every
+/// package of every host matching a loose regex, every dependency) is refused with
+/// [`QueryError::TooLarge`] instead of being built in memory.
+pub const MAX_ANSWER_ROWS: usize = 50_000;
 
 impl QueryError {
     /// Wraps an engine's error.

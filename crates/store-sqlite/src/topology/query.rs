@@ -120,7 +120,14 @@ impl Store {
     ) -> Result<Vec<T>, StoreError> {
         let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.sql(e))?;
         let rows = stmt.query_map(params, f).map_err(|e| self.sql(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+        let mut out = Vec::new();
+        for row in rows {
+            if out.len() == assim_store::MAX_ANSWER_ROWS {
+                return Err(StoreError::TooLarge);
+            }
+            out.push(row.map_err(|e| self.sql(e))?);
+        }
+        Ok(out)
     }
 
     /// Finds a node by host name or node id. Several nodes with one host name: the most recently
@@ -400,6 +407,9 @@ impl Store {
                         [name],
                         hit,
                     )?);
+                    if out.len() > assim_store::MAX_ANSWER_ROWS {
+                        return Err(StoreError::TooLarge);
+                    }
                 }
                 Ok(out)
             }

@@ -50,15 +50,32 @@ impl Store {
         )
     }
 
-    /// Every ring as `assim rings` shows it.
+    /// Every ring as `assim rings` shows it; [`StoreError::TooLarge`] when the rings list more
+    /// than [`assim_store::MAX_ANSWER_ROWS`] hosts in all.
     pub fn ring_views(&self) -> Result<Vec<RingView>, StoreError> {
         let rings = self.ring_descs()?;
-        let nodes: HashMap<NodeId, (String, String)> = self
-            .rows("SELECT id, hostname, state FROM nodes", [], |r| {
+        let listed: usize = rings
+            .iter()
+            .map(|r| r.members.len() + r.representatives.len() + r.watchers.len())
+            .sum();
+        if listed > assim_store::MAX_ANSWER_ROWS {
+            return Err(StoreError::TooLarge);
+        }
+        // Every node's name and state (like the status, not bounded by the answer's rows: the
+        // answer is, above).
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, hostname, state FROM nodes")
+            .map_err(|e| self.sql(e))?;
+        let nodes: HashMap<NodeId, (String, String)> = stmt
+            .query_map([], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-            })?
-            .into_iter()
-            .filter_map(|(id, host, state)| Some((id.parse().ok()?, (host, state))))
+            })
+            .map_err(|e| self.sql(e))?
+            .filter_map(|row| {
+                let (id, host, state) = row.ok()?;
+                Some((id.parse().ok()?, (host, state)))
+            })
             .collect();
         let names: HashMap<String, String> = self
             .rows(
@@ -85,7 +102,8 @@ impl Store {
     }
 
     /// Switches with the hosts behind them: all, or those whose chassis id or announced name
-    /// is `switch`; by chassis id, at most [`MAX_SWITCHES`].
+    /// is `switch`; by chassis id, at most [`MAX_SWITCHES`]; [`StoreError::TooLarge`] when
+    /// switches and hosts make more than [`assim_store::MAX_ANSWER_ROWS`] rows in all.
     pub fn switch_views(&self, switch: Option<&str>) -> Result<Vec<SwitchView>, StoreError> {
         let mut switches: Vec<SwitchView> = self.rows(
             &format!(
@@ -109,9 +127,14 @@ impl Store {
                 })
             },
         )?;
+        let mut listed = 0;
         for sw in &mut switches {
             let key = RingKey::switch(&sw.chassis_id).0;
             sw.hosts = self.switch_hosts(&sw.chassis_id, &key)?;
+            listed += sw.hosts.len() + 1;
+            if listed > assim_store::MAX_ANSWER_ROWS {
+                return Err(StoreError::TooLarge);
+            }
             let ring_stored =
                 !self.rows("SELECT 1 FROM rings WHERE key = ?1", [&key], |_| Ok(()))?.is_empty();
             sw.ring = ring_stored.then(|| key.clone());

@@ -706,3 +706,29 @@ fn rings_switches_and_unreachable_hosts() {
         .unwrap();
     assert_eq!(d.store.switch_views(None).unwrap()[0].state.as_deref(), Some("up"));
 }
+
+#[test]
+fn item_12_a_query_answers_at_most_max_answer_rows() {
+    let mut d = db();
+    let per_host = assim_store::MAX_ANSWER_ROWS / 2 + 1;
+    let pkgs = json!({"packages": (0..per_host)
+        .map(|i| json!({"name": format!("lib{i:06}"), "version": "1", "architecture": "amd64",
+                        "manager": "dpkg"}))
+        .collect::<Vec<_>>()});
+    for name in ["h1", "h2"] {
+        let h = d.node(name);
+        d.put(h, "packages", &pkgs);
+    }
+    // Every package of every host: more rows than the bound, refused rather than built.
+    for p in [PackagePattern::Prefix(""), PackagePattern::Prefix("lib")] {
+        assert!(matches!(d.store.search_packages(p), Err(crate::StoreError::TooLarge)));
+    }
+    let loose = regex::Regex::new("^lib").unwrap();
+    let err = d.store.search_packages(PackagePattern::Regex(&loose)).unwrap_err();
+    assert!(matches!(err, crate::StoreError::TooLarge), "{err}");
+    // The seam's error tells the caller to narrow the query.
+    let seam: assim_store::QueryError = err.into();
+    assert!(seam.to_string().contains("narrow the query"), "{seam}");
+    // A narrower query is answered.
+    assert_eq!(d.store.search_packages(PackagePattern::Prefix("lib00001")).unwrap().len(), 20);
+}
