@@ -16,6 +16,8 @@
 //! - [`topology`]: the rows of the topology queries under `/api/v1/topology/…` ([`DownHost`],
 //!   [`Service`], [`Dependency`], [`IpSighting`], [`MacSighting`], [`SwitchPortLink`],
 //!   [`PackageHit`], [`UnknownIp`], [`Subnet`], [`HistoryEntry`]).
+//! - [`rings`]: the network-aware rings and the switches ([`RingView`], [`RingMember`],
+//!   [`SwitchView`], [`SwitchHost`]).
 //!
 //! The read side of the storage engines (`assim_store::Queries`) answers with these types, so
 //! the HTTP API serves what the engine returns and the CLI reads it back unchanged.
@@ -23,6 +25,7 @@
 pub mod bus;
 pub mod discovery;
 pub mod events;
+pub mod rings;
 pub mod services;
 pub mod status;
 pub mod topology;
@@ -30,6 +33,7 @@ pub mod topology;
 pub use bus::{AckBody, SubscriptionBatch, SubscriptionView};
 pub use discovery::DiscoveryView;
 pub use events::Event;
+pub use rings::{RingMember, RingView, SwitchHost, SwitchView};
 pub use services::{CheckListEntry, ServiceView, StoredCheck};
 pub use status::{CmaInfo, NodeView, StatusView};
 pub use topology::{

@@ -18,7 +18,8 @@ use clap::{Parser, Subcommand};
 ///   assim event send --tag cluster=Compute1 --severity critical "RAID STATUS CHANGE"
 ///   assim subscribe ops --filter 'type:host.*'   the host events since the last run
 ///   assim host web1 deps        what web1 depends on (topology queries: hosts, host, find,
-///                               ports, deps, unmonitored, packages, unknown-ips, subnets)
+///                               ports, rings, switches, switch, deps, unmonitored, packages,
+///                               unknown-ips, subnets)
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {

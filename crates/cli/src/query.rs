@@ -1,14 +1,15 @@
-//! `assim` topology queries: down and crashed hosts, a host's services and dependencies, where
-//! an IP or MAC is, switch ports, unmonitored services, package search, unknown IPs, subnets and
-//! the change history. Each prints a table, or JSON with `--json`; the data comes from the
+//! `assim` topology queries: down, crashed and unreachable hosts, a host's services and
+//! dependencies, where an IP or MAC is, switch ports, the rings, the switches and the hosts
+//! behind them, unmonitored services, package search, unknown IPs, subnets and the change
+//! history. Each prints a table, or JSON with `--json`; the data comes from the
 //! CMA's `/api/v1/topology/…` routes.
 
 use anyhow::Context as _;
 use assim_api::{
-    Dependency, DownHost, HistoryEntry, IpSighting, MacSighting, PackageHit, Service, Subnet,
-    SwitchPortLink, UnknownIp,
+    Dependency, DownHost, HistoryEntry, IpSighting, MacSighting, PackageHit, RingMember, RingView,
+    Service, Subnet, SwitchPortLink, SwitchView, UnknownIp,
 };
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -17,22 +18,28 @@ use crate::client::{Client, encode_component, format_time, print_table};
 /// The topology subcommands (flattened into `assim`'s own).
 #[derive(Subcommand, Debug)]
 pub enum QueryCommand {
-    /// List hosts that are not running.
+    /// List hosts that are not running, or cut off.
     ///
     /// --down shows crashed hosts and those that left cleanly; --crashed only those that died
-    /// without a goodbye (the ring declared them dead).
+    /// without a goodbye (the ring declared them dead); --unreachable the hosts behind a switch
+    /// that is down or cut off (the CMA cannot tell whether they run).
     ///
     /// Examples:
     ///   assim hosts --down
     ///   assim hosts --crashed --json
+    ///   assim hosts --unreachable
     #[command(verbatim_doc_comment)]
+    #[command(group(ArgGroup::new("which").required(true).args(["down", "crashed", "unreachable"])))]
     Hosts {
         /// Crashed and left hosts.
-        #[arg(long, conflicts_with = "crashed", required_unless_present = "crashed")]
+        #[arg(long)]
         down: bool,
         /// Only hosts that went down without saying goodbye.
         #[arg(long)]
         crashed: bool,
+        /// Hosts behind a switch that is down or unreachable.
+        #[arg(long)]
+        unreachable: bool,
         #[command(flatten)]
         out: Output,
     },
@@ -75,6 +82,36 @@ pub enum QueryCommand {
     ///   assim ports --json | jq '.[] | select(.switch_name == "tor7")'
     #[command(verbatim_doc_comment)]
     Ports {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// The heartbeat rings: each ring (one per switch, per L2 segment or pinned by the
+    /// operator, and the upper ring linking them), its members in ring order (each heartbeats
+    /// the one before and after it), its representatives in the upper ring and the hosts
+    /// outside it that watch it.
+    ///
+    /// Examples:
+    ///   assim rings
+    ///   assim rings --json | jq '.[] | select(.kind == "switch") | [.switch_name, (.members | length)]'
+    #[command(verbatim_doc_comment)]
+    Rings {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// Every switch the hosts hear (LLDP/CDP), with its state and how many hosts are behind it.
+    Switches {
+        #[command(flatten)]
+        out: Output,
+    },
+    /// One switch and the hosts behind it, with their state.
+    ///
+    /// Examples:
+    ///   assim switch tor7
+    ///   assim switch 00:11:22:33:44:55 --json
+    #[command(verbatim_doc_comment)]
+    Switch {
+        /// The switch's name as it announces it, or its chassis id (see `assim switches`).
+        switch: String,
         #[command(flatten)]
         out: Output,
     },
@@ -275,6 +312,97 @@ fn ports_table(out: Output, rows: &[SwitchPortLink], empty: &str) -> anyhow::Res
     )
 }
 
+fn host_list(members: &[RingMember]) -> String {
+    if members.is_empty() {
+        return "-".into();
+    }
+    members
+        .iter()
+        .map(|m| if m.state == "up" { m.host.clone() } else { format!("{} ({})", m.host, m.state) })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn rings_table(out: Output, rows: &[RingView]) -> anyhow::Result<()> {
+    show(
+        out,
+        rows,
+        "no rings yet (no host has registered)",
+        ["RING", "KIND", "SWITCH", "MEMBERS (ring order)", "REPRESENTATIVES", "WATCHERS"],
+        |r| {
+            [
+                r.ring.clone(),
+                r.kind.clone(),
+                opt(&r.switch_name),
+                format!("{}: {}", r.members.len(), host_list(&r.members)),
+                host_list(&r.representatives),
+                host_list(&r.watchers),
+            ]
+        },
+    )
+}
+
+fn switches_table(out: Output, rows: &[SwitchView], empty: &str) -> anyhow::Result<()> {
+    show(
+        out,
+        rows,
+        empty,
+        ["SWITCH", "CHASSIS", "STATE", "HOSTS", "UP", "RING", "MANAGEMENT"],
+        |s| {
+            [
+                opt(&s.name),
+                s.chassis_id.clone(),
+                s.state.clone().unwrap_or_else(|| "-".into()),
+                s.hosts.len().to_string(),
+                s.hosts.iter().filter(|h| h.state == "up").count().to_string(),
+                opt(&s.ring),
+                if s.management_addresses.is_empty() {
+                    "-".into()
+                } else {
+                    s.management_addresses.join(",")
+                },
+            ]
+        },
+    )
+}
+
+fn switch_detail(out: Output, rows: &[SwitchView]) -> anyhow::Result<()> {
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(rows).context("rows to JSON")?);
+        return Ok(());
+    }
+    for (i, s) in rows.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!(
+            "switch {} (chassis {}): {}, ring {}, last heard {}",
+            opt(&s.name),
+            s.chassis_id,
+            s.state.as_deref().unwrap_or("no incident recorded"),
+            opt(&s.ring),
+            format_time(s.last_seen)
+        );
+        let mut table =
+            vec![["HOST", "STATE", "NIC", "PORT", "VIA", "IN RING"].map(str::to_string)];
+        table.extend(s.hosts.iter().map(|h| {
+            [
+                h.host.clone(),
+                h.state.clone(),
+                h.nic.clone(),
+                match &h.port_description {
+                    Some(d) if d != &h.port_id => format!("{} ({d})", h.port_id),
+                    _ => h.port_id.clone(),
+                },
+                h.protocol.clone(),
+                if h.in_ring { "yes".into() } else { "no".into() },
+            ]
+        }));
+        print_table(&table);
+    }
+    Ok(())
+}
+
 fn history_table(out: Output, rows: &[HistoryEntry]) -> anyhow::Result<()> {
     show(
         out,
@@ -300,8 +428,14 @@ fn history_table(out: Output, rows: &[HistoryEntry]) -> anyhow::Result<()> {
 /// Runs one query against the CMA's API.
 pub fn run(client: &Client, cmd: QueryCommand) -> anyhow::Result<()> {
     match cmd {
-        QueryCommand::Hosts { crashed, out, .. } => {
-            let state = if crashed { "crashed" } else { "down" };
+        QueryCommand::Hosts { crashed, unreachable, out, .. } => {
+            let state = if unreachable {
+                "unreachable"
+            } else if crashed {
+                "crashed"
+            } else {
+                "down"
+            };
             let rows: Vec<DownHost> =
                 fetch(client, &format!("/api/v1/topology/hosts?state={state}"), "the hosts")?;
             show(
@@ -399,6 +533,22 @@ pub fn run(client: &Client, cmd: QueryCommand) -> anyhow::Result<()> {
             let rows: Vec<SwitchPortLink> =
                 fetch(client, "/api/v1/topology/ports", "the switch ports")?;
             ports_table(out, &rows, "no host has heard a switch (LLDP/CDP) yet")
+        }
+        QueryCommand::Rings { out } => {
+            let rows: Vec<RingView> = fetch(client, "/api/v1/topology/rings", "the rings")?;
+            rings_table(out, &rows)
+        }
+        QueryCommand::Switches { out } => {
+            let rows: Vec<SwitchView> = fetch(client, "/api/v1/topology/switches", "the switches")?;
+            switches_table(out, &rows, "no host has heard a switch (LLDP/CDP) yet")
+        }
+        QueryCommand::Switch { switch, out } => {
+            let rows: Vec<SwitchView> = fetch(
+                client,
+                &format!("/api/v1/topology/switches/{}", encode_component(&switch)),
+                "the switch",
+            )?;
+            switch_detail(out, &rows)
         }
         QueryCommand::Deps { out } => {
             let rows: Vec<Dependency> =

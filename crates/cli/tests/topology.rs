@@ -14,170 +14,19 @@
 //! CMA's namespace) until (a) h1's `lldp0` is wired to the lldpd chassis (its system name, its
 //! chassis MAC) on port `swp1`, by LLDP and by CDP, and (b) the edge h1 → h2:8080 exists.
 //!
-//! Every namespace has a name unique to this run and is deleted on drop, panics included.
+//! Every namespace has a name unique to this run and is deleted on drop, panics included
+//! (`netns::Lab`, shared with `switch_lab.rs`).
 
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::Value;
+mod netns;
+use netns::{Lab, have, ip, mac_of, query, wait_for, write};
 
 const CMA_IP: &str = "10.77.0.1";
 const H1_IP: &str = "10.77.0.11";
 const H2_IP: &str = "10.77.0.12";
 const HTTP_PORT: u16 = 8080;
-
-/// Namespaces and processes of one run; dropping it kills the processes and deletes the
-/// namespaces (with their veths).
-struct Lab {
-    tag: String,
-    dir: PathBuf,
-    namespaces: Vec<String>,
-    children: Vec<(String, Child)>,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        let tag = format!(
-            "at{}{}",
-            std::process::id() % 100_000,
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .subsec_micros()
-                % 1000
-        );
-        let dir = std::env::temp_dir().join(format!("assim-{tag}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        Lab { tag, dir, namespaces: vec![], children: vec![] }
-    }
-
-    fn ns(&self, role: &str) -> String {
-        format!("{}-{role}", self.tag)
-    }
-
-    fn add_ns(&mut self, role: &str) -> String {
-        let name = self.ns(role);
-        ip(&["netns", "add", &name]);
-        self.namespaces.push(name.clone());
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        name
-    }
-
-    fn log(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.log"))
-    }
-
-    /// Starts `argv` inside namespace `ns`, stderr (and stdout unless piped) to a log file.
-    fn spawn(&mut self, name: &str, ns: &str, argv: &[&str], pipe_stdout: bool) -> &mut Child {
-        let log = std::fs::File::create(self.log(name)).unwrap();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]).args(argv).stdin(Stdio::null());
-        cmd.env_remove("ASSIM_API_TOKEN").env_remove("ASSIM_TOKEN");
-        if pipe_stdout {
-            cmd.stdout(Stdio::piped());
-        } else {
-            cmd.stdout(log.try_clone().unwrap());
-        }
-        let child = cmd.stderr(log).spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
-        self.children.push((name.to_string(), child));
-        &mut self.children.last_mut().unwrap().1
-    }
-
-    /// The logs of every process, for a failure message.
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        for (name, _) in &self.children {
-            let text = std::fs::read_to_string(self.log(name)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            out.push_str(&format!("--- {name} (last lines)\n"));
-            for l in tail.into_iter().rev() {
-                out.push_str(l);
-                out.push('\n');
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// The MAC of `iface` in namespace `ns`, lowercase.
-fn mac_of(ns: &str, iface: &str) -> String {
-    let out = Command::new("ip").args(["-n", ns, "-j", "link", "show", iface]).output().unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v[0]["address"].as_str().unwrap().to_ascii_lowercase()
-}
-
-/// Runs `assim --api … ARGS --json` in the CMA's namespace.
-fn query(ns: &str, api: &str, args: &[&str]) -> Result<Value, String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_assim"), "--api", api])
-        .args(args)
-        .arg("--json")
-        .env_remove("ASSIM_API_TOKEN")
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
-}
-
-fn wait_for(
-    lab: &Lab,
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Result<Value, String>,
-) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match check() {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}; last: {last}\n{}", lab.logs());
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-}
 
 #[test]
 fn netns_lldp_wiring_and_dependency_edge() {

@@ -2,8 +2,9 @@
 //! discovery results, read through the `assim_store::Queries` seam. Every answer is a JSON array
 //! of `assim_api::topology` rows.
 //!
-//! - `GET /api/v1/topology/hosts?state=down|crashed`: hosts not running (`down` = crashed or
-//!   left; `crashed` = down without a goodbye).
+//! - `GET /api/v1/topology/hosts?state=down|crashed|unreachable`: hosts not running (`down` =
+//!   crashed or left; `crashed` = down without a goodbye) or cut off (`unreachable`: behind a
+//!   switch that is down or unreachable).
 //! - `GET /api/v1/topology/hosts/{host}/services`: a host's listening sockets.
 //! - `GET /api/v1/topology/hosts/{host}/dependencies`: what the host depends on (client side).
 //! - `GET /api/v1/topology/hosts/{host}/dependents`: who depends on the host (server side).
@@ -16,8 +17,12 @@
 //! - `GET /api/v1/topology/packages?pattern=P&match=exact|prefix|regex`: which hosts have it.
 //! - `GET /api/v1/topology/unknown-ips`: ARP entries that belong to no known host.
 //! - `GET /api/v1/topology/subnets`, `GET /api/v1/topology/history?limit=N`.
+//! - `GET /api/v1/topology/rings`: every ring, its members in order, representatives, watchers.
+//! - `GET /api/v1/topology/switches`: every switch with the hosts behind it.
+//! - `GET /api/v1/topology/switches/{switch}`: one switch, by chassis id or announced name.
 //!
-//! `{host}` is a host name or a node id; an unknown one is a 404 that names it.
+//! `{host}` is a host name or a node id, `{switch}` a chassis id or a switch name; an unknown
+//! one is a 404 that names it.
 
 use std::net::IpAddr;
 
@@ -45,10 +50,16 @@ pub fn routes() -> Router<ApiState> {
         .route("/api/v1/topology/unknown-ips", get(unknown_ips))
         .route("/api/v1/topology/subnets", get(subnets))
         .route("/api/v1/topology/history", get(history))
+        .route("/api/v1/topology/rings", get(rings))
+        .route("/api/v1/topology/switches", get(switches))
+        .route("/api/v1/topology/switches/{switch}", get(switch))
 }
 
 /// Longest package pattern accepted (a regex is compiled per request).
 const MAX_PATTERN: usize = 256;
+
+/// Longest switch name or chassis id accepted (LLDP bounds both to 255 bytes).
+const MAX_SWITCH_NAME: usize = 255;
 
 fn bad_request(msg: impl std::fmt::Display) -> Response {
     (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
@@ -80,7 +91,7 @@ fn unknown_host(host: &str) -> Response {
 /// Query of `/api/v1/topology/hosts`.
 #[derive(Debug, Deserialize)]
 pub struct HostsQuery {
-    /// `down` (crashed or left) or `crashed`.
+    /// `down` (crashed or left), `crashed` or `unreachable`.
     pub state: String,
 }
 
@@ -88,8 +99,11 @@ async fn hosts(State(state): State<ApiState>, Query(q): Query<HostsQuery>) -> Re
     let crashed = match q.state.as_str() {
         "down" => false,
         "crashed" => true,
+        "unreachable" => return with_store(&state, |s| s.unreachable_hosts()).await,
         other => {
-            return bad_request(format!("state must be `down` or `crashed`, not {other:?}"));
+            return bad_request(format!(
+                "state must be `down`, `crashed` or `unreachable`, not {other:?}"
+            ));
         }
     };
     with_store(&state, move |s| s.down_hosts(crashed)).await
@@ -207,4 +221,31 @@ async fn subnets(State(state): State<ApiState>) -> Response {
 
 async fn history(State(state): State<ApiState>, Query(q): Query<LimitQuery>) -> Response {
     with_store(&state, move |s| s.topology_history(None, q.limit.unwrap_or(100).min(10_000))).await
+}
+
+async fn rings(State(state): State<ApiState>) -> Response {
+    with_store(&state, |s| s.rings()).await
+}
+
+async fn switches(State(state): State<ApiState>) -> Response {
+    with_store(&state, |s| s.switches(None)).await
+}
+
+async fn switch(State(state): State<ApiState>, Path(switch): Path<String>) -> Response {
+    if switch.is_empty() || switch.len() > MAX_SWITCH_NAME {
+        return bad_request(format!(
+            "a switch is named by its chassis id or name, 1 to {MAX_SWITCH_NAME} bytes"
+        ));
+    }
+    let name = switch.clone();
+    match state.read(move |s| s.switches(Some(&name))).await {
+        Ok(rows) if rows.is_empty() => (
+            StatusCode::NOT_FOUND,
+            format!(
+                "no switch named {switch:?}; `assim switches` lists the switches the hosts hear\n"
+            ),
+        )
+            .into_response(),
+        r => answer(r),
+    }
 }

@@ -129,6 +129,7 @@ async fn the_api_answers_from_the_in_memory_store() {
         },
     );
     let web_id = web.id;
+    mem.ring = vec![web.id];
     mem.nodes = BTreeMap::from([(web.id, web), (db.id, db)]);
     let queries: OpenQueries = Arc::new(move || Ok(Box::new(mem.clone()) as Box<dyn Queries>));
     let events: OpenEventLog = Arc::new(|| Ok(Box::new(NoEvents) as Box<dyn EventLog>));
@@ -204,6 +205,22 @@ async fn the_api_answers_from_the_in_memory_store() {
         assert!(text.contains("assim_cma_store_unavailable 1"), "{text}");
         metrics.publish(Default::default());
         assert_eq!(get(&base, "/healthz").0, 200);
+
+        // The rings, switches and unreachable hosts (the in-memory engine keeps no switches).
+        let rings = json(&base, "/api/v1/topology/rings");
+        assert_eq!(rings[0]["ring"], "all", "{rings}");
+        assert_eq!(rings[0]["members"][0]["host"], "web1", "{rings}");
+        assert_eq!(rings[0]["members"][0]["state"], "up", "{rings}");
+        assert_eq!(json(&base, "/api/v1/topology/hosts?state=unreachable"), Value::Array(vec![]));
+        assert_eq!(json(&base, "/api/v1/topology/switches"), Value::Array(vec![]));
+        let (code, body) = get(&base, "/api/v1/topology/switches/tor9");
+        assert_eq!(code, 404, "{body}");
+        assert!(body.contains("tor9"), "{body}");
+        let (code, body) = get(&base, &format!("/api/v1/topology/switches/{}", "x".repeat(300)));
+        assert_eq!(code, 400, "{body}");
+        let (code, body) = get(&base, "/api/v1/topology/hosts?state=sideways");
+        assert_eq!(code, 400, "{body}");
+        assert!(body.contains("unreachable"), "{body}");
     })
     .await
     .unwrap();

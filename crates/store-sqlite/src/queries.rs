@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use assim_api::{
     Dependency, DiscoveryView, DownHost, HistoryEntry, IpSighting, MacSighting, NodeView,
-    PackageHit, Service, ServiceView, Subnet, SwitchPortLink, UnknownIp,
+    PackageHit, RingView, Service, ServiceView, Subnet, SwitchPortLink, SwitchView, UnknownIp,
 };
 use assim_store::queries::discovery_view;
 use assim_store::{HostRef, OpenQueries, PackagePattern, Queries, QueryError};
@@ -35,6 +35,15 @@ impl Queries for Store {
     }
     fn down_hosts(&self, crashed_only: bool) -> Result<Vec<DownHost>, QueryError> {
         Store::down_hosts(self, crashed_only).map_err(QueryError::from)
+    }
+    fn unreachable_hosts(&self) -> Result<Vec<DownHost>, QueryError> {
+        Store::unreachable_hosts(self).map_err(QueryError::backend)
+    }
+    fn rings(&self) -> Result<Vec<RingView>, QueryError> {
+        Store::ring_views(self).map_err(QueryError::backend)
+    }
+    fn switches(&self, switch: Option<&str>) -> Result<Vec<SwitchView>, QueryError> {
+        Store::switch_views(self, switch).map_err(QueryError::backend)
     }
     fn host_services(&self, node: &str) -> Result<Vec<Service>, QueryError> {
         Store::host_services(self, node).map_err(QueryError::from)

@@ -48,10 +48,13 @@
 //! - [`derive`]: JSON → row structs, row labels and diffs (pure, unit-tested).
 //! - [`query`]: the canned queries as [`crate::Store`] methods, answering with the
 //!   `assim-api` topology rows (served through `assim_store::Queries`, [`crate::queries`]).
+//! - [`switches`]: the ring and switch queries (`assim rings`, `assim switch SW`,
+//!   `assim hosts --unreachable`).
 //! - this file: schema, migration (with a backfill from stored results), writing rows.
 
 pub mod derive;
 pub mod query;
+pub mod switches;
 #[cfg(test)]
 mod tests;
 

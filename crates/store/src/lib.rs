@@ -46,7 +46,9 @@ pub use crate::engine::{EngineStore, Loaded, StoreFailed, Tokens};
 pub use crate::event_log::{DeadLetter, EventLog, OpenEventLog, Pruned, SubscriptionRecord};
 pub use crate::inbox::{Inbox, InboxError, LogInbox};
 pub use crate::mem::MemStore;
-pub use crate::queries::{HostRef, OpenQueries, PackagePattern, Queries, normalize_mac};
+pub use crate::queries::{
+    HostRef, OpenQueries, PackagePattern, Queries, RingDesc, normalize_mac, ring_views,
+};
 
 /// Why a read-side or event-log call failed. Engines apply each call atomically, so a failed
 /// call changed nothing.

@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use assim_api::{
     Dependency, DiscoveryView, DownHost, HistoryEntry, IpSighting, MacSighting, NodeView,
-    PackageHit, Service, ServiceView, Subnet, SwitchPortLink, UnknownIp,
+    PackageHit, RingMember, RingView, Service, ServiceView, Subnet, SwitchPortLink, SwitchView,
+    UnknownIp,
 };
 use assim_cma::NodeState;
 use assim_wire::NodeId;
@@ -67,6 +68,18 @@ pub trait Queries: Send {
     /// Hosts not running: crashed (`down`) and, unless `crashed_only`, those that said goodbye
     /// (`left`); newest first.
     fn down_hosts(&self, crashed_only: bool) -> Result<Vec<DownHost>, QueryError>;
+    /// Hosts behind a switch (or segment) that is down or cut off: the CMA cannot tell whether
+    /// they run (state `unreachable`); newest first, with the text of the last event that made
+    /// them so.
+    fn unreachable_hosts(&self) -> Result<Vec<DownHost>, QueryError>;
+    /// Every ring with its members in ring order, its representatives and its watchers, by
+    /// ring key (`assim rings`). As of the CMA's last write: at most one heartbeat interval
+    /// old, and the same after a CMA restart.
+    fn rings(&self) -> Result<Vec<RingView>, QueryError>;
+    /// Switches some host heard (LLDP/CDP) with the hosts wired to them and the CMA's last
+    /// verdict on each, by chassis id; all, or the one whose chassis id or announced name is
+    /// `switch` (`assim switches`, `assim switch SW`).
+    fn switches(&self, switch: Option<&str>) -> Result<Vec<SwitchView>, QueryError>;
     /// The listening sockets of one node (by node id), by protocol and port.
     fn host_services(&self, node: &str) -> Result<Vec<Service>, QueryError>;
     /// What a node depends on: its edges as a client.
@@ -124,10 +137,78 @@ pub fn discovery_view(d: DiscoveryRecord) -> DiscoveryView {
     }
 }
 
+/// A ring as an engine stores it, by node ids ([`ring_views`] names the nodes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingDesc {
+    pub key: String,
+    pub kind: String,
+    /// In ring order.
+    pub members: Vec<NodeId>,
+    pub representatives: Vec<NodeId>,
+    pub watchers: Vec<NodeId>,
+}
+
+impl From<assim_cma::ring::RingRecord> for RingDesc {
+    fn from(r: assim_cma::ring::RingRecord) -> Self {
+        RingDesc {
+            key: r.key.0,
+            kind: r.kind.name().to_string(),
+            members: r.members,
+            representatives: r.representatives,
+            watchers: r.watchers,
+        }
+    }
+}
+
+impl RingDesc {
+    /// The single ring of a CMA without network-aware rings (a store written before them):
+    /// every member, key `all`.
+    pub fn all(members: Vec<NodeId>) -> RingDesc {
+        RingDesc {
+            key: "all".into(),
+            kind: "all".into(),
+            members,
+            representatives: Vec::new(),
+            watchers: Vec::new(),
+        }
+    }
+}
+
+/// The rows of `assim rings`: each ring's node ids named by the host names and states in
+/// `nodes` (a node not among them, e.g. one deleted since, shows by its id with state
+/// `unknown`); a switch ring gets the switch's announced name from `switch_names` (chassis id
+/// → name). Rings stay in the given order.
+pub fn ring_views(
+    rings: Vec<RingDesc>,
+    nodes: &std::collections::HashMap<NodeId, (String, String)>,
+    switch_names: &std::collections::HashMap<String, String>,
+) -> Vec<RingView> {
+    let member = |id: &NodeId| match nodes.get(id) {
+        Some((host, state)) => {
+            RingMember { host: host.clone(), node: id.to_string(), state: state.clone() }
+        }
+        None => RingMember { host: id.to_string(), node: id.to_string(), state: "unknown".into() },
+    };
+    rings
+        .into_iter()
+        .map(|r| RingView {
+            switch_name: r
+                .key
+                .strip_prefix("switch:")
+                .and_then(|chassis| switch_names.get(chassis).cloned()),
+            members: r.members.iter().map(member).collect(),
+            representatives: r.representatives.iter().map(member).collect(),
+            watchers: r.watchers.iter().map(member).collect(),
+            ring: r.key,
+            kind: r.kind,
+        })
+        .collect()
+}
+
 /// The in-memory engine answers what it keeps: nodes (status, `resolve_host`, `down_hosts`
-/// without the last event's text, since it keeps no events) and discovery results. It derives
-/// no topology graph and keeps no service states, so the services and topology queries answer
-/// empty lists.
+/// without the last event's text, since it keeps no events), the rings (without switch names)
+/// and discovery results. It derives no topology graph and keeps no service states, so the
+/// services, switches and other topology queries answer empty lists.
 impl Queries for MemStore {
     fn nodes(&self) -> Result<Vec<NodeView>, QueryError> {
         let mut nodes: Vec<_> = self.nodes.values().cloned().collect();
@@ -174,6 +255,43 @@ impl Queries for MemStore {
             .collect();
         out.sort_by(|a, b| b.since.cmp(&a.since).then_with(|| a.host.cmp(&b.host)));
         Ok(out)
+    }
+
+    fn unreachable_hosts(&self) -> Result<Vec<DownHost>, QueryError> {
+        let mut out: Vec<_> = self
+            .nodes
+            .values()
+            .filter(|n| n.state.name() == "unreachable")
+            .map(|n| DownHost {
+                host: n.hostname.clone(),
+                node: n.id.to_string(),
+                state: n.state.name().to_string(),
+                since: n.since.0,
+                last_event: None,
+            })
+            .collect();
+        out.sort_by(|a, b| b.since.cmp(&a.since).then_with(|| a.host.cmp(&b.host)));
+        Ok(out)
+    }
+
+    fn rings(&self) -> Result<Vec<RingView>, QueryError> {
+        let nodes = self
+            .nodes
+            .values()
+            .map(|n| (n.id, (n.hostname.clone(), n.state.name().to_string())))
+            .collect();
+        let rings = if !self.rings.is_empty() {
+            self.rings.values().cloned().map(RingDesc::from).collect()
+        } else if !self.ring.is_empty() {
+            vec![RingDesc::all(self.ring.clone())]
+        } else {
+            Vec::new()
+        };
+        Ok(ring_views(rings, &nodes, &Default::default()))
+    }
+
+    fn switches(&self, _: Option<&str>) -> Result<Vec<SwitchView>, QueryError> {
+        Ok(Vec::new())
     }
 
     fn host_services(&self, _: &str) -> Result<Vec<Service>, QueryError> {

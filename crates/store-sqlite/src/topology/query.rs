@@ -46,7 +46,7 @@ fn ip_key(s: &str) -> (u8, Option<IpAddr>, String) {
     }
 }
 
-fn split_list(s: String) -> Vec<String> {
+pub(crate) fn split_list(s: String) -> Vec<String> {
     s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()
 }
 
@@ -112,7 +112,7 @@ fn service(r: &SqlRow<'_>) -> rusqlite::Result<Service> {
 }
 
 impl Store {
-    fn rows<T>(
+    pub(crate) fn rows<T>(
         &self,
         sql: &str,
         params: impl rusqlite::Params,

