@@ -209,6 +209,26 @@ pub fn ring_views(
 /// without the last event's text, since it keeps no events), the rings (without switch names)
 /// and discovery results. It derives no topology graph and keeps no service states, so the
 /// services, switches and other topology queries answer empty lists.
+impl MemStore {
+    /// The nodes in a state `keep` accepts, as [`DownHost`] rows, newest first.
+    fn hosts_where(&self, keep: impl Fn(NodeState) -> bool) -> Vec<DownHost> {
+        let mut out: Vec<_> = self
+            .nodes
+            .values()
+            .filter(|n| keep(n.state))
+            .map(|n| DownHost {
+                host: n.hostname.clone(),
+                node: n.id.to_string(),
+                state: n.state.name().to_string(),
+                since: n.since.0,
+                last_event: None,
+            })
+            .collect();
+        out.sort_by(|a, b| b.since.cmp(&a.since).then_with(|| a.host.cmp(&b.host)));
+        out
+    }
+}
+
 impl Queries for MemStore {
     fn nodes(&self) -> Result<Vec<NodeView>, QueryError> {
         let mut nodes: Vec<_> = self.nodes.values().cloned().collect();
@@ -241,37 +261,11 @@ impl Queries for MemStore {
     }
 
     fn down_hosts(&self, crashed_only: bool) -> Result<Vec<DownHost>, QueryError> {
-        let mut out: Vec<_> = self
-            .nodes
-            .values()
-            .filter(|n| n.state == NodeState::Down || (!crashed_only && n.state == NodeState::Left))
-            .map(|n| DownHost {
-                host: n.hostname.clone(),
-                node: n.id.to_string(),
-                state: n.state.name().to_string(),
-                since: n.since.0,
-                last_event: None,
-            })
-            .collect();
-        out.sort_by(|a, b| b.since.cmp(&a.since).then_with(|| a.host.cmp(&b.host)));
-        Ok(out)
+        Ok(self.hosts_where(|s| s == NodeState::Down || (!crashed_only && s == NodeState::Left)))
     }
 
     fn unreachable_hosts(&self) -> Result<Vec<DownHost>, QueryError> {
-        let mut out: Vec<_> = self
-            .nodes
-            .values()
-            .filter(|n| n.state.name() == "unreachable")
-            .map(|n| DownHost {
-                host: n.hostname.clone(),
-                node: n.id.to_string(),
-                state: n.state.name().to_string(),
-                since: n.since.0,
-                last_event: None,
-            })
-            .collect();
-        out.sort_by(|a, b| b.since.cmp(&a.since).then_with(|| a.host.cmp(&b.host)));
-        Ok(out)
+        Ok(self.hosts_where(|s| s == NodeState::Unreachable))
     }
 
     fn rings(&self) -> Result<Vec<RingView>, QueryError> {

@@ -176,24 +176,9 @@ pub struct SshKeyRow {
     pub file: String,
 }
 
-/// One LLDP/CDP neighbour heard on a host NIC: the switch, its port, and the wire between.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WiringRow {
-    pub nic: String,
-    /// The local NIC's MAC.
-    pub mac: Option<String>,
-    /// `lldp` or `cdp`.
-    pub protocol: String,
-    pub chassis_id: String,
-    pub port_id: String,
-    pub port_description: Option<String>,
-    pub vlan: Option<String>,
-    pub system_name: Option<String>,
-    pub system_description: Option<String>,
-    pub platform: Option<String>,
-    pub capabilities: Vec<String>,
-    pub management_addresses: Vec<String>,
-}
+/// One LLDP/CDP neighbour heard on a host NIC: the switch, its port, and the wire between — the
+/// shared parser's own type (`assim_discovery::wiring`), the same rows the CMA's rings use.
+pub type WiringRow = assim_discovery::wiring::L2Link;
 
 impl Row for OsRow {
     const KIND: &'static str = "os";
@@ -558,23 +543,7 @@ pub fn derive(collector: &str, payload: &str) -> Result<Derived, DeriveError> {
             // The rules are shared with the CMA's rings (`assim_discovery::wiring`).
             let links = assim_discovery::wiring::l2_links(payload)
                 .map_err(|source| DeriveError { collector: collector.to_string(), source })?;
-            d.wiring = links
-                .into_iter()
-                .map(|l| WiringRow {
-                    nic: l.nic,
-                    mac: l.mac,
-                    protocol: l.protocol,
-                    chassis_id: l.chassis_id,
-                    port_id: l.port_id,
-                    port_description: l.port_description,
-                    vlan: l.vlan,
-                    system_name: l.system_name,
-                    system_description: l.system_description,
-                    platform: l.platform,
-                    capabilities: l.capabilities,
-                    management_addresses: l.management_addresses,
-                })
-                .collect();
+            d.wiring = links;
         }
     }
     Ok(d)
