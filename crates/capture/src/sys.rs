@@ -1,5 +1,5 @@
-//! The only `unsafe` in assim: the AF_PACKET socket calls that neither `nix` nor `socket2`
-//! wrap safely. Each block passes a pointer to a local, correctly sized `#[repr(C)]` value
+//! One of the two `unsafe` modules in assim (the other is `assim-nanoprobe`'s `memory`): the
+//! AF_PACKET socket calls that neither `nix` nor `socket2` wrap safely. Each block passes a pointer to a local, correctly sized `#[repr(C)]` value
 //! (from `libc`) and its size, and checks the return code; no pointer outlives its call.
 //!
 //! - [`open`]: `socket(AF_PACKET, SOCK_RAW, 0)` (protocol 0 receives nothing yet), attach the

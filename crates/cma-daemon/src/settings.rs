@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
-use assim_util::daemon::{block_on_shutdown, init_logging, read_config_file};
+use assim_util::daemon::{Threads, block_on_shutdown, init_logging, read_config_file};
 use assim_util::duration::{format_duration, parse_duration};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
@@ -431,7 +431,7 @@ pub fn run_cma(flags: CmaFlags, command: Option<CmaCommand>) -> anyhow::Result<(
     match command {
         None => {
             init_logging();
-            block_on_shutdown(|s| crate::cma::run(opts, s))
+            block_on_shutdown(Threads::Two, |s| crate::cma::run(opts, s))
         }
         Some(CmaCommand::Token(TokenCommand::Create { advertise, ttl, uses })) => {
             token_create(&opts, advertise, ttl, uses)

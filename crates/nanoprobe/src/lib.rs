@@ -16,9 +16,11 @@
 //! - [`discovery`]: runs collectors and agents, the LLDP/CDP listener, lists the agents.
 //! - [`checks_probe`]: runs service checks.
 //! - [`settings`]: flags/env/file resolution, `--print-config`; `src/main.rs` is the binary.
+//! - [`memory`]: the allocator settings that keep the idle agent small (glibc `mallopt`).
 
 pub mod checks_probe;
 pub mod discovery;
 pub mod local_socket;
+pub mod memory;
 pub mod nanoprobe;
 pub mod settings;

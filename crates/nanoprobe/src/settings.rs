@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use assim_util::daemon::{block_on_shutdown, init_logging, read_config_file};
+use assim_util::daemon::{Threads, block_on_shutdown, init_logging, read_config_file};
 use assim_util::duration::{format_duration, parse_duration};
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -175,8 +175,9 @@ pub fn run_nanoprobe(flags: NanoprobeFlags) -> anyhow::Result<()> {
         print!("{}", nanoprobe_config_toml(&opts));
         return Ok(());
     }
+    crate::memory::tune_allocator();
     init_logging();
-    block_on_shutdown(|s| crate::nanoprobe::run(opts, s))
+    block_on_shutdown(Threads::One, |s| crate::nanoprobe::run(opts, s))
 }
 
 /// Reads a join token from `path`: its first line, from a file only its owner can read.

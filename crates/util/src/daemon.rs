@@ -29,26 +29,45 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// How many threads a daemon's runtime runs its tasks on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threads {
+    /// Two workers: the CMA, whose HTTP API and bus runner must not wait behind the engine.
+    Two,
+    /// The calling thread only: the per-host agent, where a second worker thread (its stack
+    /// and its allocator arena) costs more memory than it saves time. Blocking work still goes
+    /// to `spawn_blocking`.
+    One,
+}
+
 /// Runs a future on a fresh multi-threaded runtime.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("start the tokio runtime")
-        .block_on(f)
+    block_on_with(Threads::Two, f)
+}
+
+/// Runs a future on a fresh runtime with `threads` workers.
+pub fn block_on_with<F: std::future::Future>(threads: Threads, f: F) -> F::Output {
+    let mut builder = match threads {
+        Threads::Two => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+        Threads::One => tokio::runtime::Builder::new_current_thread(),
+    };
+    builder.enable_all().build().expect("start the tokio runtime").block_on(f)
 }
 
 /// A daemon's stop signal: resolves on SIGTERM or SIGINT.
 pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Runs a daemon on a fresh runtime until it returns; it gets [`shutdown_signal`] to stop on.
-pub fn block_on_shutdown<F, Fut>(f: F) -> anyhow::Result<()>
+pub fn block_on_shutdown<F, Fut>(threads: Threads, f: F) -> anyhow::Result<()>
 where
     F: FnOnce(Shutdown) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    block_on(async move { f(Box::pin(shutdown_signal())).await })
+    block_on_with(threads, async move { f(Box::pin(shutdown_signal())).await })
 }
 
 /// Reads a TOML config file, or the defaults when there is none.
