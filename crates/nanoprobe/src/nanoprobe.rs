@@ -315,6 +315,7 @@ pub async fn run(
         p.shell.handle_timeout(now);
         if now >= p.next_metrics {
             p.write_metrics();
+            crate::memory::release_free_memory();
             p.next_metrics = now + METRICS_INTERVAL;
         }
         p.carry_out();
