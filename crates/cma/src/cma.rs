@@ -75,6 +75,11 @@ pub struct Cma {
     /// before the node rejoins, and when it was sent.
     revival_probes: BTreeMap<NodeId, (u64, Timestamp)>,
     next_revival_nonce: u64,
+    /// Nodes that came back (from Down, Unreachable or Left) → the first epoch issued after
+    /// their return: a dead or late word made under an older peer set, by them or about them,
+    /// was made before the return (inside the outage) and is not news. In memory only; after
+    /// a restart every word counts as before.
+    returned_floor: BTreeMap<NodeId, u64>,
     next_epoch: u64,
     next_event_id: u64,
     /// When the write-behind `Persist(Ring)` is due; `None` when the stored ring is current.
@@ -105,6 +110,7 @@ impl Cma {
             path_trouble: BTreeSet::new(),
             revival_probes: BTreeMap::new(),
             next_revival_nonce: now.micros() ^ (1 << 61),
+            returned_floor: BTreeMap::new(),
             next_epoch: snapshot.next_epoch.max(max_epoch.saturating_add(1)).max(1),
             next_event_id: snapshot.next_event_id.max(1),
             ring_flush_at: None,
@@ -547,6 +553,15 @@ impl Cma {
             self.stats.reports_no_effect += 1;
             return;
         }
+        if matches!(kind, ReportKind::Dead | ReportKind::Late)
+            && self.made_before_return(reporter, subject, ev.epoch)
+        {
+            // Made before the reporter or the subject came back (e.g. spooled by a host that
+            // was cut off with its switch, delivered after the switch returned): it describes
+            // the outage, which the CMA has already decided, not the present.
+            self.stats.reports_before_return += 1;
+            return;
+        }
         match kind {
             ReportKind::Unspecified => self.stats.reports_no_effect += 1,
             ReportKind::Late => {
@@ -804,6 +819,8 @@ impl Cma {
     fn revive(&mut self, now: Timestamp, node: NodeId, why: Revival) {
         let (was, since) = (self.nodes[&node].state, self.nodes[&node].since);
         self.revival_probes.remove(&node);
+        // Every peer set from now on (its own, its new neighbours') has an epoch ≥ this.
+        self.returned_floor.insert(node, self.next_epoch);
         if was == NodeState::Unreachable {
             let timing = self.config.timing;
             if self.incidents.returned(node, now, &timing).is_some() {
@@ -866,6 +883,13 @@ impl Cma {
         for g in gone {
             self.path_trouble.remove(&g);
         }
+    }
+
+    /// Whether a word of `reporter` about `subject`, made under the reporter's peer set
+    /// `epoch`, predates the return of either of them (epochs grow globally, so every peer
+    /// set issued after a node came back has an epoch at or above its floor).
+    fn made_before_return(&self, reporter: NodeId, subject: NodeId, epoch: u64) -> bool {
+        [reporter, subject].iter().any(|n| self.returned_floor.get(n).is_some_and(|f| epoch < *f))
     }
 
     /// Whether `reporter`'s dead word about `subject` under `epoch` was already found to be

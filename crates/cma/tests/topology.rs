@@ -245,3 +245,78 @@ fn an_operator_pin_wins_over_discovery() {
     assert_eq!(r.rings().home_of(id(1)).unwrap().0, "switch:sw0");
     assert_eq!(r.rings().home_of(id(2)).unwrap().0, "pinned:rack7");
 }
+
+/// A report as a nanoprobe spools it: made under the peer set it ran then.
+fn report_under(h: &mut Harness, reporter: NodeId, about: NodeId, epoch: u64) {
+    let r = assim_wire::msg::HeartbeatReport {
+        kind: ReportKind::Dead as i32,
+        peer: about.as_bytes().to_vec(),
+        peer_addr: String::new(),
+        silent_ms: 5000,
+        epoch,
+        at: 0,
+    };
+    h.cma.handle_report(h.now, reporter, &r);
+    h.drain();
+}
+
+#[test]
+fn reports_made_inside_an_outage_are_discounted_after_the_switch_returns() {
+    let mut h = fabric(3, 4);
+    let gone = on_switch(&h, 1);
+    // What each host of the switch ran before the cut: the dead words it will spool about
+    // every peer (its ring neighbours, and the watchers outside for a representative).
+    let before: Vec<(NodeId, u64, Vec<NodeId>)> = gone
+        .iter()
+        .map(|n| {
+            let rec = h.cma.node(*n).unwrap();
+            (*n, rec.peer_epoch, rec.peers.clone())
+        })
+        .collect();
+    // The watchers' words about the representatives, made before the cut was decided.
+    let mut watcher_words = Vec::new();
+    for &m in &gone {
+        for w in h.cma.neighbours(m) {
+            if !gone.contains(&w) {
+                watcher_words.push((w, m, h.cma.node(w).unwrap().peer_epoch));
+            }
+        }
+    }
+    outside_reports(&mut h, &gone);
+    h.advance(Duration::from_secs(3));
+    let ks = kinds(&h.take());
+    assert_eq!(ks.iter().filter(|k| **k == EventKind::SwitchDown).count(), 1, "{ks:?}");
+    h.advance(Duration::from_secs(30));
+    h.take();
+    // The switch returns: every host is heard again, then delivers its spooled dead words;
+    // a watcher's word about a representative arrives late too (retransmitted).
+    for (n, _, _) in &before {
+        h.cma.handle_alive(h.now, *n);
+    }
+    h.drain();
+    for (n, epoch, peers) in &before {
+        for p in peers {
+            report_under(&mut h, *n, *p, *epoch);
+        }
+    }
+    for (w, m, epoch) in &watcher_words {
+        report_under(&mut h, *w, *m, *epoch);
+    }
+    for _ in 0..10 {
+        answer_all(&mut h, &[]);
+        h.advance(Duration::from_millis(500));
+    }
+    let ks = kinds(&h.take());
+    let alarms: Vec<&EventKind> =
+        ks.iter().filter(|k| !matches!(k, EventKind::RingChanged | EventKind::HostUp)).collect();
+    assert_eq!(alarms, vec![&EventKind::SwitchUp], "nothing but switch.up after the return");
+    assert!(h.cma.stats().reports_before_return > 0);
+    assert!(gone.iter().all(|n| h.state(*n) == NodeState::Up));
+    // Words made after the return still count: a returned host's neighbour reports it under
+    // its current set, and the CMA suspects it.
+    let x = gone[0];
+    let w = h.cma.neighbours(x)[0];
+    h.report(w, ReportKind::Dead, x, 5000);
+    assert_eq!(h.state(x), NodeState::Suspect);
+    check_ring(&h.cma);
+}
