@@ -80,6 +80,10 @@ pub struct Cma {
     /// was made before the return (inside the outage) and is not news. In memory only; after
     /// a restart every word counts as before.
     returned_floor: BTreeMap<NodeId, u64>,
+    /// Registered nodes still in the fallback ring because their wiring is not known yet: their
+    /// first move out of it is one ring.changed (reason `placed`) instead of a leave and a
+    /// join (issue 13).
+    placing: BTreeSet<NodeId>,
     next_epoch: u64,
     next_event_id: u64,
     /// When the write-behind `Persist(Ring)` is due; `None` when the stored ring is current.
@@ -111,6 +115,7 @@ impl Cma {
             revival_probes: BTreeMap::new(),
             next_revival_nonce: now.micros() ^ (1 << 61),
             returned_floor: BTreeMap::new(),
+            placing: BTreeSet::new(),
             next_epoch: snapshot.next_epoch.max(max_epoch.saturating_add(1)).max(1),
             next_event_id: snapshot.next_event_id.max(1),
             ring_flush_at: None,
@@ -225,6 +230,11 @@ impl Cma {
                 let inputs = WiringInputs::default();
                 let wiring = crate::wiring::derive(Some(&pin), &inputs);
                 self.rewire(now, node, NodeWiring { node, wiring, inputs });
+            }
+            if self.rings.wired_ring(node).0 == crate::ring::RingKey::UNWIRED {
+                // It waits in the fallback ring for its wiring; its first placement is one
+                // ring.changed (`rewire`).
+                self.placing.insert(node);
             }
             self.join_ring(now, node);
             self.flush();
@@ -472,9 +482,15 @@ impl Cma {
         self.stats.rewired += 1;
         let member = self.rings.is_member(node);
         let changes = self.rings.set_ring(node, ring);
+        let placed = self.placing.remove(&node);
         if member {
             self.refresh_peers(node, false);
-            self.apply_ring_changes(now, node, &changes, "rewired");
+            let reason = if placed { "placed" } else { "rewired" };
+            // Its first placement: the move out of the fallback ring is told by its join.
+            let said = |c: &RingChange| {
+                placed && c.node == node && !c.joined && c.ring.0 == crate::ring::RingKey::UNWIRED
+            };
+            self.apply_ring_changes(now, node, &changes, reason, &said);
         }
     }
 
@@ -1097,7 +1113,7 @@ impl Cma {
             // The joiner always gets a set: it may be running a stale one (rejoin) or none.
             self.refresh_peers(node, true);
         }
-        self.apply_ring_changes(now, node, &changes, "join");
+        self.apply_ring_changes(now, node, &changes, "join", &|_| false);
     }
 
     /// Refreshes the peers of everyone a ring change may have touched (other than `subject`,
@@ -1108,6 +1124,7 @@ impl Cma {
         subject: NodeId,
         changes: &[RingChange],
         reason: &str,
+        said: &dyn Fn(&RingChange) -> bool,
     ) {
         for change in changes {
             if change.node != subject && self.rings.is_member(change.node) {
@@ -1118,17 +1135,23 @@ impl Cma {
                     self.refresh_peers(n, false);
                 }
             }
-            self.ring_event(now, change, reason);
+            if said(change) {
+                // Told elsewhere; the ring is still persisted (write-behind).
+                self.ring_flush_at.get_or_insert(now + self.config.timing.interval);
+            } else {
+                self.ring_event(now, change, reason);
+            }
         }
     }
 
     fn leave_ring(&mut self, now: Timestamp, node: NodeId, reason: &'static str) {
+        self.placing.remove(&node);
         if !self.nodes[&node].peers.is_empty() {
             self.node_mut(node).peers.clear();
             self.pending.persist.insert(node);
         }
         let changes = self.rings.leave(node);
-        self.apply_ring_changes(now, node, &changes, reason);
+        self.apply_ring_changes(now, node, &changes, reason, &|_| false);
     }
 
     /// Recomputes `node`'s peers; on a change (or `force`) gives it a new epoch and queues
@@ -1188,6 +1211,11 @@ impl Cma {
                 self.name(p),
                 self.name(s)
             ),
+        };
+        let text = if reason == "placed" && c.joined && c.ring.0 != crate::ring::RingKey::UPPER {
+            format!("{text}, placed by its wiring (it waited in the fallback ring until then)")
+        } else {
+            text
         };
         let mut tags = vec![
             ("ring", c.ring.0.clone()),

@@ -320,3 +320,41 @@ fn reports_made_inside_an_outage_are_discounted_after_the_switch_returns() {
     assert_eq!(h.state(x), NodeState::Suspect);
     check_ring(&h.cma);
 }
+
+#[test]
+fn a_registering_host_is_placed_in_its_ring_with_one_ring_changed() {
+    let mut h = Harness::new();
+    let mut acts = Vec::new();
+    for n in 1..=8 {
+        h.join(n);
+        let sw = format!("sw{}", (n - 1) / 4);
+        h.cma.handle_wiring(h.now, id(n), Some(vec![link(&sw)]), None);
+        acts.extend(h.take());
+    }
+    let evs = events(&acts);
+    for n in 1..=8 {
+        let node = id(n).to_string();
+        // Its own changes of home ring: the registration into the fallback ring, then one
+        // placement into its switch's ring (no leave of the fallback ring of its own).
+        let home: Vec<String> = evs
+            .iter()
+            .filter(|e| e.kind == EventKind::RingChanged)
+            .filter(|e| e.tags.get("node") == Some(&node) && e.tags["ring"] != "upper")
+            .map(|e| format!("{} {} {}", e.tags["change"], e.tags["ring"], e.tags["reason"]))
+            .collect();
+        let want = format!("join switch:sw{} placed", (n - 1) / 4);
+        assert_eq!(home, vec!["join unwired join".to_string(), want], "host {n}");
+    }
+    let placed = evs.iter().find(|e| e.tags.get("reason").map(String::as_str) == Some("placed"));
+    assert!(placed.unwrap().text.contains("placed by its wiring"), "{placed:?}");
+    check_ring(&h.cma);
+    // A later move (re-cabled) is still a leave and a join.
+    h.cma.handle_wiring(h.now, id(1), Some(vec![link("sw1")]), None);
+    let moved: Vec<String> = events(&h.take())
+        .iter()
+        .filter(|e| e.kind == EventKind::RingChanged)
+        .filter(|e| e.tags.get("node") == Some(&id(1).to_string()) && e.tags["ring"] != "upper")
+        .map(|e| format!("{} {}", e.tags["change"], e.tags["ring"]))
+        .collect();
+    assert_eq!(moved, vec!["leave switch:sw0".to_string(), "join switch:sw1".to_string()]);
+}
