@@ -648,11 +648,11 @@ fn switch_lab_a_cut_switch_is_one_incident_and_one_recovery() {
     println!("after the switch returned: {after:?}");
 }
 
-/// The strict form of the recovery: nothing but the `switch.up`. Today the hosts of the
-/// returning switch report the peers they could not hear while cut off, and those late reports
-/// raise `path.suspect` for hosts the CMA reaches (seen: three after one `switch.up`).
+/// The strict form of the recovery: nothing but the `switch.up`. The hosts of the returning
+/// switch deliver the dead reports they spooled about the peers they could not hear while cut
+/// off; the CMA discounts them (made under a peer set older than their return), where they
+/// used to raise one to three `path.suspect` for hosts the CMA reaches.
 #[test]
-#[ignore = "pending the core (rings): late dead reports from a returning switch's hosts raise path.suspect"]
 fn switch_lab_a_returning_switch_raises_nothing_but_switch_up() {
     if !preconditions() {
         return;

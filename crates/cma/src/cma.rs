@@ -75,6 +75,15 @@ pub struct Cma {
     /// before the node rejoins, and when it was sent.
     revival_probes: BTreeMap<NodeId, (u64, Timestamp)>,
     next_revival_nonce: u64,
+    /// Nodes that came back (from Down, Unreachable or Left) → the first epoch issued after
+    /// their return: a dead or late word made under an older peer set, by them or about them,
+    /// was made before the return (inside the outage) and is not news. In memory only; after
+    /// a restart every word counts as before.
+    returned_floor: BTreeMap<NodeId, u64>,
+    /// Registered nodes still in the fallback ring because their wiring is not known yet: their
+    /// first move out of it is one ring.changed (reason `placed`) instead of a leave and a
+    /// join (issue 13).
+    placing: BTreeSet<NodeId>,
     next_epoch: u64,
     next_event_id: u64,
     /// When the write-behind `Persist(Ring)` is due; `None` when the stored ring is current.
@@ -105,6 +114,8 @@ impl Cma {
             path_trouble: BTreeSet::new(),
             revival_probes: BTreeMap::new(),
             next_revival_nonce: now.micros() ^ (1 << 61),
+            returned_floor: BTreeMap::new(),
+            placing: BTreeSet::new(),
             next_epoch: snapshot.next_epoch.max(max_epoch.saturating_add(1)).max(1),
             next_event_id: snapshot.next_event_id.max(1),
             ring_flush_at: None,
@@ -219,6 +230,11 @@ impl Cma {
                 let inputs = WiringInputs::default();
                 let wiring = crate::wiring::derive(Some(&pin), &inputs);
                 self.rewire(now, node, NodeWiring { node, wiring, inputs });
+            }
+            if self.rings.wired_ring(node).0 == crate::ring::RingKey::UNWIRED {
+                // It waits in the fallback ring for its wiring; its first placement is one
+                // ring.changed (`rewire`).
+                self.placing.insert(node);
             }
             self.join_ring(now, node);
             self.flush();
@@ -466,9 +482,15 @@ impl Cma {
         self.stats.rewired += 1;
         let member = self.rings.is_member(node);
         let changes = self.rings.set_ring(node, ring);
+        let placed = self.placing.remove(&node);
         if member {
             self.refresh_peers(node, false);
-            self.apply_ring_changes(now, node, &changes, "rewired");
+            let reason = if placed { "placed" } else { "rewired" };
+            // Its first placement: the move out of the fallback ring is told by its join.
+            let said = |c: &RingChange| {
+                placed && c.node == node && !c.joined && c.ring.0 == crate::ring::RingKey::UNWIRED
+            };
+            self.apply_ring_changes(now, node, &changes, reason, &said);
         }
     }
 
@@ -545,6 +567,15 @@ impl Cma {
         let state = subj.state;
         if reporter == subject {
             self.stats.reports_no_effect += 1;
+            return;
+        }
+        if matches!(kind, ReportKind::Dead | ReportKind::Late)
+            && self.made_before_return(reporter, subject, ev.epoch)
+        {
+            // Made before the reporter or the subject came back (e.g. spooled by a host that
+            // was cut off with its switch, delivered after the switch returned): it describes
+            // the outage, which the CMA has already decided, not the present.
+            self.stats.reports_before_return += 1;
             return;
         }
         match kind {
@@ -804,6 +835,8 @@ impl Cma {
     fn revive(&mut self, now: Timestamp, node: NodeId, why: Revival) {
         let (was, since) = (self.nodes[&node].state, self.nodes[&node].since);
         self.revival_probes.remove(&node);
+        // Every peer set from now on (its own, its new neighbours') has an epoch ≥ this.
+        self.returned_floor.insert(node, self.next_epoch);
         if was == NodeState::Unreachable {
             let timing = self.config.timing;
             if self.incidents.returned(node, now, &timing).is_some() {
@@ -866,6 +899,13 @@ impl Cma {
         for g in gone {
             self.path_trouble.remove(&g);
         }
+    }
+
+    /// Whether a word of `reporter` about `subject`, made under the reporter's peer set
+    /// `epoch`, predates the return of either of them (epochs grow globally, so every peer
+    /// set issued after a node came back has an epoch at or above its floor).
+    fn made_before_return(&self, reporter: NodeId, subject: NodeId, epoch: u64) -> bool {
+        [reporter, subject].iter().any(|n| self.returned_floor.get(n).is_some_and(|f| epoch < *f))
     }
 
     /// Whether `reporter`'s dead word about `subject` under `epoch` was already found to be
@@ -1073,7 +1113,7 @@ impl Cma {
             // The joiner always gets a set: it may be running a stale one (rejoin) or none.
             self.refresh_peers(node, true);
         }
-        self.apply_ring_changes(now, node, &changes, "join");
+        self.apply_ring_changes(now, node, &changes, "join", &|_| false);
     }
 
     /// Refreshes the peers of everyone a ring change may have touched (other than `subject`,
@@ -1084,6 +1124,7 @@ impl Cma {
         subject: NodeId,
         changes: &[RingChange],
         reason: &str,
+        said: &dyn Fn(&RingChange) -> bool,
     ) {
         for change in changes {
             if change.node != subject && self.rings.is_member(change.node) {
@@ -1094,17 +1135,23 @@ impl Cma {
                     self.refresh_peers(n, false);
                 }
             }
-            self.ring_event(now, change, reason);
+            if said(change) {
+                // Told elsewhere; the ring is still persisted (write-behind).
+                self.ring_flush_at.get_or_insert(now + self.config.timing.interval);
+            } else {
+                self.ring_event(now, change, reason);
+            }
         }
     }
 
     fn leave_ring(&mut self, now: Timestamp, node: NodeId, reason: &'static str) {
+        self.placing.remove(&node);
         if !self.nodes[&node].peers.is_empty() {
             self.node_mut(node).peers.clear();
             self.pending.persist.insert(node);
         }
         let changes = self.rings.leave(node);
-        self.apply_ring_changes(now, node, &changes, reason);
+        self.apply_ring_changes(now, node, &changes, reason, &|_| false);
     }
 
     /// Recomputes `node`'s peers; on a change (or `force`) gives it a new epoch and queues
@@ -1164,6 +1211,11 @@ impl Cma {
                 self.name(p),
                 self.name(s)
             ),
+        };
+        let text = if reason == "placed" && c.joined && c.ring.0 != crate::ring::RingKey::UPPER {
+            format!("{text}, placed by its wiring (it waited in the fallback ring until then)")
+        } else {
+            text
         };
         let mut tags = vec![
             ("ring", c.ring.0.clone()),

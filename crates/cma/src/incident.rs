@@ -24,6 +24,21 @@
 //!                                                                              (host.down "did not come back with it")
 //! ```
 //!
+//! **Words made inside an outage are discounted** ([`crate::Cma`], `made_before_return`). A
+//! host cut off with its switch keeps running: it reports the peers it cannot hear, and its
+//! nanoprobe spools those reports until the switch returns. They describe the outage, which
+//! this module already decided, not the present:
+//!
+//! ```text
+//! any --dead/late word from A about B, made under A's peer set E---------> ignored
+//!        (reports_before_return) when E < floor(A) or E < floor(B), where floor(X) is the
+//!        first epoch issued after X came back (Unreachable/Down/Left → Up); epochs grow
+//!        globally, so every peer set that saw X back has an epoch ≥ floor(X)
+//! ```
+//!
+//! Words made after the return (under a newer peer set) count as always. The floors live in
+//! memory; after a CMA restart every word counts again.
+//!
 //! While a check of R is open, a member's `host.down` is **held** (its text and tags kept)
 //! and decided when the check closes: Unreachable if the switch is blamed, Down otherwise. A
 //! member of R whose suspicion ends in Down while R is DOWN becomes Unreachable

@@ -468,6 +468,11 @@ pub struct Stats {
     /// Ring checks opened (every member of one ring probed at once).
     #[serde(default)]
     pub ring_checks: u64,
+    /// Dead and late words made under a peer set older than the reporter's or the subject's
+    /// return from Down, Unreachable or Left (spooled inside an outage, delivered after it):
+    /// ignored.
+    #[serde(default)]
+    pub reports_before_return: u64,
 }
 
 /// Serde for [`Timestamp`] (which has no serde impl of its own): µs since the epoch as a number.

@@ -245,3 +245,116 @@ fn an_operator_pin_wins_over_discovery() {
     assert_eq!(r.rings().home_of(id(1)).unwrap().0, "switch:sw0");
     assert_eq!(r.rings().home_of(id(2)).unwrap().0, "pinned:rack7");
 }
+
+/// A report as a nanoprobe spools it: made under the peer set it ran then.
+fn report_under(h: &mut Harness, reporter: NodeId, about: NodeId, epoch: u64) {
+    let r = assim_wire::msg::HeartbeatReport {
+        kind: ReportKind::Dead as i32,
+        peer: about.as_bytes().to_vec(),
+        peer_addr: String::new(),
+        silent_ms: 5000,
+        epoch,
+        at: 0,
+    };
+    h.cma.handle_report(h.now, reporter, &r);
+    h.drain();
+}
+
+#[test]
+fn reports_made_inside_an_outage_are_discounted_after_the_switch_returns() {
+    let mut h = fabric(3, 4);
+    let gone = on_switch(&h, 1);
+    // What each host of the switch ran before the cut: the dead words it will spool about
+    // every peer (its ring neighbours, and the watchers outside for a representative).
+    let before: Vec<(NodeId, u64, Vec<NodeId>)> = gone
+        .iter()
+        .map(|n| {
+            let rec = h.cma.node(*n).unwrap();
+            (*n, rec.peer_epoch, rec.peers.clone())
+        })
+        .collect();
+    // The watchers' words about the representatives, made before the cut was decided.
+    let mut watcher_words = Vec::new();
+    for &m in &gone {
+        for w in h.cma.neighbours(m) {
+            if !gone.contains(&w) {
+                watcher_words.push((w, m, h.cma.node(w).unwrap().peer_epoch));
+            }
+        }
+    }
+    outside_reports(&mut h, &gone);
+    h.advance(Duration::from_secs(3));
+    let ks = kinds(&h.take());
+    assert_eq!(ks.iter().filter(|k| **k == EventKind::SwitchDown).count(), 1, "{ks:?}");
+    h.advance(Duration::from_secs(30));
+    h.take();
+    // The switch returns: every host is heard again, then delivers its spooled dead words;
+    // a watcher's word about a representative arrives late too (retransmitted).
+    for (n, _, _) in &before {
+        h.cma.handle_alive(h.now, *n);
+    }
+    h.drain();
+    for (n, epoch, peers) in &before {
+        for p in peers {
+            report_under(&mut h, *n, *p, *epoch);
+        }
+    }
+    for (w, m, epoch) in &watcher_words {
+        report_under(&mut h, *w, *m, *epoch);
+    }
+    for _ in 0..10 {
+        answer_all(&mut h, &[]);
+        h.advance(Duration::from_millis(500));
+    }
+    let ks = kinds(&h.take());
+    let alarms: Vec<&EventKind> =
+        ks.iter().filter(|k| !matches!(k, EventKind::RingChanged | EventKind::HostUp)).collect();
+    assert_eq!(alarms, vec![&EventKind::SwitchUp], "nothing but switch.up after the return");
+    assert!(h.cma.stats().reports_before_return > 0);
+    assert!(gone.iter().all(|n| h.state(*n) == NodeState::Up));
+    // Words made after the return still count: a returned host's neighbour reports it under
+    // its current set, and the CMA suspects it.
+    let x = gone[0];
+    let w = h.cma.neighbours(x)[0];
+    h.report(w, ReportKind::Dead, x, 5000);
+    assert_eq!(h.state(x), NodeState::Suspect);
+    check_ring(&h.cma);
+}
+
+#[test]
+fn a_registering_host_is_placed_in_its_ring_with_one_ring_changed() {
+    let mut h = Harness::new();
+    let mut acts = Vec::new();
+    for n in 1..=8 {
+        h.join(n);
+        let sw = format!("sw{}", (n - 1) / 4);
+        h.cma.handle_wiring(h.now, id(n), Some(vec![link(&sw)]), None);
+        acts.extend(h.take());
+    }
+    let evs = events(&acts);
+    for n in 1..=8 {
+        let node = id(n).to_string();
+        // Its own changes of home ring: the registration into the fallback ring, then one
+        // placement into its switch's ring (no leave of the fallback ring of its own).
+        let home: Vec<String> = evs
+            .iter()
+            .filter(|e| e.kind == EventKind::RingChanged)
+            .filter(|e| e.tags.get("node") == Some(&node) && e.tags["ring"] != "upper")
+            .map(|e| format!("{} {} {}", e.tags["change"], e.tags["ring"], e.tags["reason"]))
+            .collect();
+        let want = format!("join switch:sw{} placed", (n - 1) / 4);
+        assert_eq!(home, vec!["join unwired join".to_string(), want], "host {n}");
+    }
+    let placed = evs.iter().find(|e| e.tags.get("reason").map(String::as_str) == Some("placed"));
+    assert!(placed.unwrap().text.contains("placed by its wiring"), "{placed:?}");
+    check_ring(&h.cma);
+    // A later move (re-cabled) is still a leave and a join.
+    h.cma.handle_wiring(h.now, id(1), Some(vec![link("sw1")]), None);
+    let moved: Vec<String> = events(&h.take())
+        .iter()
+        .filter(|e| e.kind == EventKind::RingChanged)
+        .filter(|e| e.tags.get("node") == Some(&id(1).to_string()) && e.tags["ring"] != "upper")
+        .map(|e| format!("{} {}", e.tags["change"], e.tags["ring"]))
+        .collect();
+    assert_eq!(moved, vec!["leave switch:sw0".to_string(), "join switch:sw1".to_string()]);
+}

@@ -376,6 +376,9 @@ pub(crate) struct PartitionRec {
     pub(crate) nodes_inside: u64,
     pub(crate) downs_inside: u64,
     pub(crate) ups_inside_after: u64,
+    /// `path.suspect` after the heal whose subject or reporter was inside: the words the cut
+    /// off hosts spooled, wrongly taken as news (issue 13).
+    pub(crate) path_suspects_after: u64,
 }
 
 /// What the simulator observed, for the report.
@@ -1287,6 +1290,22 @@ impl Sim {
             return;
         }
         let sw = self.nodes[j as usize].switch;
+        if e.kind == EventKind::PathSuspect {
+            // Subject or reporter inside a partition that has healed.
+            let reporter =
+                e.tags.get("a_node").and_then(|a| a.parse::<NodeId>().ok()).map(index_of);
+            let switches: Vec<u32> = [Some(j), reporter]
+                .into_iter()
+                .flatten()
+                .filter(|k| (*k as usize) < self.nodes.len())
+                .map(|k| self.nodes[k as usize].switch)
+                .collect();
+            for p in &mut self.obs.partitions {
+                if now >= p.end && switches.iter().any(|s| p.switches.contains(s)) {
+                    p.path_suspects_after += 1;
+                }
+            }
+        }
         let cut_recently = |obs: &Obs| {
             let bound = micros(self.sc.detection_bound());
             obs.partitions
@@ -1405,6 +1424,7 @@ impl Sim {
                     nodes_inside: inside,
                     downs_inside: 0,
                     ups_inside_after: 0,
+                    path_suspects_after: 0,
                 });
                 let p = self.obs.partitions.len() as u32 - 1;
                 self.w.push(now + micros(for_), Ev::PartitionEnd(p));

@@ -239,6 +239,8 @@ pub struct PartitionReport {
     pub nodes_inside: u64,
     pub host_down_inside: u64,
     pub host_up_inside_after_heal: u64,
+    /// `path.suspect` after the heal about or from a host that was inside.
+    pub path_suspect_after_heal: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -627,6 +629,7 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
             nodes_inside: p.nodes_inside,
             host_down_inside: p.downs_inside,
             host_up_inside_after_heal: p.ups_inside_after,
+            path_suspect_after_heal: p.path_suspects_after,
         })
         .collect();
 
@@ -831,6 +834,18 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
                     } else {
                         String::new()
                     }
+                ),
+            );
+        }
+        // Issue 13: what the cut-off hosts spooled about their peers is not news after the
+        // heal (the CMA discounts words made before a return).
+        for p in &partitions {
+            check(
+                &format!("partition {:?}: no stray path.suspect after the heal", p.switches),
+                p.path_suspect_after_heal == 0,
+                format!(
+                    "{} path.suspect about or from its {} hosts after it healed",
+                    p.path_suspect_after_heal, p.nodes_inside
                 ),
             );
         }
