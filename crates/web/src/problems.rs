@@ -19,6 +19,7 @@ use maud::{Markup, html};
 
 use crate::WebSource;
 use crate::layout::{self, Nav, Page, age, host_link, time};
+use crate::topology;
 
 /// Problems whose dependents are looked up (one store query each).
 const MAX_DEPENDENT_LOOKUPS: usize = 100;
@@ -299,7 +300,8 @@ pub fn recovered(events: &[Event], current: &[Problem], now: u64) -> Vec<Recover
         let recovery =
             matches!(e.kind, EventKind::HostUp | EventKind::SwitchUp | EventKind::ServiceOk);
         if !recovery {
-            broken.entry(key).or_insert(e);
+            // The latest word on it (host.suspect, then host.down, …).
+            broken.insert(key, e);
             continue;
         }
         let Some(b) = broken.remove(&key) else { continue };
@@ -451,7 +453,6 @@ fn render(d: &Data, rec: &[Recovered], now: u64) -> Markup {
     }
 }
 
-use crate::topology;
 
 #[cfg(test)]
 mod tests {
