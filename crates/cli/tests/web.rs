@@ -285,7 +285,11 @@ fn the_web_page_in_chromium() {
         if wanted.iter().all(|w| b.count(w) > 0) {
             break;
         }
-        assert!(Instant::now() < deadline, "n1's page lacks {wanted:?}; logs in {}", c.dir().display());
+        assert!(
+            Instant::now() < deadline,
+            "n1's page lacks {wanted:?}; logs in {}",
+            c.dir().display()
+        );
         std::thread::sleep(Duration::from_secs(2));
     }
     b.screenshot("host");

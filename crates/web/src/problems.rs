@@ -453,7 +453,6 @@ fn render(d: &Data, rec: &[Recovered], now: u64) -> Markup {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

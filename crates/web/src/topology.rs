@@ -140,7 +140,7 @@ pub fn layout(
     let radius = |n: usize| (n as f64 * SPACING / (2.0 * PI)).max(MIN_RADIUS);
     let area: f64 = groups.iter().map(|g| (2.0 * (radius(g.2.len()) + MARGIN)).powi(2)).sum();
     let widest = groups.iter().map(|g| 2.0 * (radius(g.2.len()) + MARGIN)).fold(0.0, f64::max);
-    let width = (area.sqrt() * 1.2).max(widest).max(320.0);
+    let width = (area.sqrt() * 1.2).max(widest).max(480.0);
     let mut order: Vec<usize> = (0..groups.len()).collect();
     order.sort_by(|&a, &b| groups[b].2.len().cmp(&groups[a].2.len()).then(a.cmp(&b)));
     let mut out = Layout { width, ..Layout::default() };
@@ -220,6 +220,7 @@ pub fn svg(l: &Layout) -> Markup {
     };
     html! {
         svg #topology-svg xmlns="http://www.w3.org/2000/svg" viewBox={ "0 0 " (format!("{:.0} {:.0}", l.width, l.height)) }
+            width=(format!("{:.0}", l.width)) height=(format!("{:.0}", l.height))
             role="img" aria-label="Rings, switches and hosts" {
             defs {
                 marker #arrow viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" orient="auto-start-reverse" {
