@@ -102,7 +102,9 @@ pub fn layout(
     let switch_by_ring: HashMap<&str, &SwitchView> =
         switches.iter().filter_map(|s| s.ring.as_deref().map(|r| (r, s))).collect();
     // Groups of node ids in ring order.
-    let mut groups: Vec<(String, Option<(String, String)>, Vec<String>)> = Vec::new();
+    // (label, the switch in the middle: (name, state), node ids in ring order)
+    type Group = (String, Option<(String, String)>, Vec<String>);
+    let mut groups: Vec<Group> = Vec::new();
     let mut placed: HashSet<String> = HashSet::new();
     for r in rings.iter().filter(|r| r.kind != "upper") {
         let members: Vec<String> = r
@@ -138,8 +140,12 @@ pub fn layout(
     }
     // Shelf packing of the clusters, biggest first, into a width that makes a squarish picture.
     let radius = |n: usize| (n as f64 * SPACING / (2.0 * PI)).max(MIN_RADIUS);
-    let area: f64 = groups.iter().map(|g| (2.0 * (radius(g.2.len()) + MARGIN)).powi(2)).sum();
-    let widest = groups.iter().map(|g| 2.0 * (radius(g.2.len()) + MARGIN)).fold(0.0, f64::max);
+    // Wide enough for the ring and for its label (12 px text, about 7 px a character).
+    let side = |label: &str, n: usize| {
+        (2.0 * (radius(n) + MARGIN)).max(label.chars().count() as f64 * 7.0 + 16.0)
+    };
+    let area: f64 = groups.iter().map(|g| side(&g.0, g.2.len()).powi(2)).sum();
+    let widest = groups.iter().map(|g| side(&g.0, g.2.len())).fold(0.0, f64::max);
     let width = (area.sqrt() * 1.2).max(widest).max(480.0);
     let mut order: Vec<usize> = (0..groups.len()).collect();
     order.sort_by(|&a, &b| groups[b].2.len().cmp(&groups[a].2.len()).then(a.cmp(&b)));
@@ -149,7 +155,7 @@ pub fn layout(
     for gi in order {
         let (label, sw, members) = &groups[gi];
         let r = radius(members.len());
-        let size = 2.0 * (r + MARGIN);
+        let size = side(label, members.len());
         if x > 0.0 && x + size > width {
             x = 0.0;
             y += shelf;
