@@ -1,5 +1,7 @@
 //! `assim demo`: a CMA and eight nanoprobes as real processes on loopback, a crash, a graceful
-//! leave and a rejoin, narrated. Exits 0 only if everything happened as expected.
+//! leave and a rejoin, narrated. Exits 0 only if everything happened as expected. With
+//! `--serve`, the cluster keeps running after the narration and the CMA's web page is served
+//! (its URL printed) until Ctrl-C.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +20,8 @@ use assim_util::duration::format_duration;
 pub struct DemoOptions {
     pub nodes: usize,
     pub keep: bool,
+    /// Keep the cluster running after the narration and serve the web page until Ctrl-C.
+    pub serve: bool,
 }
 
 struct Narrator {
@@ -72,6 +76,10 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     n.say(&format!("Working directory (data and one log per process): {}", c.dir.display()));
     let result = script(&mut c, &n, opts.nodes);
     match &result {
+        Ok(()) if opts.serve => {
+            println!();
+            n.say("All of it happened as expected.");
+        }
         Ok(()) => {
             println!();
             n.say("All of it happened as expected. Stopping every process and cleaning up.");
@@ -83,8 +91,22 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             n.say(&format!("Logs kept in {}", c.dir.display()));
         }
     }
+    if opts.serve {
+        serve(&c, &n);
+    }
     drop(c);
     result
+}
+
+/// Keeps the cluster running and says where its web page is, until Ctrl-C.
+fn serve(c: &Cluster, n: &Narrator) {
+    println!();
+    n.say(&format!("Web page: http://{}/ (problems, hosts, topology, events; live)", c.api));
+    n.say("The cluster keeps running; try `kill -9` on a nanoprobe and watch the page. Ctrl-C stops it.");
+    while !n.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    n.say("Ctrl-C: stopping every process and cleaning up.");
 }
 
 fn script(c: &mut Cluster, n: &Narrator, count: usize) -> anyhow::Result<()> {

@@ -117,6 +117,9 @@ enum Command {
         /// Keep the working directory (data and logs) afterwards.
         #[arg(long)]
         keep: bool,
+        /// After the narration, keep the cluster running and serve its web page until Ctrl-C.
+        #[arg(long)]
+        serve: bool,
     },
     /// Push spooled reports from simulated senders at a CMA (durability tests, ingest benchmark).
     /// Each sender enrolls by trust on first use, so the CMA needs --open-enrollment.
@@ -286,8 +289,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Demo { nodes, keep } => {
-            assim::demo::run(assim::demo::DemoOptions { nodes, keep })?
+        Command::Demo { nodes, keep, serve } => {
+            assim::demo::run(assim::demo::DemoOptions { nodes, keep, serve })?
         }
         Command::Loadgen { cma, senders, reports, window, batch, data_dir } => {
             let opts =

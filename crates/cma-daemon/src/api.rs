@@ -9,6 +9,8 @@
 //!   see [`crate::api_bus`].
 //! - The topology graph's canned queries under `/api/v1/topology/…` — see
 //!   [`crate::api_topology`].
+//! - The web page at `/` (`/hosts`, `/topology`, `/events`, `/static/…`) — see
+//!   [`crate::api_web`].
 //! - `GET /metrics`: Prometheus text format.
 //! - `GET /healthz`: `ok`; 503 with the reason while the store refuses writes (the CMA then
 //!   acknowledges no new records, issue 16 item 15).
@@ -54,7 +56,7 @@ pub struct ApiState {
     metrics: Arc<SharedMetrics>,
     pub(crate) last_event: watch::Receiver<u64>,
     pub(crate) access: crate::api_access::ApiAccess,
-    info: CmaInfo,
+    pub(crate) info: CmaInfo,
     /// Where `check run` requests go (the CMA task); `None` outside a running CMA.
     pub(crate) check_runner: Option<crate::cma::checks_cma::RunSender>,
     /// Store calls running and queued, per seam.
@@ -275,6 +277,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(crate::api_bus::routes())
         .merge(crate::api_topology::routes())
         .merge(crate::api_checks::routes())
+        .merge(assim_web::routes())
         .layer(middleware::from_fn_with_state(state.clone(), crate::api_access::guard))
         .with_state(state)
 }

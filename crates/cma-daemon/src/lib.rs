@@ -17,6 +17,7 @@
 //! - [`api_topology`]: the topology query routes of the HTTP API.
 //! - [`api_checks`]: the service routes of the HTTP API (`services`, `checks/run`).
 //! - [`api_bus`]: the event bus routes of the HTTP API (filters, SSE, durable subscriptions).
+//! - [`api_web`]: the web page (`assim-web`) on the API's listener and guard.
 //! - [`api_limits`]: what one API client can hold (connections, held requests, store calls,
 //!   answer sizes) and the `503`/`422` answers past each bound.
 //! - [`metrics`]: counters shared between the CMA task and the API.
@@ -30,6 +31,7 @@ pub mod api_bus;
 pub mod api_checks;
 pub mod api_limits;
 pub mod api_topology;
+pub mod api_web;
 pub mod cma;
 pub mod metrics;
 pub mod retention;

@@ -1,0 +1,31 @@
+//! The web page (`assim-web`) on the API's listener: [`crate::api::router`] merges its routes
+//! (`/`, `/hosts`, `/topology`, `/events`, `/static/…`) before the access guard, so the page
+//! answers under the same rules as the API (Host header; the token for reads when one is
+//! configured), and its store calls go through the API's read gates and blocking threads.
+
+use assim_api::CmaInfo;
+use assim_store::{EventLog, Queries, QueryError};
+
+use crate::api::ApiState;
+
+impl assim_web::WebSource for ApiState {
+    async fn read<T, F>(&self, f: F) -> Result<T, QueryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Queries) -> Result<T, QueryError> + Send + 'static,
+    {
+        ApiState::read(self, f).await
+    }
+
+    async fn events<T, F>(&self, f: F) -> Result<T, QueryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn EventLog) -> Result<T, QueryError> + Send + 'static,
+    {
+        self.with_events(move |log| f(&*log)).await
+    }
+
+    fn cma(&self) -> Option<CmaInfo> {
+        Some(self.info.clone())
+    }
+}
