@@ -50,6 +50,11 @@ fn nagios4_verifies_the_export() {
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
+    let id = |flag: &str| {
+        let out = Command::new("id").arg(flag).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (user, group) = (id("-un"), id("-gn"));
     std::fs::write(dir.path().join("assim.cfg"), nagios(&inventory(), &opts())).unwrap();
     // The operator's side: a contact group the export names.
     std::fs::write(
@@ -70,7 +75,8 @@ fn nagios4_verifies_the_export() {
              object_cache_file={d}/objects.cache\nprecached_object_file={d}/objects.precache\n\
              status_file={d}/status.dat\ncommand_file={d}/nagios.cmd\nlock_file={d}/nagios.lock\n\
              temp_file={d}/nagios.tmp\ntemp_path={d}\ncheck_result_path={d}\n\
-             translate_passive_host_checks=1\nuse_syslog=0\n"
+             translate_passive_host_checks=1\nuse_syslog=0\nnagios_user={user}\n\
+             nagios_group={group}\n"
         ),
     )
     .unwrap();
