@@ -16,6 +16,7 @@
 //! - [`topology`]: the rows of the topology queries under `/api/v1/topology/…` ([`DownHost`],
 //!   [`Service`], [`Dependency`], [`IpSighting`], [`MacSighting`], [`SwitchPortLink`],
 //!   [`PackageHit`], [`UnknownIp`], [`Subnet`], [`HistoryEntry`]).
+//! - [`export`]: `/api/v1/export/inventory` ([`InventoryHost`]), what `assim export …` renders.
 //! - [`rings`]: the network-aware rings and the switches ([`RingView`], [`RingMember`],
 //!   [`SwitchView`], [`SwitchHost`]).
 //!
@@ -25,6 +26,7 @@
 pub mod bus;
 pub mod discovery;
 pub mod events;
+pub mod export;
 pub mod rings;
 pub mod services;
 pub mod status;
@@ -33,6 +35,7 @@ pub mod topology;
 pub use bus::{AckBody, SubscriptionBatch, SubscriptionView};
 pub use discovery::DiscoveryView;
 pub use events::Event;
+pub use export::{HostKey, InventoryHost, Listener, SwitchUplink};
 pub use rings::{RingMember, RingView, SwitchHost, SwitchView};
 pub use services::{CheckListEntry, ServiceView, StoredCheck};
 pub use status::{CmaInfo, NodeView, StatusView};

@@ -19,6 +19,7 @@
 //!   `subscriptions`).
 //! - [`checks_cli`]: `assim services` and `assim check run`.
 //! - [`query`]: the topology queries (`assim hosts`, `host`, `find`, `ports`, `packages`, …).
+//! - [`export_cli`]: `assim export …` (known hosts, SSHFP).
 //! - [`listen_l2`]: `assim decode-l2 --listen`.
 //! - [`loadgen`]: `assim loadgen`, simulated senders pushing spooled reports at a CMA
 //!   (durability tests, ingest benchmark).
@@ -30,6 +31,7 @@ pub mod checks_cli;
 pub mod client;
 pub mod cluster;
 pub mod demo;
+pub mod export_cli;
 pub mod flood;
 pub mod listen_l2;
 pub mod loadgen;

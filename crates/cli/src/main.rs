@@ -175,6 +175,12 @@ enum Command {
     },
     #[command(flatten)]
     Query(assim::query::QueryCommand),
+    /// Files for other systems from what the CMA discovered: ssh_known_hosts, SSHFP records,
+    /// Nagios and Icinga 2 configuration.
+    Export {
+        #[command(subcommand)]
+        what: assim::export_cli::ExportCommand,
+    },
     /// Simulate N nanoprobes and a CMA in virtual time; check failure detection.
     Sim(assim_sim::SimArgs),
     /// Decode the LLDP and CDP frames of a pcap file, or listen live with --listen, one JSON
@@ -329,6 +335,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cma { flags, command } => assim_cma_daemon::settings::run_cma(flags, command)?,
         Command::Nanoprobe { flags } => assim_nanoprobe::settings::run_nanoprobe(flags)?,
         Command::Query(q) => assim::query::run(&client, q)?,
+        Command::Export { what } => assim::export_cli::run(&client, what)?,
         Command::Sim(args) => assim_sim::run_cli(args)?,
         Command::DecodeL2 { listen: Some(iface), count, timeout, .. } => {
             let iface = (iface != "all").then_some(iface);

@@ -11,6 +11,8 @@
 //!   [`crate::api_topology`].
 //! - The web page at `/` (`/hosts`, `/topology`, `/events`, `/static/…`) — see
 //!   [`crate::api_web`].
+//! - The exports (known hosts, SSHFP, the inventory behind `assim export …`) under
+//!   `/api/v1/export/…` — see [`crate::api_export`].
 //! - `GET /metrics`: Prometheus text format.
 //! - `GET /healthz`: `ok`; 503 with the reason while the store refuses writes (the CMA then
 //!   acknowledges no new records, issue 16 item 15).
@@ -278,6 +280,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(crate::api_topology::routes())
         .merge(crate::api_checks::routes())
         .merge(assim_web::routes())
+        .merge(crate::api_export::routes())
         .layer(middleware::from_fn_with_state(state.clone(), crate::api_access::guard))
         .with_state(state)
 }

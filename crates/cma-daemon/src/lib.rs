@@ -16,6 +16,7 @@
 //!   programs checks set through it may run.
 //! - [`api_topology`]: the topology query routes of the HTTP API.
 //! - [`api_checks`]: the service routes of the HTTP API (`services`, `checks/run`).
+//! - [`api_export`]: the export routes (known hosts, SSHFP, the inventory of `assim export`).
 //! - [`api_bus`]: the event bus routes of the HTTP API (filters, SSE, durable subscriptions).
 //! - [`api_web`]: the web page (`assim-web`) on the API's listener and guard.
 //! - [`api_limits`]: what one API client can hold (connections, held requests, store calls,
@@ -29,6 +30,7 @@ pub mod api;
 pub mod api_access;
 pub mod api_bus;
 pub mod api_checks;
+pub mod api_export;
 pub mod api_limits;
 pub mod api_topology;
 pub mod api_web;

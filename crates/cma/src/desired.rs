@@ -50,6 +50,7 @@ use serde::{Deserialize, Serialize};
 use crate::Cma;
 use crate::check_sets::{CheckListEntry, CheckSetRecord, CheckSets, ManualChange, ManualCheck};
 use crate::check_sets::{RememberedService, listeners_of};
+use crate::host_keys::{HostKeys, keys_of};
 use crate::model::{Action, CmaConfig, EventKind, HelloError, Snapshot};
 use crate::schedule::{ScheduleConfig, StoredSchedule, default_schedule_config};
 use crate::services::{CheckChangeError, KnownState};
@@ -141,6 +142,8 @@ pub struct DesiredSnapshot {
     pub remembered: Vec<(NodeId, Vec<RememberedService>)>,
     /// Each node's latest `sockets` discovery payload (JSON), for its check set.
     pub sockets: Vec<(NodeId, Vec<u8>)>,
+    /// Each node's latest `ssh_host_keys` discovery payload (JSON), for `host.key_changed`.
+    pub host_keys: Vec<(NodeId, Vec<u8>)>,
 }
 
 /// Something the shell must do, drained with [`Authority::poll_output`].
@@ -200,6 +203,7 @@ pub struct Authority {
     out: VecDeque<Output>,
     persist: Vec<DesiredChange>,
     send: Vec<(NodeId, SocketAddr, Body)>,
+    host_keys: HostKeys,
 }
 
 impl Authority {
@@ -224,7 +228,19 @@ impl Authority {
             out: VecDeque::new(),
             persist: persist.map(DesiredChange::Schedule).into_iter().collect(),
             send: Vec::new(),
+            host_keys: HostKeys::default(),
         };
+        // Each name's current node is the one registered last.
+        let mut stored: Vec<_> = desired
+            .host_keys
+            .iter()
+            .filter_map(|(node, payload)| {
+                let rec = a.cma.node(*node)?;
+                Some((rec.registered_at, *node, rec.hostname.clone(), keys_of(payload)?))
+            })
+            .collect();
+        stored.sort_by_key(|(at, node, ..)| (*at, *node));
+        a.host_keys = HostKeys::restore(stored.into_iter().map(|(_, n, h, k)| (n, h, k)));
         for node in a.cma.ring() {
             a.cma.resend_peer_set(node);
         }
@@ -362,6 +378,15 @@ impl Authority {
             if let Ok(l) = listeners_of(&d.payload) {
                 self.checks.set_listeners(node, l);
                 self.update_check_set(now, node, false);
+            }
+        }
+        // Issue 17: a changed SSH host key. A payload without the collector's shape is ignored.
+        if d.name == crate::host_keys::COLLECTOR
+            && let Some(keys) = keys_of(&d.payload)
+        {
+            let hostname = self.hostname(node);
+            if let Some(change) = self.host_keys.observe(node, &hostname, keys) {
+                self.cma.host_keys_changed(now, node, &change);
             }
         }
         // The host's wiring (issue 13): which switch or segment ring it belongs in. A payload

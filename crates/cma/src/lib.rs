@@ -46,6 +46,7 @@
 //! - `cma`: [`Cma`] itself, tying lifecycle, rings, suspicions and events together.
 //! - [`services`]: service check state changes into `service.*` events
 //!   ([`Cma::handle_check_change`]).
+//! - [`host_keys`]: the SSH host keys each host reported and `host.key_changed`.
 //! - [`local_events`]: events submitted by programs on a host ([`Cma::handle_local_event`]).
 
 #![forbid(unsafe_code)]
@@ -54,6 +55,7 @@ pub mod check_sets;
 mod cma;
 pub mod desired;
 pub mod failure;
+pub mod host_keys;
 pub mod incident;
 pub mod local_events;
 pub mod model;

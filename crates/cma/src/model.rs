@@ -175,11 +175,15 @@ pub enum EventKind {
     HostUnreachable,
     /// A NIC or switch port is implicated (a host's only NIC went quiet while its switch works).
     LinkSuspect,
+    /// A host's SSH host keys changed (critical unless it was re-installed: a new node id).
+    HostKeyChanged,
+    /// A node id registered for the first time ever (never on a restart): a new install.
+    HostNew,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 20] = [
         EventKind::HostUp,
         EventKind::HostSuspect,
         EventKind::HostDown,
@@ -198,6 +202,8 @@ impl EventKind {
         EventKind::SwitchUnreachable,
         EventKind::HostUnreachable,
         EventKind::LinkSuspect,
+        EventKind::HostKeyChanged,
+        EventKind::HostNew,
     ];
 
     /// The stable dotted name ("host.up", …, "local.event").
@@ -221,6 +227,8 @@ impl EventKind {
             EventKind::SwitchUnreachable => "switch.unreachable",
             EventKind::HostUnreachable => "host.unreachable",
             EventKind::LinkSuspect => "link.suspect",
+            EventKind::HostKeyChanged => "host.key_changed",
+            EventKind::HostNew => "host.new",
         }
     }
 }
@@ -307,9 +315,10 @@ impl EventKind {
     /// The severity an event of this kind gets unless its producer says otherwise.
     pub fn default_severity(&self) -> Severity {
         match self {
-            EventKind::HostDown | EventKind::ServiceCritical | EventKind::SwitchDown => {
-                Severity::Critical
-            }
+            EventKind::HostDown
+            | EventKind::ServiceCritical
+            | EventKind::SwitchDown
+            | EventKind::HostKeyChanged => Severity::Critical,
             EventKind::SwitchUnreachable => Severity::Error,
             EventKind::HostSuspect
             | EventKind::PathSuspect
@@ -324,7 +333,8 @@ impl EventKind {
             | EventKind::ServiceOk
             | EventKind::DiscoveryChanged
             | EventKind::LocalEvent
-            | EventKind::SwitchUp => Severity::Info,
+            | EventKind::SwitchUp
+            | EventKind::HostNew => Severity::Info,
         }
     }
 }

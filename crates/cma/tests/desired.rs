@@ -53,6 +53,10 @@ impl Store {
                         d.sockets.retain(|x| x.0 != r.node);
                         d.sockets.push((r.node, r.payload.into_bytes()));
                     }
+                    DesiredChange::Discovery(r) if r.name == "ssh_host_keys" => {
+                        d.host_keys.retain(|x| x.0 != r.node);
+                        d.host_keys.push((r.node, r.payload.into_bytes()));
+                    }
                     DesiredChange::Discovery(_) => {}
                 }
             }
@@ -356,4 +360,44 @@ fn invalid_discovery_results_change_nothing() {
     assert!(h.a.handle_discovery(h.now, id(1), &bad).is_err());
     assert!(h.a.handle_discovery(h.now, id(9), &DiscoveryResult::default()).is_err());
     assert!(h.take().is_empty());
+}
+
+/// Issue 17: a replaced SSH host key on the same node id is one critical `host.key_changed`;
+/// the same keys after a CMA restart say nothing (the memory is restored from the store).
+#[test]
+fn a_changed_host_key_is_one_critical_event_and_a_restart_remembers_the_keys() {
+    fn keys(h: &mut H, n: u32, key: &str) -> Vec<assim_cma::Event> {
+        let payload = serde_json::json!({"keys": [{
+            "file": "/etc/ssh/ssh_host_ed25519_key.pub", "key_type": "ssh-ed25519",
+            "key": key, "fingerprint": "SHA256:x"}]});
+        let d = DiscoveryResult {
+            name: "ssh_host_keys".into(),
+            content_hash: vec![1],
+            payload: payload.to_string().into_bytes(),
+            collected_at: 5,
+            delta: false,
+        };
+        h.a.handle_discovery(h.now, id(n), &d).unwrap();
+        h.take()
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Core(Action::Emit(e)) => Some(e),
+                _ => None,
+            })
+            .filter(|e| e.kind == assim_cma::EventKind::HostKeyChanged)
+            .collect()
+    }
+    let mut h = H::new();
+    h.hello(1);
+    assert!(keys(&mut h, 1, "AAAA").is_empty(), "the first keys are no change");
+    assert!(keys(&mut h, 1, "AAAA").is_empty());
+    let config = h.config.clone();
+    h.restart(config, Duration::from_secs(5));
+    h.hello(1);
+    assert!(keys(&mut h, 1, "AAAA").is_empty(), "a restart forgot the keys");
+    let e = keys(&mut h, 1, "BBBB");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].severity, assim_cma::Severity::Critical);
+    assert_eq!(e[0].tags["reason"], "replaced");
+    assert_eq!(e[0].tags["removed"], "ssh-ed25519");
 }

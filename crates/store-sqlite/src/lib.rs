@@ -540,6 +540,46 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
     }
 
+    /// Every node's latest result of collector `name`, by node (the exports read
+    /// `ssh_host_keys`, `os` and `sockets` of every host at once).
+    pub fn discovery_named(&self, name: &str) -> Result<Vec<DiscoveryRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT node, hash, payload, collected_at, updated_at FROM discovery
+                 WHERE name = ?1 ORDER BY node",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([name], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)? as u64,
+                    r.get::<_, i64>(4)? as u64,
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (node, hash, payload, collected_at, updated_at) = row.map_err(|e| self.sql(e))?;
+            let node: NodeId = node.parse().map_err(|_| StoreError::Corrupt {
+                table: "discovery",
+                detail: format!("node id {node:?}"),
+            })?;
+            out.push(DiscoveryRecord {
+                node,
+                name: name.to_owned(),
+                hash,
+                payload,
+                collected_at,
+                updated_at,
+            });
+        }
+        Ok(out)
+    }
+
     /// All nodes, ordered by hostname.
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let mut stmt = self
@@ -757,6 +797,21 @@ impl Store {
             }
             (None, _) => None,
         };
+        let sockets = self.latest_payloads(assim_store::desired::SOCKETS)?;
+        let host_keys = self.latest_payloads(assim_cma::host_keys::COLLECTOR)?;
+        Ok(assim_store::desired::snapshot(assim_store::desired::StoredDesired {
+            schedule,
+            check_sets: self.check_sets()?,
+            states: self.service_states()?,
+            manual: self.manual_checks()?,
+            remembered: self.remembered_services()?.into_iter().collect(),
+            sockets,
+            host_keys,
+        }))
+    }
+
+    /// Each node's latest payload of collector `name`, by node.
+    fn latest_payloads(&self, name: &str) -> Result<Vec<(NodeId, String)>, StoreError> {
         let mut sockets = Vec::new();
         {
             let mut stmt = self
@@ -764,9 +819,7 @@ impl Store {
                 .prepare("SELECT node, payload FROM discovery WHERE name = ?1 ORDER BY node")
                 .map_err(|e| self.sql(e))?;
             let rows = stmt
-                .query_map([assim_store::desired::SOCKETS], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })
+                .query_map([name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
                 .map_err(|e| self.sql(e))?;
             for row in rows {
                 let (node, payload) = row.map_err(|e| self.sql(e))?;
@@ -777,14 +830,7 @@ impl Store {
                 sockets.push((id, payload));
             }
         }
-        Ok(assim_store::desired::snapshot(assim_store::desired::StoredDesired {
-            schedule,
-            check_sets: self.check_sets()?,
-            states: self.service_states()?,
-            manual: self.manual_checks()?,
-            remembered: self.remembered_services()?.into_iter().collect(),
-            sockets,
-        }))
+        Ok(sockets)
     }
 }
 

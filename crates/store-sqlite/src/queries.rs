@@ -23,6 +23,16 @@ impl Queries for Store {
         let list = Store::discovery(self, node).map_err(QueryError::from)?;
         Ok(list.into_iter().map(discovery_view).collect())
     }
+    fn latest_discovery(&self, names: &[&str]) -> Result<Vec<(String, DiscoveryView)>, QueryError> {
+        let mut out = Vec::new();
+        for name in names {
+            for d in Store::discovery_named(self, name).map_err(QueryError::from)? {
+                out.push((d.node.to_string(), discovery_view(d)));
+            }
+        }
+        out.sort_by(|a, b| (&a.0, &a.1.name).cmp(&(&b.0, &b.1.name)));
+        Ok(out)
+    }
     fn services(
         &self,
         host: Option<&str>,

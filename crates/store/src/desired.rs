@@ -91,6 +91,8 @@ pub struct StoredDesired {
     pub remembered: Vec<(NodeId, Vec<RememberedService>)>,
     /// Each node's latest `sockets` discovery payload (JSON).
     pub sockets: Vec<(NodeId, String)>,
+    /// Each node's latest `ssh_host_keys` discovery payload (JSON).
+    pub host_keys: Vec<(NodeId, String)>,
 }
 
 /// The core's [`DesiredSnapshot`] from what the store loaded.
@@ -132,5 +134,6 @@ pub fn snapshot(d: StoredDesired) -> DesiredSnapshot {
             .map(|(n, l)| (n, l.into_iter().map(remembered_to_core).collect()))
             .collect(),
         sockets: d.sockets.into_iter().map(|(n, p)| (n, p.into_bytes())).collect(),
+        host_keys: d.host_keys.into_iter().map(|(n, p)| (n, p.into_bytes())).collect(),
     }
 }

@@ -78,6 +78,12 @@ impl EngineStore for MemStore {
                     .filter(|d| d.name == SOCKETS)
                     .map(|d| (d.node, d.payload.clone()))
                     .collect(),
+                host_keys: self
+                    .discovery
+                    .values()
+                    .filter(|d| d.name == assim_cma::host_keys::COLLECTOR)
+                    .map(|d| (d.node, d.payload.clone()))
+                    .collect(),
             }),
         })
     }

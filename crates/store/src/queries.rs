@@ -109,6 +109,21 @@ pub trait Queries: Send {
         node: Option<&str>,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, QueryError>;
+
+    /// The latest result of each collector in `names` on every node: (node id, result), by
+    /// node then collector (the exports, `assim export …`). The default asks [`Queries::discovery`]
+    /// node by node; an engine can answer it in one read.
+    fn latest_discovery(&self, names: &[&str]) -> Result<Vec<(String, DiscoveryView)>, QueryError> {
+        let mut out = Vec::new();
+        for n in self.nodes()? {
+            for d in self.discovery(n.id)? {
+                if names.contains(&d.name.as_str()) {
+                    out.push((n.id.to_string(), d));
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Opens a new read handle (the HTTP API keeps a few for its blocking threads).

@@ -1,0 +1,21 @@
+//! Exports of what the CMA knows, as the files other systems read (issue 17). Sans-IO: answer
+//! types (`assim-api`) in, text out; the CMA's HTTP API serves the results
+//! (`crates/cma-daemon/src/api_export.rs`) and `assim export …` writes them.
+//!
+//! Layout:
+//! - [`inventory`]: the rows every export is made from ([`assim_api::InventoryHost`]), from the
+//!   nodes, their `ssh_host_keys`, `os` and `sockets` discovery, switch ports and checks.
+//! - [`known_hosts`]: `ssh_known_hosts` (plain or hashed) and DNS SSHFP records.
+//! - [`monitoring`]: Nagios and Icinga 2 configuration (hosts, parents/dependencies from the
+//!   LLDP wiring, passive services, host groups by switch, subnet and OS).
+//! - [`names`]: what a name or address must be to be written anywhere (hostile input).
+//! - [`sha1`]: SHA-1 and HMAC-SHA1, which the OpenSSH formats require.
+
+pub mod inventory;
+pub mod known_hosts;
+pub mod monitoring;
+pub mod names;
+pub mod sha1;
+
+pub use inventory::{Inventory, Sources, inventory};
+pub use known_hosts::{known_hosts, sshfp};
