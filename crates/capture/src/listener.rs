@@ -50,8 +50,11 @@ pub struct Interface {
 pub struct Frame {
     /// The interface it arrived on.
     pub interface: String,
-    /// The Ethernet frame, without FCS.
+    /// The Ethernet frame, without FCS, as far as it was captured.
     pub bytes: Vec<u8>,
+    /// Its length on the wire; more than `bytes.len()` when the receive buffer (the snap
+    /// length, [`Listener::set_snaplen`]) cut it. Decode with [`assim_l2::decode_captured`].
+    pub orig_len: usize,
 }
 
 /// The passive listener. See the module doc.
@@ -129,6 +132,13 @@ impl Listener {
         gone
     }
 
+    /// Captures at most `bytes` of each frame (clamped to 64..=[`filter::SNAPLEN`]; the
+    /// default is the maximum, so no real frame is cut). Longer frames arrive truncated and
+    /// are decoded as far as their TLVs are whole, as from a pcap with a snap length.
+    pub fn set_snaplen(&mut self, bytes: usize) {
+        self.buf = vec![0u8; bytes.clamp(64, filter::SNAPLEN as usize)];
+    }
+
     /// The interfaces currently joined.
     pub fn interfaces(&self) -> impl Iterator<Item = &Interface> {
         self.joined.values()
@@ -147,7 +157,11 @@ impl Listener {
             }
             let Some(i) = self.joined.get(&got.ifindex) else { continue };
             let len = got.len.min(self.buf.len());
-            return Ok(Frame { interface: i.name.clone(), bytes: self.buf[..len].to_vec() });
+            return Ok(Frame {
+                interface: i.name.clone(),
+                bytes: self.buf[..len].to_vec(),
+                orig_len: got.len,
+            });
         }
     }
 
@@ -180,7 +194,7 @@ impl Listener {
             let deadline = table.poll_timeout().map_or(next_rescan, |t| t.min(next_rescan));
             tokio::select! {
                 f = self.next_frame() => match f {
-                    Ok(f) => match table.handle_frame(&f.interface, Instant::now(), &f.bytes) {
+                    Ok(f) => match table.handle_captured(&f.interface, Instant::now(), &f.bytes, f.orig_len) {
                         FrameOutcome::Malformed => debug!(
                             interface = %f.interface, malformed = table.counters().malformed,
                             "a malformed LLDP/CDP frame; ignored"

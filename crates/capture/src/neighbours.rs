@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use assim_l2::{Pdu, decode_frame};
+use assim_l2::{Pdu, decode_captured};
 use serde::{Deserialize, Serialize};
 
 /// One neighbour as reported. The first twelve fields are a contract with the CMA's topology
@@ -106,6 +106,8 @@ pub struct Counters {
     pub ignored: u64,
     /// Neighbours forgotten because their TTL ran out.
     pub expired: u64,
+    /// Frames cut short by the snap length (decoded as far as their TLVs were whole).
+    pub truncated: u64,
 }
 
 /// The neighbour table. See the module doc.
@@ -142,7 +144,22 @@ impl L2Neighbours {
 
     /// Feeds one received Ethernet frame.
     pub fn handle_frame(&mut self, interface: &str, now: Instant, frame: &[u8]) -> FrameOutcome {
-        let decoded = match decode_frame(frame) {
+        self.handle_captured(interface, now, frame, frame.len())
+    }
+
+    /// Feeds one received frame that was `orig_len` bytes on the wire: when the capture cut
+    /// it, its whole TLVs still count (counted in [`Counters::truncated`]).
+    pub fn handle_captured(
+        &mut self,
+        interface: &str,
+        now: Instant,
+        frame: &[u8],
+        orig_len: usize,
+    ) -> FrameOutcome {
+        if orig_len > frame.len() {
+            self.counters.truncated += 1;
+        }
+        let decoded = match decode_captured(frame, orig_len) {
             Ok(d) => d,
             Err(_) => {
                 // Only LLDP/CDP framing reaches here through the socket filter, so a failure
@@ -414,7 +431,25 @@ mod tests {
         ipv4[12..14].copy_from_slice(&[0x08, 0x00]);
         assert_eq!(t.handle_frame("eth0", now, &ipv4), FrameOutcome::Ignored);
         assert!(t.is_empty());
-        assert_eq!(t.counters(), Counters { frames: 0, malformed: 2, ignored: 1, expired: 0 });
+        assert_eq!(
+            t.counters(),
+            Counters { frames: 0, malformed: 2, ignored: 1, expired: 0, truncated: 0 }
+        );
+    }
+
+    /// Issue 19 item 6: a frame the capture cut inside its system name still names the
+    /// neighbour (the whole TLVs), without the cut field, and is counted as truncated.
+    #[test]
+    fn a_truncated_frame_keeps_its_whole_tlvs() {
+        let now = Instant::now();
+        let mut t = L2Neighbours::new();
+        let good = lldp(SW, "p1", 120, Some("switch-one"));
+        let cut = &good[..good.len() - 8];
+        assert_eq!(t.handle_frame("eth0", now, cut), FrameOutcome::Malformed, "not said to be cut");
+        assert_eq!(t.handle_captured("eth0", now, cut, good.len()), FrameOutcome::New);
+        let n = &t.report().neighbors[0];
+        assert_eq!((n.port_id.as_str(), n.system_name.as_deref()), ("p1", None));
+        assert_eq!(t.counters().truncated, 1);
     }
 
     #[test]

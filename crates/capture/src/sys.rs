@@ -87,7 +87,7 @@ pub(crate) fn add_membership(fd: &OwnedFd, ifindex: i32, mac: [u8; 6]) -> io::Re
 /// One received frame's metadata.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Received {
-    /// Bytes copied into the buffer.
+    /// The frame's full length (`MSG_TRUNC`): more than the buffer when the frame was cut.
     pub len: usize,
     /// The interface it arrived on (or left by, for outgoing frames).
     pub ifindex: i32,
@@ -95,7 +95,8 @@ pub(crate) struct Received {
     pub pkttype: u8,
 }
 
-/// Reads one frame; `WouldBlock` when none is queued.
+/// Reads one frame; `WouldBlock` when none is queued. With `MSG_TRUNC` the kernel returns the
+/// frame's real length even when the buffer held less.
 pub(crate) fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Received> {
     // SAFETY: all-zero is a valid sockaddr_ll.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -106,7 +107,7 @@ pub(crate) fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Received> {
             fd.as_raw_fd(),
             buf.as_mut_ptr().cast(),
             buf.len(),
-            0,
+            libc::MSG_TRUNC,
             (&mut sll as *mut libc::sockaddr_ll).cast(),
             &mut sll_len,
         )

@@ -45,9 +45,14 @@ pub fn listen(interface: Option<String>, count: usize, timeout: Duration) -> any
             for i in listener.interfaces() {
                 table.set_interface_mac(&i.name, &i.mac);
             }
-            let outcome = table.handle_frame(&frame.interface, Instant::now(), &frame.bytes);
+            let outcome = table.handle_captured(
+                &frame.interface,
+                Instant::now(),
+                &frame.bytes,
+                frame.orig_len,
+            );
             let neighbor = table.report().neighbors.into_iter().next();
-            let decoded = assim_l2::decode_frame(&frame.bytes);
+            let decoded = assim_l2::decode_captured(&frame.bytes, frame.orig_len);
             let line = json!({
                 "interface": frame.interface,
                 "protocol": neighbor.as_ref().map(|n| n.protocol.clone()),
@@ -55,6 +60,8 @@ pub fn listen(interface: Option<String>, count: usize, timeout: Duration) -> any
                 "neighbor": neighbor,
                 "decoded": decoded.as_ref().ok(),
                 "error": decoded.as_ref().err().map(|e| e.to_string()),
+                "truncated": frame.orig_len > frame.bytes.len(),
+                "orig_len": frame.orig_len,
             });
             println!("{line}");
             if outcome != FrameOutcome::Ignored {

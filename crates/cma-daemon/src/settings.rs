@@ -70,7 +70,8 @@ pub struct CmaFlags {
     /// How often nanoprobes run a discovery collector, NAME=INTERVAL (repeatable or
     /// comma-separated; 0 disables it). Overrides the config file's [discovery] table, which
     /// overrides the defaults; `--print-config` shows them all. Names: interfaces, neighbours,
-    /// sockets, l2neighbors, mounts, os, cpu, memory, packages, ssh_host_keys, agent.<file>,
+    /// sockets, l2neighbors, mounts, os, cpu, memory, packages, ssh_host_keys, raid,
+    /// block_devices, file_integrity, agent.<file>,
     /// agent.* (every agent without its own entry).
     #[arg(
         long = "discovery",

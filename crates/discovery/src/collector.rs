@@ -2,6 +2,7 @@
 //! content hash, and [`ChangeFilter`] so the nanoprobe sends only changes.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,12 @@ pub enum Collector {
     Mounts,
     /// [`crate::sshkeys::collect_ssh_host_keys`].
     SshHostKeys,
+    /// [`crate::raid::collect_raid_in`].
+    Raid,
+    /// [`crate::block::collect_block_devices_in`].
+    BlockDevices,
+    /// [`crate::integrity::collect_file_integrity_in`].
+    FileIntegrity,
 }
 
 /// One collector run: what the nanoprobe sends as a discovery result.
@@ -76,7 +83,7 @@ fn to_discovery(name: &str, value: &impl Serialize) -> Result<Discovery, Discove
 
 impl Collector {
     /// All collectors, in a fixed order.
-    pub const ALL: [Collector; 9] = [
+    pub const ALL: [Collector; 12] = [
         Collector::Interfaces,
         Collector::Neighbours,
         Collector::Sockets,
@@ -86,6 +93,9 @@ impl Collector {
         Collector::Packages,
         Collector::Mounts,
         Collector::SshHostKeys,
+        Collector::Raid,
+        Collector::BlockDevices,
+        Collector::FileIntegrity,
     ];
 
     /// The name used in schedules and on the wire.
@@ -100,6 +110,9 @@ impl Collector {
             Collector::Packages => "packages",
             Collector::Mounts => "mounts",
             Collector::SshHostKeys => "ssh_host_keys",
+            Collector::Raid => "raid",
+            Collector::BlockDevices => "block_devices",
+            Collector::FileIntegrity => "file_integrity",
         }
     }
 
@@ -108,8 +121,25 @@ impl Collector {
         Self::ALL.into_iter().find(|c| c.name() == name)
     }
 
-    /// Runs the collector once.
+    /// Runs the collector once on this host.
     pub fn collect(self) -> Result<Discovery, DiscoveryError> {
+        self.collect_in(Path::new("/"))
+    }
+
+    /// Runs the collector once, reading the files of the collectors that take a root (`raid`,
+    /// `block_devices`, `file_integrity`) under `root` instead of `/` (the nanoprobe's
+    /// `--discovery-root`, for tests against a fake tree). The others always read this host.
+    pub fn collect_in(self, root: &Path) -> Result<Discovery, DiscoveryError> {
+        self.collect_with(root, &BTreeMap::new())
+    }
+
+    /// [`Collector::collect_in`] with the schedule's parameters for this collector
+    /// (`file_integrity`: `paths`, `add`).
+    pub fn collect_with(
+        self,
+        root: &Path,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Discovery, DiscoveryError> {
         let name = self.name();
         match self {
             Collector::Interfaces => to_discovery(name, &crate::interfaces::collect_interfaces()?),
@@ -121,6 +151,13 @@ impl Collector {
             Collector::Packages => to_discovery(name, &crate::packages::collect_packages()?),
             Collector::Mounts => to_discovery(name, &crate::mounts::collect_mounts()?),
             Collector::SshHostKeys => to_discovery(name, &crate::sshkeys::collect_ssh_host_keys()?),
+            Collector::Raid => to_discovery(name, &crate::raid::collect_raid_in(root)?),
+            Collector::BlockDevices => {
+                to_discovery(name, &crate::block::collect_block_devices_in(root)?)
+            }
+            Collector::FileIntegrity => {
+                to_discovery(name, &crate::integrity::collect_file_integrity_in(root, params)?)
+            }
         }
     }
 }

@@ -47,3 +47,16 @@ pub(crate) fn read_text(path: impl AsRef<Path>) -> Result<String, DiscoveryError
 pub(crate) fn read_optional(path: impl AsRef<Path>) -> Option<String> {
     std::fs::read(path.as_ref()).ok().map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
 }
+
+/// The most bytes [`read_bounded`] reads from one file.
+pub(crate) const MAX_FILE: u64 = 1 << 20;
+
+/// Reads at most [`MAX_FILE`] bytes of a file that may be absent or unreadable (`None` then),
+/// so a hostile or runaway file (a fake `/proc`, a huge config) cannot exhaust memory.
+pub(crate) fn read_bounded(path: impl AsRef<Path>) -> Option<String> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path.as_ref()).ok()?;
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE).read_to_end(&mut bytes).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}

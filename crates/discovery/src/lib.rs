@@ -10,12 +10,19 @@
 //! - [`hash`] — canonical JSON and [`content_hash`].
 //! - [`interfaces`] — links, addresses/prefixes, default gateways.
 //! - [`neighbours`] — IPv4 ARP cache and the [`ArpTracker`] delta engine.
+//! - [`ndp`] — IPv6 neighbours through rtnetlink (`RTM_GETNEIGH`).
 //! - [`sockets`] — listening sockets and established TCP with owning processes.
 //! - [`os`] — os-release, uname, hostname/FQDN, machine-id, virtualisation, boot time.
 //! - [`hw`] — CPU model/count, memory totals.
 //! - [`packages`] — dpkg status and rpm.
 //! - [`mounts`] — `/proc/self/mounts`.
 //! - [`sshkeys`] — SSH host public keys and fingerprints.
+//! - [`raid`] — md arrays (`/proc/mdstat`, sysfs) and the `raid.degraded`/`raid.recovered`
+//!   decisions.
+//! - [`block`] — block devices and partitions (`/sys/block`).
+//! - [`integrity`] — file integrity: hashes, owners, dpkg package and md5sum verdict, and
+//!   the `file.changed` decisions; [`md5`] only for dpkg's lists.
+//! - [`host_events`] — [`HostEvents`]: events the nanoprobe raises from its own results.
 //! - [`schedule`] — [`Schedule`]: when each collector runs, from defaults or the CMA (sans-IO).
 //! - [`wiring`] — how a host is wired (LLDP/CDP links, primary route): the rules the CMA's
 //!   rings and the topology graph share.
@@ -23,15 +30,21 @@
 //! - [`error`] — [`DiscoveryError`].
 
 pub mod agents;
+pub mod block;
 pub mod collector;
 pub mod error;
 pub mod hash;
+pub mod host_events;
 pub mod hw;
+pub mod integrity;
 pub mod interfaces;
+pub mod md5;
 pub mod mounts;
+pub mod ndp;
 pub mod neighbours;
 pub mod os;
 pub mod packages;
+pub mod raid;
 pub mod schedule;
 pub mod sockets;
 pub mod sshkeys;
@@ -40,6 +53,7 @@ pub mod wiring;
 pub use collector::{ChangeFilter, Collector, Discovery};
 pub use error::DiscoveryError;
 pub use hash::{canonical_json, content_hash, try_content_hash};
+pub use host_events::HostEvents;
 pub use neighbours::ArpTracker;
 pub use schedule::{L2_COLLECTOR, Schedule};
 
@@ -69,6 +83,12 @@ mod proptests {
             let _ = crate::mounts::parse_mounts(&text);
             let _ = crate::mounts::unescape_octal(&text);
             let _ = crate::sshkeys::parse_public_key("f", &text);
+            let _ = crate::raid::parse_mdstat(&text);
+            let _ = crate::raid::parse_sys_word(&text);
+            let _ = crate::raid::parse_member_state(&text);
+            let _ = crate::block::parse_sys_text(&text);
+            let _ = crate::block::parse_sys_u64(&text);
+            let _ = crate::integrity::parse_md5sums(&text);
         }
 
         #[test]

@@ -1,8 +1,6 @@
-//! Neighbours: the IPv4 ARP cache from `/proc/net/arp`, and [`ArpTracker`],
-//! a pure delta engine over successive snapshots.
-//!
-//! IPv6 NDP entries are only visible through rtnetlink (`RTM_GETNEIGH`); that
-//! is not implemented here, so [`collect_neighbours`] reports IPv4 only.
+//! Neighbours: the IPv4 ARP cache from `/proc/net/arp`, the IPv6 neighbours (NDP) through
+//! rtnetlink ([`crate::ndp`]), and [`ArpTracker`], a pure delta engine over successive
+//! snapshots.
 //!
 //! The tracker takes `now` from its caller and never reads a clock: an entry
 //! is `added` the first time it is seen (or when its MAC changes) and
@@ -33,8 +31,11 @@ pub struct Neighbour {
 /// Result of the neighbours collector.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Neighbours {
-    /// Complete entries, sorted.
+    /// Complete entries, IPv4 and IPv6, sorted.
     pub neighbours: Vec<Neighbour>,
+    /// Why the IPv6 (NDP) dump failed, if it did; the IPv4 entries are still there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ndp_error: Option<String>,
 }
 
 /// Complete entries from the text of `/proc/net/arp`. Incomplete entries
@@ -62,9 +63,19 @@ pub fn parse_proc_arp(text: &str) -> Vec<Neighbour> {
     out
 }
 
-/// Reads the IPv4 neighbour cache.
+/// Reads the IPv4 neighbour cache and the IPv6 neighbour table.
 pub fn collect_neighbours() -> Result<Neighbours, DiscoveryError> {
-    Ok(Neighbours { neighbours: parse_proc_arp(&read_text("/proc/net/arp")?) })
+    let mut neighbours = parse_proc_arp(&read_text("/proc/net/arp")?);
+    let ndp_error = match crate::ndp::collect_ndp() {
+        Ok(v6) => {
+            neighbours.extend(v6);
+            None
+        }
+        Err(e) => Some(e.to_string()),
+    };
+    neighbours.sort();
+    neighbours.dedup();
+    Ok(Neighbours { neighbours, ndp_error })
 }
 
 /// Changes between the tracker's view and a new snapshot (or the passage of time).

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 /// Built-in intervals in seconds, used until the CMA sends a schedule and for collectors it
 /// does not mention.
-pub const DEFAULT_INTERVALS: [(&str, u64); 10] = [
+pub const DEFAULT_INTERVALS: [(&str, u64); 13] = [
     ("interfaces", 60),
     ("neighbours", 60),
     ("sockets", 60),
@@ -28,6 +28,9 @@ pub const DEFAULT_INTERVALS: [(&str, u64); 10] = [
     ("memory", 3600),
     ("packages", 3600),
     ("ssh_host_keys", 3600),
+    ("raid", 60),
+    ("block_devices", 600),
+    ("file_integrity", 3600),
 ];
 
 /// Interval of an external agent without its own entry (and without `agent.*`).

@@ -125,6 +125,10 @@ pub struct CdpPdu {
     /// Everything else, raw (protocol hello, system OID, location, ...).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unknown: Vec<CdpUnknownTlv>,
+    /// The frame was cut short by the capture's snap length ([`parse_truncated`]): every
+    /// whole TLV is here; the checksum cannot be checked.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// Fold a one's complement sum to 16 bits.
@@ -243,6 +247,17 @@ fn parse_tlv(pdu: &mut CdpPdu, ty: u16, v: &[u8]) -> Result<bool> {
 
 /// Parse a CDP PDU (the bytes after LLC/SNAP, without Ethernet padding).
 pub fn parse(buf: &[u8]) -> Result<CdpPdu> {
+    parse_with(buf, false)
+}
+
+/// Parse a CDP PDU the capture cut short, as tshark does: the header and every whole TLV are
+/// decoded, the TLV the cut falls into ends the PDU, `truncated` is set and the checksum is
+/// reported invalid (it covers bytes that were not captured).
+pub fn parse_truncated(buf: &[u8]) -> Result<CdpPdu> {
+    parse_with(buf, true)
+}
+
+fn parse_with(buf: &[u8], truncated: bool) -> Result<CdpPdu> {
     let mut c = Cursor::new(buf, "CDP header");
     let version = c.u8()?;
     let ttl = c.u8()?;
@@ -250,7 +265,7 @@ pub fn parse(buf: &[u8]) -> Result<CdpPdu> {
     if !(1..=2).contains(&version) {
         return Err(Error::malformed("CDP header", format!("version {version}")));
     }
-    let method = checksum_method(buf);
+    let method = if truncated { None } else { checksum_method(buf) };
     let mut pdu = CdpPdu {
         version,
         ttl,
@@ -277,15 +292,24 @@ pub fn parse(buf: &[u8]) -> Result<CdpPdu> {
         system_name: None,
         management_addresses: Vec::new(),
         unknown: Vec::new(),
+        truncated,
     };
     let mut c = Cursor::new(c.rest(), "CDP TLV");
     while !c.is_empty() {
-        let ty = c.u16()?;
-        let len = c.u16()? as usize;
+        let head = c.u16().and_then(|ty| Ok((ty, c.u16()? as usize)));
+        let (ty, len) = match head {
+            Ok(h) => h,
+            Err(e) if truncated && e.is_incomplete() => break, // the cut
+            Err(e) => return Err(e),
+        };
         if len < 4 {
             return Err(Error::malformed("CDP TLV", format!("type {ty:#06x} with length {len}")));
         }
-        let v = c.take(len - 4)?;
+        let v = match c.take(len - 4) {
+            Ok(v) => v,
+            Err(e) if truncated && e.is_incomplete() => break,
+            Err(e) => return Err(e),
+        };
         let (known, error) = match parse_tlv(&mut pdu, ty, v) {
             Ok(k) => (k, None),
             Err(e) => (false, Some(e.in_tlv().to_string())),

@@ -78,6 +78,17 @@ pub struct EthernetFrame<'a> {
 /// Parse an Ethernet frame (without FCS). 802.3 frames are cut to their length field, so
 /// trailing padding never reaches the payload parser.
 pub fn parse(frame: &[u8]) -> Result<EthernetFrame<'_>> {
+    parse_with(frame, false)
+}
+
+/// [`parse`] for a frame the capture cut short: an 802.3 length field longer than what was
+/// captured takes what there is (the payload parser then sees the cut). The Ethernet header
+/// itself (and the LLC/SNAP header) must be whole.
+pub fn parse_truncated(frame: &[u8]) -> Result<EthernetFrame<'_>> {
+    parse_with(frame, true)
+}
+
+fn parse_with(frame: &[u8], truncated: bool) -> Result<EthernetFrame<'_>> {
     let mut c = Cursor::new(frame, "ethernet header");
     let dst = MacAddr(c.array()?);
     let src = MacAddr(c.array()?);
@@ -110,7 +121,8 @@ pub fn parse(frame: &[u8]) -> Result<EthernetFrame<'_>> {
             format!("type/length {ty:#06x} is neither"),
         ));
     }
-    let mut llc = Cursor::new(c.take(ty as usize)?, "802.3 LLC");
+    let len = if truncated { (ty as usize).min(c.remaining()) } else { ty as usize };
+    let mut llc = Cursor::new(c.take(len)?, "802.3 LLC");
     let (dsap, ssap, control) = (llc.u8()?, llc.u8()?, llc.u8()?);
     if dsap == 0xaa && ssap == 0xaa && control == 0x03 {
         let oui: [u8; 3] = llc.array()?;

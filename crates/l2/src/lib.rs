@@ -48,18 +48,41 @@ pub struct Decoded {
     pub payload: ether::Payload,
     /// The parsed PDU.
     pub pdu: Pdu,
+    /// The frame was cut short by the capture (see [`decode_captured`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// Decode one Ethernet frame (without FCS). Frames that are neither LLDP nor CDP decode to
 /// [`Pdu::Other`]; errors come from the framing or from the LLDP/CDP parser.
 pub fn decode_frame(frame: &[u8]) -> Result<Decoded> {
-    let f = ether::parse(frame)?;
-    let pdu = match f.payload {
-        ether::Payload::Lldp => Pdu::Lldp(Box::new(lldp::parse(f.body)?)),
-        ether::Payload::Cdp => Pdu::Cdp(Box::new(cdp::parse(f.body)?)),
+    decode_captured(frame, frame.len())
+}
+
+/// Decode a captured frame whose length on the wire was `orig_len` (pcap's `orig_len`, or
+/// what `recvfrom(MSG_TRUNC)` returned). When the capture holds less (`frame.len() <
+/// orig_len`, cut by a snap length), the frame is decoded as tshark does: every whole TLV,
+/// then `truncated: true` on the frame and its PDU ([`lldp::parse_truncated`],
+/// [`cdp::parse_truncated`]) instead of an error. A complete frame decodes as
+/// [`decode_frame`].
+pub fn decode_captured(frame: &[u8], orig_len: usize) -> Result<Decoded> {
+    let truncated = orig_len > frame.len();
+    let f = if truncated { ether::parse_truncated(frame)? } else { ether::parse(frame)? };
+    let pdu = match (f.payload, truncated) {
+        (ether::Payload::Lldp, false) => Pdu::Lldp(Box::new(lldp::parse(f.body)?)),
+        (ether::Payload::Lldp, true) => Pdu::Lldp(Box::new(lldp::parse_truncated(f.body)?)),
+        (ether::Payload::Cdp, false) => Pdu::Cdp(Box::new(cdp::parse(f.body)?)),
+        (ether::Payload::Cdp, true) => Pdu::Cdp(Box::new(cdp::parse_truncated(f.body)?)),
         _ => Pdu::Other,
     };
-    Ok(Decoded { dst: f.dst, src: f.src, vlan_tags: f.vlan_tags, payload: f.payload, pdu })
+    Ok(Decoded {
+        dst: f.dst,
+        src: f.src,
+        vlan_tags: f.vlan_tags,
+        payload: f.payload,
+        pdu,
+        truncated,
+    })
 }
 
 /// One line of `assim decode-l2`.
@@ -92,6 +115,13 @@ pub struct FrameRecord {
     /// Why the frame did not decode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The capture holds less than the frame had on the wire (pcap `incl_len < orig_len`):
+    /// the whole TLVs are decoded, as tshark does ("Packet size limited during capture").
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// The frame's length on the wire, when it was truncated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orig_len: Option<u32>,
 }
 
 /// Decode a captured frame into its record (never fails: errors become `protocol: "error"`).
@@ -107,18 +137,33 @@ pub fn frame_record(p: &pcap::Packet<'_>) -> FrameRecord {
         lldp: None,
         cdp: None,
         error: None,
+        truncated: false,
+        orig_len: None,
     };
+    if (p.data.len() as u64) < u64::from(p.orig_len) {
+        r.truncated = true;
+        r.orig_len = Some(p.orig_len);
+    }
     if p.link_type != pcap::LINKTYPE_ETHERNET {
         r.error = Some(Error::Unsupported(format!("link type {}", p.link_type)).to_string());
         return r;
     }
-    match ether::parse(p.data) {
+    let framed = if r.truncated { ether::parse_truncated(p.data) } else { ether::parse(p.data) };
+    match framed {
         Err(e) => r.error = Some(e.to_string()),
         Ok(f) => {
             r.src = Some(f.src);
             r.dst = Some(f.dst);
             r.vlan_tags = f.vlan_tags;
             let parsed = match f.payload {
+                ether::Payload::Lldp if r.truncated => lldp::parse_truncated(f.body).map(|l| {
+                    r.protocol = "lldp";
+                    r.lldp = Some(l);
+                }),
+                ether::Payload::Cdp if r.truncated => cdp::parse_truncated(f.body).map(|c| {
+                    r.protocol = "cdp";
+                    r.cdp = Some(c);
+                }),
                 ether::Payload::Lldp => lldp::parse(f.body).map(|l| {
                     r.protocol = "lldp";
                     r.lldp = Some(l);
@@ -164,6 +209,8 @@ pub fn decode_pcap_to_json_lines(bytes: &[u8]) -> Result<Vec<String>> {
                 lldp: None,
                 cdp: None,
                 error: Some(e.to_string()),
+                truncated: false,
+                orig_len: None,
             },
         };
         out.push(

@@ -249,6 +249,10 @@ pub struct LldpPdu {
     pub unknown: Vec<UnknownTlv>,
     /// Whether an End of LLDPDU TLV was found.
     pub end_seen: bool,
+    /// The frame was cut short by the capture's snap length ([`parse_truncated`]): every
+    /// whole TLV is here, the cut one and anything after it are not.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 const CHASSIS_KINDS: [&str; 8] = [
@@ -571,6 +575,19 @@ fn parse_org(pdu: &mut LldpPdu, oui: [u8; 3], subtype: u8, v: &[u8]) -> Result<b
 
 /// Parse an LLDPDU (the Ethernet payload after EtherType 0x88cc).
 pub fn parse(buf: &[u8]) -> Result<LldpPdu> {
+    parse_with(buf, false)
+}
+
+/// Parse an LLDPDU the capture cut short (pcap `incl_len < orig_len`, or a live frame longer
+/// than the receive buffer), as tshark does: every whole TLV is decoded, the TLV the cut
+/// falls into ends the PDU, and the result says `truncated: true`. The mandatory chassis id,
+/// port id and TTL must still be whole ([`Error::Incomplete`] otherwise: there is no neighbour
+/// without them).
+pub fn parse_truncated(buf: &[u8]) -> Result<LldpPdu> {
+    parse_with(buf, true)
+}
+
+fn parse_with(buf: &[u8], truncated: bool) -> Result<LldpPdu> {
     let mut c = Cursor::new(buf, "LLDP TLV");
     let mut chassis = None;
     let mut port = None;
@@ -595,12 +612,17 @@ pub fn parse(buf: &[u8]) -> Result<LldpPdu> {
         med: None,
         unknown: Vec::new(),
         end_seen: false,
+        truncated,
     };
     while !c.is_empty() {
-        let head = c.u16()?;
+        let whole = c.u16().and_then(|head| Ok((head, c.take((head & 0x01ff) as usize)?)));
+        let (head, v) = match whole {
+            Ok(tlv) => tlv,
+            Err(e) if truncated && e.is_incomplete() => break, // the cut: keep what is whole
+            Err(e) => return Err(e),
+        };
         let ty = (head >> 9) as u8;
         let len = (head & 0x01ff) as usize;
-        let v = c.take(len)?;
         match ty {
             0 => {
                 pdu.end_seen = true;

@@ -30,6 +30,8 @@ pub struct DiscoveryOptions {
     pub agents_dir: PathBuf,
     /// Limits per agent run.
     pub agent_limits: AgentLimits,
+    /// Where the collectors that take a root read (`/`; a fake tree in tests).
+    pub root: PathBuf,
 }
 
 impl DiscoveryOptions {
@@ -38,6 +40,7 @@ impl DiscoveryOptions {
         DiscoveryOptions {
             agents_dir: data_dir.join("discovery.d"),
             agent_limits: AgentLimits::default(),
+            root: PathBuf::from("/"),
         }
     }
 }
@@ -126,8 +129,9 @@ impl Collectors {
                 let _ = tx.send(Collected { name, result: Ok(run.discovery) });
             });
         } else if let Some(c) = Collector::from_name(&name) {
+            let root = self.opts.root.clone();
             tokio::task::spawn_blocking(move || {
-                let result = c.collect().map_err(|e| e.to_string());
+                let result = c.collect_with(&root, &params).map_err(|e| e.to_string());
                 let _ = tx.send(Collected { name, result });
             });
         } else {

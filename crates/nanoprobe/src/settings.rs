@@ -58,6 +58,10 @@ pub struct NanoprobeFlags {
     /// [default: DATA_DIR/discovery.d].
     #[arg(long, env = "ASSIM_DISCOVERY_AGENTS")]
     pub discovery_agents: Option<PathBuf>,
+    /// The root the collectors that take one (`raid`, `block_devices`) read `proc/`, `sys/`
+    /// and `etc/` under, instead of `/` (for tests against a fake tree) [default: /].
+    #[arg(long, env = "ASSIM_DISCOVERY_ROOT")]
+    pub discovery_root: Option<PathBuf>,
     /// Time limit of one discovery agent run; then its whole process group is killed and the
     /// run reported as an error [default: 30s].
     #[arg(long, env = "ASSIM_AGENT_TIMEOUT", value_parser = parse_duration)]
@@ -84,6 +88,7 @@ pub struct NanoprobeFile {
     pub hostname: Option<String>,
     pub spool_max_mb: Option<u64>,
     pub discovery_agents: Option<PathBuf>,
+    pub discovery_root: Option<PathBuf>,
     pub agent_timeout: Option<String>,
     pub agent_max_output_kb: Option<u64>,
 }
@@ -112,6 +117,12 @@ impl NanoprobeFlags {
         let mut discovery = crate::discovery::DiscoveryOptions::for_data_dir(&data_dir);
         if let Some(dir) = self.discovery_agents.clone().or(file.discovery_agents) {
             discovery.agents_dir = dir;
+        }
+        if let Some(root) = self.discovery_root.clone().or(file.discovery_root) {
+            if !root.is_dir() {
+                bail!("discovery_root {} is not a directory", root.display());
+            }
+            discovery.root = root;
         }
         match (self.agent_timeout, &file.agent_timeout) {
             (Some(d), _) => discovery.agent_limits.timeout = d,
@@ -162,6 +173,7 @@ pub fn nanoprobe_config_toml(o: &crate::nanoprobe::NanoprobeOptions) -> String {
         hostname: o.hostname.clone(),
         spool_max_mb: Some(o.spool_max_bytes / (1024 * 1024)),
         discovery_agents: Some(o.discovery.agents_dir.clone()),
+        discovery_root: Some(o.discovery.root.clone()),
         agent_timeout: Some(format_duration(o.discovery.agent_limits.timeout)),
         agent_max_output_kb: Some(o.discovery.agent_limits.max_output as u64 / 1024),
     };

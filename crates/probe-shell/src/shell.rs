@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use assim_checks::runner::clip;
 use assim_checks::{ApplyOutcome, Check, CheckResult, Scheduler};
 use assim_discovery::schedule::{Applied as ScheduleApplied, Entry};
-use assim_discovery::{ChangeFilter, Discovery, Schedule};
+use assim_discovery::{ChangeFilter, Discovery, HostEvents, Schedule};
 use assim_probe::{Action as HbAction, Applied, DesiredPeers, Heartbeats, PeerSetError};
 use assim_reliable::{Connection, Event as RelEvent, SendError};
 use assim_seal::Sealer;
@@ -183,6 +183,8 @@ pub struct Shell<S: SpoolStorage> {
     /// Whether the discovery schedule runs (see [`ShellConfig::discovery_defaults`]).
     discovery_active: bool,
     filter: ChangeFilter,
+    /// Events raised from changed results (`raid.degraded`, …), spooled as local events.
+    host_events: HostEvents,
     collectors_running: HashSet<String>,
     stats: ShellStats,
     /// Whether peer sets are applied (see [`Shell::without_heartbeats`]).
@@ -222,6 +224,7 @@ impl<S: SpoolStorage> Shell<S> {
             discovery: Schedule::new(now),
             discovery_active: cfg.discovery_defaults,
             filter: ChangeFilter::new(),
+            host_events: HostEvents::new(),
             collectors_running: HashSet::new(),
             stats: ShellStats::default(),
             heartbeats_on: true,
@@ -864,6 +867,7 @@ impl<S: SpoolStorage> Shell<S> {
             }
         };
         debug!(collector = %d.name, bytes = payload.len(), "discovery changed; sending");
+        let raised = self.host_events.observe(&d);
         let body = Body::DiscoveryResult(msg::DiscoveryResult {
             name: d.name,
             content_hash: d.hash.to_vec(),
@@ -872,6 +876,20 @@ impl<S: SpoolStorage> Shell<S> {
             delta: false,
         });
         self.send_spooled(body, now);
+        // Raised at the host and spooled like any local event (issue 19: raid.degraded).
+        for e in raised {
+            let ev = msg::LocalEvent {
+                event_type: e.event_type,
+                severity: e.severity,
+                text: e.text,
+                tags: e.tags.into_iter().map(|(key, value)| msg::Tag { key, value }).collect(),
+                at: self.wall_micros(now),
+            };
+            let kind = ev.event_type.clone();
+            if let Err(why) = self.submit_spooled(Body::LocalEvent(ev), now) {
+                error!(event_type = %kind, ?why, "a host event could not be spooled; it is lost");
+            }
+        }
     }
 
     // --------------------------------------------------------------------------------------

@@ -699,3 +699,45 @@ fn a_shell_without_heartbeats_spools_only_what_it_is_given() {
     assert!(mute.events.contains(&Event::Ignored { kind: "peer_set" }));
     assert_eq!(mute.shell.heartbeats().stats().heartbeats_sent, 0);
 }
+
+/// Issue 19 item 3: a `raid` result that turns degraded spools one `raid.degraded` local event
+/// next to the discovery result; the same result again spools nothing; healthy again spools
+/// one `raid.recovered`.
+#[test]
+fn raid_results_raise_spooled_host_events() {
+    let mut p = Pair::new();
+    p.run(Duration::from_secs(1));
+    let raid = |mdstat: &str| {
+        let r = assim_discovery::raid::Raid {
+            md_available: true,
+            arrays: assim_discovery::raid::parse_mdstat(mdstat),
+        };
+        Ok(assim_discovery::Discovery::from_value("raid", serde_json::to_value(r).unwrap()))
+    };
+    let ok = "md0 : active raid1 loop1[1] loop0[0]\n  1 blocks [2/2] [UU]\n";
+    let failed = "md0 : active raid1 loop1[1](F) loop0[0]\n  1 blocks [2/1] [U_]\n";
+    for mdstat in [ok, ok, failed, failed, ok] {
+        p.shell.collector_done("raid", raid(mdstat), p.now);
+        p.run(Duration::from_millis(100));
+    }
+    let events: Vec<(String, String)> = p
+        .cma
+        .applied
+        .iter()
+        .filter_map(|m| match &m.body {
+            Some(Body::LocalEvent(e)) => Some((e.event_type.clone(), e.severity.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [("raid.degraded".into(), "critical".into()), ("raid.recovered".into(), "notice".into())]
+    );
+    let results = p
+        .cma
+        .applied
+        .iter()
+        .filter(|m| matches!(&m.body, Some(Body::DiscoveryResult(d)) if d.name == "raid"))
+        .count();
+    assert_eq!(results, 3, "only changed results are sent");
+}
