@@ -9,8 +9,9 @@
 //! - `real_md_array_on_loop_devices`: a real raid1 array on two loop devices (root, mdadm, a
 //!   kernel with md): `mdadm --fail` one member → exactly one `raid.degraded`; re-added and
 //!   synced → `raid.recovered`. Loop devices and the array are removed even when the test
-//!   fails. On a kernel built without md (`CONFIG_MD` not set: no `/proc/mdstat` and none can
-//!   be loaded) it says so and returns: no package can fix that.
+//!   fails. It is `#[ignore]`d: the CI machine kind's kernel is built without md (`CONFIG_MD`
+//!   not set: no `/proc/mdstat` and none can be loaded), which no package can fix. Run
+//!   explicitly on a kernel without md, it fails naming the reason.
 //!
 //! Item 2, file integrity (`file.changed`):
 //! - `replaced_binary_in_a_test_root_raises_one_file_changed`.
@@ -220,6 +221,8 @@ fn kernel_without_md() -> Option<String> {
 }
 
 #[test]
+#[ignore = "needs a kernel with md (CONFIG_MD), which this machine kind lacks: run it with \
+            `cargo nextest run -p assim --test host_events --run-ignored only` where md exists"]
 fn real_md_array_on_loop_devices() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         assim_util::testing::skip("md arrays on loop devices need root");
@@ -230,10 +233,10 @@ fn real_md_array_on_loop_devices() -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(why) = kernel_without_md() {
-        // Not a missing package: the running kernel cannot do md. The fake-root test above
-        // covers the same path through the CMA.
-        println!("SKIP (kernel): {why}");
-        return Ok(());
+        // Not a missing package: the running kernel cannot do md. The test is ignored by
+        // default for that reason; asked for explicitly, it fails rather than pass unrun. The
+        // fake-root test above covers the same path through the CMA.
+        anyhow::bail!("{why}");
     }
     let mut lab = Lab { dir: tempfile::tempdir()?, loops: Vec::new(), md: None };
     for i in 0..2 {
