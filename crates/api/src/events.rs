@@ -108,6 +108,26 @@ mod micros {
     }
 }
 
+/// A time of the API (µs since the Unix epoch) as UTC calendar fields: year, month, day, hour,
+/// minute, second. The one conversion behind every printed time (the CLI's tables, the web
+/// page), so they cannot disagree.
+pub fn utc_fields(micros: u64) -> (i64, i64, i64, u64, u64, u64) {
+    let secs = micros / 1_000_000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, rem / 3600, (rem / 60) % 60, rem % 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

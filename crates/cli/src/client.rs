@@ -174,21 +174,9 @@ impl Client {
 
 /// Formats µs since the epoch as UTC `YYYY-MM-DD HH:MM:SS.mmm`.
 pub fn format_time(micros: u64) -> String {
-    let secs = micros / 1_000_000;
+    let (y, m, d, hh, mm, ss) = assim_api::events::utc_fields(micros);
     let ms = (micros / 1000) % 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{ms:03}", rem / 3600, (rem / 60) % 60, rem % 60)
+    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}.{ms:03}")
 }
 
 /// Prints the status table.
