@@ -17,6 +17,8 @@
 //!   [`Service`], [`Dependency`], [`IpSighting`], [`MacSighting`], [`SwitchPortLink`],
 //!   [`PackageHit`], [`UnknownIp`], [`Subnet`], [`HistoryEntry`]).
 //! - [`export`]: `/api/v1/export/inventory` ([`InventoryHost`]), what `assim export …` renders.
+//! - [`fleet`]: the fleet questions under `/api/v1/fleet/…` ([`KeyUse`], [`ProcessRow`],
+//!   [`OsRow`], [`MacRow`], [`AddressName`]).
 //! - [`rings`]: the network-aware rings and the switches ([`RingView`], [`RingMember`],
 //!   [`SwitchView`], [`SwitchHost`]).
 //!
@@ -27,6 +29,7 @@ pub mod bus;
 pub mod discovery;
 pub mod events;
 pub mod export;
+pub mod fleet;
 pub mod rings;
 pub mod services;
 pub mod status;
@@ -35,6 +38,7 @@ pub mod topology;
 pub use bus::{AckBody, SubscriptionBatch, SubscriptionView};
 pub use discovery::DiscoveryView;
 pub use events::Event;
+pub use fleet::{AddressName, KeyUse, MacRow, OsRow, ProcessRow};
 pub use export::{HostKey, InventoryHost, Listener, SwitchUplink};
 pub use rings::{RingMember, RingView, SwitchHost, SwitchView};
 pub use services::{CheckListEntry, ServiceView, StoredCheck};

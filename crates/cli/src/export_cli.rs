@@ -1,5 +1,5 @@
 //! `assim export …`: the files other systems read, made from what the CMA discovered
-//! (issue 17): known hosts, SSHFP, Nagios and Icinga 2 configuration. The CMA's `/api/v1/export/…` routes give the text or the inventory rows;
+//! (issue 17): known hosts, SSHFP, Nagios and Icinga 2 configuration, a Graphviz picture. The CMA's `/api/v1/export/…` routes give the text or the inventory rows;
 //! `assim-export` renders; this module writes the result to stdout or, with `-o FILE`,
 //! atomically (a temporary file in the same directory, then a rename).
 
@@ -62,6 +62,24 @@ pub enum ExportCommand {
     ///   assim export icinga2 /etc/icinga2/conf.d --reload-cmd 'systemctl reload icinga2'
     #[command(verbatim_doc_comment)]
     Icinga2(MonitoringArgs),
+    /// A Graphviz picture of switches, hosts (coloured by state), the switch port each NIC is
+    /// wired to, and client → service dependencies; or only one host's neighbourhood.
+    ///
+    /// Examples:
+    ///   assim export dot | dot -Tsvg > fleet.svg
+    ///   assim export dot --host web1 --depth 2 -o web1.dot
+    #[command(verbatim_doc_comment)]
+    Dot {
+        /// Only what lies within --depth steps of this host (name or node id).
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+        /// Steps from --host over wires and dependencies (1–16).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+        depth: u8,
+        /// Write to FILE (atomically) instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// The arguments of `assim export nagios|icinga2`.
@@ -96,6 +114,16 @@ pub fn run(client: &Client, cmd: ExportCommand) -> anyhow::Result<()> {
         }
         ExportCommand::Icinga2(a) => {
             monitoring(client, &a, "assim.conf", assim_export::monitoring::icinga2)
+        }
+        ExportCommand::Dot { host, depth, output } => {
+            let path = match &host {
+                Some(h) => format!(
+                    "/api/v1/export/dot?host={}&depth={depth}",
+                    crate::client::encode_component(h)
+                ),
+                None => "/api/v1/export/dot".into(),
+            };
+            emit(&client.get(&path)?.into_string()?, output.as_deref())
         }
     }
 }

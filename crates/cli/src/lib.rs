@@ -23,6 +23,7 @@
 //! - [`listen_l2`]: `assim decode-l2 --listen`.
 //! - [`loadgen`]: `assim loadgen`, simulated senders pushing spooled reports at a CMA
 //!   (durability tests, ingest benchmark).
+//! - [`fleet_cli`]: `assim keys|processes|os|macs|addresses`, the fleet questions.
 //! - [`flood`]: `assim flood`, a first-contact flood from random identities and loopback
 //!   sources (the flood benchmark).
 
@@ -32,6 +33,7 @@ pub mod client;
 pub mod cluster;
 pub mod demo;
 pub mod export_cli;
+pub mod fleet_cli;
 pub mod flood;
 pub mod listen_l2;
 pub mod loadgen;

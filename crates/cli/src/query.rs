@@ -166,6 +166,8 @@ pub enum QueryCommand {
         #[command(flatten)]
         out: Output,
     },
+    #[command(flatten)]
+    Fleet(crate::fleet_cli::FleetCommand),
 }
 
 /// What `assim host NAME …` shows.
@@ -213,7 +215,7 @@ fn fetch<T: DeserializeOwned>(client: &Client, path: &str, what: &str) -> anyhow
 }
 
 /// Prints rows as JSON, or as a table through `table`, or `empty` when there are none.
-fn show<T: Serialize, const N: usize>(
+pub(crate) fn show<T: Serialize, const N: usize>(
     out: Output,
     rows: &[T],
     empty: &str,
@@ -234,7 +236,7 @@ fn show<T: Serialize, const N: usize>(
     Ok(())
 }
 
-fn opt(s: &Option<String>) -> String {
+pub(crate) fn opt(s: &Option<String>) -> String {
     s.clone().unwrap_or_else(|| "-".into())
 }
 
@@ -609,6 +611,7 @@ pub fn run(client: &Client, cmd: QueryCommand) -> anyhow::Result<()> {
                 [s.subnet.clone(), s.hosts.to_string(), s.addresses.to_string()]
             })
         }
+        QueryCommand::Fleet(cmd) => crate::fleet_cli::run(client, cmd),
         QueryCommand::History { limit, out } => {
             let rows: Vec<HistoryEntry> =
                 fetch(client, &format!("/api/v1/topology/history?limit={limit}"), "the history")?;

@@ -61,6 +61,8 @@ pub struct ApiState {
     pub(crate) info: CmaInfo,
     /// Where `check run` requests go (the CMA task); `None` outside a running CMA.
     pub(crate) check_runner: Option<crate::cma::checks_cma::RunSender>,
+    /// The fleet questions' registry, resolver and settings ([`crate::api_fleet`]).
+    pub(crate) fleet: Arc<crate::api_fleet::Fleet>,
     /// Store calls running and queued, per seam.
     query_gate: Arc<ReadGate>,
     events_gate: Arc<ReadGate>,
@@ -107,11 +109,18 @@ impl ApiState {
             access,
             info,
             check_runner: None,
+            fleet: Arc::new(crate::api_fleet::Fleet::new(crate::api_fleet::FleetConfig::default())),
             query_gate: Arc::new(ReadGate::new(API_HANDLES, MAX_QUEUED_READS)),
             events_gate: Arc::new(ReadGate::new(API_HANDLES, MAX_QUEUED_READS)),
             held: HeldGate::new(MAX_HELD),
             limits: Limits::default(),
         })
+    }
+
+    /// The same API with other `[fleet]` settings (MAC registry, reverse DNS).
+    pub fn with_fleet(mut self, config: crate::api_fleet::FleetConfig) -> ApiState {
+        self.fleet = Arc::new(crate::api_fleet::Fleet::new(config));
+        self
     }
 
     /// The same API with other bounds (tests use small ones).
@@ -281,6 +290,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(crate::api_checks::routes())
         .merge(assim_web::routes())
         .merge(crate::api_export::routes())
+        .merge(crate::api_fleet::routes())
         .layer(middleware::from_fn_with_state(state.clone(), crate::api_access::guard))
         .with_state(state)
 }

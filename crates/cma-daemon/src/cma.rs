@@ -74,6 +74,8 @@ pub struct CmaOptions {
     pub topology_history_max_rows: u64,
     /// Ring pins: host name or node id → ring name (`[pins]`, `--pin`; issue 13).
     pub pins: std::collections::BTreeMap<String, String>,
+    /// The fleet questions: MAC registry and reverse DNS (`[fleet]`, [`crate::api_fleet`]).
+    pub fleet: crate::api_fleet::FleetConfig,
 }
 
 /// The CMA's database file inside its data directory.
@@ -165,7 +167,7 @@ pub async fn run(
     if opts.api_token.is_some() {
         info!(api = %opts.api, "the HTTP API requires a bearer token (Authorization: Bearer …)");
     }
-    let api_state = api_state.with_check_runner(run_tx);
+    let api_state = api_state.with_check_runner(run_tx).with_fleet(opts.fleet.clone());
     let api_task = tokio::spawn(crate::api::serve(api_listener, api_state));
     let retention_task = tokio::spawn(crate::retention::run(
         store_path(&opts.data_dir),

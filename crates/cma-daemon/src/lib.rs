@@ -17,6 +17,9 @@
 //! - [`api_topology`]: the topology query routes of the HTTP API.
 //! - [`api_checks`]: the service routes of the HTTP API (`services`, `checks/run`).
 //! - [`api_export`]: the export routes (known hosts, SSHFP, the inventory of `assim export`).
+//! - [`api_fleet`]: the fleet questions (shared SSH keys, processes, OS and kernel, MAC
+//!   vendors, addresses without DNS names) and the Graphviz export; [`reverse_dns`] is its
+//!   resolver.
 //! - [`api_bus`]: the event bus routes of the HTTP API (filters, SSE, durable subscriptions).
 //! - [`api_web`]: the web page (`assim-web`) on the API's listener and guard.
 //! - [`api_limits`]: what one API client can hold (connections, held requests, store calls,
@@ -31,10 +34,12 @@ pub mod api_access;
 pub mod api_bus;
 pub mod api_checks;
 pub mod api_export;
+pub mod api_fleet;
 pub mod api_limits;
 pub mod api_topology;
 pub mod api_web;
 pub mod cma;
 pub mod metrics;
 pub mod retention;
+pub mod reverse_dns;
 pub mod settings;

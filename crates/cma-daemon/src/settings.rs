@@ -97,9 +97,27 @@ pub struct CmaFlags {
     /// networks that announce nothing. Overrides the config file's [pins] table.
     #[arg(long = "pin", value_name = "HOST=NAME", env = "ASSIM_PIN", value_delimiter = ',')]
     pub pins: Vec<String>,
+    /// Where the IEEE MAC vendor registry is (`assim macs`) [default: /usr/share/ieee-data,
+    /// Debian's ieee-data package].
+    #[arg(long, value_name = "DIR", env = "ASSIM_OUI_DIR")]
+    pub oui_dir: Option<PathBuf>,
+    /// Do not look up the DNS names of host addresses (`assim addresses`).
+    #[arg(long, env = "ASSIM_NO_REVERSE_DNS")]
+    pub no_reverse_dns: bool,
+    /// A DNS server for reverse lookups, ADDR or ADDR:PORT (repeatable or comma-separated)
+    /// [default: the nameservers of /etc/resolv.conf].
+    #[arg(long = "dns-server", value_name = "ADDR", env = "ASSIM_DNS_SERVERS", value_delimiter = ',', value_parser = parse_dns_server)]
+    pub dns_servers: Vec<SocketAddr>,
     /// Print the resolved configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+}
+
+/// `ADDR` (port 53) or `ADDR:PORT` / `[V6]:PORT`.
+fn parse_dns_server(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("{text:?} is not an address (192.0.2.53, 192.0.2.53:5353, [2001:db8::53]:53)"))
 }
 
 /// `cma` subcommands.
@@ -154,6 +172,17 @@ pub struct CmaFile {
     pub discovery: Option<std::collections::BTreeMap<String, DiscoveryValue>>,
     /// Ring pins: host name or node id → ring name (`[pins]`, issue 13).
     pub pins: Option<std::collections::BTreeMap<String, String>>,
+    /// The fleet questions: MAC registry and reverse DNS (`[fleet]`).
+    pub fleet: Option<FleetFile>,
+}
+
+/// The `[fleet]` table of the config file (every key optional).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFile {
+    pub oui_dir: Option<PathBuf>,
+    pub reverse_dns: Option<bool>,
+    pub dns_servers: Option<Vec<String>>,
 }
 
 /// The most pins accepted.
@@ -371,6 +400,27 @@ impl CmaFlags {
             topology_history_max_age,
             topology_history_max_rows,
             pins: resolve_pins(file.pins.as_ref(), &self.pins)?,
+            fleet: {
+                let f = file.fleet.unwrap_or_default();
+                let dns_servers = if self.dns_servers.is_empty() {
+                    f.dns_servers
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|t| parse_dns_server(t).map_err(|e| anyhow::anyhow!("config: [fleet] dns_servers: {e}")))
+                        .collect::<anyhow::Result<Vec<_>>>()?
+                } else {
+                    self.dns_servers.clone()
+                };
+                crate::api_fleet::FleetConfig {
+                    oui_dir: self
+                        .oui_dir
+                        .clone()
+                        .or(f.oui_dir)
+                        .unwrap_or_else(|| assim_export::oui::DEFAULT_DIR.into()),
+                    reverse_dns: !self.no_reverse_dns && f.reverse_dns.unwrap_or(true),
+                    dns_servers,
+                }
+            },
         })
     }
 }
@@ -418,6 +468,11 @@ pub fn cma_config_toml(o: &crate::cma::CmaOptions) -> String {
         topology_history_max_age: Some(format_duration(o.topology_history_max_age)),
         topology_history_max_rows: Some(o.topology_history_max_rows),
         pins: Some(o.pins.clone()),
+        fleet: Some(FleetFile {
+            oui_dir: Some(o.fleet.oui_dir.clone()),
+            reverse_dns: Some(o.fleet.reverse_dns),
+            dns_servers: Some(o.fleet.dns_servers.iter().map(ToString::to_string).collect()),
+        }),
     };
     toml::to_string(&f).expect("config serializes")
 }

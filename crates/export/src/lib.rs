@@ -8,13 +8,22 @@
 //! - [`known_hosts`]: `ssh_known_hosts` (plain or hashed) and DNS SSHFP records.
 //! - [`monitoring`]: Nagios and Icinga 2 configuration (hosts, parents/dependencies from the
 //!   LLDP wiring, passive services, host groups by switch, subnet and OS).
+//! - [`dns`]: reverse (PTR) lookups in DNS wire format, sans-IO.
+//! - [`dot`]: a Graphviz picture of switches, hosts, wires and dependencies, or of one
+//!   host's neighbourhood.
+//! - [`fleet`]: the fleet questions — shared SSH keys, processes, OS and kernel, MAC vendors.
+//! - [`oui`]: the IEEE MAC prefix registry (Debian `ieee-data`).
 //! - [`names`]: what a name or address must be to be written anywhere (hostile input).
 //! - [`sha1`]: SHA-1 and HMAC-SHA1, which the OpenSSH formats require.
 
+pub mod dns;
+pub mod dot;
+pub mod fleet;
 pub mod inventory;
 pub mod known_hosts;
 pub mod monitoring;
 pub mod names;
+pub mod oui;
 pub mod sha1;
 
 pub use inventory::{Inventory, Sources, inventory};

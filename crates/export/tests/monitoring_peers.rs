@@ -1,7 +1,8 @@
-//! The Nagios and Icinga 2 exports against the real programs (Debian `nagios4`, `icinga2-bin`):
+//! The Nagios, Icinga 2 and Graphviz exports against the real programs (Debian `nagios4`,
+//! `icinga2-bin`, `graphviz`):
 //! a config written from an inventory with switches, subnets, OS groups, services and hostile
 //! names passes `nagios4 -v` and `icinga2 daemon -C`, and every host, service, parent and
-//! dependency is counted by them.
+//! dependency is counted by them; `dot` parses the picture and keeps every shape and edge.
 
 use std::path::Path;
 use std::process::Command;
@@ -121,4 +122,47 @@ fn icinga2_validates_the_export() {
         assert!(text.contains(line), "{line} missing:\n{text}\n{conf}");
     }
     assert!(!text.contains("pwned"), "{text}");
+}
+
+#[test]
+fn graphviz_reads_the_dot_export() {
+    if !Path::new("/usr/bin/dot").exists() {
+        assim_util::testing::skip("graphviz is not installed (scripts/install-deps installs it)");
+        return;
+    }
+    let hosts = inventory();
+    let deps = [assim_api::Dependency {
+        client_host: "web1".into(),
+        client_node: "node1".into(),
+        client_state: "up".into(),
+        client_pid: None,
+        client_exe: None,
+        server_host: "db1".into(),
+        server_node: "node9".into(),
+        server_state: "up".into(),
+        server_ip: "192.0.2.9".into(),
+        port: 5432,
+        service_ip: "0.0.0.0".into(),
+        server_pid: Some(7),
+        server_exe: Some("/usr/lib/postgresql/15/bin/postgres\"];x".into()),
+        connections: 2,
+    }];
+    let text =
+        assim_export::dot::dot(&hosts, &deps, &assim_export::dot::DotOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.dot");
+    std::fs::write(&file, &text).unwrap();
+    // `-Tcanon` prints the graph as dot parsed it: count what it kept.
+    let out = Command::new("/usr/bin/dot").arg("-Tcanon").arg(&file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "dot refused the export: {stderr}\n{text}");
+    let canon = String::from_utf8_lossy(&out.stdout);
+    // 5 hosts, 2 switches (one with a hostile name), 4 wires, 1 dependency; no node "pwned".
+    assert_eq!(canon.matches("shape=ellipse").count(), 5, "{canon}");
+    assert_eq!(canon.matches("shape=box").count(), 2, "{canon}");
+    assert_eq!(canon.matches("dir=none").count(), 4, "{canon}");
+    assert_eq!(canon.matches("style=dashed").count(), 1, "{canon}");
+    assert!(!canon.lines().any(|l| l.trim_start().starts_with("pwned")), "{canon}");
+    let svg = Command::new("/usr/bin/dot").arg("-Tsvg").arg(&file).output().unwrap();
+    assert!(svg.status.success() && String::from_utf8_lossy(&svg.stdout).contains("<svg"));
 }

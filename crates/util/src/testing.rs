@@ -3,6 +3,8 @@
 //! machine, but fails it in CI, where `scripts/install-deps` has installed every peer and the
 //! tests run as root, so a skip there means a check silently stopped running.
 //!
+//! [`Dnsmasq`] is a real DNS server for the tests that need one.
+//!
 //! CI is recognised by the `CI` environment variable, as CI services set it: any value except
 //! empty, `0` and `false` counts.
 
@@ -44,6 +46,75 @@ pub fn l2_fixtures(start: &Path) -> Option<PathBuf> {
         return Some(PathBuf::from(dir));
     }
     start.ancestors().map(|a| a.join("shared/fixtures/l2")).find(|d| d.is_dir())
+}
+
+/// A real DNS server for tests: Debian's `dnsmasq` on a free loopback UDP port, answering from
+/// a hosts file only (forward and reverse) and NXDOMAIN for every other reverse name. Killed
+/// when dropped.
+#[derive(Debug)]
+pub struct Dnsmasq {
+    child: std::process::Child,
+    /// Where it answers.
+    pub addr: std::net::SocketAddr,
+    _dir: std::path::PathBuf,
+}
+
+impl Dnsmasq {
+    /// Where Debian installs it (package `dnsmasq-base`).
+    pub const PROGRAM: &'static str = "/usr/sbin/dnsmasq";
+
+    /// Starts it with `hosts` (lines of `ADDRESS NAME`); `None` (after [`skip`]) when dnsmasq
+    /// is not installed. Panics when it does not start within 10 s.
+    pub fn start(hosts: &str) -> Option<Dnsmasq> {
+        use std::net::UdpSocket;
+        if !Path::new(Self::PROGRAM).exists() {
+            skip("dnsmasq is not installed (scripts/install-deps installs dnsmasq-base)");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "assim-dnsmasq-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir).expect("dnsmasq test directory");
+        let file = dir.join("hosts");
+        std::fs::write(&file, hosts).expect("dnsmasq hosts file");
+        let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let user = std::process::Command::new("id").arg("-un").output().expect("id -un");
+        let child = std::process::Command::new(Self::PROGRAM)
+            .args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts"])
+            .arg(format!("--addn-hosts={}", file.display()))
+            .args(["--listen-address=127.0.0.1", "--bind-interfaces", "--pid-file="])
+            .args(["--local=/in-addr.arpa/", "--local=/ip6.arpa/"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--user={}", String::from_utf8_lossy(&user.stdout).trim()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cannot start dnsmasq");
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut server = Dnsmasq { child, addr, _dir: dir };
+        // Ready once it holds the port.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while UdpSocket::bind(addr).is_ok() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("dnsmasq exited at start-up: {status}");
+            }
+            assert!(std::time::Instant::now() < deadline, "dnsmasq did not bind {addr}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Some(server)
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
 }
 
 #[cfg(test)]
