@@ -37,6 +37,8 @@ pub enum Collector {
     BlockDevices,
     /// [`crate::integrity::collect_file_integrity_in`].
     FileIntegrity,
+    /// sshd, PAM, sudoers, login.defs, sysctl, auditd and file modes ([`crate::security`]).
+    Security,
 }
 
 /// One collector run: what the nanoprobe sends as a discovery result.
@@ -83,7 +85,7 @@ fn to_discovery(name: &str, value: &impl Serialize) -> Result<Discovery, Discove
 
 impl Collector {
     /// All collectors, in a fixed order.
-    pub const ALL: [Collector; 12] = [
+    pub const ALL: [Collector; 13] = [
         Collector::Interfaces,
         Collector::Neighbours,
         Collector::Sockets,
@@ -96,6 +98,7 @@ impl Collector {
         Collector::Raid,
         Collector::BlockDevices,
         Collector::FileIntegrity,
+        Collector::Security,
     ];
 
     /// The name used in schedules and on the wire.
@@ -113,6 +116,7 @@ impl Collector {
             Collector::Raid => "raid",
             Collector::BlockDevices => "block_devices",
             Collector::FileIntegrity => "file_integrity",
+            Collector::Security => crate::security::NAME,
         }
     }
 
@@ -127,7 +131,7 @@ impl Collector {
     }
 
     /// Runs the collector once, reading the files of the collectors that take a root (`raid`,
-    /// `block_devices`, `file_integrity`) under `root` instead of `/` (the nanoprobe's
+    /// `block_devices`, `file_integrity`, `security`) under `root` instead of `/` (the nanoprobe's
     /// `--discovery-root`, for tests against a fake tree). The others always read this host.
     pub fn collect_in(self, root: &Path) -> Result<Discovery, DiscoveryError> {
         self.collect_with(root, &BTreeMap::new())
@@ -158,6 +162,7 @@ impl Collector {
             Collector::FileIntegrity => {
                 to_discovery(name, &crate::integrity::collect_file_integrity_in(root, params)?)
             }
+            Collector::Security => to_discovery(name, &crate::security::collect_security_in(root)?),
         }
     }
 }

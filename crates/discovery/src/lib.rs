@@ -20,6 +20,8 @@
 //! - [`raid`] — md arrays (`/proc/mdstat`, sysfs) and the `raid.degraded`/`raid.recovered`
 //!   decisions.
 //! - [`block`] — block devices and partitions (`/sys/block`).
+//! - [`security`] — sshd's effective settings, PAM, sudoers, login.defs, sysctl, auditd and
+//!   the modes of sensitive files, for the CMA's audit rules.
 //! - [`integrity`] — file integrity: hashes, owners, dpkg package and md5sum verdict, and
 //!   the `file.changed` decisions; [`md5`] only for dpkg's lists.
 //! - [`host_events`] — [`HostEvents`]: events the nanoprobe raises from its own results.
@@ -46,6 +48,7 @@ pub mod os;
 pub mod packages;
 pub mod raid;
 pub mod schedule;
+pub mod security;
 pub mod sockets;
 pub mod sshkeys;
 pub mod wiring;

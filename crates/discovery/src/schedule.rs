@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 /// Built-in intervals in seconds, used until the CMA sends a schedule and for collectors it
 /// does not mention.
-pub const DEFAULT_INTERVALS: [(&str, u64); 13] = [
+pub const DEFAULT_INTERVALS: [(&str, u64); 14] = [
     ("interfaces", 60),
     ("neighbours", 60),
     ("sockets", 60),
@@ -31,6 +31,7 @@ pub const DEFAULT_INTERVALS: [(&str, u64); 13] = [
     ("raid", 60),
     ("block_devices", 600),
     ("file_integrity", 3600),
+    ("security", 3600),
 ];
 
 /// Interval of an external agent without its own entry (and without `agent.*`).
