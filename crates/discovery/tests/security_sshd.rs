@@ -19,10 +19,11 @@ fn root_with(config: &str, dropin: Option<&str>) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let ssh = dir.path().join("etc/ssh");
     std::fs::create_dir_all(ssh.join("sshd_config.d")).unwrap();
-    // The shipped file includes /etc/ssh/sshd_config.d/*.conf; for sshd -T the include must
-    // name the test root's directory too.
-    let local = config.replace("/etc/ssh/sshd_config.d", &ssh.join("sshd_config.d").display().to_string());
-    std::fs::write(ssh.join("sshd_config"), local).unwrap();
+    std::fs::write(ssh.join("sshd_config"), config).unwrap();
+    // The shipped file includes /etc/ssh/sshd_config.d/*.conf, which the collector resolves
+    // under the root; sshd itself needs the test root's directory named.
+    let for_sshd = config.replace("/etc/ssh/sshd_config.d", &ssh.join("sshd_config.d").display().to_string());
+    std::fs::write(dir.path().join("sshd_config.for-sshd"), for_sshd).unwrap();
     if let Some(d) = dropin {
         std::fs::write(ssh.join("sshd_config.d/50-hardening.conf"), d).unwrap();
     }
@@ -33,7 +34,7 @@ fn sshd_t(root: &Path) -> std::collections::BTreeMap<String, String> {
     let out = Command::new("/usr/sbin/sshd")
         .arg("-T")
         .arg("-f")
-        .arg(root.join("etc/ssh/sshd_config"))
+        .arg(root.join("sshd_config.for-sshd"))
         .args(["-C", "user=root,host=localhost,addr=127.0.0.1"])
         .output()
         .unwrap();
