@@ -17,6 +17,7 @@
 //!   [`Service`], [`Dependency`], [`IpSighting`], [`MacSighting`], [`SwitchPortLink`],
 //!   [`PackageHit`], [`UnknownIp`], [`Subnet`], [`HistoryEntry`]).
 //! - [`export`]: `/api/v1/export/inventory` ([`InventoryHost`]), what `assim export …` renders.
+//! - [`audit`]: the security audit under `/api/v1/audit…` ([`AuditSummary`], [`AuditResult`]).
 //! - [`fleet`]: the fleet questions under `/api/v1/fleet/…` ([`KeyUse`], [`ProcessRow`],
 //!   [`OsRow`], [`MacRow`], [`AddressName`]).
 //! - [`rings`]: the network-aware rings and the switches ([`RingView`], [`RingMember`],
@@ -25,6 +26,7 @@
 //! The read side of the storage engines (`assim_store::Queries`) answers with these types, so
 //! the HTTP API serves what the engine returns and the CLI reads it back unchanged.
 
+pub mod audit;
 pub mod bus;
 pub mod discovery;
 pub mod events;
@@ -35,11 +37,12 @@ pub mod services;
 pub mod status;
 pub mod topology;
 
+pub use audit::{AuditHost, AuditResult, AuditRuleInfo, AuditScore, AuditSummary};
 pub use bus::{AckBody, SubscriptionBatch, SubscriptionView};
 pub use discovery::DiscoveryView;
 pub use events::Event;
-pub use fleet::{AddressName, KeyUse, MacRow, OsRow, ProcessRow};
 pub use export::{HostKey, InventoryHost, Listener, SwitchUplink};
+pub use fleet::{AddressName, KeyUse, MacRow, OsRow, ProcessRow};
 pub use rings::{RingMember, RingView, SwitchHost, SwitchView};
 pub use services::{CheckListEntry, ServiceView, StoredCheck};
 pub use status::{CmaInfo, NodeView, StatusView};

@@ -232,11 +232,18 @@ impl RuleSet {
 }
 
 fn validate(rule: &Rule) -> Result<(), String> {
-    let ok_text = |s: &str, max: usize| !s.trim().is_empty() && s.len() <= max && !s.chars().any(char::is_control);
-    if !ok_text(&rule.id, 64) || !rule.id.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
+    let ok_text = |s: &str, max: usize| {
+        !s.trim().is_empty() && s.len() <= max && !s.chars().any(char::is_control)
+    };
+    if !ok_text(&rule.id, 64)
+        || !rule.id.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+    {
         return Err("the id must be 1–64 letters, digits, '-', '.' or '_'".into());
     }
-    if !ok_text(&rule.category, 64) || !ok_text(&rule.reference, 512) || !ok_text(&rule.reason, 1024) {
+    if !ok_text(&rule.category, 64)
+        || !ok_text(&rule.reference, 512)
+        || !ok_text(&rule.reason, 1024)
+    {
         return Err("category, reference and reason must be set (one line each)".into());
     }
     let c = &rule.check;
@@ -244,9 +251,21 @@ fn validate(rule: &Rule) -> Result<(), String> {
     if sources.iter().filter(|s| s.is_some()).count() != 1 {
         return Err("the check must name exactly one of sshd, sysctl, login_defs, pam, sudoers, auditd, file".into());
     }
-    let conditions = [c.is.is_some(), c.not.is_some(), c.min.is_some(), c.max.is_some(), c.contains.is_some(), c.lacks.is_some(), c.max_mode.is_some(), c.owner.is_some()];
+    let conditions = [
+        c.is.is_some(),
+        c.not.is_some(),
+        c.min.is_some(),
+        c.max.is_some(),
+        c.contains.is_some(),
+        c.lacks.is_some(),
+        c.max_mode.is_some(),
+        c.owner.is_some(),
+    ];
     if !conditions.iter().any(|x| *x) {
-        return Err("the check has no condition (is, not, min, max, contains, lacks, max_mode, owner)".into());
+        return Err(
+            "the check has no condition (is, not, min, max, contains, lacks, max_mode, owner)"
+                .into(),
+        );
     }
     if (c.max_mode.is_some() || c.owner.is_some()) && c.file.is_none() {
         return Err("max_mode and owner apply to file checks only".into());
@@ -380,7 +399,8 @@ pub fn evaluate(c: &Check, doc: &Security) -> Outcome {
         };
     }
     if let Some(what) = &c.auditd {
-        let value = if what == "installed" { Some(doc.auditd.installed) } else { doc.auditd.running };
+        let value =
+            if what == "installed" { Some(doc.auditd.installed) } else { doc.auditd.running };
         return match value {
             Some(v) => judge_value(c, &format!("auditd {what}"), if v { "true" } else { "false" }),
             None => na(format!("auditd {what} is known on the live system only")),

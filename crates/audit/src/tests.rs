@@ -15,7 +15,8 @@ fn debian() -> Security {
     s.sshd.insert("usepam".into(), "yes".into());
     s.sshd.insert("x11forwarding".into(), "yes".into());
     s.sshd.insert("kbdinteractiveauthentication".into(), "no".into());
-    s.login_defs = BTreeMap::from([("PASS_MAX_DAYS".into(), "99999".into()), ("UMASK".into(), "022".into())]);
+    s.login_defs =
+        BTreeMap::from([("PASS_MAX_DAYS".into(), "99999".into()), ("UMASK".into(), "022".into())]);
     for (k, v) in [
         ("kernel.randomize_va_space", "2"),
         ("fs.suid_dumpable", "0"),
@@ -29,9 +30,18 @@ fn debian() -> Security {
     ] {
         s.sysctl.insert(k.into(), v.into());
     }
-    s.pam.insert("common-auth".into(), vec!["auth [success=1 default=ignore] pam_unix.so nullok".into()]);
-    s.sudoers = Some(Sudoers { defaults: vec!["env_reset".into(), "use_pty".into()], nopasswd_rules: 0 });
-    for (f, mode, gid) in [("/etc/shadow", 0o640, 42), ("/etc/passwd", 0o644, 0), ("/etc/ssh/sshd_config", 0o644, 0), ("/etc/ssh/ssh_host_ed25519_key", 0o600, 0)] {
+    s.pam.insert(
+        "common-auth".into(),
+        vec!["auth [success=1 default=ignore] pam_unix.so nullok".into()],
+    );
+    s.sudoers =
+        Some(Sudoers { defaults: vec!["env_reset".into(), "use_pty".into()], nopasswd_rules: 0 });
+    for (f, mode, gid) in [
+        ("/etc/shadow", 0o640, 42),
+        ("/etc/passwd", 0o644, 0),
+        ("/etc/ssh/sshd_config", 0o644, 0),
+        ("/etc/ssh/ssh_host_ed25519_key", 0o600, 0),
+    ] {
         s.files.insert(f.into(), FileMode { mode, uid: 0, gid });
     }
     s
@@ -65,11 +75,23 @@ fn a_stock_host_and_a_hardened_one() {
     assert_eq!(stock["audit.auditd-installed"], "fail");
 
     let mut hard = debian();
-    for (k, v) in [("permitrootlogin", "no"), ("x11forwarding", "no"), ("passwordauthentication", "no"), ("maxauthtries", "3"), ("logingracetime", "1m")] {
+    for (k, v) in [
+        ("permitrootlogin", "no"),
+        ("x11forwarding", "no"),
+        ("passwordauthentication", "no"),
+        ("maxauthtries", "3"),
+        ("logingracetime", "1m"),
+    ] {
         hard.sshd.insert(k.into(), v.into());
     }
     let hardened = results(&set, &hard);
-    for id in ["ssh.root-login", "ssh.x11-forwarding", "ssh.password-auth", "ssh.max-auth-tries", "ssh.login-grace-time"] {
+    for id in [
+        "ssh.root-login",
+        "ssh.x11-forwarding",
+        "ssh.password-auth",
+        "ssh.max-auth-tries",
+        "ssh.login-grace-time",
+    ] {
         assert_eq!((id, stock[id]), (id, "fail"));
         assert_eq!((id, hardened[id]), (id, "pass"));
     }
@@ -141,7 +163,9 @@ check = { file = "/usr/sbin/in.telnetd", owner = 4294967295 }
 #[test]
 fn bad_rules_are_named() {
     let rule = |check: &str| {
-        format!("[[rule]]\nid = \"x\"\ncategory = \"c\"\nseverity = \"info\"\nreference = \"r\"\nreason = \"y\"\ncheck = {check}\n")
+        format!(
+            "[[rule]]\nid = \"x\"\ncategory = \"c\"\nseverity = \"info\"\nreference = \"r\"\nreason = \"y\"\ncheck = {check}\n"
+        )
     };
     let err = |text: String| RuleSet::build(&[("f.toml", &text)], &[]).unwrap_err().to_string();
     assert!(err(rule("{ sshd = \"a\", sysctl = \"b\", is = [\"1\"] }")).contains("exactly one"));

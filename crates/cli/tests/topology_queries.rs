@@ -66,11 +66,13 @@ fn some_dpkg_package() -> Option<(String, String)> {
 
 /// This machine's first global IPv4 address, per `ip -j addr` (the independent source).
 fn global_ipv4() -> Option<String> {
-    let out = Command::new("ip").args(["-j", "-4", "addr", "show", "scope", "global"]).output().ok()?;
+    let out =
+        Command::new("ip").args(["-j", "-4", "addr", "show", "scope", "global"]).output().ok()?;
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-    v.as_array()?.iter().flat_map(|i| i["addr_info"].as_array().cloned().unwrap_or_default()).find_map(
-        |a| a["local"].as_str().map(str::to_string),
-    )
+    v.as_array()?
+        .iter()
+        .flat_map(|i| i["addr_info"].as_array().cloned().unwrap_or_default())
+        .find_map(|a| a["local"].as_str().map(str::to_string))
 }
 
 #[test]
@@ -176,18 +178,22 @@ fn fleet_questions(c: &Cluster, ipv4: Option<&str>, have_dns: bool) {
     let pubs: Vec<_> = std::fs::read_dir("/etc/ssh")
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default();
-    let pubs: Vec<_> = pubs.into_iter().filter(|p| p.to_string_lossy().ends_with("_key.pub")).collect();
+    let pubs: Vec<_> =
+        pubs.into_iter().filter(|p| p.to_string_lossy().ends_with("_key.pub")).collect();
     if let Some(first) = pubs.first() {
         let shared = wait_json(c, &["keys", "--shared"], "the shared host keys", |v| {
             v.as_array().unwrap().len() == pubs.len()
         });
         let keygen = Command::new("ssh-keygen").arg("-lf").arg(first).output().unwrap();
-        let fp = String::from_utf8_lossy(&keygen.stdout).split_whitespace().nth(1).unwrap().to_string();
+        let fp =
+            String::from_utf8_lossy(&keygen.stdout).split_whitespace().nth(1).unwrap().to_string();
         let row = shared.as_array().unwrap().iter().find(|k| k["fingerprint"] == fp.as_str());
         let row = row.unwrap_or_else(|| panic!("{fp} (ssh-keygen -l) not in {shared}"));
         assert_eq!(row["hosts"], serde_json::json!(["n1", "n2", "n3"]), "{row}");
     } else {
-        assim_util::testing::skip("keys part: no /etc/ssh/*_key.pub (openssh-server, scripts/install-deps)");
+        assim_util::testing::skip(
+            "keys part: no /etc/ssh/*_key.pub (openssh-server, scripts/install-deps)",
+        );
     }
 
     // Processes: n1's nanoprobe, found by its program, listening on n1's address.
@@ -195,10 +201,13 @@ fn fleet_questions(c: &Cluster, ipv4: Option<&str>, have_dns: bool) {
     let listen = format!("udp {}", c.nodes[0].listen);
     let procs = wait_json(c, &["processes", "--exe", "assim"], "n1's nanoprobe process", |v| {
         v.as_array().unwrap().iter().any(|p| {
-            p["pid"] == pid && p["listening"].as_array().unwrap().iter().any(|l| l == listen.as_str())
+            p["pid"] == pid
+                && p["listening"].as_array().unwrap().iter().any(|l| l == listen.as_str())
         })
     });
-    assert!(procs.as_array().unwrap().iter().all(|p| p["exe"].as_str().unwrap().ends_with("assim")));
+    assert!(
+        procs.as_array().unwrap().iter().all(|p| p["exe"].as_str().unwrap().ends_with("assim"))
+    );
     assert_eq!(assim_json(c, &["processes", "--exe", "no-such-program"]), serde_json::json!([]));
 
     // OS and kernel: three hosts on this machine's kernel (uname -r).
@@ -245,7 +254,10 @@ fn fleet_questions(c: &Cluster, ipv4: Option<&str>, have_dns: bool) {
             assert_eq!(row["lookup"], "ok");
             let missing = assim_json(c, &["addresses", "--no-dns"]);
             let missing = missing.as_array().unwrap();
-            assert!(missing.iter().all(|a| a["address"] != ip && a["name"].is_null()), "{missing:?}");
+            assert!(
+                missing.iter().all(|a| a["address"] != ip && a["name"].is_null()),
+                "{missing:?}"
+            );
             assert_eq!(missing.len() + 1, named.as_array().unwrap().len());
         }
         _ => assim_util::testing::skip("addresses part: no global IPv4 address or no dnsmasq"),

@@ -63,6 +63,8 @@ pub struct ApiState {
     pub(crate) check_runner: Option<crate::cma::checks_cma::RunSender>,
     /// The fleet questions' registry, resolver and settings ([`crate::api_fleet`]).
     pub(crate) fleet: Arc<crate::api_fleet::Fleet>,
+    /// The audit rules in force ([`crate::api_audit`]).
+    pub(crate) audit: Arc<assim_audit::RuleSet>,
     /// Store calls running and queued, per seam.
     query_gate: Arc<ReadGate>,
     events_gate: Arc<ReadGate>,
@@ -110,6 +112,7 @@ impl ApiState {
             info,
             check_runner: None,
             fleet: Arc::new(crate::api_fleet::Fleet::new(crate::api_fleet::FleetConfig::default())),
+            audit: Arc::new(assim_audit::RuleSet::defaults()),
             query_gate: Arc::new(ReadGate::new(API_HANDLES, MAX_QUEUED_READS)),
             events_gate: Arc::new(ReadGate::new(API_HANDLES, MAX_QUEUED_READS)),
             held: HeldGate::new(MAX_HELD),
@@ -120,6 +123,12 @@ impl ApiState {
     /// The same API with other `[fleet]` settings (MAC registry, reverse DNS).
     pub fn with_fleet(mut self, config: crate::api_fleet::FleetConfig) -> ApiState {
         self.fleet = Arc::new(crate::api_fleet::Fleet::new(config));
+        self
+    }
+
+    /// The same API judging with other audit rules.
+    pub fn with_audit(mut self, rules: assim_audit::RuleSet) -> ApiState {
+        self.audit = Arc::new(rules);
         self
     }
 
@@ -291,6 +300,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(assim_web::routes())
         .merge(crate::api_export::routes())
         .merge(crate::api_fleet::routes())
+        .merge(crate::api_audit::routes())
         .layer(middleware::from_fn_with_state(state.clone(), crate::api_access::guard))
         .with_state(state)
 }

@@ -197,8 +197,14 @@ async fn macs(State(state): State<ApiState>, Query(q): Query<MacsQuery>) -> Resp
         Ok(g) => g,
         Err(r) => return r,
     };
-    let status: Vec<String> =
-        q.status.as_deref().unwrap_or("").split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    let status: Vec<String> = q
+        .status
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
     if let Some(s) = status.iter().find(|s| !MAC_STATUSES.contains(&s.as_str())) {
         return bad(format!("unknown MAC status {s:?} (use {})", MAC_STATUSES.join(", ")));
     }
@@ -291,16 +297,16 @@ async fn dot(State(state): State<ApiState>, Query(q): Query<DotQuery>) -> Respon
     if q.depth.is_some_and(|d| d > 16) {
         return bad("depth is at most 16");
     }
-    let read = state
-        .read(|q| Ok((crate::api_export::inventory(q)?, q.all_dependencies()?)))
-        .await;
+    let read = state.read(|q| Ok((crate::api_export::inventory(q)?, q.all_dependencies()?))).await;
     let (inv, deps) = match read {
         Ok(r) => r,
         Err(e) => return crate::api_limits::failed(e),
     };
     let opts = assim_export::dot::DotOptions { focus: q.host, depth: q.depth };
     match assim_export::dot::dot(&inv.hosts, &deps, &opts) {
-        Ok(text) => ([(header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")], text).into_response(),
+        Ok(text) => {
+            ([(header::CONTENT_TYPE, "text/vnd.graphviz; charset=utf-8")], text).into_response()
+        }
         Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
     }
 }

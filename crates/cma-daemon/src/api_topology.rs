@@ -80,7 +80,7 @@ async fn with_store<T: Serialize + Send + 'static>(
     answer(state.read(f).await)
 }
 
-fn unknown_host(host: &str) -> Response {
+pub(crate) fn unknown_host(host: &str) -> Response {
     (
         StatusCode::NOT_FOUND,
         format!("no host named {host:?}; `assim status` lists the known hosts\n"),

@@ -76,6 +76,37 @@ pub struct CmaOptions {
     pub pins: std::collections::BTreeMap<String, String>,
     /// The fleet questions: MAC registry and reverse DNS (`[fleet]`, [`crate::api_fleet`]).
     pub fleet: crate::api_fleet::FleetConfig,
+    /// Extra security audit rule files (`--audit-rules`, `[audit] rules`).
+    pub audit_rules: Vec<PathBuf>,
+    /// Audit rules silenced by id (`--audit-silence`, `[audit] silence`).
+    pub audit_silence: Vec<String>,
+}
+
+/// The audit rules in force: the shipped ones, the operator's files, without the silenced.
+pub fn load_audit_rules(
+    files: &[PathBuf],
+    silence: &[String],
+) -> anyhow::Result<assim_audit::RuleSet> {
+    let mut texts = Vec::new();
+    for f in files {
+        let meta = std::fs::metadata(f)
+            .with_context(|| format!("cannot read the audit rules {}", f.display()))?;
+        anyhow::ensure!(
+            meta.len() <= 4 << 20,
+            "{} is larger than 4 MiB; is it an audit rules file?",
+            f.display()
+        );
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the audit rules {}", f.display()))?;
+        texts.push((f.display().to_string(), text));
+    }
+    let refs: Vec<(&str, &str)> = texts.iter().map(|(o, t)| (o.as_str(), t.as_str())).collect();
+    let all =
+        assim_audit::RuleSet::build(&refs, &[]).map_err(|e| anyhow::anyhow!("audit rules: {e}"))?;
+    if let Some(id) = silence.iter().find(|id| all.rule(id).is_none()) {
+        anyhow::bail!("--audit-silence {id}: no audit rule has that id (see `assim audit rules`)");
+    }
+    assim_audit::RuleSet::build(&refs, silence).map_err(|e| anyhow::anyhow!("audit rules: {e}"))
 }
 
 /// The CMA's database file inside its data directory.
@@ -133,7 +164,9 @@ pub async fn run(
         pins: opts.pins.clone(),
     };
     let mut config = ShellConfig::new(core.clone(), session);
-    config.authority = AuthorityConfig { core, discovery: opts.discovery.clone(), rules };
+    let audit = load_audit_rules(&opts.audit_rules, &opts.audit_silence)?;
+    config.authority =
+        AuthorityConfig { core, discovery: opts.discovery.clone(), rules, audit: audit.clone() };
     config.open_enrollment = opts.open_enrollment;
     config.tagger = Some(EventTagger::new(move |e| {
         tagger.apply(e);
@@ -167,7 +200,8 @@ pub async fn run(
     if opts.api_token.is_some() {
         info!(api = %opts.api, "the HTTP API requires a bearer token (Authorization: Bearer …)");
     }
-    let api_state = api_state.with_check_runner(run_tx).with_fleet(opts.fleet.clone());
+    let api_state =
+        api_state.with_check_runner(run_tx).with_fleet(opts.fleet.clone()).with_audit(audit);
     let api_task = tokio::spawn(crate::api::serve(api_listener, api_state));
     let retention_task = tokio::spawn(crate::retention::run(
         store_path(&opts.data_dir),

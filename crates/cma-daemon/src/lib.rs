@@ -20,6 +20,7 @@
 //! - [`api_fleet`]: the fleet questions (shared SSH keys, processes, OS and kernel, MAC
 //!   vendors, addresses without DNS names) and the Graphviz export; [`reverse_dns`] is its
 //!   resolver.
+//! - [`api_audit`]: the security audit (`assim audit`): scores per host, rule and category.
 //! - [`api_bus`]: the event bus routes of the HTTP API (filters, SSE, durable subscriptions).
 //! - [`api_web`]: the web page (`assim-web`) on the API's listener and guard.
 //! - [`api_limits`]: what one API client can hold (connections, held requests, store calls,
@@ -31,6 +32,7 @@
 
 pub mod api;
 pub mod api_access;
+pub mod api_audit;
 pub mod api_bus;
 pub mod api_checks;
 pub mod api_export;

@@ -126,7 +126,12 @@ impl Resolver {
                                     out.insert(*ip, Lookup::NoName);
                                 }
                                 Some(PtrAnswer::Failed { rcode }) => {
-                                    out.insert(*ip, Lookup::Error(format!("server {server} answered rcode {rcode}")));
+                                    out.insert(
+                                        *ip,
+                                        Lookup::Error(format!(
+                                            "server {server} answered rcode {rcode}"
+                                        )),
+                                    );
                                     unanswered.push(*ip);
                                 }
                                 None => unanswered.push(*ip),

@@ -97,6 +97,23 @@ pub struct CmaFlags {
     /// networks that announce nothing. Overrides the config file's [pins] table.
     #[arg(long = "pin", value_name = "HOST=NAME", env = "ASSIM_PIN", value_delimiter = ',')]
     pub pins: Vec<String>,
+    /// A file of extra security audit rules (repeatable; same format as the shipped rules, a
+    /// rule with a shipped id replaces it; see docs/audit.md).
+    #[arg(
+        long = "audit-rules",
+        value_name = "FILE",
+        env = "ASSIM_AUDIT_RULES",
+        value_delimiter = ','
+    )]
+    pub audit_rules: Vec<PathBuf>,
+    /// Silence an audit rule by id (repeatable or comma-separated): no results, score or events.
+    #[arg(
+        long = "audit-silence",
+        value_name = "ID",
+        env = "ASSIM_AUDIT_SILENCE",
+        value_delimiter = ','
+    )]
+    pub audit_silence: Vec<String>,
     /// Where the IEEE MAC vendor registry is (`assim macs`) [default: /usr/share/ieee-data,
     /// Debian's ieee-data package].
     #[arg(long, value_name = "DIR", env = "ASSIM_OUI_DIR")]
@@ -117,7 +134,9 @@ pub struct CmaFlags {
 fn parse_dns_server(text: &str) -> Result<SocketAddr, String> {
     text.parse::<SocketAddr>()
         .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-        .map_err(|_| format!("{text:?} is not an address (192.0.2.53, 192.0.2.53:5353, [2001:db8::53]:53)"))
+        .map_err(|_| {
+            format!("{text:?} is not an address (192.0.2.53, 192.0.2.53:5353, [2001:db8::53]:53)")
+        })
 }
 
 /// `cma` subcommands.
@@ -174,6 +193,16 @@ pub struct CmaFile {
     pub pins: Option<std::collections::BTreeMap<String, String>>,
     /// The fleet questions: MAC registry and reverse DNS (`[fleet]`).
     pub fleet: Option<FleetFile>,
+    /// The security audit: extra rule files and silenced rules (`[audit]`).
+    pub audit: Option<AuditFile>,
+}
+
+/// The `[audit]` table of the config file.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    pub rules: Option<Vec<PathBuf>>,
+    pub silence: Option<Vec<String>>,
 }
 
 /// The `[fleet]` table of the config file (every key optional).
@@ -400,13 +429,26 @@ impl CmaFlags {
             topology_history_max_age,
             topology_history_max_rows,
             pins: resolve_pins(file.pins.as_ref(), &self.pins)?,
+            audit_rules: if self.audit_rules.is_empty() {
+                file.audit.as_ref().and_then(|a| a.rules.clone()).unwrap_or_default()
+            } else {
+                self.audit_rules.clone()
+            },
+            audit_silence: if self.audit_silence.is_empty() {
+                file.audit.as_ref().and_then(|a| a.silence.clone()).unwrap_or_default()
+            } else {
+                self.audit_silence.clone()
+            },
             fleet: {
                 let f = file.fleet.unwrap_or_default();
                 let dns_servers = if self.dns_servers.is_empty() {
                     f.dns_servers
                         .unwrap_or_default()
                         .iter()
-                        .map(|t| parse_dns_server(t).map_err(|e| anyhow::anyhow!("config: [fleet] dns_servers: {e}")))
+                        .map(|t| {
+                            parse_dns_server(t)
+                                .map_err(|e| anyhow::anyhow!("config: [fleet] dns_servers: {e}"))
+                        })
                         .collect::<anyhow::Result<Vec<_>>>()?
                 } else {
                     self.dns_servers.clone()
@@ -468,6 +510,10 @@ pub fn cma_config_toml(o: &crate::cma::CmaOptions) -> String {
         topology_history_max_age: Some(format_duration(o.topology_history_max_age)),
         topology_history_max_rows: Some(o.topology_history_max_rows),
         pins: Some(o.pins.clone()),
+        audit: Some(AuditFile {
+            rules: Some(o.audit_rules.clone()),
+            silence: Some(o.audit_silence.clone()),
+        }),
         fleet: Some(FleetFile {
             oui_dir: Some(o.fleet.oui_dir.clone()),
             reverse_dns: Some(o.fleet.reverse_dns),

@@ -69,6 +69,8 @@ pub struct AuthorityConfig {
     pub discovery: ScheduleConfig,
     /// Compiled monitoring rules (the shell loads the files: `RuleSet::load`).
     pub rules: RuleSet,
+    /// The security audit rules (shipped, plus the operator's; `assim_audit::RuleSet::build`).
+    pub audit: assim_audit::RuleSet,
 }
 
 impl Default for AuthorityConfig {
@@ -78,6 +80,7 @@ impl Default for AuthorityConfig {
             core: CmaConfig::default(),
             discovery: default_schedule_config(),
             rules: RuleSet::defaults(),
+            audit: assim_audit::RuleSet::defaults(),
         }
     }
 }
@@ -144,6 +147,8 @@ pub struct DesiredSnapshot {
     pub sockets: Vec<(NodeId, Vec<u8>)>,
     /// Each node's latest `ssh_host_keys` discovery payload (JSON), for `host.key_changed`.
     pub host_keys: Vec<(NodeId, Vec<u8>)>,
+    /// Each node's latest `security` discovery payload (JSON), for the audit events.
+    pub security: Vec<(NodeId, Vec<u8>)>,
 }
 
 /// Something the shell must do, drained with [`Authority::poll_output`].
@@ -204,6 +209,7 @@ pub struct Authority {
     persist: Vec<DesiredChange>,
     send: Vec<(NodeId, SocketAddr, Body)>,
     host_keys: HostKeys,
+    audit: crate::audit_watch::AuditWatch,
 }
 
 impl Authority {
@@ -229,6 +235,12 @@ impl Authority {
             persist: persist.map(DesiredChange::Schedule).into_iter().collect(),
             send: Vec::new(),
             host_keys: HostKeys::default(),
+            audit: crate::audit_watch::AuditWatch::new(
+                config.audit,
+                desired.security.iter().filter_map(|(node, payload)| {
+                    Some((*node, crate::audit_watch::document(payload)?))
+                }),
+            ),
         };
         // Each name's current node is the one registered last.
         let mut stored: Vec<_> = desired
@@ -387,6 +399,16 @@ impl Authority {
             let hostname = self.hostname(node);
             if let Some(change) = self.host_keys.observe(node, &hostname, keys) {
                 self.cma.host_keys_changed(now, node, &change);
+            }
+        }
+        // Issue 19: audit rules whose result on this host changed. A payload without the
+        // collector's shape is ignored.
+        if d.name == crate::audit_watch::COLLECTOR
+            && let Some(doc) = crate::audit_watch::document(&d.payload)
+        {
+            let (changes, score) = self.audit.observe(node, &doc);
+            for change in &changes {
+                self.cma.audit_changed(now, node, change, score, self.audit.rules());
             }
         }
         // The host's wiring (issue 13): which switch or segment ring it belongs in. A payload

@@ -46,11 +46,13 @@
 //! - `cma`: [`Cma`] itself, tying lifecycle, rings, suspicions and events together.
 //! - [`services`]: service check state changes into `service.*` events
 //!   ([`Cma::handle_check_change`]).
+//! - [`audit_watch`]: audit rule results per host and `audit.failed` / `audit.passed`.
 //! - [`host_keys`]: the SSH host keys each host reported and `host.key_changed`.
 //! - [`local_events`]: events submitted by programs on a host ([`Cma::handle_local_event`]).
 
 #![forbid(unsafe_code)]
 
+pub mod audit_watch;
 pub mod check_sets;
 mod cma;
 pub mod desired;

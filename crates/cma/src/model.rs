@@ -179,11 +179,15 @@ pub enum EventKind {
     HostKeyChanged,
     /// A node id registered for the first time ever (never on a restart): a new install.
     HostNew,
+    /// A host's result for an audit rule became a failure (severity: the rule's).
+    AuditFailed,
+    /// A host passes an audit rule it failed before.
+    AuditPassed,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 22] = [
         EventKind::HostUp,
         EventKind::HostSuspect,
         EventKind::HostDown,
@@ -204,6 +208,8 @@ impl EventKind {
         EventKind::LinkSuspect,
         EventKind::HostKeyChanged,
         EventKind::HostNew,
+        EventKind::AuditFailed,
+        EventKind::AuditPassed,
     ];
 
     /// The stable dotted name ("host.up", …, "local.event").
@@ -229,6 +235,8 @@ impl EventKind {
             EventKind::LinkSuspect => "link.suspect",
             EventKind::HostKeyChanged => "host.key_changed",
             EventKind::HostNew => "host.new",
+            EventKind::AuditFailed => "audit.failed",
+            EventKind::AuditPassed => "audit.passed",
         }
     }
 }
@@ -320,6 +328,7 @@ impl EventKind {
             | EventKind::SwitchDown
             | EventKind::HostKeyChanged => Severity::Critical,
             EventKind::SwitchUnreachable => Severity::Error,
+            EventKind::AuditFailed => Severity::Warning,
             EventKind::HostSuspect
             | EventKind::PathSuspect
             | EventKind::ServiceWarning
@@ -334,7 +343,8 @@ impl EventKind {
             | EventKind::DiscoveryChanged
             | EventKind::LocalEvent
             | EventKind::SwitchUp
-            | EventKind::HostNew => Severity::Info,
+            | EventKind::HostNew
+            | EventKind::AuditPassed => Severity::Info,
         }
     }
 }

@@ -158,7 +158,10 @@ pub fn collect_security_in(root: &Path) -> Result<Security, DiscoveryError> {
     let mut s = Security::default();
     let sshd_bin = ["/usr/sbin/sshd", "/sbin/sshd"].into_iter().find(|p| under(root, p).exists());
     let config = under(root, "/etc/ssh/sshd_config");
-    if live && sshd_bin.is_some() && let Some(map) = sshd_t(sshd_bin.unwrap_or_default()) {
+    if live
+        && sshd_bin.is_some()
+        && let Some(map) = sshd_t(sshd_bin.unwrap_or_default())
+    {
         s.sshd = map;
         s.sshd_source = "sshd -T".into();
     } else if config.exists() {
@@ -202,21 +205,33 @@ pub fn collect_security_in(root: &Path) -> Result<Security, DiscoveryError> {
             let mut names: Vec<_> = dir.filter_map(Result::ok).map(|e| e.path()).collect();
             names.sort();
             // sudo skips names with a dot or ending in `~`.
-            names.retain(|p| p.file_name().is_some_and(|n| { let n = n.to_string_lossy(); !n.contains('.') && !n.ends_with('~') }));
+            names.retain(|p| {
+                p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    !n.contains('.') && !n.ends_with('~')
+                })
+            });
             texts.extend(names.iter().take(MAX_INCLUDES).filter_map(read_bounded));
         }
         s.sudoers = Some(sudoers(&texts));
     }
-    s.auditd.installed = ["/sbin/auditd", "/usr/sbin/auditd"].iter().any(|p| under(root, p).exists());
+    s.auditd.installed =
+        ["/sbin/auditd", "/usr/sbin/auditd"].iter().any(|p| under(root, p).exists());
     if live {
         s.auditd.running = Some(process_running("auditd"));
     }
     if let Ok(dir) = std::fs::read_dir(under(root, "/etc/audit/rules.d")) {
-        s.auditd.rule_files = dir.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "rules")).count() as u32;
+        s.auditd.rule_files = dir
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "rules"))
+            .count() as u32;
     }
     for f in SENSITIVE_FILES {
         if let Ok(m) = std::fs::metadata(under(root, f)) {
-            s.files.insert((*f).to_string(), FileMode { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid() });
+            s.files.insert(
+                (*f).to_string(),
+                FileMode { mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid() },
+            );
         }
     }
     Ok(s)
@@ -265,10 +280,12 @@ pub fn parse_sshd_t(text: &str) -> BTreeMap<String, String> {
         let mut parts = line.trim().splitn(2, char::is_whitespace);
         let (Some(k), Some(v)) = (parts.next(), parts.next()) else { continue };
         let (k, v) = (k.to_ascii_lowercase(), v.trim().to_string());
-        map.entry(k).and_modify(|old| {
-            old.push(',');
-            old.push_str(&v);
-        }).or_insert(v);
+        map.entry(k)
+            .and_modify(|old| {
+                old.push(',');
+                old.push_str(&v);
+            })
+            .or_insert(v);
     }
     map
 }
@@ -303,14 +320,21 @@ fn read_sshd_file(
             continue;
         }
         let (k, v) = match line.split_once(|c: char| c.is_whitespace() || c == '=') {
-            Some((k, v)) => (k.to_ascii_lowercase(), v.trim_start_matches(|c: char| c.is_whitespace() || c == '=').trim()),
+            Some((k, v)) => (
+                k.to_ascii_lowercase(),
+                v.trim_start_matches(|c: char| c.is_whitespace() || c == '=').trim(),
+            ),
             None => continue,
         };
         match k.as_str() {
             "match" => return false,
             "include" => {
                 for pattern in v.split_whitespace() {
-                    let abs = if pattern.starts_with('/') { pattern.to_string() } else { format!("/etc/ssh/{pattern}") };
+                    let abs = if pattern.starts_with('/') {
+                        pattern.to_string()
+                    } else {
+                        format!("/etc/ssh/{pattern}")
+                    };
                     for file in glob_files(root, &abs) {
                         if !read_sshd_file(root, &file, map, budget, depth + 1) {
                             return false;
@@ -321,12 +345,32 @@ fn read_sshd_file(
             _ => {
                 // sshd keeps the first value of a keyword; a few keywords are lower-cased by
                 // `sshd -T` too.
-                let v = if matches!(k.as_str(), "permitrootlogin" | "passwordauthentication" | "x11forwarding" | "usepam" | "permitemptypasswords" | "pubkeyauthentication" | "kbdinteractiveauthentication" | "hostbasedauthentication" | "ignorerhosts" | "allowtcpforwarding" | "allowagentforwarding" | "permituserenvironment" | "strictmodes" | "usedns") {
+                let v = if matches!(
+                    k.as_str(),
+                    "permitrootlogin"
+                        | "passwordauthentication"
+                        | "x11forwarding"
+                        | "usepam"
+                        | "permitemptypasswords"
+                        | "pubkeyauthentication"
+                        | "kbdinteractiveauthentication"
+                        | "hostbasedauthentication"
+                        | "ignorerhosts"
+                        | "allowtcpforwarding"
+                        | "allowagentforwarding"
+                        | "permituserenvironment"
+                        | "strictmodes"
+                        | "usedns"
+                ) {
                     v.to_ascii_lowercase()
                 } else {
                     v.to_string()
                 };
-                let v = if k == "permitrootlogin" && v == "prohibit-password" { "without-password".to_string() } else { v };
+                let v = if k == "permitrootlogin" && v == "prohibit-password" {
+                    "without-password".to_string()
+                } else {
+                    v
+                };
                 map.entry(k).or_insert(v);
             }
         }
@@ -403,7 +447,10 @@ mod tests {
     #[test]
     fn sshd_files_first_value_wins_includes_and_match() {
         let root = tree(&[
-            ("/etc/ssh/sshd_config", "Include /etc/ssh/sshd_config.d/*.conf\nPermitRootLogin yes\nX11Forwarding yes\nMatch User bob\n  PasswordAuthentication no\n"),
+            (
+                "/etc/ssh/sshd_config",
+                "Include /etc/ssh/sshd_config.d/*.conf\nPermitRootLogin yes\nX11Forwarding yes\nMatch User bob\n  PasswordAuthentication no\n",
+            ),
             ("/etc/ssh/sshd_config.d/10-hard.conf", "PermitRootLogin no\nMaxAuthTries=3\n"),
             ("/etc/ssh/sshd_config.d/ignored.txt", "PermitRootLogin yes\n"),
         ]);
@@ -420,16 +467,26 @@ mod tests {
     #[test]
     fn sudoers_login_defs_sysctl_pam_and_modes() {
         let root = tree(&[
-            ("/etc/sudoers", "Defaults env_reset, use_pty\nDefaults:bob !requiretty\n%sudo ALL=(ALL:ALL) ALL\n@includedir /etc/sudoers.d\n"),
+            (
+                "/etc/sudoers",
+                "Defaults env_reset, use_pty\nDefaults:bob !requiretty\n%sudo ALL=(ALL:ALL) ALL\n@includedir /etc/sudoers.d\n",
+            ),
             ("/etc/sudoers.d/ops", "ops ALL=(ALL) NOPASSWD: ALL\n"),
             ("/etc/sudoers.d/README.txt", "x ALL=(ALL) NOPASSWD: ALL\n"),
             ("/etc/login.defs", "# c\nPASS_MAX_DAYS\t99999\nUMASK 022\n"),
             ("/proc/sys/kernel/randomize_va_space", "2\n"),
-            ("/etc/pam.d/common-auth", "# x\nauth  [success=1 default=ignore]  pam_unix.so nullok\n"),
+            (
+                "/etc/pam.d/common-auth",
+                "# x\nauth  [success=1 default=ignore]  pam_unix.so nullok\n",
+            ),
             ("/etc/shadow", "root:*:1::::::\n"),
         ]);
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(root.path().join("etc/shadow"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::set_permissions(
+            root.path().join("etc/shadow"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
         let s = collect_security_in(root.path()).unwrap();
         let sudo = s.sudoers.unwrap();
         assert_eq!(sudo.defaults, ["env_reset", "use_pty", "!requiretty"]);

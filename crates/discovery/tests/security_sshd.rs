@@ -22,7 +22,8 @@ fn root_with(config: &str, dropin: Option<&str>) -> tempfile::TempDir {
     std::fs::write(ssh.join("sshd_config"), config).unwrap();
     // The shipped file includes /etc/ssh/sshd_config.d/*.conf, which the collector resolves
     // under the root; sshd itself needs the test root's directory named.
-    let for_sshd = config.replace("/etc/ssh/sshd_config.d", &ssh.join("sshd_config.d").display().to_string());
+    let for_sshd =
+        config.replace("/etc/ssh/sshd_config.d", &ssh.join("sshd_config.d").display().to_string());
     std::fs::write(dir.path().join("sshd_config.for-sshd"), for_sshd).unwrap();
     if let Some(d) = dropin {
         std::fs::write(ssh.join("sshd_config.d/50-hardening.conf"), d).unwrap();
@@ -45,7 +46,9 @@ fn sshd_t(root: &Path) -> std::collections::BTreeMap<String, String> {
 #[test]
 fn the_files_read_as_sshd_reads_them() {
     if !Path::new("/usr/sbin/sshd").exists() || !Path::new(SHIPPED).exists() {
-        assim_util::testing::skip("openssh-server is not installed (scripts/install-deps installs it)");
+        assim_util::testing::skip(
+            "openssh-server is not installed (scripts/install-deps installs it)",
+        );
         return;
     }
     let shipped = std::fs::read_to_string(SHIPPED).unwrap();

@@ -228,7 +228,10 @@ mod tests {
         );
         assert_eq!(parse_ptr_answer(&answer(7, ip, 3, &[]), 7, ip), Ok(PtrAnswer::NoName));
         assert_eq!(parse_ptr_answer(&answer(7, ip, 0, &[]), 7, ip), Ok(PtrAnswer::NoName));
-        assert_eq!(parse_ptr_answer(&answer(7, ip, 2, &[]), 7, ip), Ok(PtrAnswer::Failed { rcode: 2 }));
+        assert_eq!(
+            parse_ptr_answer(&answer(7, ip, 2, &[]), 7, ip),
+            Ok(PtrAnswer::Failed { rcode: 2 })
+        );
         assert_eq!(parse_ptr_answer(&a, 8, ip), Err(DnsError::Mismatch));
         let other: IpAddr = "192.0.2.18".parse().unwrap();
         assert_eq!(parse_ptr_answer(&a, 7, other), Err(DnsError::Mismatch));

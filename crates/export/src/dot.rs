@@ -55,16 +55,24 @@ fn switch_id(chassis: &str) -> String {
 }
 
 /// The picture, as `dot` reads it. Errors only when the focus host is unknown.
-pub fn dot(hosts: &[InventoryHost], deps: &[Dependency], opts: &DotOptions) -> Result<String, String> {
+pub fn dot(
+    hosts: &[InventoryHost],
+    deps: &[Dependency],
+    opts: &DotOptions,
+) -> Result<String, String> {
     // Edges of the whole graph, both kinds, by vertex.
     let mut adjacent: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut link = |a: &str, b: &str| {
         adjacent.entry(a.to_string()).or_default().insert(b.to_string());
         adjacent.entry(b.to_string()).or_default().insert(a.to_string());
     };
-    let by_node: BTreeMap<&str, &str> = hosts.iter().map(|h| (h.node.as_str(), h.host.as_str())).collect();
+    let by_node: BTreeMap<&str, &str> =
+        hosts.iter().map(|h| (h.node.as_str(), h.host.as_str())).collect();
     let dep_host = |name: &str, node: &str| -> String {
-        by_node.get(node).map_or_else(|| if name.is_empty() { node.to_string() } else { name.to_string() }, |h| h.to_string())
+        by_node.get(node).map_or_else(
+            || if name.is_empty() { node.to_string() } else { name.to_string() },
+            |h| h.to_string(),
+        )
     };
     for h in hosts {
         link(&host_id(&h.host), &host_id(&h.host));
@@ -73,7 +81,10 @@ pub fn dot(hosts: &[InventoryHost], deps: &[Dependency], opts: &DotOptions) -> R
         }
     }
     for d in deps {
-        link(&host_id(&dep_host(&d.client_host, &d.client_node)), &host_id(&dep_host(&d.server_host, &d.server_node)));
+        link(
+            &host_id(&dep_host(&d.client_host, &d.client_node)),
+            &host_id(&dep_host(&d.server_host, &d.server_node)),
+        );
     }
     let keep: Option<BTreeSet<String>> = match &opts.focus {
         None => None,
@@ -82,7 +93,9 @@ pub fn dot(hosts: &[InventoryHost], deps: &[Dependency], opts: &DotOptions) -> R
                 .iter()
                 .find(|h| &h.host == focus || &h.node == focus)
                 .map(|h| host_id(&h.host))
-                .ok_or_else(|| format!("no host {focus:?} in the inventory (see `assim status`)"))?;
+                .ok_or_else(|| {
+                    format!("no host {focus:?} in the inventory (see `assim status`)")
+                })?;
             let depth = opts.depth.unwrap_or(1);
             let mut seen = BTreeSet::from([start.clone()]);
             let mut queue = VecDeque::from([(start, 0)]);
@@ -117,14 +130,25 @@ pub fn dot(hosts: &[InventoryHost], deps: &[Dependency], opts: &DotOptions) -> R
         let id = switch_id(chassis);
         if shown(&id) {
             let label = name.map_or_else(|| chassis.to_string(), |n| format!("{n}\n{chassis}"));
-            let _ = writeln!(out, "  {} [shape=box, fillcolor=lightblue, label={}];", quote(&id), quote(&label));
+            let _ = writeln!(
+                out,
+                "  {} [shape=box, fillcolor=lightblue, label={}];",
+                quote(&id),
+                quote(&label)
+            );
         }
     }
     for h in hosts {
         let id = host_id(&h.host);
         if shown(&id) {
             let label = format!("{}\n{}", h.host, h.state);
-            let _ = writeln!(out, "  {} [shape=ellipse, fillcolor={}, label={}];", quote(&id), fill(&h.state), quote(&label));
+            let _ = writeln!(
+                out,
+                "  {} [shape=ellipse, fillcolor={}, label={}];",
+                quote(&id),
+                fill(&h.state),
+                quote(&label)
+            );
         }
     }
     for h in hosts {
@@ -132,17 +156,32 @@ pub fn dot(hosts: &[InventoryHost], deps: &[Dependency], opts: &DotOptions) -> R
             let (a, b) = (host_id(&h.host), switch_id(&s.chassis_id));
             if shown(&a) && shown(&b) {
                 let label = format!("{} → {}", s.nic, s.port_id);
-                let _ = writeln!(out, "  {} -> {} [dir=none, label={}];", quote(&a), quote(&b), quote(&label));
+                let _ = writeln!(
+                    out,
+                    "  {} -> {} [dir=none, label={}];",
+                    quote(&a),
+                    quote(&b),
+                    quote(&label)
+                );
             }
         }
     }
     let mut drawn = BTreeSet::new();
     for d in deps {
-        let (a, b) = (host_id(&dep_host(&d.client_host, &d.client_node)), host_id(&dep_host(&d.server_host, &d.server_node)));
+        let (a, b) = (
+            host_id(&dep_host(&d.client_host, &d.client_node)),
+            host_id(&dep_host(&d.server_host, &d.server_node)),
+        );
         let prog = d.server_exe.as_deref().and_then(|e| e.rsplit('/').next()).unwrap_or("");
         let label = if prog.is_empty() { d.port.to_string() } else { format!("{} {prog}", d.port) };
         if shown(&a) && shown(&b) && drawn.insert((a.clone(), b.clone(), label.clone())) {
-            let _ = writeln!(out, "  {} -> {} [style=dashed, label={}];", quote(&a), quote(&b), quote(&label));
+            let _ = writeln!(
+                out,
+                "  {} -> {} [style=dashed, label={}];",
+                quote(&a),
+                quote(&b),
+                quote(&label)
+            );
         }
     }
     out.push_str("}\n");
@@ -154,7 +193,12 @@ mod tests {
     use super::*;
     use assim_api::SwitchUplink;
 
-    pub(crate) fn host(name: &str, node: &str, state: &str, switch: Option<(&str, &str)>) -> InventoryHost {
+    pub(crate) fn host(
+        name: &str,
+        node: &str,
+        state: &str,
+        switch: Option<(&str, &str)>,
+    ) -> InventoryHost {
         InventoryHost {
             host: name.into(),
             node: node.into(),
@@ -203,7 +247,10 @@ mod tests {
         assert!(g.contains("\"switch:aa\" [shape=box"), "{g}");
         assert!(g.contains("\"host:db1\" [shape=ellipse, fillcolor=tomato"), "{g}");
         assert!(g.contains("\"host:web1\" -> \"switch:aa\" [dir=none, label=\"eth0 → 1\"]"), "{g}");
-        assert!(g.contains("\"host:web1\" -> \"host:db1\" [style=dashed, label=\"5432 postgres\"]"), "{g}");
+        assert!(
+            g.contains("\"host:web1\" -> \"host:db1\" [style=dashed, label=\"5432 postgres\"]"),
+            "{g}"
+        );
         assert!(g.contains("\"host:lone\""));
     }
 
@@ -219,10 +266,16 @@ mod tests {
         let one = DotOptions { focus: Some("web1".into()), depth: Some(1) };
         let g = dot(&hosts, &deps, &one).unwrap();
         assert!(g.contains("\"switch:aa\"") && g.contains("\"host:db1\""), "{g}");
-        assert!(!g.contains("\"host:web2\"") && !g.contains("\"switch:bb\"") && !g.contains("far"), "{g}");
+        assert!(
+            !g.contains("\"host:web2\"") && !g.contains("\"switch:bb\"") && !g.contains("far"),
+            "{g}"
+        );
         let two = DotOptions { focus: Some("n-web1".into()), depth: Some(2) };
         let g = dot(&hosts, &deps, &two).unwrap();
-        assert!(g.contains("\"host:web2\"") && g.contains("\"switch:bb\"") && !g.contains("far"), "{g}");
+        assert!(
+            g.contains("\"host:web2\"") && g.contains("\"switch:bb\"") && !g.contains("far"),
+            "{g}"
+        );
         let e = dot(&hosts, &deps, &DotOptions { focus: Some("nope".into()), depth: None });
         assert!(e.unwrap_err().contains("assim status"));
     }

@@ -63,10 +63,9 @@ fn docs<'a, T: serde::de::DeserializeOwned>(
     discovery: &'a [(String, DiscoveryView)],
     name: &'a str,
 ) -> impl Iterator<Item = (&'a str, T)> + 'a {
-    discovery
-        .iter()
-        .filter(move |(_, d)| d.name == name)
-        .filter_map(|(node, d)| Some((node.as_str(), serde_json::from_value(d.payload.clone()).ok()?)))
+    discovery.iter().filter(move |(_, d)| d.name == name).filter_map(|(node, d)| {
+        Some((node.as_str(), serde_json::from_value(d.payload.clone()).ok()?))
+    })
 }
 
 /// The processes that own sockets, per host, whose executable matches `exe` (a glob, matched
@@ -80,7 +79,8 @@ pub fn processes(
     let mut out = Vec::new();
     for (node, s) in docs::<Sockets>(discovery, "sockets") {
         let mut by_pid: BTreeMap<u32, ProcessRow> = BTreeMap::new();
-        let entries = s.listening.iter().map(|e| (e, true)).chain(s.established.iter().map(|e| (e, false)));
+        let entries =
+            s.listening.iter().map(|e| (e, true)).chain(s.established.iter().map(|e| (e, false)));
         for (e, listening) in entries {
             let Some(owner) = &e.owner else { continue };
             let row = by_pid.entry(owner.pid).or_insert_with(|| ProcessRow {
@@ -169,7 +169,11 @@ pub fn mac_status(mac: &str, vendor: Option<&str>, expect: &[Glob]) -> &'static 
     if multicast(mac) {
         "multicast"
     } else if let Some(v) = vendor {
-        if expect.is_empty() || expect.iter().any(|g| g.matches(v)) { "known" } else { "unexpected" }
+        if expect.is_empty() || expect.iter().any(|g| g.matches(v)) {
+            "known"
+        } else {
+            "unexpected"
+        }
     } else if locally_administered(mac) {
         "local"
     } else {
@@ -212,7 +216,8 @@ pub fn mac_rows(
     for (node, ifs) in docs::<Interfaces>(discovery, "interfaces") {
         for i in &ifs.interfaces {
             if let Some(mac) = &i.mac {
-                let addrs: Vec<String> = i.addresses.iter().map(|a| a.address.to_string()).collect();
+                let addrs: Vec<String> =
+                    i.addresses.iter().map(|a| a.address.to_string()).collect();
                 row(mac, "nic", node, &i.name, addrs.join(" "));
             }
         }
@@ -259,7 +264,13 @@ mod tests {
     fn doc(n: u8, name: &str, payload: serde_json::Value) -> (String, DiscoveryView) {
         (
             NodeId::from_slice(&[n; 16]).unwrap().to_string(),
-            DiscoveryView { name: name.into(), hash: String::new(), collected_at: 0, updated_at: 0, payload },
+            DiscoveryView {
+                name: name.into(),
+                hash: String::new(),
+                collected_at: 0,
+                updated_at: 0,
+                payload,
+            },
         )
     }
 
@@ -273,7 +284,11 @@ mod tests {
             host: name.into(),
             ssh_host_keys: keys
                 .iter()
-                .map(|k| HostKey { key_type: "ssh-ed25519".into(), key: (*k).into(), fingerprint: String::new() })
+                .map(|k| HostKey {
+                    key_type: "ssh-ed25519".into(),
+                    key: (*k).into(),
+                    fingerprint: String::new(),
+                })
                 .collect(),
             ..InventoryHost::default()
         };
@@ -346,7 +361,8 @@ mod tests {
             {"interface": "eth0", "ip": "192.0.2.77", "mac": "a4:00:00:00:00:01"}]});
         let docs = [doc(1, "interfaces", ifs), doc(1, "neighbours", arp)];
         let all = mac_rows(&nodes, &docs, &reg, &MacFilter::default());
-        let status: Vec<(&str, &str)> = all.iter().map(|m| (m.mac.as_str(), m.status.as_str())).collect();
+        let status: Vec<(&str, &str)> =
+            all.iter().map(|m| (m.mac.as_str(), m.status.as_str())).collect();
         assert_eq!(
             status,
             [

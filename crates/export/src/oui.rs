@@ -248,7 +248,9 @@ mod tests {
                 std::env::var("CI").as_deref() != Ok("true"),
                 "{DEFAULT_DIR}/oui.csv is missing; run scripts/install-deps (ieee-data)"
             );
-            eprintln!("skip: {DEFAULT_DIR}/oui.csv absent (Debian ieee-data); scripts/install-deps");
+            eprintln!(
+                "skip: {DEFAULT_DIR}/oui.csv absent (Debian ieee-data); scripts/install-deps"
+            );
             return;
         }
         let r = Registry::load(dir).unwrap();

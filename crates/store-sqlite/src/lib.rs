@@ -799,6 +799,7 @@ impl Store {
         };
         let sockets = self.latest_payloads(assim_store::desired::SOCKETS)?;
         let host_keys = self.latest_payloads(assim_cma::host_keys::COLLECTOR)?;
+        let security = self.latest_payloads(assim_cma::audit_watch::COLLECTOR)?;
         Ok(assim_store::desired::snapshot(assim_store::desired::StoredDesired {
             schedule,
             check_sets: self.check_sets()?,
@@ -807,6 +808,7 @@ impl Store {
             remembered: self.remembered_services()?.into_iter().collect(),
             sockets,
             host_keys,
+            security,
         }))
     }
 

@@ -93,6 +93,8 @@ pub struct StoredDesired {
     pub sockets: Vec<(NodeId, String)>,
     /// Each node's latest `ssh_host_keys` discovery payload (JSON).
     pub host_keys: Vec<(NodeId, String)>,
+    /// Each node's latest `security` discovery payload (JSON), for the audit events.
+    pub security: Vec<(NodeId, String)>,
 }
 
 /// The core's [`DesiredSnapshot`] from what the store loaded.
@@ -135,5 +137,6 @@ pub fn snapshot(d: StoredDesired) -> DesiredSnapshot {
             .collect(),
         sockets: d.sockets.into_iter().map(|(n, p)| (n, p.into_bytes())).collect(),
         host_keys: d.host_keys.into_iter().map(|(n, p)| (n, p.into_bytes())).collect(),
+        security: d.security.into_iter().map(|(n, p)| (n, p.into_bytes())).collect(),
     }
 }

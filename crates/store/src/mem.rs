@@ -84,6 +84,12 @@ impl EngineStore for MemStore {
                     .filter(|d| d.name == assim_cma::host_keys::COLLECTOR)
                     .map(|d| (d.node, d.payload.clone()))
                     .collect(),
+                security: self
+                    .discovery
+                    .values()
+                    .filter(|d| d.name == assim_cma::audit_watch::COLLECTOR)
+                    .map(|d| (d.node, d.payload.clone()))
+                    .collect(),
             }),
         })
     }
