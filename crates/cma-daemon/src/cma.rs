@@ -74,6 +74,8 @@ pub struct CmaOptions {
     pub topology_history_max_rows: u64,
     /// Ring pins: host name or node id → ring name (`[pins]`, `--pin`; issue 13).
     pub pins: std::collections::BTreeMap<String, String>,
+    /// How long a new host's `host.new` waits for its OS and SSH host keys (issue 17).
+    pub host_new_wait: Duration,
 }
 
 /// The CMA's database file inside its data directory.
@@ -131,7 +133,12 @@ pub async fn run(
         pins: opts.pins.clone(),
     };
     let mut config = ShellConfig::new(core.clone(), session);
-    config.authority = AuthorityConfig { core, discovery: opts.discovery.clone(), rules };
+    config.authority = AuthorityConfig {
+        core,
+        discovery: opts.discovery.clone(),
+        rules,
+        host_new_wait: opts.host_new_wait,
+    };
     config.open_enrollment = opts.open_enrollment;
     config.tagger = Some(EventTagger::new(move |e| {
         tagger.apply(e);
@@ -353,6 +360,7 @@ impl Driver {
         }
         m.nodes = nodes;
         m.ring_members = core.ring().len() as u64;
+        m.host_new_waiting = self.shell.authority().host_new_waiting().len() as u64;
         let stats = core.stats();
         m.reports_ignored = stats.reports_ignored_not_neighbour + stats.reports_ignored_unknown;
         self.shared.publish(m);

@@ -97,6 +97,11 @@ pub struct CmaFlags {
     /// networks that announce nothing. Overrides the config file's [pins] table.
     #[arg(long = "pin", value_name = "HOST=NAME", env = "ASSIM_PIN", value_delimiter = ',')]
     pub pins: Vec<String>,
+    /// How long the `host.new` event of a host registering for the first time waits for its
+    /// OS and SSH host keys (the `os` and `ssh_host_keys` discovery results); after that it is
+    /// raised with what arrived, tagged `complete=false` [default: 60s]. See docs/automation.md.
+    #[arg(long, env = "ASSIM_HOST_NEW_WAIT", value_parser = parse_duration)]
+    pub host_new_wait: Option<Duration>,
     /// Print the resolved configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -150,6 +155,7 @@ pub struct CmaFile {
     pub check_rules: Option<PathBuf>,
     pub topology_history_max_age: Option<String>,
     pub topology_history_max_rows: Option<u64>,
+    pub host_new_wait: Option<String>,
     pub bus: Option<assim_bus::BusConfig>,
     pub discovery: Option<std::collections::BTreeMap<String, DiscoveryValue>>,
     /// Ring pins: host name or node id → ring name (`[pins]`, issue 13).
@@ -342,6 +348,15 @@ impl CmaFlags {
             crate::api_access::DEFAULT_PLUGIN_DIRS.iter().map(PathBuf::from).collect()
         };
         crate::api_access::validate_plugin_dirs(&check_plugin_dirs)?;
+        let host_new_wait = dur(
+            self.host_new_wait,
+            &file.host_new_wait,
+            assim_cma::host_new::DEFAULT_WAIT.as_millis() as u64,
+            "host_new_wait",
+        )?;
+        if host_new_wait > Duration::from_secs(86_400) {
+            bail!("host_new_wait must be at most 24h (got {})", format_duration(host_new_wait));
+        }
         Ok(crate::cma::CmaOptions {
             listen: self
                 .listen
@@ -371,6 +386,7 @@ impl CmaFlags {
             topology_history_max_age,
             topology_history_max_rows,
             pins: resolve_pins(file.pins.as_ref(), &self.pins)?,
+            host_new_wait,
         })
     }
 }
@@ -417,6 +433,7 @@ pub fn cma_config_toml(o: &crate::cma::CmaOptions) -> String {
         check_rules: o.check_rules.clone(),
         topology_history_max_age: Some(format_duration(o.topology_history_max_age)),
         topology_history_max_rows: Some(o.topology_history_max_rows),
+        host_new_wait: Some(format_duration(o.host_new_wait)),
         pins: Some(o.pins.clone()),
     };
     toml::to_string(&f).expect("config serializes")

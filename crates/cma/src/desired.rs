@@ -51,6 +51,7 @@ use crate::Cma;
 use crate::check_sets::{CheckListEntry, CheckSetRecord, CheckSets, ManualChange, ManualCheck};
 use crate::check_sets::{RememberedService, listeners_of};
 use crate::host_keys::{HostKeys, keys_of};
+use crate::host_new::{HostNew, HostNewChange, StoredWaiting};
 use crate::model::{Action, CmaConfig, EventKind, HelloError, Snapshot};
 use crate::schedule::{ScheduleConfig, StoredSchedule, default_schedule_config};
 use crate::services::{CheckChangeError, KnownState};
@@ -69,6 +70,9 @@ pub struct AuthorityConfig {
     pub discovery: ScheduleConfig,
     /// Compiled monitoring rules (the shell loads the files: `RuleSet::load`).
     pub rules: RuleSet,
+    /// How long a new node's `host.new` waits for its OS and SSH host keys
+    /// ([`crate::host_new`]).
+    pub host_new_wait: std::time::Duration,
 }
 
 impl Default for AuthorityConfig {
@@ -78,6 +82,7 @@ impl Default for AuthorityConfig {
             core: CmaConfig::default(),
             discovery: default_schedule_config(),
             rules: RuleSet::defaults(),
+            host_new_wait: crate::host_new::DEFAULT_WAIT,
         }
     }
 }
@@ -130,6 +135,8 @@ pub enum DesiredChange {
     Remembered { node: NodeId, services: Vec<RememberedService> },
     /// Replace the node's latest result of one collector.
     Discovery(DiscoveryRecord),
+    /// A node waits for its `host.new`, or it was raised ([`crate::host_new`]).
+    HostNew(HostNewChange),
 }
 
 /// What [`Authority::new`] restores from, besides the liveness [`Snapshot`].
@@ -144,6 +151,8 @@ pub struct DesiredSnapshot {
     pub sockets: Vec<(NodeId, Vec<u8>)>,
     /// Each node's latest `ssh_host_keys` discovery payload (JSON), for `host.key_changed`.
     pub host_keys: Vec<(NodeId, Vec<u8>)>,
+    /// The nodes whose `host.new` is not raised yet, with what arrived for it.
+    pub host_new: Vec<StoredWaiting>,
 }
 
 /// Something the shell must do, drained with [`Authority::poll_output`].
@@ -204,6 +213,7 @@ pub struct Authority {
     persist: Vec<DesiredChange>,
     send: Vec<(NodeId, SocketAddr, Body)>,
     host_keys: HostKeys,
+    host_new: HostNew,
 }
 
 impl Authority {
@@ -219,6 +229,8 @@ impl Authority {
     ) -> Authority {
         let (schedule, persist) =
             crate::schedule::decide(&config.discovery, desired.schedule.as_ref());
+        let runs = |name: &str| schedule.entries.iter().any(|e| e.name == name && e.interval_s > 0);
+        let host_new = HostNew::new(config.host_new_wait, runs);
         let mut a = Authority {
             cma: Cma::new(config.core, snapshot, now),
             schedule,
@@ -229,6 +241,7 @@ impl Authority {
             persist: persist.map(DesiredChange::Schedule).into_iter().collect(),
             send: Vec::new(),
             host_keys: HostKeys::default(),
+            host_new,
         };
         // Each name's current node is the one registered last.
         let mut stored: Vec<_> = desired
@@ -241,6 +254,13 @@ impl Authority {
             .collect();
         stored.sort_by_key(|(at, node, ..)| (*at, *node));
         a.host_keys = HostKeys::restore(stored.into_iter().map(|(_, n, h, k)| (n, h, k)));
+        // Waiting nodes whose record is gone are dropped from the store too.
+        let (known, gone): (Vec<_>, Vec<_>) =
+            desired.host_new.into_iter().partition(|w| a.cma.node(w.node).is_some());
+        a.host_new.restore(known, now);
+        a.persist.extend(
+            gone.into_iter().map(|w| DesiredChange::HostNew(HostNewChange::Raised(w.node))),
+        );
         for node in a.cma.ring() {
             a.cma.resend_peer_set(node);
         }
@@ -270,7 +290,15 @@ impl Authority {
 
     /// When [`Authority::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.cma.poll_timeout()
+        match (self.cma.poll_timeout(), self.host_new.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The nodes whose `host.new` is not raised yet ([`crate::host_new`]).
+    pub fn host_new_waiting(&self) -> &HostNew {
+        &self.host_new
     }
 
     // ------------------------------------------------------------------------------------------
@@ -286,7 +314,16 @@ impl Authority {
         public_key: [u8; 32],
         hello: &Hello,
     ) -> Result<(), HelloError> {
+        let first = self.cma.node(node).is_none();
         let r = self.cma.handle_hello(now, node, public_key, hello);
+        if first && r.is_ok() {
+            // The first registration of this node id ever: its host.new (issue 17).
+            let (change, raise) = self.host_new.registered(node, now);
+            self.persist.push(DesiredChange::HostNew(change));
+            if let Some(known) = raise {
+                self.raise_host_new(now, node, &known);
+            }
+        }
         if r.is_ok()
             && let Some(n) = self.cma.node(node)
         {
@@ -330,10 +367,20 @@ impl Authority {
         self.flush();
     }
 
-    /// See [`Cma::handle_timeout`].
+    /// See [`Cma::handle_timeout`]; also raises every `host.new` whose wait is over.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         self.cma.handle_timeout(now);
+        while let Some((node, known)) = self.host_new.poll_due(now) {
+            self.raise_host_new(now, node, &known);
+        }
         self.flush();
+    }
+
+    /// Emits `host.new` and forgets the stored waiting row, in the same batch.
+    fn raise_host_new(&mut self, now: Timestamp, node: NodeId, known: &crate::host_new::Known) {
+        let missing = self.host_new.missing(known);
+        self.cma.host_new(now, node, known, &missing);
+        self.persist.push(DesiredChange::HostNew(HostNewChange::Raised(node)));
     }
 
     /// See [`Cma::handle_local_event`].
@@ -388,6 +435,10 @@ impl Authority {
             if let Some(change) = self.host_keys.observe(node, &hostname, keys) {
                 self.cma.host_keys_changed(now, node, &change);
             }
+        }
+        // Issue 17: the first-boot hook waits for the OS and the SSH host keys.
+        if let Some(known) = self.host_new.observe(node, &d.name, &d.payload) {
+            self.raise_host_new(now, node, &known);
         }
         // The host's wiring (issue 13): which switch or segment ring it belongs in. A payload
         // that does not have the collector's shape keeps the old input.
