@@ -76,6 +76,9 @@ pub struct CmaOptions {
     pub pins: std::collections::BTreeMap<String, String>,
     /// How long a new host's `host.new` waits for its OS and SSH host keys (issue 17).
     pub host_new_wait: Duration,
+    /// Which listeners `/api/v1/export/prometheus-sd` lists: the built-in exporter rules with
+    /// the configured `[[exporters]]` applied (issue 17).
+    pub exporter_rules: Vec<assim_export::prometheus::ExporterRule>,
 }
 
 /// The CMA's database file inside its data directory.
@@ -172,7 +175,8 @@ pub async fn run(
     if opts.api_token.is_some() {
         info!(api = %opts.api, "the HTTP API requires a bearer token (Authorization: Bearer …)");
     }
-    let api_state = api_state.with_check_runner(run_tx);
+    let api_state =
+        api_state.with_check_runner(run_tx).with_exporter_rules(opts.exporter_rules.clone());
     let api_task = tokio::spawn(crate::api::serve(api_listener, api_state));
     let retention_task = tokio::spawn(crate::retention::run(
         store_path(&opts.data_dir),

@@ -160,6 +160,9 @@ pub struct CmaFile {
     pub discovery: Option<std::collections::BTreeMap<String, DiscoveryValue>>,
     /// Ring pins: host name or node id → ring name (`[pins]`, issue 13).
     pub pins: Option<std::collections::BTreeMap<String, String>>,
+    /// Prometheus exporter rules added to (or replacing, by name) the built-in ones
+    /// (`[[exporters]]`, issue 17; `/api/v1/export/prometheus-sd`).
+    pub exporters: Option<Vec<assim_export::prometheus::ExporterRule>>,
 }
 
 /// The most pins accepted.
@@ -387,6 +390,10 @@ impl CmaFlags {
             topology_history_max_rows,
             pins: resolve_pins(file.pins.as_ref(), &self.pins)?,
             host_new_wait,
+            exporter_rules: assim_export::prometheus::rules_with(
+                file.exporters.as_deref().unwrap_or_default(),
+            )
+            .map_err(|e| anyhow::anyhow!("config [[exporters]]: {e}"))?,
         })
     }
 }
@@ -435,6 +442,23 @@ pub fn cma_config_toml(o: &crate::cma::CmaOptions) -> String {
         topology_history_max_rows: Some(o.topology_history_max_rows),
         host_new_wait: Some(format_duration(o.host_new_wait)),
         pins: Some(o.pins.clone()),
+        exporters: Some({
+            // The effective table, and the built-ins it lacks as disabled, so the printed file
+            // reads back to the same rules.
+            let mut rules = o.exporter_rules.clone();
+            for d in assim_export::prometheus::default_rules() {
+                if !rules.iter().any(|r| r.name == d.name) {
+                    rules.push(assim_export::prometheus::ExporterRule {
+                        disabled: true,
+                        port: None,
+                        programs: Vec::new(),
+                        metrics_path: None,
+                        ..d
+                    });
+                }
+            }
+            rules
+        }),
     };
     toml::to_string(&f).expect("config serializes")
 }

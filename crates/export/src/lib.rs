@@ -8,6 +8,8 @@
 //! - [`known_hosts`]: `ssh_known_hosts` (plain or hashed) and DNS SSHFP records.
 //! - [`monitoring`]: Nagios and Icinga 2 configuration (hosts, parents/dependencies from the
 //!   LLDP wiring, passive services, host groups by switch, subnet and OS).
+//! - [`prometheus`]: Prometheus HTTP SD (`file_sd` too): the exporters discovery found
+//!   listening, by a rule table of exporter programs and ports, labelled host, switch, subnet, OS.
 //! - [`names`]: what a name or address must be to be written anywhere (hostile input).
 //! - [`sha1`]: SHA-1 and HMAC-SHA1, which the OpenSSH formats require.
 
@@ -15,6 +17,7 @@ pub mod inventory;
 pub mod known_hosts;
 pub mod monitoring;
 pub mod names;
+pub mod prometheus;
 pub mod sha1;
 
 pub use inventory::{Inventory, Sources, inventory};
