@@ -160,7 +160,8 @@ fn netns_prometheus_scrapes_the_node_exporter_discovery_found_through_http_sd() 
         &format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
              scrape_configs:\n  - job_name: assim\n    http_sd_configs:\n      - url: {sd_url}\n        \
-             refresh_interval: 1s\n        authorization:\n          credentials_file: {}\n",
+             refresh_interval: 1s\n        authorization:\n          type: Bearer\n          \
+             credentials_file: {}\n",
             token_file.display()
         ),
     );
