@@ -326,7 +326,7 @@ mod tests {
             ExporterRule { metrics_path: Some("metrics".into()), ..add.clone() },
             ExporterRule { port: Some(0), ..add.clone() },
         ] {
-            assert!(rules_with(&[bad.clone()]).is_err(), "{bad:?}");
+            assert!(rules_with(std::slice::from_ref(&bad)).is_err(), "{bad:?}");
         }
     }
 
