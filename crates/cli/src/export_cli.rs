@@ -1,5 +1,6 @@
 //! `assim export …`: the files other systems read, made from what the CMA discovered
-//! (issue 17): known hosts, SSHFP, Nagios and Icinga 2 configuration, a Graphviz picture. The CMA's `/api/v1/export/…` routes give the text or the inventory rows;
+//! (issue 17): known hosts, SSHFP, Nagios and Icinga 2 configuration, Prometheus targets, a
+//! Graphviz picture. The CMA's `/api/v1/export/…` routes give the text or the inventory rows;
 //! `assim-export` renders; this module writes the result to stdout or, with `-o FILE`,
 //! atomically (a temporary file in the same directory, then a rename).
 
@@ -80,6 +81,21 @@ pub enum ExportCommand {
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Prometheus targets: the exporters discovery found listening on each host (node_exporter
+    /// on 9100 and the others of the CMA's exporter rules), labelled host, node, exporter, os,
+    /// switch and subnet — the JSON of Prometheus's file_sd_configs and http_sd_configs.
+    ///
+    /// Prometheus can read the same document from the CMA directly:
+    /// GET /api/v1/export/prometheus-sd (see docs/automation.md for the scrape config).
+    ///
+    /// Example:
+    ///   assim export prometheus-sd -o /etc/prometheus/file_sd/assim.json
+    #[command(verbatim_doc_comment)]
+    PrometheusSd {
+        /// Write to FILE (atomically) instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// The arguments of `assim export nagios|icinga2`.
@@ -108,6 +124,11 @@ pub fn run(client: &Client, cmd: ExportCommand) -> anyhow::Result<()> {
         }
         ExportCommand::Sshfp { output } => {
             emit(&client.get("/api/v1/export/sshfp")?.into_string()?, output.as_deref())
+        }
+        ExportCommand::PrometheusSd { output } => {
+            let mut text = client.get("/api/v1/export/prometheus-sd")?.into_string()?;
+            text.push('\n');
+            emit(&text, output.as_deref())
         }
         ExportCommand::Nagios(a) => {
             monitoring(client, &a, "assim.cfg", assim_export::monitoring::nagios)

@@ -71,6 +71,8 @@ pub struct ApiState {
     /// Long-polls and event streams held open.
     pub(crate) held: HeldGate,
     limits: Limits,
+    /// Which listeners are Prometheus exporters (`/api/v1/export/prometheus-sd`).
+    pub(crate) exporter_rules: Arc<Vec<assim_export::prometheus::ExporterRule>>,
 }
 
 impl ApiState {
@@ -117,6 +119,7 @@ impl ApiState {
             events_gate: Arc::new(ReadGate::new(API_HANDLES, MAX_QUEUED_READS)),
             held: HeldGate::new(MAX_HELD),
             limits: Limits::default(),
+            exporter_rules: Arc::new(assim_export::prometheus::default_rules()),
         })
     }
 

@@ -7,6 +7,10 @@
 //! - `GET /api/v1/export/known-hosts?hashed=true`: an `ssh_known_hosts` file — every name and
 //!   address of each host, one line per key; hashed names with `hashed=true`.
 //! - `GET /api/v1/export/sshfp`: DNS SSHFP records (zone file lines).
+//! - `GET /api/v1/export/prometheus-sd`: Prometheus HTTP SD — the exporters discovery found
+//!   listening, labelled host, node, exporter, os, switch, subnet (`assim_export::prometheus`,
+//!   with the CMA's `[[exporters]]` rules). Prometheus sends the API token with its
+//!   `http_sd_configs` `authorization` block when reads need one.
 //!
 //! The rows come from one read of the store ([`inventory`]); `assim-export` renders them. Hashed
 //! names get 20 random bytes of salt each, as `ssh-keygen -H` does.
@@ -28,6 +32,27 @@ pub fn routes() -> Router<ApiState> {
         .route("/api/v1/export/inventory", get(inventory_route))
         .route("/api/v1/export/known-hosts", get(known_hosts))
         .route("/api/v1/export/sshfp", get(sshfp))
+        .route("/api/v1/export/prometheus-sd", get(prometheus_sd))
+}
+
+impl ApiState {
+    /// The API with these exporter rules (validated by the caller:
+    /// `assim_export::prometheus::rules_with`).
+    pub fn with_exporter_rules(
+        mut self,
+        rules: Vec<assim_export::prometheus::ExporterRule>,
+    ) -> ApiState {
+        self.exporter_rules = std::sync::Arc::new(rules);
+        self
+    }
+}
+
+async fn prometheus_sd(State(state): State<ApiState>) -> Response {
+    let rules = state.exporter_rules.clone();
+    match state.read(inventory).await {
+        Ok(inv) => Json(assim_export::prometheus::http_sd(&inv.hosts, &rules)).into_response(),
+        Err(e) => crate::api_limits::failed(e),
+    }
 }
 
 /// Everything the exports need, in one read of the store.

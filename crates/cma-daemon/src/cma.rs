@@ -80,6 +80,11 @@ pub struct CmaOptions {
     pub audit_rules: Vec<PathBuf>,
     /// Audit rules silenced by id (`--audit-silence`, `[audit] silence`).
     pub audit_silence: Vec<String>,
+    /// How long a new host's `host.new` waits for its OS and SSH host keys (issue 17).
+    pub host_new_wait: Duration,
+    /// Which listeners `/api/v1/export/prometheus-sd` lists: the built-in exporter rules with
+    /// the configured `[[exporters]]` applied (issue 17).
+    pub exporter_rules: Vec<assim_export::prometheus::ExporterRule>,
 }
 
 /// The audit rules in force: the shipped ones, the operator's files, without the silenced.
@@ -165,8 +170,13 @@ pub async fn run(
     };
     let mut config = ShellConfig::new(core.clone(), session);
     let audit = load_audit_rules(&opts.audit_rules, &opts.audit_silence)?;
-    config.authority =
-        AuthorityConfig { core, discovery: opts.discovery.clone(), rules, audit: audit.clone() };
+    config.authority = AuthorityConfig {
+        core,
+        discovery: opts.discovery.clone(),
+        rules,
+        audit: audit.clone(),
+        host_new_wait: opts.host_new_wait,
+    };
     config.open_enrollment = opts.open_enrollment;
     config.tagger = Some(EventTagger::new(move |e| {
         tagger.apply(e);
@@ -201,7 +211,11 @@ pub async fn run(
         info!(api = %opts.api, "the HTTP API requires a bearer token (Authorization: Bearer …)");
     }
     let api_state =
-        api_state.with_check_runner(run_tx).with_fleet(opts.fleet.clone()).with_audit(audit);
+        api_state
+            .with_check_runner(run_tx)
+            .with_fleet(opts.fleet.clone())
+            .with_audit(audit)
+            .with_exporter_rules(opts.exporter_rules.clone());
     let api_task = tokio::spawn(crate::api::serve(api_listener, api_state));
     let retention_task = tokio::spawn(crate::retention::run(
         store_path(&opts.data_dir),
@@ -389,6 +403,7 @@ impl Driver {
         }
         m.nodes = nodes;
         m.ring_members = core.ring().len() as u64;
+        m.host_new_waiting = self.shell.authority().host_new_waiting().len() as u64;
         let stats = core.stats();
         m.reports_ignored = stats.reports_ignored_not_neighbour + stats.reports_ignored_unknown;
         self.shared.publish(m);

@@ -23,6 +23,8 @@ pub struct CmaMetrics {
     pub events: BTreeMap<&'static str, u64>,
     pub ring_changes: u64,
     pub ring_members: u64,
+    /// Hosts registered for the first time whose `host.new` waits for their OS and keys.
+    pub host_new_waiting: u64,
     pub reports: u64,
     pub reports_ignored: u64,
     pub retransmits: u64,
@@ -135,6 +137,12 @@ pub fn render(m: &CmaMetrics) -> String {
         "assim_cma_ring_members",
         "Nodes currently in the heartbeat ring.",
         m.ring_members,
+    );
+    gauge(
+        &mut out,
+        "assim_cma_host_new_waiting",
+        "Hosts registered for the first time whose host.new waits for their OS and SSH host keys.",
+        m.host_new_waiting,
     );
     counter(
         &mut out,

@@ -125,6 +125,11 @@ pub struct CmaFlags {
     /// [default: the nameservers of /etc/resolv.conf].
     #[arg(long = "dns-server", value_name = "ADDR", env = "ASSIM_DNS_SERVERS", value_delimiter = ',', value_parser = parse_dns_server)]
     pub dns_servers: Vec<SocketAddr>,
+    /// How long the `host.new` event of a host registering for the first time waits for its
+    /// OS and SSH host keys (the `os` and `ssh_host_keys` discovery results); after that it is
+    /// raised with what arrived, tagged `complete=false` [default: 60s]. See docs/automation.md.
+    #[arg(long, env = "ASSIM_HOST_NEW_WAIT", value_parser = parse_duration)]
+    pub host_new_wait: Option<Duration>,
     /// Print the resolved configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -187,6 +192,7 @@ pub struct CmaFile {
     pub check_rules: Option<PathBuf>,
     pub topology_history_max_age: Option<String>,
     pub topology_history_max_rows: Option<u64>,
+    pub host_new_wait: Option<String>,
     pub bus: Option<assim_bus::BusConfig>,
     pub discovery: Option<std::collections::BTreeMap<String, DiscoveryValue>>,
     /// Ring pins: host name or node id → ring name (`[pins]`, issue 13).
@@ -195,6 +201,9 @@ pub struct CmaFile {
     pub fleet: Option<FleetFile>,
     /// The security audit: extra rule files and silenced rules (`[audit]`).
     pub audit: Option<AuditFile>,
+    /// Prometheus exporter rules added to (or replacing, by name) the built-in ones
+    /// (`[[exporters]]`, issue 17; `/api/v1/export/prometheus-sd`).
+    pub exporters: Option<Vec<assim_export::prometheus::ExporterRule>>,
 }
 
 /// The `[audit]` table of the config file.
@@ -400,6 +409,15 @@ impl CmaFlags {
             crate::api_access::DEFAULT_PLUGIN_DIRS.iter().map(PathBuf::from).collect()
         };
         crate::api_access::validate_plugin_dirs(&check_plugin_dirs)?;
+        let host_new_wait = dur(
+            self.host_new_wait,
+            &file.host_new_wait,
+            assim_cma::host_new::DEFAULT_WAIT.as_millis() as u64,
+            "host_new_wait",
+        )?;
+        if host_new_wait > Duration::from_secs(86_400) {
+            bail!("host_new_wait must be at most 24h (got {})", format_duration(host_new_wait));
+        }
         Ok(crate::cma::CmaOptions {
             listen: self
                 .listen
@@ -463,6 +481,11 @@ impl CmaFlags {
                     dns_servers,
                 }
             },
+            host_new_wait,
+            exporter_rules: assim_export::prometheus::rules_with(
+                file.exporters.as_deref().unwrap_or_default(),
+            )
+            .map_err(|e| anyhow::anyhow!("config [[exporters]]: {e}"))?,
         })
     }
 }
@@ -509,6 +532,7 @@ pub fn cma_config_toml(o: &crate::cma::CmaOptions) -> String {
         check_rules: o.check_rules.clone(),
         topology_history_max_age: Some(format_duration(o.topology_history_max_age)),
         topology_history_max_rows: Some(o.topology_history_max_rows),
+        host_new_wait: Some(format_duration(o.host_new_wait)),
         pins: Some(o.pins.clone()),
         audit: Some(AuditFile {
             rules: Some(o.audit_rules.clone()),
@@ -518,6 +542,23 @@ pub fn cma_config_toml(o: &crate::cma::CmaOptions) -> String {
             oui_dir: Some(o.fleet.oui_dir.clone()),
             reverse_dns: Some(o.fleet.reverse_dns),
             dns_servers: Some(o.fleet.dns_servers.iter().map(ToString::to_string).collect()),
+        }),
+        exporters: Some({
+            // The effective table, and the built-ins it lacks as disabled, so the printed file
+            // reads back to the same rules.
+            let mut rules = o.exporter_rules.clone();
+            for d in assim_export::prometheus::default_rules() {
+                if !rules.iter().any(|r| r.name == d.name) {
+                    rules.push(assim_export::prometheus::ExporterRule {
+                        disabled: true,
+                        port: None,
+                        programs: Vec::new(),
+                        metrics_path: None,
+                        ..d
+                    });
+                }
+            }
+            rules
         }),
     };
     toml::to_string(&f).expect("config serializes")

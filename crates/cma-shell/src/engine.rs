@@ -308,6 +308,7 @@ impl<S: EngineStore> Engine<S> {
             + p.applied.len()
             + p.discovery.len()
             + p.incarnations.len()
+            + p.host_new.len()
             + p.services.check_sets.len()
             + p.services.states.len()
             + p.services.manual.len()

@@ -51,6 +51,7 @@ use crate::Cma;
 use crate::check_sets::{CheckListEntry, CheckSetRecord, CheckSets, ManualChange, ManualCheck};
 use crate::check_sets::{RememberedService, listeners_of};
 use crate::host_keys::{HostKeys, keys_of};
+use crate::host_new::{HostNew, HostNewChange, StoredWaiting};
 use crate::model::{Action, CmaConfig, EventKind, HelloError, Snapshot};
 use crate::schedule::{ScheduleConfig, StoredSchedule, default_schedule_config};
 use crate::services::{CheckChangeError, KnownState};
@@ -71,6 +72,9 @@ pub struct AuthorityConfig {
     pub rules: RuleSet,
     /// The security audit rules (shipped, plus the operator's; `assim_audit::RuleSet::build`).
     pub audit: assim_audit::RuleSet,
+    /// How long a new node's `host.new` waits for its OS and SSH host keys
+    /// ([`crate::host_new`]).
+    pub host_new_wait: std::time::Duration,
 }
 
 impl Default for AuthorityConfig {
@@ -81,6 +85,7 @@ impl Default for AuthorityConfig {
             discovery: default_schedule_config(),
             rules: RuleSet::defaults(),
             audit: assim_audit::RuleSet::defaults(),
+            host_new_wait: crate::host_new::DEFAULT_WAIT,
         }
     }
 }
@@ -133,6 +138,8 @@ pub enum DesiredChange {
     Remembered { node: NodeId, services: Vec<RememberedService> },
     /// Replace the node's latest result of one collector.
     Discovery(DiscoveryRecord),
+    /// A node waits for its `host.new`, or it was raised ([`crate::host_new`]).
+    HostNew(HostNewChange),
 }
 
 /// What [`Authority::new`] restores from, besides the liveness [`Snapshot`].
@@ -149,6 +156,8 @@ pub struct DesiredSnapshot {
     pub host_keys: Vec<(NodeId, Vec<u8>)>,
     /// Each node's latest `security` discovery payload (JSON), for the audit events.
     pub security: Vec<(NodeId, Vec<u8>)>,
+    /// The nodes whose `host.new` is not raised yet, with what arrived for it.
+    pub host_new: Vec<StoredWaiting>,
 }
 
 /// Something the shell must do, drained with [`Authority::poll_output`].
@@ -210,6 +219,7 @@ pub struct Authority {
     send: Vec<(NodeId, SocketAddr, Body)>,
     host_keys: HostKeys,
     audit: crate::audit_watch::AuditWatch,
+    host_new: HostNew,
 }
 
 impl Authority {
@@ -225,6 +235,8 @@ impl Authority {
     ) -> Authority {
         let (schedule, persist) =
             crate::schedule::decide(&config.discovery, desired.schedule.as_ref());
+        let runs = |name: &str| schedule.entries.iter().any(|e| e.name == name && e.interval_s > 0);
+        let host_new = HostNew::new(config.host_new_wait, runs);
         let mut a = Authority {
             cma: Cma::new(config.core, snapshot, now),
             schedule,
@@ -241,6 +253,7 @@ impl Authority {
                     Some((*node, crate::audit_watch::document(payload)?))
                 }),
             ),
+            host_new,
         };
         // Each name's current node is the one registered last.
         let mut stored: Vec<_> = desired
@@ -253,6 +266,13 @@ impl Authority {
             .collect();
         stored.sort_by_key(|(at, node, ..)| (*at, *node));
         a.host_keys = HostKeys::restore(stored.into_iter().map(|(_, n, h, k)| (n, h, k)));
+        // Waiting nodes whose record is gone are dropped from the store too.
+        let (known, gone): (Vec<_>, Vec<_>) =
+            desired.host_new.into_iter().partition(|w| a.cma.node(w.node).is_some());
+        a.host_new.restore(known, now);
+        a.persist.extend(
+            gone.into_iter().map(|w| DesiredChange::HostNew(HostNewChange::Raised(w.node))),
+        );
         for node in a.cma.ring() {
             a.cma.resend_peer_set(node);
         }
@@ -282,7 +302,15 @@ impl Authority {
 
     /// When [`Authority::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.cma.poll_timeout()
+        match (self.cma.poll_timeout(), self.host_new.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The nodes whose `host.new` is not raised yet ([`crate::host_new`]).
+    pub fn host_new_waiting(&self) -> &HostNew {
+        &self.host_new
     }
 
     // ------------------------------------------------------------------------------------------
@@ -298,7 +326,16 @@ impl Authority {
         public_key: [u8; 32],
         hello: &Hello,
     ) -> Result<(), HelloError> {
+        let first = self.cma.node(node).is_none();
         let r = self.cma.handle_hello(now, node, public_key, hello);
+        if first && r.is_ok() {
+            // The first registration of this node id ever: its host.new (issue 17).
+            let (change, raise) = self.host_new.registered(node, now);
+            self.persist.push(DesiredChange::HostNew(change));
+            if let Some(known) = raise {
+                self.raise_host_new(now, node, &known);
+            }
+        }
         if r.is_ok()
             && let Some(n) = self.cma.node(node)
         {
@@ -342,10 +379,20 @@ impl Authority {
         self.flush();
     }
 
-    /// See [`Cma::handle_timeout`].
+    /// See [`Cma::handle_timeout`]; also raises every `host.new` whose wait is over.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         self.cma.handle_timeout(now);
+        while let Some((node, known)) = self.host_new.poll_due(now) {
+            self.raise_host_new(now, node, &known);
+        }
         self.flush();
+    }
+
+    /// Emits `host.new` and forgets the stored waiting row, in the same batch.
+    fn raise_host_new(&mut self, now: Timestamp, node: NodeId, known: &crate::host_new::Known) {
+        let missing = self.host_new.missing(known);
+        self.cma.host_new(now, node, known, &missing);
+        self.persist.push(DesiredChange::HostNew(HostNewChange::Raised(node)));
     }
 
     /// See [`Cma::handle_local_event`].
@@ -410,6 +457,10 @@ impl Authority {
             for change in &changes {
                 self.cma.audit_changed(now, node, change, score, self.audit.rules());
             }
+        }
+        // Issue 17: the first-boot hook waits for the OS and the SSH host keys.
+        if let Some(known) = self.host_new.observe(node, &d.name, &d.payload) {
+            self.raise_host_new(now, node, &known);
         }
         // The host's wiring (issue 13): which switch or segment ring it belongs in. A payload
         // that does not have the collector's shape keeps the old input.

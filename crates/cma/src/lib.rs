@@ -48,6 +48,7 @@
 //!   ([`Cma::handle_check_change`]).
 //! - [`audit_watch`]: audit rule results per host and `audit.failed` / `audit.passed`.
 //! - [`host_keys`]: the SSH host keys each host reported and `host.key_changed`.
+//! - [`host_new`]: the first-boot hook, `host.new`, once per node id, with its OS and keys.
 //! - [`local_events`]: events submitted by programs on a host ([`Cma::handle_local_event`]).
 
 #![forbid(unsafe_code)]
@@ -58,6 +59,7 @@ mod cma;
 pub mod desired;
 pub mod failure;
 pub mod host_keys;
+pub mod host_new;
 pub mod incident;
 pub mod local_events;
 pub mod model;

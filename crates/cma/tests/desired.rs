@@ -28,6 +28,15 @@ impl Store {
             Output::Core(a) => self.core.apply(a),
             Output::Persist(c) => {
                 let d = &mut self.desired;
+                if let DesiredChange::Discovery(r) = c {
+                    for w in d.host_new.iter_mut().filter(|w| w.node == r.node) {
+                        match r.name.as_str() {
+                            "os" => w.os = Some(r.payload.clone()),
+                            "ssh_host_keys" => w.ssh_host_keys = Some(r.payload.clone()),
+                            _ => {}
+                        }
+                    }
+                }
                 match c.clone() {
                     DesiredChange::Schedule(s) => d.schedule = Some(s),
                     DesiredChange::CheckSet(s) => {
@@ -58,6 +67,20 @@ impl Store {
                         d.host_keys.push((r.node, r.payload.into_bytes()));
                     }
                     DesiredChange::Discovery(_) => {}
+                    DesiredChange::HostNew(assim_cma::host_new::HostNewChange::Waiting {
+                        node,
+                        due_at,
+                    }) => {
+                        d.host_new.retain(|w| w.node != node);
+                        d.host_new.push(assim_cma::host_new::StoredWaiting {
+                            node,
+                            due_at,
+                            ..Default::default()
+                        });
+                    }
+                    DesiredChange::HostNew(assim_cma::host_new::HostNewChange::Raised(node)) => {
+                        d.host_new.retain(|w| w.node != node);
+                    }
                 }
             }
             Output::Send { .. } => {}
@@ -400,4 +423,132 @@ fn a_changed_host_key_is_one_critical_event_and_a_restart_remembers_the_keys() {
     assert_eq!(e[0].severity, assim_cma::Severity::Critical);
     assert_eq!(e[0].tags["reason"], "replaced");
     assert_eq!(e[0].tags["removed"], "ssh-ed25519");
+}
+
+// ---------------------------------------------------------------------------------------------
+// host.new (issue 17 item 3)
+
+const OS_DOC: &str = r##"{"os_release":{"ID":"debian","VERSION_ID":"13","PRETTY_NAME":"Debian GNU/Linux 13 (trixie)"},
+    "kernel_name":"Linux","kernel_release":"6.12.0","kernel_version":"#1","machine":"x86_64",
+    "hostname":"h1","fqdn":"h1.example.com","machine_id":null,"virtualisation":"kvm","boot_time_unix":1}"##;
+const KEYS_DOC: &str = r#"{"keys":[{"file":"/etc/ssh/ssh_host_ed25519_key.pub","key_type":"ssh-ed25519",
+    "key":"AAAAC3NzaC1lZDI1NTE5AAAAIOdHnN7U","fingerprint":"SHA256:abc"}]}"#;
+
+impl H {
+    fn result(&mut self, n: u32, name: &str, payload: &str) -> Vec<Output> {
+        let d = DiscoveryResult {
+            name: name.into(),
+            content_hash: vec![3],
+            payload: payload.as_bytes().to_vec(),
+            collected_at: 5,
+            delta: false,
+        };
+        self.a.handle_discovery(self.now, id(n), &d).unwrap();
+        self.take()
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<Output> {
+        self.now = self.now + d;
+        self.a.handle_timeout(self.now);
+        self.take()
+    }
+}
+
+fn host_new_events(out: &[Output]) -> Vec<&assim_cma::Event> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Core(Action::Emit(e)) if e.kind == assim_cma::EventKind::HostNew => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn host_new_is_raised_once_when_os_and_keys_arrived_and_never_on_a_re_registration() {
+    let mut h = H::new();
+    let out = h.hello(1);
+    assert!(host_new_events(&out).is_empty(), "not before the OS and keys arrived");
+    assert_eq!(h.store.desired.host_new.len(), 1, "the waiting node is stored: {out:#?}");
+    assert!(host_new_events(&h.result(1, "os", OS_DOC)).is_empty());
+    // A nanoprobe restart while it waits changes nothing.
+    assert!(host_new_events(&h.hello(1)).is_empty());
+    let out = h.result(1, "ssh_host_keys", KEYS_DOC);
+    let ev = host_new_events(&out);
+    assert_eq!(ev.len(), 1, "{out:#?}");
+    let e = ev[0];
+    assert_eq!(e.host, Some(id(1)));
+    assert_eq!(e.tags["os"], "debian 13");
+    assert_eq!(e.tags["complete"], "true");
+    assert_eq!(e.tags["ssh_key_types"], "ssh-ed25519");
+    assert_eq!(e.tags["addresses"], hello(1).addresses.join(","));
+    let body = e.body.as_ref().unwrap();
+    assert_eq!(body["hostname"], hello(1).hostname.as_str());
+    assert_eq!(body["fqdn"], "h1.example.com");
+    assert_eq!(body["os"]["pretty_name"], "Debian GNU/Linux 13 (trixie)");
+    assert_eq!(body["ssh_host_keys"][0]["fingerprint"], "SHA256:abc");
+    assert!(h.store.desired.host_new.is_empty(), "the row goes in the event's batch");
+    // Never again: new results, a re-registration, a CMA restart, time passing.
+    assert!(host_new_events(&h.result(1, "os", OS_DOC)).is_empty());
+    assert!(host_new_events(&h.hello(1)).is_empty());
+    let out = h.restart(h.config.clone(), Duration::from_secs(5));
+    assert!(host_new_events(&out).is_empty());
+    assert!(host_new_events(&h.hello(1)).is_empty());
+    assert!(host_new_events(&h.result(1, "ssh_host_keys", KEYS_DOC)).is_empty());
+    assert!(host_new_events(&h.advance(Duration::from_secs(3600))).is_empty());
+    // A second node is new.
+    h.hello(2);
+    h.result(2, "os", OS_DOC);
+    assert_eq!(host_new_events(&h.result(2, "ssh_host_keys", KEYS_DOC)).len(), 1);
+}
+
+#[test]
+fn host_new_at_the_deadline_says_what_is_missing() {
+    let mut h = H::new();
+    h.hello(1);
+    h.result(1, "os", OS_DOC);
+    assert!(h.a.poll_timeout().is_some_and(|t| t <= T0 + assim_cma::host_new::DEFAULT_WAIT));
+    assert!(host_new_events(&h.advance(Duration::from_secs(59))).is_empty());
+    let out = h.advance(Duration::from_secs(1));
+    let ev = host_new_events(&out);
+    assert_eq!(ev.len(), 1, "{out:#?}");
+    assert_eq!(ev[0].tags["complete"], "false");
+    assert_eq!(ev[0].tags["missing"], "ssh_host_keys");
+    assert!(ev[0].body.as_ref().unwrap()["ssh_host_keys"].is_null());
+    assert!(h.store.desired.host_new.is_empty());
+    assert!(host_new_events(&h.result(1, "ssh_host_keys", KEYS_DOC)).is_empty());
+}
+
+#[test]
+fn host_new_survives_a_cma_restart_while_waiting() {
+    let mut h = H::new();
+    h.hello(1);
+    h.result(1, "os", OS_DOC);
+    // The CMA is down for 10 minutes, past the deadline: after the start the nanoprobe gets
+    // `wait` to resend what its spool holds.
+    let out = h.restart(h.config.clone(), Duration::from_secs(600));
+    assert!(host_new_events(&out).is_empty());
+    assert_eq!(h.a.host_new_waiting().len(), 1);
+    assert!(host_new_events(&h.hello(1)).is_empty(), "a known node is not re-registered as new");
+    let out = h.result(1, "ssh_host_keys", KEYS_DOC);
+    let ev = host_new_events(&out);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].tags["complete"], "true");
+    assert_eq!(ev[0].tags["os"], "debian 13", "the OS stored before the restart is used");
+    // And once raised, a restart does not bring it back.
+    h.restart(h.config.clone(), Duration::from_secs(600));
+    assert!(h.a.host_new_waiting().is_empty());
+}
+
+#[test]
+fn host_new_does_not_wait_for_a_disabled_collector() {
+    let mut config = AuthorityConfig::default();
+    config.discovery.get_mut("ssh_host_keys").unwrap().interval_s = 0;
+    config.host_new_wait = Duration::from_secs(5);
+    let (mut h, _) = H::start(config, Store::default(), T0);
+    h.hello(1);
+    let ev = h.result(1, "os", OS_DOC);
+    let ev = host_new_events(&ev);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].tags["complete"], "true");
+    assert!(!ev[0].tags.contains_key("ssh_key_types"));
 }

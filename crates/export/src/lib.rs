@@ -13,6 +13,8 @@
 //!   host's neighbourhood.
 //! - [`fleet`]: the fleet questions — shared SSH keys, processes, OS and kernel, MAC vendors.
 //! - [`oui`]: the IEEE MAC prefix registry (Debian `ieee-data`).
+//! - [`prometheus`]: Prometheus HTTP SD (`file_sd` too): the exporters discovery found
+//!   listening, by a rule table of exporter programs and ports, labelled host, switch, subnet, OS.
 //! - [`names`]: what a name or address must be to be written anywhere (hostile input).
 //! - [`sha1`]: SHA-1 and HMAC-SHA1, which the OpenSSH formats require.
 
@@ -24,6 +26,7 @@ pub mod known_hosts;
 pub mod monitoring;
 pub mod names;
 pub mod oui;
+pub mod prometheus;
 pub mod sha1;
 
 pub use inventory::{Inventory, Sources, inventory};

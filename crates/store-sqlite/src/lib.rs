@@ -150,6 +150,13 @@ CREATE TABLE IF NOT EXISTS discovery (
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (node, name)
 );
+-- Issue 17, new without a version bump (a missing table is simply created): nodes whose
+-- host.new is not raised yet, and when it is due (µs). Older stores have none: their nodes
+-- are not new.
+CREATE TABLE IF NOT EXISTS host_new_pending (
+    node TEXT PRIMARY KEY,
+    due_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY,
     secret TEXT NOT NULL,
@@ -439,6 +446,20 @@ impl Store {
                     .map_err(err)?;
             }
             services::apply(&tx, &progress.services).map_err(err)?;
+            for c in &progress.host_new {
+                use assim_cma::host_new::HostNewChange;
+                match c {
+                    HostNewChange::Waiting { node, due_at } => tx.execute(
+                        "INSERT OR REPLACE INTO host_new_pending (node, due_at) VALUES (?1, ?2)",
+                        params![node.to_string(), *due_at as i64],
+                    ),
+                    HostNewChange::Raised(node) => tx.execute(
+                        "DELETE FROM host_new_pending WHERE node = ?1",
+                        params![node.to_string()],
+                    ),
+                }
+                .map_err(err)?;
+            }
             rings::apply(&tx, &wiring, &rings).map_err(err)?;
             let mut put_event = tx
                 .prepare_cached(
@@ -800,6 +821,7 @@ impl Store {
         let sockets = self.latest_payloads(assim_store::desired::SOCKETS)?;
         let host_keys = self.latest_payloads(assim_cma::host_keys::COLLECTOR)?;
         let security = self.latest_payloads(assim_cma::audit_watch::COLLECTOR)?;
+        let host_new = self.host_new_pending()?;
         Ok(assim_store::desired::snapshot(assim_store::desired::StoredDesired {
             schedule,
             check_sets: self.check_sets()?,
@@ -809,7 +831,47 @@ impl Store {
             sockets,
             host_keys,
             security,
+            host_new,
         }))
+    }
+
+    /// The nodes whose `host.new` is not raised yet, with their stored `os` and
+    /// `ssh_host_keys` results.
+    fn host_new_pending(&self) -> Result<Vec<assim_cma::host_new::StoredWaiting>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT p.node, p.due_at,
+                   (SELECT payload FROM discovery d WHERE d.node = p.node AND d.name = 'os'),
+                   (SELECT payload FROM discovery d WHERE d.node = p.node AND d.name = 'ssh_host_keys')
+                 FROM host_new_pending p ORDER BY p.node",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (node, due_at, os, ssh_host_keys) = row.map_err(|e| self.sql(e))?;
+            let node: NodeId = node.parse().map_err(|_| StoreError::Corrupt {
+                table: "host_new_pending",
+                detail: format!("node id {node:?}"),
+            })?;
+            out.push(assim_cma::host_new::StoredWaiting {
+                node,
+                due_at: due_at.max(0) as u64,
+                os,
+                ssh_host_keys,
+            });
+        }
+        Ok(out)
     }
 
     /// Each node's latest payload of collector `name`, by node.

@@ -25,6 +25,8 @@ pub struct InboxProgress {
     pub schedule: Option<assim_cma::schedule::StoredSchedule>,
     /// Nodes whose spool incarnation this batch learnt (issue 16 item 9).
     pub incarnations: BTreeMap<NodeId, SpoolIncarnation>,
+    /// Nodes that wait for their `host.new`, or got it (issue 17; applied in order).
+    pub host_new: Vec<assim_cma::host_new::HostNewChange>,
 }
 
 /// A node's spool incarnation as a hello of this batch told it (issue 16 item 9).

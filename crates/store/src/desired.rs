@@ -54,6 +54,7 @@ pub fn add_change(progress: &mut InboxProgress, change: DesiredChange) {
             s.remembered.push((node, services.into_iter().map(remembered_to_store).collect()))
         }
         DesiredChange::Discovery(d) => progress.discovery.push(d),
+        DesiredChange::HostNew(c) => progress.host_new.push(c),
     }
 }
 
@@ -95,6 +96,8 @@ pub struct StoredDesired {
     pub host_keys: Vec<(NodeId, String)>,
     /// Each node's latest `security` discovery payload (JSON), for the audit events.
     pub security: Vec<(NodeId, String)>,
+    /// The nodes whose `host.new` is not raised yet, with their `os` and `ssh_host_keys`.
+    pub host_new: Vec<assim_cma::host_new::StoredWaiting>,
 }
 
 /// The core's [`DesiredSnapshot`] from what the store loaded.
@@ -138,5 +141,6 @@ pub fn snapshot(d: StoredDesired) -> DesiredSnapshot {
         sockets: d.sockets.into_iter().map(|(n, p)| (n, p.into_bytes())).collect(),
         host_keys: d.host_keys.into_iter().map(|(n, p)| (n, p.into_bytes())).collect(),
         security: d.security.into_iter().map(|(n, p)| (n, p.into_bytes())).collect(),
+        host_new: d.host_new,
     }
 }

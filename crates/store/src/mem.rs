@@ -40,6 +40,8 @@ pub struct MemStore {
     pub wiring: BTreeMap<NodeId, NodeWiring>,
     /// Each ring's last written description (members, representatives, watchers).
     pub rings: BTreeMap<RingKey, RingRecord>,
+    /// Nodes whose `host.new` is not raised yet → its deadline (µs).
+    pub host_new: BTreeMap<NodeId, u64>,
     /// How many batches were applied.
     pub batches: u64,
     /// When set, the next `n` batches fail (fault injection).
@@ -89,6 +91,21 @@ impl EngineStore for MemStore {
                     .values()
                     .filter(|d| d.name == assim_cma::audit_watch::COLLECTOR)
                     .map(|d| (d.node, d.payload.clone()))
+                    .collect(),
+                host_new: self
+                    .host_new
+                    .iter()
+                    .map(|(node, due_at)| {
+                        let payload = |name: &str| {
+                            self.discovery.get(&(*node, name.to_owned())).map(|d| d.payload.clone())
+                        };
+                        assim_cma::host_new::StoredWaiting {
+                            node: *node,
+                            due_at: *due_at,
+                            os: payload("os"),
+                            ssh_host_keys: payload("ssh_host_keys"),
+                        }
+                    })
                     .collect(),
             }),
         })
@@ -147,6 +164,16 @@ impl EngineStore for MemStore {
         }
         if let Some(s) = &progress.schedule {
             self.schedule = Some(s.clone());
+        }
+        for c in &progress.host_new {
+            match c {
+                assim_cma::host_new::HostNewChange::Waiting { node, due_at } => {
+                    self.host_new.insert(*node, *due_at);
+                }
+                assim_cma::host_new::HostNewChange::Raised(node) => {
+                    self.host_new.remove(node);
+                }
+            }
         }
         let b = &progress.services;
         for c in &b.check_sets {
