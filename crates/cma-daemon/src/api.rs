@@ -280,6 +280,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(crate::api_topology::routes())
         .merge(crate::api_checks::routes())
         .merge(assim_web::routes())
+        .merge(crate::api_session::routes())
         .merge(crate::api_export::routes())
         .layer(middleware::from_fn_with_state(state.clone(), crate::api_access::guard))
         .with_state(state)

@@ -19,6 +19,8 @@
 //! - [`api_export`]: the export routes (known hosts, SSHFP, the inventory of `assim export`).
 //! - [`api_bus`]: the event bus routes of the HTTP API (filters, SSE, durable subscriptions).
 //! - [`api_web`]: the web page (`assim-web`) on the API's listener and guard.
+//! - [`api_session`]: the web page's sign-in (`/login`, `/logout`): browser sessions opened
+//!   with the operator token, and the same-origin rule for the page's form posts.
 //! - [`api_limits`]: what one API client can hold (connections, held requests, store calls,
 //!   answer sizes) and the `503`/`422` answers past each bound.
 //! - [`metrics`]: counters shared between the CMA task and the API.
@@ -32,6 +34,7 @@ pub mod api_bus;
 pub mod api_checks;
 pub mod api_export;
 pub mod api_limits;
+pub mod api_session;
 pub mod api_topology;
 pub mod api_web;
 pub mod cma;

@@ -12,7 +12,7 @@ use assim_api::{
 use assim_cma::Event;
 use assim_store::{EventLog, Queries, QueryError};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::WebSource;
 use crate::layout::{self, Nav, Page, age, badge, host_link, time};
+use crate::operator::Viewer;
 
 /// Rows the host table shows at most (the rest are counted; narrow the search).
 pub(crate) const MAX_ROWS: usize = 2000;
@@ -106,7 +107,7 @@ fn state_rank(s: &str) -> u8 {
 /// `GET /hosts`.
 pub(crate) async fn table<S: WebSource>(
     State(src): State<S>,
-    req: HeaderMap,
+    req: Viewer,
     Query(tq): Query<TableQuery>,
 ) -> Response {
     let query: String = tq.q.chars().take(MAX_QUERY).collect::<String>().trim().to_lowercase();
@@ -240,7 +241,7 @@ fn host_events(log: &dyn EventLog, host: &str) -> Result<Vec<Event>, QueryError>
 /// `GET /hosts/{host}`.
 pub(crate) async fn page<S: WebSource>(
     State(src): State<S>,
-    req: HeaderMap,
+    req: Viewer,
     Path(name): Path<String>,
     Query(hq): Query<HostQuery>,
 ) -> Response {
@@ -265,7 +266,7 @@ pub(crate) async fn page<S: WebSource>(
     let hostname = data.node.hostname.clone();
     let events = src.events(move |l| host_events(l, &hostname)).await.unwrap_or_default();
     let pkg: String = hq.pkg.chars().take(MAX_QUERY).collect::<String>().trim().to_lowercase();
-    let body = render_host(&data, &events, &pkg, src.now_micros());
+    let body = render_host(&data, &events, &pkg, src.now_micros(), req.operator.is_some());
     let page = Page {
         title: data.node.hostname.clone(),
         nav: Nav::Hosts,
@@ -328,7 +329,8 @@ fn deps_table(id: &str, rows: &[Dependency], client_side: bool) -> Markup {
     }
 }
 
-fn render_host(d: &HostData, events: &[Event], pkg: &str, now: u64) -> Markup {
+/// `operator`: the viewer may run checks (a "Run now" button per check).
+fn render_host(d: &HostData, events: &[Event], pkg: &str, now: u64, operator: bool) -> Markup {
     let n = &d.node;
     let os = payload(&d.discovery, "os");
     let pretty =
@@ -362,8 +364,12 @@ fn render_host(d: &HostData, events: &[Event], pkg: &str, now: u64) -> Markup {
         }
         h2 #checks { "Checks" }
         @if d.checks.is_empty() { p.muted { "No checks configured." } } @else {
+            @if !operator { p.muted #run-hint { "Operators can run a check now: " a href=(crate::operator::login_href(&href)) { "sign in" } "." } }
             div.scroll { table #check-table {
-                thead { tr { th { "Check" } th { "State" } th { "Since" } th { "Output" } th { "Perfdata" } } }
+                thead { tr {
+                    th { "Check" } th { "State" } th { "Since" } th { "Output" } th { "Perfdata" }
+                    @if operator { th { "Run" } }
+                } }
                 tbody { @for c in &d.checks {
                     tr data-check=(c.check) data-state=(c.state) {
                         td { (c.check) br; span.muted { (c.kind) ", every " (c.interval_s) " s" } }
@@ -371,6 +377,7 @@ fn render_host(d: &HostData, events: &[Event], pkg: &str, now: u64) -> Markup {
                         td { (time(c.since)) }
                         td.output { (c.output) }
                         td.output { (c.perfdata) }
+                        @if operator { td { (crate::operator::run_button(&n.hostname, &c.check)) } }
                     }
                 } }
             } }
