@@ -107,7 +107,7 @@ impl Browser {
     /// The WebDriver id of the first element matching `selector`.
     fn element(&self, selector: &str) -> String {
         let v = post(&self.url("/element"), &json!({"using": "css selector", "value": selector}));
-        v["value"]["element-6066-11e4-a52e-4f8ee6d0d8d3"]
+        v["value"]["element-6066-11e4-a52e-4f735466cecf"]
             .as_str()
             .unwrap_or_else(|| panic!("no element {selector:?}: {v}"))
             .to_string()
@@ -234,6 +234,21 @@ fn fetch(site: &str, path: &str, cookie: Option<&str>) -> (u16, String) {
     }
 }
 
+/// Established TCP connections to the API's port on loopback (server side), from
+/// `/proc/net/tcp`.
+fn api_connections(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == local && f[3] == "01"
+        })
+        .count()
+}
+
 /// Where screenshots go: `target/web-screenshots` of this build.
 fn shots_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -315,6 +330,8 @@ fn the_web_page_in_chromium() {
         ],
         ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), 4)
     };
+    let t0 = Instant::now();
+    let step = |what: &str| println!("{:>6.1} s  {what}", t0.elapsed().as_secs_f64());
     let mut c = Cluster::new(spec, false).unwrap();
     c.start_all().unwrap();
     c.wait_ring(Duration::from_secs(30)).unwrap();
@@ -322,6 +339,7 @@ fn the_web_page_in_chromium() {
     let b = Browser::start(shots_dir());
     let sees_events = "#live.on";
 
+    step("cluster up");
     // 1. Problems: nothing red, and the page listens to the event stream.
     b.goto(&format!("{site}/"));
     b.wait_for(sees_events, Duration::from_secs(10));
@@ -329,6 +347,7 @@ fn the_web_page_in_chromium() {
     assert_eq!(b.count("#summary .allclear"), 1);
     b.screenshot("problems");
 
+    step("problems");
     // 2. SIGKILL n3: it shows down without a reload.
     b.js("window.__notReloaded = true;");
     c.kill_node(2).unwrap();
@@ -340,6 +359,7 @@ fn the_web_page_in_chromium() {
     println!("n3 shown down {took:?} after SIGKILL (dead time {dead:?})");
     b.screenshot("problems-down");
 
+    step("down shown");
     // 3. Restart it: it moves to recovered.
     c.start_node(2).unwrap();
     b.wait_for("#recovered tr.recovery[data-subject='n3']", Duration::from_secs(20));
@@ -349,6 +369,7 @@ fn the_web_page_in_chromium() {
     let errors = b.console_errors();
     assert!(errors.is_empty(), "console errors on the problems view: {errors:?}");
 
+    step("recovered");
     // 4. The host page lists the discovered server and its check's state. (A check's first OK
     // raises no event, so the page is reloaded while waiting for it: live updates are shown
     // above.)
@@ -372,6 +393,7 @@ fn the_web_page_in_chromium() {
     }
     b.screenshot("host");
 
+    step("host page");
     // 4b. Run now: no button for an anonymous viewer; sign in with the operator token, click
     // the check's button, see its fresh result.
     assert_eq!(b.count("form.run"), 0, "no Run now before signing in");
@@ -387,6 +409,7 @@ fn the_web_page_in_chromium() {
         Value::Bool(true),
         "the session cookie is HttpOnly"
     );
+    step("signed in");
     b.click(&run);
     let took = b.wait_for(
         &format!("#run-result[data-check='web:{port}'][data-state='ok']"),
@@ -398,12 +421,15 @@ fn the_web_page_in_chromium() {
     assert!(errors.is_empty(), "console errors while signing in and running: {errors:?}");
     b.click(".signout button");
     b.wait_for("#signin", Duration::from_secs(5));
+    step("signed out");
 
+    step("run now");
     // 5. Hosts table.
     b.goto(&format!("{site}/hosts"));
     assert_eq!(b.count("#hosts tr.host"), 4);
     b.screenshot("hosts");
 
+    step("hosts");
     // 6. Topology: every host, every ring edge.
     let rings: Vec<RingView> = c.client.get_json("/api/v1/topology/rings", "rings").unwrap();
     b.goto(&format!("{site}/topology"));
@@ -412,6 +438,7 @@ fn the_web_page_in_chromium() {
     assert!(ring_edges(&rings) >= 3, "a ring of four has edges: {rings:?}");
     b.screenshot("topology");
 
+    step("topology");
     // 7. Events: the filter narrows the list.
     b.goto(&format!("{site}/events"));
     let all = b.count("#event-table tr.event");
@@ -423,7 +450,13 @@ fn the_web_page_in_chromium() {
 
     let errors = b.console_errors();
     assert!(errors.is_empty(), "console errors: {errors:?}");
+    // Pages left behind (by links, form posts, sign-in and out) let their event streams go:
+    // only the current page's stream, and perhaps an idle keep-alive, stay open. (Chromium
+    // holds at most 6 connections per server; a leak stalls the next page for a minute.)
+    let open = api_connections(c.api.port());
+    assert!(open <= 3, "{open} connections to the API are open after the walk through the views");
 
+    step("topology, events");
     // 8. Every view's HTML parses without an error, signed in and not.
     let mut pages = Vec::new();
     for path in [
@@ -463,5 +496,6 @@ fn the_web_page_in_chromium() {
         .unwrap();
     pages.push(("run result".into(), result));
     assert_valid_html(&pages);
+    step("html parsed");
     println!("screenshots in {}", shots_dir().display());
 }

@@ -48,6 +48,8 @@ struct TableData {
     checks: HashMap<String, Vec<(String, usize)>>,
     /// The services query was too large to answer.
     checks_missing: bool,
+    /// Node id → operating system (the `os` collector's `PRETTY_NAME`).
+    os: HashMap<String, String>,
 }
 
 fn gather_table(q: &dyn Queries) -> Result<TableData, QueryError> {
@@ -90,7 +92,19 @@ fn gather_table(q: &dyn Queries) -> Result<TableData, QueryError> {
         Err(QueryError::TooLarge) => (HashMap::new(), true),
         Err(e) => return Err(e),
     };
-    Ok(TableData { nodes, ports, checks, checks_missing })
+    // One read for every host's OS (an engine answers it in one query).
+    let os = match q.latest_discovery(&["os"]) {
+        Ok(rows) => rows
+            .into_iter()
+            .filter_map(|(node, d)| {
+                let pretty = d.payload.get("os_release").map(|r| s(r, "PRETTY_NAME"))?;
+                (!pretty.is_empty()).then_some((node, pretty))
+            })
+            .collect(),
+        Err(QueryError::TooLarge) => HashMap::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(TableData { nodes, ports, checks, checks_missing, os })
 }
 
 /// Worst first.
@@ -124,9 +138,10 @@ fn render_table(d: &TableData, query: &str, now: u64) -> Markup {
     let row_text = |n: &NodeView| {
         let id = n.id.to_string();
         format!(
-            "{} {} {} {} {} {}",
+            "{} {} {} {} {} {} {}",
             n.hostname,
             n.state,
+            d.os.get(&id).map(String::as_str).unwrap_or(""),
             n.addresses.join(" "),
             n.neighbours.join(" "),
             d.ports.get(&id).map(String::as_str).unwrap_or(""),
@@ -140,7 +155,7 @@ fn render_table(d: &TableData, query: &str, now: u64) -> Markup {
         h1 { "Hosts" }
         form.search method="get" action="/hosts" role="search" {
             label for="q" { "Search" }
-            input #q type="search" name="q" value=(query) placeholder="name, state, address, switch…"
+            input #q type="search" name="q" value=(query) placeholder="name, state, OS, address, switch…"
                 data-filter-for="hosts" autocomplete="off";
             button type="submit" { "Search" }
         }
@@ -154,7 +169,7 @@ fn render_table(d: &TableData, query: &str, now: u64) -> Markup {
         div.scroll {
             table.hosts #hosts {
                 thead { tr {
-                    th { "Host" } th { "State" } th { "Since" } th { "Addresses" }
+                    th { "Host" } th { "State" } th { "Since" } th { "OS" } th { "Addresses" }
                     th { "Ring neighbours" } th { "Switch port" } th { "Checks" } th { "Version" }
                 } }
                 tbody {
@@ -164,6 +179,7 @@ fn render_table(d: &TableData, query: &str, now: u64) -> Markup {
                             td { (host_link(&n.hostname)) }
                             td { (badge(&n.state)) }
                             td { (time(n.since)) br; span.age { (age(now, n.since)) } }
+                            td { (d.os.get(&id).map(String::as_str).unwrap_or("—")) }
                             td { (n.addresses.join(", ")) }
                             td { @for (i, nb) in n.neighbours.iter().enumerate() { @if i > 0 { ", " } (host_link(nb)) } }
                             td { (d.ports.get(&id).map(String::as_str).unwrap_or("—")) }
