@@ -460,7 +460,15 @@ pub(crate) async fn page<S: WebSource>(
                     tr id=(switch_anchor(&name)) {
                         td { (name) br; span.muted { (s.chassis_id) } }
                         td { (badge(s.state.as_deref().unwrap_or("up"))) }
-                        td { @for (i, h) in s.hosts.iter().enumerate() { @if i > 0 { ", " } (host_link(&h.host)) " " span.muted { (h.port_id) } } }
+                        td {
+                            @if l.summary {
+                                // The summary names only the hosts that are not up.
+                                a href={ "/hosts?q=" (enc(&name)) } { (s.hosts.len()) " hosts" }
+                                @for h in s.hosts.iter().filter(|h| h.state != "up") { ", " (host_link(&h.host)) " " (badge(&h.state)) }
+                            } @else {
+                                @for (i, h) in s.hosts.iter().enumerate() { @if i > 0 { ", " } (host_link(&h.host)) " " span.muted { (h.port_id) } }
+                            }
+                        }
                         td { (s.ring.as_deref().unwrap_or("—")) }
                     }
                 } }
@@ -468,11 +476,18 @@ pub(crate) async fn page<S: WebSource>(
         }
         h2 { "Rings" }
         div.scroll { table #ring-table {
-            thead { tr { th { "Ring" } th { "Members in order" } th { "Representatives" } th { "Watched by" } } }
+            thead { tr { th { "Ring" } th { @if l.summary { "Members" } @else { "Members in order" } } th { "Representatives" } th { "Watched by" } } }
             tbody { @for r in &d.rings {
                 tr {
                     td { (r.ring) @if let Some(n) = &r.switch_name { br; span.muted { (n) } } }
-                    td { @for (i, m) in r.members.iter().enumerate() { @if i > 0 { " → " } (host_link(&m.host)) } }
+                    td {
+                        @if l.summary {
+                            (r.members.len()) " members"
+                            @for m in r.members.iter().filter(|m| m.state != "up") { ", " (host_link(&m.host)) " " (badge(&m.state)) }
+                        } @else {
+                            @for (i, m) in r.members.iter().enumerate() { @if i > 0 { " → " } (host_link(&m.host)) }
+                        }
+                    }
                     td { @for (i, m) in r.representatives.iter().enumerate() { @if i > 0 { ", " } (host_link(&m.host)) } }
                     td { @for (i, m) in r.watchers.iter().enumerate() { @if i > 0 { ", " } (host_link(&m.host)) } }
                 }
