@@ -197,7 +197,7 @@ impl ApiAccess {
         headers: &HeaderMap,
         uri: &Uri,
         now: Instant,
-    ) -> Result<Option<Operator>, Response> {
+    ) -> Result<Option<Operator>, Box<Response>> {
         let host = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
@@ -207,22 +207,26 @@ impl ApiAccess {
             Some(h) if self.host_allowed(&h) => {}
             Some(h) => {
                 tracing::debug!(host = %h, "HTTP request with an unknown Host header refused");
-                return Err((
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "this API does not answer to the host name {:?}; if clients reach the \
+                return Err(Box::new(
+                    (
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "this API does not answer to the host name {:?}; if clients reach the \
                          CMA by that name, allow it with --api-host (ASSIM_API_HOSTS)\n",
-                        strip_port(&h)
-                    ),
-                )
-                    .into_response());
+                            strip_port(&h)
+                        ),
+                    )
+                        .into_response(),
+                ));
             }
             None => {
-                return Err((
-                    StatusCode::BAD_REQUEST,
-                    "the request has no Host header; send the address of the API as Host\n",
-                )
-                    .into_response());
+                return Err(Box::new(
+                    (
+                        StatusCode::BAD_REQUEST,
+                        "the request has no Host header; send the address of the API as Host\n",
+                    )
+                        .into_response(),
+                ));
             }
         }
         let path = uri.path();
@@ -240,27 +244,27 @@ impl ApiAccess {
         if mutating && page {
             if !crate::api_session::same_origin(headers, uri) {
                 tracing::info!(path, "a form post from another site refused");
-                return Err(plain(
+                return Err(Box::new(plain(
                     StatusCode::FORBIDDEN,
                     "this form was not posted from this CMA's own page (its Origin or Referer \
                      names another site, or none): refused, so another site cannot act in \
                      your name; open the page at this address and post it from there\n"
                         .into(),
-                ));
+                )));
             }
             if matches!(path, "/login" | "/logout") || operator.is_some() {
                 return Ok(operator);
             }
             let back = crate::api_session::referer_path(headers);
             let viewer = assim_web::Viewer { path: back.to_string(), ..Default::default() };
-            return Err(assim_web::operator::notice(
+            return Err(Box::new(assim_web::operator::notice(
                 &viewer,
                 StatusCode::UNAUTHORIZED,
                 "Sign in first",
                 "This needs the operator: sign in with the CMA's API token (your session may \
                  have ended), or send Authorization: Bearer TOKEN.",
                 None,
-            ));
+            )));
         }
         // `/healthz` says only "ok" (or that the store refuses writes, without its error):
         // load balancers and service managers probe it without a token. The sign-in page and
@@ -278,22 +282,24 @@ impl ApiAccess {
             if let Ok(v) = axum::http::HeaderValue::from_str(&to) {
                 r.headers_mut().insert(header::LOCATION, v);
             }
-            return Err(r);
+            return Err(Box::new(r));
         }
         if needs_token {
             let what = if mutating { "a request that changes state" } else { "this API" };
-            return Err((
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                format!(
-                    "{what} needs the CMA's API token (Authorization: Bearer TOKEN): the token \
+            return Err(Box::new(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    format!(
+                        "{what} needs the CMA's API token (Authorization: Bearer TOKEN): the token \
                      is in {} on the CMA host, or the one set with --api-token; the assim CLI \
                      reads --api-token-file (ASSIM_API_TOKEN_FILE) or --api-token \
                      (ASSIM_API_TOKEN)\n",
-                    self.token_file.display()
-                ),
-            )
-                .into_response());
+                        self.token_file.display()
+                    ),
+                )
+                    .into_response(),
+            ));
         }
         Ok(operator)
     }
@@ -346,7 +352,7 @@ pub(crate) async fn guard(State(state): State<ApiState>, mut req: Request, next:
             }
             next.run(req).await
         }
-        Err(answer) => answer,
+        Err(answer) => *answer,
     }
 }
 
