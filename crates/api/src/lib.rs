@@ -44,7 +44,7 @@ pub use events::Event;
 pub use export::{HostKey, InventoryHost, Listener, SwitchUplink};
 pub use fleet::{AddressName, KeyUse, MacRow, OsRow, ProcessRow};
 pub use rings::{RingMember, RingView, SwitchHost, SwitchView};
-pub use services::{CheckListEntry, ServiceView, StoredCheck};
+pub use services::{CheckListEntry, CheckRun, ServiceView, StoredCheck};
 pub use status::{CmaInfo, NodeView, StatusView};
 pub use topology::{
     Dependency, DownHost, HistoryEntry, IpSighting, MacSighting, PackageHit, Service, Subnet,

@@ -1,7 +1,8 @@
 //! Service monitoring as the API and the CLI show it: `GET /api/v1/services`
 //! ([`ServiceView`], `assim services`), `GET /api/v1/checks` ([`CheckListEntry`],
 //! `assim check list`), and one check as it is stored and sent to `POST /api/v1/checks`
-//! ([`StoredCheck`], the JSON form of a wire `CheckSpec`).
+//! ([`StoredCheck`], the JSON form of a wire `CheckSpec`), and the answer of
+//! `POST /api/v1/checks/run` ([`CheckRun`], `assim check run`, the web page's "Run now").
 
 use std::collections::BTreeMap;
 
@@ -53,6 +54,23 @@ impl StoredCheck {
             timeout_s: self.timeout_s,
         }
     }
+}
+
+/// The result of running one check now (`POST /api/v1/checks/run`): the nanoprobe's answer
+/// with the host and check it was asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRun {
+    pub host: String,
+    pub check: String,
+    /// `ok`, `warning`, `critical` or `unknown`.
+    pub state: String,
+    pub output: String,
+    #[serde(default)]
+    pub long_output: String,
+    #[serde(default)]
+    pub perfdata: String,
+    pub duration_ms: u64,
+    pub exit_code: Option<i32>,
 }
 
 /// One check of a node's desired set as `assim check list` shows it.

@@ -102,27 +102,13 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// The result of `check run`, as the API returns it.
-#[derive(Debug, serde::Deserialize, serde::Serialize)]
-pub struct RunResult {
-    pub host: String,
-    pub check: String,
-    pub state: String,
-    pub output: String,
-    #[serde(default)]
-    pub long_output: String,
-    #[serde(default)]
-    pub perfdata: String,
-    pub duration_ms: u64,
-    pub exit_code: Option<i32>,
-}
-
 /// Runs `assim check …`; returns the process exit code.
 pub fn run_check(client: &Client, cmd: CheckCommand) -> anyhow::Result<i32> {
     match cmd {
         CheckCommand::Run { host, check, json } => {
             let body = serde_json::json!({ "host": host, "check": check });
-            let r: RunResult = client.post_json("/api/v1/checks/run", &body, "the check result")?;
+            let r: assim_api::CheckRun =
+                client.post_json("/api/v1/checks/run", &body, "the check result")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

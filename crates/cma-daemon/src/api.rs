@@ -301,6 +301,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(crate::api_topology::routes())
         .merge(crate::api_checks::routes())
         .merge(assim_web::routes())
+        .merge(crate::api_session::routes())
         .merge(crate::api_export::routes())
         .merge(crate::api_fleet::routes())
         .merge(crate::api_audit::routes())

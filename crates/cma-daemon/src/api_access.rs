@@ -8,6 +8,16 @@
 //!   loopback too. The token configured with `--api-token` (`ASSIM_API_TOKEN`) is accepted as
 //!   well; when one is configured, reads need a token too (the API may then face the network).
 //!   Both sides are hashed with SHA-256 and compared in constant time (`subtle`).
+//! - **Browsers: the web page's sessions.** A browser cannot hold the token (a page's script
+//!   could read it), so an operator signs in once at `/login` with the token and gets a random
+//!   session id in an `HttpOnly; SameSite=Strict` cookie ([`crate::api_session`]: bounded,
+//!   expiring, in memory). A valid session counts as the operator for reads and for the page's
+//!   own form posts ("Run now", sign-out), never for the JSON API's writes (`/api/…`: bearer
+//!   token only). Every form post to the page — with a session, with a bearer token (a reverse
+//!   proxy may add one to every request) or to sign in — must come from the page itself: its
+//!   `Origin` (or `Referer`) must name the host it was sent to, else `403` (cross-site request
+//!   forgery). A request the guard admits as the operator carries an
+//!   [`assim_web::Operator`] extension; the page shows "Run now" only then.
 //! - **Host header.** A request is answered only when its `Host` (or HTTP/2 authority) is
 //!   `localhost`, a loopback address, the API's own listen address (any IP address when it
 //!   listens on a wildcard), or a name given with `--api-host` (`ASSIM_API_HOSTS`). A web page
@@ -22,6 +32,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use assim_store::services::StoredCheck;
@@ -33,6 +45,8 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 use crate::api::ApiState;
+use crate::api_session::Sessions;
+use assim_web::Operator;
 
 /// The operator token's file inside the CMA's data directory.
 pub const TOKEN_FILE: &str = "api.token";
@@ -59,6 +73,8 @@ pub struct ApiAccess {
     hosts: Vec<String>,
     /// Where API-set checks may run programs from.
     pub(crate) check_plugin_dirs: Vec<PathBuf>,
+    /// The web page's signed-in browser sessions ([`crate::api_session`]).
+    sessions: Arc<Mutex<Sessions>>,
 }
 
 impl std::fmt::Debug for ApiAccess {
@@ -112,7 +128,27 @@ impl ApiAccess {
             listen,
             hosts: hosts.iter().map(|h| normal_host(h)).collect(),
             check_plugin_dirs: check_plugin_dirs.to_vec(),
+            sessions: Arc::default(),
         }
+    }
+
+    /// Where the operator token is (named on the sign-in page and in refusals).
+    pub fn token_file(&self) -> &Path {
+        &self.token_file
+    }
+
+    /// The browser sessions (a short lock: every call is a map lookup).
+    pub(crate) fn sessions(&self) -> MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `token` is an accepted operator token (constant time, like the bearer check).
+    pub(crate) fn token_matches(&self, token: &str) -> bool {
+        if token.len() > 1024 {
+            return false;
+        }
+        let given = hash(token);
+        self.token_hashes.iter().fold(false, |ok, h| ok | bool::from(h.ct_eq(&given)))
     }
 
     /// Whether the request carries an accepted bearer token.
@@ -124,9 +160,8 @@ impl ApiAccess {
         else {
             return false;
         };
-        let given = hash(given);
         // Every candidate is compared, so the time does not say which one matched either.
-        self.token_hashes.iter().fold(false, |ok, h| ok | bool::from(h.ct_eq(&given)))
+        self.token_matches(given)
     }
 
     /// Whether `host` (a `Host` header value or URI authority) names this API.
@@ -145,8 +180,24 @@ impl ApiAccess {
         }
     }
 
-    /// Checks the host and, where needed, the token: the answer to send instead, or `None`.
-    fn refusal(&self, method: &Method, headers: &HeaderMap, uri: &Uri) -> Option<Response> {
+    /// Decides a request: the answer to send instead (`Err`), or whether the caller is an
+    /// operator (`Ok(Some(..))`: the bearer token, or a signed-in session where one counts).
+    ///
+    /// 1. The `Host` must name this API.
+    /// 2. Form posts to the page (any method but GET/HEAD outside `/api/`): same origin only
+    ///    ([`crate::api_session::same_origin`]), whatever the credentials; sign-in and sign-out
+    ///    need nothing more, the others an operator (bearer or session).
+    /// 3. Other requests that change state (the JSON API): the bearer token; a session cookie
+    ///    does not count there.
+    /// 4. Reads: free, unless a token is configured; then an operator, except `/healthz`, the
+    ///    sign-in page and the static assets. A browser asking for a page is sent to `/login`.
+    pub(crate) fn admit(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        uri: &Uri,
+        now: Instant,
+    ) -> Result<Option<Operator>, Box<Response>> {
         let host = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
@@ -156,7 +207,7 @@ impl ApiAccess {
             Some(h) if self.host_allowed(&h) => {}
             Some(h) => {
                 tracing::debug!(host = %h, "HTTP request with an unknown Host header refused");
-                return Some(
+                return Err(Box::new(
                     (
                         StatusCode::FORBIDDEN,
                         format!(
@@ -166,25 +217,76 @@ impl ApiAccess {
                         ),
                     )
                         .into_response(),
-                );
+                ));
             }
             None => {
-                return Some(
+                return Err(Box::new(
                     (
                         StatusCode::BAD_REQUEST,
                         "the request has no Host header; send the address of the API as Host\n",
                     )
                         .into_response(),
-                );
+                ));
             }
         }
+        let path = uri.path();
         let mutating = !matches!(*method, Method::GET | Method::HEAD);
+        let bearer = self.authorized(headers);
+        let session = !bearer
+            && crate::api_session::session_cookie(headers)
+                .is_some_and(|id| self.sessions().check(now, id));
+        let operator = match (bearer, session) {
+            (true, _) => Some(Operator::Bearer),
+            (false, true) => Some(Operator::Session),
+            _ => None,
+        };
+        let page = !path.starts_with("/api/") && path != "/metrics" && path != "/healthz";
+        if mutating && page {
+            if !crate::api_session::same_origin(headers, uri) {
+                tracing::info!(path, "a form post from another site refused");
+                return Err(Box::new(plain(
+                    StatusCode::FORBIDDEN,
+                    "this form was not posted from this CMA's own page (its Origin or Referer \
+                     names another site, or none): refused, so another site cannot act in \
+                     your name; open the page at this address and post it from there\n"
+                        .into(),
+                )));
+            }
+            if matches!(path, "/login" | "/logout") || operator.is_some() {
+                return Ok(operator);
+            }
+            let back = crate::api_session::referer_path(headers);
+            let viewer = assim_web::Viewer { path: back.to_string(), ..Default::default() };
+            return Err(Box::new(assim_web::operator::notice(
+                &viewer,
+                StatusCode::UNAUTHORIZED,
+                "Sign in first",
+                "This needs the operator: sign in with the CMA's API token (your session may \
+                 have ended), or send Authorization: Bearer TOKEN.",
+                None,
+            )));
+        }
         // `/healthz` says only "ok" (or that the store refuses writes, without its error):
-        // load balancers and service managers probe it without a token.
-        let needs_token = mutating || (self.reads_need_token && uri.path() != "/healthz");
-        if needs_token && !self.authorized(headers) {
+        // load balancers and service managers probe it without a token. The sign-in page and
+        // its style sheet must be readable before signing in.
+        let open_read = path == "/healthz" || path == "/login" || path.starts_with("/static/");
+        let needs_token = if mutating {
+            !bearer
+        } else {
+            self.reads_need_token && operator.is_none() && !open_read
+        };
+        if needs_token && !mutating && page {
+            let next = uri.path_and_query().map_or("/", |p| p.as_str());
+            let to = assim_web::operator::login_href(next);
+            let mut r = StatusCode::SEE_OTHER.into_response();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&to) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            return Err(Box::new(r));
+        }
+        if needs_token {
             let what = if mutating { "a request that changes state" } else { "this API" };
-            return Some(
+            return Err(Box::new(
                 (
                     StatusCode::UNAUTHORIZED,
                     [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -197,9 +299,9 @@ impl ApiAccess {
                     ),
                 )
                     .into_response(),
-            );
+            ));
         }
-        None
+        Ok(operator)
     }
 
     /// Whether an API-set check may run what it names; `Err` is the 400 answer's text.
@@ -239,12 +341,24 @@ impl ApiAccess {
     }
 }
 
-/// The middleware in front of every route: Host header, then the token where needed.
-pub(crate) async fn guard(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    if let Some(answer) = state.access.refusal(req.method(), req.headers(), req.uri()) {
-        return answer;
+/// The middleware in front of every route: [`ApiAccess::admit`]; an operator's request
+/// carries an [`Operator`] extension (the web page shows and runs "Run now" only then).
+pub(crate) async fn guard(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
+    match state.access.admit(req.method(), req.headers(), req.uri(), Instant::now()) {
+        Ok(operator) => {
+            req.extensions_mut().remove::<Operator>();
+            if let Some(op) = operator {
+                req.extensions_mut().insert(op);
+            }
+            next.run(req).await
+        }
+        Err(answer) => *answer,
     }
-    next.run(req).await
+}
+
+/// A plain-text answer.
+fn plain(status: StatusCode, text: String) -> Response {
+    (status, text).into_response()
 }
 
 /// `Host` without its port, lower case, without a trailing dot; IPv6 without brackets.

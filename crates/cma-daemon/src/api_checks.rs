@@ -6,6 +6,7 @@
 //!   the check now and answers with its result `{host, check, state, output, long_output,
 //!   perfdata, duration_ms, exit_code}`. The request goes to the CMA task over a channel; the
 //!   answer comes back when the nanoprobe replies, or the route answers 504 after the timeout.
+//!   The web page's "Run now" button goes through the same function ([`run_now`]).
 //! - `GET /api/v1/checks?host=H`: the desired check sets, each check with its `source`
 //!   (`rule:NAME`, `host`, `config` or `manual`) and its set's epoch.
 //! - `POST /api/v1/checks` with `{"host": H, "check": {name, kind, argv, params, interval_s,
@@ -86,42 +87,49 @@ pub struct RunBody {
 }
 
 async fn run(State(state): State<ApiState>, Json(body): Json<RunBody>) -> Response {
+    match run_now(&state, body.host, body.check).await {
+        Ok(v) => Json(v).into_response(),
+        Err((status, text)) => (status, format!("{text}\n")).into_response(),
+    }
+}
+
+/// Runs a check now: the one code path behind the API's `POST /api/v1/checks/run` and the web
+/// page's "Run now". Asks the CMA task, waits at most [`RUN_TIMEOUT`] for the nanoprobe, and
+/// answers its result with `host` and `check` added, or the status and text of the failure.
+pub(crate) async fn run_now(
+    state: &ApiState,
+    host: String,
+    check: String,
+) -> Result<serde_json::Value, (StatusCode, String)> {
     let Some(tx) = state.check_runner.clone() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "this API is not connected to a CMA\n")
-            .into_response();
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "this API is not connected to a CMA".into()));
     };
     let (reply, rx) = tokio::sync::oneshot::channel();
-    let req = ChecksRequest::Run(RunRequest {
-        host: body.host.clone(),
-        check: body.check.clone(),
-        reply,
-    });
+    let req = ChecksRequest::Run(RunRequest { host: host.clone(), check: check.clone(), reply });
     if tx.send(req).await.is_err() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "the CMA is stopping\n").into_response();
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "the CMA is stopping".into()));
     }
     match tokio::time::timeout(RUN_TIMEOUT, rx).await {
         Ok(Ok(Ok(mut v))) => {
             if let Some(o) = v.as_object_mut() {
-                o.insert("host".into(), body.host.into());
-                o.insert("check".into(), body.check.into());
+                o.insert("host".into(), host.into());
+                o.insert("check".into(), check.into());
             }
-            Json(v).into_response()
+            Ok(v)
         }
-        Ok(Ok(Err(e))) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
-        Ok(Err(_)) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "the CMA dropped the request (restarting?)\n")
-                .into_response()
-        }
-        Err(_) => (
+        Ok(Ok(Err(e))) => Err((StatusCode::NOT_FOUND, e)),
+        Ok(Err(_)) => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the CMA dropped the request (restarting?)".into(),
+        )),
+        Err(_) => Err((
             StatusCode::GATEWAY_TIMEOUT,
             format!(
-                "host {} did not answer within {} s: is its nanoprobe running and reachable? \
-                 (`assim status`)\n",
-                body.host,
+                "host {host} did not answer within {} s: is its nanoprobe running and reachable? \
+                 (`assim status`)",
                 RUN_TIMEOUT.as_secs()
             ),
-        )
-            .into_response(),
+        )),
     }
 }
 

@@ -23,6 +23,8 @@
 //! - [`api_audit`]: the security audit (`assim audit`): scores per host, rule and category.
 //! - [`api_bus`]: the event bus routes of the HTTP API (filters, SSE, durable subscriptions).
 //! - [`api_web`]: the web page (`assim-web`) on the API's listener and guard.
+//! - [`api_session`]: the web page's sign-in (`/login`, `/logout`): browser sessions opened
+//!   with the operator token, and the same-origin rule for the page's form posts.
 //! - [`api_limits`]: what one API client can hold (connections, held requests, store calls,
 //!   answer sizes) and the `503`/`422` answers past each bound.
 //! - [`metrics`]: counters shared between the CMA task and the API.
@@ -38,6 +40,7 @@ pub mod api_checks;
 pub mod api_export;
 pub mod api_fleet;
 pub mod api_limits;
+pub mod api_session;
 pub mod api_topology;
 pub mod api_web;
 pub mod cma;

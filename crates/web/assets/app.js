@@ -33,7 +33,7 @@
     if (!window.EventSource || !window.fetch) { return; }
     var url = '/api/v1/events/stream';
     if (main.dataset.filter) { url += '?filter=' + encodeURIComponent(main.dataset.filter); }
-    var source = new EventSource(url);
+    var source = null;
     var timer = null;
     var lost = false;
     var refresh = function () {
@@ -59,14 +59,27 @@
           .catch(function () { show(false, 'update failed; retrying on the next event'); });
       }, 250);
     };
-    (main.dataset.kinds || '').split(' ').forEach(function (k) {
-      if (k) { source.addEventListener(k, refresh); }
-    });
-    source.onopen = function () {
-      show(true, 'live');
-      if (lost) { lost = false; refresh(); }
+    var open = function () {
+      source = new EventSource(url);
+      (main.dataset.kinds || '').split(' ').forEach(function (k) {
+        if (k) { source.addEventListener(k, refresh); }
+      });
+      source.onopen = function () {
+        show(true, 'live');
+        if (lost) { lost = false; refresh(); }
+      };
+      source.onerror = function () { lost = true; show(false, 'reconnecting…'); };
     };
-    source.onerror = function () { lost = true; show(false, 'reconnecting…'); };
+    open();
+    // A page left for another (or kept in the back-forward cache) lets its stream go, so
+    // the browser's few connections per server are not held by pages nobody sees; coming
+    // back reopens it and re-renders what changed meanwhile.
+    window.addEventListener('pagehide', function () {
+      if (source) { source.close(); source = null; }
+    });
+    window.addEventListener('pageshow', function (e) {
+      if (e.persisted && !source) { lost = true; open(); }
+    });
   }
 
   function start() {

@@ -7,7 +7,7 @@ use assim_bus::Filter;
 use assim_cma::Event;
 use assim_store::{DeadLetter, EventLog, QueryError, SubscriptionRecord};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::WebSource;
 use crate::hosts::badge_kind;
 use crate::layout::{self, Nav, Page, host_link, time};
+use crate::operator::Viewer;
 
 /// Events shown by default, and at most.
 const DEFAULT_LIMIT: usize = 200;
@@ -71,7 +72,7 @@ fn gather(log: &dyn EventLog, filter: &Filter, limit: usize) -> Result<Data, Que
 /// `GET /events`.
 pub(crate) async fn page<S: WebSource>(
     State(src): State<S>,
-    req: HeaderMap,
+    req: Viewer,
     Query(q): Query<EventsQuery>,
 ) -> Response {
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use assim_api::{
-    Dependency, DiscoveryView, DownHost, HistoryEntry, IpSighting, MacSighting, NodeView,
+    CheckRun, Dependency, DiscoveryView, DownHost, HistoryEntry, IpSighting, MacSighting, NodeView,
     PackageHit, RingMember, RingView, Service, ServiceView, Subnet, SwitchHost, SwitchPortLink,
     SwitchView, UnknownIp,
 };
@@ -61,6 +61,30 @@ impl WebSource for Fixture {
 
     fn now_micros(&self) -> u64 {
         self.0.now
+    }
+
+    /// "Runs" a check of the fixture: answers its stored state and output, or 404.
+    async fn run_check(
+        &self,
+        host: String,
+        check: String,
+    ) -> Result<CheckRun, (axum::http::StatusCode, String)> {
+        match self.0.services.iter().find(|s| s.host == host && s.check == check) {
+            Some(s) => Ok(CheckRun {
+                host,
+                check,
+                state: s.state.clone(),
+                output: s.output.clone(),
+                long_output: String::new(),
+                perfdata: s.perfdata.clone(),
+                duration_ms: 3,
+                exit_code: Some(0),
+            }),
+            None => Err((
+                axum::http::StatusCode::NOT_FOUND,
+                format!("host {host:?} has no check {check:?}"),
+            )),
+        }
     }
 }
 

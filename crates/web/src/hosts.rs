@@ -12,7 +12,7 @@ use assim_api::{
 use assim_cma::Event;
 use assim_store::{EventLog, Queries, QueryError};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::WebSource;
 use crate::layout::{self, Nav, Page, age, badge, host_link, time};
+use crate::operator::Viewer;
 
 /// Rows the host table shows at most (the rest are counted; narrow the search).
 pub(crate) const MAX_ROWS: usize = 2000;
@@ -47,6 +48,8 @@ struct TableData {
     checks: HashMap<String, Vec<(String, usize)>>,
     /// The services query was too large to answer.
     checks_missing: bool,
+    /// Node id → operating system (the `os` collector's `PRETTY_NAME`).
+    os: HashMap<String, String>,
 }
 
 fn gather_table(q: &dyn Queries) -> Result<TableData, QueryError> {
@@ -89,7 +92,19 @@ fn gather_table(q: &dyn Queries) -> Result<TableData, QueryError> {
         Err(QueryError::TooLarge) => (HashMap::new(), true),
         Err(e) => return Err(e),
     };
-    Ok(TableData { nodes, ports, checks, checks_missing })
+    // One read for every host's OS (an engine answers it in one query).
+    let os = match q.latest_discovery(&["os"]) {
+        Ok(rows) => rows
+            .into_iter()
+            .filter_map(|(node, d)| {
+                let pretty = d.payload.get("os_release").map(|r| s(r, "PRETTY_NAME"))?;
+                (!pretty.is_empty()).then_some((node, pretty))
+            })
+            .collect(),
+        Err(QueryError::TooLarge) => HashMap::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(TableData { nodes, ports, checks, checks_missing, os })
 }
 
 /// Worst first.
@@ -106,7 +121,7 @@ fn state_rank(s: &str) -> u8 {
 /// `GET /hosts`.
 pub(crate) async fn table<S: WebSource>(
     State(src): State<S>,
-    req: HeaderMap,
+    req: Viewer,
     Query(tq): Query<TableQuery>,
 ) -> Response {
     let query: String = tq.q.chars().take(MAX_QUERY).collect::<String>().trim().to_lowercase();
@@ -123,9 +138,10 @@ fn render_table(d: &TableData, query: &str, now: u64) -> Markup {
     let row_text = |n: &NodeView| {
         let id = n.id.to_string();
         format!(
-            "{} {} {} {} {} {}",
+            "{} {} {} {} {} {} {}",
             n.hostname,
             n.state,
+            d.os.get(&id).map(String::as_str).unwrap_or(""),
             n.addresses.join(" "),
             n.neighbours.join(" "),
             d.ports.get(&id).map(String::as_str).unwrap_or(""),
@@ -139,7 +155,7 @@ fn render_table(d: &TableData, query: &str, now: u64) -> Markup {
         h1 { "Hosts" }
         form.search method="get" action="/hosts" role="search" {
             label for="q" { "Search" }
-            input #q type="search" name="q" value=(query) placeholder="name, state, address, switch…"
+            input #q type="search" name="q" value=(query) placeholder="name, state, OS, address, switch…"
                 data-filter-for="hosts" autocomplete="off";
             button type="submit" { "Search" }
         }
@@ -153,7 +169,7 @@ fn render_table(d: &TableData, query: &str, now: u64) -> Markup {
         div.scroll {
             table.hosts #hosts {
                 thead { tr {
-                    th { "Host" } th { "State" } th { "Since" } th { "Addresses" }
+                    th { "Host" } th { "State" } th { "Since" } th { "OS" } th { "Addresses" }
                     th { "Ring neighbours" } th { "Switch port" } th { "Checks" } th { "Version" }
                 } }
                 tbody {
@@ -163,6 +179,7 @@ fn render_table(d: &TableData, query: &str, now: u64) -> Markup {
                             td { (host_link(&n.hostname)) }
                             td { (badge(&n.state)) }
                             td { (time(n.since)) br; span.age { (age(now, n.since)) } }
+                            td { (d.os.get(&id).map(String::as_str).unwrap_or("—")) }
                             td { (n.addresses.join(", ")) }
                             td { @for (i, nb) in n.neighbours.iter().enumerate() { @if i > 0 { ", " } (host_link(nb)) } }
                             td { (d.ports.get(&id).map(String::as_str).unwrap_or("—")) }
@@ -240,7 +257,7 @@ fn host_events(log: &dyn EventLog, host: &str) -> Result<Vec<Event>, QueryError>
 /// `GET /hosts/{host}`.
 pub(crate) async fn page<S: WebSource>(
     State(src): State<S>,
-    req: HeaderMap,
+    req: Viewer,
     Path(name): Path<String>,
     Query(hq): Query<HostQuery>,
 ) -> Response {
@@ -265,7 +282,7 @@ pub(crate) async fn page<S: WebSource>(
     let hostname = data.node.hostname.clone();
     let events = src.events(move |l| host_events(l, &hostname)).await.unwrap_or_default();
     let pkg: String = hq.pkg.chars().take(MAX_QUERY).collect::<String>().trim().to_lowercase();
-    let body = render_host(&data, &events, &pkg, src.now_micros());
+    let body = render_host(&data, &events, &pkg, src.now_micros(), req.operator.is_some());
     let page = Page {
         title: data.node.hostname.clone(),
         nav: Nav::Hosts,
@@ -328,7 +345,8 @@ fn deps_table(id: &str, rows: &[Dependency], client_side: bool) -> Markup {
     }
 }
 
-fn render_host(d: &HostData, events: &[Event], pkg: &str, now: u64) -> Markup {
+/// `operator`: the viewer may run checks (a "Run now" button per check).
+fn render_host(d: &HostData, events: &[Event], pkg: &str, now: u64, operator: bool) -> Markup {
     let n = &d.node;
     let os = payload(&d.discovery, "os");
     let pretty =
@@ -362,8 +380,12 @@ fn render_host(d: &HostData, events: &[Event], pkg: &str, now: u64) -> Markup {
         }
         h2 #checks { "Checks" }
         @if d.checks.is_empty() { p.muted { "No checks configured." } } @else {
+            @if !operator { p.muted #run-hint { "Operators can run a check now: " a href=(crate::operator::login_href(&href)) { "sign in" } "." } }
             div.scroll { table #check-table {
-                thead { tr { th { "Check" } th { "State" } th { "Since" } th { "Output" } th { "Perfdata" } } }
+                thead { tr {
+                    th { "Check" } th { "State" } th { "Since" } th { "Output" } th { "Perfdata" }
+                    @if operator { th { "Run" } }
+                } }
                 tbody { @for c in &d.checks {
                     tr data-check=(c.check) data-state=(c.state) {
                         td { (c.check) br; span.muted { (c.kind) ", every " (c.interval_s) " s" } }
@@ -371,6 +393,7 @@ fn render_host(d: &HostData, events: &[Event], pkg: &str, now: u64) -> Markup {
                         td { (time(c.since)) }
                         td.output { (c.output) }
                         td.output { (c.perfdata) }
+                        @if operator { td { (crate::operator::run_button(&n.hostname, &c.check)) } }
                     }
                 } }
             } }

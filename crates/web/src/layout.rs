@@ -8,6 +8,8 @@ use assim_store::QueryError;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+use crate::operator::{Operator, Viewer};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// The embedded style sheet.
@@ -33,6 +35,8 @@ pub(crate) enum Nav {
     Hosts,
     Topology,
     Events,
+    /// None of the views (sign-in, notices).
+    None,
 }
 
 /// One page: its title, view, whether it updates live (and on which events), and its body.
@@ -49,13 +53,12 @@ pub(crate) struct Page {
 /// The answer for `page`: the whole document, or only the inside of `<main>` when the live
 /// script asks for it.
 pub(crate) fn respond(
-    req: &HeaderMap,
+    viewer: &Viewer,
     status: StatusCode,
     page: Page,
     cma: Option<CmaInfo>,
 ) -> Response {
-    let partial = req.get(PARTIAL).is_some_and(|v| v.as_bytes() == b"1");
-    let body = if partial { page.body } else { document(page, cma) };
+    let body = if viewer.partial { page.body } else { document(page, viewer, cma) };
     let mut resp = (status, body.into_string()).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
@@ -77,7 +80,7 @@ fn kinds() -> String {
     EventKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(" ")
 }
 
-fn document(page: Page, cma: Option<CmaInfo>) -> Markup {
+fn document(page: Page, viewer: &Viewer, cma: Option<CmaInfo>) -> Markup {
     let item = |nav: Nav, href: &str, label: &str| {
         html! {
             @if page.nav == nav {
@@ -111,6 +114,20 @@ fn document(page: Page, cma: Option<CmaInfo>) -> Markup {
                     }
                     @if page.live.is_some() {
                         span #live .live role="status" { "static page (JavaScript off)" }
+                    }
+                    @match viewer.operator {
+                        Some(Operator::Session) => {
+                            form.signout method="post" action="/logout" {
+                                span.operator #operator { "operator" } " "
+                                button type="submit" { "Sign out" }
+                            }
+                        }
+                        Some(Operator::Bearer) => { span.operator #operator title="the request carries the operator token" { "operator" } }
+                        None => {
+                            @if page.nav != Nav::None {
+                                a.signin #signin href=(crate::operator::login_href(&viewer.path)) { "Sign in" }
+                            }
+                        }
                     }
                 }
                 @match &page.live {
@@ -158,7 +175,7 @@ fn asset(kind: &'static str, body: &'static str) -> Response {
 }
 
 /// The page for a failed store call, with the API's status codes (503 busy, 422 too large, 500).
-pub(crate) fn failed(req: &HeaderMap, nav: Nav, e: QueryError, cma: Option<CmaInfo>) -> Response {
+pub(crate) fn failed(req: &Viewer, nav: Nav, e: QueryError, cma: Option<CmaInfo>) -> Response {
     let status = match e {
         QueryError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         QueryError::TooLarge => StatusCode::UNPROCESSABLE_ENTITY,

@@ -2,7 +2,8 @@
 //! HTTP API (`assim_store::Queries`, `assim_store::EventLog`, `assim-api` rows), mounted by the
 //! CMA's HTTP server at `/` on the API's listener, behind the API's guard (Host header, token).
 //!
-//! Every page is complete HTML that works with JavaScript off (read-only: links and GET forms).
+//! Every page is complete HTML that works with JavaScript off (links and GET forms; an
+//! operator's "Run now" buttons are plain form posts).
 //! A small embedded script (`assets/app.js`, no library, no build step) adds what needs it:
 //! times in the viewer's zone (UTC stays on hover), instant filtering of the host table, and
 //! live updates — it listens to the API's SSE stream (`/api/v1/events/stream`) and re-fetches
@@ -18,6 +19,9 @@
 //!   threads); the CMA daemon implements it for its `ApiState`.
 //! - [`routes`]: the router (`/`, `/hosts`, `/hosts/{host}`, `/topology`, `/events`,
 //!   `/static/…`).
+//! - [`operator`]: who is asking ([`Viewer`], [`Operator`], set by the host server's guard),
+//!   the sign-in page the host server answers `/login` with, and "Run now" (`POST
+//!   /hosts/{host}/run`) with its result page.
 //! - `layout`: the page frame, navigation, times, state badges, headers.
 //! - [`problems`]: the first screen — what is broken now, sorted by severity then age, and
 //!   what recovered lately.
@@ -30,15 +34,18 @@
 
 use std::future::Future;
 
-use assim_api::CmaInfo;
+use assim_api::{CheckRun, CmaInfo};
 use assim_store::{EventLog, Queries, QueryError};
 use axum::Router;
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 
 mod events;
 pub mod fixture;
 mod hosts;
 mod layout;
+pub mod operator;
 pub mod problems;
 pub mod topology;
 
@@ -62,6 +69,19 @@ pub trait WebSource: Clone + Send + Sync + 'static {
         None
     }
 
+    /// Runs `check` on `host` now, as the API's `POST /api/v1/checks/run` does (the same code
+    /// path): its result, or the status and text of the refusal. Called only for an operator.
+    fn run_check(
+        &self,
+        host: String,
+        check: String,
+    ) -> impl Future<Output = Result<CheckRun, (StatusCode, String)>> + Send {
+        let _ = (host, check);
+        async {
+            Err((StatusCode::SERVICE_UNAVAILABLE, "this server cannot run checks".to_string()))
+        }
+    }
+
     /// µs since the epoch: "now" for ages and the recovered window (a parameter, so tests and
     /// the bench render a fixed instant).
     fn now_micros(&self) -> u64 {
@@ -71,6 +91,8 @@ pub trait WebSource: Clone + Send + Sync + 'static {
             .unwrap_or(0)
     }
 }
+
+pub use operator::{Operator, Viewer};
 
 /// The sizes of the embedded style sheet and script, in bytes (the page bench reports them).
 pub fn asset_bytes() -> (usize, usize) {
@@ -85,6 +107,10 @@ pub fn routes<S: WebSource>() -> Router<S> {
         .route("/hosts/{host}", get(hosts::page::<S>))
         .route("/topology", get(topology::page::<S>))
         .route("/events", get(events::page::<S>))
+        .route(
+            "/hosts/{host}/run",
+            post(operator::run::<S>).layer(DefaultBodyLimit::max(operator::MAX_FORM)),
+        )
         .route("/static/app.css", get(layout::css))
         .route("/static/app.js", get(layout::js))
         .route("/static/icon.svg", get(layout::icon))
@@ -96,9 +122,10 @@ mod tests {
 
     use assim_cma::EventKind;
     use axum::extract::{Path, Query, State};
-    use axum::http::{HeaderMap, HeaderValue, StatusCode};
+    use axum::http::StatusCode;
     use axum::response::Response;
 
+    use crate::Viewer;
     use crate::fixture::{Fixture, fleet};
 
     async fn body(r: Response) -> (StatusCode, String) {
@@ -147,7 +174,7 @@ mod tests {
     #[tokio::test]
     async fn hostile_names_and_output_are_escaped_on_every_page() {
         let src = hostile();
-        let h = HeaderMap::new();
+        let h = Viewer::anonymous();
         let pages = [
             ("problems", crate::problems::page(State(src.clone()), h.clone()).await),
             (
@@ -164,7 +191,11 @@ mod tests {
                 )
                 .await,
             ),
-            ("topology", crate::topology::page(State(src.clone()), h.clone()).await),
+            (
+                "topology",
+                crate::topology::page(State(src.clone()), h.clone(), Query(Default::default()))
+                    .await,
+            ),
             (
                 "events",
                 crate::events::page(State(src.clone()), h.clone(), Query(Default::default())).await,
@@ -185,12 +216,11 @@ mod tests {
     #[tokio::test]
     async fn the_partial_answer_is_the_inside_of_main() {
         let src = Fixture(Arc::new(fleet(8, 4)));
-        let mut h = HeaderMap::new();
-        h.insert(crate::layout::PARTIAL, HeaderValue::from_static("1"));
+        let h = Viewer { partial: true, ..Viewer::anonymous() };
         let (_, part) = body(crate::problems::page(State(src.clone()), h).await).await;
         assert!(part.starts_with("<h1>Problems</h1>"), "{part}");
         assert!(!part.contains("<html"));
-        let (_, full) = body(crate::problems::page(State(src), HeaderMap::new()).await).await;
+        let (_, full) = body(crate::problems::page(State(src), Viewer::anonymous()).await).await;
         assert!(full.starts_with("<!DOCTYPE html>"));
         assert!(full.contains("data-live=\"1\""), "the problems page is live");
     }
@@ -200,7 +230,7 @@ mod tests {
         let src = Fixture(Arc::new(fleet(4, 4)));
         let r = crate::hosts::page(
             State(src.clone()),
-            HeaderMap::new(),
+            Viewer::anonymous(),
             Path("nope".into()),
             Query(Default::default()),
         )
@@ -211,7 +241,7 @@ mod tests {
         let q: crate::events::EventsQuery =
             serde_json::from_value(serde_json::json!({"filter": "type:host.* and (a=b"})).unwrap();
         let (status, html) =
-            body(crate::events::page(State(src), HeaderMap::new(), Query(q)).await).await;
+            body(crate::events::page(State(src), Viewer::anonymous(), Query(q)).await).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(html.contains("id=\"filter-error\""), "{html}");
     }
@@ -223,13 +253,56 @@ mod tests {
         let all: crate::events::EventsQuery =
             serde_json::from_value(serde_json::json!({})).unwrap();
         let (_, html) =
-            body(crate::events::page(State(src.clone()), HeaderMap::new(), Query(all)).await).await;
+            body(crate::events::page(State(src.clone()), Viewer::anonymous(), Query(all)).await)
+                .await;
         assert_eq!(count(&html), 200, "the newest 200 by default");
         let q: crate::events::EventsQuery =
             serde_json::from_value(serde_json::json!({"filter": "type:host.down"})).unwrap();
         let (_, html) =
-            body(crate::events::page(State(src), HeaderMap::new(), Query(q)).await).await;
+            body(crate::events::page(State(src), Viewer::anonymous(), Query(q)).await).await;
         assert_eq!(count(&html), 3, "h00099, h00199, h00299 are down");
         assert!(html.contains("data-filter=\"type:host.down\""), "live with the same filter");
+    }
+
+    #[tokio::test]
+    async fn run_now_is_offered_to_an_operator_only_and_its_answers_are_escaped() {
+        let src = hostile();
+        let host_page = |viewer: Viewer| {
+            crate::hosts::page(
+                State(src.clone()),
+                viewer,
+                Path(EVIL_HOST.to_string()),
+                Query(Default::default()),
+            )
+        };
+        let (_, html) = body(host_page(Viewer::anonymous()).await).await;
+        assert_eq!(html.matches("<form class=\"run\"").count(), 0, "no button: {html}");
+        assert!(html.contains("id=\"signin\""), "a way to sign in");
+        let (_, html) = body(host_page(Viewer::signed_in()).await).await;
+        assert_eq!(html.matches("<form class=\"run\"").count(), 2, "one per check");
+        assert!(html.contains("action=\"/hosts/%3Cscript%3Ealert%281%29%3C%2Fscript%3E/run\""));
+        assert!(html.contains("action=\"/logout\""), "and a way to sign out");
+        assert_escaped("host page (operator)", &html);
+
+        let run = |viewer: Viewer, check: &str| {
+            crate::operator::run(
+                State(src.clone()),
+                viewer,
+                Path(EVIL_HOST.to_string()),
+                axum::Form(crate::operator::RunForm { check: check.to_string() }),
+            )
+        };
+        let (status, html) = body(run(Viewer::anonymous(), "ssh").await).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "the page refuses too, not only the guard");
+        assert!(html.contains("/login?next="), "{html}");
+        let (status, html) = body(run(Viewer::signed_in(), "ssh").await).await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+        assert!(html.contains("id=\"run-result\" data-state=\"critical\""), "{html}");
+        assert_escaped("run result", &html);
+        let (status, html) = body(run(Viewer::signed_in(), "<b>nope</b>").await).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(html.contains("&lt;b&gt;nope&lt;/b&gt;") && !html.contains("<b>nope"), "{html}");
+        let (status, _) = body(run(Viewer::signed_in(), " ").await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 }

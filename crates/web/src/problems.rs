@@ -13,12 +13,13 @@ use assim_api::{DownHost, NodeView, ServiceView, SwitchView};
 use assim_cma::{Event, EventKind};
 use assim_store::{EventLog, Queries, QueryError};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{Markup, html};
 
 use crate::WebSource;
 use crate::layout::{self, Nav, Page, age, host_link, time};
+use crate::operator::Viewer;
 use crate::topology;
 
 /// Problems whose dependents are looked up (one store query each).
@@ -358,7 +359,7 @@ fn recent_events(log: &dyn EventLog) -> Result<Vec<Event>, QueryError> {
 }
 
 /// `GET /`.
-pub(crate) async fn page<S: WebSource>(State(src): State<S>, req: HeaderMap) -> Response {
+pub(crate) async fn page<S: WebSource>(State(src): State<S>, req: Viewer) -> Response {
     let data = match src.read(gather).await {
         Ok(d) => d,
         Err(e) => return layout::failed(&req, Nav::Problems, e, src.cma()),
