@@ -59,6 +59,8 @@
 //! - `spool`: [`Spool`], [`SpoolStorage`] (reopen after a failed fsync), [`SpoolStats`].
 //! - `limits`: [`limits::MAX_MESSAGE`] and the error forms of oversized messages.
 //! - `backlog`: what a full spool could not take, coalesced per subject and bounded.
+//! - [`stats`]: statistics from local programs: the line protocol's parser and the
+//!   per-interval aggregator (issue 17 item 5; not wired into the shell yet).
 //! - [`apps`]: heartbeats from local programs: registrations with a TTL, missed deadlines
 //!   reported as the check `app:NAME` (issue 17 item 6).
 
@@ -69,6 +71,7 @@ mod backlog;
 pub mod limits;
 mod shell;
 pub mod spool;
+pub mod stats;
 
 pub use crate::shell::{
     Datagram, Event, L2_COLLECTOR, LEAVE_WAIT, LOCAL_CHECK_PREFIX, LOCAL_CHECKS_RESULT,
