@@ -208,3 +208,48 @@ pub fn run(cmd: AppCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `assim stat …`
+#[derive(Subcommand, Debug)]
+pub enum StatCommand {
+    /// Put one value: a gauge (the last value in each interval is sent) or, with --counter, an
+    /// increment (the sum over each interval is sent). The nanoprobe must run with
+    /// --statistics; it sends one batch per interval.
+    ///
+    /// Example: assim stat put backup.bytes 1234567 --counter --tag role=db
+    Put {
+        /// A Graphite path: dot-separated segments of letters, digits, '_' and '-'.
+        name: String,
+        value: f64,
+        /// The value is an increment of a counter (else a gauge).
+        #[arg(long)]
+        counter: bool,
+        /// A tag, KEY=VALUE (repeatable, at most 8).
+        #[arg(long = "tag", short = 't')]
+        tags: Vec<String>,
+        #[command(flatten)]
+        local: Local,
+    },
+}
+
+/// Runs `assim stat …`.
+pub fn run_stat(cmd: StatCommand) -> anyhow::Result<()> {
+    match cmd {
+        StatCommand::Put { name, value, counter, tags, local } => {
+            let mut map = serde_json::Map::new();
+            for t in tags {
+                let Some((k, v)) = t.split_once('=') else { bail!("tag {t:?} is not KEY=VALUE") };
+                map.insert(k.to_owned(), v.into());
+            }
+            let req = serde_json::json!({
+                "op": "stat.put",
+                "name": name,
+                "value": value,
+                "kind": if counter { "counter" } else { "gauge" },
+                "tags": map,
+            });
+            request(&local.data_dir, &req, Duration::from_secs(10))?;
+        }
+    }
+    Ok(())
+}

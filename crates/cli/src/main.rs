@@ -99,6 +99,14 @@ enum Command {
         #[command(subcommand)]
         command: assim::app_cli::AppCommand,
     },
+    /// Statistics from programs on this host, through the local nanoprobe (opt-in: the
+    /// nanoprobe must run with --statistics).
+    ///
+    /// Example: assim stat put backup.bytes 1234567 --counter --tag role=db
+    Stat {
+        #[command(subcommand)]
+        command: assim::app_cli::StatCommand,
+    },
     /// Read a durable subscription: the events since you last ran it (the position lives in
     /// the CMA and moves only after the events were printed).
     Subscribe(assim::bus::SubscribeArgs),
@@ -243,6 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Event(EventCommand::Send(a)) => assim::bus::send(&a)?,
         Command::App { command } => assim::app_cli::run(command)?,
+        Command::Stat { command } => assim::app_cli::run_stat(command)?,
         Command::Subscribe(a) => assim::bus::subscribe(&client, &a)?,
         Command::Subscriptions { json } => assim::bus::list(&client, json)?,
         Command::Events { since, limit, follow, json, filter: None } => {

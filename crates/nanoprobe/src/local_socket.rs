@@ -163,11 +163,26 @@ pub enum Request {
     CheckRemove { name: String },
     /// The declared checks.
     CheckList,
+    /// A statistic (issue 17 item 5).
+    StatPut(assim_probe_shell::stats::Sample),
+}
+
+/// `{"op": "stat.put", "name": "backup.bytes", "value": 1234, "kind": "counter",
+/// "tags": {"role": "db"}}` (`kind` defaults to gauge).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatPut {
+    pub name: String,
+    pub value: f64,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// The operations, for error messages.
 const OPS: &str =
-    "event, app.heartbeat, app.done, app.list, check.declare, check.remove, check.list";
+    "event, app.heartbeat, app.done, app.list, check.declare, check.remove, check.list, stat.put";
 
 /// `{"op": "check.declare", "name": …, "plugin": …, "args": […], "interval": "60s",
 /// "retry_interval": "15s", "attempts": 3, "timeout": "10s"}` (the last four optional).
@@ -278,6 +293,18 @@ pub fn parse_request(line: &[u8], now_micros: u64) -> Result<Request, String> {
             Ok(Request::CheckRemove { name: app_name(typed::<AppName>(&op, v)?.name)? })
         }
         "check.list" => typed::<NoArgs>(&op, v).map(|_| Request::CheckList),
+        "stat.put" => {
+            use assim_probe_shell::stats::{Kind, Sample, validate};
+            let p: StatPut = typed(&op, v)?;
+            let kind = match p.kind.as_deref() {
+                None | Some("gauge") => Kind::Gauge,
+                Some("counter") => Kind::Counter,
+                Some(k) => return Err(format!("kind {k:?}: use counter or gauge")),
+            };
+            let sample = Sample { name: p.name, tags: p.tags, kind, value: p.value };
+            validate(&sample).map_err(|e| e.to_string())?;
+            Ok(Request::StatPut(sample))
+        }
         other => Err(format!(
             "unknown op {:?}: use one of {OPS}",
             other.chars().take(40).collect::<String>()
@@ -293,7 +320,8 @@ fn parse_plain(line: &[u8]) -> Result<Request, String> {
     let line = std::str::from_utf8(line).map_err(|_| "the request is not UTF-8".to_owned())?;
     let words: Vec<&str> = line.split_ascii_whitespace().collect();
     let usage = "not a valid request: plain-text requests are `heartbeat NAME TTL`, `done NAME`, \
-                 `list`, `check NAME INTERVAL PLUGIN [ARG...]`, `uncheck NAME` or `checks` \
+                 `list`, `check NAME INTERVAL PLUGIN [ARG...]`, `uncheck NAME`, `checks` or \
+                 `put NAME VALUE [counter|gauge] [KEY=VALUE...]` \
                  (or send a JSON object)";
     match words.as_slice() {
         ["heartbeat", name, ttl] => {
@@ -310,6 +338,9 @@ fn parse_plain(line: &[u8]) -> Result<Request, String> {
         }),
         ["uncheck", name] => Ok(Request::CheckRemove { name: app_name((*name).to_owned())? }),
         ["checks"] => Ok(Request::CheckList),
+        ["put", ..] => assim_probe_shell::stats::parse_line(line)
+            .map(Request::StatPut)
+            .map_err(|e| e.to_string()),
         _ => Err(usage.to_owned()),
     }
 }
@@ -427,6 +458,10 @@ pub fn handle(
                 )),
             }
         }
+        Request::StatPut(sample) => match link.stat_put(sample) {
+            Ok(()) => Reply::ok(),
+            Err(e) => Reply::error(e.to_string()),
+        },
         Request::CheckList => Reply {
             ok: true,
             checks: Some(local.declared.values().cloned().collect()),
@@ -738,6 +773,17 @@ mod tests {
         );
         assert_eq!(parse_request(b"checks", 0), Ok(Request::CheckList));
         assert!(parse_request(b"check raid soon check_raid", 0).unwrap_err().contains("interval"));
+        let put = parse_request(b"put backup.bytes 10 counter role=db", 0).unwrap();
+        let Request::StatPut(p) = &put else { panic!("{put:?}") };
+        assert_eq!((p.name.as_str(), p.value), ("backup.bytes", 10.0));
+        assert_eq!(
+            parse_request(br#"{"op":"stat.put","name":"backup.bytes","value":10,"kind":"counter","tags":{"role":"db"}}"#, 0),
+            Ok(put)
+        );
+        assert!(parse_request(b"put a..b 1", 0).unwrap_err().contains("metric name"));
+        assert!(
+            parse_request(br#"{"op":"stat.put","name":"a","value":1,"kind":"timer"}"#, 0).is_err()
+        );
         assert_eq!(Reply::ok().plain(), "ok\n");
         assert_eq!(Reply::error("no").plain(), "error: no\n");
     }
@@ -783,6 +829,7 @@ mod tests {
                         }
                         Request::CheckRemove { .. } => prop_assert_eq!(n, 2),
                         Request::CheckList => prop_assert_eq!(n, 1),
+                        Request::StatPut(_) => prop_assert!(n >= 3),
                         Request::Event { .. } => prop_assert!(false, "an event from plain text"),
                     }
                 }

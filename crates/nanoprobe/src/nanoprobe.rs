@@ -61,6 +61,10 @@ pub struct NanoprobeOptions {
     /// Where plugins of checks declared by local programs must live (empty: the defaults,
     /// [`crate::local_checks::DEFAULT_PLUGIN_DIRS`]).
     pub check_plugin_dirs: Vec<PathBuf>,
+    /// Whether local programs may send statistics (issue 17 item 5; off: nothing is sent).
+    pub statistics: bool,
+    /// How often the statistics batch is sent.
+    pub statistics_interval: Duration,
 }
 
 /// The default spool limit: 64 MiB.
@@ -275,6 +279,7 @@ pub async fn run(
         }
     }
     shell.restore_local_checks(restored, started);
+    shell.set_statistics(opts.statistics, opts.statistics_interval, started);
     let (_local_events, mut local_rx) = crate::local_socket::start(&opts.data_dir)?;
     let mut p = Probe {
         shell,

@@ -75,6 +75,13 @@ pub struct NanoprobeFlags {
     /// /usr/local/lib/nagios/plugins].
     #[arg(long = "check-plugin-dir", env = "ASSIM_CHECK_PLUGIN_DIRS", value_delimiter = ':')]
     pub check_plugin_dirs: Vec<PathBuf>,
+    /// Accept statistics from local programs (`assim stat put`, `put …` on events.sock) and
+    /// send them to the CMA, one batch per interval [default: off: nothing is sent].
+    #[arg(long, env = "ASSIM_STATISTICS")]
+    pub statistics: bool,
+    /// The statistics batch interval [default: 60s].
+    #[arg(long, env = "ASSIM_STATISTICS_INTERVAL", value_parser = parse_duration)]
+    pub statistics_interval: Option<Duration>,
     /// Print the resolved configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -97,6 +104,8 @@ pub struct NanoprobeFile {
     pub agent_timeout: Option<String>,
     pub agent_max_output_kb: Option<u64>,
     pub check_plugin_dirs: Option<Vec<PathBuf>>,
+    pub statistics: Option<bool>,
+    pub statistics_interval: Option<String>,
 }
 
 impl NanoprobeFlags {
@@ -157,6 +166,13 @@ impl NanoprobeFlags {
             discovery,
             enrollment,
             hostname: self.hostname.clone().or(file.hostname),
+            statistics: self.statistics || file.statistics.unwrap_or(false),
+            statistics_interval: match (self.statistics_interval, &file.statistics_interval) {
+                (Some(d), _) => d,
+                (None, Some(s)) => parse_duration(s)
+                    .map_err(|e| anyhow::anyhow!("config key statistics_interval: {e}"))?,
+                (None, None) => assim_probe_shell::stats::DEFAULT_INTERVAL,
+            },
             check_plugin_dirs: if self.check_plugin_dirs.is_empty() {
                 file.check_plugin_dirs.unwrap_or_default()
             } else {
@@ -188,6 +204,8 @@ pub fn nanoprobe_config_toml(o: &crate::nanoprobe::NanoprobeOptions) -> String {
         agent_timeout: Some(format_duration(o.discovery.agent_limits.timeout)),
         agent_max_output_kb: Some(o.discovery.agent_limits.max_output as u64 / 1024),
         check_plugin_dirs: Some(crate::local_checks::plugin_dirs(&o.check_plugin_dirs)),
+        statistics: Some(o.statistics),
+        statistics_interval: Some(format_duration(o.statistics_interval)),
     };
     toml::to_string(&f).expect("config serializes")
 }

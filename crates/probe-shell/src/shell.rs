@@ -197,6 +197,8 @@ pub struct Shell<S: SpoolStorage> {
     backlog: Backlog,
     /// Heartbeats from local programs (issue 17 item 6).
     apps: Apps,
+    /// Statistics from local programs (issue 17 item 5); off unless the driver enables them.
+    statistics: crate::stats::Aggregator,
     /// The CMA's check set (newest epoch) and the checks local programs declared: the
     /// scheduler runs their union, under a generation of its own.
     cma_checks: Vec<Check>,
@@ -244,6 +246,7 @@ impl<S: SpoolStorage> Shell<S> {
             heartbeats_on: true,
             backlog: Backlog::default(),
             apps: Apps::default(),
+            statistics: crate::stats::Aggregator::new(false, crate::stats::DEFAULT_INTERVAL, now),
             cma_checks: Vec::new(),
             cma_check_epoch: 0,
             local_checks: BTreeMap::new(),
@@ -973,6 +976,45 @@ impl<S: SpoolStorage> Shell<S> {
         self.send_spooled(body, now);
     }
 
+    /// Turns statistics from local programs on or off, with their batch interval (issue 17
+    /// item 5). Off (the default): every sample is refused and nothing is sent.
+    pub fn set_statistics(&mut self, enabled: bool, interval: Duration, now: Instant) {
+        self.statistics = crate::stats::Aggregator::new(enabled, interval, now);
+    }
+
+    /// A sample from a local program, aggregated until the end of the interval.
+    pub fn stat_put(
+        &mut self,
+        sample: crate::stats::Sample,
+    ) -> Result<(), crate::stats::StatError> {
+        self.statistics.put(sample)
+    }
+
+    /// Spools the interval's batch, if anything was put in it.
+    fn flush_stats(&mut self, now: Instant) {
+        let interval_s = self.statistics.interval().as_secs();
+        let clock = self.cfg.wall_clock;
+        let Some(batch) = self.statistics.flush(now, |t| clock.micros(t)) else { return };
+        debug!(series = batch.series.len(), "statistics batch; spooling it");
+        let series = batch
+            .series
+            .into_iter()
+            .map(|a| msg::StatSeries {
+                name: a.name,
+                tags: a.tags.into_iter().map(|(key, value)| msg::Tag { key, value }).collect(),
+                counter: a.kind == crate::stats::Kind::Counter,
+                value: a.value,
+            })
+            .collect();
+        let body = Body::Statistics(msg::Statistics {
+            counters: Vec::new(),
+            series,
+            at: batch.at_micros,
+            interval_s,
+        });
+        self.send_spooled(body, now);
+    }
+
     /// The local programs' registrations.
     pub fn apps(&self) -> &Apps {
         &self.apps
@@ -1105,6 +1147,7 @@ impl<S: SpoolStorage> Shell<S> {
             checks,
             discovery,
             (!self.leaving).then(|| self.apps.poll_timeout()).flatten(),
+            self.statistics.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -1149,6 +1192,9 @@ impl<S: SpoolStorage> Shell<S> {
                     let params = self.discovery.params(&name);
                     self.events.push_back(Event::RunCollector { name, params });
                 }
+            }
+            if self.statistics.poll_timeout().is_some_and(|t| t <= now) {
+                self.flush_stats(now);
             }
             if self.apps.poll_timeout().is_some_and(|t| t <= now) {
                 for m in self.apps.due(now) {

@@ -16,8 +16,10 @@
 //! finite numbers; a counter increment is not negative. At most [`MAX_SERIES`] series per
 //! interval: a new series beyond that is refused (the ones already put keep aggregating).
 //!
-//! Status: the parser, the aggregator and their tests are here; the shell, socket, CLI, wire
-//! message and the CMA's Graphite/Prometheus forwarding are not built yet.
+//! The shell owns one aggregator (`Shell::set_statistics`, `Shell::stat_put`) and spools each
+//! batch as a `Statistics` message (`series`, `at`, `interval_s`). Not built yet: the CMA's
+//! forwarding to Graphite and its Prometheus exposition, and check perfdata and host figures
+//! as statistics.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -200,6 +202,10 @@ impl Aggregator {
 
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
     }
 
     /// Adds a sample to the current interval.

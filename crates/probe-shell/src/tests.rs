@@ -963,3 +963,63 @@ fn issue_17_item_6_local_checks_run_beside_the_cmas_set_and_the_cma_hears_the_li
     let e = p.shell.declare_local_check(nagios_check("local:one-more", 60), p.now).unwrap_err();
     assert!(e.contains("already"), "{e}");
 }
+
+#[test]
+fn issue_17_item_5_statistics_go_as_one_spooled_batch_per_interval_and_nothing_when_off() {
+    use crate::stats::{Kind, Sample};
+    let sample = |name: &str, kind, value| Sample {
+        name: name.into(),
+        tags: Default::default(),
+        kind,
+        value,
+    };
+    let batches = |cma: &FakeCma| -> Vec<msg::Statistics> {
+        cma.applied
+            .iter()
+            .filter_map(|m| match &m.body {
+                Some(Body::Statistics(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut p = Pair::new();
+    let t0 = p.now;
+    // Off by default: refused, and an hour later nothing was sent.
+    assert!(p.shell.stat_put(sample("x", Kind::Gauge, 1.0)).is_err());
+    p.run(Duration::from_secs(3600));
+    assert!(batches(&p.cma).is_empty());
+    // On, with a 60 s interval: 3 intervals with puts, one without.
+    p.shell.set_statistics(true, Duration::from_secs(60), p.now);
+    let on = p.now;
+    for minute in 0..4u32 {
+        if minute != 2 {
+            for _ in 0..5 {
+                p.shell.stat_put(sample("jobs", Kind::Counter, 2.0)).unwrap();
+                p.shell.stat_put(sample("depth", Kind::Gauge, f64::from(minute))).unwrap();
+            }
+        }
+        p.run(Duration::from_secs(60));
+    }
+    let b = batches(&p.cma);
+    assert_eq!(b.len(), 3, "{b:?}");
+    for s in &b {
+        assert_eq!(s.interval_s, 60);
+        assert_eq!(s.series.len(), 2);
+        // Counters first, then gauges.
+        assert_eq!((s.series[0].name.as_str(), s.series[0].value), ("jobs", 10.0));
+        assert_eq!(s.series[1].name, "depth");
+    }
+    // Stamped with the end of each interval in the nanoprobe's clock.
+    let end = |k: u64| WALL0 + (on - t0).as_micros() as u64 + k * 60_000_000;
+    assert_eq!(b.iter().map(|s| s.at).collect::<Vec<_>>(), [end(1), end(2), end(4)]);
+    // Spooled: a batch made while the CMA is away arrives after it is back.
+    p.cma.up = false;
+    p.shell.stat_put(sample("during.outage", Kind::Gauge, 7.0)).unwrap();
+    p.run(Duration::from_secs(61));
+    assert_eq!(batches(&p.cma).len(), 3);
+    p.cma.up = true;
+    p.run(crate::RESEND_AFTER + Duration::from_secs(1));
+    let b = batches(&p.cma);
+    assert_eq!(b.len(), 4);
+    assert_eq!(b[3].series[0].name, "during.outage");
+}
