@@ -35,6 +35,13 @@ pub use crate::schedule::{ApplyOutcome, Report, Scheduler};
 pub use crate::spec::{Check, Kind, SpecError};
 pub use assim_wire::msg::CheckState;
 
+/// Checks declared by local programs on a host (issue 17 item 6) are named `local:NAME`.
+pub const LOCAL_CHECK_PREFIX: &str = "local:";
+/// The discovery result in which a nanoprobe tells the CMA its declared local checks
+/// (`{"checks": [{name, kind, argv, interval_s, …}]}`); `assim check list` shows them with
+/// source `local`.
+pub const LOCAL_CHECKS_RESULT: &str = "local_checks";
+
 /// Parses a state name (case-insensitive; `CheckState::name` writes them).
 pub fn parse_state(s: &str) -> Option<CheckState> {
     match s.to_ascii_lowercase().as_str() {

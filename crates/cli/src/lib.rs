@@ -15,6 +15,7 @@
 //! - [`cluster`]: starts and stops a CMA and nanoprobes as real processes on loopback (the demo,
 //!   the integration tests and the ring benchmark).
 //! - [`demo`]: `assim demo`.
+//! - [`app_cli`]: `assim app heartbeat|done|list` (heartbeats from local programs).
 //! - [`bus`]: the event bus commands (`event send`, `events --filter`, `subscribe`,
 //!   `subscriptions`).
 //! - [`checks_cli`]: `assim services` and `assim check run`.
@@ -27,6 +28,7 @@
 //! - [`flood`]: `assim flood`, a first-contact flood from random identities and loopback
 //!   sources (the flood benchmark).
 
+pub mod app_cli;
 pub mod bus;
 pub mod checks_cli;
 pub mod client;

@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 ///   assim events --follow       stream events as they happen
 ///   assim events --filter 'severity>=warning and cluster=Compute1' --follow
 ///   assim event send --tag cluster=Compute1 --severity critical "RAID STATUS CHANGE"
+///   assim app heartbeat backup --ttl 30s   a program's heartbeat; silence raises service.critical
 ///   assim subscribe ops --filter 'type:host.*'   the host events since the last run
 ///   assim host web1 deps        what web1 depends on (topology queries: hosts, host, find,
 ///                               ports, rings, switches, switch, deps, unmonitored, packages,
@@ -90,6 +91,22 @@ enum Command {
     /// Submit an event from this host through the local nanoprobe (spooled until the CMA has it).
     #[command(subcommand)]
     Event(EventCommand),
+    /// Heartbeats from programs on this host, through the local nanoprobe: a program that
+    /// stops beating raises `service.critical` for `app:NAME`; nothing is sent while it beats.
+    ///
+    /// Examples: assim app heartbeat backup --ttl 30s; assim app done backup; assim app list
+    App {
+        #[command(subcommand)]
+        command: assim::app_cli::AppCommand,
+    },
+    /// Statistics from programs on this host, through the local nanoprobe (opt-in: the
+    /// nanoprobe must run with --statistics).
+    ///
+    /// Example: assim stat put backup.bytes 1234567 --counter --tag role=db
+    Stat {
+        #[command(subcommand)]
+        command: assim::app_cli::StatCommand,
+    },
     /// Read a durable subscription: the events since you last ran it (the position lives in
     /// the CMA and moves only after the events were printed).
     Subscribe(assim::bus::SubscribeArgs),
@@ -233,6 +250,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             assim::bus::events_filtered(&client, &filter, since, limit, follow, json)?
         }
         Command::Event(EventCommand::Send(a)) => assim::bus::send(&a)?,
+        Command::App { command } => assim::app_cli::run(command)?,
+        Command::Stat { command } => assim::app_cli::run_stat(command)?,
         Command::Subscribe(a) => assim::bus::subscribe(&client, &a)?,
         Command::Subscriptions { json } => assim::bus::list(&client, json)?,
         Command::Events { since, limit, follow, json, filter: None } => {

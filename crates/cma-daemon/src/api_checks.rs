@@ -8,7 +8,8 @@
 //!   answer comes back when the nanoprobe replies, or the route answers 504 after the timeout.
 //!   The web page's "Run now" button goes through the same function ([`run_now`]).
 //! - `GET /api/v1/checks?host=H`: the desired check sets, each check with its `source`
-//!   (`rule:NAME`, `host`, `config` or `manual`) and its set's epoch.
+//!   (`rule:NAME`, `host`, `config` or `manual`) and its set's epoch, plus the checks local
+//!   programs declared on each host (source `local`, epoch 0; from its `local_checks` result).
 //! - `POST /api/v1/checks` with `{"host": H, "check": {name, kind, argv, params, interval_s,
 //!   retry_interval_s, max_attempts, timeout_s}}`: adds (or replaces) a hand-set check; answers
 //!   its list entry. 404 names an unknown host, 400 gives the reason an invalid check is refused

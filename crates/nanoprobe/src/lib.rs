@@ -12,7 +12,9 @@
 //! Layout:
 //! - [`nanoprobe`]: the driver: CMA pinning, the shell over the disk spool (also used by
 //!   `assim loadgen`), the event loop, the metrics file.
-//! - [`local_socket`]: `events.sock`, where local programs submit events.
+//! - [`local_socket`]: `events.sock`, where local programs submit events and heartbeats.
+//! - [`local_checks`]: checks declared by local programs: plugin validation, run-as user.
+//! - [`local_state`]: `local.json`, the local programs' registrations across restarts.
 //! - [`discovery`]: runs collectors and agents, the LLDP/CDP listener, lists the agents.
 //! - [`checks_probe`]: runs service checks.
 //! - [`settings`]: flags/env/file resolution, `--print-config`; `src/main.rs` is the binary.
@@ -20,7 +22,9 @@
 
 pub mod checks_probe;
 pub mod discovery;
+pub mod local_checks;
 pub mod local_socket;
+pub mod local_state;
 pub mod memory;
 pub mod nanoprobe;
 pub mod settings;

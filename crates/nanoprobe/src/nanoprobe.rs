@@ -58,6 +58,13 @@ pub struct NanoprobeOptions {
     pub spool_max_bytes: u64,
     /// Discovery agents directory and limits.
     pub discovery: crate::discovery::DiscoveryOptions,
+    /// Where plugins of checks declared by local programs must live (empty: the defaults,
+    /// [`crate::local_checks::DEFAULT_PLUGIN_DIRS`]).
+    pub check_plugin_dirs: Vec<PathBuf>,
+    /// Whether local programs may send statistics (issue 17 item 5; off: nothing is sent).
+    pub statistics: bool,
+    /// How often the statistics batch is sent.
+    pub statistics_interval: Duration,
 }
 
 /// The default spool limit: 64 MiB.
@@ -253,9 +260,31 @@ pub async fn run(
         hostname.clone(),
         started,
     );
+    let mut shell = shell;
+    // Registrations of local programs from the last run: each gets a whole TTL from now; the
+    // declared checks are validated again.
+    let saved = crate::local_state::load(&opts.data_dir);
+    shell.restore_apps(saved.registrations(), started);
+    let mut local_checks = crate::local_checks::LocalChecks::new(&opts.check_plugin_dirs);
+    let mut restored = Vec::new();
+    for d in saved.checks {
+        match crate::local_checks::build(&d, &local_checks.dirs, local_checks.own_uid) {
+            Ok(c) => {
+                restored.push(c);
+                local_checks.declared.insert(d.name.clone(), d);
+            }
+            Err(e) => {
+                tracing::error!(check = %d.name, error = %e, "a declared local check is no longer valid; dropped (declare it again)")
+            }
+        }
+    }
+    shell.restore_local_checks(restored, started);
+    shell.set_statistics(opts.statistics, opts.statistics_interval, started);
     let (_local_events, mut local_rx) = crate::local_socket::start(&opts.data_dir)?;
     let mut p = Probe {
         shell,
+        data_dir: opts.data_dir.clone(),
+        local_checks,
         socket,
         metrics_path: opts.data_dir.join("nanoprobe.prom"),
         next_metrics: started,
@@ -298,7 +327,12 @@ pub async fn run(
                 }
             }
             Some(req) = local_rx.recv() => {
-                crate::local_socket::submit(&mut p.shell, &mut p.confirmations, req, Instant::now());
+                let answer = crate::local_socket::handle(&mut p.shell, &mut p.confirmations, &mut p.local_checks, req, Instant::now());
+                // A registration is on disk before its program hears "ok".
+                p.save_local();
+                if let Some((tx, reply)) = answer {
+                    let _ = tx.send(reply);
+                }
             }
             _ = sleep_until(deadline) => {}
             _ = &mut shutdown, if !leaving => {
@@ -318,6 +352,7 @@ pub async fn run(
             crate::memory::release_free_memory();
             p.next_metrics = now + METRICS_INTERVAL;
         }
+        p.save_local();
         p.carry_out();
         p.flush().await;
         if p.stop {
@@ -417,6 +452,9 @@ const METRICS_INTERVAL: Duration = Duration::from_secs(10);
 /// The driver's state: the shell and the IO around it. One task owns it.
 struct Probe {
     shell: ProbeShell,
+    data_dir: PathBuf,
+    /// The checks local programs declared, with who declared them ([`crate::local_checks`]).
+    local_checks: crate::local_checks::LocalChecks,
     socket: UdpSocket,
     metrics_path: PathBuf,
     next_metrics: Instant,
@@ -431,6 +469,22 @@ struct Probe {
 }
 
 impl Probe {
+    /// Saves the local programs' registrations if they changed ([`crate::local_state`]).
+    fn save_local(&mut self) {
+        if !self.shell.take_local_changed() {
+            return;
+        }
+        let mut state =
+            crate::local_state::LocalState::from_registrations(&self.shell.apps().registrations());
+        state.checks = self.local_checks.declared.values().cloned().collect();
+        if let Err(e) = crate::local_state::save(&self.data_dir, &state) {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "cannot save the local programs' registrations; a restart would forget the changes"
+            );
+        }
+    }
+
     /// Carries out the shell's events.
     fn carry_out(&mut self) {
         while let Some(ev) = self.shell.poll_event() {

@@ -70,6 +70,18 @@ pub struct NanoprobeFlags {
     /// [default: 1024].
     #[arg(long, env = "ASSIM_AGENT_MAX_OUTPUT_KB")]
     pub agent_max_output_kb: Option<u64>,
+    /// A directory where the plugins of checks declared by local programs may live
+    /// (repeatable) [default: /usr/lib/nagios/plugins, /usr/lib64/nagios/plugins,
+    /// /usr/local/lib/nagios/plugins].
+    #[arg(long = "check-plugin-dir", env = "ASSIM_CHECK_PLUGIN_DIRS", value_delimiter = ':')]
+    pub check_plugin_dirs: Vec<PathBuf>,
+    /// Accept statistics from local programs (`assim stat put`, `put …` on events.sock) and
+    /// send them to the CMA, one batch per interval [default: off: nothing is sent].
+    #[arg(long, env = "ASSIM_STATISTICS")]
+    pub statistics: bool,
+    /// The statistics batch interval [default: 60s].
+    #[arg(long, env = "ASSIM_STATISTICS_INTERVAL", value_parser = parse_duration)]
+    pub statistics_interval: Option<Duration>,
     /// Print the resolved configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -91,6 +103,9 @@ pub struct NanoprobeFile {
     pub discovery_root: Option<PathBuf>,
     pub agent_timeout: Option<String>,
     pub agent_max_output_kb: Option<u64>,
+    pub check_plugin_dirs: Option<Vec<PathBuf>>,
+    pub statistics: Option<bool>,
+    pub statistics_interval: Option<String>,
 }
 
 impl NanoprobeFlags {
@@ -151,6 +166,18 @@ impl NanoprobeFlags {
             discovery,
             enrollment,
             hostname: self.hostname.clone().or(file.hostname),
+            statistics: self.statistics || file.statistics.unwrap_or(false),
+            statistics_interval: match (self.statistics_interval, &file.statistics_interval) {
+                (Some(d), _) => d,
+                (None, Some(s)) => parse_duration(s)
+                    .map_err(|e| anyhow::anyhow!("config key statistics_interval: {e}"))?,
+                (None, None) => assim_probe_shell::stats::DEFAULT_INTERVAL,
+            },
+            check_plugin_dirs: if self.check_plugin_dirs.is_empty() {
+                file.check_plugin_dirs.unwrap_or_default()
+            } else {
+                self.check_plugin_dirs.clone()
+            },
             spool_max_bytes: match self.spool_max_mb.or(file.spool_max_mb) {
                 Some(0) => bail!("spool_max_mb must be at least 1"),
                 Some(mb) => mb * 1024 * 1024,
@@ -176,6 +203,9 @@ pub fn nanoprobe_config_toml(o: &crate::nanoprobe::NanoprobeOptions) -> String {
         discovery_root: Some(o.discovery.root.clone()),
         agent_timeout: Some(format_duration(o.discovery.agent_limits.timeout)),
         agent_max_output_kb: Some(o.discovery.agent_limits.max_output as u64 / 1024),
+        check_plugin_dirs: Some(crate::local_checks::plugin_dirs(&o.check_plugin_dirs)),
+        statistics: Some(o.statistics),
+        statistics_interval: Some(format_duration(o.statistics_interval)),
     };
     toml::to_string(&f).expect("config serializes")
 }

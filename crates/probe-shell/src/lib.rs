@@ -35,6 +35,10 @@
 //!   message is replaced at the source by its error form (issue 16 item 2).
 //! - **Failed fsync**: the spool is reopened and the pending records spooled again
 //!   ([`spool`], issue 16 item 8).
+//! - **Local programs** ([`apps`]): a registered program that misses its TTL is reported once
+//!   as the check `app:NAME` CRITICAL, its next beat as OK; beats themselves cost no traffic.
+//! - **Local checks**: checks declared by local programs (`local:NAME`) run beside the CMA's
+//!   set; their list goes to the CMA as the discovery result `local_checks` when it changes.
 //! - **Goodbye** ([`Shell::leave`]): checks and discovery stop; [`Event::Left`] once the CMA
 //!   acknowledged it, [`Event::LeaveTimedOut`] after [`LEAVE_WAIT`].
 //! - **Commands**: peer sets go to the heartbeat core (and their keys to the sealer), check sets
@@ -55,17 +59,24 @@
 //! - `spool`: [`Spool`], [`SpoolStorage`] (reopen after a failed fsync), [`SpoolStats`].
 //! - `limits`: [`limits::MAX_MESSAGE`] and the error forms of oversized messages.
 //! - `backlog`: what a full spool could not take, coalesced per subject and bounded.
+//! - [`stats`]: statistics from local programs: the line protocol's parser and the
+//!   per-interval aggregator (issue 17 item 5; not wired into the shell yet).
+//! - [`apps`]: heartbeats from local programs: registrations with a TTL, missed deadlines
+//!   reported as the check `app:NAME` (issue 17 item 6).
 
 #![forbid(unsafe_code)]
 
+pub mod apps;
 mod backlog;
 pub mod limits;
 mod shell;
 pub mod spool;
+pub mod stats;
 
 pub use crate::shell::{
-    Datagram, Event, L2_COLLECTOR, LEAVE_WAIT, MAX_CONCURRENT_CHECKS, NotSpooled, RESEND_AFTER,
-    Shell, ShellConfig, ShellStats, Transmit, WallClock,
+    Datagram, Event, L2_COLLECTOR, LEAVE_WAIT, LOCAL_CHECK_PREFIX, LOCAL_CHECKS_RESULT,
+    MAX_CONCURRENT_CHECKS, MAX_LOCAL_CHECKS, NotSpooled, RESEND_AFTER, Shell, ShellConfig,
+    ShellStats, Transmit, WallClock,
 };
 pub use crate::spool::{Spool, SpoolStats, SpoolStorage};
 

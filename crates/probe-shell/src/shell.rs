@@ -11,10 +11,11 @@ use assim_discovery::{ChangeFilter, Discovery, HostEvents, Schedule};
 use assim_probe::{Action as HbAction, Applied, DesiredPeers, Heartbeats, PeerSetError};
 use assim_reliable::{Connection, Event as RelEvent, SendError};
 use assim_seal::Sealer;
-use assim_wire::msg::{self, Body, Direct, DirectBody, Message};
+use assim_wire::msg::{self, Body, CheckState, Direct, DirectBody, Message};
 use assim_wire::{DatagramKind, NodeId};
 use tracing::{debug, error, info, warn};
 
+use crate::apps::{self, AppError, Apps};
 use crate::backlog::{Backlog, Pushed, Subject};
 use crate::limits::{MAX_MESSAGE, fit, fit_body};
 use crate::spool::{Refused, Spool, SpoolStorage};
@@ -25,6 +26,9 @@ pub const RESEND_AFTER: Duration = Duration::from_secs(10);
 pub const LEAVE_WAIT: Duration = Duration::from_secs(3);
 /// Checks running at once, at most.
 pub const MAX_CONCURRENT_CHECKS: usize = 32;
+pub use assim_checks::{LOCAL_CHECK_PREFIX, LOCAL_CHECKS_RESULT};
+/// Local checks at most.
+pub const MAX_LOCAL_CHECKS: usize = 64;
 /// The collector name of the LLDP/CDP listener's table.
 pub use assim_discovery::L2_COLLECTOR;
 
@@ -191,6 +195,18 @@ pub struct Shell<S: SpoolStorage> {
     heartbeats_on: bool,
     /// What the full spool could not take yet (issue 16 item 10).
     backlog: Backlog,
+    /// Heartbeats from local programs (issue 17 item 6).
+    apps: Apps,
+    /// Statistics from local programs (issue 17 item 5); off unless the driver enables them.
+    statistics: crate::stats::Aggregator,
+    /// The CMA's check set (newest epoch) and the checks local programs declared: the
+    /// scheduler runs their union, under a generation of its own.
+    cma_checks: Vec<Check>,
+    cma_check_epoch: u64,
+    local_checks: BTreeMap<String, Check>,
+    check_generation: u64,
+    /// The local registrations (apps, local checks) changed since the driver last saved them.
+    local_changed: bool,
 }
 
 impl<S: SpoolStorage> Shell<S> {
@@ -229,6 +245,13 @@ impl<S: SpoolStorage> Shell<S> {
             stats: ShellStats::default(),
             heartbeats_on: true,
             backlog: Backlog::default(),
+            apps: Apps::default(),
+            statistics: crate::stats::Aggregator::new(false, crate::stats::DEFAULT_INTERVAL, now),
+            cma_checks: Vec::new(),
+            cma_check_epoch: 0,
+            local_checks: BTreeMap::new(),
+            check_generation: 0,
+            local_changed: false,
             cfg,
         }
     }
@@ -290,8 +313,9 @@ impl<S: SpoolStorage> Shell<S> {
     }
     /// The epoch of the applied check set.
     pub fn check_epoch(&self) -> u64 {
-        self.checks.epoch()
+        self.cma_check_epoch
     }
+
     /// The discovery schedule (interval of a collector, e.g. to start the LLDP/CDP listener).
     pub fn discovery_schedule(&self) -> &Schedule {
         &self.discovery
@@ -715,14 +739,30 @@ impl<S: SpoolStorage> Shell<S> {
                 }
             }
         }
-        match self.checks.apply(set.epoch, checks, now) {
-            ApplyOutcome::Applied { added, kept, removed } => {
-                info!(epoch = set.epoch, added, kept, removed, "check set applied")
-            }
-            ApplyOutcome::Stale { current } => {
-                debug!(epoch = set.epoch, current, "older check set ignored")
+        if set.epoch <= self.cma_check_epoch {
+            debug!(epoch = set.epoch, current = self.cma_check_epoch, "older check set ignored");
+            return;
+        }
+        self.cma_check_epoch = set.epoch;
+        self.cma_checks = checks;
+        if let ApplyOutcome::Applied { added, kept, removed } = self.apply_checks(now) {
+            info!(epoch = set.epoch, added, kept, removed, "check set applied")
+        }
+    }
+
+    /// Gives the scheduler the CMA's checks plus the local ones (a CMA check of the same name
+    /// wins, which cannot happen unless the CMA names checks `local:…`).
+    fn apply_checks(&mut self, now: Instant) -> ApplyOutcome {
+        let mut all = self.cma_checks.clone();
+        for (name, c) in &self.local_checks {
+            if all.iter().any(|x| &x.name == name) {
+                warn!(check = %name, "a check from the CMA has a local check's name; the CMA's runs");
+            } else {
+                all.push(c.clone());
             }
         }
+        self.check_generation += 1;
+        self.checks.apply(self.check_generation, all, now)
     }
 
     fn start_waiting_checks(&mut self) {
@@ -808,6 +848,200 @@ impl<S: SpoolStorage> Shell<S> {
             payload: serde_json::to_vec(&payload).unwrap_or_default(),
         });
         self.send_control(body, now);
+    }
+
+    // --------------------------------------------------------------------------------------
+    // local programs (issue 17 item 6)
+
+    /// A heartbeat from the local program `name` (registering it if new). Nothing goes to the
+    /// CMA unless it had missed a beat: then its recovery (`app:NAME` OK) is spooled.
+    pub fn app_heartbeat(
+        &mut self,
+        name: &str,
+        ttl: Duration,
+        now: Instant,
+    ) -> Result<apps::Beat, AppError> {
+        let beat = self.apps.beat(name, ttl, now)?;
+        if beat.registered {
+            info!(app = %name, ttl_s = ttl.as_secs_f64(), "a local program registered for heartbeats");
+        }
+        if beat.recovered {
+            info!(app = %name, "a local program is beating again; telling the CMA");
+            let output = format!("{name} is beating again");
+            self.report_app(name, CheckState::Ok, output, now);
+        }
+        self.local_changed |= beat.changed;
+        Ok(beat)
+    }
+
+    /// The local program `name` finished cleanly: its registration is removed without alarm
+    /// (an alarm raised for it clears with an OK).
+    pub fn app_done(&mut self, name: &str, now: Instant) -> Result<(), AppError> {
+        let missed = self.apps.done(name)?;
+        info!(app = %name, "a local program ended its heartbeats");
+        if missed {
+            let output = format!("{name} finished (`assim app done`)");
+            self.report_app(name, CheckState::Ok, output, now);
+        }
+        self.local_changed = true;
+        Ok(())
+    }
+
+    /// A local program declared a check (issue 17 item 6): `check.name` must start with
+    /// [`LOCAL_CHECK_PREFIX`]. Adds or replaces it (a replaced check with the same command
+    /// keeps its state), tells the CMA the local set, and marks the registrations changed.
+    pub fn declare_local_check(&mut self, check: Check, now: Instant) -> Result<(), String> {
+        if !check.name.starts_with(LOCAL_CHECK_PREFIX) {
+            return Err(format!("a local check's name starts with {LOCAL_CHECK_PREFIX:?}"));
+        }
+        if !self.local_checks.contains_key(&check.name)
+            && self.local_checks.len() >= MAX_LOCAL_CHECKS
+        {
+            return Err(format!(
+                "{MAX_LOCAL_CHECKS} local checks are declared on this host already; remove one first"
+            ));
+        }
+        if self.local_checks.get(&check.name) == Some(&check) {
+            return Ok(());
+        }
+        info!(check = %check.name, "a local program declared a check");
+        self.local_checks.insert(check.name.clone(), check);
+        self.local_checks_changed(now);
+        Ok(())
+    }
+
+    /// Removes a declared check; `false` if there was none of that name.
+    pub fn remove_local_check(&mut self, name: &str, now: Instant) -> bool {
+        if self.local_checks.remove(name).is_none() {
+            return false;
+        }
+        info!(check = %name, "a local check was removed");
+        self.local_checks_changed(now);
+        true
+    }
+
+    /// The declared checks.
+    pub fn local_checks(&self) -> impl Iterator<Item = &Check> {
+        self.local_checks.values()
+    }
+
+    /// Replaces the declared checks with those saved by an earlier run (before
+    /// [`Shell::start`]); the CMA hears the set again.
+    pub fn restore_local_checks(&mut self, checks: Vec<Check>, now: Instant) {
+        self.local_checks =
+            checks.into_iter().take(MAX_LOCAL_CHECKS).map(|c| (c.name.clone(), c)).collect();
+        if !self.local_checks.is_empty() {
+            self.apply_checks(now);
+            self.report_local_checks(now);
+        }
+    }
+
+    fn local_checks_changed(&mut self, now: Instant) {
+        self.apply_checks(now);
+        self.local_changed = true;
+        self.report_local_checks(now);
+    }
+
+    /// Tells the CMA the declared checks, as the discovery result [`LOCAL_CHECKS_RESULT`] (the
+    /// CMA keeps the latest durably; `assim check list` shows them with source `local`).
+    fn report_local_checks(&mut self, now: Instant) {
+        let checks: Vec<serde_json::Value> = self
+            .local_checks
+            .values()
+            .map(|c| {
+                let (kind, argv) = match &c.kind {
+                    assim_checks::Kind::Nagios { argv } => ("nagios", argv.clone()),
+                    other => (other.name(), Vec::new()),
+                };
+                serde_json::json!({
+                    "name": c.name,
+                    "kind": kind,
+                    "argv": argv,
+                    "interval_s": c.interval.as_secs(),
+                    "retry_interval_s": c.retry_interval.as_secs(),
+                    "max_attempts": c.max_attempts,
+                    "timeout_s": c.timeout.as_secs(),
+                })
+            })
+            .collect();
+        let d = Discovery::from_value(LOCAL_CHECKS_RESULT, serde_json::json!({ "checks": checks }));
+        let Ok(payload) = serde_json::to_vec(&d.payload) else { return };
+        let body = Body::DiscoveryResult(msg::DiscoveryResult {
+            name: d.name,
+            content_hash: d.hash.to_vec(),
+            payload,
+            collected_at: self.wall_micros(now),
+            delta: false,
+        });
+        self.send_spooled(body, now);
+    }
+
+    /// Turns statistics from local programs on or off, with their batch interval (issue 17
+    /// item 5). Off (the default): every sample is refused and nothing is sent.
+    pub fn set_statistics(&mut self, enabled: bool, interval: Duration, now: Instant) {
+        self.statistics = crate::stats::Aggregator::new(enabled, interval, now);
+    }
+
+    /// A sample from a local program, aggregated until the end of the interval.
+    pub fn stat_put(
+        &mut self,
+        sample: crate::stats::Sample,
+    ) -> Result<(), crate::stats::StatError> {
+        self.statistics.put(sample)
+    }
+
+    /// Spools the interval's batch, if anything was put in it.
+    fn flush_stats(&mut self, now: Instant) {
+        let interval_s = self.statistics.interval().as_secs();
+        let clock = self.cfg.wall_clock;
+        let Some(batch) = self.statistics.flush(now, |t| clock.micros(t)) else { return };
+        debug!(series = batch.series.len(), "statistics batch; spooling it");
+        let series = batch
+            .series
+            .into_iter()
+            .map(|a| msg::StatSeries {
+                name: a.name,
+                tags: a.tags.into_iter().map(|(key, value)| msg::Tag { key, value }).collect(),
+                counter: a.kind == crate::stats::Kind::Counter,
+                value: a.value,
+            })
+            .collect();
+        let body = Body::Statistics(msg::Statistics {
+            counters: Vec::new(),
+            series,
+            at: batch.at_micros,
+            interval_s,
+        });
+        self.send_spooled(body, now);
+    }
+
+    /// The local programs' registrations.
+    pub fn apps(&self) -> &Apps {
+        &self.apps
+    }
+
+    /// Replaces the registrations with those saved by an earlier run (call before
+    /// [`Shell::start`]): each gets a whole TTL from `now`.
+    pub fn restore_apps(&mut self, regs: Vec<apps::Registration>, now: Instant) {
+        self.apps = Apps::restore(regs, now);
+    }
+
+    /// Whether the local registrations changed since the last call (the driver saves them).
+    pub fn take_local_changed(&mut self) -> bool {
+        std::mem::take(&mut self.local_changed)
+    }
+
+    fn report_app(&mut self, name: &str, state: CheckState, output: String, now: Instant) {
+        let body = Body::CheckStateChange(msg::CheckStateChange {
+            check: format!("{}{name}", apps::CHECK_PREFIX),
+            state: state as i32,
+            output,
+            perfdata: String::new(),
+            at: self.wall_micros(now),
+            flapping: false,
+            initial: false,
+        });
+        self.send_spooled(body, now);
     }
 
     // --------------------------------------------------------------------------------------
@@ -912,6 +1146,8 @@ impl<S: SpoolStorage> Shell<S> {
             self.leave_by.filter(|_| !self.done),
             checks,
             discovery,
+            (!self.leaving).then(|| self.apps.poll_timeout()).flatten(),
+            self.statistics.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -955,6 +1191,21 @@ impl<S: SpoolStorage> Shell<S> {
                     }
                     let params = self.discovery.params(&name);
                     self.events.push_back(Event::RunCollector { name, params });
+                }
+            }
+            if self.statistics.poll_timeout().is_some_and(|t| t <= now) {
+                self.flush_stats(now);
+            }
+            if self.apps.poll_timeout().is_some_and(|t| t <= now) {
+                for m in self.apps.due(now) {
+                    let secs = m.ttl.as_secs_f64();
+                    warn!(app = %m.name, ttl_s = secs, "a local program missed its heartbeat; telling the CMA");
+                    let output = format!(
+                        "{} sent no heartbeat within its TTL of {secs} s (`assim app heartbeat`)",
+                        m.name
+                    );
+                    self.report_app(&m.name, CheckState::Critical, output, now);
+                    self.local_changed = true;
                 }
             }
         }

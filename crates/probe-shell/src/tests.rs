@@ -114,6 +114,8 @@ struct Pair {
     now: Instant,
     events: Vec<Event>,
     incarnation: u64,
+    /// Frames the nanoprobe sent to the CMA.
+    frames_to_cma: usize,
 }
 
 fn shell(storage: &MemStorage, incarnation: u64, now: Instant) -> Shell<MemStorage> {
@@ -148,7 +150,15 @@ impl Pair {
         let storage = MemStorage::new(1);
         let now = Instant::now();
         let shell = shell(&storage, 1, now);
-        Pair { shell, storage, cma: FakeCma::new(), now, events: Vec::new(), incarnation: 1 }
+        Pair {
+            shell,
+            storage,
+            cma: FakeCma::new(),
+            now,
+            events: Vec::new(),
+            incarnation: 1,
+            frames_to_cma: 0,
+        }
     }
 
     /// The nanoprobe process restarts (kill -9: the page cache survives).
@@ -166,6 +176,9 @@ impl Pair {
             }
             while let Some(t) = self.shell.poll_transmit(self.now) {
                 progressed = true;
+                if matches!(t, Transmit::Cma { .. }) {
+                    self.frames_to_cma += 1;
+                }
                 if let Transmit::Cma { frame, .. } = t
                     && self.cma.up
                 {
@@ -506,6 +519,7 @@ fn item_10_a_full_spool_coalesces_state_and_refuses_events() {
         now,
         events: Vec::new(),
         incarnation: 1,
+        frames_to_cma: 0,
     };
     p.run(Duration::from_secs(1));
     p.cma.up = false;
@@ -740,4 +754,272 @@ fn raid_results_raise_spooled_host_events() {
         .filter(|m| matches!(&m.body, Some(Body::DiscoveryResult(d)) if d.name == "raid"))
         .count();
     assert_eq!(results, 3, "only changed results are sent");
+}
+
+/// The `app:NAME` check reports the CMA applied: (check, state, output).
+fn app_reports(cma: &FakeCma) -> Vec<(String, i32, String)> {
+    cma.applied
+        .iter()
+        .filter_map(|m| match &m.body {
+            Some(Body::CheckStateChange(c)) if c.check.starts_with("app:") => {
+                Some((c.check.clone(), c.state, c.output.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn issue_17_item_6_a_beating_program_costs_no_traffic_and_a_silent_one_one_report() {
+    use msg::CheckState;
+    let mut p = Pair::new();
+    let t0 = p.now;
+    p.run(Duration::from_secs(2));
+    let settled = p.frames_to_cma;
+    let (ttl, interval) = (Duration::from_secs(3), Duration::from_secs(1));
+    // Beats every second for an hour of virtual time: not one frame to the CMA.
+    for _ in 0..3600 {
+        p.shell.app_heartbeat("backup", ttl, p.now).unwrap();
+        p.run(interval);
+    }
+    assert_eq!(p.frames_to_cma, settled, "frames sent while the program beat");
+    assert!(app_reports(&p.cma).is_empty());
+    // It stops: exactly one CRITICAL, at the last beat + TTL (within TTL + one interval).
+    let last_beat = p.now - interval;
+    p.run(ttl + interval);
+    assert_eq!(
+        app_reports(&p.cma),
+        vec![(
+            "app:backup".into(),
+            CheckState::Critical as i32,
+            "backup sent no heartbeat within its TTL of 3 s (`assim app heartbeat`)".into()
+        )]
+    );
+    let at = p.cma.applied.iter().rev().find_map(|m| match &m.body {
+        Some(Body::CheckStateChange(c)) => Some(c.at),
+        _ => None,
+    });
+    // Reported at the deadline itself (the nanoprobe's clock, stamped when spooled).
+    assert_eq!(at, Some(WALL0 + (last_beat + ttl - t0).as_micros() as u64));
+    // Silence goes on: still one.
+    p.run(Duration::from_secs(600));
+    assert_eq!(app_reports(&p.cma).len(), 1);
+    // Beating again: one OK.
+    p.shell.app_heartbeat("backup", ttl, p.now).unwrap();
+    p.run(interval);
+    let r = app_reports(&p.cma);
+    assert_eq!(r.len(), 2);
+    assert_eq!((r[1].1, r[1].2.as_str()), (CheckState::Ok as i32, "backup is beating again"));
+    // A clean `done` while healthy: nothing sent, and no alarm afterwards.
+    let before = p.frames_to_cma;
+    p.shell.app_done("backup", p.now).unwrap();
+    p.run(Duration::from_secs(60));
+    assert_eq!(p.frames_to_cma, before);
+    assert_eq!(app_reports(&p.cma).len(), 2);
+    // `done` after a miss clears the alarm with an OK.
+    p.shell.app_heartbeat("cron", ttl, p.now).unwrap();
+    p.run(ttl + interval);
+    p.shell.app_done("cron", p.now).unwrap();
+    p.run(interval);
+    let r = app_reports(&p.cma);
+    assert_eq!(r.len(), 4);
+    assert_eq!((r[2].0.as_str(), r[2].1), ("app:cron", CheckState::Critical as i32));
+    assert_eq!((r[3].0.as_str(), r[3].1), ("app:cron", CheckState::Ok as i32));
+    assert!(p.shell.apps().is_empty());
+}
+
+#[test]
+fn issue_17_item_6_the_report_comes_at_the_deadline_through_the_spool() {
+    let mut p = Pair::new();
+    let t0 = p.now;
+    p.run(Duration::from_secs(1));
+    let ttl = Duration::from_secs(2);
+    p.shell.app_heartbeat("job", ttl, p.now).unwrap();
+    let deadline = p.now + ttl;
+    assert_eq!(p.shell.poll_timeout().map(|t| t <= deadline), Some(true));
+    // The CMA is away when the miss happens: the report waits in the spool.
+    p.cma.up = false;
+    p.run(ttl + Duration::from_secs(1));
+    assert!(app_reports(&p.cma).is_empty());
+    assert_eq!(p.shell.spool().unacked(), 1);
+    p.cma.up = true;
+    p.run(crate::RESEND_AFTER + Duration::from_secs(1));
+    assert_eq!(app_reports(&p.cma).len(), 1);
+    // Stamped with the nanoprobe's time of the miss, not of delivery.
+    let at = p
+        .cma
+        .applied
+        .iter()
+        .find_map(|m| match &m.body {
+            Some(Body::CheckStateChange(c)) => Some(c.at),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(at, WALL0 + (deadline - t0).as_micros() as u64);
+}
+
+#[test]
+fn issue_17_item_6_registrations_survive_a_restart_and_a_dead_program_still_alarms() {
+    let mut p = Pair::new();
+    p.run(Duration::from_secs(1));
+    let ttl = Duration::from_secs(5);
+    p.shell.app_heartbeat("backup", ttl, p.now).unwrap();
+    p.shell.app_heartbeat("web", ttl, p.now).unwrap();
+    assert!(p.shell.take_local_changed());
+    assert!(!p.shell.take_local_changed());
+    let saved = p.shell.apps().registrations();
+    // The nanoprobe restarts; "backup" died meanwhile, "web" keeps beating.
+    p.run(Duration::from_secs(2));
+    p.restart_node();
+    p.shell.restore_apps(saved, p.now);
+    for _ in 0..10 {
+        p.shell.app_heartbeat("web", ttl, p.now).unwrap();
+        p.run(Duration::from_secs(1));
+    }
+    let r = app_reports(&p.cma);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].0, "app:backup");
+}
+
+fn nagios_check(name: &str, interval_s: u64) -> assim_checks::Check {
+    let spec = msg::CheckSpec {
+        name: name.into(),
+        kind: "nagios".into(),
+        argv: vec!["/usr/lib/nagios/plugins/check_dummy".into(), "0".into()],
+        interval_s,
+        timeout_s: 1,
+        ..Default::default()
+    };
+    assim_checks::Check::try_from(&spec).unwrap()
+}
+
+/// The `local_checks` results the CMA applied, as check-name lists.
+fn local_check_lists(cma: &FakeCma) -> Vec<Vec<String>> {
+    cma.applied
+        .iter()
+        .filter_map(|m| match &m.body {
+            Some(Body::DiscoveryResult(d)) if d.name == crate::LOCAL_CHECKS_RESULT => {
+                let v: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
+                Some(
+                    v["checks"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|c| c["name"].as_str().unwrap().to_owned())
+                        .collect(),
+                )
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn issue_17_item_6_local_checks_run_beside_the_cmas_set_and_the_cma_hears_the_list() {
+    let mut p = Pair::new();
+    p.run(Duration::from_secs(1));
+    // Only `local:` names are accepted here (the driver names them).
+    assert!(p.shell.declare_local_check(nagios_check("raid", 10), p.now).is_err());
+    p.shell.declare_local_check(nagios_check("local:raid", 10), p.now).unwrap();
+    assert!(p.shell.take_local_changed());
+    // The same declaration again changes nothing and sends nothing.
+    p.shell.declare_local_check(nagios_check("local:raid", 10), p.now).unwrap();
+    assert!(!p.shell.take_local_changed());
+    // A CMA check set comes afterwards: the local check stays.
+    let set = msg::CheckSet {
+        epoch: 5,
+        checks: vec![msg::CheckSpec {
+            name: "load".into(),
+            kind: "nagios".into(),
+            argv: vec!["check_load".into()],
+            interval_s: 10,
+            timeout_s: 1,
+            ..Default::default()
+        }],
+    };
+    p.cma.conn.send(Message::new(Body::CheckSet(set)).to_bytes(), p.now).unwrap();
+    p.run(Duration::from_secs(11));
+    assert_eq!(p.shell.check_epoch(), 5);
+    let ran: std::collections::BTreeSet<String> = p
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RunCheck(c) => Some(c.name.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ran.into_iter().collect::<Vec<_>>(), ["load", "local:raid"]);
+    assert_eq!(local_check_lists(&p.cma), vec![vec!["local:raid".to_owned()]]);
+    // Removed: the CMA hears the empty list; the CMA's set is untouched.
+    assert!(p.shell.remove_local_check("local:raid", p.now));
+    assert!(!p.shell.remove_local_check("local:raid", p.now));
+    p.run(Duration::from_secs(1));
+    assert_eq!(local_check_lists(&p.cma).last(), Some(&Vec::new()));
+    assert_eq!(p.shell.local_checks().count(), 0);
+    // Bounded.
+    for i in 0..crate::MAX_LOCAL_CHECKS {
+        p.shell.declare_local_check(nagios_check(&format!("local:c{i}"), 60), p.now).unwrap();
+    }
+    let e = p.shell.declare_local_check(nagios_check("local:one-more", 60), p.now).unwrap_err();
+    assert!(e.contains("already"), "{e}");
+}
+
+#[test]
+fn issue_17_item_5_statistics_go_as_one_spooled_batch_per_interval_and_nothing_when_off() {
+    use crate::stats::{Kind, Sample};
+    let sample = |name: &str, kind, value| Sample {
+        name: name.into(),
+        tags: Default::default(),
+        kind,
+        value,
+    };
+    let batches = |cma: &FakeCma| -> Vec<msg::Statistics> {
+        cma.applied
+            .iter()
+            .filter_map(|m| match &m.body {
+                Some(Body::Statistics(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut p = Pair::new();
+    let t0 = p.now;
+    // Off by default: refused, and an hour later nothing was sent.
+    assert!(p.shell.stat_put(sample("x", Kind::Gauge, 1.0)).is_err());
+    p.run(Duration::from_secs(3600));
+    assert!(batches(&p.cma).is_empty());
+    // On, with a 60 s interval: 3 intervals with puts, one without.
+    p.shell.set_statistics(true, Duration::from_secs(60), p.now);
+    let on = p.now;
+    for minute in 0..4u32 {
+        if minute != 2 {
+            for _ in 0..5 {
+                p.shell.stat_put(sample("jobs", Kind::Counter, 2.0)).unwrap();
+                p.shell.stat_put(sample("depth", Kind::Gauge, f64::from(minute))).unwrap();
+            }
+        }
+        p.run(Duration::from_secs(60));
+    }
+    let b = batches(&p.cma);
+    assert_eq!(b.len(), 3, "{b:?}");
+    for s in &b {
+        assert_eq!(s.interval_s, 60);
+        assert_eq!(s.series.len(), 2);
+        // Counters first, then gauges.
+        assert_eq!((s.series[0].name.as_str(), s.series[0].value), ("jobs", 10.0));
+        assert_eq!(s.series[1].name, "depth");
+    }
+    // Stamped with the end of each interval in the nanoprobe's clock.
+    let end = |k: u64| WALL0 + (on - t0).as_micros() as u64 + k * 60_000_000;
+    assert_eq!(b.iter().map(|s| s.at).collect::<Vec<_>>(), [end(1), end(2), end(4)]);
+    // Spooled: a batch made while the CMA is away arrives after it is back.
+    p.cma.up = false;
+    p.shell.stat_put(sample("during.outage", Kind::Gauge, 7.0)).unwrap();
+    p.run(Duration::from_secs(61));
+    assert_eq!(batches(&p.cma).len(), 3);
+    p.cma.up = true;
+    p.run(crate::RESEND_AFTER + Duration::from_secs(1));
+    let b = batches(&p.cma);
+    assert_eq!(b.len(), 4);
+    assert_eq!(b[3].series[0].name, "during.outage");
 }

@@ -436,11 +436,38 @@ pub struct Counter {
     pub value: u64,
 }
 
-/// The nanoprobe's own counters.
+/// The nanoprobe's own counters, and (issue 17 item 5) one interval's batch of the statistics
+/// local programs put. Senders without the batch fields leave them empty; decoders that do not
+/// know them skip them.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Statistics {
     #[prost(message, repeated, tag = "1")]
     pub counters: Vec<Counter>,
+    /// The aggregated series of the interval.
+    #[prost(message, repeated, tag = "2")]
+    pub series: Vec<StatSeries>,
+    /// The end of the interval, µs since the Unix epoch in the nanoprobe's clock (the
+    /// timestamp Graphite gets).
+    #[prost(uint64, tag = "3")]
+    pub at: u64,
+    /// The interval's length in seconds.
+    #[prost(uint64, tag = "4")]
+    pub interval_s: u64,
+}
+
+/// One aggregated statistic: a counter's sum over the interval or a gauge's last value.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StatSeries {
+    /// A Graphite path (`backup.bytes`).
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(message, repeated, tag = "2")]
+    pub tags: Vec<Tag>,
+    /// A counter (else a gauge).
+    #[prost(bool, tag = "3")]
+    pub counter: bool,
+    #[prost(double, tag = "4")]
+    pub value: f64,
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -722,6 +749,35 @@ mod tests {
             let m = Direct { body: Some(d) };
             assert_eq!(Direct::from_bytes(&m.to_bytes()).unwrap(), m);
         }
+    }
+
+    #[test]
+    fn issue_17_item_5_statistics_batches_are_compatible_both_ways() {
+        /// `Statistics` as it was before the batch fields.
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct StatisticsV1 {
+            #[prost(message, repeated, tag = "1")]
+            counters: Vec<Counter>,
+        }
+        let new = Statistics {
+            counters: vec![Counter { name: "spooled".into(), value: 3 }],
+            series: vec![StatSeries {
+                name: "backup.bytes".into(),
+                tags: vec![Tag { key: "role".into(), value: "db".into() }],
+                counter: true,
+                value: 1234.5,
+            }],
+            at: 1_700_000_060_000_000,
+            interval_s: 60,
+        };
+        let bytes = new.encode_to_vec();
+        assert_eq!(Statistics::decode(bytes.as_slice()).unwrap(), new);
+        // An old decoder skips the batch and keeps the counters.
+        let old = StatisticsV1::decode(bytes.as_slice()).unwrap();
+        assert_eq!(old.counters, new.counters);
+        // An old sender's message decodes with an empty batch.
+        let from_old = Statistics::decode(old.encode_to_vec().as_slice()).unwrap();
+        assert!(from_old.series.is_empty() && from_old.at == 0);
     }
 
     proptest! {

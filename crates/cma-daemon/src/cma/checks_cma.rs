@@ -81,6 +81,44 @@ fn entry(e: assim_cma::check_sets::CheckListEntry) -> CheckListEntry {
     }
 }
 
+/// The checks local programs declared on the nodes (all, or the one named `host`), from the
+/// latest `local_checks` result each nanoprobe sent (issue 17 item 6), with source `local`.
+/// A result that is not in the expected shape lists nothing (it is logged).
+fn local_checks(shell: &CmaShell, host: Option<&str>) -> Vec<CheckListEntry> {
+    #[derive(serde::Deserialize)]
+    struct Payload {
+        checks: Vec<StoredCheck>,
+    }
+    let records = match shell.store().discovery_named(assim_checks::LOCAL_CHECKS_RESULT) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the nodes' local checks");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for rec in records {
+        let Some(node) = shell.core().node(rec.node) else { continue };
+        let name = node.display_name();
+        if host.is_some_and(|h| h != node.hostname && h != rec.node.to_string() && h != name) {
+            continue;
+        }
+        match serde_json::from_str::<Payload>(&rec.payload) {
+            Ok(p) => out.extend(p.checks.into_iter().map(|check| CheckListEntry {
+                host: name.clone(),
+                node: rec.node,
+                epoch: 0,
+                source: "local".into(),
+                check,
+            })),
+            Err(e) => {
+                tracing::warn!(node = %rec.node, error = %e, "a local_checks result is not a list of checks; ignored")
+            }
+        }
+    }
+    out
+}
+
 impl Replies {
     /// Hands a request to the shell; call the shell's `flush`, then [`Replies::flushed`].
     pub(super) fn request(&mut self, shell: &mut CmaShell, req: ChecksRequest) {
@@ -116,8 +154,13 @@ impl Replies {
                 }));
             }
             ChecksRequest::List { host, reply } => {
-                let r = shell.list_checks(host.as_deref());
-                let _ = reply.send(r.map(|l| l.into_iter().map(entry).collect()));
+                let r = shell.list_checks(host.as_deref()).map(|l| {
+                    let mut l: Vec<CheckListEntry> = l.into_iter().map(entry).collect();
+                    l.extend(local_checks(shell, host.as_deref()));
+                    l.sort_by(|a, b| (&a.host, &a.check.name).cmp(&(&b.host, &b.check.name)));
+                    l
+                });
+                let _ = reply.send(r);
             }
         }
     }
