@@ -50,6 +50,41 @@ struct Pending {
     counters: bool,
 }
 
+/// How many windows of unreachability are kept per host.
+pub const MAX_UNREACHABLE_WINDOWS: usize = 4;
+
+/// A time a host was unreachable behind its ring's switch (CMA clock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct UnreachableWindow {
+    /// When the host went silent at the earliest: its `since` minus the longest detection
+    /// (dead time + the suspicion window).
+    from: Timestamp,
+    /// When it was heard again (or declared down).
+    to: Timestamp,
+    ring: crate::ring::RingKey,
+}
+
+/// Why a service state change of a host must not raise an alarm (or must say it is late):
+/// the host is (or was, when the check ran) unreachable behind its switch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Suppression {
+    /// The switch's ring.
+    pub ring: crate::ring::RingKey,
+    /// Whether the outage is still open (the host is unreachable, or its switch's return
+    /// window has not closed with `switch.up`): then the alarm is suppressed (severity info)
+    /// and held until `switch.up`. Otherwise the result was made inside the outage and
+    /// delivered late: raised as usual, its text says so.
+    pub open: bool,
+}
+
+/// A switch came back (`switch.up`): who came back with it, who did not (now down).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwitchReturn {
+    pub ring: crate::ring::RingKey,
+    pub back: Vec<NodeId>,
+    pub not_back: Vec<NodeId>,
+}
+
 /// Why a Down or Left node is back.
 #[derive(Clone, Copy, Debug)]
 enum Revival {
@@ -84,6 +119,12 @@ pub struct Cma {
     /// first move out of it is one ring.changed (reason `placed`) instead of a leave and a
     /// join (issue 13).
     placing: BTreeSet<NodeId>,
+    /// Each host's latest windows of unreachability behind its switch (at most
+    /// [`MAX_UNREACHABLE_WINDOWS`] per host, in memory): check results made inside one are
+    /// from the outage ([`Cma::service_suppression`]).
+    unreachable_windows: BTreeMap<NodeId, VecDeque<UnreachableWindow>>,
+    /// Switch returns (switch.up) not yet taken by [`Cma::take_switch_returns`].
+    switch_returns: Vec<SwitchReturn>,
     next_epoch: u64,
     next_event_id: u64,
     /// When the write-behind `Persist(Ring)` is due; `None` when the stored ring is current.
@@ -116,6 +157,8 @@ impl Cma {
             next_revival_nonce: now.micros() ^ (1 << 61),
             returned_floor: BTreeMap::new(),
             placing: BTreeSet::new(),
+            unreachable_windows: BTreeMap::new(),
+            switch_returns: Vec::new(),
             next_epoch: snapshot.next_epoch.max(max_epoch.saturating_add(1)).max(1),
             next_event_id: snapshot.next_event_id.max(1),
             ring_flush_at: None,
@@ -528,6 +571,39 @@ impl Cma {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Whether a service check result of `node`, made at `made_at` (µs, the nanoprobe's clock;
+    /// 0 = not said), comes from a time the host was unreachable behind its switch (Nagios
+    /// `parents` semantics; see [`Suppression`] and `services`). The nanoprobe's clock is
+    /// compared with the CMA's: a skew larger than the detection time (dead + 2 intervals)
+    /// misplaces results made near the edges of the outage.
+    pub fn service_suppression(&self, node: NodeId, made_at: u64) -> Option<Suppression> {
+        let rec = self.nodes.get(&node)?;
+        if rec.state == NodeState::Unreachable {
+            let ring = self
+                .incidents
+                .outage_of(node)
+                .cloned()
+                .unwrap_or_else(|| self.rings.wired_ring(node));
+            return Some(Suppression { ring, open: true });
+        }
+        if made_at == 0 {
+            return None;
+        }
+        let w = self
+            .unreachable_windows
+            .get(&node)?
+            .iter()
+            .rev()
+            .find(|w| (w.from.micros()..=w.to.micros()).contains(&made_at))?;
+        let open = self.incidents.outage(&w.ring).is_some();
+        Some(Suppression { ring: w.ring.clone(), open })
+    }
+
+    /// The switch returns (`switch.up`) since the last call, oldest first.
+    pub fn take_switch_returns(&mut self) -> Vec<SwitchReturn> {
+        std::mem::take(&mut self.switch_returns)
     }
 
     /// Everything [`Cma::new`] needs to resume.
@@ -1065,6 +1141,11 @@ impl Cma {
             serde_json::Value::Array(missing.iter().map(|n| self.host_json(*n)).collect());
         let e = self.event(now, EventKind::SwitchUp, None, tags, text);
         e.body = Some(body);
+        self.switch_returns.push(SwitchReturn {
+            ring: ring.clone(),
+            back: back.clone(),
+            not_back: missing.clone(),
+        });
         for n in missing {
             let text = format!(
                 "{} is down: it did not come back with its {what}, whose other hosts are heard \
@@ -1275,6 +1356,17 @@ impl Cma {
     }
 
     fn set_state(&mut self, now: Timestamp, node: NodeId, state: NodeState) {
+        let (old, since) = (self.nodes[&node].state, self.nodes[&node].since);
+        if old == NodeState::Unreachable && state != NodeState::Unreachable {
+            let t = &self.config.timing;
+            let from = since - (t.dead + crate::model::suspect_window(t));
+            let ring = self.rings.wired_ring(node);
+            let w = self.unreachable_windows.entry(node).or_default();
+            if w.len() == MAX_UNREACHABLE_WINDOWS {
+                w.pop_front();
+            }
+            w.push_back(UnreachableWindow { from, to: now, ring });
+        }
         let rec = self.node_mut(node);
         if rec.state != state {
             rec.state = state;
@@ -1413,7 +1505,7 @@ fn join_names(names: &[String]) -> String {
 }
 
 /// A ring in plain words: "switch tor1", "segment 10.0.1.0/24@10.0.1.1", "pinned group rack7".
-fn describe_ring(ring: &crate::ring::RingKey) -> String {
+pub(crate) fn describe_ring(ring: &crate::ring::RingKey) -> String {
     use crate::ring::RingKind;
     match ring.kind() {
         RingKind::Switch => format!("switch {}", ring.name()),

@@ -39,7 +39,7 @@
 //! peer sets, probes, events), then this layer's `Persist`s, then its `Send`s — a driver that
 //! applies them in order never sends what it has not stored.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 use assim_checks::RuleSet;
@@ -204,6 +204,11 @@ pub struct Authority {
     persist: Vec<DesiredChange>,
     send: Vec<(NodeId, SocketAddr, Body)>,
     host_keys: HostKeys,
+    /// Service alarms suppressed while their host was unreachable behind a switch and not OK
+    /// when last reported: raised once when the switch is back (`switch.up`), if still so.
+    /// In memory: after a CMA restart a held alarm stays suppressed (its info event and the
+    /// stored state remain).
+    held_alarms: BTreeMap<NodeId, BTreeSet<String>>,
 }
 
 impl Authority {
@@ -229,6 +234,7 @@ impl Authority {
             persist: persist.map(DesiredChange::Schedule).into_iter().collect(),
             send: Vec::new(),
             host_keys: HostKeys::default(),
+            held_alarms: BTreeMap::new(),
         };
         // Each name's current node is the one registered last.
         let mut stored: Vec<_> = desired
@@ -333,7 +339,35 @@ impl Authority {
     /// See [`Cma::handle_timeout`].
     pub fn handle_timeout(&mut self, now: Timestamp) {
         self.cma.handle_timeout(now);
+        self.raise_held_alarms(now);
         self.flush();
+    }
+
+    /// After `switch.up`: each held service alarm of a host that came back is raised if the
+    /// check is still not OK; those of hosts that did not come back are dropped (their
+    /// `host.down` is the alarm).
+    fn raise_held_alarms(&mut self, now: Timestamp) {
+        for r in self.cma.take_switch_returns() {
+            for n in &r.not_back {
+                self.held_alarms.remove(n);
+            }
+            for n in &r.back {
+                let Some(checks) = self.held_alarms.remove(n) else { continue };
+                for check in checks {
+                    match self.checks.known_state(*n, &check) {
+                        Some(k) if k.state != CheckState::Ok || k.flapping => {
+                            self.cma.raise_held_service(now, *n, &check, k, &r.ring);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Service alarms held until their host's switch is back, per host (`switch.up`).
+    pub fn held_alarms(&self, node: NodeId) -> Vec<String> {
+        self.held_alarms.get(&node).map(|c| c.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// See [`Cma::handle_local_event`].
@@ -424,6 +458,23 @@ impl Authority {
         let r = self.cma.handle_check_change(now, node, c, previous);
         if r.is_ok() {
             let state = CheckState::try_from(c.state).unwrap_or(CheckState::Unknown);
+            if self.cma.service_suppression(node, c.at).is_some_and(|s| s.open) {
+                let held = self.held_alarms.entry(node).or_default();
+                if state == CheckState::Ok && !c.flapping {
+                    held.remove(&c.check);
+                } else if held.len() < crate::services::MAX_HELD_PER_HOST {
+                    held.insert(c.check.clone());
+                }
+                if held.is_empty() {
+                    self.held_alarms.remove(&node);
+                }
+            } else if let Some(held) = self.held_alarms.get_mut(&node) {
+                // A later word about the check, judged as usual: nothing left to raise for it.
+                held.remove(&c.check);
+                if held.is_empty() {
+                    self.held_alarms.remove(&node);
+                }
+            }
             self.checks.set_state(
                 node,
                 c.check.clone(),

@@ -6,11 +6,11 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use assim_cma::{Action, Authority, AuthorityConfig, EventKind, NodeState, Output};
+use assim_cma::{Action, Authority, AuthorityConfig, EventKind, NodeState, Output, Severity};
 use assim_cma::{DesiredSnapshot, Snapshot};
 use assim_discovery::wiring::L2Link;
 use assim_wire::NodeId;
-use assim_wire::msg::{DiscoveryResult, ReportKind};
+use assim_wire::msg::{CheckState, CheckStateChange, DiscoveryResult, ReportKind};
 use support::*;
 
 fn link(chassis: &str) -> L2Link {
@@ -357,4 +357,179 @@ fn a_registering_host_is_placed_in_its_ring_with_one_ring_changed() {
         .map(|e| format!("{} {}", e.tags["change"], e.tags["ring"]))
         .collect();
     assert_eq!(moved, vec!["leave switch:sw0".to_string(), "join switch:sw1".to_string()]);
+}
+
+fn dead_report(about: NodeId) -> assim_wire::msg::HeartbeatReport {
+    assim_wire::msg::HeartbeatReport {
+        kind: ReportKind::Dead as i32,
+        peer: about.as_bytes().to_vec(),
+        silent_ms: 5000,
+        ..Default::default()
+    }
+}
+
+/// The whole core (Authority) under virtual time: every probe of a live node is answered.
+struct Core {
+    a: Authority,
+    now: assim_wire::Timestamp,
+    log: Vec<Output>,
+}
+
+impl Core {
+    /// Hosts 1..=switches*per, host n on switch `sw{(n-1)/per}` (from `l2neighbors`).
+    fn fabric(switches: u32, per: u32) -> Core {
+        let a = Authority::new(
+            AuthorityConfig::default(),
+            Snapshot::default(),
+            DesiredSnapshot::default(),
+            T0,
+        );
+        let mut c = Core { a, now: T0, log: Vec::new() };
+        for n in 1..=switches * per {
+            c.a.handle_hello(T0, id(n), key(n), &hello(n)).unwrap();
+            let sw = format!("sw{}", (n - 1) / per);
+            let l2 = DiscoveryResult {
+                name: "l2neighbors".into(),
+                content_hash: vec![1],
+                payload: format!(
+                    r#"{{"neighbors":[{{"interface":"eth0","protocol":"lldp","chassis_id":"{sw}",
+                       "port_id":"p1","system_name":"{sw}"}}]}}"#
+                )
+                .into_bytes(),
+                collected_at: 1,
+                delta: false,
+            };
+            c.a.handle_discovery(T0, id(n), &l2).unwrap();
+        }
+        c.advance(Duration::from_secs(2), &[]);
+        c.log.clear();
+        c
+    }
+
+    fn ring(&self, sw: u32) -> Vec<NodeId> {
+        self.a.cma().rings().ring(&format!("switch:sw{sw}")).unwrap().order()
+    }
+
+    /// Drains outputs, answering the probes of every node not in `silent`.
+    fn drain(&mut self, silent: &[NodeId]) {
+        while let Some(o) = self.a.poll_output() {
+            if let Output::Core(Action::Probe { node, nonce, .. }) = &o
+                && !silent.contains(node)
+            {
+                let (node, nonce) = (*node, *nonce);
+                self.log.push(o);
+                self.a.handle_probe_reply(self.now, node, nonce);
+                continue;
+            }
+            self.log.push(o);
+        }
+    }
+
+    fn advance(&mut self, d: Duration, silent: &[NodeId]) {
+        let end = self.now + d;
+        self.drain(silent);
+        while let Some(t) = self.a.poll_timeout().filter(|t| *t <= end) {
+            self.now = t.max(self.now);
+            self.a.handle_timeout(self.now);
+            self.drain(silent);
+        }
+        self.now = end;
+    }
+
+    fn events(&mut self) -> Vec<assim_cma::Event> {
+        std::mem::take(&mut self.log)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Core(Action::Emit(e)) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn check(&mut self, n: NodeId, check: &str, state: CheckState, at: assim_wire::Timestamp) {
+        let c = CheckStateChange {
+            check: check.into(),
+            state: state as i32,
+            output: format!("{check} is {}", state.name()),
+            at: at.micros(),
+            ..Default::default()
+        };
+        self.a.handle_check_state_change(self.now, n, &c).unwrap();
+        self.drain(&[]);
+    }
+}
+
+#[test]
+fn service_alarms_of_unreachable_hosts_are_suppressed_and_what_is_still_wrong_is_raised_at_switch_up()
+ {
+    let mut c = Core::fabric(3, 4);
+    let gone = c.ring(1);
+    let other = c.ring(2)[0];
+    c.check(gone[0], "http", CheckState::Ok, c.now);
+    c.check(gone[1], "disk", CheckState::Ok, c.now);
+    c.events();
+    // The switch goes silent: its watchers report it, nobody behind it answers.
+    let cut_at = c.now;
+    for &m in &gone {
+        for w in c.a.cma().neighbours(m) {
+            if !gone.contains(&w) {
+                c.a.handle_report(c.now, w, &dead_report(m));
+            }
+        }
+    }
+    c.advance(Duration::from_secs(3), &gone);
+    let ev = c.events();
+    assert_eq!(ev.iter().filter(|e| e.kind == EventKind::SwitchDown).count(), 1);
+    assert!(gone.iter().all(|n| c.a.cma().node(*n).unwrap().state == NodeState::Unreachable));
+    c.advance(Duration::from_secs(20), &gone);
+    // The switch returns: its hosts are heard, then deliver the check results they spooled
+    // during the outage (made at the nanoprobes' time, inside it).
+    for &g in &gone {
+        c.a.handle_alive(c.now, g);
+    }
+    let during = cut_at + Duration::from_secs(10);
+    c.check(gone[0], "http", CheckState::Critical, during);
+    c.check(gone[1], "disk", CheckState::Warning, during);
+    c.check(gone[1], "disk", CheckState::Ok, during + Duration::from_secs(5));
+    // A host on another switch is judged as usual.
+    c.check(other, "http", CheckState::Critical, c.now);
+    let ev = c.events();
+    let svc: Vec<&assim_cma::Event> =
+        ev.iter().filter(|e| e.kind.name().starts_with("service.")).collect();
+    assert_eq!(svc.len(), 4, "every change is recorded as an event: {svc:#?}");
+    for e in &svc[..3] {
+        assert_eq!(e.severity, Severity::Info, "suppressed: {}", e.text);
+        assert_eq!(e.tags["suppressed"], "sw1");
+        assert!(e.text.contains("alarm suppressed"), "{}", e.text);
+    }
+    assert_eq!(svc[3].severity, EventKind::ServiceCritical.default_severity());
+    assert!(!svc[3].tags.contains_key("suppressed"));
+    assert_eq!(c.a.held_alarms(gone[0]), vec!["http".to_string()]);
+    assert!(c.a.held_alarms(gone[1]).is_empty(), "recovered during the outage");
+    // switch.up, then the alarm that is still wrong, once, at its own severity.
+    c.advance(Duration::from_secs(3), &[]);
+    let ev = c.events();
+    let ks: Vec<EventKind> = ev.iter().map(|e| e.kind).collect();
+    let up = ks.iter().position(|k| *k == EventKind::SwitchUp).expect("switch.up");
+    let held: Vec<&assim_cma::Event> =
+        ev.iter().filter(|e| e.kind.name().starts_with("service.")).collect();
+    assert_eq!(held.len(), 1, "{ks:?}");
+    let e = held[0];
+    assert_eq!((e.kind, e.host), (EventKind::ServiceCritical, Some(gone[0])));
+    assert_eq!(e.severity, EventKind::ServiceCritical.default_severity());
+    assert_eq!(e.tags["held_while"], "sw1");
+    assert!(e.text.contains("still CRITICAL"), "{}", e.text);
+    assert!(ks.iter().position(|k| *k == EventKind::ServiceCritical).unwrap() > up);
+    assert!(c.a.held_alarms(gone[0]).is_empty());
+    // A result made inside the outage that arrives after switch.up is raised, and says so.
+    c.check(gone[2], "ntp", CheckState::Warning, during);
+    let ev = c.events();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].severity, EventKind::ServiceWarning.default_severity());
+    assert_eq!(ev[0].tags["made_while_unreachable"], "sw1");
+    assert!(ev[0].text.contains("delivered late"), "{}", ev[0].text);
+    // Results made after the return are plain.
+    c.check(gone[2], "ntp", CheckState::Critical, c.now);
+    let ev = c.events();
+    assert!(!ev[0].tags.contains_key("made_while_unreachable"), "{:?}", ev[0].tags);
 }
