@@ -46,9 +46,17 @@ struct Pending {
     probes: Vec<(NodeId, u64)>,
     /// Probes of a ring check, an outage or a revival: sent whatever the node's state.
     other_probes: Vec<(NodeId, u64)>,
+    /// Peer probe requests of a ring check: (prober, target, command id).
+    peer_requests: Vec<(NodeId, NodeId, u64)>,
     events: Vec<Event>,
     counters: bool,
 }
+
+/// How many nanoprobes on other switches are asked to probe the members of a checked ring.
+pub const PEER_PROBERS: usize = 2;
+/// How many members of a checked ring each of them probes (a sample of a large ring: the
+/// question is whether the ring's hosts answer anyone, not which ones).
+pub const PEER_PROBE_TARGETS: usize = 8;
 
 /// How many windows of unreachability are kept per host.
 pub const MAX_UNREACHABLE_WINDOWS: usize = 4;
@@ -801,11 +809,15 @@ impl Cma {
                     AliveProof::ProbeReply => "it answered the CMA's probe".to_owned(),
                     AliveProof::Message => "it sent the CMA a message".to_owned(),
                     AliveProof::HeardBy(n) => format!("{} hears its heartbeats", self.name(n)),
+                    AliveProof::PeerProbe(n) => {
+                        format!("{} on another switch reached it when asked to probe it", self.name(n))
+                    }
                 };
                 let proof_tag = match proof {
                     AliveProof::ProbeReply => "probe-reply",
                     AliveProof::Message => "message",
                     AliveProof::HeardBy(_) => "heard-by-peer",
+                    AliveProof::PeerProbe(_) => "peer-probe",
                 };
                 if s.reporters.is_empty() {
                     self.stats.path_suspects += 1;
@@ -1036,20 +1048,86 @@ impl Cma {
         }
         let members = members.order();
         let timing = self.config.timing;
+        let targets: Vec<NodeId> = sample(&members, PEER_PROBE_TARGETS);
         if let Some(p) = self.incidents.open_check(&ring, members, (node, reporter), now, &timing) {
             self.stats.ring_checks += 1;
             self.pending.other_probes.extend(p);
+            let probers = self.pick_probers(&ring);
+            let pairs: Vec<(NodeId, NodeId)> =
+                probers.iter().flat_map(|p| targets.iter().map(move |t| (*p, *t))).collect();
+            let asked = self.incidents.ask_peers(&ring, &pairs);
+            self.pending.peer_requests.extend(asked);
         }
+    }
+
+    /// Up to [`PEER_PROBERS`] nanoprobes outside `ring` to probe its members: its watchers
+    /// first (they heartbeat its representatives, so they are the nearest outside it), then
+    /// the other representatives in upper-ring order; each Up, in a topological ring other
+    /// than `ring` that is neither checked nor down (a prober behind a failed switch would
+    /// answer nothing).
+    fn pick_probers(&self, ring: &crate::ring::RingKey) -> Vec<NodeId> {
+        let usable = |n: &NodeId| {
+            self.nodes.get(n).is_some_and(|r| r.state == NodeState::Up)
+                && self.rings.home_of(*n).is_some_and(|h| {
+                    h != ring
+                        && self.incidents.check(h).is_none()
+                        && self.incidents.outage(h).is_none()
+                })
+        };
+        let mut out = Vec::with_capacity(PEER_PROBERS);
+        let watchers = self.rings.watchers(ring);
+        for n in watchers.iter().chain(self.rings.upper_order().iter()) {
+            if out.len() == PEER_PROBERS {
+                break;
+            }
+            if usable(n) && !out.contains(n) {
+                out.push(*n);
+            }
+        }
+        out
+    }
+
+    /// A nanoprobe answered a `ProbeRequest` of a ring check: the evidence is recorded for the
+    /// check's decision (module `incident`). Unmatched results (late, repeated, or naming
+    /// another target) are counted and ignored.
+    pub fn handle_probe_result(
+        &mut self,
+        _now: Timestamp,
+        prober: NodeId,
+        r: &assim_wire::msg::ProbeResult,
+    ) {
+        let target = NodeId::from_slice(&r.target);
+        let matched =
+            target.and_then(|t| self.incidents.peer_result(prober, r.command_id, t, r.answered));
+        match (matched, target) {
+            (Some(true), Some(t)) => {
+                self.stats.peer_probe_answered += 1;
+                // Proof of life for a suspicion still open (its ring's check may have closed
+                // already, the rest of the ring having answered the CMA).
+                if self.nodes.get(&t).is_some_and(|n| n.state == NodeState::Suspect) {
+                    self.suspicions.proof_of_life(t, AliveProof::PeerProbe(prober));
+                }
+            }
+            (Some(_), _) => self.stats.peer_probe_silent += 1,
+            (None, _) => self.stats.peer_probe_unmatched += 1,
+        }
+        self.flush();
     }
 
     /// A ring check closed (module `incident`): blame the switch, or let the held decisions go.
     fn check_closed(&mut self, now: Timestamp, ring: crate::ring::RingKey, check: Check) {
         if !check.blames_switch() {
             for (node, held) in check.held {
-                if self.nodes.get(&node).is_some_and(|n| n.state == NodeState::Suspect)
-                    && self.suspicions.get(node).is_none()
+                if !self.nodes.get(&node).is_some_and(|n| n.state == NodeState::Suspect)
+                    || self.suspicions.get(node).is_some()
                 {
-                    self.down_now(now, node, held.tags, held.text);
+                    continue;
+                }
+                match check.peer_answered.get(&node) {
+                    // Its neighbours and the CMA cannot reach it, a nanoprobe on another
+                    // switch can: path trouble, not a dead host.
+                    Some(&prober) => self.reached_by_peer(now, node, prober),
+                    None => self.down_now(now, node, held.tags, held.text),
                 }
             }
             return;
@@ -1062,8 +1140,18 @@ impl Cma {
         if silent.is_empty() {
             return;
         }
-        let kind =
-            if check.answered.is_empty() { OutageKind::Down } else { OutageKind::Unreachable };
+        let peer_heard: Vec<NodeId> =
+            silent.iter().copied().filter(|n| check.peer_answered.contains_key(n)).collect();
+        let peer_tried: Vec<NodeId> = silent
+            .iter()
+            .copied()
+            .filter(|n| check.peer_answered.contains_key(n) || check.peer_silent.contains(n))
+            .collect();
+        let kind = if check.answered.is_empty() && peer_heard.is_empty() {
+            OutageKind::Down
+        } else {
+            OutageKind::Unreachable
+        };
         self.stats.switch_incidents += 1;
         for &h in &silent {
             self.suspicions.cancel(h);
@@ -1076,27 +1164,50 @@ impl Cma {
         let what = describe_ring(&ring);
         let n = check.members.len();
         let window = secs(now.since(check.opened));
+        let probers: Vec<String> = check.probers.iter().map(|p| self.name(*p)).collect();
+        let on_others = format!("{} on other switches", join_names(&probers));
+        // What the peers' probes added (issue 13): they ran from outside the ring, so an
+        // answer proves the host alive and its switch forwarding.
+        let peer_words = if peer_tried.is_empty() {
+            String::new()
+        } else if peer_heard.is_empty() {
+            format!(", nor probes from {on_others}")
+        } else {
+            String::new()
+        };
         let (ekind, text) = match kind {
             OutageKind::Down => (
                 EventKind::SwitchDown,
                 format!(
                     "{what} is down or cut off: all {n} of its hosts went silent together and \
-                     none answered the CMA's probes for {window}; they are unreachable, not \
-                     down (a dead switch and a cut uplink look the same from the CMA)"
+                     none answered the CMA's probes for {window}{peer_words}; they are \
+                     unreachable, not down (a dead switch and a cut uplink look the same from \
+                     outside it)"
+                ),
+            ),
+            OutageKind::Unreachable if !peer_heard.is_empty() => (
+                EventKind::SwitchUnreachable,
+                format!(
+                    "{what} is cut off from the CMA: {} of its {n} hosts did not answer the \
+                     CMA's probes for {window}, but {} of them answer {on_others}, so the switch \
+                     forwards and the path between it and the CMA is broken; the silent hosts \
+                     are unreachable, not down",
+                    silent.len(),
+                    peer_heard.len()
                 ),
             ),
             OutageKind::Unreachable => (
                 EventKind::SwitchUnreachable,
                 format!(
                     "{what} is partly cut off: {} of its {n} hosts went silent together and did \
-                     not answer the CMA's probes for {window}, while {} still answer; the silent \
-                     hosts are unreachable, not down",
+                     not answer the CMA's probes for {window}{peer_words}, while {} still \
+                     answer; the silent hosts are unreachable, not down",
                     silent.len(),
                     check.answered.len()
                 ),
             ),
         };
-        let tags = vec![
+        let mut tags = vec![
             ("ring", ring.0.clone()),
             ("switch", ring.name().to_owned()),
             ("hosts", silent.len().to_string()),
@@ -1104,10 +1215,35 @@ impl Cma {
             ("trigger", self.name(check.trigger.0)),
             ("reporter", self.name(check.trigger.1)),
         ];
-        let body =
+        if !check.probers.is_empty() {
+            tags.push(("probers", probers.join(",")));
+            tags.push(("peer_answered", peer_heard.len().to_string()));
+            tags.push(("peer_tried", peer_tried.len().to_string()));
+        }
+        let mut body =
             self.incident_body(&ring, &silent, &check.answered.iter().copied().collect::<Vec<_>>());
+        body["peer_probes"] = serde_json::json!({
+            "probers": check.probers.iter().map(|p| self.host_json(*p)).collect::<Vec<_>>(),
+            "answered": peer_heard.iter().map(|h| self.host_json(*h)).collect::<Vec<_>>(),
+            "silent": check.peer_silent.iter().filter(|h| silent.contains(h))
+                .map(|h| self.host_json(*h)).collect::<Vec<_>>(),
+        });
         let e = self.event(now, ekind, None, tags, text);
         e.body = Some(body);
+    }
+
+    /// A member whose host.down was held by a ring check answered a nanoprobe on another
+    /// switch: Up, `path.suspect` (the CMA's and its neighbours' paths to it are broken).
+    fn reached_by_peer(&mut self, now: Timestamp, node: NodeId, prober: NodeId) {
+        self.stats.path_suspects += 1;
+        self.set_state(now, node, NodeState::Up);
+        let (b, p) = (self.name(node), self.name(prober));
+        let text = format!(
+            "{b} answers {p} on another switch but neither its ring neighbours nor the CMA \
+             reach it: the paths to it are in trouble, not the host"
+        );
+        let tags = vec![("b", b), ("prober", p), ("proof", "peer-probe".to_owned())];
+        self.event(now, EventKind::PathSuspect, Some(node), tags, text);
     }
 
     /// A switch's return window closed: one switch.up; hosts that did not come back are down.
@@ -1469,6 +1605,23 @@ impl Cma {
             self.stats.probes_sent += 1;
             self.actions.push_back(Action::Probe { node, addr: rec.listen_addr, nonce });
         }
+        for (prober, target, command_id) in p.peer_requests {
+            let (Some(pr), Some(t)) = (self.nodes.get(&prober), self.nodes.get(&target)) else {
+                continue;
+            };
+            if !pr.state.in_ring() {
+                continue;
+            }
+            self.stats.peer_probe_requests += 1;
+            let request = assim_wire::msg::ProbeRequest {
+                command_id,
+                target: target.as_bytes().to_vec(),
+                addr: t.listen_addr.to_string(),
+                public_key: t.public_key.to_vec(),
+                timeout_ms: self.config.timing.interval.as_millis() as u64,
+            };
+            self.actions.push_back(Action::ProbeRequest { to: prober, addr: pr.listen_addr, request });
+        }
         self.actions.extend(p.events.into_iter().map(Action::Emit));
     }
 }
@@ -1493,6 +1646,14 @@ fn same_set(a: &[NodeId], b: &[NodeId]) -> bool {
 
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
+}
+
+/// Up to `n` of `items`, evenly spaced (all of them when there are `n` or fewer).
+fn sample(items: &[NodeId], n: usize) -> Vec<NodeId> {
+    if items.len() <= n {
+        return items.to_vec();
+    }
+    (0..n).map(|i| items[i * items.len() / n]).collect()
 }
 
 /// "a", "a and b", "a, b and c".

@@ -370,6 +370,12 @@ impl Authority {
         self.held_alarms.get(&node).map(|c| c.iter().cloned().collect()).unwrap_or_default()
     }
 
+    /// See [`Cma::handle_probe_result`].
+    pub fn handle_probe_result(&mut self, now: Timestamp, node: NodeId, r: &msg::ProbeResult) {
+        self.cma.handle_probe_result(now, node, r);
+        self.flush();
+    }
+
     /// See [`Cma::handle_local_event`].
     pub fn handle_local_event(
         &mut self,
@@ -681,7 +687,13 @@ impl Authority {
     /// Moves the liveness core's actions, then this layer's persists and sends, to the output.
     fn flush(&mut self) {
         while let Some(a) = self.cma.poll_action() {
-            self.out.push_back(Output::Core(a));
+            match a {
+                // A command to a nanoprobe like the others this layer sends.
+                Action::ProbeRequest { to, addr, request } => {
+                    self.out.push_back(Output::Send { to, addr, body: Body::ProbeRequest(request) })
+                }
+                a => self.out.push_back(Output::Core(a)),
+            }
         }
         self.out.extend(self.persist.drain(..).map(Output::Persist));
         self.out.extend(self.send.drain(..).map(|(to, addr, body)| Output::Send {

@@ -58,6 +58,9 @@ use assim_wire::{NodeId, Timestamp};
 use crate::model::{Timing, probe_every, suspect_window};
 use crate::ring::RingKey;
 
+/// The most peer probe requests remembered while their answers are awaited.
+pub const MAX_PEER_COMMANDS: usize = 4096;
+
 /// A `host.down` held while its ring is checked: the decision as it would have been made.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Held {
@@ -78,6 +81,15 @@ pub struct Check {
     pub trigger: (NodeId, NodeId),
     /// `host.down` decisions held until the check closes.
     pub held: BTreeMap<NodeId, Held>,
+    /// The nanoprobes on other switches asked to probe members, in order of asking.
+    pub probers: Vec<NodeId>,
+    /// Peer probes asked for and not answered yet (`ProbeRequest`): command id → (prober,
+    /// target).
+    pub peer_requests: BTreeMap<u64, (NodeId, NodeId)>,
+    /// Members a nanoprobe on another switch reached: target → the prober.
+    pub peer_answered: BTreeMap<NodeId, NodeId>,
+    /// Members a prober tried and did not reach.
+    pub peer_silent: BTreeSet<NodeId>,
     nonces: BTreeMap<u64, NodeId>,
     next_probe: Option<Timestamp>,
 }
@@ -164,6 +176,9 @@ pub struct Incidents {
     outage_of: BTreeMap<NodeId, RingKey>,
     /// Each member of an open check → its ring.
     checked: BTreeMap<NodeId, RingKey>,
+    /// Each peer probe request not answered yet (command id) → its check's ring, the prober,
+    /// the target. At most [`MAX_PEER_COMMANDS`], oldest forgotten first.
+    peer_commands: BTreeMap<u64, (RingKey, NodeId, NodeId)>,
     timers: BTreeSet<(Timestamp, TimerKind, RingKey)>,
     next_nonce: u64,
 }
@@ -228,6 +243,10 @@ impl Incidents {
             answered: BTreeSet::new(),
             trigger,
             held: BTreeMap::new(),
+            probers: Vec::new(),
+            peer_requests: BTreeMap::new(),
+            peer_answered: BTreeMap::new(),
+            peer_silent: BTreeSet::new(),
             nonces: BTreeMap::new(),
             next_probe: None,
         };
@@ -280,6 +299,65 @@ impl Incidents {
         }
         let c = self.close_check(&ring);
         Some((ring, c))
+    }
+
+    /// Asks nanoprobes on other switches to probe members of the open check of `ring`: one
+    /// command id per (prober, target). Empty if no check is open.
+    pub fn ask_peers(
+        &mut self,
+        ring: &RingKey,
+        pairs: &[(NodeId, NodeId)],
+    ) -> Vec<(NodeId, NodeId, u64)> {
+        if !self.checks.contains_key(ring) {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(pairs.len());
+        for &(prober, target) in pairs {
+            let id = self.nonce();
+            self.peer_commands.insert(id, (ring.clone(), prober, target));
+            out.push((prober, target, id));
+        }
+        // Commands outlive their check (an answer after an early close is still proof of
+        // life for a suspicion); the oldest are forgotten beyond the bound.
+        while self.peer_commands.len() > MAX_PEER_COMMANDS {
+            self.peer_commands.pop_first();
+        }
+        let c = self.checks.get_mut(ring).expect("open");
+        for &(prober, target, id) in &out {
+            c.peer_requests.insert(id, (prober, target));
+            if !c.probers.contains(&prober) {
+                c.probers.push(prober);
+            }
+        }
+        out
+    }
+
+    /// A prober's answer to request `command_id` about `target`. `None` if it matches no open
+    /// request (late, forged or repeated); otherwise recorded, and `Some(answered)`.
+    pub fn peer_result(
+        &mut self,
+        prober: NodeId,
+        command_id: u64,
+        target: NodeId,
+        answered: bool,
+    ) -> Option<bool> {
+        let (ring, p, t) = self.peer_commands.get(&command_id)?;
+        if (*p, *t) != (prober, target) {
+            return None;
+        }
+        let ring = ring.clone();
+        self.peer_commands.remove(&command_id);
+        let Some(c) = self.checks.get_mut(&ring) else { return Some(answered) };
+        if c.peer_requests.remove(&command_id).is_none() {
+            return Some(answered);
+        }
+        if answered {
+            c.peer_answered.insert(target, prober);
+            c.peer_silent.remove(&target);
+        } else if !c.peer_answered.contains_key(&target) {
+            c.peer_silent.insert(target);
+        }
+        Some(answered)
     }
 
     fn close_check(&mut self, ring: &RingKey) -> Check {

@@ -533,3 +533,121 @@ fn service_alarms_of_unreachable_hosts_are_suppressed_and_what_is_still_wrong_is
     let ev = c.events();
     assert!(!ev[0].tags.contains_key("made_while_unreachable"), "{:?}", ev[0].tags);
 }
+
+/// The `ProbeRequest`s the CMA sent since the last `take`: (prober, target, command id).
+fn peer_requests(h: &mut Harness) -> Vec<(NodeId, NodeId, u64)> {
+    h.drain();
+    h.log
+        .iter()
+        .filter_map(|a| match a {
+            Action::ProbeRequest { to, request, .. } => {
+                Some((*to, NodeId::from_slice(&request.target).unwrap(), request.command_id))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn peer_answer(h: &mut Harness, (prober, target, command_id): (NodeId, NodeId, u64), yes: bool) {
+    let r = assim_wire::msg::ProbeResult {
+        command_id,
+        target: target.as_bytes().to_vec(),
+        answered: yes,
+        rtt_us: if yes { 300 } else { 0 },
+        attempts: 1,
+    };
+    h.cma.handle_probe_result(h.now, prober, &r);
+    h.drain();
+}
+
+#[test]
+fn a_checked_ring_is_probed_by_nanoprobes_on_other_switches_and_their_silence_confirms_the_switch()
+ {
+    let mut h = fabric(4, 5);
+    let gone = on_switch(&h, 1);
+    outside_reports(&mut h, &gone);
+    let asked = peer_requests(&mut h);
+    let ring = assim_cma::ring::RingKey::switch("sw1");
+    let probers: HashSet<NodeId> = asked.iter().map(|a| a.0).collect();
+    assert_eq!(probers.len(), 2, "two probers: {asked:?}");
+    for p in &probers {
+        let home = h.cma.rings().home_of(*p).unwrap();
+        assert_ne!(home, &ring, "probers are outside the silent ring");
+        assert_eq!(h.state(*p), NodeState::Up);
+    }
+    let targets: HashSet<NodeId> = asked.iter().map(|a| a.1).collect();
+    assert_eq!(targets, gone.iter().copied().collect(), "every member (5 ≤ the sample size)");
+    // Each request names the target's address and key, for the prober to seal to it.
+    let Some(Action::ProbeRequest { request, .. }) =
+        h.log.iter().find(|a| matches!(a, Action::ProbeRequest { .. }))
+    else {
+        unreachable!()
+    };
+    let t = NodeId::from_slice(&request.target).unwrap();
+    assert_eq!(request.addr, h.cma.node(t).unwrap().listen_addr.to_string());
+    assert_eq!(request.public_key, h.cma.node(t).unwrap().public_key.to_vec());
+    // Nobody reaches the switch's hosts; a forged result (wrong prober) is not evidence.
+    let forged = (gone[0], asked[0].1, asked[0].2);
+    peer_answer(&mut h, forged, true);
+    assert_eq!(h.cma.stats().peer_probe_unmatched, 1);
+    for a in &asked {
+        peer_answer(&mut h, *a, false);
+    }
+    peer_answer(&mut h, asked[0], false);
+    assert_eq!(h.cma.stats().peer_probe_unmatched, 2, "a repeated result is not news");
+    h.advance(Duration::from_secs(3));
+    let acts = h.take();
+    let e = events(&acts).into_iter().find(|e| e.kind == EventKind::SwitchDown).expect("down");
+    assert!(e.text.contains("nor probes from"), "{}", e.text);
+    assert_eq!(e.tags["peer_answered"], "0");
+    assert_eq!(e.tags["peer_tried"], "5");
+    assert_eq!(e.body.as_ref().unwrap()["peer_probes"]["probers"].as_array().unwrap().len(), 2);
+    assert!(!kinds(&acts).contains(&EventKind::HostDown));
+}
+
+#[test]
+fn hosts_that_answer_a_peer_but_not_the_cma_make_the_switch_unreachable_not_down() {
+    let mut h = fabric(4, 5);
+    let gone = on_switch(&h, 1);
+    outside_reports(&mut h, &gone);
+    let asked = peer_requests(&mut h);
+    // The CMA reaches none of them, but a nanoprobe on another switch reaches them all.
+    for a in &asked {
+        peer_answer(&mut h, *a, true);
+    }
+    assert_eq!(h.cma.stats().peer_probe_answered as usize, asked.len());
+    h.advance(Duration::from_secs(3));
+    let acts = h.take();
+    let ks = kinds(&acts);
+    assert!(!ks.contains(&EventKind::SwitchDown), "{ks:?}");
+    assert!(!ks.contains(&EventKind::HostDown), "{ks:?}");
+    let e = events(&acts).into_iter().find(|e| e.kind == EventKind::SwitchUnreachable).unwrap();
+    assert!(e.text.contains("cut off from the CMA"), "{}", e.text);
+    assert_eq!(e.tags["peer_answered"], "5");
+    for n in &gone {
+        assert_eq!(h.state(*n), NodeState::Unreachable);
+    }
+}
+
+#[test]
+fn a_host_only_a_peer_on_another_switch_reaches_is_path_suspect_not_down() {
+    let mut h = fabric(3, 5);
+    let x = h.cma.rings().representatives(&assim_cma::ring::RingKey::switch("sw2"))[0];
+    for w in h.cma.neighbours(x) {
+        h.report(w, ReportKind::Dead, x, 5000);
+    }
+    let asked: Vec<_> = peer_requests(&mut h).into_iter().filter(|a| a.1 == x).collect();
+    assert!(!asked.is_empty());
+    // Its ring answers the CMA, x does not; but a prober reaches it.
+    answer_all(&mut h, &[x]);
+    peer_answer(&mut h, asked[0], true);
+    h.advance(Duration::from_secs(3));
+    let acts = h.take();
+    let ks = kinds(&acts);
+    assert!(!ks.contains(&EventKind::HostDown), "{ks:?}");
+    assert!(!ks.iter().any(|k| k.name().starts_with("switch.")), "{ks:?}");
+    let e = events(&acts).into_iter().find(|e| e.kind == EventKind::PathSuspect).unwrap();
+    assert_eq!(e.tags["proof"], "peer-probe");
+    assert_eq!(h.state(x), NodeState::Up);
+    check_ring(&h.cma);
+}
