@@ -353,6 +353,23 @@ impl<S: SpoolStorage> Shell<S> {
             }
         };
         let sender = opened.header.sender;
+        if opened.new_peer {
+            // A first contact: a probe is answered, anything else refused and forgotten.
+            match Direct::from_bytes(&opened.plaintext) {
+                Ok(Direct { body: Some(DirectBody::Probe(p)) }) => {
+                    self.remember_transient(sender);
+                    self.handle_peer_probe(sender, p, src);
+                }
+                _ => {
+                    if let Some(s) = self.sealer.as_mut() {
+                        s.remove_peer(sender);
+                    }
+                    self.stats.rejected += 1;
+                    debug!(%src, node = %sender, "a first contact that is not a probe; refused");
+                }
+            }
+            return;
+        }
         match opened.header.kind {
             DatagramKind::Reliable if sender == self.cfg.cma_id => {
                 self.handle_cma_frame(&opened.plaintext, src, now)
@@ -369,9 +386,6 @@ impl<S: SpoolStorage> Shell<S> {
                     self.handle_probe(p, src)
                 }
                 Ok(Direct { body: Some(DirectBody::Probe(p)) }) => {
-                    if opened.new_peer {
-                        self.remember_transient(sender);
-                    }
                     self.handle_peer_probe(sender, p, src)
                 }
                 Ok(Direct { body: Some(DirectBody::ProbeReply(p)) })
@@ -379,12 +393,7 @@ impl<S: SpoolStorage> Shell<S> {
                 {
                     self.handle_peer_probe_reply(sender, p, now)
                 }
-                _ => {
-                    if opened.new_peer && let Some(s) = self.sealer.as_mut() {
-                        s.remove_peer(sender);
-                    }
-                    self.stats.rejected += 1
-                }
+                _ => self.stats.rejected += 1,
             },
             DatagramKind::KeyRequest | DatagramKind::KeyReply => self.stats.rejected += 1,
         }
