@@ -275,9 +275,13 @@ impl<S: EngineStore> Engine<S> {
                 Output::Core(Action::Probe { node, addr, nonce }) => {
                     effects.sends.push(Send::Probe { to: node, addr, nonce })
                 }
-                Output::Core(Action::ProbeRequest { to, addr, request }) => effects.sends.push(
-                    Send::Reliable { to, addr: Some(addr), body: Body::ProbeRequest(request) },
-                ),
+                Output::Core(Action::ProbeRequest { to, addr, request }) => {
+                    effects.sends.push(Send::Reliable {
+                        to,
+                        addr: Some(addr),
+                        body: Body::ProbeRequest(request),
+                    })
+                }
                 Output::Core(Action::Persist(c)) => self.batch.changes.push(c),
                 Output::Core(Action::Emit(mut e)) => {
                     if let Some(t) = &self.tagger {

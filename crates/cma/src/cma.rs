@@ -810,7 +810,10 @@ impl Cma {
                     AliveProof::Message => "it sent the CMA a message".to_owned(),
                     AliveProof::HeardBy(n) => format!("{} hears its heartbeats", self.name(n)),
                     AliveProof::PeerProbe(n) => {
-                        format!("{} on another switch reached it when asked to probe it", self.name(n))
+                        format!(
+                            "{} on another switch reached it when asked to probe it",
+                            self.name(n)
+                        )
                     }
                 };
                 let proof_tag = match proof {
@@ -1046,16 +1049,37 @@ impl Cma {
         if !outside && suspects < 2 {
             return;
         }
+        self.open_ring_check(now, &ring, (node, reporter));
+    }
+
+    /// Opens a check of `ring` (module `incident`): probes every member, and asks nanoprobes
+    /// outside it to probe a sample of them. No-op if one is open or the ring is down.
+    fn open_ring_check(
+        &mut self,
+        now: Timestamp,
+        ring: &crate::ring::RingKey,
+        trigger: (NodeId, NodeId),
+    ) {
+        let Some(members) = self.rings.ring(ring.as_str()) else { return };
         let members = members.order();
         let timing = self.config.timing;
         let targets: Vec<NodeId> = sample(&members, PEER_PROBE_TARGETS);
-        if let Some(p) = self.incidents.open_check(&ring, members, (node, reporter), now, &timing) {
+        if let Some(p) = self.incidents.open_check(ring, members, trigger, now, &timing) {
             self.stats.ring_checks += 1;
             self.pending.other_probes.extend(p);
-            let probers = self.pick_probers(&ring);
+            let mut probers = self.pick_probers(ring);
+            // The reporter outside the ring just spoke to the CMA: the surest prober.
+            let reporter = trigger.1;
+            if self.rings.home_of(reporter).is_some_and(|h| h != ring)
+                && !probers.contains(&reporter)
+                && self.nodes.get(&reporter).is_some_and(|r| r.state == NodeState::Up)
+            {
+                probers.insert(0, reporter);
+                probers.truncate(PEER_PROBERS);
+            }
             let pairs: Vec<(NodeId, NodeId)> =
                 probers.iter().flat_map(|p| targets.iter().map(move |t| (*p, *t))).collect();
-            let asked = self.incidents.ask_peers(&ring, &pairs);
+            let asked = self.incidents.ask_peers(ring, &pairs);
             self.pending.peer_requests.extend(asked);
         }
     }
@@ -1099,8 +1123,13 @@ impl Cma {
         let target = NodeId::from_slice(&r.target);
         let matched =
             target.and_then(|t| self.incidents.peer_result(prober, r.command_id, t, r.answered));
+        // It decides something only while the target's ring is checked or it is Suspect.
+        let live = target.is_some_and(|t| {
+            self.incidents.peer_command_live(t)
+                || self.nodes.get(&t).is_some_and(|n| n.state == NodeState::Suspect)
+        });
         match (matched, target) {
-            (Some(true), Some(t)) => {
+            (Some(true), Some(t)) if live => {
                 self.stats.peer_probe_answered += 1;
                 // Proof of life for a suspicion still open (its ring's check may have closed
                 // already, the rest of the ring having answered the CMA).
@@ -1108,8 +1137,9 @@ impl Cma {
                     self.suspicions.proof_of_life(t, AliveProof::PeerProbe(prober));
                 }
             }
-            (Some(_), _) => self.stats.peer_probe_silent += 1,
-            (None, _) => self.stats.peer_probe_unmatched += 1,
+            (Some(false), Some(_)) if live => self.stats.peer_probe_silent += 1,
+            // Late (its check closed and it decides nothing now), forged or repeated.
+            _ => self.stats.peer_probe_unmatched += 1,
         }
         self.flush();
     }
@@ -1153,6 +1183,21 @@ impl Cma {
             OutageKind::Unreachable
         };
         self.stats.switch_incidents += 1;
+        // The rings next to this one in the upper ring were watched by its representatives,
+        // which are now silent: check them at once rather than after their new watchers'
+        // dead time (a ring between two failed ones is otherwise heard of one round later).
+        let mut adjacent: Vec<(crate::ring::RingKey, (NodeId, NodeId))> = Vec::new();
+        for &r in self.rings.representatives(&ring) {
+            for n in self.rings.upper_neighbours(r) {
+                if let Some(h) = self.rings.home_of(n)
+                    && *h != ring
+                    && h.is_topological()
+                    && !adjacent.iter().any(|a| &a.0 == h)
+                {
+                    adjacent.push((h.clone(), (n, r)));
+                }
+            }
+        }
         for &h in &silent {
             self.suspicions.cancel(h);
             self.stats.unreachable += 1;
@@ -1230,6 +1275,9 @@ impl Cma {
         });
         let e = self.event(now, ekind, None, tags, text);
         e.body = Some(body);
+        for (r, trigger) in adjacent {
+            self.open_ring_check(now, &r, trigger);
+        }
     }
 
     /// A member whose host.down was held by a ring check answered a nanoprobe on another
@@ -1620,7 +1668,11 @@ impl Cma {
                 public_key: t.public_key.to_vec(),
                 timeout_ms: self.config.timing.interval.as_millis() as u64,
             };
-            self.actions.push_back(Action::ProbeRequest { to: prober, addr: pr.listen_addr, request });
+            self.actions.push_back(Action::ProbeRequest {
+                to: prober,
+                addr: pr.listen_addr,
+                request,
+            });
         }
         self.actions.extend(p.events.into_iter().map(Action::Emit));
     }

@@ -44,12 +44,49 @@
 //! member of R whose suspicion ends in Down while R is DOWN becomes Unreachable
 //! (`host.unreachable`).
 //!
-//! What the evidence cannot tell apart (said in the events' text): with the CMA outside the
-//! switch, a dead switch and a cut uplink look the same (every host silent: `switch.down`, "down
-//! or cut off"); a switch that forwards for some hosts but not others (`switch.unreachable`) may
-//! be a partial failure of the switch or of its hosts' links. Probes from nanoprobes on other
-//! switches (the `ProbeRequest` message) and a probe of the switch's management address would
-//! add evidence; neither is sent yet (the CMA's own probes decide).
+//! **Peer probes** (`ProbeRequest` → `ProbeResult`). When a check opens, the CMA asks up to
+//! [`crate::PEER_PROBERS`] nanoprobes outside the ring to probe up to
+//! [`crate::PEER_PROBE_TARGETS`] of its members (evenly spaced in ring order): the ring's
+//! watchers first, then other representatives in upper-ring order, each Up and in a ring that
+//! is neither checked nor down. Each (prober, target) has its own command id; the request
+//! carries the target's address and key and a timeout of one interval.
+//!
+//! ```text
+//! CHECKING --ProbeResult(prober, id, target, answered) matching an open request--> recorded
+//!            (peer_answered / peer_silent); any other result is counted and ignored
+//! any      --answered result for a Suspect host (even after its check closed)----> proof of life
+//!            (AliveProof::PeerProbe: decided at its deadline as path.suspect, not down)
+//! CHECKING --deadline, blames the switch, nobody answered the CMA and no peer-----> DOWN(R) switch.down
+//!            reached a silent member ("…nor probes from P on other switches" when they tried)
+//! CHECKING --deadline, blames the switch, a peer reached a silent member----------> DOWN(R) switch.unreachable
+//!            ("cut off from the CMA": the switch forwards, the CMA's path to it is broken)
+//! CHECKING --closes, not the switch: a held member a peer reached-----------------> UP + path.suspect
+//!            (proof peer-probe), not host.down
+//! ```
+//!
+//! **Service alarms of unreachable hosts** (Nagios `parents` semantics; `services`,
+//! [`crate::Authority`]). A check result of a host that is Unreachable, or that it made (by its
+//! own clock, `CheckStateChange.at`) inside one of its last four windows of unreachability
+//! (from its silence, its `since` minus dead + 2 intervals, to its return) while that outage is
+//! still open, is recorded (state stored, event emitted) but at severity info, tagged
+//! `suppressed=<switch>`; a non-OK one is *held*. When the switch's return window closes with
+//! `switch.up`, each held check of a host that came back is raised once more at its own
+//! severity if it is still not OK ("still CRITICAL now that switch S is back"); those of hosts
+//! that did not come back are dropped (their `host.down` is the alarm). A result made inside
+//! the outage but delivered after `switch.up` is raised as usual, its text saying it was made
+//! while the host was unreachable. Why hold-and-report rather than only info: the nanoprobe
+//! reports HARD changes only, so a service that broke during the outage and stays broken would
+//! never be reported again; why not hold silently: the record of what happened (and when) is
+//! worth keeping in the event log. Held alarms live in memory (a CMA restart leaves them at
+//! info). Services on *other* hosts that depend on an unreachable host are not suppressed: the
+//! dependency graph lives in the store, not in this core.
+//!
+//! What the evidence cannot tell apart (said in the events' text): with the CMA and the
+//! probers outside the switch, a dead switch and a cut uplink look the same (every host
+//! silent: `switch.down`, "down or cut off"); a switch that forwards for some hosts but not
+//! others (`switch.unreachable`) may be a partial failure of the switch or of its hosts' links.
+//! A probe of the switch's management address would add evidence (dead switch vs. cut uplink);
+//! it is not sent (see docs/topology.md for what is missing).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -332,8 +369,9 @@ impl Incidents {
         out
     }
 
-    /// A prober's answer to request `command_id` about `target`. `None` if it matches no open
-    /// request (late, forged or repeated); otherwise recorded, and `Some(answered)`.
+    /// A prober's answer to request `command_id` about `target`. `None` if it matches no
+    /// request we remember (forged, repeated, or forgotten); otherwise `Some(answered)`, and
+    /// recorded in the check if it is still open.
     pub fn peer_result(
         &mut self,
         prober: NodeId,
@@ -369,6 +407,12 @@ impl Incidents {
             }
         }
         c
+    }
+
+    /// Whether a peer probe result about `target` can still matter: its ring is being
+    /// checked. (An answer also proves a Suspect host alive; the caller checks that.)
+    pub fn peer_command_live(&self, target: NodeId) -> bool {
+        self.checked.contains_key(&target)
     }
 
     /// Whether `nonce` is one of ours for `node` (check or outage probe).

@@ -11,8 +11,8 @@ use assim_wire::msg::{CheckState, CheckStateChange};
 use assim_wire::{NodeId, Timestamp};
 
 use crate::cma::Cma;
-use crate::model::{EventKind, Severity};
 use crate::cma::describe_ring;
+use crate::model::{EventKind, Severity};
 use crate::ring::RingKey;
 
 /// The longest check name accepted.

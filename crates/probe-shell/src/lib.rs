@@ -71,9 +71,8 @@ mod shell;
 pub mod spool;
 
 pub use crate::shell::{
-    Datagram, Event, L2_COLLECTOR, LEAVE_WAIT, MAX_CONCURRENT_CHECKS, MAX_TRANSIENT_PEERS, NotSpooled,
-    RESEND_AFTER,
-    Shell, ShellConfig, ShellStats, Transmit, WallClock,
+    Datagram, Event, L2_COLLECTOR, LEAVE_WAIT, MAX_CONCURRENT_CHECKS, MAX_TRANSIENT_PEERS,
+    NotSpooled, RESEND_AFTER, Shell, ShellConfig, ShellStats, Transmit, WallClock,
 };
 pub use crate::spool::{Spool, SpoolStats, SpoolStorage};
 

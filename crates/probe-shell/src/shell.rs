@@ -546,7 +546,8 @@ impl<S: SpoolStorage> Shell<S> {
             Some(Body::RunNow(r)) => self.run_now(&r, now),
             Some(Body::ProbeRequest(r)) => match self.peer_probes.request(&r, now) {
                 Ok(Some(t)) => {
-                    let unknown = self.sealer.as_ref().is_some_and(|s| s.peer_key(t.node).is_none());
+                    let unknown =
+                        self.sealer.as_ref().is_some_and(|s| s.peer_key(t.node).is_none());
                     if let Some(s) = self.sealer.as_mut() {
                         s.add_peer(t.node, t.public_key);
                     }

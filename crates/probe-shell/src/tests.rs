@@ -795,8 +795,13 @@ fn a_probe_request_is_probed_and_answered_with_one_result() {
     assert!(by_id(41).answered);
     assert!(!by_id(42).answered);
     assert_eq!(by_id(42).attempts, 3);
-    assert!(p.cma.applied.iter().all(|m| m.record == 0 || !matches!(m.body, Some(Body::ProbeResult(_)))),
-        "results are not spooled");
+    assert!(
+        p.cma
+            .applied
+            .iter()
+            .all(|m| m.record == 0 || !matches!(m.body, Some(Body::ProbeResult(_)))),
+        "results are not spooled"
+    );
     assert_eq!(p.shell.peer_probe_stats().replies_unmatched, 1);
 }
 
