@@ -585,6 +585,11 @@ fn cut_and_restore_a_switch(lab: &SwitchLab) -> Vec<(String, String)> {
     let incident = lab.wait_event(start, &format!("switch.down/unreachable for {name}"), |e| {
         e["type"] == "switch.down" || e["type"] == "switch.unreachable"
     });
+    // Nanoprobes on the other switches were asked to probe its hosts (ProbeRequest); with
+    // every link of the switch down, none reached them.
+    let probers = incident["tags"]["probers"].as_str().unwrap_or_default();
+    assert!(!probers.is_empty(), "peer probers named: {incident}");
+    assert_eq!(incident["tags"]["peer_answered"], "0", "{incident}");
     wait_for(&lab.lab, "its hosts unreachable", Duration::from_secs(20), || {
         let states = lab.states_behind(cut)?;
         if states.iter().all(|s| s == "unreachable") {

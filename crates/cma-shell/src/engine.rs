@@ -246,6 +246,10 @@ impl<S: EngineStore> Engine<S> {
                     metrics.reject("bad_check_change");
                 }
             }
+            Body::ProbeResult(r) => {
+                metrics.applied_other("probe_result");
+                core.handle_probe_result(now, sender, &r);
+            }
             Body::CommandResult(r) => match core.command_result(sender, &r) {
                 Some(answer) => effects.notes.push(Note::CommandAnswer(answer)),
                 None => {
@@ -270,6 +274,13 @@ impl<S: EngineStore> Engine<S> {
                     .push(Send::Reliable { to, addr: Some(addr), body: Body::PeerSet(set) }),
                 Output::Core(Action::Probe { node, addr, nonce }) => {
                     effects.sends.push(Send::Probe { to: node, addr, nonce })
+                }
+                Output::Core(Action::ProbeRequest { to, addr, request }) => {
+                    effects.sends.push(Send::Reliable {
+                        to,
+                        addr: Some(addr),
+                        body: Body::ProbeRequest(request),
+                    })
                 }
                 Output::Core(Action::Persist(c)) => self.batch.changes.push(c),
                 Output::Core(Action::Emit(mut e)) => {

@@ -46,8 +46,51 @@ struct Pending {
     probes: Vec<(NodeId, u64)>,
     /// Probes of a ring check, an outage or a revival: sent whatever the node's state.
     other_probes: Vec<(NodeId, u64)>,
+    /// Peer probe requests of a ring check: (prober, target, command id).
+    peer_requests: Vec<(NodeId, NodeId, u64)>,
     events: Vec<Event>,
     counters: bool,
+}
+
+/// How many nanoprobes on other switches are asked to probe the members of a checked ring.
+pub const PEER_PROBERS: usize = 2;
+/// How many members of a checked ring each of them probes (a sample of a large ring: the
+/// question is whether the ring's hosts answer anyone, not which ones).
+pub const PEER_PROBE_TARGETS: usize = 8;
+
+/// How many windows of unreachability are kept per host.
+pub const MAX_UNREACHABLE_WINDOWS: usize = 4;
+
+/// A time a host was unreachable behind its ring's switch (CMA clock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct UnreachableWindow {
+    /// When the host went silent at the earliest: its `since` minus the longest detection
+    /// (dead time + the suspicion window).
+    from: Timestamp,
+    /// When it was heard again (or declared down).
+    to: Timestamp,
+    ring: crate::ring::RingKey,
+}
+
+/// Why a service state change of a host must not raise an alarm (or must say it is late):
+/// the host is (or was, when the check ran) unreachable behind its switch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Suppression {
+    /// The switch's ring.
+    pub ring: crate::ring::RingKey,
+    /// Whether the outage is still open (the host is unreachable, or its switch's return
+    /// window has not closed with `switch.up`): then the alarm is suppressed (severity info)
+    /// and held until `switch.up`. Otherwise the result was made inside the outage and
+    /// delivered late: raised as usual, its text says so.
+    pub open: bool,
+}
+
+/// A switch came back (`switch.up`): who came back with it, who did not (now down).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SwitchReturn {
+    pub ring: crate::ring::RingKey,
+    pub back: Vec<NodeId>,
+    pub not_back: Vec<NodeId>,
 }
 
 /// Why a Down or Left node is back.
@@ -84,6 +127,12 @@ pub struct Cma {
     /// first move out of it is one ring.changed (reason `placed`) instead of a leave and a
     /// join (issue 13).
     placing: BTreeSet<NodeId>,
+    /// Each host's latest windows of unreachability behind its switch (at most
+    /// [`MAX_UNREACHABLE_WINDOWS`] per host, in memory): check results made inside one are
+    /// from the outage ([`Cma::service_suppression`]).
+    unreachable_windows: BTreeMap<NodeId, VecDeque<UnreachableWindow>>,
+    /// Switch returns (switch.up) not yet taken by [`Cma::take_switch_returns`].
+    switch_returns: Vec<SwitchReturn>,
     next_epoch: u64,
     next_event_id: u64,
     /// When the write-behind `Persist(Ring)` is due; `None` when the stored ring is current.
@@ -116,6 +165,8 @@ impl Cma {
             next_revival_nonce: now.micros() ^ (1 << 61),
             returned_floor: BTreeMap::new(),
             placing: BTreeSet::new(),
+            unreachable_windows: BTreeMap::new(),
+            switch_returns: Vec::new(),
             next_epoch: snapshot.next_epoch.max(max_epoch.saturating_add(1)).max(1),
             next_event_id: snapshot.next_event_id.max(1),
             ring_flush_at: None,
@@ -530,6 +581,39 @@ impl Cma {
         &self.stats
     }
 
+    /// Whether a service check result of `node`, made at `made_at` (µs, the nanoprobe's clock;
+    /// 0 = not said), comes from a time the host was unreachable behind its switch (Nagios
+    /// `parents` semantics; see [`Suppression`] and `services`). The nanoprobe's clock is
+    /// compared with the CMA's: a skew larger than the detection time (dead + 2 intervals)
+    /// misplaces results made near the edges of the outage.
+    pub fn service_suppression(&self, node: NodeId, made_at: u64) -> Option<Suppression> {
+        let rec = self.nodes.get(&node)?;
+        if rec.state == NodeState::Unreachable {
+            let ring = self
+                .incidents
+                .outage_of(node)
+                .cloned()
+                .unwrap_or_else(|| self.rings.wired_ring(node));
+            return Some(Suppression { ring, open: true });
+        }
+        if made_at == 0 {
+            return None;
+        }
+        let w = self
+            .unreachable_windows
+            .get(&node)?
+            .iter()
+            .rev()
+            .find(|w| (w.from.micros()..=w.to.micros()).contains(&made_at))?;
+        let open = self.incidents.outage(&w.ring).is_some();
+        Some(Suppression { ring: w.ring.clone(), open })
+    }
+
+    /// The switch returns (`switch.up`) since the last call, oldest first.
+    pub fn take_switch_returns(&mut self) -> Vec<SwitchReturn> {
+        std::mem::take(&mut self.switch_returns)
+    }
+
     /// Everything [`Cma::new`] needs to resume.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -725,11 +809,18 @@ impl Cma {
                     AliveProof::ProbeReply => "it answered the CMA's probe".to_owned(),
                     AliveProof::Message => "it sent the CMA a message".to_owned(),
                     AliveProof::HeardBy(n) => format!("{} hears its heartbeats", self.name(n)),
+                    AliveProof::PeerProbe(n) => {
+                        format!(
+                            "{} on another switch reached it when asked to probe it",
+                            self.name(n)
+                        )
+                    }
                 };
                 let proof_tag = match proof {
                     AliveProof::ProbeReply => "probe-reply",
                     AliveProof::Message => "message",
                     AliveProof::HeardBy(_) => "heard-by-peer",
+                    AliveProof::PeerProbe(_) => "peer-probe",
                 };
                 if s.reporters.is_empty() {
                     self.stats.path_suspects += 1;
@@ -958,22 +1049,115 @@ impl Cma {
         if !outside && suspects < 2 {
             return;
         }
+        self.open_ring_check(now, &ring, (node, reporter));
+    }
+
+    /// Opens a check of `ring` (module `incident`): probes every member, and asks nanoprobes
+    /// outside it to probe a sample of them. No-op if one is open or the ring is down.
+    fn open_ring_check(
+        &mut self,
+        now: Timestamp,
+        ring: &crate::ring::RingKey,
+        trigger: (NodeId, NodeId),
+    ) {
+        let Some(members) = self.rings.ring(ring.as_str()) else { return };
         let members = members.order();
         let timing = self.config.timing;
-        if let Some(p) = self.incidents.open_check(&ring, members, (node, reporter), now, &timing) {
+        let targets: Vec<NodeId> = sample(&members, PEER_PROBE_TARGETS);
+        if let Some(p) = self.incidents.open_check(ring, members, trigger, now, &timing) {
             self.stats.ring_checks += 1;
             self.pending.other_probes.extend(p);
+            let mut probers = self.pick_probers(ring);
+            // The reporter outside the ring just spoke to the CMA: the surest prober.
+            let reporter = trigger.1;
+            if self.rings.home_of(reporter).is_some_and(|h| h != ring)
+                && !probers.contains(&reporter)
+                && self.nodes.get(&reporter).is_some_and(|r| r.state == NodeState::Up)
+            {
+                probers.insert(0, reporter);
+                probers.truncate(PEER_PROBERS);
+            }
+            let pairs: Vec<(NodeId, NodeId)> =
+                probers.iter().flat_map(|p| targets.iter().map(move |t| (*p, *t))).collect();
+            let asked = self.incidents.ask_peers(ring, &pairs);
+            self.pending.peer_requests.extend(asked);
         }
+    }
+
+    /// Up to [`PEER_PROBERS`] nanoprobes outside `ring` to probe its members: its watchers
+    /// first (they heartbeat its representatives, so they are the nearest outside it), then
+    /// the other representatives in upper-ring order; each Up, in a topological ring other
+    /// than `ring` that is neither checked nor down (a prober behind a failed switch would
+    /// answer nothing).
+    fn pick_probers(&self, ring: &crate::ring::RingKey) -> Vec<NodeId> {
+        let usable = |n: &NodeId| {
+            self.nodes.get(n).is_some_and(|r| r.state == NodeState::Up)
+                && self.rings.home_of(*n).is_some_and(|h| {
+                    h != ring
+                        && self.incidents.check(h).is_none()
+                        && self.incidents.outage(h).is_none()
+                })
+        };
+        let mut out = Vec::with_capacity(PEER_PROBERS);
+        let watchers = self.rings.watchers(ring);
+        for n in watchers.iter().chain(self.rings.upper_order().iter()) {
+            if out.len() == PEER_PROBERS {
+                break;
+            }
+            if usable(n) && !out.contains(n) {
+                out.push(*n);
+            }
+        }
+        out
+    }
+
+    /// A nanoprobe answered a `ProbeRequest` of a ring check: the evidence is recorded for the
+    /// check's decision (module `incident`). Unmatched results (late, repeated, or naming
+    /// another target) are counted and ignored.
+    pub fn handle_probe_result(
+        &mut self,
+        _now: Timestamp,
+        prober: NodeId,
+        r: &assim_wire::msg::ProbeResult,
+    ) {
+        let target = NodeId::from_slice(&r.target);
+        let matched =
+            target.and_then(|t| self.incidents.peer_result(prober, r.command_id, t, r.answered));
+        // It decides something only while the target's ring is checked or it is Suspect.
+        let live = target.is_some_and(|t| {
+            self.incidents.peer_command_live(t)
+                || self.nodes.get(&t).is_some_and(|n| n.state == NodeState::Suspect)
+        });
+        match (matched, target) {
+            (Some(true), Some(t)) if live => {
+                self.stats.peer_probe_answered += 1;
+                // Proof of life for a suspicion still open (its ring's check may have closed
+                // already, the rest of the ring having answered the CMA).
+                if self.nodes.get(&t).is_some_and(|n| n.state == NodeState::Suspect) {
+                    self.suspicions.proof_of_life(t, AliveProof::PeerProbe(prober));
+                }
+            }
+            (Some(false), Some(_)) if live => self.stats.peer_probe_silent += 1,
+            // Late (its check closed and it decides nothing now), forged or repeated.
+            _ => self.stats.peer_probe_unmatched += 1,
+        }
+        self.flush();
     }
 
     /// A ring check closed (module `incident`): blame the switch, or let the held decisions go.
     fn check_closed(&mut self, now: Timestamp, ring: crate::ring::RingKey, check: Check) {
         if !check.blames_switch() {
             for (node, held) in check.held {
-                if self.nodes.get(&node).is_some_and(|n| n.state == NodeState::Suspect)
-                    && self.suspicions.get(node).is_none()
+                if !self.nodes.get(&node).is_some_and(|n| n.state == NodeState::Suspect)
+                    || self.suspicions.get(node).is_some()
                 {
-                    self.down_now(now, node, held.tags, held.text);
+                    continue;
+                }
+                match check.peer_answered.get(&node) {
+                    // Its neighbours and the CMA cannot reach it, a nanoprobe on another
+                    // switch can: path trouble, not a dead host.
+                    Some(&prober) => self.reached_by_peer(now, node, prober),
+                    None => self.down_now(now, node, held.tags, held.text),
                 }
             }
             return;
@@ -986,9 +1170,34 @@ impl Cma {
         if silent.is_empty() {
             return;
         }
-        let kind =
-            if check.answered.is_empty() { OutageKind::Down } else { OutageKind::Unreachable };
+        let peer_heard: Vec<NodeId> =
+            silent.iter().copied().filter(|n| check.peer_answered.contains_key(n)).collect();
+        let peer_tried: Vec<NodeId> = silent
+            .iter()
+            .copied()
+            .filter(|n| check.peer_answered.contains_key(n) || check.peer_silent.contains(n))
+            .collect();
+        let kind = if check.answered.is_empty() && peer_heard.is_empty() {
+            OutageKind::Down
+        } else {
+            OutageKind::Unreachable
+        };
         self.stats.switch_incidents += 1;
+        // The rings next to this one in the upper ring were watched by its representatives,
+        // which are now silent: check them at once rather than after their new watchers'
+        // dead time (a ring between two failed ones is otherwise heard of one round later).
+        let mut adjacent: Vec<(crate::ring::RingKey, (NodeId, NodeId))> = Vec::new();
+        for &r in self.rings.representatives(&ring) {
+            for n in self.rings.upper_neighbours(r) {
+                if let Some(h) = self.rings.home_of(n)
+                    && *h != ring
+                    && h.is_topological()
+                    && !adjacent.iter().any(|a| &a.0 == h)
+                {
+                    adjacent.push((h.clone(), (n, r)));
+                }
+            }
+        }
         for &h in &silent {
             self.suspicions.cancel(h);
             self.stats.unreachable += 1;
@@ -1000,27 +1209,50 @@ impl Cma {
         let what = describe_ring(&ring);
         let n = check.members.len();
         let window = secs(now.since(check.opened));
+        let probers: Vec<String> = check.probers.iter().map(|p| self.name(*p)).collect();
+        let on_others = format!("{} on other switches", join_names(&probers));
+        // What the peers' probes added (issue 13): they ran from outside the ring, so an
+        // answer proves the host alive and its switch forwarding.
+        let peer_words = if peer_tried.is_empty() {
+            String::new()
+        } else if peer_heard.is_empty() {
+            format!(", nor probes from {on_others}")
+        } else {
+            String::new()
+        };
         let (ekind, text) = match kind {
             OutageKind::Down => (
                 EventKind::SwitchDown,
                 format!(
                     "{what} is down or cut off: all {n} of its hosts went silent together and \
-                     none answered the CMA's probes for {window}; they are unreachable, not \
-                     down (a dead switch and a cut uplink look the same from the CMA)"
+                     none answered the CMA's probes for {window}{peer_words}; they are \
+                     unreachable, not down (a dead switch and a cut uplink look the same from \
+                     outside it)"
+                ),
+            ),
+            OutageKind::Unreachable if !peer_heard.is_empty() => (
+                EventKind::SwitchUnreachable,
+                format!(
+                    "{what} is cut off from the CMA: {} of its {n} hosts did not answer the \
+                     CMA's probes for {window}, but {} of them answer {on_others}, so the switch \
+                     forwards and the path between it and the CMA is broken; the silent hosts \
+                     are unreachable, not down",
+                    silent.len(),
+                    peer_heard.len()
                 ),
             ),
             OutageKind::Unreachable => (
                 EventKind::SwitchUnreachable,
                 format!(
                     "{what} is partly cut off: {} of its {n} hosts went silent together and did \
-                     not answer the CMA's probes for {window}, while {} still answer; the silent \
-                     hosts are unreachable, not down",
+                     not answer the CMA's probes for {window}{peer_words}, while {} still \
+                     answer; the silent hosts are unreachable, not down",
                     silent.len(),
                     check.answered.len()
                 ),
             ),
         };
-        let tags = vec![
+        let mut tags = vec![
             ("ring", ring.0.clone()),
             ("switch", ring.name().to_owned()),
             ("hosts", silent.len().to_string()),
@@ -1028,10 +1260,38 @@ impl Cma {
             ("trigger", self.name(check.trigger.0)),
             ("reporter", self.name(check.trigger.1)),
         ];
-        let body =
+        if !check.probers.is_empty() {
+            tags.push(("probers", probers.join(",")));
+            tags.push(("peer_answered", peer_heard.len().to_string()));
+            tags.push(("peer_tried", peer_tried.len().to_string()));
+        }
+        let mut body =
             self.incident_body(&ring, &silent, &check.answered.iter().copied().collect::<Vec<_>>());
+        body["peer_probes"] = serde_json::json!({
+            "probers": check.probers.iter().map(|p| self.host_json(*p)).collect::<Vec<_>>(),
+            "answered": peer_heard.iter().map(|h| self.host_json(*h)).collect::<Vec<_>>(),
+            "silent": check.peer_silent.iter().filter(|h| silent.contains(h))
+                .map(|h| self.host_json(*h)).collect::<Vec<_>>(),
+        });
         let e = self.event(now, ekind, None, tags, text);
         e.body = Some(body);
+        for (r, trigger) in adjacent {
+            self.open_ring_check(now, &r, trigger);
+        }
+    }
+
+    /// A member whose host.down was held by a ring check answered a nanoprobe on another
+    /// switch: Up, `path.suspect` (the CMA's and its neighbours' paths to it are broken).
+    fn reached_by_peer(&mut self, now: Timestamp, node: NodeId, prober: NodeId) {
+        self.stats.path_suspects += 1;
+        self.set_state(now, node, NodeState::Up);
+        let (b, p) = (self.name(node), self.name(prober));
+        let text = format!(
+            "{b} answers {p} on another switch but neither its ring neighbours nor the CMA \
+             reach it: the paths to it are in trouble, not the host"
+        );
+        let tags = vec![("b", b), ("prober", p), ("proof", "peer-probe".to_owned())];
+        self.event(now, EventKind::PathSuspect, Some(node), tags, text);
     }
 
     /// A switch's return window closed: one switch.up; hosts that did not come back are down.
@@ -1065,6 +1325,11 @@ impl Cma {
             serde_json::Value::Array(missing.iter().map(|n| self.host_json(*n)).collect());
         let e = self.event(now, EventKind::SwitchUp, None, tags, text);
         e.body = Some(body);
+        self.switch_returns.push(SwitchReturn {
+            ring: ring.clone(),
+            back: back.clone(),
+            not_back: missing.clone(),
+        });
         for n in missing {
             let text = format!(
                 "{} is down: it did not come back with its {what}, whose other hosts are heard \
@@ -1275,6 +1540,17 @@ impl Cma {
     }
 
     fn set_state(&mut self, now: Timestamp, node: NodeId, state: NodeState) {
+        let (old, since) = (self.nodes[&node].state, self.nodes[&node].since);
+        if old == NodeState::Unreachable && state != NodeState::Unreachable {
+            let t = &self.config.timing;
+            let from = since - (t.dead + crate::model::suspect_window(t));
+            let ring = self.rings.wired_ring(node);
+            let w = self.unreachable_windows.entry(node).or_default();
+            if w.len() == MAX_UNREACHABLE_WINDOWS {
+                w.pop_front();
+            }
+            w.push_back(UnreachableWindow { from, to: now, ring });
+        }
         let rec = self.node_mut(node);
         if rec.state != state {
             rec.state = state;
@@ -1377,6 +1653,27 @@ impl Cma {
             self.stats.probes_sent += 1;
             self.actions.push_back(Action::Probe { node, addr: rec.listen_addr, nonce });
         }
+        for (prober, target, command_id) in p.peer_requests {
+            let (Some(pr), Some(t)) = (self.nodes.get(&prober), self.nodes.get(&target)) else {
+                continue;
+            };
+            if !pr.state.in_ring() {
+                continue;
+            }
+            self.stats.peer_probe_requests += 1;
+            let request = assim_wire::msg::ProbeRequest {
+                command_id,
+                target: target.as_bytes().to_vec(),
+                addr: t.listen_addr.to_string(),
+                public_key: t.public_key.to_vec(),
+                timeout_ms: self.config.timing.interval.as_millis() as u64,
+            };
+            self.actions.push_back(Action::ProbeRequest {
+                to: prober,
+                addr: pr.listen_addr,
+                request,
+            });
+        }
         self.actions.extend(p.events.into_iter().map(Action::Emit));
     }
 }
@@ -1403,6 +1700,14 @@ fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
 
+/// Up to `n` of `items`, evenly spaced (all of them when there are `n` or fewer).
+fn sample(items: &[NodeId], n: usize) -> Vec<NodeId> {
+    if items.len() <= n {
+        return items.to_vec();
+    }
+    (0..n).map(|i| items[i * items.len() / n]).collect()
+}
+
 /// "a", "a and b", "a, b and c".
 fn join_names(names: &[String]) -> String {
     match names {
@@ -1413,7 +1718,7 @@ fn join_names(names: &[String]) -> String {
 }
 
 /// A ring in plain words: "switch tor1", "segment 10.0.1.0/24@10.0.1.1", "pinned group rack7".
-fn describe_ring(ring: &crate::ring::RingKey) -> String {
+pub(crate) fn describe_ring(ring: &crate::ring::RingKey) -> String {
     use crate::ring::RingKind;
     match ring.kind() {
         RingKind::Switch => format!("switch {}", ring.name()),

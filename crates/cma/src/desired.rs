@@ -39,7 +39,7 @@
 //! peer sets, probes, events), then this layer's `Persist`s, then its `Send`s — a driver that
 //! applies them in order never sends what it has not stored.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 use assim_checks::RuleSet;
@@ -220,6 +220,11 @@ pub struct Authority {
     host_keys: HostKeys,
     audit: crate::audit_watch::AuditWatch,
     host_new: HostNew,
+    /// Service alarms suppressed while their host was unreachable behind a switch and not OK
+    /// when last reported: raised once when the switch is back (`switch.up`), if still so.
+    /// In memory: after a CMA restart a held alarm stays suppressed (its info event and the
+    /// stored state remain).
+    held_alarms: BTreeMap<NodeId, BTreeSet<String>>,
 }
 
 impl Authority {
@@ -254,6 +259,7 @@ impl Authority {
                 }),
             ),
             host_new,
+            held_alarms: BTreeMap::new(),
         };
         // Each name's current node is the one registered last.
         let mut stored: Vec<_> = desired
@@ -385,6 +391,40 @@ impl Authority {
         while let Some((node, known)) = self.host_new.poll_due(now) {
             self.raise_host_new(now, node, &known);
         }
+        self.raise_held_alarms(now);
+        self.flush();
+    }
+
+    /// After `switch.up`: each held service alarm of a host that came back is raised if the
+    /// check is still not OK; those of hosts that did not come back are dropped (their
+    /// `host.down` is the alarm).
+    fn raise_held_alarms(&mut self, now: Timestamp) {
+        for r in self.cma.take_switch_returns() {
+            for n in &r.not_back {
+                self.held_alarms.remove(n);
+            }
+            for n in &r.back {
+                let Some(checks) = self.held_alarms.remove(n) else { continue };
+                for check in checks {
+                    match self.checks.known_state(*n, &check) {
+                        Some(k) if k.state != CheckState::Ok || k.flapping => {
+                            self.cma.raise_held_service(now, *n, &check, k, &r.ring);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Service alarms held until their host's switch is back, per host (`switch.up`).
+    pub fn held_alarms(&self, node: NodeId) -> Vec<String> {
+        self.held_alarms.get(&node).map(|c| c.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// See [`Cma::handle_probe_result`].
+    pub fn handle_probe_result(&mut self, now: Timestamp, node: NodeId, r: &msg::ProbeResult) {
+        self.cma.handle_probe_result(now, node, r);
         self.flush();
     }
 
@@ -497,6 +537,23 @@ impl Authority {
         let r = self.cma.handle_check_change(now, node, c, previous);
         if r.is_ok() {
             let state = CheckState::try_from(c.state).unwrap_or(CheckState::Unknown);
+            if self.cma.service_suppression(node, c.at).is_some_and(|s| s.open) {
+                let held = self.held_alarms.entry(node).or_default();
+                if state == CheckState::Ok && !c.flapping {
+                    held.remove(&c.check);
+                } else if held.len() < crate::services::MAX_HELD_PER_HOST {
+                    held.insert(c.check.clone());
+                }
+                if held.is_empty() {
+                    self.held_alarms.remove(&node);
+                }
+            } else if let Some(held) = self.held_alarms.get_mut(&node) {
+                // A later word about the check, judged as usual: nothing left to raise for it.
+                held.remove(&c.check);
+                if held.is_empty() {
+                    self.held_alarms.remove(&node);
+                }
+            }
             self.checks.set_state(
                 node,
                 c.check.clone(),
@@ -703,7 +760,13 @@ impl Authority {
     /// Moves the liveness core's actions, then this layer's persists and sends, to the output.
     fn flush(&mut self) {
         while let Some(a) = self.cma.poll_action() {
-            self.out.push_back(Output::Core(a));
+            match a {
+                // A command to a nanoprobe like the others this layer sends.
+                Action::ProbeRequest { to, addr, request } => {
+                    self.out.push_back(Output::Send { to, addr, body: Body::ProbeRequest(request) })
+                }
+                a => self.out.push_back(Output::Core(a)),
+            }
         }
         self.out.extend(self.persist.drain(..).map(Output::Persist));
         self.out.extend(self.send.drain(..).map(|(to, addr, body)| Output::Send {

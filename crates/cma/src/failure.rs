@@ -62,6 +62,9 @@ pub enum AliveProof {
     Message,
     /// A neighbour other than the reporters hears its heartbeats.
     HeardBy(NodeId),
+    /// A nanoprobe on another switch that the CMA asked to probe it got an answer
+    /// (`ProbeResult`, issue 13). First-hand like a probe reply: the CMA asked for it.
+    PeerProbe(NodeId),
 }
 
 /// What a witness last said about a suspect node.

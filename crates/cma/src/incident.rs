@@ -44,12 +44,49 @@
 //! member of R whose suspicion ends in Down while R is DOWN becomes Unreachable
 //! (`host.unreachable`).
 //!
-//! What the evidence cannot tell apart (said in the events' text): with the CMA outside the
-//! switch, a dead switch and a cut uplink look the same (every host silent: `switch.down`, "down
-//! or cut off"); a switch that forwards for some hosts but not others (`switch.unreachable`) may
-//! be a partial failure of the switch or of its hosts' links. Probes from nanoprobes on other
-//! switches (the `ProbeRequest` message) and a probe of the switch's management address would
-//! add evidence; neither is sent yet (the CMA's own probes decide).
+//! **Peer probes** (`ProbeRequest` → `ProbeResult`). When a check opens, the CMA asks up to
+//! [`crate::PEER_PROBERS`] nanoprobes outside the ring to probe up to
+//! [`crate::PEER_PROBE_TARGETS`] of its members (evenly spaced in ring order): the ring's
+//! watchers first, then other representatives in upper-ring order, each Up and in a ring that
+//! is neither checked nor down. Each (prober, target) has its own command id; the request
+//! carries the target's address and key and a timeout of one interval.
+//!
+//! ```text
+//! CHECKING --ProbeResult(prober, id, target, answered) matching an open request--> recorded
+//!            (peer_answered / peer_silent); any other result is counted and ignored
+//! any      --answered result for a Suspect host (even after its check closed)----> proof of life
+//!            (AliveProof::PeerProbe: decided at its deadline as path.suspect, not down)
+//! CHECKING --deadline, blames the switch, nobody answered the CMA and no peer-----> DOWN(R) switch.down
+//!            reached a silent member ("…nor probes from P on other switches" when they tried)
+//! CHECKING --deadline, blames the switch, a peer reached a silent member----------> DOWN(R) switch.unreachable
+//!            ("cut off from the CMA": the switch forwards, the CMA's path to it is broken)
+//! CHECKING --closes, not the switch: a held member a peer reached-----------------> UP + path.suspect
+//!            (proof peer-probe), not host.down
+//! ```
+//!
+//! **Service alarms of unreachable hosts** (Nagios `parents` semantics; `services`,
+//! [`crate::Authority`]). A check result of a host that is Unreachable, or that it made (by its
+//! own clock, `CheckStateChange.at`) inside one of its last four windows of unreachability
+//! (from its silence, its `since` minus dead + 2 intervals, to its return) while that outage is
+//! still open, is recorded (state stored, event emitted) but at severity info, tagged
+//! `suppressed=<switch>`; a non-OK one is *held*. When the switch's return window closes with
+//! `switch.up`, each held check of a host that came back is raised once more at its own
+//! severity if it is still not OK ("still CRITICAL now that switch S is back"); those of hosts
+//! that did not come back are dropped (their `host.down` is the alarm). A result made inside
+//! the outage but delivered after `switch.up` is raised as usual, its text saying it was made
+//! while the host was unreachable. Why hold-and-report rather than only info: the nanoprobe
+//! reports HARD changes only, so a service that broke during the outage and stays broken would
+//! never be reported again; why not hold silently: the record of what happened (and when) is
+//! worth keeping in the event log. Held alarms live in memory (a CMA restart leaves them at
+//! info). Services on *other* hosts that depend on an unreachable host are not suppressed: the
+//! dependency graph lives in the store, not in this core.
+//!
+//! What the evidence cannot tell apart (said in the events' text): with the CMA and the
+//! probers outside the switch, a dead switch and a cut uplink look the same (every host
+//! silent: `switch.down`, "down or cut off"); a switch that forwards for some hosts but not
+//! others (`switch.unreachable`) may be a partial failure of the switch or of its hosts' links.
+//! A probe of the switch's management address would add evidence (dead switch vs. cut uplink);
+//! it is not sent (see docs/topology.md for what is missing).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -57,6 +94,9 @@ use assim_wire::{NodeId, Timestamp};
 
 use crate::model::{Timing, probe_every, suspect_window};
 use crate::ring::RingKey;
+
+/// The most peer probe requests remembered while their answers are awaited.
+pub const MAX_PEER_COMMANDS: usize = 4096;
 
 /// A `host.down` held while its ring is checked: the decision as it would have been made.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +118,15 @@ pub struct Check {
     pub trigger: (NodeId, NodeId),
     /// `host.down` decisions held until the check closes.
     pub held: BTreeMap<NodeId, Held>,
+    /// The nanoprobes on other switches asked to probe members, in order of asking.
+    pub probers: Vec<NodeId>,
+    /// Peer probes asked for and not answered yet (`ProbeRequest`): command id → (prober,
+    /// target).
+    pub peer_requests: BTreeMap<u64, (NodeId, NodeId)>,
+    /// Members a nanoprobe on another switch reached: target → the prober.
+    pub peer_answered: BTreeMap<NodeId, NodeId>,
+    /// Members a prober tried and did not reach.
+    pub peer_silent: BTreeSet<NodeId>,
     nonces: BTreeMap<u64, NodeId>,
     next_probe: Option<Timestamp>,
 }
@@ -164,6 +213,9 @@ pub struct Incidents {
     outage_of: BTreeMap<NodeId, RingKey>,
     /// Each member of an open check → its ring.
     checked: BTreeMap<NodeId, RingKey>,
+    /// Each peer probe request not answered yet (command id) → its check's ring, the prober,
+    /// the target. At most [`MAX_PEER_COMMANDS`], oldest forgotten first.
+    peer_commands: BTreeMap<u64, (RingKey, NodeId, NodeId)>,
     timers: BTreeSet<(Timestamp, TimerKind, RingKey)>,
     next_nonce: u64,
 }
@@ -228,6 +280,10 @@ impl Incidents {
             answered: BTreeSet::new(),
             trigger,
             held: BTreeMap::new(),
+            probers: Vec::new(),
+            peer_requests: BTreeMap::new(),
+            peer_answered: BTreeMap::new(),
+            peer_silent: BTreeSet::new(),
             nonces: BTreeMap::new(),
             next_probe: None,
         };
@@ -282,6 +338,66 @@ impl Incidents {
         Some((ring, c))
     }
 
+    /// Asks nanoprobes on other switches to probe members of the open check of `ring`: one
+    /// command id per (prober, target). Empty if no check is open.
+    pub fn ask_peers(
+        &mut self,
+        ring: &RingKey,
+        pairs: &[(NodeId, NodeId)],
+    ) -> Vec<(NodeId, NodeId, u64)> {
+        if !self.checks.contains_key(ring) {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(pairs.len());
+        for &(prober, target) in pairs {
+            let id = self.nonce();
+            self.peer_commands.insert(id, (ring.clone(), prober, target));
+            out.push((prober, target, id));
+        }
+        // Commands outlive their check (an answer after an early close is still proof of
+        // life for a suspicion); the oldest are forgotten beyond the bound.
+        while self.peer_commands.len() > MAX_PEER_COMMANDS {
+            self.peer_commands.pop_first();
+        }
+        let c = self.checks.get_mut(ring).expect("open");
+        for &(prober, target, id) in &out {
+            c.peer_requests.insert(id, (prober, target));
+            if !c.probers.contains(&prober) {
+                c.probers.push(prober);
+            }
+        }
+        out
+    }
+
+    /// A prober's answer to request `command_id` about `target`. `None` if it matches no
+    /// request we remember (forged, repeated, or forgotten); otherwise `Some(answered)`, and
+    /// recorded in the check if it is still open.
+    pub fn peer_result(
+        &mut self,
+        prober: NodeId,
+        command_id: u64,
+        target: NodeId,
+        answered: bool,
+    ) -> Option<bool> {
+        let (ring, p, t) = self.peer_commands.get(&command_id)?;
+        if (*p, *t) != (prober, target) {
+            return None;
+        }
+        let ring = ring.clone();
+        self.peer_commands.remove(&command_id);
+        let Some(c) = self.checks.get_mut(&ring) else { return Some(answered) };
+        if c.peer_requests.remove(&command_id).is_none() {
+            return Some(answered);
+        }
+        if answered {
+            c.peer_answered.insert(target, prober);
+            c.peer_silent.remove(&target);
+        } else if !c.peer_answered.contains_key(&target) {
+            c.peer_silent.insert(target);
+        }
+        Some(answered)
+    }
+
     fn close_check(&mut self, ring: &RingKey) -> Check {
         let c = self.checks.remove(ring).expect("open");
         self.timers.remove(&(c.wake(), TimerKind::Check, ring.clone()));
@@ -291,6 +407,12 @@ impl Incidents {
             }
         }
         c
+    }
+
+    /// Whether a peer probe result about `target` can still matter: its ring is being
+    /// checked. (An answer also proves a Suspect host alive; the caller checks that.)
+    pub fn peer_command_live(&self, target: NodeId) -> bool {
+        self.checked.contains_key(&target)
     }
 
     /// Whether `nonce` is one of ours for `node` (check or outage probe).

@@ -68,7 +68,9 @@ pub mod schedule;
 pub mod services;
 pub mod wiring;
 
-pub use crate::cma::Cma;
+pub use crate::cma::{
+    Cma, MAX_UNREACHABLE_WINDOWS, PEER_PROBE_TARGETS, PEER_PROBERS, Suppression, SwitchReturn,
+};
 pub use crate::desired::{
     Authority, AuthorityConfig, ChecksError, CommandAnswer, DesiredChange, DesiredSnapshot,
     DiscoveryError, DiscoveryRecord, Output, ServiceStateRecord,

@@ -397,6 +397,10 @@ pub enum Action {
     /// Send a direct liveness probe datagram; the node answers with the nonce
     /// ([`crate::Cma::handle_probe_reply`]).
     Probe { node: NodeId, addr: SocketAddr, nonce: u64 },
+    /// Ask the nanoprobe `to` (on another switch) to probe `request.target` directly and
+    /// answer with a `ProbeResult` ([`crate::Cma::handle_probe_result`]); sent over reliable
+    /// delivery (module `incident`).
+    ProbeRequest { to: NodeId, addr: SocketAddr, request: assim_wire::msg::ProbeRequest },
     /// Write this to the store.
     Persist(Change),
     /// Publish this event.
@@ -493,6 +497,18 @@ pub struct Stats {
     /// ignored.
     #[serde(default)]
     pub reports_before_return: u64,
+    /// `ProbeRequest`s sent to nanoprobes on other switches while a ring was checked.
+    #[serde(default)]
+    pub peer_probe_requests: u64,
+    /// Their `ProbeResult`s: the target answered the prober.
+    #[serde(default)]
+    pub peer_probe_answered: u64,
+    /// Their `ProbeResult`s: the target did not answer the prober.
+    #[serde(default)]
+    pub peer_probe_silent: u64,
+    /// `ProbeResult`s that matched no open request (late, or not ours): ignored.
+    #[serde(default)]
+    pub peer_probe_unmatched: u64,
 }
 
 /// Serde for [`Timestamp`] (which has no serde impl of its own): µs since the epoch as a number.

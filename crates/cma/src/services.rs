@@ -11,10 +11,15 @@ use assim_wire::msg::{CheckState, CheckStateChange};
 use assim_wire::{NodeId, Timestamp};
 
 use crate::cma::Cma;
-use crate::model::EventKind;
+use crate::cma::describe_ring;
+use crate::model::{EventKind, Severity};
+use crate::ring::RingKey;
 
 /// The longest check name accepted.
 pub const MAX_CHECK_NAME: usize = 128;
+/// The most service alarms held per unreachable host (a host has at most a few hundred
+/// checks; beyond this a still-wrong check is raised by its next change only).
+pub const MAX_HELD_PER_HOST: usize = 1024;
 /// How much of the plugin output goes into the event text.
 pub const MAX_EVENT_OUTPUT: usize = 512;
 
@@ -131,9 +136,67 @@ impl Cma {
         if let Some(f) = flapping_tag {
             tags.push(("flapping", f.to_owned()));
         }
-        self.event(now, kind, Some(node), tags, text);
+        let suppression = self.service_suppression(node, change.at);
+        let text = match &suppression {
+            Some(s) if s.open => {
+                tags.push(("suppressed", s.ring.name().to_owned()));
+                tags.push(("ring", s.ring.0.clone()));
+                format!(
+                    "{text} (alarm suppressed: {host} is unreachable behind {}, which is down or \
+                     cut off; raised again when the switch is back if it is still so)",
+                    describe_ring(&s.ring)
+                )
+            }
+            Some(s) => {
+                tags.push(("made_while_unreachable", s.ring.name().to_owned()));
+                tags.push(("ring", s.ring.0.clone()));
+                format!(
+                    "{text} (checked while {host} was unreachable behind {}, delivered late from \
+                     its spool)",
+                    describe_ring(&s.ring)
+                )
+            }
+            None => text,
+        };
+        let e = self.event(now, kind, Some(node), tags, text);
+        if suppression.is_some_and(|s| s.open) {
+            e.severity = Severity::Info;
+        }
         self.flush();
         Ok(Some(kind))
+    }
+
+    /// A held alarm raised after `switch.up` ([`crate::Authority`]): the check of `node` is
+    /// still in `known` now that its switch is back.
+    pub(crate) fn raise_held_service(
+        &mut self,
+        now: Timestamp,
+        node: NodeId,
+        check: &str,
+        known: KnownState,
+        ring: &RingKey,
+    ) -> EventKind {
+        let host = self.node(node).map(|n| n.display_name()).unwrap_or_default();
+        let (kind, what) = if known.flapping {
+            (EventKind::ServiceFlapping, "still flapping".to_owned())
+        } else {
+            (kind_of(known.state), format!("still {}", upper(known.state)))
+        };
+        let text = format!(
+            "service {check} on {host} is {what} now that {} is back (its alarm was held while \
+             {host} was unreachable)",
+            describe_ring(ring)
+        );
+        let tags = vec![
+            ("service", check.to_owned()),
+            ("check", check.to_owned()),
+            ("state", known.state.name().to_owned()),
+            ("held_while", ring.name().to_owned()),
+            ("ring", ring.0.clone()),
+        ];
+        self.event(now, kind, Some(node), tags, text);
+        self.flush();
+        kind
     }
 }
 

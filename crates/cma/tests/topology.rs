@@ -6,11 +6,11 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use assim_cma::{Action, Authority, AuthorityConfig, EventKind, NodeState, Output};
+use assim_cma::{Action, Authority, AuthorityConfig, EventKind, NodeState, Output, Severity};
 use assim_cma::{DesiredSnapshot, Snapshot};
 use assim_discovery::wiring::L2Link;
 use assim_wire::NodeId;
-use assim_wire::msg::{DiscoveryResult, ReportKind};
+use assim_wire::msg::{CheckState, CheckStateChange, DiscoveryResult, ReportKind};
 use support::*;
 
 fn link(chassis: &str) -> L2Link {
@@ -284,6 +284,9 @@ fn reports_made_inside_an_outage_are_discounted_after_the_switch_returns() {
     }
     outside_reports(&mut h, &gone);
     h.advance(Duration::from_secs(3));
+    // The rings next to it are checked when it goes down; their hosts answer.
+    answer_all(&mut h, &gone);
+    h.advance(Duration::from_secs(3));
     let ks = kinds(&h.take());
     assert_eq!(ks.iter().filter(|k| **k == EventKind::SwitchDown).count(), 1, "{ks:?}");
     h.advance(Duration::from_secs(30));
@@ -357,4 +360,297 @@ fn a_registering_host_is_placed_in_its_ring_with_one_ring_changed() {
         .map(|e| format!("{} {}", e.tags["change"], e.tags["ring"]))
         .collect();
     assert_eq!(moved, vec!["leave switch:sw0".to_string(), "join switch:sw1".to_string()]);
+}
+
+fn dead_report(about: NodeId) -> assim_wire::msg::HeartbeatReport {
+    assim_wire::msg::HeartbeatReport {
+        kind: ReportKind::Dead as i32,
+        peer: about.as_bytes().to_vec(),
+        silent_ms: 5000,
+        ..Default::default()
+    }
+}
+
+/// The whole core (Authority) under virtual time: every probe of a live node is answered.
+struct Core {
+    a: Authority,
+    now: assim_wire::Timestamp,
+    log: Vec<Output>,
+}
+
+impl Core {
+    /// Hosts 1..=switches*per, host n on switch `sw{(n-1)/per}` (from `l2neighbors`).
+    fn fabric(switches: u32, per: u32) -> Core {
+        let a = Authority::new(
+            AuthorityConfig::default(),
+            Snapshot::default(),
+            DesiredSnapshot::default(),
+            T0,
+        );
+        let mut c = Core { a, now: T0, log: Vec::new() };
+        for n in 1..=switches * per {
+            c.a.handle_hello(T0, id(n), key(n), &hello(n)).unwrap();
+            let sw = format!("sw{}", (n - 1) / per);
+            let l2 = DiscoveryResult {
+                name: "l2neighbors".into(),
+                content_hash: vec![1],
+                payload: format!(
+                    r#"{{"neighbors":[{{"interface":"eth0","protocol":"lldp","chassis_id":"{sw}",
+                       "port_id":"p1","system_name":"{sw}"}}]}}"#
+                )
+                .into_bytes(),
+                collected_at: 1,
+                delta: false,
+            };
+            c.a.handle_discovery(T0, id(n), &l2).unwrap();
+        }
+        c.advance(Duration::from_secs(2), &[]);
+        c.log.clear();
+        c
+    }
+
+    fn ring(&self, sw: u32) -> Vec<NodeId> {
+        self.a.cma().rings().ring(&format!("switch:sw{sw}")).unwrap().order()
+    }
+
+    /// Drains outputs, answering the probes of every node not in `silent`.
+    fn drain(&mut self, silent: &[NodeId]) {
+        while let Some(o) = self.a.poll_output() {
+            if let Output::Core(Action::Probe { node, nonce, .. }) = &o
+                && !silent.contains(node)
+            {
+                let (node, nonce) = (*node, *nonce);
+                self.log.push(o);
+                self.a.handle_probe_reply(self.now, node, nonce);
+                continue;
+            }
+            self.log.push(o);
+        }
+    }
+
+    fn advance(&mut self, d: Duration, silent: &[NodeId]) {
+        let end = self.now + d;
+        self.drain(silent);
+        while let Some(t) = self.a.poll_timeout().filter(|t| *t <= end) {
+            self.now = t.max(self.now);
+            self.a.handle_timeout(self.now);
+            self.drain(silent);
+        }
+        self.now = end;
+    }
+
+    fn events(&mut self) -> Vec<assim_cma::Event> {
+        std::mem::take(&mut self.log)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Core(Action::Emit(e)) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn check(&mut self, n: NodeId, check: &str, state: CheckState, at: assim_wire::Timestamp) {
+        let c = CheckStateChange {
+            check: check.into(),
+            state: state as i32,
+            output: format!("{check} is {}", state.name()),
+            at: at.micros(),
+            ..Default::default()
+        };
+        self.a.handle_check_state_change(self.now, n, &c).unwrap();
+        self.drain(&[]);
+    }
+}
+
+#[test]
+fn service_alarms_of_unreachable_hosts_are_suppressed_and_what_is_still_wrong_is_raised_at_switch_up()
+ {
+    let mut c = Core::fabric(3, 4);
+    let gone = c.ring(1);
+    let other = c.ring(2)[0];
+    c.check(gone[0], "http", CheckState::Ok, c.now);
+    c.check(gone[1], "disk", CheckState::Ok, c.now);
+    c.events();
+    // The switch goes silent: its watchers report it, nobody behind it answers.
+    let cut_at = c.now;
+    for &m in &gone {
+        for w in c.a.cma().neighbours(m) {
+            if !gone.contains(&w) {
+                c.a.handle_report(c.now, w, &dead_report(m));
+            }
+        }
+    }
+    c.advance(Duration::from_secs(3), &gone);
+    let ev = c.events();
+    assert_eq!(ev.iter().filter(|e| e.kind == EventKind::SwitchDown).count(), 1);
+    assert!(gone.iter().all(|n| c.a.cma().node(*n).unwrap().state == NodeState::Unreachable));
+    c.advance(Duration::from_secs(20), &gone);
+    // The switch returns: its hosts are heard, then deliver the check results they spooled
+    // during the outage (made at the nanoprobes' time, inside it).
+    for &g in &gone {
+        c.a.handle_alive(c.now, g);
+    }
+    let during = cut_at + Duration::from_secs(10);
+    c.check(gone[0], "http", CheckState::Critical, during);
+    c.check(gone[1], "disk", CheckState::Warning, during);
+    c.check(gone[1], "disk", CheckState::Ok, during + Duration::from_secs(5));
+    // A host on another switch is judged as usual.
+    c.check(other, "http", CheckState::Critical, c.now);
+    let ev = c.events();
+    let svc: Vec<&assim_cma::Event> =
+        ev.iter().filter(|e| e.kind.name().starts_with("service.")).collect();
+    assert_eq!(svc.len(), 4, "every change is recorded as an event: {svc:#?}");
+    for e in &svc[..3] {
+        assert_eq!(e.severity, Severity::Info, "suppressed: {}", e.text);
+        assert_eq!(e.tags["suppressed"], "sw1");
+        assert!(e.text.contains("alarm suppressed"), "{}", e.text);
+    }
+    assert_eq!(svc[3].severity, EventKind::ServiceCritical.default_severity());
+    assert!(!svc[3].tags.contains_key("suppressed"));
+    assert_eq!(c.a.held_alarms(gone[0]), vec!["http".to_string()]);
+    assert!(c.a.held_alarms(gone[1]).is_empty(), "recovered during the outage");
+    // switch.up, then the alarm that is still wrong, once, at its own severity.
+    c.advance(Duration::from_secs(3), &[]);
+    let ev = c.events();
+    let ks: Vec<EventKind> = ev.iter().map(|e| e.kind).collect();
+    let up = ks.iter().position(|k| *k == EventKind::SwitchUp).expect("switch.up");
+    let held: Vec<&assim_cma::Event> =
+        ev.iter().filter(|e| e.kind.name().starts_with("service.")).collect();
+    assert_eq!(held.len(), 1, "{ks:?}");
+    let e = held[0];
+    assert_eq!((e.kind, e.host), (EventKind::ServiceCritical, Some(gone[0])));
+    assert_eq!(e.severity, EventKind::ServiceCritical.default_severity());
+    assert_eq!(e.tags["held_while"], "sw1");
+    assert!(e.text.contains("still CRITICAL"), "{}", e.text);
+    assert!(ks.iter().position(|k| *k == EventKind::ServiceCritical).unwrap() > up);
+    assert!(c.a.held_alarms(gone[0]).is_empty());
+    // A result made inside the outage that arrives after switch.up is raised, and says so.
+    c.check(gone[2], "ntp", CheckState::Warning, during);
+    let ev = c.events();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].severity, EventKind::ServiceWarning.default_severity());
+    assert_eq!(ev[0].tags["made_while_unreachable"], "sw1");
+    assert!(ev[0].text.contains("delivered late"), "{}", ev[0].text);
+    // Results made after the return are plain.
+    c.check(gone[2], "ntp", CheckState::Critical, c.now);
+    let ev = c.events();
+    assert!(!ev[0].tags.contains_key("made_while_unreachable"), "{:?}", ev[0].tags);
+}
+
+/// The `ProbeRequest`s the CMA sent since the last `take`: (prober, target, command id).
+fn peer_requests(h: &mut Harness) -> Vec<(NodeId, NodeId, u64)> {
+    h.drain();
+    h.log
+        .iter()
+        .filter_map(|a| match a {
+            Action::ProbeRequest { to, request, .. } => {
+                Some((*to, NodeId::from_slice(&request.target).unwrap(), request.command_id))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn peer_answer(h: &mut Harness, (prober, target, command_id): (NodeId, NodeId, u64), yes: bool) {
+    let r = assim_wire::msg::ProbeResult {
+        command_id,
+        target: target.as_bytes().to_vec(),
+        answered: yes,
+        rtt_us: if yes { 300 } else { 0 },
+        attempts: 1,
+    };
+    h.cma.handle_probe_result(h.now, prober, &r);
+    h.drain();
+}
+
+#[test]
+fn a_checked_ring_is_probed_by_nanoprobes_on_other_switches_and_their_silence_confirms_the_switch()
+{
+    let mut h = fabric(4, 5);
+    let gone = on_switch(&h, 1);
+    outside_reports(&mut h, &gone);
+    let asked = peer_requests(&mut h);
+    let ring = assim_cma::ring::RingKey::switch("sw1");
+    let probers: HashSet<NodeId> = asked.iter().map(|a| a.0).collect();
+    assert_eq!(probers.len(), 2, "two probers: {asked:?}");
+    for p in &probers {
+        let home = h.cma.rings().home_of(*p).unwrap();
+        assert_ne!(home, &ring, "probers are outside the silent ring");
+        assert_eq!(h.state(*p), NodeState::Up);
+    }
+    let targets: HashSet<NodeId> = asked.iter().map(|a| a.1).collect();
+    assert_eq!(targets, gone.iter().copied().collect(), "every member (5 ≤ the sample size)");
+    // Each request names the target's address and key, for the prober to seal to it.
+    let Some(Action::ProbeRequest { request, .. }) =
+        h.log.iter().find(|a| matches!(a, Action::ProbeRequest { .. }))
+    else {
+        unreachable!()
+    };
+    let t = NodeId::from_slice(&request.target).unwrap();
+    assert_eq!(request.addr, h.cma.node(t).unwrap().listen_addr.to_string());
+    assert_eq!(request.public_key, h.cma.node(t).unwrap().public_key.to_vec());
+    // Nobody reaches the switch's hosts; a forged result (wrong prober) is not evidence.
+    let forged = (gone[0], asked[0].1, asked[0].2);
+    peer_answer(&mut h, forged, true);
+    assert_eq!(h.cma.stats().peer_probe_unmatched, 1);
+    for a in &asked {
+        peer_answer(&mut h, *a, false);
+    }
+    peer_answer(&mut h, asked[0], false);
+    assert_eq!(h.cma.stats().peer_probe_unmatched, 2, "a repeated result is not news");
+    h.advance(Duration::from_secs(3));
+    let acts = h.take();
+    let e = events(&acts).into_iter().find(|e| e.kind == EventKind::SwitchDown).expect("down");
+    assert!(e.text.contains("nor probes from"), "{}", e.text);
+    assert_eq!(e.tags["peer_answered"], "0");
+    assert_eq!(e.tags["peer_tried"], "5");
+    assert_eq!(e.body.as_ref().unwrap()["peer_probes"]["probers"].as_array().unwrap().len(), 2);
+    assert!(!kinds(&acts).contains(&EventKind::HostDown));
+}
+
+#[test]
+fn hosts_that_answer_a_peer_but_not_the_cma_make_the_switch_unreachable_not_down() {
+    let mut h = fabric(4, 5);
+    let gone = on_switch(&h, 1);
+    outside_reports(&mut h, &gone);
+    let asked = peer_requests(&mut h);
+    // The CMA reaches none of them, but a nanoprobe on another switch reaches them all.
+    for a in &asked {
+        peer_answer(&mut h, *a, true);
+    }
+    assert_eq!(h.cma.stats().peer_probe_answered as usize, asked.len());
+    h.advance(Duration::from_secs(3));
+    let acts = h.take();
+    let ks = kinds(&acts);
+    assert!(!ks.contains(&EventKind::SwitchDown), "{ks:?}");
+    assert!(!ks.contains(&EventKind::HostDown), "{ks:?}");
+    let e = events(&acts).into_iter().find(|e| e.kind == EventKind::SwitchUnreachable).unwrap();
+    assert!(e.text.contains("cut off from the CMA"), "{}", e.text);
+    assert_eq!(e.tags["peer_answered"], "5");
+    for n in &gone {
+        assert_eq!(h.state(*n), NodeState::Unreachable);
+    }
+}
+
+#[test]
+fn a_host_only_a_peer_on_another_switch_reaches_is_path_suspect_not_down() {
+    let mut h = fabric(3, 5);
+    let x = h.cma.rings().representatives(&assim_cma::ring::RingKey::switch("sw2"))[0];
+    for w in h.cma.neighbours(x) {
+        h.report(w, ReportKind::Dead, x, 5000);
+    }
+    let asked: Vec<_> = peer_requests(&mut h).into_iter().filter(|a| a.1 == x).collect();
+    assert!(!asked.is_empty());
+    // Its ring answers the CMA, x does not; but a prober reaches it.
+    answer_all(&mut h, &[x]);
+    peer_answer(&mut h, asked[0], true);
+    h.advance(Duration::from_secs(3));
+    let acts = h.take();
+    let ks = kinds(&acts);
+    assert!(!ks.contains(&EventKind::HostDown), "{ks:?}");
+    assert!(!ks.iter().any(|k| k.name().starts_with("switch.")), "{ks:?}");
+    let e = events(&acts).into_iter().find(|e| e.kind == EventKind::PathSuspect).unwrap();
+    assert_eq!(e.tags["proof"], "peer-probe");
+    assert_eq!(h.state(x), NodeState::Up);
+    check_ring(&h.cma);
 }

@@ -44,6 +44,13 @@
 //! - **Commands**: peer sets go to the heartbeat core (and their keys to the sealer), check sets
 //!   and discovery schedules to their schedulers (newest epoch wins), `RunNow` becomes
 //!   [`Event::RunCheckNow`], `Shutdown` [`Event::Stop`]; probes are answered at once.
+//! - **Peer probes** (issue 13): a `ProbeRequest` makes this nanoprobe probe another node
+//!   ([`assim_probe::PeerProbes`]: up to three probes within the request's timeout) and send
+//!   the CMA a `ProbeResult` (not spooled: worthless after the decision it was for). The probe
+//!   carries our key, since the target may not know us; a probe from a node we hold no key for
+//!   is opened as a first contact under the sealer's first-contact budget (one X25519 per
+//!   admitted datagram) and answered if it is a probe, nothing else. Keys of such non-peers
+//!   are kept for the last [`MAX_TRANSIENT_PEERS`] only.
 //!
 //! Sealing: [`Shell::handle_datagram`] and [`Shell::poll_datagram`] open and seal with an
 //! [`assim_seal::Sealer`] (daemon, wire mode). The virtual-time simulator passes no sealer and
@@ -75,8 +82,8 @@ pub mod stats;
 
 pub use crate::shell::{
     Datagram, Event, L2_COLLECTOR, LEAVE_WAIT, LOCAL_CHECK_PREFIX, LOCAL_CHECKS_RESULT,
-    MAX_CONCURRENT_CHECKS, MAX_LOCAL_CHECKS, NotSpooled, RESEND_AFTER, Shell, ShellConfig,
-    ShellStats, Transmit, WallClock,
+    MAX_CONCURRENT_CHECKS, MAX_LOCAL_CHECKS, MAX_TRANSIENT_PEERS, NotSpooled, RESEND_AFTER, Shell,
+    ShellConfig, ShellStats, Transmit, WallClock,
 };
 pub use crate::spool::{Spool, SpoolStats, SpoolStorage};
 

@@ -9,6 +9,7 @@ use assim_checks::{ApplyOutcome, Check, CheckResult, Scheduler};
 use assim_discovery::schedule::{Applied as ScheduleApplied, Entry};
 use assim_discovery::{ChangeFilter, Discovery, HostEvents, Schedule};
 use assim_probe::{Action as HbAction, Applied, DesiredPeers, Heartbeats, PeerSetError};
+use assim_probe::{PeerProbeOutput, PeerProbes};
 use assim_reliable::{Connection, Event as RelEvent, SendError};
 use assim_seal::Sealer;
 use assim_wire::msg::{self, Body, CheckState, Direct, DirectBody, Message};
@@ -29,6 +30,9 @@ pub const MAX_CONCURRENT_CHECKS: usize = 32;
 pub use assim_checks::{LOCAL_CHECK_PREFIX, LOCAL_CHECKS_RESULT};
 /// Local checks at most.
 pub const MAX_LOCAL_CHECKS: usize = 64;
+/// How many sealer keys of nodes that are not heartbeat peers (probe targets the CMA named,
+/// probers that reached us) are kept; the oldest is forgotten beyond this.
+pub const MAX_TRANSIENT_PEERS: usize = 64;
 /// The collector name of the LLDP/CDP listener's table.
 pub use assim_discovery::L2_COLLECTOR;
 
@@ -90,8 +94,11 @@ impl WallClock {
 pub enum Transmit {
     /// A heartbeat to a ring neighbour.
     Heartbeat { to: NodeId, addr: SocketAddr, heartbeat: msg::Heartbeat },
-    /// The answer to the CMA's probe.
+    /// The answer to a probe: the CMA's (`to` is the CMA) or a prober's on another switch.
     ProbeReply { to: NodeId, addr: SocketAddr, probe: msg::Probe },
+    /// A probe of another node that the CMA asked for (`ProbeRequest`); sealed with our key
+    /// in the header, since the target may not know us.
+    PeerProbe { to: NodeId, addr: SocketAddr, probe: msg::Probe },
     /// A reliable frame for the CMA.
     Cma { addr: SocketAddr, frame: Vec<u8> },
 }
@@ -207,6 +214,10 @@ pub struct Shell<S: SpoolStorage> {
     check_generation: u64,
     /// The local registrations (apps, local checks) changed since the driver last saved them.
     local_changed: bool,
+    /// Probes of other nodes the CMA asked for (issue 13).
+    peer_probes: PeerProbes,
+    /// Sealer keys held for nodes that are not heartbeat peers, oldest first.
+    transient_peers: VecDeque<NodeId>,
 }
 
 impl<S: SpoolStorage> Shell<S> {
@@ -252,6 +263,8 @@ impl<S: SpoolStorage> Shell<S> {
             local_checks: BTreeMap::new(),
             check_generation: 0,
             local_changed: false,
+            peer_probes: PeerProbes::new(cfg.node_id, cfg.seed ^ 0x9e3779b97f4a7c15),
+            transient_peers: VecDeque::new(),
             cfg,
         }
     }
@@ -338,7 +351,24 @@ impl<S: SpoolStorage> Shell<S> {
             self.stats.rejected += 1;
             return;
         };
-        let opened = match sealer.open(datagram) {
+        // A probe from a node on another switch that the CMA asked to probe us (issue 13)
+        // carries its key: opened as a first contact, under the sealer's first-contact budget
+        // (one X25519 per admitted datagram), and answered only if it is a probe.
+        let first_contact = assim_wire::Header::decode(datagram).is_ok_and(|(h, _)| {
+            h.kind == DatagramKind::Direct
+                && h.sender_key.is_some()
+                && h.sender != self.cfg.cma_id
+                && sealer.peer_key(h.sender).is_none()
+        });
+        let result = if first_contact {
+            sealer.set_accept_unknown(true);
+            let r = sealer.open_from(now, src, datagram);
+            sealer.set_accept_unknown(false);
+            r
+        } else {
+            sealer.open(datagram)
+        };
+        let opened = match result {
             Ok(o) => o,
             Err(e) => {
                 self.stats.rejected += 1;
@@ -347,6 +377,23 @@ impl<S: SpoolStorage> Shell<S> {
             }
         };
         let sender = opened.header.sender;
+        if opened.new_peer {
+            // A first contact: a probe is answered, anything else refused and forgotten.
+            match Direct::from_bytes(&opened.plaintext) {
+                Ok(Direct { body: Some(DirectBody::Probe(p)) }) => {
+                    self.remember_transient(sender);
+                    self.handle_peer_probe(sender, p, src);
+                }
+                _ => {
+                    if let Some(s) = self.sealer.as_mut() {
+                        s.remove_peer(sender);
+                    }
+                    self.stats.rejected += 1;
+                    debug!(%src, node = %sender, "a first contact that is not a probe; refused");
+                }
+            }
+            return;
+        }
         match opened.header.kind {
             DatagramKind::Reliable if sender == self.cfg.cma_id => {
                 self.handle_cma_frame(&opened.plaintext, src, now)
@@ -361,6 +408,14 @@ impl<S: SpoolStorage> Shell<S> {
                 }
                 Ok(Direct { body: Some(DirectBody::Probe(p)) }) if sender == self.cfg.cma_id => {
                     self.handle_probe(p, src)
+                }
+                Ok(Direct { body: Some(DirectBody::Probe(p)) }) => {
+                    self.handle_peer_probe(sender, p, src)
+                }
+                Ok(Direct { body: Some(DirectBody::ProbeReply(p)) })
+                    if sender != self.cfg.cma_id =>
+                {
+                    self.handle_peer_probe_reply(sender, p, now)
                 }
                 _ => self.stats.rejected += 1,
             },
@@ -383,6 +438,60 @@ impl<S: SpoolStorage> Shell<S> {
     /// The CMA's probe (already authenticated as coming from the CMA): answer it.
     pub fn handle_probe(&mut self, probe: msg::Probe, src: SocketAddr) {
         self.transmits.push_back(Transmit::ProbeReply { to: self.cfg.cma_id, addr: src, probe });
+    }
+
+    /// A probe from `from`, a nanoprobe the CMA asked to probe us (already authenticated):
+    /// answer it, to where it came from. Sealed drivers admit these under the sealer's
+    /// first-contact budget; the answer is smaller than the probe and says only that this
+    /// node is alive.
+    pub fn handle_peer_probe(&mut self, from: NodeId, probe: msg::Probe, src: SocketAddr) {
+        self.transmits.push_back(Transmit::ProbeReply { to: from, addr: src, probe });
+    }
+
+    /// A reply to one of our peer probes (already authenticated).
+    pub fn handle_peer_probe_reply(&mut self, from: NodeId, probe: msg::Probe, now: Instant) {
+        if !self.peer_probes.reply(from, probe.nonce, now) {
+            debug!(node = %from, "a probe reply that answers no request of ours; ignored");
+        }
+        self.drain_peer_probes(now);
+    }
+
+    /// Probes of other nodes the CMA asked for: counters.
+    pub fn peer_probe_stats(&self) -> &assim_probe::peer_probe::PeerProbeStats {
+        self.peer_probes.stats()
+    }
+
+    /// Sends the peer probes due, and each result to the CMA (not spooled: evidence for a
+    /// decision due within seconds, worthless after a restart).
+    fn drain_peer_probes(&mut self, now: Instant) {
+        while let Some(o) = self.peer_probes.poll_output() {
+            match o {
+                PeerProbeOutput::Send { to, addr, nonce } => {
+                    let probe = msg::Probe { nonce };
+                    self.transmits.push_back(Transmit::PeerProbe { to, addr, probe });
+                }
+                PeerProbeOutput::Result(r) => {
+                    debug!(command_id = r.command_id, answered = r.answered, "peer probe result");
+                    self.send_control(Body::ProbeResult(r), now);
+                }
+            }
+        }
+    }
+
+    /// Keeps the sealer key of a node that is not a heartbeat peer, forgetting the oldest
+    /// beyond [`MAX_TRANSIENT_PEERS`] (unless it became a heartbeat peer since).
+    fn remember_transient(&mut self, node: NodeId) {
+        if self.transient_peers.contains(&node) {
+            return;
+        }
+        self.transient_peers.push_back(node);
+        while self.transient_peers.len() > MAX_TRANSIENT_PEERS {
+            let old = self.transient_peers.pop_front().expect("non-empty");
+            let heartbeat_peer = self.hb.peers().any(|(p, _)| p.node_id == old);
+            if !heartbeat_peer && let Some(s) = self.sealer.as_mut() {
+                s.remove_peer(old);
+            }
+        }
     }
 
     /// A reliable frame from the CMA (already authenticated).
@@ -459,6 +568,25 @@ impl<S: SpoolStorage> Shell<S> {
             Some(Body::DiscoverySchedule(s)) => self.apply_schedule(s, now),
             Some(Body::CheckSet(set)) => self.apply_check_set(&set, now),
             Some(Body::RunNow(r)) => self.run_now(&r, now),
+            Some(Body::ProbeRequest(r)) => match self.peer_probes.request(&r, now) {
+                Ok(Some(t)) => {
+                    let unknown =
+                        self.sealer.as_ref().is_some_and(|s| s.peer_key(t.node).is_none());
+                    if let Some(s) = self.sealer.as_mut() {
+                        s.add_peer(t.node, t.public_key);
+                    }
+                    if unknown {
+                        self.remember_transient(t.node);
+                    }
+                    debug!(command_id = r.command_id, target = %t.node, "probing for the CMA");
+                    self.drain_peer_probes(now);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "invalid probe request from the CMA; ignored");
+                    self.events.push_back(Event::Ignored { kind: "probe_request" });
+                }
+            },
             Some(other) => {
                 debug!(kind = other.name(), "command not handled yet; ignored");
                 self.events.push_back(Event::Ignored { kind: other.name() });
@@ -1148,6 +1276,7 @@ impl<S: SpoolStorage> Shell<S> {
             discovery,
             (!self.leaving).then(|| self.apps.poll_timeout()).flatten(),
             self.statistics.poll_timeout(),
+            self.peer_probes.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -1168,6 +1297,10 @@ impl<S: SpoolStorage> Shell<S> {
             } else {
                 self.last_ack_progress = now;
             }
+        }
+        if self.peer_probes.poll_timeout().is_some_and(|t| t <= now) {
+            self.peer_probes.handle_timeout(now);
+            self.drain_peer_probes(now);
         }
         if let Some(by) = self.leave_by
             && now >= by
@@ -1259,6 +1392,10 @@ impl<S: SpoolStorage> Shell<S> {
                 Transmit::ProbeReply { to, addr, probe } => {
                     let d = Direct { body: Some(DirectBody::ProbeReply(probe)) };
                     (to, addr, DatagramKind::Direct, false, d.to_bytes())
+                }
+                Transmit::PeerProbe { to, addr, probe } => {
+                    let d = Direct { body: Some(DirectBody::Probe(probe)) };
+                    (to, addr, DatagramKind::Direct, true, d.to_bytes())
                 }
                 Transmit::Cma { addr, frame } => {
                     (self.cfg.cma_id, addr, DatagramKind::Reliable, true, frame)

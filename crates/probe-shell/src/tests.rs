@@ -1023,3 +1023,123 @@ fn issue_17_item_5_statistics_go_as_one_spooled_batch_per_interval_and_nothing_w
     assert_eq!(b.len(), 4);
     assert_eq!(b[3].series[0].name, "during.outage");
 }
+
+/// Issue 13: the CMA asks this nanoprobe to probe a node on another switch; it probes, and
+/// sends the CMA one `ProbeResult` per request (answered, or not after its timeout).
+#[test]
+fn a_probe_request_is_probed_and_answered_with_one_result() {
+    let mut p = Pair::new();
+    p.run(Duration::from_secs(1));
+    let target = NodeId([9; 16]);
+    let req = |id: u64| msg::ProbeRequest {
+        command_id: id,
+        target: target.as_bytes().to_vec(),
+        addr: "192.0.2.9:1984".into(),
+        public_key: vec![3; 32],
+        timeout_ms: 600,
+    };
+    for id in [41, 42] {
+        p.cma.conn.send(Message::new(Body::ProbeRequest(req(id))).to_bytes(), p.now).unwrap();
+    }
+    // Deliver the requests by hand, keeping the probes the shell sends.
+    let mut probes = Vec::new();
+    for _ in 0..10 {
+        while let Some(frame) = p.cma.conn.poll_transmit(p.now) {
+            p.shell.handle_cma_frame(&frame, cma_addr(), p.now);
+        }
+        while let Some(t) = p.shell.poll_transmit(p.now) {
+            match t {
+                Transmit::PeerProbe { to, addr, probe } => probes.push((to, addr, probe)),
+                Transmit::Cma { frame, .. } => p.cma.receive(&frame, p.now),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(probes.len(), 2, "{probes:?}");
+    assert!(probes.iter().all(|(to, addr, _)| *to == target && addr.port() == 1984));
+    // The target answers the first request's probe only; a reply from another node is no
+    // answer.
+    let first = probes[0].2.clone();
+    p.shell.handle_peer_probe_reply(NodeId([8; 16]), first.clone(), p.now);
+    p.shell.handle_peer_probe_reply(target, first, p.now + Duration::from_millis(3));
+    p.run(Duration::from_secs(2));
+    let results: Vec<&msg::ProbeResult> = p
+        .cma
+        .applied
+        .iter()
+        .filter_map(|m| match &m.body {
+            Some(Body::ProbeResult(r)) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 2, "{results:?}");
+    let by_id = |id| results.iter().find(|r| r.command_id == id).unwrap();
+    assert!(by_id(41).answered);
+    assert!(!by_id(42).answered);
+    assert_eq!(by_id(42).attempts, 3);
+    assert!(
+        p.cma
+            .applied
+            .iter()
+            .all(|m| m.record == 0 || !matches!(m.body, Some(Body::ProbeResult(_)))),
+        "results are not spooled"
+    );
+    assert_eq!(p.shell.peer_probe_stats().replies_unmatched, 1);
+}
+
+/// Issue 13, sealed: a probe from a node this nanoprobe holds no key for (a prober on another
+/// switch) is opened as a first contact and answered, sealed to the prober; anything else from
+/// such a node is refused and its key not kept.
+#[test]
+fn a_sealed_probe_from_an_unknown_prober_is_answered_and_nothing_else_is() {
+    use assim_seal::{Identity, Sealer};
+    use assim_wire::DatagramKind;
+    use assim_wire::msg::{Direct, DirectBody};
+    let mut rng = rand::rngs::OsRng;
+    let (target, prober) = (Identity::generate(&mut rng), Identity::generate(&mut rng));
+    let now = Instant::now();
+    let cfg = ShellConfig {
+        node_id: target.node_id(),
+        cma_id: CMA,
+        cma_addr: cma_addr(),
+        session: 1,
+        seed: 1,
+        hello: msg::Hello::default(),
+        reliable: RelConfig::default(),
+        discovery_defaults: false,
+        wall_clock: WallClock::new(now, WALL0),
+    };
+    let spool = Spool::open(MemStorage::new(1), 1 << 20, crate::limits::MAX_MESSAGE).unwrap();
+    let mut shell = Shell::new(cfg, spool, Some(Sealer::new(target.clone(), 1)), now);
+    let mut sp = Sealer::new(prober.clone(), 7);
+    sp.add_peer(target.node_id(), target.public_key());
+    let src: SocketAddr = "192.0.2.8:1984".parse().unwrap();
+    let seal = |sp: &mut Sealer, body: DirectBody| {
+        let mut out = Vec::new();
+        let plain = Direct { body: Some(body) }.to_bytes();
+        sp.seal(target.node_id(), DatagramKind::Direct, true, &plain, &mut out).unwrap();
+        out
+    };
+    // A heartbeat from the stranger: refused, its key not kept.
+    let hb = seal(&mut sp, DirectBody::Heartbeat(msg::Heartbeat::default()));
+    shell.handle_datagram(&hb, src, now);
+    assert_eq!(shell.stats().rejected, 1);
+    assert!(shell.sealer().unwrap().peer_key(prober.node_id()).is_none());
+    // Its probe: answered, sealed to it.
+    let probe = seal(&mut sp, DirectBody::Probe(msg::Probe { nonce: 77 }));
+    shell.handle_datagram(&probe, src, now);
+    let mut replies = Vec::new();
+    while let Some(d) = shell.poll_datagram(now) {
+        if d.to == prober.node_id() {
+            replies.push(d);
+        }
+    }
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].addr, src);
+    let opened = sp.open(&replies[0].bytes).unwrap();
+    let reply = Direct::from_bytes(&opened.plaintext).unwrap();
+    assert_eq!(reply.body, Some(DirectBody::ProbeReply(msg::Probe { nonce: 77 })));
+    // A replayed probe is refused by the replay window.
+    shell.handle_datagram(&probe, src, now);
+    assert_eq!(shell.stats().rejected, 2);
+}

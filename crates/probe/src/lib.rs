@@ -14,16 +14,20 @@
 //! - [`peer_set`]: [`DesiredPeers`] and [`PeerInfo`], validated from the wire `PeerSet`, and
 //!   [`PeerSetError`].
 //! - [`timing`]: [`Timing`] (interval / warn / dead) and its validation.
+//! - [`peer_probe`]: [`PeerProbes`], the probes of other nodes the CMA asks for
+//!   (`ProbeRequest` → `ProbeResult`, issue 13).
 //! - `martian`: the bounded per-sender rate limiter for martian reports.
 
 #![forbid(unsafe_code)]
 
 pub mod heartbeats;
 mod martian;
+pub mod peer_probe;
 pub mod peer_set;
 pub mod timing;
 
 pub use heartbeats::{Action, Applied, Heartbeats, Stats};
 pub use martian::MARTIAN_MEMORY;
+pub use peer_probe::{PeerProbeOutput, PeerProbes};
 pub use peer_set::{DesiredPeers, MAX_PEERS, PeerInfo, PeerSetError};
 pub use timing::{MAX_DEAD, Timing};

@@ -822,8 +822,11 @@ impl Sim {
             Packet::Probe(nonce) if from == CMA => {
                 p.shell.handle_probe(msg::Probe { nonce }, addr);
             }
-            Packet::Probe(_) => {}
-            Packet::ProbeReply(_) => self.w.counters.unexpected_datagrams += 1,
+            // A nanoprobe on another switch probing for the CMA (issue 13), and the answer.
+            Packet::Probe(nonce) => p.shell.handle_peer_probe(id, msg::Probe { nonce }, addr),
+            Packet::ProbeReply(nonce) => {
+                p.shell.handle_peer_probe_reply(id, msg::Probe { nonce }, inst)
+            }
         }
         self.node_after(i);
     }
@@ -912,8 +915,21 @@ impl Sim {
                             self.w.send(i, j, Packet::Heartbeat(heartbeat));
                         }
                     }
-                    Transmit::ProbeReply { probe, .. } => {
+                    Transmit::ProbeReply { to, probe, .. } if to == NodeId::default() => {
                         self.w.send(i, CMA, Packet::ProbeReply(probe.nonce))
+                    }
+                    Transmit::ProbeReply { to, probe, .. } => {
+                        let j = index_of(to);
+                        if (j as usize) < self.w.switch_of.len() {
+                            self.w.send(i, j, Packet::ProbeReply(probe.nonce));
+                        }
+                    }
+                    Transmit::PeerProbe { to, probe, .. } => {
+                        let j = index_of(to);
+                        if (j as usize) < self.w.switch_of.len() {
+                            self.w.counters.peer_probes += 1;
+                            self.w.send(i, j, Packet::Probe(probe.nonce));
+                        }
                     }
                     Transmit::Cma { frame, .. } => self.w.send(i, CMA, Packet::Frame(frame)),
                 }

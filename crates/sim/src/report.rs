@@ -58,6 +58,8 @@ pub struct Counters {
     pub bad_frames: u64,
     pub decode_errors: u64,
     pub unexpected_datagrams: u64,
+    /// Probes nanoprobes sent to nodes on other switches for the CMA (issue 13).
+    pub peer_probes: u64,
     pub unexpected_messages: u64,
     pub unregistered: u64,
     pub hellos_refused: u64,
@@ -407,6 +409,8 @@ pub struct Report {
     pub detection_ms: DetectionMs,
     /// Heartbeat traffic in the steady window, and the part crossing switches.
     pub heartbeats: Heartbeats,
+    /// Probes of checked rings by nanoprobes on other switches (`ProbeRequest`, issue 13).
+    pub peer_probes: PeerProbes,
     pub seed: u64,
     pub nodes: u32,
     pub switches: u32,
@@ -441,6 +445,21 @@ pub struct Report {
     pub checks: Vec<Check>,
     pub passed: bool,
     pub perf: Perf,
+}
+
+/// The `ProbeRequest`s of ring checks and what came of them (the CMA's counts are those of
+/// its last incarnation).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PeerProbes {
+    /// Requests the CMA sent to nanoprobes on other switches.
+    pub requests: u64,
+    /// Probe datagrams those nanoprobes sent.
+    pub probes_sent: u64,
+    /// Results: the target answered the prober / did not.
+    pub answered: u64,
+    pub silent: u64,
+    /// Results that matched no open request.
+    pub unmatched: u64,
 }
 
 const LIST_MAX: usize = 50;
@@ -1028,7 +1047,15 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
             0.0
         },
     };
+    let peer_probes = PeerProbes {
+        requests: i.cma_stats.map_or(0, |s| s.peer_probe_requests),
+        probes_sent: c.peer_probes,
+        answered: i.cma_stats.map_or(0, |s| s.peer_probe_answered),
+        silent: i.cma_stats.map_or(0, |s| s.peer_probe_silent),
+        unmatched: i.cma_stats.map_or(0, |s| s.peer_probe_unmatched),
+    };
     Report {
+        peer_probes,
         switch_down_events,
         host_down_events: c.host_down,
         false_host_down: (i.obs.false_downs.len() + i.obs.cut_off_downs.len()) as u64,
@@ -1130,6 +1157,14 @@ impl Report {
             _ => {
                 let _ = writeln!(s, "registration: NOT converged");
             }
+        }
+        if self.peer_probes.requests > 0 {
+            let pp = &self.peer_probes;
+            let _ = writeln!(
+                s,
+                "peer probes (ring checks): {} requests to nanoprobes on other switches, {} probes sent, {} answered, {} silent, {} unmatched",
+                pp.requests, pp.probes_sent, pp.answered, pp.silent, pp.unmatched
+            );
         }
         let _ = writeln!(
             s,

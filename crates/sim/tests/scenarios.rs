@@ -260,3 +260,56 @@ fn item_9_nodes_that_lose_their_spool_are_heard_again() {
     assert_checks(&r, &["CMA inbox rule"]);
     assert!(r.passed, "{}", r.human());
 }
+
+#[test]
+fn a_crashed_switch_is_probed_from_other_switches_and_nobody_answers() {
+    let mut sc = Scenario::new(21, 200).step(s(5), StepKind::CrashSwitch(1));
+    sc.switches = 5;
+    let r = go(sc);
+    // Issue 13: the ring check of the dead switch asks nanoprobes on other switches to probe
+    // its hosts (ProbeRequest); they do, and report that nobody answers (ProbeResult).
+    let pp = &r.peer_probes;
+    assert!(pp.requests > 0, "{}", r.human());
+    assert!(pp.probes_sent >= pp.requests, "{}", r.human());
+    assert_eq!(pp.answered, 0, "{}", r.human());
+    assert!(pp.silent > 0, "{}", r.human());
+    assert_eq!(r.switch_down_events, 1, "{}", r.human());
+    assert_eq!(r.host_down_events, 0, "{}", r.human());
+    assert_checks(&r, CORE_CHECKS);
+}
+
+#[test]
+fn three_adjacent_switches_cut_off_together_are_three_switch_events() {
+    // Four switches: any three are adjacent in the upper ring, so the middle one is watched
+    // only by hosts of the other two, which are cut off with it.
+    let mut sc = Scenario::new(22, 40)
+        .step(s(5), StepKind::Partition { switches: vec![0, 1, 2], for_: s(40) });
+    sc.switches = 4;
+    let r = go(sc);
+    assert_eq!(r.partitions.len(), 1);
+    let p = &r.partitions[0];
+    assert_eq!(p.nodes_inside, 30);
+    assert_eq!(p.host_down_inside, 0, "{}", r.human());
+    assert_eq!(r.false_host_down, 0, "{}", r.human());
+    assert_eq!(r.switch_down_events, 3, "{}", r.human());
+    assert_eq!(r.unreachable_hosts, 30, "{}", r.human());
+    assert_eq!(r.ring.unreachable, 0, "all back after the heal");
+    // The middle ring's watchers were cut off with it: its check opens when a neighbour's
+    // switch goes down (8.3 s with seed 22, one dead time + two check windows), not a round
+    // later (13.3 s before that rule).
+    assert!(r.detection_ms.switches.max < 10_000.0, "{}", r.human());
+    assert_checks(
+        &r,
+        &[
+            "registered",
+            "no false host.down",
+            "switch sw0 partitioned: one switch event",
+            "switch sw1 partitioned: one switch event",
+            "switch sw2 partitioned: one switch event",
+            "ring consistent",
+            "nanoprobes converged",
+            "CMA state matches",
+            "applied exactly once",
+        ],
+    );
+}

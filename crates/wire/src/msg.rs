@@ -19,7 +19,7 @@ pub struct Message {
     pub record: u64,
     #[prost(
         oneof = "Body",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 40, 41, 42, 43, 44, 45, 46, 47"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 40, 41, 42, 43, 44, 45, 46, 47"
     )]
     pub body: Option<Body>,
 }
@@ -50,6 +50,9 @@ pub enum Body {
     ArpDelta(ArpDelta),
     #[prost(message, tag = "20")]
     Statistics(Statistics),
+    /// The answer to a [`ProbeRequest`].
+    #[prost(message, tag = "21")]
+    ProbeResult(ProbeResult),
     // --- CMA -> nanoprobe ---
     #[prost(message, tag = "40")]
     Config(Config),
@@ -84,6 +87,7 @@ impl Body {
             Body::LocalEvent(_) => "local_event",
             Body::ArpDelta(_) => "arp_delta",
             Body::Statistics(_) => "statistics",
+            Body::ProbeResult(_) => "probe_result",
             Body::Config(_) => "config",
             Body::PeerSet(_) => "peer_set",
             Body::DiscoverySchedule(_) => "discovery_schedule",
@@ -570,13 +574,46 @@ pub struct RunNow {
     pub check: String,
 }
 
-/// Ask a nanoprobe to probe another node directly and report (disambiguation).
+/// Ask a nanoprobe to probe another node directly and report (disambiguation, issue 13): the
+/// nanoprobe sends the target a [`Probe`] (sealed, carrying its own key, since the target may
+/// not know it) up to three times within `timeout_ms` and answers with a [`ProbeResult`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ProbeRequest {
     #[prost(uint64, tag = "1")]
     pub command_id: u64,
+    /// The target's node id (16 bytes).
     #[prost(bytes = "vec", tag = "2")]
     pub target: Vec<u8>,
+    /// The target's listen address ("192.0.2.7:1984").
+    #[prost(string, tag = "3")]
+    pub addr: String,
+    /// The target's public key (32 bytes), to seal the probe to it.
+    #[prost(bytes = "vec", tag = "4")]
+    pub public_key: Vec<u8>,
+    /// How long to wait for the target's answer, in ms (0: the nanoprobe's default).
+    #[prost(uint64, tag = "5")]
+    pub timeout_ms: u64,
+}
+
+/// What a nanoprobe found when it probed another node for a [`ProbeRequest`]. Not spooled:
+/// it is evidence for a decision due within seconds, worthless later.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProbeResult {
+    /// The request's `command_id`.
+    #[prost(uint64, tag = "1")]
+    pub command_id: u64,
+    /// The probed node's id (16 bytes).
+    #[prost(bytes = "vec", tag = "2")]
+    pub target: Vec<u8>,
+    /// Whether the target answered within the timeout.
+    #[prost(bool, tag = "3")]
+    pub answered: bool,
+    /// Round-trip time of the answered probe, µs (0 when unanswered).
+    #[prost(uint64, tag = "4")]
+    pub rtt_us: u64,
+    /// How many probes were sent.
+    #[prost(uint32, tag = "5")]
+    pub attempts: u32,
 }
 
 /// Stop the nanoprobe.
@@ -728,12 +765,25 @@ mod tests {
             Body::LocalEvent(LocalEvent::default()),
             Body::ArpDelta(ArpDelta::default()),
             Body::Statistics(Statistics::default()),
+            Body::ProbeResult(ProbeResult {
+                command_id: 3,
+                target: vec![1; 16],
+                answered: true,
+                rtt_us: 250,
+                attempts: 1,
+            }),
             Body::Config(Config::default()),
             Body::PeerSet(PeerSet { epoch: 9, ..Default::default() }),
             Body::DiscoverySchedule(DiscoverySchedule::default()),
             Body::CheckSet(CheckSet::default()),
             Body::RunNow(RunNow::default()),
-            Body::ProbeRequest(ProbeRequest::default()),
+            Body::ProbeRequest(ProbeRequest {
+                command_id: 3,
+                target: vec![1; 16],
+                addr: "192.0.2.7:1984".into(),
+                public_key: vec![2; 32],
+                timeout_ms: 1000,
+            }),
             Body::Shutdown(Shutdown::default()),
             Body::Ack(Ack { through: 4, incarnation: 9 }),
         ];
