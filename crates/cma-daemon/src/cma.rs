@@ -210,12 +210,11 @@ pub async fn run(
     if opts.api_token.is_some() {
         info!(api = %opts.api, "the HTTP API requires a bearer token (Authorization: Bearer …)");
     }
-    let api_state =
-        api_state
-            .with_check_runner(run_tx)
-            .with_fleet(opts.fleet.clone())
-            .with_audit(audit)
-            .with_exporter_rules(opts.exporter_rules.clone());
+    let api_state = api_state
+        .with_check_runner(run_tx)
+        .with_fleet(opts.fleet.clone())
+        .with_audit(audit)
+        .with_exporter_rules(opts.exporter_rules.clone());
     let api_task = tokio::spawn(crate::api::serve(api_listener, api_state));
     let retention_task = tokio::spawn(crate::retention::run(
         store_path(&opts.data_dir),
