@@ -453,7 +453,7 @@ impl Tally {
     /// 0–100, the weighted share passed; 100 when nothing applied.
     pub fn score(&self) -> u32 {
         let total = self.pass_weight + self.fail_weight;
-        if total == 0 { 100 } else { (self.pass_weight * 100 + total / 2) / total }
+        (self.pass_weight * 100 + total / 2).checked_div(total).unwrap_or(100)
     }
 }
 

@@ -112,10 +112,12 @@ fn sort_results(rows: &mut [(AuditResult, RuleSeverity)]) {
     });
 }
 
+/// A host's tally and the (severity, id) of the rules it fails.
+type HostTally = (Tally, Vec<(RuleSeverity, String)>);
+
 /// The summary of [`judge`]'s rows.
 pub fn summarize(rows: &[(AuditResult, RuleSeverity)]) -> AuditSummary {
-    let mut hosts: BTreeMap<(String, String), (Tally, Vec<(RuleSeverity, String)>)> =
-        BTreeMap::new();
+    let mut hosts: BTreeMap<(String, String), HostTally> = BTreeMap::new();
     let mut categories: BTreeMap<String, Tally> = BTreeMap::new();
     let mut rules: BTreeMap<String, Tally> = BTreeMap::new();
     for (r, sev) in rows {

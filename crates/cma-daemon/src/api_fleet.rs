@@ -105,7 +105,7 @@ fn bad(why: impl Into<String>) -> Response {
 }
 
 /// A comma-separated list of globs (empty items ignored), at most 64.
-fn globs(text: Option<&str>) -> Result<Vec<Glob>, Response> {
+fn globs(text: Option<&str>) -> Result<Vec<Glob>, String> {
     let items: Vec<Glob> = text
         .unwrap_or("")
         .split(',')
@@ -114,12 +114,12 @@ fn globs(text: Option<&str>) -> Result<Vec<Glob>, Response> {
         .map(Glob::new)
         .collect();
     if items.len() > 64 || items.iter().any(|g| g.as_str().len() > 256) {
-        return Err(bad("at most 64 patterns of at most 256 characters"));
+        return Err("at most 64 patterns of at most 256 characters".into());
     }
     Ok(items)
 }
 
-fn one_glob(text: Option<&str>) -> Result<Option<Glob>, Response> {
+fn one_glob(text: Option<&str>) -> Result<Option<Glob>, String> {
     Ok(globs(text)?.into_iter().next())
 }
 
@@ -144,7 +144,7 @@ struct ProcessesQuery {
 async fn processes(State(state): State<ApiState>, Query(q): Query<ProcessesQuery>) -> Response {
     let exe = match one_glob(q.exe.as_deref()) {
         Ok(g) => g,
-        Err(r) => return r,
+        Err(why) => return bad(why),
     };
     let read = state
         .read(move |q| {
@@ -168,7 +168,7 @@ struct OsQuery {
 async fn os(State(state): State<ApiState>, Query(q): Query<OsQuery>) -> Response {
     let (os, kernel) = match (one_glob(q.os.as_deref()), one_glob(q.kernel.as_deref())) {
         (Ok(o), Ok(k)) => (o, k),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(why), _) | (_, Err(why)) => return bad(why),
     };
     let read = state
         .read(move |q| {
@@ -195,7 +195,7 @@ struct MacsQuery {
 async fn macs(State(state): State<ApiState>, Query(q): Query<MacsQuery>) -> Response {
     let expect = match globs(q.expect.as_deref()) {
         Ok(g) => g,
-        Err(r) => return r,
+        Err(why) => return bad(why),
     };
     let status: Vec<String> = q
         .status
