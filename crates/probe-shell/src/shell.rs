@@ -1094,14 +1094,19 @@ impl<S: SpoolStorage> Shell<S> {
             .collect();
         let d = Discovery::from_value(LOCAL_CHECKS_RESULT, serde_json::json!({ "checks": checks }));
         let Ok(payload) = serde_json::to_vec(&d.payload) else { return };
-        let body = Body::DiscoveryResult(msg::DiscoveryResult {
+        let body = self.discovery_body(d, payload, now);
+        self.send_spooled(body, now);
+    }
+
+    /// A `DiscoveryResult` of `d` with its payload serialized, stamped now.
+    fn discovery_body(&self, d: Discovery, payload: Vec<u8>, now: Instant) -> Body {
+        Body::DiscoveryResult(msg::DiscoveryResult {
             name: d.name,
             content_hash: d.hash.to_vec(),
             payload,
             collected_at: self.wall_micros(now),
             delta: false,
-        });
-        self.send_spooled(body, now);
+        })
     }
 
     /// Turns statistics from local programs on or off, with their batch interval (issue 17
@@ -1230,13 +1235,7 @@ impl<S: SpoolStorage> Shell<S> {
         };
         debug!(collector = %d.name, bytes = payload.len(), "discovery changed; sending");
         let raised = self.host_events.observe(&d);
-        let body = Body::DiscoveryResult(msg::DiscoveryResult {
-            name: d.name,
-            content_hash: d.hash.to_vec(),
-            payload,
-            collected_at: self.wall_micros(now),
-            delta: false,
-        });
+        let body = self.discovery_body(d, payload, now);
         self.send_spooled(body, now);
         // Raised at the host and spooled like any local event (issue 19: raid.degraded).
         for e in raised {
