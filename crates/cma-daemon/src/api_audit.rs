@@ -205,8 +205,5 @@ async fn rule(State(state): State<ApiState>, Path(id): Path<String>) -> Response
             Ok(rows.into_iter().map(|(r, _)| r).collect::<Vec<_>>())
         })
         .await;
-    match read {
-        Ok(rows) => Json(rows).into_response(),
-        Err(e) => crate::api_limits::failed(e),
-    }
+    crate::api_topology::answer(read)
 }

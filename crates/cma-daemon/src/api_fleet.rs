@@ -130,10 +130,12 @@ struct KeysQuery {
 }
 
 async fn keys(State(state): State<ApiState>, Query(q): Query<KeysQuery>) -> Response {
-    match state.read(crate::api_export::inventory).await {
-        Ok(inv) => Json(fleet::key_uses(&inv.hosts, q.shared)).into_response(),
-        Err(e) => crate::api_limits::failed(e),
-    }
+    crate::api_topology::answer(
+        state
+            .read(crate::api_export::inventory)
+            .await
+            .map(|inv| fleet::key_uses(&inv.hosts, q.shared)),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,10 +155,7 @@ async fn processes(State(state): State<ApiState>, Query(q): Query<ProcessesQuery
             Ok(fleet::processes(&nodes, &docs, exe.as_ref()))
         })
         .await;
-    match read {
-        Ok(rows) => Json(rows).into_response(),
-        Err(e) => crate::api_limits::failed(e),
-    }
+    crate::api_topology::answer(read)
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,10 +176,7 @@ async fn os(State(state): State<ApiState>, Query(q): Query<OsQuery>) -> Response
             Ok(fleet::os_rows(&nodes, &docs, os.as_ref(), kernel.as_ref()))
         })
         .await;
-    match read {
-        Ok(rows) => Json(rows).into_response(),
-        Err(e) => crate::api_limits::failed(e),
-    }
+    crate::api_topology::answer(read)
 }
 
 /// The statuses `?status=` accepts.
@@ -222,10 +218,7 @@ async fn macs(State(state): State<ApiState>, Query(q): Query<MacsQuery>) -> Resp
             Ok(fleet::mac_rows(&nodes, &docs, &registry, &filter))
         })
         .await;
-    match read {
-        Ok(rows) => Json(rows).into_response(),
-        Err(e) => crate::api_limits::failed(e),
-    }
+    crate::api_topology::answer(read)
 }
 
 #[derive(Debug, Deserialize)]

@@ -65,7 +65,7 @@ fn bad_request(msg: impl std::fmt::Display) -> Response {
     (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
 }
 
-fn answer<T: Serialize>(r: Result<T, QueryError>) -> Response {
+pub(crate) fn answer<T: Serialize>(r: Result<T, QueryError>) -> Response {
     match r {
         Ok(v) => Json(v).into_response(),
         Err(e) => crate::api_limits::failed(e),

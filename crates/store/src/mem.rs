@@ -63,6 +63,14 @@ impl MemStore {
 
 impl EngineStore for MemStore {
     fn load(&mut self) -> Result<Loaded, StoreFailed> {
+        // Each node's latest payload of one collector.
+        let latest = |name: &str| -> Vec<(NodeId, String)> {
+            self.discovery
+                .values()
+                .filter(|d| d.name == name)
+                .map(|d| (d.node, d.payload.clone()))
+                .collect()
+        };
         Ok(Loaded {
             snapshot: self.snapshot(),
             position: self.position,
@@ -74,24 +82,9 @@ impl EngineStore for MemStore {
                 states: self.states.values().cloned().collect(),
                 manual: self.manual.values().cloned().collect(),
                 remembered: self.remembered.iter().map(|(n, l)| (*n, l.clone())).collect(),
-                sockets: self
-                    .discovery
-                    .values()
-                    .filter(|d| d.name == SOCKETS)
-                    .map(|d| (d.node, d.payload.clone()))
-                    .collect(),
-                host_keys: self
-                    .discovery
-                    .values()
-                    .filter(|d| d.name == assim_cma::host_keys::COLLECTOR)
-                    .map(|d| (d.node, d.payload.clone()))
-                    .collect(),
-                security: self
-                    .discovery
-                    .values()
-                    .filter(|d| d.name == assim_cma::audit_watch::COLLECTOR)
-                    .map(|d| (d.node, d.payload.clone()))
-                    .collect(),
+                sockets: latest(SOCKETS),
+                host_keys: latest(assim_cma::host_keys::COLLECTOR),
+                security: latest(assim_cma::audit_watch::COLLECTOR),
                 host_new: self
                     .host_new
                     .iter()
