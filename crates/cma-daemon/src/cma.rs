@@ -163,10 +163,23 @@ pub async fn run(
         format!("cannot open the inbox in {}", opts.data_dir.join("inbox").display())
     })?;
     let last_id = store.last_event_id()?;
+    // Switch checks ping the switch's management address when this process may (module
+    // `ping`); otherwise they decide without it.
+    let pinger = match crate::ping::Pinger::open() {
+        Ok(p) => {
+            info!(socket = ?p.kind, "switch management addresses will be pinged in switch checks");
+            Some(p)
+        }
+        Err(why) => {
+            info!("switch management addresses will not be pinged: {why}");
+            None
+        }
+    };
     let core = CmaConfig {
         timing: opts.timing,
         placement_key: identity.derive_key("assim ring placement"),
         pins: opts.pins.clone(),
+        management_probes: pinger.is_some(),
     };
     let mut config = ShellConfig::new(core.clone(), session);
     let audit = load_audit_rules(&opts.audit_rules, &opts.audit_silence)?;
@@ -227,6 +240,7 @@ pub async fn run(
         last_event.subscribe(),
     ));
 
+    let (pings_tx, mut pings_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, bool)>();
     let mut d = Driver {
         shell,
         socket: Arc::new(socket),
@@ -235,6 +249,9 @@ pub async fn run(
         last_publish: Instant::now() - Duration::from_secs(10),
         store_errors_seen: 0,
         replies: checks_cma::Replies::default(),
+        pinger,
+        pings_tx,
+        pings_in_flight: 0,
     };
     d.send_all().await;
     tokio::pin!(shutdown);
@@ -262,6 +279,10 @@ pub async fn run(
                 }
             }
             Some(req) = run_rx.recv() => d.replies.request(&mut d.shell, req),
+            Some((id, answered)) = pings_rx.recv() => {
+                d.pings_in_flight = d.pings_in_flight.saturating_sub(1);
+                d.shell.management_probe_result(now(), id, answered);
+            }
             _ = sleep_until(deadline) => {}
             _ = &mut shutdown => break,
         }
@@ -338,6 +359,10 @@ struct Driver {
     store_errors_seen: u64,
     /// The API's requests waiting for an answer.
     replies: checks_cma::Replies,
+    /// Pings of switch management addresses: the pinger, answers (id, answered), in flight.
+    pinger: Option<crate::ping::Pinger>,
+    pings_tx: tokio::sync::mpsc::UnboundedSender<(u64, bool)>,
+    pings_in_flight: usize,
 }
 
 impl Driver {
@@ -354,12 +379,32 @@ impl Driver {
                     let _ = self.last_event.send(id);
                 }
                 Note::CommandAnswer(a) => self.replies.answer(a),
+                Note::ProbeManagement { id, address, timeout } => {
+                    self.ping(id, address, timeout)
+                }
                 _ => {}
             }
         }
         if self.last_publish.elapsed() >= Duration::from_secs(1) {
             self.publish_metrics();
         }
+    }
+
+    /// Pings a switch's management address on a blocking thread; the answer comes back
+    /// through `pings_tx`. Beyond [`crate::ping::MAX_IN_FLIGHT`] the check goes without.
+    fn ping(&mut self, id: u64, address: std::net::IpAddr, timeout: Duration) {
+        let Some(pinger) = self.pinger else { return };
+        if self.pings_in_flight >= crate::ping::MAX_IN_FLIGHT {
+            debug!(%address, "too many management pings in flight; this check goes without");
+            return;
+        }
+        self.pings_in_flight += 1;
+        let tx = self.pings_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let answered = pinger.ping(address, timeout);
+            debug!(%address, answered, "management address pinged");
+            let _ = tx.send((id, answered));
+        });
     }
 
     fn publish_metrics(&mut self) {

@@ -28,6 +28,7 @@
 //! - [`api_limits`]: what one API client can hold (connections, held requests, store calls,
 //!   answer sizes) and the `503`/`422` answers past each bound.
 //! - [`metrics`]: counters shared between the CMA task and the API.
+//! - [`ping`]: ICMP pings of switch management addresses for the core's switch checks.
 //! - [`retention`]: the bound on the topology history (age and rows).
 //! - [`settings`]: flags/env/file resolution, `--print-config`, `cma token create`;
 //!   `src/main.rs` is the binary.
@@ -45,6 +46,7 @@ pub mod api_topology;
 pub mod api_web;
 pub mod cma;
 pub mod metrics;
+pub mod ping;
 pub mod retention;
 pub mod reverse_dns;
 pub mod settings;

@@ -282,6 +282,9 @@ impl<S: EngineStore> Engine<S> {
                         body: Body::ProbeRequest(request),
                     })
                 }
+                Output::Core(Action::ProbeManagement { id, address, timeout }) => {
+                    effects.notes.push(Note::ProbeManagement { id, address, timeout })
+                }
                 Output::Core(Action::Persist(c)) => self.batch.changes.push(c),
                 Output::Core(Action::Emit(mut e)) => {
                     if let Some(t) = &self.tagger {

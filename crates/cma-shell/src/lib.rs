@@ -159,6 +159,10 @@ pub enum Note {
     Unregistered { node: NodeId, kind: &'static str },
     /// A node answered a `RunNow` someone waits for ([`Shell::run_check`]).
     CommandAnswer(CommandAnswer),
+    /// Ping `address` (a checked switch's management address; ICMP echo, a few tries within
+    /// `timeout`) and answer with [`Shell::management_probe_result`]. Only asked when
+    /// [`assim_cma::CmaConfig::management_probes`] is on.
+    ProbeManagement { id: u64, address: std::net::IpAddr, timeout: Duration },
 }
 
 /// Counters of the shell (the daemon publishes them as metrics).
@@ -421,6 +425,13 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
     fn forget(&mut self, node: NodeId) {
         self.seal.remove_peer(node);
         self.conns.remove(node);
+    }
+
+    /// The driver's answer to [`Note::ProbeManagement`] `id`. Call [`Shell::flush`]
+    /// afterwards.
+    pub fn management_probe_result(&mut self, now: Now, id: u64, answered: bool) {
+        self.last = now;
+        self.engine.core.handle_management_probe(now.wall, id, answered);
     }
 
     /// Runs the timers that are due (reliable retransmissions, the core's deadlines). Call

@@ -48,6 +48,8 @@ struct Pending {
     other_probes: Vec<(NodeId, u64)>,
     /// Peer probe requests of a ring check: (prober, target, command id).
     peer_requests: Vec<(NodeId, NodeId, u64)>,
+    /// Pings of a checked switch's management address: (id, address).
+    management_probes: Vec<(u64, std::net::IpAddr)>,
     events: Vec<Event>,
     counters: bool,
 }
@@ -1081,7 +1083,58 @@ impl Cma {
                 probers.iter().flat_map(|p| targets.iter().map(move |t| (*p, *t))).collect();
             let asked = self.incidents.ask_peers(ring, &pairs);
             self.pending.peer_requests.extend(asked);
+            if self.config.management_probes
+                && let Some(address) = self.management_address(ring)
+                && let Some(id) = self.incidents.probe_management(ring, address)
+            {
+                self.stats.management_probes += 1;
+                self.pending.management_probes.push((id, address));
+            }
         }
+    }
+
+    /// The management address of a switch ring's switch, as its members' LLDP/CDP gave it:
+    /// the one most members name (a host cannot out-vote the rest of its ring), the lowest on
+    /// a tie. Addresses no ping should go to (loopback, unspecified, multicast, broadcast)
+    /// are ignored.
+    fn management_address(&self, ring: &crate::ring::RingKey) -> Option<std::net::IpAddr> {
+        if ring.kind() != crate::ring::RingKind::Switch {
+            return None;
+        }
+        let members = self.rings.ring(ring.as_str())?;
+        let mut votes: BTreeMap<std::net::IpAddr, usize> = BTreeMap::new();
+        for m in members.order() {
+            let Some(sw) = self.wiring.get(&m).and_then(|w| w.wiring.switch.as_ref()) else {
+                continue;
+            };
+            let mut mine: Vec<std::net::IpAddr> = sw
+                .management_addresses
+                .iter()
+                .filter_map(|a| a.trim().parse().ok())
+                .filter(|a: &std::net::IpAddr| pingable(a))
+                .collect();
+            mine.sort();
+            mine.dedup();
+            for a in mine {
+                *votes.entry(a).or_insert(0) += 1;
+            }
+        }
+        let most = votes.values().copied().max()?;
+        votes.into_iter().find(|(_, v)| *v == most).map(|(a, _)| a)
+    }
+
+    /// The driver pinged a checked switch's management address (`id` from
+    /// [`Action::ProbeManagement`]): the answer is recorded for the check's decision (module
+    /// `incident`). A late answer (the check closed first) or an unknown id decides nothing.
+    pub fn handle_management_probe(&mut self, _now: Timestamp, id: u64, answered: bool) {
+        if self.incidents.management_result(id, answered) {
+            if answered {
+                self.stats.management_answered += 1;
+            }
+        } else {
+            self.stats.management_unmatched += 1;
+        }
+        self.flush();
     }
 
     /// Up to [`PEER_PROBERS`] nanoprobes outside `ring` to probe its members: its watchers
@@ -1177,7 +1230,11 @@ impl Cma {
             .copied()
             .filter(|n| check.peer_answered.contains_key(n) || check.peer_silent.contains(n))
             .collect();
-        let kind = if check.answered.is_empty() && peer_heard.is_empty() {
+        // The switch's management address (the CMA's ping, when LLDP/CDP gave one): it
+        // answering proves the switch alive even when no host behind it answers anyone.
+        let management = check.management.as_ref().and_then(|m| m.answered.map(|a| (m.address, a)));
+        let switch_alive = matches!(management, Some((_, true)));
+        let kind = if check.answered.is_empty() && peer_heard.is_empty() && !switch_alive {
             OutageKind::Down
         } else {
             OutageKind::Unreachable
@@ -1225,11 +1282,30 @@ impl Cma {
                 EventKind::SwitchDown,
                 format!(
                     "{what} is down or cut off: all {n} of its hosts went silent together and \
-                     none answered the CMA's probes for {window}{peer_words}; they are \
+                     none answered the CMA's probes for {window}{peer_words}{}; they are \
                      unreachable, not down (a dead switch and a cut uplink look the same from \
-                     outside it)"
+                     outside it)",
+                    match management {
+                        Some((a, _)) => format!(", nor did its management address {a}"),
+                        None => String::new(),
+                    }
                 ),
             ),
+            OutageKind::Unreachable
+                if check.answered.is_empty() && peer_heard.is_empty() && switch_alive =>
+            {
+                let a = management.map(|m| m.0.to_string()).unwrap_or_default();
+                (
+                    EventKind::SwitchUnreachable,
+                    format!(
+                        "{what} is alive but forwards for none of its hosts: its management \
+                         address {a} answers the CMA, while all {n} of its hosts went silent \
+                         together and did not answer the CMA's probes for {window}{peer_words}; \
+                         its host ports or its forwarding failed, or its hosts lost power \
+                         together; they are unreachable, not down"
+                    ),
+                )
+            }
             OutageKind::Unreachable if !peer_heard.is_empty() => (
                 EventKind::SwitchUnreachable,
                 format!(
@@ -1260,6 +1336,9 @@ impl Cma {
             ("trigger", self.name(check.trigger.0)),
             ("reporter", self.name(check.trigger.1)),
         ];
+        if let Some((_, answered)) = management {
+            tags.push(("management", if answered { "answered" } else { "silent" }.into()));
+        }
         if !check.probers.is_empty() {
             tags.push(("probers", probers.join(",")));
             tags.push(("peer_answered", peer_heard.len().to_string()));
@@ -1273,6 +1352,13 @@ impl Cma {
             "silent": check.peer_silent.iter().filter(|h| silent.contains(h))
                 .map(|h| self.host_json(*h)).collect::<Vec<_>>(),
         });
+        body["management_probe"] = match &check.management {
+            Some(m) => serde_json::json!({
+                "address": m.address.to_string(),
+                "answered": m.answered,
+            }),
+            None => serde_json::Value::Null,
+        };
         let e = self.event(now, ekind, None, tags, text);
         e.body = Some(body);
         for (r, trigger) in adjacent {
@@ -1674,8 +1760,19 @@ impl Cma {
                 request,
             });
         }
+        for (id, address) in p.management_probes {
+            let timeout = self.config.timing.interval;
+            self.actions.push_back(Action::ProbeManagement { id, address, timeout });
+        }
         self.actions.extend(p.events.into_iter().map(Action::Emit));
     }
+}
+
+/// Whether a management address is one a ping may go to.
+fn pingable(a: &std::net::IpAddr) -> bool {
+    let bad = a.is_loopback() || a.is_unspecified() || a.is_multicast();
+    let broadcast = matches!(a, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    !bad && !broadcast
 }
 
 /// A report's stamps: the reporter's epoch and clock, and the silence it stated.

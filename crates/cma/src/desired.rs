@@ -428,6 +428,12 @@ impl Authority {
         self.flush();
     }
 
+    /// See [`Cma::handle_management_probe`].
+    pub fn handle_management_probe(&mut self, now: Timestamp, id: u64, answered: bool) {
+        self.cma.handle_management_probe(now, id, answered);
+        self.flush();
+    }
+
     /// Emits `host.new` and forgets the stored waiting row, in the same batch.
     fn raise_host_new(&mut self, now: Timestamp, node: NodeId, known: &crate::host_new::Known) {
         let missing = self.host_new.missing(known);

@@ -89,6 +89,7 @@
 //! it is not sent (see docs/topology.md for what is missing).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use assim_wire::{NodeId, Timestamp};
 
@@ -127,8 +128,19 @@ pub struct Check {
     pub peer_answered: BTreeMap<NodeId, NodeId>,
     /// Members a prober tried and did not reach.
     pub peer_silent: BTreeSet<NodeId>,
+    /// The CMA's ping of the switch's management address, if one was sent.
+    pub management: Option<ManagementProbe>,
     nonces: BTreeMap<u64, NodeId>,
     next_probe: Option<Timestamp>,
+}
+
+/// The CMA's ping of a checked switch's management address (the address LLDP/CDP gave).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagementProbe {
+    pub address: IpAddr,
+    pub id: u64,
+    /// `None` until the driver answers (a check may close first).
+    pub answered: Option<bool>,
 }
 
 impl Check {
@@ -216,6 +228,8 @@ pub struct Incidents {
     /// Each peer probe request not answered yet (command id) → its check's ring, the prober,
     /// the target. At most [`MAX_PEER_COMMANDS`], oldest forgotten first.
     peer_commands: BTreeMap<u64, (RingKey, NodeId, NodeId)>,
+    /// Each management ping not answered yet → its check's ring (one per open check at most).
+    management_ids: BTreeMap<u64, RingKey>,
     timers: BTreeSet<(Timestamp, TimerKind, RingKey)>,
     next_nonce: u64,
 }
@@ -284,6 +298,7 @@ impl Incidents {
             peer_requests: BTreeMap::new(),
             peer_answered: BTreeMap::new(),
             peer_silent: BTreeSet::new(),
+            management: None,
             nonces: BTreeMap::new(),
             next_probe: None,
         };
@@ -398,8 +413,35 @@ impl Incidents {
         Some(answered)
     }
 
+    /// Records a ping of `address` (the switch's management address) for the open check of
+    /// `ring`; returns its id, or `None` if no check of `ring` is open or one was sent.
+    pub fn probe_management(&mut self, ring: &RingKey, address: IpAddr) -> Option<u64> {
+        if self.checks.get(ring).is_none_or(|c| c.management.is_some()) {
+            return None;
+        }
+        let id = self.nonce();
+        let c = self.checks.get_mut(ring).expect("open");
+        c.management = Some(ManagementProbe { address, id, answered: None });
+        self.management_ids.insert(id, ring.clone());
+        Some(id)
+    }
+
+    /// The driver's answer to management ping `id`. False if it matches no open check (late:
+    /// the check closed first; or unknown).
+    pub fn management_result(&mut self, id: u64, answered: bool) -> bool {
+        let Some(ring) = self.management_ids.remove(&id) else { return false };
+        let Some(m) = self.checks.get_mut(&ring).and_then(|c| c.management.as_mut()) else {
+            return false;
+        };
+        m.answered = Some(answered);
+        true
+    }
+
     fn close_check(&mut self, ring: &RingKey) -> Check {
         let c = self.checks.remove(ring).expect("open");
+        if let Some(m) = &c.management {
+            self.management_ids.remove(&m.id);
+        }
         self.timers.remove(&(c.wake(), TimerKind::Check, ring.clone()));
         for m in &c.members {
             if self.checked.get(m) == Some(ring) {

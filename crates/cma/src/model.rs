@@ -40,6 +40,10 @@ pub struct CmaConfig {
     /// Operator pins (issue 13): host name or node id → ring name. A pinned host heartbeats in
     /// the ring `pinned:<name>` whatever its discovery says (networks that announce nothing).
     pub pins: BTreeMap<String, String>,
+    /// The driver can ping a switch's management address (an ICMP socket opened): a ring
+    /// check then asks for one ping of the address LLDP/CDP gave
+    /// ([`Action::ProbeManagement`]). Off in the simulator and wherever ICMP is not allowed.
+    pub management_probes: bool,
 }
 
 /// Returned by the `FromStr` impls of [`NodeState`] and [`EventKind`].
@@ -401,6 +405,10 @@ pub enum Action {
     /// answer with a `ProbeResult` ([`crate::Cma::handle_probe_result`]); sent over reliable
     /// delivery (module `incident`).
     ProbeRequest { to: NodeId, addr: SocketAddr, request: assim_wire::msg::ProbeRequest },
+    /// Ping a switch's management address (ICMP echo from the CMA's host, a few tries within
+    /// `timeout`) and answer with [`crate::Cma::handle_management_probe`] (module `incident`).
+    /// Only with [`CmaConfig::management_probes`].
+    ProbeManagement { id: u64, address: std::net::IpAddr, timeout: Duration },
     /// Write this to the store.
     Persist(Change),
     /// Publish this event.
@@ -509,6 +517,14 @@ pub struct Stats {
     /// `ProbeResult`s that matched no open request (late, or not ours): ignored.
     #[serde(default)]
     pub peer_probe_unmatched: u64,
+    /// Pings of a checked switch's management address asked of the driver, answered ones,
+    /// and answers that matched no open check (late).
+    #[serde(default)]
+    pub management_probes: u64,
+    #[serde(default)]
+    pub management_answered: u64,
+    #[serde(default)]
+    pub management_unmatched: u64,
 }
 
 /// Serde for [`Timestamp`] (which has no serde impl of its own): µs since the epoch as a number.

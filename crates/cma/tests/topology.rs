@@ -654,3 +654,102 @@ fn a_host_only_a_peer_on_another_switch_reaches_is_path_suspect_not_down() {
     assert_eq!(h.state(x), NodeState::Up);
     check_ring(&h.cma);
 }
+
+/// Like [`fabric`], with management probes on; each switch `swN` announces the management
+/// address 192.0.2.(N+1), except that the first host of switch 1 claims 198.51.100.9 for it
+/// (one host cannot out-vote its ring).
+fn managed_fabric(switches: u32, per: u32) -> Harness {
+    let config = assim_cma::CmaConfig { management_probes: true, ..Default::default() };
+    let mut h = Harness::with(config, assim_cma::Snapshot::default(), T0);
+    for n in 1..=switches * per {
+        h.join(n);
+        let sw = (n - 1) / per;
+        let mut l = link(&format!("sw{sw}"));
+        l.management_addresses =
+            vec![if n == per + 1 { "198.51.100.9".into() } else { format!("192.0.2.{}", sw + 1) }];
+        h.cma.handle_wiring(h.now, id(n), Some(vec![l]), None);
+        h.drain();
+    }
+    h.advance(Duration::from_secs(2));
+    h.take();
+    h
+}
+
+/// The management pings asked since the last `take`: (id, address).
+fn management_pings(h: &mut Harness) -> Vec<(u64, std::net::IpAddr)> {
+    h.drain();
+    h.log
+        .iter()
+        .filter_map(|a| match a {
+            Action::ProbeManagement { id, address, .. } => Some((*id, *address)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_switch_whose_management_address_answers_is_alive_and_its_silent_hosts_unreachable() {
+    let mut h = managed_fabric(4, 5);
+    let gone = on_switch(&h, 1);
+    outside_reports(&mut h, &gone);
+    let pings = management_pings(&mut h);
+    assert_eq!(pings.len(), 1, "one ping per check: {pings:?}");
+    assert_eq!(pings[0].1.to_string(), "192.0.2.2", "the address most of the ring heard");
+    h.cma.handle_management_probe(h.now, pings[0].0 + 1000, true);
+    assert_eq!(h.cma.stats().management_unmatched, 1, "an id nobody asked for decides nothing");
+    h.cma.handle_management_probe(h.now, pings[0].0, true);
+    h.advance(Duration::from_secs(3));
+    let acts = h.take();
+    let ks = kinds(&acts);
+    assert!(!ks.contains(&EventKind::SwitchDown), "{ks:?}");
+    assert!(!ks.contains(&EventKind::HostDown), "{ks:?}");
+    let e = events(&acts).into_iter().find(|e| e.kind == EventKind::SwitchUnreachable).unwrap();
+    assert!(e.text.contains("alive but forwards for none of its hosts"), "{}", e.text);
+    assert!(e.text.contains("192.0.2.2"), "{}", e.text);
+    assert_eq!(e.tags["management"], "answered");
+    let body = e.body.as_ref().unwrap();
+    assert_eq!(body["management_probe"]["address"], "192.0.2.2");
+    assert_eq!(body["management_probe"]["answered"], true);
+    for n in &gone {
+        assert_eq!(h.state(*n), NodeState::Unreachable);
+    }
+    // An answer after the check closed is late: counted, nothing decided.
+    h.cma.handle_management_probe(h.now, pings[0].0, false);
+    assert_eq!(h.cma.stats().management_unmatched, 2);
+}
+
+#[test]
+fn a_switch_whose_management_address_is_silent_too_is_down_and_says_so() {
+    let mut h = managed_fabric(4, 5);
+    let gone = on_switch(&h, 2);
+    outside_reports(&mut h, &gone);
+    let pings = management_pings(&mut h);
+    assert_eq!(pings.iter().map(|p| p.1.to_string()).collect::<Vec<_>>(), vec!["192.0.2.3"]);
+    h.cma.handle_management_probe(h.now, pings[0].0, false);
+    h.advance(Duration::from_secs(3));
+    let acts = h.take();
+    let e = events(&acts).into_iter().find(|e| e.kind == EventKind::SwitchDown).expect("down");
+    assert!(e.text.contains("nor did its management address 192.0.2.3"), "{}", e.text);
+    assert_eq!(e.tags["management"], "silent");
+    assert!(!kinds(&acts).contains(&EventKind::HostDown));
+}
+
+#[test]
+fn without_management_probes_or_an_answer_the_decision_is_unchanged() {
+    // Off (the default, as in the simulator): no ping is asked for.
+    let mut h = fabric(4, 5);
+    let gone = on_switch(&h, 1);
+    outside_reports(&mut h, &gone);
+    assert!(management_pings(&mut h).is_empty());
+    // On, but the ping does not come back before the deadline: as if not sent.
+    let mut h = managed_fabric(4, 5);
+    let gone = on_switch(&h, 3);
+    outside_reports(&mut h, &gone);
+    assert_eq!(management_pings(&mut h).len(), 1);
+    h.advance(Duration::from_secs(3));
+    let acts = h.take();
+    let e = events(&acts).into_iter().find(|e| e.kind == EventKind::SwitchDown).expect("down");
+    assert!(!e.text.contains("management"), "{}", e.text);
+    assert!(!e.tags.contains_key("management"));
+    assert_eq!(e.body.as_ref().unwrap()["management_probe"]["answered"], serde_json::Value::Null);
+}

@@ -1252,6 +1252,8 @@ impl Sim {
             Note::HelloRefused { .. } => self.w.counters.hellos_refused += 1,
             Note::Unregistered { .. } => self.w.counters.unregistered += 1,
             Note::CommandAnswer(_) => {}
+            // The simulator's switches announce no management address.
+            Note::ProbeManagement { .. } => {}
         }
     }
 
