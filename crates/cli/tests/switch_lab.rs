@@ -14,6 +14,7 @@
 //!    │      │      │              │      │      │             │      │      │
 //!  [s1h1] [s1h2] [s1h3]         [s2h1] [s2h2] [s2h3]        [s3h1] [s3h2] [s3h3]
 //!  eth0 10.78.S.(10+H)/16, one nanoprobe each, listening on :1990
+//!  each switch's br0 has its management address 10.78.S.1/16, which lldpd announces
 //! ```
 //!
 //! One L2 segment (one subnet) spans every bridge, so only LLDP tells the switches apart.
@@ -32,8 +33,11 @@
 //! - one host's outgoing heartbeats dropped with nftables (what it sends the CMA passes) for
 //!   10 dead times (`ASSIM_LAB_DROP_SECS`, 120 for the issue's two minutes): `path.suspect`,
 //!   no `host.down`, the host never Down, no `host.up` (no revive/rejoin flapping);
-//! - every link of one switch down, then up again: one `switch.down` or `switch.unreachable`,
-//!   its hosts Unreachable, no `host.down`, then one `switch.up`.
+//! - every link of one switch down, then up again: one `switch.down` (its management address,
+//!   on the bridge behind the cut uplink, silent too), its hosts Unreachable, no `host.down`,
+//!   then one `switch.up`; then, in the same lab, only the host ports of another switch down:
+//!   its management address answers the CMA's ping, so one `switch.unreachable` ("alive but
+//!   forwards for none of its hosts"), then one `switch.up`.
 //!
 //! Every namespace has a name unique to this run and is deleted on drop, panics included
 //! (`netns::Lab`). `ASSIM_KEEP_LAB=1` keeps the logs directory.
@@ -67,6 +71,8 @@ struct Switch {
     /// The chassis name lldpd announces.
     name: String,
     ns: String,
+    /// Its management address (on the bridge; lldpd announces it).
+    mgmt: String,
     hosts: Vec<Host>,
 }
 
@@ -91,6 +97,10 @@ impl SwitchLab {
         for s in 1..=switches {
             let ns = lab.add_ns(&format!("sw{s}"));
             ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"]);
+            // The switch's management address (in band, behind its uplink), which lldpd
+            // announces and the CMA pings when it checks the switch's ring.
+            let mgmt = format!("10.78.{s}.1");
+            ip(&["-n", &ns, "addr", "add", &format!("{mgmt}/16"), "dev", "br0"]);
             ip(&["-n", &ns, "link", "set", "br0", "up"]);
             let core_port = format!("sw{s}");
             ip(&[
@@ -114,7 +124,7 @@ impl SwitchLab {
                 ip(&["-n", &hns, "link", "set", "eth0", "up"]);
                 hs.push(Host { name, ns: hns, ip: addr });
             }
-            sws.push(Switch { name: format!("lab-sw{s}"), ns, hosts: hs });
+            sws.push(Switch { name: format!("lab-sw{s}"), ns, mgmt, hosts: hs });
         }
         // Counters on the uplink bridge: heartbeats that cross switches, packets to the CMA.
         nft_load(
@@ -545,6 +555,16 @@ impl SwitchLab {
         ip(&["-n", &sw.ns, "link", "set", "uplink", state]);
     }
 
+    /// Sets the host ports of switch `s` down or up; its uplink (and management address)
+    /// stay up.
+    fn set_host_ports(&self, s: usize, up: bool) {
+        let sw = &self.switches[s];
+        let state = if up { "up" } else { "down" };
+        for h in 1..=sw.hosts.len() {
+            ip(&["-n", &sw.ns, "link", "set", &format!("p{h}"), state]);
+        }
+    }
+
     /// The state of every host of switch `s` in the status.
     fn states_behind(&self, s: usize) -> Result<Vec<String>, String> {
         let nodes = self.nodes()?;
@@ -590,6 +610,10 @@ fn cut_and_restore_a_switch(lab: &SwitchLab) -> Vec<(String, String)> {
     let probers = incident["tags"]["probers"].as_str().unwrap_or_default();
     assert!(!probers.is_empty(), "peer probers named: {incident}");
     assert_eq!(incident["tags"]["peer_answered"], "0", "{incident}");
+    // The CMA pinged the switch's management address too (behind the same cut uplink).
+    assert_eq!(incident["type"], "switch.down", "{incident}");
+    assert_eq!(incident["tags"]["management"], "silent", "{incident}");
+    assert_eq!(incident["body"]["management_probe"]["address"], lab.switches[cut].mgmt.as_str());
     wait_for(&lab.lab, "its hosts unreachable", Duration::from_secs(20), || {
         let states = lab.states_behind(cut)?;
         if states.iter().all(|s| s == "unreachable") {
@@ -651,6 +675,41 @@ fn switch_lab_a_cut_switch_is_one_incident_and_one_recovery() {
     let lab = SwitchLab::start(3, 3);
     let after = cut_and_restore_a_switch(&lab);
     println!("after the switch returned: {after:?}");
+    // The same lab, another failure: only the switch's host ports go down, so it still
+    // answers on its management address.
+    cut_host_ports_of_a_live_switch(&lab);
+}
+
+/// Sets the host ports of switch 3 down (its uplink stays up): its hosts are silent but its
+/// management address answers the CMA, so the incident is `switch.unreachable` ("alive but
+/// forwards for none of its hosts"), never `switch.down` or `host.down`; then one `switch.up`.
+fn cut_host_ports_of_a_live_switch(lab: &SwitchLab) {
+    let cut = 2;
+    let name = lab.switches[cut].name.clone();
+    let start = lab.last_event_id();
+    lab.set_host_ports(cut, false);
+    let incident = lab.wait_event(start, &format!("switch.down/unreachable for {name}"), |e| {
+        e["type"] == "switch.down" || e["type"] == "switch.unreachable"
+    });
+    assert_eq!(incident["type"], "switch.unreachable", "{incident}");
+    assert_eq!(incident["tags"]["management"], "answered", "{incident}");
+    let text = incident["text"].as_str().unwrap_or_default();
+    assert!(text.contains("alive but forwards for none of its hosts"), "{incident}");
+    assert_eq!(incident["body"]["management_probe"]["address"], lab.switches[cut].mgmt.as_str());
+    wait_for(&lab.lab, "its hosts unreachable", Duration::from_secs(20), || {
+        let states = lab.states_behind(cut)?;
+        if states.iter().all(|s| s == "unreachable") {
+            Ok(Value::Null)
+        } else {
+            Err(format!("{states:?}"))
+        }
+    });
+    let back = lab.last_event_id();
+    lab.set_host_ports(cut, true);
+    lab.wait_event(back, &format!("switch.up for {name}"), |e| e["type"] == "switch.up");
+    let alarms = alarms_since(lab, start);
+    assert_eq!(alarms.len(), 1, "exactly one incident: {alarms:?}");
+    assert!(alarms.iter().all(|(t, _)| t != "host.down"), "no host.down: {alarms:?}");
 }
 
 /// The strict form of the recovery: nothing but the `switch.up`. The hosts of the returning

@@ -85,8 +85,23 @@
 //! probers outside the switch, a dead switch and a cut uplink look the same (every host
 //! silent: `switch.down`, "down or cut off"); a switch that forwards for some hosts but not
 //! others (`switch.unreachable`) may be a partial failure of the switch or of its hosts' links.
-//! A probe of the switch's management address would add evidence (dead switch vs. cut uplink);
-//! it is not sent (see docs/topology.md for what is missing).
+//!
+//! **The switch's management address** (when the driver can ping,
+//! [`crate::CmaConfig::management_probes`]): a check of a switch ring also asks for one ping of
+//! the address most of its members heard the switch announce (`Action::ProbeManagement`;
+//! [`Incidents::probe_management`], [`Incidents::management_result`]):
+//!
+//! ```text
+//! CHECKING --deadline, blames the switch, nobody answered, management silent---> DOWN(R) switch.down
+//!            ("…, nor did its management address A")
+//! CHECKING --deadline, blames the switch, nobody answered, management answered-> DOWN(R) switch.unreachable
+//!            ("alive but forwards for none of its hosts": host ports, forwarding or their power)
+//! CHECKING --deadline, no answer from the driver yet------------------------------> as without it
+//! ```
+//!
+//! An in-band management address is behind the same uplink as the hosts, so a dead switch and
+//! a cut uplink still look the same; an out-of-band one tells them apart when the CMA is on
+//! that network.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
