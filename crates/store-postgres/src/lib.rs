@@ -622,12 +622,21 @@ impl Store {
                     return Err(StoreError::Deposed { held, current });
                 }
             }
-            for n in nodes.values() {
+            // Rows of one kind go in one statement (arrays unnested server-side): one round
+            // trip per kind, not per row.
+            if !nodes.is_empty() {
+                let ns: Vec<&NodeRecord> = nodes.values().copied().collect();
                 tx.exec(
                     "INSERT INTO nodes (id, hostname, version, listen_addr, public_key, addresses,
                      state, since, registered_at, peer_epoch, peers)
-                     VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9, $10,
-                             $11::text::jsonb)
+                     SELECT u.id, u.hostname, u.version, u.listen_addr, u.public_key,
+                            u.addresses::jsonb, u.state, u.since, u.registered_at, u.peer_epoch,
+                            u.peers::jsonb
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[],
+                                 $6::text[], $7::text[], $8::bigint[], $9::bigint[],
+                                 $10::bigint[], $11::text[])
+                          AS u(id, hostname, version, listen_addr, public_key, addresses, state,
+                               since, registered_at, peer_epoch, peers)
                      ON CONFLICT (id) DO UPDATE SET hostname = EXCLUDED.hostname,
                        version = EXCLUDED.version, listen_addr = EXCLUDED.listen_addr,
                        public_key = EXCLUDED.public_key, addresses = EXCLUDED.addresses,
@@ -635,50 +644,61 @@ impl Store {
                        registered_at = EXCLUDED.registered_at, peer_epoch = EXCLUDED.peer_epoch,
                        peers = EXCLUDED.peers",
                     &[
-                        &n.id.to_string(),
-                        &t(&n.hostname),
-                        &t(&n.version),
-                        &n.listen_addr.to_string(),
-                        &&n.public_key[..],
-                        &json(&n.addresses),
-                        &n.state.name(),
-                        &(n.since.0 as i64),
-                        &(n.registered_at.0 as i64),
-                        &(n.peer_epoch as i64),
-                        &json(&n.peers),
+                        &ns.iter().map(|n| n.id.to_string()).collect::<Vec<_>>(),
+                        &ns.iter().map(|n| t(&n.hostname)).collect::<Vec<_>>(),
+                        &ns.iter().map(|n| t(&n.version)).collect::<Vec<_>>(),
+                        &ns.iter().map(|n| n.listen_addr.to_string()).collect::<Vec<_>>(),
+                        &ns.iter().map(|n| &n.public_key[..]).collect::<Vec<_>>(),
+                        &ns.iter().map(|n| json(&n.addresses)).collect::<Vec<_>>(),
+                        &ns.iter().map(|n| n.state.name()).collect::<Vec<_>>(),
+                        &ns.iter().map(|n| n.since.0 as i64).collect::<Vec<_>>(),
+                        &ns.iter().map(|n| n.registered_at.0 as i64).collect::<Vec<_>>(),
+                        &ns.iter().map(|n| n.peer_epoch as i64).collect::<Vec<_>>(),
+                        &ns.iter().map(|n| json(&n.peers)).collect::<Vec<_>>(),
                     ],
                 )
                 .map_err(&e)?;
             }
-            let put_meta = |tx: &mut Tx<'_>, key: &str, value: String| {
-                tx.exec(
-                    "INSERT INTO meta (key, value) VALUES ($1, $2)
-                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                    &[&key, &t(&value)],
-                )
-                .map(drop)
-            };
+            // Each key at most once, so one upsert statement takes them all.
+            let mut meta: Vec<(&str, String)> = Vec::new();
             if let Some(r) = ring {
-                put_meta(tx, "ring", json(r)).map_err(&e)?;
+                meta.push(("ring", json(r)));
             }
-            if let Some((ep, ev)) = counters {
-                put_meta(tx, "next_epoch", ep.to_string()).map_err(&e)?;
-                put_meta(tx, "next_event_id", ev.to_string()).map_err(&e)?;
+            if let Some((epoch, event_id)) = counters {
+                meta.push(("next_epoch", epoch.to_string()));
+                meta.push(("next_event_id", event_id.to_string()));
             }
             if let Some(pos) = progress.position {
-                put_meta(tx, "inbox_position", pos.to_string()).map_err(&e)?;
+                meta.push(("inbox_position", pos.to_string()));
             }
             if let Some(s) = &progress.schedule {
-                put_meta(tx, "discovery_schedule", s.canonical.clone()).map_err(&e)?;
-                put_meta(tx, "discovery_epoch", s.epoch.to_string()).map_err(&e)?;
+                meta.push(("discovery_schedule", t(&s.canonical).into_owned()));
+                meta.push(("discovery_epoch", s.epoch.to_string()));
             }
-            for (node, (through, count)) in &progress.applied {
+            if !meta.is_empty() {
                 tx.exec(
-                    "INSERT INTO applied AS a (node, through, count) VALUES ($1, $2, $3)
+                    "INSERT INTO meta (key, value) SELECT * FROM unnest($1::text[], $2::text[])
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    &[
+                        &meta.iter().map(|m| m.0).collect::<Vec<_>>(),
+                        &meta.iter().map(|m| m.1.as_str()).collect::<Vec<_>>(),
+                    ],
+                )
+                .map_err(&e)?;
+            }
+            if !progress.applied.is_empty() {
+                let applied = &progress.applied;
+                tx.exec(
+                    "INSERT INTO applied AS a (node, through, count)
+                     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])
                      ON CONFLICT (node) DO UPDATE SET
                        through = GREATEST(a.through, EXCLUDED.through),
                        count = a.count + EXCLUDED.count",
-                    &[&node.to_string(), &(*through as i64), &(*count as i64)],
+                    &[
+                        &applied.keys().map(|n| n.to_string()).collect::<Vec<_>>(),
+                        &applied.values().map(|a| a.0 as i64).collect::<Vec<_>>(),
+                        &applied.values().map(|a| a.1 as i64).collect::<Vec<_>>(),
+                    ],
                 )
                 .map_err(&e)?;
             }
@@ -736,21 +756,25 @@ impl Store {
                 .map_err(&e)?;
             }
             query::apply_rings(tx, &wiring, &rings).map_err(&e)?;
-            for ev in events {
+            if !events.is_empty() {
                 tx.exec(
                     "INSERT INTO events (id, time, kind, host, hostname, tags, text, severity, body)
-                     VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, $9::text::jsonb)
+                     SELECT u.id, u.time, u.kind, u.host, u.hostname, u.tags::jsonb, u.text,
+                            u.severity, u.body::jsonb
+                     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                                 $6::text[], $7::text[], $8::text[], $9::text[])
+                          AS u(id, time, kind, host, hostname, tags, text, severity, body)
                      ON CONFLICT (id) DO NOTHING",
                     &[
-                        &(ev.id as i64),
-                        &(ev.time.0 as i64),
-                        &ev.kind.name(),
-                        &ev.host.map(|h| h.to_string()),
-                        &t(&ev.hostname),
-                        &json(&ev.tags),
-                        &t(&ev.text),
-                        &ev.severity.name(),
-                        &ev.body.as_ref().map(json),
+                        &events.iter().map(|v| v.id as i64).collect::<Vec<_>>(),
+                        &events.iter().map(|v| v.time.0 as i64).collect::<Vec<_>>(),
+                        &events.iter().map(|v| v.kind.name()).collect::<Vec<_>>(),
+                        &events.iter().map(|v| v.host.map(|h| h.to_string())).collect::<Vec<_>>(),
+                        &events.iter().map(|v| t(&v.hostname)).collect::<Vec<_>>(),
+                        &events.iter().map(|v| json(&v.tags)).collect::<Vec<_>>(),
+                        &events.iter().map(|v| t(&v.text)).collect::<Vec<_>>(),
+                        &events.iter().map(|v| v.severity.name()).collect::<Vec<_>>(),
+                        &events.iter().map(|v| v.body.as_ref().map(json)).collect::<Vec<_>>(),
                     ],
                 )
                 .map_err(&e)?;
