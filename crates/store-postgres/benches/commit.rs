@@ -27,7 +27,7 @@ fn node(n: u32, t: u64) -> NodeRecord {
         listen_addr: "10.0.0.1:1984".parse().unwrap(),
         public_key: [7; 32],
         addresses: vec!["10.0.0.1".into()],
-        state: if t % 2 == 0 { NodeState::Up } else { NodeState::Suspect },
+        state: if t.is_multiple_of(2) { NodeState::Up } else { NodeState::Suspect },
         since: Timestamp(t),
         registered_at: Timestamp(1),
         peer_epoch: t,
@@ -36,7 +36,12 @@ fn node(n: u32, t: u64) -> NodeRecord {
 }
 
 /// Commits `batches` batches of `size`; returns (commits/s, the time taken).
-fn run(store: &mut dyn EngineStore, batches: u64, size: u32, next_event: &mut u64) -> (f64, Duration) {
+fn run(
+    store: &mut dyn EngineStore,
+    batches: u64,
+    size: u32,
+    next_event: &mut u64,
+) -> (f64, Duration) {
     let start = Instant::now();
     for b in 0..batches {
         let mut changes: Vec<Change> =

@@ -115,13 +115,7 @@ impl Store {
             "recording a dead letter",
             "INSERT INTO dead_letters (subscription, event_id, attempts, error, at)
              VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &t(subscription),
-                &(event_id as i64),
-                &(attempts as i64),
-                &t(error),
-                &(now.0 as i64),
-            ],
+            &[&t(subscription), &(event_id as i64), &(attempts as i64), &t(error), &(now.0 as i64)],
         )
         .map(drop)
     }
@@ -205,11 +199,10 @@ impl Store {
             out.by_age = n;
             let left = (batch as u64).saturating_sub(n);
             if left > 0 {
-                let total: i64 = tx
-                    .query(&format!("SELECT COUNT(*) FROM {table}"), &[])
-                    .map_err(&e)?[0]
-                    .try_get(0)
-                    .map_err(&e)?;
+                let total: i64 =
+                    tx.query(&format!("SELECT COUNT(*) FROM {table}"), &[]).map_err(&e)?[0]
+                        .try_get(0)
+                        .map_err(&e)?;
                 let excess = (total.max(0) as u64).saturating_sub(keep).min(left);
                 if excess > 0 {
                     out.by_count = tx

@@ -538,9 +538,7 @@ impl Store {
 
     /// Reads a metadata value.
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.row("reading meta", "SELECT value FROM meta WHERE key = $1", &[&key], |r| {
-            r.try_get(0)
-        })
+        self.row("reading meta", "SELECT value FROM meta WHERE key = $1", &[&key], |r| r.try_get(0))
     }
 
     fn meta_u64(&self, key: &str) -> Result<Option<u64>, StoreError> {
@@ -748,10 +746,8 @@ impl Store {
                          ON CONFLICT (node) DO UPDATE SET due_at = EXCLUDED.due_at",
                         &[&node.to_string(), &(*due_at as i64)],
                     ),
-                    HostNewChange::Raised(node) => tx.exec(
-                        "DELETE FROM host_new_pending WHERE node = $1",
-                        &[&node.to_string()],
-                    ),
+                    HostNewChange::Raised(node) => tx
+                        .exec("DELETE FROM host_new_pending WHERE node = $1", &[&node.to_string()]),
                 }
                 .map_err(&e)?;
             }
@@ -814,9 +810,7 @@ impl Store {
             &[],
             |r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)?)),
         )?;
-        rows.into_iter()
-            .map(|(n, i)| Ok((node_id("spool_incarnations", &n)?, i as u64)))
-            .collect()
+        rows.into_iter().map(|(n, i)| Ok((node_id("spool_incarnations", &n)?, i as u64))).collect()
     }
 
     /// The latest discovery results of one node, by collector name.
@@ -983,9 +977,10 @@ impl Store {
 
     /// The id of the newest event (0 if none).
     pub fn last_event_id(&self) -> Result<u64, StoreError> {
-        let id = self.row("reading events", "SELECT COALESCE(MAX(id), 0) FROM events", &[], |r| {
-            r.try_get::<_, i64>(0)
-        })?;
+        let id =
+            self.row("reading events", "SELECT COALESCE(MAX(id), 0) FROM events", &[], |r| {
+                r.try_get::<_, i64>(0)
+            })?;
         Ok(id.unwrap_or(0) as u64)
     }
 

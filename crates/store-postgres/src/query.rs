@@ -368,7 +368,9 @@ impl Store {
             },
         )?;
         rows.into_iter()
-            .map(|(node, s)| Ok(ServiceStateRecord { node: node_id("service_states", &node)?, ..s }))
+            .map(|(node, s)| {
+                Ok(ServiceStateRecord { node: node_id("service_states", &node)?, ..s })
+            })
             .collect()
     }
 
@@ -544,8 +546,11 @@ impl Store {
             let mut it = c.client.query_raw(&s, std::iter::empty::<&str>()).map_err(&e)?;
             let mut out = HashMap::new();
             while let Some(r) = it.next().map_err(&e)? {
-                let (id, host, state): (String, String, String) =
-                    (r.try_get(0).map_err(&e)?, r.try_get(1).map_err(&e)?, r.try_get(2).map_err(&e)?);
+                let (id, host, state): (String, String, String) = (
+                    r.try_get(0).map_err(&e)?,
+                    r.try_get(1).map_err(&e)?,
+                    r.try_get(2).map_err(&e)?,
+                );
                 if let Ok(id) = id.parse() {
                     out.insert(id, (host, state));
                 }

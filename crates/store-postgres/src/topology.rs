@@ -18,10 +18,10 @@ pub(crate) fn apply_discovery(tx: &mut Tx<'_>, d: &DiscoveryRecord) -> Result<()
     let Some(part) = Part::of(&d.name) else { return Ok(()) };
     let node = d.node.to_string();
     let previous = tx
-        .query("SELECT hash, payload FROM discovery WHERE node = $1 AND name = $2", &[
-            &node,
-            &t(&d.name),
-        ])?
+        .query(
+            "SELECT hash, payload FROM discovery WHERE node = $1 AND name = $2",
+            &[&node, &t(&d.name)],
+        )?
         .first()
         .map(|r| Ok::<_, Error>((r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?)))
         .transpose()?;
@@ -87,13 +87,7 @@ fn opt_text(v: &Option<String>) -> Option<std::borrow::Cow<'_, str>> {
 }
 
 /// Replaces the node's rows of one part with `d`'s.
-fn write_part(
-    tx: &mut Tx<'_>,
-    node: &str,
-    part: Part,
-    d: &Derived,
-    now: i64,
-) -> Result<(), Error> {
+fn write_part(tx: &mut Tx<'_>, node: &str, part: Part, d: &Derived, now: i64) -> Result<(), Error> {
     let delete = |tx: &mut Tx<'_>, table: &str| {
         tx.exec(&format!("DELETE FROM {table} WHERE node = $1"), &[&node]).map(drop)
     };

@@ -88,7 +88,9 @@ fn event(eid: u64, kind: &str, host: Option<u8>, tags: &[(&str, &str)], text: &s
         tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         text: text.into(),
         severity: kind.default_severity(),
-        body: (eid % 3 == 0).then(|| json!({"n": eid, "list": [1, 2.5, "x"], "nested": {"b": 1, "a": null}})),
+        body: eid
+            .is_multiple_of(3)
+            .then(|| json!({"n": eid, "list": [1, 2.5, "x"], "nested": {"b": 1, "a": null}})),
     }
 }
 
@@ -108,7 +110,10 @@ fn fxhash(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
 }
 
-fn interfaces(nics: &[(&str, &str, &[(&str, u8)])]) -> Value {
+/// A NIC: name, MAC, (address, prefix length) pairs.
+type Nic<'a> = (&'a str, &'a str, &'a [(&'a str, u8)]);
+
+fn interfaces(nics: &[Nic<'_>]) -> Value {
     let ifs: Vec<Value> = nics
         .iter()
         .map(|(nic, mac, addrs)| {
@@ -197,7 +202,9 @@ fn suite<B: Backend>(b: &mut B) -> Answers {
     let mut progress = InboxProgress { position: Some(42), ..InboxProgress::default() };
     progress.applied.insert(id(1), (500, 3));
     progress.applied.insert(id(2), (7, 1));
-    progress.incarnations.insert(id(1), SpoolIncarnation { incarnation: u64::MAX - 1, reset: false });
+    progress
+        .incarnations
+        .insert(id(1), SpoolIncarnation { incarnation: u64::MAX - 1, reset: false });
     b.apply(&changes, &events, &progress).unwrap();
     // A late duplicate batch does not lower a mark; a reset does; a repeated event id is kept
     // once.
@@ -213,16 +220,26 @@ fn suite<B: Backend>(b: &mut B) -> Answers {
     let mut t = 1_000_000;
     let mut put = |b: &mut B, node: u8, name: &str, payload: Value| {
         t += 1;
-        let p = InboxProgress { discovery: vec![discovery(node, name, &payload, t)], ..empty.clone() };
+        let p =
+            InboxProgress { discovery: vec![discovery(node, name, &payload, t)], ..empty.clone() };
         b.apply(&[], &[], &p).unwrap();
     };
-    put(b, 1, "interfaces", interfaces(&[
-        ("eth0", "02:00:00:00:00:01", &[("10.0.0.1", 24), ("2001:db8::1", 64)]),
-        ("lo", "00:00:00:00:00:00", &[("127.0.0.1", 8)]),
-    ]));
+    put(
+        b,
+        1,
+        "interfaces",
+        interfaces(&[
+            ("eth0", "02:00:00:00:00:01", &[("10.0.0.1", 24), ("2001:db8::1", 64)]),
+            ("lo", "00:00:00:00:00:00", &[("127.0.0.1", 8)]),
+        ]),
+    );
     put(b, 2, "interfaces", interfaces(&[("eth0", "02:00:00:00:00:02", &[("10.0.0.2", 24)])]));
     put(b, 6, "interfaces", interfaces(&[("eth0", "02:00:00:00:00:06", &[("10.0.1.6", 24)])]));
-    put(b, 1, "sockets", json!({
+    put(
+        b,
+        1,
+        "sockets",
+        json!({
         "listening": [
             sock("tcp", "0.0.0.0:80", "0.0.0.0:0", "/usr/sbin/nginx", 10),
             sock("tcp", "127.0.0.1:25", "0.0.0.0:0", "/usr/sbin/exim4", 12),
@@ -232,23 +249,41 @@ fn suite<B: Backend>(b: &mut B) -> Answers {
             sock("tcp", "10.0.0.1:40000", "10.0.0.2:5432", "/usr/bin/app", 11),
             sock("tcp", "10.0.0.1:40001", "10.0.0.2:5432", "/usr/bin/app", 11),
             sock("tcp", "10.0.0.1:80", "10.0.0.9:51000", "/usr/sbin/nginx", 10),
-        ]}));
-    put(b, 2, "sockets", json!({
+        ]}),
+    );
+    put(
+        b,
+        2,
+        "sockets",
+        json!({
         "listening": [sock("tcp", "0.0.0.0:5432", "0.0.0.0:0", "/usr/lib/postgresql/postgres", 20)],
         "established": [sock("tcp", "10.0.0.2:5432", "10.0.0.1:40000",
-                             "/usr/lib/postgresql/postgres", 21)]}));
-    put(b, 6, "sockets", json!({
+                             "/usr/lib/postgresql/postgres", 21)]}),
+    );
+    put(
+        b,
+        6,
+        "sockets",
+        json!({
         "listening": [],
-        "established": [sock("tcp", "10.0.1.6:41000", "10.0.0.1:80", "/usr/bin/curl", 30)]}));
-    put(b, 1, "neighbours", json!({"neighbours": [
+        "established": [sock("tcp", "10.0.1.6:41000", "10.0.0.1:80", "/usr/bin/curl", 30)]}),
+    );
+    put(
+        b,
+        1,
+        "neighbours",
+        json!({"neighbours": [
         {"interface": "eth0", "ip": "10.0.0.2", "mac": "02:00:00:00:00:02"},
         {"interface": "eth0", "ip": "10.0.0.10", "mac": "02:AB:00:00:00:01"},
-        {"interface": "eth0", "ip": "10.0.0.9", "mac": "02:ab:00:00:00:02"}]}));
-    let pkgs = |v: &str| json!({"packages": [
+        {"interface": "eth0", "ip": "10.0.0.9", "mac": "02:ab:00:00:00:02"}]}),
+    );
+    let pkgs = |v: &str| {
+        json!({"packages": [
         {"name": "openssl", "version": v, "architecture": "amd64", "manager": "dpkg"},
         {"name": "openssh-server", "version": "1:9.2", "architecture": "amd64", "manager": "dpkg"},
         {"name": "bash", "version": "5.2", "architecture": "amd64", "manager": "dpkg"},
-        {"name": "Zlib", "version": "1", "architecture": null, "manager": "rpm"}]});
+        {"name": "Zlib", "version": "1", "architecture": null, "manager": "rpm"}]})
+    };
     put(b, 1, "packages", pkgs("3.0.1"));
     put(b, 2, "packages", pkgs("3.0.1"));
     put(b, 1, "packages", pkgs("3.0.2"));
@@ -259,9 +294,14 @@ fn suite<B: Backend>(b: &mut B) -> Answers {
     put(b, 6, "l2neighbors", json!({"neighbors": [l2("swp9", "lldp")]}));
     put(b, 6, "l2neighbors", json!({"neighbors": []}));
     put(b, 2, "sockets", json!({"listening": [], "established": []}));
-    put(b, 2, "sockets", json!({
+    put(
+        b,
+        2,
+        "sockets",
+        json!({
         "listening": [sock("tcp", "0.0.0.0:5432", "0.0.0.0:0", "/usr/lib/postgresql/postgres", 20)],
-        "established": []}));
+        "established": []}),
+    );
     put(b, 1, "os", json!("not an os result"));
 
     // Services, hand-set checks, remembered services, host.new, the schedule.
@@ -272,32 +312,60 @@ fn suite<B: Backend>(b: &mut B) -> Answers {
                 epoch: 4,
                 checks: vec![check("http:80", "80"), check("load", "0"), check("ssh", "22")],
                 monitors: vec![
-                    MonitorRecord { protocol: "tcp".into(), service_ip: None, port: 80,
-                                    check_name: "http:80".into() },
-                    MonitorRecord { protocol: "tcp".into(), service_ip: None, port: 80,
-                                    check_name: "a-http".into() },
-                    MonitorRecord { protocol: "udp".into(),
-                                    service_ip: Some("0.0.0.0".parse().unwrap()), port: 53,
-                                    check_name: "dns".into() },
+                    MonitorRecord {
+                        protocol: "tcp".into(),
+                        service_ip: None,
+                        port: 80,
+                        check_name: "http:80".into(),
+                    },
+                    MonitorRecord {
+                        protocol: "tcp".into(),
+                        service_ip: None,
+                        port: 80,
+                        check_name: "a-http".into(),
+                    },
+                    MonitorRecord {
+                        protocol: "udp".into(),
+                        service_ip: Some("0.0.0.0".parse().unwrap()),
+                        port: 53,
+                        check_name: "dns".into(),
+                    },
                 ],
             },
-            CheckSetRecord { node: id(2), epoch: 2, checks: vec![check("pg", "5432")], monitors: vec![] },
+            CheckSetRecord {
+                node: id(2),
+                epoch: 2,
+                checks: vec![check("pg", "5432")],
+                monitors: vec![],
+            },
         ],
-        states: vec![state(1, "http:80", "ok", 10), state(1, "ssh", "critical", 11),
-                     state(2, "pg", "warning", 12)],
+        states: vec![
+            state(1, "http:80", "ok", 10),
+            state(1, "ssh", "critical", 11),
+            state(2, "pg", "warning", 12),
+        ],
         manual: vec![
             ManualChange::Put(ManualCheck { node: id(1), check: check("a", "1"), added_at: 7 }),
             ManualChange::Put(ManualCheck { node: id(1), check: check("b", "2"), added_at: 8 }),
             ManualChange::Put(ManualCheck { node: id(1), check: check("a", "3"), added_at: 9 }),
             ManualChange::Remove { node: id(1), name: "b".into() },
         ],
-        remembered: vec![(id(2), vec![RememberedService {
-            protocol: "tcp".into(), ip: "0.0.0.0".parse().unwrap(), port: 22,
-            exe: Some("/usr/sbin/sshd".into()), cmdline: vec!["sshd".into(), "-D".into()],
-            user: None, seen: 5 }])],
+        remembered: vec![(
+            id(2),
+            vec![RememberedService {
+                protocol: "tcp".into(),
+                ip: "0.0.0.0".parse().unwrap(),
+                port: 22,
+                exe: Some("/usr/sbin/sshd".into()),
+                cmdline: vec!["sshd".into(), "-D".into()],
+                user: None,
+                seen: 5,
+            }],
+        )],
     };
     let mut p = InboxProgress { services, ..InboxProgress::default() };
-    p.schedule = Some(assim_cma::schedule::StoredSchedule { canonical: "sockets=60{}".into(), epoch: 3 });
+    p.schedule =
+        Some(assim_cma::schedule::StoredSchedule { canonical: "sockets=60{}".into(), epoch: 3 });
     p.host_new = vec![
         assim_cma::host_new::HostNewChange::Waiting { node: id(1), due_at: 99 },
         assim_cma::host_new::HostNewChange::Waiting { node: id(2), due_at: 98 },
@@ -316,13 +384,21 @@ fn suite<B: Backend>(b: &mut B) -> Answers {
     let wiring = |node: u8, ring: RingKey| {
         Change::Wiring(NodeWiring {
             node: id(node),
-            wiring: Wiring { ring, source: WiringSource::Lldp, nic: Some("eth0".into()),
-                             ..Default::default() },
+            wiring: Wiring {
+                ring,
+                source: WiringSource::Lldp,
+                nic: Some("eth0".into()),
+                ..Default::default()
+            },
             inputs: WiringInputs::default(),
         })
     };
     let ring = |key: RingKey, kind, members: Vec<NodeId>, reps: Vec<NodeId>| RingRecord {
-        key, kind, members, representatives: reps, watchers: vec![id(6)],
+        key,
+        kind,
+        members,
+        representatives: reps,
+        watchers: vec![id(6)],
     };
     b.apply(
         &[
@@ -339,13 +415,25 @@ fn suite<B: Backend>(b: &mut B) -> Answers {
         &empty,
     )
     .unwrap();
-    b.set_monitors(&id(2).to_string(), &[MonitorRecord {
-        protocol: "tcp".into(), service_ip: Some("10.0.0.99".parse().unwrap()), port: 5432,
-        check_name: "pg-other-ip".into() }]);
+    b.set_monitors(
+        &id(2).to_string(),
+        &[MonitorRecord {
+            protocol: "tcp".into(),
+            service_ip: Some("10.0.0.99".parse().unwrap()),
+            port: 5432,
+            check_name: "pg-other-ip".into(),
+        }],
+    );
 
     // Tokens.
-    let token = TokenRecord { id: [7; 16], secret_hash: [9; 32], created_at: Timestamp(1),
-                              expires_at: Timestamp(2), max_uses: 2, uses: 0 };
+    let token = TokenRecord {
+        id: [7; 16],
+        secret_hash: [9; 32],
+        created_at: Timestamp(1),
+        expires_at: Timestamp(2),
+        max_uses: 2,
+        uses: 0,
+    };
     b.add_token(&token);
     b.use_token(&[7; 16]).unwrap();
     b.use_token(&[8; 16]).unwrap();
@@ -367,7 +455,9 @@ fn suite<B: Backend>(b: &mut B) -> Answers {
     assert_eq!(b.ack_subscription("ops", 6, Timestamp(2)).unwrap(), Some(6));
     assert_eq!(b.ack_subscription("ops", 5, Timestamp(3)).unwrap(), Some(6), "never back");
     assert_eq!(b.ack_subscription("nobody", 5, Timestamp(3)).unwrap(), None);
-    let sub = b.put_subscription("ops", "has:ring", Some("{\"kind\":\"nats\"}"), 0, Timestamp(4)).unwrap();
+    let sub = b
+        .put_subscription("ops", "has:ring", Some("{\"kind\":\"nats\"}"), 0, Timestamp(4))
+        .unwrap();
     assert_eq!((sub.cursor, sub.filter.as_str()), (6, "has:ring"));
     b.put_subscription("audit", "kind=local.event", None, 0, Timestamp(5)).unwrap();
     b.put_subscription("tmp", "all", None, 0, Timestamp(5)).unwrap();
@@ -415,13 +505,15 @@ fn suite<B: Backend>(b: &mut B) -> Answers {
         ask(&mut out, &format!("dependents {n}"), b.dependents(&node).unwrap());
     }
     let deps = b.all_dependencies().unwrap();
-    let edges: Vec<_> = deps.iter().map(|d| (d.client_host.as_str(), d.server_host.as_str(), d.port)).collect();
+    let edges: Vec<_> =
+        deps.iter().map(|d| (d.client_host.as_str(), d.server_host.as_str(), d.port)).collect();
     assert_eq!(edges, [("web", "db", 5432), ("web", "web", 80)], "{deps:?}");
     ask(&mut out, "all dependencies", deps);
     for ip in ["10.0.0.2", "10.0.0.1", "2001:db8::1", "::ffff:10.0.0.1", "10.9.9.9"] {
         ask(&mut out, &format!("find ip {ip}"), b.find_ip(ip.parse::<IpAddr>().unwrap()).unwrap());
     }
-    for mac in ["02:ab:00:00:00:01", "02:00:00:00:00:01", "00:11:22:33:44:55", "02:00:00:00:00:0a"] {
+    for mac in ["02:ab:00:00:00:01", "02:00:00:00:00:01", "00:11:22:33:44:55", "02:00:00:00:00:0a"]
+    {
         ask(&mut out, &format!("find mac {mac}"), b.find_mac(mac).unwrap());
     }
     ask(&mut out, "switch ports", b.switch_ports(None).unwrap());
@@ -484,7 +576,10 @@ fn sqlite_and_postgres_answer_the_same() {
     }
     // A second handle (as the HTTP API opens) reads the same, and reopening migrates nothing.
     let again = assim_store_postgres::Store::open(&pg.conninfo("conformance")).unwrap();
-    assert_eq!(format!("{:?}", Queries::nodes(&again).unwrap()), format!("{:?}", Queries::nodes(&store).unwrap()));
+    assert_eq!(
+        format!("{:?}", Queries::nodes(&again).unwrap()),
+        format!("{:?}", Queries::nodes(&store).unwrap())
+    );
 }
 
 /// Issue 14, fencing: an engine whose lease was taken over commits nothing, and the new holder
@@ -542,11 +637,20 @@ fn nul_characters_newer_schemas_and_a_server_restart() {
     let mut ev = event(1, "local.event", Some(1), &[("k\0", "v\0")], "text\0with nul");
     ev.body = Some(json!({"out\0": "a\0b"}));
     ev.hostname = "h\0".into();
-    let d = DiscoveryRecord { payload: "{\"x\":\"\\u0000\"}\0".into(), ..discovery(1, "sockets", &json!({}), 1) };
-    let states = ServicesBatch { states: vec![ServiceStateRecord { output: "bad\0".into(), ..state(1, "c", "ok", 1) }], ..ServicesBatch::default() };
-    s.apply(&[Change::Node(NodeRecord { hostname: "n\0".into(), ..record(1, "x", NodeState::Up, 1) })],
-            &[ev], &InboxProgress { discovery: vec![d], services: states, ..InboxProgress::default() })
-        .unwrap();
+    let d = DiscoveryRecord {
+        payload: "{\"x\":\"\\u0000\"}\0".into(),
+        ..discovery(1, "sockets", &json!({}), 1)
+    };
+    let states = ServicesBatch {
+        states: vec![ServiceStateRecord { output: "bad\0".into(), ..state(1, "c", "ok", 1) }],
+        ..ServicesBatch::default()
+    };
+    s.apply(
+        &[Change::Node(NodeRecord { hostname: "n\0".into(), ..record(1, "x", NodeState::Up, 1) })],
+        &[ev],
+        &InboxProgress { discovery: vec![d], services: states, ..InboxProgress::default() },
+    )
+    .unwrap();
     let got = &s.events_since(0, 1).unwrap()[0];
     assert_eq!(got.text, "text\u{FFFD}with nul");
     assert_eq!(got.tags["k\u{FFFD}"], "v\u{FFFD}");
