@@ -648,7 +648,8 @@ fn bad_connection_strings_are_refused_without_echoing_the_password() {
 
 /// PostgreSQL refuses NUL in text and jsonb; a hostile plugin output or payload with NUL must
 /// not wedge the engine (a failed batch is retried forever). It is stored as U+FFFD. Also: a
-/// database from a newer version is refused, and a lost connection (a server restart) is reconnected.
+/// database from a newer version is refused, and a lost connection (a server restart) is
+/// reconnected.
 #[test]
 fn nul_characters_newer_schemas_and_a_lost_connection() {
     let Some(pg) = Postgres::start() else { return };
