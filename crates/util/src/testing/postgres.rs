@@ -6,8 +6,9 @@
 //! CI, so under root both run as `nobody` (through `setpriv`) and the directory is chowned to
 //! it. The directory is mode 0700, so with `trust` authentication only its owner and root can
 //! connect. Dropping the value (a panic included) stops the server (fast shutdown, then
-//! SIGKILL) and deletes the directory. A test killed with SIGKILL leaves the server running:
-//! `pkill -f assim-pg-` by hand then.
+//! SIGKILL) and deletes the directory; so does the end of the test process in any other way
+//! (SIGKILL from a runner's timeout), through a pipe the server's supervising `sh` watches — only
+//! the directory is then left in the temp dir.
 //!
 //! Debian's `postgresql-15` puts the programs in [`Postgres::BIN`] (`scripts/install-deps`
 //! installs it); without them [`super::skip`] applies (a failure under CI). The system's own
@@ -20,7 +21,10 @@ use std::time::{Duration, Instant};
 /// A PostgreSQL server for one test: its own cluster, socket and superuser (`assim`).
 #[derive(Debug)]
 pub struct Postgres {
+    /// The supervising sh (see [`SUPERVISE`]).
     child: Child,
+    /// The write end of the sh's stdin; closing it stops the server.
+    lifeline: Option<std::process::ChildStdin>,
     dir: PathBuf,
     /// The port number (the socket is `DIR/.s.PGSQL.PORT`).
     pub port: u16,
@@ -60,20 +64,20 @@ impl Postgres {
             std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).expect("chown to nobody");
         }
         let data = dir.join("data");
-        let run = |program: &str| {
+        let run = |program: &Path| {
             let mut c = if root {
                 let mut c = Command::new("setpriv");
                 c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
-                c.arg(bin.join(program));
+                c.arg(program);
                 c
             } else {
-                Command::new(bin.join(program))
+                Command::new(program)
             };
             // initdb and postgres refuse a working directory they cannot read.
             c.current_dir(&dir);
             c
         };
-        let out = run("initdb")
+        let out = run(&bin.join("initdb"))
             .arg("-D")
             .arg(&data)
             .args(["-U", Self::USER, "--auth=trust", "--encoding=UTF8", "--locale=C"])
@@ -92,7 +96,15 @@ impl Postgres {
             std::os::unix::fs::chown(dir.join("postgres.log"), Some(65534), Some(65534))
                 .expect("chown the log");
         }
-        let child = run("postgres")
+        // postgres runs under a small sh that holds the read end of a pipe whose write end
+        // only this process has: when this process ends in any way (a panic, SIGKILL from a
+        // test runner's timeout), the pipe reaches EOF and the sh stops the server (fast
+        // shutdown). The sh exits when the server does.
+        let mut child = run(Path::new("/bin/sh"))
+            .arg("-c")
+            .arg(SUPERVISE)
+            .arg("assim-pg-supervisor")
+            .arg(bin.join("postgres"))
             .arg("-D")
             .arg(&data)
             .arg("-k")
@@ -100,12 +112,13 @@ impl Postgres {
             .args(["-p", &port.to_string()])
             .args(["-c", "listen_addresses=", "-c", "max_connections=40"])
             .args(["-c", "shared_buffers=16MB", "-c", "unix_socket_permissions=0700"])
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("cannot start postgres");
-        let mut server = Postgres { child, dir, port };
+        let lifeline = child.stdin.take();
+        let mut server = Postgres { child, lifeline, dir, port };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
@@ -151,6 +164,13 @@ impl Postgres {
         assert!(out.status.success(), "createdb {name}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// The server's process id while it runs (from `postmaster.pid`).
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).ok()?;
+        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
     /// The server's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default()
@@ -159,8 +179,9 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        // SIGINT is PostgreSQL's fast shutdown: backends are told to exit, then the server.
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        // EOF on the supervisor's stdin: it sends SIGINT, PostgreSQL's fast shutdown (backends
+        // are told to exit, then the server), and exits when the server has.
+        drop(self.lifeline.take());
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -168,11 +189,21 @@ impl Drop for Postgres {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        if let Some(pid) = self.postmaster_pid() {
+            // Still running after 10 s: no more waiting.
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// The supervisor: `$@` is the postgres command line. The server's stdin is /dev/null (an
+/// asynchronous list's), its fd 3 closed; a background reader of the original stdin (fd 3)
+/// sends SIGINT at EOF.
+const SUPERVISE: &str =
+    "exec 3<&0; \"$@\" 3<&- & pid=$!; { read -r _ <&3; kill -INT $pid; } & wait $pid";
 
 fn is_root() -> bool {
     Command::new("id")
@@ -207,9 +238,24 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&psql.stdout).trim(), Postgres::USER);
-        let (dir, pid) = (pg.dir.clone(), pg.child.id());
+        let pid = pg.postmaster_pid().expect("postgres runs");
+        let dir = pg.dir.clone();
         drop(pg);
         assert!(!dir.exists());
         assert!(!Path::new(&format!("/proc/{pid}")).exists(), "postgres {pid} still runs");
+    }
+
+    /// What a SIGKILLed test process does to the pipe (its write end closes) stops the server
+    /// too, without the drop.
+    #[test]
+    fn the_server_stops_when_its_owner_is_gone() {
+        let Some(mut pg) = Postgres::start() else { return };
+        let pid = pg.postmaster_pid().expect("postgres runs");
+        drop(pg.lifeline.take());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < deadline, "postgres {pid} outlived its owner's pipe");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
