@@ -35,8 +35,9 @@
 //! one place where the answers differ from SQLite's.
 //!
 //! # Not built yet (issue 14)
-//! The CMA does not open this store yet (`cma` runs on SQLite only; the `postgres` client
-//! blocks, so the engine must call it from a blocking thread). No packet readers, no JetStream
+//! The CMA does not open this store yet (`cma` runs on SQLite only). The `postgres` client owns a
+//! small tokio runtime per connection: never use or drop a [`Store`] on an async worker (see
+//! docs/cluster.md for the two ways to wire it into the daemon). No packet readers, no JetStream
 //! inbox or event stream, no engine election loop: [`Store::acquire_lease`] and the fenced
 //! commit are the seam an election will use. No topology backfill or SQLite import.
 //!
