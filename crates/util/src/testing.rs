@@ -3,10 +3,15 @@
 //! machine, but fails it in CI, where `scripts/install-deps` has installed every peer and the
 //! tests run as root, so a skip there means a check silently stopped running.
 //!
-//! [`Dnsmasq`] is a real DNS server for the tests that need one.
+//! [`Dnsmasq`] is a real DNS server for the tests that need one; [`Postgres`] a throwaway
+//! PostgreSQL cluster.
 //!
 //! CI is recognised by the `CI` environment variable, as CI services set it: any value except
 //! empty, `0` and `false` counts.
+
+mod postgres;
+
+pub use postgres::Postgres;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
