@@ -712,16 +712,27 @@ impl LabNagios {
     /// `translate_passive_host_checks=0`: the states are the sink's, not recomputed).
     fn start(lab: &mut SwitchLab, dir: std::path::PathBuf) -> LabNagios {
         let d = dir.display().to_string();
-        netns::assim_in(&lab.core, &lab.api_url, &["export", "nagios", &d])
-            .unwrap_or_else(|e| panic!("assim export nagios: {e}"));
+        netns::assim_in(
+            &lab.core,
+            &lab.api_url,
+            &["export", "nagios", &d, "--contact-group", "ops"],
+        )
+        .unwrap_or_else(|e| panic!("assim export nagios: {e}"));
+        // One contact (group `ops`, as exported) whose service notifications are appended to
+        // notifications.log: which alarms Nagios itself held back, and which it sent.
         write(
             &dir.join("contacts.cfg"),
-            "define command {\n command_name notify-none\n command_line /bin/true\n}\n\
-             define contact {\n contact_name ops1\n host_notifications_enabled 0\n\
-             service_notifications_enabled 0\n host_notification_period assim-24x7\n\
-             service_notification_period assim-24x7\n host_notification_options n\n\
-             service_notification_options n\n host_notification_commands notify-none\n\
-             service_notification_commands notify-none\n}\n",
+            &format!(
+                "define command {{\n command_name notify-log\n command_line /bin/echo \
+                 \"$NOTIFICATIONTYPE$ $HOSTNAME$ $SERVICEDESC$ $SERVICESTATE$ host=$HOSTSTATE$\" \
+                 >> {d}/notifications.log\n}}\n\
+                 define contactgroup {{\n contactgroup_name ops\n alias ops\n members ops1\n}}\n\
+                 define contact {{\n contact_name ops1\n host_notifications_enabled 0\n\
+                 service_notifications_enabled 1\n host_notification_period assim-24x7\n\
+                 service_notification_period assim-24x7\n host_notification_options n\n\
+                 service_notification_options w,u,c,r\n host_notification_commands notify-log\n\
+                 service_notification_commands notify-log\n}}\n"
+            ),
         );
         write(
             &dir.join("nagios.cfg"),
@@ -733,7 +744,7 @@ impl LabNagios {
                  query_socket={d}/nagios.qh\nlock_file={d}/nagios.lock\n\
                  temp_file={d}/nagios.tmp\ntemp_path={d}\ncheck_result_path={d}/checkresults\n\
                  retain_state_information=0\nnagios_user=root\nnagios_group=root\n\
-                 enable_notifications=0\nlog_passive_checks=1\nuse_syslog=0\n\
+                 enable_notifications=1\nlog_passive_checks=1\nuse_syslog=0\n\
                  translate_passive_host_checks=0\npassive_host_checks_are_soft=0\n"
             ),
         );
@@ -799,7 +810,11 @@ impl LabNagios {
 
 /// The switch cut of `cut_and_restore_a_switch`, watched by a real nagios4 fed by the CMA's
 /// Nagios sink (issue 17): while the switch is cut Nagios shows it DOWN and its hosts
-/// UNREACHABLE, every other host UP; after it returns, UP again.
+/// UNREACHABLE, every other host UP; after it returns, UP again. And a check on a host behind
+/// the switch that breaks while it is cut off (issue 13's suppression): the CMA raises its
+/// alarm at info with `suppressed=` and again once the switch is back (or, when the spooled
+/// result arrives after `switch.up`, once, saying it was made while unreachable); Nagios sends
+/// exactly one notification for it, with the host UP.
 #[test]
 fn switch_lab_a_cut_switch_is_one_incident_and_one_recovery() {
     if !preconditions() {
@@ -808,8 +823,25 @@ fn switch_lab_a_cut_switch_is_one_incident_and_one_recovery() {
     assert!(have("nagios4"), "nagios4 is missing: run scripts/install-deps (nagios4-core)");
     let (dir, cma_config) = LabNagios::prepare();
     let mut lab = SwitchLab::start_with_cma_config(3, 3, Some(&cma_config));
-    let nagios = LabNagios::start(&mut lab, dir);
     let cut = 1;
+    // A local check on a host of the switch to be cut: OK while the flag file exists.
+    let watched = lab.switches[cut].hosts[0].name.clone();
+    let flag = lab.lab.dir.join("flag");
+    write(&flag, "ok");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_assim"))
+        .args(["app", "check", "flag", "--interval", "5s", "--attempts", "1", "--data-dir"])
+        .arg(lab.lab.dir.join(&watched))
+        .args(["--", "check_file_age", "-w", "86400", "-c", "86400", "-f"])
+        .arg(&flag)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "assim app check: {}", String::from_utf8_lossy(&out.stderr));
+    wait_for(&lab.lab, "the CMA to know local:flag", Duration::from_secs(30), || {
+        let v = lab.q(&["services", "--host", &watched])?;
+        let known = v.as_array().is_some_and(|a| a.iter().any(|s| s["check"] == "local:flag"));
+        if known { Ok(v) } else { Err(format!("{v}")) }
+    });
+    let nagios = LabNagios::start(&mut lab, dir);
     // The switch's Nagios host is the export's name for it: `switch-` and its LLDP name.
     let switch_host = |s: usize| format!("switch-{}", lab.switches[s].name);
     let hosts_of = |s: usize, state: &'static str| -> Vec<(String, &'static str)> {
@@ -823,13 +855,18 @@ fn switch_lab_a_cut_switch_is_one_incident_and_one_recovery() {
         before.push((switch_host(s), "pending"));
     }
     nagios.wait_hosts(&lab, "nagios4: every host UP", &before);
+    let start = lab.last_event_id();
     let after = cut_and_restore_a_switch(&lab, &|| {
+        // The check breaks while its host is cut off; it runs (every 5 s) before the return.
+        let broke = Instant::now();
+        std::fs::remove_file(&flag).unwrap();
         let mut cut_off = vec![(switch_host(cut), NAGIOS_DOWN)];
         cut_off.extend(hosts_of(cut, NAGIOS_UNREACHABLE));
         for s in (0..lab.switches.len()).filter(|s| *s != cut) {
             cut_off.extend(hosts_of(s, NAGIOS_UP));
         }
         nagios.wait_hosts(&lab, "nagios4: the switch DOWN, its hosts UNREACHABLE", &cut_off);
+        std::thread::sleep(Duration::from_secs(7).saturating_sub(broke.elapsed()));
     });
     println!("after the switch returned: {after:?}");
     let mut back = vec![(switch_host(cut), NAGIOS_UP)];
@@ -845,6 +882,66 @@ fn switch_lab_a_cut_switch_is_one_incident_and_one_recovery() {
             h.name
         );
     }
+
+    // The check that broke while cut off. Its result waited in the host's spool; delivered
+    // before `switch.up` it is suppressed (info, `suppressed=`) and raised again after it,
+    // delivered later it is raised once, marked as made while unreachable.
+    let flag_alarms = |evs: &[Value]| -> Vec<Value> {
+        evs.iter()
+            .filter(|e| e["type"] == "service.critical" && e["tags"]["service"] == "local:flag")
+            .cloned()
+            .collect()
+    };
+    lab.wait_event(start, "service.critical for local:flag", |e| {
+        !flag_alarms(std::slice::from_ref(e)).is_empty()
+    });
+    let first = flag_alarms(&lab.events_since(start)).remove(0);
+    assert_eq!(first["hostname"], watched.as_str(), "{first}");
+    if first["tags"]["suppressed"].is_string() {
+        assert_eq!(first["severity"], "info", "a suppressed alarm: {first}");
+        let again = lab.wait_event(start, "local:flag raised again after switch.up", |e| {
+            !flag_alarms(std::slice::from_ref(e)).is_empty() && e["tags"]["held_while"].is_string()
+        });
+        assert_eq!(again["severity"], "critical", "{again}");
+        println!("local:flag: suppressed while cut off, raised again after switch.up");
+    } else {
+        assert!(first["tags"]["made_while_unreachable"].is_string(), "{first}");
+        assert_eq!(first["severity"], "critical", "{first}");
+        println!("local:flag: delivered after switch.up, raised once");
+    }
+    // Nagios: the service CRITICAL, one notification, sent with its host UP.
+    wait_for(
+        &lab.lab,
+        "nagios4: local:flag CRITICAL, one notification",
+        Duration::from_secs(30),
+        || {
+            let svc = nagios.blocks("servicestatus")?;
+            let state = svc
+                .iter()
+                .find(|s| {
+                    s.get("host_name") == Some(&watched)
+                        && s.get("service_description").map(String::as_str) == Some("local:flag")
+                })
+                .map(|s| s["current_state"].clone());
+            let sent =
+                std::fs::read_to_string(nagios.dir.join("notifications.log")).unwrap_or_default();
+            let flag_lines: Vec<&str> =
+                sent.lines().filter(|l| l.contains(" local:flag ")).collect();
+            if state.as_deref() == Some("2") && flag_lines.len() == 1 {
+                Ok(Value::String(flag_lines[0].to_owned()))
+            } else {
+                Err(format!("state {state:?}, notifications: {sent:?}"))
+            }
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let sent = std::fs::read_to_string(nagios.dir.join("notifications.log")).unwrap_or_default();
+    let flag_lines: Vec<&str> = sent.lines().filter(|l| l.contains(" local:flag ")).collect();
+    assert_eq!(
+        flag_lines,
+        vec![format!("PROBLEM {watched} local:flag CRITICAL host=UP")],
+        "{sent}"
+    );
 }
 
 /// The strict form of the recovery: nothing but the `switch.up`. The hosts of the returning
