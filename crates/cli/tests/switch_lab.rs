@@ -837,8 +837,10 @@ fn switch_lab_a_cut_switch_is_one_incident_and_one_recovery() {
         .unwrap();
     assert!(out.status.success(), "assim app check: {}", String::from_utf8_lossy(&out.stderr));
     wait_for(&lab.lab, "the CMA to know local:flag", Duration::from_secs(30), || {
-        let v = lab.q(&["services", "--host", &watched])?;
-        let known = v.as_array().is_some_and(|a| a.iter().any(|s| s["check"] == "local:flag"));
+        let v = lab.q(&["check", "list", "--host", &watched])?;
+        let known = v
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c["name"] == "local:flag" && c["source"] == "local"));
         if known { Ok(v) } else { Err(format!("{v}")) }
     });
     let nagios = LabNagios::start(&mut lab, dir);
