@@ -33,7 +33,9 @@
 //!   10 dead times (`ASSIM_LAB_DROP_SECS`, 120 for the two minutes): `path.suspect`,
 //!   no `host.down`, the host never Down, no `host.up` (no revive/rejoin flapping);
 //! - every link of one switch down, then up again: one `switch.down` or `switch.unreachable`,
-//!   its hosts Unreachable, no `host.down`, then one `switch.up`.
+//!   its hosts Unreachable, no `host.down`, then one `switch.up`; in one run a real `nagios4`
+//!   (Debian nagios4-core) fed by the CMA's Nagios sink shows the switch DOWN and its hosts
+//!   UNREACHABLE, and a local check behind the switch is suppressed, then raised once.
 //!
 //! Every namespace has a name unique to this run and is deleted on drop, panics included
 //! (`netns::Lab`). `ASSIM_KEEP_LAB=1` keeps the logs directory.
