@@ -428,9 +428,12 @@ pub async fn deliver_once(
                 crate::sink::webhook(&url, secret.as_deref(), &e2, timeout)
             }
             SinkKind::Exec { dir } => crate::sink::exec(&dir, &e2, timeout),
-            SinkKind::Nagios { command_file, service } => {
-                crate::sink::nagios(&command_file, service.as_deref().unwrap_or("assim"), &e2)
-            }
+            SinkKind::Nagios { command_file, service } => crate::sink::nagios(
+                &command_file,
+                service.as_deref().unwrap_or("assim"),
+                &e2,
+                timeout,
+            ),
             SinkKind::Nats { .. } => unreachable!("handled above"),
         })
         .await

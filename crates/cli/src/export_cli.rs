@@ -46,9 +46,9 @@ pub enum ExportCommand {
     /// wiring (the switches are hosts too), passive services named as the CMA's Nagios sink
     /// sends them, host groups by switch, subnet and OS.
     ///
-    /// The file is replaced atomically, and only when it changed; then --reload-cmd runs. Set
-    /// translate_passive_host_checks=1 in nagios.cfg so passive DOWN results of hosts behind a
-    /// dead switch show UNREACHABLE.
+    /// The file is replaced atomically, and only when it changed; then --reload-cmd runs. Feed
+    /// it with the CMA's Nagios sink (docs/bus.md): it reports a switch that is down as DOWN
+    /// (switch-NAME, the name written here) and the hosts behind it as UNREACHABLE.
     ///
     /// Example:
     ///   assim export nagios /etc/nagios4/conf.d --reload-cmd 'systemctl reload nagios4'

@@ -35,9 +35,11 @@
 //!   no `host.down`, the host never Down, no `host.up` (no revive/rejoin flapping);
 //! - every link of one switch down, then up again: one `switch.down` (its management address,
 //!   on the bridge behind the cut uplink, silent too), its hosts Unreachable, no `host.down`,
-//!   then one `switch.up`; then, in the same lab, only the host ports of another switch down:
-//!   its management address answers the CMA's ping, so one `switch.unreachable` ("alive but
-//!   forwards for none of its hosts"), then one `switch.up`.
+//!   then one `switch.up`; in that run a real `nagios4` (Debian nagios4-core) fed by the CMA's
+//!   Nagios sink shows the switch DOWN and its hosts UNREACHABLE, and a local check behind the
+//!   switch is suppressed, then raised once; then, in the same lab, only the host ports of
+//!   another switch down: its management address answers the CMA's ping, so one
+//!   `switch.unreachable` ("alive but forwards for none of its hosts"), then one `switch.up`.
 //!
 //! Every namespace has a name unique to this run and is deleted on drop, panics included
 //! (`netns::Lab`). `ASSIM_KEEP_LAB=1` keeps the logs directory.
@@ -88,6 +90,16 @@ impl SwitchLab {
     /// Builds `switches` switches with `hosts` hosts each, starts the CMA, lldpd and the
     /// nanoprobes, and waits until every host is up, in the ring, and wired to its switch.
     fn start(switches: usize, hosts: usize) -> SwitchLab {
+        Self::start_with_cma_config(switches, hosts, None)
+    }
+
+    /// [`SwitchLab::start`] with the CMA reading `cma_config` (`--config`: sinks are declared
+    /// only there).
+    fn start_with_cma_config(
+        switches: usize,
+        hosts: usize,
+        cma_config: Option<&std::path::Path>,
+    ) -> SwitchLab {
         let mut lab = Lab::new();
         let core = lab.add_ns("core");
         ip(&["-n", &core, "link", "add", "up0", "type", "bridge"]);
@@ -143,7 +155,7 @@ impl SwitchLab {
             ),
         );
         let mut lab = SwitchLab { lab, core, api_url: format!("http://{API}"), switches: sws };
-        lab.start_cma();
+        lab.start_cma(cma_config);
         lab.start_lldpd();
         for s in 0..lab.switches.len() {
             for h in 0..lab.switches[s].hosts.len() {
@@ -159,10 +171,11 @@ impl SwitchLab {
         self.switches.iter().flat_map(|s| s.hosts.iter())
     }
 
-    fn start_cma(&mut self) {
+    fn start_cma(&mut self, config: Option<&std::path::Path>) {
         let data = self.lab.dir.join("cma");
         let listen = format!("{CMA_IP}:{CMA_PORT}");
         let core = self.core.clone();
+        let config = config.map(|c| ["--config", c.to_str().unwrap()]);
         self.lab.spawn(
             "cma",
             &core,
@@ -184,7 +197,10 @@ impl SwitchLab {
                 DEAD,
                 "--discovery",
                 "packages=0,ssh_host_keys=0",
-            ],
+            ]
+            .into_iter()
+            .chain(config.iter().flatten().copied())
+            .collect::<Vec<_>>(),
             false,
         );
         wait_for(&self.lab, "the CMA's API", Duration::from_secs(30), || self.q(&["status"]));
@@ -595,9 +611,10 @@ fn alarms_since(lab: &SwitchLab, since: u64) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Cuts every link of switch 2, checks the incident, restores the links, checks the recovery;
-/// returns the alarms and switch events after the links came back (`host.suspect` left out).
-fn cut_and_restore_a_switch(lab: &SwitchLab) -> Vec<(String, String)> {
+/// Cuts every link of switch 2, checks the incident, runs `while_cut`, restores the links,
+/// checks the recovery; returns the alarms and switch events after the links came back
+/// (`host.suspect` left out).
+fn cut_and_restore_a_switch(lab: &SwitchLab, while_cut: &dyn Fn()) -> Vec<(String, String)> {
     let cut = 1;
     let name = lab.switches[cut].name.clone();
     let start = lab.last_event_id();
@@ -637,6 +654,7 @@ fn cut_and_restore_a_switch(lab: &SwitchLab) -> Vec<(String, String)> {
     assert!(behind.iter().all(|(_, s)| s == "unreachable"), "{behind:?}");
     let sw = lab.q(&["switch", &name]).unwrap();
     assert!(matches!(sw[0]["state"].as_str(), Some("down" | "unreachable")), "{sw}");
+    while_cut();
 
     // It comes back: one recovery event, every host up, still no host.down.
     let back = lab.last_event_id();
@@ -667,14 +685,291 @@ fn cut_and_restore_a_switch(lab: &SwitchLab) -> Vec<(String, String)> {
     after
 }
 
+/// A private nagios4 fed by the lab CMA's Nagios sink (issue 17): its objects are what
+/// `assim export nagios` writes from the lab's CMA, its command FIFO is the sink's
+/// `command_file`, its `status.dat` is rewritten every second. A process of the lab (killed
+/// with it); its directory is removed on drop.
+struct LabNagios {
+    dir: std::path::PathBuf,
+}
+
+impl Drop for LabNagios {
+    fn drop(&mut self) {
+        if !std::thread::panicking() && std::env::var_os("ASSIM_KEEP_LAB").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Nagios host states in `status.dat`.
+const NAGIOS_UP: &str = "0";
+const NAGIOS_DOWN: &str = "1";
+const NAGIOS_UNREACHABLE: &str = "2";
+
+impl LabNagios {
+    /// A new directory for it, and the CMA config that points a Nagios sink at its FIFO (the
+    /// sink is config-only, so it exists before the CMA starts; until nagios4 runs, deliveries
+    /// fail and are retried every 200 ms). Returns (directory, config file).
+    fn prepare() -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "assim-lab-nagios-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_nanos()
+        ));
+        std::fs::create_dir_all(dir.join("checkresults")).unwrap();
+        let config = dir.join("cma.toml");
+        write(
+            &config,
+            &format!(
+                "[[bus.sinks]]\nname = \"nagios\"\n\
+                 filter = \"type:host.* or type:switch.* or type:service.*\"\n\
+                 type = \"nagios\"\ncommand_file = \"{}\"\nbackoff = \"100ms\"\n\
+                 max_backoff = \"200ms\"\nmax_attempts = 1000\n",
+                dir.join("nagios.cmd").display()
+            ),
+        );
+        (dir, config)
+    }
+
+    /// Exports the lab CMA's objects into `dir` and starts nagios4 on them (stock
+    /// `translate_passive_host_checks=0`: the states are the sink's, not recomputed).
+    fn start(lab: &mut SwitchLab, dir: std::path::PathBuf) -> LabNagios {
+        let d = dir.display().to_string();
+        netns::assim_in(
+            &lab.core,
+            &lab.api_url,
+            &["export", "nagios", &d, "--contact-group", "ops"],
+        )
+        .unwrap_or_else(|e| panic!("assim export nagios: {e}"));
+        // One contact (group `ops`, as exported) whose service notifications are appended to
+        // notifications.log: which alarms Nagios itself held back, and which it sent.
+        write(
+            &dir.join("contacts.cfg"),
+            &format!(
+                "define command {{\n command_name notify-log\n command_line /bin/echo \
+                 \"$NOTIFICATIONTYPE$ $HOSTNAME$ $SERVICEDESC$ $SERVICESTATE$ host=$HOSTSTATE$\" \
+                 >> {d}/notifications.log\n}}\n\
+                 define contactgroup {{\n contactgroup_name ops\n alias ops\n members ops1\n}}\n\
+                 define contact {{\n contact_name ops1\n host_notifications_enabled 0\n\
+                 service_notifications_enabled 1\n host_notification_period assim-24x7\n\
+                 service_notification_period assim-24x7\n host_notification_options n\n\
+                 service_notification_options w,u,c,r\n host_notification_commands notify-log\n\
+                 service_notification_commands notify-log\n}}\n"
+            ),
+        );
+        write(
+            &dir.join("nagios.cfg"),
+            &format!(
+                "cfg_file={d}/assim.cfg\ncfg_file={d}/contacts.cfg\nlog_file={d}/nagios.log\n\
+                 status_file={d}/status.dat\nstatus_update_interval=1\n\
+                 object_cache_file={d}/objects.cache\nprecached_object_file={d}/objects.precache\n\
+                 command_file={d}/nagios.cmd\ncheck_external_commands=1\n\
+                 query_socket={d}/nagios.qh\nlock_file={d}/nagios.lock\n\
+                 temp_file={d}/nagios.tmp\ntemp_path={d}\ncheck_result_path={d}/checkresults\n\
+                 retain_state_information=0\nnagios_user=root\nnagios_group=root\n\
+                 enable_notifications=1\nlog_passive_checks=1\nuse_syslog=0\n\
+                 translate_passive_host_checks=0\npassive_host_checks_are_soft=0\n"
+            ),
+        );
+        let core = lab.core.clone();
+        lab.lab.spawn("nagios4", &core, &["nagios4", &format!("{d}/nagios.cfg")], false);
+        let n = LabNagios { dir };
+        wait_for(&lab.lab, "nagios4's command FIFO", Duration::from_secs(20), || {
+            if n.dir.join("nagios.cmd").exists() {
+                Ok(Value::Null)
+            } else {
+                Err(format!("no {d}/nagios.cmd yet"))
+            }
+        });
+        n
+    }
+
+    /// The `KIND {` blocks of `status.dat` (`hoststatus`, `servicestatus`) as key=value maps.
+    fn blocks(
+        &self,
+        kind: &str,
+    ) -> Result<Vec<std::collections::BTreeMap<String, String>>, String> {
+        let path = self.dir.join("status.dat");
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(text
+            .split(&format!("{kind} {{"))
+            .skip(1)
+            .map(|b| {
+                b.split('}')
+                    .next()
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.trim().split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Waits until every host in `want` has that `current_state` in `status.dat`, checked
+    /// (a passive result arrived) unless its state is "pending".
+    fn wait_hosts(&self, lab: &SwitchLab, what: &str, want: &[(String, &str)]) {
+        wait_for(&lab.lab, what, Duration::from_secs(30), || {
+            let hosts = self.blocks("hoststatus")?;
+            let mut wrong = Vec::new();
+            for (name, state) in want {
+                let h = hosts.iter().find(|h| h.get("host_name") == Some(name));
+                let (got, checked) = h
+                    .map(|h| (h["current_state"].as_str(), h["has_been_checked"].as_str()))
+                    .unwrap_or(("missing", "0"));
+                let ok = match *state {
+                    "pending" => got == NAGIOS_UP && checked == "0",
+                    s => got == s && checked == "1",
+                };
+                if !ok {
+                    wrong.push(format!("{name}={got} (checked {checked}, want {state})"));
+                }
+            }
+            if wrong.is_empty() { Ok(Value::Null) } else { Err(wrong.join(", ")) }
+        });
+    }
+}
+
+/// The switch cut of `cut_and_restore_a_switch`, watched by a real nagios4 fed by the CMA's
+/// Nagios sink (issue 17): while the switch is cut Nagios shows it DOWN and its hosts
+/// UNREACHABLE, every other host UP; after it returns, UP again. And a check on a host behind
+/// the switch that breaks while it is cut off (issue 13's suppression): the CMA raises its
+/// alarm at info with `suppressed=` and again once the switch is back (or, when the spooled
+/// result arrives after `switch.up`, once, saying it was made while unreachable); Nagios sends
+/// exactly one notification for it, with the host UP.
 #[test]
 fn switch_lab_a_cut_switch_is_one_incident_and_one_recovery() {
     if !preconditions() {
         return;
     }
-    let lab = SwitchLab::start(3, 3);
-    let after = cut_and_restore_a_switch(&lab);
+    assert!(have("nagios4"), "nagios4 is missing: run scripts/install-deps (nagios4-core)");
+    let (dir, cma_config) = LabNagios::prepare();
+    let mut lab = SwitchLab::start_with_cma_config(3, 3, Some(&cma_config));
+    let cut = 1;
+    // A local check on a host of the switch to be cut: OK while the flag file exists.
+    let watched = lab.switches[cut].hosts[0].name.clone();
+    let flag = lab.lab.dir.join("flag");
+    write(&flag, "ok");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_assim"))
+        .args(["app", "check", "flag", "--interval", "5s", "--attempts", "1", "--data-dir"])
+        .arg(lab.lab.dir.join(&watched))
+        .args(["--", "check_file_age", "-w", "86400", "-c", "86400", "-f"])
+        .arg(&flag)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "assim app check: {}", String::from_utf8_lossy(&out.stderr));
+    wait_for(&lab.lab, "the CMA to know local:flag", Duration::from_secs(30), || {
+        let v = lab.q(&["check", "list", "--host", &watched])?;
+        let known = v
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c["name"] == "local:flag" && c["source"] == "local"));
+        if known { Ok(v) } else { Err(format!("{v}")) }
+    });
+    let nagios = LabNagios::start(&mut lab, dir);
+    // The switch's Nagios host is the export's name for it: `switch-` and its LLDP name.
+    let switch_host = |s: usize| format!("switch-{}", lab.switches[s].name);
+    let hosts_of = |s: usize, state: &'static str| -> Vec<(String, &'static str)> {
+        lab.switches[s].hosts.iter().map(|h| (h.name.clone(), state)).collect()
+    };
+    // Before: every host UP (its host.up at registration); the switches are pending (no
+    // event concerns a switch until its first incident).
+    let mut before: Vec<(String, &str)> = Vec::new();
+    for s in 0..lab.switches.len() {
+        before.extend(hosts_of(s, NAGIOS_UP));
+        before.push((switch_host(s), "pending"));
+    }
+    nagios.wait_hosts(&lab, "nagios4: every host UP", &before);
+    let start = lab.last_event_id();
+    let after = cut_and_restore_a_switch(&lab, &|| {
+        // The check breaks while its host is cut off; it runs (every 5 s) before the return.
+        let broke = Instant::now();
+        std::fs::remove_file(&flag).unwrap();
+        let mut cut_off = vec![(switch_host(cut), NAGIOS_DOWN)];
+        cut_off.extend(hosts_of(cut, NAGIOS_UNREACHABLE));
+        for s in (0..lab.switches.len()).filter(|s| *s != cut) {
+            cut_off.extend(hosts_of(s, NAGIOS_UP));
+        }
+        nagios.wait_hosts(&lab, "nagios4: the switch DOWN, its hosts UNREACHABLE", &cut_off);
+        std::thread::sleep(Duration::from_secs(7).saturating_sub(broke.elapsed()));
+    });
     println!("after the switch returned: {after:?}");
+    let mut back = vec![(switch_host(cut), NAGIOS_UP)];
+    for s in 0..lab.switches.len() {
+        back.extend(hosts_of(s, NAGIOS_UP));
+    }
+    nagios.wait_hosts(&lab, "nagios4: the switch and its hosts UP again", &back);
+    let log = std::fs::read_to_string(nagios.dir.join("nagios.log")).unwrap_or_default();
+    for h in &lab.switches[cut].hosts {
+        assert!(
+            log.contains(&format!("HOST ALERT: {};UNREACHABLE;HARD;", h.name)),
+            "nagios.log has no UNREACHABLE alert for {}:\n{log}",
+            h.name
+        );
+    }
+
+    // The check that broke while cut off. Its result waited in the host's spool; delivered
+    // before `switch.up` it is suppressed (info, `suppressed=`) and raised again after it,
+    // delivered later it is raised once, marked as made while unreachable.
+    let flag_alarms = |evs: &[Value]| -> Vec<Value> {
+        evs.iter()
+            .filter(|e| e["type"] == "service.critical" && e["tags"]["service"] == "local:flag")
+            .cloned()
+            .collect()
+    };
+    lab.wait_event(start, "service.critical for local:flag", |e| {
+        !flag_alarms(std::slice::from_ref(e)).is_empty()
+    });
+    let first = flag_alarms(&lab.events_since(start)).remove(0);
+    assert_eq!(first["hostname"], watched.as_str(), "{first}");
+    if first["tags"]["suppressed"].is_string() {
+        assert_eq!(first["severity"], "info", "a suppressed alarm: {first}");
+        let again = lab.wait_event(start, "local:flag raised again after switch.up", |e| {
+            !flag_alarms(std::slice::from_ref(e)).is_empty() && e["tags"]["held_while"].is_string()
+        });
+        assert_eq!(again["severity"], "critical", "{again}");
+        println!("local:flag: suppressed while cut off, raised again after switch.up");
+    } else {
+        assert!(first["tags"]["made_while_unreachable"].is_string(), "{first}");
+        assert_eq!(first["severity"], "critical", "{first}");
+        println!("local:flag: delivered after switch.up, raised once");
+    }
+    // Nagios: the service CRITICAL, one notification, sent with its host UP.
+    wait_for(
+        &lab.lab,
+        "nagios4: local:flag CRITICAL, one notification",
+        Duration::from_secs(30),
+        || {
+            let svc = nagios.blocks("servicestatus")?;
+            let state = svc
+                .iter()
+                .find(|s| {
+                    s.get("host_name") == Some(&watched)
+                        && s.get("service_description").map(String::as_str) == Some("local:flag")
+                })
+                .map(|s| s["current_state"].clone());
+            let sent =
+                std::fs::read_to_string(nagios.dir.join("notifications.log")).unwrap_or_default();
+            let flag_lines: Vec<&str> =
+                sent.lines().filter(|l| l.contains(" local:flag ")).collect();
+            if state.as_deref() == Some("2") && flag_lines.len() == 1 {
+                Ok(Value::String(flag_lines[0].to_owned()))
+            } else {
+                Err(format!("state {state:?}, notifications: {sent:?}"))
+            }
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let sent = std::fs::read_to_string(nagios.dir.join("notifications.log")).unwrap_or_default();
+    let flag_lines: Vec<&str> = sent.lines().filter(|l| l.contains(" local:flag ")).collect();
+    assert_eq!(
+        flag_lines,
+        vec![format!("PROBLEM {watched} local:flag CRITICAL host=UP")],
+        "{sent}"
+    );
     // The same lab, another failure: only the switch's host ports go down, so it still
     // answers on its management address.
     cut_host_ports_of_a_live_switch(&lab);
@@ -721,7 +1016,7 @@ fn switch_lab_a_returning_switch_raises_nothing_but_switch_up() {
         return;
     }
     let lab = SwitchLab::start(3, 3);
-    let after = cut_and_restore_a_switch(&lab);
+    let after = cut_and_restore_a_switch(&lab, &|| {});
     assert_eq!(after.len(), 1, "only switch.up after the return: {after:?}");
 }
 

@@ -379,9 +379,7 @@ impl Driver {
                     let _ = self.last_event.send(id);
                 }
                 Note::CommandAnswer(a) => self.replies.answer(a),
-                Note::ProbeManagement { id, address, timeout } => {
-                    self.ping(id, address, timeout)
-                }
+                Note::ProbeManagement { id, address, timeout } => self.ping(id, address, timeout),
                 _ => {}
             }
         }

@@ -1262,7 +1262,10 @@ impl Cma {
             self.leave_ring(now, h, "unreachable");
         }
         let timing = self.config.timing;
-        self.incidents.start_outage(&ring, kind, silent.clone(), now, &timing);
+        let answered: Vec<NodeId> = check.answered.iter().copied().collect();
+        let switch = self.wired_switch(&ring, silent.iter().chain(&answered));
+        self.incidents.start_outage(&ring, kind, silent.clone(), now, &timing).switch =
+            switch.clone();
         let what = describe_ring(&ring);
         let n = check.members.len();
         let window = secs(now.since(check.opened));
@@ -1344,8 +1347,7 @@ impl Cma {
             tags.push(("peer_answered", peer_heard.len().to_string()));
             tags.push(("peer_tried", peer_tried.len().to_string()));
         }
-        let mut body =
-            self.incident_body(&ring, &silent, &check.answered.iter().copied().collect::<Vec<_>>());
+        let mut body = self.incident_body(&ring, &silent, &answered, switch.as_ref());
         body["peer_probes"] = serde_json::json!({
             "probers": check.probers.iter().map(|p| self.host_json(*p)).collect::<Vec<_>>(),
             "answered": peer_heard.iter().map(|h| self.host_json(*h)).collect::<Vec<_>>(),
@@ -1406,7 +1408,7 @@ impl Cma {
             ("back", back.len().to_string()),
             ("not_back", missing.len().to_string()),
         ];
-        let mut body = self.incident_body(&ring, &back, &[]);
+        let mut body = self.incident_body(&ring, &back, &[], o.switch.as_ref());
         body["not_back"] =
             serde_json::Value::Array(missing.iter().map(|n| self.host_json(*n)).collect());
         let e = self.event(now, EventKind::SwitchUp, None, tags, text);
@@ -1431,17 +1433,31 @@ impl Cma {
         serde_json::json!({ "node": n.to_string(), "host": self.name(n) })
     }
 
-    /// An incident's body: the ring, the switch as it announces itself, the hosts.
+    /// The switch of `ring` as the wiring of the first of `hosts` still placed in it names it.
+    fn wired_switch<'a>(
+        &self,
+        ring: &crate::ring::RingKey,
+        hosts: impl IntoIterator<Item = &'a NodeId>,
+    ) -> Option<crate::wiring::SwitchPort> {
+        hosts.into_iter().find_map(|h| {
+            self.wiring
+                .get(h)
+                .filter(|w| w.wiring.ring == *ring)
+                .and_then(|w| w.wiring.switch.clone())
+        })
+    }
+
+    /// An incident's body: the ring, the switch as it announces itself (its hosts' wiring, else
+    /// `known`: as it was named when the outage began), the hosts.
     fn incident_body(
         &self,
         ring: &crate::ring::RingKey,
         hosts: &[NodeId],
         answering: &[NodeId],
+        known: Option<&crate::wiring::SwitchPort>,
     ) -> serde_json::Value {
-        let switch = hosts
-            .iter()
-            .chain(answering)
-            .find_map(|h| self.wiring.get(h).and_then(|w| w.wiring.switch.clone()));
+        let switch =
+            self.wired_switch(ring, hosts.iter().chain(answering)).or_else(|| known.cloned());
         serde_json::json!({
             "ring": ring.0,
             "kind": ring.kind().name(),

@@ -199,6 +199,10 @@ pub struct Outage {
     pub back: BTreeSet<NodeId>,
     /// When the return window closes (`None` until a first host is heard again).
     pub returning: Option<Timestamp>,
+    /// The switch as its hosts' wiring named it when the outage began: hosts cut off from
+    /// their switch may lose its LLDP/CDP announcement before they are back, and `switch.up`
+    /// must name the switch `switch.down` named.
+    pub switch: Option<crate::wiring::SwitchPort>,
     next_probe: Timestamp,
     nonces: BTreeMap<u64, NodeId>,
 }
@@ -495,13 +499,14 @@ impl Incidents {
         hosts: Vec<NodeId>,
         now: Timestamp,
         timing: &Timing,
-    ) {
+    ) -> &mut Outage {
         let o = Outage {
             kind,
             since: now,
             hosts: hosts.iter().copied().collect(),
             back: BTreeSet::new(),
             returning: None,
+            switch: None,
             next_probe: now + suspect_window(timing),
             nonces: BTreeMap::new(),
         };
@@ -510,6 +515,7 @@ impl Incidents {
         }
         self.timers.insert((o.wake(), TimerKind::Outage, ring.clone()));
         self.outages.insert(ring.clone(), o);
+        self.outages.get_mut(ring).expect("just inserted")
     }
 
     /// An unreachable host of an outage is back. Returns its ring if it was in one; the first

@@ -183,6 +183,36 @@ fn a_dead_switch_is_one_switch_down_and_its_hosts_unreachable_not_down() {
     check_ring(&h.cma);
 }
 
+/// Hosts cut off from their switch may lose its LLDP announcement and come back wired to no
+/// switch (lldpd drops a neighbour whose link went down); `switch.up` still names the switch
+/// that `switch.down` named (a Nagios sink turns the two into DOWN and UP of one host).
+#[test]
+fn switch_up_names_the_switch_even_when_its_hosts_lost_its_announcement() {
+    let mut h = fabric(3, 3);
+    let gone = on_switch(&h, 1);
+    outside_reports(&mut h, &gone);
+    h.advance(Duration::from_secs(3));
+    let acts = h.take();
+    let down = events(&acts).into_iter().find(|e| e.kind == EventKind::SwitchDown).unwrap();
+    let named = down.body.as_ref().unwrap()["switch"].clone();
+    assert_eq!(named["chassis_id"], "sw1", "{named}");
+    assert_eq!(named["system_name"], "SW1", "{named}");
+    // Back, each host reporting no LLDP neighbour (its wiring leaves the switch).
+    h.cma.handle_alive(h.now, gone[0]);
+    h.advance(Duration::from_millis(1));
+    for n in &gone[1..] {
+        assert!(h.answer_probe(*n), "the others are probed at once");
+    }
+    for n in &gone {
+        h.cma.handle_wiring(h.now, *n, Some(vec![]), None);
+    }
+    h.advance(Duration::from_secs(3));
+    let acts = h.take();
+    let up = events(&acts).into_iter().find(|e| e.kind == EventKind::SwitchUp).expect("switch.up");
+    assert_eq!(up.body.as_ref().unwrap()["switch"], named, "{:?}", up.body);
+    assert_eq!(up.body.as_ref().unwrap()["hosts"].as_array().unwrap().len(), 3);
+}
+
 #[test]
 fn a_crashed_host_is_host_down_and_no_switch_event() {
     let mut h = fabric(3, 5);

@@ -1,6 +1,7 @@
 //! [`inventory`]: the rows every export is made from ([`InventoryHost`]), built from the answer
 //! types the CMA's read side gives — the nodes, the latest `ssh_host_keys`, `os` and `sockets`
-//! discovery documents, the switch ports and the configured checks.
+//! discovery documents, the switch ports, the configured checks and the checks local programs
+//! declared (`local_checks`).
 //!
 //! Rules:
 //! - One row per host name: of several nodes with one name (a re-installed host has a new node
@@ -22,8 +23,20 @@ use base64::Engine as _;
 
 use crate::names::{subnet_of, usable_address, valid_host_name};
 
-/// The discovery collectors the inventory reads.
-pub const COLLECTORS: [&str; 3] = ["ssh_host_keys", "os", "sockets"];
+/// The discovery collectors the inventory reads (`local_checks`: the checks local programs
+/// declared on the host, `assim app check`).
+pub const COLLECTORS: [&str; 4] = ["ssh_host_keys", "os", "sockets", "local_checks"];
+
+/// The names of the checks in a `local_checks` document (`{"checks": [{"name": …}, …]}`, as
+/// the nanoprobe reports them: `local:NAME`); anything else in it is ignored.
+pub fn local_check_names(doc: &serde_json::Value) -> Vec<String> {
+    doc.get("checks")
+        .and_then(serde_json::Value::as_array)
+        .map(|a| {
+            a.iter().filter_map(|c| c.get("name")?.as_str().map(str::to_owned)).take(256).collect()
+        })
+        .unwrap_or_default()
+}
 
 /// What the inventory is built from (everything as the read side answers it).
 #[derive(Clone, Debug, Default)]
@@ -123,7 +136,11 @@ pub fn inventory(src: Sources) -> Inventory {
             os_name: os.as_ref().and_then(|o| o.os_release.get("PRETTY_NAME").cloned()),
             ssh_host_keys: doc("ssh_host_keys").map(host_keys).unwrap_or_default(),
             switches: ports.remove(&node).map(|s| s.into_iter().collect()).unwrap_or_default(),
-            checks: checks.remove(&node).map(|s| s.into_iter().collect()).unwrap_or_default(),
+            checks: {
+                let mut c = checks.remove(&node).unwrap_or_default();
+                c.extend(doc("local_checks").map(local_check_names).unwrap_or_default());
+                c.into_iter().collect()
+            },
             listeners: doc("sockets").map(listeners).unwrap_or_default(),
         });
     }
@@ -180,4 +197,53 @@ pub fn listeners(doc: &serde_json::Value) -> Vec<Listener> {
         })
         .collect();
     set.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_checks_are_services_of_their_host() {
+        let id = assim_wire::NodeId::from_slice(&[1; 16]).unwrap();
+        let node = NodeView {
+            id,
+            hostname: "web1".into(),
+            state: "up".into(),
+            since: 1,
+            version: "0".into(),
+            listen_addr: "192.0.2.7:1984".into(),
+            addresses: vec![],
+            neighbours: vec![],
+            peer_epoch: 0,
+        };
+        let doc = |payload: serde_json::Value| {
+            (
+                id.to_string(),
+                DiscoveryView {
+                    name: "local_checks".into(),
+                    hash: String::new(),
+                    collected_at: 0,
+                    updated_at: 0,
+                    payload,
+                },
+            )
+        };
+        let inv = inventory(Sources {
+            nodes: vec![node.clone()],
+            discovery: vec![doc(serde_json::json!({"checks": [
+                {"name": "local:queue", "kind": "nagios", "argv": ["check_dummy", "0"]},
+                {"kind": "nagios"}, {"name": 7}, "local:x"
+            ]}))],
+            ..Default::default()
+        });
+        assert_eq!(inv.hosts[0].checks, vec!["local:queue".to_string()]);
+        // Not the expected shape: no checks, no failure.
+        let inv = inventory(Sources {
+            nodes: vec![node],
+            discovery: vec![doc(serde_json::json!(["local:queue"]))],
+            ..Default::default()
+        });
+        assert!(inv.hosts[0].checks.is_empty());
+    }
 }

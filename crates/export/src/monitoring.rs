@@ -8,9 +8,11 @@
 //!   `address6`), passive only: the CMA's Nagios sink feeds the results
 //!   (`PROCESS_HOST_CHECK_RESULT`, `PROCESS_SERVICE_CHECK_RESULT`), with the check names as
 //!   service names — the names the sink uses.
-//! - Every switch a host is wired to (LLDP/CDP) is a host too (`switch-NAME`), and the hosts
-//!   behind it name it in `parents` (Icinga: a `Dependency` per host), so Nagios itself marks
-//!   them UNREACHABLE when the switch is down.
+//! - Every switch a host is wired to (LLDP/CDP) is a host too (`switch-NAME`,
+//!   [`switch_host_name`], the name the sink's `switch.*` results use), and the hosts behind it
+//!   name it in `parents` (Icinga: a `Dependency` per host): the sink reports the switch DOWN
+//!   and its hosts UNREACHABLE, and Nagios, knowing the parents, holds back the notifications
+//!   of what is behind it.
 //! - Host groups by switch (`switch-NAME`), subnet (`subnet-192.0.2.0_24`) and OS
 //!   (`os-debian`).
 //! - Hostile input: host names are plain names already ([`crate::names::valid_host_name`]);
@@ -78,7 +80,16 @@ fn icinga_string(text: &str) -> String {
 
 /// The Nagios/Icinga host name of a switch.
 pub fn switch_host(s: &SwitchUplink) -> String {
-    format!("switch-{}", object_name(s.switch_name.as_deref().unwrap_or(&s.chassis_id)))
+    switch_host_name(s.switch_name.as_deref(), &s.chassis_id)
+}
+
+/// The Nagios/Icinga host name of the switch that announces `system_name` (LLDP/CDP) and
+/// `chassis_id`: `switch-NAME`, the name (else the chassis id) reduced by [`object_name`]. The
+/// one rule for the exports and the CMA's Nagios sink (`switch.*` events name the switch by
+/// the same two fields), so a result always lands on the host the export wrote.
+pub fn switch_host_name(system_name: Option<&str>, chassis_id: &str) -> String {
+    let name = system_name.filter(|n| !n.is_empty()).unwrap_or(chassis_id);
+    format!("switch-{}", object_name(name))
 }
 
 /// What both renderers need, derived once.
@@ -152,9 +163,8 @@ pub fn nagios(hosts: &[InventoryHost], opts: &Options) -> String {
     o.push_str(&format!(
         "# Nagios objects written by `assim export nagios` from the CMA's discovery: {} hosts, \
          {} switches. Do not edit: the next export replaces this file.\n\
-         # Results arrive as passive checks from the CMA's Nagios sink; set \
-         translate_passive_host_checks=1 in nagios.cfg so hosts behind a dead switch show \
-         UNREACHABLE.\n",
+         # Results arrive as passive checks from the CMA's Nagios sink, which reports a \
+         switch that is down as DOWN and the hosts behind it as UNREACHABLE.\n",
         m.hosts.len(),
         m.switches.len()
     ));
