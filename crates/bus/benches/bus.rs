@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use assim_bus::Filter;
+use assim_bus::fanout::{Fanout, Next, Prepared};
 use assim_cma::{Event, EventKind, Severity};
 use assim_store_sqlite::{InboxProgress, Store};
 use assim_wire::Timestamp;
@@ -67,38 +68,110 @@ fn filter(i: usize) -> Filter {
     Filter::parse(&f).unwrap()
 }
 
-fn embedded(events: u64, publishers: u64, subscribers: usize) -> (f64, u64) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("bus.sqlite")).unwrap();
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (fan_tx, _) = tokio::sync::broadcast::channel::<Arc<Vec<Arc<Event>>>>(4096);
-    let matched = Arc::new(AtomicU64::new(0));
-    let mut subs = Vec::new();
-    for i in 0..subscribers {
-        let mut rx = fan_tx.subscribe();
-        let f = filter(i);
-        let matched = matched.clone();
-        subs.push(rt.spawn(async move {
-            let mut seen = 0u64;
-            let mut hits = 0u64;
-            while seen < events {
-                match rx.recv().await {
-                    Ok(batch) => {
-                        for e in batch.iter() {
-                            seen += 1;
-                            hits += u64::from(f.matches(e));
-                        }
+/// What the embedded subscribers saw: matching events, bytes of their shared JSON, and how
+/// often one lagged and caught up from the log.
+#[derive(Default)]
+struct Seen {
+    hits: AtomicU64,
+    bytes: AtomicU64,
+    lags: AtomicU64,
+}
+
+/// Subscriber `i` of the embedded bus: takes its deliveries until it has seen event `events`,
+/// touching each match's JSON (as the HTTP API writes it, encoded once for every subscriber).
+/// When it lagged, it reads what it missed from the log, as a subscriber resuming with `since`.
+fn subscriber(
+    rt: &tokio::runtime::Runtime,
+    fanout: &Fanout,
+    i: usize,
+    events: u64,
+    log: &std::path::Path,
+    seen: &Arc<Seen>,
+) -> tokio::task::JoinHandle<()> {
+    let f = filter(i);
+    let sub = fanout.subscribe(&f);
+    let (seen, log) = (seen.clone(), log.to_owned());
+    rt.spawn(async move {
+        let (mut cursor, mut hits, mut bytes) = (0u64, 0u64, 0u64);
+        while cursor < events {
+            match sub.next().await {
+                Next::Events(d) => {
+                    for p in d.events() {
+                        hits += 1;
+                        bytes += p.json().len() as u64;
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        panic!("subscriber lagged by {n}")
-                    }
-                    Err(e) => panic!("{e}"),
+                    cursor = d.through;
                 }
+                Next::Lagged { through } => {
+                    seen.lags.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::block_in_place(|| {
+                        let store = Store::open(&log).unwrap();
+                        while cursor < through {
+                            let batch = store.events_since(cursor, 4096).unwrap();
+                            for e in batch.into_iter().take_while(|e| e.id <= through) {
+                                cursor = e.id;
+                                if f.matches(&e) {
+                                    hits += 1;
+                                    bytes += Prepared::new(e).json().len() as u64;
+                                }
+                            }
+                        }
+                    });
+                }
+                Next::Closed => panic!("the fan-out closed"),
             }
-            matched.fetch_add(hits, Ordering::Relaxed);
-        }));
+        }
+        seen.hits.fetch_add(hits, Ordering::Relaxed);
+        seen.bytes.fetch_add(bytes, Ordering::Relaxed);
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Delivery alone: the events are already in the log; committed batches of 4096 go through
+/// the fan-out to every subscriber. Timed from the first batch until every subscriber has seen
+/// the last event.
+fn delivery(events: u64, subscribers: usize) -> (f64, Arc<Seen>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.sqlite");
+    let mut store = Store::open(&path).unwrap();
+    let all: Vec<Event> = (1..=events).map(event).collect();
+    for chunk in all.chunks(4096) {
+        store.apply(&[], chunk, &InboxProgress::default()).unwrap();
     }
+    let batches: Vec<Vec<Event>> = all.chunks(4096).map(<[Event]>::to_vec).collect();
+    drop(all);
+    let rt = runtime();
+    let fanout = Fanout::default();
+    let seen = Arc::new(Seen::default());
+    let subs: Vec<_> =
+        (0..subscribers).map(|i| subscriber(&rt, &fanout, i, events, &path, &seen)).collect();
+    let started = Instant::now();
+    for b in batches {
+        fanout.publish(b);
+    }
+    rt.block_on(async {
+        for s in subs {
+            s.await.unwrap();
+        }
+    });
+    (events as f64 / started.elapsed().as_secs_f64(), seen)
+}
+
+/// End to end: publisher threads make the events, the writer appends them in batches to the
+/// SQLite log (one fsync'd transaction per batch, as in the CMA) and hands each committed batch
+/// to the fan-out.
+fn embedded(events: u64, publishers: u64, subscribers: usize) -> (f64, Arc<Seen>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.sqlite");
+    let mut store = Store::open(&path).unwrap();
+    let rt = runtime();
+    let fanout = Fanout::default();
+    let seen = Arc::new(Seen::default());
+    let subs: Vec<_> =
+        (0..subscribers).map(|i| subscriber(&rt, &fanout, i, events, &path, &seen)).collect();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Event>(65_536);
     let started = Instant::now();
     let per = events / publishers;
@@ -130,8 +203,7 @@ fn embedded(events: u64, publishers: u64, subscribers: usize) -> (f64, u64) {
         batch.sort_by_key(|e| e.id);
         store.apply(&[], &batch, &InboxProgress::default()).unwrap();
         written += batch.len() as u64;
-        let shared: Vec<Arc<Event>> = batch.into_iter().map(Arc::new).collect();
-        let _ = fan_tx.send(Arc::new(shared));
+        fanout.publish(batch);
     }
     for p in pubs {
         p.join().unwrap();
@@ -141,7 +213,7 @@ fn embedded(events: u64, publishers: u64, subscribers: usize) -> (f64, u64) {
             s.await.unwrap();
         }
     });
-    (events as f64 / started.elapsed().as_secs_f64(), matched.load(Ordering::Relaxed))
+    (events as f64 / started.elapsed().as_secs_f64(), seen)
 }
 
 /// The server process and its storage directory (removed when dropped).
@@ -267,6 +339,9 @@ fn jetstream(
 fn main() {
     let events = env_or("ASSIM_BENCH_EVENTS", 20_000);
     let publishers = env_or("ASSIM_BENCH_PUBLISHERS", 8).max(1);
+    let nats_max = env_or("ASSIM_BENCH_NATS_MAX", 100) as usize;
+    let only: Option<usize> =
+        std::env::var("ASSIM_BENCH_SUBSCRIBERS").ok().and_then(|v| v.parse().ok());
     let nats = start_nats();
     if nats.is_none() {
         println!(
@@ -278,20 +353,50 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:>11}  {:>16}  {:>16}  {:>7}  {:>10}",
-        "subscribers", "embedded ev/s", "JetStream ev/s", "ratio", "deliveries"
+        "delivery: committed batches through the fan-out; end to end: publishers, SQLite append, fan-out; JetStream up to {nats_max} subscribers (ASSIM_BENCH_NATS_MAX)"
     );
-    for (round, subscribers) in [1usize, 10, 100].into_iter().enumerate() {
-        let (emb, hits_e) = embedded(events, publishers, subscribers);
-        let js =
-            nats.as_ref().map(|(_, url)| jetstream(url, events, publishers, subscribers, round));
+    println!(
+        "{:>11}  {:>14}  {:>14}  {:>14}  {:>7}  {:>10}  {:>5}",
+        "subscribers",
+        "delivery ev/s",
+        "end-to-end",
+        "JetStream ev/s",
+        "ratio",
+        "deliveries",
+        "lags"
+    );
+    // What each filter matches, by the plain evaluator: the answer every run must give.
+    let all: Vec<Event> = (1..=events).map(event).collect();
+    let mut counts = std::collections::HashMap::new();
+    for (round, subscribers) in [1usize, 10, 100, 1000].into_iter().enumerate() {
+        if only.is_some_and(|o| o != subscribers) {
+            continue;
+        }
+        let (del, seen_d) = delivery(events, subscribers);
+        let (emb, seen_e) = embedded(events, publishers, subscribers);
+        let hits = seen_e.hits.load(Ordering::Relaxed);
+        assert_eq!(seen_d.hits.load(Ordering::Relaxed), hits, "delivery and end to end agree");
+        let reference: u64 = (0..subscribers)
+            .map(|i| {
+                let f = filter(i);
+                *counts
+                    .entry(f.text().to_owned())
+                    .or_insert_with(|| all.iter().filter(|e| f.matches(e)).count() as u64)
+            })
+            .sum();
+        assert_eq!(hits, reference, "every subscriber gets exactly its matches");
+        let js = nats
+            .as_ref()
+            .filter(|_| subscribers <= nats_max)
+            .map(|(_, url)| jetstream(url, events, publishers, subscribers, round));
         if let Some((_, hits_j)) = js {
-            assert_eq!(hits_e, hits_j, "both backends must deliver the same matches");
+            assert_eq!(hits, hits_j, "both backends must deliver the same matches");
         }
         println!(
-            "{subscribers:>11}  {emb:>16.0}  {:>16}  {:>7}  {hits_e:>10}",
+            "{subscribers:>11}  {del:>14.0}  {emb:>14.0}  {:>14}  {:>7}  {hits:>10}  {:>5}",
             js.map_or("-".into(), |(r, _)| format!("{r:.0}")),
             js.map_or("-".into(), |(r, _)| format!("{:.1}x", emb / r)),
+            seen_d.lags.load(Ordering::Relaxed) + seen_e.lags.load(Ordering::Relaxed),
         );
     }
 }
