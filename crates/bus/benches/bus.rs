@@ -1,17 +1,32 @@
-//! Event bus throughput: events/s from many publishers through filtering to 1, 10 and 100
-//! subscribers, on the embedded bus and through a real nats-server JetStream, in the same run.
+//! Event bus throughput: events/s from many publishers through filtering to 1, 10, 100 and
+//! 1000 subscribers, on the embedded bus and through a real nats-server JetStream, in the same
+//! run.
 //!
-//! Embedded: publisher threads → the writer, which appends batches to the SQLite event log
-//! (one transaction, fsync'd, per batch — as the CMA does) and then fans each committed batch
-//! out in memory → subscriber tasks, each evaluating its own filter. JetStream: publisher tasks
-//! publish to a file-backed stream with `Nats-Msg-Id` (pipelined, every ack awaited) →
-//! subscribers are ordered consumers of the whole stream, each evaluating the same filter on
-//! the decoded event (tags are not in subjects, so NATS cannot filter on them).
+//! Embedded, two columns:
+//! - **delivery**: the events are already in the SQLite log; committed batches of 4096 go
+//!   through [`assim_bus::Fanout`] (compiled filters, the (type, severity) and tag index,
+//!   subscribers with the same filter sharing one evaluation) to the subscriber tasks, which
+//!   touch every match's JSON (encoded once, shared);
+//! - **end to end**: publisher threads → the writer, which appends batches to the SQLite event
+//!   log (one transaction, fsync'd, per batch — as the CMA does) and hands each committed batch
+//!   to the fan-out → the same subscriber tasks.
 //!
-//! The time runs from the first publish until every subscriber has seen the last event.
+//! A subscriber told it lagged reads what it missed from the log, as one resuming with `since`.
+//!
+//! JetStream: publisher tasks publish to a file-backed stream with `Nats-Msg-Id` (pipelined,
+//! every ack awaited) → subscribers are ordered consumers of the whole stream, each evaluating
+//! the same filter on the decoded event (tags are not in subjects, so NATS cannot filter on
+//! them). The ratio is end to end against JetStream: both include publishing.
+//!
+//! The time runs from the first publish until every subscriber has seen the last event. Every
+//! column must deliver exactly what the plain filter evaluator matches.
 //!
 //! ```sh
-//! cargo bench -p assim-bus --bench bus      # ASSIM_BENCH_EVENTS=N (default 20000), ASSIM_BENCH_PUBLISHERS=P (8)
+//! cargo bench -p assim-bus --bench bus
+//! # ASSIM_BENCH_EVENTS=N (default 20000), ASSIM_BENCH_PUBLISHERS=P (8),
+//! # ASSIM_BENCH_SUBSCRIBERS=S (one row only), ASSIM_BENCH_NATS_MAX=S (100: JetStream rows up
+//! # to S subscribers), ASSIM_BENCH_ONLY=delivery|end-to-end (one embedded column, no NATS: for
+//! # perf)
 //! ```
 
 use std::collections::BTreeMap;
@@ -20,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use assim_bus::Filter;
+use assim_bus::fanout::{Fanout, Next, Prepared};
 use assim_cma::{Event, EventKind, Severity};
 use assim_store_sqlite::{InboxProgress, Store};
 use assim_wire::Timestamp;
@@ -67,38 +83,113 @@ fn filter(i: usize) -> Filter {
     Filter::parse(&f).unwrap()
 }
 
-fn embedded(events: u64, publishers: u64, subscribers: usize) -> (f64, u64) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("bus.sqlite")).unwrap();
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (fan_tx, _) = tokio::sync::broadcast::channel::<Arc<Vec<Arc<Event>>>>(4096);
-    let matched = Arc::new(AtomicU64::new(0));
-    let mut subs = Vec::new();
-    for i in 0..subscribers {
-        let mut rx = fan_tx.subscribe();
-        let f = filter(i);
-        let matched = matched.clone();
-        subs.push(rt.spawn(async move {
-            let mut seen = 0u64;
-            let mut hits = 0u64;
-            while seen < events {
-                match rx.recv().await {
-                    Ok(batch) => {
-                        for e in batch.iter() {
-                            seen += 1;
-                            hits += u64::from(f.matches(e));
-                        }
+/// What the embedded subscribers saw: matching events, bytes of their shared JSON, and how
+/// often one lagged and caught up from the log.
+#[derive(Default)]
+struct Seen {
+    hits: AtomicU64,
+    bytes: AtomicU64,
+    lags: AtomicU64,
+}
+
+/// Subscriber `i` of the embedded bus: takes its deliveries until it has seen event `events`,
+/// touching each match's JSON (as the HTTP API writes it, encoded once for every subscriber).
+/// When it lagged, it reads what it missed from the log, as a subscriber resuming with `since`.
+fn subscriber(
+    rt: &tokio::runtime::Runtime,
+    fanout: &Fanout,
+    i: usize,
+    events: u64,
+    log: &std::path::Path,
+    seen: &Arc<Seen>,
+) -> tokio::task::JoinHandle<()> {
+    let f = filter(i);
+    let sub = fanout.subscribe(&f);
+    let (seen, log) = (seen.clone(), log.to_owned());
+    rt.spawn(async move {
+        let (mut cursor, mut hits, mut bytes) = (0u64, 0u64, 0u64);
+        let mut reader = None;
+        while cursor < events {
+            match sub.next().await {
+                Next::Events(d) => {
+                    for p in d.events() {
+                        hits += 1;
+                        bytes += p.json().len() as u64;
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        panic!("subscriber lagged by {n}")
-                    }
-                    Err(e) => panic!("{e}"),
+                    cursor = d.through;
                 }
+                Next::Lagged { through } => {
+                    seen.lags.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::block_in_place(|| {
+                        let store = reader.get_or_insert_with(|| Store::open(&log).unwrap());
+                        while cursor < through {
+                            let batch = store.events_since(cursor, 4096).unwrap();
+                            for e in batch.into_iter().take_while(|e| e.id <= through) {
+                                cursor = e.id;
+                                if f.matches(&e) {
+                                    hits += 1;
+                                    bytes += Prepared::new(e).json().len() as u64;
+                                }
+                            }
+                        }
+                    });
+                }
+                Next::Closed => panic!("the fan-out closed"),
             }
-            matched.fetch_add(hits, Ordering::Relaxed);
-        }));
+        }
+        seen.hits.fetch_add(hits, Ordering::Relaxed);
+        seen.bytes.fetch_add(bytes, Ordering::Relaxed);
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Delivery alone: the events are already in the log; committed batches of 4096 go through
+/// the fan-out to every subscriber. Timed from the first batch until every subscriber has seen
+/// the last event. The whole run is published at once, faster than subscribers take it, so
+/// each subscriber's queue holds the whole run here: this measures how fast events get
+/// through, not how often a burst overflows a queue (the end-to-end run keeps the default).
+fn delivery(events: u64, subscribers: usize) -> (f64, Arc<Seen>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.sqlite");
+    let mut store = Store::open(&path).unwrap();
+    let all: Vec<Event> = (1..=events).map(event).collect();
+    for chunk in all.chunks(4096) {
+        store.apply(&[], chunk, &InboxProgress::default()).unwrap();
     }
+    let batches: Vec<Vec<Event>> = all.chunks(4096).map(<[Event]>::to_vec).collect();
+    drop(all);
+    let rt = runtime();
+    let fanout = Fanout::new(events as usize);
+    let seen = Arc::new(Seen::default());
+    let subs: Vec<_> =
+        (0..subscribers).map(|i| subscriber(&rt, &fanout, i, events, &path, &seen)).collect();
+    let started = Instant::now();
+    for b in batches {
+        fanout.publish(b);
+    }
+    rt.block_on(async {
+        for s in subs {
+            s.await.unwrap();
+        }
+    });
+    (events as f64 / started.elapsed().as_secs_f64(), seen)
+}
+
+/// End to end: publisher threads make the events, the writer appends them in batches to the
+/// SQLite log (one fsync'd transaction per batch, as in the CMA) and hands each committed batch
+/// to the fan-out.
+fn embedded(events: u64, publishers: u64, subscribers: usize) -> (f64, Arc<Seen>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.sqlite");
+    let mut store = Store::open(&path).unwrap();
+    let rt = runtime();
+    let fanout = Fanout::default();
+    let seen = Arc::new(Seen::default());
+    let subs: Vec<_> =
+        (0..subscribers).map(|i| subscriber(&rt, &fanout, i, events, &path, &seen)).collect();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Event>(65_536);
     let started = Instant::now();
     let per = events / publishers;
@@ -130,8 +221,7 @@ fn embedded(events: u64, publishers: u64, subscribers: usize) -> (f64, u64) {
         batch.sort_by_key(|e| e.id);
         store.apply(&[], &batch, &InboxProgress::default()).unwrap();
         written += batch.len() as u64;
-        let shared: Vec<Arc<Event>> = batch.into_iter().map(Arc::new).collect();
-        let _ = fan_tx.send(Arc::new(shared));
+        fanout.publish(batch);
     }
     for p in pubs {
         p.join().unwrap();
@@ -141,7 +231,7 @@ fn embedded(events: u64, publishers: u64, subscribers: usize) -> (f64, u64) {
             s.await.unwrap();
         }
     });
-    (events as f64 / started.elapsed().as_secs_f64(), matched.load(Ordering::Relaxed))
+    (events as f64 / started.elapsed().as_secs_f64(), seen)
 }
 
 /// The server process and its storage directory (removed when dropped).
@@ -267,7 +357,11 @@ fn jetstream(
 fn main() {
     let events = env_or("ASSIM_BENCH_EVENTS", 20_000);
     let publishers = env_or("ASSIM_BENCH_PUBLISHERS", 8).max(1);
-    let nats = start_nats();
+    let nats_max = env_or("ASSIM_BENCH_NATS_MAX", 100) as usize;
+    let only: Option<usize> =
+        std::env::var("ASSIM_BENCH_SUBSCRIBERS").ok().and_then(|v| v.parse().ok());
+    let only_mode = std::env::var("ASSIM_BENCH_ONLY").ok();
+    let nats = start_nats().filter(|_| only_mode.is_none());
     if nats.is_none() {
         println!(
             "nats-server not found or not starting: JetStream column skipped (scripts/install-deps installs it)"
@@ -278,20 +372,65 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:>11}  {:>16}  {:>16}  {:>7}  {:>10}",
-        "subscribers", "embedded ev/s", "JetStream ev/s", "ratio", "deliveries"
+        "delivery: committed batches through the fan-out; end to end: publishers, SQLite append, fan-out; JetStream up to {nats_max} subscribers (ASSIM_BENCH_NATS_MAX)"
     );
-    for (round, subscribers) in [1usize, 10, 100].into_iter().enumerate() {
-        let (emb, hits_e) = embedded(events, publishers, subscribers);
-        let js =
-            nats.as_ref().map(|(_, url)| jetstream(url, events, publishers, subscribers, round));
+    println!(
+        "{:>11}  {:>14}  {:>14}  {:>14}  {:>7}  {:>10}  {:>5}",
+        "subscribers",
+        "delivery ev/s",
+        "end-to-end",
+        "JetStream ev/s",
+        "ratio",
+        "deliveries",
+        "lags"
+    );
+    // What each filter matches, by the plain evaluator: the answer every run must give.
+    let all: Vec<Event> = (1..=events).map(event).collect();
+    let mut counts = std::collections::HashMap::new();
+    for (round, subscribers) in [1usize, 10, 100, 1000].into_iter().enumerate() {
+        if only.is_some_and(|o| o != subscribers) {
+            continue;
+        }
+        // ASSIM_BENCH_ONLY=delivery or end-to-end runs one embedded column (for a profile).
+        let (del, seen_d) = if only_mode.as_deref() == Some("end-to-end") {
+            (0.0, None)
+        } else {
+            let (r, s) = delivery(events, subscribers);
+            (r, Some(s))
+        };
+        let (emb, seen_e) = if only_mode.as_deref() == Some("delivery") {
+            (0.0, None)
+        } else {
+            let (r, s) = embedded(events, publishers, subscribers);
+            (r, Some(s))
+        };
+        let runs: Vec<&Arc<Seen>> = seen_d.iter().chain(seen_e.iter()).collect();
+        let hits = runs[0].hits.load(Ordering::Relaxed);
+        for s in &runs {
+            assert_eq!(s.hits.load(Ordering::Relaxed), hits, "delivery and end to end agree");
+        }
+        let lags: u64 = runs.iter().map(|s| s.lags.load(Ordering::Relaxed)).sum();
+        let reference: u64 = (0..subscribers)
+            .map(|i| {
+                let f = filter(i);
+                *counts
+                    .entry(f.text().to_owned())
+                    .or_insert_with(|| all.iter().filter(|e| f.matches(e)).count() as u64)
+            })
+            .sum();
+        assert_eq!(hits, reference, "every subscriber gets exactly its matches");
+        let js = nats
+            .as_ref()
+            .filter(|_| subscribers <= nats_max)
+            .map(|(_, url)| jetstream(url, events, publishers, subscribers, round));
         if let Some((_, hits_j)) = js {
-            assert_eq!(hits_e, hits_j, "both backends must deliver the same matches");
+            assert_eq!(hits, hits_j, "both backends must deliver the same matches");
         }
         println!(
-            "{subscribers:>11}  {emb:>16.0}  {:>16}  {:>7}  {hits_e:>10}",
+            "{subscribers:>11}  {del:>14.0}  {emb:>14.0}  {:>14}  {:>7}  {hits:>10}  {:>5}",
             js.map_or("-".into(), |(r, _)| format!("{r:.0}")),
             js.map_or("-".into(), |(r, _)| format!("{:.1}x", emb / r)),
+            lags,
         );
     }
 }

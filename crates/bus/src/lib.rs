@@ -13,8 +13,12 @@
 //!   delivers durable subscriptions to them with retries, backoff and dead letters, and prunes
 //!   old events.
 //!
+//! - the **live fan-out** of committed events to many subscribers (compiled filters, an index
+//!   by type, severity and tag, each event encoded once, one delivery per batch).
+//!
 //! Layout:
 //! - [`filter`]: grammar, parser, [`Filter`] and its evaluator.
+//! - [`fanout`]: [`Fanout`], [`CompiledFilter`] and the delivery to live subscribers.
 //! - [`tagging`]: [`Tagger`] and its rules.
 //! - [`config`]: [`BusConfig`], [`SinkConfig`].
 //! - [`sink`]: one delivery attempt per sink kind.
@@ -24,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod fanout;
 pub mod filter;
 pub mod nats;
 pub mod runner;
@@ -31,6 +36,7 @@ pub mod sink;
 pub mod tagging;
 
 pub use crate::config::{BusConfig, SinkConfig, SinkKind};
+pub use crate::fanout::{CompiledFilter, Fanout};
 pub use crate::filter::{Filter, FilterError};
 pub use crate::tagging::Tagger;
 
