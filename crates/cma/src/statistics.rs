@@ -285,7 +285,11 @@ impl Latest {
         let mut pruned = false;
         for s in &b.series {
             let key = LatestKey {
-                hostname: if b.hostname.is_empty() { b.node.to_string() } else { b.hostname.clone() },
+                hostname: if b.hostname.is_empty() {
+                    b.node.to_string()
+                } else {
+                    b.hostname.clone()
+                },
                 name: s.name.clone(),
                 tags: s.tags.clone(),
                 counter: s.counter,
@@ -328,7 +332,8 @@ impl Latest {
                 "gauge"
             };
             let labels = prometheus_labels(&k.hostname, &k.tags);
-            let entry = families.entry(family).or_insert_with(|| (kind, BTreeSet::new(), String::new()));
+            let entry =
+                families.entry(family).or_insert_with(|| (kind, BTreeSet::new(), String::new()));
             // Two names that sanitize alike: the first one's type and series win.
             if entry.0 != kind || !entry.1.insert(labels.clone()) {
                 continue;
@@ -517,7 +522,10 @@ mod tests {
         assert_eq!(check_batch(now(), node(), "h", &zero), Err(StatisticsError::BadTime(0)));
         let empty = stats(0, vec![]);
         assert_eq!(check_batch(now(), node(), "h", &empty), Ok(None), "counters only");
-        let many = stats(NOW, (0..=MAX_SERIES).map(|i| series(&format!("m{i}"), 1.0, false, &[])).collect());
+        let many = stats(
+            NOW,
+            (0..=MAX_SERIES).map(|i| series(&format!("m{i}"), 1.0, false, &[])).collect(),
+        );
         assert_eq!(
             check_batch(now(), node(), "h", &many),
             Err(StatisticsError::TooManySeries(MAX_SERIES + 1))
@@ -526,11 +534,17 @@ mod tests {
 
     #[test]
     fn graphite_names_fold_host_and_tags_into_the_path() {
-        let s = stats(NOW, vec![series("backup.bytes", 5.0, true, &[("zone", "eu.west"), ("role", "db")])]);
+        let s = stats(
+            NOW,
+            vec![series("backup.bytes", 5.0, true, &[("zone", "eu.west"), ("role", "db")])],
+        );
         let b = check_batch(now(), node(), "web1.example.com", &s).unwrap().unwrap();
         let p = graphite_points("assim", &b);
         assert_eq!(p[0].path, "assim.web1_example_com.backup.bytes.role.db.zone.eu_west");
-        assert_eq!(carbon_line(&p[0]), format!("assim.web1_example_com.backup.bytes.role.db.zone.eu_west 5 {NOW}\n"));
+        assert_eq!(
+            carbon_line(&p[0]),
+            format!("assim.web1_example_com.backup.bytes.role.db.zone.eu_west 5 {NOW}\n")
+        );
         assert_eq!(host_segment("", node()), node().to_string());
         assert_eq!(host_segment("a b\n;c/d", node()), "a_b__c_d");
     }
@@ -551,7 +565,9 @@ mod tests {
         let text = l.render(NOW + 60);
         assert!(text.contains("# TYPE assim_stat_jobs_done_total counter\n"), "{text}");
         assert!(
-            text.contains("assim_stat_jobs_done_total{host=\"web\\\"1\",tag_9k=\"y\",tag_host=\"x\"} 6\n"),
+            text.contains(
+                "assim_stat_jobs_done_total{host=\"web\\\"1\",tag_9k=\"y\",tag_host=\"x\"} 6\n"
+            ),
             "{text}"
         );
         assert!(text.contains("assim_stat_queue_depth{host=\"web\\\"1\"} 7\n"), "{text}");
@@ -604,10 +620,7 @@ mod tests {
             assert_eq!(link.failed(t), LinkNote::Quiet);
         }
         assert_eq!(link.next_try(), Some(t + MAX_BACKOFF));
-        assert_eq!(
-            link.succeeded(t),
-            LinkNote::Back { down: t - t0, failures: 21 }
-        );
+        assert_eq!(link.succeeded(t), LinkNote::Back { down: t - t0, failures: 21 });
         assert!(!link.is_down());
     }
 
