@@ -28,6 +28,8 @@
 //! - [`api_limits`]: what one API client can hold (connections, held requests, store calls,
 //!   answer sizes) and the `503`/`422` answers past each bound.
 //! - [`metrics`]: counters shared between the CMA task and the API.
+//! - [`graphite`]: the Graphite forwarder (the durable statistics queue into carbon) and the
+//!   statistics settings; [`api_statistics`]: their Prometheus exposition.
 //! - [`retention`]: the bound on the topology history (age and rows).
 //! - [`settings`]: flags/env/file resolution, `--print-config`, `cma token create`;
 //!   `src/main.rs` is the binary.
@@ -41,9 +43,11 @@ pub mod api_export;
 pub mod api_fleet;
 pub mod api_limits;
 pub mod api_session;
+pub mod api_statistics;
 pub mod api_topology;
 pub mod api_web;
 pub mod cma;
+pub mod graphite;
 pub mod metrics;
 pub mod retention;
 pub mod reverse_dns;

@@ -318,8 +318,9 @@ impl Latest {
 
     /// The Prometheus text exposition (format 0.0.4) of the series alive at `now_s`.
     pub fn render(&self, now_s: u64) -> String {
-        // family → (type, label sets seen, lines)
-        let mut families: BTreeMap<String, (&str, BTreeSet<String>, String)> = BTreeMap::new();
+        // family → (type, first name, label sets seen, lines)
+        type Family<'a> = (&'static str, &'a str, BTreeSet<String>, String);
+        let mut families: BTreeMap<String, Family<'_>> = BTreeMap::new();
         for (k, v) in &self.series {
             if v.expires_s <= now_s {
                 continue;
@@ -332,16 +333,23 @@ impl Latest {
                 "gauge"
             };
             let labels = prometheus_labels(&k.hostname, &k.tags);
-            let entry =
-                families.entry(family).or_insert_with(|| (kind, BTreeSet::new(), String::new()));
+            let entry = families
+                .entry(family)
+                .or_insert_with(|| (kind, k.name.as_str(), BTreeSet::new(), String::new()));
             // Two names that sanitize alike: the first one's type and series win.
-            if entry.0 != kind || !entry.1.insert(labels.clone()) {
+            if entry.0 != kind || !entry.2.insert(labels.clone()) {
                 continue;
             }
-            let _ = writeln!(entry.2, "{{{labels}}} {}", v.value);
+            let _ = writeln!(entry.3, "{{{labels}}} {}", v.value);
         }
         let mut out = String::new();
-        for (name, (kind, _, lines)) in families {
+        for (name, (kind, first, _, lines)) in families {
+            let what = if kind == "counter" {
+                "the sum of its increments since the CMA started"
+            } else {
+                "its latest value"
+            };
+            let _ = writeln!(out, "# HELP {name} Statistic {first} put on the hosts: {what}.");
             let _ = writeln!(out, "# TYPE {name} {kind}");
             for l in lines.lines() {
                 let _ = writeln!(out, "{name}{l}");

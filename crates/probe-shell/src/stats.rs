@@ -17,9 +17,10 @@
 //! interval: a new series beyond that is refused (the ones already put keep aggregating).
 //!
 //! The shell owns one aggregator (`Shell::set_statistics`, `Shell::stat_put`) and spools each
-//! batch as a `Statistics` message (`series`, `at`, `interval_s`). Not built yet: the CMA's
-//! forwarding to Graphite and its Prometheus exposition, and check perfdata and host figures
-//! as statistics.
+//! batch as a `Statistics` message (`series`, `at`, `interval_s`). The CMA checks it again
+//! with the same rules (`assim_wire::stat_rules`), forwards it to Graphite and exposes it for
+//! Prometheus (`assim_cma::statistics`). Not built: check perfdata and host figures as
+//! statistics.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
