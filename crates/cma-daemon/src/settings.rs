@@ -627,6 +627,11 @@ pub fn cma_config_toml(o: &crate::cma::CmaOptions) -> String {
             }
             rules
         }),
+        statistics: Some(StatisticsFile {
+            graphite: o.statistics.graphite.clone(),
+            graphite_prefix: Some(o.statistics.prefix.clone()),
+            graphite_queue_max: Some(o.statistics.queue_max),
+        }),
     };
     toml::to_string(&f).expect("config serializes")
 }
@@ -728,6 +733,35 @@ mod tests {
         let typo = CmaFlags { config: Some(file), ..Default::default() };
         assert!(format!("{:#}", typo.resolve().unwrap_err()).contains("lisen"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn issue_17_item_5_graphite_settings_are_checked_and_printed() {
+        let o = CmaFlags {
+            graphite: Some("carbon.example.com:2003".into()),
+            graphite_queue_max: Some(500),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(o.statistics.graphite.as_deref(), Some("carbon.example.com:2003"));
+        assert_eq!((o.statistics.prefix.as_str(), o.statistics.queue_max), ("assim", 500));
+        let printed = cma_config_toml(&o);
+        assert!(printed.contains("[statistics]\ngraphite = \"carbon.example.com:2003\""), "{printed}");
+        for bad in ["carbon", "carbon:", "carbon:0", ":2003", "a b:2003", "carbon:99999"] {
+            let e = CmaFlags { graphite: Some(bad.into()), ..Default::default() }.resolve();
+            assert!(e.unwrap_err().to_string().contains("HOST:PORT"), "{bad}");
+        }
+        for bad in ["", "a..b", "a;b", "a b"] {
+            let e = CmaFlags {
+                graphite_prefix: Some(bad.into()),
+                ..Default::default()
+            }
+            .resolve();
+            assert!(e.unwrap_err().to_string().contains("graphite_prefix"), "{bad:?}");
+        }
+        let zero = CmaFlags { graphite_queue_max: Some(0), ..Default::default() }.resolve();
+        assert!(zero.unwrap_err().to_string().contains("graphite_queue_max"));
     }
 
     #[test]
