@@ -62,10 +62,14 @@ impl Carbon {
 
     fn start(&mut self) {
         self.starts += 1;
-        let log = std::fs::File::create(self.dir.join(format!("carbon{}.out", self.starts))).unwrap();
+        let log =
+            std::fs::File::create(self.dir.join(format!("carbon{}.out", self.starts))).unwrap();
         let child = Command::new("carbon-cache")
             .arg(format!("--config={}", self.dir.join("carbon.conf").display()))
-            .arg(format!("--pidfile={}", self.dir.join(format!("carbon{}.pid", self.starts)).display()))
+            .arg(format!(
+                "--pidfile={}",
+                self.dir.join(format!("carbon{}.pid", self.starts)).display()
+            ))
             .args(["--nodaemon", "start"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -75,7 +79,11 @@ impl Carbon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "carbon-cache did not listen; see {}", self.dir.display());
+            assert!(
+                Instant::now() < deadline,
+                "carbon-cache did not listen; see {}",
+                self.dir.display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -218,7 +226,10 @@ fn issue_17_item_5_statistics_reach_a_real_carbon_and_prometheus_through_outages
     let depth = carbon.points(&depth_path, t0);
     let jobs = carbon.points(&jobs_path, t0);
     assert!(depth.len() <= 2 && jobs.len() <= 2, "{depth:?} {jobs:?}");
-    assert!(depth.iter().all(|p| p.1 == 5.0 || p.1 == 17.0), "a gauge sends its last value: {depth:?}");
+    assert!(
+        depth.iter().all(|p| p.1 == 5.0 || p.1 == 17.0),
+        "a gauge sends its last value: {depth:?}"
+    );
     for (t, _) in depth.iter().chain(&jobs) {
         assert!((t0..=t1).contains(t), "time {t} not within {t0}..{t1}");
     }
@@ -258,7 +269,11 @@ fn issue_17_item_5_statistics_reach_a_real_carbon_and_prometheus_through_outages
     std::thread::sleep(Duration::from_millis(2500));
     let restarted = unix_now();
     c.start_cma().unwrap();
-    let p = carbon.wait(&format!("assim.{host}.outage.cma"), t2, "the batch made during the CMA outage");
+    let p = carbon.wait(
+        &format!("assim.{host}.outage.cma"),
+        t2,
+        "the batch made during the CMA outage",
+    );
     assert_eq!(p.iter().map(|p| p.1).collect::<Vec<_>>(), [42.0]);
     assert!(
         (t2..restarted).contains(&p[0].0),
@@ -278,7 +293,11 @@ fn issue_17_item_5_statistics_reach_a_real_carbon_and_prometheus_through_outages
     std::thread::sleep(Duration::from_millis(1500));
     let back = unix_now();
     carbon.start();
-    let p = carbon.wait(&format!("assim.{host}.outage.carbon"), t3, "the values that waited for carbon");
+    let p = carbon.wait(
+        &format!("assim.{host}.outage.carbon"),
+        t3,
+        "the values that waited for carbon",
+    );
     assert_eq!(p.iter().map(|p| p.1).collect::<Vec<_>>(), [7.0]);
     assert!((t3..back).contains(&p[0].0), "original time: {} not within {t3}..{back}", p[0].0);
     wait_until("the queue to empty", || {

@@ -119,7 +119,9 @@ fn run(open: OpenOutbox, target: &str, status: &ForwarderStatus, stop: &AtomicBo
                     && st.dropped > seen
                 {
                     warn!(
-                        dropped = st.dropped - seen, dropped_total = st.dropped, queued = st.queued,
+                        dropped = st.dropped - seen,
+                        dropped_total = st.dropped,
+                        queued = st.queued,
                         "the statistics queue for Graphite is full; its oldest values were dropped (raise --graphite-queue-max or bring carbon back)"
                     );
                 }
@@ -163,7 +165,9 @@ fn run(open: OpenOutbox, target: &str, status: &ForwarderStatus, stop: &AtomicBo
                 status.down.store(false, Ordering::Relaxed);
                 if let LinkNote::Back { down, failures } = link.succeeded(Instant::now()) {
                     info!(
-                        graphite = target, down_s = down.as_secs(), failures,
+                        graphite = target,
+                        down_s = down.as_secs(),
+                        failures,
                         "carbon is reachable again; sending the statistics that waited, with their original times"
                     );
                 }

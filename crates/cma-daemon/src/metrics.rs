@@ -234,20 +234,63 @@ pub fn render(m: &CmaMetrics) -> String {
     );
     let st = &m.statistics;
     for (name, help, v) in [
-        ("assim_cma_statistics_batches_total", "Statistics batches taken from nanoprobes.", st.batches),
-        ("assim_cma_statistics_series_total", "Statistics series taken (one value each).", st.series),
+        (
+            "assim_cma_statistics_batches_total",
+            "Statistics batches taken from nanoprobes.",
+            st.batches,
+        ),
+        (
+            "assim_cma_statistics_series_total",
+            "Statistics series taken (one value each).",
+            st.series,
+        ),
         ("assim_cma_statistics_invalid_total", "Statistics series dropped as invalid.", st.invalid),
-        ("assim_cma_statistics_clamped_total", "Statistics batches stamped in the future, sent with the CMA's time.", st.clamped),
+        (
+            "assim_cma_statistics_clamped_total",
+            "Statistics batches stamped in the future, sent with the CMA's time.",
+            st.clamped,
+        ),
         ("assim_cma_statistics_refused_total", "Statistics batches refused whole.", st.refused),
-        ("assim_cma_statistics_graphite_sent_total", "Statistics values carbon took.", st.graphite_sent),
-        ("assim_cma_statistics_graphite_failures_total", "Failed attempts to send statistics to carbon.", st.graphite_failures),
-        ("assim_cma_statistics_dropped_total", "Statistics values dropped because the Graphite queue was full.", st.graphite_dropped),
-        ("assim_cma_statistics_exposed_refused_total", "New series not exposed for Prometheus because the exposition was full.", st.exposed_refused),
+        (
+            "assim_cma_statistics_graphite_sent_total",
+            "Statistics values carbon took.",
+            st.graphite_sent,
+        ),
+        (
+            "assim_cma_statistics_graphite_failures_total",
+            "Failed attempts to send statistics to carbon.",
+            st.graphite_failures,
+        ),
+        (
+            "assim_cma_statistics_dropped_total",
+            "Statistics values dropped because the Graphite queue was full.",
+            st.graphite_dropped,
+        ),
+        (
+            "assim_cma_statistics_exposed_refused_total",
+            "New series not exposed for Prometheus because the exposition was full.",
+            st.exposed_refused,
+        ),
     ] {
         counter(&mut out, name, help, v);
     }
-    gauge(&mut out, "assim_cma_statistics_graphite_queued", "Statistics values waiting for carbon.", st.graphite_queued);
-    gauge(&mut out, "assim_cma_statistics_graphite_down", "1 while the last attempt to reach carbon failed.", u64::from(st.graphite_down));
-    gauge(&mut out, "assim_cma_statistics_exposed", "Series at /api/v1/statistics/prometheus.", st.exposed);
+    gauge(
+        &mut out,
+        "assim_cma_statistics_graphite_queued",
+        "Statistics values waiting for carbon.",
+        st.graphite_queued,
+    );
+    gauge(
+        &mut out,
+        "assim_cma_statistics_graphite_down",
+        "1 while the last attempt to reach carbon failed.",
+        u64::from(st.graphite_down),
+    );
+    gauge(
+        &mut out,
+        "assim_cma_statistics_exposed",
+        "Series at /api/v1/statistics/prometheus.",
+        st.exposed,
+    );
     out
 }

@@ -747,17 +747,16 @@ mod tests {
         assert_eq!(o.statistics.graphite.as_deref(), Some("carbon.example.com:2003"));
         assert_eq!((o.statistics.prefix.as_str(), o.statistics.queue_max), ("assim", 500));
         let printed = cma_config_toml(&o);
-        assert!(printed.contains("[statistics]\ngraphite = \"carbon.example.com:2003\""), "{printed}");
+        assert!(
+            printed.contains("[statistics]\ngraphite = \"carbon.example.com:2003\""),
+            "{printed}"
+        );
         for bad in ["carbon", "carbon:", "carbon:0", ":2003", "a b:2003", "carbon:99999"] {
             let e = CmaFlags { graphite: Some(bad.into()), ..Default::default() }.resolve();
             assert!(e.unwrap_err().to_string().contains("HOST:PORT"), "{bad}");
         }
         for bad in ["", "a..b", "a;b", "a b"] {
-            let e = CmaFlags {
-                graphite_prefix: Some(bad.into()),
-                ..Default::default()
-            }
-            .resolve();
+            let e = CmaFlags { graphite_prefix: Some(bad.into()), ..Default::default() }.resolve();
             assert!(e.unwrap_err().to_string().contains("graphite_prefix"), "{bad:?}");
         }
         let zero = CmaFlags { graphite_queue_max: Some(0), ..Default::default() }.resolve();
