@@ -14,6 +14,8 @@
 //! - The exports (known hosts, SSHFP, the inventory behind `assim export …`) under
 //!   `/api/v1/export/…` — see [`crate::api_export`].
 //! - `GET /metrics`: Prometheus text format.
+//! - `GET /api/v1/statistics/prometheus`: the latest statistics of every host, for
+//!   Prometheus — see [`crate::api_statistics`].
 //! - `GET /healthz`: `ok`; 503 with the reason while the store refuses writes (the CMA then
 //!   acknowledges no new records, issue 16 item 15).
 //!
@@ -73,6 +75,8 @@ pub struct ApiState {
     limits: Limits,
     /// Which listeners are Prometheus exporters (`/api/v1/export/prometheus-sd`).
     pub(crate) exporter_rules: Arc<Vec<assim_export::prometheus::ExporterRule>>,
+    /// The latest statistics values, shared with the CMA task (issue 17 item 5).
+    pub(crate) statistics: crate::api_statistics::SharedLatest,
 }
 
 impl ApiState {
@@ -120,6 +124,7 @@ impl ApiState {
             held: HeldGate::new(MAX_HELD),
             limits: Limits::default(),
             exporter_rules: Arc::new(assim_export::prometheus::default_rules()),
+            statistics: Default::default(),
         })
     }
 
@@ -305,6 +310,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(crate::api_export::routes())
         .merge(crate::api_fleet::routes())
         .merge(crate::api_audit::routes())
+        .merge(crate::api_statistics::routes())
         .layer(middleware::from_fn_with_state(state.clone(), crate::api_access::guard))
         .with_state(state)
 }

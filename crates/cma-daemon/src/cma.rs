@@ -85,6 +85,8 @@ pub struct CmaOptions {
     /// Which listeners `/api/v1/export/prometheus-sd` lists: the built-in exporter rules with
     /// the configured `[[exporters]]` applied (issue 17).
     pub exporter_rules: Vec<assim_export::prometheus::ExporterRule>,
+    /// Statistics forwarding to Graphite (issue 17 item 5; [`crate::graphite`]).
+    pub statistics: crate::graphite::StatisticsOptions,
 }
 
 /// The audit rules in force: the shipped ones, the operator's files, without the silenced.
@@ -128,6 +130,7 @@ pub async fn run(
     assim_seal::create_private_dir(&opts.data_dir)?;
     let identity = Identity::load_or_create(&opts.data_dir)?;
     let mut store = Store::open(&store_path(&opts.data_dir))?;
+    store.set_statistics_queue_max(opts.statistics.queue_max);
     let tagger = assim_bus::Tagger::new(&opts.bus.tag_rules).context("invalid [bus] tag_rules")?;
     let rules = load_rules(opts.check_rules.as_deref())?;
     assim_bus::runner::install_config_sinks(&mut store, &opts.bus)
@@ -191,6 +194,8 @@ pub async fn run(
         host_new_wait: opts.host_new_wait,
     };
     config.open_enrollment = opts.open_enrollment;
+    config.graphite_prefix =
+        opts.statistics.graphite.as_ref().map(|_| opts.statistics.prefix.clone());
     config.tagger = Some(EventTagger::new(move |e| {
         tagger.apply(e);
     }));
@@ -228,6 +233,19 @@ pub async fn run(
         .with_fleet(opts.fleet.clone())
         .with_audit(audit)
         .with_exporter_rules(opts.exporter_rules.clone());
+    let latest = crate::api_statistics::SharedLatest::default();
+    let api_state = api_state.with_statistics(latest.clone());
+    let graphite = Arc::new(crate::graphite::ForwarderStatus::default());
+    let graphite_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(target) = &opts.statistics.graphite {
+        let path = store_path(&opts.data_dir);
+        let open: crate::graphite::OpenOutbox = Box::new(move || {
+            Ok(Box::new(Store::open(&path)?) as Box<dyn assim_store::StatisticsOutbox>)
+        });
+        crate::graphite::spawn(open, target.clone(), graphite.clone(), graphite_stop.clone())
+            .context("cannot start the Graphite forwarder")?;
+        info!(graphite = %target, prefix = %opts.statistics.prefix, "forwarding statistics to Graphite");
+    }
     let api_task = tokio::spawn(crate::api::serve(api_listener, api_state));
     let retention_task = tokio::spawn(crate::retention::run(
         store_path(&opts.data_dir),
@@ -252,6 +270,8 @@ pub async fn run(
         pinger,
         pings_tx,
         pings_in_flight: 0,
+        latest,
+        graphite,
     };
     d.send_all().await;
     tokio::pin!(shutdown);
@@ -298,6 +318,7 @@ pub async fn run(
     info!("CMA stopping");
     blocking(|| d.shell.stop(now()));
     d.send_all().await;
+    graphite_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     api_task.abort();
     bus_task.abort();
     retention_task.abort();
@@ -363,6 +384,10 @@ struct Driver {
     pinger: Option<crate::ping::Pinger>,
     pings_tx: tokio::sync::mpsc::UnboundedSender<(u64, bool)>,
     pings_in_flight: usize,
+    /// The latest statistics, for the API's Prometheus exposition.
+    latest: crate::api_statistics::SharedLatest,
+    /// What the Graphite forwarder reports.
+    graphite: Arc<crate::graphite::ForwarderStatus>,
 }
 
 impl Driver {
@@ -380,6 +405,10 @@ impl Driver {
                 }
                 Note::CommandAnswer(a) => self.replies.answer(a),
                 Note::ProbeManagement { id, address, timeout } => self.ping(id, address, timeout),
+                Note::Statistics(b) => {
+                    let now_s = Timestamp::now().micros() / 1_000_000;
+                    self.latest.lock().expect("statistics lock").apply(&b, now_s);
+                }
                 _ => {}
             }
         }
@@ -426,6 +455,26 @@ impl Driver {
             dh_ops: s.dh_ops,
             ..CmaMetrics::default()
         };
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            let mut latest = self.latest.lock().expect("statistics lock");
+            latest.expire(Timestamp::now().micros() / 1_000_000);
+            let g = &self.graphite;
+            m.statistics = crate::metrics::StatisticsMetrics {
+                batches: s.statistics_batches,
+                series: s.statistics_series,
+                invalid: s.statistics_invalid,
+                clamped: s.statistics_clamped,
+                refused: s.statistics_refused,
+                exposed: latest.len() as u64,
+                exposed_refused: latest.refused,
+                graphite_sent: g.sent.load(Relaxed),
+                graphite_failures: g.failures.load(Relaxed),
+                graphite_queued: g.queued.load(Relaxed),
+                graphite_dropped: g.dropped.load(Relaxed),
+                graphite_down: g.down.load(Relaxed),
+            };
+        }
         if let Some(st) = self.shell.store_unavailable() {
             let secs = st.since.elapsed().as_secs();
             m.store_unavailable_seconds = secs.max(1);

@@ -29,6 +29,8 @@
 //!   answer sizes) and the `503`/`422` answers past each bound.
 //! - [`metrics`]: counters shared between the CMA task and the API.
 //! - [`ping`]: ICMP pings of switch management addresses for the core's switch checks.
+//! - [`graphite`]: the Graphite forwarder (the durable statistics queue into carbon) and the
+//!   statistics settings; [`api_statistics`]: their Prometheus exposition.
 //! - [`retention`]: the bound on the topology history (age and rows).
 //! - [`settings`]: flags/env/file resolution, `--print-config`, `cma token create`;
 //!   `src/main.rs` is the binary.
@@ -42,9 +44,11 @@ pub mod api_export;
 pub mod api_fleet;
 pub mod api_limits;
 pub mod api_session;
+pub mod api_statistics;
 pub mod api_topology;
 pub mod api_web;
 pub mod cma;
+pub mod graphite;
 pub mod metrics;
 pub mod ping;
 pub mod retention;

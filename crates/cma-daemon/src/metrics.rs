@@ -42,6 +42,25 @@ pub struct CmaMetrics {
     pub inbox_sync_micros: u64,
     /// Stored messages with no further effect yet, by kind.
     pub applied_other: BTreeMap<&'static str, u64>,
+    /// Statistics (issue 17 item 5): see the shell's metrics and [`crate::graphite`].
+    pub statistics: StatisticsMetrics,
+}
+
+/// The statistics part of [`CmaMetrics`].
+#[derive(Clone, Debug, Default)]
+pub struct StatisticsMetrics {
+    pub batches: u64,
+    pub series: u64,
+    pub invalid: u64,
+    pub clamped: u64,
+    pub refused: u64,
+    pub exposed: u64,
+    pub exposed_refused: u64,
+    pub graphite_sent: u64,
+    pub graphite_failures: u64,
+    pub graphite_queued: u64,
+    pub graphite_dropped: u64,
+    pub graphite_down: bool,
 }
 
 /// The latest published metrics.
@@ -212,6 +231,66 @@ pub fn render(m: &CmaMetrics) -> String {
          # TYPE assim_cma_inbox_sync_seconds_total counter\n\
          assim_cma_inbox_sync_seconds_total {:.6}",
         m.inbox_sync_micros as f64 / 1e6
+    );
+    let st = &m.statistics;
+    for (name, help, v) in [
+        (
+            "assim_cma_statistics_batches_total",
+            "Statistics batches taken from nanoprobes.",
+            st.batches,
+        ),
+        (
+            "assim_cma_statistics_series_total",
+            "Statistics series taken (one value each).",
+            st.series,
+        ),
+        ("assim_cma_statistics_invalid_total", "Statistics series dropped as invalid.", st.invalid),
+        (
+            "assim_cma_statistics_clamped_total",
+            "Statistics batches stamped in the future, sent with the CMA's time.",
+            st.clamped,
+        ),
+        ("assim_cma_statistics_refused_total", "Statistics batches refused whole.", st.refused),
+        (
+            "assim_cma_statistics_graphite_sent_total",
+            "Statistics values carbon took.",
+            st.graphite_sent,
+        ),
+        (
+            "assim_cma_statistics_graphite_failures_total",
+            "Failed attempts to send statistics to carbon.",
+            st.graphite_failures,
+        ),
+        (
+            "assim_cma_statistics_dropped_total",
+            "Statistics values dropped because the Graphite queue was full.",
+            st.graphite_dropped,
+        ),
+        (
+            "assim_cma_statistics_exposed_refused_total",
+            "New series not exposed for Prometheus because the exposition was full.",
+            st.exposed_refused,
+        ),
+    ] {
+        counter(&mut out, name, help, v);
+    }
+    gauge(
+        &mut out,
+        "assim_cma_statistics_graphite_queued",
+        "Statistics values waiting for carbon.",
+        st.graphite_queued,
+    );
+    gauge(
+        &mut out,
+        "assim_cma_statistics_graphite_down",
+        "1 while the last attempt to reach carbon failed.",
+        u64::from(st.graphite_down),
+    );
+    gauge(
+        &mut out,
+        "assim_cma_statistics_exposed",
+        "Series at /api/v1/statistics/prometheus.",
+        st.exposed,
     );
     out
 }

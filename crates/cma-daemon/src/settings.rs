@@ -130,6 +130,22 @@ pub struct CmaFlags {
     /// raised with what arrived, tagged `complete=false` [default: 60s]. See docs/automation.md.
     #[arg(long, env = "ASSIM_HOST_NEW_WAIT", value_parser = parse_duration)]
     pub host_new_wait: Option<Duration>,
+    /// Forward the statistics programs put on the hosts (`assim stat put`, nanoprobes with
+    /// --statistics) to Graphite: carbon's plaintext receiver, HOST:PORT (usually port 2003).
+    /// Each value is sent as PREFIX.HOST.NAME[.TAGKEY.TAGVALUE...] with the time of its batch;
+    /// while carbon is unreachable values wait in the CMA's database (bounded by
+    /// --graphite-queue-max) and go out with their original times once it is back. Without
+    /// it nothing is queued; the latest values are always at /api/v1/statistics/prometheus.
+    /// See docs/automation.md.
+    #[arg(long, value_name = "HOST:PORT", env = "ASSIM_GRAPHITE")]
+    pub graphite: Option<String>,
+    /// The first segment(s) of every Graphite path [default: assim].
+    #[arg(long, value_name = "PATH", env = "ASSIM_GRAPHITE_PREFIX")]
+    pub graphite_prefix: Option<String>,
+    /// Values kept at most while carbon is unreachable; beyond it the oldest are dropped,
+    /// counted in assim_cma_statistics_dropped_total and logged [default: 1000000].
+    #[arg(long, value_name = "N", env = "ASSIM_GRAPHITE_QUEUE_MAX")]
+    pub graphite_queue_max: Option<u64>,
     /// Print the resolved configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -204,6 +220,31 @@ pub struct CmaFile {
     /// Prometheus exporter rules added to (or replacing, by name) the built-in ones
     /// (`[[exporters]]`, issue 17; `/api/v1/export/prometheus-sd`).
     pub exporters: Option<Vec<assim_export::prometheus::ExporterRule>>,
+    /// Statistics forwarding (`[statistics]`, issue 17 item 5).
+    pub statistics: Option<StatisticsFile>,
+}
+
+/// The `[statistics]` table of the config file.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatisticsFile {
+    /// carbon's plaintext receiver, HOST:PORT.
+    pub graphite: Option<String>,
+    pub graphite_prefix: Option<String>,
+    pub graphite_queue_max: Option<u64>,
+}
+
+/// `HOST:PORT` with a port (a name is resolved at each connection).
+fn check_host_port(text: &str) -> anyhow::Result<()> {
+    let ok = text.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+            && !host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    });
+    if !ok {
+        bail!("graphite {text:?}: expected HOST:PORT, for example graphite.example.com:2003");
+    }
+    Ok(())
 }
 
 /// The `[audit]` table of the config file.
@@ -486,6 +527,32 @@ impl CmaFlags {
                 file.exporters.as_deref().unwrap_or_default(),
             )
             .map_err(|e| anyhow::anyhow!("config [[exporters]]: {e}"))?,
+            statistics: {
+                let f = file.statistics.unwrap_or_default();
+                let graphite = self.graphite.clone().or(f.graphite).filter(|g| !g.is_empty());
+                if let Some(g) = &graphite {
+                    check_host_port(g)?;
+                }
+                let prefix = self
+                    .graphite_prefix
+                    .clone()
+                    .or(f.graphite_prefix)
+                    .unwrap_or_else(|| "assim".into());
+                if !assim_wire::stat_rules::valid_name(&prefix) || prefix.len() > 64 {
+                    bail!(
+                        "graphite_prefix {prefix:?}: use dot-separated segments of letters, \
+                         digits, '_' and '-', at most 64 bytes (for example assim or prod.assim)"
+                    );
+                }
+                let queue_max = self
+                    .graphite_queue_max
+                    .or(f.graphite_queue_max)
+                    .unwrap_or(assim_store::statistics::DEFAULT_QUEUE_MAX);
+                if queue_max == 0 {
+                    bail!("graphite_queue_max must be above 0");
+                }
+                crate::graphite::StatisticsOptions { graphite, prefix, queue_max }
+            },
         })
     }
 }
@@ -559,6 +626,11 @@ pub fn cma_config_toml(o: &crate::cma::CmaOptions) -> String {
                 }
             }
             rules
+        }),
+        statistics: Some(StatisticsFile {
+            graphite: o.statistics.graphite.clone(),
+            graphite_prefix: Some(o.statistics.prefix.clone()),
+            graphite_queue_max: Some(o.statistics.queue_max),
         }),
     };
     toml::to_string(&f).expect("config serializes")
@@ -661,6 +733,34 @@ mod tests {
         let typo = CmaFlags { config: Some(file), ..Default::default() };
         assert!(format!("{:#}", typo.resolve().unwrap_err()).contains("lisen"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn issue_17_item_5_graphite_settings_are_checked_and_printed() {
+        let o = CmaFlags {
+            graphite: Some("carbon.example.com:2003".into()),
+            graphite_queue_max: Some(500),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(o.statistics.graphite.as_deref(), Some("carbon.example.com:2003"));
+        assert_eq!((o.statistics.prefix.as_str(), o.statistics.queue_max), ("assim", 500));
+        let printed = cma_config_toml(&o);
+        assert!(
+            printed.contains("[statistics]\ngraphite = \"carbon.example.com:2003\""),
+            "{printed}"
+        );
+        for bad in ["carbon", "carbon:", "carbon:0", ":2003", "a b:2003", "carbon:99999"] {
+            let e = CmaFlags { graphite: Some(bad.into()), ..Default::default() }.resolve();
+            assert!(e.unwrap_err().to_string().contains("HOST:PORT"), "{bad}");
+        }
+        for bad in ["", "a..b", "a;b", "a b"] {
+            let e = CmaFlags { graphite_prefix: Some(bad.into()), ..Default::default() }.resolve();
+            assert!(e.unwrap_err().to_string().contains("graphite_prefix"), "{bad:?}");
+        }
+        let zero = CmaFlags { graphite_queue_max: Some(0), ..Default::default() }.resolve();
+        assert!(zero.unwrap_err().to_string().contains("graphite_queue_max"));
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub(crate) struct Engine<S> {
     tagger: Option<EventTagger>,
     /// The store refuses batches (issue 16 item 15).
     pub(crate) stall: Option<Stall>,
+    /// Statistics are queued for Graphite under this prefix (issue 17 item 5).
+    graphite_prefix: Option<String>,
 }
 
 impl<S: EngineStore> Engine<S> {
@@ -128,7 +130,14 @@ impl<S: EngineStore> Engine<S> {
             commit_soon: false,
             tagger,
             stall: None,
+            graphite_prefix: None,
         }
+    }
+
+    /// Queue statistics for Graphite under `prefix` (`None`: not at all).
+    pub(crate) fn with_graphite_prefix(mut self, prefix: Option<String>) -> Self {
+        self.graphite_prefix = prefix;
+        self
     }
 
     /// The spool incarnations stored with `applied`.
@@ -256,6 +265,41 @@ impl<S: EngineStore> Engine<S> {
                     debug!(node = %sender, command_id = r.command_id, "command result nobody waits for")
                 }
             },
+            Body::Statistics(s) => match core.handle_statistics(now, sender, &s) {
+                Ok(None) => metrics.applied_other("statistics"),
+                Ok(Some(b)) => {
+                    metrics.statistics_batches += 1;
+                    metrics.statistics_series += b.series.len() as u64;
+                    if b.refused > 0 {
+                        metrics.statistics_invalid += b.refused as u64;
+                        warn!(
+                            node = %sender, dropped = b.refused,
+                            first = b.first_refusal.as_deref().unwrap_or(""),
+                            "invalid statistics series dropped (the rest of the batch is kept)"
+                        );
+                    }
+                    if let Some(from) = b.clamped_from_s {
+                        metrics.statistics_clamped += 1;
+                        warn!(
+                            node = %sender, batch_time = from, cma_time = b.at_s,
+                            "a statistics batch is stamped in the future; sent with the CMA's \
+                             time instead (check the host's clock)"
+                        );
+                    }
+                    if let Some(prefix) = &self.graphite_prefix {
+                        self.batch
+                            .progress
+                            .statistics
+                            .extend(assim_cma::statistics::graphite_points(prefix, &b));
+                    }
+                    effects.notes.push(Note::Statistics(b));
+                }
+                Err(e) => {
+                    metrics.statistics_refused += 1;
+                    warn!(node = %sender, error = %e, "statistics batch refused");
+                    metrics.reject("bad_statistics");
+                }
+            },
             other => {
                 let kind = other.name();
                 metrics.applied_other(kind);
@@ -323,6 +367,7 @@ impl<S: EngineStore> Engine<S> {
             + p.discovery.len()
             + p.incarnations.len()
             + p.host_new.len()
+            + p.statistics.len()
             + p.services.check_sets.len()
             + p.services.states.len()
             + p.services.manual.len()

@@ -96,6 +96,9 @@ pub struct ShellConfig {
     pub commit_interval: Duration,
     /// Tags every event before it is stored (the bus's tagging rules), if set.
     pub tagger: Option<EventTagger>,
+    /// Statistics batches are queued for Graphite under this path prefix (issue 17 item 5);
+    /// `None`: no Graphite, nothing is queued (the batches still reach [`Note::Statistics`]).
+    pub graphite_prefix: Option<String>,
 }
 
 impl ShellConfig {
@@ -108,6 +111,7 @@ impl ShellConfig {
             seed,
             commit_interval: Duration::from_millis(50),
             tagger: None,
+            graphite_prefix: None,
         }
     }
 }
@@ -163,6 +167,9 @@ pub enum Note {
     /// `timeout`) and answer with [`Shell::management_probe_result`]. Only asked when
     /// [`assim_cma::CmaConfig::management_probes`] is on.
     ProbeManagement { id: u64, address: std::net::IpAddr, timeout: Duration },
+    /// A checked statistics batch (issue 17 item 5): the driver keeps its latest values for
+    /// the Prometheus exposition. Its Graphite points are in the batch being stored.
+    Statistics(assim_cma::statistics::StatBatch),
 }
 
 /// Counters of the shell (the daemon publishes them as metrics).
@@ -192,6 +199,13 @@ pub struct Metrics {
     pub dh_ops: u64,
     /// Messages queued to nanoprobes, by kind.
     pub sent: BTreeMap<&'static str, u64>,
+    /// Statistics (issue 17 item 5): batches taken, series taken, series dropped as invalid,
+    /// batches whose time was clamped from the future, batches refused whole.
+    pub statistics_batches: u64,
+    pub statistics_series: u64,
+    pub statistics_invalid: u64,
+    pub statistics_clamped: u64,
+    pub statistics_refused: u64,
 }
 
 impl Metrics {
@@ -264,7 +278,8 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             conns,
             reader: Reader::new(inbox, applied.clone(), incarnations.clone()),
             engine: Engine::new(core, store, applied, config.commit_interval, config.tagger)
-                .with_incarnations(incarnations),
+                .with_incarnations(incarnations)
+                .with_graphite_prefix(config.graphite_prefix),
             open_enrollment: config.open_enrollment,
             enroll_log: enroll::RefusalLog::default(),
             effects: Effects::default(),

@@ -769,3 +769,66 @@ fn item_3_first_contact_flood_is_bounded_and_known_nodes_are_served() {
     assert_eq!(replies.len(), 1);
     assert!(replies[0].datagram.len() <= req.len());
 }
+
+fn stat_batch(at_micros: u64, values: &[(&str, f64)]) -> Body {
+    Body::Statistics(msg::Statistics {
+        counters: vec![],
+        series: values
+            .iter()
+            .map(|(n, v)| msg::StatSeries {
+                name: (*n).into(),
+                tags: vec![msg::Tag { key: "role".into(), value: "db".into() }],
+                counter: false,
+                value: *v,
+            })
+            .collect(),
+        at: at_micros,
+        interval_s: 60,
+    })
+}
+
+#[test]
+fn issue_17_item_5_statistics_are_queued_for_graphite_once_across_a_crash() {
+    // The store lags the inbox, so the crash leaves the statistics records to replay.
+    let mut cfg = config(true, Duration::from_secs(3600));
+    cfg.graphite_prefix = Some("assim".into());
+    let mut w = World::with(cfg.clone(), MemStore::default());
+    let p = w.add_probe(1);
+    let hello = w.probes[p].hello(None);
+    w.send(p, 0, hello);
+    let id = w.probes[p].id.node_id();
+    let host = w.shell().core().node(id).unwrap().hostname.clone();
+    let old = EPOCH - 3_600_000_000; // an hour old: spooled through an outage
+    w.send(p, 1, stat_batch(old, &[("queue.depth", 17.0), ("bad..name", 1.0)]));
+    w.send(p, 2, stat_batch(EPOCH + 86_400_000_000, &[("future.value", 3.0)]));
+    assert!(w.notes.iter().any(|n| matches!(n, Note::Statistics(b) if b.node == id)));
+    assert_eq!(w.shell().metrics().statistics_invalid, 1);
+    assert_eq!(w.shell().metrics().statistics_clamped, 1);
+    let store = w.crash();
+    assert!(store.statistics.is_empty(), "the store lagged; nothing queued yet");
+    w.t += 1_000_000;
+    w.start(cfg.clone(), store, 2);
+    let now = w.now();
+    w.shell().stop(now);
+    let store = w.crash();
+    let host = assim_cma::statistics::host_segment(&host, id);
+    let got: Vec<(String, f64, u64)> =
+        store.statistics.iter().map(|(_, p)| (p.path.clone(), p.value, p.at_s)).collect();
+    assert_eq!(
+        got,
+        [
+            (format!("assim.{host}.queue.depth.role.db"), 17.0, old / 1_000_000),
+            (format!("assim.{host}.future.value.role.db"), 3.0, (EPOCH + 1_000_000) / 1_000_000),
+        ],
+        "once each, the old batch with its own time, the future one clamped to the CMA's"
+    );
+
+    // Without Graphite nothing is queued.
+    let mut w = World::new(true, MemStore::default());
+    let p = w.add_probe(2);
+    let hello = w.probes[p].hello(None);
+    w.send(p, 0, hello);
+    w.send(p, 1, stat_batch(EPOCH, &[("x", 1.0)]));
+    assert!(w.shell().store().statistics.is_empty());
+    assert_eq!(w.shell().metrics().statistics_series, 1);
+}

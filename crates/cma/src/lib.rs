@@ -50,6 +50,8 @@
 //! - [`host_keys`]: the SSH host keys each host reported and `host.key_changed`.
 //! - [`host_new`]: the first-boot hook, `host.new`, once per node id, with its OS and keys.
 //! - [`local_events`]: events submitted by programs on a host ([`Cma::handle_local_event`]).
+//! - [`statistics`]: statistics batches checked ([`Authority::handle_statistics`]), named for
+//!   Graphite, kept for Prometheus ([`statistics::Latest`]), and the carbon link's backoff.
 
 #![forbid(unsafe_code)]
 
@@ -66,6 +68,7 @@ pub mod model;
 pub mod ring;
 pub mod schedule;
 pub mod services;
+pub mod statistics;
 pub mod wiring;
 
 pub use crate::cma::{

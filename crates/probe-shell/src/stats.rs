@@ -17,21 +17,18 @@
 //! interval: a new series beyond that is refused (the ones already put keep aggregating).
 //!
 //! The shell owns one aggregator (`Shell::set_statistics`, `Shell::stat_put`) and spools each
-//! batch as a `Statistics` message (`series`, `at`, `interval_s`). Not built yet: the CMA's
-//! forwarding to Graphite and its Prometheus exposition, and check perfdata and host figures
-//! as statistics.
+//! batch as a `Statistics` message (`series`, `at`, `interval_s`). The CMA checks it again
+//! with the same rules (`assim_wire::stat_rules`), forwards it to Graphite and exposes it for
+//! Prometheus (`assim_cma::statistics`). Not built: check perfdata and host figures as
+//! statistics.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// The default batch interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
-/// The longest metric name.
-pub const MAX_NAME: usize = 200;
-/// Tags per sample at most.
-pub const MAX_TAGS: usize = 8;
-/// Series per interval at most.
-pub const MAX_SERIES: usize = 10_000;
+pub use assim_wire::stat_rules::{MAX_NAME, MAX_SERIES, MAX_TAGS};
+use assim_wire::stat_rules::{valid_name, valid_tag, valid_value};
 
 /// Counter (increments, summed per interval) or gauge (the last value wins).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -98,27 +95,12 @@ impl std::fmt::Display for StatError {
 
 impl std::error::Error for StatError {}
 
-fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= MAX_NAME
-        && n.split('.').all(|seg| {
-            !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
-        })
-}
-
-fn valid_tag(k: &str, v: &str) -> bool {
-    (1..=64).contains(&k.len())
-        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && (1..=128).contains(&v.len())
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
-
 /// Validates a sample (name, value, tags).
 pub fn validate(s: &Sample) -> Result<(), StatError> {
     if !valid_name(&s.name) {
         return Err(StatError::BadName(s.name.chars().take(MAX_NAME + 8).collect()));
     }
-    if !s.value.is_finite() || (s.kind == Kind::Counter && s.value < 0.0) {
+    if !valid_value(s.value, s.kind == Kind::Counter) {
         return Err(StatError::BadValue(s.value.to_string()));
     }
     if s.tags.len() > MAX_TAGS {

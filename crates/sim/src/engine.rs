@@ -1251,7 +1251,7 @@ impl Sim {
             }
             Note::HelloRefused { .. } => self.w.counters.hellos_refused += 1,
             Note::Unregistered { .. } => self.w.counters.unregistered += 1,
-            Note::CommandAnswer(_) => {}
+            Note::CommandAnswer(_) | Note::Statistics(_) => {}
             // The simulator's switches announce no management address.
             Note::ProbeManagement { .. } => {}
         }

@@ -20,6 +20,7 @@
 //! - [`queries`]: the read side of the API and the CLI (`assim_store::Queries`) over all of it,
 //!   and [`queries::queries_opener`].
 //! - [`retention`]: the bound on the topology history.
+//! - [`statistics`]: the durable queue of statistics for Graphite (`stat_outbox`) with its cap.
 //! - [`rings`]: the network-aware rings — each node's wiring, each ring's members, representatives
 //!   and watchers (issue 13).
 
@@ -28,6 +29,7 @@ pub mod queries;
 pub mod retention;
 pub mod rings;
 pub mod services;
+pub mod statistics;
 pub mod topology;
 
 use std::collections::BTreeMap;
@@ -157,6 +159,15 @@ CREATE TABLE IF NOT EXISTS host_new_pending (
     node TEXT PRIMARY KEY,
     due_at INTEGER NOT NULL
 );
+-- Issue 17 item 5, new without a version bump (a missing table is simply created): the durable
+-- queue of statistics points on their way to Graphite (see assim_store::statistics); ids grow
+-- and are never reused (AUTOINCREMENT), rows leave from the oldest end only.
+CREATE TABLE IF NOT EXISTS stat_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL,
+    value REAL NOT NULL,
+    at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY,
     secret TEXT NOT NULL,
@@ -230,6 +241,8 @@ fn make_private(path: &Path) -> std::io::Result<()> {
 pub struct Store {
     conn: Connection,
     path: String,
+    /// The statistics queue's cap ([`Store::set_statistics_queue_max`]).
+    statistics_max: u64,
 }
 
 impl Store {
@@ -263,7 +276,7 @@ impl Store {
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(err)?;
         tx.commit().map_err(err)?;
-        Ok(Store { conn, path: spath })
+        Ok(Store { conn, path: spath, statistics_max: assim_store::statistics::DEFAULT_QUEUE_MAX })
     }
 
     fn sql(&self, source: rusqlite::Error) -> StoreError {
@@ -461,6 +474,9 @@ impl Store {
                 .map_err(err)?;
             }
             rings::apply(&tx, &wiring, &rings).map_err(err)?;
+            if !progress.statistics.is_empty() {
+                statistics::append(&tx, &progress.statistics, self.statistics_max).map_err(err)?;
+            }
             let mut put_event = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO events

@@ -10,7 +10,7 @@ use crate::services::ServicesBatch;
 /// What the decision engine consumed from the inbox in one batch. It is committed in the same
 /// transaction as the state it changed, so after a crash the engine resumes exactly after the
 /// last record whose effects are stored, and never applies a record twice.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct InboxProgress {
     /// The last inbox LSN applied; `None` leaves the stored position unchanged.
     pub position: Option<u64>,
@@ -27,6 +27,9 @@ pub struct InboxProgress {
     pub incarnations: BTreeMap<NodeId, SpoolIncarnation>,
     /// Nodes that wait for their `host.new`, or got it (issue 17; applied in order).
     pub host_new: Vec<assim_cma::host_new::HostNewChange>,
+    /// Statistics points for Graphite, appended to the durable queue that the forwarder
+    /// empties (issue 17 item 5; see [`crate::statistics`]).
+    pub statistics: Vec<assim_cma::statistics::StatPoint>,
 }
 
 /// A node's spool incarnation as a hello of this batch told it (issue 16 item 9).

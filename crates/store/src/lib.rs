@@ -30,6 +30,8 @@
 //!   [`normalize_mac`].
 //! - [`event_log`]: [`EventLog`], its records ([`SubscriptionRecord`], [`DeadLetter`],
 //!   [`Pruned`]) and [`OpenEventLog`], how the bus opens its own handles.
+//! - [`statistics`]: [`StatisticsOutbox`], the durable queue of statistics on their way to
+//!   Graphite (filled by engine batches, emptied by the forwarder).
 //! - [`QueryError`]: the one error of the read-side seams.
 
 pub mod batch;
@@ -40,6 +42,7 @@ pub mod inbox;
 pub mod mem;
 pub mod queries;
 pub mod services;
+pub mod statistics;
 
 pub use crate::batch::{DiscoveryRecord, InboxProgress, SpoolIncarnation, TokenRecord};
 pub use crate::engine::{EngineStore, Loaded, StoreFailed, Tokens};
@@ -49,6 +52,7 @@ pub use crate::mem::MemStore;
 pub use crate::queries::{
     HostRef, OpenQueries, PackagePattern, Queries, RingDesc, normalize_mac, ring_views,
 };
+pub use crate::statistics::{OutboxState, QueuedPoint, StatisticsOutbox};
 
 /// Why a read-side or event-log call failed. Engines apply each call atomically, so a failed
 /// call changed nothing.

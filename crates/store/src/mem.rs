@@ -42,6 +42,13 @@ pub struct MemStore {
     pub rings: BTreeMap<RingKey, RingRecord>,
     /// Nodes whose `host.new` is not raised yet → its deadline (µs).
     pub host_new: BTreeMap<NodeId, u64>,
+    /// The statistics queue for Graphite: (id, point), oldest first; its cap (0: the default)
+    /// and the points dropped beyond it.
+    pub statistics: std::collections::VecDeque<(u64, assim_cma::statistics::StatPoint)>,
+    pub statistics_cap: u64,
+    pub statistics_dropped: u64,
+    /// The last id given to a queued point (ids are never reused).
+    pub statistics_last_id: u64,
     /// How many batches were applied.
     pub batches: u64,
     /// When set, the next `n` batches fail (fault injection).
@@ -199,8 +206,45 @@ impl EngineStore for MemStore {
                 self.remembered.insert(*node, list.clone());
             }
         }
+        for p in &progress.statistics {
+            self.statistics_last_id += 1;
+            self.statistics.push_back((self.statistics_last_id, p.clone()));
+        }
+        let cap = match self.statistics_cap {
+            0 => crate::statistics::DEFAULT_QUEUE_MAX,
+            n => n,
+        };
+        while self.statistics.len() as u64 > cap {
+            self.statistics.pop_front();
+            self.statistics_dropped += 1;
+        }
         self.batches += 1;
         Ok(())
+    }
+}
+
+impl crate::StatisticsOutbox for MemStore {
+    fn oldest(&mut self, limit: usize) -> Result<Vec<crate::QueuedPoint>, crate::QueryError> {
+        Ok(self
+            .statistics
+            .iter()
+            .take(limit)
+            .map(|(id, p)| crate::QueuedPoint { id: *id, point: p.clone() })
+            .collect())
+    }
+
+    fn remove_through(&mut self, id: u64) -> Result<(), crate::QueryError> {
+        while self.statistics.front().is_some_and(|(i, _)| *i <= id) {
+            self.statistics.pop_front();
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<crate::OutboxState, crate::QueryError> {
+        Ok(crate::OutboxState {
+            queued: self.statistics.len() as u64,
+            dropped: self.statistics_dropped,
+        })
     }
 }
 

@@ -18,11 +18,13 @@
 //! - [`msg`]: the messages, [`msg::Message`] (reliable, both directions) and [`msg::Direct`]
 //!   (unreliable: heartbeats and the CMA's liveness probes).
 //! - [`time`]: [`Timestamp`], wall-clock microseconds used in messages and by the CMA core.
+//! - [`stat_rules`]: what a statistic's name, tags and value may be (both ends check them).
 
 pub mod header;
 pub mod id;
 pub mod limits;
 pub mod msg;
+pub mod stat_rules;
 pub mod time;
 
 pub use header::{DatagramKind, Header, HeaderError};
