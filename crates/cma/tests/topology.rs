@@ -32,11 +32,23 @@ fn link(chassis: &str) -> L2Link {
 
 /// Nodes 1..=switches*per, node n on switch `sw{(n-1)/per}`.
 fn fabric(switches: u32, per: u32) -> Harness {
-    let mut h = Harness::new();
+    fabric_with(assim_cma::CmaConfig::default(), switches, per, |_, _| {})
+}
+
+/// [`fabric`] with this configuration; `announce(n, link)` may change what node n hears its
+/// switch announce.
+fn fabric_with(
+    config: assim_cma::CmaConfig,
+    switches: u32,
+    per: u32,
+    announce: impl Fn(u32, &mut L2Link),
+) -> Harness {
+    let mut h = Harness::with(config, assim_cma::Snapshot::default(), T0);
     for n in 1..=switches * per {
         h.join(n);
-        let sw = format!("sw{}", (n - 1) / per);
-        h.cma.handle_wiring(h.now, id(n), Some(vec![link(&sw)]), None);
+        let mut l = link(&format!("sw{}", (n - 1) / per));
+        announce(n, &mut l);
+        h.cma.handle_wiring(h.now, id(n), Some(vec![l]), None);
         h.drain();
     }
     h.advance(Duration::from_secs(2));
@@ -690,19 +702,11 @@ fn a_host_only_a_peer_on_another_switch_reaches_is_path_suspect_not_down() {
 /// (one host cannot out-vote its ring).
 fn managed_fabric(switches: u32, per: u32) -> Harness {
     let config = assim_cma::CmaConfig { management_probes: true, ..Default::default() };
-    let mut h = Harness::with(config, assim_cma::Snapshot::default(), T0);
-    for n in 1..=switches * per {
-        h.join(n);
+    fabric_with(config, switches, per, |n, l| {
         let sw = (n - 1) / per;
-        let mut l = link(&format!("sw{sw}"));
         l.management_addresses =
             vec![if n == per + 1 { "198.51.100.9".into() } else { format!("192.0.2.{}", sw + 1) }];
-        h.cma.handle_wiring(h.now, id(n), Some(vec![l]), None);
-        h.drain();
-    }
-    h.advance(Duration::from_secs(2));
-    h.take();
-    h
+    })
 }
 
 /// The management pings asked since the last `take`: (id, address).

@@ -130,6 +130,9 @@ impl Connection {
 
         if restarted {
             self.peer_restarted(d.session, now);
+        } else {
+            // Its frames arrive: what we sent it during an outage is resent now.
+            self.sender.on_peer_heard(now);
         }
         self.peer_session = Some(d.session);
         if self.recv.is_none() {
@@ -279,6 +282,49 @@ mod tests {
 
     fn seq_of(frame: &[u8]) -> u64 {
         u64::from_be_bytes(frame[17..25].try_into().unwrap())
+    }
+
+    /// After an outage long enough to back the RTO off, a frame from the peer (it is
+    /// reachable again) makes the unacknowledged data go out at once, not up to `max_rto`
+    /// later (a returning switch's hosts got their new peer sets seconds late).
+    #[test]
+    fn a_frame_from_the_peer_ends_the_backoff_of_an_outage() {
+        let (mut a, mut b, t0) = pair();
+        a.send(vec![7], t0).unwrap();
+        assert_eq!(drain(&mut a, t0).len(), 1, "sent, lost");
+        let mut now = t0;
+        for _ in 0..6 {
+            now = a.poll_timeout().unwrap();
+            a.handle_timeout(now);
+            drain(&mut a, now); // every retransmission lost too
+        }
+        let backed_off = a.poll_timeout().unwrap() - now;
+        assert!(backed_off > ms(4000), "backed off: {backed_off:?}");
+        // The peer is reachable again and sends something.
+        now += ms(100);
+        b.send(vec![1], now).unwrap();
+        for f in drain(&mut b, now) {
+            a.handle_frame(&f, now).unwrap();
+        }
+        assert!(a.poll_timeout().unwrap() <= now, "resend now");
+        a.handle_timeout(now);
+        let frames = drain(&mut a, now);
+        assert!(!frames.is_empty());
+        for f in frames {
+            b.handle_frame(&f, now).unwrap();
+        }
+        assert!(events(&mut b).contains(&Event::Delivered(vec![7])), "delivered");
+        // A frame from the peer while nothing is backed off resends nothing early.
+        let (mut a, mut b, t0) = pair();
+        a.send(vec![7], t0).unwrap();
+        drain(&mut a, t0);
+        b.send(vec![1], t0).unwrap();
+        for f in drain(&mut b, t0) {
+            a.handle_frame(&f, t0).unwrap();
+        }
+        a.handle_timeout(t0);
+        drain(&mut a, t0);
+        assert_eq!(a.stats().retransmits, 0);
     }
 
     #[test]

@@ -128,7 +128,10 @@
 //!   reordering path does not trigger a storm of spurious resends); (c) by time (RACK): a
 //!   fragment is resent when one sent more than SRTT/4 (widened to the observed reordering, at
 //!   most SRTT) after it was acknowledged — this recovers a whole window in one round trip after
-//!   an outage instead of one fragment per RTO. Selectively acknowledged fragments are not
+//!   an outage instead of one fragment per RTO; (d) by the peer's return: a data frame from
+//!   the peer while the RTO is backed off means the path works again, so the backoff is undone
+//!   and the timer fires at once (a host whose switch comes back gets what was sent to it
+//!   during the outage now, not up to `max_rto` later). Selectively acknowledged fragments are not
 //!   resent, with one exception: if all outstanding fragments are selectively acknowledged but
 //!   the cumulative ack lags (a restarted receiver waiting for a `base` to skip to), the timer
 //!   resends the oldest as a probe. RTT samples come only from the most recently sent newly

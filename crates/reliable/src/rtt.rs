@@ -82,6 +82,12 @@ impl Rtt {
         self.rto = self.rto.saturating_mul(2).min(self.max);
     }
 
+    /// Whether the RTO is backed off beyond its computed value (timeouts since the last
+    /// acknowledgement of new data).
+    pub(crate) fn backed_off(&self) -> bool {
+        self.rto > self.computed()
+    }
+
     /// Undoes any backoff: new data was acknowledged, so the path works again.
     pub(crate) fn reset_backoff(&mut self) {
         self.rto = self.computed();

@@ -427,6 +427,17 @@ impl Sender {
         self.arm_timer(now);
     }
 
+    /// The peer was heard (a valid data frame of its current session): the path works again.
+    /// A retransmission timer backed off during an outage (up to `max_rto`) fires now, from
+    /// the computed RTO, instead of up to `max_rto` later; a timer not backed off is left.
+    pub(crate) fn on_peer_heard(&mut self, now: Instant) {
+        if self.acked_cum == self.next_tx || !self.rtt.backed_off() {
+            return;
+        }
+        self.rtt.reset_backoff();
+        self.timer = Some(now);
+    }
+
     /// The peer restarted: it lost everything it had acknowledged but not yet delivered. Forget
     /// its acknowledgements from `base` on and resend all of those fragments.
     pub(crate) fn on_peer_restart(&mut self, now: Instant) {
