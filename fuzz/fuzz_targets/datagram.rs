@@ -171,6 +171,9 @@ fn open_and_decode(
                 DatagramKind::KeyRequest | DatagramKind::KeyReply => {
                     assert!(opened.plaintext.is_empty());
                 }
+                DatagramKind::Busy => {
+                    assert_eq!(opened.plaintext.len(), assim_wire::header::BUSY_BODY_LEN);
+                }
             }
         }
         Err(e) => {

@@ -453,6 +453,8 @@ impl Driver {
             applied_other: s.applied_other,
             retransmits: s.retransmits,
             dh_ops: s.dh_ops,
+            busy_sent: s.busy_sent,
+            busy_dropped: s.busy_dropped,
             ..CmaMetrics::default()
         };
         {

@@ -30,6 +30,10 @@ pub struct CmaMetrics {
     pub retransmits: u64,
     /// X25519 operations done by the CMA's sealer (first contacts admitted, key derivations).
     pub dh_ops: u64,
+    /// `Busy` answers to key requests beyond the budget, and refused requests left unanswered
+    /// beyond the `Busy` budget (`assim_cma_shell::pace`).
+    pub busy_sent: u64,
+    pub busy_dropped: u64,
     pub store_errors: u64,
     /// Set while the store refuses batches (issue 16 item 15): why, since when, what it cost;
     /// the CMA then acknowledges no new records. `/healthz` answers 503 with it.
@@ -186,6 +190,18 @@ pub fn render(m: &CmaMetrics) -> String {
         "assim_cma_dh_operations_total",
         "X25519 operations (first contacts within the budget, key derivations).",
         m.dh_ops,
+    );
+    counter(
+        &mut out,
+        "assim_cma_busy_sent_total",
+        "Busy answers (ask again later, at the CMA's registration pace) to key requests beyond the budget.",
+        m.busy_sent,
+    );
+    counter(
+        &mut out,
+        "assim_cma_busy_dropped_total",
+        "Key requests beyond the budget left unanswered because the Busy budget was used up too.",
+        m.busy_dropped,
     );
     counter(
         &mut out,

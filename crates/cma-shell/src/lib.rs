@@ -15,7 +15,9 @@
 //!    next-record rule; append to the [`Inbox`].
 //! 2. **Group commit**: one inbox sync per turn, and only then `Ack { through }` to each sender.
 //! 3. **Engine** ([`engine`]): the new inbox records in order into the CMA core
-//!    ([`Authority`]: liveness, discovery schedule, check sets, run-now); its changes, desired
+//!    ([`Authority`]: liveness, discovery schedule, check sets, run-now), as one batch per turn
+//!    (joins of a turn are one ring change per ring, one peer set per node whose peers changed;
+//!    `assim_cma::Cma::begin_batch`); its changes, desired
 //!    state, events and the inbox position go to the [`EngineStore`] as one batch, its
 //!    desired-state messages onto the nodes' reliable connections.
 //! 4. Reliable frames out ([`conns`]), sealed.
@@ -35,6 +37,7 @@
 //! Layout:
 //! - [`seal`]: the [`Seal`] trait over [`assim_seal::Sealer`], and [`PlainSeal`] for simulators.
 //! - [`enroll`]: the enrolment decision.
+//! - [`pace`]: the registration pace: `Busy` answers to key requests beyond the budget.
 //! - [`reader`]: next-record rule, inbox appends, group commit, acknowledgements.
 //! - [`engine`]: records → core → batch.
 //! - [`conns`]: reliable connections and their timers.
@@ -45,6 +48,7 @@
 pub mod conns;
 pub mod engine;
 pub mod enroll;
+pub mod pace;
 pub mod reader;
 pub mod record;
 pub mod seal;
@@ -61,7 +65,7 @@ use assim_cma::check_sets::CheckListEntry;
 use assim_cma::{
     Authority, AuthorityConfig, ChecksError, Cma, CmaConfig, CommandAnswer, Event, EventKind,
 };
-use assim_seal::OpenError;
+use assim_seal::{OpenError, Throttle};
 use assim_wire::msg::{self, Body, Direct, DirectBody, Message};
 use assim_wire::{DatagramKind, NodeId, Timestamp};
 use tracing::{debug, error, info, warn};
@@ -197,6 +201,10 @@ pub struct Metrics {
     pub retransmits: u64,
     /// X25519 operations done by the sealer (first contacts, key derivations).
     pub dh_ops: u64,
+    /// `Busy` answers to key requests beyond the budget ([`pace`]), and refused key requests
+    /// left unanswered because the `Busy` budget was used up too.
+    pub busy_sent: u64,
+    pub busy_dropped: u64,
     /// Messages queued to nanoprobes, by kind.
     pub sent: BTreeMap<&'static str, u64>,
     /// Statistics (issue 17 item 5): batches taken, series taken, series dropped as invalid,
@@ -243,6 +251,9 @@ pub struct Shell<A, I, S> {
     engine: Engine<S>,
     open_enrollment: bool,
     enroll_log: enroll::RefusalLog,
+    /// The registration pace ([`pace`]) and the budget of its `Busy` answers.
+    pacer: pace::Pacer,
+    busy_budget: assim_seal::Budget,
     effects: Effects,
     transmits: VecDeque<Transmit>,
     notes: VecDeque<Note>,
@@ -282,6 +293,10 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
                 .with_graphite_prefix(config.graphite_prefix),
             open_enrollment: config.open_enrollment,
             enroll_log: enroll::RefusalLog::default(),
+            pacer: pace::Pacer::new(assim_seal::Limits::KEY_REQUEST),
+            busy_budget: assim_seal::Budget::new(pace::busy_limits(
+                assim_seal::Limits::KEY_REQUEST,
+            )),
             effects: Effects::default(),
             transmits: VecDeque::new(),
             notes: VecDeque::new(),
@@ -305,6 +320,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             "replaying inbox records not yet applied"
         );
         let mut effects = std::mem::take(&mut self.effects);
+        self.engine.core.begin_batch();
         for (lsn, bytes) in records {
             let Some((node, key, m)) = record::decode(&bytes) else {
                 error!(lsn, "an inbox record cannot be decoded; skipped");
@@ -321,6 +337,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             self.metrics.replayed += 1;
             self.engine.apply(now.wall, Some(lsn), node, key, m, &mut effects, &mut self.metrics);
         }
+        self.engine.core.end_batch(now.wall);
         self.effects = effects;
         self.finish_turn(now, true);
     }
@@ -334,8 +351,14 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             Ok(o) => o,
             Err(e) => {
                 debug!(%src, reason = e.reason(), "datagram rejected");
-                if let OpenError::KeyMismatch(id) = e {
-                    warn!(%src, node = %id, "datagram claims a known node id with a different key; refused");
+                match e {
+                    OpenError::KeyMismatch(id) => {
+                        warn!(%src, node = %id, "datagram claims a known node id with a different key; refused");
+                    }
+                    OpenError::Throttled(Throttle::KeyRequestBudget) => {
+                        self.answer_busy(now, src, datagram)
+                    }
+                    _ => {}
                 }
                 return;
             }
@@ -351,7 +374,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
                     self.transmit(src, out);
                 }
             }
-            DatagramKind::KeyReply => self.metrics.reject("unexpected_kind"),
+            DatagramKind::KeyReply | DatagramKind::Busy => self.metrics.reject("unexpected_kind"),
             DatagramKind::Direct => match Direct::from_bytes(&opened.plaintext) {
                 Ok(Direct { body: Some(DirectBody::ProbeReply(p)) }) => {
                     self.engine.core.handle_probe_reply(now.wall, sender, p.nonce);
@@ -369,6 +392,22 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             // kind, so that nothing unauthenticated creates lasting state.
             self.forget(sender);
         }
+    }
+
+    /// A key request the budget refused: a `Busy` with its slot ([`pace`]), if the `Busy`
+    /// budget allows; otherwise no answer.
+    fn answer_busy(&mut self, now: Now, src: SocketAddr, datagram: &[u8]) {
+        let Ok((header, _)) = assim_wire::Header::decode(datagram) else { return };
+        let Some(key) = header.sender_key else { return };
+        if self.busy_budget.admit(now.mono, src.ip()).is_err() {
+            self.metrics.busy_dropped += 1;
+            return;
+        }
+        let wait = self.pacer.wait(now.mono);
+        let mut out = Vec::new();
+        self.seal.busy(&key, wait, &mut out);
+        self.metrics.busy_sent += 1;
+        self.transmit(src, out);
     }
 
     fn handle_frame(&mut self, now: Now, src: SocketAddr, sender: NodeId, frame: &[u8]) {
@@ -471,6 +510,9 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             let body = Body::Ack(msg::Ack { through, incarnation });
             effects.sends.push(Send::Reliable { to: node, addr: None, body });
         }
+        // The turn's records are one batch for the core: one ring change per ring, one peer
+        // set per node whose peers changed, one store commit (issue 18).
+        self.engine.core.begin_batch();
         for (lsn, node, key, m) in committed.apply {
             if let Some(lsn) = lsn
                 && self.held()
@@ -484,6 +526,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             }
             self.engine.apply(now.wall, lsn, node, key, m, &mut effects, &mut self.metrics);
         }
+        self.engine.core.end_batch(now.wall);
         self.effects = effects;
         self.finish_turn(now, false);
     }
@@ -509,6 +552,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             records = records.len(),
             from, "applying the records deferred while the store failed"
         );
+        self.engine.core.begin_batch();
         for (lsn, bytes) in records {
             let Some((node, key, m)) = record::decode(&bytes) else {
                 error!(lsn, "an inbox record cannot be decoded; skipped");
@@ -519,6 +563,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             self.reader.note_hello(node, &m);
             self.engine.apply(now.wall, Some(lsn), node, key, m, effects, &mut self.metrics);
         }
+        self.engine.core.end_batch(now.wall);
     }
 
     /// Whether the store fails, since when, and what it cost so far (issue 16 item 15): the

@@ -34,6 +34,8 @@ pub trait Seal {
     ) -> Result<(), SealError>;
     /// A clear-text reply carrying our public key, for the requester holding `to_key`.
     fn key_reply(&mut self, to_key: &[u8; 32], out: &mut Vec<u8>);
+    /// A clear-text `Busy` for the requester holding `to_key`: ask again after `wait`.
+    fn busy(&mut self, to_key: &[u8; 32], wait: std::time::Duration, out: &mut Vec<u8>);
     fn add_peer(&mut self, id: NodeId, public_key: [u8; 32]);
     fn remove_peer(&mut self, id: NodeId);
     fn peer_key(&self, id: NodeId) -> Option<[u8; 32]>;
@@ -69,6 +71,9 @@ impl Seal for Sealer {
     }
     fn key_reply(&mut self, to_key: &[u8; 32], out: &mut Vec<u8>) {
         Sealer::key_reply(self, to_key, out)
+    }
+    fn busy(&mut self, to_key: &[u8; 32], wait: std::time::Duration, out: &mut Vec<u8>) {
+        Sealer::busy(self, to_key, wait, out)
     }
     fn add_peer(&mut self, id: NodeId, public_key: [u8; 32]) {
         Sealer::add_peer(self, id, public_key)
@@ -197,6 +202,19 @@ impl Seal for PlainSeal {
             self.counter,
             key,
             &[],
+        );
+        self.counter += 1;
+    }
+
+    fn busy(&mut self, _: &[u8; 32], wait: std::time::Duration, out: &mut Vec<u8>) {
+        let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        *out = PlainSeal::datagram(
+            DatagramKind::Busy,
+            self.id,
+            self.session,
+            self.counter,
+            None,
+            &ms.to_be_bytes(),
         );
         self.counter += 1;
     }

@@ -6,6 +6,13 @@
 //! if an epoch or event id was used, `SendPeerSet`s, `Probe`s, then `Emit`s. The driver drains
 //! them with [`Cma::poll_action`] and re-arms its timer from [`Cma::poll_timeout`].
 //!
+//! **Batches** (issue 18): between [`Cma::begin_batch`] and [`Cma::end_batch`] the inputs'
+//! actions are gathered and flushed once, as if they were one input: each node changed is
+//! persisted once, each node whose peers changed gets one peer set (its latest), and the joins
+//! of the batch into one ring are one `ring.changed` (one join alone reads as before). The
+//! CMA shell wraps each turn's inbox records in a batch, so a registration storm costs one ring
+//! change, one set of peer-set sends and one store commit per turn, not per join.
+//!
 //! Invariants kept after every input:
 //! - a node is a ring member (in exactly one home ring, and in the upper ring if it is a
 //!   representative) iff its state is Up or Suspect;
@@ -52,6 +59,9 @@ struct Pending {
     management_probes: Vec<(u64, std::net::IpAddr)>,
     events: Vec<Event>,
     counters: bool,
+    /// Joins of a batch (reason `join`), told together when it ends: ring, joiner, and the
+    /// change as it happened.
+    joins: Vec<RingChange>,
 }
 
 /// How many nanoprobes on other switches are asked to probe the members of a checked ring.
@@ -142,6 +152,8 @@ pub struct Cma {
     stats: Stats,
     actions: VecDeque<Action>,
     pending: Pending,
+    /// Inside [`Cma::begin_batch`] .. [`Cma::end_batch`]: `flush` waits for the end.
+    batching: bool,
 }
 
 impl Cma {
@@ -175,6 +187,7 @@ impl Cma {
             stats: Stats::default(),
             actions: VecDeque::new(),
             pending: Pending::default(),
+            batching: false,
         };
         for rec in snapshot.nodes {
             cma.nodes.insert(rec.id, rec);
@@ -460,6 +473,23 @@ impl Cma {
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// Starts a batch: the inputs until [`Cma::end_batch`] are flushed together (see the
+    /// module doc). Their actions appear only after the end.
+    pub fn begin_batch(&mut self) {
+        self.batching = true;
+    }
+
+    /// Ends a batch: one `ring.changed` per ring for its joins, then its actions, in the
+    /// documented order. Without a batch open it does nothing.
+    pub fn end_batch(&mut self, now: Timestamp) {
+        if !self.batching {
+            return;
+        }
+        self.batching = false;
+        self.tell_joins(now);
+        self.flush();
     }
 
     /// The next action for the driver, in order.
@@ -1505,6 +1535,9 @@ impl Cma {
             if said(change) {
                 // Told elsewhere; the ring is still persisted (write-behind).
                 self.ring_flush_at.get_or_insert(now + self.config.timing.interval);
+            } else if self.batching && change.joined && reason == "join" {
+                // Told with the batch's other joins into this ring (`tell_joins`).
+                self.pending.joins.push(change.clone());
             } else {
                 self.ring_event(now, change, reason);
             }
@@ -1597,6 +1630,49 @@ impl Cma {
             tags.push(("next", self.name(s)));
         }
         self.event(now, EventKind::RingChanged, Some(c.node), tags, text);
+    }
+
+    /// The batch's joins: one `ring.changed` per ring, in the order of each ring's first join;
+    /// a ring joined once reads as an ordinary join.
+    fn tell_joins(&mut self, now: Timestamp) {
+        let joins = std::mem::take(&mut self.pending.joins);
+        let mut rings: Vec<(crate::ring::RingKey, Vec<RingChange>)> = Vec::new();
+        for c in joins {
+            match rings.iter_mut().find(|(k, _)| *k == c.ring) {
+                Some((_, v)) => v.push(c),
+                None => rings.push((c.ring.clone(), vec![c])),
+            }
+        }
+        for (ring, changes) in rings {
+            if let [one] = changes.as_slice() {
+                self.ring_event(now, one, "join");
+                continue;
+            }
+            self.stats.ring_changes += 1;
+            if self.ring_flush_at.is_none() {
+                self.ring_flush_at = Some(now + self.config.timing.interval);
+            }
+            let members = changes.last().map_or(0, |c| c.members);
+            let the = if ring.0 == crate::ring::RingKey::UNWIRED {
+                "the ring".to_owned()
+            } else {
+                format!("ring {ring}")
+            };
+            let text = format!("{} hosts joined {the} ({members} members)", changes.len());
+            let tags = vec![
+                ("ring", ring.0.clone()),
+                ("change", "join".to_owned()),
+                ("reason", "join".to_owned()),
+                ("members", members.to_string()),
+                ("joined", changes.len().to_string()),
+            ];
+            let hosts: Vec<serde_json::Value> = changes
+                .iter()
+                .map(|c| serde_json::json!({ "node": c.node.to_string(), "host": self.name(c.node) }))
+                .collect();
+            let e = self.event(now, EventKind::RingChanged, None, tags, text);
+            e.body = Some(serde_json::json!({ "ring": ring.0, "joined": hosts }));
+        }
     }
 
     /// The ring.changed event for a restart whose stored ring disagreed with node states.
@@ -1717,8 +1793,12 @@ impl Cma {
         }
     }
 
-    /// Turns what the input queued into actions, in the documented order.
+    /// Turns what the input queued into actions, in the documented order (inside a batch:
+    /// nothing yet, see [`Cma::end_batch`]).
     pub(crate) fn flush(&mut self) {
+        if self.batching {
+            return;
+        }
         let p = std::mem::take(&mut self.pending);
         for id in &p.persist {
             self.actions.push_back(Action::Persist(Change::Node(self.nodes[id].clone())));

@@ -355,6 +355,17 @@ impl Authority {
         r
     }
 
+    /// Starts a batch of inputs flushed together ([`Cma::begin_batch`]): the shell's turn.
+    pub fn begin_batch(&mut self) {
+        self.cma.begin_batch();
+    }
+
+    /// Ends the batch ([`Cma::end_batch`]) and moves its outputs out.
+    pub fn end_batch(&mut self, now: Timestamp) {
+        self.cma.end_batch(now);
+        self.flush();
+    }
+
     /// See [`Cma::handle_goodbye`].
     pub fn handle_goodbye(&mut self, now: Timestamp, node: NodeId) {
         self.cma.handle_goodbye(now, node);

@@ -22,7 +22,7 @@ use assim_log::FileStorage;
 use assim_probe_shell::{Event, Shell, ShellConfig, Spool, WallClock};
 use assim_seal::{Identity, JoinToken, Sealer};
 use assim_wire::msg;
-use assim_wire::{DatagramKind, NodeId, Timestamp};
+use assim_wire::{NodeId, Timestamp};
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
@@ -368,46 +368,51 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Asks the CMA for its key until it answers (trust on first use).
+/// Asks the CMA for its key until it answers (trust on first use), at the pace the CMA sets:
+/// [`assim_seal::KeyFetch`] backs off without an answer and honours the CMA's `Busy`.
 pub async fn fetch_cma_key(
     socket: &UdpSocket,
     sealer: &mut Sealer,
     cma: SocketAddr,
 ) -> anyhow::Result<CmaPin> {
-    let mut req = Vec::new();
+    // Jitter seed: differs per node (its id) and per start (its session).
+    let id = sealer.node_id();
+    let seed = sealer.session() ^ u64::from_le_bytes(id.as_bytes()[8..].try_into().expect("8"));
+    let mut fetch = assim_seal::KeyFetch::new(cma, Instant::now(), seed);
     let mut buf = vec![0u8; 2048];
-    let mut attempt = 0u32;
-    loop {
-        sealer.key_request(&mut req);
-        socket
-            .send_to(&req, cma)
-            .await
-            .with_context(|| format!("cannot send to the CMA at {cma}"))?;
-        let wait = Duration::from_millis(500).saturating_mul(1 << attempt.min(4));
-        match tokio::time::timeout(wait, socket.recv_from(&mut buf)).await {
-            Ok(Ok((len, src))) if src == cma => {
-                if let Ok(o) = sealer.open(&buf[..len])
-                    && o.header.kind == DatagramKind::KeyReply
-                    && let Some(key) = o.header.sender_key
-                {
-                    warn!(
-                        cma = %cma, key = %assim_seal::fingerprint(&key),
-                        "trusting the CMA's key on first use; it is pinned from now on"
-                    );
-                    return Ok(CmaPin {
-                        node_id: o.header.sender,
-                        public_key: hex::encode(key),
-                        addrs: vec![cma],
-                    });
-                }
+    let mut sent = 0u64;
+    while let Some(due) = fetch.poll_timeout() {
+        if let Some(req) = fetch.poll_request(Instant::now(), sealer) {
+            socket
+                .send_to(&req, cma)
+                .await
+                .with_context(|| format!("cannot send to the CMA at {cma}"))?;
+            sent += 1;
+            if sent.is_multiple_of(5) {
+                info!(cma = %cma, attempts = sent, "still waiting for the CMA to answer a key request");
             }
-            _ => {}
+            continue;
         }
-        attempt += 1;
-        if attempt.is_multiple_of(5) {
-            info!(cma = %cma, attempts = attempt, "still waiting for the CMA to answer a key request");
+        let Ok(Ok((len, src))) =
+            tokio::time::timeout_at(due.into(), socket.recv_from(&mut buf)).await
+        else {
+            continue;
+        };
+        match fetch.handle(Instant::now(), src, &buf[..len], sealer) {
+            assim_seal::key_fetch::Answer::Key { id, key } => {
+                warn!(
+                    cma = %cma, key = %assim_seal::fingerprint(&key),
+                    "trusting the CMA's key on first use; it is pinned from now on"
+                );
+                return Ok(CmaPin { node_id: id, public_key: hex::encode(key), addrs: vec![cma] });
+            }
+            assim_seal::key_fetch::Answer::Busy(wait) => {
+                debug!(cma = %cma, wait_ms = wait.as_millis() as u64, "the CMA is busy registering others; asking again later");
+            }
+            assim_seal::key_fetch::Answer::Ignored => {}
         }
     }
+    anyhow::bail!("the key fetch from {cma} ended without a key")
 }
 
 /// The address peers and the CMA should use to reach `socket`: its own address if specific,

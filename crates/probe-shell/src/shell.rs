@@ -419,7 +419,9 @@ impl<S: SpoolStorage> Shell<S> {
                 }
                 _ => self.stats.rejected += 1,
             },
-            DatagramKind::KeyRequest | DatagramKind::KeyReply => self.stats.rejected += 1,
+            DatagramKind::KeyRequest | DatagramKind::KeyReply | DatagramKind::Busy => {
+                self.stats.rejected += 1
+            }
         }
     }
 

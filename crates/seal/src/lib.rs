@@ -18,10 +18,13 @@
 //! - [`admission`]: [`Budget`], the first-contact and key-request budgets (token buckets per
 //!   source and global, bounded memory).
 //! - [`replay`]: [`ReplayWindow`], the sliding anti-replay window kept per peer.
+//! - [`key_fetch`]: [`KeyFetch`], a nanoprobe's trust-on-first-use key request loop, at the
+//!   pace the CMA's `Busy` answers set.
 //! - [`token`]: [`JoinToken`] (`assim1.…` strings) and enrollment proofs.
 
 pub mod admission;
 pub mod identity;
+pub mod key_fetch;
 pub mod mac1;
 pub mod replay;
 pub mod seal;
@@ -31,6 +34,7 @@ pub use admission::{Budget, Limits, Refusal};
 pub use identity::{
     Identity, IdentityError, create_private_dir, fingerprint, new_session, next_session,
 };
+pub use key_fetch::KeyFetch;
 pub use mac1::Mac1Key;
 pub use replay::ReplayWindow;
 pub use seal::{OpenError, Opened, RejectCounters, SealError, Sealer, Throttle};

@@ -36,13 +36,16 @@
 //! therefore never reused. The two key-discovery kinds are clear text and consume a counter value
 //! too: a `KeyRequest` is the header, the requester's public key and 16 zero bytes of padding; a
 //! `KeyReply` is the header, the answerer's public key and a mac1 keyed by the requester's key.
-//! Both are [`KEY_REQUEST_LEN`] (88) bytes: an answer is never larger than its request.
+//! Both are [`KEY_REQUEST_LEN`] (88) bytes: an answer is never larger than its request. A `Busy`
+//! (the CMA's "ask again in N ms" to a key request beyond its budget, [`Sealer::busy`]) is the
+//! header without key, the 4-byte wait and a mac1 keyed by the requester's key: 60 bytes.
 //!
 //! # Which datagrams carry mac1, and why only those
 //!
 //! mac1 is on every datagram whose opening may cost the receiver an X25519 operation: the sealed
 //! kinds when they carry the sender's key (a CMA derives keys for a sender it does not know from
-//! it) and `KeyReply` (an unknown answerer's key is checked for low order). Datagrams between
+//! it), `KeyReply` (an unknown answerer's key is checked for low order) and `Busy` (so that only
+//! a sender that saw the requester's key can make it wait). Datagrams between
 //! peers that hold each other's keys (heartbeats, the CMA's frames and probes) carry neither key
 //! nor mac1: opening them costs a table lookup, the replay check and one AEAD, never a DH, so a
 //! mac1 would buy nothing for its 16 bytes. A nanoprobe always sends its key (and so a mac1) to
@@ -131,6 +134,9 @@ pub enum OpenError {
     /// A `KeyRequest` without the requester's key or shorter than its reply would be.
     #[error("malformed key request")]
     BadKeyRequest,
+    /// A `Busy` whose body is not the 4-byte wait.
+    #[error("malformed busy answer")]
+    BadBusy,
     /// Refused by a budget ([`Sealer::open_from`]); no DH was done and no answer is sent.
     #[error("over the {} budget", .0.reason())]
     Throttled(Throttle),
@@ -175,6 +181,7 @@ impl OpenError {
             OpenError::MissingMac1 => "no_mac1",
             OpenError::BadMac1 => "bad_mac1",
             OpenError::BadKeyRequest => "bad_key_request",
+            OpenError::BadBusy => "bad_busy",
             OpenError::Throttled(t) => t.reason(),
         }
     }
@@ -187,7 +194,7 @@ impl From<HeaderError> for OpenError {
 }
 
 /// Every reject reason, in a fixed order (a bounded label set for metrics).
-const REASONS: [&str; 18] = [
+const REASONS: [&str; 19] = [
     "truncated",
     "oversized",
     "bad_magic",
@@ -202,6 +209,7 @@ const REASONS: [&str; 18] = [
     "no_mac1",
     "bad_mac1",
     "bad_key_request",
+    "bad_busy",
     "first_contact_source",
     "first_contact_budget",
     "key_request_source",
@@ -456,6 +464,36 @@ impl Sealer {
         out.extend_from_slice(&m);
     }
 
+    /// A clear-text `Busy` for the requester holding `to_key`: "ask again after `wait`"
+    /// (milliseconds, saturating at `u32::MAX`), with a mac1 for `to_key`. No larger than the
+    /// key request it answers ([`assim_wire::header::BUSY_LEN`]).
+    pub fn busy(&mut self, to_key: &[u8; 32], wait: std::time::Duration, out: &mut Vec<u8>) {
+        out.clear();
+        let header = Header {
+            kind: DatagramKind::Busy,
+            sender: self.identity.node_id(),
+            session: self.session,
+            counter: self.next_counter,
+            sender_key: None,
+            mac1: true,
+        };
+        header.encode(out);
+        self.next_counter += 1;
+        let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&ms.to_be_bytes());
+        let m = Mac1Key::for_receiver(to_key).compute(out);
+        out.extend_from_slice(&m);
+    }
+
+    /// The wait a `Busy` that [`open`](Self::open) accepted asks for.
+    pub fn busy_wait(opened: &Opened) -> Option<std::time::Duration> {
+        if opened.header.kind != DatagramKind::Busy {
+            return None;
+        }
+        let ms: [u8; 4] = opened.plaintext.as_slice().try_into().ok()?;
+        Some(std::time::Duration::from_millis(u32::from_be_bytes(ms).into()))
+    }
+
     fn clear_text(&mut self, kind: DatagramKind, mac1: bool, out: &mut Vec<u8>) {
         out.clear();
         let header = Header {
@@ -517,7 +555,7 @@ impl Sealer {
             if !self.own_mac1.verify(covered, mac) {
                 return Err(OpenError::BadMac1);
             }
-        } else if header.kind == DatagramKind::KeyReply
+        } else if matches!(header.kind, DatagramKind::KeyReply | DatagramKind::Busy)
             || (header.kind.is_sealed() && header.sender_key.is_some())
         {
             return Err(OpenError::MissingMac1);
@@ -551,6 +589,14 @@ impl Sealer {
                     }
                 }
                 return Ok(Opened { header, plaintext: Vec::new(), new_peer: false });
+            }
+            DatagramKind::Busy => {
+                // Clear text, checked by its mac1 above (it was made for our key); the caller
+                // decides whether it asked the sender for anything.
+                if body.len() != assim_wire::header::BUSY_BODY_LEN {
+                    return Err(OpenError::BadBusy);
+                }
+                return Ok(Opened { header, plaintext: body.to_vec(), new_peer: false });
             }
             DatagramKind::Reliable | DatagramKind::Direct => {}
         }
@@ -938,6 +984,49 @@ mod tests {
         assert_eq!(err, Err(SealError::UnknownPeer(NodeId([7; 16]))));
         assert_eq!(s.open(&dg), Err(OpenError::BadKey));
         assert_eq!(s.rejects().get("bad_key"), 2);
+    }
+
+    #[test]
+    fn busy_carries_the_wait_only_to_the_requester() {
+        let (mut cma, mut node) = pair();
+        let mut out = Vec::new();
+        cma.busy(&node.public_key(), Duration::from_millis(1234), &mut out);
+        assert_eq!(out.len(), assim_wire::header::BUSY_LEN);
+        assert!(out.len() <= KEY_REQUEST_LEN, "a Busy is never larger than the request");
+        let opened = node.open(&out).unwrap();
+        assert_eq!(opened.header.kind, DatagramKind::Busy);
+        assert_eq!(opened.header.sender, cma.node_id());
+        assert_eq!(Sealer::busy_wait(&opened), Some(Duration::from_millis(1234)));
+        // Waits beyond u32 milliseconds saturate.
+        cma.busy(&node.public_key(), Duration::from_secs(10_000_000), &mut out);
+        let opened = node.open(&out).unwrap();
+        assert_eq!(Sealer::busy_wait(&opened), Some(Duration::from_millis(u32::MAX.into())));
+        // Made for another key: the mac1 fails.
+        let other = Sealer::new(ident(5), 1);
+        cma.busy(&other.public_key(), Duration::from_millis(5), &mut out);
+        assert_eq!(node.open(&out), Err(OpenError::BadMac1));
+        // Without its mac1, or with a body that is not the 4-byte wait: refused.
+        let mut bare = Vec::new();
+        Header {
+            kind: DatagramKind::Busy,
+            sender: cma.node_id(),
+            session: 1,
+            counter: 9,
+            sender_key: None,
+            mac1: false,
+        }
+        .encode(&mut bare);
+        bare.extend_from_slice(&[0, 0, 0, 1]);
+        assert_eq!(node.open(&bare), Err(OpenError::MissingMac1));
+        let mut long = bare.clone();
+        long[4] |= assim_wire::header::FLAG_MAC1;
+        long.extend_from_slice(&[0; 1 + MAC1_LEN]);
+        remac(&mut long, &node.public_key());
+        assert_eq!(node.open(&long), Err(OpenError::BadBusy));
+        assert_eq!(node.rejects().get("bad_busy"), 1);
+        // Any other opened datagram has no wait.
+        cma.key_reply(&node.public_key(), &mut out);
+        assert_eq!(Sealer::busy_wait(&node.open(&out).unwrap()), None);
     }
 
     #[test]

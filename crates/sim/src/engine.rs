@@ -1146,7 +1146,7 @@ impl Sim {
                     Ok(Direct { body: Some(DirectBody::Probe(p)) }) => Packet::Probe(p.nonce),
                     _ => continue,
                 },
-                DatagramKind::KeyRequest | DatagramKind::KeyReply => continue,
+                DatagramKind::KeyRequest | DatagramKind::KeyReply | DatagramKind::Busy => continue,
             };
             self.w.send(CMA, j, packet);
         }

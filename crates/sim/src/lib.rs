@@ -318,7 +318,9 @@ fn run_wire(args: &SimArgs) -> Result<(), SimError> {
         let first = a.parse().map_err(|_| bad())?;
         let count = b.parse().map_err(|_| bad())?;
         let cma = args.cma.ok_or_else(bad)?;
-        return wire::worker(first, count, cma).map_err(|e| SimError::Wire(format!("{e:#}")));
+        let total = args.nodes.map_or(first + count, |n| n as usize);
+        return wire::worker(first, count, total, cma)
+            .map_err(|e| SimError::Wire(format!("{e:#}")));
     }
     let opt =
         |name: &'static str, v: &Option<String>| v.as_deref().map(|v| flag(name, v)).transpose();

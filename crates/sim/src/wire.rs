@@ -22,16 +22,17 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket as Std
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use assim_log::MemStorage;
 use assim_probe_shell::{Event, Shell, ShellConfig, Spool, WallClock};
 use assim_reliable::Config as RelConfig;
-use assim_seal::{Identity, Sealer};
+use assim_seal::key_fetch::Answer;
+use assim_seal::{Identity, KeyFetch, Sealer};
 use assim_wire::msg;
-use assim_wire::{DatagramKind, NodeId, Timestamp};
+use assim_wire::{NodeId, Timestamp};
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
@@ -57,6 +58,13 @@ pub struct WireOptions {
 #[derive(Debug, Default)]
 struct Shared {
     enrolled: AtomicU64,
+    /// Nodes whose peer set names `want_peers` peers, all heard (alive): watched, since every
+    /// ring member that hears both its neighbours is heard by both too.
+    watched: AtomicI64,
+    /// Peers each node should have (2, fewer in a ring of fewer than 3).
+    want_peers: AtomicU64,
+    key_requests: AtomicU64,
+    busy: AtomicU64,
     heartbeats_sent: AtomicU64,
     heartbeats_received: AtomicU64,
     reports: AtomicU64,
@@ -97,31 +105,38 @@ struct Node {
     hb_sent: u64,
     hb_received: u64,
     rejected: u64,
+    /// Counted in `shared.watched`.
+    watched: bool,
 }
 
 async fn enroll(
     socket: &UdpSocket,
     sealer: &mut Sealer,
     cma: SocketAddr,
+    shared: &Shared,
 ) -> anyhow::Result<(NodeId, [u8; 32])> {
-    let mut req = Vec::new();
+    // The nanoprobe's key-fetch core: backoff, and the CMA's `Busy` answers honoured.
+    let mut fetch = KeyFetch::new(cma, Instant::now(), rand::random());
     let mut buf = vec![0u8; 2048];
-    for attempt in 0u32..40 {
-        sealer.key_request(&mut req);
-        socket.send_to(&req, cma).await?;
-        // Spread retries: a storm of 20k key requests overflows the CMA's socket buffer.
-        let wait = Duration::from_millis(500 + (rand::random::<u64>() % 500))
-            .saturating_mul(1 << attempt.min(3));
-        let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Ok((len, src))) =
-            tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await
+    let give_up = Instant::now() + Duration::from_secs(600);
+    while let Some(due) = fetch.poll_timeout() {
+        if Instant::now() > give_up {
+            break;
+        }
+        if let Some(req) = fetch.poll_request(Instant::now(), sealer) {
+            shared.key_requests.fetch_add(1, Ordering::Relaxed);
+            socket.send_to(&req, cma).await?;
+            continue;
+        }
+        if let Ok(Ok((len, src))) =
+            tokio::time::timeout_at(due.into(), socket.recv_from(&mut buf)).await
         {
-            if src == cma
-                && let Ok(o) = sealer.open(&buf[..len])
-                && o.header.kind == DatagramKind::KeyReply
-                && let Some(key) = o.header.sender_key
-            {
-                return Ok((o.header.sender, key));
+            match fetch.handle(Instant::now(), src, &buf[..len], sealer) {
+                Answer::Key { id, key } => return Ok((id, key)),
+                Answer::Busy(_) => {
+                    shared.busy.fetch_add(1, Ordering::Relaxed);
+                }
+                Answer::Ignored => {}
             }
         }
     }
@@ -139,7 +154,7 @@ async fn run_node(
     let session = assim_seal::new_session(Timestamp::now().millis(), rand::random());
     let mut sealer = Sealer::new(identity.clone(), session);
     let (cma_id, key) = tokio::select! {
-        r = enroll(&socket, &mut sealer, cma) => r?,
+        r = enroll(&socket, &mut sealer, cma, &shared) => r?,
         _ = &mut stop => return Ok(()),
     };
     sealer.add_peer(cma_id, key);
@@ -176,7 +191,8 @@ async fn run_node(
     };
     let mut shell = Shell::new(cfg, spool, Some(sealer), now);
     shell.start(now);
-    let mut n = Node { socket, shell, shared, hb_sent: 0, hb_received: 0, rejected: 0 };
+    let mut n =
+        Node { socket, shell, shared, hb_sent: 0, hb_received: 0, rejected: 0, watched: false };
     n.flush().await;
     let mut buf = vec![0u8; 65536];
     loop {
@@ -192,7 +208,10 @@ async fn run_node(
                 }
             }
             _ = sleep_until(deadline) => {}
-            _ = &mut stop => return Ok(()),
+            _ = &mut stop => {
+                n.set_watched(false);
+                return Ok(());
+            }
         }
         n.shell.handle_timeout(Instant::now());
         n.flush().await;
@@ -232,6 +251,18 @@ impl Node {
         add(&self.shared.heartbeats_sent, st.heartbeats_sent, &mut self.hb_sent);
         add(&self.shared.heartbeats_received, st.heartbeats_received, &mut self.hb_received);
         add(&self.shared.rejected, rejected, &mut self.rejected);
+        let want = self.shared.want_peers.load(Ordering::Relaxed) as usize;
+        let hb = self.shell.heartbeats();
+        let watched = hb.peers().count() == want
+            && hb.peers().all(|(_, l)| l == assim_wire::msg::PeerLiveness::Alive);
+        self.set_watched(watched);
+    }
+
+    fn set_watched(&mut self, watched: bool) {
+        if watched != self.watched {
+            self.watched = watched;
+            self.shared.watched.fetch_add(if watched { 1 } else { -1 }, Ordering::Relaxed);
+        }
     }
 }
 
@@ -319,23 +350,19 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// (up, up with two neighbours) among our nodes.
-fn count_up(api: SocketAddr) -> anyhow::Result<(usize, usize)> {
-    let v: serde_json::Value = serde_json::from_str(&http_get(api, "/api/v1/status")?)?;
-    let mut up = 0;
-    let mut ring = 0;
-    for n in v["nodes"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-        if n["hostname"].as_str().is_some_and(|h| h.starts_with("wire-")) && n["state"] == "up" {
-            up += 1;
-            if n["neighbours"].as_array().is_some_and(|a| a.len() == 2) {
-                ring += 1;
-            }
-        }
-    }
-    Ok((up, ring))
+/// An event as `/api/v1/events` serves it (the fields wire mode reads).
+#[derive(Debug, serde::Deserialize)]
+struct ApiEvent {
+    id: u64,
+    /// µs since the epoch.
+    time: u64,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    hostname: String,
 }
 
-fn events_after(api: SocketAddr, since: u64) -> anyhow::Result<Vec<assim_cma::Event>> {
+fn events_after(api: SocketAddr, since: u64) -> anyhow::Result<Vec<ApiEvent>> {
     Ok(serde_json::from_str(&http_get(
         api,
         &format!("/api/v1/events?since={since}&limit=10000&wait=1"),
@@ -345,7 +372,7 @@ fn events_after(api: SocketAddr, since: u64) -> anyhow::Result<Vec<assim_cma::Ev
 fn last_event_id(api: SocketAddr) -> anyhow::Result<u64> {
     let mut cursor = 0;
     loop {
-        let b: Vec<assim_cma::Event> = serde_json::from_str(&http_get(
+        let b: Vec<ApiEvent> = serde_json::from_str(&http_get(
             api,
             &format!("/api/v1/events?since={cursor}&limit=10000"),
         )?)?;
@@ -366,10 +393,19 @@ pub struct WireReport {
     pub nofile_limit: u64,
     /// Nodes run in this process (the rest in worker processes).
     pub local_nodes: usize,
+    /// Processes running nodes (this one and the workers).
+    pub processes: usize,
+    /// Every node enrolled (it holds the CMA's key).
     pub enrolled_s: f64,
+    /// Every node up at the CMA.
     pub all_up_s: f64,
+    /// The registration time: every node up, in its ring, and watched (it hears both its
+    /// neighbours, so both hear it). `None`: not within the timeout.
+    pub registration_s: Option<f64>,
     pub registrations_per_s: f64,
-    pub ring_formed_s: Option<f64>,
+    /// Key requests the nodes sent, and `Busy` answers they honoured.
+    pub key_requests: u64,
+    pub busy_honoured: u64,
     pub steady_s: f64,
     pub cma_in_per_node_s: f64,
     pub cma_out_per_node_s: f64,
@@ -381,6 +417,7 @@ pub struct WireReport {
     pub down_max_ms: f64,
     pub false_downs: usize,
     pub sim_rss_mib: f64,
+    pub workers_rss_mib: f64,
     pub cma_rss_mib: f64,
 }
 
@@ -404,6 +441,7 @@ pub fn run(opts: WireOptions) -> anyhow::Result<WireReport> {
     eprintln!("wire: CMA at {cma} (API {api}); starting {m} simulated nanoprobes");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let shared = Arc::new(Shared::default());
+    shared.want_peers.store(want_peers(m), Ordering::Relaxed);
     // One socket per node: this process takes what its open-file limit allows, worker
     // processes (`--wire-worker`, each with its own limit) the rest.
     let cap = (limit as usize).saturating_sub(512).clamp(1, 15_000);
@@ -414,7 +452,7 @@ pub fn run(opts: WireOptions) -> anyhow::Result<WireReport> {
     let mut first = local;
     while first < m {
         let count = (m - first).min(cap);
-        workers.0.push((first, count, spawn_worker(first, count, cma, api)?));
+        workers.0.push(spawn_worker(first, count, m, cma, api)?);
         first += count;
     }
     if !workers.0.is_empty() {
@@ -424,35 +462,53 @@ pub fn run(opts: WireOptions) -> anyhow::Result<WireReport> {
             workers.0.len()
         );
     }
-    let mut report =
-        WireReport { nodes: m, nofile_limit: limit, local_nodes: local, ..WireReport::default() };
-    // Registration storm: until every node is up (and then until the ring is whole).
+    let mut report = WireReport {
+        nodes: m,
+        nofile_limit: limit,
+        local_nodes: local,
+        processes: 1 + workers.0.len(),
+        ..WireReport::default()
+    };
+    // Registration storm: until every node is up at the CMA, in its ring and watched (it hears
+    // both its neighbours, so both hear it). Progress comes from the node tasks (this process
+    // and the workers' progress lines) and the CMA's /metrics; /api/v1/status, which lists
+    // every node, is too heavy to poll at 100,000.
     let mut last_print = Instant::now();
     let mut enrolled_at = None;
     loop {
-        std::thread::sleep(Duration::from_millis(500));
-        if enrolled_at.is_none() && shared.enrolled.load(Ordering::Relaxed) as usize == local {
+        std::thread::sleep(Duration::from_millis(250));
+        let p = workers.progress(&shared);
+        if enrolled_at.is_none() && p.enrolled as usize == m {
             enrolled_at = Some(t0.elapsed().as_secs_f64());
         }
-        let (up, ring) = count_up(api).unwrap_or((0, 0));
+        let metrics = http_get(api, "/metrics").unwrap_or_default();
+        let up = metric(&metrics, "assim_cma_nodes{state=\"up\"}") as usize;
+        let members = metric(&metrics, "assim_cma_ring_members") as usize;
         if last_print.elapsed() > Duration::from_secs(5) {
             eprintln!(
-                "wire: {:.0} s: {} enrolled, {up} up, {ring} with two neighbours",
+                "wire: {:.0} s: {} enrolled ({} key requests, {} Busy answers honoured), {up} up, {members} ring members, {} watched",
                 t0.elapsed().as_secs_f64(),
-                shared.enrolled.load(Ordering::Relaxed)
+                p.enrolled,
+                p.key_requests,
+                p.busy,
+                p.watched
             );
             last_print = Instant::now();
         }
         if up == m && report.all_up_s == 0.0 {
             report.all_up_s = t0.elapsed().as_secs_f64();
-            report.registrations_per_s = m as f64 / report.all_up_s;
-            eprintln!(
-                "wire: all {m} up after {:.1} s = {:.0} registrations/s",
-                report.all_up_s, report.registrations_per_s
-            );
+            eprintln!("wire: all {m} up at the CMA after {:.1} s", report.all_up_s);
         }
-        if up == m && ring == m {
-            report.ring_formed_s = Some(t0.elapsed().as_secs_f64());
+        if up == m && members == m && p.watched == m as i64 {
+            let t = t0.elapsed().as_secs_f64();
+            report.registration_s = Some(t);
+            report.registrations_per_s = m as f64 / t;
+            report.key_requests = p.key_requests;
+            report.busy_honoured = p.busy;
+            eprintln!(
+                "wire: registration time {t:.1} s: all {m} registered, in their rings and watched = {:.0} registrations/s",
+                report.registrations_per_s
+            );
             break;
         }
         if t0.elapsed() > opts.form_timeout {
@@ -460,8 +516,8 @@ pub fn run(opts: WireOptions) -> anyhow::Result<WireReport> {
                 bail!("only {up} of {m} nodes up after {:?}", opts.form_timeout);
             }
             eprintln!(
-                "wire: ring not whole after {:?} ({ring} of {m}); going on",
-                opts.form_timeout
+                "wire: not all watched after {:?} ({} of {m}; {members} ring members); going on",
+                opts.form_timeout, p.watched
             );
             break;
         }
@@ -489,6 +545,7 @@ pub fn run(opts: WireOptions) -> anyhow::Result<WireReport> {
         report.cma_in_per_node_s, report.cma_out_per_node_s, report.heartbeats_per_node_s
     );
     report.sim_rss_mib = rss_mib(std::process::id());
+    report.workers_rss_mib = workers.0.iter().map(|w| rss_mib(w.child.id())).sum();
     report.cma_rss_mib = cma_proc.child.as_ref().map(|c| rss_mib(c.id())).unwrap_or(0.0);
 
     // Failure burst: K nodes spread over the index space stop at once.
@@ -505,9 +562,9 @@ pub fn run(opts: WireOptions) -> anyhow::Result<WireReport> {
             if let Some(tx) = stops[i].take() {
                 let _ = tx.send(());
             }
-        } else if let Some((_, _, w)) =
-            workers.0.iter_mut().find(|(f, c, _)| (*f..*f + *c).contains(&i))
-            && let Some(stdin) = w.stdin.as_mut()
+        } else if let Some(w) =
+            workers.0.iter_mut().find(|w| (w.first..w.first + w.count).contains(&i))
+            && let Some(stdin) = w.child.stdin.as_mut()
         {
             let _ = writeln!(stdin, "{i}");
             let _ = stdin.flush();
@@ -522,10 +579,10 @@ pub fn run(opts: WireOptions) -> anyhow::Result<WireReport> {
     while seen.len() < k && Instant::now() < deadline {
         for e in events_after(api, cursor)? {
             cursor = e.id;
-            if e.kind == assim_cma::EventKind::HostDown {
+            if e.kind == "host.down" {
                 if names.contains_key(&e.hostname) {
                     if seen.insert(e.hostname.clone()) {
-                        lat.push(e.time.0.saturating_sub(killed_us) as f64 / 1000.0);
+                        lat.push(e.time.saturating_sub(killed_us) as f64 / 1000.0);
                     }
                 } else {
                     report.false_downs += 1;
@@ -570,14 +627,82 @@ fn spawn_nodes(
     stops
 }
 
+/// Peers each node of an `m`-node ring has.
+fn want_peers(m: usize) -> u64 {
+    m.saturating_sub(1).min(2) as u64
+}
+
+/// Progress of a set of nodes (one process's, or all).
+#[derive(Clone, Copy, Debug, Default)]
+struct Progress {
+    enrolled: u64,
+    watched: i64,
+    key_requests: u64,
+    busy: u64,
+}
+
+impl Progress {
+    fn of(s: &Shared) -> Progress {
+        Progress {
+            enrolled: s.enrolled.load(Ordering::Relaxed),
+            watched: s.watched.load(Ordering::Relaxed),
+            key_requests: s.key_requests.load(Ordering::Relaxed),
+            busy: s.busy.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The worker's progress line.
+    fn line(&self) -> String {
+        format!("progress {} {} {} {}", self.enrolled, self.watched, self.key_requests, self.busy)
+    }
+
+    fn parse(line: &str) -> Option<Progress> {
+        let mut f = line.strip_prefix("progress ")?.split(' ');
+        let mut next = || f.next()?.parse::<i64>().ok();
+        let (enrolled, watched, key_requests, busy) = (next()?, next()?, next()?, next()?);
+        Some(Progress {
+            enrolled: enrolled.try_into().ok()?,
+            watched,
+            key_requests: key_requests.try_into().ok()?,
+            busy: busy.try_into().ok()?,
+        })
+    }
+
+    fn add(&mut self, o: Progress) {
+        self.enrolled += o.enrolled;
+        self.watched += o.watched;
+        self.key_requests += o.key_requests;
+        self.busy += o.busy;
+    }
+}
+
+/// A worker process: its nodes, and its latest progress line.
+struct Worker {
+    first: usize,
+    count: usize,
+    child: Child,
+    progress: Arc<std::sync::Mutex<Progress>>,
+}
+
 /// Worker processes; killed when dropped.
-struct Workers(Vec<(usize, usize, Child)>);
+struct Workers(Vec<Worker>);
+
+impl Workers {
+    /// This process's progress and every worker's.
+    fn progress(&self, local: &Shared) -> Progress {
+        let mut p = Progress::of(local);
+        for w in &self.0 {
+            p.add(*w.progress.lock().expect("progress lock"));
+        }
+        p
+    }
+}
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        for (_, _, c) in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
+        for w in &mut self.0 {
+            let _ = w.child.kill();
+            let _ = w.child.wait();
         }
     }
 }
@@ -585,32 +710,62 @@ impl Drop for Workers {
 fn spawn_worker(
     first: usize,
     count: usize,
+    total: usize,
     cma: SocketAddr,
     api: SocketAddr,
-) -> anyhow::Result<Child> {
+) -> anyhow::Result<Worker> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     if std::env::args().nth(1).as_deref() == Some("sim") {
         cmd.arg("sim");
     }
     cmd.args(["--wire", "--wire-worker", &format!("{first}:{count}")])
+        .arg("--nodes")
+        .arg(total.to_string())
         .arg("--cma")
         .arg(cma.to_string())
         .arg("--cma-api")
         .arg(api.to_string());
-    Ok(cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn()?)
+    let mut child =
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+    let progress = Arc::new(std::sync::Mutex::new(Progress::default()));
+    let stdout = child.stdout.take().context("the worker's stdout")?;
+    let p = progress.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(now) = Progress::parse(&line) {
+                *p.lock().expect("progress lock") = now;
+            }
+        }
+    });
+    Ok(Worker { first, count, child, progress })
 }
 
 /// `--wire-worker FIRST:COUNT`: runs nodes FIRST.. of a wire-mode run against `cma`; each line
 /// on stdin is the index of a node to stop; ends at end of input.
-pub fn worker(first: usize, count: usize, cma: SocketAddr) -> anyhow::Result<()> {
+pub fn worker(first: usize, count: usize, total: usize, cma: SocketAddr) -> anyhow::Result<()> {
     let limit = raise_nofile(count as u64 + 256);
     if limit < count as u64 + 64 {
         bail!("worker: {count} nodes need {} open files, the limit is {limit}", count + 64);
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let shared = Arc::new(Shared::default());
+    shared.want_peers.store(want_peers(total), Ordering::Relaxed);
     let mut stops = spawn_nodes(&rt, first, count, cma, &shared);
+    // Progress lines for the command's process, until it stops reading.
+    let reporter = shared.clone();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let mut out = std::io::stdout().lock();
+            if writeln!(out, "{}", Progress::of(&reporter).line()).is_err() || out.flush().is_err()
+            {
+                break;
+            }
+        }
+    });
     for line in std::io::stdin().lines() {
         let Ok(line) = line else { break };
         if let Ok(i) = line.trim().parse::<usize>()
@@ -628,13 +783,13 @@ fn count_downs(api: SocketAddr, from: u64, to: u64) -> anyhow::Result<usize> {
     let mut n = 0;
     let mut cursor = from;
     while cursor < to {
-        let b: Vec<assim_cma::Event> = serde_json::from_str(&http_get(
+        let b: Vec<ApiEvent> = serde_json::from_str(&http_get(
             api,
             &format!("/api/v1/events?since={cursor}&limit=10000"),
         )?)?;
         let Some(last) = b.last() else { break };
         cursor = last.id;
-        n += b.iter().filter(|e| e.id <= to && e.kind == assim_cma::EventKind::HostDown).count();
+        n += b.iter().filter(|e| e.id <= to && e.kind == "host.down").count();
     }
     Ok(n)
 }
@@ -642,18 +797,25 @@ fn count_downs(api: SocketAddr, from: u64, to: u64) -> anyhow::Result<usize> {
 impl WireReport {
     /// The human summary.
     pub fn human(&self) -> String {
-        let ring = self.ring_formed_s.map(|s| format!("{s:.1} s")).unwrap_or_else(|| "no".into());
+        let reg = self
+            .registration_s
+            .map(|s| format!("{s:.1} s = {:.0} registrations/s", self.registrations_per_s))
+            .unwrap_or_else(|| "not reached".into());
+        let nodes_rss = self.sim_rss_mib + self.workers_rss_mib;
         format!(
-            "wire mode: {} simulated nanoprobes over real UDP (one socket each, open-file limit {}) against a real cma\n\
-             registration storm: this process's nodes enrolled (TOFU) after {:.1} s, all up after {:.1} s = {:.0} registrations/s; ring whole after {ring}\n\
+            "wire mode: {} simulated nanoprobes over real UDP (one socket each, {} processes, open-file limit {}) against a real cma\n\
+             registration storm: all enrolled (TOFU) after {:.1} s ({} key requests, {} Busy answers honoured), all up at the CMA after {:.1} s\n\
+             registration time (all registered, in their rings and watched): {reg}\n\
              steady state ({:.1} s): CMA {:.4} datagrams in and {:.4} out per node per second ({:.1} bytes in per node per second); {:.2} heartbeats sent per node per second\n\
              failure burst: {} nodes stopped at once, {} host.down, median {:.0} ms, max {:.0} ms after the stop; {} unexpected host.down\n\
-             memory: simulator RSS {:.0} MiB for its {} nodes ({:.1} KiB per node), CMA RSS {:.0} MiB\n",
+             memory: simulator processes RSS {:.0} MiB for {} nodes ({:.1} KiB per node), CMA RSS {:.0} MiB ({:.1} KiB per node)\n",
             self.nodes,
+            self.processes,
             self.nofile_limit,
             self.enrolled_s,
+            self.key_requests,
+            self.busy_honoured,
             self.all_up_s,
-            self.registrations_per_s,
             self.steady_s,
             self.cma_in_per_node_s,
             self.cma_out_per_node_s,
@@ -664,10 +826,35 @@ impl WireReport {
             self.down_median_ms,
             self.down_max_ms,
             self.false_downs,
-            self.sim_rss_mib,
-            self.local_nodes,
-            self.sim_rss_mib * 1024.0 / self.local_nodes.max(1) as f64,
+            nodes_rss,
+            self.nodes,
+            nodes_rss * 1024.0 / self.nodes.max(1) as f64,
             self.cma_rss_mib,
+            self.cma_rss_mib * 1024.0 / self.nodes.max(1) as f64,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_round_trip_and_refuse_garbage() {
+        let p = Progress { enrolled: 15_000, watched: -3, key_requests: 40_000, busy: 25_000 };
+        let back = Progress::parse(&p.line()).unwrap();
+        assert_eq!(back.line(), p.line());
+        for bad in ["", "progress", "progress 1 2 3", "progress 1 2 3 x", "progress -1 2 3 4", "hello 1 2 3 4"] {
+            assert!(Progress::parse(bad).is_none(), "{bad:?}");
+        }
+        let mut sum = Progress::default();
+        sum.add(p);
+        sum.add(p);
+        assert_eq!((sum.enrolled, sum.watched, sum.busy), (30_000, -6, 50_000));
+    }
+
+    #[test]
+    fn a_ring_of_fewer_than_three_has_fewer_peers() {
+        assert_eq!([1, 2, 3, 100_000].map(want_peers), [0, 1, 2, 2]);
     }
 }

@@ -20,8 +20,12 @@
 //! end-16 [16] mac1, only when flag bit 1 is set
 //! ```
 //!
-//! The body is the sealed payload plus a 16-byte AEAD tag, except for the two key-discovery
-//! kinds, whose body is clear text (a `KeyRequest`'s body is zero padding, see below).
+//! The body is the sealed payload plus a 16-byte AEAD tag, except for the clear-text kinds: the
+//! two key-discovery kinds (a `KeyRequest`'s body is zero padding, see below) and `Busy`, the
+//! CMA's answer to a key request it will not serve yet, whose body is [`BUSY_BODY_LEN`] bytes:
+//! the milliseconds the requester should wait before it asks again (big endian `u32`). A `Busy`
+//! carries no key and ends with a mac1 for the requester ([`BUSY_LEN`] = 60 bytes, less than the
+//! request it answers).
 //!
 //! # mac1 (version 2)
 //!
@@ -56,6 +60,10 @@ pub const MAC1_LEN: usize = 16;
 /// Length of a `KeyRequest` and of a `KeyReply` (header, key, then padding or mac1): equal, so
 /// that the answer to a request is no larger than the request.
 pub const KEY_REQUEST_LEN: usize = HEADER_LEN + PUBKEY_LEN + MAC1_LEN;
+/// Length of a `Busy` body: the wait in milliseconds, big endian.
+pub const BUSY_BODY_LEN: usize = 4;
+/// Length of a `Busy` datagram: header, body and mac1 (no key).
+pub const BUSY_LEN: usize = HEADER_LEN + BUSY_BODY_LEN + MAC1_LEN;
 /// The most bytes sealing adds around a payload: header, key, AEAD tag and mac1.
 pub const MAX_OVERHEAD: usize = HEADER_LEN + PUBKEY_LEN + crate::limits::AEAD_TAG_LEN + MAC1_LEN;
 
@@ -71,6 +79,9 @@ pub enum DatagramKind {
     Reliable = 3,
     /// Sealed: one unreliable message (`msg::Direct`): heartbeat, probe, probe reply.
     Direct = 4,
+    /// Clear text: "ask again after this many milliseconds", the CMA's answer to a key request
+    /// beyond its registration budget (the pace of a registration storm is the CMA's).
+    Busy = 5,
 }
 
 impl DatagramKind {
@@ -81,6 +92,7 @@ impl DatagramKind {
             2 => DatagramKind::KeyReply,
             3 => DatagramKind::Reliable,
             4 => DatagramKind::Direct,
+            5 => DatagramKind::Busy,
             _ => return None,
         })
     }
@@ -97,6 +109,7 @@ impl DatagramKind {
             DatagramKind::KeyReply => "key_reply",
             DatagramKind::Reliable => "reliable",
             DatagramKind::Direct => "direct",
+            DatagramKind::Busy => "busy",
         }
     }
 }
@@ -286,6 +299,8 @@ mod tests {
         assert_eq!(split_mac1(&plain), None);
         assert_eq!(KEY_REQUEST_LEN, 88);
         assert_eq!(MAX_OVERHEAD, 104);
+        assert_eq!(BUSY_LEN, 60);
+        assert!(BUSY_LEN <= KEY_REQUEST_LEN, "a Busy is never larger than the request");
     }
 
     #[test]
