@@ -253,6 +253,7 @@ pub struct Shell<A, I, S> {
     enroll_log: enroll::RefusalLog,
     /// The registration pace ([`pace`]) and the budget of its `Busy` answers.
     pacer: pace::Pacer,
+    window: pace::Window,
     busy_budget: assim_seal::Budget,
     effects: Effects,
     transmits: VecDeque<Transmit>,
@@ -294,6 +295,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             open_enrollment: config.open_enrollment,
             enroll_log: enroll::RefusalLog::default(),
             pacer: pace::Pacer::new(assim_seal::Limits::KEY_REQUEST),
+            window: pace::Window::new(pace::WINDOW, pace::STALE),
             busy_budget: assim_seal::Budget::new(pace::busy_limits(
                 assim_seal::Limits::KEY_REQUEST,
             )),
@@ -370,7 +372,14 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
                 // reply's length) and within the key-request budget.
                 if let Some(key) = opened.header.sender_key {
                     let mut out = Vec::new();
-                    self.seal.key_reply(&key, &mut out);
+                    if self.window.admit(sender, now.mono) {
+                        self.seal.key_reply(&key, &mut out);
+                    } else {
+                        // Enough registrations in flight: come back later ([`pace`]).
+                        let wait = self.pacer.wait(now.mono);
+                        self.seal.busy(&key, wait, &mut out);
+                        self.metrics.busy_sent += 1;
+                    }
                     self.transmit(src, out);
                 }
             }
@@ -621,6 +630,14 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
         }
         self.notes.extend(effects.notes.drain(..));
         self.effects = effects;
+        if !self.window.is_empty() {
+            // A registration completes when the node is registered and has acknowledged
+            // everything sent to it (its peer set, schedule, check set).
+            let (core, conns) = (self.engine.core.cma(), &self.conns);
+            self.window.complete(|n| {
+                core.node(n).is_some() && conns.map.get(&n).is_some_and(|p| p.conn.is_idle())
+            });
+        }
         let mut frames = Vec::new();
         self.conns.transmit(now.mono, |id, addr, frame| frames.push((id, addr, frame)));
         for (id, addr, frame) in frames {

@@ -1103,7 +1103,7 @@ mod tests {
     #[test]
     fn reasons_and_counters() {
         let c = RejectCounters::default();
-        assert_eq!(c.iter().count(), 18);
+        assert_eq!(c.iter().count(), 19);
         assert_eq!(c.total(), 0);
         assert_eq!(c.get("no_such_reason"), 0);
         let errors = [
@@ -1121,6 +1121,7 @@ mod tests {
             OpenError::MissingMac1,
             OpenError::BadMac1,
             OpenError::BadKeyRequest,
+            OpenError::BadBusy,
             OpenError::Throttled(Throttle::FirstContactSource),
             OpenError::Throttled(Throttle::FirstContactBudget),
             OpenError::Throttled(Throttle::KeyRequestSource),

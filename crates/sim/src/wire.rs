@@ -406,6 +406,14 @@ pub struct WireReport {
     /// Key requests the nodes sent, and `Busy` answers they honoured.
     pub key_requests: u64,
     pub busy_honoured: u64,
+    /// During the storm: the system's UDP receive-buffer drops, the CMA's CPU seconds and the
+    /// node processes' CPU seconds (the machine's other load is not in them).
+    pub storm_udp_drops: u64,
+    /// The CMA's `Busy` answers and reliable retransmissions during the storm.
+    pub cma_busy_sent: u64,
+    pub cma_retransmits: u64,
+    pub storm_cma_cpu_s: f64,
+    pub storm_nodes_cpu_s: f64,
     pub steady_s: f64,
     pub cma_in_per_node_s: f64,
     pub cma_out_per_node_s: f64,
@@ -433,6 +441,32 @@ fn rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
+/// CPU seconds (user + system) a process has used, from `/proc/PID/stat` (Linux counts them
+/// in USER_HZ = 100 ticks per second there, whatever the kernel's own tick).
+fn cpu_s(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let Some(rest) = stat.rsplit_once(')').map(|r| r.1) else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// The system's UDP receive-buffer drops so far (`RcvbufErrors` in `/proc/net/snmp`: every
+/// socket's, the CMA's among them).
+fn udp_rcvbuf_errors() -> u64 {
+    let Ok(snmp) = std::fs::read_to_string("/proc/net/snmp") else { return 0 };
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs wire mode; prints progress on stderr and returns the figures.
 pub fn run(opts: WireOptions) -> anyhow::Result<WireReport> {
     let m = opts.nodes;
@@ -446,6 +480,10 @@ pub fn run(opts: WireOptions) -> anyhow::Result<WireReport> {
     // processes (`--wire-worker`, each with its own limit) the rest.
     let cap = (limit as usize).saturating_sub(512).clamp(1, 15_000);
     let local = m.min(cap);
+    let drops0 = udp_rcvbuf_errors();
+    let cma_pid = cma_proc.child.as_ref().map(Child::id);
+    let cma_cpu0 = cma_pid.map_or(0.0, cpu_s);
+    let self_cpu0 = cpu_s(std::process::id());
     let t0 = Instant::now();
     let mut stops = spawn_nodes(&rt, 0, local, cma, &shared);
     let mut workers = Workers(Vec::new());
@@ -503,8 +541,6 @@ pub fn run(opts: WireOptions) -> anyhow::Result<WireReport> {
             let t = t0.elapsed().as_secs_f64();
             report.registration_s = Some(t);
             report.registrations_per_s = m as f64 / t;
-            report.key_requests = p.key_requests;
-            report.busy_honoured = p.busy;
             eprintln!(
                 "wire: registration time {t:.1} s: all {m} registered, in their rings and watched = {:.0} registrations/s",
                 report.registrations_per_s
@@ -523,6 +559,15 @@ pub fn run(opts: WireOptions) -> anyhow::Result<WireReport> {
         }
     }
     report.enrolled_s = enrolled_at.unwrap_or(f64::NAN);
+    let p = workers.progress(&shared);
+    (report.key_requests, report.busy_honoured) = (p.key_requests, p.busy);
+    let metrics = http_get(api, "/metrics").unwrap_or_default();
+    report.cma_busy_sent = metric(&metrics, "assim_cma_busy_sent_total") as u64;
+    report.cma_retransmits = metric(&metrics, "assim_cma_retransmits_total") as u64;
+    report.storm_udp_drops = udp_rcvbuf_errors().saturating_sub(drops0);
+    report.storm_cma_cpu_s = cma_pid.map_or(0.0, cpu_s) - cma_cpu0;
+    report.storm_nodes_cpu_s = cpu_s(std::process::id()) - self_cpu0
+        + workers.0.iter().map(|w| cpu_s(w.child.id())).sum::<f64>();
 
     // Steady state.
     std::thread::sleep(Duration::from_secs(5));
@@ -806,6 +851,7 @@ impl WireReport {
             "wire mode: {} simulated nanoprobes over real UDP (one socket each, {} processes, open-file limit {}) against a real cma\n\
              registration storm: all enrolled (TOFU) after {:.1} s ({} key requests, {} Busy answers honoured), all up at the CMA after {:.1} s\n\
              registration time (all registered, in their rings and watched): {reg}\n\
+             during the storm: CMA {:.1} CPU s ({} Busy answers sent, {} retransmissions), node processes {:.1} CPU s, {} UDP receive-buffer drops (system-wide)\n\
              steady state ({:.1} s): CMA {:.4} datagrams in and {:.4} out per node per second ({:.1} bytes in per node per second); {:.2} heartbeats sent per node per second\n\
              failure burst: {} nodes stopped at once, {} host.down, median {:.0} ms, max {:.0} ms after the stop; {} unexpected host.down\n\
              memory: simulator processes RSS {:.0} MiB for {} nodes ({:.1} KiB per node), CMA RSS {:.0} MiB ({:.1} KiB per node)\n",
@@ -816,6 +862,11 @@ impl WireReport {
             self.key_requests,
             self.busy_honoured,
             self.all_up_s,
+            self.storm_cma_cpu_s,
+            self.cma_busy_sent,
+            self.cma_retransmits,
+            self.storm_nodes_cpu_s,
+            self.storm_udp_drops,
             self.steady_s,
             self.cma_in_per_node_s,
             self.cma_out_per_node_s,
@@ -851,6 +902,19 @@ mod tests {
         sum.add(p);
         sum.add(p);
         assert_eq!((sum.enrolled, sum.watched, sum.busy), (30_000, -6, 50_000));
+    }
+
+    #[test]
+    fn own_cpu_time_and_udp_counters_are_read() {
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(30) {
+            std::hint::black_box(0u64);
+        }
+        assert!(cpu_s(std::process::id()) > 0.0, "this process has used CPU");
+        assert_eq!(cpu_s(u32::MAX), 0.0, "no such process");
+        // Present on every Linux with IPv4; the value is whatever the system has seen.
+        let _ = udp_rcvbuf_errors();
+        assert!(std::fs::read_to_string("/proc/net/snmp").unwrap().contains("RcvbufErrors"));
     }
 
     #[test]
