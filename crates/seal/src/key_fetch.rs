@@ -66,15 +66,7 @@ impl KeyFetch {
     /// A fetch from the CMA at `cma`; the first request is due at `now`. `seed` drives the
     /// jitter.
     pub fn new(cma: SocketAddr, now: Instant, seed: u64) -> KeyFetch {
-        KeyFetch {
-            cma,
-            next: now,
-            unanswered: 0,
-            requests: 0,
-            busy: 0,
-            done: false,
-            rng: seed | 1,
-        }
+        KeyFetch { cma, next: now, unanswered: 0, requests: 0, busy: 0, done: false, rng: seed | 1 }
     }
 
     /// When the next request is due (`None` once the key is known).

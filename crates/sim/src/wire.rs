@@ -1,21 +1,26 @@
 //! Wire mode (`assim sim --wire`): M simulated nanoprobes in this process, over real UDP on
 //! loopback, against a real `cma` process.
 //!
-//! Each simulated node is one tokio task with its own UDP socket on 127.0.0.1 (so the kernel
-//! demultiplexes: the sealed header names the sender, not the receiver), its own X25519
-//! identity and [`Sealer`], and trust-on-first-use enrollment (a `KeyRequest` to the CMA, whose
-//! `KeyReply` key is pinned). It then runs the real nanoprobe shell (`assim-probe-shell`, the
-//! daemon's own logic) with that sealer: hello, heartbeats to the ring neighbours the CMA
-//! assigns (their keys come with the peer set), reports and peer status through a spool in
-//! memory that the CMA's acknowledgements drain, probe replies. The task only carries bytes.
+//! Each simulated node is one tokio task with its own UDP socket on loopback (so the kernel
+//! demultiplexes: the sealed header names the sender, not the receiver; 20,000 nodes per
+//! loopback address, because the ephemeral port range is per address), its own X25519
+//! identity and [`Sealer`], and trust-on-first-use enrollment through the nanoprobe's own
+//! key-fetch core ([`KeyFetch`]: backoff, and the CMA's `Busy` answers honoured). It then runs
+//! the real nanoprobe shell (`assim-probe-shell`, the daemon's own logic) with that sealer:
+//! hello, heartbeats to the ring neighbours the CMA assigns (their keys come with the peer
+//! set), reports and peer status through a spool in memory that the CMA's acknowledgements
+//! drain, probe replies. The task only carries bytes.
 //!
-//! The run: start the CMA (`cma --open-enrollment` on a free loopback port, default timing) unless
+//! The run: start the CMA (`cma --open-enrollment` on a free loopback port) unless
 //! `--cma`/`--cma-api` name a running one; start every node at once (the registration storm)
-//! and poll `/api/v1/status` until all are `up` with two neighbours; let it settle; measure the
-//! CMA's datagrams in and out per node per second from `/metrics` over `--steady`; then stop K
-//! nodes at once (`--crash K`: their tasks end and their sockets close, like `kill -9`) and
-//! wait for each one's `host.down` on `/api/v1/events`. One socket per node: RLIMIT_NOFILE is
-//! raised as far as the hard limit allows (root may raise that too).
+//! until every node is up at the CMA, in its ring, and hears both its neighbours (the
+//! registration time; progress from the nodes and the CMA's `/metrics`, which unlike
+//! `/api/v1/status` does not list 100,000 nodes); let it settle; measure the CMA's datagrams
+//! in and out per node per second from `/metrics` over `--steady`; then stop K nodes at once
+//! (`--crash K`: their tasks end and their sockets close, like `kill -9`) and wait for each
+//! one's `host.down` on `/api/v1/events`. One socket per node: RLIMIT_NOFILE is raised as far
+//! as the hard limit allows, and nodes beyond 15,000 run in worker processes
+//! (`--wire-worker`) that report their progress on stdout.
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket as StdUdpSocket};
@@ -73,6 +78,17 @@ struct Shared {
 
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64
+}
+
+/// Nodes per loopback address: the ephemeral port range (32768–60999 by default) is per
+/// address, so 100,000 sockets on 127.0.0.1 alone run out of ports.
+const NODES_PER_ADDRESS: usize = 20_000;
+
+/// Where node `i` binds: 127.0.0.1 for the first [`NODES_PER_ADDRESS`], then 127.0.1.1, … (all
+/// of 127.0.0.0/8 is loopback on Linux).
+fn node_bind_addr(i: usize) -> SocketAddr {
+    let k = (i / NODES_PER_ADDRESS) as u8;
+    SocketAddr::new(Ipv4Addr::new(127, 0, k, 1).into(), 0)
 }
 
 fn hostname(i: usize) -> String {
@@ -150,7 +166,7 @@ async fn run_node(
     mut stop: oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
     let identity = Identity::generate(&mut rand::rngs::OsRng);
-    let socket = UdpSocket::bind("127.0.0.1:0").await.context("bind")?;
+    let socket = UdpSocket::bind(node_bind_addr(i)).await.context("bind")?;
     let session = assim_seal::new_session(Timestamp::now().millis(), rand::random());
     let mut sealer = Sealer::new(identity.clone(), session);
     let (cma_id, key) = tokio::select! {
@@ -895,7 +911,14 @@ mod tests {
         let p = Progress { enrolled: 15_000, watched: -3, key_requests: 40_000, busy: 25_000 };
         let back = Progress::parse(&p.line()).unwrap();
         assert_eq!(back.line(), p.line());
-        for bad in ["", "progress", "progress 1 2 3", "progress 1 2 3 x", "progress -1 2 3 4", "hello 1 2 3 4"] {
+        for bad in [
+            "",
+            "progress",
+            "progress 1 2 3",
+            "progress 1 2 3 x",
+            "progress -1 2 3 4",
+            "hello 1 2 3 4",
+        ] {
             assert!(Progress::parse(bad).is_none(), "{bad:?}");
         }
         let mut sum = Progress::default();
@@ -915,6 +938,14 @@ mod tests {
         // Present on every Linux with IPv4; the value is whatever the system has seen.
         let _ = udp_rcvbuf_errors();
         assert!(std::fs::read_to_string("/proc/net/snmp").unwrap().contains("RcvbufErrors"));
+    }
+
+    #[test]
+    fn nodes_spread_over_loopback_addresses() {
+        assert_eq!(node_bind_addr(0).to_string(), "127.0.0.1:0");
+        assert_eq!(node_bind_addr(NODES_PER_ADDRESS - 1).to_string(), "127.0.0.1:0");
+        assert_eq!(node_bind_addr(NODES_PER_ADDRESS).to_string(), "127.0.1.1:0");
+        assert_eq!(node_bind_addr(99_999).to_string(), "127.0.4.1:0");
     }
 
     #[test]
