@@ -300,7 +300,7 @@ mod tests {
         assert_eq!(KEY_REQUEST_LEN, 88);
         assert_eq!(MAX_OVERHEAD, 104);
         assert_eq!(BUSY_LEN, 60);
-        assert!(BUSY_LEN <= KEY_REQUEST_LEN, "a Busy is never larger than the request");
+        const { assert!(BUSY_LEN <= KEY_REQUEST_LEN, "a Busy is never larger than the request") };
     }
 
     #[test]
