@@ -574,7 +574,7 @@ mod tests {
         let Some(Witnessed::Confirmed(c)) = s.witness(id(2), id(3), dead(2500), false, late) else {
             panic!("not confirmed")
         };
-        assert_eq!(c.probes_sent(), CONFIRM_PROBES + 1);
+        assert_eq!(c.probes_sent(), CONFIRM_PROBES);
 
         // One that comes before: recorded, decided when the probes have failed.
         s.start(id(2), Some((id(1), dead(2500))), t0, &t);
