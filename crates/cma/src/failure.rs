@@ -53,9 +53,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use assim_wire::{NodeId, Timestamp};
 
-use crate::model::{CONFIRM_PROBES, Timing, confirm_gap, probe_every, suspect_window};
 #[cfg(doc)]
 use crate::model::confirm_window;
+use crate::model::{CONFIRM_PROBES, Timing, confirm_gap, probe_every, suspect_window};
 
 /// The most nonces remembered per suspicion: the K confirmation probes and the ones every
 /// interval/2 until the deadline (5 + 4 = 9 with the default schedule), with room for probing
@@ -677,9 +677,11 @@ mod tests {
         // They repeat themselves and add their later words: still not down.
         assert_eq!(s.witness(id(2), id(1), dead(6000), false, t0), Some(Witnessed::Repeated));
         assert_eq!(s.witness(id(2), id(3), dead(6000), false, t0), Some(Witnessed::Repeated));
-        assert!(run_to(&mut s, t0 + confirm_window(&t) - MS, &t)
-            .iter()
-            .all(|d| matches!(d.1, Due::Probe { .. })));
+        assert!(
+            run_to(&mut s, t0 + confirm_window(&t) - MS, &t)
+                .iter()
+                .all(|d| matches!(d.1, Due::Probe { .. }))
+        );
         // The host answers a probe in time: not down, and decided at the deadline as alive.
         assert!(s.proof_of_life(id(2), AliveProof::ProbeReply));
         let due = run_to(&mut s, t0 + suspect_window(&t) - MS, &t);

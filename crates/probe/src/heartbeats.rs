@@ -734,7 +734,10 @@ mod tests {
         let of = |n: u8| {
             st.expecting.iter().find(|p| p.peer == id(n).as_bytes().to_vec()).unwrap().liveness
         };
-        assert_eq!((st.epoch, of(1), of(2)), (2, PeerLiveness::Late as i32, PeerLiveness::Alive as i32));
+        assert_eq!(
+            (st.epoch, of(1), of(2)),
+            (2, PeerLiveness::Late as i32, PeerLiveness::Alive as i32)
+        );
     }
 
     #[test]

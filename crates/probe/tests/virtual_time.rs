@@ -294,10 +294,7 @@ fn status_is_periodic_on_change() {
     };
     assert!(statuses.windows(2).all(|w| w[1].0 - w[0].0 >= t.interval));
     assert!(statuses.windows(2).all(|w| w[1].1 != w[0].1));
-    assert_eq!(
-        late_as_alive(statuses.last().unwrap().1.clone()),
-        late_as_alive(h.hb.status())
-    );
+    assert_eq!(late_as_alive(statuses.last().unwrap().1.clone()), late_as_alive(h.hb.status()));
     // Peers 3..6 all died at the same instant: one status says so.
     let dead_at_5s: Vec<_> = statuses.iter().filter(|(at, _)| *at == 5 * S).collect();
     assert_eq!(dead_at_5s.len(), 1);
