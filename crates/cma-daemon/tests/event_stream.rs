@@ -7,7 +7,6 @@
 //! holds (it reads the gap from the log).
 
 use std::collections::BTreeMap;
-use std::io::BufRead as _;
 use std::sync::Arc;
 use std::time::Duration;
 
