@@ -92,13 +92,19 @@ fn main() {
     let always = !version.contains("v2.9.") && !version.contains("v2.8.");
     for sync_always in [false, true] {
         if sync_always && !always {
-            println!("JetStream with sync_interval always: needs nats-server 2.10 or later ({version})");
+            println!(
+                "JetStream with sync_interval always: needs nats-server 2.10 or later ({version})"
+            );
             continue;
         }
         let (acked, secs) = jetstream(&server, sync_always, senders, reports, window as usize);
         println!(
             "JetStream ({version}, file storage, {}): {acked} acknowledged messages in {secs:.2} s = {:.0} messages/s",
-            if sync_always { "sync_interval always: acked after fsync" } else { "default: fsync every 2 min" },
+            if sync_always {
+                "sync_interval always: acked after fsync"
+            } else {
+                "default: fsync every 2 min"
+            },
             acked as f64 / secs
         );
     }
@@ -136,15 +142,24 @@ fn jetstream(
         "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}{sync}\n}}\n",
         store.display().to_string()
     );
-    std::fs::write(&conf, text)
-    .expect("write nats.conf");
-    let mut child = std::process::Command::new(server)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start nats-server");
+    std::fs::write(&conf, text).expect("write nats.conf");
+    /// Stops the server however the run ends.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Server(
+        std::process::Command::new(server)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nats-server"),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
@@ -157,7 +172,9 @@ fn jetstream(
         .expect("runtime");
     let out = rt.block_on(async move {
         let client = async_nats::connect(format!("nats://127.0.0.1:{port}")).await.unwrap();
-        let js = jetstream::new(client);
+        let mut js = jetstream::new(client);
+        // Up to senders x window acknowledgements wait on one fsync at a time with `always`.
+        js.set_timeout(Duration::from_secs(120));
         js.get_or_create_stream(stream::Config {
             name: "INGEST".into(),
             subjects: vec!["ingest.>".into()],
@@ -196,7 +213,5 @@ fn jetstream(
         }
         (acked, started.elapsed().as_secs_f64())
     });
-    let _ = child.kill();
-    let _ = child.wait();
     out
 }
