@@ -170,7 +170,7 @@ fn jetstream(
         .enable_all()
         .build()
         .expect("runtime");
-    let out = rt.block_on(async move {
+    rt.block_on(async move {
         let client = async_nats::connect(format!("nats://127.0.0.1:{port}")).await.unwrap();
         let mut js = jetstream::new(client);
         // Up to senders x window acknowledgements wait on one fsync at a time with `always`.
@@ -212,6 +212,5 @@ fn jetstream(
             acked += p.await.unwrap();
         }
         (acked, started.elapsed().as_secs_f64())
-    });
-    out
+    })
 }

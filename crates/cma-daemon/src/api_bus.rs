@@ -303,11 +303,11 @@ impl StreamState {
             return;
         }
         if !self.caught_up {
-            self.caught_up = self.from_log(None).await;
+            self.caught_up = self.read_log(None).await;
             return;
         }
         if let Some(upto) = self.lagged_to {
-            let at_end = self.from_log(Some(upto)).await;
+            let at_end = self.read_log(Some(upto)).await;
             if at_end || self.cursor >= upto {
                 self.lagged_to = None;
             }
@@ -332,7 +332,7 @@ impl StreamState {
 
     /// Reads one store call's worth of matching events after the cursor from the log (none
     /// after `upto`) without waiting; true when it reached the log's end.
-    async fn from_log(&mut self, upto: Option<u64>) -> bool {
+    async fn read_log(&mut self, upto: Option<u64>) -> bool {
         let (f, cursor) = (self.filter.clone(), self.cursor);
         let found = self.state.with_events(move |s| scan(s, cursor, 500, &f, SCAN_PER_CALL)).await;
         let found = match found {
