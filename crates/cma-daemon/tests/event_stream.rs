@@ -21,7 +21,7 @@ fn event(id: u64) -> Event {
     Event {
         id,
         time: Timestamp::now(),
-        kind: if id % 3 == 0 { EventKind::HostDown } else { EventKind::LocalEvent },
+        kind: if id.is_multiple_of(3) { EventKind::HostDown } else { EventKind::LocalEvent },
         host: None,
         hostname: format!("n{}", id % 10),
         tags: BTreeMap::from([("cluster".to_string(), format!("c{}", id % 2))]),
@@ -76,10 +76,10 @@ fn read_ids(reader: &mut impl std::io::BufRead, want: usize) -> Vec<u64> {
                 ids.push(id);
             }
             fields.clear();
-        } else if let Some((k, v)) = l.split_once(':') {
-            if !k.is_empty() {
-                fields.insert(k.to_string(), v.trim_start().to_string());
-            }
+        } else if let Some((k, v)) = l.split_once(':')
+            && !k.is_empty()
+        {
+            fields.insert(k.to_string(), v.trim_start().to_string());
         }
     }
     ids
