@@ -479,7 +479,7 @@ mod tests {
         let f = FsUsage::from_statvfs(4096, 1000, 300, 250).unwrap();
         assert_eq!(
             (f.size_bytes, f.free_bytes, f.available_bytes),
-            (4096_000, 1_228_800, 1_024_000)
+            (4_096_000, 1_228_800, 1_024_000)
         );
         assert_eq!(FsUsage::from_statvfs(0, 1, 1, 1), None);
         assert_eq!(FsUsage::from_statvfs(4096, 1, 2, 1), None);
