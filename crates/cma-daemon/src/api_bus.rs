@@ -213,6 +213,12 @@ fn sse_event(id: u64, kind: &str, json: &[u8]) -> sse::Event {
     sse::Event::default().id(id.to_string()).event(kind).data(data)
 }
 
+/// One SSE event from an event read from the log, encoded as the fan-out encodes it.
+fn logged_event(e: Event) -> sse::Event {
+    let p = assim_bus::fanout::Prepared::new(e);
+    sse_event(p.event().id, p.event().kind.name(), p.json())
+}
+
 /// `GET /api/v1/events/stream`.
 ///
 /// With the CMA task's fan-out ([`ApiState::with_fanout`]) the stream first subscribes, then
@@ -292,11 +298,7 @@ impl StreamState {
             match scan_wait(&self.state, self.cursor, 500, &self.filter, wait, true).await {
                 Ok((events, through)) => {
                     self.cursor = through;
-                    self.queue.extend(events.into_iter().map(|e| {
-                        let json = serde_json::to_vec(&assim_api::Event::from(e.clone()))
-                            .expect("events serialize");
-                        sse_event(e.id, e.kind.name(), &json)
-                    }));
+                    self.queue.extend(events.into_iter().map(logged_event));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
             }
@@ -343,11 +345,8 @@ impl StreamState {
             }
         };
         let limit = upto.unwrap_or(u64::MAX);
-        for e in found.events.into_iter().take_while(|e| e.id <= limit) {
-            let json =
-                serde_json::to_vec(&assim_api::Event::from(e.clone())).expect("events serialize");
-            self.queue.push_back(sse_event(e.id, e.kind.name(), &json));
-        }
+        let events = found.events.into_iter().take_while(|e| e.id <= limit);
+        self.queue.extend(events.map(logged_event));
         self.cursor = self.cursor.max(found.through.min(limit));
         found.at_end
     }
