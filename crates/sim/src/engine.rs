@@ -395,6 +395,9 @@ pub(crate) struct Obs {
     pub(crate) registered_at: Option<u64>,
     pub(crate) registered_wall: Option<Duration>,
     pub(crate) cma_restarts: u64,
+    /// When the CMA was stopped and when it was due back (virtual µs): nobody can decide a
+    /// crash while the CMA is down, so the detection bound does not count that time.
+    pub(crate) cma_outages: Vec<(u64, u64)>,
     pub(crate) store_mismatches: u64,
     pub(crate) leaves: u64,
     pub(crate) restarts: u64,
@@ -1073,6 +1076,7 @@ impl Sim {
         self.cma.inbox_disk.crash(false);
         add_metrics(&mut self.cma.metrics, &m);
         self.cma.armed = NONE;
+        self.obs.cma_outages.push((self.w.now, self.w.now + micros(down_for)));
         self.w.push(self.w.now + micros(down_for), Ev::CmaUp);
     }
 
