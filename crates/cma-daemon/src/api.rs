@@ -77,6 +77,9 @@ pub struct ApiState {
     pub(crate) exporter_rules: Arc<Vec<assim_export::prometheus::ExporterRule>>,
     /// The latest statistics values, shared with the CMA task (issue 17 item 5).
     pub(crate) statistics: crate::api_statistics::SharedLatest,
+    /// Live delivery of stored events to event streams: the CMA task publishes each stored
+    /// batch into it. `None` (an API without a CMA task): streams follow the log alone.
+    pub(crate) fanout: Option<assim_bus::Fanout>,
 }
 
 impl ApiState {
@@ -125,6 +128,7 @@ impl ApiState {
             limits: Limits::default(),
             exporter_rules: Arc::new(assim_export::prometheus::default_rules()),
             statistics: Default::default(),
+            fanout: None,
         })
     }
 

@@ -234,7 +234,8 @@ pub async fn run(
         .with_audit(audit)
         .with_exporter_rules(opts.exporter_rules.clone());
     let latest = crate::api_statistics::SharedLatest::default();
-    let api_state = api_state.with_statistics(latest.clone());
+    let fanout = assim_bus::Fanout::default();
+    let api_state = api_state.with_statistics(latest.clone()).with_fanout(fanout.clone());
     let graphite = Arc::new(crate::graphite::ForwarderStatus::default());
     let graphite_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(target) = &opts.statistics.graphite {
@@ -264,6 +265,7 @@ pub async fn run(
         socket: Arc::new(socket),
         shared,
         last_event,
+        fanout,
         last_publish: Instant::now() - Duration::from_secs(10),
         store_errors_seen: 0,
         replies: checks_cma::Replies::default(),
@@ -376,6 +378,8 @@ struct Driver {
     socket: Arc<UdpSocket>,
     shared: Arc<SharedMetrics>,
     last_event: watch::Sender<u64>,
+    /// Live delivery of stored events to the API's event streams.
+    fanout: assim_bus::Fanout,
     last_publish: Instant,
     store_errors_seen: u64,
     /// The API's requests waiting for an answer.
@@ -400,7 +404,10 @@ impl Driver {
         }
         while let Some(n) = self.shell.poll_note() {
             match n {
-                Note::Stored { last_event: Some(id) } => {
+                Note::Stored { last_event: Some(id), events } => {
+                    // Live subscribers first, then the id: a stream that catches up from the
+                    // log to this id and then listens misses nothing (see `api_bus::stream`).
+                    self.fanout.publish(events);
                     let _ = self.last_event.send(id);
                 }
                 Note::CommandAnswer(a) => self.replies.answer(a),
