@@ -34,12 +34,21 @@
 //! plugin's output, a hostile payload) is stored as U+FFFD instead of failing the batch — the
 //! one place where the answers differ from SQLite's.
 //!
+//! # Threads
+//! The `postgres` client owns a small tokio runtime per connection: a [`Store`] must never be
+//! used or dropped on a thread that drives a tokio runtime. [`Handle`] (module [`handle`]) runs
+//! a store on a thread of its own and is safe anywhere; `cma --store postgres://…` uses only
+//! handles, and the openers ([`query::queries_opener`], [`bus::event_log_opener`]) return them.
+//!
+//! # The engine lease
+//! [`Store::try_acquire_lease`] takes the lease (a standby calls it until it succeeds),
+//! [`Store::renew_lease`] extends it without ever changing the term, [`Store::release_lease`]
+//! ends it at a clean stop, [`Store::claim_inbox`] records whose inbox the stored position
+//! counts in. When to call which is decided by `assim_cma_shell::lease`.
+//!
 //! # Not built yet (issue 14)
-//! The CMA does not open this store yet (`cma` runs on SQLite only). The `postgres` client owns a
-//! small tokio runtime per connection: never use or drop a [`Store`] on an async worker (see
-//! docs/cluster.md for the two ways to wire it into the daemon). No packet readers, no JetStream
-//! inbox or event stream, no engine election loop: [`Store::acquire_lease`] and the fenced
-//! commit are the seam an election will use. No topology backfill or SQLite import.
+//! No packet readers, no JetStream inbox or event stream, no topology backfill or SQLite
+//! import.
 //!
 //! # Tests
 //! `cargo nextest run -p assim-store-postgres` runs the conformance suite
@@ -58,6 +67,7 @@
 //! - [`bus`]: [`assim_store::EventLog`] — events, subscriptions, dead letters, retention.
 
 pub mod bus;
+pub mod handle;
 pub mod query;
 pub mod topology;
 
@@ -105,6 +115,27 @@ pub enum StoreError {
         "this engine's lease (term {held}) was taken over (term {current}); it must stop writing"
     )]
     Deposed { held: u64, current: u64 },
+    /// The thread of a [`Handle`] ended (a panic inside a store call); nothing more can be
+    /// done through it.
+    #[error("the PostgreSQL store's thread ended: {0}")]
+    Gone(String),
+}
+
+impl From<StoreError> for assim_store::StoreFailed {
+    fn from(e: StoreError) -> assim_store::StoreFailed {
+        assim_store::StoreFailed(Box::new(e))
+    }
+}
+
+/// Who holds the engine lease, as [`Store::try_acquire_lease`] and [`Store::renew_lease`]
+/// found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseState {
+    /// This holder has it, with this term.
+    Mine { term: u64 },
+    /// Another holder has it (or had it: `expires_in_ms` is 0 once it lapsed and nobody took
+    /// it yet); `term` is its term (0: nobody ever held it).
+    Other { term: u64, holder: String, expires_in_ms: u64 },
 }
 
 impl From<StoreError> for assim_store::QueryError {
@@ -121,6 +152,14 @@ fn pg(what: &'static str) -> impl Fn(postgres::Error) -> StoreError {
 }
 
 const SCHEMA_VERSION: i64 = 1;
+
+/// How long connecting may take unless the connection string says otherwise.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Checks a connection string without connecting (the error never repeats the password).
+pub fn check_conninfo(conninfo: &str) -> Result<(), StoreError> {
+    conninfo.parse::<postgres::Config>().map(drop).map_err(StoreError::Config)
+}
 
 /// Schema migrations: `(version, sql)` brings a database at `version - 1` to `version`; each
 /// runs in one transaction with the version bump, under an advisory lock so two CMAs starting
@@ -383,12 +422,18 @@ impl std::fmt::Debug for Store {
 
 /// Per-node application record: the highest spool record applied and how many were applied.
 pub use assim_store_sqlite::Applied;
+pub use handle::Handle;
 
 impl Store {
     /// Connects (a libpq connection string, key-value or `postgres://` URL) and brings the
     /// schema up to date.
     pub fn open(conninfo: &str) -> Result<Store, StoreError> {
-        let config: postgres::Config = conninfo.parse().map_err(StoreError::Config)?;
+        let mut config: postgres::Config = conninfo.parse().map_err(StoreError::Config)?;
+        if config.get_connect_timeout().is_none() {
+            // An unreachable server fails a call in this long rather than the TCP default (about
+            // two minutes); `connect_timeout` in the connection string overrides it.
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let store = Store { config, conn: RefCell::new(None), fence: None };
         store.migrate()?;
         Ok(store)
@@ -528,8 +573,110 @@ impl Store {
             &[&t(holder), &ttl],
             |r| r.try_get::<_, i64>(0),
         )?;
-        self.fence = term.map(|t| t as u64);
-        Ok(self.fence)
+        match term {
+            Some(t) => {
+                self.fence = Some(t as u64);
+                Ok(self.fence)
+            }
+            // A store that held a term keeps it: its batches must now fail with `Deposed`, not
+            // go through unfenced.
+            None => Ok(None),
+        }
+    }
+
+    /// [`Store::acquire_lease`], and when another holder has the lease, who and for how long.
+    pub fn try_acquire_lease(
+        &mut self,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<LeaseState, StoreError> {
+        match self.acquire_lease(holder, ttl)? {
+            Some(term) => Ok(LeaseState::Mine { term }),
+            None => self.lease_state(),
+        }
+    }
+
+    /// Extends the lease this store holds (its fencing term, for `holder`) by `ttl` from now on
+    /// the database's clock. Never takes the lease and never changes the term: an engine that
+    /// lost it, even if the lease lapsed again since, is told so (`Other`) rather than handed
+    /// a new term with its old state. A store holding no term gets `Other`.
+    pub fn renew_lease(
+        &mut self,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<LeaseState, StoreError> {
+        let Some(held) = self.fence else { return self.lease_state() };
+        let ttl = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
+        let renewed = self.row(
+            "renewing the engine lease",
+            "UPDATE engine_lease
+             SET expires_at = (extract(epoch FROM clock_timestamp()) * 1000000)::bigint + $3
+             WHERE id = 1 AND term = $1 AND holder = $2
+             RETURNING term",
+            &[&(held as i64), &t(holder), &ttl],
+            |r| r.try_get::<_, i64>(0),
+        )?;
+        match renewed {
+            Some(_) => Ok(LeaseState::Mine { term: held }),
+            None => self.lease_state(),
+        }
+    }
+
+    /// Ends this store's lease at once (a clean stop), so a standby need not wait for it to
+    /// lapse. Only the term this store holds is ended; the store keeps fencing with it.
+    pub fn release_lease(&mut self) -> Result<(), StoreError> {
+        let Some(held) = self.fence else { return Ok(()) };
+        self.exec(
+            "releasing the engine lease",
+            "UPDATE engine_lease SET expires_at = 0 WHERE id = 1 AND term = $1",
+            &[&(held as i64)],
+        )
+        .map(drop)
+    }
+
+    /// Who holds the lease row now (`Other` whoever it is; `term` 0 when there is no row).
+    pub fn lease_state(&self) -> Result<LeaseState, StoreError> {
+        let row = self.row(
+            "reading the engine lease",
+            "SELECT term, holder, GREATEST(0, expires_at -
+                 (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) / 1000
+             FROM engine_lease WHERE id = 1",
+            &[],
+            |r| Ok((r.try_get::<_, i64>(0)?, r.try_get::<_, String>(1)?, r.try_get::<_, i64>(2)?)),
+        )?;
+        Ok(match row {
+            Some((term, holder, ms)) => {
+                LeaseState::Other { term: term as u64, holder, expires_in_ms: ms.max(0) as u64 }
+            }
+            None => LeaseState::Other { term: 0, holder: String::new(), expires_in_ms: 0 },
+        })
+    }
+
+    /// Records `owner` as the owner of the inbox the stored inbox position counts in, fenced
+    /// like a batch (fails with [`StoreError::Deposed`] once the lease was taken over), and
+    /// returns the previous owner. An engine that takes over from another one learns from it
+    /// that the stored position is not a position in its own inbox.
+    pub fn claim_inbox(&mut self, owner: &str) -> Result<Option<String>, StoreError> {
+        let what = "claiming the inbox position";
+        let e = pg(what);
+        let fence = self.fence;
+        self.transaction(what, |tx| {
+            check_fence(tx, fence, what)?;
+            let before = tx
+                .query("SELECT value FROM meta WHERE key = 'inbox_owner'", &[])
+                .map_err(&e)?
+                .first()
+                .map(|r| r.try_get::<_, String>(0))
+                .transpose()
+                .map_err(&e)?;
+            tx.exec(
+                "INSERT INTO meta (key, value) VALUES ('inbox_owner', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&t(owner)],
+            )
+            .map_err(&e)?;
+            Ok(before)
+        })
     }
 
     /// The lease term this store fences its batches with, if any.
@@ -609,18 +756,7 @@ impl Store {
         }
         let fence = self.fence;
         self.transaction(what, |tx| {
-            if let Some(held) = fence {
-                let rows = tx
-                    .query("SELECT term FROM engine_lease WHERE id = 1 FOR SHARE", &[])
-                    .map_err(&e)?;
-                let current = match rows.first() {
-                    Some(r) => r.try_get::<_, i64>(0).map_err(&e)? as u64,
-                    None => 0,
-                };
-                if current != held {
-                    return Err(StoreError::Deposed { held, current });
-                }
-            }
+            check_fence(tx, fence, what)?;
             // Rows of one kind go in one statement (arrays unnested server-side): one round
             // trip per kind, not per row.
             if !nodes.is_empty() {
@@ -1125,6 +1261,23 @@ pub(crate) fn node_id(table: &'static str, s: &str) -> Result<NodeId, StoreError
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Inside a transaction: fails with [`StoreError::Deposed`] unless the lease row still has the
+/// term `fence` (no term: not fenced). The row is read `FOR SHARE`, so a takeover waits for
+/// this transaction and this transaction sees a takeover that committed before it.
+fn check_fence(tx: &mut Tx<'_>, fence: Option<u64>, what: &'static str) -> Result<(), StoreError> {
+    let Some(held) = fence else { return Ok(()) };
+    let e = pg(what);
+    let rows = tx.query("SELECT term FROM engine_lease WHERE id = 1 FOR SHARE", &[]).map_err(&e)?;
+    let current = match rows.first() {
+        Some(r) => r.try_get::<_, i64>(0).map_err(&e)? as u64,
+        None => 0,
+    };
+    if current != held {
+        return Err(StoreError::Deposed { held, current });
+    }
+    Ok(())
 }
 
 /// The CMA engine's store seam over PostgreSQL: one transaction per batch.

@@ -20,6 +20,7 @@ use assim_store::{
     DiscoveryRecord, EngineStore, EventLog, InboxProgress, PackagePattern, Queries,
     SpoolIncarnation, TokenRecord, Tokens,
 };
+use assim_store_postgres::LeaseState;
 use assim_util::testing::Postgres;
 use assim_wire::{NodeId, Timestamp};
 use serde_json::{Value, json};
@@ -629,9 +630,67 @@ fn a_deposed_engine_commits_nothing() {
     let ids: Vec<u64> = b.events_since(0, 10).unwrap().into_iter().map(|e| e.id).collect();
     assert_eq!(ids, [1, 2]);
     assert_eq!(b.inbox_position().unwrap(), 2);
+    // A failed attempt to take the lease back does not unfence a: still refused.
+    assert_eq!(a.acquire_lease("engine-a", ttl).unwrap(), None);
+    assert_eq!(a.fence(), Some(1));
+    let err = a.apply(&[], &[event(3, "host.up", Some(3), &[], "stale")], &batch(3)).unwrap_err();
+    assert!(matches!(err, assim_store_postgres::StoreError::Deposed { .. }), "{err}");
+    // Renewing never takes the lease: a is told who has it; b renews under its term.
+    let other = a.renew_lease("engine-a", ttl).unwrap();
+    assert!(
+        matches!(&other, LeaseState::Other { term: 2, holder, expires_in_ms }
+            if holder == "engine-b" && *expires_in_ms <= 300),
+        "{other:?}"
+    );
+    assert_eq!(b.renew_lease("engine-b", ttl).unwrap(), LeaseState::Mine { term: 2 });
+    // b records itself as the inbox position's owner (fenced), then releases the lease at a
+    // clean stop: a takes it at once, with a new term, and b's claims are refused.
+    assert_eq!(b.claim_inbox("engine-b").unwrap(), None);
+    assert_eq!(b.claim_inbox("engine-b").unwrap().as_deref(), Some("engine-b"));
+    b.release_lease().unwrap();
+    let mut c = assim_store_postgres::Store::open(&info).unwrap();
+    assert_eq!(
+        c.try_acquire_lease("engine-a", std::time::Duration::from_secs(30)).unwrap(),
+        LeaseState::Mine { term: 3 }
+    );
+    assert_eq!(c.claim_inbox("engine-a").unwrap().as_deref(), Some("engine-b"));
+    let err = b.claim_inbox("engine-b").unwrap_err();
+    assert!(matches!(err, assim_store_postgres::StoreError::Deposed { held: 2, current: 3 }));
+    assert_eq!(b.renew_lease("engine-b", ttl).unwrap(), c.lease_state().unwrap());
     // A store without a term (a reader, `cma token create`) is not fenced.
     let mut plain = assim_store_postgres::Store::open(&info).unwrap();
     plain.set_meta("listen", "x").unwrap();
+}
+
+/// A [`assim_store_postgres::Handle`] runs its store on its own thread: it can be opened, used
+/// and dropped inside a tokio runtime, where the synchronous client itself panics.
+#[test]
+fn a_handle_works_inside_a_tokio_runtime() {
+    let Some(pg) = Postgres::start() else { return };
+    pg.create_database("handle");
+    let info = pg.conninfo("handle");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut h = assim_store_postgres::Handle::open(&info).unwrap();
+        let state = h.acquire_lease("engine-a", std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!(state, LeaseState::Mine { term: 1 });
+        assert_eq!(h.fence(), Some(1));
+        let batch = InboxProgress { position: Some(7), ..InboxProgress::default() };
+        assim_store::EngineStore::apply(&mut h, &[], &[event(1, "host.up", Some(1), &[], "x")], &batch)
+            .unwrap();
+        let loaded = assim_store::EngineStore::load(&mut h).unwrap();
+        assert_eq!(loaded.position, 7);
+        let q = assim_store_postgres::query::queries_opener(info.clone())().unwrap();
+        assert!(q.nodes().unwrap().is_empty());
+        let log = assim_store_postgres::bus::event_log_opener(info.clone())().unwrap();
+        assert_eq!(log.last_event_id().unwrap(), 1);
+        drop((h, q, log));
+    });
+    // A bad connection string fails before a thread is started, without the password.
+    let err = assim_store_postgres::Handle::open("host=/nonexistent password=hunter2 port=x")
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("hunter2"), "{err}");
 }
 
 /// A connection string that does not parse, or a server that is not there, is a clear error
