@@ -613,7 +613,7 @@ fn discard_inbox(inbox: &mut LogInbox<FileStorage>, previous: Option<&str>) -> a
              inbox records from its earlier term"
         );
     }
-    inbox.remove_through(u64::MAX).context("cannot empty the inbox at the takeover")?;
+    assim_store::Inbox::remove_through(inbox, u64::MAX).context("cannot empty the inbox at the takeover")?;
     Ok(())
 }
 

@@ -299,8 +299,8 @@ impl EngineDb {
 impl EngineStore for EngineDb {
     fn load(&mut self) -> Result<assim_store::Loaded, assim_store::StoreFailed> {
         match self {
-            EngineDb::Sqlite(s) => s.load(),
-            EngineDb::Postgres(h) => h.load(),
+            EngineDb::Sqlite(s) => EngineStore::load(s),
+            EngineDb::Postgres(h) => EngineStore::load(h),
         }
     }
 
@@ -311,8 +311,8 @@ impl EngineStore for EngineDb {
         progress: &assim_store::InboxProgress,
     ) -> Result<(), assim_store::StoreFailed> {
         match self {
-            EngineDb::Sqlite(s) => s.apply(changes, events, progress),
-            EngineDb::Postgres(h) => h.apply(changes, events, progress),
+            EngineDb::Sqlite(s) => EngineStore::apply(s, changes, events, progress),
+            EngineDb::Postgres(h) => EngineStore::apply(h, changes, events, progress),
         }
     }
 }
@@ -323,15 +323,15 @@ impl Tokens for EngineDb {
         id: &[u8],
     ) -> Result<Option<assim_store::TokenRecord>, assim_store::StoreFailed> {
         match self {
-            EngineDb::Sqlite(s) => s.token(id),
-            EngineDb::Postgres(h) => h.token(id),
+            EngineDb::Sqlite(s) => Tokens::token(s, id),
+            EngineDb::Postgres(h) => Tokens::token(h, id),
         }
     }
 
     fn use_token(&mut self, id: &[u8]) -> Result<(), assim_store::StoreFailed> {
         match self {
-            EngineDb::Sqlite(s) => s.use_token(id),
-            EngineDb::Postgres(h) => h.use_token(id),
+            EngineDb::Sqlite(s) => Tokens::use_token(s, id),
+            EngineDb::Postgres(h) => Tokens::use_token(h, id),
         }
     }
 }
