@@ -203,8 +203,8 @@ fn a_standby_cma_takes_over_when_the_active_one_is_killed() {
     // is detected.
     c.cma = b.child.take();
     c.api = b.api;
-    c.client = Client::new(&format!("http://{}", b.api), None)
-        .with_token_file(&b.dir.join("api.token"));
+    c.client =
+        Client::new(&format!("http://{}", b.api), None).with_token_file(&b.dir.join("api.token"));
     c.wait_ring(Duration::from_secs(20)).unwrap();
     c.kill_node(1).unwrap();
     let down = c
@@ -273,8 +273,8 @@ fn a_stopped_engine_that_wakes_after_a_takeover_commits_nothing_and_exits() {
 
     c.cma = b.child.take();
     c.api = b.api;
-    c.client = Client::new(&format!("http://{}", b.api), None)
-        .with_token_file(&b.dir.join("api.token"));
+    c.client =
+        Client::new(&format!("http://{}", b.api), None).with_token_file(&b.dir.join("api.token"));
     c.wait_ring(Duration::from_secs(20)).unwrap();
     let events = c.events_since(0).unwrap();
     for (i, e) in events.iter().enumerate() {

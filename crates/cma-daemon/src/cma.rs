@@ -29,9 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use assim_api::EngineView;
 use assim_checks::RuleSet;
 use assim_cma::{AuthorityConfig, CmaConfig, NodeState, Timing};
-use assim_api::EngineView;
 use assim_cma_shell::lease::{
     Answer as LeaseAnswer, Decision as LeaseDecision, Lease, LeaseConfig, Request as LeaseRequest,
     Role,
@@ -341,7 +341,9 @@ pub async fn run(
     let graphite_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(target) = &opts.statistics.graphite {
         let crate::store::StoreUrl::Sqlite(path) = &opts.store else {
-            anyhow::bail!("Graphite forwarding needs the SQLite store (its queue is not on PostgreSQL yet)");
+            anyhow::bail!(
+                "Graphite forwarding needs the SQLite store (its queue is not on PostgreSQL yet)"
+            );
         };
         let path = path.clone();
         let open: crate::graphite::OpenOutbox = Box::new(move || {
@@ -483,8 +485,9 @@ async fn bind_udp(
             Err(e) => e,
         };
         let Some((election, holder, _)) = lease.as_mut() else {
-            return Err(e)
-                .with_context(|| format!("cannot bind UDP {}: is another CMA running?", opts.listen));
+            return Err(e).with_context(|| {
+                format!("cannot bind UDP {}: is another CMA running?", opts.listen)
+            });
         };
         if e.kind() != std::io::ErrorKind::AddrInUse {
             return Err(e).with_context(|| format!("cannot bind UDP {}", opts.listen));
@@ -498,7 +501,9 @@ async fn bind_udp(
             let decision = election.handle(Instant::now(), answer);
             update_view(view, election, Instant::now());
             if let LeaseDecision::Stop { reason } = decision {
-                anyhow::bail!("this CMA engine lost the engine lease before it could start: {reason}");
+                anyhow::bail!(
+                    "this CMA engine lost the engine lease before it could start: {reason}"
+                );
             }
         }
         tokio::select! {
@@ -608,12 +613,14 @@ fn discard_inbox(inbox: &mut LogInbox<FileStorage>, previous: Option<&str>) -> a
     let left = inbox.log().map_or(0, |l| l.next_lsn().saturating_sub(l.first_lsn()));
     if left > 0 {
         warn!(
-            records = left, previous_owner = previous.unwrap_or("(none)"),
+            records = left,
+            previous_owner = previous.unwrap_or("(none)"),
             "another engine applied records since this one last did: discarding this engine's \
              inbox records from its earlier term"
         );
     }
-    assim_store::Inbox::remove_through(inbox, u64::MAX).context("cannot empty the inbox at the takeover")?;
+    assim_store::Inbox::remove_through(inbox, u64::MAX)
+        .context("cannot empty the inbox at the takeover")?;
     Ok(())
 }
 

@@ -702,7 +702,9 @@ fn token_create(
     assim_seal::create_private_dir(&opts.data_dir)?;
     let identity = assim_seal::Identity::load_or_create(&opts.data_dir)?;
     let mut store = match &opts.store {
-        crate::store::StoreUrl::Sqlite(p) => TokenStore::Sqlite(assim_store_sqlite::Store::open(p)?),
+        crate::store::StoreUrl::Sqlite(p) => {
+            TokenStore::Sqlite(assim_store_sqlite::Store::open(p)?)
+        }
         // No async runtime here: the synchronous client may be used directly.
         crate::store::StoreUrl::Postgres(u) => TokenStore::Postgres(
             assim_store_postgres::Store::open(u).map_err(|e| opts.store.unreachable(e))?,
@@ -832,9 +834,8 @@ mod tests {
 
     #[test]
     fn issue_14_the_store_url_and_engine_lease_are_checked_and_the_password_never_printed() {
-        let o = CmaFlags { data_dir: Some("/srv/cma".into()), ..Default::default() }
-            .resolve()
-            .unwrap();
+        let o =
+            CmaFlags { data_dir: Some("/srv/cma".into()), ..Default::default() }.resolve().unwrap();
         assert_eq!(o.store, crate::store::StoreUrl::Sqlite("/srv/cma/cma.sqlite".into()));
         assert_eq!(o.engine_lease, Duration::from_secs(10));
         let o = CmaFlags {
@@ -846,13 +847,17 @@ mod tests {
         .unwrap();
         assert_eq!(o.store.kind(), "postgresql");
         let printed = cma_config_toml(&o);
-        assert!(printed.contains("store = \"postgres://cma:(set)@db.example.com/assim\""), "{printed}");
+        assert!(
+            printed.contains("store = \"postgres://cma:(set)@db.example.com/assim\""),
+            "{printed}"
+        );
         assert!(printed.contains("engine_lease = \"4s\""), "{printed}");
         assert!(!printed.contains("s3cret") && !format!("{o:?}").contains("s3cret"));
         // From the config file too.
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("cma.toml");
-        std::fs::write(&file, "store = \"postgresql://cma@/assim?host=/run/postgresql\"\n").unwrap();
+        std::fs::write(&file, "store = \"postgresql://cma@/assim?host=/run/postgresql\"\n")
+            .unwrap();
         let o = CmaFlags { config: Some(file), ..Default::default() }.resolve().unwrap();
         assert_eq!(o.store.kind(), "postgresql");
         for (flags, want) in [

@@ -47,7 +47,9 @@ impl StoreUrl {
         if let Some(path) = text.strip_prefix("sqlite:") {
             let path = path.strip_prefix("//").unwrap_or(path);
             if path.is_empty() {
-                anyhow::bail!("--store sqlite:PATH needs a file path, for example sqlite:/var/lib/assim/cma/cma.sqlite");
+                anyhow::bail!(
+                    "--store sqlite:PATH needs a file path, for example sqlite:/var/lib/assim/cma/cma.sqlite"
+                );
             }
             return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
         }
@@ -133,7 +135,9 @@ impl StoreUrl {
             if opened.is_none() {
                 opened = Some(match &url {
                     StoreUrl::Sqlite(p) => Pruner::Sqlite(assim_store_sqlite::Store::open(p)?),
-                    StoreUrl::Postgres(u) => Pruner::Postgres(assim_store_postgres::Handle::open(u)?),
+                    StoreUrl::Postgres(u) => {
+                        Pruner::Postgres(assim_store_postgres::Handle::open(u)?)
+                    }
                 });
             }
             Ok(match opened.as_mut().expect("just opened") {

@@ -189,12 +189,10 @@ impl Lease {
                 self.next = now + self.config.renew();
                 Decision::Continue
             }
-            (Role::Active { term: held, .. }, Answer::Mine { term }) => {
-                self.stop(format!(
-                    "the engine lease changed term under this engine ({held} → {term}): another \
+            (Role::Active { term: held, .. }, Answer::Mine { term }) => self.stop(format!(
+                "the engine lease changed term under this engine ({held} → {term}): another \
                      engine held it in between, so this engine's state is stale"
-                ))
-            }
+            )),
             (Role::Active { term: held, .. }, Answer::Other { holder, term, .. }) => {
                 let held = *held;
                 self.stop(format!(
@@ -301,7 +299,10 @@ mod tests {
         let mut t = t0 + Duration::from_secs(1);
         for _ in 0..10 {
             assert_eq!(l.poll(t), Some(Request::Renew { term: 7 }));
-            assert_eq!(l.handle(t, Answer::Failed("connection refused".into())), Decision::Continue);
+            assert_eq!(
+                l.handle(t, Answer::Failed("connection refused".into())),
+                Decision::Continue
+            );
             assert!(matches!(l.role(), Role::Active { term: 7, .. }));
             assert_eq!(l.poll_timeout(), Some(t + Duration::from_millis(600)), "retries sooner");
             t += Duration::from_millis(600);
@@ -327,7 +328,9 @@ mod tests {
         assert_eq!((c.renew(), c.retry()), (Duration::from_millis(3333), Duration::from_secs(2)));
         assert!(c.validate().is_ok());
         assert!(LeaseConfig { ttl: Duration::from_millis(999) }.validate().is_err());
-        assert!(LeaseConfig { ttl: Duration::from_secs(601) }.validate().unwrap_err().contains("600"));
+        assert!(
+            LeaseConfig { ttl: Duration::from_secs(601) }.validate().unwrap_err().contains("600")
+        );
         assert_eq!(LeaseConfig { ttl: Duration::from_secs(1) }.retry(), Duration::from_millis(200));
     }
 }

@@ -92,8 +92,9 @@ impl Handle {
         self.jobs
             .send(job)
             .map_err(|_| E::from(StoreError::Gone("the store's thread ended".into())))?;
-        rx.recv()
-            .map_err(|_| E::from(StoreError::Gone("the store's thread ended during a call".into())))?
+        rx.recv().map_err(|_| {
+            E::from(StoreError::Gone("the store's thread ended during a call".into()))
+        })?
     }
 
     /// [`Store::acquire_lease`] on the handle's store.
@@ -131,7 +132,10 @@ impl Handle {
     }
 
     /// [`Store::discovery_named`].
-    pub fn discovery_named(&self, name: &str) -> Result<Vec<assim_store::DiscoveryRecord>, StoreError> {
+    pub fn discovery_named(
+        &self,
+        name: &str,
+    ) -> Result<Vec<assim_store::DiscoveryRecord>, StoreError> {
         let name = name.to_owned();
         self.call(move |s| s.discovery_named(&name))
     }
@@ -342,7 +346,11 @@ impl assim_store::EventLog for Handle {
             add_dead_letter(&subscription, event_id, attempts, &error, now)
         )
     }
-    fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLetter>, QueryError> {
+    fn dead_letters(
+        &self,
+        subscription: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, QueryError> {
         let subscription = subscription.to_owned();
         forward!(self, assim_store::EventLog, dead_letters(&subscription, limit))
     }

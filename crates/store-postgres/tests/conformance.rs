@@ -676,8 +676,13 @@ fn a_handle_works_inside_a_tokio_runtime() {
         assert_eq!(state, LeaseState::Mine { term: 1 });
         assert_eq!(h.fence(), Some(1));
         let batch = InboxProgress { position: Some(7), ..InboxProgress::default() };
-        assim_store::EngineStore::apply(&mut h, &[], &[event(1, "host.up", Some(1), &[], "x")], &batch)
-            .unwrap();
+        assim_store::EngineStore::apply(
+            &mut h,
+            &[],
+            &[event(1, "host.up", Some(1), &[], "x")],
+            &batch,
+        )
+        .unwrap();
         let loaded = assim_store::EngineStore::load(&mut h).unwrap();
         assert_eq!(loaded.position, 7);
         let q = assim_store_postgres::query::queries_opener(info.clone())().unwrap();
