@@ -2,12 +2,21 @@
 //! the spool-append → acknowledgement latency, with N senders (default 50) that each keep a
 //! window of unacknowledged reports and spool them in batches, as a busy nanoprobe would.
 //!
+//! Then, in the same run, the same number of publishers push the same number of 250-byte
+//! messages with the same window of unacknowledged ones into a real nats-server JetStream
+//! stream with file storage: once with JetStream's default (a message is acknowledged once
+//! written, fsync'd every 2 minutes) and, on nats-server 2.10 or later, once with
+//! `sync_interval: always` (acknowledged after its fsync, as the CMA does). The server is
+//! `$ASSIM_NATS_SERVER`, else `/opt/assim-nats/bin/nats-server` (the current release that
+//! `scripts/install-deps` installs from PyPI), else `nats-server` on the PATH.
+//!
 //! Run: `cargo bench -p assim --bench ingest` (env: ASSIM_BENCH_SENDERS, ASSIM_BENCH_REPORTS
-//! per sender, ASSIM_BENCH_WINDOW, ASSIM_BENCH_BATCH).
+//! per sender, ASSIM_BENCH_WINDOW, ASSIM_BENCH_BATCH; ASSIM_BENCH_NATS=0 leaves JetStream out).
 
 mod common;
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use assim::cluster::{Cluster, ClusterEnrollment, ClusterSpec};
 use assim::loadgen::{LoadOptions, run};
@@ -67,4 +76,141 @@ fn main() {
         sync_secs * 1000.0 / syncs.max(1.0),
         100.0 * sync_secs / secs
     );
+    drop(c);
+    if env_or("ASSIM_BENCH_NATS", 1) == 0 {
+        return;
+    }
+    let Some(server) = nats_server() else {
+        println!("JetStream: no nats-server found (scripts/install-deps installs one); skipped");
+        return;
+    };
+    let version = std::process::Command::new(&server)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let always = !version.contains("v2.9.") && !version.contains("v2.8.");
+    for sync_always in [false, true] {
+        if sync_always && !always {
+            println!(
+                "JetStream with sync_interval always: needs nats-server 2.10 or later ({version})"
+            );
+            continue;
+        }
+        let (acked, secs) = jetstream(&server, sync_always, senders, reports, window as usize);
+        println!(
+            "JetStream ({version}, file storage, {}): {acked} acknowledged messages in {secs:.2} s = {:.0} messages/s",
+            if sync_always {
+                "sync_interval always: acked after fsync"
+            } else {
+                "default: fsync every 2 min"
+            },
+            acked as f64 / secs
+        );
+    }
+}
+
+/// The nats-server to compare with (see the module doc).
+fn nats_server() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("ASSIM_NATS_SERVER") {
+        return Some(p.into());
+    }
+    let pinned = std::path::Path::new("/opt/assim-nats/bin/nats-server");
+    if pinned.exists() {
+        return Some(pinned.into());
+    }
+    std::process::Command::new("nats-server").arg("--version").output().ok()?;
+    Some("nats-server".into())
+}
+
+/// Publishes `senders` x `reports` 250-byte messages into a file-backed stream, each publisher
+/// keeping up to `window` acknowledgements outstanding; returns (acknowledged, seconds).
+fn jetstream(
+    server: &std::path::Path,
+    sync_always: bool,
+    senders: usize,
+    reports: u64,
+    window: usize,
+) -> (u64, f64) {
+    use async_nats::jetstream::{self, stream};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let conf = dir.path().join("nats.conf");
+    let store = dir.path().join("js");
+    let sync = if sync_always { "\n  sync_interval: always" } else { "" };
+    let text = format!(
+        "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}{sync}\n}}\n",
+        store.display().to_string()
+    );
+    std::fs::write(&conf, text).expect("write nats.conf");
+    /// Stops the server however the run ends.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Server(
+        std::process::Command::new(server)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nats-server"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let client = async_nats::connect(format!("nats://127.0.0.1:{port}")).await.unwrap();
+        let mut js = jetstream::new(client);
+        // Up to senders x window acknowledgements wait on one fsync at a time with `always`.
+        js.set_timeout(Duration::from_secs(120));
+        js.get_or_create_stream(stream::Config {
+            name: "INGEST".into(),
+            subjects: vec!["ingest.>".into()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let started = Instant::now();
+        let mut pubs = Vec::new();
+        for p in 0..senders {
+            let js = js.clone();
+            pubs.push(tokio::spawn(async move {
+                let subject = format!("ingest.n{p}");
+                let mut pending = VecDeque::new();
+                let mut acked = 0u64;
+                for i in 0..reports {
+                    let mut payload = format!("report {p} {i} ").into_bytes();
+                    payload.resize(250, b'x');
+                    pending.push_back(js.publish(subject.clone(), payload.into()).await.unwrap());
+                    if pending.len() >= window {
+                        pending.pop_front().unwrap().await.unwrap();
+                        acked += 1;
+                    }
+                }
+                for a in pending {
+                    a.await.unwrap();
+                    acked += 1;
+                }
+                acked
+            }));
+        }
+        let mut acked = 0;
+        for p in pubs {
+            acked += p.await.unwrap();
+        }
+        (acked, started.elapsed().as_secs_f64())
+    })
 }

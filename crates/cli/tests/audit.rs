@@ -63,6 +63,9 @@ fn sshd_t(root: &Path) -> std::collections::BTreeMap<String, String> {
     let file = root.join("sshd_config.for-sshd");
     std::fs::write(&file, text.replace("/etc/ssh/sshd_config.d", &d.display().to_string()))
         .unwrap();
+    // sshd refuses to start, even for -T, without its privilege separation directory, which
+    // only exists while Debian's ssh service runs (install-deps stops it; /run is a tmpfs).
+    std::fs::create_dir_all("/run/sshd").unwrap();
     let out = Command::new("/usr/sbin/sshd")
         .arg("-T")
         .arg("-f")

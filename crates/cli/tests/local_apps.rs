@@ -1,8 +1,10 @@
 //! Issue 17 item 6 against real processes: a CMA and a nanoprobe on loopback, programs beating
 //! through `assim app heartbeat` and the plain-text socket protocol.
 //!
-//! What it shows: while a program beats, the CMA receives no datagram at all (counted from
-//! its `assim_cma_datagrams_received_total` over the window); a program that stops gives
+//! What it shows: a program's registration reaches the CMA once (the list of names, not the
+//! beats), so `assim export nagios` declares its passive service `app:NAME` before any alarm;
+//! while it beats, the CMA receives no datagram at all (counted from its
+//! `assim_cma_datagrams_received_total` over the window); a program that stops gives
 //! exactly one `service.critical` for `app:NAME` within its TTL plus one beat interval; its
 //! next beat one `service.ok`; `assim app done` ends it without alarm; a registration whose
 //! program died while the nanoprobe was down still alarms after the restart.
@@ -60,8 +62,8 @@ fn app_events(c: &Cluster, app: &str, kind: EventKind) -> Vec<Event> {
 }
 
 /// Waits until the CMA has received no datagram for `quiet` (the node's start-up traffic —
-/// hello, discovery results, acknowledgements — is over).
-fn wait_quiet(c: &Cluster, quiet: Duration) {
+/// hello, discovery results, acknowledgements — is over), calling `tick` every 200 ms.
+fn wait_quiet(c: &Cluster, quiet: Duration, mut tick: impl FnMut()) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = datagrams_received(c);
     let mut since = Instant::now();
@@ -72,6 +74,7 @@ fn wait_quiet(c: &Cluster, quiet: Duration) {
             c.dir().display()
         );
         std::thread::sleep(Duration::from_millis(200));
+        tick();
         let now = datagrams_received(c);
         if now != last {
             last = now;
@@ -122,17 +125,43 @@ fn issue_17_item_6_local_heartbeats_cost_nothing_and_silence_is_one_alarm() {
 
     let ttl = Duration::from_secs(2);
     let interval = Duration::from_millis(500);
-    wait_quiet(&c, Duration::from_secs(3));
 
-    // The registration (the first beat, through the CLI) and 8 s of beats every 0.5 s
-    // (plain-text protocol): the CMA receives nothing.
-    let before = datagrams_received(&c);
-    let metrics_before = c.client.metrics().unwrap();
-    let window = Instant::now();
+    // The registration (the first beat, through the CLI) is news: the CMA hears the program's
+    // name once, and `assim export nagios` declares its service `app:backup` before any alarm.
     let (ok, out, err) =
         assim(&c, &["app", "heartbeat", "backup", "--ttl", "2s", "--data-dir", &dir_s]);
     assert!(ok, "{out} {err}");
+    let registered = Instant::now();
     let mut last_beat = Instant::now();
+    let beat = |last: &mut Instant| {
+        if last.elapsed() >= interval {
+            assert_eq!(plain(&dir, "heartbeat backup 2s"), "ok\n");
+            *last = Instant::now();
+        }
+    };
+    let out_dir = tempfile::tempdir().unwrap();
+    let cfg = out_dir.path().join("assim.cfg");
+    loop {
+        let (ok, _, err) = assim(&c, &["export", "nagios", out_dir.path().to_str().unwrap()]);
+        assert!(ok, "{err}");
+        let text = std::fs::read_to_string(&cfg).unwrap_or_default();
+        if text.contains("service_description     app:backup\n") {
+            break;
+        }
+        assert!(
+            registered.elapsed() < Duration::from_secs(20),
+            "the export never declared app:backup:\n{text}"
+        );
+        beat(&mut last_beat);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The start-up traffic (and the list's delivery) settles while the program beats.
+    wait_quiet(&c, Duration::from_secs(3), || beat(&mut last_beat));
+
+    // 8 s of beats every 0.5 s (plain-text protocol): the CMA receives nothing.
+    let before = datagrams_received(&c);
+    let metrics_before = c.client.metrics().unwrap();
+    let window = Instant::now();
     while window.elapsed() < Duration::from_secs(8) {
         assert_eq!(plain(&dir, "heartbeat backup 2s"), "ok\n");
         last_beat = Instant::now();

@@ -309,3 +309,142 @@ fn issue_17_item_5_statistics_reach_a_real_carbon_and_prometheus_through_outages
     assert_eq!(log.matches("carbon is reachable again").count(), 1, "{log}");
     assert!(metric(&c, "assim_cma_statistics_graphite_sent_total") >= 1);
 }
+
+/// The entries of a whisper directory (`assim/HOST/check`), or none if it does not exist.
+fn entries(carbon: &Carbon, path: &str) -> Vec<String> {
+    let dir = carbon.dir.join("storage/whisper").join(path.replace('.', "/"));
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The last value of `path` once carbon has it.
+fn last(carbon: &Carbon, path: &str, from: u64) -> f64 {
+    carbon.wait(path, from, path).last().unwrap().1
+}
+
+#[test]
+fn issue_17_item_5_check_perfdata_and_host_figures_reach_carbon_only_when_configured() {
+    for cmd in ["carbon-cache", "whisper-fetch"] {
+        if !have(cmd) {
+            assim_util::testing::skip(format!(
+                "{cmd} is not installed (scripts/install-deps installs graphite-carbon and \
+                 python3-whisper)"
+            ));
+            return;
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut carbon = Carbon::new(&tmp.path().join("carbon"));
+    carbon.start();
+    // One host check on every host, a plugin that prints perfdata: three numbers (one with a
+    // quoted label), an undetermined value and an item that does not parse. The shipped host
+    // checks are off, so these are the only check series.
+    let plugin = tmp.path().join("check_perf");
+    std::fs::write(
+        &plugin,
+        "#!/bin/sh\necho \"OK - fine | time=0.25s;1;2;0 'used space'=42%;80;90 load1=0.5 gone=U junk\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let rules = tmp.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("perf.toml"),
+        format!(
+            "[[host_check]]\nname = \"load\"\ndisabled = true\n\
+             [[host_check]]\nname = \"disk:/\"\ndisabled = true\n\
+             [[host_check]]\nname = \"perf:web\"\nkind = \"nagios\"\nargv = [\"{}\"]\n\
+             interval = \"1s\"\n",
+            plugin.display()
+        ),
+    )
+    .unwrap();
+    let mut spec = ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), 2);
+    spec.name_prefix = "perf".into();
+    spec.cma_args = vec![
+        "--graphite".into(),
+        format!("127.0.0.1:{}", carbon.port),
+        "--check-rules".into(),
+        rules.display().to_string(),
+    ];
+    spec.nanoprobe.prefix.extend(["--statistics", "--statistics-interval", "1s"].map(String::from));
+    let mut c = Cluster::new(spec, false).unwrap();
+    // perf2: statistics on, the two sources off; perf1: both on.
+    c.start_node(1).unwrap();
+    c.spec
+        .nanoprobe
+        .prefix
+        .extend(["--statistics-perfdata", "--statistics-host"].map(String::from));
+    c.start_node(0).unwrap();
+    c.wait_ring(Duration::from_secs(30)).unwrap();
+    let (on, off) = (c.nodes[0].name.clone(), c.nodes[1].name.clone());
+    let t0 = unix_now().saturating_sub(5);
+
+    // The check's perfdata, one gauge per item, named check.<check>.<label>, unit as a tag.
+    let check = format!("assim.{on}.check.perf_web");
+    assert_eq!(last(&carbon, &format!("{check}.time.unit.s"), t0), 0.25);
+    assert_eq!(last(&carbon, &format!("{check}.used_space.unit.percent"), t0), 42.0);
+    assert_eq!(last(&carbon, &format!("{check}.load1"), t0), 0.5);
+    // `gone=U` and `junk` are left out, and counted.
+    assert_eq!(entries(&carbon, &check), ["load1.wsp", "time", "used_space"]);
+    let metrics_file = c.nodes[0].data_dir.join("nanoprobe.prom");
+    wait_until("the dropped items in the nanoprobe's metrics", || {
+        let m = std::fs::read_to_string(&metrics_file).unwrap_or_default();
+        let count = |reason: &str| {
+            m.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!(
+                        "assim_nanoprobe_statistics_dropped_total{{reason=\"{reason}\"}} "
+                    ))
+                })
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        count("undetermined") >= 1 && count("malformed") >= 1
+    });
+
+    // The host figures: the memory total and the root filesystem's size are this machine's.
+    let host = format!("assim.{on}.host");
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kb: f64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert_eq!(last(&carbon, &format!("{host}.memory.total_bytes"), t0), total_kb * 1024.0);
+    let available = last(&carbon, &format!("{host}.memory.available_bytes"), t0);
+    assert!(available > 0.0 && available <= total_kb * 1024.0, "{available}");
+    let fs = nix::sys::statvfs::statvfs("/").unwrap();
+    let size = fs.blocks() as f64 * fs.fragment_size() as f64;
+    assert_eq!(last(&carbon, &format!("{host}.fs.root.size_bytes"), t0), size);
+    let free = last(&carbon, &format!("{host}.fs.root.free_bytes"), t0);
+    let avail = last(&carbon, &format!("{host}.fs.root.available_bytes"), t0);
+    assert!(avail <= free && free <= size, "{avail} {free} {size}");
+    for l in ["1", "5", "15"] {
+        assert!(last(&carbon, &format!("{host}.load.{l}"), t0) >= 0.0);
+    }
+    assert_eq!(entries(&carbon, &format!("{host}.load")), ["1.wsp", "15.wsp", "5.wsp"]);
+
+    // The other nanoprobe ran the same check (the CMA has its result) and sends statistics
+    // (its own value arrives), but no check or host series.
+    wait_until("perf2's check result at the CMA", || {
+        let s: Vec<assim_api::ServiceView> = c
+            .client
+            .get_json(&format!("/api/v1/services?host={off}"), "services")
+            .unwrap_or_default();
+        s.iter().any(|s| s.check == "perf:web" && s.state == "ok")
+    });
+    let dir = c.nodes[1].data_dir.display().to_string();
+    let (ok, out, err) = c.run_cli(
+        env!("CARGO_BIN_EXE_assim"),
+        &["stat", "put", "off.alive", "1", "--data-dir", &dir],
+    );
+    assert!(ok, "{out}{err}");
+    assert_eq!(last(&carbon, &format!("assim.{off}.off.alive"), t0), 1.0);
+    // Two more intervals for anything that could still come.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(entries(&carbon, &format!("assim.{off}")), ["off"]);
+}

@@ -138,6 +138,23 @@ impl SwitchLab {
             }
             sws.push(Switch { name: format!("lab-sw{s}"), ns, mgmt, hosts: hs });
         }
+        // ARP at the lab's time scale: the kernel re-asks an unanswered neighbour after 1 s,
+        // longer than the lab's window for a returning switch's hosts (750 ms). After a cut,
+        // a host whose first ARP request went out before its peer's port was up again would
+        // stay silent for that second and be judged apart from its switch.
+        for ns in std::iter::once(&core)
+            .chain(sws.iter().map(|s| &s.ns))
+            .chain(sws.iter().flat_map(|s| s.hosts.iter().map(|h| &h.ns)))
+        {
+            ip(&[
+                "netns",
+                "exec",
+                ns,
+                "sh",
+                "-c",
+                "for f in /proc/sys/net/ipv4/neigh/*/retrans_time_ms; do echo 100 > $f; done",
+            ]);
+        }
         // Counters on the uplink bridge: heartbeats that cross switches, packets to the CMA.
         nft_load(
             &core,

@@ -80,6 +80,10 @@ pub struct ApiState {
     /// The engine's store and role, shown by `/api/v1/status` (issue 14); `None` outside a
     /// running CMA.
     pub(crate) engine_view: Option<SharedEngineView>,
+    /// Live delivery of stored events to event streams: the CMA task publishes each stored
+    /// batch into it. `None` (an API without a CMA task in its process, or one that may stand
+    /// by while another process's engine writes): streams follow the log alone.
+    pub(crate) fanout: Option<assim_bus::Fanout>,
 }
 
 /// The engine's store and role (active or standby), written by the CMA task.
@@ -132,6 +136,7 @@ impl ApiState {
             exporter_rules: Arc::new(assim_export::prometheus::default_rules()),
             statistics: Default::default(),
             engine_view: None,
+            fanout: None,
         })
     }
 

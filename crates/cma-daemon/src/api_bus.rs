@@ -5,7 +5,8 @@
 //!   matching events; the header `X-Assim-Cursor` is the id of the last event *examined*, the
 //!   `since` to use next (it moves past non-matching events, so a follower never re-scans them).
 //! - `GET /api/v1/events/stream?filter=EXPR&since=ID`: Server-Sent Events, one `event: TYPE`,
-//!   `id: ID`, `data: JSON` per matching event; reconnecting with `Last-Event-ID` resumes.
+//!   `id: ID`, `data: JSON` per matching event; reconnecting with `Last-Event-ID` resumes. It
+//!   catches up from the log, then follows the CMA's live fan-out (`assim_bus::Fanout`).
 //! - `PUT /api/v1/subscriptions/NAME` `{"filter": EXPR, "sink": {...}?, "start": "now" |
 //!   "beginning" | ID}`: creates a durable subscription (its cursor at `start`, default "now")
 //!   or changes its filter and sink (keeping the cursor). `exec` and `nagios` sinks act on the CMA
@@ -198,6 +199,35 @@ pub struct StreamQuery {
     pub since: Option<u64>,
 }
 
+impl ApiState {
+    /// Connects the event streams to the CMA task's live fan-out (see [`stream`]).
+    pub fn with_fanout(mut self, fanout: assim_bus::Fanout) -> ApiState {
+        self.fanout = Some(fanout);
+        self
+    }
+}
+
+/// One SSE event from an event's shared JSON.
+fn sse_event(id: u64, kind: &str, json: &[u8]) -> sse::Event {
+    let data = std::str::from_utf8(json).expect("serde_json writes UTF-8");
+    sse::Event::default().id(id.to_string()).event(kind).data(data)
+}
+
+/// One SSE event from an event read from the log, encoded as the fan-out encodes it.
+fn logged_event(e: Event) -> sse::Event {
+    let p = assim_bus::fanout::Prepared::new(e);
+    sse_event(p.event().id, p.event().kind.name(), p.json())
+}
+
+/// `GET /api/v1/events/stream`.
+///
+/// With the CMA task's fan-out ([`ApiState::with_fanout`]) the stream first subscribes, then
+/// catches up from the log from its position to the end, then takes the live deliveries,
+/// skipping what the catch-up already sent (ids at or below its cursor). The CMA publishes a
+/// batch only after storing it, so a batch is either in the log when the catch-up reads it or
+/// published after the subscription: none is missed. A subscriber that falls more than the
+/// fan-out's queue behind is told so and reads the gap from the log. Each event's JSON is made
+/// once for all streams. Without the fan-out the stream polls the log after each stored batch.
 async fn stream(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -221,32 +251,105 @@ async fn stream(
         Ok(p) => p,
         Err(busy) => return busy.into_response(),
     };
-    let init = (state, filter, since, std::collections::VecDeque::<Event>::new(), held);
-    let s = futures_util::stream::unfold(
-        init,
-        |(state, filter, mut cursor, mut queue, held)| async move {
-            loop {
-                if let Some(e) = queue.pop_front() {
-                    let ev = sse::Event::default().id(e.id.to_string()).event(e.kind.name()).data(
-                        serde_json::to_string(&assim_api::Event::from(e))
-                            .expect("events serialize"),
-                    );
-                    return Some((Ok::<_, Infallible>(ev), (state, filter, cursor, queue, held)));
-                }
-                let wait = Duration::from_secs(30);
-                match scan_wait(&state, cursor, 500, &filter, wait, true).await {
-                    Ok((events, through)) => {
-                        cursor = through;
-                        queue.extend(events);
-                    }
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
+    let live = state.fanout.as_ref().map(|f| f.subscribe(&filter));
+    let init = StreamState {
+        state,
+        filter,
+        cursor: since,
+        queue: std::collections::VecDeque::new(),
+        live,
+        caught_up: false,
+        lagged_to: None,
+        _held: held,
+    };
+    let s = futures_util::stream::unfold(init, |mut st| async move {
+        loop {
+            if let Some(ev) = st.queue.pop_front() {
+                return Some((Ok::<_, Infallible>(ev), st));
             }
-        },
-    );
+            st.refill().await;
+        }
+    });
     Sse::new(s).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// An open event stream: its position, the SSE events ready to send, its live subscription.
+struct StreamState {
+    state: ApiState,
+    filter: Filter,
+    /// The id of the last event examined (sent or filtered out).
+    cursor: u64,
+    queue: std::collections::VecDeque<sse::Event>,
+    live: Option<assim_bus::fanout::Subscriber>,
+    /// The catch-up from the log reached its end once (live deliveries are used from then on).
+    caught_up: bool,
+    /// The live subscription lagged: the events up to this id are read from the log first.
+    lagged_to: Option<u64>,
+    _held: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl StreamState {
+    /// Queues the next events, waiting for some: from the log until caught up or while a lag
+    /// is being read, then from the live subscription.
+    async fn refill(&mut self) {
+        if self.live.is_none() {
+            // No fan-out: wait on the log for the next matching events.
+            let wait = Duration::from_secs(30);
+            match scan_wait(&self.state, self.cursor, 500, &self.filter, wait, true).await {
+                Ok((events, through)) => {
+                    self.cursor = through;
+                    self.queue.extend(events.into_iter().map(logged_event));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+            return;
+        }
+        if !self.caught_up {
+            self.caught_up = self.read_log(None).await;
+            return;
+        }
+        if let Some(upto) = self.lagged_to {
+            let at_end = self.read_log(Some(upto)).await;
+            if at_end || self.cursor >= upto {
+                self.lagged_to = None;
+            }
+            return;
+        }
+        let next = self.live.as_ref().expect("checked").next().await;
+        match next {
+            assim_bus::fanout::Next::Events(d) => {
+                for p in d.events() {
+                    let e = p.event();
+                    if e.id > self.cursor {
+                        self.queue.push_back(sse_event(e.id, e.kind.name(), p.json()));
+                    }
+                }
+                self.cursor = self.cursor.max(d.through);
+            }
+            assim_bus::fanout::Next::Lagged { through } => self.lagged_to = Some(through),
+            // The CMA task ended: follow the log.
+            assim_bus::fanout::Next::Closed => self.live = None,
+        }
+    }
+
+    /// Reads one store call's worth of matching events after the cursor from the log (none
+    /// after `upto`) without waiting; true when it reached the log's end.
+    async fn read_log(&mut self, upto: Option<u64>) -> bool {
+        let (f, cursor) = (self.filter.clone(), self.cursor);
+        let found = self.state.with_events(move |s| scan(s, cursor, 500, &f, SCAN_PER_CALL)).await;
+        let found = match found {
+            Ok(found) => found,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return false;
+            }
+        };
+        let limit = upto.unwrap_or(u64::MAX);
+        let events = found.events.into_iter().take_while(|e| e.id <= limit);
+        self.queue.extend(events.map(logged_event));
+        self.cursor = self.cursor.max(found.through.min(limit));
+        found.at_end
+    }
 }
 
 /// Where a new subscription starts.

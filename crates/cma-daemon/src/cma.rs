@@ -151,6 +151,7 @@ pub async fn run(
     let (run_tx, mut run_rx) = tokio::sync::mpsc::channel::<checks_cma::ChecksRequest>(64);
     let shared = Arc::new(SharedMetrics::default());
     let latest = crate::api_statistics::SharedLatest::default();
+    let fanout = assim_bus::Fanout::default();
     let engine_view: crate::api::SharedEngineView = Arc::new(std::sync::Mutex::new(EngineView {
         store: opts.store.kind().into(),
         role: "active".into(),
@@ -183,6 +184,9 @@ pub async fn run(
                 &audit,
                 latest.clone(),
                 engine_view.clone(),
+                // Standing by, the events come from another process's engine: the API's
+                // streams follow the log.
+                None,
             )
             .await?;
             api_task = Some(api);
@@ -325,6 +329,7 @@ pub async fn run(
                 &audit,
                 latest.clone(),
                 engine_view.clone(),
+                Some(fanout.clone()),
             )
             .await?
         }
@@ -370,6 +375,7 @@ pub async fn run(
         socket: Arc::new(socket),
         shared,
         last_event,
+        fanout,
         last_publish: Instant::now() - Duration::from_secs(10),
         store_errors_seen: 0,
         replies: checks_cma::Replies::default(),
@@ -524,6 +530,7 @@ async fn start_api(
     audit: &assim_audit::RuleSet,
     latest: crate::api_statistics::SharedLatest,
     engine_view: crate::api::SharedEngineView,
+    fanout: Option<assim_bus::Fanout>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let api_listener = tokio::net::TcpListener::bind(opts.api)
         .await
@@ -551,6 +558,10 @@ async fn start_api(
         .with_exporter_rules(opts.exporter_rules.clone())
         .with_statistics(latest)
         .with_engine_view(engine_view);
+    let api_state = match fanout {
+        Some(f) => api_state.with_fanout(f),
+        None => api_state,
+    };
     Ok(tokio::spawn(crate::api::serve(api_listener, api_state)))
 }
 
@@ -722,6 +733,8 @@ struct Driver {
     socket: Arc<UdpSocket>,
     shared: Arc<SharedMetrics>,
     last_event: watch::Sender<u64>,
+    /// Live delivery of stored events to the API's event streams.
+    fanout: assim_bus::Fanout,
     last_publish: Instant,
     store_errors_seen: u64,
     /// The API's requests waiting for an answer.
@@ -746,7 +759,10 @@ impl Driver {
         }
         while let Some(n) = self.shell.poll_note() {
             match n {
-                Note::Stored { last_event: Some(id) } => {
+                Note::Stored { last_event: Some(id), events } => {
+                    // Live subscribers first, then the id: a stream that catches up from the
+                    // log to this id and then listens misses nothing (see `api_bus::stream`).
+                    self.fanout.publish(events);
                     let _ = self.last_event.send(id);
                 }
                 Note::CommandAnswer(a) => self.replies.answer(a),

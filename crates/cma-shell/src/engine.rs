@@ -423,11 +423,8 @@ impl<S: EngineStore> Engine<S> {
                     );
                 }
                 let b = std::mem::take(&mut self.batch);
-                if let Some(last) = b.events.last() {
-                    effects.notes.push(Note::Stored { last_event: Some(last.id) });
-                } else {
-                    effects.notes.push(Note::Stored { last_event: None });
-                }
+                let last_event = b.events.last().map(|e| e.id);
+                effects.notes.push(Note::Stored { last_event, events: b.events });
                 b.progress.position
             }
             Err(e) => {

@@ -153,8 +153,10 @@ pub struct Transmit {
 pub enum Note {
     /// The core emitted an event (it is stored with the batch).
     Event(Event),
-    /// A batch was stored; `last_event`: the id of its last event.
-    Stored { last_event: Option<u64> },
+    /// A batch was stored; `last_event`: the id of its last event; `events`: the batch's
+    /// events as stored (tagged, ids assigned, oldest first), for live delivery (the API's
+    /// event fan-out). Moved out of the batch, not copied.
+    Stored { last_event: Option<u64>, events: Vec<Event> },
     /// An inbox record reached the engine.
     Applied { node: NodeId, record: u64, kind: &'static str },
     /// A message was not taken into the inbox: `duplicate_record`, `record_gap`, `inbox_full`,

@@ -1,7 +1,8 @@
 //! [`inventory`]: the rows every export is made from ([`InventoryHost`]), built from the answer
 //! types the CMA's read side gives — the nodes, the latest `ssh_host_keys`, `os` and `sockets`
-//! discovery documents, the switch ports, the configured checks and the checks local programs
-//! declared (`local_checks`).
+//! discovery documents, the switch ports, the configured checks, the checks local programs
+//! declared (`local_checks`) and the programs registered for heartbeats (`local_apps`, as the
+//! services `app:NAME`).
 //!
 //! Rules:
 //! - One row per host name: of several nodes with one name (a re-installed host has a new node
@@ -24,8 +25,31 @@ use base64::Engine as _;
 use crate::names::{subnet_of, usable_address, valid_host_name};
 
 /// The discovery collectors the inventory reads (`local_checks`: the checks local programs
-/// declared on the host, `assim app check`).
-pub const COLLECTORS: [&str; 4] = ["ssh_host_keys", "os", "sockets", "local_checks"];
+/// declared on the host, `assim app check`; `local_apps`: the programs registered for
+/// heartbeats, `assim app heartbeat`).
+pub const COLLECTORS: [&str; 5] = ["ssh_host_keys", "os", "sockets", "local_checks", "local_apps"];
+
+/// The services of the programs in a `local_apps` document (`{"apps": [{"name": …}, …]}`, as
+/// the nanoprobe reports them): `app:NAME`, the check name their missed beats are reported
+/// under. Names that are not application names (`[A-Za-z0-9._-]{1,64}`, starting with a
+/// letter or digit) are skipped; at most 256.
+pub fn local_app_services(doc: &serde_json::Value) -> Vec<String> {
+    let valid = |n: &str| {
+        (1..=64).contains(&n.len())
+            && n.as_bytes()[0].is_ascii_alphanumeric()
+            && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    doc.get("apps")
+        .and_then(serde_json::Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.get("name")?.as_str().filter(|n| valid(n)))
+                .take(256)
+                .map(|n| format!("app:{n}"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// The names of the checks in a `local_checks` document (`{"checks": [{"name": …}, …]}`, as
 /// the nanoprobe reports them: `local:NAME`); anything else in it is ignored.
@@ -139,6 +163,7 @@ pub fn inventory(src: Sources) -> Inventory {
             checks: {
                 let mut c = checks.remove(&node).unwrap_or_default();
                 c.extend(doc("local_checks").map(local_check_names).unwrap_or_default());
+                c.extend(doc("local_apps").map(local_app_services).unwrap_or_default());
                 c.into_iter().collect()
             },
             listeners: doc("sockets").map(listeners).unwrap_or_default(),
@@ -217,6 +242,35 @@ mod tests {
             neighbours: vec![],
             peer_epoch: 0,
         };
+        let named = |name: &str, payload: serde_json::Value| {
+            (
+                id.to_string(),
+                DiscoveryView {
+                    name: name.into(),
+                    hash: String::new(),
+                    collected_at: 0,
+                    updated_at: 0,
+                    payload,
+                },
+            )
+        };
+        // Programs registered for heartbeats are the services `app:NAME`; hostile names are
+        // skipped.
+        let inv = inventory(Sources {
+            nodes: vec![node.clone()],
+            discovery: vec![
+                named(
+                    "local_apps",
+                    serde_json::json!({"apps": [
+                        {"name": "backup", "ttl_s": 30.0}, {"name": "bad;name"}, {"name": ""},
+                        {"name": "-x"}, {"ttl_s": 1}, {"name": 5}
+                    ]}),
+                ),
+                named("local_checks", serde_json::json!({"checks": [{"name": "local:queue"}]})),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(inv.hosts[0].checks, ["app:backup", "local:queue"]);
         let doc = |payload: serde_json::Value| {
             (
                 id.to_string(),

@@ -27,7 +27,7 @@ fn inventory() -> Vec<InventoryHost> {
         os: Some("debian".into()),
         os_name: Some("Debian GNU/Linux 12 (bookworm) \"quoted\"; $MACRO$ {brace}".into()),
         switches: vec![sw],
-        checks: vec!["http:80".into(), "ssh:22".into(), "evil;name".into()],
+        checks: vec!["app:backup".into(), "http:80".into(), "ssh:22".into(), "evil;name".into()],
         ..Default::default()
     };
     let mut hosts: Vec<InventoryHost> =
@@ -56,7 +56,9 @@ fn nagios4_verifies_the_export() {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let (user, group) = (id("-un"), id("-gn"));
-    std::fs::write(dir.path().join("assim.cfg"), nagios(&inventory(), &opts())).unwrap();
+    let cfg = nagios(&inventory(), &opts());
+    assert!(cfg.contains("service_description     app:backup\n"), "{cfg}");
+    std::fs::write(dir.path().join("assim.cfg"), cfg).unwrap();
     // The operator's side: a contact group the export names.
     std::fs::write(
         dir.path().join("contacts.cfg"),
@@ -85,9 +87,10 @@ fn nagios4_verifies_the_export() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "nagios4 -v failed:\n{text}");
     assert!(text.contains("Total Errors:   0"), "{text}");
-    // 5 hosts + 2 switches; 4 hosts × 2 services (evil;name left out); a parent per host.
+    // 5 hosts + 2 switches; 4 hosts × 3 services (a heartbeating program's `app:backup`
+    // among them; evil;name left out); a parent per host.
     assert!(text.contains("Checked 7 hosts."), "{text}");
-    assert!(text.contains("Checked 8 services."), "{text}");
+    assert!(text.contains("Checked 12 services."), "{text}");
     assert!(text.contains("Checked 5 host groups."), "{text}");
     assert!(!text.contains("pwned"), "{text}");
 }
@@ -100,6 +103,7 @@ fn icinga2_validates_the_export() {
     }
     let dir = tempfile::tempdir().unwrap();
     let conf = icinga2(&inventory(), &opts());
+    assert!(conf.contains("object Service \"app:backup\" {"), "{conf}");
     std::fs::write(dir.path().join("assim.conf"), &conf).unwrap();
     std::fs::write(dir.path().join("icinga2.conf"), "include \"assim.conf\"\n").unwrap();
     let out = Command::new("/usr/sbin/icinga2")
@@ -115,7 +119,7 @@ fn icinga2_validates_the_export() {
     );
     for line in [
         "Instantiated 7 Hosts.",
-        "Instantiated 8 Services.",
+        "Instantiated 12 Services.",
         "Instantiated 4 Dependencies.",
         "Instantiated 5 HostGroups.",
     ] {

@@ -17,11 +17,14 @@
 //! - [`local_state`]: `local.json`, the local programs' registrations across restarts.
 //! - [`discovery`]: runs collectors and agents, the LLDP/CDP listener, lists the agents.
 //! - [`checks_probe`]: runs service checks.
+//! - [`host_figures`]: reads the host figures sent as statistics (load, memory, root
+//!   filesystem).
 //! - [`settings`]: flags/env/file resolution, `--print-config`; `src/main.rs` is the binary.
 //! - [`memory`]: the allocator settings that keep the idle agent small (glibc `mallopt`).
 
 pub mod checks_probe;
 pub mod discovery;
+pub mod host_figures;
 pub mod local_checks;
 pub mod local_socket;
 pub mod local_state;

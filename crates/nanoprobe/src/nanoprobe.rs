@@ -65,6 +65,11 @@ pub struct NanoprobeOptions {
     pub statistics: bool,
     /// How often the statistics batch is sent.
     pub statistics_interval: Duration,
+    /// Whether check perfdata is sent as statistics (needs `statistics`).
+    pub statistics_perfdata: bool,
+    /// Whether host figures (load, memory, root filesystem) are sent as statistics (needs
+    /// `statistics`).
+    pub statistics_host: bool,
 }
 
 /// The default spool limit: 64 MiB.
@@ -280,6 +285,7 @@ pub async fn run(
     }
     shell.restore_local_checks(restored, started);
     shell.set_statistics(opts.statistics, opts.statistics_interval, started);
+    shell.set_statistics_sources(opts.statistics_perfdata, opts.statistics_host);
     let (_local_events, mut local_rx) = crate::local_socket::start(&opts.data_dir)?;
     let mut p = Probe {
         shell,
@@ -291,6 +297,7 @@ pub async fn run(
         collectors,
         confirmations: Default::default(),
         checks: CheckRunner::new(Default::default()),
+        host_figures: crate::host_figures::Reader::default(),
         stop: false,
     };
     // The agents directory is listed before the schedule first runs.
@@ -345,6 +352,11 @@ pub async fn run(
         p.shell.set_wall_clock(now, Timestamp::now().micros());
         if !p.shell.is_leaving() {
             p.collectors.handle_timeout(&mut p.shell, now);
+        }
+        // The host figures go into the batch the shell makes in this turn.
+        if p.shell.host_figures_due(now) {
+            let figures = p.host_figures.read();
+            p.shell.put_host_figures(&figures);
         }
         p.shell.handle_timeout(now);
         if now >= p.next_metrics {
@@ -464,6 +476,8 @@ struct Probe {
     confirmations: crate::local_socket::Confirmations,
     /// Runs the checks the shell asks for ([`crate::checks_probe`]).
     checks: CheckRunner,
+    /// Reads the host figures for statistics ([`crate::host_figures`]).
+    host_figures: crate::host_figures::Reader,
     /// The shell said stop (the CMA's shutdown, or the goodbye is done).
     stop: bool,
 }
@@ -639,6 +653,21 @@ impl Probe {
         for (name, kind, help, value) in metrics {
             text.push_str(&format!(
                 "# HELP assim_nanoprobe_{name} {help}\n# TYPE assim_nanoprobe_{name} {kind}\nassim_nanoprobe_{name} {value}\n"
+            ));
+        }
+        text.push_str(
+            "# HELP assim_nanoprobe_statistics_dropped_total Check perfdata items and host \
+             figures not sent as statistics, by reason.\n\
+             # TYPE assim_nanoprobe_statistics_dropped_total counter\n",
+        );
+        for (reason, n) in self.shell.statistics_dropped().by_reason() {
+            text.push_str(&format!(
+                "assim_nanoprobe_statistics_dropped_total{{reason=\"{reason}\"}} {n}\n"
+            ));
+        }
+        for (figure, n) in self.host_figures.failures() {
+            text.push_str(&format!(
+                "assim_nanoprobe_statistics_dropped_total{{reason=\"unreadable_{figure}\"}} {n}\n"
             ));
         }
         let tmp = self.metrics_path.with_extension("prom.tmp");

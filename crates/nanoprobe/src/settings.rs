@@ -82,6 +82,18 @@ pub struct NanoprobeFlags {
     /// The statistics batch interval [default: 60s].
     #[arg(long, env = "ASSIM_STATISTICS_INTERVAL", value_parser = parse_duration)]
     pub statistics_interval: Option<Duration>,
+    /// Also send each check's performance data as gauges, named `check.<check>.<label>` with
+    /// the tag `unit=<unit>` (`time=0.25s` of check `http:80` → `check.http_80.time`,
+    /// unit=s); `U` values and items that do not parse are left out, at most 32 items per
+    /// result. Needs --statistics [default: off].
+    #[arg(long, env = "ASSIM_STATISTICS_PERFDATA")]
+    pub statistics_perfdata: bool,
+    /// Also send host figures once per interval: `host.load.{1,5,15}`,
+    /// `host.memory.{total,available}_bytes` (/proc/meminfo) and
+    /// `host.fs.root.{size,free,available}_bytes` (the root filesystem). Needs --statistics
+    /// [default: off].
+    #[arg(long, env = "ASSIM_STATISTICS_HOST")]
+    pub statistics_host: bool,
     /// Print the resolved configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -106,6 +118,8 @@ pub struct NanoprobeFile {
     pub check_plugin_dirs: Option<Vec<PathBuf>>,
     pub statistics: Option<bool>,
     pub statistics_interval: Option<String>,
+    pub statistics_perfdata: Option<bool>,
+    pub statistics_host: Option<bool>,
 }
 
 impl NanoprobeFlags {
@@ -155,6 +169,20 @@ impl NanoprobeFlags {
             Some(kb) => discovery.agent_limits.max_output = (kb as usize).saturating_mul(1024),
             None => {}
         }
+        let statistics = self.statistics || file.statistics.unwrap_or(false);
+        let statistics_perfdata =
+            self.statistics_perfdata || file.statistics_perfdata.unwrap_or(false);
+        let statistics_host = self.statistics_host || file.statistics_host.unwrap_or(false);
+        for (on, key) in
+            [(statistics_perfdata, "statistics_perfdata"), (statistics_host, "statistics_host")]
+        {
+            if on && !statistics {
+                bail!(
+                    "{key} is on but statistics are off: turn statistics on too \
+                     (statistics = true, or --statistics), or turn {key} off"
+                );
+            }
+        }
         Ok(crate::nanoprobe::NanoprobeOptions {
             cma: self.cma.or(file.cma),
             listen: self
@@ -166,7 +194,9 @@ impl NanoprobeFlags {
             discovery,
             enrollment,
             hostname: self.hostname.clone().or(file.hostname),
-            statistics: self.statistics || file.statistics.unwrap_or(false),
+            statistics,
+            statistics_perfdata,
+            statistics_host,
             statistics_interval: match (self.statistics_interval, &file.statistics_interval) {
                 (Some(d), _) => d,
                 (None, Some(s)) => parse_duration(s)
@@ -206,6 +236,8 @@ pub fn nanoprobe_config_toml(o: &crate::nanoprobe::NanoprobeOptions) -> String {
         check_plugin_dirs: Some(crate::local_checks::plugin_dirs(&o.check_plugin_dirs)),
         statistics: Some(o.statistics),
         statistics_interval: Some(format_duration(o.statistics_interval)),
+        statistics_perfdata: Some(o.statistics_perfdata),
+        statistics_host: Some(o.statistics_host),
     };
     toml::to_string(&f).expect("config serializes")
 }
@@ -265,5 +297,37 @@ mod token_file_tests {
         assert!(read_token_file(&path).unwrap_err().to_string().contains("empty"));
         assert!(read_token_file(&dir.join("none")).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod statistics_tests {
+    use super::NanoprobeFlags;
+
+    #[test]
+    fn perfdata_and_host_figures_need_statistics_on() {
+        for flags in [
+            NanoprobeFlags { statistics_perfdata: true, ..Default::default() },
+            NanoprobeFlags { statistics_host: true, ..Default::default() },
+        ] {
+            let e = flags.resolve().unwrap_err().to_string();
+            assert!(e.contains("statistics are off") && e.contains("--statistics"), "{e}");
+        }
+        let o = NanoprobeFlags {
+            statistics: true,
+            statistics_perfdata: true,
+            statistics_host: true,
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert!(o.statistics && o.statistics_perfdata && o.statistics_host);
+        let text = super::nanoprobe_config_toml(&o);
+        assert!(
+            text.contains("statistics_perfdata = true") && text.contains("statistics_host = true"),
+            "{text}"
+        );
+        let off = NanoprobeFlags::default().resolve().unwrap();
+        assert!(!off.statistics_perfdata && !off.statistics_host);
     }
 }

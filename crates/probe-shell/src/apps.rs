@@ -12,6 +12,10 @@
 //! `[A-Za-z0-9._-]` that start with a letter or digit, TTLs from [`MIN_TTL`] to [`MAX_TTL`]. A
 //! beat over the limit, with a bad name or a bad TTL is refused and changes nothing.
 //!
+//! The CMA hears the registered names and TTLs (the discovery result [`APPS_RESULT`]) when
+//! they change — a new registration, another TTL, `done` — never on a beat, so the Nagios and
+//! Icinga exports can declare the service before its first alarm.
+//!
 //! Restarts: the registrations (name, TTL, whether missed) are kept by the driver in the data
 //! directory ([`Apps::registrations`], [`Apps::restore`]); beat times are not (a beat writes
 //! nothing to disk). A restored registration's deadline is the restart plus its TTL, so a
@@ -31,6 +35,10 @@ pub const MIN_TTL: Duration = Duration::from_secs(1);
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The check name an application's state is reported under: `app:NAME`.
 pub const CHECK_PREFIX: &str = "app:";
+/// The discovery result the registered names go to the CMA as, when they change:
+/// `{"apps": [{"name": "backup", "ttl_s": 30}, …]}` (`assim export nagios|icinga2` declares a
+/// passive service `app:NAME` for each, so the first missed beat has a service to land on).
+pub const APPS_RESULT: &str = "local_apps";
 
 /// Why a request was refused. The registrations are unchanged in every case.
 #[derive(Clone, Debug, PartialEq, Eq)]

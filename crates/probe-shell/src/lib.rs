@@ -37,8 +37,13 @@
 //!   ([`spool`], issue 16 item 8).
 //! - **Local programs** ([`apps`]): a registered program that misses its TTL is reported once
 //!   as the check `app:NAME` CRITICAL, its next beat as OK; beats themselves cost no traffic.
+//!   The registered names go to the CMA as the discovery result `local_apps` when they change
+//!   (registered, another TTL, done), so the Nagios/Icinga exports declare their services.
 //! - **Local checks**: checks declared by local programs (`local:NAME`) run beside the CMA's
 //!   set; their list goes to the CMA as the discovery result `local_checks` when it changes.
+//! - **Statistics** (opt-in, [`stats`], [`stat_sources`]): samples from local programs, each
+//!   scheduled check's perfdata and the host figures the driver reads when
+//!   [`Shell::host_figures_due`] say so are aggregated per interval and spooled as one batch.
 //! - **Goodbye** ([`Shell::leave`]): checks and discovery stop; [`Event::Left`] once the CMA
 //!   acknowledged it, [`Event::LeaveTimedOut`] after [`LEAVE_WAIT`].
 //! - **Commands**: peer sets go to the heartbeat core (and their keys to the sealer), check sets
@@ -67,7 +72,9 @@
 //! - `limits`: [`limits::MAX_MESSAGE`] and the error forms of oversized messages.
 //! - `backlog`: what a full spool could not take, coalesced per subject and bounded.
 //! - [`stats`]: statistics from local programs: the line protocol's parser and the
-//!   per-interval aggregator (issue 17 item 5; not wired into the shell yet).
+//!   per-interval aggregator (issue 17 item 5).
+//! - [`stat_sources`]: statistics the nanoprobe makes itself, by config: check perfdata and
+//!   host figures (load, memory, root filesystem) as gauges.
 //! - [`apps`]: heartbeats from local programs: registrations with a TTL, missed deadlines
 //!   reported as the check `app:NAME` (issue 17 item 6).
 
@@ -78,6 +85,7 @@ mod backlog;
 pub mod limits;
 mod shell;
 pub mod spool;
+pub mod stat_sources;
 pub mod stats;
 
 pub use crate::shell::{

@@ -204,8 +204,15 @@ pub struct Shell<S: SpoolStorage> {
     backlog: Backlog,
     /// Heartbeats from local programs (issue 17 item 6).
     apps: Apps,
+    /// The registered names and TTLs (ms) last told the CMA ([`apps::APPS_RESULT`]).
+    apps_reported: Option<Vec<(String, u64)>>,
     /// Statistics from local programs (issue 17 item 5); off unless the driver enables them.
     statistics: crate::stats::Aggregator,
+    /// Check perfdata becomes statistics; the driver adds host figures before each batch
+    /// ([`crate::stat_sources`]); what was left out.
+    stat_perfdata: bool,
+    stat_host: bool,
+    stat_dropped: crate::stat_sources::Dropped,
     /// The CMA's check set (newest epoch) and the checks local programs declared: the
     /// scheduler runs their union, under a generation of its own.
     cma_checks: Vec<Check>,
@@ -257,7 +264,11 @@ impl<S: SpoolStorage> Shell<S> {
             heartbeats_on: true,
             backlog: Backlog::default(),
             apps: Apps::default(),
+            apps_reported: None,
             statistics: crate::stats::Aggregator::new(false, crate::stats::DEFAULT_INTERVAL, now),
+            stat_perfdata: false,
+            stat_host: false,
+            stat_dropped: Default::default(),
             cma_checks: Vec::new(),
             cma_check_epoch: 0,
             local_checks: BTreeMap::new(),
@@ -909,6 +920,18 @@ impl<S: SpoolStorage> Shell<S> {
             self.start_waiting_checks();
         }
         debug!(check = %name, state = result.state.name(), output = %result.output, "check ran");
+        if self.stat_perfdata && self.statistics.enabled() && !result.perfdata.is_empty() {
+            let samples = crate::stat_sources::perfdata_samples(
+                name,
+                &result.perfdata,
+                &mut self.stat_dropped,
+            );
+            for s in samples {
+                if self.statistics.put(s).is_err() {
+                    self.stat_dropped.refused += 1;
+                }
+            }
+        }
         let Some(report) = self.checks.handle_result(name, result, now) else { return };
         info!(
             check = %report.check, state = report.state.name(), flapping = report.flapping,
@@ -999,6 +1022,9 @@ impl<S: SpoolStorage> Shell<S> {
             self.report_app(name, CheckState::Ok, output, now);
         }
         self.local_changed |= beat.changed;
+        if beat.changed {
+            self.report_apps(now);
+        }
         Ok(beat)
     }
 
@@ -1012,7 +1038,31 @@ impl<S: SpoolStorage> Shell<S> {
             self.report_app(name, CheckState::Ok, output, now);
         }
         self.local_changed = true;
+        self.report_apps(now);
         Ok(())
+    }
+
+    /// Tells the CMA the registered names and TTLs ([`apps::APPS_RESULT`]) if they differ
+    /// from what it last heard in this run.
+    fn report_apps(&mut self, now: Instant) {
+        let regs: Vec<(String, u64)> = self
+            .apps
+            .registrations()
+            .into_iter()
+            .map(|r| (r.name, u64::try_from(r.ttl.as_millis()).unwrap_or(u64::MAX)))
+            .collect();
+        if self.apps_reported.as_ref() == Some(&regs) {
+            return;
+        }
+        let apps: Vec<serde_json::Value> = regs
+            .iter()
+            .map(|(name, ttl_ms)| serde_json::json!({ "name": name, "ttl_s": *ttl_ms as f64 / 1000.0 }))
+            .collect();
+        let d = Discovery::from_value(apps::APPS_RESULT, serde_json::json!({ "apps": apps }));
+        self.apps_reported = Some(regs);
+        let Ok(payload) = serde_json::to_vec(&d.payload) else { return };
+        let body = self.discovery_body(d, payload, now);
+        self.send_spooled(body, now);
     }
 
     /// A local program declared a check (issue 17 item 6): `check.name` must start with
@@ -1115,6 +1165,40 @@ impl<S: SpoolStorage> Shell<S> {
         self.statistics = crate::stats::Aggregator::new(enabled, interval, now);
     }
 
+    /// Which statistics the nanoprobe makes itself (issue 17 item 5, [`crate::stat_sources`]):
+    /// `perfdata`: each scheduled check result's performance data as gauges; `host`: the
+    /// driver reads the host figures when [`Shell::host_figures_due`] says so and hands them
+    /// to [`Shell::put_host_figures`]. Both need statistics on ([`Shell::set_statistics`]);
+    /// while they are off, nothing is made.
+    pub fn set_statistics_sources(&mut self, perfdata: bool, host: bool) {
+        self.stat_perfdata = perfdata;
+        self.stat_host = host;
+    }
+
+    /// Whether the driver should read the host figures now: host figures are on and the
+    /// statistics interval ends at or before `now` (call before [`Shell::handle_timeout`],
+    /// which makes the batch).
+    pub fn host_figures_due(&self, now: Instant) -> bool {
+        self.stat_host && !self.leaving && self.statistics.poll_timeout().is_some_and(|t| t <= now)
+    }
+
+    /// The host figures the driver read, as gauges of the current interval.
+    pub fn put_host_figures(&mut self, figures: &crate::stat_sources::HostFigures) {
+        if !self.stat_host || !self.statistics.enabled() {
+            return;
+        }
+        for s in crate::stat_sources::host_samples(figures) {
+            if self.statistics.put(s).is_err() {
+                self.stat_dropped.refused += 1;
+            }
+        }
+    }
+
+    /// Statistics the nanoprobe made itself and left out, by reason.
+    pub fn statistics_dropped(&self) -> &crate::stat_sources::Dropped {
+        &self.stat_dropped
+    }
+
     /// A sample from a local program, aggregated until the end of the interval.
     pub fn stat_put(
         &mut self,
@@ -1157,6 +1241,9 @@ impl<S: SpoolStorage> Shell<S> {
     /// [`Shell::start`]): each gets a whole TTL from `now`.
     pub fn restore_apps(&mut self, regs: Vec<apps::Registration>, now: Instant) {
         self.apps = Apps::restore(regs, now);
+        if !self.apps.is_empty() {
+            self.report_apps(now);
+        }
     }
 
     /// Whether the local registrations changed since the last call (the driver saves them).

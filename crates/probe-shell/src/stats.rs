@@ -19,8 +19,8 @@
 //! The shell owns one aggregator (`Shell::set_statistics`, `Shell::stat_put`) and spools each
 //! batch as a `Statistics` message (`series`, `at`, `interval_s`). The CMA checks it again
 //! with the same rules (`assim_wire::stat_rules`), forwards it to Graphite and exposes it for
-//! Prometheus (`assim_cma::statistics`). Not built: check perfdata and host figures as
-//! statistics.
+//! Prometheus (`assim_cma::statistics`). Check perfdata and host figures, by config, are put
+//! into the same aggregator by the shell ([`crate::stat_sources`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -200,6 +200,12 @@ impl Pair {
 
     /// Runs virtual time forward by `d`, jumping from deadline to deadline.
     fn run(&mut self, d: Duration) {
+        self.run_with(d, |_, _| {});
+    }
+
+    /// [`Pair::run`], calling `before` ahead of each of the shell's timer turns (as the daemon
+    /// reads the host figures before its turn).
+    fn run_with(&mut self, d: Duration, mut before: impl FnMut(&mut Shell<MemStorage>, Instant)) {
         let end = self.now + d;
         self.exchange();
         for _ in 0..100_000 {
@@ -213,6 +219,7 @@ impl Pair {
             match next {
                 Some(t) if t <= end => {
                     self.now = self.now.max(t);
+                    before(&mut self.shell, self.now);
                     self.shell.handle_timeout(self.now);
                     if self.cma.up {
                         self.cma.conn.handle_timeout(self.now);
@@ -769,14 +776,41 @@ fn app_reports(cma: &FakeCma) -> Vec<(String, i32, String)> {
         .collect()
 }
 
+/// The `local_apps` results the CMA applied, as (name, TTL s) lists.
+fn app_lists(cma: &FakeCma) -> Vec<Vec<(String, f64)>> {
+    cma.applied
+        .iter()
+        .filter_map(|m| match &m.body {
+            Some(Body::DiscoveryResult(d)) if d.name == crate::apps::APPS_RESULT => {
+                let v: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
+                Some(
+                    v["apps"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|a| {
+                            (a["name"].as_str().unwrap().to_owned(), a["ttl_s"].as_f64().unwrap())
+                        })
+                        .collect(),
+                )
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn issue_17_item_6_a_beating_program_costs_no_traffic_and_a_silent_one_one_report() {
     use msg::CheckState;
     let mut p = Pair::new();
     let t0 = p.now;
     p.run(Duration::from_secs(2));
-    let settled = p.frames_to_cma;
     let (ttl, interval) = (Duration::from_secs(3), Duration::from_secs(1));
+    // The registration is news: the CMA hears the list once (for the Nagios/Icinga exports).
+    p.shell.app_heartbeat("backup", ttl, p.now).unwrap();
+    p.run(interval);
+    assert_eq!(app_lists(&p.cma), [vec![("backup".to_owned(), 3.0)]]);
+    let settled = p.frames_to_cma;
     // Beats every second for an hour of virtual time: not one frame to the CMA.
     for _ in 0..3600 {
         p.shell.app_heartbeat("backup", ttl, p.now).unwrap();
@@ -810,12 +844,13 @@ fn issue_17_item_6_a_beating_program_costs_no_traffic_and_a_silent_one_one_repor
     let r = app_reports(&p.cma);
     assert_eq!(r.len(), 2);
     assert_eq!((r[1].1, r[1].2.as_str()), (CheckState::Ok as i32, "backup is beating again"));
-    // A clean `done` while healthy: nothing sent, and no alarm afterwards.
-    let before = p.frames_to_cma;
+    // Neither the miss nor the recovery changed the list: it was not sent again.
+    assert_eq!(app_lists(&p.cma).len(), 1);
+    // A clean `done` while healthy: no report, no alarm afterwards; the list, now empty.
     p.shell.app_done("backup", p.now).unwrap();
     p.run(Duration::from_secs(60));
-    assert_eq!(p.frames_to_cma, before);
     assert_eq!(app_reports(&p.cma).len(), 2);
+    assert_eq!(app_lists(&p.cma).last(), Some(&vec![]));
     // `done` after a miss clears the alarm with an OK.
     p.shell.app_heartbeat("cron", ttl, p.now).unwrap();
     p.run(ttl + interval);
@@ -837,9 +872,12 @@ fn issue_17_item_6_the_report_comes_at_the_deadline_through_the_spool() {
     p.shell.app_heartbeat("job", ttl, p.now).unwrap();
     let deadline = p.now + ttl;
     assert_eq!(p.shell.poll_timeout().map(|t| t <= deadline), Some(true));
+    // The registration's list reaches the CMA.
+    p.run(Duration::from_millis(500));
+    assert_eq!(p.shell.spool().unacked(), 0);
     // The CMA is away when the miss happens: the report waits in the spool.
     p.cma.up = false;
-    p.run(ttl + Duration::from_secs(1));
+    p.run(ttl + Duration::from_millis(500));
     assert!(app_reports(&p.cma).is_empty());
     assert_eq!(p.shell.spool().unacked(), 1);
     p.cma.up = true;
@@ -879,6 +917,11 @@ fn issue_17_item_6_registrations_survive_a_restart_and_a_dead_program_still_alar
     let r = app_reports(&p.cma);
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(r[0].0, "app:backup");
+    // The list went at each registration and once after the restart (a new run tells it
+    // again); beats and the miss sent none.
+    let backup = ("backup".to_owned(), 5.0);
+    let both = vec![backup.clone(), ("web".to_owned(), 5.0)];
+    assert_eq!(app_lists(&p.cma), [vec![backup], both.clone(), both]);
 }
 
 fn nagios_check(name: &str, interval_s: u64) -> assim_checks::Check {
@@ -1142,4 +1185,106 @@ fn a_sealed_probe_from_an_unknown_prober_is_answered_and_nothing_else_is() {
     // A replayed probe is refused by the replay window.
     shell.handle_datagram(&probe, src, now);
     assert_eq!(shell.stats().rejected, 2);
+}
+
+#[test]
+fn issue_17_item_5_check_perfdata_and_host_figures_go_in_the_batch_by_config() {
+    use crate::stat_sources::{FsUsage, HostFigures, Memory};
+    let result = |perfdata: &str| assim_checks::CheckResult {
+        state: msg::CheckState::Ok,
+        output: "OK".into(),
+        long_output: String::new(),
+        perfdata: perfdata.into(),
+        duration: Duration::from_millis(5),
+        exit_code: Some(0),
+        truncated: false,
+        timed_out: false,
+    };
+    let figures = HostFigures {
+        load: Some([0.25, 0.5, 0.75]),
+        memory: Some(Memory { total_bytes: 8 << 30, available_bytes: 3 << 30 }),
+        root_fs: FsUsage::from_statvfs(4096, 1000, 500, 400),
+    };
+    let batches = |cma: &FakeCma| -> Vec<msg::Statistics> {
+        cma.applied
+            .iter()
+            .filter_map(|m| match &m.body {
+                Some(Body::Statistics(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // Runs one interval in which the check reports twice, offering the host figures when the
+    // shell says they are due; returns the batch's series (name, unit tag, value).
+    let interval = |p: &mut Pair, offered: &mut u32| -> Vec<(String, String, f64)> {
+        let before = batches(&p.cma).len();
+        p.shell.check_done("local:web", &result("time=0.5s;1;2 'used space'=40% x=U junk"), p.now);
+        p.run(Duration::from_secs(20));
+        p.shell.check_done("local:web", &result("time=0.25s;1;2 'used space'=41% x=U"), p.now);
+        p.run_with(Duration::from_secs(40), |shell, now| {
+            if shell.host_figures_due(now) {
+                *offered += 1;
+                shell.put_host_figures(&figures);
+            }
+        });
+        let b = batches(&p.cma);
+        assert_eq!(b.len(), before + 1, "one batch per interval: {b:?}");
+        let last = b.last().unwrap();
+        last.series
+            .iter()
+            .map(|s| {
+                let unit = s.tags.iter().find(|t| t.key == "unit").map(|t| t.value.clone());
+                (s.name.clone(), unit.unwrap_or_default(), s.value)
+            })
+            .collect()
+    };
+    let mut p = Pair::new();
+    p.shell.declare_local_check(nagios_check("local:web", 60), p.now).unwrap();
+    // Sources on but statistics off: nothing is made, nothing sent.
+    p.shell.set_statistics_sources(true, true);
+    p.shell.check_done("local:web", &result("time=0.5s"), p.now);
+    assert!(!p.shell.host_figures_due(p.now + Duration::from_secs(3600)));
+    p.run(Duration::from_secs(120));
+    assert!(batches(&p.cma).is_empty());
+
+    // Statistics on, sources off: a program's value goes, no check or host series.
+    p.shell.set_statistics(true, Duration::from_secs(60), p.now);
+    p.shell.set_statistics_sources(false, false);
+    let mut offered = 0;
+    p.shell
+        .stat_put(crate::stats::Sample {
+            name: "app.value".into(),
+            tags: Default::default(),
+            kind: crate::stats::Kind::Gauge,
+            value: 1.0,
+        })
+        .unwrap();
+    let s = interval(&mut p, &mut offered);
+    assert_eq!(s, [("app.value".to_owned(), String::new(), 1.0)]);
+    assert_eq!(offered, 0);
+
+    // Both on: the last perfdata of the interval and the host figures, once each.
+    p.shell.set_statistics_sources(true, true);
+    let s = interval(&mut p, &mut offered);
+    assert_eq!(offered, 1);
+    let want: Vec<(String, String, f64)> = [
+        ("check.local_web.time", "s", 0.25),
+        ("check.local_web.used_space", "percent", 41.0),
+        ("host.fs.root.available_bytes", "", 400.0 * 4096.0),
+        ("host.fs.root.free_bytes", "", 500.0 * 4096.0),
+        ("host.fs.root.size_bytes", "", 1000.0 * 4096.0),
+        ("host.load.1", "", 0.25),
+        ("host.load.15", "", 0.75),
+        ("host.load.5", "", 0.5),
+        ("host.memory.available_bytes", "", (3u64 << 30) as f64),
+        ("host.memory.total_bytes", "", (8u64 << 30) as f64),
+    ]
+    .into_iter()
+    .map(|(n, u, v)| (n.to_owned(), u.to_owned(), v))
+    .collect();
+    let mut got = s.clone();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got, want);
+    let d = *p.shell.statistics_dropped();
+    assert_eq!((d.undetermined, d.malformed), (2, 1), "{d:?}");
 }

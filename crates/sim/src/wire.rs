@@ -335,7 +335,20 @@ fn count_up(api: SocketAddr) -> anyhow::Result<(usize, usize)> {
     Ok((up, ring))
 }
 
-fn events_after(api: SocketAddr, since: u64) -> anyhow::Result<Vec<assim_cma::Event>> {
+/// An event as `/api/v1/events` serves it (the fields wire mode reads). The API's JSON names
+/// the type `type`, not the core's `kind`.
+#[derive(Debug, serde::Deserialize)]
+struct ApiEvent {
+    id: u64,
+    /// µs since the epoch.
+    time: u64,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    hostname: String,
+}
+
+fn events_after(api: SocketAddr, since: u64) -> anyhow::Result<Vec<ApiEvent>> {
     Ok(serde_json::from_str(&http_get(
         api,
         &format!("/api/v1/events?since={since}&limit=10000&wait=1"),
@@ -345,7 +358,7 @@ fn events_after(api: SocketAddr, since: u64) -> anyhow::Result<Vec<assim_cma::Ev
 fn last_event_id(api: SocketAddr) -> anyhow::Result<u64> {
     let mut cursor = 0;
     loop {
-        let b: Vec<assim_cma::Event> = serde_json::from_str(&http_get(
+        let b: Vec<ApiEvent> = serde_json::from_str(&http_get(
             api,
             &format!("/api/v1/events?since={cursor}&limit=10000"),
         )?)?;
@@ -522,10 +535,10 @@ pub fn run(opts: WireOptions) -> anyhow::Result<WireReport> {
     while seen.len() < k && Instant::now() < deadline {
         for e in events_after(api, cursor)? {
             cursor = e.id;
-            if e.kind == assim_cma::EventKind::HostDown {
+            if e.kind == "host.down" {
                 if names.contains_key(&e.hostname) {
                     if seen.insert(e.hostname.clone()) {
-                        lat.push(e.time.0.saturating_sub(killed_us) as f64 / 1000.0);
+                        lat.push(e.time.saturating_sub(killed_us) as f64 / 1000.0);
                     }
                 } else {
                     report.false_downs += 1;
@@ -628,13 +641,13 @@ fn count_downs(api: SocketAddr, from: u64, to: u64) -> anyhow::Result<usize> {
     let mut n = 0;
     let mut cursor = from;
     while cursor < to {
-        let b: Vec<assim_cma::Event> = serde_json::from_str(&http_get(
+        let b: Vec<ApiEvent> = serde_json::from_str(&http_get(
             api,
             &format!("/api/v1/events?since={cursor}&limit=10000"),
         )?)?;
         let Some(last) = b.last() else { break };
         cursor = last.id;
-        n += b.iter().filter(|e| e.id <= to && e.kind == assim_cma::EventKind::HostDown).count();
+        n += b.iter().filter(|e| e.id <= to && e.kind == "host.down").count();
     }
     Ok(n)
 }
