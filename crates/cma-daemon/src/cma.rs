@@ -168,6 +168,12 @@ pub async fn run(
         crate::store::StoreUrl::Postgres(_) => {
             let holder = crate::store::engine_holder(&opts.data_dir)?;
             let mut db = blocking(|| opts.store.open_engine())?;
+            if let crate::store::EngineDb::Postgres(h) = &mut db {
+                // An engine stopped inside a batch's transaction must not hold the lease row
+                // (and so every takeover) for longer than the lease.
+                blocking(|| h.set_idle_in_transaction_timeout(opts.engine_lease))
+                    .map_err(|e| opts.store.unreachable(e))?;
+            }
             check_identity(&mut db, &identity)?;
             let _ = last_event.send(db.last_event_id()?);
             {
@@ -226,10 +232,7 @@ pub async fn run(
                 }
             };
             info!(%holder, term, store = %opts.store, "this CMA engine holds the engine lease; taking over");
-            // Whose inbox the stored position counts in: an engine taking over from another one
-            // has nothing in its own inbox that the store's position refers to.
-            let claimed = blocking(|| claim_inbox(&mut db, &holder))?;
-            lease = Some((election, holder, claimed));
+            lease = Some((election, holder));
             update_view(&engine_view, &lease.as_ref().expect("just set").0, Instant::now());
             db
         }
@@ -274,10 +277,15 @@ pub async fn run(
     .with_context(|| {
         format!("cannot open the inbox in {}", opts.data_dir.join("inbox").display())
     })?;
-    if let Some((_, holder, previous)) = &lease
-        && previous.as_deref() != Some(holder.as_str())
-    {
-        discard_inbox(&mut inbox, previous.as_deref())?;
+    if let Some((_, holder)) = &lease {
+        // Whose inbox the stored position counts in: an engine taking over from another one
+        // has nothing in its own inbox that the store's position refers to, so the position
+        // becomes this inbox's end and what this inbox still holds (from an earlier term) goes.
+        let position = inbox.log().map_or(0, |l| l.next_lsn().saturating_sub(1));
+        let previous = blocking(|| claim_inbox(&mut store, holder, position))?;
+        if previous.as_deref() != Some(holder.as_str()) {
+            discard_inbox(&mut inbox, previous.as_deref())?;
+        }
     }
     let last_id = store.last_event_id()?;
     // Switch checks ping the switch's management address when this process may (module
@@ -392,7 +400,7 @@ pub async fn run(
         let deadline = d.shell.poll_timeout();
         let publish = d.last_publish + Duration::from_secs(1);
         let mut deadline = deadline.map_or(publish, |t| t.min(publish));
-        if let Some(t) = lease.as_ref().and_then(|(l, _, _)| l.poll_timeout()) {
+        if let Some(t) = lease.as_ref().and_then(|(l, _)| l.poll_timeout()) {
             deadline = deadline.min(t);
         }
         let deadline = Some(deadline);
@@ -423,7 +431,7 @@ pub async fn run(
             _ = &mut shutdown => break,
         }
         // The lease first: an engine that lost it must not apply this turn.
-        if let Some((election, holder, _)) = lease.as_mut()
+        if let Some((election, holder)) = lease.as_mut()
             && let Some(req) = election.poll(Instant::now())
         {
             let db = d.shell.store_mut();
@@ -480,7 +488,7 @@ pub async fn run(
 async fn bind_udp(
     opts: &CmaOptions,
     db: &mut crate::store::EngineDb,
-    lease: &mut Option<(Lease, String, Option<String>)>,
+    lease: &mut Option<(Lease, String)>,
     view: &crate::api::SharedEngineView,
     shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) -> anyhow::Result<Option<UdpSocket>> {
@@ -490,7 +498,7 @@ async fn bind_udp(
             Ok(s) => return Ok(Some(s)),
             Err(e) => e,
         };
-        let Some((election, holder, _)) = lease.as_mut() else {
+        let Some((election, holder)) = lease.as_mut() else {
             return Err(e).with_context(|| {
                 format!("cannot bind UDP {}: is another CMA running?", opts.listen)
             });
@@ -610,10 +618,14 @@ fn ask_lease(
 }
 
 /// Records this engine as the owner of the stored inbox position; the previous owner.
-fn claim_inbox(db: &mut crate::store::EngineDb, holder: &str) -> anyhow::Result<Option<String>> {
+fn claim_inbox(
+    db: &mut crate::store::EngineDb,
+    holder: &str,
+    position: u64,
+) -> anyhow::Result<Option<String>> {
     let crate::store::EngineDb::Postgres(h) = db else { return Ok(Some(holder.to_owned())) };
     let holder = holder.to_owned();
-    Ok(h.call(move |s| s.claim_inbox(&holder))?)
+    Ok(h.call(move |s| s.claim_inbox(&holder, position))?)
 }
 
 /// Drops every record of this engine's inbox: the stored position counts in another engine's

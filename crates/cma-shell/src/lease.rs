@@ -325,12 +325,466 @@ mod tests {
     #[test]
     fn the_timing_is_bounded() {
         let c = LeaseConfig { ttl: Duration::from_secs(10) };
-        assert_eq!((c.renew(), c.retry()), (Duration::from_millis(3333), Duration::from_secs(2)));
+        assert_eq!((c.renew(), c.retry()), (Duration::new(3, 333_333_333), Duration::from_secs(2)));
         assert!(c.validate().is_ok());
         assert!(LeaseConfig { ttl: Duration::from_millis(999) }.validate().is_err());
         assert!(
             LeaseConfig { ttl: Duration::from_secs(601) }.validate().unwrap_err().contains("600")
         );
         assert_eq!(LeaseConfig { ttl: Duration::from_secs(1) }.retry(), Duration::from_millis(200));
+    }
+}
+
+/// The lease decision of several engines against a model of the PostgreSQL lease row, under
+/// the faults issue 14 names: a step of the database's clock, an answer lost after the store
+/// applied it (the connection dropped during the commit), engines asking at the same instant,
+/// engines stopped (SIGSTOP) and continued, crashes, clean stops, and a second process of the
+/// same engine.
+///
+/// The model mirrors the SQL of `assim_store_postgres::Store` (`try_acquire_lease`,
+/// `renew_lease`, `release_lease` and the fence check of every commit); the store's own
+/// conformance test checks that SQL against a real PostgreSQL. Every engine that believes it is
+/// active tries to commit at each of its turns. What must hold:
+/// - **Safety**: every commit the store lets through carries the lease row's current term, the
+///   terms of accepted commits never go down, and all commits of one term come from one
+///   process. Two live processes never both believe they are active under one term.
+/// - **Liveness**: once the faults stop, within the lease plus what the clock stepped back,
+///   exactly one process is active, it holds the row's term, and its commits go through.
+#[cfg(test)]
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+
+    const TTL: Duration = Duration::from_secs(1);
+
+    /// The lease row (`engine_lease`): its term, holder and expiry on the database's clock.
+    #[derive(Clone, Debug)]
+    struct Row {
+        term: u64,
+        holder: usize,
+        expires_at: i64,
+    }
+
+    /// The database: its lease row, its clock (real time plus `offset_ms`, which steps) and
+    /// the commits it accepted (process, term).
+    #[derive(Debug, Default)]
+    struct Db {
+        row: Option<Row>,
+        offset_ms: i64,
+        commits: Vec<(usize, u64)>,
+    }
+
+    impl Db {
+        fn now(&self, real_ms: u64) -> i64 {
+            real_ms as i64 + self.offset_ms
+        }
+
+        fn state(&self, real_ms: u64) -> Answer {
+            match &self.row {
+                None => {
+                    Answer::Other { holder: String::new(), term: 0, expires_in: Duration::ZERO }
+                }
+                Some(r) => Answer::Other {
+                    holder: format!("h{}", r.holder),
+                    term: r.term,
+                    expires_in: Duration::from_millis(
+                        (r.expires_at - self.now(real_ms)).max(0) as u64
+                    ),
+                },
+            }
+        }
+
+        /// `try_acquire_lease`: granted when there is no row, when it lapsed (a new term), or
+        /// as a renewal of the very term this store holds; otherwise who holds it.
+        fn acquire(&mut self, real_ms: u64, holder: usize, fence: Option<u64>) -> Answer {
+            let now = self.now(real_ms);
+            let ttl = TTL.as_millis() as i64;
+            match &mut self.row {
+                None => {
+                    self.row = Some(Row { term: 1, holder, expires_at: now + ttl });
+                    Answer::Mine { term: 1 }
+                }
+                Some(r) => {
+                    let renewal = r.holder == holder && Some(r.term) == fence;
+                    if renewal || r.expires_at < now {
+                        if !renewal {
+                            r.term += 1;
+                        }
+                        r.holder = holder;
+                        r.expires_at = now + ttl;
+                        Answer::Mine { term: r.term }
+                    } else {
+                        self.state(real_ms)
+                    }
+                }
+            }
+        }
+
+        /// `renew_lease`: extends the lease of the term this store holds; never takes it.
+        fn renew(&mut self, real_ms: u64, holder: usize, fence: Option<u64>) -> Answer {
+            let now = self.now(real_ms);
+            match (&mut self.row, fence) {
+                (Some(r), Some(f)) if r.term == f && r.holder == holder => {
+                    r.expires_at = now + TTL.as_millis() as i64;
+                    Answer::Mine { term: f }
+                }
+                _ => self.state(real_ms),
+            }
+        }
+
+        /// `release_lease`: ends the lease of the term this store holds.
+        fn release(&mut self, fence: Option<u64>) {
+            if let (Some(r), Some(f)) = (&mut self.row, fence)
+                && r.term == f
+            {
+                r.expires_at = 0;
+            }
+        }
+
+        /// A fenced commit: through only while the row has the store's term.
+        fn commit(&mut self, process: usize, fence: Option<u64>) -> bool {
+            let current = self.row.as_ref().map_or(0, |r| r.term);
+            let ok = fence.is_none_or(|f| f == current);
+            if ok {
+                self.commits.push((process, fence.unwrap_or(0)));
+            }
+            ok
+        }
+    }
+
+    /// What happens to one request on its way.
+    #[derive(Clone, Copy, Debug)]
+    enum Fault {
+        None,
+        /// The store applied it, the answer was lost (the connection dropped during the commit).
+        Lost,
+        /// The store was not reached.
+        Unreachable,
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// Real time passes (ms).
+        Advance(u64),
+        /// One engine's turn: it asks what its lease decision asks, then commits if active.
+        Turn(usize, Fault),
+        /// Two engines' turns at the same instant, one right after the other.
+        Together(usize, usize),
+        /// SIGSTOP / SIGCONT.
+        Pause(usize),
+        Resume(usize),
+        /// SIGKILL; the service manager starts a new process of the same engine.
+        Crash(usize),
+        /// SIGTERM: the lease is released, then a new process starts.
+        CleanStop(usize),
+        /// A second process of the same engine (same holder) beside a running one.
+        Duplicate(usize),
+        /// The database's clock steps (ms, either way).
+        ClockStep(i64),
+    }
+
+    /// One `cma` process.
+    #[derive(Debug)]
+    struct Proc {
+        /// Its unique id (the commit log names it).
+        id: usize,
+        /// The engine it is (`DATA_DIR/engine-id`): processes of one engine share it.
+        holder: usize,
+        lease: Lease,
+        /// What its store fences with (`Handle::fence`).
+        fence: Option<u64>,
+        paused: bool,
+        gone: bool,
+    }
+
+    struct World {
+        t0: Instant,
+        real_ms: u64,
+        db: Db,
+        procs: Vec<Proc>,
+        engines: usize,
+    }
+
+    impl World {
+        fn new(engines: usize) -> World {
+            let t0 = Instant::now();
+            let mut w = World { t0, real_ms: 0, db: Db::default(), procs: Vec::new(), engines };
+            for e in 0..engines {
+                w.spawn(e);
+            }
+            w
+        }
+
+        fn now(&self) -> Instant {
+            self.t0 + Duration::from_millis(self.real_ms)
+        }
+
+        fn spawn(&mut self, holder: usize) {
+            let id = self.procs.len();
+            let lease = Lease::new(LeaseConfig { ttl: TTL }, self.now());
+            self.procs.push(Proc { id, holder, lease, fence: None, paused: false, gone: false });
+        }
+
+        /// The live processes of engine `e`.
+        fn of(&self, e: usize) -> Vec<usize> {
+            (0..self.procs.len())
+                .filter(|&i| !self.procs[i].gone && self.procs[i].holder == e % self.engines)
+                .collect()
+        }
+
+        fn turn(&mut self, i: usize, fault: Fault) {
+            let now = self.now();
+            let p = &mut self.procs[i];
+            if p.gone || p.paused {
+                return;
+            }
+            if matches!(p.lease.role(), Role::Stopped { .. }) {
+                // The process exited; its service manager starts it again.
+                p.gone = true;
+                let holder = p.holder;
+                self.spawn(holder);
+                return;
+            }
+            if let Some(req) = p.lease.poll(now) {
+                let applied = match fault {
+                    Fault::Unreachable => None,
+                    _ => Some(match req {
+                        Request::Acquire => self.db.acquire(self.real_ms, p.holder, p.fence),
+                        Request::Renew { term } => {
+                            assert_eq!(Some(term), p.fence, "renewing the store's own term");
+                            self.db.renew(self.real_ms, p.holder, p.fence)
+                        }
+                    }),
+                };
+                let answer = match (fault, applied) {
+                    (Fault::None, Some(a)) => {
+                        // `Handle::acquire_lease` records a granted term as its fence.
+                        if let (Request::Acquire, Answer::Mine { term }) = (req, &a) {
+                            p.fence = Some(*term);
+                        }
+                        a
+                    }
+                    _ => Answer::Failed("connection lost".into()),
+                };
+                p.lease.handle(now, answer);
+            }
+            if matches!(p.lease.role(), Role::Active { .. }) {
+                self.db.commit(p.id, p.fence);
+            }
+        }
+
+        fn step(&mut self, s: &Step) {
+            match *s {
+                Step::Advance(ms) => self.real_ms += ms,
+                Step::Turn(e, fault) => {
+                    for i in self.of(e) {
+                        self.turn(i, fault);
+                    }
+                }
+                Step::Together(a, b) => {
+                    for i in self.of(a).into_iter().chain(self.of(b)) {
+                        self.turn(i, Fault::None);
+                    }
+                }
+                Step::Pause(e) => self.of(e).into_iter().for_each(|i| self.procs[i].paused = true),
+                Step::Resume(e) => {
+                    self.of(e).into_iter().for_each(|i| self.procs[i].paused = false)
+                }
+                Step::Crash(e) => {
+                    if let Some(&i) = self.of(e).first() {
+                        self.procs[i].gone = true;
+                        self.spawn(e % self.engines);
+                    }
+                }
+                Step::CleanStop(e) => {
+                    if let Some(&i) = self.of(e).iter().find(|&&i| !self.procs[i].paused) {
+                        if matches!(self.procs[i].lease.role(), Role::Active { .. }) {
+                            self.db.release(self.procs[i].fence);
+                        }
+                        self.procs[i].gone = true;
+                        self.spawn(e % self.engines);
+                    }
+                }
+                Step::Duplicate(e) => {
+                    if self.of(e).len() < 2 {
+                        self.spawn(e % self.engines);
+                    }
+                }
+                Step::ClockStep(ms) => self.db.offset_ms += ms,
+            }
+            self.check_safety();
+        }
+
+        fn check_safety(&self) {
+            let mut owner: std::collections::BTreeMap<u64, usize> = Default::default();
+            let mut last = 0;
+            for &(p, term) in &self.db.commits {
+                assert!(term >= last, "a commit of term {term} after one of term {last}");
+                last = term;
+                let o = *owner.entry(term).or_insert(p);
+                assert_eq!(o, p, "two processes committed under term {term}");
+            }
+            let mut active: std::collections::BTreeMap<u64, usize> = Default::default();
+            for p in self.procs.iter().filter(|p| !p.gone) {
+                if let Role::Active { term, .. } = p.lease.role() {
+                    assert_eq!(
+                        p.fence,
+                        Some(*term),
+                        "the decision and the store agree on the term"
+                    );
+                    if let Some(other) = active.insert(*term, p.id) {
+                        panic!("processes {other} and {} both active under term {term}", p.id);
+                    }
+                }
+            }
+        }
+
+        /// No more faults: everyone runs, every 50 ms, until the lease (stepped back or not)
+        /// has surely lapsed and been taken.
+        fn settle(&mut self) {
+            for p in &mut self.procs {
+                p.paused = false;
+            }
+            let left = self
+                .db
+                .row
+                .as_ref()
+                .map_or(0, |r| (r.expires_at - self.db.now(self.real_ms)).max(0));
+            let rounds = (left as u64 + 3 * TTL.as_millis() as u64) / 50 + 1;
+            for _ in 0..rounds {
+                self.real_ms += 50;
+                for i in 0..self.procs.len() {
+                    self.turn(i, Fault::None);
+                }
+                self.check_safety();
+            }
+            let active: Vec<&Proc> = self
+                .procs
+                .iter()
+                .filter(|p| !p.gone && matches!(p.lease.role(), Role::Active { .. }))
+                .collect();
+            assert_eq!(
+                active.len(),
+                1,
+                "exactly one active engine once the faults stop: {:?}",
+                self.procs
+            );
+            let row = self.db.row.clone().expect("a lease row");
+            assert_eq!((active[0].fence, active[0].holder), (Some(row.term), row.holder));
+            let n = self.db.commits.len();
+            let id = active[0].id;
+            self.turn(id, Fault::None);
+            assert_eq!(self.db.commits.len(), n + 1, "the active engine's commits go through");
+        }
+    }
+
+    fn fault() -> impl Strategy<Value = Fault> {
+        prop_oneof![6 => Just(Fault::None), 1 => Just(Fault::Lost), 1 => Just(Fault::Unreachable)]
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            8 => (0u64..700).prop_map(Step::Advance),
+            12 => (0usize..3, fault()).prop_map(|(e, f)| Step::Turn(e, f)),
+            2 => (0usize..3, 0usize..3).prop_map(|(a, b)| Step::Together(a, b)),
+            1 => (0usize..3).prop_map(Step::Pause),
+            2 => (0usize..3).prop_map(Step::Resume),
+            1 => (0usize..3).prop_map(Step::Crash),
+            1 => (0usize..3).prop_map(Step::CleanStop),
+            1 => (0usize..3).prop_map(Step::Duplicate),
+            1 => (-3000i64..3000).prop_map(Step::ClockStep),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn one_engine_commits_per_term_and_one_is_active_once_the_faults_stop(
+            engines in 1usize..=3,
+            steps in proptest::collection::vec(step(), 0..200),
+        ) {
+            let mut w = World::new(engines);
+            for s in &steps {
+                w.step(s);
+            }
+            w.settle();
+        }
+    }
+
+    /// Two engines started at the same instant: the store orders their requests; one gets the
+    /// lease, the other stands by and tries again just after the lease would lapse, not before.
+    #[test]
+    fn two_engines_starting_at_the_same_instant_get_one_lease() {
+        let mut w = World::new(2);
+        w.step(&Step::Together(0, 1));
+        assert!(matches!(w.procs[0].lease.role(), Role::Active { term: 1, .. }));
+        assert_eq!(w.procs[1].lease.role(), &Role::Standby { holder: Some(("h0".into(), 1)) });
+        assert_eq!(w.procs[1].lease.poll_timeout(), Some(w.now() + TTL / 5));
+    }
+
+    /// The database's clock steps forward past the lease: a standby takes over while the old
+    /// engine still runs; its commits are refused from then on and it stops at its next renewal.
+    /// Stepped back, the lease lasts that much longer: a standby waits, and still takes over
+    /// once it lapses.
+    #[test]
+    fn a_clock_step_moves_the_lease_not_the_fence() {
+        let mut w = World::new(2);
+        w.step(&Step::Turn(0, Fault::None));
+        w.step(&Step::Turn(1, Fault::None));
+        w.step(&Step::ClockStep(2000));
+        w.step(&Step::Advance(200));
+        w.step(&Step::Turn(1, Fault::None));
+        assert!(matches!(w.procs[1].lease.role(), Role::Active { term: 2, .. }));
+        let n = w.db.commits.len();
+        assert!(!w.db.commit(0, w.procs[0].fence), "the old engine's commit is fenced");
+        assert_eq!(w.db.commits.len(), n);
+        w.step(&Step::Advance(200));
+        w.step(&Step::Turn(0, Fault::None));
+        assert!(matches!(w.procs[0].lease.role(), Role::Stopped { .. }));
+
+        // Stepped back by 5 s, then the active engine dies: the standby waits the lease plus
+        // the step, then takes over.
+        let mut w = World::new(2);
+        w.step(&Step::Turn(0, Fault::None));
+        w.step(&Step::ClockStep(-5000));
+        w.step(&Step::Crash(0));
+        let mut waited = 0;
+        while !w
+            .procs
+            .iter()
+            .any(|p| p.holder == 1 && matches!(p.lease.role(), Role::Active { .. }))
+        {
+            w.step(&Step::Advance(50));
+            w.step(&Step::Turn(1, Fault::None));
+            waited += 50;
+            assert!(waited < 10_000, "never took over");
+        }
+        assert!((6000..6000 + 300).contains(&waited), "took over after {waited} ms");
+    }
+
+    /// The answer to a granted takeover is lost (the connection dropped during its commit):
+    /// the standby does not know it holds the lease, so it does not start; it gets a new term
+    /// once that lease lapses. A lost renewal changes nothing (renewing is idempotent).
+    #[test]
+    fn a_lost_answer_costs_time_not_safety() {
+        let mut w = World::new(1);
+        w.step(&Step::Turn(0, Fault::Lost));
+        assert_eq!(w.procs[0].lease.role(), &Role::Standby { holder: None });
+        assert_eq!(w.db.row.as_ref().map(|r| r.term), Some(1));
+        let mut waited = 0;
+        while !matches!(w.procs[0].lease.role(), Role::Active { .. }) {
+            w.step(&Step::Advance(50));
+            w.step(&Step::Turn(0, Fault::None));
+            waited += 50;
+        }
+        assert!(matches!(w.procs[0].lease.role(), Role::Active { term: 2, .. }));
+        assert!(waited >= 1000 && waited <= 1300, "{waited}");
+        w.step(&Step::Advance(400));
+        w.step(&Step::Turn(0, Fault::Lost));
+        w.step(&Step::Advance(250));
+        w.step(&Step::Turn(0, Fault::None));
+        assert!(matches!(w.procs[0].lease.role(), Role::Active { term: 2, .. }));
+        assert_eq!(w.db.commits.last(), Some(&(0, 2)));
     }
 }

@@ -121,6 +121,14 @@ impl Handle {
         self.call(move |s| s.renew_lease(&holder, ttl))
     }
 
+    /// [`Store::set_idle_in_transaction_timeout`] on the handle's store.
+    pub fn set_idle_in_transaction_timeout(
+        &mut self,
+        d: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        self.call(move |s| s.set_idle_in_transaction_timeout(d))
+    }
+
     /// [`Store::release_lease`] on the handle's store.
     pub fn release_lease(&mut self) -> Result<(), StoreError> {
         self.call(|s| s.release_lease())

@@ -409,6 +409,9 @@ pub struct Store {
     conn: RefCell<Option<Conn>>,
     /// The lease term this store's engine holds, checked by every batch (see the crate doc).
     fence: Option<u64>,
+    /// `idle_in_transaction_session_timeout` of every connection, if set
+    /// ([`Store::set_idle_in_transaction_timeout`]).
+    idle_tx_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Store {
@@ -434,7 +437,7 @@ impl Store {
             // two minutes); `connect_timeout` in the connection string overrides it.
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        let store = Store { config, conn: RefCell::new(None), fence: None };
+        let store = Store { config, conn: RefCell::new(None), fence: None, idle_tx_timeout: None };
         store.migrate()?;
         Ok(store)
     }
@@ -446,7 +449,12 @@ impl Store {
     ) -> Result<T, StoreError> {
         let mut slot = self.conn.borrow_mut();
         if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
-            let client = self.config.connect(NoTls).map_err(pg("connecting"))?;
+            let mut client = self.config.connect(NoTls).map_err(pg("connecting"))?;
+            if let Some(d) = self.idle_tx_timeout {
+                client
+                    .batch_execute(&idle_tx_sql(d))
+                    .map_err(pg("setting idle_in_transaction_session_timeout"))?;
+            }
             *slot = Some(Conn { client, cache: HashMap::new() });
         }
         let conn = slot.as_mut().expect("just connected");
@@ -549,28 +557,56 @@ impl Store {
         })
     }
 
+    /// Makes the server end this store's session when it stays inside a transaction without a
+    /// word for `d` (`idle_in_transaction_session_timeout`; now and at every reconnect). An
+    /// engine sets it to its lease: a batch's transaction holds the lease row `FOR SHARE`, so
+    /// an engine stopped (SIGSTOP) in the middle of one would otherwise block every takeover
+    /// for as long as it stays stopped. When it runs again, its transaction fails and its next
+    /// batch is fenced.
+    pub fn set_idle_in_transaction_timeout(
+        &mut self,
+        d: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        self.idle_tx_timeout = Some(d);
+        let mut slot = self.conn.borrow_mut();
+        if let Some(c) = slot.as_mut().filter(|c| !c.client.is_closed()) {
+            c.client
+                .batch_execute(&idle_tx_sql(d))
+                .map_err(pg("setting idle_in_transaction_session_timeout"))?;
+        }
+        Ok(())
+    }
+
     /// Takes or renews the engine lease for `holder` for `ttl` (on the database's clock):
-    /// the term this store now fences its batches with, or `None` while another holder's
-    /// lease runs. Taking it from another holder raises the term, which deposes that holder:
-    /// its next batch fails with [`StoreError::Deposed`].
+    /// the term this store now fences its batches with, or `None` while the lease runs for
+    /// someone else. It is granted when nobody ever held it, when it lapsed, or as a renewal of
+    /// the very term this store holds. Every grant that is not such a renewal raises the term,
+    /// which deposes whoever held the previous one: its next batch fails with
+    /// [`StoreError::Deposed`]. That includes another process of the same holder (a restart
+    /// while the old process is stopped but alive, a lost answer to an earlier grant): a
+    /// holder name alone never gets a running lease back, it waits for it to lapse like
+    /// anyone else (a clean stop releases it at once, [`Store::release_lease`]).
     pub fn acquire_lease(
         &mut self,
         holder: &str,
         ttl: std::time::Duration,
     ) -> Result<Option<u64>, StoreError> {
         let ttl = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
+        // Terms start at 1: 0 matches no row.
+        let held = self.fence.map_or(0, |t| t as i64);
         let term = self.row(
             "taking the engine lease",
             "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS us)
              INSERT INTO engine_lease AS l (id, term, holder, expires_at)
              SELECT 1, 1, $1, now.us + $2 FROM now
              ON CONFLICT (id) DO UPDATE SET
-               term = CASE WHEN l.holder = EXCLUDED.holder THEN l.term ELSE l.term + 1 END,
+               term = CASE WHEN l.holder = EXCLUDED.holder AND l.term = $3 THEN l.term
+                           ELSE l.term + 1 END,
                holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-             WHERE l.holder = EXCLUDED.holder
+             WHERE (l.holder = EXCLUDED.holder AND l.term = $3)
                 OR l.expires_at < (SELECT us FROM now)
              RETURNING term",
-            &[&t(holder), &ttl],
+            &[&t(holder), &ttl, &held],
             |r| r.try_get::<_, i64>(0),
         )?;
         match term {
@@ -654,9 +690,16 @@ impl Store {
 
     /// Records `owner` as the owner of the inbox the stored inbox position counts in, fenced
     /// like a batch (fails with [`StoreError::Deposed`] once the lease was taken over), and
-    /// returns the previous owner. An engine that takes over from another one learns from it
-    /// that the stored position is not a position in its own inbox.
-    pub fn claim_inbox(&mut self, owner: &str) -> Result<Option<String>, StoreError> {
+    /// returns the previous owner. When the owner changes, the stored position becomes
+    /// `position` (the new owner's inbox position: everything before it is applied or dropped),
+    /// since the old one counts records of another engine's inbox. An engine that takes over
+    /// from another one learns from the answer that its inbox's records are from an earlier
+    /// term.
+    pub fn claim_inbox(
+        &mut self,
+        owner: &str,
+        position: u64,
+    ) -> Result<Option<String>, StoreError> {
         let what = "claiming the inbox position";
         let e = pg(what);
         let fence = self.fence;
@@ -669,12 +712,14 @@ impl Store {
                 .map(|r| r.try_get::<_, String>(0))
                 .transpose()
                 .map_err(&e)?;
-            tx.exec(
-                "INSERT INTO meta (key, value) VALUES ('inbox_owner', $1)
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                &[&t(owner)],
-            )
-            .map_err(&e)?;
+            if before.as_deref() != Some(owner) {
+                tx.exec(
+                    "INSERT INTO meta (key, value) VALUES ('inbox_owner', $1), ('inbox_position', $2)
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    &[&t(owner), &position.to_string()],
+                )
+                .map_err(&e)?;
+            }
             Ok(before)
         })
     }
@@ -1261,6 +1306,15 @@ pub(crate) fn node_id(table: &'static str, s: &str) -> Result<NodeId, StoreError
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The statement that sets `idle_in_transaction_session_timeout` (whole milliseconds, at
+/// least 1: 0 would turn it off).
+fn idle_tx_sql(d: std::time::Duration) -> String {
+    format!(
+        "SET idle_in_transaction_session_timeout = {}",
+        d.as_millis().clamp(1, i32::MAX as u128)
+    )
 }
 
 /// Inside a transaction: fails with [`StoreError::Deposed`] unless the lease row still has the

@@ -643,23 +643,104 @@ fn a_deposed_engine_commits_nothing() {
         "{other:?}"
     );
     assert_eq!(b.renew_lease("engine-b", ttl).unwrap(), LeaseState::Mine { term: 2 });
-    // b records itself as the inbox position's owner (fenced), then releases the lease at a
-    // clean stop: a takes it at once, with a new term, and b's claims are refused.
-    assert_eq!(b.claim_inbox("engine-b").unwrap(), None);
-    assert_eq!(b.claim_inbox("engine-b").unwrap().as_deref(), Some("engine-b"));
+    // b records itself as the inbox position's owner (fenced): the position becomes its
+    // inbox's, once; then b releases the lease at a clean stop: a takes it at once, with a new
+    // term, and b's claims are refused.
+    assert_eq!(b.claim_inbox("engine-b", 5).unwrap(), None);
+    assert_eq!(b.inbox_position().unwrap(), 5);
+    assert_eq!(b.claim_inbox("engine-b", 9).unwrap().as_deref(), Some("engine-b"));
+    assert_eq!(b.inbox_position().unwrap(), 5, "the owner's own position stays");
     b.release_lease().unwrap();
     let mut c = assim_store_postgres::Store::open(&info).unwrap();
     assert_eq!(
         c.try_acquire_lease("engine-a", std::time::Duration::from_secs(30)).unwrap(),
         LeaseState::Mine { term: 3 }
     );
-    assert_eq!(c.claim_inbox("engine-a").unwrap().as_deref(), Some("engine-b"));
-    let err = b.claim_inbox("engine-b").unwrap_err();
+    assert_eq!(c.claim_inbox("engine-a", 0).unwrap().as_deref(), Some("engine-b"));
+    assert_eq!(c.inbox_position().unwrap(), 0, "a position in a's inbox now");
+    let err = b.claim_inbox("engine-b", 9).unwrap_err();
     assert!(matches!(err, assim_store_postgres::StoreError::Deposed { held: 2, current: 3 }));
-    assert_eq!(b.renew_lease("engine-b", ttl).unwrap(), c.lease_state().unwrap());
+    let told = b.renew_lease("engine-b", ttl).unwrap();
+    assert!(
+        matches!(&told, LeaseState::Other { term: 3, holder, .. } if holder == "engine-a"),
+        "{told:?}"
+    );
     // A store without a term (a reader, `cma token create`) is not fenced.
     let mut plain = assim_store_postgres::Store::open(&info).unwrap();
     plain.set_meta("listen", "x").unwrap();
+}
+
+/// Issue 14: another process of the same engine (the same holder name: a restart while the
+/// first process is stopped but alive, or a grant whose answer was lost) does not get a running
+/// lease back; it waits for it to lapse and takes it under a new term, which fences the first.
+#[test]
+fn the_same_holder_in_another_process_waits_and_gets_a_new_term() {
+    let Some(pg) = Postgres::start() else { return };
+    pg.create_database("holder");
+    let info = pg.conninfo("holder");
+    let mut a = assim_store_postgres::Store::open(&info).unwrap();
+    let mut b = assim_store_postgres::Store::open(&info).unwrap();
+    let ttl = std::time::Duration::from_millis(300);
+    assert_eq!(a.acquire_lease("engine-a", ttl).unwrap(), Some(1));
+    assert_eq!(b.acquire_lease("engine-a", ttl).unwrap(), None, "a's lease still runs");
+    assert_eq!(a.acquire_lease("engine-a", ttl).unwrap(), Some(1), "a renews its own term");
+    let batch = |pos| InboxProgress { position: Some(pos), ..InboxProgress::default() };
+    a.apply(&[], &[event(1, "host.up", Some(1), &[], "a")], &batch(1)).unwrap();
+    let t0 = std::time::Instant::now();
+    let term = loop {
+        if let Some(term) = b.acquire_lease("engine-a", ttl).unwrap() {
+            break term;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "b never got the lease");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(250), "{:?}", t0.elapsed());
+    assert_eq!(term, 2);
+    let err = a.apply(&[], &[event(2, "host.up", Some(2), &[], "stale")], &batch(2)).unwrap_err();
+    assert!(
+        matches!(err, assim_store_postgres::StoreError::Deposed { held: 1, current: 2 }),
+        "{err}"
+    );
+    let other = a.renew_lease("engine-a", ttl).unwrap();
+    assert!(matches!(other, LeaseState::Other { term: 2, .. }), "{other:?}");
+    b.apply(&[], &[event(2, "host.up", Some(2), &[], "b")], &batch(2)).unwrap();
+    let texts: Vec<String> = b.events_since(0, 10).unwrap().into_iter().map(|e| e.text).collect();
+    assert_eq!(texts, ["a", "b"]);
+}
+
+/// An engine stopped (SIGSTOP) inside a batch's transaction holds the lease row `FOR SHARE`;
+/// with the idle-in-transaction timeout the engine sets to its lease, the server ends that
+/// session and a takeover goes through instead of waiting for the stopped engine.
+#[test]
+fn a_transaction_left_open_does_not_block_a_takeover_for_long() {
+    let Some(pg) = Postgres::start() else { return };
+    pg.create_database("idle");
+    let info = pg.conninfo("idle");
+    let mut a = assim_store_postgres::Store::open(&info).unwrap();
+    a.acquire_lease("engine-a", std::time::Duration::from_millis(300)).unwrap();
+    a.set_idle_in_transaction_timeout(std::time::Duration::from_millis(500)).unwrap();
+    // What a batch does first, then nothing (the engine is stopped).
+    let mut stopped = postgres::Client::connect(&info, postgres::NoTls).unwrap();
+    stopped.batch_execute("SET idle_in_transaction_session_timeout = 500").unwrap();
+    let mut tx = stopped.transaction().unwrap();
+    tx.query("SELECT term FROM engine_lease WHERE id = 1 FOR SHARE", &[]).unwrap();
+    let mut b = assim_store_postgres::Store::open(&info).unwrap();
+    let t0 = std::time::Instant::now();
+    let term = loop {
+        if let Some(term) = b.acquire_lease("engine-b", std::time::Duration::from_secs(5)).unwrap()
+        {
+            break term;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "b never got the lease");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(term, 2);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(3), "{:?}", t0.elapsed());
+    // The stopped one wakes up: its transaction is gone.
+    assert!(tx.commit().is_err(), "the server ended the idle transaction");
+    // The engine's store (its other batches) is fenced.
+    let err = a.apply(&[], &[], &InboxProgress { position: Some(1), ..Default::default() });
+    assert!(matches!(err, Err(assim_store_postgres::StoreError::Deposed { .. })), "{err:?}");
 }
 
 /// A [`assim_store_postgres::Handle`] runs its store on its own thread: it can be opened, used
