@@ -706,9 +706,9 @@ fn token_create(
             TokenStore::Sqlite(assim_store_sqlite::Store::open(p)?)
         }
         // No async runtime here: the synchronous client may be used directly.
-        crate::store::StoreUrl::Postgres(u) => TokenStore::Postgres(
+        crate::store::StoreUrl::Postgres(u) => TokenStore::Postgres(Box::new(
             assim_store_postgres::Store::open(u).map_err(|e| opts.store.unreachable(e))?,
-        ),
+        )),
     };
     let addrs = if advertise.is_empty() {
         let listen = match store.meta()? {
@@ -750,7 +750,7 @@ fn token_create(
 /// Where `cma token create` writes.
 enum TokenStore {
     Sqlite(assim_store_sqlite::Store),
-    Postgres(assim_store_postgres::Store),
+    Postgres(Box<assim_store_postgres::Store>),
 }
 
 impl TokenStore {

@@ -480,7 +480,7 @@ mod model {
         /// A second process of the same engine (same holder) beside a running one.
         Duplicate(usize),
         /// The database's clock steps (ms, either way).
-        ClockStep(i64),
+        DbClock(i64),
     }
 
     /// One `cma` process.
@@ -610,7 +610,7 @@ mod model {
                         self.spawn(e % self.engines);
                     }
                 }
-                Step::ClockStep(ms) => self.db.offset_ms += ms,
+                Step::DbClock(ms) => self.db.offset_ms += ms,
             }
             self.check_safety();
         }
@@ -692,7 +692,7 @@ mod model {
             1 => (0usize..3).prop_map(Step::Crash),
             1 => (0usize..3).prop_map(Step::CleanStop),
             1 => (0usize..3).prop_map(Step::Duplicate),
-            1 => (-3000i64..3000).prop_map(Step::ClockStep),
+            1 => (-3000i64..3000).prop_map(Step::DbClock),
         ]
     }
 
@@ -732,7 +732,7 @@ mod model {
         let mut w = World::new(2);
         w.step(&Step::Turn(0, Fault::None));
         w.step(&Step::Turn(1, Fault::None));
-        w.step(&Step::ClockStep(2000));
+        w.step(&Step::DbClock(2000));
         w.step(&Step::Advance(200));
         w.step(&Step::Turn(1, Fault::None));
         assert!(matches!(w.procs[1].lease.role(), Role::Active { term: 2, .. }));
@@ -747,7 +747,7 @@ mod model {
         // the step, then takes over.
         let mut w = World::new(2);
         w.step(&Step::Turn(0, Fault::None));
-        w.step(&Step::ClockStep(-5000));
+        w.step(&Step::DbClock(-5000));
         w.step(&Step::Crash(0));
         let mut waited = 0;
         while !w
@@ -779,7 +779,7 @@ mod model {
             waited += 50;
         }
         assert!(matches!(w.procs[0].lease.role(), Role::Active { term: 2, .. }));
-        assert!(waited >= 1000 && waited <= 1300, "{waited}");
+        assert!((1000..=1300).contains(&waited), "{waited}");
         w.step(&Step::Advance(400));
         w.step(&Step::Turn(0, Fault::Lost));
         w.step(&Step::Advance(250));

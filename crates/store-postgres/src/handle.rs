@@ -151,7 +151,7 @@ impl Handle {
 
 impl assim_store::EngineStore for Handle {
     fn load(&mut self) -> Result<assim_store::Loaded, StoreFailed> {
-        self.call(|s| assim_store::EngineStore::load(s))
+        self.call(assim_store::EngineStore::load)
     }
 
     fn apply(
