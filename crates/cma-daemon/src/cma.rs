@@ -282,9 +282,9 @@ pub async fn run(
         // has nothing in its own inbox that the store's position refers to, so the position
         // becomes this inbox's end and what this inbox still holds (from an earlier term) goes.
         let position = inbox.log().map_or(0, |l| l.next_lsn().saturating_sub(1));
-        let previous = blocking(|| claim_inbox(&mut store, holder, position))?;
-        if previous.as_deref() != Some(holder.as_str()) {
-            discard_inbox(&mut inbox, previous.as_deref())?;
+        let claim = blocking(|| claim_inbox(&mut store, holder, position))?;
+        if claim.previous.as_deref() != Some(holder.as_str()) {
+            discard_inbox(&mut inbox, &claim)?;
         }
     }
     let last_id = store.last_event_id()?;
@@ -617,29 +617,51 @@ fn ask_lease(
     }
 }
 
-/// Records this engine as the owner of the stored inbox position; the previous owner.
+/// Records this engine as the owner of the stored inbox position (see
+/// [`assim_store_postgres::Store::claim_inbox`]).
 fn claim_inbox(
     db: &mut crate::store::EngineDb,
     holder: &str,
     position: u64,
-) -> anyhow::Result<Option<String>> {
-    let crate::store::EngineDb::Postgres(h) = db else { return Ok(Some(holder.to_owned())) };
+) -> anyhow::Result<assim_store_postgres::InboxClaim> {
+    let crate::store::EngineDb::Postgres(h) = db else {
+        return Ok(assim_store_postgres::InboxClaim {
+            previous: Some(holder.to_owned()),
+            mine_through: None,
+        });
+    };
     let holder = holder.to_owned();
     Ok(h.call(move |s| s.claim_inbox(&holder, position))?)
 }
 
 /// Drops every record of this engine's inbox: the stored position counts in another engine's
 /// inbox (it applied records since this one last did), so these are from an earlier term.
-/// Spool records among them that the other engine never applied are lost with this step; the
-/// JetStream inbox (one inbox for every engine) is what removes that window (docs/cluster.md).
-fn discard_inbox(inbox: &mut LogInbox<FileStorage>, previous: Option<&str>) -> anyhow::Result<()> {
-    let left = inbox.log().map_or(0, |l| l.next_lsn().saturating_sub(l.first_lsn()));
-    if left > 0 {
+/// Those up to the position this engine had stored then were applied; those after it were
+/// acknowledged to their nanoprobes but never applied, and are lost with this step (a warning
+/// counts them); the JetStream inbox (one inbox for every engine) is what removes that window
+/// (docs/cluster.md).
+fn discard_inbox(
+    inbox: &mut LogInbox<FileStorage>,
+    claim: &assim_store_postgres::InboxClaim,
+) -> anyhow::Result<()> {
+    let (first, next) = inbox.log().map_or((0, 0), |l| (l.first_lsn(), l.next_lsn()));
+    let unapplied = match claim.mine_through {
+        Some(through) => next.saturating_sub(first.max(through + 1)),
+        // Never owned the position: nothing in this inbox was applied to this database.
+        None => next.saturating_sub(first),
+    };
+    if unapplied > 0 {
         warn!(
-            records = left,
-            previous_owner = previous.unwrap_or("(none)"),
-            "another engine applied records since this one last did: discarding this engine's \
-             inbox records from its earlier term"
+            records = unapplied,
+            previous_owner = claim.previous.as_deref().unwrap_or("(none)"),
+            "another engine applies records since this one last did: this engine's inbox held \
+             records it had acknowledged but not applied before it lost the engine lease; they \
+             are dropped (see docs/cluster.md, 'The inbox is still local')"
+        );
+    } else if next > first {
+        debug!(
+            records = next - first,
+            "dropping this engine's applied inbox records of an earlier term"
         );
     }
     assim_store::Inbox::remove_through(inbox, u64::MAX)

@@ -127,6 +127,16 @@ impl From<StoreError> for assim_store::StoreFailed {
     }
 }
 
+/// What [`Store::claim_inbox`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboxClaim {
+    /// Who owned the stored inbox position before (`None`: nobody yet).
+    pub previous: Option<String>,
+    /// When the claimer owned it once and another engine took it since: the position the
+    /// claimer had stored by then.
+    pub mine_through: Option<u64>,
+}
+
 /// Who holds the engine lease, as [`Store::try_acquire_lease`] and [`Store::renew_lease`]
 /// found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -689,38 +699,49 @@ impl Store {
     }
 
     /// Records `owner` as the owner of the inbox the stored inbox position counts in, fenced
-    /// like a batch (fails with [`StoreError::Deposed`] once the lease was taken over), and
-    /// returns the previous owner. When the owner changes, the stored position becomes
-    /// `position` (the new owner's inbox position: everything before it is applied or dropped),
-    /// since the old one counts records of another engine's inbox. An engine that takes over
-    /// from another one learns from the answer that its inbox's records are from an earlier
-    /// term.
-    pub fn claim_inbox(
-        &mut self,
-        owner: &str,
-        position: u64,
-    ) -> Result<Option<String>, StoreError> {
+    /// like a batch (fails with [`StoreError::Deposed`] once the lease was taken over). When
+    /// the owner changes, the previous owner's last stored position is kept under its name and
+    /// the stored position becomes `position` (the new owner's inbox position: everything
+    /// before it is applied or dropped), since the old one counts records of another engine's
+    /// inbox. The answer says who owned it before and, when `owner` owned it once, the position
+    /// it had reached then: the records of its inbox after that one were acknowledged in its
+    /// earlier term but never applied.
+    pub fn claim_inbox(&mut self, owner: &str, position: u64) -> Result<InboxClaim, StoreError> {
         let what = "claiming the inbox position";
         let e = pg(what);
         let fence = self.fence;
         self.transaction(what, |tx| {
             check_fence(tx, fence, what)?;
-            let before = tx
-                .query("SELECT value FROM meta WHERE key = 'inbox_owner'", &[])
-                .map_err(&e)?
-                .first()
-                .map(|r| r.try_get::<_, String>(0))
-                .transpose()
-                .map_err(&e)?;
-            if before.as_deref() != Some(owner) {
+            let get = |tx: &mut Tx<'_>, key: &str| -> Result<Option<String>, StoreError> {
+                tx.query("SELECT value FROM meta WHERE key = $1", &[&key])
+                    .map_err(&e)?
+                    .first()
+                    .map(|r| r.try_get::<_, String>(0))
+                    .transpose()
+                    .map_err(&e)
+            };
+            let previous = get(tx, "inbox_owner")?;
+            let mine_key = format!("inbox_position_of:{}", t(owner));
+            let mine_through = get(tx, &mine_key)?.and_then(|v| v.parse().ok());
+            if previous.as_deref() != Some(owner) {
+                let mut rows = vec![
+                    ("inbox_owner".to_owned(), t(owner).into_owned()),
+                    ("inbox_position".to_owned(), position.to_string()),
+                ];
+                if let (Some(p), Some(at)) = (&previous, get(tx, "inbox_position")?) {
+                    rows.push((format!("inbox_position_of:{p}"), at));
+                }
                 tx.exec(
-                    "INSERT INTO meta (key, value) VALUES ('inbox_owner', $1), ('inbox_position', $2)
+                    "INSERT INTO meta (key, value) SELECT * FROM unnest($1::text[], $2::text[])
                      ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                    &[&t(owner), &position.to_string()],
+                    &[
+                        &rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+                        &rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
+                    ],
                 )
                 .map_err(&e)?;
             }
-            Ok(before)
+            Ok(InboxClaim { previous, mine_through })
         })
     }
 

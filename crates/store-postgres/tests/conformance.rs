@@ -646,18 +646,25 @@ fn a_deposed_engine_commits_nothing() {
     // b records itself as the inbox position's owner (fenced): the position becomes its
     // inbox's, once; then b releases the lease at a clean stop: a takes it at once, with a new
     // term, and b's claims are refused.
-    assert_eq!(b.claim_inbox("engine-b", 5).unwrap(), None);
+    let claim = |previous: Option<&str>, mine_through| assim_store_postgres::InboxClaim {
+        previous: previous.map(str::to_owned),
+        mine_through,
+    };
+    assert_eq!(b.claim_inbox("engine-b", 5).unwrap(), claim(None, None));
     assert_eq!(b.inbox_position().unwrap(), 5);
-    assert_eq!(b.claim_inbox("engine-b", 9).unwrap().as_deref(), Some("engine-b"));
+    assert_eq!(b.claim_inbox("engine-b", 9).unwrap(), claim(Some("engine-b"), None));
     assert_eq!(b.inbox_position().unwrap(), 5, "the owner's own position stays");
+    b.apply(&[], &[], &batch(7)).unwrap();
     b.release_lease().unwrap();
     let mut c = assim_store_postgres::Store::open(&info).unwrap();
     assert_eq!(
         c.try_acquire_lease("engine-a", std::time::Duration::from_secs(30)).unwrap(),
         LeaseState::Mine { term: 3 }
     );
-    assert_eq!(c.claim_inbox("engine-a", 0).unwrap().as_deref(), Some("engine-b"));
+    assert_eq!(c.claim_inbox("engine-a", 0).unwrap(), claim(Some("engine-b"), None));
     assert_eq!(c.inbox_position().unwrap(), 0, "a position in a's inbox now");
+    // When b claims it back one day, it learns that its inbox was applied through 7.
+    assert_eq!(c.meta("inbox_position_of:engine-b").unwrap().as_deref(), Some("7"));
     let err = b.claim_inbox("engine-b", 9).unwrap_err();
     assert!(matches!(err, assim_store_postgres::StoreError::Deposed { held: 2, current: 3 }));
     let told = b.renew_lease("engine-b", ttl).unwrap();
