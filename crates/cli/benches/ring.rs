@@ -24,8 +24,10 @@ fn main() {
         name_prefix: "b".into(),
         ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), nodes)
     };
+    let (interval, warn, dead) = (spec.interval, spec.warn, spec.dead);
     println!(
-        "ring benchmark: {nodes} nanoprobes, heartbeat 1s / warn 3s / dead 5s, {kills} crashes"
+        "ring benchmark: {nodes} nanoprobes, heartbeat {interval:?} / warn {warn:?} / dead \
+         {dead:?}, {kills} crashes"
     );
     let mut c = Cluster::new(spec, false).expect("start the CMA");
     let t = Instant::now();
@@ -65,10 +67,11 @@ fn main() {
         latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let med = latencies[latencies.len() / 2];
         println!(
-            "crash -> host.down: min {:.0} ms, median {med:.0} ms, max {:.0} ms over {} crashes (dead time 5000 ms)",
+            "crash -> host.down: min {:.0} ms, median {med:.0} ms, max {:.0} ms over {} crashes (dead time {} ms)",
             latencies[0],
             latencies[latencies.len() - 1],
-            latencies.len()
+            latencies.len(),
+            dead.as_millis()
         );
     }
 }

@@ -7,8 +7,8 @@
 //!   127.0.1.(1+i):7946 with its RPC on 127.0.1.(1+i):7373, all joining agent 1. Agent 1 (never
 //!   killed) runs a `member-failed` event handler that appends a nanosecond timestamp and the
 //!   member line to a file: that is Serf's failure event.
-//! * N real nanoprobes and a CMA through [`Cluster`] (127.0.0.11+, default timing 1 s / 3 s /
-//!   5 s); the failure event is the CMA's `host.down` (its own timestamp).
+//! * N real nanoprobes and a CMA through [`Cluster`] (127.0.0.11+, the default timing,
+//!   1 s / 1.5 s / 2.5 s); the failure event is the CMA's `host.down` (its own timestamp).
 //!
 //! For both it measures, in a steady window (env `ASSIM_BENCH_STEADY_SECS`, default 20) after the
 //! cluster formed: packets and bytes sent per node per second, the agents' mean RSS and CPU; then

@@ -61,7 +61,7 @@ pub struct ClusterSpec {
 
 impl ClusterSpec {
     /// `nodes` nanoprobes from the standalone `cma` and `nanoprobe` binaries, with the default
-    /// timing (1 s / 3 s / 5 s), enrolled with a join token, named `n1`, `n2`, …
+    /// timing (the CMA's, 1 s / 1.5 s / 2.5 s), enrolled with a join token, named `n1`, `n2`, …
     pub fn with_binaries(
         cma: impl Into<PathBuf>,
         nanoprobe: impl Into<PathBuf>,
@@ -71,9 +71,9 @@ impl ClusterSpec {
             cma: Program { path: cma.into(), prefix: vec![] },
             nanoprobe: Program { path: nanoprobe.into(), prefix: vec![] },
             nodes,
-            interval: Duration::from_secs(1),
-            warn: Duration::from_secs(3),
-            dead: Duration::from_secs(5),
+            interval: assim_cma::Timing::default().interval,
+            warn: assim_cma::Timing::default().warn,
+            dead: assim_cma::Timing::default().dead,
             enrollment: ClusterEnrollment::Token,
             name_prefix: "n".into(),
             cma_args: Vec::new(),

@@ -69,10 +69,11 @@ pub struct CmaFlags {
     /// How often nanoprobes heartbeat their neighbours [default: 1s].
     #[arg(long, env = "ASSIM_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
     pub heartbeat_interval: Option<Duration>,
-    /// Silence after which a neighbour is reported late [default: 3s].
+    /// Silence after which a neighbour counts as late (kept at the nanoprobe, not reported)
+    /// [default: 1.5s].
     #[arg(long, env = "ASSIM_WARN_TIME", value_parser = parse_duration)]
     pub warn_time: Option<Duration>,
-    /// Silence after which a neighbour is reported dead [default: 5s].
+    /// Silence after which a neighbour is reported dead [default: 2.5s].
     #[arg(long, env = "ASSIM_DEAD_TIME", value_parser = parse_duration)]
     pub dead_time: Option<Duration>,
     /// Accept nanoprobes without a join token (labs and demos only).
@@ -417,15 +418,17 @@ impl CmaFlags {
                 (None, None) => Ok(Duration::from_millis(default)),
             }
         };
+        let default = assim_cma::Timing::default();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let timing = assim_cma::Timing {
             interval: dur(
                 self.heartbeat_interval,
                 &file.heartbeat_interval,
-                1000,
+                ms(default.interval),
                 "heartbeat_interval",
             )?,
-            warn: dur(self.warn_time, &file.warn_time, 3000, "warn_time")?,
-            dead: dur(self.dead_time, &file.dead_time, 5000, "dead_time")?,
+            warn: dur(self.warn_time, &file.warn_time, ms(default.warn), "warn_time")?,
+            dead: dur(self.dead_time, &file.dead_time, ms(default.dead), "dead_time")?,
         };
         if let Err(e) = timing.validate() {
             bail!(

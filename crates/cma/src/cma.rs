@@ -761,15 +761,17 @@ impl Cma {
         }
     }
 
-    /// Suspect → Down: two neighbours' dead words and the CMA's own probe unanswered.
+    /// Suspect → Down: two neighbours' dead words and the CMA's own probes unanswered.
     fn down_corroborated(&mut self, now: Timestamp, node: NodeId, s: Suspicion) {
         self.stats.downs_corroborated += 1;
         let names: Vec<String> = s.reporters.iter().map(|r| self.name(*r)).collect();
         let text = format!(
-            "{} is down: no heartbeats for {}, confirmed by {}; it did not answer the CMA's probe",
+            "{} is down: no heartbeats for {}, confirmed by {}; it answered none of the CMA's {} \
+             probes",
             self.name(node),
             self.silence(s.silent_ms),
             join_names(&names),
+            s.probes_sent(),
         );
         let tags = vec![
             ("reason", "corroborated".into()),

@@ -2,10 +2,11 @@
 //!
 //! ```text
 //! UP --dead report (neighbour A)------------------> SUSPECT{reporters={A}, deadline=now+2*interval}
-//!                                                   probe now, then every interval/2
+//!                                                   probe now and every gap until K probes are
+//!                                                   out, then every interval/2
 //! SUSPECT --dead report (neighbour C != A)--------> DOWN            (unless alive was proven;
-//!                                                   once the CMA's first probe has gone
-//!                                                   unanswered for interval/2)
+//!                                                   once K probes have gone unanswered, the
+//!                                                   last for one gap)
 //! SUSPECT --deadline, alive proven----------------> UP + path.suspect(A -> B)
 //! SUSPECT --deadline, no proof of life------------> DOWN            (the CMA's own probe failed)
 //! SUSPECT --back-alive from every reporter--------> UP              (host.up, reason=resumed)
@@ -34,10 +35,15 @@
 //! Probe replies and the node's own messages are the CMA's first-hand evidence and are never
 //! withdrawn.
 //!
-//! **The CMA's own probe decides** (issue 16 item 4). Two neighbours' dead words are not enough
-//! on their own: the node goes down only once the CMA's first probe has gone unanswered for
-//! [`probe_every`] (half an interval). Two colluding neighbours can therefore not take down a
-//! host the CMA can reach; a second report that arrives sooner arms a confirmation timer.
+//! **The CMA's own probes decide** (issue 16 item 4, issue 18). Two neighbours' dead words are
+//! not enough on their own: the node goes down only once K = [`CONFIRM_PROBES`] probes, sent
+//! [`confirm_gap`] apart (80 ms at the default 1 s interval), have all gone unanswered, the last
+//! one for a gap: [`confirm_window`] (400 ms) after the first probe. A reply to any of them is
+//! proof of life. Two colluding neighbours can therefore not take down a host the CMA can reach,
+//! and chance loss cannot either: at 5 % loss each way one probe fails 9.75 % of the time, all
+//! five 0.001 % of the time. A second report that arrives sooner arms a confirmation timer. If
+//! probing stopped on a neighbour's proof of life and resumes when it is withdrawn, the count
+//! goes on: K probes in all, whenever they were sent.
 //!
 //! This module only keeps suspicions and their timers; [`crate::Cma`] applies the lifecycle
 //! consequences (state, ring, events). Timers live in one `BTreeSet<(wake, node)>`, so finding
@@ -47,11 +53,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use assim_wire::{NodeId, Timestamp};
 
-use crate::model::{Timing, probe_every, suspect_window};
+#[cfg(doc)]
+use crate::model::confirm_window;
+use crate::model::{CONFIRM_PROBES, Timing, confirm_gap, probe_every, suspect_window};
 
-/// The most nonces remembered per suspicion (2×interval / (interval/2) + 1 = 5 with the default
-/// schedule; the bound only matters for odd timings).
-const MAX_NONCES: usize = 8;
+/// The most nonces remembered per suspicion: the K confirmation probes and the ones every
+/// interval/2 until the deadline (5 + 4 = 9 with the default schedule), with room for probing
+/// that resumed after a withdrawn proof of life. The oldest is forgotten first.
+const MAX_NONCES: usize = 16;
 
 /// What showed that a suspect node is alive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,14 +136,16 @@ pub struct Suspicion {
     next_probe: Option<Timestamp>,
     /// Nonces issued for this suspicion.
     nonces: Vec<u64>,
+    /// Probes sent for this suspicion (the first one included).
+    probes_sent: u32,
     /// The current proof of life, if any: the first-hand one, else the first neighbour whose
     /// latest word still proves it.
     pub alive: Option<AliveProof>,
     /// Restored from a snapshot rather than started by a report.
     pub restored: bool,
-    /// When the first probe has gone unanswered long enough to confirm a corroborated
-    /// suspicion.
-    probe_failed_at: Timestamp,
+    /// When the K-th probe has gone unanswered long enough to confirm a corroborated
+    /// suspicion; `None` until K probes are out.
+    probe_failed_at: Option<Timestamp>,
     /// Two reporters and no proof of life before `probe_failed_at`: decide then.
     confirm_pending: bool,
     /// A probe reply or a message from the node itself (never withdrawn).
@@ -148,7 +159,35 @@ pub struct Suspicion {
 impl Suspicion {
     fn wake(&self) -> Timestamp {
         let wake = self.next_probe.map_or(self.deadline, |p| p.min(self.deadline));
-        if self.confirm_pending { wake.min(self.probe_failed_at) } else { wake }
+        match self.probe_failed_at {
+            Some(failed) if self.confirm_pending => wake.min(failed),
+            _ => wake,
+        }
+    }
+
+    /// Whether the K confirmation probes are out and the last one has gone unanswered.
+    fn probes_failed(&self, now: Timestamp) -> bool {
+        self.probe_failed_at.is_some_and(|t| now >= t)
+    }
+
+    /// Records a probe sent at `now` and schedules the next one.
+    fn probe_sent(&mut self, now: Timestamp, nonce: u64, timing: &Timing) {
+        if self.nonces.len() == MAX_NONCES {
+            self.nonces.remove(0);
+        }
+        self.nonces.push(nonce);
+        self.probes_sent = self.probes_sent.saturating_add(1);
+        let gap = confirm_gap(timing);
+        if self.probes_sent == CONFIRM_PROBES {
+            self.probe_failed_at = Some(now + gap);
+        }
+        let next = now + if self.probes_sent < CONFIRM_PROBES { gap } else { probe_every(timing) };
+        self.next_probe = (next < self.deadline).then_some(next);
+    }
+
+    /// Probes sent for this suspicion so far.
+    pub fn probes_sent(&self) -> u32 {
+        self.probes_sent
     }
 
     /// Corroborated by two reporters with nothing proving the node alive.
@@ -189,8 +228,8 @@ pub enum Witnessed {
     Stale,
     /// The witness had already reported it dead; nothing changed.
     Repeated,
-    /// A second neighbour confirms, nothing proves the node alive and the CMA's first probe
-    /// has gone unanswered: it is down. The suspicion is closed and returned.
+    /// A second neighbour confirms, nothing proves the node alive and the CMA's
+    /// [`CONFIRM_PROBES`] probes have gone unanswered: it is down. The suspicion is closed and returned.
     Confirmed(Suspicion),
     /// Recorded; decided later (another reporter while alive is proven, the first report
     /// after a restart, a late word).
@@ -208,7 +247,7 @@ pub enum Due {
     Probe { node: NodeId, nonce: u64 },
     /// The deadline passed: decide. The suspicion is closed.
     Decide { node: NodeId, suspicion: Suspicion },
-    /// A corroborated suspicion's first probe went unanswered: down, as
+    /// A corroborated suspicion's [`CONFIRM_PROBES`] probes went unanswered: down, as
     /// [`Witnessed::Confirmed`]. The suspicion is closed.
     Confirmed { node: NodeId, suspicion: Suspicion },
 }
@@ -262,23 +301,23 @@ impl Suspicions {
     ) -> u64 {
         self.cancel(node);
         let nonce = self.issue_nonce();
-        let deadline = now + suspect_window(timing);
-        let next = now + probe_every(timing);
-        let s = Suspicion {
+        let mut s = Suspicion {
             reporters: first.iter().map(|f| f.0).collect(),
             silent_ms: first.map_or(0, |f| f.1.silent_ms),
             started: now,
-            deadline,
-            next_probe: (next < deadline).then_some(next),
-            nonces: vec![nonce],
+            deadline: now + suspect_window(timing),
+            next_probe: None,
+            nonces: Vec::new(),
+            probes_sent: 0,
             alive: None,
             restored: first.is_none(),
-            probe_failed_at: now + probe_every(timing),
+            probe_failed_at: None,
             confirm_pending: false,
             first_hand: None,
             heard_by: Vec::new(),
             words: first.into_iter().collect(),
         };
+        s.probe_sent(now, nonce, timing);
         self.timers.insert((s.wake(), node));
         self.by_node.insert(node, s);
         nonce
@@ -321,7 +360,7 @@ impl Suspicions {
                 // restart takes its place rather than confirming.
                 if !s.corroborated() {
                     Witnessed::Recorded
-                } else if now >= s.probe_failed_at {
+                } else if s.probes_failed(now) {
                     let closed = self.cancel(node).expect("present");
                     return Some(Witnessed::Confirmed(closed));
                 } else {
@@ -414,7 +453,7 @@ impl Suspicions {
             let suspicion = self.by_node.remove(&node).expect("present");
             return Some(Due::Decide { node, suspicion });
         }
-        if s.confirm_pending && now >= s.probe_failed_at {
+        if s.confirm_pending && s.probes_failed(now) {
             s.confirm_pending = false;
             if s.corroborated() {
                 let suspicion = self.by_node.remove(&node).expect("present");
@@ -427,12 +466,7 @@ impl Suspicions {
         }
         let nonce = self.issue_nonce();
         let s = self.by_node.get_mut(&node).expect("present");
-        if s.nonces.len() == MAX_NONCES {
-            s.nonces.remove(0);
-        }
-        s.nonces.push(nonce);
-        let next = s.next_probe.unwrap_or(now).max(now) + probe_every(timing);
-        s.next_probe = (next < s.deadline).then_some(next);
+        s.probe_sent(now, nonce, timing);
         self.timers.insert((s.wake(), node));
         Some(Due::Probe { node, nonce })
     }
@@ -441,6 +475,7 @@ impl Suspicions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::confirm_window;
     use std::time::Duration;
 
     fn id(n: u8) -> NodeId {
@@ -459,30 +494,124 @@ mod tests {
         std::iter::from_fn(|| s.poll_due(now, t)).collect()
     }
 
+    /// Runs every timer due up to `end`, each at its own time.
+    fn run_to(s: &mut Suspicions, end: Timestamp, t: &Timing) -> Vec<(Timestamp, Due)> {
+        let mut out = Vec::new();
+        while let Some(now) = s.next_wake().filter(|w| *w <= end) {
+            out.extend(drain(s, now, t).into_iter().map(|d| (now, d)));
+        }
+        out
+    }
+
+    fn probe_nonces(due: &[(Timestamp, Due)]) -> Vec<u64> {
+        due.iter()
+            .filter_map(|(_, d)| match d {
+                Due::Probe { nonce, .. } => Some(*nonce),
+                _ => None,
+            })
+            .collect()
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
     #[test]
-    fn probes_every_half_interval_until_the_deadline() {
+    fn the_confirmation_schedule_at_the_default_timing() {
+        let t = Timing::default();
+        assert_eq!(confirm_gap(&t), 80 * MS);
+        assert_eq!(confirm_window(&t), 400 * MS);
+        assert_eq!(probe_every(&t), 500 * MS);
+        assert_eq!(suspect_window(&t), 2000 * MS);
+        // Odd timings keep a positive gap and a window inside the suspicion.
+        let tiny = Timing::from_millis(1, 2, 3);
+        assert_eq!(confirm_gap(&tiny), MS);
+        assert!(confirm_window(&tiny) <= suspect_window(&Timing::from_millis(3, 3, 4)));
+    }
+
+    #[test]
+    fn k_probes_a_gap_apart_then_every_half_interval_until_the_deadline() {
         let t = Timing::default();
         let mut s = Suspicions::new(100);
         let t0 = Timestamp(1_000_000);
         assert_eq!(s.start(id(2), Some((id(1), dead(5000))), t0, &t), 100);
-        let mut probes = 1;
-        let now = loop {
-            let now = s.next_wake().unwrap();
-            match drain(&mut s, now, &t).as_slice() {
-                [Due::Probe { nonce, .. }] => {
-                    probes += 1;
-                    assert!(s.nonce_matches(id(2), *nonce));
-                }
-                [Due::Decide { suspicion, .. }] => {
-                    assert_eq!(suspicion.deadline, t0 + Duration::from_secs(2));
-                    break now;
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        };
-        assert_eq!(now, t0 + Duration::from_secs(2));
-        assert_eq!(probes, 4, "at 0, 0.5, 1.0 and 1.5 s");
+        let due = run_to(&mut s, t0 + suspect_window(&t), &t);
+        let times: Vec<u64> = due
+            .iter()
+            .filter(|(_, d)| matches!(d, Due::Probe { .. }))
+            .map(|(at, _)| (at.0 - t0.0) / 1000)
+            .collect();
+        // The first probe went out with the suspicion (at 0 ms).
+        assert_eq!(times, vec![80, 160, 240, 320, 820, 1320, 1820]);
+        for n in probe_nonces(&due) {
+            assert!(s.nonce_matches(id(2), n) || s.get(id(2)).is_none());
+        }
+        let [.., (at, Due::Decide { suspicion, .. })] = &due[..] else { panic!("{due:?}") };
+        assert_eq!(*at, t0 + Duration::from_secs(2));
+        assert_eq!(suspicion.probes_sent(), 8);
         assert!(s.is_empty() && s.next_wake().is_none());
+    }
+
+    #[test]
+    fn two_reporters_take_it_down_only_after_k_probes_unanswered() {
+        let t = Timing::default();
+        let t0 = Timestamp(1_000_000);
+        let mut s = Suspicions::new(0);
+        s.start(id(2), Some((id(1), dead(2500))), t0, &t);
+        assert_eq!(s.witness(id(2), id(3), dead(2500), false, t0), Some(Witnessed::Recorded));
+        // Until the K-th probe has gone unanswered for a gap: only probes.
+        let due = run_to(&mut s, t0 + confirm_window(&t) - MS, &t);
+        assert_eq!(probe_nonces(&due).len() as u32, CONFIRM_PROBES - 1, "{due:?}");
+        assert_eq!(s.get(id(2)).unwrap().probes_sent(), CONFIRM_PROBES);
+        let due = run_to(&mut s, t0 + confirm_window(&t), &t);
+        let [(at, Due::Confirmed { suspicion, .. })] = &due[..] else { panic!("{due:?}") };
+        assert_eq!(*at, t0 + 400 * MS);
+        assert_eq!(suspicion.reporters, vec![id(1), id(3)]);
+        assert!(s.is_empty() && s.next_wake().is_none());
+
+        // A second report that comes after the window confirms at once.
+        s.start(id(2), Some((id(1), dead(2500))), t0, &t);
+        assert!(run_to(&mut s, t0 + 600 * MS, &t).iter().all(|d| matches!(d.1, Due::Probe { .. })));
+        let late = t0 + 600 * MS;
+        let Some(Witnessed::Confirmed(c)) = s.witness(id(2), id(3), dead(2500), false, late) else {
+            panic!("not confirmed")
+        };
+        assert_eq!(c.probes_sent(), CONFIRM_PROBES);
+
+        // One that comes before: recorded, decided when the probes have failed.
+        s.start(id(2), Some((id(1), dead(2500))), t0, &t);
+        run_to(&mut s, t0 + 200 * MS, &t);
+        let early = t0 + 200 * MS;
+        assert_eq!(s.witness(id(2), id(3), dead(2500), false, early), Some(Witnessed::Recorded));
+        let due = run_to(&mut s, t0 + suspect_window(&t), &t);
+        assert!(matches!(due.last(), Some((at, Due::Confirmed { .. })) if *at == t0 + 400 * MS));
+    }
+
+    #[test]
+    fn a_reply_to_any_of_the_k_probes_is_proof_of_life() {
+        let t = Timing::default();
+        let t0 = Timestamp(1_000_000);
+        for answered in 0..CONFIRM_PROBES as usize {
+            let mut s = Suspicions::new(0);
+            let first = s.start(id(2), Some((id(1), dead(2500))), t0, &t);
+            s.witness(id(2), id(3), dead(2500), false, t0);
+            // Send every confirmation probe, none answered yet.
+            let due = run_to(&mut s, t0 + confirm_window(&t) - MS, &t);
+            let mut nonces = vec![first];
+            nonces.extend(probe_nonces(&due));
+            assert_eq!(nonces.len(), CONFIRM_PROBES as usize);
+            // The answer to probe `answered` arrives just in time (the others were lost).
+            assert!(s.nonce_matches(id(2), nonces[answered]), "probe {answered}");
+            assert!(s.proof_of_life(id(2), AliveProof::ProbeReply));
+            let due = run_to(&mut s, t0 + suspect_window(&t), &t);
+            let [(_, Due::Decide { suspicion, .. })] = &due[..] else {
+                panic!("probe {answered}: {due:?}")
+            };
+            assert_eq!(suspicion.alive, Some(AliveProof::ProbeReply), "probe {answered}");
+            assert_eq!(suspicion.probes_sent(), CONFIRM_PROBES, "probing stopped");
+        }
+        // An unknown nonce proves nothing.
+        let mut s = Suspicions::new(0);
+        s.start(id(2), Some((id(1), dead(2500))), t0, &t);
+        assert!(!s.nonce_matches(id(2), 999));
     }
 
     #[test]
@@ -492,7 +621,8 @@ mod tests {
         let mut s = Suspicions::new(0);
         s.start(id(2), Some((id(1), dead(5000))), now, &t);
         assert_eq!(s.witness(id(2), id(1), dead(6000), false, now), Some(Witnessed::Repeated));
-        let later = now + probe_every(&t);
+        let later = now + confirm_window(&t);
+        run_to(&mut s, later - MS, &t);
         let Some(Witnessed::Confirmed(closed)) = s.witness(id(2), id(3), dead(5500), false, later)
         else {
             panic!("not confirmed")
@@ -528,11 +658,12 @@ mod tests {
         assert_eq!(s.witness(id(2), id(3), alive(), false, t0), Some(Witnessed::ProofOfLife));
         assert_eq!(s.get(id(2)).unwrap().alive, Some(AliveProof::HeardBy(id(3))));
         assert_eq!(s.witness(id(2), id(3), dead(5000), false, t0), Some(Witnessed::Recorded));
-        let due = drain(&mut s, t0 + probe_every(&t), &t);
-        let [Due::Confirmed { suspicion: c, .. }] = &due[..] else {
+        let due = run_to(&mut s, t0 + confirm_window(&t), &t);
+        let Some((_, Due::Confirmed { suspicion: c, .. })) = due.last() else {
             panic!("two neighbours say dead and nothing else proves it alive: {due:?}")
         };
         assert_eq!(c.alive, None);
+        assert_eq!(c.probes_sent(), CONFIRM_PROBES);
     }
 
     #[test]
@@ -540,23 +671,54 @@ mod tests {
         let t = Timing::default();
         let t0 = Timestamp(1_000_000);
         let mut s = Suspicions::new(0);
-        // Two (colluding) neighbours say dead at once; the CMA's probe went out at t0.
+        // Two (colluding) neighbours say dead at once; the CMA's first probe went out at t0.
         s.start(id(2), Some((id(1), dead(5000))), t0, &t);
         assert_eq!(s.witness(id(2), id(3), dead(5000), false, t0), Some(Witnessed::Recorded));
-        assert_eq!(s.next_wake(), Some(t0 + probe_every(&t)), "decides when the probe has failed");
-        // The host answers the probe in time: not down, and decided at the deadline as alive.
+        // They repeat themselves and add their later words: still not down.
+        assert_eq!(s.witness(id(2), id(1), dead(6000), false, t0), Some(Witnessed::Repeated));
+        assert_eq!(s.witness(id(2), id(3), dead(6000), false, t0), Some(Witnessed::Repeated));
+        assert!(
+            run_to(&mut s, t0 + confirm_window(&t) - MS, &t)
+                .iter()
+                .all(|d| matches!(d.1, Due::Probe { .. }))
+        );
+        // The host answers a probe in time: not down, and decided at the deadline as alive.
         assert!(s.proof_of_life(id(2), AliveProof::ProbeReply));
-        let due = drain(&mut s, t0 + probe_every(&t), &t);
+        let due = run_to(&mut s, t0 + suspect_window(&t) - MS, &t);
         assert!(due.is_empty(), "{due:?}");
-        let due = drain(&mut s, t0 + suspect_window(&t), &t);
-        let [Due::Decide { suspicion, .. }] = &due[..] else { panic!("{due:?}") };
+        let due = run_to(&mut s, t0 + suspect_window(&t), &t);
+        let [(_, Due::Decide { suspicion, .. })] = &due[..] else { panic!("{due:?}") };
         assert_eq!(suspicion.alive, Some(AliveProof::ProbeReply));
-        // Without an answer, the same two words take it down once the probe has failed.
+        assert_eq!(suspicion.reporters, vec![id(1), id(3)]);
+        // Without an answer, the same two words take it down once the probes have failed.
         s.start(id(2), Some((id(1), dead(5000))), t0, &t);
         s.witness(id(2), id(3), dead(5000), false, t0);
-        assert!(drain(&mut s, t0 + probe_every(&t) - Duration::from_millis(1), &t).is_empty());
-        let due = drain(&mut s, t0 + probe_every(&t), &t);
-        assert!(matches!(&due[..], [Due::Confirmed { .. }]), "{due:?}");
+        let due = run_to(&mut s, t0 + confirm_window(&t), &t);
+        assert!(matches!(due.last(), Some((_, Due::Confirmed { .. }))), "{due:?}");
+    }
+
+    #[test]
+    fn probes_count_across_a_withdrawn_proof_of_life() {
+        let t = Timing::default();
+        let t0 = Timestamp(1_000_000);
+        let mut s = Suspicions::new(0);
+        s.start(id(2), Some((id(1), dead(2500))), t0, &t);
+        run_to(&mut s, t0 + 80 * MS, &t);
+        assert_eq!(s.get(id(2)).unwrap().probes_sent(), 2);
+        // Neighbour 4 hears it: probing stops after two probes.
+        let t1 = t0 + 100 * MS;
+        assert_eq!(s.witness(id(2), id(4), alive(), false, t1), Some(Witnessed::ProofOfLife));
+        assert!(run_to(&mut s, t0 + 999 * MS, &t).is_empty());
+        // Neighbour 4 withdraws it by reporting it dead: two reporters, probing resumes, and
+        // the node goes down only when three more probes have gone unanswered.
+        let t2 = t0 + Duration::from_secs(1);
+        assert_eq!(s.witness(id(2), id(4), dead(2500), false, t2), Some(Witnessed::Recorded));
+        let due = run_to(&mut s, t2 + 3 * confirm_gap(&t) - MS, &t);
+        assert_eq!(probe_nonces(&due).len(), 3, "{due:?}");
+        let due = run_to(&mut s, t2 + 3 * confirm_gap(&t), &t);
+        let [(_, Due::Confirmed { suspicion, .. })] = &due[..] else { panic!("{due:?}") };
+        assert_eq!(suspicion.probes_sent(), CONFIRM_PROBES);
+        assert_eq!(suspicion.reporters, vec![id(1), id(4)]);
     }
 
     #[test]
@@ -599,6 +761,8 @@ mod tests {
         // every silence, and two neighbours say dead.
         let d5 = Word { saw: Saw::Dead, epoch: 4, at: 107_000_000, silent_ms: 5000 };
         let t1 = t0 + probe_every(&t);
-        assert!(matches!(s.witness(id(2), id(5), d5, false, t1), Some(Witnessed::Confirmed(_))));
+        assert_eq!(s.witness(id(2), id(5), d5, false, t1), Some(Witnessed::Recorded));
+        let due = run_to(&mut s, t1 + confirm_window(&t), &t);
+        assert!(matches!(due.last(), Some((_, Due::Confirmed { .. }))), "{due:?}");
     }
 }

@@ -4,7 +4,8 @@ mod support;
 
 use std::time::Duration;
 
-use assim_cma::{Action, EventKind, HelloError, NodeState};
+use assim_cma::model::confirm_window;
+use assim_cma::{Action, EventKind, HelloError, NodeState, Timing};
 use assim_wire::NodeId;
 use assim_wire::msg::{PeerLiveness, PeerState, PeerStatus, ReportKind};
 use support::*;
@@ -46,8 +47,8 @@ fn two_dead_reports_make_a_node_down() {
     assert_eq!(
         down.text,
         format!(
-            "web3 is down: no heartbeats for 5.2 s, confirmed by {} and {}; it did not answer the \
-             CMA's probe",
+            "web3 is down: no heartbeats for 5.2 s, confirmed by {} and {}; it answered none of \
+             the CMA's 5 probes",
             name(&h, a),
             name(&h, c)
         )
@@ -73,6 +74,7 @@ fn one_report_and_a_probe_reply_is_path_trouble() {
     h.report(a, ReportKind::Dead, b, 5000);
     let nonce = probes(&h.take())[0];
     h.advance(Duration::from_millis(300));
+    assert_eq!(probes(&h.take()).len(), 3, "the confirmation probes at 80, 160 and 240 ms");
     h.cma.handle_probe_reply(h.now, b, nonce);
     h.drain();
     assert_eq!(h.state(b), NodeState::Suspect, "decided at the deadline, not before");
@@ -107,10 +109,10 @@ fn one_report_and_no_reply_is_down_at_the_deadline_not_before() {
     h.advance_to(t0 + Duration::from_micros(1_999_999));
     assert_eq!(h.state(b), NodeState::Suspect);
     let acts = h.take();
-    assert_eq!(probes(&acts).len(), 4, "probes at 0, 0.5, 1.0 and 1.5 s");
+    assert_eq!(probes(&acts).len(), 8, "probes at 0, 80, 160, 240, 320, 820, 1320, 1820 ms");
     let mut nonces = probes(&acts);
     nonces.dedup();
-    assert_eq!(nonces.len(), 4, "a fresh nonce each time");
+    assert_eq!(nonces.len(), 8, "a fresh nonce each time");
     h.cma.handle_probe_reply(h.now, b, 12345);
     assert_eq!(h.cma.stats().probe_replies_unmatched, 1, "a nonce we never issued proves nothing");
     h.advance_to(t0 + Duration::from_secs(2));
@@ -206,11 +208,11 @@ fn peer_status_dead_entries_count_as_reports() {
     };
     h.cma.handle_peer_status(h.now, a, &status(b));
     h.cma.handle_peer_status(h.now, c, &status(b));
-    h.advance(Duration::from_millis(500)); // the CMA's own probe goes unanswered
+    h.advance(confirm_window(&Timing::default())); // the CMA's own probes go unanswered
     assert_eq!(h.state(b), NodeState::Down);
     let acts = h.take();
     let text = &events(&acts)[1].text;
-    assert!(text.contains("no heartbeats for at least 5.0 s"), "{text}");
+    assert!(text.contains("no heartbeats for at least 2.5 s"), "{text}");
 }
 
 #[test]
@@ -305,7 +307,8 @@ fn down_b() -> (Harness, NodeId, NodeId, NodeId) {
     let (mut h, b, a, c) = five();
     h.report(a, ReportKind::Dead, b, 5000);
     h.report(c, ReportKind::Dead, b, 5000);
-    h.advance(Duration::from_millis(500)); // the CMA's own probe goes unanswered
+    // The CMA's five probes go unanswered: down 400 ms after the first.
+    h.advance(confirm_window(&Timing::default()));
     assert_eq!(h.state(b), NodeState::Down);
     h.advance(Duration::from_secs(3));
     h.take();

@@ -4,7 +4,8 @@ mod support;
 
 use std::time::Duration;
 
-use assim_cma::{Action, Change, CmaConfig, EventKind, NodeState, Snapshot};
+use assim_cma::model::confirm_gap;
+use assim_cma::{Action, Change, CmaConfig, EventKind, NodeState, Snapshot, Timing};
 use assim_wire::msg::ReportKind;
 use support::*;
 
@@ -119,7 +120,7 @@ fn a_suspicion_survives_a_restart_and_is_decided() {
         assert_eq!(r.state(b), NodeState::Suspect);
         let nonce = probes(&r.log)[0];
         assert!(kinds(&r.log).is_empty(), "no event just for restarting");
-        assert_eq!(r.cma.poll_timeout(), Some(restart + Duration::from_millis(500)));
+        assert_eq!(r.cma.poll_timeout(), Some(restart + confirm_gap(&Timing::default())));
         r.take();
         if answered {
             r.cma.handle_probe_reply(r.now, b, nonce);

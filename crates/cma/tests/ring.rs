@@ -226,7 +226,7 @@ fn small_rings_peer_sets() {
     let s = sends(&a);
     assert_eq!(s.len(), 1, "the first node gets an (empty) set with the timing");
     assert!(s[0].1.peers.is_empty());
-    assert_eq!((s[0].1.interval_ms, s[0].1.warn_ms, s[0].1.dead_ms), (1000, 3000, 5000));
+    assert_eq!((s[0].1.interval_ms, s[0].1.warn_ms, s[0].1.dead_ms), (1000, 1500, 2500));
     h.join(2);
     assert_eq!(h.cma.neighbours(id(1)), vec![id(2)]);
     assert_eq!(h.cma.neighbours(id(2)), vec![id(1)]);

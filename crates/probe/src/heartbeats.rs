@@ -11,11 +11,20 @@
 //! ```text
 //! Unknown --heartbeat--> Alive                       (no report: the grace period ends)
 //! Unknown --silent ≥ dead--> Dead                    Report(Dead)   (no Late during grace)
-//! Alive   --silent ≥ warn--> Late                    Report(Late)
+//! Alive   --silent ≥ warn--> Late                    nothing sent (kept here, see below)
 //! Alive   --silent ≥ dead--> Dead                    Report(Dead) only, if both passed at once
 //! Late    --silent ≥ dead--> Dead                    Report(Dead)
-//! Late | Dead --heartbeat--> Alive                   Report(BackAlive)
+//! Late    --heartbeat--> Alive                       nothing sent
+//! Dead    --heartbeat--> Alive                       Report(BackAlive)
 //! ```
+//!
+//! **Late stays here unless it turns into dead** (issue 18). A heartbeat lost by chance makes a
+//! peer late (with the default 2.5 s dead time and 1.5 s warn time, one lost heartbeat is
+//! enough); telling the CMA would cost a report, a status and a back-alive for every lost
+//! datagram, while the CMA acts only on dead words. So a late peer sends nothing, and its
+//! return from late sends nothing: statuses do not go out for a change between Alive and Late
+//! alone. A status that goes out for another reason carries the true liveness, Late included
+//! (the CMA reads a neighbour's "late" as the withdrawal of its "alive").
 //!
 //! Invariants:
 //! - A peer is reported Dead at most once until it comes back alive or the peer set changes.
@@ -23,8 +32,9 @@
 //!   deadline that was due has been acted on and `interval > 0`), so a driver cannot spin.
 //! - However late `handle_timeout` is called, it sends at most one round of heartbeats and
 //!   schedules the next round one interval after `now`.
-//! - A `PeerStatus` goes out when (epoch, each peer's liveness) differs from the last one sent,
-//!   at most once per interval; a change inside the window is sent when it closes, newest state.
+//! - A `PeerStatus` goes out when (epoch, each peer's liveness, Late counted as Alive) differs
+//!   from the last one sent, at most once per interval; a change inside the window is sent when
+//!   it closes, newest state.
 //! - Memory: the peers (≤ [`MAX_PEERS`]), at most [`crate::MARTIAN_MEMORY`] martian senders, and
 //!   the actions not yet drained. Nothing else grows.
 
@@ -264,9 +274,10 @@ impl Heartbeats {
         peer.last_heard = peer.last_heard.max(now);
         let was = std::mem::replace(&mut peer.liveness, PeerLiveness::Alive);
         match was {
-            PeerLiveness::Alive => {}
+            // Late was never reported: nothing to take back.
+            PeerLiveness::Alive | PeerLiveness::Late => {}
             PeerLiveness::Unknown => self.status.pending = true,
-            PeerLiveness::Late | PeerLiveness::Dead => {
+            PeerLiveness::Dead => {
                 let addr = peer_addr_of(peer);
                 let report = self.report(ReportKind::BackAlive, from, addr, silent);
                 self.push_report(report);
@@ -286,13 +297,13 @@ impl Heartbeats {
             let peer = &mut self.peers[i];
             let Some(to) = peer.degraded(&timing, now) else { continue };
             peer.liveness = to;
+            if to == PeerLiveness::Late {
+                // Kept here unless it turns into dead (module documentation).
+                continue;
+            }
             let silent = now.saturating_duration_since(peer.last_heard);
-            let kind = match to {
-                PeerLiveness::Late => ReportKind::Late,
-                _ => ReportKind::Dead,
-            };
             let (id, addr) = (peer.info.node_id, peer_addr_of(peer));
-            let report = self.report(kind, id, addr, silent);
+            let report = self.report(ReportKind::Dead, id, addr, silent);
             self.push_report(report);
             self.status.pending = true;
         }
@@ -422,15 +433,20 @@ impl Heartbeats {
         true
     }
 
-    /// A digest of (epoch, peers and their liveness). SipHash with fixed keys: deterministic
-    /// across runs; 8 bytes instead of a copy of the last status.
+    /// A digest of (epoch, peers and their liveness, Late counted as Alive: a status never goes
+    /// out for lateness alone). SipHash with fixed keys: deterministic across runs; 8 bytes
+    /// instead of a copy of the last status.
     fn fingerprint(&self) -> u64 {
         let mut h = DefaultHasher::new();
         self.epoch.hash(&mut h);
         self.peers.len().hash(&mut h);
         for p in &self.peers {
             p.info.node_id.hash(&mut h);
-            (p.liveness as i32).hash(&mut h);
+            let liveness = match p.liveness {
+                PeerLiveness::Late => PeerLiveness::Alive,
+                l => l,
+            };
+            (liveness as i32).hash(&mut h);
         }
         h.finish()
     }
@@ -465,12 +481,13 @@ mod tests {
         }
     }
 
+    /// The timing these tests are written for: 1 s / 3 s / 5 s.
+    fn timing() -> Timing {
+        Timing::from_millis(1000, 3000, 5000)
+    }
+
     fn desired(epoch: u64, peers: &[u8]) -> DesiredPeers {
-        DesiredPeers {
-            epoch,
-            peers: peers.iter().map(|&n| info(n)).collect(),
-            timing: Timing::default(),
-        }
+        DesiredPeers { epoch, peers: peers.iter().map(|&n| info(n)).collect(), timing: timing() }
     }
 
     fn hb() -> Heartbeat {
@@ -641,17 +658,86 @@ mod tests {
         // Alive at t0+1 s (status window from t0 passed, status sent for Alive).
         h.handle_timeout(t0 + S);
         assert!(drain(&mut h).iter().any(|a| matches!(a, Action::Status(_))));
-        // Late at t0+3 s: status (window open).
-        h.handle_timeout(t0 + S * 3);
-        assert!(drain(&mut h).iter().any(|a| matches!(a, Action::Status(_))));
-        // Back alive at 3.1 s and nothing else: the pending status is Alive, which differs from
-        // Late, so it goes out when the window closes at 4 s.
-        h.heartbeat_received(id(1), info(1).addr, &hb(), t0 + Duration::from_millis(3100));
+        // Dead at t0+5 s: report and status (window open).
+        h.handle_timeout(t0 + S * 5);
+        let a = drain(&mut h);
+        assert_eq!(reports(&a), vec![(ReportKind::Dead, id(1))]);
+        assert!(a.iter().any(|a| matches!(a, Action::Status(_))));
+        // Back alive at 5.1 s and nothing else: the pending status is Alive, which differs from
+        // Dead, so it goes out when the window closes at 6 s.
+        h.heartbeat_received(id(1), info(1).addr, &hb(), t0 + Duration::from_millis(5100));
         let a = drain(&mut h);
         assert_eq!(reports(&a), vec![(ReportKind::BackAlive, id(1))]);
         assert!(!a.iter().any(|a| matches!(a, Action::Status(_))));
-        h.handle_timeout(t0 + S * 4);
+        h.handle_timeout(t0 + S * 6);
         assert!(drain(&mut h).iter().any(|a| matches!(a, Action::Status(_))));
+    }
+
+    #[test]
+    fn late_is_kept_here_unless_it_turns_into_dead() {
+        let t0 = Instant::now();
+        let mut h = Heartbeats::new(id(0));
+        h.apply(desired(1, &[1, 2]), t0);
+        h.heartbeat_received(id(1), info(1).addr, &hb(), t0);
+        h.heartbeat_received(id(2), info(2).addr, &hb(), t0);
+        h.handle_timeout(t0);
+        h.handle_timeout(t0 + S);
+        assert!(drain(&mut h).iter().any(|a| matches!(a, Action::Status(_))));
+        // Peer 1 late at 3 s (warn time): nothing goes to the CMA, not even a status.
+        h.heartbeat_received(id(2), info(2).addr, &hb(), t0 + S * 3);
+        h.handle_timeout(t0 + S * 3);
+        assert_eq!(h.peers().next().unwrap().1, PeerLiveness::Late);
+        let a = drain(&mut h);
+        assert!(a.iter().all(|a| matches!(a, Action::SendHeartbeat { .. })), "{a:?}");
+        // Back before the dead time: still nothing, and no status later either.
+        h.heartbeat_received(id(1), info(1).addr, &hb(), t0 + Duration::from_millis(3500));
+        h.handle_timeout(t0 + S * 4);
+        h.handle_timeout(t0 + S * 5);
+        let a = drain(&mut h);
+        assert!(a.iter().all(|a| matches!(a, Action::SendHeartbeat { .. })), "{a:?}");
+        assert_eq!(h.stats().reports_emitted, 0);
+        // A status sent for another reason (peer 2 dead) tells the truth: peer 1 late.
+        h.heartbeat_received(id(2), info(2).addr, &hb(), t0 + S * 5);
+        h.handle_timeout(t0 + S * 8); // 1 silent 4.5 s (late), 2 silent 3 s (late)
+        h.handle_timeout(t0 + S * 10); // 1 silent 6.5 s: dead; 2 silent 5 s: dead
+        let a = drain(&mut h);
+        assert_eq!(reports(&a), vec![(ReportKind::Dead, id(1)), (ReportKind::Dead, id(2))]);
+        let st = h.status();
+        assert!(st.expecting.iter().all(|p| p.liveness == PeerLiveness::Dead as i32));
+        assert!(a.iter().any(|a| matches!(a, Action::Status(s) if *s == st)));
+        // Late, then dead, then back: back-alive reported.
+        h.heartbeat_received(id(1), info(1).addr, &hb(), t0 + Duration::from_millis(10_100));
+        assert_eq!(reports(&drain(&mut h)), vec![(ReportKind::BackAlive, id(1))]);
+    }
+
+    #[test]
+    fn a_status_sent_for_another_reason_carries_late() {
+        let t0 = Instant::now();
+        let mut h = Heartbeats::new(id(0));
+        h.apply(desired(1, &[1, 2]), t0);
+        h.heartbeat_received(id(1), info(1).addr, &hb(), t0);
+        h.heartbeat_received(id(2), info(2).addr, &hb(), t0);
+        h.handle_timeout(t0 + S);
+        drain(&mut h);
+        // Peer 1 goes late at 3 s; a new peer set (epoch 2, same peers) at 3.5 s sends a status.
+        h.heartbeat_received(id(2), info(2).addr, &hb(), t0 + S * 3);
+        h.handle_timeout(t0 + S * 3);
+        h.apply(desired(2, &[1, 2]), t0 + Duration::from_millis(3500));
+        let statuses: Vec<PeerStatus> = drain(&mut h)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Status(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        let [st] = &statuses[..] else { panic!("{statuses:?}") };
+        let of = |n: u8| {
+            st.expecting.iter().find(|p| p.peer == id(n).as_bytes().to_vec()).unwrap().liveness
+        };
+        assert_eq!(
+            (st.epoch, of(1), of(2)),
+            (2, PeerLiveness::Late as i32, PeerLiveness::Alive as i32)
+        );
     }
 
     #[test]

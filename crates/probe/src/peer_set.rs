@@ -177,7 +177,7 @@ mod tests {
         s.peers.push(Peer { addr: "[2001:db8::9]:1984".into(), ..peer(3) });
         let d = DesiredPeers::try_from(&s).unwrap();
         assert_eq!(d.epoch, 7);
-        assert_eq!(d.timing, Timing::default());
+        assert_eq!(d.timing, Timing::from_millis(1000, 3000, 5000));
         assert_eq!(d.peers[1].node_id, NodeId([2; 16]));
         assert_eq!(d.peers[2].addr, "[2001:db8::9]:1984".parse().unwrap());
         d.validate().unwrap();

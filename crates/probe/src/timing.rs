@@ -23,12 +23,15 @@ pub struct Timing {
 }
 
 impl Default for Timing {
-    /// 1 s / 3 s / 5 s.
+    /// 1 s / 1.5 s / 2.5 s: two heartbeats missed, with half an interval to spare, make a peer
+    /// dead; one makes it late (kept at the nanoprobe). The CMA's corroboration (a second
+    /// neighbour and its own probes) is what makes so short a dead time safe (issue 18;
+    /// docs/benchmarks.md, "Detection time against dead time").
     fn default() -> Self {
         Timing {
             interval: Duration::from_secs(1),
-            warn: Duration::from_secs(3),
-            dead: Duration::from_secs(5),
+            warn: Duration::from_millis(1500),
+            dead: Duration::from_millis(2500),
         }
     }
 }
@@ -96,7 +99,7 @@ mod tests {
     #[test]
     fn default_is_valid() {
         let d = Timing::default();
-        assert_eq!(d, t(1000, 3000, 5000));
+        assert_eq!(d, t(1000, 1500, 2500));
         d.validate().unwrap();
     }
 

@@ -395,6 +395,9 @@ pub(crate) struct Obs {
     pub(crate) registered_at: Option<u64>,
     pub(crate) registered_wall: Option<Duration>,
     pub(crate) cma_restarts: u64,
+    /// When the CMA was stopped and when it was due back (virtual µs): nobody can decide a
+    /// crash while the CMA is down, so the detection bound does not count that time.
+    pub(crate) cma_outages: Vec<(u64, u64)>,
     pub(crate) store_mismatches: u64,
     pub(crate) leaves: u64,
     pub(crate) restarts: u64,
@@ -1073,6 +1076,7 @@ impl Sim {
         self.cma.inbox_disk.crash(false);
         add_metrics(&mut self.cma.metrics, &m);
         self.cma.armed = NONE;
+        self.obs.cma_outages.push((self.w.now, self.w.now + micros(down_for)));
         self.w.push(self.w.now + micros(down_for), Ev::CmaUp);
     }
 
@@ -1514,7 +1518,9 @@ impl Sim {
         let Some(core) = self.cma.core() else { return false };
         self.nodes.iter().all(|n| match (&n.probe, core.node(n.id)) {
             (Some(p), Some(rec)) => {
-                rec.state == assim_cma::NodeState::Up
+                // A suspect is still a ring member being watched: with loss on every link and a
+                // short dead time some node is always briefly suspect.
+                rec.state.in_ring()
                     && rec.peer_epoch > 0
                     && p.shell.heartbeats().epoch() == rec.peer_epoch
             }
@@ -1872,9 +1878,15 @@ impl Sim {
             }
             let state = core.node(n.id).map(|r| r.state);
             use assim_cma::NodeState as S;
+            // A suspicion still open at the end (younger than its window) is not a verdict.
+            let deciding = core.node(n.id).is_some_and(|r| {
+                r.state == S::Suspect
+                    && self.w.now.saturating_sub(r.since.0)
+                        < micros(assim_cma::model::suspect_window(&self.sc.timing))
+            });
             let ok = match n.life {
                 Life::Idle => state.is_none(),
-                Life::Running => matches!(state, Some(S::Up)),
+                Life::Running => matches!(state, Some(S::Up)) || deciding,
                 Life::Leaving | Life::Left => matches!(state, Some(S::Left)),
                 // Behind a crashed switch: unreachable, not down (issue 13).
                 Life::Crashed => {

@@ -134,10 +134,10 @@ pub struct SimArgs {
     /// Heartbeat interval pushed by the CMA [default: 1s].
     #[arg(long)]
     pub interval: Option<String>,
-    /// Silence after which a peer is reported late [default: 3s].
+    /// Silence after which a peer counts as late (kept at the nanoprobe) [default: 1.5s].
     #[arg(long)]
     pub warn: Option<String>,
-    /// Silence after which a peer is reported dead [default: 5s].
+    /// Silence after which a peer is reported dead [default: 2.5s].
     #[arg(long)]
     pub dead: Option<String>,
     /// Detection slack beyond dead + 2×interval.
@@ -328,11 +328,14 @@ fn run_wire(args: &SimArgs) -> Result<(), SimError> {
         opt("dead", &args.dead)?,
     ) {
         (None, None, None) => None,
-        (i, w, d) => Some((
-            i.unwrap_or(Duration::from_secs(1)),
-            w.unwrap_or(Duration::from_secs(3)),
-            d.unwrap_or(Duration::from_secs(5)),
-        )),
+        (i, w, d) => {
+            let default = Timing::default();
+            Some((
+                i.unwrap_or(default.interval),
+                w.unwrap_or(default.warn),
+                d.unwrap_or(default.dead),
+            ))
+        }
     };
     let cma_program = match &args.cma_bin {
         Some(p) => (p.clone(), Vec::new()),

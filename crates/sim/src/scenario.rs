@@ -9,10 +9,10 @@
 //! loss = 1.0               # percent of datagrams dropped, every link
 //! dup = 0.5                # percent of datagrams delivered twice
 //!
-//! [timing]                 # what the CMA pushes with every peer set (defaults 1s/3s/5s)
+//! [timing]                 # what the CMA pushes with every peer set (defaults 1s/1.5s/2.5s)
 //! interval = "1s"
-//! warn = "3s"
-//! dead = "5s"
+//! warn = "1.5s"
+//! dead = "2.5s"
 //!
 //! [network]                # one-way latency, uniform in [min, max]
 //! local_latency = ["100us", "2ms"]   # same switch
