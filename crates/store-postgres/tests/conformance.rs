@@ -715,6 +715,51 @@ fn the_same_holder_in_another_process_waits_and_gets_a_new_term() {
     assert_eq!(texts, ["a", "b"]);
 }
 
+/// Two engines asking for the lease at the same instant, on an empty table and then on a
+/// lapsed lease, ten times: PostgreSQL orders the two upserts on the row and exactly one is
+/// granted each time — with a term one above the last, unless the winner is the store that held
+/// the lapsed term (nobody wrote in between, so it keeps it).
+#[test]
+fn two_engines_asking_at_the_same_instant_get_one_lease() {
+    let Some(pg) = Postgres::start() else { return };
+    pg.create_database("race");
+    let info = pg.conninfo("race");
+    let ttl = std::time::Duration::from_millis(200);
+    let mut stores: Vec<_> =
+        (0..2).map(|_| assim_store_postgres::Store::open(&info).unwrap()).collect();
+    let mut last: Option<(usize, u64)> = None;
+    for round in 1..=10u64 {
+        let barrier = std::sync::Barrier::new(2);
+        let granted: Vec<Option<u64>> = std::thread::scope(|s| {
+            let handles: Vec<_> = stores
+                .iter_mut()
+                .enumerate()
+                .map(|(i, st)| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        st.acquire_lease(&format!("engine-{i}"), ttl).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won: Vec<(usize, u64)> =
+            granted.iter().enumerate().filter_map(|(i, g)| g.map(|t| (i, t))).collect();
+        assert_eq!(won.len(), 1, "round {round}: exactly one grant: {granted:?}");
+        let (winner, term) = won[0];
+        let want = match last {
+            None => 1,
+            Some((w, t)) if w == winner => t,
+            Some((_, t)) => t + 1,
+        };
+        assert_eq!(term, want, "round {round}: {granted:?} after {last:?}");
+        last = Some((winner, term));
+        // Let it lapse for the next round.
+        std::thread::sleep(ttl + std::time::Duration::from_millis(50));
+    }
+}
+
 /// An engine stopped (SIGSTOP) inside a batch's transaction holds the lease row `FOR SHARE`;
 /// with the idle-in-transaction timeout the engine sets to its lease, the server ends that
 /// session and a takeover goes through instead of waiting for the stopped engine.
