@@ -8,7 +8,10 @@
 //!   within the lease (plus a retry), the nanoprobes talk to it (same UDP address, same CMA
 //!   identity), a crash is still detected, and the event ids run on without gap or repeat.
 //!
+//! - PostgreSQL stopped and started again under a running engine: it waits and resumes.
+//!
 //! Without PostgreSQL installed the tests print `SKIP:` (a failure under `CI=true`).
+//! `ASSIM_KEEP=1` keeps the takeover tests' directories (the processes' logs).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
