@@ -7,7 +7,8 @@
 //!   the first holds the engine lease; the first is killed with SIGKILL; the standby takes over
 //!   within the lease (plus a retry), the nanoprobes talk to it (same UDP address, same CMA
 //!   identity), a crash is still detected, and the event ids run on without gap or repeat.
-//!
+//! - Fencing: the active engine stopped (SIGSTOP) past its lease, the standby takes over, the
+//!   old one continued (SIGCONT) finds its lease taken and exits without committing.
 //! - PostgreSQL stopped and started again under a running engine: it waits and resumes.
 //!
 //! Without PostgreSQL installed the tests print `SKIP:` (a failure under `CI=true`).
