@@ -190,6 +190,12 @@ impl Suspicion {
         self.probes_sent
     }
 
+    /// Whether a probe went unanswered: another was sent after it and nothing proves the node
+    /// alive.
+    pub fn missed_a_probe(&self) -> bool {
+        self.probes_sent >= 2 && self.alive.is_none()
+    }
+
     /// Corroborated by two reporters with nothing proving the node alive.
     fn corroborated(&self) -> bool {
         self.alive.is_none() && self.reporters.len() >= 2
