@@ -747,7 +747,7 @@ impl Cma {
     /// A witness's word about a Suspect node: the suspicion's verdict, applied.
     fn witness(&mut self, now: Timestamp, node: NodeId, who: NodeId, word: Word, martian: bool) {
         match self.suspicions.witness(node, who, word, martian, now) {
-            Some(Witnessed::Confirmed(s)) => self.down_corroborated(now, node, s),
+            Some(Witnessed::Confirmed(s)) => self.down_corroborated(now, node, *s),
             Some(Witnessed::Cleared) => {
                 // Heartbeats resumed: back to Up, and say so, so that a subscriber that saw
                 // host.suspect sees it cleared.

@@ -242,7 +242,7 @@ pub enum Witnessed {
     Repeated,
     /// A second neighbour confirms, nothing proves the node alive and the CMA's
     /// [`CONFIRM_PROBES`] probes have gone unanswered: it is down. The suspicion is closed and returned.
-    Confirmed(Suspicion),
+    Confirmed(Box<Suspicion>),
     /// Recorded; decided later (another reporter while alive is proven, the first report
     /// after a restart, a late word).
     Recorded,
@@ -384,7 +384,7 @@ impl Suspicions {
                     Witnessed::Recorded
                 } else if s.probes_failed(now) {
                     let closed = self.cancel(node).expect("present");
-                    return Some(Witnessed::Confirmed(closed));
+                    return Some(Witnessed::Confirmed(Box::new(closed)));
                 } else {
                     s.confirm_pending = true;
                     Witnessed::Recorded
