@@ -35,8 +35,9 @@
 //! Probe replies and the node's own messages are the CMA's first-hand evidence. Only a dead
 //! word from a *new* reporter withdraws them: it is news from after the answer (a node can
 //! answer the first probe and crash a moment later), so the CMA asks again with K fresh probes
-//! and moves the deadline out far enough for them. A host that answers is proven alive again;
-//! colluding neighbours can make it answer at most once more each.
+//! and moves the deadline out far enough for them. A host that answers is proven alive again.
+//! The CMA asks again at most [`MAX_ASK_AGAIN`] times per suspicion, so a neighbour that flips
+//! between "alive" and "dead" cannot keep a suspicion open by moving its deadline.
 //!
 //! **The CMA's own probes decide** (issue 16 item 4, issue 18). Two neighbours' dead words are
 //! not enough on their own: the node goes down only once K = [`CONFIRM_PROBES`] probes, sent
@@ -64,6 +65,10 @@ use crate::model::{CONFIRM_PROBES, Timing, confirm_gap, probe_every, suspect_win
 /// interval/2 until the deadline (5 + 4 = 9 with the default schedule), with room for probing
 /// that resumed after a withdrawn proof of life. The oldest is forgotten first.
 const MAX_NONCES: usize = 16;
+
+/// How often per suspicion a new reporter's dead word withdraws the node's answer and makes the
+/// CMA ask again: once for each of a node's two ring neighbours.
+pub const MAX_ASK_AGAIN: u8 = 2;
 
 /// What showed that a suspect node is alive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +161,8 @@ pub struct Suspicion {
     first_hand: Option<AliveProof>,
     /// The gap between confirmation probes at the timing the suspicion started with.
     gap: std::time::Duration,
+    /// How often a new reporter made the CMA ask again (at most [`MAX_ASK_AGAIN`]).
+    asked_again: u8,
     /// Neighbours whose "alive" counted, in arrival order (valid while their latest word).
     heard_by: Vec<NodeId>,
     /// Each witness's latest word.
@@ -327,6 +334,7 @@ impl Suspicions {
             confirm_pending: false,
             first_hand: None,
             gap: confirm_gap(timing),
+            asked_again: 0,
             heard_by: Vec::new(),
             words: first.into_iter().collect(),
         };
@@ -368,7 +376,9 @@ impl Suspicions {
                 // The node answered, and now another neighbour says it is dead: the answer may
                 // be older than its death (it answered the first probe, then crashed). Ask
                 // again, K fresh probes, with time for them before the deadline.
-                if s.first_hand.take().is_some() {
+                if s.first_hand.is_some() && s.asked_again < MAX_ASK_AGAIN {
+                    s.first_hand = None;
+                    s.asked_again += 1;
                     s.probes_sent = 0;
                     s.probe_failed_at = None;
                     s.next_probe = None;
@@ -643,6 +653,29 @@ mod tests {
         let [(at, Due::Decide { suspicion, .. })] = &due[..] else { panic!("{due:?}") };
         assert!(*at > t0 + suspect_window(&t), "the deadline moved for the new probes");
         assert_eq!(suspicion.alive, Some(AliveProof::ProbeReply));
+        // A neighbour flipping between alive and dead makes the CMA ask again only
+        // MAX_ASK_AGAIN times; the deadline stops moving and the answer decides.
+        let first = s.start(id(2), Some((id(1), dead(2500))), t0, &t);
+        assert!(s.nonce_matches(id(2), first) && s.proof_of_life(id(2), AliveProof::ProbeReply));
+        let mut at = t0 + 100 * MS;
+        let mut asked = 0;
+        for _ in 0..10 {
+            s.witness(id(2), id(3), dead(2500), false, at);
+            let due = run_to(&mut s, at + 10 * MS, &t);
+            if let Some(n) = probe_nonces(&due).first() {
+                asked += 1;
+                assert!(
+                    s.nonce_matches(id(2), *n) && s.proof_of_life(id(2), AliveProof::ProbeReply)
+                );
+            }
+            s.witness(id(2), id(3), alive(), false, at + 20 * MS);
+            at = at + 600 * MS;
+            if s.get(id(2)).is_none() {
+                break;
+            }
+        }
+        assert_eq!(asked, MAX_ASK_AGAIN as usize);
+        assert!(s.get(id(2)).is_none(), "decided");
         // The same reporter repeating itself does not make the CMA ask again.
         let first = s.start(id(2), Some((id(1), dead(2500))), t0, &t);
         assert!(s.nonce_matches(id(2), first) && s.proof_of_life(id(2), AliveProof::ProbeReply));
