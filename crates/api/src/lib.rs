@@ -45,7 +45,7 @@ pub use export::{HostKey, InventoryHost, Listener, SwitchUplink};
 pub use fleet::{AddressName, KeyUse, MacRow, OsRow, ProcessRow};
 pub use rings::{RingMember, RingView, SwitchHost, SwitchView};
 pub use services::{CheckListEntry, CheckRun, ServiceView, StoredCheck};
-pub use status::{CmaInfo, NodeView, StatusView};
+pub use status::{CmaInfo, EngineView, NodeView, StatusView};
 pub use topology::{
     Dependency, DownHost, HistoryEntry, IpSighting, MacSighting, PackageHit, Service, Subnet,
     SwitchPortLink, UnknownIp,

@@ -36,6 +36,31 @@ pub struct NodeView {
 pub struct StatusView {
     pub cma: CmaInfo,
     pub nodes: Vec<NodeView>,
+    /// This CMA's engine: which store, and whether it applies records or stands by (issue 14).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineView>,
+}
+
+/// The engine of the CMA that answered `/api/v1/status` (issue 14).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineView {
+    /// `sqlite` or `postgresql`.
+    pub store: String,
+    /// `active` (it applies records), `standby` (another engine holds the lease; this one
+    /// waits for it to lapse) or `stopped` (it lost the lease and is exiting).
+    pub role: String,
+    /// This engine's name in the lease (`HOST/ID`; PostgreSQL only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// The lease term: this engine's when active, the holder's when standing by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
+    /// The active engine, as a standby last saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<String>,
+    /// Anything the operator should know (the database is unreachable, why it stopped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl NodeView {

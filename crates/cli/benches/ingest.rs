@@ -11,7 +11,8 @@
 //! `scripts/install-deps` installs from PyPI), else `nats-server` on the PATH.
 //!
 //! Run: `cargo bench -p assim --bench ingest` (env: ASSIM_BENCH_SENDERS, ASSIM_BENCH_REPORTS
-//! per sender, ASSIM_BENCH_WINDOW, ASSIM_BENCH_BATCH; ASSIM_BENCH_NATS=0 leaves JetStream out).
+//! per sender, ASSIM_BENCH_WINDOW, ASSIM_BENCH_BATCH; ASSIM_BENCH_NATS=0 leaves JetStream out;
+//! ASSIM_BENCH_ASSIM=PATH runs the CMA from another `assim` binary, e.g. an older build).
 
 mod common;
 
@@ -32,7 +33,11 @@ fn main() {
     let batch = env_or("ASSIM_BENCH_BATCH", 256);
     let spec = ClusterSpec {
         enrollment: ClusterEnrollment::TrustOnFirstUse,
-        ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), 0)
+        ..ClusterSpec::multicall(
+            std::env::var_os("ASSIM_BENCH_ASSIM")
+                .map_or_else(|| env!("CARGO_BIN_EXE_assim").into(), std::path::PathBuf::from),
+            0,
+        )
     };
     let c = Cluster::new(spec, false).expect("start the CMA");
     println!(

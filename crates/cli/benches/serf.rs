@@ -484,8 +484,11 @@ fn main() {
     }
     let max = sizes.iter().copied().max().unwrap_or(0);
     assert!(max <= 200, "at most 200 nodes (one loopback address each)");
+    let t = assim_cma::Timing::default();
     println!(
-        "serf vs assim: sizes {sizes:?}, {kills} crashes each, {secs} s steady window; serf LAN profile, assim 1s/3s/5s"
+        "serf vs assim: sizes {sizes:?}, {kills} crashes each, {secs} s steady window; serf LAN \
+         profile, assim interval/warn/dead {:?}/{:?}/{:?}",
+        t.interval, t.warn, t.dead
     );
     let serf_range = format!("127.0.1.1-{}", serf_ip(max - 1));
     let assim_range = format!("127.0.0.11-127.0.0.{}", 10 + max);

@@ -77,10 +77,17 @@ pub struct ApiState {
     pub(crate) exporter_rules: Arc<Vec<assim_export::prometheus::ExporterRule>>,
     /// The latest statistics values, shared with the CMA task (issue 17 item 5).
     pub(crate) statistics: crate::api_statistics::SharedLatest,
+    /// The engine's store and role, shown by `/api/v1/status` (issue 14); `None` outside a
+    /// running CMA.
+    pub(crate) engine_view: Option<SharedEngineView>,
     /// Live delivery of stored events to event streams: the CMA task publishes each stored
-    /// batch into it. `None` (an API without a CMA task): streams follow the log alone.
+    /// batch into it. `None` (an API without a CMA task in its process, or one that may stand
+    /// by while another process's engine writes): streams follow the log alone.
     pub(crate) fanout: Option<assim_bus::Fanout>,
 }
+
+/// The engine's store and role (active or standby), written by the CMA task.
+pub type SharedEngineView = Arc<Mutex<assim_api::EngineView>>;
 
 impl ApiState {
     /// Opens the API's own handles on the SQLite store at `store_path` (the one place the API
@@ -128,8 +135,15 @@ impl ApiState {
             limits: Limits::default(),
             exporter_rules: Arc::new(assim_export::prometheus::default_rules()),
             statistics: Default::default(),
+            engine_view: None,
             fanout: None,
         })
+    }
+
+    /// The same API showing the engine's store and role on `/api/v1/status`.
+    pub fn with_engine_view(mut self, view: SharedEngineView) -> ApiState {
+        self.engine_view = Some(view);
+        self
     }
 
     /// The same API with other `[fleet]` settings (MAC registry, reverse DNS).
@@ -328,7 +342,11 @@ async fn healthz(State(state): State<ApiState>) -> Response {
 
 async fn status(State(state): State<ApiState>) -> Response {
     match state.read(|q| q.nodes()).await {
-        Ok(nodes) => Json(StatusView { cma: state.info.clone(), nodes }).into_response(),
+        Ok(nodes) => {
+            let engine =
+                state.engine_view.as_ref().map(|v| v.lock().expect("engine view lock").clone());
+            Json(StatusView { cma: state.info.clone(), nodes, engine }).into_response()
+        }
         Err(e) => crate::api_limits::failed(e),
     }
 }

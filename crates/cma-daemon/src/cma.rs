@@ -29,8 +29,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use assim_api::EngineView;
 use assim_checks::RuleSet;
 use assim_cma::{AuthorityConfig, CmaConfig, NodeState, Timing};
+use assim_cma_shell::lease::{
+    Answer as LeaseAnswer, Decision as LeaseDecision, Lease, LeaseConfig, Request as LeaseRequest,
+    Role,
+};
 use assim_cma_shell::{EventTagger, LogInbox, Note, Now, Shell, ShellConfig};
 use assim_log::{FileStorage, LogConfig};
 use assim_seal::{Identity, Sealer};
@@ -38,7 +43,7 @@ use assim_store_sqlite::Store;
 use assim_wire::Timestamp;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::metrics::{CmaMetrics, SharedMetrics};
 
@@ -87,6 +92,10 @@ pub struct CmaOptions {
     pub exporter_rules: Vec<assim_export::prometheus::ExporterRule>,
     /// Statistics forwarding to Graphite (issue 17 item 5; [`crate::graphite`]).
     pub statistics: crate::graphite::StatisticsOptions,
+    /// Where the state lives (`--store`; default `DATA_DIR/cma.sqlite`; [`crate::store`]).
+    pub store: crate::store::StoreUrl,
+    /// How long the engine lease lasts on PostgreSQL (`--engine-lease`; issue 14).
+    pub engine_lease: Duration,
 }
 
 /// The audit rules in force: the shipped ones, the operator's files, without the silenced.
@@ -122,6 +131,13 @@ pub fn store_path(data_dir: &std::path::Path) -> PathBuf {
 }
 
 /// Runs the CMA until `shutdown` resolves.
+///
+/// On SQLite (the default) the engine starts at once. On PostgreSQL the HTTP API starts first
+/// and the engine waits for the engine lease ([`assim_cma_shell::lease`]): while another `cma`
+/// on the same database holds it, this one stands by (its API serves reads from the shared
+/// database and `/api/v1/status` says `standby`), binds no UDP socket and applies nothing; it
+/// takes over when the lease lapses. An active engine that loses the lease exits with an error
+/// (restarted, it stands by).
 pub async fn run(
     opts: CmaOptions,
     shutdown: impl std::future::Future<Output = ()>,
@@ -129,17 +145,113 @@ pub async fn run(
     // 0700 before anything is written into it (the identity, the database, the inbox).
     assim_seal::create_private_dir(&opts.data_dir)?;
     let identity = Identity::load_or_create(&opts.data_dir)?;
-    let mut store = Store::open(&store_path(&opts.data_dir))?;
-    store.set_statistics_queue_max(opts.statistics.queue_max);
     let tagger = assim_bus::Tagger::new(&opts.bus.tag_rules).context("invalid [bus] tag_rules")?;
     let rules = load_rules(opts.check_rules.as_deref())?;
-    assim_bus::runner::install_config_sinks(&mut store, &opts.bus)
+    let audit = load_audit_rules(&opts.audit_rules, &opts.audit_silence)?;
+    let (run_tx, mut run_rx) = tokio::sync::mpsc::channel::<checks_cma::ChecksRequest>(64);
+    let shared = Arc::new(SharedMetrics::default());
+    let latest = crate::api_statistics::SharedLatest::default();
+    let fanout = assim_bus::Fanout::default();
+    let engine_view: crate::api::SharedEngineView = Arc::new(std::sync::Mutex::new(EngineView {
+        store: opts.store.kind().into(),
+        role: "active".into(),
+        ..EngineView::default()
+    }));
+    tokio::pin!(shutdown);
+
+    // PostgreSQL: the API at once, then stand by until this engine holds the lease.
+    let mut api_task = None;
+    let mut lease = None;
+    let (last_event, last_event_rx) = watch::channel(0u64);
+    let mut store = match &opts.store {
+        crate::store::StoreUrl::Sqlite(_) => opts.store.open_engine()?,
+        crate::store::StoreUrl::Postgres(_) => {
+            let holder = crate::store::engine_holder(&opts.data_dir)?;
+            let mut db = blocking(|| opts.store.open_engine())?;
+            if let crate::store::EngineDb::Postgres(h) = &mut db {
+                // An engine stopped inside a batch's transaction must not hold the lease row
+                // (and so every takeover) for longer than the lease.
+                blocking(|| h.set_idle_in_transaction_timeout(opts.engine_lease))
+                    .map_err(|e| opts.store.unreachable(e))?;
+            }
+            check_identity(&mut db, &identity)?;
+            let _ = last_event.send(db.last_event_id()?);
+            {
+                let mut v = engine_view.lock().expect("engine view lock");
+                v.holder = Some(holder.clone());
+                v.role = "standby".into();
+            }
+            let api = start_api(
+                &opts,
+                &identity,
+                shared.clone(),
+                last_event_rx.clone(),
+                run_tx.clone(),
+                &audit,
+                latest.clone(),
+                engine_view.clone(),
+                // Standing by, the events come from another process's engine: the API's
+                // streams follow the log.
+                None,
+            )
+            .await?;
+            api_task = Some(api);
+            let config = LeaseConfig { ttl: opts.engine_lease };
+            let mut election = Lease::new(config, Instant::now());
+            let term = loop {
+                if let Some(req) = election.poll(Instant::now()) {
+                    let answer = blocking(|| ask_lease(&mut db, &holder, config.ttl, req));
+                    let before = election.role().clone();
+                    let was_failing = election.failing().is_some();
+                    match election.handle(Instant::now(), answer) {
+                        LeaseDecision::TakeOver { term } => break term,
+                        LeaseDecision::Continue | LeaseDecision::Stop { .. } => {}
+                    }
+                    if let Role::Standby { holder: Some((active, term)) } = election.role()
+                        && before != *election.role()
+                    {
+                        info!(active = %active, term, lease = ?config.ttl,
+                            "standing by: another CMA engine holds the engine lease; this one \
+                             applies nothing and takes over when the lease lapses");
+                    }
+                    log_store_trouble(&opts.store, was_failing, election.failing(), "standing by");
+                    update_view(&engine_view, &election, Instant::now());
+                    // The API's long-polls follow the active engine's events.
+                    if let Ok(id) = blocking(|| db.last_event_id()) {
+                        last_event.send_if_modified(|v| std::mem::replace(v, id) != id);
+                    }
+                }
+                let next = election.poll_timeout();
+                tokio::select! {
+                    _ = sleep_until(next) => {}
+                    _ = &mut shutdown => {
+                        info!("CMA stopping (standby)");
+                        if let Some(t) = api_task.take() { t.abort(); }
+                        return Ok(());
+                    }
+                }
+            };
+            info!(%holder, term, store = %opts.store, "this CMA engine holds the engine lease; taking over");
+            lease = Some((election, holder));
+            update_view(&engine_view, &lease.as_ref().expect("just set").0, Instant::now());
+            db
+        }
+    };
+    if let crate::store::EngineDb::Sqlite(s) = &mut store {
+        s.set_statistics_queue_max(opts.statistics.queue_max);
+    }
+    assim_bus::runner::install_config_sinks(store.event_log(), &opts.bus)
         .context("cannot install the [bus] sinks")?;
     store.set_meta("listen", &opts.listen.to_string())?;
-    let (run_tx, mut run_rx) = tokio::sync::mpsc::channel::<checks_cma::ChecksRequest>(64);
-    let socket = UdpSocket::bind(opts.listen)
-        .await
-        .with_context(|| format!("cannot bind UDP {}: is another CMA running?", opts.listen))?;
+    let socket = match bind_udp(&opts, &mut store, &mut lease, &engine_view, &mut shutdown).await? {
+        Some(s) => s,
+        None => {
+            if let Some(t) = api_task.take() {
+                t.abort();
+            }
+            return Ok(());
+        }
+    };
     // A large receive buffer absorbs registration storms and report bursts between turns.
     // SO_RCVBUFFORCE (root) may exceed net.core.rmem_max; otherwise the kernel caps SO_RCVBUF.
     use nix::sys::socket::{setsockopt, sockopt};
@@ -152,7 +264,7 @@ pub async fn run(
     let mut sealer = Sealer::new(identity.clone(), session);
     sealer.set_accept_unknown(true);
     let inbox_dir = opts.data_dir.join("inbox");
-    let inbox = LogInbox::open(
+    let mut inbox = LogInbox::open(
         move || {
             FileStorage::open(&inbox_dir).map_err(|e| assim_log::LogError::Io {
                 file: inbox_dir.display().to_string(),
@@ -165,6 +277,16 @@ pub async fn run(
     .with_context(|| {
         format!("cannot open the inbox in {}", opts.data_dir.join("inbox").display())
     })?;
+    if let Some((_, holder)) = &lease {
+        // Whose inbox the stored position counts in: an engine taking over from another one
+        // has nothing in its own inbox that the store's position refers to, so the position
+        // becomes this inbox's end and what this inbox still holds (from an earlier term) goes.
+        let position = inbox.log().map_or(0, |l| l.next_lsn().saturating_sub(1));
+        let claim = blocking(|| claim_inbox(&mut store, holder, position))?;
+        if claim.previous.as_deref() != Some(holder.as_str()) {
+            discard_inbox(&mut inbox, &claim)?;
+        }
+    }
     let last_id = store.last_event_id()?;
     // Switch checks ping the switch's management address when this process may (module
     // `ping`); otherwise they decide without it.
@@ -185,7 +307,6 @@ pub async fn run(
         management_probes: pinger.is_some(),
     };
     let mut config = ShellConfig::new(core.clone(), session);
-    let audit = load_audit_rules(&opts.audit_rules, &opts.audit_silence)?;
     config.authority = AuthorityConfig {
         core,
         discovery: opts.discovery.clone(),
@@ -199,47 +320,45 @@ pub async fn run(
     config.tagger = Some(EventTagger::new(move |e| {
         tagger.apply(e);
     }));
-    let shell =
-        Shell::start(config, sealer, inbox, store, now()).context("cannot start the CMA engine")?;
+    let shell = blocking(|| Shell::start(config, sealer, inbox, store, now()))
+        .context("cannot start the CMA engine")?;
     let nodes = shell.core().nodes().count();
-    let (last_event, last_event_rx) = watch::channel(last_id);
-    let shared = Arc::new(SharedMetrics::default());
+    let _ = last_event.send(last_id);
 
-    let api_listener = tokio::net::TcpListener::bind(opts.api)
-        .await
-        .with_context(|| format!("cannot bind the HTTP API on {}", opts.api))?;
-    let api_state = crate::api::ApiState::new(
-        store_path(&opts.data_dir),
-        shared.clone(),
-        last_event_rx,
-        crate::api_access::ApiAccess::load(&opts)?,
-        crate::api::CmaInfo {
-            node_id: identity.node_id(),
-            fingerprint: identity.fingerprint(),
-            listen: opts.listen,
-            version: assim_wire::VERSION.to_string(),
-        },
-    )?;
+    let api_task = match api_task {
+        Some(t) => t,
+        None => {
+            start_api(
+                &opts,
+                &identity,
+                shared.clone(),
+                last_event_rx,
+                run_tx,
+                &audit,
+                latest.clone(),
+                engine_view.clone(),
+                Some(fanout.clone()),
+            )
+            .await?
+        }
+    };
     info!(
         listen = %opts.listen, api = %opts.api, node = %identity.node_id(),
         key = %identity.fingerprint(), nodes, open_enrollment = opts.open_enrollment,
-        "CMA started"
+        store = %opts.store, "CMA started"
     );
     if opts.api_token.is_some() {
         info!(api = %opts.api, "the HTTP API requires a bearer token (Authorization: Bearer …)");
     }
-    let api_state = api_state
-        .with_check_runner(run_tx)
-        .with_fleet(opts.fleet.clone())
-        .with_audit(audit)
-        .with_exporter_rules(opts.exporter_rules.clone());
-    let latest = crate::api_statistics::SharedLatest::default();
-    let fanout = assim_bus::Fanout::default();
-    let api_state = api_state.with_statistics(latest.clone()).with_fanout(fanout.clone());
     let graphite = Arc::new(crate::graphite::ForwarderStatus::default());
     let graphite_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(target) = &opts.statistics.graphite {
-        let path = store_path(&opts.data_dir);
+        let crate::store::StoreUrl::Sqlite(path) = &opts.store else {
+            anyhow::bail!(
+                "Graphite forwarding needs the SQLite store (its queue is not on PostgreSQL yet)"
+            );
+        };
+        let path = path.clone();
         let open: crate::graphite::OpenOutbox = Box::new(move || {
             Ok(Box::new(Store::open(&path)?) as Box<dyn assim_store::StatisticsOutbox>)
         });
@@ -247,14 +366,13 @@ pub async fn run(
             .context("cannot start the Graphite forwarder")?;
         info!(graphite = %target, prefix = %opts.statistics.prefix, "forwarding statistics to Graphite");
     }
-    let api_task = tokio::spawn(crate::api::serve(api_listener, api_state));
     let retention_task = tokio::spawn(crate::retention::run(
-        store_path(&opts.data_dir),
+        opts.store.history_pruner(),
         opts.topology_history_max_age,
         opts.topology_history_max_rows,
     ));
     let bus_task = tokio::spawn(assim_bus::runner::run(
-        assim_store_sqlite::bus::event_log_opener(store_path(&opts.data_dir)),
+        opts.store.event_log_opener(),
         opts.bus.clone(),
         last_event.subscribe(),
     ));
@@ -276,12 +394,16 @@ pub async fn run(
         graphite,
     };
     d.send_all().await;
-    tokio::pin!(shutdown);
     let mut rbuf = vec![0u8; 65536];
+    let mut lost = None;
     loop {
         let deadline = d.shell.poll_timeout();
         let publish = d.last_publish + Duration::from_secs(1);
-        let deadline = Some(deadline.map_or(publish, |t| t.min(publish)));
+        let mut deadline = deadline.map_or(publish, |t| t.min(publish));
+        if let Some(t) = lease.as_ref().and_then(|(l, _)| l.poll_timeout()) {
+            deadline = deadline.min(t);
+        }
+        let deadline = Some(deadline);
         tokio::select! {
             r = d.socket.recv_from(&mut rbuf) => {
                 match r {
@@ -308,6 +430,21 @@ pub async fn run(
             _ = sleep_until(deadline) => {}
             _ = &mut shutdown => break,
         }
+        // The lease first: an engine that lost it must not apply this turn.
+        if let Some((election, holder)) = lease.as_mut()
+            && let Some(req) = election.poll(Instant::now())
+        {
+            let db = d.shell.store_mut();
+            let answer = blocking(|| ask_lease(db, holder, election.config().ttl, req));
+            let was_failing = election.failing().is_some();
+            if let LeaseDecision::Stop { reason } = election.handle(Instant::now(), answer) {
+                update_view(&engine_view, election, Instant::now());
+                lost = Some(reason);
+                break;
+            }
+            log_store_trouble(&opts.store, was_failing, election.failing(), "active");
+            update_view(&engine_view, election, Instant::now());
+        }
         // Timers run every turn, so a steady stream of datagrams cannot starve them.
         let t = now();
         blocking(|| {
@@ -317,14 +454,266 @@ pub async fn run(
         d.replies.flushed();
         d.send_all().await;
     }
-    info!("CMA stopping");
-    blocking(|| d.shell.stop(now()));
-    d.send_all().await;
     graphite_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     api_task.abort();
     bus_task.abort();
     retention_task.abort();
+    if let Some(reason) = lost {
+        // Nothing more is applied or stored (fencing would refuse it anyway).
+        error!(%reason, "this CMA engine lost the engine lease and stops; restarted, it stands by");
+        anyhow::bail!(
+            "this CMA engine lost the engine lease: {reason}. Another engine applies records \
+             now; restart this one to stand by"
+        );
+    }
+    info!("CMA stopping");
+    blocking(|| d.shell.stop(now()));
+    d.send_all().await;
+    if lease.is_some()
+        && let crate::store::EngineDb::Postgres(h) = d.shell.store_mut()
+    {
+        // A standby need not wait for the lease to lapse.
+        match blocking(|| h.release_lease()) {
+            Ok(()) => info!("engine lease released"),
+            Err(e) => warn!(error = %e, "cannot release the engine lease; it lapses by itself"),
+        }
+    }
     Ok(())
+}
+
+/// Binds the nanoprobes' UDP address. On SQLite an address in use is an error at once. An
+/// engine that just took the lease over retries instead, renewing its lease meanwhile: on one
+/// host the engine it replaced may still hold the address while stopped (SIGSTOP), and it
+/// exits as soon as it runs again and finds its lease taken. `None`: shut down meanwhile.
+async fn bind_udp(
+    opts: &CmaOptions,
+    db: &mut crate::store::EngineDb,
+    lease: &mut Option<(Lease, String)>,
+    view: &crate::api::SharedEngineView,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<Option<UdpSocket>> {
+    let mut warned = false;
+    loop {
+        let e = match UdpSocket::bind(opts.listen).await {
+            Ok(s) => return Ok(Some(s)),
+            Err(e) => e,
+        };
+        let Some((election, holder)) = lease.as_mut() else {
+            return Err(e).with_context(|| {
+                format!("cannot bind UDP {}: is another CMA running?", opts.listen)
+            });
+        };
+        if e.kind() != std::io::ErrorKind::AddrInUse {
+            return Err(e).with_context(|| format!("cannot bind UDP {}", opts.listen));
+        }
+        if !warned {
+            warned = true;
+            warn!(listen = %opts.listen, "the UDP address is in use (by the engine this one replaces, stopped but not dead?); retrying while holding the engine lease");
+        }
+        if let Some(req) = election.poll(Instant::now()) {
+            let answer = blocking(|| ask_lease(db, holder, election.config().ttl, req));
+            let decision = election.handle(Instant::now(), answer);
+            update_view(view, election, Instant::now());
+            if let LeaseDecision::Stop { reason } = decision {
+                anyhow::bail!(
+                    "this CMA engine lost the engine lease before it could start: {reason}"
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = shutdown.as_mut() => return Ok(None),
+        }
+    }
+}
+
+/// Starts the HTTP API on its listener.
+#[allow(clippy::too_many_arguments)]
+async fn start_api(
+    opts: &CmaOptions,
+    identity: &Identity,
+    shared: Arc<SharedMetrics>,
+    last_event_rx: watch::Receiver<u64>,
+    run_tx: checks_cma::RunSender,
+    audit: &assim_audit::RuleSet,
+    latest: crate::api_statistics::SharedLatest,
+    engine_view: crate::api::SharedEngineView,
+    fanout: Option<assim_bus::Fanout>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let api_listener = tokio::net::TcpListener::bind(opts.api)
+        .await
+        .with_context(|| format!("cannot bind the HTTP API on {}", opts.api))?;
+    let (queries, events) = (opts.store.queries_opener(), opts.store.event_log_opener());
+    let access = crate::api_access::ApiAccess::load(opts)?;
+    let info = crate::api::CmaInfo {
+        node_id: identity.node_id(),
+        fingerprint: identity.fingerprint(),
+        listen: opts.listen,
+        version: assim_wire::VERSION.to_string(),
+    };
+    // Opening the handles connects (PostgreSQL): on a blocking thread.
+    let api_state = blocking(|| {
+        crate::api::ApiState::with_engine(queries, events, shared, last_event_rx, access, info)
+    })
+    .map_err(|e| match &opts.store {
+        crate::store::StoreUrl::Postgres(_) => opts.store.unreachable(format!("{e:#}")),
+        crate::store::StoreUrl::Sqlite(_) => e,
+    })?;
+    let api_state = api_state
+        .with_check_runner(run_tx)
+        .with_fleet(opts.fleet.clone())
+        .with_audit(audit.clone())
+        .with_exporter_rules(opts.exporter_rules.clone())
+        .with_statistics(latest)
+        .with_engine_view(engine_view);
+    let api_state = match fanout {
+        Some(f) => api_state.with_fanout(f),
+        None => api_state,
+    };
+    Ok(tokio::spawn(crate::api::serve(api_listener, api_state)))
+}
+
+/// The node id this CMA's identity has must be the one the database was made with: the
+/// nanoprobes pinned that key. The first engine on a database records it.
+fn check_identity(db: &mut crate::store::EngineDb, identity: &Identity) -> anyhow::Result<()> {
+    let mine = identity.node_id().to_string();
+    match db.meta(CMA_NODE_ID)? {
+        None => db.set_meta(CMA_NODE_ID, &mine),
+        Some(id) if id == mine => Ok(()),
+        Some(id) => anyhow::bail!(
+            "this CMA's identity (node {mine}) is not the one this database belongs to (node \
+             {id}): every CMA on one database must share the identity the nanoprobes trust. \
+             Copy the files {} and {} from the first CMA's data directory into this one's \
+             (mode 0600), then start again",
+            assim_seal::identity::NODE_ID_FILE,
+            assim_seal::identity::KEY_FILE
+        ),
+    }
+}
+
+/// The metadata key under which the database records its CMA's node id.
+const CMA_NODE_ID: &str = "cma_node_id";
+
+/// Asks the store what `req` asks (the lease decision's IO).
+fn ask_lease(
+    db: &mut crate::store::EngineDb,
+    holder: &str,
+    ttl: Duration,
+    req: LeaseRequest,
+) -> LeaseAnswer {
+    let crate::store::EngineDb::Postgres(h) = db else {
+        return LeaseAnswer::Failed("the SQLite store has no engine lease".into());
+    };
+    let state = match req {
+        LeaseRequest::Acquire => h.acquire_lease(holder, ttl),
+        LeaseRequest::Renew { .. } => h.renew_lease(holder, ttl),
+    };
+    match state {
+        Ok(assim_store_postgres::LeaseState::Mine { term }) => LeaseAnswer::Mine { term },
+        Ok(assim_store_postgres::LeaseState::Other { term, holder, expires_in_ms }) => {
+            LeaseAnswer::Other { holder, term, expires_in: Duration::from_millis(expires_in_ms) }
+        }
+        Err(e) => LeaseAnswer::Failed(e.to_string()),
+    }
+}
+
+/// Records this engine as the owner of the stored inbox position (see
+/// [`assim_store_postgres::Store::claim_inbox`]).
+fn claim_inbox(
+    db: &mut crate::store::EngineDb,
+    holder: &str,
+    position: u64,
+) -> anyhow::Result<assim_store_postgres::InboxClaim> {
+    let crate::store::EngineDb::Postgres(h) = db else {
+        return Ok(assim_store_postgres::InboxClaim {
+            previous: Some(holder.to_owned()),
+            mine_through: None,
+        });
+    };
+    let holder = holder.to_owned();
+    Ok(h.call(move |s| s.claim_inbox(&holder, position))?)
+}
+
+/// Drops every record of this engine's inbox: the stored position counts in another engine's
+/// inbox (it applied records since this one last did), so these are from an earlier term.
+/// Those up to the position this engine had stored then were applied; those after it were
+/// acknowledged to their nanoprobes but never applied, and are lost with this step (a warning
+/// counts them); the JetStream inbox (one inbox for every engine) is what removes that window
+/// (docs/cluster.md).
+fn discard_inbox(
+    inbox: &mut LogInbox<FileStorage>,
+    claim: &assim_store_postgres::InboxClaim,
+) -> anyhow::Result<()> {
+    let (first, next) = inbox.log().map_or((0, 0), |l| (l.first_lsn(), l.next_lsn()));
+    let unapplied = match claim.mine_through {
+        Some(through) => next.saturating_sub(first.max(through + 1)),
+        // Never owned the position: nothing in this inbox was applied to this database.
+        None => next.saturating_sub(first),
+    };
+    if unapplied > 0 {
+        warn!(
+            records = unapplied,
+            previous_owner = claim.previous.as_deref().unwrap_or("(none)"),
+            "another engine applies records since this one last did: this engine's inbox held \
+             records it had acknowledged but not applied before it lost the engine lease; they \
+             are dropped (see docs/cluster.md, 'The inbox is still local')"
+        );
+    } else if next > first {
+        debug!(
+            records = next - first,
+            "dropping this engine's applied inbox records of an earlier term"
+        );
+    }
+    assim_store::Inbox::remove_through(inbox, u64::MAX)
+        .context("cannot empty the inbox at the takeover")?;
+    Ok(())
+}
+
+/// Logs when the store stops or starts answering the lease requests (not every retry).
+fn log_store_trouble(
+    store: &crate::store::StoreUrl,
+    was_failing: bool,
+    failing: Option<&str>,
+    role: &str,
+) {
+    match (was_failing, failing) {
+        (false, Some(why)) => warn!(
+            %store, error = %why, role,
+            "cannot reach the store for the engine lease; retrying (an active engine keeps its \
+             state; fencing refuses its batches if another engine takes over meanwhile)"
+        ),
+        (true, None) => info!(%store, role, "the store answers the engine lease requests again"),
+        _ => {}
+    }
+}
+
+/// Shows the lease decision's state on `/api/v1/status`.
+fn update_view(view: &crate::api::SharedEngineView, election: &Lease, now: Instant) {
+    let mut v = view.lock().expect("engine view lock");
+    v.detail = election.failing().map(|why| format!("cannot reach the store: {why}"));
+    match election.role() {
+        Role::Standby { holder } => {
+            v.role = "standby".into();
+            v.active = holder.as_ref().map(|(h, _)| h.clone());
+            v.term = holder.as_ref().map(|(_, t)| *t);
+        }
+        Role::Active { term, .. } => {
+            v.role = "active".into();
+            v.active = v.holder.clone();
+            v.term = Some(*term);
+            if let Some(d) = election.in_doubt(now) {
+                v.detail = Some(format!(
+                    "the engine lease has not been renewed for {} s (the store cannot be \
+                     reached); another engine may take over",
+                    d.as_secs()
+                ));
+            }
+        }
+        Role::Stopped { reason } => {
+            v.role = "stopped".into();
+            v.detail = Some(reason.clone());
+        }
+    }
 }
 
 /// The shipped check rules plus the operator's (`--check-rules DIR`).
@@ -371,7 +760,7 @@ const MAX_DATAGRAMS_PER_TURN: usize = 4096;
 /// The UDP receive buffer the CMA asks for (bytes).
 const RECV_BUFFER: usize = 32 << 20;
 
-type CmaShell = Shell<Sealer, LogInbox<FileStorage>, Store>;
+type CmaShell = Shell<Sealer, LogInbox<FileStorage>, crate::store::EngineDb>;
 
 struct Driver {
     shell: CmaShell,

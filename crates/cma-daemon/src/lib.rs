@@ -5,7 +5,8 @@
 //! reads datagrams, opens them with `assim-seal`, feeds frames to `assim-reliable` connections
 //! and messages to the core, drains the core's actions, writes what must be durable, and sends
 //! what must be sent. Timers are the cores' `poll_timeout`s. This is the crate that picks the
-//! storage engine (today SQLite, `assim-store-sqlite`).
+//! storage engine ([`store`]: SQLite, `assim-store-sqlite`, by default; PostgreSQL,
+//! `assim-store-postgres`, with `--store postgres://…`).
 //!
 //! Layout:
 //! - [`cma`]: the CMA driver: UDP endpoint, timers, the CMA shell (enrollment, inbox, the
@@ -32,6 +33,8 @@
 //! - [`graphite`]: the Graphite forwarder (the durable statistics queue into carbon) and the
 //!   statistics settings; [`api_statistics`]: their Prometheus exposition.
 //! - [`retention`]: the bound on the topology history (age and rows).
+//! - [`store`]: `--store` (SQLite file or PostgreSQL URL, the password never printed), the
+//!   engine's store and the handles the API, the bus and retention open.
 //! - [`settings`]: flags/env/file resolution, `--print-config`, `cma token create`;
 //!   `src/main.rs` is the binary.
 
@@ -54,3 +57,4 @@ pub mod ping;
 pub mod retention;
 pub mod reverse_dns;
 pub mod settings;
+pub mod store;

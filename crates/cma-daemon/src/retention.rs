@@ -2,12 +2,10 @@
 //! older than `topology_history_max_age` (default 90 days) and beyond
 //! `topology_history_max_rows` (default 1,000,000) once a minute, a bounded batch per blocking
 //! call through its own store connection (never on the async workers, never holding the
-//! engine's writer for long).
+//! engine's writer for long). On SQLite or PostgreSQL alike ([`crate::store::HistoryPruner`]).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use assim_store_sqlite::Store;
 use assim_wire::Timestamp;
 use tracing::{info, warn};
 
@@ -17,25 +15,13 @@ const EVERY: Duration = Duration::from_secs(60);
 const BATCH: usize = 5000;
 
 /// Runs until the task is aborted.
-pub async fn run(store_path: PathBuf, max_age: Duration, max_rows: u64) {
-    let opened = tokio::task::spawn_blocking(move || Store::open(&store_path)).await;
-    let mut store = match opened {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            warn!(error = %e, "topology history retention cannot open the store; not running");
-            return;
-        }
-        Err(e) => {
-            warn!(error = %e, "topology history retention failed to start");
-            return;
-        }
-    };
+pub async fn run(mut store: crate::store::HistoryPruner, max_age: Duration, max_rows: u64) {
     loop {
         let (mut by_age, mut by_count) = (0, 0);
         loop {
             let cutoff = Timestamp(Timestamp::now().0.saturating_sub(max_age.as_micros() as u64));
             let pass = tokio::task::spawn_blocking(move || {
-                let r = store.prune_topo_history(cutoff, max_rows, BATCH);
+                let r = store(cutoff, max_rows, BATCH);
                 (store, r)
             })
             .await;

@@ -47,9 +47,25 @@ pub struct CmaFlags {
         value_delimiter = ','
     )]
     pub check_plugin_dirs: Vec<PathBuf>,
-    /// Directory for the CMA's identity and database [default: /var/lib/assim/cma].
+    /// Directory for the CMA's identity, inbox and (by default) database
+    /// [default: /var/lib/assim/cma].
     #[arg(long, env = "ASSIM_CMA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Where the CMA keeps its state [default: the SQLite file DATA_DIR/cma.sqlite].
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (or postgresql://…; a Unix socket:
+    /// postgres://USER@/DATABASE?host=/run/postgresql) uses PostgreSQL, which several `cma`
+    /// processes can share: one applies records, the others stand by and take over when its
+    /// engine lease lapses (see --engine-lease and docs/cluster.md). They must share the CMA
+    /// identity (copy DATA_DIR/node_id and DATA_DIR/node.key). sqlite:PATH uses another SQLite
+    /// file. Put a password in the config file (mode 0600) or ASSIM_CMA_STORE rather than on
+    /// the command line, where other users can see it; the CMA never prints it.
+    #[arg(long, value_name = "URL", env = "ASSIM_CMA_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// How long the engine lease lasts with --store postgres://…: a standby takes over at most
+    /// this long (plus a fifth of it) after the active CMA died; the active one renews it every
+    /// third of it [default: 10s; 1s to 10m].
+    #[arg(long, env = "ASSIM_CMA_ENGINE_LEASE", value_parser = parse_duration)]
+    pub engine_lease: Option<Duration>,
     /// How often nanoprobes heartbeat their neighbours [default: 1s].
     #[arg(long, env = "ASSIM_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
     pub heartbeat_interval: Option<Duration>,
@@ -201,6 +217,10 @@ pub struct CmaFile {
     pub api_hosts: Option<Vec<String>>,
     pub check_plugin_dirs: Option<Vec<PathBuf>>,
     pub data_dir: Option<PathBuf>,
+    /// `--store`: a PostgreSQL URL or sqlite:PATH.
+    pub store: Option<String>,
+    /// `--engine-lease`.
+    pub engine_lease: Option<String>,
     pub heartbeat_interval: Option<String>,
     pub warn_time: Option<String>,
     pub dead_time: Option<String>,
@@ -462,7 +482,20 @@ impl CmaFlags {
         if host_new_wait > Duration::from_secs(86_400) {
             bail!("host_new_wait must be at most 24h (got {})", format_duration(host_new_wait));
         }
+        let data_dir: PathBuf =
+            self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| "/var/lib/assim/cma".into());
+        let store = match self.store.as_deref().or(file.store.as_deref()) {
+            Some(url) if !url.trim().is_empty() => crate::store::StoreUrl::parse(url)?,
+            _ => crate::store::StoreUrl::default_for(&data_dir),
+        };
+        let on_postgres = matches!(store, crate::store::StoreUrl::Postgres(_));
+        let engine_lease = dur(self.engine_lease, &file.engine_lease, 10_000, "engine_lease")?;
+        assim_cma_shell::lease::LeaseConfig { ttl: engine_lease }
+            .validate()
+            .map_err(|e| anyhow::anyhow!("engine_lease: {e}"))?;
         Ok(crate::cma::CmaOptions {
+            store,
+            engine_lease,
             listen: self
                 .listen
                 .or(file.listen)
@@ -471,11 +504,7 @@ impl CmaFlags {
             api_token,
             api_hosts,
             check_plugin_dirs,
-            data_dir: self
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or_else(|| "/var/lib/assim/cma".into()),
+            data_dir,
             timing,
             open_enrollment: self.open_enrollment || file.open_enrollment.unwrap_or(false),
             bus: {
@@ -554,6 +583,12 @@ impl CmaFlags {
                 if queue_max == 0 {
                     bail!("graphite_queue_max must be above 0");
                 }
+                if graphite.is_some() && on_postgres {
+                    bail!(
+                        "--graphite needs the SQLite store: the statistics queue is not on \
+                         PostgreSQL yet (docs/cluster.md); drop --graphite or --store"
+                    );
+                }
                 crate::graphite::StatisticsOptions { graphite, prefix, queue_max }
             },
         })
@@ -569,6 +604,8 @@ pub fn cma_config_toml(o: &crate::cma::CmaOptions) -> String {
         api_hosts: Some(o.api_hosts.clone()),
         check_plugin_dirs: Some(o.check_plugin_dirs.clone()),
         data_dir: Some(o.data_dir.clone()),
+        store: Some(o.store.redacted()),
+        engine_lease: Some(format_duration(o.engine_lease)),
         heartbeat_interval: Some(format_duration(o.timing.interval)),
         warn_time: Some(format_duration(o.timing.warn)),
         dead_time: Some(format_duration(o.timing.dead)),
@@ -667,9 +704,17 @@ fn token_create(
     // 0700 before anything is written into it (the identity, the database, the inbox).
     assim_seal::create_private_dir(&opts.data_dir)?;
     let identity = assim_seal::Identity::load_or_create(&opts.data_dir)?;
-    let mut store = assim_store_sqlite::Store::open(&crate::cma::store_path(&opts.data_dir))?;
+    let mut store = match &opts.store {
+        crate::store::StoreUrl::Sqlite(p) => {
+            TokenStore::Sqlite(assim_store_sqlite::Store::open(p)?)
+        }
+        // No async runtime here: the synchronous client may be used directly.
+        crate::store::StoreUrl::Postgres(u) => TokenStore::Postgres(Box::new(
+            assim_store_postgres::Store::open(u).map_err(|e| opts.store.unreachable(e))?,
+        )),
+    };
     let addrs = if advertise.is_empty() {
-        let listen = match store.meta("listen")? {
+        let listen = match store.meta()? {
             Some(s) => s.parse().unwrap_or(opts.listen),
             None => opts.listen,
         };
@@ -684,7 +729,7 @@ fn token_create(
     };
     let token = assim_seal::JoinToken::generate(&identity, addrs, &mut rand::rngs::OsRng);
     let now = Timestamp::now();
-    store.add_token(&assim_store_sqlite::TokenRecord {
+    store.add_token(&assim_store::TokenRecord {
         id: token.token_id(),
         secret_hash: assim_seal::secret_hash(&token.secret),
         created_at: now,
@@ -703,6 +748,30 @@ fn token_create(
     );
     println!("{}", token.encode());
     Ok(())
+}
+
+/// Where `cma token create` writes.
+enum TokenStore {
+    Sqlite(assim_store_sqlite::Store),
+    Postgres(Box<assim_store_postgres::Store>),
+}
+
+impl TokenStore {
+    /// The CMA's last `--listen` address.
+    fn meta(&self) -> anyhow::Result<Option<String>> {
+        Ok(match self {
+            TokenStore::Sqlite(s) => s.meta("listen")?,
+            TokenStore::Postgres(s) => s.meta("listen")?,
+        })
+    }
+
+    fn add_token(&mut self, t: &assim_store::TokenRecord) -> anyhow::Result<()> {
+        match self {
+            TokenStore::Sqlite(s) => s.add_token(t)?,
+            TokenStore::Postgres(s) => s.add_token(t)?,
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -764,6 +833,54 @@ mod tests {
         }
         let zero = CmaFlags { graphite_queue_max: Some(0), ..Default::default() }.resolve();
         assert!(zero.unwrap_err().to_string().contains("graphite_queue_max"));
+    }
+
+    #[test]
+    fn issue_14_the_store_url_and_engine_lease_are_checked_and_the_password_never_printed() {
+        let o =
+            CmaFlags { data_dir: Some("/srv/cma".into()), ..Default::default() }.resolve().unwrap();
+        assert_eq!(o.store, crate::store::StoreUrl::Sqlite("/srv/cma/cma.sqlite".into()));
+        assert_eq!(o.engine_lease, Duration::from_secs(10));
+        let o = CmaFlags {
+            store: Some("postgres://cma:s3cret@db.example.com/assim".into()),
+            engine_lease: Some(Duration::from_secs(4)),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(o.store.kind(), "postgresql");
+        let printed = cma_config_toml(&o);
+        assert!(
+            printed.contains("store = \"postgres://cma:(set)@db.example.com/assim\""),
+            "{printed}"
+        );
+        assert!(printed.contains("engine_lease = \"4s\""), "{printed}");
+        assert!(!printed.contains("s3cret") && !format!("{o:?}").contains("s3cret"));
+        // From the config file too.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cma.toml");
+        std::fs::write(&file, "store = \"postgresql://cma@/assim?host=/run/postgresql\"\n")
+            .unwrap();
+        let o = CmaFlags { config: Some(file), ..Default::default() }.resolve().unwrap();
+        assert_eq!(o.store.kind(), "postgresql");
+        for (flags, want) in [
+            (CmaFlags { store: Some("mysql://x/y".into()), ..Default::default() }, "postgres://"),
+            (
+                CmaFlags { engine_lease: Some(Duration::from_millis(200)), ..Default::default() },
+                "engine lease must be between",
+            ),
+            (
+                CmaFlags {
+                    store: Some("postgres://cma:pw@db/assim".into()),
+                    graphite: Some("carbon:2003".into()),
+                    ..Default::default()
+                },
+                "--graphite needs the SQLite store",
+            ),
+        ] {
+            let e = format!("{:#}", flags.resolve().unwrap_err());
+            assert!(e.contains(want) && !e.contains(":pw@"), "{e}");
+        }
     }
 
     #[test]

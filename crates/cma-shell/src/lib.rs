@@ -42,12 +42,15 @@
 //! - [`engine`]: records → core → batch.
 //! - [`conns`]: reliable connections and their timers.
 //! - [`record`]: the inbox record's byte layout.
+//! - [`lease`]: the engine lease decision (which of several engines on one database applies
+//!   records; issue 14).
 
 #![forbid(unsafe_code)]
 
 pub mod conns;
 pub mod engine;
 pub mod enroll;
+pub mod lease;
 pub mod pace;
 pub mod reader;
 pub mod record;

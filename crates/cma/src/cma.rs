@@ -444,7 +444,10 @@ impl Cma {
         let timing = self.config.timing;
         while let Some(due) = self.suspicions.poll_due(now, &timing) {
             match due {
-                Due::Probe { node, nonce } => self.pending.probes.push((node, nonce)),
+                Due::Probe { node, nonce } => {
+                    self.pending.probes.push((node, nonce));
+                    self.suspect_missed_a_probe(now, node);
+                }
                 Due::Decide { node, suspicion } => self.decide(now, node, suspicion),
                 Due::Confirmed { node, suspicion } => self.down_corroborated(now, node, suspicion),
             }
@@ -718,11 +721,12 @@ impl Cma {
                 match state {
                     NodeState::Up => {
                         self.suspect(now, subject, reporter, word);
-                        self.maybe_check(now, subject, reporter);
                     }
                     NodeState::Suspect => {
                         self.witness(now, subject, reporter, word, false);
-                        self.maybe_check(now, subject, reporter);
+                        if self.suspicions.get(subject).is_some_and(|s| s.missed_a_probe()) {
+                            self.maybe_check(now, subject, reporter);
+                        }
                     }
                     NodeState::Down | NodeState::Left | NodeState::Unreachable => {
                         self.stats.reports_no_effect += 1
@@ -773,7 +777,7 @@ impl Cma {
     /// A witness's word about a Suspect node: the suspicion's verdict, applied.
     fn witness(&mut self, now: Timestamp, node: NodeId, who: NodeId, word: Word, martian: bool) {
         match self.suspicions.witness(node, who, word, martian, now) {
-            Some(Witnessed::Confirmed(s)) => self.down_corroborated(now, node, s),
+            Some(Witnessed::Confirmed(s)) => self.down_corroborated(now, node, *s),
             Some(Witnessed::Cleared) => {
                 // Heartbeats resumed: back to Up, and say so, so that a subscriber that saw
                 // host.suspect sees it cleared.
@@ -1066,7 +1070,23 @@ impl Cma {
         }
     }
 
-    /// A member of a topological ring became (or stays) suspect on `reporter`'s word: open a
+    /// A probe of a suspect goes out: if it is the second, the first went unanswered (probing
+    /// stops on proof of life), and now its ring is worth a look, once per suspicion (later
+    /// reporters are looked at as they come). A suspicion raised by chance loss (a neighbour
+    /// missed heartbeats) is answered by the first probe within milliseconds and opens no
+    /// check; a host cut off with its switch answers none, and its ring's check opens one probe
+    /// gap (80 ms at the default timing) after the first report instead of at once.
+    fn suspect_missed_a_probe(&mut self, now: Timestamp, node: NodeId) {
+        let Some(s) = self.suspicions.get(node) else { return };
+        if s.probes_sent() != 2 {
+            return;
+        }
+        for reporter in s.reporters.clone() {
+            self.maybe_check(now, node, reporter);
+        }
+    }
+
+    /// A member of a topological ring is suspect on `reporter`'s word and missed a probe: open a
     /// check of the ring when the word comes from outside it, or two members are suspect.
     fn maybe_check(&mut self, now: Timestamp, node: NodeId, reporter: NodeId) {
         let Some(ring) = self.rings.home_of(node).cloned() else { return };

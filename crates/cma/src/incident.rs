@@ -3,9 +3,9 @@
 //! ordered set; [`crate::Cma`] applies the consequences (states, rings, events).
 //!
 //! ```text
-//! QUIET    --trigger: a member of topological ring R is suspect and the -----> CHECKING(R)
-//!            reporter is outside R (the upper ring), or two members of R       probe every member now,
-//!            are suspect at once                                               then every interval/2;
+//! QUIET    --trigger: a member of topological ring R is suspect, missed ----> CHECKING(R)
+//!            the CMA's first probe (issue 18), and its reporter is outside     probe every member now,
+//!            R (the upper ring) or two members of R are suspect at once        then every interval/2;
 //!                                                                              deadline = now + 2*interval
 //! CHECKING --a member answers (probe reply with a check nonce, any message)--> (recorded)
 //! CHECKING --half or more of the members answered--------------------------> QUIET   (not the switch:

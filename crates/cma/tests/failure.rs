@@ -130,13 +130,20 @@ fn one_report_and_no_reply_is_down_at_the_deadline_not_before() {
     check_ring(&h.cma);
 }
 
+/// A second neighbour's dead word after the node proved itself alive makes the CMA ask again:
+/// a node that answers is not down (path trouble to both); one that does not is (it may have
+/// crashed after its answer).
 #[test]
-fn a_second_report_after_proof_of_life_is_not_down() {
+fn a_second_report_after_proof_of_life_is_not_down_if_it_answers_again() {
     let (mut h, b, a, c) = five();
     h.report(a, ReportKind::Dead, b, 5000);
     h.cma.handle_alive(h.now, b);
     h.report(c, ReportKind::Dead, b, 5000);
     assert_eq!(h.state(b), NodeState::Suspect);
+    let probes_before = probes(&h.log).len();
+    h.advance(Duration::from_millis(1));
+    assert!(probes(&h.log).len() > probes_before, "asked again");
+    assert!(h.answer_probe(b));
     h.advance(Duration::from_secs(2));
     assert_eq!(h.state(b), NodeState::Up);
     let acts = h.take();
@@ -147,6 +154,15 @@ fn a_second_report_after_proof_of_life_is_not_down() {
     );
     assert_eq!(ev[1].tags["a"], name(&h, a));
     assert_eq!(ev[2].tags["a"], name(&h, c));
+
+    // The same with a node that crashed after its message.
+    let (mut h, b, a, c) = five();
+    h.report(a, ReportKind::Dead, b, 5000);
+    h.cma.handle_alive(h.now, b);
+    h.report(c, ReportKind::Dead, b, 5000);
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.state(b), NodeState::Down);
+    check_ring(&h.cma);
 }
 
 #[test]

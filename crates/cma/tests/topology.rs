@@ -90,6 +90,9 @@ fn outside_reports(h: &mut Harness, members: &[NodeId]) {
             }
         }
     }
+    // The suspects miss the CMA's first probe: their ring's check opens with the second.
+    let gap = assim_cma::model::confirm_gap(&h.cma.config().timing);
+    h.advance(gap);
 }
 
 #[test]
@@ -225,14 +228,40 @@ fn switch_up_names_the_switch_even_when_its_hosts_lost_its_announcement() {
     assert_eq!(up.body.as_ref().unwrap()["hosts"].as_array().unwrap().len(), 3);
 }
 
+/// Issue 18: a suspicion that the first probe answers (a neighbour lost heartbeats by chance)
+/// opens no check of its ring, even when it is reported from outside it; one that misses the
+/// first probe opens the check with the second probe, one probe gap later.
+#[test]
+fn a_suspect_that_answers_the_first_probe_opens_no_ring_check() {
+    let mut h = fabric(3, 5);
+    let x = h.cma.rings().representatives(&assim_cma::ring::RingKey::switch("sw2"))[0];
+    for w in h.cma.neighbours(x) {
+        h.report(w, ReportKind::Dead, x, 5000);
+    }
+    assert_eq!(h.state(x), NodeState::Suspect);
+    assert!(h.answer_probe(x));
+    h.advance(Duration::from_secs(3));
+    assert_eq!(h.cma.stats().ring_checks, 0);
+    assert_eq!(h.state(x), NodeState::Up);
+    assert!(peer_requests(&mut h).is_empty(), "no nanoprobe was asked to probe");
+
+    let y = h.cma.rings().representatives(&assim_cma::ring::RingKey::switch("sw1"))[0];
+    for w in h.cma.neighbours(y) {
+        h.report(w, ReportKind::Dead, y, 5000);
+    }
+    let gap = assim_cma::model::confirm_gap(&h.cma.config().timing);
+    h.advance(gap - Duration::from_millis(1));
+    assert_eq!(h.cma.stats().ring_checks, 0, "not before the first probe went unanswered");
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.cma.stats().ring_checks, 1, "with the second probe");
+}
+
 #[test]
 fn a_crashed_host_is_host_down_and_no_switch_event() {
     let mut h = fabric(3, 5);
     // A representative, so the check of its switch opens too (reported from outside).
     let x = h.cma.rings().representatives(&assim_cma::ring::RingKey::switch("sw2"))[0];
-    for w in h.cma.neighbours(x) {
-        h.report(w, ReportKind::Dead, x, 5000);
-    }
+    outside_reports(&mut h, &[x]);
     assert_eq!(h.cma.stats().ring_checks, 1);
     answer_all(&mut h, &[x]);
     h.advance(Duration::from_secs(3));
@@ -678,9 +707,7 @@ fn hosts_that_answer_a_peer_but_not_the_cma_make_the_switch_unreachable_not_down
 fn a_host_only_a_peer_on_another_switch_reaches_is_path_suspect_not_down() {
     let mut h = fabric(3, 5);
     let x = h.cma.rings().representatives(&assim_cma::ring::RingKey::switch("sw2"))[0];
-    for w in h.cma.neighbours(x) {
-        h.report(w, ReportKind::Dead, x, 5000);
-    }
+    outside_reports(&mut h, &[x]);
     let asked: Vec<_> = peer_requests(&mut h).into_iter().filter(|a| a.1 == x).collect();
     assert!(!asked.is_empty());
     // Its ring answers the CMA, x does not; but a prober reaches it.

@@ -271,31 +271,22 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(inv.hosts[0].checks, ["app:backup", "local:queue"]);
-        let doc = |payload: serde_json::Value| {
-            (
-                id.to_string(),
-                DiscoveryView {
-                    name: "local_checks".into(),
-                    hash: String::new(),
-                    collected_at: 0,
-                    updated_at: 0,
-                    payload,
-                },
-            )
-        };
         let inv = inventory(Sources {
             nodes: vec![node.clone()],
-            discovery: vec![doc(serde_json::json!({"checks": [
-                {"name": "local:queue", "kind": "nagios", "argv": ["check_dummy", "0"]},
-                {"kind": "nagios"}, {"name": 7}, "local:x"
-            ]}))],
+            discovery: vec![named(
+                "local_checks",
+                serde_json::json!({"checks": [
+                    {"name": "local:queue", "kind": "nagios", "argv": ["check_dummy", "0"]},
+                    {"kind": "nagios"}, {"name": 7}, "local:x"
+                ]}),
+            )],
             ..Default::default()
         });
         assert_eq!(inv.hosts[0].checks, vec!["local:queue".to_string()]);
         // Not the expected shape: no checks, no failure.
         let inv = inventory(Sources {
             nodes: vec![node],
-            discovery: vec![doc(serde_json::json!(["local:queue"]))],
+            discovery: vec![named("local_checks", serde_json::json!(["local:queue"]))],
             ..Default::default()
         });
         assert!(inv.hosts[0].checks.is_empty());

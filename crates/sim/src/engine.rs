@@ -321,6 +321,11 @@ pub(crate) struct Node {
     spooled: VecDeque<(u64, MsgKind, u64)>,
     /// The crash (index in `Obs::crashes`) not yet detected.
     pub(crate) crash: Option<usize>,
+    /// When it last sent a heartbeat, and when the CMA last made it suspect (virtual µs): a
+    /// `host.up` that ends a suspicion is true if a heartbeat was sent after the suspicion
+    /// opened, even if the node crashed before the word of it reached the CMA.
+    last_heartbeat: u64,
+    suspect_at: u64,
     /// Control messages (hello, goodbye) of earlier incarnations unacknowledged when they
     /// stopped.
     lost_candidates: Vec<MsgKind>,
@@ -391,6 +396,9 @@ pub(crate) struct Obs {
     pub(crate) false_ups: Vec<UnexpectedDown>,
     /// host.down again for a node that is crashed and whose crash was already reported.
     pub(crate) repeat_downs: u64,
+    /// host.up ending a suspicion of a node that sent heartbeats after the suspicion opened and
+    /// crashed before the word of them reached the CMA (not false; see `Node::suspect_at`).
+    pub(crate) ups_raced_by_crash: u64,
     pub(crate) partitions: Vec<PartitionRec>,
     pub(crate) registered_at: Option<u64>,
     pub(crate) registered_wall: Option<Duration>,
@@ -630,6 +638,8 @@ impl Sim {
                 spool: None,
                 spooled: VecDeque::new(),
                 crash: None,
+                last_heartbeat: 0,
+                suspect_at: 0,
                 lost_candidates: Vec::new(),
                 lost_spool: None,
                 lost_with_disk: [0; 4],
@@ -914,6 +924,7 @@ impl Sim {
                 match t {
                     Transmit::Heartbeat { to, heartbeat, .. } => {
                         let j = index_of(to);
+                        n.last_heartbeat = now;
                         if (j as usize) < self.w.switch_of.len() {
                             self.w.send(i, j, Packet::Heartbeat(heartbeat));
                         }
@@ -1335,9 +1346,16 @@ impl Sim {
                 .position(|p| p.switches.contains(&sw) && p.start <= now && now <= p.end + bound)
         };
         match e.kind {
+            EventKind::HostSuspect => self.nodes[j as usize].suspect_at = now,
             EventKind::HostUp => {
-                let life = self.nodes[j as usize].life;
-                if !matches!(life, Life::Running | Life::Leaving) {
+                let n = &self.nodes[j as usize];
+                let life = n.life;
+                if n.crash.is_some() && n.suspect_at > 0 && n.last_heartbeat >= n.suspect_at {
+                    // It was alive after the suspicion opened and crashed while a neighbour's
+                    // word of its heartbeats was on the way: true when made. Its crash must
+                    // still be reported (`crash` stays set).
+                    self.obs.ups_raced_by_crash += 1;
+                } else if !matches!(life, Life::Running | Life::Leaving) {
                     self.obs.false_ups.push(UnexpectedDown {
                         node: j,
                         at: now,

@@ -231,6 +231,10 @@ pub struct FalseDowns {
     pub false_up_list: Vec<NodeNote>,
     /// host.down again for a crashed node already reported down (after a false host.up).
     pub repeat_down: u64,
+    /// host.up ending the suspicion of a node that sent heartbeats after the suspicion opened
+    /// and crashed while the word of them was on its way to the CMA: true when made, not
+    /// counted as false (the crash must still be reported down).
+    pub up_raced_by_crash: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -641,6 +645,7 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
             .map(|d| note_of(i.nodes, d))
             .collect(),
         false_up: i.obs.false_ups.len() as u64,
+        up_raced_by_crash: i.obs.ups_raced_by_crash,
         false_up_list: i.obs.false_ups.iter().take(LIST_MAX).map(|d| note_of(i.nodes, d)).collect(),
         repeat_down: i.obs.repeat_downs,
     };
@@ -890,8 +895,10 @@ pub(crate) fn build(i: Inputs<'_>) -> Report {
         "no false host.up",
         false_down.false_up == 0,
         format!(
-            "{} host.up for nodes that were not running ({} repeated host.down for them)",
-            false_down.false_up, false_down.repeat_down
+            "{} host.up for nodes that were not running ({} repeated host.down for them; {} \
+             for nodes alive after their suspicion opened that crashed before the word reached \
+             the CMA, not counted)",
+            false_down.false_up, false_down.repeat_down, false_down.up_raced_by_crash
         ),
     );
     check(

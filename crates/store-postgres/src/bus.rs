@@ -289,10 +289,11 @@ impl assim_store::EventLog for Store {
     }
 }
 
-/// Opens a new connection for every handle the bus asks for.
+/// Opens a new connection, on a thread of its own ([`crate::Handle`]), for every handle the
+/// bus asks for.
 pub fn event_log_opener(conninfo: String) -> assim_store::OpenEventLog {
     std::sync::Arc::new(move || {
-        let store = Store::open(&conninfo)?;
+        let store = crate::Handle::open(&conninfo)?;
         Ok(Box::new(store) as Box<dyn assim_store::EventLog>)
     })
 }

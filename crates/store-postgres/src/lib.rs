@@ -34,12 +34,21 @@
 //! plugin's output, a hostile payload) is stored as U+FFFD instead of failing the batch — the
 //! one place where the answers differ from SQLite's.
 //!
+//! # Threads
+//! The `postgres` client owns a small tokio runtime per connection: a [`Store`] must never be
+//! used or dropped on a thread that drives a tokio runtime. [`Handle`] (module [`handle`]) runs
+//! a store on a thread of its own and is safe anywhere; `cma --store postgres://…` uses only
+//! handles, and the openers ([`query::queries_opener`], [`bus::event_log_opener`]) return them.
+//!
+//! # The engine lease
+//! [`Store::try_acquire_lease`] takes the lease (a standby calls it until it succeeds),
+//! [`Store::renew_lease`] extends it without ever changing the term, [`Store::release_lease`]
+//! ends it at a clean stop, [`Store::claim_inbox`] records whose inbox the stored position
+//! counts in. When to call which is decided by `assim_cma_shell::lease`.
+//!
 //! # Not built yet (issue 14)
-//! The CMA does not open this store yet (`cma` runs on SQLite only). The `postgres` client owns a
-//! small tokio runtime per connection: never use or drop a [`Store`] on an async worker (see
-//! docs/cluster.md for the two ways to wire it into the daemon). No packet readers, no JetStream
-//! inbox or event stream, no engine election loop: [`Store::acquire_lease`] and the fenced
-//! commit are the seam an election will use. No topology backfill or SQLite import.
+//! No packet readers, no JetStream inbox or event stream, no topology backfill or SQLite
+//! import.
 //!
 //! # Tests
 //! `cargo nextest run -p assim-store-postgres` runs the conformance suite
@@ -58,6 +67,7 @@
 //! - [`bus`]: [`assim_store::EventLog`] — events, subscriptions, dead letters, retention.
 
 pub mod bus;
+pub mod handle;
 pub mod query;
 pub mod topology;
 
@@ -105,6 +115,37 @@ pub enum StoreError {
         "this engine's lease (term {held}) was taken over (term {current}); it must stop writing"
     )]
     Deposed { held: u64, current: u64 },
+    /// The thread of a [`Handle`] ended (a panic inside a store call); nothing more can be
+    /// done through it.
+    #[error("the PostgreSQL store's thread ended: {0}")]
+    Gone(String),
+}
+
+impl From<StoreError> for assim_store::StoreFailed {
+    fn from(e: StoreError) -> assim_store::StoreFailed {
+        assim_store::StoreFailed(Box::new(e))
+    }
+}
+
+/// What [`Store::claim_inbox`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboxClaim {
+    /// Who owned the stored inbox position before (`None`: nobody yet).
+    pub previous: Option<String>,
+    /// When the claimer owned it once and another engine took it since: the position the
+    /// claimer had stored by then.
+    pub mine_through: Option<u64>,
+}
+
+/// Who holds the engine lease, as [`Store::try_acquire_lease`] and [`Store::renew_lease`]
+/// found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseState {
+    /// This holder has it, with this term.
+    Mine { term: u64 },
+    /// Another holder has it (or had it: `expires_in_ms` is 0 once it lapsed and nobody took
+    /// it yet); `term` is its term (0: nobody ever held it).
+    Other { term: u64, holder: String, expires_in_ms: u64 },
 }
 
 impl From<StoreError> for assim_store::QueryError {
@@ -121,6 +162,14 @@ fn pg(what: &'static str) -> impl Fn(postgres::Error) -> StoreError {
 }
 
 const SCHEMA_VERSION: i64 = 1;
+
+/// How long connecting may take unless the connection string says otherwise.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Checks a connection string without connecting (the error never repeats the password).
+pub fn check_conninfo(conninfo: &str) -> Result<(), StoreError> {
+    conninfo.parse::<postgres::Config>().map(drop).map_err(StoreError::Config)
+}
 
 /// Schema migrations: `(version, sql)` brings a database at `version - 1` to `version`; each
 /// runs in one transaction with the version bump, under an advisory lock so two CMAs starting
@@ -370,6 +419,9 @@ pub struct Store {
     conn: RefCell<Option<Conn>>,
     /// The lease term this store's engine holds, checked by every batch (see the crate doc).
     fence: Option<u64>,
+    /// `idle_in_transaction_session_timeout` of every connection, if set
+    /// ([`Store::set_idle_in_transaction_timeout`]).
+    idle_tx_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Store {
@@ -383,13 +435,19 @@ impl std::fmt::Debug for Store {
 
 /// Per-node application record: the highest spool record applied and how many were applied.
 pub use assim_store_sqlite::Applied;
+pub use handle::Handle;
 
 impl Store {
     /// Connects (a libpq connection string, key-value or `postgres://` URL) and brings the
     /// schema up to date.
     pub fn open(conninfo: &str) -> Result<Store, StoreError> {
-        let config: postgres::Config = conninfo.parse().map_err(StoreError::Config)?;
-        let store = Store { config, conn: RefCell::new(None), fence: None };
+        let mut config: postgres::Config = conninfo.parse().map_err(StoreError::Config)?;
+        if config.get_connect_timeout().is_none() {
+            // An unreachable server fails a call in this long rather than the TCP default (about
+            // two minutes); `connect_timeout` in the connection string overrides it.
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let store = Store { config, conn: RefCell::new(None), fence: None, idle_tx_timeout: None };
         store.migrate()?;
         Ok(store)
     }
@@ -401,7 +459,12 @@ impl Store {
     ) -> Result<T, StoreError> {
         let mut slot = self.conn.borrow_mut();
         if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
-            let client = self.config.connect(NoTls).map_err(pg("connecting"))?;
+            let mut client = self.config.connect(NoTls).map_err(pg("connecting"))?;
+            if let Some(d) = self.idle_tx_timeout {
+                client
+                    .batch_execute(&idle_tx_sql(d))
+                    .map_err(pg("setting idle_in_transaction_session_timeout"))?;
+            }
             *slot = Some(Conn { client, cache: HashMap::new() });
         }
         let conn = slot.as_mut().expect("just connected");
@@ -504,32 +567,182 @@ impl Store {
         })
     }
 
+    /// Makes the server end this store's session when it stays inside a transaction without a
+    /// word for `d` (`idle_in_transaction_session_timeout`; now and at every reconnect). An
+    /// engine sets it to its lease: a batch's transaction holds the lease row `FOR SHARE`, so
+    /// an engine stopped (SIGSTOP) in the middle of one would otherwise block every takeover
+    /// for as long as it stays stopped. When it runs again, its transaction fails and its next
+    /// batch is fenced.
+    pub fn set_idle_in_transaction_timeout(
+        &mut self,
+        d: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        self.idle_tx_timeout = Some(d);
+        let mut slot = self.conn.borrow_mut();
+        if let Some(c) = slot.as_mut().filter(|c| !c.client.is_closed()) {
+            c.client
+                .batch_execute(&idle_tx_sql(d))
+                .map_err(pg("setting idle_in_transaction_session_timeout"))?;
+        }
+        Ok(())
+    }
+
     /// Takes or renews the engine lease for `holder` for `ttl` (on the database's clock):
-    /// the term this store now fences its batches with, or `None` while another holder's
-    /// lease runs. Taking it from another holder raises the term, which deposes that holder:
-    /// its next batch fails with [`StoreError::Deposed`].
+    /// the term this store now fences its batches with, or `None` while the lease runs for
+    /// someone else. It is granted when nobody ever held it, when it lapsed, or as a renewal of
+    /// the very term this store holds. Every grant that is not such a renewal raises the term,
+    /// which deposes whoever held the previous one: its next batch fails with
+    /// [`StoreError::Deposed`]. That includes another process of the same holder (a restart
+    /// while the old process is stopped but alive, a lost answer to an earlier grant): a
+    /// holder name alone never gets a running lease back, it waits for it to lapse like
+    /// anyone else (a clean stop releases it at once, [`Store::release_lease`]).
     pub fn acquire_lease(
         &mut self,
         holder: &str,
         ttl: std::time::Duration,
     ) -> Result<Option<u64>, StoreError> {
         let ttl = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
+        // Terms start at 1: 0 matches no row.
+        let held = self.fence.map_or(0, |t| t as i64);
         let term = self.row(
             "taking the engine lease",
             "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS us)
              INSERT INTO engine_lease AS l (id, term, holder, expires_at)
              SELECT 1, 1, $1, now.us + $2 FROM now
              ON CONFLICT (id) DO UPDATE SET
-               term = CASE WHEN l.holder = EXCLUDED.holder THEN l.term ELSE l.term + 1 END,
+               term = CASE WHEN l.holder = EXCLUDED.holder AND l.term = $3 THEN l.term
+                           ELSE l.term + 1 END,
                holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-             WHERE l.holder = EXCLUDED.holder
+             WHERE (l.holder = EXCLUDED.holder AND l.term = $3)
                 OR l.expires_at < (SELECT us FROM now)
              RETURNING term",
-            &[&t(holder), &ttl],
+            &[&t(holder), &ttl, &held],
             |r| r.try_get::<_, i64>(0),
         )?;
-        self.fence = term.map(|t| t as u64);
-        Ok(self.fence)
+        match term {
+            Some(t) => {
+                self.fence = Some(t as u64);
+                Ok(self.fence)
+            }
+            // A store that held a term keeps it: its batches must now fail with `Deposed`, not
+            // go through unfenced.
+            None => Ok(None),
+        }
+    }
+
+    /// [`Store::acquire_lease`], and when another holder has the lease, who and for how long.
+    pub fn try_acquire_lease(
+        &mut self,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<LeaseState, StoreError> {
+        match self.acquire_lease(holder, ttl)? {
+            Some(term) => Ok(LeaseState::Mine { term }),
+            None => self.lease_state(),
+        }
+    }
+
+    /// Extends the lease this store holds (its fencing term, for `holder`) by `ttl` from now on
+    /// the database's clock. Never takes the lease and never changes the term: an engine that
+    /// lost it, even if the lease lapsed again since, is told so (`Other`) rather than handed
+    /// a new term with its old state. A store holding no term gets `Other`.
+    pub fn renew_lease(
+        &mut self,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<LeaseState, StoreError> {
+        let Some(held) = self.fence else { return self.lease_state() };
+        let ttl = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
+        let renewed = self.row(
+            "renewing the engine lease",
+            "UPDATE engine_lease
+             SET expires_at = (extract(epoch FROM clock_timestamp()) * 1000000)::bigint + $3
+             WHERE id = 1 AND term = $1 AND holder = $2
+             RETURNING term",
+            &[&(held as i64), &t(holder), &ttl],
+            |r| r.try_get::<_, i64>(0),
+        )?;
+        match renewed {
+            Some(_) => Ok(LeaseState::Mine { term: held }),
+            None => self.lease_state(),
+        }
+    }
+
+    /// Ends this store's lease at once (a clean stop), so a standby need not wait for it to
+    /// lapse. Only the term this store holds is ended; the store keeps fencing with it.
+    pub fn release_lease(&mut self) -> Result<(), StoreError> {
+        let Some(held) = self.fence else { return Ok(()) };
+        self.exec(
+            "releasing the engine lease",
+            "UPDATE engine_lease SET expires_at = 0 WHERE id = 1 AND term = $1",
+            &[&(held as i64)],
+        )
+        .map(drop)
+    }
+
+    /// Who holds the lease row now (`Other` whoever it is; `term` 0 when there is no row).
+    pub fn lease_state(&self) -> Result<LeaseState, StoreError> {
+        let row = self.row(
+            "reading the engine lease",
+            "SELECT term, holder, GREATEST(0, expires_at -
+                 (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) / 1000
+             FROM engine_lease WHERE id = 1",
+            &[],
+            |r| Ok((r.try_get::<_, i64>(0)?, r.try_get::<_, String>(1)?, r.try_get::<_, i64>(2)?)),
+        )?;
+        Ok(match row {
+            Some((term, holder, ms)) => {
+                LeaseState::Other { term: term as u64, holder, expires_in_ms: ms.max(0) as u64 }
+            }
+            None => LeaseState::Other { term: 0, holder: String::new(), expires_in_ms: 0 },
+        })
+    }
+
+    /// Records `owner` as the owner of the inbox the stored inbox position counts in, fenced
+    /// like a batch (fails with [`StoreError::Deposed`] once the lease was taken over). When
+    /// the owner changes, the previous owner's last stored position is kept under its name and
+    /// the stored position becomes `position` (the new owner's inbox position: everything
+    /// before it is applied or dropped), since the old one counts records of another engine's
+    /// inbox. The answer says who owned it before and, when `owner` owned it once, the position
+    /// it had reached then: the records of its inbox after that one were acknowledged in its
+    /// earlier term but never applied.
+    pub fn claim_inbox(&mut self, owner: &str, position: u64) -> Result<InboxClaim, StoreError> {
+        let what = "claiming the inbox position";
+        let e = pg(what);
+        let fence = self.fence;
+        self.transaction(what, |tx| {
+            check_fence(tx, fence, what)?;
+            let get = |tx: &mut Tx<'_>, key: &str| -> Result<Option<String>, StoreError> {
+                tx.query("SELECT value FROM meta WHERE key = $1", &[&key])
+                    .map_err(&e)?
+                    .first()
+                    .map(|r| r.try_get::<_, String>(0))
+                    .transpose()
+                    .map_err(&e)
+            };
+            let previous = get(tx, "inbox_owner")?;
+            let mine_key = format!("inbox_position_of:{}", t(owner));
+            let mine_through = get(tx, &mine_key)?.and_then(|v| v.parse().ok());
+            if previous.as_deref() != Some(owner) {
+                let mut rows = vec![
+                    ("inbox_owner".to_owned(), t(owner).into_owned()),
+                    ("inbox_position".to_owned(), position.to_string()),
+                ];
+                if let (Some(p), Some(at)) = (&previous, get(tx, "inbox_position")?) {
+                    rows.push((format!("inbox_position_of:{p}"), at));
+                }
+                tx.exec(
+                    "INSERT INTO meta (key, value) SELECT * FROM unnest($1::text[], $2::text[])
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    &[
+                        &rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+                        &rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
+                    ],
+                )
+                .map_err(&e)?;
+            }
+            Ok(InboxClaim { previous, mine_through })
+        })
     }
 
     /// The lease term this store fences its batches with, if any.
@@ -609,18 +822,7 @@ impl Store {
         }
         let fence = self.fence;
         self.transaction(what, |tx| {
-            if let Some(held) = fence {
-                let rows = tx
-                    .query("SELECT term FROM engine_lease WHERE id = 1 FOR SHARE", &[])
-                    .map_err(&e)?;
-                let current = match rows.first() {
-                    Some(r) => r.try_get::<_, i64>(0).map_err(&e)? as u64,
-                    None => 0,
-                };
-                if current != held {
-                    return Err(StoreError::Deposed { held, current });
-                }
-            }
+            check_fence(tx, fence, what)?;
             // Rows of one kind go in one statement (arrays unnested server-side): one round
             // trip per kind, not per row.
             if !nodes.is_empty() {
@@ -1125,6 +1327,32 @@ pub(crate) fn node_id(table: &'static str, s: &str) -> Result<NodeId, StoreError
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The statement that sets `idle_in_transaction_session_timeout` (whole milliseconds, at
+/// least 1: 0 would turn it off).
+fn idle_tx_sql(d: std::time::Duration) -> String {
+    format!(
+        "SET idle_in_transaction_session_timeout = {}",
+        d.as_millis().clamp(1, i32::MAX as u128)
+    )
+}
+
+/// Inside a transaction: fails with [`StoreError::Deposed`] unless the lease row still has the
+/// term `fence` (no term: not fenced). The row is read `FOR SHARE`, so a takeover waits for
+/// this transaction and this transaction sees a takeover that committed before it.
+fn check_fence(tx: &mut Tx<'_>, fence: Option<u64>, what: &'static str) -> Result<(), StoreError> {
+    let Some(held) = fence else { return Ok(()) };
+    let e = pg(what);
+    let rows = tx.query("SELECT term FROM engine_lease WHERE id = 1 FOR SHARE", &[]).map_err(&e)?;
+    let current = match rows.first() {
+        Some(r) => r.try_get::<_, i64>(0).map_err(&e)? as u64,
+        None => 0,
+    };
+    if current != held {
+        return Err(StoreError::Deposed { held, current });
+    }
+    Ok(())
 }
 
 /// The CMA engine's store seam over PostgreSQL: one transaction per batch.

@@ -1100,10 +1100,11 @@ impl Queries for Store {
     }
 }
 
-/// Opens a new connection for every read handle asked for.
+/// Opens a new connection, on a thread of its own ([`crate::Handle`]), for every read handle
+/// asked for.
 pub fn queries_opener(conninfo: String) -> OpenQueries {
     std::sync::Arc::new(move || {
-        let store = Store::open(&conninfo)?;
+        let store = crate::Handle::open(&conninfo)?;
         Ok(Box::new(store) as Box<dyn Queries>)
     })
 }

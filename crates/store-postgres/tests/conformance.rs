@@ -20,6 +20,7 @@ use assim_store::{
     DiscoveryRecord, EngineStore, EventLog, InboxProgress, PackagePattern, Queries,
     SpoolIncarnation, TokenRecord, Tokens,
 };
+use assim_store_postgres::LeaseState;
 use assim_util::testing::Postgres;
 use assim_wire::{NodeId, Timestamp};
 use serde_json::{Value, json};
@@ -629,9 +630,205 @@ fn a_deposed_engine_commits_nothing() {
     let ids: Vec<u64> = b.events_since(0, 10).unwrap().into_iter().map(|e| e.id).collect();
     assert_eq!(ids, [1, 2]);
     assert_eq!(b.inbox_position().unwrap(), 2);
+    // A failed attempt to take the lease back does not unfence a: still refused.
+    assert_eq!(a.acquire_lease("engine-a", ttl).unwrap(), None);
+    assert_eq!(a.fence(), Some(1));
+    let err = a.apply(&[], &[event(3, "host.up", Some(3), &[], "stale")], &batch(3)).unwrap_err();
+    assert!(matches!(err, assim_store_postgres::StoreError::Deposed { .. }), "{err}");
+    // Renewing never takes the lease: a is told who has it; b renews under its term.
+    let other = a.renew_lease("engine-a", ttl).unwrap();
+    assert!(
+        matches!(&other, LeaseState::Other { term: 2, holder, expires_in_ms }
+            if holder == "engine-b" && *expires_in_ms <= 300),
+        "{other:?}"
+    );
+    assert_eq!(b.renew_lease("engine-b", ttl).unwrap(), LeaseState::Mine { term: 2 });
+    // b records itself as the inbox position's owner (fenced): the position becomes its
+    // inbox's, once; then b releases the lease at a clean stop: a takes it at once, with a new
+    // term, and b's claims are refused.
+    let claim = |previous: Option<&str>, mine_through| assim_store_postgres::InboxClaim {
+        previous: previous.map(str::to_owned),
+        mine_through,
+    };
+    assert_eq!(b.claim_inbox("engine-b", 5).unwrap(), claim(None, None));
+    assert_eq!(b.inbox_position().unwrap(), 5);
+    assert_eq!(b.claim_inbox("engine-b", 9).unwrap(), claim(Some("engine-b"), None));
+    assert_eq!(b.inbox_position().unwrap(), 5, "the owner's own position stays");
+    b.apply(&[], &[], &batch(7)).unwrap();
+    b.release_lease().unwrap();
+    let mut c = assim_store_postgres::Store::open(&info).unwrap();
+    assert_eq!(
+        c.try_acquire_lease("engine-a", std::time::Duration::from_secs(30)).unwrap(),
+        LeaseState::Mine { term: 3 }
+    );
+    assert_eq!(c.claim_inbox("engine-a", 0).unwrap(), claim(Some("engine-b"), None));
+    assert_eq!(c.inbox_position().unwrap(), 0, "a position in a's inbox now");
+    // When b claims it back one day, it learns that its inbox was applied through 7.
+    assert_eq!(c.meta("inbox_position_of:engine-b").unwrap().as_deref(), Some("7"));
+    let err = b.claim_inbox("engine-b", 9).unwrap_err();
+    assert!(matches!(err, assim_store_postgres::StoreError::Deposed { held: 2, current: 3 }));
+    let told = b.renew_lease("engine-b", ttl).unwrap();
+    assert!(
+        matches!(&told, LeaseState::Other { term: 3, holder, .. } if holder == "engine-a"),
+        "{told:?}"
+    );
     // A store without a term (a reader, `cma token create`) is not fenced.
     let mut plain = assim_store_postgres::Store::open(&info).unwrap();
     plain.set_meta("listen", "x").unwrap();
+}
+
+/// Issue 14: another process of the same engine (the same holder name: a restart while the
+/// first process is stopped but alive, or a grant whose answer was lost) does not get a running
+/// lease back; it waits for it to lapse and takes it under a new term, which fences the first.
+#[test]
+fn the_same_holder_in_another_process_waits_and_gets_a_new_term() {
+    let Some(pg) = Postgres::start() else { return };
+    pg.create_database("holder");
+    let info = pg.conninfo("holder");
+    let mut a = assim_store_postgres::Store::open(&info).unwrap();
+    let mut b = assim_store_postgres::Store::open(&info).unwrap();
+    let ttl = std::time::Duration::from_millis(300);
+    assert_eq!(a.acquire_lease("engine-a", ttl).unwrap(), Some(1));
+    assert_eq!(b.acquire_lease("engine-a", ttl).unwrap(), None, "a's lease still runs");
+    assert_eq!(a.acquire_lease("engine-a", ttl).unwrap(), Some(1), "a renews its own term");
+    let batch = |pos| InboxProgress { position: Some(pos), ..InboxProgress::default() };
+    a.apply(&[], &[event(1, "host.up", Some(1), &[], "a")], &batch(1)).unwrap();
+    let t0 = std::time::Instant::now();
+    let term = loop {
+        if let Some(term) = b.acquire_lease("engine-a", ttl).unwrap() {
+            break term;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "b never got the lease");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(250), "{:?}", t0.elapsed());
+    assert_eq!(term, 2);
+    let err = a.apply(&[], &[event(2, "host.up", Some(2), &[], "stale")], &batch(2)).unwrap_err();
+    assert!(
+        matches!(err, assim_store_postgres::StoreError::Deposed { held: 1, current: 2 }),
+        "{err}"
+    );
+    let other = a.renew_lease("engine-a", ttl).unwrap();
+    assert!(matches!(other, LeaseState::Other { term: 2, .. }), "{other:?}");
+    b.apply(&[], &[event(2, "host.up", Some(2), &[], "b")], &batch(2)).unwrap();
+    let texts: Vec<String> = b.events_since(0, 10).unwrap().into_iter().map(|e| e.text).collect();
+    assert_eq!(texts, ["a", "b"]);
+}
+
+/// Two engines asking for the lease at the same instant, on an empty table and then on a
+/// lapsed lease, ten times: PostgreSQL orders the two upserts on the row and exactly one is
+/// granted each time — with a term one above the last, unless the winner is the store that held
+/// the lapsed term (nobody wrote in between, so it keeps it).
+#[test]
+fn two_engines_asking_at_the_same_instant_get_one_lease() {
+    let Some(pg) = Postgres::start() else { return };
+    pg.create_database("race");
+    let info = pg.conninfo("race");
+    let ttl = std::time::Duration::from_millis(200);
+    let mut stores: Vec<_> =
+        (0..2).map(|_| assim_store_postgres::Store::open(&info).unwrap()).collect();
+    let mut last: Option<(usize, u64)> = None;
+    for round in 1..=10u64 {
+        let barrier = std::sync::Barrier::new(2);
+        let granted: Vec<Option<u64>> = std::thread::scope(|s| {
+            let handles: Vec<_> = stores
+                .iter_mut()
+                .enumerate()
+                .map(|(i, st)| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        st.acquire_lease(&format!("engine-{i}"), ttl).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won: Vec<(usize, u64)> =
+            granted.iter().enumerate().filter_map(|(i, g)| g.map(|t| (i, t))).collect();
+        assert_eq!(won.len(), 1, "round {round}: exactly one grant: {granted:?}");
+        let (winner, term) = won[0];
+        let want = match last {
+            None => 1,
+            Some((w, t)) if w == winner => t,
+            Some((_, t)) => t + 1,
+        };
+        assert_eq!(term, want, "round {round}: {granted:?} after {last:?}");
+        last = Some((winner, term));
+        // Let it lapse for the next round.
+        std::thread::sleep(ttl + std::time::Duration::from_millis(50));
+    }
+}
+
+/// An engine stopped (SIGSTOP) inside a batch's transaction holds the lease row `FOR SHARE`;
+/// with the idle-in-transaction timeout the engine sets to its lease, the server ends that
+/// session and a takeover goes through instead of waiting for the stopped engine.
+#[test]
+fn a_transaction_left_open_does_not_block_a_takeover_for_long() {
+    let Some(pg) = Postgres::start() else { return };
+    pg.create_database("idle");
+    let info = pg.conninfo("idle");
+    let mut a = assim_store_postgres::Store::open(&info).unwrap();
+    a.acquire_lease("engine-a", std::time::Duration::from_millis(300)).unwrap();
+    a.set_idle_in_transaction_timeout(std::time::Duration::from_millis(500)).unwrap();
+    // What a batch does first, then nothing (the engine is stopped).
+    let mut stopped = postgres::Client::connect(&info, postgres::NoTls).unwrap();
+    stopped.batch_execute("SET idle_in_transaction_session_timeout = 500").unwrap();
+    let mut tx = stopped.transaction().unwrap();
+    tx.query("SELECT term FROM engine_lease WHERE id = 1 FOR SHARE", &[]).unwrap();
+    let mut b = assim_store_postgres::Store::open(&info).unwrap();
+    let t0 = std::time::Instant::now();
+    let term = loop {
+        if let Some(term) = b.acquire_lease("engine-b", std::time::Duration::from_secs(5)).unwrap()
+        {
+            break term;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "b never got the lease");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(term, 2);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(3), "{:?}", t0.elapsed());
+    // The stopped one wakes up: its transaction is gone.
+    assert!(tx.commit().is_err(), "the server ended the idle transaction");
+    // The engine's store (its other batches) is fenced.
+    let err = a.apply(&[], &[], &InboxProgress { position: Some(1), ..Default::default() });
+    assert!(matches!(err, Err(assim_store_postgres::StoreError::Deposed { .. })), "{err:?}");
+}
+
+/// A [`assim_store_postgres::Handle`] runs its store on its own thread: it can be opened, used
+/// and dropped inside a tokio runtime, where the synchronous client itself panics.
+#[test]
+fn a_handle_works_inside_a_tokio_runtime() {
+    let Some(pg) = Postgres::start() else { return };
+    pg.create_database("handle");
+    let info = pg.conninfo("handle");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut h = assim_store_postgres::Handle::open(&info).unwrap();
+        let state = h.acquire_lease("engine-a", std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!(state, LeaseState::Mine { term: 1 });
+        assert_eq!(h.fence(), Some(1));
+        let batch = InboxProgress { position: Some(7), ..InboxProgress::default() };
+        assim_store::EngineStore::apply(
+            &mut h,
+            &[],
+            &[event(1, "host.up", Some(1), &[], "x")],
+            &batch,
+        )
+        .unwrap();
+        let loaded = assim_store::EngineStore::load(&mut h).unwrap();
+        assert_eq!(loaded.position, 7);
+        let q = assim_store_postgres::query::queries_opener(info.clone())().unwrap();
+        assert!(q.nodes().unwrap().is_empty());
+        let log = assim_store_postgres::bus::event_log_opener(info.clone())().unwrap();
+        assert_eq!(log.last_event_id().unwrap(), 1);
+        drop((h, q, log));
+    });
+    // A bad connection string fails before a thread is started, without the password.
+    let err = assim_store_postgres::Handle::open("host=/nonexistent password=hunter2 port=x")
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("hunter2"), "{err}");
 }
 
 /// A connection string that does not parse, or a server that is not there, is a clear error

@@ -91,51 +91,51 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let log = std::fs::File::create(dir.join("postgres.log")).expect("postgres log file");
-        if root {
-            std::os::unix::fs::chown(dir.join("postgres.log"), Some(65534), Some(65534))
-                .expect("chown the log");
-        }
-        // postgres runs under a small sh that holds the read end of a pipe whose write end
-        // only this process has: when this process ends in any way (a panic, SIGKILL from a
-        // test runner's timeout), the pipe reaches EOF and the sh stops the server (fast
-        // shutdown). The sh exits when the server does.
-        let mut child = run(Path::new("/bin/sh"))
-            .arg("-c")
-            .arg(SUPERVISE)
-            .arg("assim-pg-supervisor")
-            .arg(bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(&dir)
-            .args(["-p", &port.to_string()])
-            .args(["-c", "listen_addresses=", "-c", "max_connections=40"])
-            .args(["-c", "shared_buffers=16MB", "-c", "unix_socket_permissions=0700"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start postgres");
-        let lifeline = child.stdin.take();
-        let mut server = Postgres { child, lifeline, dir, port };
+        let (child, lifeline) = spawn(&dir, &data, port, root);
+        let mut server = Postgres { child, lifeline: Some(lifeline), dir, port };
+        server.wait_ready();
+        Some(server)
+    }
+
+    /// Waits until the server accepts connections; panics when it exited or after 60 s.
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("postgres exited at start-up ({status}): {}", server.log());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("postgres exited at start-up ({status}): {}", self.log());
             }
-            let ready = Command::new(bin.join("pg_isready"))
+            let ready = Command::new(Path::new(Self::BIN).join("pg_isready"))
                 .arg("-h")
-                .arg(&server.dir)
-                .args(["-p", &port.to_string(), "-U", Self::USER, "-q"])
+                .arg(&self.dir)
+                .args(["-p", &self.port.to_string(), "-U", Self::USER, "-q"])
                 .status()
                 .is_ok_and(|s| s.success());
             if ready {
-                return Some(server);
+                return;
             }
-            assert!(Instant::now() < deadline, "postgres did not start: {}", server.log());
+            assert!(Instant::now() < deadline, "postgres did not start: {}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Stops the server (fast shutdown: connections are closed) and waits until it is gone;
+    /// the cluster stays. [`Postgres::start_again`] serves it again on the same socket.
+    pub fn stop_server(&mut self) {
+        drop(self.lifeline.take());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(self.child.try_wait(), Ok(Some(_))) {
+            assert!(Instant::now() < deadline, "postgres did not stop: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the stopped server again on the same cluster, socket and port.
+    pub fn start_again(&mut self) {
+        assert!(self.lifeline.is_none(), "the server still runs");
+        let (child, lifeline) = spawn(&self.dir, &self.dir.join("data"), self.port, is_root());
+        self.child = child;
+        self.lifeline = Some(lifeline);
+        self.wait_ready();
     }
 
     /// The socket directory (the `host` of a connection string).
@@ -205,6 +205,53 @@ impl Drop for Postgres {
 const SUPERVISE: &str =
     "exec 3<&0; \"$@\" 3<&- & pid=$!; { read -r _ <&3; kill -INT $pid; } & wait $pid";
 
+/// Starts `postgres` on the cluster in `data` under the supervising sh ([`SUPERVISE`]);
+/// returns the sh and the write end of its stdin. The server's log is appended to
+/// `DIR/postgres.log`.
+fn spawn(dir: &Path, data: &Path, port: u16, root: bool) -> (Child, std::process::ChildStdin) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("postgres.log"))
+        .expect("postgres log file");
+    if root {
+        std::os::unix::fs::chown(dir.join("postgres.log"), Some(65534), Some(65534))
+            .expect("chown the log");
+    }
+    let mut c = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "/bin/sh"]);
+        c
+    } else {
+        Command::new("/bin/sh")
+    };
+    // postgres refuses a working directory it cannot read.
+    c.current_dir(dir);
+    // postgres runs under a small sh that holds the read end of a pipe whose write end only
+    // this process has: when this process ends in any way (a panic, SIGKILL from a test
+    // runner's timeout), the pipe reaches EOF and the sh stops the server (fast shutdown). The
+    // sh exits when the server does.
+    let mut child = c
+        .arg("-c")
+        .arg(SUPERVISE)
+        .arg("assim-pg-supervisor")
+        .arg(Path::new(Postgres::BIN).join("postgres"))
+        .arg("-D")
+        .arg(data)
+        .arg("-k")
+        .arg(dir)
+        .args(["-p", &port.to_string()])
+        .args(["-c", "listen_addresses=", "-c", "max_connections=40"])
+        .args(["-c", "shared_buffers=16MB", "-c", "unix_socket_permissions=0700"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("cannot start postgres");
+    let lifeline = child.stdin.take().expect("piped stdin");
+    (child, lifeline)
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -243,6 +290,24 @@ mod tests {
         drop(pg);
         assert!(!dir.exists());
         assert!(!Path::new(&format!("/proc/{pid}")).exists(), "postgres {pid} still runs");
+    }
+
+    /// A stopped server starts again on the same socket with its databases.
+    #[test]
+    fn a_stopped_server_starts_again_with_its_databases() {
+        let Some(mut pg) = Postgres::start() else { return };
+        pg.create_database("kept");
+        let pid = pg.postmaster_pid().expect("postgres runs");
+        pg.stop_server();
+        assert_eq!(pg.postmaster_pid(), None, "stopped");
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "postgres {pid} still runs");
+        pg.start_again();
+        let psql = Command::new(Path::new(Postgres::BIN).join("psql"))
+            .args(["-X", "-A", "-t", "-c", "SELECT current_database()"])
+            .arg(pg.conninfo("kept"))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&psql.stdout).trim(), "kept");
     }
 
     /// What a SIGKILLed test process does to the pipe (its write end closes) stops the server

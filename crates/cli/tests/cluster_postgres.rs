@@ -1,0 +1,341 @@
+//! Issue 14: the CMA on PostgreSQL, with real processes — a throwaway PostgreSQL 15 cluster
+//! (`assim_util::testing::Postgres`), `cma --store postgres://…` and nanoprobes.
+//!
+//! - A node registers, its state is in PostgreSQL (read directly), the CMA restarts and still
+//!   knows it.
+//! - Two `cma` processes on one database: the second stands by (log and `/api/v1/status`) while
+//!   the first holds the engine lease; the first is killed with SIGKILL; the standby takes over
+//!   within the lease (plus a retry), the nanoprobes talk to it (same UDP address, same CMA
+//!   identity), a crash is still detected, and the event ids run on without gap or repeat.
+//! - Fencing: the active engine stopped (SIGSTOP) past its lease, the standby takes over, the
+//!   old one continued (SIGCONT) finds its lease taken and exits without committing.
+//! - PostgreSQL stopped and started again under a running engine: it waits and resumes.
+//!
+//! Without PostgreSQL installed the tests print `SKIP:` (a failure under `CI=true`).
+//! `ASSIM_KEEP=1` keeps the takeover tests' directories (the processes' logs).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assim::client::Client;
+use assim::cluster::{Cluster, ClusterSpec};
+use assim_util::testing::Postgres;
+
+/// A `postgres://` URL for database `db` over the cluster's Unix socket.
+fn url(pg: &Postgres, db: &str) -> String {
+    format!(
+        "postgres://{}@/{db}?host={}&port={}",
+        Postgres::USER,
+        pg.socket_dir().display(),
+        pg.port
+    )
+}
+
+fn spec(nodes: usize, store: &str, lease: &str) -> ClusterSpec {
+    ClusterSpec {
+        cma_args: vec!["--store".into(), store.into(), "--engine-lease".into(), lease.into()],
+        ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), nodes)
+    }
+}
+
+fn engine(c: &Client) -> assim_api::EngineView {
+    c.status().expect("status").engine.expect("the status names the engine")
+}
+
+#[test]
+fn a_cma_on_postgresql_keeps_its_nodes_in_the_database_across_a_restart() {
+    let Some(pg) = Postgres::start() else { return };
+    pg.create_database("cma");
+    let store = url(&pg, "cma");
+    let mut c = Cluster::new(spec(2, &store, "3s"), false).unwrap();
+    c.start_all().unwrap();
+    let status = c.wait_ring(Duration::from_secs(30)).unwrap();
+    let e = status.engine.clone().expect("engine view");
+    assert_eq!((e.store.as_str(), e.role.as_str()), ("postgresql", "active"), "{e:?}");
+    let ids: Vec<_> = status.nodes.iter().map(|n| (n.hostname.clone(), n.id)).collect();
+
+    // The state is in PostgreSQL: read it there, not through the CMA.
+    let db = assim_store_postgres::Store::open(&store).unwrap();
+    let mut stored: Vec<_> = db.nodes().unwrap().into_iter().map(|n| (n.hostname, n.id)).collect();
+    stored.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(stored, want);
+    assert!(db.last_event_id().unwrap() > 0, "events are stored in PostgreSQL");
+    let log = std::fs::read_to_string(c.dir.join("cma.log")).unwrap();
+    assert!(!log.contains("panicked"), "{log}");
+
+    // Restart: the CMA loads its state from PostgreSQL (nothing is in its data directory's
+    // SQLite file) and still knows both nodes, which stay up in their ring.
+    c.stop_cma(false).unwrap();
+    assert!(
+        !c.dir.join("cma").join("cma.sqlite").exists(),
+        "the CMA made no SQLite file beside the PostgreSQL store"
+    );
+    let last = db.last_event_id().unwrap();
+    c.start_cma().unwrap();
+    let after = c.client.status().unwrap();
+    let mut known: Vec<_> = after.nodes.iter().map(|n| (n.hostname.clone(), n.id)).collect();
+    known.sort();
+    assert_eq!(known, want, "the restarted CMA knows the nodes at once");
+    c.wait_ring(Duration::from_secs(20)).unwrap();
+    // No node registered anew: no host.new after the restart.
+    let events = c.events_since(last).unwrap();
+    assert!(
+        !events.iter().any(|e| e.kind.name() == "host.new"),
+        "{:?}",
+        events.iter().map(|e| e.kind.name()).collect::<Vec<_>>()
+    );
+}
+
+/// A second `cma` with the first one's identity, on the same database and UDP address.
+struct Standby {
+    child: Option<Child>,
+    client: Client,
+    api: std::net::SocketAddr,
+    dir: PathBuf,
+}
+
+impl Standby {
+    fn start(c: &Cluster, store: &str, lease: &str) -> Standby {
+        let dir = c.dir.join("cma-b");
+        {
+            use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+            std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+            for f in ["node_id", "node.key"] {
+                std::fs::copy(c.dir.join("cma").join(f), dir.join(f)).unwrap();
+                std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600))
+                    .unwrap();
+            }
+        }
+        let api = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let log = std::fs::File::create(c.dir.join("cma-b.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_assim"))
+            .arg("cma")
+            .args(["--listen", &c.cma_listen.to_string(), "--api", &api.to_string()])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--store", store, "--engine-lease", lease])
+            .args(["--heartbeat-interval", "1s", "--warn-time", "3s", "--dead-time", "5s"])
+            .env_remove("ASSIM_API_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let client = Client::new(&format!("http://{api}"), None);
+        let mut s = Standby { child: Some(child), client, api, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while s.client.status().is_err() {
+            if let Some(status) = s.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the second CMA exited ({status}): {}", s.log(c));
+            }
+            assert!(Instant::now() < deadline, "the second CMA's API never answered");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    fn log(&self, c: &Cluster) -> String {
+        std::fs::read_to_string(c.dir.join("cma-b.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t0.elapsed()
+}
+
+fn holder_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("engine-id")).unwrap().trim().to_owned()
+}
+
+#[test]
+fn a_standby_cma_takes_over_when_the_active_one_is_killed() {
+    let Some(pg) = Postgres::start() else { return };
+    pg.create_database("failover");
+    let store = url(&pg, "failover");
+    const LEASE: Duration = Duration::from_secs(2);
+    let mut c =
+        Cluster::new(spec(3, &store, "2s"), std::env::var_os("ASSIM_KEEP").is_some()).unwrap();
+    c.start_all().unwrap();
+    c.wait_ring(Duration::from_secs(30)).unwrap();
+    let a = engine(&c.client);
+    assert_eq!(a.role, "active", "{a:?}");
+    let a_holder = a.holder.clone().unwrap();
+    assert!(a_holder.ends_with(&holder_of(&c.dir.join("cma"))), "{a_holder}");
+
+    // The second CMA stands by: it says so, names the active one, and applies nothing.
+    let mut b = Standby::start(&c, &store, "2s");
+    let view = engine(&b.client);
+    assert_eq!(view.role, "standby", "{view:?}");
+    wait_for("the standby to name the active engine", Duration::from_secs(5), || {
+        engine(&b.client).active.as_deref() == Some(a_holder.as_str())
+    });
+    assert!(b.log(&c).contains("standing by"), "{}", b.log(&c));
+    // Its API serves the shared database: the same nodes.
+    assert_eq!(b.client.status().unwrap().nodes.len(), 3);
+    let before = c.last_event_id().unwrap();
+
+    // SIGKILL the active one: the standby takes over within the lease plus a retry (and its
+    // start-up), and binds the UDP address the nanoprobes use.
+    c.stop_cma(true).unwrap();
+    let took = wait_for("the standby to take over", LEASE * 5, || {
+        b.client.status().ok().and_then(|s| s.engine).is_some_and(|e| e.role == "active")
+    });
+    println!("takeover: {} ms after SIGKILL (lease {} ms)", took.as_millis(), LEASE.as_millis());
+    assert!(took < LEASE * 3, "the takeover took {took:?}");
+    let e = engine(&b.client);
+    assert!(e.holder.as_deref().unwrap().ends_with(&holder_of(&b.dir)), "{e:?}");
+    assert!(e.term.unwrap() >= 2, "a takeover raises the term: {e:?}");
+
+    // The nodes are still watched, by the new engine: they stay up in their ring, and a crash
+    // is detected.
+    c.cma = b.child.take();
+    c.api = b.api;
+    c.client =
+        Client::new(&format!("http://{}", b.api), None).with_token_file(&b.dir.join("api.token"));
+    c.wait_ring(Duration::from_secs(20)).unwrap();
+    c.kill_node(1).unwrap();
+    let down = c
+        .wait_event(before, Duration::from_secs(20), "host.down of n2 from the new engine", |e| {
+            e.kind.name() == "host.down" && e.hostname == "n2"
+        })
+        .unwrap();
+    println!("host.down of n2 as event {}", down.id);
+    // Event ids run on from the first engine's without gap or repeat.
+    let events = c.events_since(0).unwrap();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.id, i as u64 + 1, "event ids 1, 2, 3, … across the takeover");
+    }
+    let log = b.log(&c);
+    assert!(log.contains("taking over") && !log.contains("panicked"), "{log}");
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
+    assert!(ok.success(), "kill {sig}");
+}
+
+/// The fencing test with real processes: the active engine is stopped (SIGSTOP) past its
+/// lease, the standby takes the lease over (and waits for the UDP address the stopped one still
+/// holds), then the old one is continued (SIGCONT): it finds its lease taken, commits nothing
+/// and exits with an error; the new one binds the address and watches the nodes, and the event
+/// ids have no gap or repeat.
+#[test]
+fn a_stopped_engine_that_wakes_after_a_takeover_commits_nothing_and_exits() {
+    let Some(pg) = Postgres::start() else { return };
+    pg.create_database("fence");
+    let store = url(&pg, "fence");
+    let mut c = Cluster::new(spec(2, &store, "2s"), false).unwrap();
+    c.start_all().unwrap();
+    c.wait_ring(Duration::from_secs(30)).unwrap();
+    let mut b = Standby::start(&c, &store, "2s");
+    assert_eq!(engine(&b.client).role, "standby");
+
+    signal(c.cma.as_ref().unwrap(), "-STOP");
+    wait_for("the standby to take the lease", Duration::from_secs(10), || {
+        b.client.status().ok().and_then(|s| s.engine).is_some_and(|e| e.role == "active")
+    });
+    let db = assim_store_postgres::Store::open(&store).unwrap();
+    let term = engine(&b.client).term.unwrap();
+    assert!(b.log(&c).contains("the UDP address is in use"), "{}", b.log(&c));
+
+    signal(c.cma.as_ref().unwrap(), "-CONT");
+    let mut a = c.cma.take().unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = a.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the deposed engine did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "a deposed engine exits with an error");
+    let log_a = std::fs::read_to_string(c.dir.join("cma.log")).unwrap();
+    assert!(log_a.contains("lost the engine lease"), "{log_a}");
+    match db.lease_state().unwrap() {
+        assim_store_postgres::LeaseState::Other { term: t, .. } => {
+            assert_eq!(t, term, "the lease stays with the new engine")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    c.cma = b.child.take();
+    c.api = b.api;
+    c.client =
+        Client::new(&format!("http://{}", b.api), None).with_token_file(&b.dir.join("api.token"));
+    c.wait_ring(Duration::from_secs(20)).unwrap();
+    let events = c.events_since(0).unwrap();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.id, i as u64 + 1, "event ids 1, 2, 3, … across the fenced takeover");
+    }
+}
+
+/// PostgreSQL restarted mid-run: the engine keeps running while the server is down (its
+/// batches fail and wait, its lease is unconfirmed but not lost), then resumes under the same
+/// term when the server is back. A nanoprobe killed during the outage is reported down once
+/// the server is back (the reports about it are resent and applied, nothing lost), and the
+/// event ids run on without gap or repeat.
+#[test]
+fn an_engine_waits_out_a_postgresql_restart_and_resumes() {
+    let Some(mut pg) = Postgres::start() else { return };
+    pg.create_database("restart");
+    let store = url(&pg, "restart");
+    let mut c =
+        Cluster::new(spec(3, &store, "2s"), std::env::var_os("ASSIM_KEEP").is_some()).unwrap();
+    c.start_all().unwrap();
+    c.wait_ring(Duration::from_secs(30)).unwrap();
+    let term = engine(&c.client).term.expect("a term");
+    let before = c.last_event_id().unwrap();
+
+    pg.stop_server();
+    let down_at = Instant::now();
+    c.kill_node(1).unwrap();
+    // Past the lease and past the crash's detection time, with the server down.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        c.cma.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the engine exited while PostgreSQL was down: {}",
+        std::fs::read_to_string(c.dir.join("cma.log")).unwrap_or_default()
+    );
+    pg.start_again();
+    println!("PostgreSQL was down for {} ms", down_at.elapsed().as_millis());
+    // The API's handles reconnect at their next call (the first one after the restart fails).
+    wait_for("the API to read PostgreSQL again", Duration::from_secs(20), || {
+        c.client.events(0, 1, None).is_ok() && c.client.status().is_ok()
+    });
+
+    let down = c
+        .wait_event(before, Duration::from_secs(20), "host.down of n2 after the restart", |e| {
+            e.kind.name() == "host.down" && e.hostname == "n2"
+        })
+        .unwrap();
+    println!("host.down of n2 as event {}", down.id);
+    let e = engine(&c.client);
+    assert_eq!((e.role.as_str(), e.term), ("active", Some(term)), "the same engine, same term");
+    assert!(c.cma.as_mut().unwrap().try_wait().unwrap().is_none(), "the engine still runs");
+    let events = c.events_since(0).unwrap();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.id, i as u64 + 1, "event ids 1, 2, 3, … across the restart");
+    }
+    let log = std::fs::read_to_string(c.dir.join("cma.log")).unwrap();
+    assert!(log.contains("cannot write to the store"), "{log}");
+    assert!(log.contains("the store works again"), "{log}");
+    assert!(!log.contains("panicked") && !log.contains("lost the engine lease"), "{log}");
+}
