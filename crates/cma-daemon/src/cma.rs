@@ -848,6 +848,7 @@ impl Driver {
             inbox_records: s.inbox_records,
             applied_other: s.applied_other,
             retransmits: s.retransmits,
+            retransmits_held: s.retransmits_held,
             dh_ops: s.dh_ops,
             busy_sent: s.busy_sent,
             busy_dropped: s.busy_dropped,

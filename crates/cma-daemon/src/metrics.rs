@@ -28,6 +28,7 @@ pub struct CmaMetrics {
     pub reports: u64,
     pub reports_ignored: u64,
     pub retransmits: u64,
+    pub retransmits_held: u64,
     /// X25519 operations done by the CMA's sealer (first contacts admitted, key derivations).
     pub dh_ops: u64,
     /// `Busy` answers to key requests beyond the budget, and refused requests left unanswered
@@ -184,6 +185,12 @@ pub fn render(m: &CmaMetrics) -> String {
         "assim_cma_retransmits_total",
         "Reliable-delivery frames the CMA retransmitted.",
         m.retransmits,
+    );
+    counter(
+        &mut out,
+        "assim_cma_retransmits_held_total",
+        "Retransmissions the CMA held back because all its connections together were over their budget.",
+        m.retransmits_held,
     );
     counter(
         &mut out,

@@ -214,6 +214,8 @@ pub struct Metrics {
     /// Stored messages with no further effect yet, by kind.
     pub applied_other: BTreeMap<&'static str, u64>,
     pub retransmits: u64,
+    /// Retransmissions held back by the budget over all connections (`conns::RESENDS_PER_S`).
+    pub retransmits_held: u64,
     /// X25519 operations done by the sealer (first contacts, key derivations).
     pub dh_ops: u64,
     /// `Busy` answers to key requests beyond the budget ([`pace`]), and refused key requests
@@ -776,6 +778,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             *m.rejects.entry(reason).or_insert(0) += n;
         }
         m.retransmits = self.conns.retransmits();
+        m.retransmits_held = self.conns.resends_held;
         m.dh_ops = self.seal.dh_ops();
         m
     }

@@ -229,6 +229,19 @@ impl Connection {
         }
     }
 
+    /// Whether a retransmission timer is due at `now` (what [`Connection::handle_timeout`]
+    /// would act on, beside a delayed acknowledgement). A driver with many connections can
+    /// hold such a connection back to bound its retransmissions as a whole.
+    pub fn retransmission_due(&self, now: Instant) -> bool {
+        self.sender.timer().is_some_and(|t| t <= now)
+    }
+
+    /// When a delayed acknowledgement is due, if one is pending (part of
+    /// [`Connection::poll_timeout`]).
+    pub fn ack_due_at(&self) -> Option<Instant> {
+        self.ack_deadline
+    }
+
     /// Processes timer expiries up to `now`. Call `poll_transmit` afterwards.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.sender.on_timeout(now, &mut self.stats);
