@@ -229,8 +229,11 @@ impl Conns {
             }
             // A connection waiting for the budget is woken by the queue; only its delayed
             // acknowledgement keeps a timer.
-            let due =
-                if self.waiting_set.contains(&id) { p.conn.ack_due_at() } else { p.conn.poll_timeout() };
+            let due = if self.waiting_set.contains(&id) {
+                p.conn.ack_due_at()
+            } else {
+                p.conn.poll_timeout()
+            };
             self.timers.set(id, due);
         }
     }
