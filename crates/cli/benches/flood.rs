@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use assim::cluster::{Cluster, ClusterSpec};
 use assim::flood::{FloodOptions, run};
 use assim_cma::EventKind;
+use assim_sim::wire::udp_rcvbuf_errors;
 use common::{env_or, metric};
 
 /// VmRSS of `pid` in KiB.
@@ -36,19 +37,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     let f: Vec<&str> = after.split_whitespace().collect();
     f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
-
-/// The kernel's UDP RcvbufErrors (datagrams dropped because a socket buffer was full).
-fn udp_rcvbuf_errors() -> u64 {
-    let s = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
-    let mut lines = s.lines().filter(|l| l.starts_with("Udp:"));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return 0 };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "RcvbufErrors")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
 }
 
 struct Sample {

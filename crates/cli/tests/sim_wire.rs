@@ -14,7 +14,11 @@ fn wire_mode_registers_watches_and_reports_every_crash() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "assim sim --wire failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("all up after"), "registration storm:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("all up at the CMA after")
+            && stdout.contains("registration time (all registered, in their rings and watched)"),
+        "registration storm:\n{stdout}\n{stderr}"
+    );
     assert!(
         stdout.contains("3 nodes stopped at once, 3 host.down"),
         "every crash reported:\n{stdout}\n{stderr}"

@@ -470,8 +470,8 @@ fn cpu_s(pid: u32) -> f64 {
 }
 
 /// The system's UDP receive-buffer drops so far (`RcvbufErrors` in `/proc/net/snmp`: every
-/// socket's, the CMA's among them).
-fn udp_rcvbuf_errors() -> u64 {
+/// socket's, the CMA's among them). The flood benchmark reads it too.
+pub fn udp_rcvbuf_errors() -> u64 {
     let Ok(snmp) = std::fs::read_to_string("/proc/net/snmp") else { return 0 };
     let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
     let (Some(names), Some(values)) = (udp.next(), udp.next()) else { return 0 };
