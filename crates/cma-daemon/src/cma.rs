@@ -1,9 +1,17 @@
-//! The CMA driver: IO only. One task owns the UDP socket, its timer and the CMA shell
+//! The CMA driver: IO only. One loop owns the CMA shell and its timer
 //! ([`assim_cma_shell::Shell`]: sealing, enrolment, the inbox's next-record rule and group
 //! commit, acknowledgements after the inbox sync, the engine and its batches to the SQLite store,
-//! the replay after a restart). Per loop turn: receive a batch of datagrams (or wake for the
+//! the replay after a restart). Per loop turn: take a batch of datagrams (or wake for the
 //! deadline) and hand them to the shell, flush it, send its datagrams, publish its notes (the
 //! latest stored event for the API and the bus) and metrics.
+//!
+//! The **packet reader** ([`read_packets`]) is a task of its own on the runtime's workers: it
+//! receives from the UDP socket into a bounded queue while the loop is in its fsync and
+//! commit, which would otherwise leave the socket unread for as long as the disk takes (in a
+//! 100,000-node registration storm the socket overflowed then, and the lost datagrams came back
+//! as retransmissions). The queue holds at most [`READER_QUEUE`] batches of
+//! [`READER_BATCH`] datagrams; beyond it the reader waits and the kernel's buffer fills, as
+//! before.
 //!
 //! Every decision is the shell's core's (`assim_cma::Authority`: rings, failures, the
 //! discovery schedule and its epoch, check sets, hand-set checks, run-now); the daemon gives it
@@ -394,7 +402,9 @@ pub async fn run(
         graphite,
     };
     d.send_all().await;
-    let mut rbuf = vec![0u8; 65536];
+    let (packets_tx, mut packets) = tokio::sync::mpsc::channel::<Batch>(READER_QUEUE);
+    let reader_task = tokio::spawn(read_packets(d.socket.clone(), packets_tx));
+    let mut reader_stopped = false;
     let mut lost = None;
     loop {
         let deadline = d.shell.poll_timeout();
@@ -405,21 +415,24 @@ pub async fn run(
         }
         let deadline = Some(deadline);
         tokio::select! {
-            r = d.socket.recv_from(&mut rbuf) => {
-                match r {
-                    Ok((len, src)) => {
-                        let t = now();
-                        d.shell.handle_datagram(t, src, &rbuf[..len]);
-                        // Drain whatever else is already queued, bounded, before acting:
-                        // bigger turns mean fewer fsyncs per record.
-                        for _ in 0..MAX_DATAGRAMS_PER_TURN {
-                            match d.socket.try_recv_from(&mut rbuf) {
-                                Ok((len, src)) => d.shell.handle_datagram(t, src, &rbuf[..len]),
-                                Err(_) => break,
-                            }
-                        }
+            batch = packets.recv() => {
+                let Some(batch) = batch else {
+                    reader_stopped = true;
+                    break;
+                };
+                let t = now();
+                let mut taken = batch.len();
+                for (src, datagram) in batch {
+                    d.shell.handle_datagram(t, src, &datagram);
+                }
+                // Take whatever else is already queued, bounded, before acting: bigger turns
+                // mean fewer fsyncs per record.
+                while taken < MAX_DATAGRAMS_PER_TURN {
+                    let Ok(batch) = packets.try_recv() else { break };
+                    taken += batch.len();
+                    for (src, datagram) in batch {
+                        d.shell.handle_datagram(t, src, &datagram);
                     }
-                    Err(e) => warn!(error = %e, "UDP receive failed"),
                 }
             }
             Some(req) = run_rx.recv() => d.replies.request(&mut d.shell, req),
@@ -455,9 +468,15 @@ pub async fn run(
         d.send_all().await;
     }
     graphite_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader_task.abort();
     api_task.abort();
     bus_task.abort();
     retention_task.abort();
+    if reader_stopped {
+        error!("the CMA's packet reader stopped; the CMA stops");
+        blocking(|| d.shell.stop(now()));
+        anyhow::bail!("the CMA's packet reader stopped (a bug: see the log); restart the CMA");
+    }
     if let Some(reason) = lost {
         // Nothing more is applied or stored (fencing would refuse it anyway).
         error!(%reason, "this CMA engine lost the engine lease and stops; restarted, it stands by");
@@ -756,6 +775,40 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// Datagrams handled per loop turn at most (one inbox fsync and one store commit per turn).
 const MAX_DATAGRAMS_PER_TURN: usize = 4096;
+/// Datagrams the packet reader puts in one batch at most.
+const READER_BATCH: usize = 256;
+/// Batches the packet reader may hold for the loop (at most 16,384 datagrams, 20 MB).
+const READER_QUEUE: usize = 64;
+
+/// Datagrams received, with their senders.
+type Batch = Vec<(SocketAddr, Vec<u8>)>;
+
+/// The packet reader (see the module doc): receives from `socket` in batches until the loop
+/// is gone.
+async fn read_packets(socket: Arc<UdpSocket>, tx: tokio::sync::mpsc::Sender<Batch>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (len, src) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "UDP receive failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let mut batch = Vec::with_capacity(16);
+        batch.push((src, buf[..len].to_vec()));
+        while batch.len() < READER_BATCH {
+            match socket.try_recv_from(&mut buf) {
+                Ok((len, src)) => batch.push((src, buf[..len].to_vec())),
+                Err(_) => break,
+            }
+        }
+        if tx.send(batch).await.is_err() {
+            return;
+        }
+    }
+}
 
 /// The UDP receive buffer the CMA asks for (bytes).
 const RECV_BUFFER: usize = 32 << 20;
