@@ -199,6 +199,15 @@ fn metrics_pass_promtool() {
     let text = c.client.metrics().unwrap();
     assert!(text.contains("assim_cma_nodes{state=\"up\"} 3"), "{text}");
     assert!(text.contains("assim_cma_datagrams_received_total"));
+    // The inbox's fsyncs are counted and timed (the time was always 0 for a while after the
+    // one-engine rework, and the ingest bench printed "0% of the run in fsync").
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    assert!(value("assim_cma_inbox_syncs_total") > 0.0, "{text}");
+    assert!(value("assim_cma_inbox_sync_seconds_total") > 0.0, "{text}");
     if std::process::Command::new("promtool").arg("--version").output().is_err() {
         assim_util::testing::skip(
             "promtool check: promtool is not installed (scripts/install-deps installs the prometheus package)",

@@ -899,6 +899,7 @@ impl Driver {
             store_errors: s.store_errors,
             inbox_syncs: s.inbox_syncs,
             inbox_records: s.inbox_records,
+            inbox_sync_nanos: s.inbox_sync_nanos,
             applied_other: s.applied_other,
             retransmits: s.retransmits,
             retransmits_held: s.retransmits_held,

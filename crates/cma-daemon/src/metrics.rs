@@ -41,10 +41,10 @@ pub struct CmaMetrics {
     pub store_unavailable: Option<String>,
     /// Seconds since the store last worked (0 while it works).
     pub store_unavailable_seconds: u64,
-    /// Inbox group commits, records made durable, and total fsync time (µs).
+    /// Inbox group commits, records made durable, and total fsync time (ns).
     pub inbox_syncs: u64,
     pub inbox_records: u64,
-    pub inbox_sync_micros: u64,
+    pub inbox_sync_nanos: u64,
     /// Stored messages with no further effect yet, by kind.
     pub applied_other: BTreeMap<&'static str, u64>,
     /// Statistics (issue 17 item 5): see the shell's metrics and [`crate::graphite`].
@@ -252,8 +252,8 @@ pub fn render(m: &CmaMetrics) -> String {
         out,
         "# HELP assim_cma_inbox_sync_seconds_total Time spent in inbox fsyncs.\n\
          # TYPE assim_cma_inbox_sync_seconds_total counter\n\
-         assim_cma_inbox_sync_seconds_total {:.6}",
-        m.inbox_sync_micros as f64 / 1e6
+         assim_cma_inbox_sync_seconds_total {:.9}",
+        m.inbox_sync_nanos as f64 / 1e9
     );
     let st = &m.statistics;
     for (name, help, v) in [

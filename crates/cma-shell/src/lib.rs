@@ -206,9 +206,10 @@ pub struct Metrics {
     pub ring_changes: u64,
     pub reports: u64,
     pub store_errors: u64,
-    /// Inbox group commits and records made durable.
+    /// Inbox group commits, records made durable, and the time spent in the syncs (ns).
     pub inbox_syncs: u64,
     pub inbox_records: u64,
+    pub inbox_sync_nanos: u64,
     /// Inbox records applied after a restart (the replay).
     pub replayed: u64,
     /// Stored messages with no further effect yet, by kind.

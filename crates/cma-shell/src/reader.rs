@@ -195,10 +195,13 @@ impl<I: Inbox> Reader<I> {
         let logged = pending.iter().filter(|p| p.lsn.is_some()).count();
         let synced = logged == 0
             || {
+                // Timed for the metric only (nothing is decided on it).
+                let started = std::time::Instant::now();
                 match self.inbox.sync() {
                     Ok(()) => {
                         metrics.inbox_syncs += 1;
                         metrics.inbox_records += logged as u64;
+                        metrics.inbox_sync_nanos += started.elapsed().as_nanos() as u64;
                         true
                     }
                     Err(e) => {
