@@ -11,7 +11,7 @@
 //! now, so the requests come back spread at `rate` — a little below the budget's own rate, so
 //! that the budget has tokens when they come and the jitter the nanoprobes add (always
 //! later, never earlier, see `assim_seal::key_fetch`) does not make them miss. A slot further
-//! away than [`Pacer::horizon`] is not handed out, so a flood cannot push the queue
+//! away than [`HORIZON`] is not handed out, so a flood cannot push the queue
 //! arbitrarily far: the requester is told a wait spread over the horizon's second half (all
 //! told the horizon itself, the 80,000 of a 100,000-node storm came back in the same quarter
 //! second, a second storm).
@@ -221,11 +221,6 @@ impl Pacer {
     /// Slots handed out so far.
     pub fn told(&self) -> u64 {
         self.told
-    }
-
-    /// The furthest slot handed out (or the horizon).
-    pub fn horizon(&self) -> Duration {
-        self.horizon
     }
 }
 
