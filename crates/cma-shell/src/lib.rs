@@ -340,6 +340,22 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             "replaying inbox records not yet applied"
         );
         let mut effects = std::mem::take(&mut self.effects);
+        self.metrics.replayed += self.apply_stored(now, records, &mut effects);
+        self.effects = effects;
+        self.finish_turn(now, true);
+    }
+
+    /// Applies records read back from the inbox, in order, as one batch of the core: at a
+    /// start, after the store failed, or records another writer appended. Their senders count
+    /// as seen by the reader (so their resends are duplicates) and their keys as known. Returns
+    /// how many could be decoded.
+    fn apply_stored(
+        &mut self,
+        now: Now,
+        records: Vec<(u64, Vec<u8>)>,
+        effects: &mut Effects,
+    ) -> u64 {
+        let mut applied = 0;
         self.engine.core.begin_batch();
         for (lsn, bytes) in records {
             let Some((node, key, m)) = record::decode(&bytes) else {
@@ -354,12 +370,11 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
                 let seen = self.reader.seen.entry(node).or_insert(0);
                 *seen = (*seen).max(m.record);
             }
-            self.metrics.replayed += 1;
-            self.engine.apply(now.wall, Some(lsn), node, key, m, &mut effects, &mut self.metrics);
+            applied += 1;
+            self.engine.apply(now.wall, Some(lsn), node, key, m, effects, &mut self.metrics);
         }
         self.engine.core.end_batch(now.wall);
-        self.effects = effects;
-        self.finish_turn(now, true);
+        applied
     }
 
     /// One datagram from `src`. Call [`Shell::flush`] after a batch of them.
@@ -532,6 +547,12 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
         self.enroll_log.tick(now.wall);
         let committed =
             self.reader.commit(&self.engine.applied, &self.engine.incarnations, &mut self.metrics);
+        if let Some(from) = self.reader.inbox.appended_elsewhere() {
+            // Records this engine did not append (another writer of a shared inbox, or a sync
+            // that failed yet reached it): applied first, in inbox order, like deferred ones.
+            warn!(from, "the inbox holds records this engine did not append; applying them first");
+            self.deferred_from = Some(self.deferred_from.map_or(from, |d| d.min(from)));
+        }
         let mut effects = std::mem::take(&mut self.effects);
         for (node, through, incarnation) in committed.acks {
             let body = Body::Ack(msg::Ack { through, incarnation });
@@ -580,22 +601,8 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             }
         };
         self.deferred_from = None;
-        info!(
-            records = records.len(),
-            from, "applying the records deferred while the store failed"
-        );
-        self.engine.core.begin_batch();
-        for (lsn, bytes) in records {
-            let Some((node, key, m)) = record::decode(&bytes) else {
-                error!(lsn, "an inbox record cannot be decoded; skipped");
-                continue;
-            };
-            // The reader took no spool record meanwhile, so a hello's reset is still due there
-            // only if a failed inbox sync rolled the reader back to the engine's view.
-            self.reader.note_hello(node, &m);
-            self.engine.apply(now.wall, Some(lsn), node, key, m, effects, &mut self.metrics);
-        }
-        self.engine.core.end_batch(now.wall);
+        info!(records = records.len(), from, "applying inbox records not applied yet");
+        self.apply_stored(now, records, effects);
     }
 
     /// Whether the store fails, since when, and what it cost so far (issue 16 item 15): the

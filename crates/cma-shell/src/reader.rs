@@ -31,7 +31,7 @@ use tracing::error;
 
 use crate::Metrics;
 use crate::record;
-use assim_store::Inbox;
+use assim_store::{Inbox, RecordId};
 
 /// A message accepted this turn, waiting for the group commit.
 #[derive(Debug)]
@@ -139,7 +139,12 @@ impl<I: Inbox> Reader<I> {
                 return Err(NotTaken::Gap);
             }
         }
-        match self.inbox.append(&record::encode(node, &key, bytes)) {
+        let id = (record > 0).then(|| RecordId {
+            node,
+            incarnation: self.incarnations.get(&node).copied().unwrap_or(0),
+            record,
+        });
+        match self.inbox.append(&record::encode(node, &key, bytes), id) {
             Ok(lsn) => {
                 if record > 0 {
                     self.seen.insert(node, record);

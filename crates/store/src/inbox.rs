@@ -1,9 +1,27 @@
 //! [`Inbox`]: the durable FIFO the CMA's packet reader appends authenticated records to and its
 //! decision engine consumes; [`LogInbox`], the `assim-log` implementation (over
 //! [`assim_log::FileStorage`] in the daemon, [`assim_log::MemStorage`] in the simulator).
-//! A JetStream stream would be another implementation.
+//! `assim-inbox-jetstream` implements it on a replicated NATS JetStream stream, one inbox for
+//! every engine of a cluster.
 
 use assim_log::{Log, LogConfig, LogError, Storage};
+use assim_wire::NodeId;
+
+/// What identifies one spooled record across its resends: the node, the spool incarnation its
+/// number counts in, and the number. An inbox shared by several writers drops a second append
+/// of the same id (JetStream's `Nats-Msg-Id`); the local inbox needs none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordId {
+    pub node: NodeId,
+    pub incarnation: u64,
+    pub record: u64,
+}
+
+impl std::fmt::Display for RecordId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:016x}.{}", self.node, self.incarnation, self.record)
+    }
+}
 
 /// Why an inbox operation failed, and what it did to the inbox.
 #[derive(Debug, thiserror::Error)]
@@ -26,14 +44,22 @@ pub enum InboxError {
 /// Positions are dense and increasing. A record is durable — and may be acknowledged to its
 /// sender — only after a [`sync`](Inbox::sync) that returned `Ok` following its append.
 pub trait Inbox {
-    /// Buffers one record and returns its position. Not durable yet.
-    fn append(&mut self, record: &[u8]) -> Result<u64, InboxError>;
+    /// Buffers one record and returns its position. Not durable yet. `id` names a spooled
+    /// record (`None` for a message without a record number).
+    fn append(&mut self, record: &[u8], id: Option<RecordId>) -> Result<u64, InboxError>;
     /// Makes every appended record durable (one group commit).
     fn sync(&mut self) -> Result<(), InboxError>;
     /// The durable records at positions `from` and above, in order.
     fn read_from(&mut self, from: u64) -> Result<Vec<(u64, Vec<u8>)>, InboxError>;
     /// Deletes the records through `position`: the engine has stored their effects.
     fn remove_through(&mut self, position: u64) -> Result<(), InboxError>;
+    /// Where records begin that this inbox holds but this process did not append in its
+    /// current view (another writer's, or its own from a sync that failed yet reached the
+    /// store), if it found any since the last call: the engine applies them, in order, before
+    /// anything else. An inbox with one writer (the local one) never has any.
+    fn appended_elsewhere(&mut self) -> Option<u64> {
+        None
+    }
 }
 
 /// The [`Inbox`] over an `assim-log`. After a failed sync the log is poisoned (its bytes on disk
@@ -81,7 +107,7 @@ impl<S: Storage> LogInbox<S> {
 }
 
 impl<S: Storage> Inbox for LogInbox<S> {
-    fn append(&mut self, record: &[u8]) -> Result<u64, InboxError> {
+    fn append(&mut self, record: &[u8], _id: Option<RecordId>) -> Result<u64, InboxError> {
         self.log_mut()?.append(record).map_err(|e| match e {
             LogError::Full { .. } | LogError::DiskFull { .. } => InboxError::Full(e.into()),
             e => InboxError::Storage(e.into()),

@@ -47,7 +47,7 @@ pub mod statistics;
 pub use crate::batch::{DiscoveryRecord, InboxProgress, SpoolIncarnation, TokenRecord};
 pub use crate::engine::{EngineStore, Loaded, StoreFailed, Tokens};
 pub use crate::event_log::{DeadLetter, EventLog, OpenEventLog, Pruned, SubscriptionRecord};
-pub use crate::inbox::{Inbox, InboxError, LogInbox};
+pub use crate::inbox::{Inbox, InboxError, LogInbox, RecordId};
 pub use crate::mem::MemStore;
 pub use crate::queries::{
     HostRef, OpenQueries, PackagePattern, Queries, RingDesc, normalize_mac, ring_views,

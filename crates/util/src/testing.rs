@@ -4,13 +4,15 @@
 //! tests run as root, so a skip there means a check silently stopped running.
 //!
 //! [`Dnsmasq`] is a real DNS server for the tests that need one; [`Postgres`] a throwaway
-//! PostgreSQL cluster.
+//! PostgreSQL cluster; [`Nats`] throwaway `nats-server`s with JetStream.
 //!
 //! CI is recognised by the `CI` environment variable, as CI services set it: any value except
 //! empty, `0` and `false` counts.
 
+mod nats;
 mod postgres;
 
+pub use nats::Nats;
 pub use postgres::Postgres;
 
 use std::fmt::Display;

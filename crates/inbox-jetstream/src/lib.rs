@@ -1,0 +1,483 @@
+//! The CMA's inbox on a NATS JetStream stream (`cma --queue nats://…`): one replicated inbox
+//! that every engine of a cluster reads, so an engine that dies after acknowledging records
+//! but before committing their effects loses nothing — the next engine applies them from the
+//! stream.
+//!
+//! [`JetStreamInbox`] implements [`assim_store::Inbox`]:
+//!
+//! - **Positions are stream sequence numbers.** Each record is published with
+//!   `Nats-Expected-Last-Sequence` = its position − 1, so it lands exactly where the engine
+//!   numbered it, or not at all. Two writers therefore never interleave silently: when another
+//!   writer (a deposed engine that woke up) or a sync that failed yet reached the server put
+//!   records in the stream, the next publish fails, the inbox learns the stream's end and
+//!   reports the records it did not expect through [`Inbox::appended_elsewhere`]; the engine
+//!   applies them in order before anything new, and nothing acknowledged by anyone is skipped.
+//! - **`Nats-Msg-Id`** = node id, spool incarnation and record number: a record published twice
+//!   within the stream's duplicate window is stored once.
+//! - **Group commit.** `append` buffers; `sync` publishes the turn's records pipelined and waits
+//!   for every acknowledgement (each one means the record is stored on a quorum of the stream's
+//!   replicas). Only then does the engine acknowledge the records to their senders.
+//! - **Bounded.** The stream discards *new* records beyond its byte limit: a full inbox refuses
+//!   appends (the senders keep the records in their spools) instead of dropping old ones.
+//!   Applied records are purged (at most once a second).
+//!
+//! The `async-nats` client runs on a thread of its own (a current-thread tokio runtime); each
+//! call is a request over a channel, and the caller blocks on the answer like on a local
+//! fsync, so the engine's code is the same over both inboxes.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use assim_store::{Inbox, InboxError, RecordId};
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{HeaderMap, ServerAddr};
+use futures_util::StreamExt as _;
+
+/// Where the inbox lives and how it is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// One or more `nats://HOST:PORT` URLs, comma-separated (any server of the cluster).
+    pub url: String,
+    /// The stream's name.
+    pub stream: String,
+    /// Copies of each record; an acknowledged record survives the loss of any one machine with
+    /// 3 (a quorum of 2 holds it). 1 only for a single server.
+    pub replicas: usize,
+    /// The stream's size limit in bytes; beyond it appends are refused.
+    pub max_bytes: u64,
+    /// How long one call may take (connect, publish acknowledgements, reads).
+    pub timeout: Duration,
+}
+
+impl QueueConfig {
+    /// The default stream name.
+    pub const STREAM: &'static str = "ASSIM_INBOX";
+    /// The default replica count.
+    pub const REPLICAS: usize = 3;
+    /// The default size limit: 4 GiB.
+    pub const MAX_BYTES: u64 = 4 << 30;
+
+    /// The defaults for `url`.
+    pub fn new(url: impl Into<String>) -> QueueConfig {
+        QueueConfig {
+            url: url.into(),
+            stream: Self::STREAM.into(),
+            replicas: Self::REPLICAS,
+            max_bytes: Self::MAX_BYTES,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The subject the stream holds.
+    pub fn subject(&self) -> String {
+        format!("assim.inbox.{}", self.stream)
+    }
+
+    /// Checks the URL list and the stream's name; the error names the fix.
+    pub fn servers(&self) -> Result<Vec<ServerAddr>, String> {
+        if self.stream.is_empty()
+            || self.stream.len() > 64
+            || !self.stream.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(format!(
+                "invalid JetStream stream name {:?}: use 1 to 64 letters, digits, `_` or `-`",
+                self.stream
+            ));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(format!(
+                "invalid queue replica count {}: JetStream keeps 1 to 5 copies (3 survives the \
+                 loss of any one server)",
+                self.replicas
+            ));
+        }
+        let servers: Vec<ServerAddr> = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                if !s.starts_with("nats://") && !s.starts_with("tls://") {
+                    return Err(format!(
+                        "invalid queue URL {s:?}: expected nats://HOST:PORT (several \
+                         comma-separated)"
+                    ));
+                }
+                s.parse::<ServerAddr>().map_err(|e| format!("invalid queue URL {s:?}: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        if servers.is_empty() {
+            return Err("the queue URL is empty: expected nats://HOST:PORT".into());
+        }
+        if servers.len() > 16 {
+            return Err(format!("the queue URL lists {} servers, at most 16", servers.len()));
+        }
+        Ok(servers)
+    }
+}
+
+/// The state of the stream when the inbox opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamState {
+    /// The last position ever appended (0: none).
+    pub last: u64,
+    /// The first position still held (the ones before were applied and purged).
+    pub first: u64,
+    /// When the stream was created (µs since the epoch): a stream deleted and made again is
+    /// another inbox, whose positions mean nothing to an engine's stored position.
+    pub created_micros: i64,
+}
+
+/// One record on its way to the stream.
+#[derive(Debug)]
+struct Outgoing {
+    position: u64,
+    bytes: Vec<u8>,
+    id: Option<RecordId>,
+}
+
+type Reply<T> = mpsc::SyncSender<Result<T, String>>;
+
+enum Request {
+    Publish(Vec<Outgoing>, Reply<()>),
+    Read(u64, Reply<Vec<(u64, Vec<u8>)>>),
+    State(Reply<StreamState>),
+    /// Deletes every record below the position; nobody waits for it.
+    Purge(u64),
+}
+
+/// The inbox on a JetStream stream (see the crate doc).
+pub struct JetStreamInbox {
+    requests: tokio::sync::mpsc::UnboundedSender<Request>,
+    config: QueueConfig,
+    /// The position the next append gets; `None` after a failure left it unknown.
+    next: Option<u64>,
+    pending: Vec<Outgoing>,
+    elsewhere: Option<u64>,
+    /// Applied records not purged yet: through this position.
+    purge_due: u64,
+    purged: u64,
+    last_purge: Instant,
+    opened: StreamState,
+}
+
+impl std::fmt::Debug for JetStreamInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamInbox")
+            .field("stream", &self.config.stream)
+            .field("next", &self.next)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JetStreamInbox {
+    /// Connects, creates the stream (or updates its limits) and learns where it ends. The error
+    /// says what to check.
+    pub fn open(config: QueueConfig) -> Result<JetStreamInbox, String> {
+        let servers = config.servers()?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let worker_config = config.clone();
+        std::thread::Builder::new()
+            .name("jetstream-inbox".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot start the NATS client: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let js = match connect(&worker_config, servers).await {
+                        Ok(js) => js,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    serve(js, worker_config, rx).await;
+                });
+            })
+            .map_err(|e| format!("cannot start the NATS client thread: {e}"))?;
+        let wait = config.timeout * 3;
+        ready_rx
+            .recv_timeout(wait)
+            .map_err(|_| format!("no answer from NATS at {} within {wait:?}", config.url))??;
+        let mut inbox = JetStreamInbox {
+            requests: tx,
+            config,
+            next: None,
+            pending: Vec::new(),
+            elsewhere: None,
+            purge_due: 0,
+            purged: 0,
+            last_purge: Instant::now(),
+            opened: StreamState { last: 0, first: 0, created_micros: 0 },
+        };
+        let state = inbox.call(Request::State)?;
+        inbox.next = Some(state.last + 1);
+        inbox.purged = state.first.saturating_sub(1);
+        inbox.opened = state;
+        Ok(inbox)
+    }
+
+    /// The stream as it was when the inbox opened.
+    pub fn opened(&self) -> &StreamState {
+        &self.opened
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    fn call<T>(&self, request: impl FnOnce(Reply<T>) -> Request) -> Result<T, String> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.requests
+            .send(request(tx))
+            .map_err(|_| "the NATS client thread has stopped".to_owned())?;
+        // The worker's own calls time out after `timeout`; a publish waits for each of its
+        // acknowledgements in turn, so allow for a slow batch.
+        let wait = self.config.timeout * 4;
+        rx.recv_timeout(wait)
+            .map_err(|_| format!("no answer from the NATS client within {wait:?}"))?
+    }
+
+    /// Learns where the stream ends after a failure: records past the position this inbox
+    /// expected (`expected`) were put there by someone else, or by a failed sync after all.
+    fn resync(&mut self, expected: u64) {
+        match self.call(Request::State) {
+            Ok(state) => {
+                if state.last >= expected {
+                    self.elsewhere = Some(self.elsewhere.map_or(expected, |e| e.min(expected)));
+                }
+                self.next = Some(state.last + 1);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot learn where the JetStream inbox ends; will retry");
+                self.next = None;
+            }
+        }
+    }
+}
+
+fn storage(e: String) -> InboxError {
+    InboxError::Storage(e.into())
+}
+
+impl Inbox for JetStreamInbox {
+    fn append(&mut self, record: &[u8], id: Option<RecordId>) -> Result<u64, InboxError> {
+        let next = match self.next {
+            Some(n) => n,
+            None => {
+                let expected = self.pending.first().map_or(0, |p| p.position);
+                if !self.pending.is_empty() {
+                    return Err(storage("the inbox's end is unknown".into()));
+                }
+                self.resync(expected.max(1));
+                self.next.ok_or_else(|| storage("cannot reach NATS JetStream".into()))?
+            }
+        };
+        self.pending.push(Outgoing { position: next, bytes: record.to_vec(), id });
+        self.next = Some(next + 1);
+        Ok(next)
+    }
+
+    fn sync(&mut self) -> Result<(), InboxError> {
+        let Some(first) = self.pending.first().map(|p| p.position) else { return Ok(()) };
+        let records = std::mem::take(&mut self.pending);
+        match self.call(|r| Request::Publish(records, r)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.resync(first);
+                Err(InboxError::SyncFailed(e.into()))
+            }
+        }
+    }
+
+    fn read_from(&mut self, from: u64) -> Result<Vec<(u64, Vec<u8>)>, InboxError> {
+        let records = self.call(|r| Request::Read(from, r)).map_err(storage)?;
+        if self.pending.is_empty()
+            && let Some((last, _)) = records.last()
+            && self.next.is_none_or(|n| *last >= n)
+        {
+            self.next = Some(last + 1);
+        }
+        Ok(records)
+    }
+
+    fn remove_through(&mut self, position: u64) -> Result<(), InboxError> {
+        self.purge_due = self.purge_due.max(position);
+        if self.purge_due > self.purged && self.last_purge.elapsed() >= Duration::from_secs(1) {
+            self.last_purge = Instant::now();
+            self.purged = self.purge_due;
+            self.requests
+                .send(Request::Purge(self.purge_due + 1))
+                .map_err(|_| storage("the NATS client thread has stopped".into()))?;
+        }
+        Ok(())
+    }
+
+    fn appended_elsewhere(&mut self) -> Option<u64> {
+        self.elsewhere.take()
+    }
+}
+
+async fn connect(
+    config: &QueueConfig,
+    servers: Vec<ServerAddr>,
+) -> Result<jetstream::Context, String> {
+    let url = &config.url;
+    let client = async_nats::ConnectOptions::new()
+        .name("assim-cma-inbox")
+        .connection_timeout(config.timeout)
+        .connect(servers)
+        .await
+        .map_err(|e| {
+            format!("cannot connect to NATS at {url}: {e} (is nats-server running and reachable?)")
+        })?;
+    let mut js = jetstream::new(client);
+    js.set_timeout(config.timeout);
+    let stream_config = stream::Config {
+        name: config.stream.clone(),
+        description: Some("assim: the CMA's inbox of authenticated nanoprobe records".into()),
+        subjects: vec![config.subject()],
+        storage: stream::StorageType::File,
+        num_replicas: config.replicas,
+        max_bytes: config.max_bytes.min(i64::MAX as u64) as i64,
+        discard: stream::DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    js.create_or_update_stream(stream_config).await.map_err(|e| {
+        let hint = if config.replicas > 1 {
+            format!(
+                " (with {} replicas the stream needs a cluster of at least {} JetStream \
+                 servers; for a single server set the queue replicas to 1, and know that the \
+                 inbox then dies with that server's disk)",
+                config.replicas, config.replicas
+            )
+        } else {
+            " (is nats-server running with JetStream enabled, -js?)".to_owned()
+        };
+        format!("cannot create the JetStream stream {} at {url}: {e}{hint}", config.stream)
+    })?;
+    Ok(js)
+}
+
+async fn serve(
+    js: jetstream::Context,
+    config: QueueConfig,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<Request>,
+) {
+    let subject = config.subject();
+    while let Some(request) = requests.recv().await {
+        match request {
+            Request::Publish(records, reply) => {
+                let _ = reply.send(publish(&js, &subject, records).await);
+            }
+            Request::Read(from, reply) => {
+                let _ = reply.send(read(&js, &config, from).await);
+            }
+            Request::State(reply) => {
+                let _ = reply.send(state(&js, &config.stream).await);
+            }
+            Request::Purge(below) => {
+                let purged = async {
+                    let stream = js.get_stream(&config.stream).await.map_err(|e| e.to_string())?;
+                    stream.purge().sequence(below).await.map_err(|e| e.to_string())
+                }
+                .await;
+                if let Err(e) = purged {
+                    tracing::warn!(error = %e, below, "cannot purge applied records from the JetStream inbox");
+                }
+            }
+        }
+    }
+}
+
+/// Publishes in order, pipelined, and checks that each record landed at its position.
+async fn publish(
+    js: &jetstream::Context,
+    subject: &str,
+    records: Vec<Outgoing>,
+) -> Result<(), String> {
+    let mut acks = Vec::with_capacity(records.len());
+    for r in records {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Expected-Last-Sequence", (r.position - 1).to_string().as_str());
+        if let Some(id) = r.id {
+            headers.insert("Nats-Msg-Id", id.to_string().as_str());
+        }
+        let ack = js
+            .publish_with_headers(subject.to_owned(), headers, r.bytes.into())
+            .await
+            .map_err(|e| format!("cannot publish the record at position {}: {e}", r.position))?;
+        acks.push((r.position, ack));
+    }
+    for (position, ack) in acks {
+        let a = ack.await.map_err(|e| {
+            format!("JetStream did not store the record at position {position}: {e}")
+        })?;
+        if a.duplicate || a.sequence != position {
+            return Err(format!(
+                "JetStream stored the record for position {position} at {} (duplicate: {})",
+                a.sequence, a.duplicate
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn state(js: &jetstream::Context, name: &str) -> Result<StreamState, String> {
+    let stream = js.get_stream(name).await.map_err(|e| format!("stream {name}: {e}"))?;
+    let info = stream.get_info().await.map_err(|e| format!("stream {name}: {e}"))?;
+    Ok(StreamState {
+        last: info.state.last_sequence,
+        first: info.state.first_sequence,
+        created_micros: (info.created.unix_timestamp_nanos() / 1000) as i64,
+    })
+}
+
+/// The records at `from` and above, through the stream's end when asked, through an ordered
+/// (ephemeral, unacknowledged) consumer.
+async fn read(
+    js: &jetstream::Context,
+    config: &QueueConfig,
+    from: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, String> {
+    let name = &config.stream;
+    let stream = js.get_stream(name).await.map_err(|e| format!("stream {name}: {e}"))?;
+    let info = stream.get_info().await.map_err(|e| format!("stream {name}: {e}"))?;
+    let last = info.state.last_sequence;
+    let from = from.max(info.state.first_sequence).max(1);
+    if from > last || info.state.messages == 0 {
+        return Ok(Vec::new());
+    }
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("cannot read stream {name}: {e}"))?;
+    let mut messages =
+        consumer.messages().await.map_err(|e| format!("cannot read stream {name}: {e}"))?;
+    let mut out = Vec::new();
+    loop {
+        let next = tokio::time::timeout(config.timeout, messages.next())
+            .await
+            .map_err(|_| format!("reading stream {name} stalled at position {from}+"))?;
+        let Some(m) = next else { break };
+        let m = m.map_err(|e| format!("cannot read stream {name}: {e}"))?;
+        let seq = m.info().map_err(|e| format!("stream {name}: {e}"))?.stream_sequence;
+        out.push((seq, m.payload.to_vec()));
+        if seq >= last {
+            break;
+        }
+    }
+    Ok(out)
+}
