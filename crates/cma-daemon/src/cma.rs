@@ -45,6 +45,9 @@ use assim_cma_shell::lease::{
     Role,
 };
 use assim_cma_shell::{EventTagger, LogInbox, Note, Now, Shell, ShellConfig};
+use assim_inbox_jetstream::JetStreamInbox;
+
+use crate::inbox::EngineInbox;
 use assim_log::{FileStorage, LogConfig};
 use assim_seal::{Identity, Sealer};
 use assim_store_sqlite::Store;
@@ -104,6 +107,8 @@ pub struct CmaOptions {
     pub store: crate::store::StoreUrl,
     /// How long the engine lease lasts on PostgreSQL (`--engine-lease`; issue 14).
     pub engine_lease: Duration,
+    /// The inbox on NATS JetStream (`--queue`; issue 14); `None`: `DATA_DIR/inbox`.
+    pub queue: Option<assim_inbox_jetstream::QueueConfig>,
 }
 
 /// The audit rules in force: the shipped ones, the operator's files, without the silenced.
@@ -271,28 +276,37 @@ pub async fn run(
     let session = assim_seal::next_session(&opts.data_dir)?;
     let mut sealer = Sealer::new(identity.clone(), session);
     sealer.set_accept_unknown(true);
-    let inbox_dir = opts.data_dir.join("inbox");
-    let mut inbox = LogInbox::open(
-        move || {
-            FileStorage::open(&inbox_dir).map_err(|e| assim_log::LogError::Io {
-                file: inbox_dir.display().to_string(),
-                op: "opening",
-                source: e,
-            })
-        },
-        LogConfig::default(),
-    )
-    .with_context(|| {
-        format!("cannot open the inbox in {}", opts.data_dir.join("inbox").display())
-    })?;
+    let mut inbox = open_inbox(&opts)?;
     if let Some((_, holder)) = &lease {
-        // Whose inbox the stored position counts in: an engine taking over from another one
-        // has nothing in its own inbox that the store's position refers to, so the position
-        // becomes this inbox's end and what this inbox still holds (from an earlier term) goes.
-        let position = inbox.log().map_or(0, |l| l.next_lsn().saturating_sub(1));
-        let claim = blocking(|| claim_inbox(&mut store, holder, position))?;
-        if claim.previous.as_deref() != Some(holder.as_str()) {
-            discard_inbox(&mut inbox, &claim)?;
+        let shared_owner = inbox.shared_owner();
+        match &mut inbox {
+            EngineInbox::Local(local) => {
+                // Whose inbox the stored position counts in: an engine taking over from another
+                // one has nothing in its own inbox that the store's position refers to, so the
+                // position becomes this inbox's end and what this inbox still holds (from an
+                // earlier term) goes.
+                let position = local.log().map_or(0, |l| l.next_lsn().saturating_sub(1));
+                let claim = blocking(|| claim_inbox(&mut store, holder, position))?;
+                if claim.previous.as_deref() != Some(holder.as_str()) {
+                    discard_inbox(local, &claim)?;
+                }
+            }
+            EngineInbox::JetStream(shared) => {
+                // One inbox for every engine: the stored position counts in the stream, and
+                // this engine replays from it what the last one acknowledged but had not
+                // applied. Only a first use (or a stream made anew) starts at its end.
+                let owner = shared_owner.expect("a shared inbox");
+                let end = shared.opened().last;
+                let claim = blocking(|| claim_inbox(&mut store, &owner, end))?;
+                if claim.previous.as_deref() != Some(owner.as_str()) {
+                    warn!(
+                        stream = %shared.config().stream, position = end,
+                        previous = claim.previous.as_deref().unwrap_or("(none)"),
+                        "the inbox is now this JetStream stream; the stored position starts at \
+                         its end (records an earlier inbox held but had not applied are not in it)"
+                    );
+                }
+            }
         }
     }
     let last_id = store.last_event_id()?;
@@ -636,6 +650,34 @@ fn ask_lease(
     }
 }
 
+/// Opens the engine's inbox: the local log in `DATA_DIR/inbox`, or the JetStream stream of
+/// `--queue`.
+fn open_inbox(opts: &CmaOptions) -> anyhow::Result<EngineInbox> {
+    if let Some(queue) = &opts.queue {
+        let shared = blocking(|| JetStreamInbox::open(queue.clone()))
+            .map_err(|e| anyhow::anyhow!("cannot open the JetStream inbox: {e}"))?;
+        info!(
+            queue = %queue.redacted_url(), stream = %queue.stream, replicas = queue.replicas,
+            position = shared.opened().last, "the inbox is on NATS JetStream"
+        );
+        return Ok(EngineInbox::JetStream(Box::new(shared)));
+    }
+    let inbox_dir = opts.data_dir.join("inbox");
+    let shown = inbox_dir.display().to_string();
+    let local = LogInbox::open(
+        move || {
+            FileStorage::open(&inbox_dir).map_err(|e| assim_log::LogError::Io {
+                file: inbox_dir.display().to_string(),
+                op: "opening",
+                source: e,
+            })
+        },
+        LogConfig::default(),
+    )
+    .with_context(|| format!("cannot open the inbox in {shown}"))?;
+    Ok(EngineInbox::Local(local))
+}
+
 /// Records this engine as the owner of the stored inbox position (see
 /// [`assim_store_postgres::Store::claim_inbox`]).
 fn claim_inbox(
@@ -813,7 +855,7 @@ async fn read_packets(socket: Arc<UdpSocket>, tx: tokio::sync::mpsc::Sender<Batc
 /// The UDP receive buffer the CMA asks for (bytes).
 const RECV_BUFFER: usize = 32 << 20;
 
-type CmaShell = Shell<Sealer, LogInbox<FileStorage>, crate::store::EngineDb>;
+type CmaShell = Shell<Sealer, EngineInbox, crate::store::EngineDb>;
 
 struct Driver {
     shell: CmaShell,

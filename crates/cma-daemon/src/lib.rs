@@ -33,6 +33,7 @@
 //! - [`graphite`]: the Graphite forwarder (the durable statistics queue into carbon) and the
 //!   statistics settings; [`api_statistics`]: their Prometheus exposition.
 //! - [`retention`]: the bound on the topology history (age and rows).
+//! - [`inbox`]: the engine's inbox, local (`DATA_DIR/inbox`) or on JetStream (`--queue`).
 //! - [`store`]: `--store` (SQLite file or PostgreSQL URL, the password never printed), the
 //!   engine's store and the handles the API, the bus and retention open.
 //! - [`settings`]: flags/env/file resolution, `--print-config`, `cma token create`;
@@ -52,6 +53,7 @@ pub mod api_topology;
 pub mod api_web;
 pub mod cma;
 pub mod graphite;
+pub mod inbox;
 pub mod metrics;
 pub mod ping;
 pub mod retention;

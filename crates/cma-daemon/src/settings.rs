@@ -66,6 +66,17 @@ pub struct CmaFlags {
     /// third of it [default: 10s; 1s to 10m].
     #[arg(long, env = "ASSIM_CMA_ENGINE_LEASE", value_parser = parse_duration)]
     pub engine_lease: Option<Duration>,
+    /// Keep the inbox on NATS JetStream instead of DATA_DIR/inbox: nats://HOST:PORT, several
+    /// servers comma-separated. Every engine on the --store postgres://… database reads this
+    /// one replicated inbox, so a takeover loses no record the dead engine acknowledged (see
+    /// docs/cluster.md). Needs --store postgres://… and nats-server 2.10 or later with
+    /// JetStream; the stream ASSIM_INBOX is created if missing.
+    #[arg(long, value_name = "URL", env = "ASSIM_CMA_QUEUE", hide_env_values = true)]
+    pub queue: Option<String>,
+    /// Copies JetStream keeps of each inbox record (--queue): 3 survives the loss of any one
+    /// NATS server; 1 for a single server [default: 3; 1 to 5].
+    #[arg(long, env = "ASSIM_CMA_QUEUE_REPLICAS")]
+    pub queue_replicas: Option<usize>,
     /// How often nanoprobes heartbeat their neighbours [default: 1s].
     #[arg(long, env = "ASSIM_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
     pub heartbeat_interval: Option<Duration>,
@@ -221,6 +232,10 @@ pub struct CmaFile {
     pub store: Option<String>,
     /// `--engine-lease`.
     pub engine_lease: Option<String>,
+    /// `--queue`: NATS URLs of the JetStream inbox.
+    pub queue: Option<String>,
+    /// `--queue-replicas`.
+    pub queue_replicas: Option<usize>,
     pub heartbeat_interval: Option<String>,
     pub warn_time: Option<String>,
     pub dead_time: Option<String>,
@@ -493,9 +508,32 @@ impl CmaFlags {
         assim_cma_shell::lease::LeaseConfig { ttl: engine_lease }
             .validate()
             .map_err(|e| anyhow::anyhow!("engine_lease: {e}"))?;
+        let queue = match self.queue.as_deref().or(file.queue.as_deref()) {
+            Some(url) if !url.trim().is_empty() => {
+                let mut q = assim_inbox_jetstream::QueueConfig::new(url.trim());
+                if let Some(r) = self.queue_replicas.or(file.queue_replicas) {
+                    q.replicas = r;
+                }
+                q.servers().map_err(|e| anyhow::anyhow!("--queue: {e}"))?;
+                if !on_postgres {
+                    bail!(
+                        "--queue needs --store postgres://…: the engines that share the \
+                         JetStream inbox share their state through PostgreSQL (docs/cluster.md)"
+                    );
+                }
+                Some(q)
+            }
+            _ => {
+                if self.queue_replicas.or(file.queue_replicas).is_some() {
+                    bail!("queue_replicas is set without --queue nats://…; set both or neither");
+                }
+                None
+            }
+        };
         Ok(crate::cma::CmaOptions {
             store,
             engine_lease,
+            queue,
             listen: self
                 .listen
                 .or(file.listen)
@@ -606,6 +644,8 @@ pub fn cma_config_toml(o: &crate::cma::CmaOptions) -> String {
         data_dir: Some(o.data_dir.clone()),
         store: Some(o.store.redacted()),
         engine_lease: Some(format_duration(o.engine_lease)),
+        queue: o.queue.as_ref().map(|q| q.redacted_url()),
+        queue_replicas: o.queue.as_ref().map(|q| q.replicas),
         heartbeat_interval: Some(format_duration(o.timing.interval)),
         warn_time: Some(format_duration(o.timing.warn)),
         dead_time: Some(format_duration(o.timing.dead)),

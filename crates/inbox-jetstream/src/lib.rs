@@ -45,7 +45,8 @@ pub struct QueueConfig {
     pub replicas: usize,
     /// The stream's size limit in bytes; beyond it appends are refused.
     pub max_bytes: u64,
-    /// How long one call may take (connect, publish acknowledgements, reads).
+    /// How long one call may take (connect, publish acknowledgements, reads). The engine waits
+    /// this long for a sync before it gives up on the turn's records (their senders resend).
     pub timeout: Duration,
 }
 
@@ -64,8 +65,13 @@ impl QueueConfig {
             stream: Self::STREAM.into(),
             replicas: Self::REPLICAS,
             max_bytes: Self::MAX_BYTES,
-            timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
         }
+    }
+
+    /// The URL list as logs and errors show it: passwords replaced by `(set)`.
+    pub fn redacted_url(&self) -> String {
+        self.url.split(',').map(assim_util::redact_url).collect::<Vec<_>>().join(",")
     }
 
     /// The subject the stream holds.
@@ -97,13 +103,14 @@ impl QueueConfig {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(|s| {
+                let shown = assim_util::redact_url(s);
                 if !s.starts_with("nats://") && !s.starts_with("tls://") {
                     return Err(format!(
-                        "invalid queue URL {s:?}: expected nats://HOST:PORT (several \
+                        "invalid queue URL {shown:?}: expected nats://HOST:PORT (several \
                          comma-separated)"
                     ));
                 }
-                s.parse::<ServerAddr>().map_err(|e| format!("invalid queue URL {s:?}: {e}"))
+                s.parse::<ServerAddr>().map_err(|e| format!("invalid queue URL {shown:?}: {e}"))
             })
             .collect::<Result<_, _>>()?;
         if servers.is_empty() {
@@ -138,6 +145,7 @@ struct Outgoing {
 
 type Reply<T> = mpsc::SyncSender<Result<T, String>>;
 
+
 enum Request {
     Publish(Vec<Outgoing>, Reply<()>),
     Read(u64, Reply<Vec<(u64, Vec<u8>)>>),
@@ -159,7 +167,18 @@ pub struct JetStreamInbox {
     purged: u64,
     last_purge: Instant,
     opened: StreamState,
+    /// For a cheap look at the connection before each turn's first append.
+    client: async_nats::Client,
+    /// After a failed sync, appends are refused until then (no call to a failing server
+    /// stalls every turn); the wait doubles up to [`MAX_BACKOFF`].
+    retry_at: Option<Instant>,
+    backoff: Duration,
 }
+
+/// The longest pause between tries after failed syncs.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The first pause after a failed sync.
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
 
 impl std::fmt::Debug for JetStreamInbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -190,22 +209,22 @@ impl JetStreamInbox {
                     }
                 };
                 rt.block_on(async move {
-                    let js = match connect(&worker_config, servers).await {
-                        Ok(js) => js,
+                    let (client, js) = match connect(&worker_config, servers).await {
+                        Ok(c) => c,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
                             return;
                         }
                     };
-                    let _ = ready_tx.send(Ok(()));
+                    let _ = ready_tx.send(Ok(client));
                     serve(js, worker_config, rx).await;
                 });
             })
             .map_err(|e| format!("cannot start the NATS client thread: {e}"))?;
         let wait = config.timeout * 3;
-        ready_rx
-            .recv_timeout(wait)
-            .map_err(|_| format!("no answer from NATS at {} within {wait:?}", config.url))??;
+        let client = ready_rx.recv_timeout(wait).map_err(|_| {
+            format!("no answer from NATS at {} within {wait:?}", config.redacted_url())
+        })??;
         let mut inbox = JetStreamInbox {
             requests: tx,
             config,
@@ -216,6 +235,9 @@ impl JetStreamInbox {
             purged: 0,
             last_purge: Instant::now(),
             opened: StreamState { last: 0, first: 0, created_micros: 0 },
+            client,
+            retry_at: None,
+            backoff: MIN_BACKOFF,
         };
         let state = inbox.call(Request::State)?;
         inbox.next = Some(state.last + 1);
@@ -270,6 +292,23 @@ fn storage(e: String) -> InboxError {
 
 impl Inbox for JetStreamInbox {
     fn append(&mut self, record: &[u8], id: Option<RecordId>) -> Result<u64, InboxError> {
+        if self.pending.is_empty() {
+            if let Some(at) = self.retry_at {
+                if Instant::now() < at {
+                    return Err(storage(format!(
+                        "the JetStream inbox failed; next try in {:?}",
+                        at.saturating_duration_since(Instant::now())
+                    )));
+                }
+                self.retry_at = None;
+            }
+            if self.client.connection_state() != async_nats::connection::State::Connected {
+                return Err(storage(format!(
+                    "not connected to NATS at {} (reconnecting)",
+                    self.config.redacted_url()
+                )));
+            }
+        }
         let next = match self.next {
             Some(n) => n,
             None => {
@@ -290,9 +329,14 @@ impl Inbox for JetStreamInbox {
         let Some(first) = self.pending.first().map(|p| p.position) else { return Ok(()) };
         let records = std::mem::take(&mut self.pending);
         match self.call(|r| Request::Publish(records, r)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.backoff = MIN_BACKOFF;
+                Ok(())
+            }
             Err(e) => {
                 self.resync(first);
+                self.retry_at = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                 Err(InboxError::SyncFailed(e.into()))
             }
         }
@@ -329,8 +373,8 @@ impl Inbox for JetStreamInbox {
 async fn connect(
     config: &QueueConfig,
     servers: Vec<ServerAddr>,
-) -> Result<jetstream::Context, String> {
-    let url = &config.url;
+) -> Result<(async_nats::Client, jetstream::Context), String> {
+    let url = &config.redacted_url();
     let client = async_nats::ConnectOptions::new()
         .name("assim-cma-inbox")
         .connection_timeout(config.timeout)
@@ -339,7 +383,7 @@ async fn connect(
         .map_err(|e| {
             format!("cannot connect to NATS at {url}: {e} (is nats-server running and reachable?)")
         })?;
-    let mut js = jetstream::new(client);
+    let mut js = jetstream::new(client.clone());
     js.set_timeout(config.timeout);
     let stream_config = stream::Config {
         name: config.stream.clone(),
@@ -365,7 +409,7 @@ async fn connect(
         };
         format!("cannot create the JetStream stream {} at {url}: {e}{hint}", config.stream)
     })?;
-    Ok(js)
+    Ok((client, js))
 }
 
 async fn serve(

@@ -19,6 +19,11 @@ fn id(record: u64) -> Option<RecordId> {
     Some(RecordId { node: NodeId::from_slice(&[7; 16]).unwrap(), incarnation: 1, record })
 }
 
+/// After a failed sync the inbox refuses appends for a moment (its back-off).
+fn wait_out_backoff() {
+    std::thread::sleep(Duration::from_millis(600));
+}
+
 fn payloads(records: &[(u64, Vec<u8>)]) -> Vec<(u64, &[u8])> {
     records.iter().map(|(p, b)| (*p, b.as_slice())).collect()
 }
@@ -78,6 +83,8 @@ fn a_second_writer_fails_and_learns_what_the_first_one_appended() {
     assert_eq!(b.appended_elsewhere(), Some(1));
     assert_eq!(b.appended_elsewhere(), None, "told once");
     assert_eq!(payloads(&b.read_from(1).unwrap()), vec![(1, &b"a1"[..]), (2, &b"a2"[..])]);
+    assert!(b.append(b"b1", None).is_err(), "refused during the back-off");
+    wait_out_backoff();
     // b now appends after them; a, in turn, is refused and learns of b's record.
     assert_eq!(b.append(b"b1", None).unwrap(), 3);
     b.sync().unwrap();
@@ -85,6 +92,7 @@ fn a_second_writer_fails_and_learns_what_the_first_one_appended() {
     assert!(a.sync().is_err());
     assert_eq!(a.appended_elsewhere(), Some(3));
     assert_eq!(payloads(&a.read_from(3).unwrap()), vec![(3, &b"b1"[..])]);
+    wait_out_backoff();
     assert_eq!(a.append(b"a3", id(3)).unwrap(), 4);
     a.sync().unwrap();
     let all = a.read_from(1).unwrap();
@@ -103,6 +111,7 @@ fn a_record_published_twice_is_stored_once() {
     assert!(a.sync().is_err());
     assert_eq!(a.appended_elsewhere(), None, "nothing new in the stream");
     assert_eq!(payloads(&a.read_from(1).unwrap()), vec![(1, &b"r1"[..])]);
+    wait_out_backoff();
     // The same record number in another spool incarnation is another record.
     let other =
         Some(RecordId { node: NodeId::from_slice(&[7; 16]).unwrap(), incarnation: 2, record: 1 });
@@ -142,23 +151,27 @@ fn an_acknowledged_record_survives_the_loss_of_one_server_of_three() {
     nats.kill(0);
     // The client reconnects to another server; the stream keeps a quorum of two.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut next = 2;
     loop {
-        let at = inbox.append(b"after", id(2)).unwrap();
-        assert_eq!(at, next);
-        match inbox.sync() {
+        let synced = inbox.append(b"after", id(2)).and_then(|_| inbox.sync());
+        match synced {
             Ok(()) => break,
             Err(e) => {
                 assert!(std::time::Instant::now() < deadline, "{e}\n{}", nats.logs());
-                inbox.appended_elsewhere();
-                next = inbox.read_from(1).unwrap().last().map_or(1, |r| r.0) + 1;
+                // A sync that timed out may have stored the record after all: then the
+                // inbox says so, as the engine would learn it.
+                if inbox.appended_elsewhere().is_some()
+                    && inbox.read_from(2).is_ok_and(|r| r.iter().any(|(_, b)| b == b"after"))
+                {
+                    break;
+                }
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
     }
+    // Whatever failed on the way reached the stream once, after the first record.
     let held = inbox.read_from(1).unwrap();
     assert_eq!(payloads(&held)[0], (1, &b"before"[..]));
-    assert_eq!(held.last().unwrap().1, b"after");
+    assert_eq!(held.iter().filter(|(_, b)| b == b"after").count(), 1, "{:?}", payloads(&held));
     nats.start_server(0);
 }
 

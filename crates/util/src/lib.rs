@@ -7,6 +7,8 @@
 //! Layout:
 //! - [`duration`]: [`parse_duration`] and [`format_duration`], and the grammar they share.
 //! - [`glob`]: [`Glob`], a compiled shell-style glob, and [`glob::matches`] for one-off use.
+//! - [`url`]: [`redact_url`], a connection URL with its password hidden (the store's and the
+//!   queue's URLs in logs, errors and `--print-config`).
 //! - [`testing`]: [`testing::skip`], how a test gives up when the host lacks a tool or root
 //!   (and why that fails under CI).
 //! - `daemon` (feature `daemon`): process plumbing of the three programs: logging to stderr,
@@ -17,9 +19,11 @@
 pub mod duration;
 pub mod glob;
 pub mod testing;
+pub mod url;
 
 #[cfg(feature = "daemon")]
 pub mod daemon;
 
 pub use crate::duration::{DurationError, format_duration, parse_duration};
 pub use crate::glob::Glob;
+pub use crate::url::redact_url;

@@ -1,0 +1,68 @@
+//! The engine's inbox: `DATA_DIR/inbox` (an `assim-log`, the default) or, with
+//! `--queue nats://…`, the JetStream stream every engine of a cluster shares
+//! (`assim-inbox-jetstream`). Both implement [`assim_store::Inbox`]; this enum lets the driver
+//! hold either.
+
+use assim_inbox_jetstream::JetStreamInbox;
+use assim_log::FileStorage;
+use assim_store::{Inbox, InboxError, LogInbox, RecordId};
+
+/// The engine's inbox (see the module doc).
+#[derive(Debug)]
+pub enum EngineInbox {
+    Local(LogInbox<FileStorage>),
+    JetStream(Box<JetStreamInbox>),
+}
+
+impl EngineInbox {
+    /// What the store records as the owner of its inbox position: the stream and when it was
+    /// created (a stream deleted and made again is another inbox), or `None` for the local
+    /// inbox, whose owner is the engine itself.
+    pub fn shared_owner(&self) -> Option<String> {
+        match self {
+            EngineInbox::Local(_) => None,
+            EngineInbox::JetStream(j) => Some(format!(
+                "jetstream:{}@{}",
+                j.config().stream,
+                j.opened().created_micros
+            )),
+        }
+    }
+}
+
+impl Inbox for EngineInbox {
+    fn append(&mut self, record: &[u8], id: Option<RecordId>) -> Result<u64, InboxError> {
+        match self {
+            EngineInbox::Local(i) => i.append(record, id),
+            EngineInbox::JetStream(i) => i.append(record, id),
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), InboxError> {
+        match self {
+            EngineInbox::Local(i) => i.sync(),
+            EngineInbox::JetStream(i) => i.sync(),
+        }
+    }
+
+    fn read_from(&mut self, from: u64) -> Result<Vec<(u64, Vec<u8>)>, InboxError> {
+        match self {
+            EngineInbox::Local(i) => i.read_from(from),
+            EngineInbox::JetStream(i) => i.read_from(from),
+        }
+    }
+
+    fn remove_through(&mut self, position: u64) -> Result<(), InboxError> {
+        match self {
+            EngineInbox::Local(i) => i.remove_through(position),
+            EngineInbox::JetStream(i) => i.remove_through(position),
+        }
+    }
+
+    fn appended_elsewhere(&mut self) -> Option<u64> {
+        match self {
+            EngineInbox::Local(i) => i.appended_elsewhere(),
+            EngineInbox::JetStream(i) => i.appended_elsewhere(),
+        }
+    }
+}
