@@ -21,11 +21,9 @@ impl EngineInbox {
     pub fn shared_owner(&self) -> Option<String> {
         match self {
             EngineInbox::Local(_) => None,
-            EngineInbox::JetStream(j) => Some(format!(
-                "jetstream:{}@{}",
-                j.config().stream,
-                j.opened().created_micros
-            )),
+            EngineInbox::JetStream(j) => {
+                Some(format!("jetstream:{}@{}", j.config().stream, j.opened().created_micros))
+            }
         }
     }
 }

@@ -145,7 +145,6 @@ struct Outgoing {
 
 type Reply<T> = mpsc::SyncSender<Result<T, String>>;
 
-
 enum Request {
     Publish(Vec<Outgoing>, Reply<()>),
     Read(u64, Reply<Vec<(u64, Vec<u8>)>>),

@@ -35,4 +35,3 @@ pub fn redact_url(url: &str) -> String {
         None => format!("{authority}{tail}"),
     }
 }
-
