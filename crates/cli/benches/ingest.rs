@@ -10,8 +10,13 @@
 //! `$ASSIM_NATS_SERVER`, else `/opt/assim-nats/bin/nats-server` (the current release that
 //! `scripts/install-deps` installs from PyPI), else `nats-server` on the PATH.
 //!
+//! The CMA runs twice: embedded (the default: SQLite, local inbox) and in cluster mode
+//! (`--store postgres://… --queue nats://…`: a throwaway PostgreSQL 15, three clustered
+//! nats-servers, the inbox stream with 3 replicas; skipped with a note when either is missing).
+//!
 //! Run: `cargo bench -p assim --bench ingest` (env: ASSIM_BENCH_SENDERS, ASSIM_BENCH_REPORTS
-//! per sender, ASSIM_BENCH_WINDOW, ASSIM_BENCH_BATCH; ASSIM_BENCH_NATS=0 leaves JetStream out;
+//! per sender, ASSIM_BENCH_WINDOW, ASSIM_BENCH_BATCH; ASSIM_BENCH_CLUSTER=0 leaves the cluster
+//! mode out; ASSIM_BENCH_NATS=0 leaves the bare JetStream comparison out;
 //! ASSIM_BENCH_ASSIM=PATH runs the CMA from another `assim` binary, e.g. an older build).
 
 mod common;
@@ -31,57 +36,16 @@ fn main() {
     let reports = env_or("ASSIM_BENCH_REPORTS", 4000);
     let window = env_or("ASSIM_BENCH_WINDOW", 2048);
     let batch = env_or("ASSIM_BENCH_BATCH", 256);
-    let spec = ClusterSpec {
-        enrollment: ClusterEnrollment::TrustOnFirstUse,
-        ..ClusterSpec::multicall(
-            std::env::var_os("ASSIM_BENCH_ASSIM")
-                .map_or_else(|| env!("CARGO_BIN_EXE_assim").into(), std::path::PathBuf::from),
-            0,
-        )
-    };
-    let c = Cluster::new(spec, false).expect("start the CMA");
+    let assim = std::env::var_os("ASSIM_BENCH_ASSIM")
+        .map_or_else(|| env!("CARGO_BIN_EXE_assim").into(), std::path::PathBuf::from);
     println!(
-        "ingest benchmark: {senders} senders x {reports} reports (window {window}, batch {batch}), \
-         one CMA process, inbox fsync per turn"
+        "ingest benchmark: {senders} senders x {reports} reports (window {window}, batch {batch})"
     );
-    let opts = LoadOptions {
-        cma: c.cma_listen,
-        senders,
-        reports,
-        window,
-        batch,
-        data_dir: c.dir.join("senders"),
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let r = rt.block_on(run(opts)).expect("senders");
-    std::thread::sleep(Duration::from_millis(1200));
-    let m = c.client.metrics().expect("metrics");
-    let syncs = metric(&m, "assim_cma_inbox_syncs_total");
-    let records = metric(&m, "assim_cma_inbox_records_total");
-    let sync_secs = metric(&m, "assim_cma_inbox_sync_seconds_total");
-    let secs = r.elapsed.as_secs_f64();
-    println!(
-        "acknowledged durable reports: {} in {secs:.2} s = {:.0} reports/s",
-        r.acked,
-        r.acked as f64 / secs
-    );
-    println!(
-        "ack latency (spool append -> CMA ack): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        r.percentile(0.5) as f64 / 1000.0,
-        r.percentile(0.99) as f64 / 1000.0,
-        r.percentile(1.0) as f64 / 1000.0
-    );
-    println!(
-        "CMA inbox: {records:.0} records in {syncs:.0} fsyncs ({:.0} records/fsync, {:.2} ms/fsync, {:.0}% of the run in fsync)",
-        records / syncs.max(1.0),
-        sync_secs * 1000.0 / syncs.max(1.0),
-        100.0 * sync_secs / secs
-    );
-    drop(c);
+    let load = Load { senders, reports, window, batch };
+    ingest(&assim, "embedded (one CMA process, SQLite, local inbox, fsync per turn)", &[], &load);
+    if env_or("ASSIM_BENCH_CLUSTER", 1) != 0 {
+        cluster_mode(&assim, &load);
+    }
     if env_or("ASSIM_BENCH_NATS", 1) == 0 {
         return;
     }
@@ -113,6 +77,85 @@ fn main() {
             acked as f64 / secs
         );
     }
+}
+
+/// The load every run gets.
+struct Load {
+    senders: usize,
+    reports: u64,
+    window: u64,
+    batch: u64,
+}
+
+/// One run against a CMA started with `cma_args`.
+fn ingest(assim: &std::path::Path, label: &str, cma_args: &[&str], load: &Load) {
+    let spec = ClusterSpec {
+        enrollment: ClusterEnrollment::TrustOnFirstUse,
+        cma_args: cma_args.iter().map(|a| a.to_string()).collect(),
+        ..ClusterSpec::multicall(assim, 0)
+    };
+    let c = Cluster::new(spec, false).expect("start the CMA");
+    println!("{label}:");
+    let opts = LoadOptions {
+        cma: c.cma_listen,
+        senders: load.senders,
+        reports: load.reports,
+        window: load.window,
+        batch: load.batch,
+        data_dir: c.dir.join("senders"),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let r = rt.block_on(run(opts)).expect("senders");
+    std::thread::sleep(Duration::from_millis(1200));
+    let m = c.client.metrics().expect("metrics");
+    let syncs = metric(&m, "assim_cma_inbox_syncs_total");
+    let records = metric(&m, "assim_cma_inbox_records_total");
+    let sync_secs = metric(&m, "assim_cma_inbox_sync_seconds_total");
+    let secs = r.elapsed.as_secs_f64();
+    println!(
+        "  acknowledged durable reports: {} in {secs:.2} s = {:.0} reports/s",
+        r.acked,
+        r.acked as f64 / secs
+    );
+    println!(
+        "  ack latency (spool append -> CMA ack): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        r.percentile(0.5) as f64 / 1000.0,
+        r.percentile(0.99) as f64 / 1000.0,
+        r.percentile(1.0) as f64 / 1000.0
+    );
+    println!(
+        "  CMA inbox: {records:.0} records in {syncs:.0} syncs ({:.0} records/sync, {:.2} ms/sync, {:.0}% of the run in syncs)",
+        records / syncs.max(1.0),
+        sync_secs * 1000.0 / syncs.max(1.0),
+        100.0 * sync_secs / secs
+    );
+}
+
+/// The same load against the cluster mode: `cma --store postgres://… --queue nats://…` with a
+/// throwaway PostgreSQL 15 and three clustered nats-servers (the inbox stream with 3 replicas),
+/// one active engine.
+fn cluster_mode(assim: &std::path::Path, load: &Load) {
+    use assim_util::testing::{Nats, Postgres};
+    let Some(pg) = Postgres::start() else { return };
+    let Some(nats) = Nats::cluster() else { return };
+    pg.create_database("bench");
+    let store = format!(
+        "postgres://{}@/bench?host={}&port={}",
+        Postgres::USER,
+        pg.socket_dir().display(),
+        pg.port
+    );
+    let queue = nats.url();
+    ingest(
+        assim,
+        "cluster mode (one active engine, PostgreSQL 15, JetStream inbox with 3 replicas on 3 local nats-servers)",
+        &["--store", &store, "--queue", &queue],
+        load,
+    );
 }
 
 /// The nats-server to compare with (see the module doc).
