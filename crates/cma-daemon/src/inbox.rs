@@ -57,10 +57,10 @@ impl Inbox for EngineInbox {
         }
     }
 
-    fn appended_elsewhere(&mut self) -> Option<u64> {
+    fn appended_elsewhere(&mut self, look: bool) -> Option<u64> {
         match self {
-            EngineInbox::Local(i) => i.appended_elsewhere(),
-            EngineInbox::JetStream(i) => i.appended_elsewhere(),
+            EngineInbox::Local(i) => i.appended_elsewhere(look),
+            EngineInbox::JetStream(i) => i.appended_elsewhere(look),
         }
     }
 }

@@ -547,7 +547,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
         self.enroll_log.tick(now.wall);
         let committed =
             self.reader.commit(&self.engine.applied, &self.engine.incarnations, &mut self.metrics);
-        if let Some(from) = self.reader.inbox.appended_elsewhere() {
+        if let Some(from) = self.reader.inbox.appended_elsewhere(committed.gaps) {
             // Records this engine did not append (another writer of a shared inbox, or a sync
             // that failed yet reached it): applied first, in inbox order, like deferred ones.
             warn!(from, "the inbox holds records this engine did not append; applying them first");

@@ -50,6 +50,9 @@ pub(crate) struct Committed {
     pub(crate) apply: Vec<(Option<u64>, NodeId, [u8; 32], Message)>,
     /// `Ack { through, incarnation }` to send, per node.
     pub(crate) acks: Vec<(NodeId, u64, u64)>,
+    /// A record was refused as a gap this turn: a shared inbox may hold records this engine
+    /// did not append (issue 14), so the shell has it look.
+    pub(crate) gaps: bool,
 }
 
 /// What a hello's spool incarnation means for a node whose known one is `known` (issue 16
@@ -95,6 +98,8 @@ pub(crate) struct Reader<I> {
     /// Take no spool record: the engine's store fails (issue 16 item 15).
     pub(crate) paused: bool,
     acks_due: BTreeSet<NodeId>,
+    /// A record was refused as a gap this turn.
+    gaps: bool,
     /// In arrival order, including messages without a record number that the inbox refused.
     pending: Vec<Pending>,
 }
@@ -112,6 +117,7 @@ impl<I: Inbox> Reader<I> {
             incarnations,
             paused: false,
             acks_due: BTreeSet::new(),
+            gaps: false,
             pending: Vec::new(),
         }
     }
@@ -136,6 +142,7 @@ impl<I: Inbox> Reader<I> {
                 return Err(NotTaken::Duplicate);
             }
             if record > seen + 1 {
+                self.gaps = true;
                 return Err(NotTaken::Gap);
             }
         }
@@ -194,7 +201,7 @@ impl<I: Inbox> Reader<I> {
         incarnations: &HashMap<NodeId, u64>,
         metrics: &mut Metrics,
     ) -> Committed {
-        let mut out = Committed::default();
+        let mut out = Committed { gaps: std::mem::take(&mut self.gaps), ..Committed::default() };
         let pending = std::mem::take(&mut self.pending);
         self.enrolled.clear();
         let logged = pending.iter().filter(|p| p.lsn.is_some()).count();

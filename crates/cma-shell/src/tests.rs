@@ -13,11 +13,47 @@ use assim_wire::msg::{self, Body, Direct, DirectBody, Message};
 use assim_wire::{DatagramKind, NodeId, Timestamp};
 
 use super::*;
-use assim_store::TokenRecord;
+use assim_store::{InboxError, RecordId, TokenRecord};
 
 const EPOCH: u64 = 1_767_225_600_000_000;
 
-type TestShell = Shell<Sealer, LogInbox<MemStorage>, MemStore>;
+type TestShell = Shell<Sealer, TestInbox, MemStore>;
+
+/// The local inbox, plus what a shared inbox (JetStream, issue 14) adds: records another writer
+/// put in it, which [`Inbox::appended_elsewhere`] reports when the shell asks it to look.
+#[derive(Debug)]
+struct TestInbox {
+    log: LogInbox<MemStorage>,
+    elsewhere: Option<u64>,
+}
+
+impl TestInbox {
+    /// Another writer appends `record` (made durable) and the inbox notices.
+    fn append_elsewhere(&mut self, record: &[u8]) -> u64 {
+        let at = self.log.append(record, None).unwrap();
+        self.log.sync().unwrap();
+        self.elsewhere.get_or_insert(at);
+        at
+    }
+}
+
+impl Inbox for TestInbox {
+    fn append(&mut self, record: &[u8], id: Option<RecordId>) -> Result<u64, InboxError> {
+        self.log.append(record, id)
+    }
+    fn sync(&mut self) -> Result<(), InboxError> {
+        self.log.sync()
+    }
+    fn read_from(&mut self, from: u64) -> Result<Vec<(u64, Vec<u8>)>, InboxError> {
+        self.log.read_from(from)
+    }
+    fn remove_through(&mut self, position: u64) -> Result<(), InboxError> {
+        self.log.remove_through(position)
+    }
+    fn appended_elsewhere(&mut self, look: bool) -> Option<u64> {
+        if look { self.elsewhere.take() } else { None }
+    }
+}
 
 fn ident(n: u8) -> Identity {
     let mut id = [0u8; 16];
@@ -172,7 +208,8 @@ impl World {
         let mut sealer = Sealer::new(self.cma.clone(), session);
         sealer.set_accept_unknown(true);
         let storage = self.storage.clone();
-        let inbox = LogInbox::open(move || Ok(storage.clone()), LogConfig::default()).unwrap();
+        let log = LogInbox::open(move || Ok(storage.clone()), LogConfig::default()).unwrap();
+        let inbox = TestInbox { log, elsewhere: None };
         let shell = Shell::start(cfg, sealer, inbox, store, self.now()).unwrap();
         self.shell = Some(shell);
         self.pump();
@@ -892,4 +929,46 @@ fn issue_18_a_key_request_storm_is_answered_at_the_cmas_pace() {
     w.shell().handle_datagram(now, lo, &req);
     let a = w.shell().poll_transmit().unwrap();
     assert_eq!(newcomer.open(&a.datagram).unwrap().header.kind, DatagramKind::KeyReply);
+}
+
+/// Issue 14: records another writer put in a shared inbox (a deposed engine acknowledged them)
+/// are applied in inbox order before what this engine appended after them; their senders'
+/// resends count as duplicates, and a node that enrolled there is known here.
+#[test]
+fn issue_14_records_appended_elsewhere_are_applied_first_in_inbox_order() {
+    let mut w = World::new(true, MemStore::default());
+    let p = w.add_probe(1);
+    let hello = w.probes[p].hello(None);
+    w.send(p, 0, hello);
+    let id = w.probes[p].id.node_id();
+    w.send(p, 1, status(1));
+    assert_eq!(w.applied(id), vec![1]);
+
+    // The other writer took record 2 of node 1 and a new node's hello with its record 1.
+    let q = Probe::new(2, &w.cma, 1);
+    let (q_id, q_key) = (q.id.node_id(), q.id.public_key());
+    let encode = |node: NodeId, key: &[u8; 32], record: u64, body: Body| {
+        record::encode(node, key, &Message { record, body: Some(body) }.to_bytes())
+    };
+    let key = w.probes[p].id.public_key();
+    let first = w.shell().reader.inbox.append_elsewhere(&encode(id, &key, 2, status(2)));
+    w.shell().reader.inbox.append_elsewhere(&encode(q_id, &q_key, 0, q.hello(None)));
+    w.shell().reader.inbox.append_elsewhere(&encode(q_id, &q_key, 1, status(1)));
+    assert!(w.shell().core().node(q_id).is_none());
+
+    // Node 1 goes on with record 3 (the other writer acknowledged 2). To this engine it is a
+    // gap, so the inbox looks: the records elsewhere are applied, in inbox order, each once.
+    w.send(p, 3, status(3));
+    assert_eq!(w.applied(id), vec![1, 2]);
+    assert_eq!(w.applied(q_id), vec![1]);
+    assert!(w.shell().core().node(q_id).is_some(), "the node enrolled elsewhere is known");
+    // The spool resends record 3: now it is the next one.
+    w.send(p, 3, status(3));
+    assert_eq!(w.applied(id), vec![1, 2, 3]);
+    assert_eq!(w.shell().store().applied.get(&id), Some(&3));
+    assert!(w.shell().store().position >= first + 3, "{}", w.shell().store().position);
+    // A resend of a record applied from elsewhere is a duplicate: acknowledged, not applied.
+    w.send(p, 2, status(2));
+    assert_eq!(w.applied(id), vec![1, 2, 3]);
+    assert_eq!(w.probes[p].acks().last(), Some(&3));
 }

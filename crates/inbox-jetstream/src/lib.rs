@@ -12,6 +12,9 @@
 //!   records in the stream, the next publish fails, the inbox learns the stream's end and
 //!   reports the records it did not expect through [`Inbox::appended_elsewhere`]; the engine
 //!   applies them in order before anything new, and nothing acknowledged by anyone is skipped.
+//!   A record the engine refuses as a gap (the sender's previous record is one it never saw)
+//!   makes the inbox look at the stream's end too, at most once a second: the previous record
+//!   may be one another writer acknowledged.
 //! - **`Nats-Msg-Id`** = node id, spool incarnation and record number: a record published twice
 //!   within the stream's duplicate window is stored once.
 //! - **Group commit.** `append` buffers; `sync` publishes the turn's records pipelined and waits
@@ -172,8 +175,12 @@ pub struct JetStreamInbox {
     /// stalls every turn); the wait doubles up to [`MAX_BACKOFF`].
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// When a record gap last made the inbox look at the stream's end.
+    last_look: Instant,
 }
 
+/// How often a record gap makes the inbox look for records appended elsewhere, at most.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// The longest pause between tries after failed syncs.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The first pause after a failed sync.
@@ -237,6 +244,7 @@ impl JetStreamInbox {
             client,
             retry_at: None,
             backoff: MIN_BACKOFF,
+            last_look: Instant::now() - LOOK_EVERY,
         };
         let state = inbox.call(Request::State)?;
         inbox.next = Some(state.last + 1);
@@ -364,7 +372,23 @@ impl Inbox for JetStreamInbox {
         Ok(())
     }
 
-    fn appended_elsewhere(&mut self) -> Option<u64> {
+    fn appended_elsewhere(&mut self, look: bool) -> Option<u64> {
+        if look
+            && self.elsewhere.is_none()
+            && self.pending.is_empty()
+            && self.last_look.elapsed() >= LOOK_EVERY
+            && let Some(next) = self.next
+        {
+            self.last_look = Instant::now();
+            match self.call(Request::State) {
+                Ok(state) if state.last >= next => {
+                    self.elsewhere = Some(next);
+                    self.next = Some(state.last + 1);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot learn where the JetStream inbox ends"),
+            }
+        }
         self.elsewhere.take()
     }
 }

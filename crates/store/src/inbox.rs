@@ -56,8 +56,11 @@ pub trait Inbox {
     /// Where records begin that this inbox holds but this process did not append in its
     /// current view (another writer's, or its own from a sync that failed yet reached the
     /// store), if it found any since the last call: the engine applies them, in order, before
-    /// anything else. An inbox with one writer (the local one) never has any.
-    fn appended_elsewhere(&mut self) -> Option<u64> {
+    /// anything else. `look`: the turn refused a record as a gap, which records appended
+    /// elsewhere explain, so a shared inbox should look (it may bound how often). An inbox
+    /// with one writer (the local one) never has any.
+    fn appended_elsewhere(&mut self, look: bool) -> Option<u64> {
+        let _ = look;
         None
     }
 }
