@@ -660,7 +660,7 @@ fn open_inbox(opts: &CmaOptions) -> anyhow::Result<EngineInbox> {
             queue = %queue.redacted_url(), stream = %queue.stream, replicas = queue.replicas,
             position = shared.opened().last, "the inbox is on NATS JetStream"
         );
-        return Ok(EngineInbox::JetStream(Box::new(shared)));
+        return Ok(EngineInbox::JetStream(shared));
     }
     let inbox_dir = opts.data_dir.join("inbox");
     let shown = inbox_dir.display().to_string();

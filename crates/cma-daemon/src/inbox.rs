@@ -11,7 +11,7 @@ use assim_store::{Inbox, InboxError, LogInbox, RecordId};
 #[derive(Debug)]
 pub enum EngineInbox {
     Local(LogInbox<FileStorage>),
-    JetStream(Box<JetStreamInbox>),
+    JetStream(JetStreamInbox),
 }
 
 impl EngineInbox {
