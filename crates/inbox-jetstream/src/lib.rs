@@ -182,7 +182,7 @@ pub struct JetStreamInbox {
 /// How often a record gap makes the inbox look for records appended elsewhere, at most.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// The longest pause between tries after failed syncs.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The first pause after a failed sync.
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -265,12 +265,14 @@ impl JetStreamInbox {
 
     fn call<T>(&self, request: impl FnOnce(Reply<T>) -> Request) -> Result<T, String> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.requests
-            .send(request(tx))
-            .map_err(|_| "the NATS client thread has stopped".to_owned())?;
+        let request = request(tx);
         // The worker's own calls time out after `timeout`; a publish waits for each of its
-        // acknowledgements in turn, so allow for a slow batch.
-        let wait = self.config.timeout * 4;
+        // acknowledgements in turn, so allow for a slow batch; a read retries for longer.
+        let wait = match request {
+            Request::Read(..) => self.config.timeout * (READ_PATIENCE + 2),
+            _ => self.config.timeout * 4,
+        };
+        self.requests.send(request).map_err(|_| "the NATS client thread has stopped".to_owned())?;
         rx.recv_timeout(wait)
             .map_err(|_| format!("no answer from the NATS client within {wait:?}"))?
     }
@@ -509,9 +511,34 @@ async fn state(js: &jetstream::Context, name: &str) -> Result<StreamState, Strin
     })
 }
 
-/// The records at `from` and above, through the stream's end when asked, through an ordered
-/// (ephemeral, unacknowledged) consumer.
+/// How many times longer than one call a read may take in all: it retries while the cluster
+/// recovers (a consumer needs the JetStream meta leader, re-elected seconds after a server
+/// loss), since an engine taking over cannot start without reading its replay.
+const READ_PATIENCE: u32 = 10;
+
+/// The records at `from` and above (see [`read_once`]), retried for up to [`READ_PATIENCE`]
+/// call timeouts.
 async fn read(
+    js: &jetstream::Context,
+    config: &QueueConfig,
+    from: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, String> {
+    let deadline = tokio::time::Instant::now() + config.timeout * READ_PATIENCE;
+    loop {
+        match read_once(js, config, from).await {
+            Ok(records) => return Ok(records),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, from, "reading the JetStream inbox failed; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The records at `from` and above, through the stream's end as it was asked, through an
+/// ordered (ephemeral, unacknowledged) consumer.
+async fn read_once(
     js: &jetstream::Context,
     config: &QueueConfig,
     from: u64,
