@@ -37,6 +37,9 @@ pub struct BusConfig {
     pub sinks: Vec<SinkSubscription>,
     /// `nats://HOST:PORT`: also publish every event to NATS JetStream (see `nats`).
     pub nats: Option<String>,
+    /// Copies JetStream keeps of each event in the `ASSIM_EVENTS` stream: 1 on a single
+    /// server, 3 in a cluster of three, so the stream survives the loss of any one server.
+    pub nats_replicas: usize,
 }
 
 impl Default for BusConfig {
@@ -47,6 +50,7 @@ impl Default for BusConfig {
             tag_rules: Vec::new(),
             sinks: Vec::new(),
             nats: None,
+            nats_replicas: 1,
         }
     }
 }
@@ -74,6 +78,12 @@ impl BusConfig {
             && !url.starts_with("nats://")
         {
             return Err(format!("bus.nats: {url:?} is not a nats://HOST:PORT address"));
+        }
+        if !(1..=5).contains(&self.nats_replicas) {
+            return Err(format!(
+                "bus.nats_replicas must be 1 to 5 (3 survives the loss of any one NATS server), not {}",
+                self.nats_replicas
+            ));
         }
         Ok(())
     }

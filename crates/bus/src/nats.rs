@@ -97,6 +97,7 @@ impl JetStream {
         url: &str,
         max_age: Duration,
         max_messages: u64,
+        replicas: usize,
     ) -> Result<JetStream, String> {
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
@@ -110,6 +111,7 @@ impl JetStream {
             max_age,
             max_messages: max_messages.min(i64::MAX as u64) as i64,
             duplicate_window: DUPLICATE_WINDOW.min(max_age.max(Duration::from_secs(1))),
+            num_replicas: replicas,
             ..Default::default()
         };
         js.get_or_create_stream(config)

@@ -203,6 +203,7 @@ async fn jetstream_publisher(
             &url,
             config.max_age(),
             config.retention_max_events,
+            config.nats_replicas,
         )
         .await
         {

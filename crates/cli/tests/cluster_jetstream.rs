@@ -93,10 +93,28 @@ fn records_acknowledged_by_a_killed_engine_or_through_a_lost_nats_server_are_app
     let store = url(&pg, "queue");
     let queue = nats.url();
     let keep = std::env::var_os("ASSIM_KEEP").is_some();
+    // The events go to JetStream too (`[bus] nats`), with 3 replicas, through a server that is
+    // never killed (the client learns the others, but starts with this one).
+    let config = std::env::temp_dir().join(format!("assim-cluster-js-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!("[bus]\nnats = \"{}\"\nnats_replicas = 3\n", nats.server_url(2)),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_owned();
     let spec = ClusterSpec {
-        cma_args: ["--store", &store, "--engine-lease", "2s", "--queue", &queue]
-            .map(String::from)
-            .to_vec(),
+        cma_args: [
+            "--store",
+            &store,
+            "--engine-lease",
+            "2s",
+            "--queue",
+            &queue,
+            "--config",
+            &config,
+        ]
+        .map(String::from)
+        .to_vec(),
         ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), 3)
     };
     let mut c = Cluster::new(spec, keep).unwrap();
@@ -113,7 +131,7 @@ fn records_acknowledged_by_a_killed_engine_or_through_a_lost_nats_server_are_app
         "{}",
         std::fs::read_to_string(&log_a).unwrap()
     );
-    let mut b = Standby::start_with(&c, &store, "2s", &["--queue", &queue]);
+    let mut b = Standby::start_with(&c, &store, "2s", &["--queue", &queue, "--config", &config]);
     assert_eq!(engine(&b.client).role, "standby");
 
     // 1. The active engine acknowledges records it cannot commit (PostgreSQL is down: the
@@ -154,4 +172,21 @@ fn records_acknowledged_by_a_killed_engine_or_through_a_lost_nats_server_are_app
     c.wait_ring(Duration::from_secs(20)).unwrap();
     let log = b.log(&c);
     assert!(!log.contains("panicked"), "{log}");
+
+    // 3. The event stream on JetStream holds every stored event once, across the takeover and
+    //    the lost server: the new engine's bus resumed from the position the old one stored.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _entered = rt.enter();
+    let js =
+        async_nats::jetstream::new(rt.block_on(async_nats::connect(nats.server_url(2))).unwrap());
+    wait_for("every event in ASSIM_EVENTS", Duration::from_secs(30), || {
+        let stored = c.events_since(0).map_or(0, |e| e.len() as u64);
+        let in_stream = rt.block_on(async {
+            let mut s = js.get_stream("ASSIM_EVENTS").await.ok()?;
+            Some(s.info().await.ok()?.state.messages)
+        });
+        assert!(in_stream.unwrap_or(0) <= stored, "duplicates: {in_stream:?} > {stored}");
+        in_stream == Some(stored)
+    });
+    let _ = std::fs::remove_file(&config);
 }

@@ -103,6 +103,11 @@ impl Nats {
             .join(",")
     }
 
+    /// The client URL of server `i` alone.
+    pub fn server_url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.servers[i].client_port)
+    }
+
     /// How many servers there are.
     pub fn len(&self) -> usize {
         self.servers.len()
