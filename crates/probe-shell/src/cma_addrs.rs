@@ -25,13 +25,14 @@
 //!   transmissions went unanswered, not one lost datagram (at 5 % loss each way all four round
 //!   trips fail with odds of about 1 in 10,000). A live engine acknowledges within its ack
 //!   delay (5 ms) — its acknowledgements are transport acknowledgements, sent while its
-//!   store is slow or down too, so a stalled but live engine is never left. 3 s is also below
-//!   the shortest engine lease (1 s, plus the standby's fifth-of-a-lease polling, plus its
-//!   start): by the time the standby has bound its address the nanoprobe is on its way. After
-//!   each full round of the list without an answer the dwell doubles, up to
-//!   [`FAILOVER_MAX_DWELL`] (30 s, three retransmissions at the reliable layer's 10 s
-//!   `max_rto`), so a fleet whose every engine is down moves (and logs) at most once per 30 s
-//!   per nanoprobe, and its retransmissions stay near the reliable layer's own pace.
+//!   store is slow or down too, so a stalled but live engine is never left. And 3 s is short
+//!   against the engine lease (default 10 s) that a takeover waits out: meanwhile the
+//!   nanoprobe tries each address a few times, and finds the new engine within about one
+//!   dwell of its start. After each full round of the list without an answer the dwell
+//!   doubles, up to [`FAILOVER_MAX_DWELL`] (30 s, three retransmissions at the reliable
+//!   layer's 10 s `max_rto`), so a fleet whose every engine is down moves (and logs) at most
+//!   once per 30 s per nanoprobe, and its retransmissions stay near the reliable layer's own
+//!   pace.
 //! - **One address**, the embedded default: nothing to move to, nothing changes.
 
 use std::fmt;
@@ -283,6 +284,100 @@ mod tests {
         assert_eq!(c.poll_timeout(), Some(now + FAILOVER_AFTER), "the dwell is reset");
         // From an unlisted source, the next move goes on from the list entry last used.
         assert_eq!(c.handle_timeout(now + FAILOVER_AFTER).unwrap().to, list[1]);
+    }
+
+    proptest::proptest! {
+        /// Any schedule of sends, answers and time: the current address is a list entry or
+        /// the last answer's source; a move happens only while something is owed, only after
+        /// at least [`FAILOVER_AFTER`] without an answer or move, exactly when the dwell
+        /// (doubling per unanswered round, capped) ends, always to the list entry after the
+        /// last one used; an answer resets the dwell.
+        #[test]
+        fn moves_follow_the_rules(
+            n in 1usize..=4,
+            steps in proptest::collection::vec((0u8..4, 0usize..5, 0u64..40_000), 1..200),
+        ) {
+            let list: Vec<SocketAddr> =
+                (0..n).map(|i| a(&format!("192.0.2.{}:1984", i + 1))).collect();
+            let other = a("198.51.100.1:1984");
+            let mut c = CmaAddrs::new(list.clone()).unwrap();
+            let mut now = Instant::now();
+            let mut owed = false;
+            let mut last_heard: Option<SocketAddr> = None;
+            // The model: when the current silence (or dwell) started, the last list index
+            // used, the moves since the last answer.
+            let mut quiet_from: Option<Instant> = None;
+            let mut index = 0usize;
+            let mut moves_unanswered = 0u32;
+            for (op, arg, ms) in steps {
+                match op {
+                    0 => {
+                        owed = arg % 2 == 0;
+                        c.set_waiting(owed, now);
+                        if !owed {
+                            quiet_from = None;
+                        } else if quiet_from.is_none() {
+                            quiet_from = Some(now);
+                        }
+                    }
+                    1 => {
+                        let src = if arg < n { list[arg] } else { other };
+                        c.heard(src);
+                        if let Some(i) = list.iter().position(|x| *x == src) {
+                            index = i;
+                        }
+                        last_heard = Some(src);
+                        quiet_from = None;
+                        moves_unanswered = 0;
+                        if owed {
+                            c.set_waiting(true, now);
+                            quiet_from = Some(now);
+                        }
+                    }
+                    _ => {
+                        let later = now + Duration::from_millis(ms);
+                        let due = c.poll_timeout();
+                        match c.handle_timeout(later) {
+                            Some(m) => {
+                                let q = quiet_from.expect("a move only while something is owed");
+                                proptest::prop_assert!(owed);
+                                proptest::prop_assert!(later - q >= FAILOVER_AFTER);
+                                proptest::prop_assert_eq!(
+                                    Some(q + model_dwell(moves_unanswered, n)),
+                                    due
+                                );
+                                let next = (index + 1) % n;
+                                proptest::prop_assert_eq!(m.to, list[next]);
+                                index = next;
+                                moves_unanswered += 1;
+                                quiet_from = Some(later);
+                            }
+                            None => {
+                                if let Some(q) = quiet_from.filter(|_| owed) {
+                                    let can_move = list[(index + 1) % n] != c.current();
+                                    proptest::prop_assert!(
+                                        !can_move || later < q + model_dwell(moves_unanswered, n)
+                                    );
+                                }
+                            }
+                        }
+                        now = later;
+                    }
+                }
+                let cur = c.current();
+                proptest::prop_assert!(list.contains(&cur) || Some(cur) == last_heard);
+            }
+        }
+    }
+
+    /// The dwell after `moves` unanswered moves over a list of `n` (the model's copy).
+    fn model_dwell(moves: u32, n: usize) -> Duration {
+        let rounds = moves / n as u32;
+        let mut d = FAILOVER_AFTER;
+        for _ in 0..rounds {
+            d = (d * 2).min(FAILOVER_MAX_DWELL);
+        }
+        d
     }
 
     #[test]
