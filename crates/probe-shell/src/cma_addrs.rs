@@ -18,7 +18,11 @@
 //!   then sends everything unacknowledged there at once. Nothing outstanding, nothing owed:
 //!   in steady state the CMA hears nothing from a nanoprobe, so there is no silence to judge
 //!   (no news is good news), and a nanoprobe finds the new engine the first time it has
-//!   something to say, or when the new engine writes to it.
+//!   something to say, or when the new engine writes to it. What counts is the transport's
+//!   acknowledgement, not the inbox's `Ack { through }`: an engine whose store is down
+//!   acknowledges no records for minutes but is alive, and must not be left. Records a dying
+//!   engine acknowledged on the transport but never applied are sent again after
+//!   `RESEND_AFTER` (10 s) of no progress, and then judged like anything else.
 //! - **The dwell.** [`FAILOVER_AFTER`] (3 s) at first. The reliable layer's first RTO is
 //!   300 ms, doubled at each expiry with ±20 % jitter, so a frame to an address where nobody
 //!   answers has been retransmitted at about 0.3, 0.9 and 2.1 s: after 3 s, four
