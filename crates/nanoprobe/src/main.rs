@@ -10,6 +10,9 @@ use clap::Parser;
 ///   nanoprobe --token assim1.…                       first start (token from `cma token create`)
 ///   nanoprobe                                        later starts
 ///   nanoprobe --cma 127.0.0.1:1984 --trust-on-first-use   a lab without tokens
+///   nanoprobe --cma 192.0.2.10:1984 --cma 192.0.2.11:1984   two CMA engines (instead of the
+///                                                    token's addresses): the next one is
+///                                                    tried when the CMA is silent
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Cli {

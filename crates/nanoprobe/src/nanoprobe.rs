@@ -12,6 +12,12 @@
 //! enrollment (`cma.pin` in the data directory), or — only when explicitly asked for with
 //! `--trust-on-first-use` — from the CMA itself on first contact. Reliable frames (commands) are
 //! accepted from the pinned CMA only; heartbeats from nodes whose keys the CMA handed out.
+//!
+//! The CMA's addresses (issue 14): `--cma` (repeatable, or the config key `cma`) if given, else
+//! those of the pin file, which the join token filled at enrolment (up to 16, in the token's
+//! order). The shell sends to one and moves to the next when the CMA is silent there
+//! ([`assim_probe_shell::cma_addrs`]); the metrics file names the current one and counts the
+//! moves.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,8 +50,9 @@ pub enum Enrollment {
 /// Everything a nanoprobe needs to run.
 #[derive(Clone, Debug)]
 pub struct NanoprobeOptions {
-    /// The CMA's UDP address (default: the first address in the token or pin).
-    pub cma: Option<SocketAddr>,
+    /// The CMA's UDP addresses, in order (empty: those in the token or pin), validated
+    /// ([`assim_probe_shell::cma_addrs::validate`]).
+    pub cma: Vec<SocketAddr>,
     /// Local UDP address for heartbeats and CMA traffic.
     pub listen: SocketAddr,
     /// The address to tell the CMA and peers (default: derived from `listen` and the route to the CMA).
@@ -81,6 +88,9 @@ pub struct CmaPin {
     pub node_id: NodeId,
     /// Hex of the X25519 public key.
     pub public_key: String,
+    /// The CMA's addresses from the join token (or the one first contacted, trusted on first
+    /// use), in order.
+    #[serde(default)]
     pub addrs: Vec<SocketAddr>,
 }
 
@@ -90,6 +100,43 @@ impl CmaPin {
         let bytes = hex::decode(&self.public_key).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
         bytes.context("the CMA key in the pin file is not 64 hex digits")
     }
+}
+
+/// The CMA addresses to use: `configured` (`--cma`, already validated) if any, else the pin's
+/// (a repeated address counted once, as a token made with the same `--advertise` twice
+/// would have it), checked with the fix named.
+pub fn cma_addrs(
+    configured: &[SocketAddr],
+    pin: &CmaPin,
+    data_dir: &Path,
+) -> anyhow::Result<Vec<SocketAddr>> {
+    if !configured.is_empty() {
+        return Ok(configured.to_vec());
+    }
+    let mut addrs: Vec<SocketAddr> = Vec::with_capacity(pin.addrs.len());
+    for a in &pin.addrs {
+        if !addrs.contains(a) {
+            addrs.push(*a);
+        }
+    }
+    if addrs.len() < pin.addrs.len() {
+        warn!(addrs = ?pin.addrs, "the pinned CMA addresses repeat an address; using each once");
+    }
+    if addrs.is_empty() {
+        bail!(
+            "no CMA address: the join token (pin file {}) carries none; pass --cma ADDR:PORT \
+             (repeatable) or set cma in the config file",
+            pin_path(data_dir).display()
+        );
+    }
+    assim_probe_shell::cma_addrs::validate(&addrs).map_err(|e| {
+        anyhow::anyhow!(
+            "the CMA addresses of the join token (pin file {}): {e}; pass --cma ADDR:PORT \
+             (repeatable) to override them, or enroll again with a new token",
+            pin_path(data_dir).display()
+        )
+    })?;
+    Ok(addrs)
 }
 
 fn pin_path(dir: &Path) -> PathBuf {
@@ -204,8 +251,11 @@ pub async fn run(
         (None, Some(p)) => p,
         (None, None) => match opts.enrollment {
             Enrollment::TrustOnFirstUse => {
-                let cma = opts.cma.context("--trust-on-first-use needs --cma ADDR:PORT")?;
-                let pin = fetch_cma_key(&socket, &mut sealer, cma).await?;
+                // The key is asked of the first address; the pin keeps them all.
+                let cma =
+                    *opts.cma.first().context("--trust-on-first-use needs --cma ADDR:PORT")?;
+                let mut pin = fetch_cma_key(&socket, &mut sealer, cma).await?;
+                pin.addrs = opts.cma.clone();
                 write_pin(&opts.data_dir, &pin)?;
                 pin
             }
@@ -216,10 +266,8 @@ pub async fn run(
             ),
         },
     };
-    let cma_addr = match opts.cma.or_else(|| pin.addrs.first().copied()) {
-        Some(a) => a,
-        None => bail!("no CMA address: pass --cma ADDR:PORT"),
-    };
+    let addrs = cma_addrs(&opts.cma, &pin, &opts.data_dir)?;
+    let cma_addr = addrs[0];
     let cma_id = pin.node_id;
     sealer.add_peer(cma_id, pin.key()?);
 
@@ -236,7 +284,7 @@ pub async fn run(
     };
     info!(
         node = %identity.node_id(), host = %hostname, listen = %opts.listen, advertise = %advertise,
-        cma = %cma_addr, cma_key = %assim_seal::fingerprint(&pin.key()?), "nanoprobe started"
+        cma = ?addrs, cma_key = %assim_seal::fingerprint(&pin.key()?), "nanoprobe started"
     );
 
     let started = Instant::now();
@@ -265,7 +313,7 @@ pub async fn run(
         hostname.clone(),
         started,
     );
-    let mut shell = shell;
+    let mut shell = shell.with_cma_addrs(addrs).context("the CMA addresses")?;
     // Registrations of local programs from the last run: each gets a whole TTL from now; the
     // declared checks are validated again.
     let saved = crate::local_state::load(&opts.data_dir);
@@ -564,7 +612,7 @@ impl Probe {
         let hb = self.shell.heartbeats().stats();
         let shell = self.shell.stats();
         let (backlog, backlog_bytes) = self.shell.backlog();
-        let metrics: [(&str, &str, &str, u64); 17] = [
+        let metrics: [(&str, &str, &str, u64); 18] = [
             (
                 "spool_records",
                 "gauge",
@@ -653,6 +701,12 @@ impl Probe {
                 "Datagrams dropped (authentication, replay, unexpected).",
                 shell.rejected,
             ),
+            (
+                "cma_failovers_total",
+                "counter",
+                "Moves to the CMA's next address after it was silent at the current one.",
+                shell.cma_failovers,
+            ),
         ];
         let mut text = String::new();
         for (name, kind, help, value) in metrics {
@@ -660,6 +714,16 @@ impl Probe {
                 "# HELP assim_nanoprobe_{name} {help}\n# TYPE assim_nanoprobe_{name} {kind}\nassim_nanoprobe_{name} {value}\n"
             ));
         }
+        let addrs = self.shell.cma_addrs();
+        text.push_str(&format!(
+            "# HELP assim_nanoprobe_cma_addresses The CMA addresses this nanoprobe knows.\n\
+             # TYPE assim_nanoprobe_cma_addresses gauge\nassim_nanoprobe_cma_addresses {}\n\
+             # HELP assim_nanoprobe_cma_address The CMA address the nanoprobe sends to (1).\n\
+             # TYPE assim_nanoprobe_cma_address gauge\n\
+             assim_nanoprobe_cma_address{{address=\"{}\"}} 1\n",
+            addrs.list().len(),
+            addrs.current()
+        ));
         text.push_str(
             "# HELP assim_nanoprobe_statistics_dropped_total Check perfdata items and host \
              figures not sent as statistics, by reason.\n\
@@ -682,5 +746,68 @@ impl Probe {
         {
             debug!(path = %self.metrics_path.display(), "cannot write the metrics file");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("assim-pin-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A pin file as earlier versions wrote it (one address from a token or first contact)
+    /// reads as before; one without addresses reads too, and then needs --cma.
+    #[test]
+    fn pin_files_of_earlier_versions_still_read() {
+        let d = dir("compat");
+        let key = "ab".repeat(32);
+        let old = format!(
+            "{{\n  \"node_id\": \"0190b1a2-0000-7000-8000-000000000001\",\n  \"public_key\": \
+             \"{key}\",\n  \"addrs\": [\n    \"192.0.2.10:1984\"\n  ]\n}}\n"
+        );
+        std::fs::write(d.join("cma.pin"), &old).unwrap();
+        let pin = read_pin(&d).unwrap().unwrap();
+        assert_eq!(pin.addrs, [a("192.0.2.10:1984")]);
+        assert_eq!(cma_addrs(&[], &pin, &d).unwrap(), [a("192.0.2.10:1984")]);
+        // Written back, it is the same file.
+        write_pin(&d, &pin).unwrap();
+        assert_eq!(std::fs::read_to_string(d.join("cma.pin")).unwrap(), old);
+        let bare = format!(
+            "{{\"node_id\": \"0190b1a2-0000-7000-8000-000000000001\", \"public_key\": \"{key}\"}}"
+        );
+        std::fs::write(d.join("cma.pin"), bare).unwrap();
+        let pin = read_pin(&d).unwrap().unwrap();
+        assert!(pin.addrs.is_empty());
+        let e = cma_addrs(&[], &pin, &d).unwrap_err().to_string();
+        assert!(e.contains("no CMA address") && e.contains("--cma"), "{e}");
+        assert_eq!(cma_addrs(&[a("192.0.2.7:1984")], &pin, &d).unwrap(), [a("192.0.2.7:1984")]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// The pin's addresses in order, each once; --cma replaces them; an address nobody can
+    /// send to is refused with the way out.
+    #[test]
+    fn the_pinned_addresses_are_used_in_order_unless_cma_is_given() {
+        let d = dir("order");
+        let mut pin = CmaPin {
+            node_id: NodeId([3; 16]),
+            public_key: "cd".repeat(32),
+            addrs: vec![a("192.0.2.2:1984"), a("192.0.2.1:1984"), a("192.0.2.2:1984")],
+        };
+        assert_eq!(cma_addrs(&[], &pin, &d).unwrap(), [a("192.0.2.2:1984"), a("192.0.2.1:1984")]);
+        let given = [a("198.51.100.1:1984")];
+        assert_eq!(cma_addrs(&given, &pin, &d).unwrap(), given);
+        pin.addrs = vec![a("0.0.0.0:1984")];
+        let e = cma_addrs(&[], &pin, &d).unwrap_err().to_string();
+        assert!(e.contains("0.0.0.0:1984") && e.contains("--cma") && e.contains("cma.pin"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -18,9 +18,13 @@ pub struct NanoprobeFlags {
     /// TOML config file; flags and environment variables override its keys.
     #[arg(long, env = "ASSIM_NANOPROBE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// The CMA's UDP address [default: the first address in the join token or pin file].
-    #[arg(long, env = "ASSIM_CMA")]
-    pub cma: Option<SocketAddr>,
+    /// The CMA's UDP address. Repeat it (or separate addresses with commas, as in ASSIM_CMA)
+    /// for several CMA engines on one database, at most 16: the nanoprobe sends to the first
+    /// and moves to the next when the CMA stays silent there (3 s at first), round robin; it
+    /// also follows the CMA to wherever its answers come from [default: the addresses in the
+    /// join token or pin file].
+    #[arg(long, env = "ASSIM_CMA", value_delimiter = ',')]
+    pub cma: Vec<SocketAddr>,
     /// Local UDP address for heartbeats and CMA traffic [default: 0.0.0.0:1986].
     #[arg(long, env = "ASSIM_NANOPROBE_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -103,7 +107,8 @@ pub struct NanoprobeFlags {
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct NanoprobeFile {
-    pub cma: Option<SocketAddr>,
+    /// One address (`cma = "192.0.2.10:1984"`) or a list (`cma = ["…", "…"]`).
+    pub cma: Option<CmaSetting>,
     pub listen: Option<SocketAddr>,
     pub advertise: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
@@ -120,6 +125,32 @@ pub struct NanoprobeFile {
     pub statistics_interval: Option<String>,
     pub statistics_perfdata: Option<bool>,
     pub statistics_host: Option<bool>,
+}
+
+/// The config key `cma`: one address or a list of them.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum CmaSetting {
+    One(SocketAddr),
+    Many(Vec<SocketAddr>),
+}
+
+impl CmaSetting {
+    fn into_vec(self) -> Vec<SocketAddr> {
+        match self {
+            CmaSetting::One(a) => vec![a],
+            CmaSetting::Many(v) => v,
+        }
+    }
+
+    /// One address as a string, several as a list (as a config file would say it).
+    fn from_slice(addrs: &[SocketAddr]) -> Option<CmaSetting> {
+        match addrs {
+            [] => None,
+            [a] => Some(CmaSetting::One(*a)),
+            many => Some(CmaSetting::Many(many.to_vec())),
+        }
+    }
 }
 
 impl NanoprobeFlags {
@@ -183,8 +214,17 @@ impl NanoprobeFlags {
                 );
             }
         }
+        let (cma, from) = if self.cma.is_empty() {
+            (file.cma.map(CmaSetting::into_vec).unwrap_or_default(), "the config key cma")
+        } else {
+            (self.cma.clone(), "--cma (or ASSIM_CMA)")
+        };
+        if !cma.is_empty() {
+            assim_probe_shell::cma_addrs::validate(&cma)
+                .map_err(|e| anyhow::anyhow!("{from}: {e}"))?;
+        }
         Ok(crate::nanoprobe::NanoprobeOptions {
-            cma: self.cma.or(file.cma),
+            cma,
             listen: self
                 .listen
                 .or(file.listen)
@@ -221,7 +261,7 @@ impl NanoprobeFlags {
 pub fn nanoprobe_config_toml(o: &crate::nanoprobe::NanoprobeOptions) -> String {
     use crate::nanoprobe::Enrollment;
     let f = NanoprobeFile {
-        cma: o.cma,
+        cma: CmaSetting::from_slice(&o.cma),
         listen: Some(o.listen),
         advertise: o.advertise,
         data_dir: Some(o.data_dir.clone()),
@@ -329,5 +369,94 @@ mod statistics_tests {
         );
         let off = NanoprobeFlags::default().resolve().unwrap();
         assert!(!off.statistics_perfdata && !off.statistics_host);
+    }
+}
+
+#[cfg(test)]
+mod cma_tests {
+    use super::{NanoprobeFlags, nanoprobe_config_toml};
+    use std::net::SocketAddr;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn with_file(text: &str) -> anyhow::Result<crate::nanoprobe::NanoprobeOptions> {
+        let dir = std::env::temp_dir().join(format!(
+            "assim-np-addrs-{}-{}",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("nanoprobe.toml");
+        std::fs::write(&path, text).unwrap();
+        let r = NanoprobeFlags { config: Some(path), ..Default::default() }.resolve();
+        std::fs::remove_dir_all(&dir).unwrap();
+        r
+    }
+
+    /// Issue 14: `cma` in the config file is one address or a list; the flag is repeatable
+    /// and wins; `--print-config` says it back the same way.
+    #[test]
+    fn the_cma_is_one_address_or_a_list() {
+        let one = with_file("cma = \"192.0.2.10:1984\"\n").unwrap();
+        assert_eq!(one.cma, [a("192.0.2.10:1984")]);
+        assert!(nanoprobe_config_toml(&one).contains("cma = \"192.0.2.10:1984\""));
+        let two = with_file("cma = [\"192.0.2.10:1984\", \"[2001:db8::2]:1984\"]\n").unwrap();
+        assert_eq!(two.cma, [a("192.0.2.10:1984"), a("[2001:db8::2]:1984")]);
+        let text = nanoprobe_config_toml(&two);
+        assert!(text.contains("cma = [\"192.0.2.10:1984\", \"[2001:db8::2]:1984\"]"), "{text}");
+        let none = NanoprobeFlags::default().resolve().unwrap();
+        assert!(none.cma.is_empty(), "from the token or pin file");
+        assert!(!nanoprobe_config_toml(&none).contains("cma ="));
+        let flags = NanoprobeFlags {
+            cma: vec![a("192.0.2.1:1984"), a("192.0.2.2:1984")],
+            ..Default::default()
+        };
+        assert_eq!(flags.resolve().unwrap().cma.len(), 2);
+    }
+
+    #[test]
+    fn a_cma_list_that_is_not_valid_is_refused_with_the_fix() {
+        let dup = NanoprobeFlags {
+            cma: vec![a("192.0.2.1:1984"), a("192.0.2.1:1984")],
+            ..Default::default()
+        };
+        let e = dup.resolve().unwrap_err().to_string();
+        assert!(e.contains("--cma") && e.contains("192.0.2.1:1984 is given twice"), "{e}");
+        let many = NanoprobeFlags {
+            cma: (1..=17).map(|i| a(&format!("192.0.2.{i}:1984"))).collect(),
+            ..Default::default()
+        };
+        let e = many.resolve().unwrap_err().to_string();
+        assert!(e.contains("17 CMA addresses") && e.contains("at most 16"), "{e}");
+        let e = with_file("cma = [\"0.0.0.0:1984\"]\n").unwrap_err().to_string();
+        assert!(e.contains("config key cma") && e.contains("0.0.0.0:1984"), "{e}");
+        let e = with_file("cma = [\"192.0.2.1\"]\n").unwrap_err();
+        assert!(format!("{e:#}").contains("cma = [\"192.0.2.1\"]"), "{e:#}");
+    }
+
+    /// The flag takes a comma-separated list, as ASSIM_CMA does (clap splits the variable with
+    /// the same delimiter), and repeats.
+    #[test]
+    fn the_flag_repeats_and_takes_a_comma_separated_list() {
+        use clap::Parser as _;
+        #[derive(clap::Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            flags: NanoprobeFlags,
+        }
+        let cli =
+            Cli::try_parse_from(["nanoprobe", "--cma", "192.0.2.1:1984,192.0.2.2:1984"]).unwrap();
+        assert_eq!(cli.flags.cma, [a("192.0.2.1:1984"), a("192.0.2.2:1984")]);
+        let cli = Cli::try_parse_from([
+            "nanoprobe",
+            "--cma",
+            "192.0.2.1:1984",
+            "--cma",
+            "[2001:db8::1]:1984",
+        ])
+        .unwrap();
+        assert_eq!(cli.flags.cma, [a("192.0.2.1:1984"), a("[2001:db8::1]:1984")]);
     }
 }

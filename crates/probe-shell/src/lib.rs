@@ -56,6 +56,12 @@
 //!   is opened as a first contact under the sealer's first-contact budget (one X25519 per
 //!   admitted datagram) and answered if it is a probe, nothing else. Keys of such non-peers
 //!   are kept for the last [`MAX_TRANSIENT_PEERS`] only.
+//! - **Several CMA addresses** (issue 14, [`cma_addrs`]): an authenticated frame of the CMA's
+//!   newest session makes its source the current address; when something sent stays
+//!   unacknowledged and the CMA is silent for [`cma_addrs::FAILOVER_AFTER`] (doubling per
+//!   unanswered round of the list, at most [`cma_addrs::FAILOVER_MAX_DWELL`]), the shell moves
+//!   to the next address ([`Shell::with_cma_addrs`]), sends what is unacknowledged there at once
+//!   and logs the move once; [`ShellStats::cma_failovers`] counts the moves.
 //!
 //! Sealing: [`Shell::handle_datagram`] and [`Shell::poll_datagram`] open and seal with an
 //! [`assim_seal::Sealer`] (daemon, wire mode). The virtual-time simulator passes no sealer and
@@ -75,6 +81,7 @@
 //!   per-interval aggregator (issue 17 item 5).
 //! - [`stat_sources`]: statistics the nanoprobe makes itself, by config: check perfdata and
 //!   host figures (load, memory, root filesystem) as gauges.
+//! - [`cma_addrs`]: the CMA's addresses and the failover decision (issue 14).
 //! - [`apps`]: heartbeats from local programs: registrations with a TTL, missed deadlines
 //!   reported as the check `app:NAME` (issue 17 item 6).
 
@@ -82,6 +89,7 @@
 
 pub mod apps;
 mod backlog;
+pub mod cma_addrs;
 pub mod limits;
 mod shell;
 pub mod spool;
@@ -95,5 +103,7 @@ pub use crate::shell::{
 };
 pub use crate::spool::{Spool, SpoolStats, SpoolStorage};
 
+#[cfg(test)]
+mod failover_tests;
 #[cfg(test)]
 mod tests;

@@ -18,6 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::apps::{self, AppError, Apps};
 use crate::backlog::{Backlog, Pushed, Subject};
+use crate::cma_addrs::{CmaAddrs, CmaAddrsError};
 use crate::limits::{MAX_MESSAGE, fit, fit_body};
 use crate::spool::{Refused, Spool, SpoolStorage};
 
@@ -43,7 +44,8 @@ pub struct ShellConfig {
     pub node_id: NodeId,
     /// The CMA this node obeys.
     pub cma_id: NodeId,
-    /// Where to reach it (updated from the source of its frames).
+    /// Where to reach it (updated from the source of its frames). More addresses to fail over
+    /// to: [`Shell::with_cma_addrs`].
     pub cma_addr: SocketAddr,
     /// The reliable session (a new one per process start) and the seed of its randomness.
     pub session: u64,
@@ -169,6 +171,8 @@ pub struct ShellStats {
     pub oversized: u64,
     /// Messages the reliable layer refused to queue (full queue).
     pub queue_refused: u64,
+    /// Moves to another CMA address after a silence ([`crate::cma_addrs`]).
+    pub cma_failovers: u64,
 }
 
 /// One nanoprobe's shell. See the crate doc.
@@ -179,6 +183,8 @@ pub struct Shell<S: SpoolStorage> {
     conn: Connection,
     spool: Spool<S>,
     sealer: Option<Sealer>,
+    /// The CMA's addresses, the current one, and when to move ([`crate::cma_addrs`]).
+    addrs: CmaAddrs,
     last_ack_progress: Instant,
     /// The goodbye's reliable id while leaving (None once acknowledged).
     goodbye: Option<u64>,
@@ -245,6 +251,7 @@ impl<S: SpoolStorage> Shell<S> {
             conn,
             spool,
             sealer,
+            addrs: CmaAddrs::single(cfg.cma_addr),
             last_ack_progress: now,
             goodbye: None,
             leave_by: None,
@@ -288,6 +295,16 @@ impl<S: SpoolStorage> Shell<S> {
         self
     }
 
+    /// The CMA's addresses to fail over between, in order (call before [`Shell::start`]); the
+    /// first becomes current, replacing [`ShellConfig::cma_addr`]. Refused (see
+    /// [`crate::cma_addrs::validate`]): none, more than [`crate::cma_addrs::MAX_CMA_ADDRS`], one
+    /// twice, an unspecified IP or port 0.
+    pub fn with_cma_addrs(mut self, addrs: Vec<SocketAddr>) -> Result<Shell<S>, CmaAddrsError> {
+        self.addrs = CmaAddrs::new(addrs)?;
+        self.cfg.cma_addr = self.addrs.current();
+        Ok(self)
+    }
+
     /// Registers with the CMA and sends what the spool still holds from earlier runs.
     pub fn start(&mut self, now: Instant) {
         if self.spool.unacked() > 0 {
@@ -329,7 +346,11 @@ impl<S: SpoolStorage> Shell<S> {
     }
     /// The CMA's id and current address.
     pub fn cma(&self) -> (NodeId, SocketAddr) {
-        (self.cfg.cma_id, self.cfg.cma_addr)
+        (self.cfg.cma_id, self.addrs.current())
+    }
+    /// The CMA's addresses, the current one and the moves between them.
+    pub fn cma_addrs(&self) -> &CmaAddrs {
+        &self.addrs
     }
     /// Whether a goodbye was sent.
     pub fn is_leaving(&self) -> bool {
@@ -507,12 +528,24 @@ impl<S: SpoolStorage> Shell<S> {
         }
     }
 
-    /// A reliable frame from the CMA (already authenticated).
+    /// A reliable frame from the CMA (already authenticated). One the connection accepts, of
+    /// the CMA's newest session, makes `src` the current CMA address; a bad or stale one (a
+    /// deposed engine's) moves nothing.
     pub fn handle_cma_frame(&mut self, frame: &[u8], src: SocketAddr, now: Instant) {
-        self.cfg.cma_addr = src;
-        if let Err(e) = self.conn.handle_frame(frame, now) {
-            self.stats.bad_frames += 1;
-            debug!(error = %e, "bad frame from the CMA");
+        let stale = self.conn.stats().stale_frames;
+        match self.conn.handle_frame(frame, now) {
+            Ok(()) if self.conn.stats().stale_frames == stale => {
+                if src != self.addrs.current() {
+                    info!(from = %self.addrs.current(), to = %src, "the CMA answers from another address; sending there");
+                }
+                self.addrs.heard(src);
+                self.cfg.cma_addr = src;
+            }
+            Ok(()) => debug!(%src, "a frame of an older CMA session; ignored"),
+            Err(e) => {
+                self.stats.bad_frames += 1;
+                debug!(error = %e, "bad frame from the CMA");
+            }
         }
         while let Some(ev) = self.conn.poll_event() {
             match ev {
@@ -1365,6 +1398,7 @@ impl<S: SpoolStorage> Shell<S> {
             (!self.leaving).then(|| self.apps.poll_timeout()).flatten(),
             self.statistics.poll_timeout(),
             self.peer_probes.poll_timeout(),
+            self.addrs.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -1376,6 +1410,7 @@ impl<S: SpoolStorage> Shell<S> {
         if self.hb.poll_timeout().is_some_and(|t| t <= now) {
             self.hb.handle_timeout(now);
         }
+        self.fail_over(now);
         if self.conn.poll_timeout().is_some_and(|t| t <= now) {
             self.conn.handle_timeout(now);
         }
@@ -1463,8 +1498,29 @@ impl<S: SpoolStorage> Shell<S> {
                 }
             }
         }
-        let frame = self.conn.poll_transmit(now)?;
-        Some(Transmit::Cma { addr: self.cfg.cma_addr, frame })
+        let frame = self.conn.poll_transmit(now);
+        self.addrs.set_waiting(self.owes_cma(), now);
+        Some(Transmit::Cma { addr: self.addrs.current(), frame: frame? })
+    }
+
+    /// Whether something sent to the CMA awaits its acknowledgement (the silence that counts).
+    fn owes_cma(&self) -> bool {
+        self.conn.stats().queued_messages > 0
+    }
+
+    /// Moves to the CMA's next address if the current one was silent too long
+    /// ([`crate::cma_addrs`]), and sends what is unacknowledged there at once.
+    fn fail_over(&mut self, now: Instant) {
+        self.addrs.set_waiting(self.owes_cma(), now);
+        let Some(m) = self.addrs.handle_timeout(now) else { return };
+        self.cfg.cma_addr = m.to;
+        self.stats.cma_failovers += 1;
+        warn!(
+            from = %m.from, to = %m.to, silent_ms = m.silent.as_millis() as u64,
+            next_try_s = m.next_dwell.as_secs(), failovers = self.stats.cma_failovers,
+            "the CMA does not answer at this address; trying its next one"
+        );
+        self.conn.path_changed(now);
     }
 
     /// [`Shell::poll_transmit`], sealed. Needs a sealer; datagrams that cannot be sealed (no

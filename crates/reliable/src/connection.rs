@@ -242,6 +242,16 @@ impl Connection {
         self.ack_deadline
     }
 
+    /// The driver sends to the peer at another address from now on (a nanoprobe failing over
+    /// to another address of its CMA): unacknowledged data goes out at once, from the computed
+    /// RTO rather than a backed-off one. Nothing is forgotten: what the new address's peer
+    /// already holds it acknowledges as a duplicate, and a peer of a new session resets the
+    /// send state as any restart does. Call `poll_transmit` afterwards.
+    pub fn path_changed(&mut self, now: Instant) {
+        self.sender.on_path_change(now);
+        self.sender.update_stats(&mut self.stats);
+    }
+
     /// Processes timer expiries up to `now`. Call `poll_transmit` afterwards.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.sender.on_timeout(now, &mut self.stats);
@@ -295,6 +305,45 @@ mod tests {
 
     fn seq_of(frame: &[u8]) -> u64 {
         u64::from_be_bytes(frame[17..25].try_into().unwrap())
+    }
+
+    /// A path change (the driver sends to another address of the peer) resends the oldest
+    /// unacknowledged fragment at once with the backoff undone; with nothing unacknowledged it
+    /// does nothing. A peer of a new session at the new address then gets everything.
+    #[test]
+    fn a_path_change_resends_at_once_without_the_backoff() {
+        let (mut a, _, t0) = pair();
+        a.path_changed(t0);
+        assert_eq!(a.poll_timeout(), None, "nothing to resend");
+        a.send(vec![7], t0).unwrap();
+        a.send(vec![8], t0).unwrap();
+        assert_eq!(drain(&mut a, t0).len(), 1, "sent (packed), lost");
+        let mut now = t0;
+        for _ in 0..6 {
+            now = a.poll_timeout().unwrap();
+            a.handle_timeout(now);
+            drain(&mut a, now); // lost too
+        }
+        let backed_off = a.stats().rto;
+        assert!(backed_off > ms(4000), "backed off: {backed_off:?}");
+        now += ms(100);
+        a.path_changed(now);
+        assert_eq!(a.poll_timeout(), Some(now), "resend now");
+        a.handle_timeout(now);
+        let frames = drain(&mut a, now);
+        assert_eq!(frames.len(), 1);
+        let next = a.poll_timeout().unwrap() - now;
+        assert!(next < ms(1000), "the backoff is undone: next expiry in {next:?}");
+        // Another endpoint (a new session) at the new address gets both messages.
+        let mut c = Connection::new(Config::default(), 3, 33);
+        for f in frames {
+            c.handle_frame(&f, now).unwrap();
+        }
+        assert_eq!(events(&mut c), [Event::Delivered(vec![7]), Event::Delivered(vec![8])]);
+        for f in drain(&mut c, now + ms(10)) {
+            a.handle_frame(&f, now + ms(10)).unwrap();
+        }
+        assert_eq!(a.stats().queued_messages, 0, "acknowledged by the new peer");
     }
 
     /// After an outage long enough to back the RTO off, a frame from the peer (it is

@@ -438,6 +438,17 @@ impl Sender {
         self.timer = Some(now);
     }
 
+    /// The driver now sends to another address of the peer (the nanoprobe failing over to
+    /// another CMA engine, issue 14): the new path has seen none of the unacknowledged data and
+    /// its round trip is unknown, so a backed-off RTO is undone and the timer fires now.
+    pub(crate) fn on_path_change(&mut self, now: Instant) {
+        if self.acked_cum == self.next_tx {
+            return;
+        }
+        self.rtt.reset_backoff();
+        self.timer = Some(now);
+    }
+
     /// The peer restarted: it lost everything it had acknowledged but not yet delivered. Forget
     /// its acknowledgements from `base` on and resend all of those fragments.
     pub(crate) fn on_peer_restart(&mut self, now: Instant) {
