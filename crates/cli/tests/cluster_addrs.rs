@@ -22,19 +22,12 @@ use std::time::{Duration, Instant};
 use assim::client::Client;
 use assim_api::StatusView;
 use assim_util::testing::Postgres;
+use engines::{url, wait_for};
+
+mod engines;
 
 const ASSIM: &str = env!("CARGO_BIN_EXE_assim");
 const LEASE: Duration = Duration::from_secs(2);
-
-/// A `postgres://` URL for database `db` over the cluster's Unix socket.
-fn url(pg: &Postgres, db: &str) -> String {
-    format!(
-        "postgres://{}@/{db}?host={}&port={}",
-        Postgres::USER,
-        pg.socket_dir().display(),
-        pg.port
-    )
-}
 
 /// A UDP port free on every one of `ips`.
 fn common_udp_port(ips: &[Ipv4Addr]) -> u16 {
@@ -46,15 +39,6 @@ fn common_udp_port(ips: &[Ipv4Addr]) -> u16 {
         }
     }
     panic!("no UDP port free on all of {ips:?}");
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    t0.elapsed()
 }
 
 /// The processes of the test; dropping it kills them all and removes the directory.
