@@ -734,6 +734,28 @@ pub fn run_cma(flags: CmaFlags, command: Option<CmaCommand>) -> anyhow::Result<(
     }
 }
 
+/// The `--advertise` list a token carries: at most [`assim_seal::token::MAX_ADDRS`], each once,
+/// each one a nanoprobe can dial.
+fn check_advertised(advertise: &[SocketAddr]) -> anyhow::Result<()> {
+    let max = assim_seal::token::MAX_ADDRS;
+    if advertise.len() > max {
+        bail!(
+            "{} --advertise addresses: a join token carries at most {max}; list the engines' \
+             addresses only",
+            advertise.len()
+        );
+    }
+    for (i, a) in advertise.iter().enumerate() {
+        if advertise[..i].contains(a) {
+            bail!("--advertise {a} is given twice; give each CMA address once");
+        }
+        if a.ip().is_unspecified() || a.port() == 0 {
+            bail!("--advertise {a} cannot be dialled by a nanoprobe: give a host address and port");
+        }
+    }
+    Ok(())
+}
+
 fn token_create(
     opts: &crate::cma::CmaOptions,
     advertise: Vec<SocketAddr>,
@@ -741,6 +763,7 @@ fn token_create(
     uses: u64,
 ) -> anyhow::Result<()> {
     use assim_wire::Timestamp;
+    check_advertised(&advertise)?;
     // 0700 before anything is written into it (the identity, the database, the inbox).
     assim_seal::create_private_dir(&opts.data_dir)?;
     let identity = assim_seal::Identity::load_or_create(&opts.data_dir)?;
@@ -934,5 +957,17 @@ mod tests {
         assert!(resolve_pins(None, &["db1".into()]).unwrap_err().to_string().contains("HOST=NAME"));
         assert!(resolve_pins(None, &["db1=a b".into()]).is_err());
         assert!(resolve_pins(None, &["=x".into()]).is_err());
+    }
+
+    #[test]
+    fn issue_14_a_token_advertises_each_address_once_and_at_most_sixteen() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(check_advertised(&[a("192.0.2.10:1984"), a("192.0.2.11:1984")]).is_ok());
+        let twice = check_advertised(&[a("192.0.2.10:1984"), a("192.0.2.10:1984")]);
+        assert!(twice.unwrap_err().to_string().contains("given twice"));
+        let any = check_advertised(&[a("0.0.0.0:1984")]);
+        assert!(any.unwrap_err().to_string().contains("cannot be dialled"));
+        let many: Vec<_> = (1..=17).map(|i| a(&format!("192.0.2.{i}:1984"))).collect();
+        assert!(check_advertised(&many).unwrap_err().to_string().contains("at most 16"));
     }
 }

@@ -227,7 +227,7 @@ impl JetStreamInbox {
                 });
             })
             .map_err(|e| format!("cannot start the NATS client thread: {e}"))?;
-        let wait = config.timeout * 3;
+        let wait = config.timeout * (READ_PATIENCE + 3);
         let client = ready_rx.recv_timeout(wait).map_err(|_| {
             format!("no answer from NATS at {} within {wait:?}", config.redacted_url())
         })??;
@@ -421,7 +421,19 @@ async fn connect(
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     };
-    js.create_or_update_stream(stream_config).await.map_err(|e| {
+    // A cluster that just started (or lost its meta leader) answers "no leader" or times out
+    // for a few seconds: retried. One server asked for several replicas never will be.
+    let clustered = !client.server_info().connect_urls.is_empty();
+    let deadline = tokio::time::Instant::now() + config.timeout * READ_PATIENCE;
+    let mut created = js.create_or_update_stream(stream_config.clone()).await.map(drop);
+    while created.is_err()
+        && (clustered || config.replicas == 1)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        created = js.create_or_update_stream(stream_config.clone()).await.map(drop);
+    }
+    created.map_err(|e| {
         let hint = if config.replicas > 1 {
             format!(
                 " (with {} replicas the stream needs a cluster of at least {} JetStream \

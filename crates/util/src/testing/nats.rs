@@ -25,6 +25,8 @@ pub struct Nats {
 struct Server {
     child: Option<Child>,
     client_port: u16,
+    /// The monitoring port (`/healthz`).
+    http_port: u16,
     config: PathBuf,
 }
 
@@ -62,11 +64,12 @@ impl Nats {
                 .map_or(0, |d| d.as_nanos())
         ));
         std::fs::create_dir_all(&dir).expect("nats test directory");
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16, u16)> =
+            (0..n).map(|_| (free_port(), free_port(), free_port())).collect();
         let routes: Vec<String> =
-            ports.iter().map(|(_, r)| format!("\"nats-route://127.0.0.1:{r}\"")).collect();
+            ports.iter().map(|(_, r, _)| format!("\"nats-route://127.0.0.1:{r}\"")).collect();
         let mut servers = Vec::new();
-        for (i, (client_port, route_port)) in ports.iter().enumerate() {
+        for (i, (client_port, route_port, http_port)) in ports.iter().enumerate() {
             let store = dir.join(format!("s{i}"));
             let cluster = if n > 1 {
                 format!(
@@ -80,11 +83,16 @@ impl Nats {
             std::fs::write(
                 &config,
                 format!(
-                    "listen: 127.0.0.1:{client_port}\n{cluster}jetstream {{\n  store_dir: {store:?}\n}}\n"
+                    "listen: 127.0.0.1:{client_port}\nhttp: 127.0.0.1:{http_port}\n{cluster}jetstream {{\n  store_dir: {store:?}\n}}\n"
                 ),
             )
             .expect("nats config");
-            servers.push(Server { child: None, client_port: *client_port, config });
+            servers.push(Server {
+                child: None,
+                client_port: *client_port,
+                http_port: *http_port,
+                config,
+            });
         }
         let mut nats = Nats { program, dir, servers };
         for i in 0..n {
@@ -152,12 +160,22 @@ impl Nats {
         }
     }
 
-    /// Waits until every running server reports JetStream ready (`/healthz` is not enabled, so
-    /// this polls the client port and, for a cluster, leaves time for the meta leader).
-    fn wait_ready(&self) {
-        if self.servers.len() > 1 {
-            // The JetStream meta group elects a leader a moment after the routes connect.
-            std::thread::sleep(Duration::from_millis(1500));
+    /// Waits until every running server's `/healthz` answers 200: JetStream is enabled and, in
+    /// a cluster, the meta group has a leader this server follows. Panics after 60 s.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (i, s) in self.servers.iter().enumerate() {
+            if s.child.is_none() {
+                continue;
+            }
+            while !healthy(s.http_port) {
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server {i} is not healthy after 60 s\n{}",
+                    self.logs()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 
@@ -180,6 +198,19 @@ impl Drop for Nats {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether `GET /healthz` on the monitoring port answers 200.
+fn healthy(port: u16) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    if c.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200")
 }
 
 fn free_port() -> u16 {
