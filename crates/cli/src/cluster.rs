@@ -108,6 +108,34 @@ pub struct NodeProc {
     pub child: Option<Child>,
 }
 
+/// A second CMA engine of the cluster ([`Cluster::spawn_engine`]); killed when dropped.
+#[derive(Debug)]
+pub struct EngineProc {
+    pub name: String,
+    pub child: Option<Child>,
+    pub api: SocketAddr,
+    pub dir: PathBuf,
+    /// Its API, with its operator token.
+    pub client: Client,
+}
+
+impl EngineProc {
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        self.dir.parent().map_or_else(String::new, |d| {
+            std::fs::read_to_string(d.join(format!("{}.log", self.name))).unwrap_or_default()
+        })
+    }
+}
+
+impl Drop for EngineProc {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let _ = stop_child(child, true);
+        }
+    }
+}
+
 /// A running cluster.
 #[derive(Debug)]
 pub struct Cluster {
@@ -179,9 +207,14 @@ impl Cluster {
     }
 
     fn cma_args(&self, cmd: &mut Command) {
+        self.engine_args(cmd, &self.dir.join("cma"), self.api);
+    }
+
+    /// The CMA's arguments with data directory `data_dir` and API address `api`.
+    fn engine_args(&self, cmd: &mut Command, data_dir: &Path, api: SocketAddr) {
         cmd.arg("--listen").arg(self.cma_listen.to_string());
-        cmd.arg("--api").arg(self.api.to_string());
-        cmd.arg("--data-dir").arg(self.dir.join("cma"));
+        cmd.arg("--api").arg(api.to_string());
+        cmd.arg("--data-dir").arg(data_dir);
         cmd.arg("--heartbeat-interval").arg(format_duration(self.spec.interval));
         cmd.arg("--warn-time").arg(format_duration(self.spec.warn));
         cmd.arg("--dead-time").arg(format_duration(self.spec.dead));
@@ -238,6 +271,56 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Starts another CMA engine beside the cluster's (for a store several engines share, such
+    /// as `--store postgres://…` in the CMA arguments): the same identity (`node_id` and
+    /// `node.key` copied, mode 0600), UDP address and arguments, its own data directory
+    /// `DIR/NAME` and API address, its log in `DIR/NAME.log`. Waits until its API answers.
+    pub fn spawn_engine(&self, name: &str) -> anyhow::Result<EngineProc> {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        let dir = self.dir.join(name);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        for f in ["node_id", "node.key"] {
+            std::fs::copy(self.dir.join("cma").join(f), dir.join(f))
+                .with_context(|| format!("cannot copy the CMA identity file {f}"))?;
+            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600))?;
+        }
+        let api = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let mut cmd = self.spec.cma.command();
+        self.engine_args(&mut cmd, &dir, api);
+        let mut child = cmd
+            .env_remove("ASSIM_API_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log_file(name)?)
+            .spawn()
+            .with_context(|| format!("cannot start the CMA engine {name}"))?;
+        let client = Client::new(&format!("http://{api}"), None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client.status().is_err() {
+            if let Some(status) = child.try_wait()? {
+                bail!("the CMA engine {name} exited at start-up ({status}); see {name}.log");
+            }
+            if Instant::now() > deadline {
+                let _ = stop_child(child, true);
+                bail!("the CMA engine {name}'s API did not answer within 20 s; see {name}.log");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let client = client.with_token_file(&dir.join("api.token"));
+        Ok(EngineProc { name: name.into(), child: Some(child), api, dir, client })
+    }
+
+    /// Makes `engine` the cluster's CMA (after it took over from the one the cluster started):
+    /// its process, API and client; the previous process, if any, is returned.
+    pub fn adopt_engine(&mut self, engine: &mut EngineProc) -> Option<Child> {
+        self.api = engine.api;
+        self.client = engine.client.clone();
+        std::mem::replace(&mut self.cma, engine.child.take())
     }
 
     /// Stops the CMA: SIGKILL when `hard`, else SIGTERM and wait.

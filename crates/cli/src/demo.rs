@@ -1,7 +1,7 @@
 //! `assim demo`: a CMA and eight nanoprobes as real processes on loopback, a crash, a graceful
 //! leave and a rejoin, narrated. Exits 0 only if everything happened as expected. With
 //! `--serve`, the cluster keeps running after the narration and the CMA's web page is served
-//! (its URL printed) until Ctrl-C.
+//! (its URL printed) until Ctrl-C. `--cluster` runs [`crate::demo_cluster`] instead.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +22,9 @@ pub struct DemoOptions {
     pub keep: bool,
     /// Keep the cluster running after the narration and serve the web page until Ctrl-C.
     pub serve: bool,
+    /// The cluster mode instead ([`crate::demo_cluster`]): PostgreSQL, NATS JetStream, two
+    /// engines, a takeover.
+    pub cluster: bool,
 }
 
 struct Narrator {
@@ -56,6 +59,12 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         let stop = stop.clone();
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("cannot install the Ctrl-C handler")?;
+    }
+    if opts.cluster {
+        if opts.serve {
+            bail!("--serve is for the one-CMA demo; run `assim demo --cluster` without it");
+        }
+        return crate::demo_cluster::run(opts.nodes, opts.keep, stop);
     }
     let n = Narrator { start: Instant::now(), stop };
     let spec = ClusterSpec::from_current_exe(opts.nodes)?;

@@ -14,7 +14,7 @@
 //! - [`client`]: the HTTP client behind `assim status` and `assim events`.
 //! - [`cluster`]: starts and stops a CMA and nanoprobes as real processes on loopback (the demo,
 //!   the integration tests and the ring benchmark).
-//! - [`demo`]: `assim demo`.
+//! - [`demo`]: `assim demo`; [`demo_cluster`]: `assim demo --cluster`.
 //! - [`app_cli`]: `assim app heartbeat|done|list` (heartbeats from local programs).
 //! - [`bus`]: the event bus commands (`event send`, `events --filter`, `subscribe`,
 //!   `subscriptions`).
@@ -34,6 +34,7 @@ pub mod checks_cli;
 pub mod client;
 pub mod cluster;
 pub mod demo;
+pub mod demo_cluster;
 pub mod export_cli;
 pub mod fleet_cli;
 pub mod flood;

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 ///
 /// Examples:
 ///   assim demo                  start a CMA and 8 nanoprobes locally and show failure detection
+///   assim demo --cluster        the same on PostgreSQL and NATS JetStream with two CMA engines: a takeover
 ///   assim status                the table of nodes from a running CMA
 ///   assim events --follow       stream events as they happen
 ///   assim events --filter 'severity>=warning and cluster=Compute1' --follow
@@ -137,6 +138,11 @@ enum Command {
         /// After the narration, keep the cluster running and serve its web page until Ctrl-C.
         #[arg(long)]
         serve: bool,
+        /// The cluster mode instead: PostgreSQL, three NATS servers (the JetStream inbox), two
+        /// CMA engines; the active one is killed while reports flow, then a NATS server (needs
+        /// postgresql-15 and nats-server, which scripts/install-deps installs).
+        #[arg(long)]
+        cluster: bool,
     },
     /// Push spooled reports from simulated senders at a CMA (durability tests, ingest benchmark).
     /// Each sender enrolls by trust on first use, so the CMA needs --open-enrollment.
@@ -314,8 +320,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Demo { nodes, keep, serve } => {
-            assim::demo::run(assim::demo::DemoOptions { nodes, keep, serve })?
+        Command::Demo { nodes, keep, serve, cluster } => {
+            assim::demo::run(assim::demo::DemoOptions { nodes, keep, serve, cluster })?
         }
         Command::Loadgen { cma, senders, reports, window, batch, data_dir } => {
             let opts =

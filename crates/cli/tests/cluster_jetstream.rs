@@ -17,11 +17,10 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use assim::client::Client;
 use assim::cluster::{Cluster, ClusterSpec};
 use assim_cma::EventKind;
 use assim_util::testing::{Nats, Postgres};
-use engines::{Standby, engine, url, wait_for};
+use engines::{engine, url, wait_for};
 
 mod engines;
 
@@ -131,7 +130,7 @@ fn records_acknowledged_by_a_killed_engine_or_through_a_lost_nats_server_are_app
         "{}",
         std::fs::read_to_string(&log_a).unwrap()
     );
-    let mut b = Standby::start_with(&c, &store, "2s", &["--queue", &queue, "--config", &config]);
+    let mut b = c.spawn_engine("cma-b").unwrap();
     assert_eq!(engine(&b.client).role, "standby");
 
     // 1. The active engine acknowledges records it cannot commit (PostgreSQL is down: the
@@ -150,13 +149,10 @@ fn records_acknowledged_by_a_killed_engine_or_through_a_lost_nats_server_are_app
     wait_for("the standby to take over", Duration::from_secs(30), || {
         b.client.status().ok().and_then(|s| s.engine).is_some_and(|e| e.role == "active")
     });
-    c.cma = b.child.take();
-    c.api = b.api;
-    c.client =
-        Client::new(&format!("http://{}", b.api), None).with_token_file(&b.dir.join("api.token"));
+    c.adopt_engine(&mut b);
     let took = applied_once(&c, &texts, "after the engine's SIGKILL");
     println!("all 12 events applied once, {} ms after the takeover", took.as_millis());
-    let log = b.log(&c);
+    let log = b.log();
     assert!(log.contains("replaying inbox records not yet applied"), "{log}");
 
     // 2. One NATS server of three killed while events stream in: the stream keeps a quorum.
@@ -170,7 +166,7 @@ fn records_acknowledged_by_a_killed_engine_or_through_a_lost_nats_server_are_app
     let took = applied_once(&c, &more, "after a NATS server's SIGKILL");
     println!("all 30 events applied once, {} ms after the last was sent", took.as_millis());
     c.wait_ring(Duration::from_secs(20)).unwrap();
-    let log = b.log(&c);
+    let log = b.log();
     assert!(!log.contains("panicked"), "{log}");
 
     // 3. The event stream on JetStream holds every stored event once, across the takeover and

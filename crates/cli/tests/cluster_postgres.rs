@@ -16,10 +16,9 @@
 
 use std::time::{Duration, Instant};
 
-use assim::client::Client;
 use assim::cluster::{Cluster, ClusterSpec};
 use assim_util::testing::Postgres;
-use engines::{Standby, engine, holder_of, signal, url, wait_for};
+use engines::{engine, holder_of, signal, url, wait_for};
 
 mod engines;
 
@@ -92,13 +91,13 @@ fn a_standby_cma_takes_over_when_the_active_one_is_killed() {
     assert!(a_holder.ends_with(&holder_of(&c.dir.join("cma"))), "{a_holder}");
 
     // The second CMA stands by: it says so, names the active one, and applies nothing.
-    let mut b = Standby::start(&c, &store, "2s");
+    let mut b = c.spawn_engine("cma-b").unwrap();
     let view = engine(&b.client);
     assert_eq!(view.role, "standby", "{view:?}");
     wait_for("the standby to name the active engine", Duration::from_secs(5), || {
         engine(&b.client).active.as_deref() == Some(a_holder.as_str())
     });
-    assert!(b.log(&c).contains("standing by"), "{}", b.log(&c));
+    assert!(b.log().contains("standing by"), "{}", b.log());
     // Its API serves the shared database: the same nodes.
     assert_eq!(b.client.status().unwrap().nodes.len(), 3);
     let before = c.last_event_id().unwrap();
@@ -117,10 +116,7 @@ fn a_standby_cma_takes_over_when_the_active_one_is_killed() {
 
     // The nodes are still watched, by the new engine: they stay up in their ring, and a crash
     // is detected.
-    c.cma = b.child.take();
-    c.api = b.api;
-    c.client =
-        Client::new(&format!("http://{}", b.api), None).with_token_file(&b.dir.join("api.token"));
+    c.adopt_engine(&mut b);
     c.wait_ring(Duration::from_secs(20)).unwrap();
     c.kill_node(1).unwrap();
     let down = c
@@ -134,7 +130,7 @@ fn a_standby_cma_takes_over_when_the_active_one_is_killed() {
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.id, i as u64 + 1, "event ids 1, 2, 3, … across the takeover");
     }
-    let log = b.log(&c);
+    let log = b.log();
     assert!(log.contains("taking over") && !log.contains("panicked"), "{log}");
 }
 
@@ -151,7 +147,7 @@ fn a_stopped_engine_that_wakes_after_a_takeover_commits_nothing_and_exits() {
     let mut c = Cluster::new(spec(2, &store, "2s"), false).unwrap();
     c.start_all().unwrap();
     c.wait_ring(Duration::from_secs(30)).unwrap();
-    let mut b = Standby::start(&c, &store, "2s");
+    let mut b = c.spawn_engine("cma-b").unwrap();
     assert_eq!(engine(&b.client).role, "standby");
 
     signal(c.cma.as_ref().unwrap(), "-STOP");
@@ -160,7 +156,7 @@ fn a_stopped_engine_that_wakes_after_a_takeover_commits_nothing_and_exits() {
     });
     let db = assim_store_postgres::Store::open(&store).unwrap();
     let term = engine(&b.client).term.unwrap();
-    assert!(b.log(&c).contains("the UDP address is in use"), "{}", b.log(&c));
+    assert!(b.log().contains("the UDP address is in use"), "{}", b.log());
 
     signal(c.cma.as_ref().unwrap(), "-CONT");
     let mut a = c.cma.take().unwrap();
@@ -182,10 +178,7 @@ fn a_stopped_engine_that_wakes_after_a_takeover_commits_nothing_and_exits() {
         other => panic!("{other:?}"),
     }
 
-    c.cma = b.child.take();
-    c.api = b.api;
-    c.client =
-        Client::new(&format!("http://{}", b.api), None).with_token_file(&b.dir.join("api.token"));
+    c.adopt_engine(&mut b);
     c.wait_ring(Duration::from_secs(20)).unwrap();
     let events = c.events_since(0).unwrap();
     for (i, e) in events.iter().enumerate() {

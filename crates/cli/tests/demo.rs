@@ -24,6 +24,40 @@ fn demo_runs_and_exits_zero() {
     }
 }
 
+/// `assim demo --cluster` (issue 14): PostgreSQL, three NATS servers, two engines; the active
+/// one and a nanoprobe are killed together, then a NATS server; every report is applied once.
+#[test]
+fn demo_cluster_takes_over_and_applies_every_report_once() {
+    if !std::path::Path::new(assim_util::testing::Postgres::BIN).join("postgres").exists()
+        || assim_util::testing::Nats::program().is_none()
+    {
+        assim_util::testing::skip(
+            "PostgreSQL 15 or nats-server is not installed (scripts/install-deps installs them)",
+        );
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_assim"))
+        .args(["demo", "--cluster", "--nodes", "5"])
+        .output()
+        .expect("run assim demo --cluster");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "assim demo --cluster failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "Engine B started: standby",
+        "engine B holds the lease",
+        "host.down node3, from engine B",
+        "reports are applied again",
+        "applied exactly once",
+        "All of it happened as expected",
+    ] {
+        assert!(stdout.contains(needle), "demo output lacks {needle:?}:\n{stdout}");
+    }
+}
+
 /// `assim demo --serve` keeps the cluster running after the narration, prints the web page's
 /// address, serves it, and stops cleanly on Ctrl-C (SIGINT).
 #[test]
