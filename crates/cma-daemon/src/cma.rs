@@ -276,7 +276,7 @@ pub async fn run(
     let session = assim_seal::next_session(&opts.data_dir)?;
     let mut sealer = Sealer::new(identity.clone(), session);
     sealer.set_accept_unknown(true);
-    let mut inbox = open_inbox(&opts)?;
+    let mut inbox = open_inbox_holding_lease(&opts, &mut store, &mut lease, &engine_view).await?;
     if let Some((_, holder)) = &lease {
         let shared_owner = inbox.shared_owner();
         match &mut inbox {
@@ -650,11 +650,46 @@ fn ask_lease(
     }
 }
 
-/// Opens the engine's inbox: the local log in `DATA_DIR/inbox`, or the JetStream stream of
-/// `--queue`.
-fn open_inbox(opts: &CmaOptions) -> anyhow::Result<EngineInbox> {
-    if let Some(queue) = &opts.queue {
-        let shared = blocking(|| JetStreamInbox::open(queue.clone()))
+/// Opens the engine's inbox on a blocking thread while the engine lease is kept renewed: opening
+/// the JetStream inbox waits out a NATS cluster's leader election (seconds), which may be longer
+/// than the lease. Stops if the lease is lost meanwhile.
+async fn open_inbox_holding_lease(
+    opts: &CmaOptions,
+    db: &mut crate::store::EngineDb,
+    lease: &mut Option<(Lease, String)>,
+    view: &crate::api::SharedEngineView,
+) -> anyhow::Result<EngineInbox> {
+    let (queue, data_dir) = (opts.queue.clone(), opts.data_dir.clone());
+    let mut task = tokio::task::spawn_blocking(move || open_inbox(queue, data_dir));
+    loop {
+        let next = lease.as_ref().and_then(|(l, _)| l.poll_timeout());
+        tokio::select! {
+            opened = &mut task => return opened.context("opening the inbox panicked")?,
+            _ = sleep_until(next) => {
+                let Some((election, holder)) = lease.as_mut() else { continue };
+                if let Some(req) = election.poll(Instant::now()) {
+                    let answer = blocking(|| ask_lease(db, holder, election.config().ttl, req));
+                    let decision = election.handle(Instant::now(), answer);
+                    update_view(view, election, Instant::now());
+                    if let LeaseDecision::Stop { reason } = decision {
+                        anyhow::bail!(
+                            "this CMA engine lost the engine lease before it could start: {reason}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Opens the engine's inbox (blocking): the local log in `DATA_DIR/inbox`, or the JetStream
+/// stream of `--queue`.
+fn open_inbox(
+    queue: Option<assim_inbox_jetstream::QueueConfig>,
+    data_dir: std::path::PathBuf,
+) -> anyhow::Result<EngineInbox> {
+    if let Some(queue) = queue {
+        let shared = JetStreamInbox::open(queue.clone())
             .map_err(|e| anyhow::anyhow!("cannot open the JetStream inbox: {e}"))?;
         info!(
             queue = %queue.redacted_url(), stream = %queue.stream, replicas = queue.replicas,
@@ -662,7 +697,7 @@ fn open_inbox(opts: &CmaOptions) -> anyhow::Result<EngineInbox> {
         );
         return Ok(EngineInbox::JetStream(shared));
     }
-    let inbox_dir = opts.data_dir.join("inbox");
+    let inbox_dir = data_dir.join("inbox");
     let shown = inbox_dir.display().to_string();
     let local = LogInbox::open(
         move || {
