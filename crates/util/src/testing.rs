@@ -88,31 +88,48 @@ impl Dnsmasq {
         std::fs::create_dir_all(&dir).expect("dnsmasq test directory");
         let file = dir.join("hosts");
         std::fs::write(&file, hosts).expect("dnsmasq hosts file");
-        let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let user = std::process::Command::new("id").arg("-un").output().expect("id -un");
-        let child = std::process::Command::new(Self::PROGRAM)
-            .args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts"])
-            .arg(format!("--addn-hosts={}", file.display()))
-            .args(["--listen-address=127.0.0.1", "--bind-interfaces", "--pid-file="])
-            .args(["--local=/in-addr.arpa/", "--local=/ip6.arpa/"])
-            .arg(format!("--port={port}"))
-            .arg(format!("--user={}", String::from_utf8_lossy(&user.stdout).trim()))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("cannot start dnsmasq");
-        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut server = Dnsmasq { child, addr, _dir: dir };
-        // Ready once it holds the port.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while UdpSocket::bind(addr).is_ok() {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("dnsmasq exited at start-up: {status}");
+        let user = String::from_utf8_lossy(&user.stdout).trim().to_owned();
+        // The port is free for UDP when chosen, but dnsmasq binds TCP on it too, which another
+        // process may hold: then it exits at once (status 2) and another port is tried.
+        for _ in 0..5 {
+            let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let child = std::process::Command::new(Self::PROGRAM)
+                .args([
+                    "--keep-in-foreground",
+                    "--conf-file=/dev/null",
+                    "--no-resolv",
+                    "--no-hosts",
+                ])
+                .arg(format!("--addn-hosts={}", file.display()))
+                .args(["--listen-address=127.0.0.1", "--bind-interfaces", "--pid-file="])
+                .args(["--local=/in-addr.arpa/", "--local=/ip6.arpa/"])
+                .arg(format!("--port={port}"))
+                .arg(format!("--user={user}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("cannot start dnsmasq");
+            let mut child = child;
+            let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+            // Ready once it holds the port.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let mut exited = None;
+            while UdpSocket::bind(addr).is_ok() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    exited = Some(status);
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "dnsmasq did not bind {addr}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            assert!(std::time::Instant::now() < deadline, "dnsmasq did not bind {addr}");
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            match exited {
+                None => return Some(Dnsmasq { child, addr, _dir: dir }),
+                Some(status) if status.code() == Some(2) => continue,
+                Some(status) => panic!("dnsmasq exited at start-up: {status}"),
+            }
         }
-        Some(server)
+        panic!("dnsmasq exited at start-up five times (a port in use each time?)");
     }
 }
 
