@@ -543,16 +543,7 @@ async fn bind_udp(
             warned = true;
             warn!(listen = %opts.listen, "the UDP address is in use (by the engine this one replaces, stopped but not dead?); retrying while holding the engine lease");
         }
-        if let Some(req) = election.poll(Instant::now()) {
-            let answer = blocking(|| ask_lease(db, holder, election.config().ttl, req));
-            let decision = election.handle(Instant::now(), answer);
-            update_view(view, election, Instant::now());
-            if let LeaseDecision::Stop { reason } = decision {
-                anyhow::bail!(
-                    "this CMA engine lost the engine lease before it could start: {reason}"
-                );
-            }
-        }
+        renew_before_start(db, election, holder, view)?;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = shutdown.as_mut() => return Ok(None),
@@ -650,6 +641,25 @@ fn ask_lease(
     }
 }
 
+/// Renews the engine lease if it is due, while the engine is still starting; an error if the
+/// lease was lost meanwhile.
+fn renew_before_start(
+    db: &mut crate::store::EngineDb,
+    election: &mut Lease,
+    holder: &str,
+    view: &crate::api::SharedEngineView,
+) -> anyhow::Result<()> {
+    if let Some(req) = election.poll(Instant::now()) {
+        let answer = blocking(|| ask_lease(db, holder, election.config().ttl, req));
+        let decision = election.handle(Instant::now(), answer);
+        update_view(view, election, Instant::now());
+        if let LeaseDecision::Stop { reason } = decision {
+            anyhow::bail!("this CMA engine lost the engine lease before it could start: {reason}");
+        }
+    }
+    Ok(())
+}
+
 /// Opens the engine's inbox on a blocking thread while the engine lease is kept renewed: opening
 /// the JetStream inbox waits out a NATS cluster's leader election (seconds), which may be longer
 /// than the lease. Stops if the lease is lost meanwhile.
@@ -666,16 +676,8 @@ async fn open_inbox_holding_lease(
         tokio::select! {
             opened = &mut task => return opened.context("opening the inbox panicked")?,
             _ = sleep_until(next) => {
-                let Some((election, holder)) = lease.as_mut() else { continue };
-                if let Some(req) = election.poll(Instant::now()) {
-                    let answer = blocking(|| ask_lease(db, holder, election.config().ttl, req));
-                    let decision = election.handle(Instant::now(), answer);
-                    update_view(view, election, Instant::now());
-                    if let LeaseDecision::Stop { reason } = decision {
-                        anyhow::bail!(
-                            "this CMA engine lost the engine lease before it could start: {reason}"
-                        );
-                    }
+                if let Some((election, holder)) = lease.as_mut() {
+                    renew_before_start(db, election, holder, view)?;
                 }
             }
         }
