@@ -143,12 +143,7 @@ fn cluster_mode(assim: &std::path::Path, load: &Load) {
     let Some(pg) = Postgres::start() else { return };
     let Some(nats) = Nats::cluster() else { return };
     pg.create_database("bench");
-    let store = format!(
-        "postgres://{}@/bench?host={}&port={}",
-        Postgres::USER,
-        pg.socket_dir().display(),
-        pg.port
-    );
+    let store = pg.url("bench");
     let queue = nats.url();
     ingest(
         assim,

@@ -57,12 +57,7 @@ pub fn run(nodes: usize, keep: bool, stop: Arc<AtomicBool>) -> anyhow::Result<()
     let pg = Postgres::start().context("PostgreSQL did not start")?;
     pg.create_database("assim");
     let nats = Nats::cluster().context("NATS did not start")?;
-    let store = format!(
-        "postgres://{}@/assim?host={}&port={}",
-        Postgres::USER,
-        pg.socket_dir().display(),
-        pg.port
-    );
+    let store = pg.url("assim");
     let queue = nats.url();
     say(&format!("PostgreSQL on {}, NATS at {queue}", pg.socket_dir().display()));
     let spec = ClusterSpec {

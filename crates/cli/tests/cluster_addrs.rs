@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use assim::client::Client;
 use assim_api::StatusView;
 use assim_util::testing::Postgres;
-use engines::{url, wait_for};
+use engines::wait_for;
 
 mod engines;
 
@@ -202,7 +202,7 @@ fn nanoprobes_fail_over_to_a_standby_cma_at_another_address() {
     let mut lab = Lab {
         dir: dir.clone(),
         keep: std::env::var_os("ASSIM_KEEP").is_some(),
-        store: url(&pg, "addrs"),
+        store: pg.url("addrs"),
         children: Vec::new(),
     };
     let (ip_a, ip_b) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3));

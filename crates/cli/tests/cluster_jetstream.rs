@@ -21,7 +21,7 @@ use std::time::Duration;
 use assim::cluster::{Cluster, ClusterSpec};
 use assim_cma::EventKind;
 use assim_util::testing::{Nats, Postgres};
-use engines::{engine, url, wait_for};
+use engines::{engine, wait_for};
 
 mod engines;
 
@@ -90,7 +90,7 @@ fn records_acknowledged_by_a_killed_engine_or_through_a_lost_nats_server_are_app
     let Some(mut pg) = Postgres::start() else { return };
     let Some(mut nats) = Nats::cluster() else { return };
     pg.create_database("queue");
-    let store = url(&pg, "queue");
+    let store = pg.url("queue");
     let queue = nats.url();
     let keep = std::env::var_os("ASSIM_KEEP").is_some();
     // The events go to JetStream too (`[bus] nats`), with 3 replicas, through a server that is
@@ -209,7 +209,7 @@ fn engine_and_nats_kills_under_load_lose_nothing_and_apply_nothing_twice() {
     println!("seed {seed} (ASSIM_TEST_SEED={seed} replays the kill schedule)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     pg.create_database("load");
-    let store = url(&pg, "load");
+    let store = pg.url("load");
     let queue = nats.url();
     let spec = ClusterSpec {
         enrollment: assim::cluster::ClusterEnrollment::TrustOnFirstUse,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use assim::cluster::{Cluster, ClusterSpec};
 use assim_util::testing::Postgres;
-use engines::{engine, holder_of, signal, url, wait_for};
+use engines::{engine, holder_of, signal, wait_for};
 
 mod engines;
 
@@ -33,7 +33,7 @@ fn spec(nodes: usize, store: &str, lease: &str) -> ClusterSpec {
 fn a_cma_on_postgresql_keeps_its_nodes_in_the_database_across_a_restart() {
     let Some(pg) = Postgres::start() else { return };
     pg.create_database("cma");
-    let store = url(&pg, "cma");
+    let store = pg.url("cma");
     let mut c = Cluster::new(spec(2, &store, "3s"), false).unwrap();
     c.start_all().unwrap();
     let status = c.wait_ring(Duration::from_secs(30)).unwrap();
@@ -79,7 +79,7 @@ fn a_cma_on_postgresql_keeps_its_nodes_in_the_database_across_a_restart() {
 fn a_standby_cma_takes_over_when_the_active_one_is_killed() {
     let Some(pg) = Postgres::start() else { return };
     pg.create_database("failover");
-    let store = url(&pg, "failover");
+    let store = pg.url("failover");
     const LEASE: Duration = Duration::from_secs(2);
     let mut c =
         Cluster::new(spec(3, &store, "2s"), std::env::var_os("ASSIM_KEEP").is_some()).unwrap();
@@ -143,7 +143,7 @@ fn a_standby_cma_takes_over_when_the_active_one_is_killed() {
 fn a_stopped_engine_that_wakes_after_a_takeover_commits_nothing_and_exits() {
     let Some(pg) = Postgres::start() else { return };
     pg.create_database("fence");
-    let store = url(&pg, "fence");
+    let store = pg.url("fence");
     let mut c = Cluster::new(spec(2, &store, "2s"), false).unwrap();
     c.start_all().unwrap();
     c.wait_ring(Duration::from_secs(30)).unwrap();
@@ -195,7 +195,7 @@ fn a_stopped_engine_that_wakes_after_a_takeover_commits_nothing_and_exits() {
 fn an_engine_waits_out_a_postgresql_restart_and_resumes() {
     let Some(mut pg) = Postgres::start() else { return };
     pg.create_database("restart");
-    let store = url(&pg, "restart");
+    let store = pg.url("restart");
     let mut c =
         Cluster::new(spec(3, &store, "2s"), std::env::var_os("ASSIM_KEEP").is_some()).unwrap();
     c.start_all().unwrap();

@@ -587,3 +587,29 @@ async fn read_once(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any `--queue` text is either refused with a message or gives 1 to 16 servers, and an
+        /// error never shows a password.
+        #[test]
+        fn any_queue_url_is_refused_or_bounded(url in "[ -~]{0,200}", pw in "[a-z]{4,8}") {
+            let mut config = QueueConfig::new(url.clone());
+            match config.servers() {
+                Ok(servers) => prop_assert!((1..=16).contains(&servers.len())),
+                Err(e) => prop_assert!(!e.is_empty()),
+            }
+            config.url = format!("{url},nats://user:{pw}@host:4222,bad://user:{pw}@x");
+            let secret = format!(":{pw}@");
+            if let Err(e) = config.servers() {
+                prop_assert!(!e.contains(&secret), "{}", e);
+            }
+            let shown = config.redacted_url();
+            prop_assert!(!shown.contains(&secret), "{}", shown);
+        }
+    }
+}

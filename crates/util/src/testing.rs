@@ -44,6 +44,18 @@ pub fn skip(reason: impl Display) {
     println!("SKIP: {reason}");
 }
 
+/// A path under the temp dir unique to this process and moment: `TEMP/assim-{what}-PID-NANOS`
+/// (not created).
+pub fn unique_temp_path(what: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "assim-{what}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ))
+}
+
 /// The shared L2 capture fixtures (`shared/fixtures/l2`, beside the checkout, where the
 /// checkout is nested in worktrees too): `$ASSIM_L2_FIXTURES` if set, else the first
 /// `shared/fixtures/l2` in `start` or one of its ancestors. `None` when there is none; the caller
@@ -78,13 +90,7 @@ impl Dnsmasq {
             skip("dnsmasq is not installed (scripts/install-deps installs dnsmasq-base)");
             return None;
         }
-        let dir = std::env::temp_dir().join(format!(
-            "assim-dnsmasq-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
+        let dir = unique_temp_path("dnsmasq");
         std::fs::create_dir_all(&dir).expect("dnsmasq test directory");
         let file = dir.join("hosts");
         std::fs::write(&file, hosts).expect("dnsmasq hosts file");

@@ -1,6 +1,6 @@
 //! Helpers shared by the cluster tests (`cluster_postgres.rs`, `cluster_jetstream.rs`,
-//! `cluster_addrs.rs`): the PostgreSQL URL of a throwaway cluster, an engine's view, waits and
-//! signals. A second engine is `assim::cluster::Cluster::spawn_engine`.
+//! `cluster_addrs.rs`): an engine's view, waits and signals. A second engine is
+//! `assim::cluster::Cluster::spawn_engine`; a database URL `Postgres::url`.
 
 #![allow(dead_code)]
 
@@ -9,17 +9,6 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use assim::client::Client;
-use assim_util::testing::Postgres;
-
-/// A `postgres://` URL for database `db` over the cluster's Unix socket.
-pub fn url(pg: &Postgres, db: &str) -> String {
-    format!(
-        "postgres://{}@/{db}?host={}&port={}",
-        Postgres::USER,
-        pg.socket_dir().display(),
-        pg.port
-    )
-}
 
 pub fn engine(c: &Client) -> assim_api::EngineView {
     c.status().expect("status").engine.expect("the status names the engine")

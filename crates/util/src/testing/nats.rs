@@ -56,13 +56,7 @@ impl Nats {
             super::skip("nats-server is not installed (scripts/install-deps installs it)");
             return None;
         };
-        let dir = std::env::temp_dir().join(format!(
-            "assim-nats-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
+        let dir = super::unique_temp_path("nats");
         std::fs::create_dir_all(&dir).expect("nats test directory");
         let ports: Vec<(u16, u16, u16)> =
             (0..n).map(|_| (free_port(), free_port(), free_port())).collect();

@@ -47,13 +47,7 @@ impl Postgres {
             ));
             return None;
         }
-        let dir = std::env::temp_dir().join(format!(
-            "assim-pg-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
+        let dir = super::unique_temp_path("pg");
         {
             use std::os::unix::fs::DirBuilderExt as _;
             std::fs::DirBuilder::new().mode(0o700).create(&dir).expect("postgres test directory");
@@ -150,6 +144,17 @@ impl Postgres {
             self.dir.display(),
             self.port,
             Self::USER
+        )
+    }
+
+    /// A `postgres://` URL for database `dbname` over the Unix socket (what `cma --store`
+    /// takes).
+    pub fn url(&self, dbname: &str) -> String {
+        format!(
+            "postgres://{}@/{dbname}?host={}&port={}",
+            Self::USER,
+            self.dir.display(),
+            self.port
         )
     }
 
