@@ -56,44 +56,20 @@ impl Nats {
             super::skip("nats-server is not installed (scripts/install-deps installs it)");
             return None;
         };
-        let dir = super::unique_temp_path("nats");
-        std::fs::create_dir_all(&dir).expect("nats test directory");
-        let ports: Vec<(u16, u16, u16)> =
-            (0..n).map(|_| (free_port(), free_port(), free_port())).collect();
-        let routes: Vec<String> =
-            ports.iter().map(|(_, r, _)| format!("\"nats-route://127.0.0.1:{r}\"")).collect();
-        let mut servers = Vec::new();
-        for (i, (client_port, route_port, http_port)) in ports.iter().enumerate() {
-            let store = dir.join(format!("s{i}"));
-            let cluster = if n > 1 {
-                format!(
-                    "server_name: s{i}\ncluster {{\n  name: assim-test\n  listen: 127.0.0.1:{route_port}\n  routes: [{}]\n}}\n",
-                    routes.join(", ")
-                )
-            } else {
-                String::new()
-            };
-            let config = dir.join(format!("s{i}.conf"));
-            std::fs::write(
-                &config,
-                format!(
-                    "listen: 127.0.0.1:{client_port}\nhttp: 127.0.0.1:{http_port}\n{cluster}jetstream {{\n  store_dir: {store:?}\n}}\n"
-                ),
-            )
-            .expect("nats config");
-            servers.push(Server {
-                child: None,
-                client_port: *client_port,
-                http_port: *http_port,
-                config,
-            });
+        // The ports are free when chosen, but another process may take one before a server
+        // binds it: then that server exits at start-up and the whole set is tried again with
+        // fresh ports.
+        for _ in 0..5 {
+            let dir = super::unique_temp_path("nats");
+            std::fs::create_dir_all(&dir).expect("nats test directory");
+            let servers = configure(&dir, n);
+            let mut nats = Nats { program: program.clone(), dir, servers };
+            if (0..n).all(|i| nats.try_start_server(i)) {
+                nats.wait_ready();
+                return Some(nats);
+            }
         }
-        let mut nats = Nats { program, dir, servers };
-        for i in 0..n {
-            nats.start_server(i);
-        }
-        nats.wait_ready();
-        Some(nats)
+        panic!("nats-server exited at start-up five times (ports taken each time?)");
     }
 
     /// The client URL of every server, comma-separated (what `--queue` takes).
@@ -130,6 +106,11 @@ impl Nats {
 
     /// Starts server `i` again on its ports and store.
     pub fn start_server(&mut self, i: usize) {
+        assert!(self.try_start_server(i), "nats-server {i} exited at start-up\n{}", self.logs());
+    }
+
+    /// Starts server `i` and waits until it listens; `false` if it exited first.
+    fn try_start_server(&mut self, i: usize) -> bool {
         let s = &mut self.servers[i];
         assert!(s.child.is_none(), "server {i} runs already");
         let log = std::fs::OpenOptions::new()
@@ -149,9 +130,16 @@ impl Nats {
         let port = s.client_port;
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(c) = s.child.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                s.child = None;
+                return false;
+            }
             assert!(Instant::now() < deadline, "nats-server {i} did not listen on {port}");
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     /// Waits until every running server's `/healthz` answers 200: JetStream is enabled and, in
@@ -205,6 +193,41 @@ fn healthy(port: u16) -> bool {
     let mut answer = Vec::new();
     let _ = c.read_to_end(&mut answer);
     answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// The configuration files of `n` servers in `dir`, on fresh ports.
+fn configure(dir: &Path, n: usize) -> Vec<Server> {
+    let ports: Vec<(u16, u16, u16)> =
+        (0..n).map(|_| (free_port(), free_port(), free_port())).collect();
+    let routes: Vec<String> =
+        ports.iter().map(|(_, r, _)| format!("\"nats-route://127.0.0.1:{r}\"")).collect();
+    let mut servers = Vec::new();
+    for (i, (client_port, route_port, http_port)) in ports.iter().enumerate() {
+        let store = dir.join(format!("s{i}"));
+        let cluster = if n > 1 {
+            format!(
+                "server_name: s{i}\ncluster {{\n  name: assim-test\n  listen: 127.0.0.1:{route_port}\n  routes: [{}]\n}}\n",
+                routes.join(", ")
+            )
+        } else {
+            String::new()
+        };
+        let config = dir.join(format!("s{i}.conf"));
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{client_port}\nhttp: 127.0.0.1:{http_port}\n{cluster}jetstream {{\n  store_dir: {store:?}\n}}\n"
+            ),
+        )
+        .expect("nats config");
+        servers.push(Server {
+            child: None,
+            client_port: *client_port,
+            http_port: *http_port,
+            config,
+        });
+    }
+    servers
 }
 
 fn free_port() -> u16 {
