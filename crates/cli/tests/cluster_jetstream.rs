@@ -115,6 +115,9 @@ fn records_acknowledged_by_a_killed_engine_or_through_a_lost_nats_server_are_app
         ]
         .map(String::from)
         .to_vec(),
+        // Late after 3 s, dead after 5 s: a takeover on a loaded machine is not a crash.
+        warn: Duration::from_secs(3),
+        dead: Duration::from_secs(5),
         ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), 3)
     };
     let mut c = Cluster::new(spec, keep).unwrap();

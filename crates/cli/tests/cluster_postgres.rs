@@ -22,9 +22,14 @@ use engines::{engine, holder_of, signal, wait_for};
 
 mod engines;
 
+/// Late after 3 s and dead after 5 s (not the default 1.5 s and 2.5 s): a takeover on a
+/// loaded 2-core machine must not look like a crash. Every engine gets the same timing
+/// (`Cluster::spawn_engine` passes the spec's).
 fn spec(nodes: usize, store: &str, lease: &str) -> ClusterSpec {
     ClusterSpec {
         cma_args: vec!["--store".into(), store.into(), "--engine-lease".into(), lease.into()],
+        warn: Duration::from_secs(3),
+        dead: Duration::from_secs(5),
         ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), nodes)
     }
 }
