@@ -92,7 +92,7 @@ async fn sender(i: usize, opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let pin: CmaPin = match read_pin(&dir)? {
         Some(p) => p,
         None => {
-            let p = fetch_cma_key(&socket, &mut sealer, opts.cma).await?;
+            let p = fetch_cma_key(&socket, &mut sealer, &[opts.cma]).await?;
             write_pin(&dir, &p)?;
             p
         }

@@ -251,10 +251,12 @@ pub async fn run(
         (None, Some(p)) => p,
         (None, None) => match opts.enrollment {
             Enrollment::TrustOnFirstUse => {
-                // The key is asked of the first address; the pin keeps them all.
-                let cma =
-                    *opts.cma.first().context("--trust-on-first-use needs --cma ADDR:PORT")?;
-                let mut pin = fetch_cma_key(&socket, &mut sealer, cma).await?;
+                // The key is asked of the addresses in turn until one answers; the pin keeps
+                // them all.
+                if opts.cma.is_empty() {
+                    bail!("--trust-on-first-use needs --cma ADDR:PORT");
+                }
+                let mut pin = fetch_cma_key(&socket, &mut sealer, &opts.cma).await?;
                 pin.addrs = opts.cma.clone();
                 write_pin(&opts.data_dir, &pin)?;
                 pin
@@ -429,20 +431,22 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Asks the CMA for its key until it answers (trust on first use), at the pace the CMA sets:
-/// [`assim_seal::KeyFetch`] backs off without an answer and honours the CMA's `Busy`.
+/// [`assim_seal::KeyFetch`] backs off without an answer, goes round the CMA's addresses
+/// (`cmas`, at least one) and honours the CMA's `Busy`.
 pub async fn fetch_cma_key(
     socket: &UdpSocket,
     sealer: &mut Sealer,
-    cma: SocketAddr,
+    cmas: &[SocketAddr],
 ) -> anyhow::Result<CmaPin> {
     // Jitter seed: differs per node (its id) and per start (its session).
     let id = sealer.node_id();
     let seed = sealer.session() ^ u64::from_le_bytes(id.as_bytes()[8..].try_into().expect("8"));
-    let mut fetch = assim_seal::KeyFetch::new(cma, Instant::now(), seed);
+    let mut fetch = assim_seal::KeyFetch::with_addresses(cmas.to_vec(), Instant::now(), seed);
     let mut buf = vec![0u8; 2048];
     let mut sent = 0u64;
     while let Some(due) = fetch.poll_timeout() {
         if let Some(req) = fetch.poll_request(Instant::now(), sealer) {
+            let cma = fetch.target();
             socket
                 .send_to(&req, cma)
                 .await
@@ -461,18 +465,22 @@ pub async fn fetch_cma_key(
         match fetch.handle(Instant::now(), src, &buf[..len], sealer) {
             assim_seal::key_fetch::Answer::Key { id, key } => {
                 warn!(
-                    cma = %cma, key = %assim_seal::fingerprint(&key),
+                    cma = %src, key = %assim_seal::fingerprint(&key),
                     "trusting the CMA's key on first use; it is pinned from now on"
                 );
-                return Ok(CmaPin { node_id: id, public_key: hex::encode(key), addrs: vec![cma] });
+                return Ok(CmaPin {
+                    node_id: id,
+                    public_key: hex::encode(key),
+                    addrs: cmas.to_vec(),
+                });
             }
             assim_seal::key_fetch::Answer::Busy(wait) => {
-                debug!(cma = %cma, wait_ms = wait.as_millis() as u64, "the CMA is busy registering others; asking again later");
+                debug!(cma = %src, wait_ms = wait.as_millis() as u64, "the CMA is busy registering others; asking again later");
             }
             assim_seal::key_fetch::Answer::Ignored => {}
         }
     }
-    anyhow::bail!("the key fetch from {cma} ended without a key")
+    anyhow::bail!("the key fetch from {cmas:?} ended without a key")
 }
 
 /// The address peers and the CMA should use to reach `socket`: its own address if specific,

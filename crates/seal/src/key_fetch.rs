@@ -11,7 +11,10 @@
 //!   CMA spaces the waits it hands out at its registration rate, so the requests come back at
 //!   that rate and never overflow its socket. The backoff starts again from [`FIRST_WAIT`]:
 //!   the CMA is alive.
-//! - Only datagrams from the CMA's address count, and only while no key is known; a `Busy`
+//! - With several CMA addresses (engines on several hosts), a request that went unanswered
+//!   sends the next one to the next address, round robin; the one that answers (a key or a
+//!   `Busy`) is asked from then on ([`KeyFetch::target`]).
+//! - Only datagrams from the CMA's addresses count, and only while no key is known; a `Busy`
 //!   must carry a mac1 made for our key. `Busy` is clear text (nobody holds a shared key yet),
 //!   so a sender that saw our key could forge one: the clamp bounds what that costs to one
 //!   [`MAX_BUSY_WAIT`] per forged datagram (a sender that can do that can also drop our
@@ -51,7 +54,11 @@ pub enum Answer {
 /// The key fetch's state. See the module doc.
 #[derive(Debug)]
 pub struct KeyFetch {
-    cma: SocketAddr,
+    cmas: Vec<SocketAddr>,
+    /// The address the next request goes to.
+    at: usize,
+    /// The last request went unanswered so far.
+    waiting: bool,
     /// When the next request is due.
     next: Instant,
     /// Unanswered requests in a row (for the backoff).
@@ -66,7 +73,29 @@ impl KeyFetch {
     /// A fetch from the CMA at `cma`; the first request is due at `now`. `seed` drives the
     /// jitter.
     pub fn new(cma: SocketAddr, now: Instant, seed: u64) -> KeyFetch {
-        KeyFetch { cma, next: now, unanswered: 0, requests: 0, busy: 0, done: false, rng: seed | 1 }
+        KeyFetch::with_addresses(vec![cma], now, seed)
+    }
+
+    /// A fetch from a CMA reachable at any of `cmas` (at least one; the first is asked
+    /// first).
+    pub fn with_addresses(cmas: Vec<SocketAddr>, now: Instant, seed: u64) -> KeyFetch {
+        assert!(!cmas.is_empty(), "a key fetch needs a CMA address");
+        KeyFetch {
+            cmas,
+            at: 0,
+            waiting: false,
+            next: now,
+            unanswered: 0,
+            requests: 0,
+            busy: 0,
+            done: false,
+            rng: seed | 1,
+        }
+    }
+
+    /// Where the request [`KeyFetch::poll_request`] returned goes.
+    pub fn target(&self) -> SocketAddr {
+        self.cmas[self.at]
     }
 
     /// When the next request is due (`None` once the key is known).
@@ -79,6 +108,11 @@ impl KeyFetch {
         if self.done || now < self.next {
             return None;
         }
+        if self.waiting {
+            // The last request went unanswered: try the next address.
+            self.at = (self.at + 1) % self.cmas.len();
+        }
+        self.waiting = true;
         let base = FIRST_WAIT.saturating_mul(1 << self.unanswered.min(4)).min(MAX_WAIT);
         self.next = now + base + self.jitter(base / 2);
         self.unanswered = self.unanswered.saturating_add(1);
@@ -96,7 +130,8 @@ impl KeyFetch {
         datagram: &[u8],
         sealer: &mut Sealer,
     ) -> Answer {
-        if self.done || src != self.cma {
+        let Some(from) = self.cmas.iter().position(|a| *a == src) else { return Answer::Ignored };
+        if self.done {
             return Answer::Ignored;
         }
         let Ok(opened) = sealer.open(datagram) else { return Answer::Ignored };
@@ -111,6 +146,9 @@ impl KeyFetch {
             DatagramKind::Busy => {
                 let Some(wait) = Sealer::busy_wait(&opened) else { return Answer::Ignored };
                 let wait = wait.clamp(MIN_BUSY_WAIT, MAX_BUSY_WAIT);
+                // This address answers: ask it again.
+                self.at = from;
+                self.waiting = false;
                 self.next = now + wait + self.jitter((wait / 8).min(MAX_BUSY_JITTER));
                 self.unanswered = 0;
                 self.busy += 1;
@@ -140,6 +178,35 @@ impl KeyFetch {
 mod tests {
     use super::*;
     use crate::Identity;
+
+    /// Several addresses: an unanswered request moves the next one on, round robin; the
+    /// address that answers is kept; a datagram from elsewhere counts for nothing.
+    #[test]
+    fn unanswered_requests_go_round_the_addresses_and_an_answer_keeps_its_address() {
+        let (mut cma, mut node) = (sealer(2), sealer(1));
+        let addrs: Vec<SocketAddr> = ["127.0.0.2:7000", "127.0.0.3:7000", "127.0.0.4:7000"]
+            .map(|a| a.parse().unwrap())
+            .into();
+        let t0 = Instant::now();
+        let mut f = KeyFetch::with_addresses(addrs.clone(), t0, 5);
+        let mut now = t0;
+        let mut asked = Vec::new();
+        for _ in 0..4 {
+            f.poll_request(now, &mut node).expect("due");
+            asked.push(f.target());
+            now = f.poll_timeout().unwrap();
+        }
+        assert_eq!(asked, vec![addrs[0], addrs[1], addrs[2], addrs[0]]);
+        // A Busy from the second address: it is asked again, not the next one.
+        let mut out = Vec::new();
+        cma.busy(&node.public_key(), Duration::from_millis(100), &mut out);
+        let stranger: SocketAddr = "127.0.0.9:7000".parse().unwrap();
+        assert_eq!(f.handle(now, stranger, &out, &mut node), Answer::Ignored);
+        assert!(matches!(f.handle(now, addrs[1], &out, &mut node), Answer::Busy(_)));
+        let due = f.poll_timeout().unwrap();
+        f.poll_request(due, &mut node).expect("due");
+        assert_eq!(f.target(), addrs[1]);
+    }
 
     fn sealer(n: u8) -> Sealer {
         Sealer::new(Identity::from_parts(NodeId([n; 16]), [n.wrapping_mul(37) | 1; 32]), 7)
