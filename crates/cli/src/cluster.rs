@@ -316,11 +316,13 @@ impl Cluster {
     }
 
     /// Makes `engine` the cluster's CMA (after it took over from the one the cluster started):
-    /// its process, API and client; the previous process, if any, is returned.
-    pub fn adopt_engine(&mut self, engine: &mut EngineProc) -> Option<Child> {
+    /// its process, API and client. A previous CMA process still running is killed.
+    pub fn adopt_engine(&mut self, engine: &mut EngineProc) {
         self.api = engine.api;
         self.client = engine.client.clone();
-        std::mem::replace(&mut self.cma, engine.child.take())
+        if let Some(old) = std::mem::replace(&mut self.cma, engine.child.take()) {
+            let _ = stop_child(old, true);
+        }
     }
 
     /// Stops the CMA: SIGKILL when `hard`, else SIGTERM and wait.

@@ -278,7 +278,6 @@ pub async fn run(
     sealer.set_accept_unknown(true);
     let mut inbox = open_inbox_holding_lease(&opts, &mut store, &mut lease, &engine_view).await?;
     if let Some((_, holder)) = &lease {
-        let shared_owner = inbox.shared_owner();
         match &mut inbox {
             EngineInbox::Local(local) => {
                 // Whose inbox the stored position counts in: an engine taking over from another
@@ -295,7 +294,7 @@ pub async fn run(
                 // One inbox for every engine: the stored position counts in the stream, and
                 // this engine replays from it what the last one acknowledged but had not
                 // applied. Only a first use (or a stream made anew) starts at its end.
-                let owner = shared_owner.expect("a shared inbox");
+                let owner = shared.owner();
                 let end = shared.opened().last;
                 let claim = blocking(|| claim_inbox(&mut store, &owner, end))?;
                 if claim.previous.as_deref() != Some(owner.as_str()) {

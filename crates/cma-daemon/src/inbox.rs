@@ -14,20 +14,6 @@ pub enum EngineInbox {
     JetStream(JetStreamInbox),
 }
 
-impl EngineInbox {
-    /// What the store records as the owner of its inbox position: the stream and when it was
-    /// created (a stream deleted and made again is another inbox), or `None` for the local
-    /// inbox, whose owner is the engine itself.
-    pub fn shared_owner(&self) -> Option<String> {
-        match self {
-            EngineInbox::Local(_) => None,
-            EngineInbox::JetStream(j) => {
-                Some(format!("jetstream:{}@{}", j.config().stream, j.opened().created_micros))
-            }
-        }
-    }
-}
-
 impl Inbox for EngineInbox {
     fn append(&mut self, record: &[u8], id: Option<RecordId>) -> Result<u64, InboxError> {
         match self {

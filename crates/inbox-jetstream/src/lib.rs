@@ -160,8 +160,10 @@ enum Request {
 pub struct JetStreamInbox {
     requests: tokio::sync::mpsc::UnboundedSender<Request>,
     config: QueueConfig,
-    /// The position the next append gets; `None` after a failure left it unknown.
-    next: Option<u64>,
+    /// The position the next append gets, as far as this inbox knows.
+    next: u64,
+    /// A failure left the stream's end unknown: learn it before the next append.
+    end_unknown: bool,
     pending: Vec<Outgoing>,
     elsewhere: Option<u64>,
     /// Applied records not purged yet: through this position.
@@ -191,6 +193,7 @@ impl std::fmt::Debug for JetStreamInbox {
         f.debug_struct("JetStreamInbox")
             .field("stream", &self.config.stream)
             .field("next", &self.next)
+            .field("end_unknown", &self.end_unknown)
             .field("pending", &self.pending.len())
             .finish_non_exhaustive()
     }
@@ -234,7 +237,8 @@ impl JetStreamInbox {
         let mut inbox = JetStreamInbox {
             requests: tx,
             config,
-            next: None,
+            next: 1,
+            end_unknown: false,
             pending: Vec::new(),
             elsewhere: None,
             purge_due: 0,
@@ -247,7 +251,7 @@ impl JetStreamInbox {
             last_look: Instant::now() - LOOK_EVERY,
         };
         let state = inbox.call(Request::State)?;
-        inbox.next = Some(state.last + 1);
+        inbox.next = state.last + 1;
         inbox.purged = state.first.saturating_sub(1);
         inbox.opened = state;
         Ok(inbox)
@@ -256,6 +260,13 @@ impl JetStreamInbox {
     /// The stream as it was when the inbox opened.
     pub fn opened(&self) -> &StreamState {
         &self.opened
+    }
+
+    /// What the store records as the owner of its inbox position: the stream and when it was
+    /// created (a stream deleted and made again is another inbox, whose positions mean nothing
+    /// to a stored position).
+    pub fn owner(&self) -> String {
+        format!("jetstream:{}@{}", self.config.stream, self.opened.created_micros)
     }
 
     /// The configuration.
@@ -277,19 +288,22 @@ impl JetStreamInbox {
             .map_err(|_| format!("no answer from the NATS client within {wait:?}"))?
     }
 
-    /// Learns where the stream ends after a failure: records past the position this inbox
-    /// expected (`expected`) were put there by someone else, or by a failed sync after all.
+    /// Learns where the stream ends: records at `expected` (the first position this inbox
+    /// has not seen stored) and beyond were put there by someone else, or by a failed sync
+    /// after all. If the end cannot be learnt, the next append tries again from `expected`.
     fn resync(&mut self, expected: u64) {
         match self.call(Request::State) {
             Ok(state) => {
                 if state.last >= expected {
                     self.elsewhere = Some(self.elsewhere.map_or(expected, |e| e.min(expected)));
                 }
-                self.next = Some(state.last + 1);
+                self.next = state.last + 1;
+                self.end_unknown = false;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot learn where the JetStream inbox ends; will retry");
-                self.next = None;
+                self.next = expected;
+                self.end_unknown = true;
             }
         }
     }
@@ -318,20 +332,17 @@ impl Inbox for JetStreamInbox {
                 )));
             }
         }
-        let next = match self.next {
-            Some(n) => n,
-            None => {
-                let expected = self.pending.first().map_or(0, |p| p.position);
-                if !self.pending.is_empty() {
-                    return Err(storage("the inbox's end is unknown".into()));
-                }
-                self.resync(expected.max(1));
-                self.next.ok_or_else(|| storage("cannot reach NATS JetStream".into()))?
+        if self.end_unknown {
+            // Only before a turn's first append: a failure empties `pending`.
+            self.resync(self.next);
+            if self.end_unknown {
+                return Err(storage("cannot learn where the JetStream inbox ends".into()));
             }
-        };
-        self.pending.push(Outgoing { position: next, bytes: record.to_vec(), id });
-        self.next = Some(next + 1);
-        Ok(next)
+        }
+        let position = self.next;
+        self.pending.push(Outgoing { position, bytes: record.to_vec(), id });
+        self.next += 1;
+        Ok(position)
     }
 
     fn sync(&mut self) -> Result<(), InboxError> {
@@ -355,9 +366,10 @@ impl Inbox for JetStreamInbox {
         let records = self.call(|r| Request::Read(from, r)).map_err(storage)?;
         if self.pending.is_empty()
             && let Some((last, _)) = records.last()
-            && self.next.is_none_or(|n| *last >= n)
+            && *last >= self.next
         {
-            self.next = Some(last + 1);
+            self.next = last + 1;
+            self.end_unknown = false;
         }
         Ok(records)
     }
@@ -378,18 +390,11 @@ impl Inbox for JetStreamInbox {
         if look
             && self.elsewhere.is_none()
             && self.pending.is_empty()
+            && !self.end_unknown
             && self.last_look.elapsed() >= LOOK_EVERY
-            && let Some(next) = self.next
         {
             self.last_look = Instant::now();
-            match self.call(Request::State) {
-                Ok(state) if state.last >= next => {
-                    self.elsewhere = Some(next);
-                    self.next = Some(state.last + 1);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot learn where the JetStream inbox ends"),
-            }
+            self.resync(self.next);
         }
         self.elsewhere.take()
     }
