@@ -448,3 +448,81 @@ fn issue_17_item_5_check_perfdata_and_host_figures_reach_carbon_only_when_config
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(entries(&carbon, &format!("assim.{off}")), ["off"]);
 }
+
+/// Issue 14: on PostgreSQL the statistics queue is in the database. Values put while carbon is
+/// down wait there; the active engine is SIGKILLed meanwhile; the standby that takes over sends
+/// them once carbon is back, with their original times, and empties the queue in PostgreSQL.
+#[test]
+fn issue_14_statistics_queued_on_postgresql_reach_carbon_after_a_takeover() {
+    for cmd in ["carbon-cache", "whisper-fetch"] {
+        if !have(cmd) {
+            assim_util::testing::skip(format!(
+                "{cmd} is not installed (scripts/install-deps installs graphite-carbon and \
+                 python3-whisper)"
+            ));
+            return;
+        }
+    }
+    let Some(pg) = assim_util::testing::Postgres::start() else { return };
+    pg.create_database("stats");
+    let store = pg.url("stats");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut carbon = Carbon::new(&tmp.path().join("carbon"));
+    carbon.start();
+    let mut spec = ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), 1);
+    spec.name_prefix = "pgstats".into();
+    spec.cma_args = ["--store", &store, "--engine-lease", "2s", "--graphite"]
+        .map(String::from)
+        .into_iter()
+        .chain([format!("127.0.0.1:{}", carbon.port)])
+        .collect();
+    // A takeover on a loaded machine must not look like a crash.
+    spec.warn = Duration::from_secs(3);
+    spec.dead = Duration::from_secs(5);
+    spec.nanoprobe.prefix.extend(["--statistics", "--statistics-interval", "1s"].map(String::from));
+    let mut c = Cluster::new(spec, false).unwrap();
+    c.start_all().unwrap();
+    c.wait_ring(Duration::from_secs(30)).unwrap();
+    let host = c.nodes[0].name.clone();
+
+    // Forwarded from the PostgreSQL queue while all is well.
+    let t0 = unix_now();
+    put(&c, &["before.takeover", "3"]);
+    let p = carbon.wait(&format!("assim.{host}.before.takeover"), t0, "the first value");
+    assert_eq!(p.iter().map(|p| p.1).collect::<Vec<_>>(), [3.0]);
+    let mut b = c.spawn_engine("cma-b").unwrap();
+
+    // Carbon down: the value waits in PostgreSQL (read there, not through the CMA).
+    carbon.stop();
+    let t1 = unix_now();
+    put(&c, &["during.outage", "9"]);
+    let db = assim_store_postgres::Store::open(&store).unwrap();
+    wait_until("the value to wait in PostgreSQL's queue", || {
+        db.statistics_oldest(100)
+            .unwrap()
+            .iter()
+            .any(|q| q.point.path == format!("assim.{host}.during.outage"))
+    });
+
+    // The active engine dies; the standby takes over and forwards once carbon is back.
+    c.stop_cma(true).unwrap();
+    wait_until("the standby to take over", || {
+        b.client.status().ok().and_then(|s| s.engine).is_some_and(|e| e.role == "active")
+    });
+    c.adopt_engine(&mut b);
+    let back = unix_now();
+    carbon.start();
+    let p = carbon.wait(
+        &format!("assim.{host}.during.outage"),
+        t1,
+        "the value queued before the takeover",
+    );
+    assert_eq!(p.iter().map(|p| p.1).collect::<Vec<_>>(), [9.0]);
+    assert!((t1..=back).contains(&p[0].0), "original time: {} not within {t1}..{back}", p[0].0);
+    wait_until("PostgreSQL's queue to empty", || db.statistics_state().unwrap().queued == 0);
+    let log = b.log();
+    assert!(
+        log.contains("forwarding statistics to Graphite") && !log.contains("panicked"),
+        "{log}"
+    );
+}

@@ -50,7 +50,6 @@ use assim_inbox_jetstream::JetStreamInbox;
 use crate::inbox::EngineInbox;
 use assim_log::{FileStorage, LogConfig};
 use assim_seal::{Identity, Sealer};
-use assim_store_sqlite::Store;
 use assim_wire::Timestamp;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -250,8 +249,11 @@ pub async fn run(
             db
         }
     };
-    if let crate::store::EngineDb::Sqlite(s) = &mut store {
-        s.set_statistics_queue_max(opts.statistics.queue_max);
+    match &mut store {
+        crate::store::EngineDb::Sqlite(s) => s.set_statistics_queue_max(opts.statistics.queue_max),
+        crate::store::EngineDb::Postgres(h) => h
+            .set_statistics_queue_max(opts.statistics.queue_max)
+            .map_err(|e| opts.store.unreachable(e))?,
     }
     assim_bus::runner::install_config_sinks(store.event_log(), &opts.bus)
         .context("cannot install the [bus] sinks")?;
@@ -374,15 +376,9 @@ pub async fn run(
     let graphite = Arc::new(crate::graphite::ForwarderStatus::default());
     let graphite_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(target) = &opts.statistics.graphite {
-        let crate::store::StoreUrl::Sqlite(path) = &opts.store else {
-            anyhow::bail!(
-                "Graphite forwarding needs the SQLite store (its queue is not on PostgreSQL yet)"
-            );
-        };
-        let path = path.clone();
-        let open: crate::graphite::OpenOutbox = Box::new(move || {
-            Ok(Box::new(Store::open(&path)?) as Box<dyn assim_store::StatisticsOutbox>)
-        });
+        // Only the active engine forwards: a standby reaches this point only once it holds
+        // the lease.
+        let open = opts.store.statistics_outbox_opener();
         crate::graphite::spawn(open, target.clone(), graphite.clone(), graphite_stop.clone())
             .context("cannot start the Graphite forwarder")?;
         info!(graphite = %target, prefix = %opts.statistics.prefix, "forwarding statistics to Graphite");

@@ -621,12 +621,6 @@ impl CmaFlags {
                 if queue_max == 0 {
                     bail!("graphite_queue_max must be above 0");
                 }
-                if graphite.is_some() && on_postgres {
-                    bail!(
-                        "--graphite needs the SQLite store: the statistics queue is not on \
-                         PostgreSQL yet (docs/cluster.md); drop --graphite or --store"
-                    );
-                }
                 crate::graphite::StatisticsOptions { graphite, prefix, queue_max }
             },
         })
@@ -932,18 +926,19 @@ mod tests {
                 CmaFlags { engine_lease: Some(Duration::from_millis(200)), ..Default::default() },
                 "engine lease must be between",
             ),
-            (
-                CmaFlags {
-                    store: Some("postgres://cma:pw@db/assim".into()),
-                    graphite: Some("carbon:2003".into()),
-                    ..Default::default()
-                },
-                "--graphite needs the SQLite store",
-            ),
         ] {
             let e = format!("{:#}", flags.resolve().unwrap_err());
             assert!(e.contains(want) && !e.contains(":pw@"), "{e}");
         }
+        // Graphite forwarding works on either store (its queue is in the engine's database).
+        let o = CmaFlags {
+            store: Some("postgres://cma:pw@db/assim".into()),
+            graphite: Some("carbon:2003".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(o.statistics.graphite.as_deref(), Some("carbon:2003"));
     }
 
     #[test]

@@ -103,6 +103,29 @@ impl StoreUrl {
         }
     }
 
+    /// Opens the Graphite forwarder's handle on the statistics queue, each time it is called
+    /// (the forwarder opens it again after a failure).
+    pub fn statistics_outbox_opener(&self) -> crate::graphite::OpenOutbox {
+        match self {
+            StoreUrl::Sqlite(p) => {
+                let p = p.clone();
+                Box::new(move || {
+                    Ok(Box::new(assim_store_sqlite::Store::open(&p)?)
+                        as Box<dyn assim_store::StatisticsOutbox>)
+                })
+            }
+            StoreUrl::Postgres(u) => {
+                let u = u.clone();
+                let redacted = redact(&u);
+                Box::new(move || {
+                    let h = assim_store_postgres::Handle::open(&u)
+                        .with_context(|| format!("cannot open the store {redacted}"))?;
+                    Ok(Box::new(h) as Box<dyn assim_store::StatisticsOutbox>)
+                })
+            }
+        }
+    }
+
     /// Opens the engine's store. On PostgreSQL a failure names the fix.
     pub fn open_engine(&self) -> anyhow::Result<EngineDb> {
         match self {

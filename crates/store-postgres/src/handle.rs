@@ -129,6 +129,14 @@ impl Handle {
         self.call(move |s| s.set_idle_in_transaction_timeout(d))
     }
 
+    /// [`Store::set_statistics_queue_max`] on the handle's store.
+    pub fn set_statistics_queue_max(&mut self, max: u64) -> Result<(), StoreError> {
+        self.call(move |s| {
+            s.set_statistics_queue_max(max);
+            Ok(())
+        })
+    }
+
     /// [`Store::release_lease`] on the handle's store.
     pub fn release_lease(&mut self) -> Result<(), StoreError> {
         self.call(|s| s.release_lease())

@@ -47,8 +47,9 @@
 //! counts in. When to call which is decided by `assim_cma_shell::lease`.
 //!
 //! # Not built yet (issue 14)
-//! No packet readers, no JetStream inbox or event stream, no topology backfill or SQLite
-//! import.
+//! No separate packet readers (the active engine reads the datagrams; the JetStream inbox and
+//! event stream are in `assim-inbox-jetstream` and `assim-bus`), no topology backfill or
+//! SQLite import.
 //!
 //! # Tests
 //! `cargo nextest run -p assim-store-postgres` runs the conformance suite
@@ -65,10 +66,13 @@
 //! - [`query`]: [`assim_store::Queries`] — status, discovery, services, rings, switches and the
 //!   topology's canned queries.
 //! - [`bus`]: [`assim_store::EventLog`] — events, subscriptions, dead letters, retention.
+//! - [`statistics`]: the durable queue of statistics for Graphite
+//!   ([`assim_store::StatisticsOutbox`]).
 
 pub mod bus;
 pub mod handle;
 pub mod query;
+pub mod statistics;
 pub mod topology;
 
 use std::borrow::Cow;
@@ -161,7 +165,7 @@ fn pg(what: &'static str) -> impl Fn(postgres::Error) -> StoreError {
     move |source| StoreError::Postgres { what, source }
 }
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long connecting may take unless the connection string says otherwise.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -175,8 +179,17 @@ pub fn check_conninfo(conninfo: &str) -> Result<(), StoreError> {
 /// runs in one transaction with the version bump, under an advisory lock so two CMAs starting
 /// together do not both migrate. Append new steps (and raise [`SCHEMA_VERSION`]); never edit a
 /// released one. Version 1 is the SQLite store's schema 7 in PostgreSQL types (`TEXT` below
-/// is replaced by `text COLLATE "C"`).
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_1)];
+/// is replaced by `text COLLATE "C"`). Version 2 adds the statistics queue for Graphite
+/// ([`statistics`]).
+const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_1), (2, SCHEMA_2)];
+
+/// The durable queue of statistics points on their way to Graphite (see [`statistics`]); ids
+/// are given by the engine's batch from `meta.stat_outbox_next`, never reused.
+const SCHEMA_2: &str = "
+CREATE TABLE stat_outbox (
+    id bigint PRIMARY KEY, path TEXT NOT NULL, value double precision NOT NULL, at bigint NOT NULL
+);
+";
 
 /// The advisory lock key migrations hold (any fixed number; "assim" in ASCII).
 const MIGRATION_LOCK: i64 = 0x61_73_73_69_6d;
@@ -422,6 +435,8 @@ pub struct Store {
     /// `idle_in_transaction_session_timeout` of every connection, if set
     /// ([`Store::set_idle_in_transaction_timeout`]).
     idle_tx_timeout: Option<std::time::Duration>,
+    /// The statistics queue's cap ([`Store::set_statistics_queue_max`]).
+    statistics_max: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -447,7 +462,13 @@ impl Store {
             // two minutes); `connect_timeout` in the connection string overrides it.
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        let store = Store { config, conn: RefCell::new(None), fence: None, idle_tx_timeout: None };
+        let store = Store {
+            config,
+            conn: RefCell::new(None),
+            fence: None,
+            idle_tx_timeout: None,
+            statistics_max: assim_store::statistics::DEFAULT_QUEUE_MAX,
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -802,6 +823,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let what = "applying a batch";
         let e = pg(what);
+        let statistics_max = self.statistics_max;
         let mut nodes: BTreeMap<NodeId, &NodeRecord> = BTreeMap::new();
         let mut ring = None;
         let mut counters = None;
@@ -941,6 +963,7 @@ impl Store {
                 .map_err(&e)?;
             }
             query::apply_services(tx, &progress.services).map_err(&e)?;
+            statistics::append(tx, &progress.statistics, statistics_max).map_err(&e)?;
             for c in &progress.host_new {
                 use assim_cma::host_new::HostNewChange;
                 match c {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use assim_cma::ring::{RingKey, RingKind, RingRecord};
+use assim_cma::statistics::StatPoint;
 use assim_cma::wiring::{NodeWiring, Wiring, WiringInputs, WiringSource};
 use assim_cma::{Change, Event, EventKind, NodeRecord, NodeState};
 use assim_store::services::{
@@ -17,8 +18,8 @@ use assim_store::services::{
     ServiceStateRecord, ServicesBatch, StoredCheck,
 };
 use assim_store::{
-    DiscoveryRecord, EngineStore, EventLog, InboxProgress, PackagePattern, Queries,
-    SpoolIncarnation, TokenRecord, Tokens,
+    DiscoveryRecord, EngineStore, EventLog, InboxProgress, OutboxState, PackagePattern, Queries,
+    SpoolIncarnation, StatisticsOutbox, TokenRecord, Tokens,
 };
 use assim_store_postgres::LeaseState;
 use assim_util::testing::Postgres;
@@ -26,8 +27,9 @@ use assim_wire::{NodeId, Timestamp};
 use serde_json::{Value, json};
 
 /// What the suite needs beyond the four seams (writes the CMA makes outside a batch).
-trait Backend: EngineStore + Tokens + Queries + EventLog {
+trait Backend: EngineStore + Tokens + Queries + EventLog + StatisticsOutbox {
     fn add_token(&mut self, t: &TokenRecord);
+    fn set_statistics_queue_max(&mut self, max: u64);
     fn set_monitors(&mut self, node: &str, monitors: &[MonitorRecord]);
     fn prune_history(&mut self, older_than: Timestamp, keep: u64, batch: usize) -> (u64, u64);
 }
@@ -35,6 +37,9 @@ trait Backend: EngineStore + Tokens + Queries + EventLog {
 impl Backend for assim_store_sqlite::Store {
     fn add_token(&mut self, t: &TokenRecord) {
         assim_store_sqlite::Store::add_token(self, t).unwrap()
+    }
+    fn set_statistics_queue_max(&mut self, max: u64) {
+        assim_store_sqlite::Store::set_statistics_queue_max(self, max)
     }
     fn set_monitors(&mut self, node: &str, monitors: &[MonitorRecord]) {
         assim_store_sqlite::Store::set_monitors(self, node, monitors).unwrap()
@@ -48,6 +53,9 @@ impl Backend for assim_store_sqlite::Store {
 impl Backend for assim_store_postgres::Store {
     fn add_token(&mut self, t: &TokenRecord) {
         assim_store_postgres::Store::add_token(self, t).unwrap()
+    }
+    fn set_statistics_queue_max(&mut self, max: u64) {
+        assim_store_postgres::Store::set_statistics_queue_max(self, max)
     }
     fn set_monitors(&mut self, node: &str, monitors: &[MonitorRecord]) {
         assim_store_postgres::Store::set_monitors(self, node, monitors).unwrap()
@@ -542,6 +550,42 @@ fn suite<B: Backend>(b: &mut B) -> Answers {
     ask(&mut out, "history", history);
     ask(&mut out, "history 1 limit 3", b.topology_history(Some(&id(1).to_string()), 3).unwrap());
 
+    // The statistics queue for Graphite (issue 17 item 5): in the batch, capped from the
+    // oldest end, read oldest first, emptied by the forwarder; ids keep growing.
+    b.set_statistics_queue_max(5);
+    let point = |i: u64| StatPoint {
+        path: format!("assim.web.load.m{i}"),
+        value: i as f64 + 0.25,
+        at_s: 1_800_000_000 + i,
+    };
+    for points in [0..3u64, 3..7] {
+        let progress = InboxProgress { statistics: points.map(point).collect(), ..empty.clone() };
+        b.apply(&[], &[], &progress).unwrap();
+    }
+    let queued = StatisticsOutbox::oldest(b, 10).unwrap();
+    let paths: Vec<&str> = queued.iter().map(|q| q.point.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "assim.web.load.m2",
+            "assim.web.load.m3",
+            "assim.web.load.m4",
+            "assim.web.load.m5",
+            "assim.web.load.m6"
+        ]
+    );
+    assert_eq!((queued[0].point.value, queued[0].point.at_s), (2.25, 1_800_000_002));
+    assert_eq!(StatisticsOutbox::state(b).unwrap(), OutboxState { queued: 5, dropped: 2 });
+    ask(&mut out, "statistics queued", &queued);
+    StatisticsOutbox::remove_through(b, queued[3].id).unwrap();
+    let progress = InboxProgress { statistics: vec![point(7)], ..empty.clone() };
+    b.apply(&[], &[], &progress).unwrap();
+    let left = StatisticsOutbox::oldest(b, 10).unwrap();
+    assert_eq!(left.len(), 2);
+    assert_eq!(left[1].id, left[0].id + 1, "ids without holes");
+    ask(&mut out, "statistics left", &left);
+    ask(&mut out, "statistics state", StatisticsOutbox::state(b).unwrap());
+
     // The engine's view at start.
     let loaded = b.load().unwrap();
     assert_eq!(loaded.position, 42);
@@ -620,8 +664,14 @@ fn a_deposed_engine_commits_nothing() {
     };
     assert_eq!(term, 2);
     b.apply(&[], &[event(2, "host.up", Some(2), &[], "b")], &batch(2)).unwrap();
-    // a wakes up and tries to commit its next batch: refused, nothing of it stored.
-    let err = a.apply(&[], &[event(3, "host.up", Some(3), &[], "stale")], &batch(3)).unwrap_err();
+    // a wakes up and tries to commit its next batch: refused, nothing of it stored (not its
+    // statistics either).
+    let stale = InboxProgress {
+        statistics: vec![StatPoint { path: "assim.a.stale".into(), value: 1.0, at_s: 1 }],
+        ..batch(3)
+    };
+    let err = a.apply(&[], &[event(3, "host.up", Some(3), &[], "stale")], &stale).unwrap_err();
+    assert_eq!(StatisticsOutbox::state(&mut b).unwrap(), OutboxState { queued: 0, dropped: 0 });
     assert!(
         matches!(err, assim_store_postgres::StoreError::Deposed { held: 1, current: 2 }),
         "{err}"
