@@ -9,6 +9,9 @@
 //! while the CMA is stopped reach carbon after its restart with their original times; values
 //! put while carbon is stopped wait (one WARN), and reach it when it is back (one INFO), with
 //! their original times.
+//!
+//! On PostgreSQL (issue 14) the queue is in the database: a value queued while carbon is down
+//! survives a SIGKILL of the active engine and is sent by the standby that takes over.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
