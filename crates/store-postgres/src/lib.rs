@@ -48,8 +48,7 @@
 //!
 //! # Not built yet (issue 14)
 //! No separate packet readers (the active engine reads the datagrams; the JetStream inbox and
-//! event stream are in `assim-inbox-jetstream` and `assim-bus`), no topology backfill or
-//! SQLite import.
+//! event stream are in `assim-inbox-jetstream` and `assim-bus`), no topology backfill.
 //!
 //! # Tests
 //! `cargo nextest run -p assim-store-postgres` runs the conformance suite
@@ -66,11 +65,13 @@
 //! - [`query`]: [`assim_store::Queries`] — status, discovery, services, rings, switches and the
 //!   topology's canned queries.
 //! - [`bus`]: [`assim_store::EventLog`] — events, subscriptions, dead letters, retention.
+//! - [`import`]: an embedded CMA's SQLite store copied into an empty PostgreSQL store.
 //! - [`statistics`]: the durable queue of statistics for Graphite
 //!   ([`assim_store::StatisticsOutbox`]).
 
 pub mod bus;
 pub mod handle;
+pub mod import;
 pub mod query;
 pub mod statistics;
 pub mod topology;

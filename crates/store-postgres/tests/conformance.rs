@@ -958,3 +958,94 @@ fn nul_characters_newer_schemas_and_a_lost_connection() {
     assert!(first.is_err(), "the call in flight fails: {first:?}");
     assert_eq!(s.last_event_id().unwrap(), 1, "the next call reconnects");
 }
+
+/// What a store answers, read only: the engine's view at start and every query the API makes,
+/// over everything the suite wrote.
+fn answers<B: Backend>(b: &mut B) -> Answers {
+    let mut out = Answers::new();
+    ask(&mut out, "loaded", b.load().unwrap());
+    ask(&mut out, "nodes", b.nodes().unwrap());
+    ask(&mut out, "discovery 1", b.discovery(id(1)).unwrap());
+    ask(&mut out, "services", b.services(None, None).unwrap());
+    ask(&mut out, "resolve web", b.resolve_host("web").unwrap());
+    ask(&mut out, "down", b.down_hosts(false).unwrap());
+    ask(&mut out, "crashed", b.down_hosts(true).unwrap());
+    ask(&mut out, "unreachable", b.unreachable_hosts().unwrap());
+    ask(&mut out, "rings", b.rings().unwrap());
+    ask(&mut out, "switches", b.switches(None).unwrap());
+    ask(&mut out, "host services", b.host_services(&id(1).to_string()).unwrap());
+    ask(&mut out, "dependencies", b.all_dependencies().unwrap());
+    ask(&mut out, "switch ports", b.switch_ports(None).unwrap());
+    ask(&mut out, "unmonitored", b.unmonitored_services().unwrap());
+    ask(&mut out, "packages", b.search_packages(PackagePattern::Prefix("")).unwrap());
+    ask(&mut out, "unknown ips", b.unknown_ips().unwrap());
+    ask(&mut out, "subnets", b.subnets().unwrap());
+    ask(&mut out, "history", b.topology_history(None, 1000).unwrap());
+    ask(&mut out, "events", b.events_since(0, 1000).unwrap());
+    ask(&mut out, "last event", b.last_event_id().unwrap());
+    let subs = b.subscriptions().unwrap();
+    for s in &subs {
+        ask(&mut out, &format!("dead letters {}", s.name), b.dead_letters(&s.name, 100).unwrap());
+    }
+    ask(&mut out, "subscriptions", subs);
+    ask(&mut out, "token", b.token(&[7; 16]).unwrap());
+    ask(&mut out, "statistics", StatisticsOutbox::oldest(b, 100).unwrap());
+    ask(&mut out, "statistics state", StatisticsOutbox::state(b).unwrap());
+    out
+}
+
+/// Issue 14, moving an embedded CMA to PostgreSQL: everything the suite wrote to SQLite is
+/// copied into an empty PostgreSQL database, which then answers every query the same; the
+/// sequences and the statistics queue's ids go on after the imported ones; a second import
+/// into the now non-empty database is refused and writes nothing.
+#[test]
+fn an_sqlite_store_imported_into_postgresql_answers_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cma.sqlite");
+    let mut sqlite = assim_store_sqlite::Store::open(&path).unwrap();
+    suite(&mut sqlite);
+    let want = answers(&mut sqlite);
+    let Some(pg) = Postgres::start() else { return };
+    pg.create_database("imported");
+    let mut store = assim_store_postgres::Store::open(&pg.conninfo("imported")).unwrap();
+    let mut told = Vec::new();
+    let imported = assim_store_postgres::import::import_sqlite(&path, &store, |t, n| {
+        told.push((t.to_owned(), n));
+    })
+    .unwrap();
+    assert_eq!(imported.tables, told);
+    let rows = |t: &str| imported.tables.iter().find(|(n, _)| n == t).map_or(0, |(_, n)| *n);
+    assert!(rows("nodes") == 6 && rows("events") > 0 && rows("topo_history") > 0, "{told:?}");
+    let got = answers(&mut store);
+    assert_eq!(want.len(), got.len());
+    for ((label, s), (_, p)) in want.iter().zip(&got) {
+        assert_eq!(s, p, "`{label}` differs: SQLite (left) and imported PostgreSQL (right)");
+    }
+    // Ids go on after the imported ones.
+    let before = StatisticsOutbox::oldest(&mut store, 100).unwrap();
+    let progress = InboxProgress {
+        statistics: vec![StatPoint { path: "assim.after.import".into(), value: 1.0, at_s: 9 }],
+        ..InboxProgress::default()
+    };
+    store.apply(&[], &[], &progress).unwrap();
+    let after = StatisticsOutbox::oldest(&mut store, 100).unwrap();
+    assert_eq!(after.len(), before.len() + 1);
+    assert_eq!(after.last().unwrap().id, before.last().unwrap().id + 1);
+    store.add_dead_letter("ops", 9, 1, "after import", Timestamp(9)).unwrap();
+    // A second import is refused: the database holds a CMA's state; nothing changes.
+    let err = assim_store_postgres::import::import_sqlite(&path, &store, |_, _| {}).unwrap_err();
+    assert!(
+        matches!(err, assim_store_postgres::import::ImportError::NotEmpty { nodes: 6, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("empty database"), "{err}");
+    assert_eq!(Queries::nodes(&store).unwrap().len(), 6);
+    // An SQLite file that is not a store is refused with its reason.
+    let bogus = dir.path().join("bogus.sqlite");
+    std::fs::write(&bogus, b"not a database at all, just text").unwrap();
+    pg.create_database("other");
+    let other = assim_store_postgres::Store::open(&pg.conninfo("other")).unwrap();
+    let err = assim_store_postgres::import::import_sqlite(&bogus, &other, |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("cannot read the SQLite store"), "{err}");
+    assert_eq!(Queries::nodes(&other).unwrap().len(), 0);
+}

@@ -84,7 +84,8 @@ impl From<StoreError> for assim_store::QueryError {
     }
 }
 
-const SCHEMA_VERSION: i64 = 7;
+/// The schema version this build writes (the file's `user_version`).
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Schema migrations: `(version, sql)` brings a file at `version - 1` to `version`. [`SCHEMA`]
 /// creates missing tables in their first shape first (so a new table needs no migration), then
