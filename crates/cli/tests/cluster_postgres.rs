@@ -10,6 +10,8 @@
 //! - Fencing: the active engine stopped (SIGSTOP) past its lease, the standby takes over, the
 //!   old one continued (SIGCONT) finds its lease taken and exits without committing.
 //! - PostgreSQL stopped and started again under a running engine: it waits and resumes.
+//! - `cma import`: an embedded CMA's fleet moved to PostgreSQL, known there without a new
+//!   registration, with its event ids continued.
 //!
 //! Without PostgreSQL installed the tests print `SKIP:` (a failure under `CI=true`).
 //! `ASSIM_KEEP=1` keeps the takeover tests' directories (the processes' logs).
@@ -242,4 +244,76 @@ fn an_engine_waits_out_a_postgresql_restart_and_resumes() {
     assert!(log.contains("cannot write to the store"), "{log}");
     assert!(log.contains("the store works again"), "{log}");
     assert!(!log.contains("panicked") && !log.contains("lost the engine lease"), "{log}");
+}
+
+fn cma_import(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_assim"))
+        .args(["cma", "import"])
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Issue 14, moving an embedded CMA to PostgreSQL with `cma import`: refused while the
+/// embedded CMA runs; after a clean stop its nodes, ring and events are copied, and the CMA
+/// started on PostgreSQL with the same identity knows every node (no `host.new`), keeps them
+/// up and numbers its events on from the embedded one's. A second import is refused.
+#[test]
+fn cma_import_moves_an_embedded_cma_to_postgresql() {
+    let Some(pg) = Postgres::start() else { return };
+    pg.create_database("moved");
+    let store = pg.url("moved");
+    let mut c = Cluster::new(
+        ClusterSpec {
+            warn: Duration::from_secs(3),
+            dead: Duration::from_secs(5),
+            ..ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), 3)
+        },
+        false,
+    )
+    .unwrap();
+    c.start_all().unwrap();
+    c.wait_ring(Duration::from_secs(30)).unwrap();
+    let data = c.dir.join("cma");
+    let data = data.to_str().unwrap();
+    let (ok, err) = cma_import(&["--from", data, "--store", &store]);
+    assert!(!ok && err.contains("is running"), "{err}");
+    let (ok, err) = cma_import(&["--from", data]);
+    assert!(!ok && err.contains("--store postgres://"), "{err}");
+
+    c.stop_cma(false).unwrap();
+    let last = c.last_event_id().unwrap_or(0);
+    let (ok, err) = cma_import(&["--from", data, "--store", &store]);
+    assert!(ok, "{err}");
+    assert!(err.contains("nodes: 3 rows") && err.contains("node.key"), "{err}");
+    let db = assim_store_postgres::Store::open(&store).unwrap();
+    assert_eq!(db.nodes().unwrap().len(), 3);
+    let imported_last = db.last_event_id().unwrap();
+    assert!(imported_last > 0, "the events were imported");
+
+    // The same CMA (same data directory, so the same identity) on PostgreSQL.
+    c.spec.cma_args = vec!["--store".into(), store.clone(), "--engine-lease".into(), "3s".into()];
+    c.start_cma().unwrap();
+    let status = c.wait_ring(Duration::from_secs(30)).unwrap();
+    assert_eq!(status.nodes.len(), 3);
+    assert_eq!(status.engine.unwrap().store, "postgresql");
+    c.kill_node(2).unwrap();
+    c.wait_event(imported_last, Duration::from_secs(20), "host.down of n3 on PostgreSQL", |e| {
+        e.kind.name() == "host.down" && e.hostname == "n3"
+    })
+    .unwrap();
+    let events = c.events_since(0).unwrap();
+    assert!(last <= imported_last);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.id, i as u64 + 1, "event ids 1, 2, 3, … across the move");
+    }
+    assert!(
+        !events.iter().any(|e| e.id > imported_last && e.kind.name() == "host.new"),
+        "no node registered anew: {events:?}"
+    );
+    // Into a database that holds a CMA's state: refused.
+    c.stop_cma(false).unwrap();
+    let (ok, err) = cma_import(&["--from", data, "--store", &store]);
+    assert!(!ok && err.contains("empty database"), "{err}");
 }

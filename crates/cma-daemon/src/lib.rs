@@ -36,6 +36,7 @@
 //! - [`inbox`]: the engine's inbox, local (`DATA_DIR/inbox`) or on JetStream (`--queue`).
 //! - [`store`]: `--store` (SQLite file or PostgreSQL URL, the password never printed), the
 //!   engine's store and the handles the API, the bus and retention open.
+//! - [`import`]: `cma import`, an embedded CMA's SQLite store moved into PostgreSQL.
 //! - [`settings`]: flags/env/file resolution, `--print-config`, `cma token create`;
 //!   `src/main.rs` is the binary.
 
@@ -53,6 +54,7 @@ pub mod api_topology;
 pub mod api_web;
 pub mod cma;
 pub mod graphite;
+pub mod import;
 pub mod inbox;
 pub mod metrics;
 pub mod ping;

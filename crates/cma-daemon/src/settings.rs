@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Args, Debug, Clone, Default)]
 pub struct CmaFlags {
     /// TOML config file; flags and environment variables override its keys.
-    #[arg(long, env = "ASSIM_CMA_CONFIG")]
+    #[arg(long, env = "ASSIM_CMA_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// UDP address nanoprobes talk to [default: 0.0.0.0:1984].
     #[arg(long, env = "ASSIM_CMA_LISTEN")]
@@ -49,7 +49,7 @@ pub struct CmaFlags {
     pub check_plugin_dirs: Vec<PathBuf>,
     /// Directory for the CMA's identity, inbox and (by default) database
     /// [default: /var/lib/assim/cma].
-    #[arg(long, env = "ASSIM_CMA_DATA_DIR")]
+    #[arg(long, env = "ASSIM_CMA_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// Where the CMA keeps its state [default: the SQLite file DATA_DIR/cma.sqlite].
     /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (or postgresql://…; a Unix socket:
@@ -59,7 +59,13 @@ pub struct CmaFlags {
     /// identity (copy DATA_DIR/node_id and DATA_DIR/node.key). sqlite:PATH uses another SQLite
     /// file. Put a password in the config file (mode 0600) or ASSIM_CMA_STORE rather than on
     /// the command line, where other users can see it; the CMA never prints it.
-    #[arg(long, value_name = "URL", env = "ASSIM_CMA_STORE", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "ASSIM_CMA_STORE",
+        hide_env_values = true,
+        global = true
+    )]
     pub store: Option<String>,
     /// How long the engine lease lasts with --store postgres://…: a standby takes over at most
     /// this long (plus a fifth of it) after the active CMA died; the active one renews it every
@@ -194,6 +200,17 @@ pub enum CmaCommand {
     /// Manage join tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Move an embedded CMA to PostgreSQL: copy its SQLite store (nodes, rings, events,
+    /// topology, services, tokens, subscriptions, queued statistics) into the empty database
+    /// --store names. Stop the embedded CMA cleanly first.
+    ///
+    /// Example: cma import --from /var/lib/assim/cma --store postgres://cma@db1/assim
+    #[command(verbatim_doc_comment)]
+    Import {
+        /// The embedded CMA's data directory (holding cma.sqlite) [default: --data-dir].
+        #[arg(long = "from", value_name = "DIR")]
+        from: Option<std::path::PathBuf>,
+    },
 }
 
 /// Enrollments a join token allows unless `--uses` says otherwise: a leaked token admits a
@@ -725,6 +742,7 @@ pub fn run_cma(flags: CmaFlags, command: Option<CmaCommand>) -> anyhow::Result<(
         Some(CmaCommand::Token(TokenCommand::Create { advertise, ttl, uses })) => {
             token_create(&opts, advertise, ttl, uses)
         }
+        Some(CmaCommand::Import { from }) => crate::import::run(&opts, from),
     }
 }
 

@@ -71,6 +71,24 @@ fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> ImportError + '_ {
     move |e| ImportError::Sqlite { path: path.display().to_string(), detail: e.to_string() }
 }
 
+/// Refuses a store that already holds a CMA's state (nodes, events or metadata).
+pub fn check_empty(store: &Store) -> Result<(), ImportError> {
+    let count = |table: &str| {
+        store.row(
+            "checking the import's target",
+            &format!("SELECT COUNT(*) FROM {table}"),
+            &[],
+            |r| r.try_get::<_, i64>(0),
+        )
+    };
+    let (nodes, events, meta) = (count("nodes")?, count("events")?, count("meta")?);
+    let (nodes, events, meta) = (nodes.unwrap_or(0), events.unwrap_or(0), meta.unwrap_or(0));
+    if nodes + events + meta > 0 {
+        return Err(ImportError::NotEmpty { nodes, events, meta });
+    }
+    Ok(())
+}
+
 /// Copies the SQLite store at `sqlite` into `store`, which must be empty. `progress` is told
 /// each table and its row count as it is copied.
 pub fn import_sqlite(
