@@ -152,6 +152,21 @@ impl Drop for Carbon {
     }
 }
 
+/// Whether carbon and whisper-fetch are installed; prints the skip (a failure under CI=true)
+/// when not.
+fn have_carbon() -> bool {
+    for cmd in ["carbon-cache", "whisper-fetch"] {
+        if !have(cmd) {
+            assim_util::testing::skip(format!(
+                "{cmd} is not installed (scripts/install-deps installs graphite-carbon and \
+                 python3-whisper)"
+            ));
+            return false;
+        }
+    }
+    true
+}
+
 fn have(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
@@ -330,14 +345,8 @@ fn last(carbon: &Carbon, path: &str, from: u64) -> f64 {
 
 #[test]
 fn issue_17_item_5_check_perfdata_and_host_figures_reach_carbon_only_when_configured() {
-    for cmd in ["carbon-cache", "whisper-fetch"] {
-        if !have(cmd) {
-            assim_util::testing::skip(format!(
-                "{cmd} is not installed (scripts/install-deps installs graphite-carbon and \
-                 python3-whisper)"
-            ));
-            return;
-        }
+    if !have_carbon() {
+        return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let mut carbon = Carbon::new(&tmp.path().join("carbon"));
@@ -457,14 +466,8 @@ fn issue_17_item_5_check_perfdata_and_host_figures_reach_carbon_only_when_config
 /// them once carbon is back, with their original times, and empties the queue in PostgreSQL.
 #[test]
 fn issue_14_statistics_queued_on_postgresql_reach_carbon_after_a_takeover() {
-    for cmd in ["carbon-cache", "whisper-fetch"] {
-        if !have(cmd) {
-            assim_util::testing::skip(format!(
-                "{cmd} is not installed (scripts/install-deps installs graphite-carbon and \
-                 python3-whisper)"
-            ));
-            return;
-        }
+    if !have_carbon() {
+        return;
     }
     let Some(pg) = assim_util::testing::Postgres::start() else { return };
     pg.create_database("stats");
