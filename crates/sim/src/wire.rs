@@ -366,6 +366,29 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The values of a labelled counter, `name{label="value"} n`, as (value, n), largest first.
+fn labelled(text: &str, name: &str) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = rest.split_once("} ")?;
+            let label = labels.split_once('=')?.1.trim_matches('"').to_owned();
+            Some((label, value.trim().parse::<f64>().ok()? as u64))
+        })
+        .collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}
+
+/// "reason n, reason n, …" (or "none").
+fn reasons(r: &[(String, u64)]) -> String {
+    if r.is_empty() {
+        return "none".into();
+    }
+    r.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+}
+
 /// An event as `/api/v1/events` serves it (the fields wire mode reads).
 #[derive(Debug, serde::Deserialize)]
 struct ApiEvent {
@@ -430,6 +453,9 @@ pub struct WireReport {
     pub cma_retransmits: u64,
     pub storm_cma_cpu_s: f64,
     pub storm_nodes_cpu_s: f64,
+    /// What the CMA refused during the storm, by reason (`assim_cma_rejected_total`), largest
+    /// first: where registrations were lost.
+    pub cma_rejects: Vec<(String, u64)>,
     pub steady_s: f64,
     pub cma_in_per_node_s: f64,
     pub cma_out_per_node_s: f64,
@@ -565,7 +591,11 @@ pub fn run(opts: WireOptions) -> anyhow::Result<WireReport> {
         }
         if t0.elapsed() > opts.form_timeout {
             if report.all_up_s == 0.0 {
-                bail!("only {up} of {m} nodes up after {:?}", opts.form_timeout);
+                bail!(
+                    "only {up} of {m} nodes up after {:?}; the CMA refused: {}",
+                    opts.form_timeout,
+                    reasons(&labelled(&metrics, "assim_cma_rejected_total"))
+                );
             }
             eprintln!(
                 "wire: not all watched after {:?} ({} of {m}; {members} ring members); going on",
@@ -580,6 +610,7 @@ pub fn run(opts: WireOptions) -> anyhow::Result<WireReport> {
     let metrics = http_get(api, "/metrics").unwrap_or_default();
     report.cma_busy_sent = metric(&metrics, "assim_cma_busy_sent_total") as u64;
     report.cma_retransmits = metric(&metrics, "assim_cma_retransmits_total") as u64;
+    report.cma_rejects = labelled(&metrics, "assim_cma_rejected_total");
     report.storm_udp_drops = udp_rcvbuf_errors().saturating_sub(drops0);
     report.storm_cma_cpu_s = cma_pid.map_or(0.0, cpu_s) - cma_cpu0;
     report.storm_nodes_cpu_s = cpu_s(std::process::id()) - self_cpu0
@@ -868,6 +899,7 @@ impl WireReport {
              registration storm: all enrolled (TOFU) after {:.1} s ({} key requests, {} Busy answers honoured), all up at the CMA after {:.1} s\n\
              registration time (all registered, in their rings and watched): {reg}\n\
              during the storm: CMA {:.1} CPU s ({} Busy answers sent, {} retransmissions), node processes {:.1} CPU s, {} UDP receive-buffer drops (system-wide)\n\
+             the CMA refused during the storm: {}\n\
              steady state ({:.1} s): CMA {:.4} datagrams in and {:.4} out per node per second ({:.1} bytes in per node per second); {:.2} heartbeats sent per node per second\n\
              failure burst: {} nodes stopped at once, {} host.down, median {:.0} ms, max {:.0} ms after the stop; {} unexpected host.down\n\
              memory: simulator processes RSS {:.0} MiB for {} nodes ({:.1} KiB per node), CMA RSS {:.0} MiB ({:.1} KiB per node)\n",
@@ -883,6 +915,7 @@ impl WireReport {
             self.cma_retransmits,
             self.storm_nodes_cpu_s,
             self.storm_udp_drops,
+            reasons(&self.cma_rejects),
             self.steady_s,
             self.cma_in_per_node_s,
             self.cma_out_per_node_s,
@@ -946,6 +979,23 @@ mod tests {
         assert_eq!(node_bind_addr(NODES_PER_ADDRESS - 1).to_string(), "127.0.0.1:0");
         assert_eq!(node_bind_addr(NODES_PER_ADDRESS).to_string(), "127.0.1.1:0");
         assert_eq!(node_bind_addr(99_999).to_string(), "127.0.4.1:0");
+    }
+
+    #[test]
+    fn the_cmas_refusals_are_read_from_its_metrics_largest_first() {
+        let text = "# HELP assim_cma_rejected_total x\n\
+                    assim_cma_rejected_total{reason=\"replayed\"} 3\n\
+                    assim_cma_rejected_total_other{reason=\"x\"} 9\n\
+                    assim_cma_rejected_total{reason=\"first_contact_budget\"} 120\n\
+                    assim_cma_rejected_total{reason=\"bad\"} not-a-number\n\
+                    assim_cma_rejected_total{reason=\"decode\"} 3\n";
+        let r = labelled(text, "assim_cma_rejected_total");
+        assert_eq!(
+            r,
+            [("first_contact_budget".into(), 120), ("decode".into(), 3), ("replayed".into(), 3)]
+        );
+        assert_eq!(reasons(&r), "first_contact_budget 120, decode 3, replayed 3");
+        assert_eq!(reasons(&labelled("", "assim_cma_rejected_total")), "none");
     }
 
     #[test]
