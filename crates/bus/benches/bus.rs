@@ -29,7 +29,6 @@
 //! # perf)
 //! ```
 
-
 mod common;
 
 use std::sync::Arc;

@@ -35,7 +35,7 @@
 //!
 //! ```sh
 //! cargo bench -p assim-bus --bench jetstream
-//! # ASSIM_BENCH_EVENTS=N (default 5000), ASSIM_BENCH_SUBSCRIBERS=S (one row only),
+//! # ASSIM_BENCH_EVENTS=N (default 2000), ASSIM_BENCH_SUBSCRIBERS=S (one row only),
 //! # ASSIM_BENCH_REPLICAS=1|3 (one configuration only), ASSIM_BENCH_PUBLISHERS=P (8, embedded)
 //! ```
 
@@ -82,18 +82,25 @@ struct Run {
     deliveries: u64,
     /// Of those, the ones the subscribers' filters matched.
     hits: u64,
+    /// Messages delivered again (not acked within the ack wait), beyond `deliveries`.
+    again: u64,
     /// Time to make the stream, the consumers and the subscribers' connections.
     setup: Duration,
+    /// Batches the publisher had to send again (an ack timed out), and the events JetStream
+    /// dropped as duplicates then.
+    retries: u64,
+    dups: u64,
 }
 
-/// One subscriber: takes `expected` messages from its consumer, filtering and acking them.
+/// One subscriber: takes `expected` messages from its consumer, filtering and acking them, says
+/// so on `taken`, then acks what comes again until `stop`. Returns how many came again.
 async fn subscribe(
-    url: String,
-    name: String,
-    f: Filter,
-    expected: u64,
+    sub: Subscriber,
     ready: Arc<AtomicU64>,
-) -> Result<(u64, u64, Instant), String> {
+    taken: tokio::sync::oneshot::Sender<Taken>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<u64, String> {
+    let Subscriber { url, name, filter: f, expected, events } = sub;
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(10))
         .connect(url.as_str())
@@ -113,33 +120,73 @@ async fn subscribe(
         .map_err(|e| format!("pull from assim-{name}: {e}"))?
         .ready_chunks(PULL_BATCH);
     ready.fetch_add(1, Ordering::Relaxed);
-    let (mut got, mut hits) = (0u64, 0u64);
-    while got < expected {
-        let chunk = msgs.next().await.ok_or("the pull stream ended")?;
-        let mut taken = Vec::with_capacity(chunk.len());
+    // A message not acked within the consumer's ack wait (30 s) comes again: it is acked again
+    // and counted once. After the last new message the subscriber goes on acking what comes
+    // again until told to stop.
+    let mut seen = vec![false; events + 1];
+    let (mut got, mut hits, mut again) = (0u64, 0u64, 0u64);
+    let mut taken = Some(taken);
+    loop {
+        let chunk = tokio::select! {
+            c = msgs.next() => c.ok_or("the pull stream ended")?,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let mut batch = Vec::with_capacity(chunk.len());
         for m in chunk {
             let m = m.map_err(|e| format!("assim-{name}: {e}"))?;
             let e: assim_api::Event = serde_json::from_slice(&m.payload)
                 .map_err(|e| format!("assim-{name}: bad event JSON: {e}"))?;
-            hits += u64::from(f.matches(&Event::from(e)));
-            taken.push(m);
+            let first = seen
+                .get_mut(e.id as usize)
+                .map(|s| !std::mem::replace(s, true))
+                .ok_or_else(|| format!("assim-{name}: event {} is not of this run", e.id))?;
+            if first {
+                got += 1;
+                hits += u64::from(f.matches(&Event::from(e)));
+            } else {
+                again += 1;
+            }
+            batch.push(m);
         }
-        got += taken.len() as u64;
-        for m in taken {
+        for m in batch {
             m.ack().await.map_err(|e| format!("ack on assim-{name}: {e}"))?;
         }
+        if got >= expected
+            && let Some(t) = taken.take()
+        {
+            let _ = t.send(Taken { got, hits, done: Instant::now() });
+        }
     }
-    let done = Instant::now();
     client.flush().await.map_err(|e| format!("flush: {e}"))?;
-    Ok((got, hits, done))
+    Ok(again)
+}
+
+/// One subscriber: its server, subscription name and filter, how many messages its consumer
+/// gets, and the run's number of events.
+struct Subscriber {
+    url: String,
+    name: String,
+    filter: Filter,
+    expected: u64,
+    events: usize,
+}
+
+/// What one subscriber took: distinct messages, their matches, and when it had the last.
+struct Taken {
+    got: u64,
+    hits: u64,
+    done: Instant,
 }
 
 /// Waits until every consumer has nothing pending and nothing unacknowledged.
 async fn check_consumers(js: &JetStream, subscribers: usize) {
     let stream = js.js.get_stream(STREAM).await.expect("stream");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     for i in 0..subscribers {
         let mut c: PullConsumer = stream.get_consumer(&format!("assim-bench{i}")).await.unwrap();
+        if (i + 1) % 100 == 0 {
+            eprintln!("    {} consumers checked", i + 1);
+        }
         loop {
             let info = c.info().await.expect("consumer info");
             if info.num_pending == 0 && info.num_ack_pending == 0 {
@@ -159,12 +206,12 @@ async fn check_consumers(js: &JetStream, subscribers: usize) {
 /// One run through JetStream: `urls[0]` takes the publisher and makes the stream and the
 /// consumers; subscriber `i` connects to `urls[i % urls.len()]`.
 fn jetstream(urls: &[String], replicas: usize, events: &[Event], subscribers: usize) -> Run {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    // The subscribers' runtime, and the CMA's (the stream, the consumers, the publisher) on
+    // this thread: separate, as the subscribers are other processes than the CMA.
+    let subscribers_rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let cma_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    cma_rt.block_on(async {
         let setup_started = Instant::now();
         let config = BusConfig { nats_replicas: replicas, ..BusConfig::default() };
         config.validate().expect("bus configuration");
@@ -179,6 +226,7 @@ fn jetstream(urls: &[String], replicas: usize, events: &[Event], subscribers: us
         let ready = Arc::new(AtomicU64::new(0));
         let mut subs = Vec::new();
         let mut expected_total = 0;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         for i in 0..subscribers {
             let f = filter(i);
             let name = format!("bench{i}");
@@ -188,10 +236,17 @@ fn jetstream(urls: &[String], replicas: usize, events: &[Event], subscribers: us
                 events.iter().filter(|e| subject_matches(&narrowed, &subject(PREFIX, e))).count()
                     as u64;
             expected_total += expected;
-            let (url, ready) = (urls[i % urls.len()].clone(), ready.clone());
-            subs.push(tokio::spawn(async move {
-                (expected, subscribe(url, name, f, expected, ready).await)
-            }));
+            let sub = Subscriber {
+                url: urls[i % urls.len()].clone(),
+                name,
+                filter: f,
+                expected,
+                events: events.len(),
+            };
+            let (taken_tx, taken_rx) = tokio::sync::oneshot::channel();
+            let task =
+                subscribers_rt.spawn(subscribe(sub, ready.clone(), taken_tx, stop_rx.clone()));
+            subs.push((expected, taken_rx, task));
             if (i + 1) % 100 == 0 {
                 eprintln!("    {} consumers made ({:.1?})", i + 1, setup_started.elapsed());
             }
@@ -199,38 +254,72 @@ fn jetstream(urls: &[String], replicas: usize, events: &[Event], subscribers: us
         // Every subscriber connected and pulling before the clock starts (one that failed
         // has finished: its error shows below).
         while ready.load(Ordering::Relaxed) < subscribers as u64
-            && !subs.iter().any(|s| s.is_finished())
+            && !subs.iter().any(|(_, _, task)| task.is_finished())
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let setup = setup_started.elapsed();
         eprintln!("    set up in {setup:.1?}; publishing {} events", events.len());
         let started = Instant::now();
+        // As the CMA's bus task: a failed batch (an ack not back within async-nats's 5 s) is
+        // sent again on a new connection after 200 ms; JetStream drops what it already had.
+        let (mut js, mut retries, mut dups) = (js, 0u64, 0u64);
         for batch in events.chunks(PUBLISH_BATCH) {
-            let dups = js.publish(batch).await.expect("publish");
-            assert_eq!(dups, 0, "a fresh stream has no duplicates");
+            loop {
+                match js.publish(batch).await {
+                    Ok(d) => {
+                        dups += d;
+                        break;
+                    }
+                    Err(e) => {
+                        retries += 1;
+                        assert!(retries <= 100, "publishing keeps failing: {e}");
+                        eprintln!("    publish failed, again in 200 ms: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        js = JetStream::connect(
+                            &urls[0],
+                            config.max_age(),
+                            config.retention_max_events,
+                            config.nats_replicas,
+                        )
+                        .await
+                        .expect("reconnect");
+                    }
+                }
+            }
         }
         let published = started.elapsed();
         eprintln!("    published in {published:.1?}");
         let (mut deliveries, mut hits, mut last) = (0, 0, started);
-        for s in subs {
-            let (expected, r) = s.await.unwrap();
-            let (got, h, done) = r.expect("subscriber");
-            assert_eq!(got, expected, "every subscriber gets exactly its subject's events");
-            deliveries += got;
-            hits += h;
-            last = last.max(done);
+        let mut tasks = Vec::new();
+        for (expected, taken, task) in subs {
+            let Ok(t) = taken.await else {
+                panic!("a subscriber failed: {:?}", task.await.unwrap());
+            };
+            assert_eq!(t.got, expected, "every subscriber gets exactly its subject's events");
+            deliveries += t.got;
+            hits += t.hits;
+            last = last.max(t.done);
+            tasks.push(task);
         }
         assert_eq!(deliveries, expected_total);
         let elapsed = last - started;
+        eprintln!(
+            "    every subscriber has every event after {elapsed:.1?}; checking the consumers"
+        );
         check_consumers(&js, subscribers).await;
+        stop_tx.send(true).expect("subscribers listen");
+        let mut again = 0;
+        for task in tasks {
+            again += task.await.unwrap().expect("subscriber");
+        }
         js.js.delete_stream(STREAM).await.expect("delete the stream");
-        Run { elapsed, published, deliveries, hits, setup }
+        Run { elapsed, published, deliveries, hits, again, setup, retries, dups }
     })
 }
 
 fn main() {
-    let events = env_or("ASSIM_BENCH_EVENTS", 5_000);
+    let events = env_or("ASSIM_BENCH_EVENTS", 2_000);
     let publishers = env_or("ASSIM_BENCH_PUBLISHERS", 8).max(1);
     let only: Option<usize> =
         std::env::var("ASSIM_BENCH_SUBSCRIBERS").ok().and_then(|v| v.parse().ok());
@@ -249,7 +338,9 @@ fn main() {
     }
     let configs: Vec<(usize, Vec<String>)> = [(1, &single), (3, &cluster)]
         .into_iter()
-        .filter_map(|(r, n)| n.as_ref().map(|n| (r, (0..n.len()).map(|i| n.server_url(i)).collect())))
+        .filter_map(|(r, n)| {
+            n.as_ref().map(|n| (r, (0..n.len()).map(|i| n.server_url(i)).collect()))
+        })
         .collect();
     println!(
         "{events} events; filters as in the bus bench; JetStream: the CMA's stream, consumers and publisher; {} CPUs",
@@ -285,7 +376,7 @@ fn main() {
         rows.push((subscribers, del, emb, reference, js));
     }
     println!(
-        "{:>11}  {:>14}  {:>14}  {:>4}  {:>10}  {:>13}  {:>12}  {:>9}  {:>7}  {:>10}",
+        "{:>11}  {:>14}  {:>14}  {:>4}  {:>10}  {:>13}  {:>12}  {:>9}  {:>7}  {:>10}  {:>7}  {:>11}",
         "subscribers",
         "delivery ev/s",
         "end-to-end",
@@ -295,19 +386,23 @@ fn main() {
         "publish ev/s",
         "setup",
         "ratio",
-        "matches"
+        "matches",
+        "resent/dup",
+        "redelivered"
     );
     for (subscribers, del, emb, hits, js) in rows {
         for (r, run) in js {
             let secs = run.elapsed.as_secs_f64();
             let rate = events as f64 / secs;
             println!(
-                "{subscribers:>11}  {del:>14.0}  {emb:>14.0}  {:>4}  {rate:>10.0}  {:>13.0}  {:>12.0}  {:>9}  {:>7}  {hits:>10}",
+                "{subscribers:>11}  {del:>14.0}  {emb:>14.0}  {:>4}  {rate:>10.0}  {:>13.0}  {:>12.0}  {:>9}  {:>7}  {hits:>10}  {:>7}  {:>11}",
                 format!("R{r}"),
                 run.deliveries as f64 / secs,
                 events as f64 / run.published.as_secs_f64(),
                 format!("{:.1?}", run.setup),
                 format!("{:.1}x", del / rate),
+                format!("{}/{}", run.retries, run.dups),
+                run.again,
             );
         }
     }

@@ -207,4 +207,3 @@ pub fn embedded(events: u64, publishers: u64, subscribers: usize) -> (f64, Arc<S
     });
     (events as f64 / started.elapsed().as_secs_f64(), seen)
 }
-
