@@ -332,7 +332,21 @@ fn jetstream(urls: &[String], replicas: usize, events: &[Event], subscribers: us
             again += a;
             errors += e;
         }
-        js.js.delete_stream(STREAM).await.expect("delete the stream");
+        // Deleting a stream with 1,000 R3 consumers can take longer than a request's 5 s: ask
+        // again until it is gone.
+        for attempt in 1.. {
+            match js.js.delete_stream(STREAM).await {
+                Ok(_) => break,
+                Err(e) if attempt < 30 => {
+                    eprintln!("    deleting the stream: {e}; again in 2 s");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    if js.js.get_stream(STREAM).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => panic!("cannot delete the stream: {e}"),
+            }
+        }
         Run { elapsed, published, deliveries, hits, again, errors, setup, retries, dups }
     })
 }
