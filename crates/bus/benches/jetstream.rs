@@ -340,7 +340,9 @@ fn jetstream(urls: &[String], replicas: usize, events: &[Event], subscribers: us
                 Err(e) if attempt < 30 => {
                     eprintln!("    deleting the stream: {e}; again in 2 s");
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    if js.js.get_stream(STREAM).await.is_err() {
+                    if let Err(e) = js.js.get_stream(STREAM).await
+                        && e.to_string().contains("not found")
+                    {
                         break;
                     }
                 }
