@@ -20,6 +20,15 @@
 //!   arrived (at most 200 messages), decodes each event's JSON, applies its whole filter (NATS
 //!   cannot filter on tags or text), then acks every message of that chunk (explicit acks are
 //!   per message; the client writes them out together).
+//! - The subscribers run on their own runtime, the CMA side (stream, consumers, publisher) on
+//!   another, as they are different processes in a deployment.
+//!
+//! Under load JetStream can be late: a batch whose acks do not all come within async-nats's 5 s
+//! is sent again after 200 ms on a new connection, as the CMA's bus task does (*resent/dup*:
+//! batches sent again, events JetStream dropped as duplicates); a message whose ack came after
+//! the consumer's 30 s ack wait comes again and is acked and counted once (*redelivered*); an
+//! error the pull stream reports, such as no responders while an R3 consumer elects a leader,
+//! is counted and the stream goes on (*pull errors*).
 //!
 //! The time runs from the first publish until every subscriber has taken the last message its
 //! consumer gets. *events/s* is the run's events over that time (each subscriber keeps up with
@@ -31,8 +40,8 @@
 //! The embedded columns are the `bus` bench's runs with the same events (more of them:
 //! `ASSIM_BENCH_EMBEDDED_EVENTS`, since 2,000 take it a few milliseconds), filters and subscriber
 //! counts: *delivery* (the events already in the SQLite log, through the fan-out) and *end to
-//! end* (8 publishers, fsync'd SQLite append, fan-out). The ratio is embedded delivery against
-//! JetStream R3: both start from stored events.
+//! end* (8 publishers, fsync'd SQLite append, fan-out). The ratio is embedded delivery over the
+//! row's JetStream events/s: both start from stored events.
 //!
 //! ```sh
 //! cargo bench -p assim-bus --bench jetstream
