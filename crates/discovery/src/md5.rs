@@ -28,6 +28,19 @@ const S: [u32; 64] = [
     21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
 ];
 
+/// RFC 1321's table T: `K[i]` is the integer part of `2^32 × |sin(i + 1)|`, written out so
+/// that hashing needs no floating-point maths (and no libm; a test recomputes it).
+const K: [u32; 64] = [
+    0xd76aa478, 0xe8c7b756, 0x242070db, 0xc1bdceee, 0xf57c0faf, 0x4787c62a, 0xa8304613, 0xfd469501,
+    0x698098d8, 0x8b44f7af, 0xffff5bb1, 0x895cd7be, 0x6b901122, 0xfd987193, 0xa679438e, 0x49b40821,
+    0xf61e2562, 0xc040b340, 0x265e5a51, 0xe9b6c7aa, 0xd62f105d, 0x02441453, 0xd8a1e681, 0xe7d3fbc8,
+    0x21e1cde6, 0xc33707d6, 0xf4d50d87, 0x455a14ed, 0xa9e3e905, 0xfcefa3f8, 0x676f02d9, 0x8d2a4c8a,
+    0xfffa3942, 0x8771f681, 0x6d9d6122, 0xfde5380c, 0xa4beea44, 0x4bdecfa9, 0xf6bb4b60, 0xbebfbc70,
+    0x289b7ec6, 0xeaa127fa, 0xd4ef3085, 0x04881d05, 0xd9d4d039, 0xe6db99e5, 0x1fa27cf8, 0xc4ac5665,
+    0xf4292244, 0x432aff97, 0xab9423a7, 0xfc93a039, 0x655b59c3, 0x8f0ccc92, 0xffeff47d, 0x85845dd1,
+    0x6fa87e4f, 0xfe2ce6e0, 0xa3014314, 0x4e0811a1, 0xf7537e82, 0xbd3af235, 0x2ad7d2bb, 0xeb86d391,
+];
+
 /// A running MD5 computation.
 #[derive(Clone, Debug)]
 pub struct Md5 {
@@ -86,8 +99,10 @@ impl Md5 {
     }
 
     fn compress(&mut self, block: &[u8; 64]) {
-        let m: Vec<u32> =
-            block.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let mut m = [0u32; 16];
+        for (w, c) in m.iter_mut().zip(block.chunks_exact(4)) {
+            *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
         let [mut a, mut b, mut c, mut d] = self.h;
         for (i, s) in S.iter().enumerate() {
             let (f, g) = match i / 16 {
@@ -96,7 +111,7 @@ impl Md5 {
                 2 => (b ^ c ^ d, (3 * i + 5) % 16),
                 _ => (c ^ (b | !d), (7 * i) % 16),
             };
-            let k = ((i as f64 + 1.0).sin().abs() * 4_294_967_296.0) as u32;
+            let k = K[i];
             let t = d;
             d = c;
             c = b;
@@ -130,6 +145,13 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(hex::encode(md5(input.as_bytes())), want, "{input:?}");
             assert_eq!(hex::encode(md5_reader(input.as_bytes()).unwrap()), want);
+        }
+    }
+
+    #[test]
+    fn table_t_is_the_sine_formula() {
+        for (i, k) in K.iter().enumerate() {
+            assert_eq!(*k, ((i as f64 + 1.0).sin().abs() * 4_294_967_296.0) as u32, "K[{i}]");
         }
     }
 

@@ -20,7 +20,8 @@
 //! - [`host_figures`]: reads the host figures sent as statistics (load, memory, root
 //!   filesystem).
 //! - [`settings`]: flags/env/file resolution, `--print-config`; `src/main.rs` is the binary.
-//! - [`memory`]: the allocator settings that keep the idle agent small (glibc `mallopt`).
+//! - [`memory`]: the allocator settings that keep the idle agent small (glibc `mallopt`), and
+//!   the name sources of a statically linked build.
 
 pub mod checks_probe;
 pub mod discovery;

@@ -21,6 +21,13 @@ struct Cli {
 }
 
 fn main() {
+    // Statically linked with glibc (the installed build, README "Installing"): keep name
+    // lookups off NSS modules, which crash a static process (src/memory.rs).
+    #[cfg(target_feature = "crt-static")]
+    if let Err(e) = assim_nanoprobe::memory::use_builtin_name_services() {
+        eprintln!("nanoprobe: {e}");
+        std::process::exit(1);
+    }
     let cli = Cli::parse();
     if let Err(e) = assim_nanoprobe::settings::run_nanoprobe(cli.flags) {
         eprintln!("nanoprobe: {e:#}");
