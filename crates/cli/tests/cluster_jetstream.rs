@@ -70,6 +70,15 @@ fn send_all(dirs: &[&Path], texts: &[String], sent: &AtomicUsize) {
 
 /// Waits until every text was applied, then checks each was applied once and the event ids
 /// are 1, 2, 3, … Returns how long the wait took.
+/// Records the active engine made durable in its inbox so far (`assim_cma_inbox_records_total`).
+fn inbox_records(c: &Cluster) -> u64 {
+    let m = c.client.metrics().unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix("assim_cma_inbox_records_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("assim_cma_inbox_records_total in /metrics")
+}
+
 fn applied_once(c: &Cluster, texts: &[String], what: &str) -> Duration {
     let took = wait_for(what, Duration::from_secs(60), || {
         counts(c).is_some_and(|counts| texts.iter().all(|t| counts.contains_key(t)))
@@ -141,6 +150,13 @@ fn records_acknowledged_by_a_killed_engine_or_through_a_lost_nats_server_are_app
     //    first batch's records are in the inbox and acknowledged, then it takes no more) and
     //    is killed with SIGKILL. With a local inbox those records would die with it; here the
     //    engine that takes over applies them from the stream.
+    //    Every node's `host.new` first: a batch of its own failing before these records arrive
+    //    would make the engine refuse them all (it takes no records while its store fails),
+    //    and nothing would be acknowledged and left to replay.
+    wait_for("every node's host.new", Duration::from_secs(30), || {
+        c.events_since(0).unwrap().iter().filter(|e| e.kind.name() == "host.new").count() == 3
+    });
+    let synced_before = inbox_records(&c);
     pg.stop_server();
     let texts: Vec<String> = (0..12).map(|i| format!("seq-{i}")).collect();
     send_all(&dirs, &texts, &AtomicUsize::new(0));
@@ -148,6 +164,13 @@ fn records_acknowledged_by_a_killed_engine_or_through_a_lost_nats_server_are_app
         std::fs::read_to_string(&log_a).unwrap().contains("cannot write to the store")
     });
     std::thread::sleep(Duration::from_millis(500));
+    let acknowledged = inbox_records(&c) - synced_before;
+    assert!(
+        acknowledged > 0,
+        "engine A made no record durable after PostgreSQL stopped, so there is nothing to \
+         replay: {}",
+        std::fs::read_to_string(&log_a).unwrap()
+    );
     c.stop_cma(true).unwrap();
     pg.start_again();
     wait_for("the standby to take over", Duration::from_secs(30), || {

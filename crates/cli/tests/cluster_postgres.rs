@@ -163,7 +163,10 @@ fn a_stopped_engine_that_wakes_after_a_takeover_commits_nothing_and_exits() {
     });
     let db = assim_store_postgres::Store::open(&store).unwrap();
     let term = engine(&b.client).term.unwrap();
-    assert!(b.log().contains("the UDP address is in use"), "{}", b.log());
+    // The status says active once the lease is taken; binding the address comes after.
+    wait_for("the new engine to find the UDP address in use", Duration::from_secs(10), || {
+        b.log().contains("the UDP address is in use")
+    });
 
     signal(c.cma.as_ref().unwrap(), "-CONT");
     let mut a = c.cma.take().unwrap();
