@@ -35,6 +35,8 @@ pub struct CmaMetrics {
     /// beyond the `Busy` budget (`assim_cma_shell::pace`).
     pub busy_sent: u64,
     pub busy_dropped: u64,
+    /// Key requests the packet reader dropped unread while the loop was behind.
+    pub key_requests_shed: u64,
     pub store_errors: u64,
     /// Set while the store refuses batches (issue 16 item 15): why, since when, what it cost;
     /// the CMA then acknowledges no new records. `/healthz` answers 503 with it.
@@ -209,6 +211,12 @@ pub fn render(m: &CmaMetrics) -> String {
         "assim_cma_busy_dropped_total",
         "Key requests beyond the budget left unanswered because the Busy budget was used up too.",
         m.busy_dropped,
+    );
+    counter(
+        &mut out,
+        "assim_cma_key_requests_shed_total",
+        "Key requests dropped unread because the CMA's loop was behind (they are asked again).",
+        m.key_requests_shed,
     );
     counter(
         &mut out,

@@ -456,6 +456,8 @@ pub struct WireReport {
     /// What the CMA refused during the storm, by reason (`assim_cma_rejected_total`), largest
     /// first: where registrations were lost.
     pub cma_rejects: Vec<(String, u64)>,
+    /// Key requests the CMA's packet reader dropped unread while its loop was behind.
+    pub cma_key_requests_shed: u64,
     pub steady_s: f64,
     pub cma_in_per_node_s: f64,
     pub cma_out_per_node_s: f64,
@@ -592,9 +594,11 @@ pub fn run(opts: WireOptions) -> anyhow::Result<WireReport> {
         if t0.elapsed() > opts.form_timeout {
             if report.all_up_s == 0.0 {
                 bail!(
-                    "only {up} of {m} nodes up after {:?}; the CMA refused: {}",
+                    "only {up} of {m} nodes up after {:?}; the CMA refused: {}; key requests \
+                     dropped unread: {}",
                     opts.form_timeout,
-                    reasons(&labelled(&metrics, "assim_cma_rejected_total"))
+                    reasons(&labelled(&metrics, "assim_cma_rejected_total")),
+                    metric(&metrics, "assim_cma_key_requests_shed_total")
                 );
             }
             eprintln!(
@@ -611,6 +615,7 @@ pub fn run(opts: WireOptions) -> anyhow::Result<WireReport> {
     report.cma_busy_sent = metric(&metrics, "assim_cma_busy_sent_total") as u64;
     report.cma_retransmits = metric(&metrics, "assim_cma_retransmits_total") as u64;
     report.cma_rejects = labelled(&metrics, "assim_cma_rejected_total");
+    report.cma_key_requests_shed = metric(&metrics, "assim_cma_key_requests_shed_total") as u64;
     report.storm_udp_drops = udp_rcvbuf_errors().saturating_sub(drops0);
     report.storm_cma_cpu_s = cma_pid.map_or(0.0, cpu_s) - cma_cpu0;
     report.storm_nodes_cpu_s = cpu_s(std::process::id()) - self_cpu0
@@ -899,7 +904,7 @@ impl WireReport {
              registration storm: all enrolled (TOFU) after {:.1} s ({} key requests, {} Busy answers honoured), all up at the CMA after {:.1} s\n\
              registration time (all registered, in their rings and watched): {reg}\n\
              during the storm: CMA {:.1} CPU s ({} Busy answers sent, {} retransmissions), node processes {:.1} CPU s, {} UDP receive-buffer drops (system-wide)\n\
-             the CMA refused during the storm: {}\n\
+             the CMA refused during the storm: {}; key requests dropped unread while its loop was behind: {}\n\
              steady state ({:.1} s): CMA {:.4} datagrams in and {:.4} out per node per second ({:.1} bytes in per node per second); {:.2} heartbeats sent per node per second\n\
              failure burst: {} nodes stopped at once, {} host.down, median {:.0} ms, max {:.0} ms after the stop; {} unexpected host.down\n\
              memory: simulator processes RSS {:.0} MiB for {} nodes ({:.1} KiB per node), CMA RSS {:.0} MiB ({:.1} KiB per node)\n",
@@ -916,6 +921,7 @@ impl WireReport {
             self.storm_nodes_cpu_s,
             self.storm_udp_drops,
             reasons(&self.cma_rejects),
+            self.cma_key_requests_shed,
             self.steady_s,
             self.cma_in_per_node_s,
             self.cma_out_per_node_s,
