@@ -167,6 +167,17 @@ fn have_carbon() -> bool {
     true
 }
 
+/// Starts `spec`'s cluster with a nanoprobe that sends statistics every second; returns it
+/// and the first node's host name, once the ring is formed.
+fn start_with_statistics(mut spec: ClusterSpec) -> (Cluster, String) {
+    spec.nanoprobe.prefix.extend(["--statistics", "--statistics-interval", "1s"].map(String::from));
+    let mut c = Cluster::new(spec, false).unwrap();
+    c.start_all().unwrap();
+    c.wait_ring(Duration::from_secs(30)).unwrap();
+    let host = c.nodes[0].name.clone();
+    (c, host)
+}
+
 fn have(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
@@ -220,11 +231,7 @@ fn issue_17_item_5_statistics_reach_a_real_carbon_and_prometheus_through_outages
     let mut spec = ClusterSpec::multicall(env!("CARGO_BIN_EXE_assim"), 1);
     spec.name_prefix = "stats".into();
     spec.cma_args = vec!["--graphite".into(), format!("127.0.0.1:{}", carbon.port)];
-    spec.nanoprobe.prefix.extend(["--statistics", "--statistics-interval", "1s"].map(String::from));
-    let mut c = Cluster::new(spec, false).unwrap();
-    c.start_all().unwrap();
-    c.wait_ring(Duration::from_secs(30)).unwrap();
-    let host = c.nodes[0].name.clone();
+    let (mut c, host) = start_with_statistics(spec);
 
     // 1. Counters summed, gauges last, tags folded into the path, the batch's time.
     let t0 = unix_now();
@@ -485,11 +492,7 @@ fn issue_14_statistics_queued_on_postgresql_reach_carbon_after_a_takeover() {
     // A takeover on a loaded machine must not look like a crash.
     spec.warn = Duration::from_secs(3);
     spec.dead = Duration::from_secs(5);
-    spec.nanoprobe.prefix.extend(["--statistics", "--statistics-interval", "1s"].map(String::from));
-    let mut c = Cluster::new(spec, false).unwrap();
-    c.start_all().unwrap();
-    c.wait_ring(Duration::from_secs(30)).unwrap();
-    let host = c.nodes[0].name.clone();
+    let (mut c, host) = start_with_statistics(spec);
 
     // Forwarded from the PostgreSQL queue while all is well.
     let t0 = unix_now();
