@@ -5,9 +5,9 @@
 //! every column is read from the SQLite table of the same name and converted to the column's
 //! PostgreSQL type — integers to `bigint`, JSON text to `jsonb` (checked, a NUL becomes U+FFFD as
 //! on every write of this store), hex text or blobs to `bytea`, 0/1 to `boolean`. A column the
-//! SQLite store lacks fails the import, unless PostgreSQL has a default for it. Afterwards the
-//! `bigserial` sequences and the statistics queue's id counter continue after the imported
-//! rows, and every table's row count is compared with the source's.
+//! SQLite store lacks fails the import, unless PostgreSQL has a default for it. Afterwards every
+//! sequence behind a column default (`bigserial`) and the statistics queue's id counter continue
+//! after the imported rows, and every table's row count is compared with the source's.
 //!
 //! Refused, with nothing written: a PostgreSQL store that already holds a CMA's state (nodes,
 //! events or metadata), and an SQLite store whose schema is not this build's (open it with this
@@ -59,34 +59,42 @@ impl Imported {
     }
 }
 
-/// A PostgreSQL column: name, type (as `information_schema` names it), whether it has a
-/// default.
+/// A PostgreSQL column: name, type (as `information_schema` names it), its default if any.
 struct Column {
     name: String,
     ty: String,
-    has_default: bool,
+    default: Option<String>,
+}
+
+impl Column {
+    /// A `bigserial` column: its default draws from a sequence.
+    fn is_serial(&self) -> bool {
+        self.default.as_deref().is_some_and(|d| d.starts_with("nextval("))
+    }
 }
 
 fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> ImportError + '_ {
     move |e| ImportError::Sqlite { path: path.display().to_string(), detail: e.to_string() }
 }
 
+/// The rows of `table`.
+fn count(tx: &mut crate::Tx<'_>, table: &str) -> Result<i64, postgres::Error> {
+    tx.query(&format!("SELECT COUNT(*) FROM \"{table}\""), &[])?[0].try_get(0)
+}
+
+/// `NotEmpty` if the store already holds a CMA's state (nodes, events or metadata).
+fn holds_state(tx: &mut crate::Tx<'_>) -> Result<Option<ImportError>, postgres::Error> {
+    let (nodes, events, meta) = (count(tx, "nodes")?, count(tx, "events")?, count(tx, "meta")?);
+    Ok((nodes + events + meta > 0).then_some(ImportError::NotEmpty { nodes, events, meta }))
+}
+
 /// Refuses a store that already holds a CMA's state (nodes, events or metadata).
 pub fn check_empty(store: &Store) -> Result<(), ImportError> {
-    let count = |table: &str| {
-        store.row(
-            "checking the import's target",
-            &format!("SELECT COUNT(*) FROM {table}"),
-            &[],
-            |r| r.try_get::<_, i64>(0),
-        )
-    };
-    let (nodes, events, meta) = (count("nodes")?, count("events")?, count("meta")?);
-    let (nodes, events, meta) = (nodes.unwrap_or(0), events.unwrap_or(0), meta.unwrap_or(0));
-    if nodes + events + meta > 0 {
-        return Err(ImportError::NotEmpty { nodes, events, meta });
+    let what = "checking the import's target";
+    match store.transaction(what, |tx| holds_state(tx).map_err(pg(what)))? {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Copies the SQLite store at `sqlite` into `store`, which must be empty. `progress` is told
@@ -121,14 +129,8 @@ pub fn import_sqlite(
             refused = Some(e);
             Err(StoreError::Gone("the import was refused; nothing was written".into()))
         };
-        let count = |tx: &mut crate::Tx<'_>, table: &str| -> Result<i64, StoreError> {
-            let rows =
-                tx.query(&format!("SELECT COUNT(*) FROM \"{table}\""), &[]).map_err(pg(what))?;
-            rows[0].try_get(0).map_err(pg(what))
-        };
-        let (nodes, events, meta) = (count(tx, "nodes")?, count(tx, "events")?, count(tx, "meta")?);
-        if nodes + events + meta > 0 {
-            return refuse(ImportError::NotEmpty { nodes, events, meta });
+        if let Some(e) = holds_state(tx).map_err(pg(what))? {
+            return refuse(e);
         }
         let tables: Vec<String> = tx
             .query(
@@ -146,7 +148,7 @@ pub fn import_sqlite(
         for table in tables.iter().filter(|t| !NOT_COPIED.contains(&t.as_str())) {
             let columns: Vec<Column> = tx
                 .query(
-                    "SELECT column_name::text, data_type::text, column_default IS NOT NULL
+                    "SELECT column_name::text, data_type::text, column_default::text
                      FROM information_schema.columns
                      WHERE table_schema = current_schema() AND table_name = $1
                      ORDER BY ordinal_position",
@@ -155,11 +157,7 @@ pub fn import_sqlite(
                 .map_err(pg(what))?
                 .iter()
                 .map(|r| {
-                    Ok(Column {
-                        name: r.try_get(0)?,
-                        ty: r.try_get(1)?,
-                        has_default: r.try_get(2)?,
-                    })
+                    Ok(Column { name: r.try_get(0)?, ty: r.try_get(1)?, default: r.try_get(2)? })
                 })
                 .collect::<Result<_, postgres::Error>>()
                 .map_err(pg(what))?;
@@ -168,24 +166,27 @@ pub fn import_sqlite(
                 Err(ImportError::Postgres(e)) => return Err(e),
                 Err(e) => return refuse(e),
             };
-            let found = count(tx, table)?;
+            let found = count(tx, table).map_err(pg(what))?;
             if found != copied as i64 {
                 return refuse(ImportError::Count { table: table.clone(), copied, found });
+            }
+            // Sequences go on after the imported ids.
+            for c in columns.iter().filter(|c| c.is_serial()) {
+                tx.exec(
+                    &format!(
+                        "SELECT setval(pg_get_serial_sequence('\"{table}\"', '{col}'),
+                                       COALESCE((SELECT MAX(\"{col}\") FROM \"{table}\"), 0) + 1,
+                                       false)",
+                        col = c.name
+                    ),
+                    &[],
+                )
+                .map_err(pg(what))?;
             }
             progress(table, copied);
             out.tables.push((table.clone(), copied));
         }
-        // Sequences go on after the imported ids; so does the statistics queue's counter.
-        for table in ["dead_letters", "topo_history"] {
-            tx.exec(
-                &format!(
-                    "SELECT setval(pg_get_serial_sequence('{table}', 'id'),
-                                   COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
-                ),
-                &[],
-            )
-            .map_err(pg(what))?;
-        }
+        // So does the statistics queue's counter (kept in meta, see `statistics`).
         tx.exec(
             "INSERT INTO meta (key, value)
              SELECT 'stat_outbox_next', (MAX(id) + 1)::text FROM stat_outbox HAVING COUNT(*) > 0",
@@ -227,7 +228,7 @@ fn copy_table(
     for c in columns {
         if have.contains(&c.name) {
             used.push(c);
-        } else if !c.has_default {
+        } else if c.default.is_none() {
             return Err(ImportError::MissingColumn { table: table.into(), column: c.name.clone() });
         }
     }
