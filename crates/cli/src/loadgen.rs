@@ -108,6 +108,7 @@ async fn sender(i: usize, opts: LoadOptions) -> anyhow::Result<LoadReport> {
         token_proof: None,
         peer_epoch: 0,
         spool_incarnation: 0,
+        acked_through: 0,
     };
     // No heartbeats, collectors or checks: the sender's spool holds only its reports.
     let mut shell = open_shell(sealer, (pin.node_id, opts.cma), hello, &dir, 1 << 30, false, now)?

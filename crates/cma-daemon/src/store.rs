@@ -327,6 +327,16 @@ impl Tokens for EngineDb {
             EngineDb::Postgres(h) => Tokens::use_token(h, id),
         }
     }
+
+    fn registered_key(
+        &self,
+        node: assim_wire::NodeId,
+    ) -> Result<Option<[u8; 32]>, assim_store::StoreFailed> {
+        match self {
+            EngineDb::Sqlite(s) => Tokens::registered_key(s, node),
+            EngineDb::Postgres(h) => Tokens::registered_key(h, node),
+        }
+    }
 }
 
 #[cfg(test)]

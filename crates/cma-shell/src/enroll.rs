@@ -191,6 +191,9 @@ mod tests {
         fn use_token(&mut self, _: &[u8]) -> Result<(), StoreFailed> {
             Ok(())
         }
+        fn registered_key(&self, _: NodeId) -> Result<Option<[u8; 32]>, StoreFailed> {
+            Ok(None)
+        }
     }
 
     fn hello(proof: Option<TokenProof>) -> Hello {

@@ -22,6 +22,14 @@
 //!    desired-state messages onto the nodes' reliable connections.
 //! 4. Reliable frames out ([`conns`]), sealed.
 //!
+//! **Roles** (issue 14, [`Role`]): the embedded CMA runs both halves in one shell
+//! ([`Role::Whole`]). A cluster may split them into processes: packet readers
+//! ([`Role::Reader`]) take datagrams, append to a shared inbox and acknowledge, and apply
+//! nothing; an engine without a socket ([`Role::Engine`]) applies what the readers appended
+//! ([`Shell::apply_records`]) and hands its messages for nanoprobes to them as [`Outbound`]
+//! ([`Shell::poll_outbound`], [`Shell::deliver`]), addressed to the reader that took the node's
+//! latest record ([`record::with_via`]).
+//!
 //! At start the engine builds the [`Authority`] from the stored snapshot and desired state
 //! ([`Loaded::desired`]), which queues every ring member's desired peer set again (this also
 //! tells the nanoprobes to resend what they have not seen acknowledged), then replays the inbox
@@ -58,7 +66,7 @@ pub mod seal;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -88,9 +96,100 @@ pub struct Now {
     pub wall: Timestamp,
 }
 
+/// Which halves of the shell run in this process (issue 14; see the crate doc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Reader and engine: the embedded CMA, and a cluster engine that reads its own socket.
+    #[default]
+    Whole,
+    /// A packet reader: authenticates, enrols, appends to the shared inbox with its `id`
+    /// (nonzero; unique among the cluster's readers), acknowledges after the inbox's sync, and
+    /// delivers the engine's [`Outbound`] messages. It applies nothing and runs no timers of the
+    /// core.
+    Reader { id: u64 },
+    /// An engine that reads no datagrams: it applies the shared inbox's records in order
+    /// ([`Shell::apply_records`]) and sends through the readers ([`Shell::poll_outbound`]).
+    Engine,
+}
+
+/// A message for a nanoprobe from an engine without a socket, for the packet reader that holds
+/// the node's connection (issue 14). [`Outbound::encode`] is its form between processes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outbound {
+    pub to: NodeId,
+    /// The reader that took the node's latest record, as far as this engine knows. That reader
+    /// opens a connection to the node if it has none; any other reader delivers only on a
+    /// connection it already has.
+    pub via: Option<u64>,
+    /// The node's registered address, if the core named one.
+    pub addr: Option<SocketAddr>,
+    pub what: OutboundKind,
+}
+
+/// What an [`Outbound`] carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutboundKind {
+    /// An encoded [`Message`] for the node's reliable connection.
+    Message(Vec<u8>),
+    /// A direct probe with this nonce.
+    Probe { nonce: u64 },
+}
+
+impl Outbound {
+    /// The largest encoding [`Outbound::decode`] takes (a message fits a spooled record).
+    pub const MAX_ENCODED: usize = 4 << 20;
+
+    /// `node(16) via(8, 0: none) kind(1: message, 2: probe) addr_len(1) addr payload`.
+    pub fn encode(&self) -> Vec<u8> {
+        let addr = self.addr.map(|a| a.to_string()).unwrap_or_default();
+        let payload_len = match &self.what {
+            OutboundKind::Message(m) => m.len(),
+            OutboundKind::Probe { .. } => 8,
+        };
+        let mut out = Vec::with_capacity(26 + addr.len() + payload_len);
+        out.extend_from_slice(self.to.as_bytes());
+        out.extend_from_slice(&self.via.unwrap_or(0).to_le_bytes());
+        out.push(match self.what {
+            OutboundKind::Message(_) => 1,
+            OutboundKind::Probe { .. } => 2,
+        });
+        out.push(addr.len() as u8);
+        out.extend_from_slice(addr.as_bytes());
+        match &self.what {
+            OutboundKind::Message(m) => out.extend_from_slice(m),
+            OutboundKind::Probe { nonce } => out.extend_from_slice(&nonce.to_le_bytes()),
+        }
+        out
+    }
+
+    /// The inverse of [`Outbound::encode`]; `None` for anything malformed or too large.
+    pub fn decode(bytes: &[u8]) -> Option<Outbound> {
+        if bytes.len() > Self::MAX_ENCODED {
+            return None;
+        }
+        let to = NodeId::from_slice(bytes.get(..16)?)?;
+        let via = u64::from_le_bytes(bytes.get(16..24)?.try_into().ok()?);
+        let kind = *bytes.get(24)?;
+        let addr_len = *bytes.get(25)? as usize;
+        let addr = match addr_len {
+            0 => None,
+            n => Some(std::str::from_utf8(bytes.get(26..26 + n)?).ok()?.parse().ok()?),
+        };
+        let payload = bytes.get(26 + addr_len..)?;
+        let what = match kind {
+            1 => OutboundKind::Message(payload.to_vec()),
+            2 => OutboundKind::Probe { nonce: u64::from_le_bytes(payload.try_into().ok()?) },
+            _ => return None,
+        };
+        Some(Outbound { to, via: (via != 0).then_some(via), addr, what })
+    }
+}
+
 /// How the shell runs.
 #[derive(Clone, Debug)]
 pub struct ShellConfig {
+    /// Which halves run here (issue 14).
+    pub role: Role,
     /// The core's configuration: liveness timing, the discovery schedule, the check rules.
     pub authority: AuthorityConfig,
     /// Accept nanoprobes that present no join token (labs, the demo, the simulator).
@@ -119,6 +218,7 @@ impl ShellConfig {
     /// The daemon's defaults around `cma`, with the built-in discovery schedule and check rules.
     pub fn new(cma: CmaConfig, seed: u64) -> ShellConfig {
         ShellConfig {
+            role: Role::Whole,
             authority: AuthorityConfig { core: cma, ..AuthorityConfig::default() },
             open_enrollment: false,
             reliable: assim_reliable::Config {
@@ -182,6 +282,9 @@ pub enum Note {
     Unregistered { node: NodeId, kind: &'static str },
     /// A node answered a `RunNow` someone waits for ([`Shell::run_check`]).
     CommandAnswer(CommandAnswer),
+    /// A packet reader got a node's answer to a CMA probe: the driver hands it to the engine
+    /// ([`Shell::probe_reply`]).
+    ProbeReply { node: NodeId, nonce: u64 },
     /// Ping `address` (a checked switch's management address; ICMP echo, a few tries within
     /// `timeout`) and answer with [`Shell::management_probe_result`]. Only asked when
     /// [`assim_cma::CmaConfig::management_probes`] is on.
@@ -280,6 +383,16 @@ pub struct Shell<A, I, S> {
     last: Now,
     /// The first inbox record deferred while the store failed (issue 16 item 15).
     deferred_from: Option<u64>,
+    role: Role,
+    /// A packet reader: nodes it admitted without the core (enrolled through it, or found
+    /// registered in the store).
+    admitted: HashSet<NodeId>,
+    /// An engine: per node, the reader that took its latest record.
+    via: HashMap<NodeId, u64>,
+    /// An engine: the highest inbox position applied (or deferred).
+    applied_through: u64,
+    /// An engine: messages for the readers to deliver.
+    outbound: VecDeque<Outbound>,
 }
 
 impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
@@ -296,17 +409,30 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
         for n in &loaded.snapshot.nodes {
             seal.add_peer(n.id, n.public_key);
         }
-        let replay = inbox.read_from(loaded.position + 1).map_err(StartError::Inbox)?;
+        let role = config.role;
+        let replay = match role {
+            // A reader applies nothing, so it replays nothing.
+            Role::Reader { .. } => Vec::new(),
+            Role::Whole | Role::Engine => {
+                inbox.read_from(loaded.position + 1).map_err(StartError::Inbox)?
+            }
+        };
+        let position = loaded.position;
         let applied: HashMap<NodeId, u64> = loaded.applied.into_iter().collect();
         let incarnations: HashMap<NodeId, u64> = loaded.incarnations.into_iter().collect();
         // Queues the peer sets of every ring member (desired state after a start) and the
         // discovery schedule's new epoch if its configuration changed.
         let core = Authority::new(config.authority, loaded.snapshot, loaded.desired, now.wall);
         let conns = conns::Conns::new(config.reliable, seal.session(), config.seed);
+        let mut reader = Reader::new(inbox, applied.clone(), incarnations.clone());
+        if let Role::Reader { id } = role {
+            reader.trust_acked_through = true;
+            reader.via = id;
+        }
         let mut shell = Shell {
             seal,
             conns,
-            reader: Reader::new(inbox, applied.clone(), incarnations.clone()),
+            reader,
             engine: Engine::new(core, store, applied, config.commit_interval, config.tagger)
                 .with_incarnations(incarnations)
                 .with_graphite_prefix(config.graphite_prefix),
@@ -323,6 +449,11 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             metrics: Metrics::default(),
             last: now,
             deferred_from: None,
+            role,
+            admitted: HashSet::new(),
+            via: HashMap::new(),
+            applied_through: position,
+            outbound: VecDeque::new(),
         };
         shell.replay(now, replay);
         shell.flush(now);
@@ -364,6 +495,10 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             };
             if self.seal.peer_key(node).is_none() {
                 self.seal.add_peer(node, key);
+            }
+            self.applied_through = self.applied_through.max(lsn);
+            if let Some(via) = record::via(&bytes) {
+                self.via.insert(node, via);
             }
             self.reader.note_hello(node, &m);
             if m.record > 0 {
@@ -418,18 +553,20 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             }
             DatagramKind::KeyReply | DatagramKind::Busy => self.metrics.reject("unexpected_kind"),
             DatagramKind::Direct => match Direct::from_bytes(&opened.plaintext) {
-                Ok(Direct { body: Some(DirectBody::ProbeReply(p)) }) => {
-                    self.engine.core.handle_probe_reply(now.wall, sender, p.nonce);
-                }
+                Ok(Direct { body: Some(DirectBody::ProbeReply(p)) }) => match self.role {
+                    Role::Reader { .. } => {
+                        self.notes.push_back(Note::ProbeReply { node: sender, nonce: p.nonce })
+                    }
+                    Role::Whole | Role::Engine => {
+                        self.engine.core.handle_probe_reply(now.wall, sender, p.nonce)
+                    }
+                },
                 Ok(_) => self.metrics.reject("unexpected_direct"),
                 Err(_) => self.metrics.reject("decode"),
             },
             DatagramKind::Reliable => self.handle_frame(now, src, sender, &opened.plaintext),
         }
-        if opened.new_peer
-            && self.engine.core.cma().node(sender).is_none()
-            && !self.reader.enrolled.contains(&sender)
-        {
+        if opened.new_peer && !self.is_known(sender) {
             // A first datagram that did not enrol the node: forget its key again, whatever its
             // kind, so that nothing unauthenticated creates lasting state.
             self.forget(sender);
@@ -476,13 +613,40 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
         }
     }
 
+    /// Whether the sender may send more than a hello: the core knows it, a hello of this turn
+    /// enrolled it, or (a packet reader) it was admitted earlier.
+    fn is_known(&self, sender: NodeId) -> bool {
+        self.engine.core.cma().node(sender).is_some()
+            || self.reader.enrolled.contains(&sender)
+            || self.admitted.contains(&sender)
+    }
+
+    /// A packet reader: whether the store holds `sender` registered with `key` (another reader
+    /// enrolled it after this one started). Asked only for a sender that authenticated with a
+    /// key the sealer did not hold, so first contacts' budget bounds the lookups.
+    fn registered_elsewhere(&mut self, sender: NodeId, key: &[u8; 32]) -> bool {
+        if !matches!(self.role, Role::Reader { .. }) {
+            return false;
+        }
+        match self.engine.store.registered_key(sender) {
+            Ok(Some(k)) if k == *key => {
+                self.admitted.insert(sender);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                warn!(node = %sender, error = %e, "cannot look up a node in the store");
+                false
+            }
+        }
+    }
+
     /// The reader's half for one delivered message: enrol if unknown, then the inbox.
     fn accept(&mut self, now: Now, sender: NodeId, bytes: &[u8], m: Message) {
         let key = self.seal.peer_key(sender).expect("an opened sender has a key");
         let record = m.record;
         let kind = m.body.as_ref().map_or("unknown", Body::name);
-        let known =
-            self.engine.core.cma().node(sender).is_some() || self.reader.enrolled.contains(&sender);
+        let known = self.is_known(sender) || self.registered_elsewhere(sender, &key);
         if !known {
             let Some(Body::Hello(hello)) = &m.body else {
                 self.refuse(sender, record, kind, "unregistered");
@@ -535,6 +699,9 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
     pub fn handle_timeout(&mut self, now: Now) {
         self.last = now;
         self.conns.handle_timeout(now.mono);
+        if matches!(self.role, Role::Reader { .. }) {
+            return;
+        }
         if self.engine.core.poll_timeout().is_some_and(|t| t <= now.wall) {
             self.engine.core.handle_timeout(now.wall);
         }
@@ -547,7 +714,13 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
         self.enroll_log.tick(now.wall);
         let committed =
             self.reader.commit(&self.engine.applied, &self.engine.incarnations, &mut self.metrics);
-        if let Some(from) = self.reader.inbox.appended_elsewhere(committed.gaps) {
+        if let Role::Reader { .. } = self.role {
+            self.reader_flush(now, committed);
+            return;
+        }
+        if self.role == Role::Engine {
+            // Every record is another process's: they come in through `apply_records`.
+        } else if let Some(from) = self.reader.inbox.appended_elsewhere(committed.gaps) {
             // Records this engine did not append (another writer of a shared inbox, or a sync
             // that failed yet reached it): applied first, in inbox order, like deferred ones.
             warn!(from, "the inbox holds records this engine did not append; applying them first");
@@ -582,6 +755,104 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
         self.engine.core.end_batch(now.wall);
         self.effects = effects;
         self.finish_turn(now, false);
+    }
+
+    /// A packet reader's end of a turn: acknowledgements for what the inbox took; the records
+    /// themselves are the engine's.
+    fn reader_flush(&mut self, now: Now, committed: reader::Committed) {
+        for (lsn, node, _, m) in committed.apply {
+            if !matches!(m.body, Some(Body::Hello(_))) {
+                continue;
+            }
+            if lsn.is_none() {
+                error!(node = %node, "a hello could not be appended to the inbox and is lost; the node registers again when it next moves or restarts");
+                continue;
+            }
+            self.admitted.insert(node);
+            if let Some(in_flight) = self.window.registered(node, now.mono) {
+                self.pacer.completed(in_flight, self.window.limit());
+            }
+        }
+        for (node, through, incarnation) in committed.acks {
+            let body = Body::Ack(msg::Ack { through, incarnation });
+            self.effects.sends.push(Send::Reliable { to: node, addr: None, body });
+        }
+        self.finish_turn(now, false);
+    }
+
+    /// An engine without a socket ([`Role::Engine`]): the shared inbox's records from the
+    /// packet readers, in inbox order (positions at or below those applied already are
+    /// skipped). Applied as one batch of the core; while the store fails they wait in the
+    /// inbox and are read again from there once it works. Sends what the batch decided as
+    /// [`Outbound`].
+    pub fn apply_records(&mut self, now: Now, records: Vec<(u64, Vec<u8>)>) {
+        self.last = now;
+        let through = self.applied_through;
+        let records: Vec<_> = records.into_iter().filter(|(lsn, _)| *lsn > through).collect();
+        let Some(&(first, _)) = records.first() else { return };
+        let mut effects = std::mem::take(&mut self.effects);
+        if self.held() {
+            if let Some(st) = self.engine.stall.as_mut() {
+                st.deferred += records.len() as u64;
+            }
+            self.deferred_from.get_or_insert(first);
+            self.applied_through = records.last().map_or(through, |r| r.0);
+        } else {
+            self.apply_stored(now, records, &mut effects);
+        }
+        self.effects = effects;
+        self.finish_turn(now, false);
+    }
+
+    /// The next inbox position an engine without a socket has not applied: where its follower
+    /// of the shared inbox starts.
+    pub fn next_position(&self) -> u64 {
+        self.applied_through + 1
+    }
+
+    /// A node's answer to a CMA probe, which a packet reader received ([`Note::ProbeReply`]).
+    pub fn probe_reply(&mut self, now: Now, node: NodeId, nonce: u64) {
+        self.last = now;
+        self.engine.core.handle_probe_reply(now.wall, node, nonce);
+    }
+
+    /// The next message for a packet reader to deliver ([`Role::Engine`]).
+    pub fn poll_outbound(&mut self) -> Option<Outbound> {
+        self.outbound.pop_front()
+    }
+
+    /// A packet reader: delivers an engine's message on the node's connection, if this reader
+    /// holds it (or is the one named to). Returns whether it did. Call [`Shell::flush`]
+    /// afterwards.
+    pub fn deliver(&mut self, now: Now, out: Outbound) -> bool {
+        self.last = now;
+        let Role::Reader { id } = self.role else { return false };
+        let addr = match (self.conns.addr(out.to), out.via == Some(id), out.addr) {
+            (Some(a), _, _) => a,
+            (None, true, Some(a)) if self.seal.peer_key(out.to).is_some() => a,
+            _ => return false,
+        };
+        match out.what {
+            OutboundKind::Message(bytes) => {
+                let kind = Message::from_bytes(&bytes)
+                    .ok()
+                    .and_then(|m| m.body.map(|b| b.name()))
+                    .unwrap_or("unknown");
+                *self.metrics.sent.entry(kind).or_insert(0) += 1;
+                if let Err(e) = self.conns.to(out.to, addr).send(bytes, now.mono) {
+                    warn!(node = %out.to, error = %e, "cannot queue a message for a nanoprobe");
+                }
+            }
+            OutboundKind::Probe { nonce } => {
+                let bytes =
+                    Direct { body: Some(DirectBody::Probe(msg::Probe { nonce })) }.to_bytes();
+                let mut sealed = Vec::new();
+                if self.seal.seal(out.to, DatagramKind::Direct, &bytes, &mut sealed).is_ok() {
+                    self.transmit(addr, sealed);
+                }
+            }
+        }
+        true
     }
 
     /// Whether new records wait: the store fails, or records deferred while it did are not
@@ -625,6 +896,11 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
 
     fn finish_turn(&mut self, now: Now, force: bool) {
         let mut effects = std::mem::take(&mut self.effects);
+        if matches!(self.role, Role::Reader { .. }) {
+            // A reader's only sends are its acknowledgements; the core is the engine's.
+            self.send_all(now, &mut effects);
+            return;
+        }
         self.engine.drain_core(&mut effects, &mut self.metrics);
         if let Some(pos) = self.engine.commit(now.mono, force, &mut self.metrics, &mut effects)
             && let Err(e) = self.reader.inbox.remove_through(pos)
@@ -638,6 +914,27 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             self.engine.commit_soon = true;
         }
         self.reader.paused = self.held();
+        if self.role == Role::Engine {
+            for send in effects.sends.drain(..) {
+                let (to, addr, what) = match send {
+                    Send::Reliable { to, addr, body } => {
+                        *self.metrics.sent.entry(body.name()).or_insert(0) += 1;
+                        (to, addr, OutboundKind::Message(Message::new(body).to_bytes()))
+                    }
+                    Send::Probe { to, addr, nonce } => {
+                        (to, Some(addr), OutboundKind::Probe { nonce })
+                    }
+                };
+                let via = self.via.get(&to).copied();
+                self.outbound.push_back(Outbound { to, via, addr, what });
+            }
+        }
+        self.send_all(now, &mut effects);
+    }
+
+    /// Carries out the sends (on the nodes' connections) and notes of a turn, then seals the
+    /// frames due.
+    fn send_all(&mut self, now: Now, effects: &mut Effects) {
         for send in effects.sends.drain(..) {
             match send {
                 Send::Reliable { to, addr, body } => {
@@ -659,7 +956,7 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
             }
         }
         self.notes.extend(effects.notes.drain(..));
-        self.effects = effects;
+        self.effects = std::mem::take(effects);
         let mut frames = Vec::new();
         self.conns.transmit(now.mono, |id, addr, frame| frames.push((id, addr, frame)));
         for (id, addr, frame) in frames {
@@ -689,6 +986,9 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
 
     /// The earliest deadline: reliable retransmissions, the core's timers, a waiting batch.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if matches!(self.role, Role::Reader { .. }) {
+            return self.conns.poll_timeout();
+        }
         let last = self.last;
         let core = self
             .engine

@@ -97,6 +97,11 @@ pub(crate) struct Reader<I> {
     pub(crate) incarnations: HashMap<NodeId, u64>,
     /// Take no spool record: the engine's store fails (issue 16 item 15).
     pub(crate) paused: bool,
+    /// A packet reader of a cluster (issue 14): a hello's `acked_through` raises the node's
+    /// seen record, since another reader may have taken (and acknowledged) its latest records.
+    pub(crate) trust_acked_through: bool,
+    /// Records go in with this reader's id ([`crate::record::with_via`]); 0: none.
+    pub(crate) via: u64,
     acks_due: BTreeSet<NodeId>,
     /// A record was refused as a gap this turn.
     gaps: bool,
@@ -116,6 +121,8 @@ impl<I: Inbox> Reader<I> {
             enrolled: HashSet::new(),
             incarnations,
             paused: false,
+            trust_acked_through: false,
+            via: 0,
             acks_due: BTreeSet::new(),
             gaps: false,
             pending: Vec::new(),
@@ -151,12 +158,23 @@ impl<I: Inbox> Reader<I> {
             incarnation: self.incarnations.get(&node).copied().unwrap_or(0),
             record,
         });
-        match self.inbox.append(&record::encode(node, &key, bytes), id) {
+        let encoded = match self.via {
+            0 => record::encode(node, &key, bytes),
+            via => record::with_via(node, &key, bytes, via),
+        };
+        match self.inbox.append(&encoded, id) {
             Ok(lsn) => {
                 if record > 0 {
                     self.seen.insert(node, record);
                 }
                 self.note_hello(node, &message);
+                if self.trust_acked_through
+                    && let Some(Body::Hello(h)) = &message.body
+                    && h.acked_through > self.seen.get(&node).copied().unwrap_or(0)
+                {
+                    // Taken and acknowledged by another reader (the node moved here).
+                    self.seen.insert(node, h.acked_through);
+                }
                 self.pending.push(Pending { lsn: Some(lsn), node, key, message });
                 Ok(())
             }
@@ -230,6 +248,17 @@ impl<I: Inbox> Reader<I> {
                 out.acks.push((node, through, incarnation));
             }
             out.apply.extend(pending.into_iter().map(|p| (p.lsn, p.node, p.key, p.message)));
+        } else if self.trust_acked_through {
+            // A packet reader: `applied` is only what the engine had stored when this reader
+            // started, so the turn's records are taken back one by one instead.
+            self.acks_due.clear();
+            for p in &pending {
+                if p.message.record > 0
+                    && let Some(seen) = self.seen.get_mut(&p.node)
+                {
+                    *seen = (*seen).min(p.message.record - 1);
+                }
+            }
         } else {
             self.acks_due.clear();
             self.seen = applied.clone();

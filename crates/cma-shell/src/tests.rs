@@ -77,6 +77,8 @@ struct Probe {
     cma: NodeId,
     /// Messages the CMA sent, in order.
     received: Vec<Message>,
+    /// CMA probes answered.
+    probes_answered: u64,
 }
 
 impl Probe {
@@ -91,6 +93,7 @@ impl Probe {
             addr: addr(n),
             cma: cma.node_id(),
             received: Vec::new(),
+            probes_answered: 0,
         }
     }
 
@@ -104,6 +107,7 @@ impl Probe {
             token_proof: token.map(|t| t.proof(self.id.node_id(), &self.id.public_key())),
             peer_epoch: 0,
             spool_incarnation: 0,
+            acked_through: 0,
         })
     }
 
@@ -971,4 +975,318 @@ fn issue_14_records_appended_elsewhere_are_applied_first_in_inbox_order() {
     w.send(p, 2, status(2));
     assert_eq!(w.applied(id), vec![1, 2, 3]);
     assert_eq!(w.probes[p].acks().last(), Some(&3));
+}
+
+/// One inbox shared by several shells (the JetStream inbox of a cluster, issue 14).
+#[derive(Clone, Debug)]
+struct SharedInbox(std::rc::Rc<std::cell::RefCell<LogInbox<MemStorage>>>);
+
+impl Inbox for SharedInbox {
+    fn append(&mut self, record: &[u8], id: Option<RecordId>) -> Result<u64, InboxError> {
+        self.0.borrow_mut().append(record, id)
+    }
+    fn sync(&mut self) -> Result<(), InboxError> {
+        self.0.borrow_mut().sync()
+    }
+    fn read_from(&mut self, from: u64) -> Result<Vec<(u64, Vec<u8>)>, InboxError> {
+        self.0.borrow_mut().read_from(from)
+    }
+    fn remove_through(&mut self, position: u64) -> Result<(), InboxError> {
+        self.0.borrow_mut().remove_through(position)
+    }
+}
+
+type RoleShell = Shell<Sealer, SharedInbox, MemStore>;
+
+/// Two packet readers and an engine without a socket over one shared inbox; the readers'
+/// stores are copies of the engine's nodes (one database in a real cluster).
+struct Cluster {
+    base: Instant,
+    t: u64,
+    cma: Identity,
+    inbox: SharedInbox,
+    readers: Vec<(RoleShell, SocketAddr)>,
+    engine: RoleShell,
+    notes: Vec<Note>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let cma = ident(200);
+        let storage = MemStorage::new(1);
+        let log = LogInbox::open(move || Ok(storage.clone()), LogConfig::default()).unwrap();
+        let inbox = SharedInbox(std::rc::Rc::new(std::cell::RefCell::new(log)));
+        let base = Instant::now();
+        let now = Now { mono: base, wall: Timestamp(EPOCH) };
+        let shell = |role: Role, session: u64| {
+            let mut cfg = config(true, Duration::ZERO);
+            cfg.role = role;
+            let mut sealer = Sealer::new(cma.clone(), session);
+            sealer.set_accept_unknown(true);
+            Shell::start(cfg, sealer, inbox.clone(), MemStore::default(), now).unwrap()
+        };
+        let readers = vec![
+            (shell(Role::Reader { id: 11 }, 5), SocketAddr::from(([10, 9, 0, 1], 1984))),
+            (shell(Role::Reader { id: 12 }, 6), SocketAddr::from(([10, 9, 0, 2], 1984))),
+        ];
+        let engine = shell(Role::Engine, 7);
+        Cluster { base, t: 0, cma, inbox, readers, engine, notes: Vec::new() }
+    }
+
+    fn now(&self) -> Now {
+        Now { mono: self.base + Duration::from_micros(self.t), wall: Timestamp(EPOCH + self.t) }
+    }
+
+    /// Moves everything until quiet: the node's datagrams to reader `r`, the readers' records
+    /// to the engine, the engine's messages back through the readers, the node's answers to
+    /// probes to the reader that probed.
+    fn pump(&mut self, probe: &mut Probe, r: usize) {
+        for _ in 0..100 {
+            self.t += 1_000;
+            let now = self.now();
+            let mut moved = false;
+            for d in probe.datagrams(now.mono) {
+                moved = true;
+                self.readers[r].0.handle_datagram(now, probe.addr, &d);
+            }
+            let mut replies = Vec::new();
+            for i in 0..self.readers.len() {
+                self.readers[i].0.handle_timeout(now);
+                moved |= self.drain_reader(i, probe, &mut replies);
+            }
+            let next = self.engine.next_position();
+            let records = self.inbox.0.borrow_mut().read_from(next).unwrap();
+            moved |= !records.is_empty();
+            self.engine.apply_records(now, records);
+            for (node, nonce) in replies {
+                moved = true;
+                self.engine.probe_reply(now, node, nonce);
+            }
+            self.engine.handle_timeout(now);
+            self.engine.flush(now);
+            while let Some(n) = self.engine.poll_note() {
+                self.notes.push(n);
+            }
+            // One database: the readers see the nodes the engine stored.
+            let nodes = self.engine.store().nodes.clone();
+            for (reader, _) in &mut self.readers {
+                reader.store_mut().nodes = nodes.clone();
+            }
+            while let Some(out) = self.engine.poll_outbound() {
+                let out = Outbound::decode(&out.encode()).expect("round trip");
+                for (reader, _) in &mut self.readers {
+                    reader.deliver(now, out.clone());
+                }
+            }
+            let mut replies = Vec::new();
+            for i in 0..self.readers.len() {
+                moved |= self.drain_reader(i, probe, &mut replies);
+            }
+            for (node, nonce) in replies {
+                moved = true;
+                self.engine.probe_reply(now, node, nonce);
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("no quiescence after 100 rounds");
+    }
+
+    /// Ends reader `i`'s turn and delivers what it sends to the node; a probe is answered at
+    /// once to the reader that sent it. Returns whether anything moved.
+    fn drain_reader(
+        &mut self,
+        i: usize,
+        probe: &mut Probe,
+        replies: &mut Vec<(NodeId, u64)>,
+    ) -> bool {
+        let now = self.now();
+        let (reader, from) = &mut self.readers[i];
+        let mut moved = false;
+        for _ in 0..10 {
+            reader.flush(now);
+            while let Some(n) = reader.poll_note() {
+                if let Note::ProbeReply { node, nonce } = n {
+                    replies.push((node, nonce));
+                }
+            }
+            let mut answers = Vec::new();
+            while let Some(t) = reader.poll_transmit() {
+                if t.to != probe.addr {
+                    continue;
+                }
+                moved = true;
+                if let Some(answer) = probe.receive_from(&t.datagram, *from, now.mono) {
+                    answers.push(answer);
+                }
+            }
+            if answers.is_empty() {
+                break;
+            }
+            for a in answers {
+                reader.handle_datagram(now, probe.addr, &a);
+            }
+        }
+        moved
+    }
+
+    fn applied(&self, node: NodeId) -> Vec<u64> {
+        self.notes
+            .iter()
+            .filter_map(|n| match n {
+                Note::Applied { node: m, record, .. } if *m == node && *record > 0 => Some(*record),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Probe {
+    /// A datagram from the CMA at `from` (a packet reader's address): a reliable frame is
+    /// taken, a probe answered (the sealed answer is returned; it goes back to `from`).
+    fn receive_from(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) -> Option<Vec<u8>> {
+        let _ = from;
+        let o = self.sealer.open(datagram).ok()?;
+        if o.header.kind == DatagramKind::Reliable {
+            let _ = self.conn.handle_frame(&o.plaintext, now);
+            while let Some(ev) = self.conn.poll_event() {
+                if let assim_reliable::Event::Delivered(b) = ev {
+                    self.received.push(Message::from_bytes(&b).unwrap());
+                }
+            }
+            return None;
+        }
+        let Ok(Direct { body: Some(DirectBody::Probe(p)) }) = Direct::from_bytes(&o.plaintext)
+        else {
+            return None;
+        };
+        self.probes_answered += 1;
+        let reply = Direct { body: Some(DirectBody::ProbeReply(p)) }.to_bytes();
+        let mut d = Vec::new();
+        self.sealer.seal(self.cma, DatagramKind::Direct, true, &reply, &mut d).unwrap();
+        Some(d)
+    }
+}
+
+/// Issue 14: two packet readers append to one inbox and acknowledge; an engine without a
+/// socket applies every record once, in inbox order, and its messages reach the node through
+/// the reader that took the node's latest record. The node moves to the other reader (as after
+/// a failover): its hello says what the first reader acknowledged, so the second one takes the
+/// next record instead of waiting for a gap to close, and a resend is a duplicate.
+#[test]
+fn issue_14_packet_readers_take_records_and_an_engine_without_a_socket_applies_them_once() {
+    let mut c = Cluster::new();
+    let mut p = Probe::new(1, &c.cma, 1);
+    let id = p.id.node_id();
+    let Body::Hello(hello) = p.hello(None) else { unreachable!() };
+    let now = c.now().mono;
+    p.send(0, Body::Hello(hello.clone()), now);
+    for r in 1..=3 {
+        p.send(r, status(r), now);
+    }
+    c.pump(&mut p, 0);
+    assert_eq!(c.applied(id), vec![1, 2, 3]);
+    assert_eq!(p.acks().last(), Some(&3));
+    assert!(c.engine.core().node(id).is_some(), "the engine registered the node");
+    assert_eq!(c.engine.via.get(&id), Some(&11));
+    let from_engine =
+        |p: &Probe| p.received.iter().filter(|m| !matches!(m.body, Some(Body::Ack(_)))).count();
+    let before = from_engine(&p);
+    assert!(before > 0, "the engine's messages reached the node through reader 11");
+    // Neither reader applied anything itself.
+    for (r, _) in &c.readers {
+        assert!(r.core().node(id).is_none());
+    }
+
+    // The node moves to reader 12 with a new connection session.
+    p.conn = Connection::new(assim_reliable::Config::default(), 2, 1);
+    let moved = msg::Hello { acked_through: 3, ..hello };
+    let now = c.now().mono;
+    p.send(0, Body::Hello(moved), now);
+    p.send(4, status(4), now);
+    p.send(5, status(5), now);
+    c.pump(&mut p, 1);
+    assert_eq!(c.applied(id), vec![1, 2, 3, 4, 5]);
+    assert_eq!(p.acks().last(), Some(&5));
+    assert_eq!(c.engine.via.get(&id), Some(&12), "the engine now sends through reader 12");
+    let now = c.now().mono;
+    p.send(3, status(3), now);
+    c.pump(&mut p, 1);
+    assert_eq!(c.applied(id), vec![1, 2, 3, 4, 5], "a resend is not applied again");
+    assert_eq!(p.acks().last(), Some(&5));
+
+    // A probe the engine addresses through reader 12 is answered, and the answer comes back
+    // as a note for the engine; reader 11, which the node left, may not open a connection.
+    let probe_addr = p.addr;
+    let probe = |via| Outbound {
+        to: id,
+        via: Some(via),
+        addr: Some(probe_addr),
+        what: OutboundKind::Probe { nonce: 77 },
+    };
+    let t = c.now();
+    assert!(c.readers[1].0.deliver(t, probe(12)));
+    let mut replies = Vec::new();
+    c.drain_reader(1, &mut p, &mut replies);
+    assert_eq!(replies, vec![(id, 77)]);
+    assert_eq!(p.probes_answered, 1);
+    let stranger = Outbound { to: NodeId([9; 16]), ..probe(11) };
+    assert!(!c.readers[0].0.deliver(t, stranger), "no connection, no key: nothing sent");
+}
+
+/// Issue 14: a reader that does not know a node (another reader enrolled it) takes it only
+/// with the key the store holds for it.
+#[test]
+fn issue_14_a_reader_admits_a_node_registered_elsewhere_only_with_its_stored_key() {
+    let mut c = Cluster::new();
+    let mut p = Probe::new(1, &c.cma, 1);
+    let id = p.id.node_id();
+    let now = c.now().mono;
+    p.send(0, p.hello(None), now);
+    c.pump(&mut p, 0);
+    assert!(c.engine.core().node(id).is_some());
+    // The store says the node has another key: reader 12 refuses its records as unregistered.
+    for (r, _) in &mut c.readers {
+        r.store_mut().nodes.get_mut(&id).unwrap().public_key = [1; 32];
+    }
+    p.conn = Connection::new(assim_reliable::Config::default(), 2, 1);
+    let t = c.now();
+    p.send(1, status(1), t.mono);
+    for d in p.datagrams(t.mono) {
+        c.readers[1].0.handle_datagram(t, p.addr, &d);
+    }
+    c.readers[1].0.flush(t);
+    let refused: Vec<_> = std::iter::from_fn(|| c.readers[1].0.poll_note())
+        .filter_map(|n| match n {
+            Note::Refused { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused, vec!["unregistered"]);
+    assert_eq!(c.readers[1].0.seal().peer_key(id), None, "its key is forgotten again");
+}
+
+proptest::proptest! {
+    /// The engine's messages for the readers survive their encoding, and any bytes either
+    /// decode to a bounded message or to nothing.
+    #[test]
+    fn issue_14_outbound_round_trips(
+        node in proptest::array::uniform16(proptest::prelude::any::<u8>()),
+        via in proptest::option::of(1u64..),
+        port in proptest::prelude::any::<u16>(),
+        payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        probe in proptest::prelude::any::<bool>(),
+        junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100),
+    ) {
+        let what = if probe {
+            OutboundKind::Probe { nonce: payload.len() as u64 }
+        } else {
+            OutboundKind::Message(payload)
+        };
+        let addr = (port % 2 == 0).then(|| SocketAddr::from(([10, 1, 2, 3], port)));
+        let out = Outbound { to: NodeId(node), via, addr, what };
+        proptest::prop_assert_eq!(Outbound::decode(&out.encode()), Some(out));
+        let _ = Outbound::decode(&junk);
+    }
 }

@@ -24,6 +24,13 @@
 //!   appends (the senders keep the records in their spools) instead of dropping old ones.
 //!   Applied records are purged (at most once a second).
 //!
+//! - **Packet readers** (issue 14, [`QueueConfig::shared_writers`]): several reader processes
+//!   append to one stream at once, so a record cannot be published at a position its writer
+//!   chose. A reader publishes with `Nats-Msg-Id` only; JetStream numbers the records, and the
+//!   engine (which then appends nothing) follows the stream with [`JetStreamInbox::tail`] and
+//!   applies every record in stream order. The positions `append` returns are then only
+//!   provisional counts, which a reader does not use.
+//!
 //! The `async-nats` client runs on a thread of its own (a current-thread tokio runtime); each
 //! call is a request over a channel, and the caller blocks on the answer like on a local
 //! fsync, so the engine's code is the same over both inboxes.
@@ -51,6 +58,10 @@ pub struct QueueConfig {
     /// How long one call may take (connect, publish acknowledgements, reads). The engine waits
     /// this long for a sync before it gives up on the turn's records (their senders resend).
     pub timeout: Duration,
+    /// Several writers append at once (packet readers, issue 14): records go where JetStream
+    /// puts them, deduplicated by `Nats-Msg-Id` only. `false`: one writer, the engine, which
+    /// fences every record to the position it numbered.
+    pub shared_writers: bool,
 }
 
 impl QueueConfig {
@@ -69,6 +80,7 @@ impl QueueConfig {
             replicas: Self::REPLICAS,
             max_bytes: Self::MAX_BYTES,
             timeout: Duration::from_secs(2),
+            shared_writers: false,
         }
     }
 
@@ -154,6 +166,8 @@ enum Request {
     State(Reply<StreamState>),
     /// Deletes every record below the position; nobody waits for it.
     Purge(u64),
+    /// Sends every record from the position on, as it is stored, until the receiver is gone.
+    Tail(u64, tokio::sync::mpsc::Sender<(u64, Vec<u8>)>),
 }
 
 /// The inbox on a JetStream stream (see the crate doc).
@@ -274,6 +288,18 @@ impl JetStreamInbox {
         &self.config
     }
 
+    /// Follows the stream from position `from` on: every record, in stream order, as it is
+    /// stored (an engine fed by packet readers, issue 14). The channel is bounded (a slow
+    /// engine slows the follower, never the readers) and closes only when the client thread
+    /// stops; a lost server or consumer is recreated from the next position.
+    pub fn tail(&self, from: u64) -> Result<tokio::sync::mpsc::Receiver<(u64, Vec<u8>)>, String> {
+        let (tx, rx) = tokio::sync::mpsc::channel(TAIL_QUEUE);
+        self.requests
+            .send(Request::Tail(from, tx))
+            .map_err(|_| "the NATS client thread has stopped".to_owned())?;
+        Ok(rx)
+    }
+
     fn call<T>(&self, request: impl FnOnce(Reply<T>) -> Request) -> Result<T, String> {
         let (tx, rx) = mpsc::sync_channel(1);
         let request = request(tx);
@@ -354,7 +380,9 @@ impl Inbox for JetStreamInbox {
                 Ok(())
             }
             Err(e) => {
-                self.resync(first);
+                if !self.config.shared_writers {
+                    self.resync(first);
+                }
                 self.retry_at = Some(Instant::now() + self.backoff);
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                 Err(InboxError::SyncFailed(e.into()))
@@ -387,6 +415,10 @@ impl Inbox for JetStreamInbox {
     }
 
     fn appended_elsewhere(&mut self, look: bool) -> Option<u64> {
+        if self.config.shared_writers {
+            // Every record is someone else's: the engine follows the stream instead.
+            return None;
+        }
         if look
             && self.elsewhere.is_none()
             && self.pending.is_empty()
@@ -463,7 +495,10 @@ async fn serve(
     while let Some(request) = requests.recv().await {
         match request {
             Request::Publish(records, reply) => {
-                let _ = reply.send(publish(&js, &subject, records).await);
+                let _ = reply.send(publish(&js, &subject, records, config.shared_writers).await);
+            }
+            Request::Tail(from, tx) => {
+                tokio::spawn(tail(js.clone(), config.clone(), from, tx));
             }
             Request::Read(from, reply) => {
                 let _ = reply.send(read(&js, &config, from).await);
@@ -485,16 +520,20 @@ async fn serve(
     }
 }
 
-/// Publishes in order, pipelined, and checks that each record landed at its position.
+/// Publishes in order, pipelined, and checks that each record landed at its position (one
+/// writer) or was stored at all (`shared`: packet readers; a duplicate is stored already).
 async fn publish(
     js: &jetstream::Context,
     subject: &str,
     records: Vec<Outgoing>,
+    shared: bool,
 ) -> Result<(), String> {
     let mut acks = Vec::with_capacity(records.len());
     for r in records {
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Expected-Last-Sequence", (r.position - 1).to_string().as_str());
+        if !shared {
+            headers.insert("Nats-Expected-Last-Sequence", (r.position - 1).to_string().as_str());
+        }
         if let Some(id) = r.id {
             headers.insert("Nats-Msg-Id", id.to_string().as_str());
         }
@@ -508,7 +547,7 @@ async fn publish(
         let a = ack.await.map_err(|e| {
             format!("JetStream did not store the record at position {position}: {e}")
         })?;
-        if a.duplicate || a.sequence != position {
+        if !shared && (a.duplicate || a.sequence != position) {
             return Err(format!(
                 "JetStream stored the record for position {position} at {} (duplicate: {})",
                 a.sequence, a.duplicate
@@ -526,6 +565,55 @@ async fn state(js: &jetstream::Context, name: &str) -> Result<StreamState, Strin
         first: info.state.first_sequence,
         created_micros: (info.created.unix_timestamp_nanos() / 1000) as i64,
     })
+}
+
+/// Records a tail holds for its engine before it waits.
+const TAIL_QUEUE: usize = 8192;
+
+/// [`JetStreamInbox::tail`]'s task: an ordered consumer from `from`, recreated from the next
+/// position after any failure, until the receiver is dropped.
+async fn tail(
+    js: jetstream::Context,
+    config: QueueConfig,
+    mut from: u64,
+    tx: tokio::sync::mpsc::Sender<(u64, Vec<u8>)>,
+) {
+    let name = config.stream.clone();
+    while !tx.is_closed() {
+        let followed = async {
+            let stream = js.get_stream(&name).await.map_err(|e| format!("stream {name}: {e}"))?;
+            let consumer = stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: from.max(1),
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("cannot follow stream {name}: {e}"))?;
+            let mut messages = consumer
+                .messages()
+                .await
+                .map_err(|e| format!("cannot follow stream {name}: {e}"))?;
+            while let Some(m) = messages.next().await {
+                let m = m.map_err(|e| format!("following stream {name}: {e}"))?;
+                let seq = m.info().map_err(|e| format!("stream {name}: {e}"))?.stream_sequence;
+                if seq < from {
+                    continue;
+                }
+                if tx.send((seq, m.payload.to_vec())).await.is_err() {
+                    return Ok(());
+                }
+                from = seq + 1;
+            }
+            Err::<(), String>(format!("following stream {name}: the consumer ended"))
+        }
+        .await;
+        if let Err(e) = followed {
+            tracing::debug!(error = %e, from, "following the JetStream inbox failed; again shortly");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
 }
 
 /// How many times longer than one call a read may take in all: it retries while the cluster

@@ -299,6 +299,7 @@ pub async fn run(
         token_proof: token.as_ref().map(|t| t.proof(identity.node_id(), &identity.public_key())),
         peer_epoch: 0,
         spool_incarnation: 0,
+        acked_through: 0,
     };
     let shell = open_shell(
         sealer,

@@ -497,6 +497,7 @@ fn hello_of(i: u32, n: &Node, now: u64, epoch: u64) -> msg::Hello {
         token_proof: None,
         peer_epoch: epoch,
         spool_incarnation: 0,
+        acked_through: 0,
     }
 }
 
@@ -615,6 +616,7 @@ impl Sim {
                     token_proof: None,
                     peer_epoch: 0,
                     spool_incarnation: 0,
+                    acked_through: 0,
                 };
                 (id, public_key(id), hello)
             });
@@ -1267,8 +1269,9 @@ impl Sim {
             Note::HelloRefused { .. } => self.w.counters.hellos_refused += 1,
             Note::Unregistered { .. } => self.w.counters.unregistered += 1,
             Note::CommandAnswer(_) | Note::Statistics(_) => {}
-            // The simulator's switches announce no management address.
-            Note::ProbeManagement { .. } => {}
+            // The simulator's switches announce no management address, and its CMA is whole
+            // (no packet reader hands probe answers on).
+            Note::ProbeManagement { .. } | Note::ProbeReply { .. } => {}
         }
     }
 

@@ -199,6 +199,7 @@ async fn run_node(
             token_proof: None,
             peer_epoch: 0,
             spool_incarnation: 0,
+            acked_through: 0,
         },
         reliable: RelConfig::default(),
         // Simulated nanoprobes run no collectors.

@@ -183,6 +183,10 @@ impl assim_store::Tokens for Handle {
         let id = id.to_vec();
         self.call(move |s| assim_store::Tokens::use_token(s, &id))
     }
+
+    fn registered_key(&self, node: NodeId) -> Result<Option<[u8; 32]>, StoreFailed> {
+        self.call(move |s| assim_store::Tokens::registered_key(s, node))
+    }
 }
 
 /// Forwards a [`assim_store::Queries`] or [`assim_store::EventLog`] call to the store's

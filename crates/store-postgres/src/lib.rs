@@ -1417,4 +1417,25 @@ impl assim_store::Tokens for Store {
     fn use_token(&mut self, id: &[u8]) -> Result<(), assim_store::StoreFailed> {
         Store::use_token(self, id).map_err(|e| assim_store::StoreFailed(Box::new(e)))
     }
+
+    fn registered_key(&self, node: NodeId) -> Result<Option<[u8; 32]>, assim_store::StoreFailed> {
+        let failed = |e| assim_store::StoreFailed(Box::new(e));
+        let key = self
+            .row(
+                "reading a node's key",
+                "SELECT public_key FROM nodes WHERE id = $1",
+                &[&node.to_string()],
+                |r| r.try_get::<_, Vec<u8>>(0),
+            )
+            .map_err(failed)?;
+        key.map(|k| {
+            k.as_slice().try_into().map_err(|_| {
+                failed(StoreError::Corrupt {
+                    table: "nodes",
+                    detail: format!("public key of {node}"),
+                })
+            })
+        })
+        .transpose()
+    }
 }

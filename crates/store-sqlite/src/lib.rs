@@ -954,6 +954,25 @@ impl assim_store::Tokens for Store {
     fn use_token(&mut self, id: &[u8]) -> Result<(), assim_store::StoreFailed> {
         Store::use_token(self, id).map_err(|e| assim_store::StoreFailed(Box::new(e)))
     }
+
+    fn registered_key(&self, node: NodeId) -> Result<Option<[u8; 32]>, assim_store::StoreFailed> {
+        let key: Option<String> = self
+            .conn
+            .query_row("SELECT public_key FROM nodes WHERE id = ?1", [node.to_string()], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| assim_store::StoreFailed(Box::new(self.sql(e))))?;
+        key.map(|k| {
+            hex_decode32(&k).ok_or_else(|| {
+                assim_store::StoreFailed(Box::new(StoreError::Corrupt {
+                    table: "nodes",
+                    detail: format!("public key of {node}"),
+                }))
+            })
+        })
+        .transpose()
+    }
 }
 
 #[cfg(test)]

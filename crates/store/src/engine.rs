@@ -49,4 +49,8 @@ pub trait Tokens {
     fn token(&self, id: &[u8]) -> Result<Option<TokenRecord>, StoreFailed>;
     /// Counts one use of the token (one node enrolled with it).
     fn use_token(&mut self, id: &[u8]) -> Result<(), StoreFailed>;
+    /// The public key a registered node is stored with, if it is registered: a packet reader
+    /// that did not see the node register (another reader enrolled it, issue 14) admits it
+    /// without a token when its key is this one.
+    fn registered_key(&self, node: assim_wire::NodeId) -> Result<Option<[u8; 32]>, StoreFailed>;
 }

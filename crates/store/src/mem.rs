@@ -259,4 +259,8 @@ impl Tokens for MemStore {
         }
         Ok(())
     }
+
+    fn registered_key(&self, node: NodeId) -> Result<Option<[u8; 32]>, StoreFailed> {
+        Ok(self.nodes.get(&node).map(|n| n.public_key))
+    }
 }

@@ -13,6 +13,9 @@ use prost::Message as _;
 /// A reliable message. `record` is the sender's durable record number (spool or outbox), used by
 /// the receiver to acknowledge durable acceptance and to drop duplicates after a restart; 0
 /// means the message is not spooled.
+///
+/// Tag 2 is reserved: a CMA packet reader appends it (the reader that took the message) to the
+/// message's bytes on the way into a shared inbox, and decoding skips it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Message {
     #[prost(uint64, tag = "1")]
@@ -182,6 +185,12 @@ pub struct Hello {
     /// sender without this field (never resets anything).
     #[prost(uint64, tag = "8")]
     pub spool_incarnation: u64,
+    /// The highest spool record of this incarnation the CMA acknowledged (0: none, or a sender
+    /// without this field). A packet reader that has not seen the node's latest records (the
+    /// node moved to it from another reader of the same CMA, issue 14) continues its
+    /// next-record rule from here. A node that claims too much only loses its own records.
+    #[prost(uint64, tag = "9")]
+    pub acked_through: u64,
 }
 
 /// Proves knowledge of a join token's secret. It travels only inside the sealed `Hello`,

@@ -45,6 +45,7 @@ pub fn hello(n: u32) -> Hello {
         token_proof: None,
         peer_epoch: 0,
         spool_incarnation: 0,
+        acked_through: 0,
     }
 }
 
