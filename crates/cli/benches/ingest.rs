@@ -97,7 +97,7 @@ fn ingest(assim: &std::path::Path, label: &str, cma_args: &[&str], load: &Load) 
     let c = Cluster::new(spec, false).expect("start the CMA");
     println!("{label}:");
     let opts = LoadOptions {
-        cma: c.cma_listen,
+        cma: vec![c.cma_listen],
         senders: load.senders,
         reports: load.reports,
         window: load.window,

@@ -25,7 +25,8 @@ use assim_nanoprobe::nanoprobe::{CmaPin, fetch_cma_key, open_shell, read_pin, wr
 /// What to send.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    pub cma: SocketAddr,
+    /// The CMA's addresses (its packet readers'); sender i starts at the (i mod n)-th.
+    pub cma: Vec<SocketAddr>,
     pub senders: usize,
     /// Reports per sender.
     pub reports: u64,
@@ -89,10 +90,14 @@ async fn sender(i: usize, opts: LoadOptions) -> anyhow::Result<LoadReport> {
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     let session = assim_seal::next_session(&dir)?;
     let mut sealer = Sealer::new(identity.clone(), session);
+    anyhow::ensure!(!opts.cma.is_empty(), "no CMA address");
+    let mut cma = opts.cma.clone();
+    let first = i % cma.len();
+    cma.rotate_left(first);
     let pin: CmaPin = match read_pin(&dir)? {
         Some(p) => p,
         None => {
-            let p = fetch_cma_key(&socket, &mut sealer, &[opts.cma]).await?;
+            let p = fetch_cma_key(&socket, &mut sealer, &cma).await?;
             write_pin(&dir, &p)?;
             p
         }
@@ -111,8 +116,10 @@ async fn sender(i: usize, opts: LoadOptions) -> anyhow::Result<LoadReport> {
         acked_through: 0,
     };
     // No heartbeats, collectors or checks: the sender's spool holds only its reports.
-    let mut shell = open_shell(sealer, (pin.node_id, opts.cma), hello, &dir, 1 << 30, false, now)?
-        .without_heartbeats();
+    let mut shell = open_shell(sealer, (pin.node_id, cma[0]), hello, &dir, 1 << 30, false, now)?
+        .without_heartbeats()
+        .with_cma_addrs(cma)
+        .map_err(|e| anyhow::anyhow!("--cma: {e}"))?;
     shell.start(now);
 
     let mut report = LoadReport { senders: 1, ..LoadReport::default() };

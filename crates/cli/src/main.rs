@@ -148,9 +148,10 @@ enum Command {
     /// Each sender enrolls by trust on first use, so the CMA needs --open-enrollment.
     #[command(hide = true)]
     Loadgen {
-        /// The CMA's UDP address.
-        #[arg(long)]
-        cma: std::net::SocketAddr,
+        /// The CMA's UDP addresses, comma-separated: with packet readers (cma --role reader),
+        /// sender i starts at the (i mod n)-th and fails over to the others.
+        #[arg(long, value_delimiter = ',', required = true)]
+        cma: Vec<std::net::SocketAddr>,
         /// How many senders (each its own identity, socket and spool).
         #[arg(long, default_value_t = 50)]
         senders: usize,

@@ -112,6 +112,30 @@ pub struct CmaOptions {
     pub engine_lease: Duration,
     /// The inbox on NATS JetStream (`--queue`; issue 14); `None`: `DATA_DIR/inbox`.
     pub queue: Option<assim_inbox_jetstream::QueueConfig>,
+    /// What this process does in a cluster (`--role`; issue 14).
+    pub role: ProcessRole,
+}
+
+/// What a `cma` process does (`--role`; issue 14; see docs/cluster.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProcessRole {
+    /// Reads datagrams and, holding the engine lease, applies them.
+    #[default]
+    Whole,
+    /// A packet reader ([`crate::reader`]).
+    Reader,
+    /// An engine that reads no datagrams: it follows the JetStream inbox.
+    Engine,
+}
+
+impl ProcessRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProcessRole::Whole => "whole",
+            ProcessRole::Reader => "reader",
+            ProcessRole::Engine => "engine",
+        }
+    }
 }
 
 /// The audit rules in force: the shipped ones, the operator's files, without the silenced.
@@ -158,6 +182,9 @@ pub async fn run(
     opts: CmaOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    if opts.role == ProcessRole::Reader {
+        return crate::reader::run(opts, shutdown).await;
+    }
     // 0700 before anything is written into it (the identity, the database, the inbox).
     assim_seal::create_private_dir(&opts.data_dir)?;
     let identity = Identity::load_or_create(&opts.data_dir)?;
@@ -262,20 +289,26 @@ pub async fn run(
     assim_bus::runner::install_config_sinks(store.event_log(), &opts.bus)
         .context("cannot install the [bus] sinks")?;
     store.set_meta("listen", &opts.listen.to_string())?;
-    let socket = match bind_udp(&opts, &mut store, &mut lease, &engine_view, &mut shutdown).await? {
-        Some(s) => s,
-        None => {
-            if let Some(t) = api_task.take() {
-                t.abort();
+    // An engine fed by packet readers reads no datagrams (`--role engine`).
+    let socket = if opts.role == ProcessRole::Engine {
+        None
+    } else {
+        match bind_udp(&opts, &mut store, &mut lease, &engine_view, &mut shutdown).await? {
+            Some(s) => Some(s),
+            None => {
+                if let Some(t) = api_task.take() {
+                    t.abort();
+                }
+                return Ok(());
             }
-            return Ok(());
         }
     };
     // A large receive buffer absorbs registration storms and report bursts between turns.
     // SO_RCVBUFFORCE (root) may exceed net.core.rmem_max; otherwise the kernel caps SO_RCVBUF.
     use nix::sys::socket::{setsockopt, sockopt};
-    if setsockopt(&socket, sockopt::RcvBufForce, &RECV_BUFFER).is_err()
-        && let Err(e) = setsockopt(&socket, sockopt::RcvBuf, &RECV_BUFFER)
+    if let Some(socket) = &socket
+        && setsockopt(socket, sockopt::RcvBufForce, &RECV_BUFFER).is_err()
+        && let Err(e) = setsockopt(socket, sockopt::RcvBuf, &RECV_BUFFER)
     {
         debug!(error = %e, "cannot enlarge the UDP receive buffer");
     }
@@ -342,6 +375,9 @@ pub async fn run(
         host_new_wait: opts.host_new_wait,
     };
     config.open_enrollment = opts.open_enrollment;
+    if opts.role == ProcessRole::Engine {
+        config.role = assim_cma_shell::Role::Engine;
+    }
     config.graphite_prefix =
         opts.statistics.graphite.as_ref().map(|_| opts.statistics.prefix.clone());
     config.tagger = Some(EventTagger::new(move |e| {
@@ -401,7 +437,7 @@ pub async fn run(
     let (pings_tx, mut pings_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, bool)>();
     let mut d = Driver {
         shell,
-        socket: Arc::new(socket),
+        socket: socket.map(Arc::new),
         shared,
         last_event,
         fanout,
@@ -417,7 +453,28 @@ pub async fn run(
     };
     d.send_all().await;
     let (packets_tx, mut packets) = tokio::sync::mpsc::channel::<Batch>(READER_QUEUE);
-    let reader_task = tokio::spawn(read_packets(d.socket.clone(), packets_tx, d.shed.clone()));
+    // An engine fed by packet readers: it follows the inbox, and talks to the readers on NATS.
+    let (readers, mut tail, mut probe_replies) = match (&d.socket, d.shell.inbox(), &opts.queue) {
+        (None, EngineInbox::JetStream(inbox), Some(queue)) => {
+            let tail = inbox
+                .tail(d.shell.next_position())
+                .map_err(|e| anyhow::anyhow!("cannot follow the JetStream inbox: {e}"))?;
+            let subjects = crate::reader::Subjects::new(queue);
+            let nats = crate::reader::connect(queue, "assim-cma-engine").await?;
+            let replies = nats.subscribe(subjects.probe_reply()).await.context("NATS subscribe")?;
+            info!(from = d.shell.next_position(), "following the inbox the packet readers append to");
+            (Some(Readers { nats, subjects }), Some(tail), Some(replies))
+        }
+        _ => (None, None, None),
+    };
+    let reader_task = match &d.socket {
+        Some(socket) => tokio::spawn(read_packets(socket.clone(), packets_tx, d.shed.clone())),
+        // Kept open: the loop waits on it as on a socket that never receives.
+        None => tokio::spawn(async move {
+            let _open = packets_tx;
+            std::future::pending::<()>().await
+        }),
+    };
     let mut reader_stopped = false;
     let mut lost = None;
     loop {
@@ -448,6 +505,13 @@ pub async fn run(
                         d.shell.handle_datagram(t, src, &datagram);
                     }
                 }
+            }
+            records = next_records(&mut tail) => {
+                let t = now();
+                blocking(|| d.shell.apply_records(t, records));
+            }
+            Some((node, nonce)) = next_probe_reply(&mut probe_replies) => {
+                d.shell.probe_reply(now(), node, nonce);
             }
             Some(req) = run_rx.recv() => d.replies.request(&mut d.shell, req),
             Some((id, answered)) = pings_rx.recv() => {
@@ -480,6 +544,9 @@ pub async fn run(
         });
         d.replies.flushed();
         d.send_all().await;
+        if let Some(r) = &readers {
+            r.send_outbound(&mut d.shell).await;
+        }
     }
     graphite_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     reader_task.abort();
@@ -599,7 +666,7 @@ async fn start_api(
 
 /// The node id this CMA's identity has must be the one the database was made with: the
 /// nanoprobes pinned that key. The first engine on a database records it.
-fn check_identity(db: &mut crate::store::EngineDb, identity: &Identity) -> anyhow::Result<()> {
+pub(crate) fn check_identity(db: &mut crate::store::EngineDb, identity: &Identity) -> anyhow::Result<()> {
     let mine = identity.node_id().to_string();
     match db.meta(CMA_NODE_ID)? {
         None => db.set_meta(CMA_NODE_ID, &mine),
@@ -833,7 +900,7 @@ fn load_rules(dir: Option<&std::path::Path>) -> anyhow::Result<RuleSet> {
 /// Runs `f`, which blocks on the store or the inbox, without stalling a tokio worker thread: on
 /// a multi-threaded runtime through `block_in_place`; otherwise directly (a current-thread
 /// runtime cannot hand its tasks elsewhere, and `block_in_place` would panic there).
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
@@ -841,11 +908,11 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// The current time in both clocks.
-fn now() -> Now {
+pub(crate) fn now() -> Now {
     Now { mono: Instant::now(), wall: Timestamp::now() }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
@@ -853,18 +920,18 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Datagrams handled per loop turn at most (one inbox fsync and one store commit per turn).
-const MAX_DATAGRAMS_PER_TURN: usize = 4096;
+pub(crate) const MAX_DATAGRAMS_PER_TURN: usize = 4096;
 /// Datagrams the packet reader puts in one batch at most.
 const READER_BATCH: usize = 256;
 /// Batches the packet reader may hold for the loop (at most 16,384 datagrams, 20 MB).
-const READER_QUEUE: usize = 64;
+pub(crate) const READER_QUEUE: usize = 64;
 
 /// Datagrams received, with their senders.
-type Batch = Vec<(SocketAddr, Vec<u8>)>;
+pub(crate) type Batch = Vec<(SocketAddr, Vec<u8>)>;
 
 /// The packet reader (see the module doc): receives from `socket` in batches until the loop
 /// is gone.
-async fn read_packets(
+pub(crate) async fn read_packets(
     socket: Arc<UdpSocket>,
     tx: tokio::sync::mpsc::Sender<Batch>,
     shed: Arc<std::sync::atomic::AtomicU64>,
@@ -910,13 +977,63 @@ fn is_key_request(datagram: &[u8]) -> bool {
 }
 
 /// The UDP receive buffer the CMA asks for (bytes).
-const RECV_BUFFER: usize = 32 << 20;
+pub(crate) const RECV_BUFFER: usize = 32 << 20;
 
 type CmaShell = Shell<Sealer, EngineInbox, crate::store::EngineDb>;
 
+/// An engine's links to the packet readers (`--role engine`): the inbox it follows, and NATS
+/// for the messages both ways ([`crate::reader`]).
+struct Readers {
+    nats: async_nats::Client,
+    subjects: crate::reader::Subjects,
+}
+
+impl Readers {
+    /// Hands the engine's messages for nanoprobes to the readers.
+    async fn send_outbound(&self, shell: &mut CmaShell) {
+        while let Some(out) = shell.poll_outbound() {
+            let subject = self.subjects.out(out.via);
+            if let Err(e) = self.nats.publish(subject, out.encode().into()).await {
+                warn!(node = %out.to, error = %e, "cannot hand a message to the packet readers");
+            }
+        }
+    }
+}
+
+/// The next records the readers appended, as many as are there (at most a turn's worth);
+/// never ready without readers.
+async fn next_records(
+    tail: &mut Option<tokio::sync::mpsc::Receiver<(u64, Vec<u8>)>>,
+) -> Vec<(u64, Vec<u8>)> {
+    let Some(tail) = tail else { return std::future::pending().await };
+    let Some(first) = tail.recv().await else { return std::future::pending().await };
+    let mut records = vec![first];
+    while records.len() < MAX_DATAGRAMS_PER_TURN {
+        let Ok(next) = tail.try_recv() else { break };
+        records.push(next);
+    }
+    records
+}
+
+/// The next node's answer to a probe from a reader; never ready without readers.
+async fn next_probe_reply(
+    replies: &mut Option<async_nats::Subscriber>,
+) -> Option<(assim_wire::NodeId, u64)> {
+    use futures_util::StreamExt as _;
+    let Some(replies) = replies else { return std::future::pending().await };
+    loop {
+        let m = replies.next().await?;
+        match crate::reader::decode_probe_reply(&m.payload) {
+            Some(reply) => return Some(reply),
+            None => debug!(bytes = m.payload.len(), "a malformed probe answer; dropped"),
+        }
+    }
+}
+
 struct Driver {
     shell: CmaShell,
-    socket: Arc<UdpSocket>,
+    /// `None`: an engine fed by packet readers.
+    socket: Option<Arc<UdpSocket>>,
     shared: Arc<SharedMetrics>,
     last_event: watch::Sender<u64>,
     /// Live delivery of stored events to the API's event streams.
@@ -941,7 +1058,8 @@ impl Driver {
     /// Sends the shell's datagrams, publishes the last stored event and the metrics.
     async fn send_all(&mut self) {
         while let Some(t) = self.shell.poll_transmit() {
-            if let Err(e) = self.socket.try_send_to(&t.datagram, t.to) {
+            let Some(socket) = &self.socket else { continue };
+            if let Err(e) = socket.try_send_to(&t.datagram, t.to) {
                 debug!(addr = %t.to, error = %e, "UDP send failed");
             }
         }

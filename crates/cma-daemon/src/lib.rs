@@ -58,6 +58,7 @@ pub mod import;
 pub mod inbox;
 pub mod metrics;
 pub mod ping;
+pub mod reader;
 pub mod retention;
 pub mod reverse_dns;
 pub mod settings;

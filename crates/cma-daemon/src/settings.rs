@@ -83,6 +83,15 @@ pub struct CmaFlags {
     /// NATS server; 1 for a single server [default: 3; 1 to 5].
     #[arg(long, env = "ASSIM_CMA_QUEUE_REPLICAS")]
     pub queue_replicas: Option<usize>,
+    /// What this process does in a cluster (needs --queue): `whole` reads the nanoprobes'
+    /// datagrams and, holding the engine lease, applies them (the default, one process per
+    /// engine); `reader` is a packet reader — it authenticates datagrams on --listen, appends
+    /// them to the JetStream inbox and acknowledges, and applies nothing (run two or more, each
+    /// with its own --listen, all listed in the nanoprobes' --cma); `engine` reads no datagrams
+    /// and applies what the readers appended, sending to nanoprobes through them. See
+    /// docs/cluster.md [default: whole].
+    #[arg(long, env = "ASSIM_CMA_ROLE", value_parser = ["whole", "reader", "engine"])]
+    pub role: Option<String>,
     /// How often nanoprobes heartbeat their neighbours [default: 1s].
     #[arg(long, env = "ASSIM_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
     pub heartbeat_interval: Option<Duration>,
@@ -253,6 +262,8 @@ pub struct CmaFile {
     pub queue: Option<String>,
     /// `--queue-replicas`.
     pub queue_replicas: Option<usize>,
+    /// `--role`: whole, reader or engine.
+    pub role: Option<String>,
     pub heartbeat_interval: Option<String>,
     pub warn_time: Option<String>,
     pub dead_time: Option<String>,
@@ -525,7 +536,7 @@ impl CmaFlags {
         assim_cma_shell::lease::LeaseConfig { ttl: engine_lease }
             .validate()
             .map_err(|e| anyhow::anyhow!("engine_lease: {e}"))?;
-        let queue = match self.queue.as_deref().or(file.queue.as_deref()) {
+        let mut queue = match self.queue.as_deref().or(file.queue.as_deref()) {
             Some(url) if !url.trim().is_empty() => {
                 let mut q = assim_inbox_jetstream::QueueConfig::new(url.trim());
                 if let Some(r) = self.queue_replicas.or(file.queue_replicas) {
@@ -547,9 +558,27 @@ impl CmaFlags {
                 None
             }
         };
+        let role = match self.role.as_deref().or(file.role.as_deref()).map(str::trim) {
+            None | Some("whole") => crate::cma::ProcessRole::Whole,
+            Some("reader") => crate::cma::ProcessRole::Reader,
+            Some("engine") => crate::cma::ProcessRole::Engine,
+            Some(other) => bail!("invalid role {other:?}: expected whole, reader or engine"),
+        };
+        if role != crate::cma::ProcessRole::Whole && queue.is_none() {
+            bail!(
+                "role = {} needs --queue nats://… and --store postgres://…: packet readers and \
+                 engines meet only in the JetStream inbox (docs/cluster.md)",
+                role.name()
+            );
+        }
+        if let Some(q) = queue.as_mut() {
+            // Readers append side by side; so must every writer of their stream.
+            q.shared_writers = role != crate::cma::ProcessRole::Whole;
+        }
         Ok(crate::cma::CmaOptions {
             store,
             engine_lease,
+            role,
             queue,
             listen: self
                 .listen
@@ -657,6 +686,7 @@ pub fn cma_config_toml(o: &crate::cma::CmaOptions) -> String {
         engine_lease: Some(format_duration(o.engine_lease)),
         queue: o.queue.as_ref().map(|q| q.redacted_url()),
         queue_replicas: o.queue.as_ref().map(|q| q.replicas),
+        role: Some(o.role.name().into()),
         heartbeat_interval: Some(format_duration(o.timing.interval)),
         warn_time: Some(format_duration(o.timing.warn)),
         dead_time: Some(format_duration(o.timing.dead)),

@@ -833,6 +833,8 @@ impl<S: SpoolStorage> Shell<S> {
     fn send_hello(&mut self, restart: bool, now: Instant) {
         self.cfg.hello.peer_epoch = self.hb.epoch();
         self.cfg.hello.spool_incarnation = self.spool.incarnation();
+        // Tells a packet reader that did not take our latest records where to go on (issue 14).
+        self.cfg.hello.acked_through = self.spool.stats().acked_through;
         let hello = Body::Hello(self.cfg.hello.clone());
         if let Some(id) = self.send_control(hello, now) {
             self.events.push_back(Event::HelloSent { id, restart });
