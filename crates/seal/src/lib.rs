@@ -36,6 +36,6 @@ pub use identity::{
 };
 pub use key_fetch::KeyFetch;
 pub use mac1::Mac1Key;
-pub use replay::ReplayWindow;
-pub use seal::{OpenError, Opened, RejectCounters, SealError, Sealer, Throttle};
+pub use replay::{ReplayWindow, SourceWindows};
+pub use seal::{OpenError, Opened, RejectCounters, SealError, Sealer, Throttle, TooManySources};
 pub use token::{JoinToken, TokenError, secret_hash, token_id_for_secret, verify_proof};

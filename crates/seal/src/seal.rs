@@ -81,7 +81,7 @@ use x25519_dalek::PublicKey;
 use crate::admission::{Budget, Limits, Refusal};
 use crate::identity::Identity;
 use crate::mac1::Mac1Key;
-use crate::replay::{ReplayError, ReplayWindow};
+use crate::replay::{ReplayError, ReplayWindow, SourceWindows};
 
 const HKDF_SALT: &[u8] = b"assim-v1";
 const HKDF_INFO: &[u8] = b"assim v1 datagram";
@@ -264,8 +264,42 @@ struct Peer {
     mac1: Mac1Key,
     /// `None` when the peer's key is low order: we neither seal to it nor accept from it.
     keys: Option<PeerKeys>,
-    replay: ReplayWindow,
+    replay: Replay,
 }
+
+/// A peer's replay state: one window, or one per sender session for an identity that sends
+/// from several addresses ([`Sealer::set_peer_sources`]).
+#[derive(Clone)]
+enum Replay {
+    One(ReplayWindow),
+    Sources(SourceWindows),
+}
+
+impl Replay {
+    /// Whether the datagram would be accepted, and the slot to commit it to.
+    fn check(&self, src: Option<SocketAddr>, session: u64, counter: u64) -> Result<usize, OpenError> {
+        let r = match self {
+            Replay::One(w) => w.check(session, counter).map(|()| 0),
+            Replay::Sources(w) => w.check(src, session, counter),
+        };
+        r.map_err(|e| match e {
+            ReplayError::Replayed => OpenError::Replayed,
+            ReplayError::StaleSession => OpenError::StaleSession,
+        })
+    }
+
+    fn commit(&mut self, slot: usize, session: u64, counter: u64) {
+        match self {
+            Replay::One(w) => w.commit(session, counter),
+            Replay::Sources(w) => w.commit(slot, session, counter),
+        }
+    }
+}
+
+/// Why [`Sealer::set_peer_sources`] refused an address list (nothing changed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} source addresses for one peer, at most {max} are allowed", max = crate::replay::MAX_SOURCES)]
+pub struct TooManySources(pub usize);
 
 #[derive(Clone)]
 struct PeerKeys {
@@ -288,6 +322,8 @@ pub struct Sealer {
     dh_ops: Cell<u64>,
     first_contacts: Budget,
     key_requests: Budget,
+    /// Peers whose replay state is kept per sender session ([`Sealer::set_peer_sources`]).
+    sources: HashMap<NodeId, Vec<SocketAddr>>,
 }
 
 impl fmt::Debug for Sealer {
@@ -318,6 +354,7 @@ impl Sealer {
             accept_unknown: false,
             peers: HashMap::new(),
             rejects: RejectCounters::default(),
+            sources: HashMap::new(),
         }
     }
 
@@ -356,6 +393,49 @@ impl Sealer {
     /// Forgets a peer, its keys and its replay state.
     pub fn remove_peer(&mut self, id: NodeId) {
         self.peers.remove(&id);
+    }
+
+    /// Datagrams from `id` come from several senders that share its identity, each with its
+    /// own session, at the addresses `listed` (the CMA's packet readers, issue 14): its replay
+    /// state is kept per sender session ([`SourceWindows`]: a window per session, a slot per
+    /// listed address and one for all others), so that no sender's datagrams are refused as
+    /// stale because another sender's session is newer, and no datagram is accepted twice from
+    /// any address. Open its datagrams with [`open_at`](Self::open_at) or
+    /// [`open_from`](Self::open_from), which know the source. Called again, the slots of
+    /// addresses still listed are kept and what the others accepted stays refused; the setting
+    /// survives [`add_peer`](Self::add_peer) with a new key (which starts the state afresh).
+    /// Refused: more than [`crate::replay::MAX_SOURCES`] addresses.
+    pub fn set_peer_sources(
+        &mut self,
+        id: NodeId,
+        listed: &[SocketAddr],
+    ) -> Result<(), TooManySources> {
+        if SourceWindows::new(listed).is_none() {
+            return Err(TooManySources(listed.len()));
+        }
+        if let Some(peer) = self.peers.get_mut(&id) {
+            let replay = std::mem::replace(&mut peer.replay, Replay::One(ReplayWindow::new()));
+            peer.replay = Replay::Sources(match replay {
+                Replay::Sources(mut w) => {
+                    w.relist(listed).expect("the list was checked above");
+                    w
+                }
+                Replay::One(one) => {
+                    SourceWindows::from_window(listed, one).expect("the list was checked above")
+                }
+            });
+        }
+        self.sources.insert(id, listed.to_vec());
+        Ok(())
+    }
+
+    /// The sessions of `id` whose datagrams are accepted now, per listed address and then for
+    /// all others (a peer set up with [`set_peer_sources`](Self::set_peer_sources)).
+    pub fn peer_sessions(&self, id: NodeId) -> Option<Vec<Option<u64>>> {
+        match &self.peers.get(&id)?.replay {
+            Replay::Sources(w) => Some(w.sessions()),
+            Replay::One(w) => Some(vec![w.session()]),
+        }
     }
 
     /// The public key we hold for `id`.
@@ -518,14 +598,25 @@ impl Sealer {
     /// No budget applies here: this is for receivers that take no first contacts and answer no
     /// key requests (nanoprobes, tests). A CMA uses [`open_from`](Self::open_from).
     pub fn open(&mut self, datagram: &[u8]) -> Result<Opened, OpenError> {
-        let result = self.open_inner(datagram, None);
+        let result = self.open_inner(datagram, None, None);
         if let Err(e) = &result {
             self.rejects.bump(e.reason());
         }
         result
     }
 
-    /// [`open`](Self::open) for a datagram from `src` at `now`, under the budgets: a first
+    /// [`open`](Self::open) for a datagram that came from `src`: the same, except that a peer
+    /// set up with [`set_peer_sources`](Self::set_peer_sources) is replay-checked in the window
+    /// of the datagram's session, with `src` deciding the slot of a new one. No budget applies.
+    pub fn open_at(&mut self, datagram: &[u8], src: SocketAddr) -> Result<Opened, OpenError> {
+        let result = self.open_inner(datagram, Some(src), None);
+        if let Err(e) = &result {
+            self.rejects.bump(e.reason());
+        }
+        result
+    }
+
+    /// [`open_at`](Self::open_at) for a datagram from `src` at `now`, under the budgets: a first
     /// contact (a sealed datagram from a sender we hold no key for) takes a token from the
     /// first-contact budget before its DH, a `KeyRequest` one from the key-request budget
     /// (the caller answers only what this returns). Refused: [`OpenError::Throttled`].
@@ -535,7 +626,7 @@ impl Sealer {
         src: SocketAddr,
         datagram: &[u8],
     ) -> Result<Opened, OpenError> {
-        let result = self.open_inner(datagram, Some((now, src)));
+        let result = self.open_inner(datagram, Some(src), Some(now));
         if let Err(e) = &result {
             self.rejects.bump(e.reason());
         }
@@ -545,8 +636,10 @@ impl Sealer {
     fn open_inner(
         &mut self,
         datagram: &[u8],
-        from: Option<(Instant, SocketAddr)>,
+        src: Option<SocketAddr>,
+        budget_at: Option<Instant>,
     ) -> Result<Opened, OpenError> {
+        let from = budget_at.zip(src);
         let (header, body) = Header::decode(datagram)?;
         let header_len = header.len();
         // mac1 first: a hash, never a DH. Required where opening may cost one.
@@ -608,10 +701,6 @@ impl Sealer {
                 if header.sender_key.is_some_and(|k| k != peer.public) {
                     return Err(OpenError::KeyMismatch(header.sender));
                 }
-                peer.replay.check(header.session, header.counter).map_err(|e| match e {
-                    ReplayError::Replayed => OpenError::Replayed,
-                    ReplayError::StaleSession => OpenError::StaleSession,
-                })?;
                 peer
             }
             None => match header.sender_key {
@@ -629,6 +718,7 @@ impl Sealer {
                 _ => return Err(OpenError::UnknownPeer(header.sender)),
             },
         };
+        let slot = peer.replay.check(src, header.session, header.counter)?;
         let keys = peer.keys.as_ref().ok_or(OpenError::BadKey)?;
         if body.len() < AEAD_TAG_LEN {
             return Err(OpenError::Unauthenticated);
@@ -650,7 +740,7 @@ impl Sealer {
             self.peers.insert(header.sender, peer);
         }
         let peer = self.peers.get_mut(&header.sender).expect("peer present");
-        peer.replay.commit(header.session, header.counter);
+        peer.replay.commit(slot, header.session, header.counter);
         Ok(Opened { header, plaintext, new_peer: is_new })
     }
 
@@ -668,7 +758,11 @@ impl Sealer {
             let me = self.identity.node_id();
             PeerKeys { tx: directional(&hk, me, id), rx: directional(&hk, id, me) }
         });
-        Peer { public, mac1: Mac1Key::for_receiver(&public), keys, replay: ReplayWindow::new() }
+        let replay = match self.sources.get(&id).and_then(|l| SourceWindows::new(l)) {
+            Some(w) => Replay::Sources(w),
+            None => Replay::One(ReplayWindow::new()),
+        };
+        Peer { public, mac1: Mac1Key::for_receiver(&public), keys, replay }
     }
 }
 
