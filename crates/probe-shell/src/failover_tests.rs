@@ -187,7 +187,8 @@ impl Rig {
         let shell = Shell::new(cfg, spool, Some(sealer), now)
             .with_cma_addrs((1..=n).map(addr).collect())
             .unwrap();
-        let engines = (1..=n).map(|i| Engine::new(&cma, &node, addr(i), sessions[i as usize - 1])).collect();
+        let engines =
+            (1..=n).map(|i| Engine::new(&cma, &node, addr(i), sessions[i as usize - 1])).collect();
         Rig { node, cma, shell, engines, now, sent_to: Vec::new(), attempts: 0 }
     }
 

@@ -584,7 +584,9 @@ impl<S: SpoolStorage> Shell<S> {
                     // restarted CMA must see; a hello would register us again just before we
                     // stop, and our neighbours would then report us down.
                     if !self.leaving {
-                        info!("a new CMA session (a restart, or another of its packet readers); registering again");
+                        info!(
+                            "a new CMA session (a restart, or another of its packet readers); registering again"
+                        );
                         self.stats.rehellos += 1;
                         self.send_hello(true, now);
                     }

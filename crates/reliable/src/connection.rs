@@ -201,7 +201,12 @@ impl Connection {
         Ok(())
     }
 
-    fn handle_ack(&mut self, a: &AckFrame, now: Instant, any_session: bool) -> Result<(), FrameError> {
+    fn handle_ack(
+        &mut self,
+        a: &AckFrame,
+        now: Instant,
+        any_session: bool,
+    ) -> Result<(), FrameError> {
         if a.acked_session != self.session {
             self.stats.stale_frames += 1;
             return Ok(());

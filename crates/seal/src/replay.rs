@@ -463,7 +463,8 @@ mod tests {
             if self.retired.contains(&session) {
                 return Err(ReplayError::StaleSession);
             }
-            let newer = |s: &Option<(u64, BTreeSet<u64>)>| s.as_ref().is_some_and(|s| s.0 > session);
+            let newer =
+                |s: &Option<(u64, BTreeSet<u64>)>| s.as_ref().is_some_and(|s| s.0 > session);
             let slot = match listed {
                 Some(i) if newer(&self.slots[i]) => return Err(ReplayError::StaleSession),
                 Some(i) => i,

@@ -58,7 +58,10 @@
 //! do, before any X25519. Then it finds the peer's cached rx key (for an unknown sender that is
 //! accepted, [`Sealer::open_from`] first takes a token from the first-contact [`Budget`], then
 //! derives its keys: the only DH on this path), runs the cheap replay check, authenticates and
-//! decrypts, and only then records the counter in the peer's [`ReplayWindow`]. A `KeyRequest`
+//! decrypts, and only then records the counter in the peer's [`ReplayWindow`] (for a peer set up
+//! with [`Sealer::set_peer_sources`], the CMA as its packet readers reach a nanoprobe: in the
+//! window of the datagram's session, [`SourceWindows`], the source address deciding where a new
+//! session goes; [`Sealer::open_at`] and [`Sealer::open_from`] know the source). A `KeyRequest`
 //! at [`Sealer::open_from`] takes a token from the key-request budget. Every refusal increments
 //! the [`RejectCounters`] entry for its [`OpenError::reason`] and changes nothing else.
 //! [`Sealer::dh_ops`] counts the X25519 operations done so far.
@@ -277,7 +280,12 @@ enum Replay {
 
 impl Replay {
     /// Whether the datagram would be accepted, and the slot to commit it to.
-    fn check(&self, src: Option<SocketAddr>, session: u64, counter: u64) -> Result<usize, OpenError> {
+    fn check(
+        &self,
+        src: Option<SocketAddr>,
+        session: u64,
+        counter: u64,
+    ) -> Result<usize, OpenError> {
         let r = match self {
             Replay::One(w) => w.check(session, counter).map(|()| 0),
             Replay::Sources(w) => w.check(src, session, counter),
@@ -980,6 +988,45 @@ mod tests {
         assert_eq!(b.rejects().get("stale_session"), 1);
         let after2 = sealed(&mut a2, b.node_id(), false, b"after2");
         assert_eq!(b.open(&after2).unwrap().plaintext, b"after2");
+    }
+
+    /// One identity, two senders (packet readers) with sessions of their own: with
+    /// `set_peer_sources` both are accepted; a datagram of either replayed from any address is
+    /// refused; the setting survives a new key; more addresses than allowed are refused.
+    #[test]
+    fn peer_sources_accept_every_reader_and_no_replay() {
+        let (node_id, cma_id) = (ident(1), ident(2));
+        let mut node = Sealer::new(node_id.clone(), 1);
+        node.add_peer(cma_id.node_id(), cma_id.public_key());
+        let (x_addr, y_addr) = (src(1), src(2));
+        node.set_peer_sources(cma_id.node_id(), &[x_addr, y_addr]).unwrap();
+        let mut x = Sealer::new(cma_id.clone(), 200);
+        let mut y = Sealer::new(cma_id.clone(), 100);
+        x.add_peer(node_id.node_id(), node_id.public_key());
+        y.add_peer(node_id.node_id(), node_id.public_key());
+        let dx = sealed(&mut x, node_id.node_id(), false, b"x");
+        let dy = sealed(&mut y, node_id.node_id(), false, b"y");
+        assert_eq!(node.open_at(&dx, x_addr).unwrap().plaintext, b"x");
+        assert_eq!(node.open_at(&dy, y_addr).unwrap().plaintext, b"y", "older, own window");
+        for from in [x_addr, y_addr, src(9)] {
+            assert_eq!(node.open_at(&dx, from), Err(OpenError::Replayed));
+            assert_eq!(node.open_at(&dy, from), Err(OpenError::Replayed));
+        }
+        assert_eq!(node.open(&dx), Err(OpenError::Replayed), "no address known");
+        assert_eq!(node.peer_sessions(cma_id.node_id()), Some(vec![Some(200), Some(100), None]));
+        // Without the setting, the older reader is refused (one window per peer).
+        let mut plain = Sealer::new(node_id.clone(), 1);
+        plain.add_peer(cma_id.node_id(), cma_id.public_key());
+        let dx2 = sealed(&mut x, node_id.node_id(), false, b"x2");
+        let dy2 = sealed(&mut y, node_id.node_id(), false, b"y2");
+        plain.open_at(&dx2, x_addr).unwrap();
+        assert_eq!(plain.open_at(&dy2, y_addr), Err(OpenError::StaleSession));
+        // A new key starts afresh but keeps the setting.
+        let rekeyed = Identity::from_parts(cma_id.node_id(), [77; 32]);
+        node.add_peer(cma_id.node_id(), rekeyed.public_key());
+        assert_eq!(node.peer_sessions(cma_id.node_id()), Some(vec![None, None, None]));
+        let many: Vec<SocketAddr> = (0..=crate::replay::MAX_SOURCES as u32).map(src).collect();
+        assert_eq!(node.set_peer_sources(cma_id.node_id(), &many), Err(TooManySources(many.len())));
     }
 
     #[test]
