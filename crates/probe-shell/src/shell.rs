@@ -579,14 +579,14 @@ impl<S: SpoolStorage> Shell<S> {
                         self.events.push_back(Event::Ignored { kind: "undecodable" });
                     }
                 },
-                RelEvent::PeerRestarted { .. } => {
+                RelEvent::PeerRestarted { old, new } => {
                     // While leaving, the goodbye (resent by the reliable layer) is what the
                     // restarted CMA must see; a hello would register us again just before we
-                    // stop, and our neighbours would then report us down.
+                    // stop, and our neighbours would then report us down. (A new session is
+                    // also another of the CMA's packet readers after a move: it holds nothing
+                    // for us either.) Operators and tests look for this message.
                     if !self.leaving {
-                        info!(
-                            "a new CMA session (a restart, or another of its packet readers); registering again"
-                        );
+                        info!(old, new, "the CMA restarted; registering again");
                         self.stats.rehellos += 1;
                         self.send_hello(true, now);
                     }
