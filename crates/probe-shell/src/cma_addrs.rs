@@ -10,8 +10,11 @@
 //!   authenticated and the connection accepted, of the CMA's newest session, makes its source
 //!   address current, listed or not ([`CmaAddrs::heard`]). A new engine that took over tells
 //!   the ring members their peer sets at once, so they follow it on its first frame. Frames
-//!   of an older session (a deposed engine woken from SIGSTOP) move nothing; nor does a
-//!   datagram that fails authentication, or one from another node.
+//!   of an older session (a deposed engine woken from SIGSTOP, a packet reader the node left)
+//!   move nothing; nor does a datagram that fails authentication, or one from another node.
+//!   After a move, the first frame from the new current address is taken whatever its session
+//!   (packet readers each have their own, older or newer; the shell's connection treats it as
+//!   a restart and registers again).
 //! - **Silence moves to the next address.** When something sent to the CMA stays
 //!   unacknowledged and nothing is heard from it for the dwell time, the current address is
 //!   left for the next one in the list, round robin ([`CmaAddrs::handle_timeout`]); the shell

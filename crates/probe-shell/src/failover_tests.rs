@@ -3,7 +3,9 @@
 //! connection that acknowledges what it gets (the inbox's `Ack { through }` included); an
 //! engine that is down receives nothing and sends nothing.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use assim_log::MemStorage;
@@ -30,6 +32,19 @@ struct Engine {
     /// Spool records applied (next-record rule), and datagrams that reached this address.
     seen: u64,
     datagrams: usize,
+    /// Packet readers: the inbox they share (the node's applied mark, every record delivered),
+    /// instead of `seen`.
+    inbox: Option<Rc<RefCell<Inbox>>>,
+    /// Nonces of the probe replies this address got.
+    probe_replies: Vec<u64>,
+}
+
+/// What packet readers share behind them (the inbox stream): the node's next-record mark and
+/// every record any reader delivered, duplicates included.
+#[derive(Default)]
+struct Inbox {
+    applied: u64,
+    delivered: Vec<u64>,
 }
 
 impl Engine {
@@ -45,12 +60,20 @@ impl Engine {
             hellos: 0,
             seen: 0,
             datagrams: 0,
+            inbox: None,
+            probe_replies: Vec::new(),
         }
     }
 
     fn receive(&mut self, bytes: &[u8], now: Instant) {
         self.datagrams += 1;
         let Ok(opened) = self.sealer.open(bytes) else { return };
+        if opened.header.kind == DatagramKind::Direct
+            && let Ok(Direct { body: Some(DirectBody::ProbeReply(p)) }) =
+                Direct::from_bytes(&opened.plaintext)
+        {
+            self.probe_replies.push(p.nonce);
+        }
         if opened.header.kind != DatagramKind::Reliable {
             return;
         }
@@ -64,7 +87,14 @@ impl Engine {
             }
             if m.record > 0 {
                 records = true;
-                if m.record == self.seen + 1 {
+                if let Some(inbox) = &self.inbox {
+                    let mut inbox = inbox.borrow_mut();
+                    inbox.delivered.push(m.record);
+                    if m.record == inbox.applied + 1 {
+                        inbox.applied = m.record;
+                    }
+                    self.seen = inbox.applied;
+                } else if m.record == self.seen + 1 {
                     self.seen = m.record;
                 }
             }
@@ -86,6 +116,14 @@ impl Engine {
             out.push(b);
         }
         out
+    }
+
+    /// A CMA probe of the node from this address, sealed.
+    fn probe(&mut self, node: &Identity, nonce: u64) -> Vec<u8> {
+        let d = Direct { body: Some(DirectBody::Probe(msg::Probe { nonce })) }.to_bytes();
+        let mut b = Vec::new();
+        self.sealer.seal(node.node_id(), DatagramKind::Direct, false, &d, &mut b).unwrap();
+        b
     }
 
     /// Tells the node something (a peer set), as a new engine does for ring members.
@@ -111,6 +149,24 @@ impl Rig {
     /// A node that knows the addresses 192.0.2.1..=n; engine `i` listens at address `i + 1`,
     /// all down.
     fn new(n: u8) -> Rig {
+        let sessions: Vec<u64> = (1..=n).map(|i| 100 + u64::from(i)).collect();
+        Rig::with_sessions(&sessions)
+    }
+
+    /// Packet readers: one per session given, reader `i` at address `i + 1`, all up, sharing
+    /// one inbox.
+    fn readers(sessions: &[u64]) -> (Rig, Rc<RefCell<Inbox>>) {
+        let mut r = Rig::with_sessions(sessions);
+        let inbox = Rc::new(RefCell::new(Inbox::default()));
+        for e in &mut r.engines {
+            e.up = true;
+            e.inbox = Some(inbox.clone());
+        }
+        (r, inbox)
+    }
+
+    fn with_sessions(sessions: &[u64]) -> Rig {
+        let n = sessions.len() as u8;
         let mut rng = rand::rngs::OsRng;
         let (node, cma) = (Identity::generate(&mut rng), Identity::generate(&mut rng));
         let now = Instant::now();
@@ -131,7 +187,8 @@ impl Rig {
         let shell = Shell::new(cfg, spool, Some(sealer), now)
             .with_cma_addrs((1..=n).map(addr).collect())
             .unwrap();
-        let engines = (1..=n).map(|i| Engine::new(&cma, &node, addr(i), 100 + i as u64)).collect();
+        let engines =
+            (1..=n).map(|i| Engine::new(&cma, &node, addr(i), sessions[i as usize - 1])).collect();
         Rig { node, cma, shell, engines, now, sent_to: Vec::new(), attempts: 0 }
     }
 
@@ -459,4 +516,204 @@ fn unsealed_a_frame_of_an_older_cma_session_moves_nothing() {
     shell.handle_cma_frame(&frame_of(300), addr(1), now);
     assert_eq!(shell.cma().1, addr(1), "a newer engine's does");
     assert_eq!(shell.stats().cma_failovers, 0);
+}
+
+// ------------------------------------------------------------------------------------------
+// Packet readers (issue 14, docs/cluster.md "Sessions"): one identity, a session per reader,
+// an address per reader, an inbox behind them all.
+
+/// X (newer session) → Y (older) → X, each move after a silence with records in flight: the
+/// older reader's frames are taken after the move (a restart: hello, everything resent), and
+/// every record the spool held reaches the inbox (duplicates allowed, none lost).
+#[test]
+fn a_node_fails_over_between_readers_of_any_session_and_loses_nothing() {
+    let (mut r, inbox) = Rig::readers(&[200, 100]);
+    r.shell.start(r.now);
+    r.run(Duration::from_secs(1));
+    assert_eq!((r.engine(addr(1)).hellos, r.engine(addr(2)).hellos), (1, 0));
+    let mut sent = 0;
+    for _ in 0..3 {
+        r.report();
+        sent += 1;
+        r.run(Duration::from_secs(1));
+    }
+    assert_eq!(r.shell.spool().unacked(), 0);
+
+    // X dies with records in flight: the node moves to Y, whose session is older.
+    r.engine(addr(1)).up = false;
+    for _ in 0..4 {
+        r.report();
+        sent += 1;
+    }
+    r.run(FAILOVER_AFTER + Duration::from_secs(1));
+    assert_eq!(r.current(), addr(2));
+    assert_eq!(r.engine(addr(2)).hellos, 1, "a hello to the older reader");
+    assert_eq!(r.shell.connection().peer_session(), Some(100));
+    assert_eq!(r.shell.spool().unacked(), 0, "Y acknowledged what X never did");
+    r.report();
+    sent += 1;
+    r.run(Duration::from_secs(1));
+    assert_eq!(r.shell.spool().unacked(), 0);
+
+    // Y dies, X is back (same session): the node moves back with records in flight.
+    r.engine(addr(2)).up = false;
+    r.engine(addr(1)).up = true;
+    for _ in 0..2 {
+        r.report();
+        sent += 1;
+    }
+    r.run(FAILOVER_AFTER + Duration::from_secs(1));
+    assert_eq!(r.current(), addr(1));
+    assert_eq!(r.engine(addr(1)).hellos, 2, "a hello after each move");
+    assert_eq!(r.shell.connection().peer_session(), Some(200));
+    assert_eq!(r.shell.spool().unacked(), 0);
+    assert_eq!(r.shell.stats().cma_failovers, 2);
+    assert_eq!(r.shell.stats().rehellos, 2);
+    let inbox = inbox.borrow();
+    assert_eq!(inbox.applied, sent, "every record applied in order");
+    for rec in 1..=sent {
+        assert!(inbox.delivered.contains(&rec), "record {rec} lost");
+    }
+    assert!(inbox.delivered.iter().all(|rec| (1..=sent).contains(rec)));
+}
+
+/// While the node talks to one reader, CMA probes from every reader (older and newer
+/// sessions) are answered to their source, and move nothing.
+#[test]
+fn probes_from_every_reader_are_answered() {
+    let (mut r, _) = Rig::readers(&[200, 100, 300]);
+    r.shell.start(r.now);
+    r.run(Duration::from_secs(1));
+    assert_eq!(r.current(), addr(1));
+    let node = r.node.clone();
+    for round in 0..3u64 {
+        for (i, a) in [addr(1), addr(2), addr(3)].into_iter().enumerate() {
+            let nonce = round * 10 + i as u64;
+            let p = r.engine(a).probe(&node, nonce);
+            r.shell.handle_datagram(&p, a, r.now);
+        }
+        r.run(Duration::from_millis(100));
+    }
+    for (i, a) in [addr(1), addr(2), addr(3)].into_iter().enumerate() {
+        let want: Vec<u64> = (0..3).map(|round| round * 10 + i as u64).collect();
+        assert_eq!(r.engine(a).probe_replies, want, "{a}");
+    }
+    assert_eq!(r.current(), addr(1));
+    assert_eq!(r.shell.connection().peer_session(), Some(200));
+    assert_eq!(r.shell.stats().rejected, 0);
+    assert_eq!(r.shell.stats().rehellos, 0);
+    let sessions = r.shell.sealer().unwrap().peer_sessions(r.cma.node_id()).unwrap();
+    assert_eq!(sessions, [Some(200), Some(100), Some(300), None], "a window per reader");
+}
+
+/// A datagram captured from reader X and replayed, from X's address, from Y's or from an
+/// unlisted one, is refused (a reliable frame and a probe alike); so is one of a session X
+/// gave up when it restarted. Frames of the reader the node left (an older session) do not
+/// move it back nor disturb its connection.
+#[test]
+fn replays_are_refused_and_the_reader_left_behind_cannot_pull_back() {
+    let (mut r, _) = Rig::readers(&[100, 200]);
+    let stranger: SocketAddr = "198.51.100.9:1984".parse().unwrap();
+    r.shell.start(r.now);
+    r.run(Duration::from_secs(1));
+    let node = r.node.clone();
+    // Captured from X: a command frame and a probe, each delivered once.
+    let now = r.now;
+    r.engine(addr(1)).command(now);
+    let frame = r.engine(addr(1)).transmit(&node, now).remove(0);
+    let probe = r.engine(addr(1)).probe(&node, 7);
+    let y_probe = r.engine(addr(2)).probe(&node, 8);
+    r.shell.handle_datagram(&frame, addr(1), r.now);
+    r.shell.handle_datagram(&probe, addr(1), r.now);
+    r.shell.handle_datagram(&y_probe, addr(2), r.now);
+    r.run(Duration::from_millis(100));
+    assert_eq!(r.engine(addr(1)).probe_replies, [7]);
+    assert_eq!(r.engine(addr(2)).probe_replies, [8]);
+    let rejected = r.shell.stats().rejected;
+    let replays = r.shell.sealer().unwrap().rejects().get("replayed");
+    for from in [addr(1), addr(2), stranger] {
+        r.shell.handle_datagram(&frame, from, r.now);
+        r.shell.handle_datagram(&probe, from, r.now);
+        r.shell.handle_datagram(&y_probe, from, r.now);
+    }
+    r.run(Duration::from_millis(100));
+    assert_eq!(r.shell.stats().rejected - rejected, 9, "all nine refused");
+    assert_eq!(r.shell.sealer().unwrap().rejects().get("replayed") - replays, 9);
+    assert_eq!(r.engine(addr(1)).probe_replies, [7], "no second answer");
+    assert_eq!(r.engine(addr(2)).probe_replies, [8]);
+    assert_eq!(r.current(), addr(1));
+
+    // X restarts at its address (newer session): a datagram of its old session that never
+    // reached the node (withheld by an attacker) is refused, from any address.
+    let withheld = r.engine(addr(1)).probe(&node, 9);
+    let cma = r.cma.clone();
+    r.engines[0] = Engine::new(&cma, &node, addr(1), 150);
+    r.engines[0].up = true;
+    let now = r.now;
+    r.engine(addr(1)).command(now);
+    r.run(Duration::from_secs(1));
+    assert_eq!(r.engine(addr(1)).hellos, 1, "the restarted reader got a hello");
+    assert_eq!(r.shell.connection().peer_session(), Some(150));
+    let stale = r.shell.sealer().unwrap().rejects().get("stale_session");
+    for from in [addr(1), addr(2), stranger] {
+        r.shell.handle_datagram(&withheld, from, r.now);
+    }
+    assert_eq!(r.shell.sealer().unwrap().rejects().get("stale_session") - stale, 3);
+
+    // X falls silent: the node moves to Y (newer). X wakes and writes (its retransmissions,
+    // a command): older than Y's session, so nothing moves and the connection is undisturbed.
+    r.engine(addr(1)).up = false;
+    r.report();
+    r.run(FAILOVER_AFTER + Duration::from_secs(1));
+    assert_eq!(r.current(), addr(2));
+    assert_eq!(r.shell.connection().peer_session(), Some(200));
+    let (rehellos, rejected) = (r.shell.stats().rehellos, r.shell.stats().rejected);
+    let stale_frames = r.shell.connection().stats().stale_frames;
+    let now = r.now;
+    r.engine(addr(1)).up = true;
+    r.engine(addr(1)).command(now);
+    r.run(Duration::from_secs(5));
+    assert_eq!(r.current(), addr(2));
+    assert_eq!(r.shell.connection().peer_session(), Some(200));
+    assert_eq!(r.shell.stats().rehellos, rehellos, "no hello to the reader left behind");
+    assert!(r.shell.stats().rejected > rejected, "its frames are refused");
+    assert!(r.shell.connection().stats().stale_frames > stale_frames);
+    assert_eq!(r.shell.stats().cma_failovers, 1);
+    r.report();
+    r.run(Duration::from_secs(1));
+    assert_eq!(r.shell.spool().unacked(), 0, "Y still serves the node");
+}
+
+/// While a move waits for the new reader's first frame (which may be of any session), a frame
+/// of a reader left earlier, from its own address, is not that frame: X (100) → Y (200) → Z
+/// (300, not yet answering); X's late command is stale and moves nothing; Z's answer is taken.
+#[test]
+fn a_reader_left_behind_does_not_take_the_place_of_the_next() {
+    let (mut r, inbox) = Rig::readers(&[100, 200, 300]);
+    r.shell.start(r.now);
+    r.run(Duration::from_secs(1));
+    r.engine(addr(1)).up = false;
+    r.report();
+    r.run(FAILOVER_AFTER + Duration::from_secs(1));
+    assert_eq!((r.current(), r.shell.connection().peer_session()), (addr(2), Some(200)));
+    r.engine(addr(2)).up = false;
+    r.engine(addr(3)).up = false;
+    r.report();
+    r.run(FAILOVER_AFTER + Duration::from_millis(100));
+    assert_eq!(r.current(), addr(3), "moved; Z has not answered yet");
+    let rejected = r.shell.stats().rejected;
+    let now = r.now;
+    r.engine(addr(1)).up = true;
+    r.engine(addr(1)).command(now);
+    r.run(Duration::from_millis(500));
+    assert_eq!(r.current(), addr(3), "X's frame is not the one the move waits for");
+    assert_eq!(r.shell.connection().peer_session(), Some(200));
+    assert!(r.shell.stats().rejected > rejected);
+    assert_eq!(r.engine(addr(1)).hellos, 1, "no hello to X again");
+    r.engine(addr(3)).up = true;
+    r.run(Duration::from_secs(1));
+    assert_eq!((r.current(), r.shell.connection().peer_session()), (addr(3), Some(300)));
+    assert_eq!(r.engine(addr(3)).hellos, 1);
+    assert_eq!(r.shell.spool().unacked(), 0);
+    assert_eq!(inbox.borrow().applied, 2);
 }

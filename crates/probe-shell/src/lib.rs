@@ -62,6 +62,15 @@
 //!   unanswered round of the list, at most [`cma_addrs::FAILOVER_MAX_DWELL`]), the shell moves
 //!   to the next address ([`Shell::with_cma_addrs`]), sends what is unacknowledged there at once
 //!   and logs the move once; [`ShellStats::cma_failovers`] counts the moves.
+//! - **Packet readers** (issue 14, docs/cluster.md "Sessions"): the CMA's addresses may be
+//!   readers of one identity, each with its own sealing and reliable session. The sealer keeps
+//!   the CMA's replay state per sender session, a slot per listed address
+//!   ([`assim_seal::Sealer::set_peer_sources`]), so probes from every reader are answered and
+//!   no datagram is taken twice from any address. After a move the next frame from the new
+//!   address is taken whatever its session (`Connection::path_changed`): an older reader's is a
+//!   restart like a newer one's, so the hello and everything unacknowledged go to it. Frames
+//!   from other addresses keep the session rules (`Connection::handle_frame_off_path`): the
+//!   reader left behind, older, moves nothing and disturbs nothing.
 //!
 //! Sealing: [`Shell::handle_datagram`] and [`Shell::poll_datagram`] open and seal with an
 //! [`assim_seal::Sealer`] (daemon, wire mode). The virtual-time simulator passes no sealer and

@@ -161,7 +161,8 @@ pub enum NotSpooled {
 /// Counters of the shell besides the spool's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ShellStats {
-    /// Datagrams dropped (authentication, replay, unexpected kind or sender).
+    /// Datagrams dropped (authentication, replay, unexpected kind or sender, a CMA frame of a
+    /// stale session).
     pub rejected: u64,
     /// Reliable frames from the CMA that the connection refused.
     pub bad_frames: u64,
@@ -240,9 +241,14 @@ impl<S: SpoolStorage> Shell<S> {
     pub fn new(
         mut cfg: ShellConfig,
         spool: Spool<S>,
-        sealer: Option<Sealer>,
+        mut sealer: Option<Sealer>,
         now: Instant,
     ) -> Shell<S> {
+        if let Some(s) = sealer.as_mut() {
+            // The CMA's datagrams are replay-checked per sender session (its packet readers),
+            // with a slot per CMA address ([`Shell::with_cma_addrs`]).
+            s.set_peer_sources(cfg.cma_id, &[cfg.cma_addr]).expect("one address");
+        }
         let max = spool.max_record().min(MAX_MESSAGE);
         cfg.reliable.max_message_size = cfg.reliable.max_message_size.min(max);
         let conn = Connection::new(cfg.reliable.clone(), cfg.session, cfg.seed);
@@ -302,6 +308,10 @@ impl<S: SpoolStorage> Shell<S> {
     pub fn with_cma_addrs(mut self, addrs: Vec<SocketAddr>) -> Result<Shell<S>, CmaAddrsError> {
         self.addrs = CmaAddrs::new(addrs)?;
         self.cfg.cma_addr = self.addrs.current();
+        if let Some(s) = self.sealer.as_mut() {
+            s.set_peer_sources(self.cfg.cma_id, self.addrs.list())
+                .expect("a valid list has at most as many addresses as the sealer keeps");
+        }
         Ok(self)
     }
 
@@ -398,7 +408,7 @@ impl<S: SpoolStorage> Shell<S> {
             sealer.set_accept_unknown(false);
             r
         } else {
-            sealer.open(datagram)
+            sealer.open_at(datagram, src)
         };
         let opened = match result {
             Ok(o) => o,
@@ -528,12 +538,21 @@ impl<S: SpoolStorage> Shell<S> {
         }
     }
 
-    /// A reliable frame from the CMA (already authenticated). One the connection accepts, of
-    /// the CMA's newest session, makes `src` the current CMA address; a bad or stale one (a
-    /// deposed engine's) moves nothing.
+    /// A reliable frame from the CMA (already authenticated). One the connection accepts
+    /// makes `src` the current CMA address: from the current address, the session the
+    /// connection follows, or, first after a move ([`crate::cma_addrs`]), any session (another
+    /// packet reader: a restart, so the hello and everything unacknowledged go to it); from
+    /// another address, only the newest session (a new engine writing to its ring members).
+    /// A bad frame, or a stale one (the reader left behind, a deposed engine), moves nothing,
+    /// disturbs nothing and is counted in [`ShellStats::rejected`].
     pub fn handle_cma_frame(&mut self, frame: &[u8], src: SocketAddr, now: Instant) {
         let stale = self.conn.stats().stale_frames;
-        match self.conn.handle_frame(frame, now) {
+        let result = if src == self.addrs.current() {
+            self.conn.handle_frame(frame, now)
+        } else {
+            self.conn.handle_frame_off_path(frame, now)
+        };
+        match result {
             Ok(()) if self.conn.stats().stale_frames == stale => {
                 if src != self.addrs.current() {
                     info!(from = %self.addrs.current(), to = %src, "the CMA answers from another address; sending there");
@@ -541,7 +560,10 @@ impl<S: SpoolStorage> Shell<S> {
                 self.addrs.heard(src);
                 self.cfg.cma_addr = src;
             }
-            Ok(()) => debug!(%src, "a frame of an older CMA session; ignored"),
+            Ok(()) => {
+                self.stats.rejected += 1;
+                debug!(%src, "a frame of an older CMA session; ignored");
+            }
             Err(e) => {
                 self.stats.bad_frames += 1;
                 debug!(error = %e, "bad frame from the CMA");
@@ -557,12 +579,14 @@ impl<S: SpoolStorage> Shell<S> {
                         self.events.push_back(Event::Ignored { kind: "undecodable" });
                     }
                 },
-                RelEvent::PeerRestarted { .. } => {
+                RelEvent::PeerRestarted { old, new } => {
                     // While leaving, the goodbye (resent by the reliable layer) is what the
                     // restarted CMA must see; a hello would register us again just before we
-                    // stop, and our neighbours would then report us down.
+                    // stop, and our neighbours would then report us down. (A new session is
+                    // also another of the CMA's packet readers after a move: it holds nothing
+                    // for us either.) Operators and tests look for this message.
                     if !self.leaving {
-                        info!("the CMA restarted; registering again");
+                        info!(old, new, "the CMA restarted; registering again");
                         self.stats.rehellos += 1;
                         self.send_hello(true, now);
                     }

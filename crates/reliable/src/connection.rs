@@ -28,6 +28,10 @@ pub struct Connection {
     recv: Option<Receiver>,
     /// When the pending acknowledgement must go out, if one is pending.
     ack_deadline: Option<Instant>,
+    /// Set by [`Connection::path_changed`]: the next frame accepted from the new path may be
+    /// of any peer session (another sender of the same identity); cleared by the next frame
+    /// accepted from any path.
+    new_path: bool,
     events: VecDeque<Event>,
     stats: Stats,
 }
@@ -67,6 +71,7 @@ impl Connection {
             sender,
             recv: None,
             ack_deadline: None,
+            new_path: false,
             events: VecDeque::new(),
             stats,
         }
@@ -81,25 +86,66 @@ impl Connection {
         Ok(id)
     }
 
-    /// Feeds one frame received from the peer (already authenticated).
+    /// Feeds one frame received from the peer (already authenticated), on the path we send on.
     ///
     /// A frame that does not parse, exceeds the limits or contradicts earlier frames is
     /// rejected with an error and changes nothing. Frames of an older peer session, and acks
     /// for a session not ours, are valid but ignored (counted in [`Stats::stale_frames`]).
+    /// After [`Connection::path_changed`], the first frame accepted may be of any peer session:
+    /// one that differs from the last is a restart ([`Event::PeerRestarted`]), older or not.
     pub fn handle_frame(&mut self, frame: &[u8], now: Instant) -> Result<(), FrameError> {
+        self.handle_frame_on(frame, now, true)
+    }
+
+    /// [`Connection::handle_frame`] for a frame that came from another address than the one
+    /// we send to (the peer we left at a [`Connection::path_changed`], or a new one writing
+    /// to us): the session rules without the exception of a new path, so a frame of an older
+    /// session is stale, and one of a newer session a restart, as ever.
+    pub fn handle_frame_off_path(&mut self, frame: &[u8], now: Instant) -> Result<(), FrameError> {
+        self.handle_frame_on(frame, now, false)
+    }
+
+    fn handle_frame_on(
+        &mut self,
+        frame: &[u8],
+        now: Instant,
+        on_path: bool,
+    ) -> Result<(), FrameError> {
         if frame.len() > self.config.max_frame_size {
             return Err(FrameError::TooLarge("frame exceeds max_frame_size"));
         }
+        let any_session = on_path && self.new_path;
+        let stale = self.stats.stale_frames;
         match decode(frame)? {
-            Frame::Data(d) => self.handle_data(&d, now)?,
-            Frame::Ack(a) => self.handle_ack(&a, now)?,
+            Frame::Data(d) => self.handle_data(&d, now, any_session)?,
+            Frame::Ack(a) => self.handle_ack(&a, now, any_session)?,
+        }
+        if self.stats.stale_frames == stale {
+            self.new_path = false;
         }
         self.stats.frames_received += 1;
         self.sender.update_stats(&mut self.stats);
         Ok(())
     }
 
-    fn handle_data(&mut self, d: &DataFrame<'_>, now: Instant) -> Result<(), FrameError> {
+    /// Whether a frame of `session` is a restart of the peer (`Some(true)`), of its current
+    /// session (`Some(false)`), or stale (`None`). `any_session`: the first frame on a new path.
+    fn session_change(&self, session: u64, any_session: bool) -> Option<bool> {
+        match self.peer_session {
+            Some(p) if session == p => Some(false),
+            Some(_) if any_session => Some(true),
+            Some(p) if session < p => None,
+            Some(_) => Some(true),
+            None => Some(false),
+        }
+    }
+
+    fn handle_data(
+        &mut self,
+        d: &DataFrame<'_>,
+        now: Instant,
+        any_session: bool,
+    ) -> Result<(), FrameError> {
         // A packed frame's entries are bounded by the frame size, checked already.
         if !d.packed && d.payload.len() > self.max_payload {
             return Err(FrameError::TooLarge("fragment payload exceeds the frame size"));
@@ -109,13 +155,9 @@ impl Connection {
                 "frag_count implies a message above max_message_size",
             ));
         }
-        let restarted = match self.peer_session {
-            Some(p) if d.session < p => {
-                self.stats.stale_frames += 1;
-                return Ok(());
-            }
-            Some(p) => d.session > p,
-            None => false,
+        let Some(restarted) = self.session_change(d.session, any_session) else {
+            self.stats.stale_frames += 1;
+            return Ok(());
         };
         // Check against the receive state this frame will meet, before changing anything.
         let fresh;
@@ -159,18 +201,19 @@ impl Connection {
         Ok(())
     }
 
-    fn handle_ack(&mut self, a: &AckFrame, now: Instant) -> Result<(), FrameError> {
+    fn handle_ack(
+        &mut self,
+        a: &AckFrame,
+        now: Instant,
+        any_session: bool,
+    ) -> Result<(), FrameError> {
         if a.acked_session != self.session {
             self.stats.stale_frames += 1;
             return Ok(());
         }
-        let restarted = match self.peer_session {
-            Some(p) if a.acker_session < p => {
-                self.stats.stale_frames += 1;
-                return Ok(());
-            }
-            Some(p) => a.acker_session > p,
-            None => false,
+        let Some(restarted) = self.session_change(a.acker_session, any_session) else {
+            self.stats.stale_frames += 1;
+            return Ok(());
         };
         self.sender.check_ack(a)?;
         if restarted {
@@ -245,9 +288,14 @@ impl Connection {
     /// The driver sends to the peer at another address from now on (a nanoprobe failing over
     /// to another address of its CMA): unacknowledged data goes out at once, from the computed
     /// RTO rather than a backed-off one. Nothing is forgotten: what the new address's peer
-    /// already holds it acknowledges as a duplicate, and a peer of a new session resets the
-    /// send state as any restart does. Call `poll_transmit` afterwards.
+    /// already holds it acknowledges as a duplicate. The peer there may be another sender of
+    /// the same identity with a session of its own, older or newer (the CMA's packet readers):
+    /// the next frame accepted by [`Connection::handle_frame`] is taken whatever its session,
+    /// and a session other than the last is a restart ([`Event::PeerRestarted`]: receive state
+    /// dropped, everything unacknowledged resent). Frames from elsewhere go to
+    /// [`Connection::handle_frame_off_path`]. Call `poll_transmit` afterwards.
     pub fn path_changed(&mut self, now: Instant) {
+        self.new_path = true;
         self.sender.on_path_change(now);
         self.sender.update_stats(&mut self.stats);
     }
@@ -344,6 +392,102 @@ mod tests {
             a.handle_frame(&f, now + ms(10)).unwrap();
         }
         assert_eq!(a.stats().queued_messages, 0, "acknowledged by the new peer");
+    }
+
+    /// Two senders of one identity with sessions of their own (packet readers X, session 9,
+    /// and Y, session 5): after a path change to Y, Y's first frame is taken although older
+    /// (a restart: everything unacknowledged goes to Y), a frame of X's from off the path
+    /// does not disturb it unless newer, and back at X (another path change) X's is taken
+    /// again. Without a path change an older session stays stale.
+    #[test]
+    fn a_new_path_takes_the_next_frame_of_any_session() {
+        let now = Instant::now();
+        let mut a = Connection::new(Config::default(), 1, 1);
+        let mut x = Connection::new(Config::default(), 9, 2);
+        let mut y = Connection::new(Config::default(), 5, 3);
+        let mut old = Connection::new(Config::default(), 3, 4);
+        a.send(vec![1], now).unwrap();
+        for f in drain(&mut a, now) {
+            x.handle_frame(&f, now).unwrap();
+        }
+        for f in drain(&mut x, now + ms(5)) {
+            a.handle_frame(&f, now + ms(5)).unwrap();
+        }
+        assert_eq!(a.peer_session(), Some(9));
+        assert_eq!(events(&mut a), [Event::Acked(1)]);
+        // Y writes without a path change: older, stale.
+        y.send(vec![50], now).unwrap();
+        let y_frames = drain(&mut y, now);
+        a.handle_frame(&y_frames[0], now).unwrap();
+        assert_eq!(a.stats().stale_frames, 1);
+        assert_eq!(a.peer_session(), Some(9));
+
+        // Two messages X never acknowledges; then the move to Y.
+        let t = now + ms(10);
+        a.send(vec![2], t).unwrap();
+        a.send(vec![3], t).unwrap();
+        assert!(!drain(&mut a, t).is_empty(), "sent to X, lost");
+        let t = t + ms(3000);
+        a.path_changed(t);
+        // Off the path, an older session (a deposed sender) is still stale.
+        old.send(vec![0], t).unwrap();
+        a.handle_frame_off_path(&drain(&mut old, t)[0], t).unwrap();
+        assert_eq!(a.stats().stale_frames, 2);
+        assert_eq!(a.peer_session(), Some(9));
+        // What goes out now reaches Y, which acknowledges: taken, a restart.
+        a.handle_timeout(t);
+        for f in drain(&mut a, t) {
+            y.handle_frame(&f, t).unwrap();
+        }
+        assert_eq!(events(&mut y), [Event::Delivered(vec![2]), Event::Delivered(vec![3])]);
+        let t = t + ms(5);
+        for f in drain(&mut y, t) {
+            a.handle_frame(&f, t).unwrap();
+        }
+        let ev = events(&mut a);
+        assert_eq!(ev[0], Event::PeerRestarted { old: 9, new: 5 });
+        assert_eq!(a.peer_session(), Some(5));
+        // After the restart everything from base was sent again; Y acknowledges it all.
+        a.handle_timeout(t);
+        for f in drain(&mut a, t) {
+            y.handle_frame(&f, t).unwrap();
+        }
+        for f in drain(&mut y, t + ms(5)) {
+            a.handle_frame(&f, t + ms(5)).unwrap();
+        }
+        let acked: Vec<Event> = ev.into_iter().skip(1).chain(events(&mut a)).collect();
+        assert_eq!(acked, [Event::Acked(2), Event::Acked(3)]);
+        assert!(a.is_idle());
+        // The exception is spent: an older session on the path is stale again.
+        let stale = a.stats().stale_frames;
+        old.send(vec![0], t).unwrap();
+        a.handle_frame(&drain(&mut old, t)[0], t).unwrap();
+        assert_eq!(a.peer_session(), Some(5));
+        assert_eq!(a.stats().stale_frames, stale + 1);
+
+        // Back to X: a message, a path change, X's ack (newer anyway) is taken.
+        let t = t + ms(10);
+        a.send(vec![4], t).unwrap();
+        a.path_changed(t);
+        for f in drain(&mut a, t) {
+            x.handle_frame(&f, t).unwrap();
+        }
+        for f in drain(&mut x, t + ms(5)) {
+            a.handle_frame(&f, t + ms(5)).unwrap();
+        }
+        assert_eq!(events(&mut a)[0], Event::PeerRestarted { old: 5, new: 9 });
+        // And a path change back to Y whose stale frame arrives off the path first: it does
+        // not spend the exception; Y's own frame on the path does.
+        let t = t + ms(10);
+        a.send(vec![5], t).unwrap();
+        a.path_changed(t);
+        y.send(vec![51], t).unwrap();
+        let late_y = drain(&mut y, t);
+        a.handle_frame_off_path(&late_y[0], t).unwrap();
+        assert_eq!(a.peer_session(), Some(9), "off the path: stale");
+        a.handle_frame(&late_y[0], t).unwrap();
+        assert_eq!(a.peer_session(), Some(5), "on the path: taken");
+        assert_eq!(events(&mut a)[0], Event::PeerRestarted { old: 9, new: 5 });
     }
 
     /// After an outage long enough to back the RTO off, a frame from the peer (it is

@@ -104,6 +104,14 @@
 //!   acknowledged from `base` on, resending those fragments. Frames of a smaller (older) peer
 //!   session are dropped and counted in [`Stats::stale_frames`]; acks for a session that is not
 //!   ours are ignored the same way.
+//! - A new path ([`Connection::path_changed`]: the driver sends to another address of the
+//!   peer, where another sender of the same identity may answer, e.g. another of the CMA's
+//!   packet readers, each with its own session): the next frame accepted through
+//!   [`Connection::handle_frame`] is taken whatever its session, and one other than the last
+//!   is a restart as above, older or not. Frames the driver got from any other address go
+//!   through [`Connection::handle_frame_off_path`], which keeps the rules above (an older
+//!   session is stale), so the peer left behind cannot pull the connection back. The first
+//!   frame accepted from either ends the exception.
 //! - A receiver with no state for the peer's session starts at the `base` of the first data frame
 //!   it gets: everything below was acknowledged by an earlier incarnation of us, hence delivered.
 //!   If a later frame's `base` is above the receive point, the receiver skips to it (that can
@@ -209,8 +217,10 @@ pub enum Event {
     /// Our message with this id (from [`Connection::send`]) was fully acknowledged by the peer,
     /// which means the peer delivered it. Emitted once per id, in id order.
     Acked(u64),
-    /// The peer's session grew: it restarted and its receive state was reset. Messages of ours
-    /// not yet acknowledged are resent to the new incarnation.
+    /// The peer's session changed: it grew (the peer restarted), or, at the first frame after
+    /// [`Connection::path_changed`], the peer at the new address has another session (`new`
+    /// may then be smaller). Receive state was reset; messages of ours not yet acknowledged
+    /// are resent to the new incarnation.
     PeerRestarted { old: u64, new: u64 },
 }
 

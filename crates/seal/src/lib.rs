@@ -17,7 +17,9 @@
 //!   checked before any X25519 operation.
 //! - [`admission`]: [`Budget`], the first-contact and key-request budgets (token buckets per
 //!   source and global, bounded memory).
-//! - [`replay`]: [`ReplayWindow`], the sliding anti-replay window kept per peer.
+//! - [`replay`]: [`ReplayWindow`], the sliding anti-replay window kept per peer, and
+//!   [`SourceWindows`], a window per sender session for an identity that sends from several
+//!   addresses with a session each (the CMA's packet readers, [`Sealer::set_peer_sources`]).
 //! - [`key_fetch`]: [`KeyFetch`], a nanoprobe's trust-on-first-use key request loop, at the
 //!   pace the CMA's `Busy` answers set.
 //! - [`token`]: [`JoinToken`] (`assim1.…` strings) and enrollment proofs.
@@ -36,6 +38,6 @@ pub use identity::{
 };
 pub use key_fetch::KeyFetch;
 pub use mac1::Mac1Key;
-pub use replay::ReplayWindow;
-pub use seal::{OpenError, Opened, RejectCounters, SealError, Sealer, Throttle};
+pub use replay::{ReplayWindow, SourceWindows};
+pub use seal::{OpenError, Opened, RejectCounters, SealError, Sealer, Throttle, TooManySources};
 pub use token::{JoinToken, TokenError, secret_hash, token_id_for_secret, verify_proof};

@@ -58,7 +58,10 @@
 //! do, before any X25519. Then it finds the peer's cached rx key (for an unknown sender that is
 //! accepted, [`Sealer::open_from`] first takes a token from the first-contact [`Budget`], then
 //! derives its keys: the only DH on this path), runs the cheap replay check, authenticates and
-//! decrypts, and only then records the counter in the peer's [`ReplayWindow`]. A `KeyRequest`
+//! decrypts, and only then records the counter in the peer's [`ReplayWindow`] (for a peer set up
+//! with [`Sealer::set_peer_sources`], the CMA as its packet readers reach a nanoprobe: in the
+//! window of the datagram's session, [`SourceWindows`], the source address deciding where a new
+//! session goes; [`Sealer::open_at`] and [`Sealer::open_from`] know the source). A `KeyRequest`
 //! at [`Sealer::open_from`] takes a token from the key-request budget. Every refusal increments
 //! the [`RejectCounters`] entry for its [`OpenError::reason`] and changes nothing else.
 //! [`Sealer::dh_ops`] counts the X25519 operations done so far.
@@ -81,7 +84,7 @@ use x25519_dalek::PublicKey;
 use crate::admission::{Budget, Limits, Refusal};
 use crate::identity::Identity;
 use crate::mac1::Mac1Key;
-use crate::replay::{ReplayError, ReplayWindow};
+use crate::replay::{ReplayError, ReplayWindow, SourceWindows};
 
 const HKDF_SALT: &[u8] = b"assim-v1";
 const HKDF_INFO: &[u8] = b"assim v1 datagram";
@@ -264,8 +267,47 @@ struct Peer {
     mac1: Mac1Key,
     /// `None` when the peer's key is low order: we neither seal to it nor accept from it.
     keys: Option<PeerKeys>,
-    replay: ReplayWindow,
+    replay: Replay,
 }
+
+/// A peer's replay state: one window, or one per sender session for an identity that sends
+/// from several addresses ([`Sealer::set_peer_sources`]).
+#[derive(Clone)]
+enum Replay {
+    One(ReplayWindow),
+    Sources(SourceWindows),
+}
+
+impl Replay {
+    /// Whether the datagram would be accepted, and the slot to commit it to.
+    fn check(
+        &self,
+        src: Option<SocketAddr>,
+        session: u64,
+        counter: u64,
+    ) -> Result<usize, OpenError> {
+        let r = match self {
+            Replay::One(w) => w.check(session, counter).map(|()| 0),
+            Replay::Sources(w) => w.check(src, session, counter),
+        };
+        r.map_err(|e| match e {
+            ReplayError::Replayed => OpenError::Replayed,
+            ReplayError::StaleSession => OpenError::StaleSession,
+        })
+    }
+
+    fn commit(&mut self, slot: usize, session: u64, counter: u64) {
+        match self {
+            Replay::One(w) => w.commit(session, counter),
+            Replay::Sources(w) => w.commit(slot, session, counter),
+        }
+    }
+}
+
+/// Why [`Sealer::set_peer_sources`] refused an address list (nothing changed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} source addresses for one peer, at most {max} are allowed", max = crate::replay::MAX_SOURCES)]
+pub struct TooManySources(pub usize);
 
 #[derive(Clone)]
 struct PeerKeys {
@@ -288,6 +330,8 @@ pub struct Sealer {
     dh_ops: Cell<u64>,
     first_contacts: Budget,
     key_requests: Budget,
+    /// Peers whose replay state is kept per sender session ([`Sealer::set_peer_sources`]).
+    sources: HashMap<NodeId, Vec<SocketAddr>>,
 }
 
 impl fmt::Debug for Sealer {
@@ -318,6 +362,7 @@ impl Sealer {
             accept_unknown: false,
             peers: HashMap::new(),
             rejects: RejectCounters::default(),
+            sources: HashMap::new(),
         }
     }
 
@@ -356,6 +401,49 @@ impl Sealer {
     /// Forgets a peer, its keys and its replay state.
     pub fn remove_peer(&mut self, id: NodeId) {
         self.peers.remove(&id);
+    }
+
+    /// Datagrams from `id` come from several senders that share its identity, each with its
+    /// own session, at the addresses `listed` (the CMA's packet readers, issue 14): its replay
+    /// state is kept per sender session ([`SourceWindows`]: a window per session, a slot per
+    /// listed address and one for all others), so that no sender's datagrams are refused as
+    /// stale because another sender's session is newer, and no datagram is accepted twice from
+    /// any address. Open its datagrams with [`open_at`](Self::open_at) or
+    /// [`open_from`](Self::open_from), which know the source. Called again, the slots of
+    /// addresses still listed are kept and what the others accepted stays refused; the setting
+    /// survives [`add_peer`](Self::add_peer) with a new key (which starts the state afresh).
+    /// Refused: more than [`crate::replay::MAX_SOURCES`] addresses.
+    pub fn set_peer_sources(
+        &mut self,
+        id: NodeId,
+        listed: &[SocketAddr],
+    ) -> Result<(), TooManySources> {
+        if SourceWindows::new(listed).is_none() {
+            return Err(TooManySources(listed.len()));
+        }
+        if let Some(peer) = self.peers.get_mut(&id) {
+            let replay = std::mem::replace(&mut peer.replay, Replay::One(ReplayWindow::new()));
+            peer.replay = Replay::Sources(match replay {
+                Replay::Sources(mut w) => {
+                    w.relist(listed).expect("the list was checked above");
+                    w
+                }
+                Replay::One(one) => {
+                    SourceWindows::from_window(listed, one).expect("the list was checked above")
+                }
+            });
+        }
+        self.sources.insert(id, listed.to_vec());
+        Ok(())
+    }
+
+    /// The sessions of `id` whose datagrams are accepted now, per listed address and then for
+    /// all others (a peer set up with [`set_peer_sources`](Self::set_peer_sources)).
+    pub fn peer_sessions(&self, id: NodeId) -> Option<Vec<Option<u64>>> {
+        match &self.peers.get(&id)?.replay {
+            Replay::Sources(w) => Some(w.sessions()),
+            Replay::One(w) => Some(vec![w.session()]),
+        }
     }
 
     /// The public key we hold for `id`.
@@ -518,14 +606,25 @@ impl Sealer {
     /// No budget applies here: this is for receivers that take no first contacts and answer no
     /// key requests (nanoprobes, tests). A CMA uses [`open_from`](Self::open_from).
     pub fn open(&mut self, datagram: &[u8]) -> Result<Opened, OpenError> {
-        let result = self.open_inner(datagram, None);
+        let result = self.open_inner(datagram, None, None);
         if let Err(e) = &result {
             self.rejects.bump(e.reason());
         }
         result
     }
 
-    /// [`open`](Self::open) for a datagram from `src` at `now`, under the budgets: a first
+    /// [`open`](Self::open) for a datagram that came from `src`: the same, except that a peer
+    /// set up with [`set_peer_sources`](Self::set_peer_sources) is replay-checked in the window
+    /// of the datagram's session, with `src` deciding the slot of a new one. No budget applies.
+    pub fn open_at(&mut self, datagram: &[u8], src: SocketAddr) -> Result<Opened, OpenError> {
+        let result = self.open_inner(datagram, Some(src), None);
+        if let Err(e) = &result {
+            self.rejects.bump(e.reason());
+        }
+        result
+    }
+
+    /// [`open_at`](Self::open_at) for a datagram from `src` at `now`, under the budgets: a first
     /// contact (a sealed datagram from a sender we hold no key for) takes a token from the
     /// first-contact budget before its DH, a `KeyRequest` one from the key-request budget
     /// (the caller answers only what this returns). Refused: [`OpenError::Throttled`].
@@ -535,7 +634,7 @@ impl Sealer {
         src: SocketAddr,
         datagram: &[u8],
     ) -> Result<Opened, OpenError> {
-        let result = self.open_inner(datagram, Some((now, src)));
+        let result = self.open_inner(datagram, Some(src), Some(now));
         if let Err(e) = &result {
             self.rejects.bump(e.reason());
         }
@@ -545,8 +644,10 @@ impl Sealer {
     fn open_inner(
         &mut self,
         datagram: &[u8],
-        from: Option<(Instant, SocketAddr)>,
+        src: Option<SocketAddr>,
+        budget_at: Option<Instant>,
     ) -> Result<Opened, OpenError> {
+        let from = budget_at.zip(src);
         let (header, body) = Header::decode(datagram)?;
         let header_len = header.len();
         // mac1 first: a hash, never a DH. Required where opening may cost one.
@@ -608,10 +709,6 @@ impl Sealer {
                 if header.sender_key.is_some_and(|k| k != peer.public) {
                     return Err(OpenError::KeyMismatch(header.sender));
                 }
-                peer.replay.check(header.session, header.counter).map_err(|e| match e {
-                    ReplayError::Replayed => OpenError::Replayed,
-                    ReplayError::StaleSession => OpenError::StaleSession,
-                })?;
                 peer
             }
             None => match header.sender_key {
@@ -629,6 +726,7 @@ impl Sealer {
                 _ => return Err(OpenError::UnknownPeer(header.sender)),
             },
         };
+        let slot = peer.replay.check(src, header.session, header.counter)?;
         let keys = peer.keys.as_ref().ok_or(OpenError::BadKey)?;
         if body.len() < AEAD_TAG_LEN {
             return Err(OpenError::Unauthenticated);
@@ -650,7 +748,7 @@ impl Sealer {
             self.peers.insert(header.sender, peer);
         }
         let peer = self.peers.get_mut(&header.sender).expect("peer present");
-        peer.replay.commit(header.session, header.counter);
+        peer.replay.commit(slot, header.session, header.counter);
         Ok(Opened { header, plaintext, new_peer: is_new })
     }
 
@@ -668,7 +766,11 @@ impl Sealer {
             let me = self.identity.node_id();
             PeerKeys { tx: directional(&hk, me, id), rx: directional(&hk, id, me) }
         });
-        Peer { public, mac1: Mac1Key::for_receiver(&public), keys, replay: ReplayWindow::new() }
+        let replay = match self.sources.get(&id).and_then(|l| SourceWindows::new(l)) {
+            Some(w) => Replay::Sources(w),
+            None => Replay::One(ReplayWindow::new()),
+        };
+        Peer { public, mac1: Mac1Key::for_receiver(&public), keys, replay }
     }
 }
 
@@ -886,6 +988,45 @@ mod tests {
         assert_eq!(b.rejects().get("stale_session"), 1);
         let after2 = sealed(&mut a2, b.node_id(), false, b"after2");
         assert_eq!(b.open(&after2).unwrap().plaintext, b"after2");
+    }
+
+    /// One identity, two senders (packet readers) with sessions of their own: with
+    /// `set_peer_sources` both are accepted; a datagram of either replayed from any address is
+    /// refused; the setting survives a new key; more addresses than allowed are refused.
+    #[test]
+    fn peer_sources_accept_every_reader_and_no_replay() {
+        let (node_id, cma_id) = (ident(1), ident(2));
+        let mut node = Sealer::new(node_id.clone(), 1);
+        node.add_peer(cma_id.node_id(), cma_id.public_key());
+        let (x_addr, y_addr) = (src(1), src(2));
+        node.set_peer_sources(cma_id.node_id(), &[x_addr, y_addr]).unwrap();
+        let mut x = Sealer::new(cma_id.clone(), 200);
+        let mut y = Sealer::new(cma_id.clone(), 100);
+        x.add_peer(node_id.node_id(), node_id.public_key());
+        y.add_peer(node_id.node_id(), node_id.public_key());
+        let dx = sealed(&mut x, node_id.node_id(), false, b"x");
+        let dy = sealed(&mut y, node_id.node_id(), false, b"y");
+        assert_eq!(node.open_at(&dx, x_addr).unwrap().plaintext, b"x");
+        assert_eq!(node.open_at(&dy, y_addr).unwrap().plaintext, b"y", "older, own window");
+        for from in [x_addr, y_addr, src(9)] {
+            assert_eq!(node.open_at(&dx, from), Err(OpenError::Replayed));
+            assert_eq!(node.open_at(&dy, from), Err(OpenError::Replayed));
+        }
+        assert_eq!(node.open(&dx), Err(OpenError::Replayed), "no address known");
+        assert_eq!(node.peer_sessions(cma_id.node_id()), Some(vec![Some(200), Some(100), None]));
+        // Without the setting, the older reader is refused (one window per peer).
+        let mut plain = Sealer::new(node_id.clone(), 1);
+        plain.add_peer(cma_id.node_id(), cma_id.public_key());
+        let dx2 = sealed(&mut x, node_id.node_id(), false, b"x2");
+        let dy2 = sealed(&mut y, node_id.node_id(), false, b"y2");
+        plain.open_at(&dx2, x_addr).unwrap();
+        assert_eq!(plain.open_at(&dy2, y_addr), Err(OpenError::StaleSession));
+        // A new key starts afresh but keeps the setting.
+        let rekeyed = Identity::from_parts(cma_id.node_id(), [77; 32]);
+        node.add_peer(cma_id.node_id(), rekeyed.public_key());
+        assert_eq!(node.peer_sessions(cma_id.node_id()), Some(vec![None, None, None]));
+        let many: Vec<SocketAddr> = (0..=crate::replay::MAX_SOURCES as u32).map(src).collect();
+        assert_eq!(node.set_peer_sources(cma_id.node_id(), &many), Err(TooManySources(many.len())));
     }
 
     #[test]
