@@ -57,6 +57,10 @@ pub struct ClusterSpec {
     pub name_prefix: String,
     /// Extra arguments for the CMA (e.g. `--config FILE`).
     pub cma_args: Vec<String>,
+    /// Packet reader processes (`cma --role reader`; needs `--store postgres://…` and
+    /// `--queue nats://…` in `cma_args`). With any, the CMA and every engine run with
+    /// `--role engine`, and the nanoprobes are given the readers' addresses.
+    pub readers: usize,
 }
 
 impl ClusterSpec {
@@ -77,6 +81,7 @@ impl ClusterSpec {
             enrollment: ClusterEnrollment::Token,
             name_prefix: "n".into(),
             cma_args: Vec::new(),
+            readers: 0,
         }
     }
 
@@ -136,6 +141,23 @@ impl Drop for EngineProc {
     }
 }
 
+/// A packet reader of the cluster ([`ClusterSpec::readers`]); killed when dropped.
+#[derive(Debug)]
+pub struct ReaderProc {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Drop for ReaderProc {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let _ = stop_child(child, true);
+        }
+    }
+}
+
 /// A running cluster.
 #[derive(Debug)]
 pub struct Cluster {
@@ -147,6 +169,8 @@ pub struct Cluster {
     pub api: SocketAddr,
     pub cma: Option<Child>,
     pub nodes: Vec<NodeProc>,
+    /// The packet readers ([`ClusterSpec::readers`]).
+    pub readers: Vec<ReaderProc>,
     pub client: Client,
     token: Option<String>,
 }
@@ -188,9 +212,29 @@ impl Cluster {
                 child: None,
             });
         }
-        let mut c =
-            Cluster { spec, dir, keep, cma_listen, api, cma: None, nodes, client, token: None };
+        let mut readers = Vec::new();
+        for i in 0..spec.readers {
+            let listen =
+                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), free_udp_port(Ipv4Addr::LOCALHOST)?);
+            let name = format!("reader-{}", i + 1);
+            readers.push(ReaderProc { dir: dir.join(&name), name, listen, child: None });
+        }
+        let mut c = Cluster {
+            spec,
+            dir,
+            keep,
+            cma_listen,
+            api,
+            cma: None,
+            nodes,
+            readers,
+            client,
+            token: None,
+        };
         c.start_cma()?;
+        for i in 0..c.readers.len() {
+            c.start_reader(i)?;
+        }
         if c.spec.enrollment == ClusterEnrollment::Token {
             c.token = Some(c.create_token()?);
         }
@@ -221,6 +265,9 @@ impl Cluster {
         if self.spec.enrollment == ClusterEnrollment::TrustOnFirstUse {
             cmd.arg("--open-enrollment");
         }
+        if self.spec.readers > 0 {
+            cmd.args(["--role", "engine"]);
+        }
         cmd.args(&self.spec.cma_args);
     }
 
@@ -233,6 +280,83 @@ impl Cluster {
             bail!("`cma token create` failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    }
+
+    /// Gives a directory the CMA's identity (`node_id`, `node.key`, mode 0600): every process
+    /// of one CMA shares it.
+    fn copy_identity(&self, dir: &Path) -> anyhow::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        for f in ["node_id", "node.key"] {
+            std::fs::copy(self.dir.join("cma").join(f), dir.join(f))
+                .with_context(|| format!("cannot copy the CMA identity file {f}"))?;
+            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(())
+    }
+
+    /// Starts (or restarts) packet reader `i` and waits until it says it started.
+    pub fn start_reader(&mut self, i: usize) -> anyhow::Result<()> {
+        let (name, listen, dir) =
+            (self.readers[i].name.clone(), self.readers[i].listen, self.readers[i].dir.clone());
+        self.copy_identity(&dir)?;
+        let log_path = self.dir.join(format!("{name}.log"));
+        let before = std::fs::read_to_string(&log_path).unwrap_or_default().len();
+        let mut cmd = self.spec.cma.command();
+        cmd.args(["--role", "reader", "--listen"])
+            .arg(listen.to_string())
+            .arg("--data-dir")
+            .arg(&dir);
+        cmd.arg("--heartbeat-interval").arg(format_duration(self.spec.interval));
+        cmd.arg("--warn-time").arg(format_duration(self.spec.warn));
+        cmd.arg("--dead-time").arg(format_duration(self.spec.dead));
+        if self.spec.enrollment == ClusterEnrollment::TrustOnFirstUse {
+            cmd.arg("--open-enrollment");
+        }
+        cmd.args(&self.spec.cma_args);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log_file(&name)?)
+            .spawn()
+            .with_context(|| format!("cannot start the packet reader {name}"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if log.get(before..).is_some_and(|l| l.contains("CMA packet reader started")) {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("the packet reader {name} exited at start-up ({status}); see {name}.log");
+            }
+            if Instant::now() > deadline {
+                let _ = stop_child(child, true);
+                bail!("the packet reader {name} did not start within 30 s; see {name}.log");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.readers[i].child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL of packet reader `i`.
+    pub fn kill_reader(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(c) = self.readers[i].child.take() {
+            stop_child(c, true)?;
+        }
+        Ok(())
+    }
+
+    /// Where the nanoprobes send: the packet readers, or the CMA.
+    pub fn node_cma(&self) -> String {
+        if self.readers.is_empty() {
+            return self.cma_listen.to_string();
+        }
+        self.readers.iter().map(|r| r.listen.to_string()).collect::<Vec<_>>().join(",")
     }
 
     /// Starts (or restarts) the CMA and waits until its API answers.
@@ -278,17 +402,8 @@ impl Cluster {
     /// `node.key` copied, mode 0600), UDP address and arguments, its own data directory
     /// `DIR/NAME` and API address, its log in `DIR/NAME.log`. Waits until its API answers.
     pub fn spawn_engine(&self, name: &str) -> anyhow::Result<EngineProc> {
-        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
         let dir = self.dir.join(name);
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        for f in ["node_id", "node.key"] {
-            std::fs::copy(self.dir.join("cma").join(f), dir.join(f))
-                .with_context(|| format!("cannot copy the CMA identity file {f}"))?;
-            std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o600))?;
-        }
+        self.copy_identity(&dir)?;
         let api = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let mut cmd = self.spec.cma.command();
         self.engine_args(&mut cmd, &dir, api);
@@ -337,7 +452,7 @@ impl Cluster {
     pub fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
         let mut cmd = self.spec.nanoprobe.command();
         let n = &self.nodes[i];
-        cmd.arg("--cma").arg(self.cma_listen.to_string());
+        cmd.arg("--cma").arg(self.node_cma());
         cmd.arg("--listen").arg(n.listen.to_string());
         cmd.arg("--data-dir").arg(&n.data_dir);
         cmd.arg("--hostname").arg(&n.name);
@@ -547,6 +662,7 @@ impl Drop for Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.readers.clear();
         if !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

@@ -1,10 +1,12 @@
 //! `assim demo --cluster`: the CMA beyond one machine, as real processes on loopback — a
 //! throwaway PostgreSQL 15, three clustered NATS servers (the JetStream inbox with 3
-//! replicas), two CMA engines (one active, one standing by) and eight nanoprobes. While local
-//! programs send numbered reports through the nanoprobes, the active engine is killed with
-//! SIGKILL together with one nanoprobe, and later one NATS server. Narrated with timings;
-//! exits 0 only if the standby took over, the crash during the takeover was reported, and every
-//! report was applied exactly once with event ids free of gaps and repeats.
+//! replicas), two packet readers (`cma --role reader`), two CMA engines (`--role engine`: one
+//! active, one standing by) and eight nanoprobes. While local programs send numbered reports
+//! through the nanoprobes, the active engine is killed with SIGKILL together with one
+//! nanoprobe, then one packet reader, then one NATS server. Narrated with timings; exits 0
+//! only if the standby took over, the crash during the takeover was reported, the killed
+//! reader's nanoprobes moved to the other one, and every report was applied exactly once with
+//! event ids free of gaps and repeats.
 //!
 //! PostgreSQL and NATS are started as the tests start them (`assim_util::testing`): PostgreSQL
 //! in a directory under the temp dir on a Unix socket only (as `nobody` when run as root), the
@@ -50,8 +52,8 @@ pub fn run(nodes: usize, keep: bool, stop: Arc<AtomicBool>) -> anyhow::Result<()
     }
     println!(
         "assim demo --cluster: the CMA on PostgreSQL with its inbox on NATS JetStream, two \
-         engines (one active, one standing by) and {nodes} nanoprobes, as real processes on \
-         loopback.\n"
+         packet readers, two engines (one active, one standing by) and {nodes} nanoprobes, as \
+         real processes on loopback.\n"
     );
     say("Starting PostgreSQL 15 (a throwaway cluster) and three NATS servers (JetStream) ...");
     let pg = Postgres::start().context("PostgreSQL did not start")?;
@@ -64,9 +66,10 @@ pub fn run(nodes: usize, keep: bool, stop: Arc<AtomicBool>) -> anyhow::Result<()
         cma_args: ["--store", &store, "--engine-lease", LEASE, "--queue", &queue]
             .map(String::from)
             .to_vec(),
+        readers: 2,
         ..ClusterSpec::from_current_exe(nodes)?
     };
-    say(&format!("Starting CMA engine A (engine lease {LEASE}) ..."));
+    say(&format!("Starting CMA engine A (engine lease {LEASE}) and two packet readers ..."));
     let mut c = Cluster::new(spec, keep)?;
     let result = script(&mut c, nats, nodes, &say, &check_stop);
     match &result {
@@ -100,9 +103,12 @@ fn script(
     say(&format!("{nodes} nanoprobes registered; the ring formed in {}.", secs(t0.elapsed())));
     let a = engine_view(c)?;
     say(&format!(
-        "Engine A is {} (term {}); its inbox is the JetStream stream ASSIM_INBOX, 3 replicas.",
+        "Engine A is {} (term {}); the packet readers at {} take the nanoprobes' datagrams, \
+         append them to the JetStream stream ASSIM_INBOX (3 replicas) and acknowledge; engine A \
+         applies the stream and sends through the readers.",
         a.role,
-        a.term.unwrap_or(0)
+        a.term.unwrap_or(0),
+        c.node_cma()
     ));
     let mut b = c.spawn_engine("cma-b")?;
     let mut view = b.client.status()?.engine.context("no engine view")?;
@@ -139,88 +145,121 @@ fn script(
     let failed: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
     println!();
     say("Local programs now send numbered reports through the nanoprobes (assim event send).");
-    let outcome = std::thread::scope(|s| -> anyhow::Result<(Duration, Duration, Duration)> {
-        s.spawn(|| {
-            let mut i = 0;
-            while sending.load(Ordering::SeqCst) {
-                let text = format!("report-{i}");
-                if let Err(e) = send(&exe, &dirs[i % dirs.len()], &text) {
-                    *failed.lock().expect("lock") = Some(e);
-                    return;
+    let outcome = std::thread::scope(
+        |s| -> anyhow::Result<(Duration, Duration, Duration, Duration)> {
+            s.spawn(|| {
+                let mut i = 0;
+                while sending.load(Ordering::SeqCst) {
+                    let text = format!("report-{i}");
+                    if let Err(e) = send(&exe, &dirs[i % dirs.len()], &text) {
+                        *failed.lock().expect("lock") = Some(e);
+                        return;
+                    }
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    i += 1;
+                    // About 100 reports a second: a steady flow, not a benchmark.
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-                sent.fetch_add(1, Ordering::SeqCst);
-                i += 1;
-                // About 100 reports a second: a steady flow, not a benchmark.
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        let result = (|| {
-            wait_until(Duration::from_secs(30), || sent.load(Ordering::SeqCst) >= 20)
-                .context("the reports did not start")?;
-            check_stop()?;
-            let since = c.last_event_id()?;
-            say(&format!(
-                "SIGKILL of engine A and, at the same instant, of nanoprobe {vname} ({} reports \
+            });
+            let result = (|| {
+                wait_until(Duration::from_secs(30), || sent.load(Ordering::SeqCst) >= 20)
+                    .context("the reports did not start")?;
+                check_stop()?;
+                let since = c.last_event_id()?;
+                say(&format!(
+                    "SIGKILL of engine A and, at the same instant, of nanoprobe {vname} ({} reports \
                  sent so far).",
-                sent.load(Ordering::SeqCst)
-            ));
-            let killed = Instant::now();
-            c.stop_cma(true)?;
-            c.kill_node(victim)?;
-            wait_until(Duration::from_secs(30), || {
-                b.client.status().ok().and_then(|s| s.engine).is_some_and(|e| e.role == "active")
-            })
-            .context("engine B did not take over")?;
-            let took_over = killed.elapsed();
-            let replayed = replayed_records(&b.log());
-            c.adopt_engine(&mut b);
-            let e = engine_view(c)?;
-            say(&format!(
-                "+{} engine B holds the lease (term {}), bound the UDP address and {}.",
-                secs(took_over),
-                e.term.unwrap_or(0),
-                match replayed {
-                    Some(n) => format!(
-                        "applied {n} record{} from the stream that engine A had taken in (and \
+                    sent.load(Ordering::SeqCst)
+                ));
+                let killed = Instant::now();
+                c.stop_cma(true)?;
+                c.kill_node(victim)?;
+                wait_until(Duration::from_secs(30), || {
+                    b.client
+                        .status()
+                        .ok()
+                        .and_then(|s| s.engine)
+                        .is_some_and(|e| e.role == "active")
+                })
+                .context("engine B did not take over")?;
+                let took_over = killed.elapsed();
+                let replayed = replayed_records(&b.log());
+                c.adopt_engine(&mut b);
+                let e = engine_view(c)?;
+                say(&format!(
+                    "+{} engine B holds the lease (term {}), follows the stream and {}.",
+                    secs(took_over),
+                    e.term.unwrap_or(0),
+                    match replayed {
+                        Some(n) => format!(
+                            "applied {n} record{} from the stream that engine A had taken in (and \
                          acknowledged) but not committed",
-                        if n == 1 { "" } else { "s" }
-                    ),
-                    None => "found nothing in the stream that engine A had not committed".into(),
-                }
-            ));
-            let down =
-                c.wait_event(since, Duration::from_secs(30), "host.down of the victim", |e| {
-                    e.kind == EventKind::HostDown && e.hostname == vname
-                })?;
-            let reported = killed.elapsed();
-            say(&format!(
-                "+{} host.down {vname}, from engine B: the crash during the takeover is reported.",
-                secs(reported)
-            ));
-            check_stop()?;
-            std::thread::sleep(Duration::from_secs(1));
-            println!();
-            let before = sent.load(Ordering::SeqCst);
-            say(&format!("SIGKILL of NATS server 1 of 3 ({before} reports sent so far)."));
-            let nats_killed = Instant::now();
-            nats.kill(0);
-            let next = format!("report-{}", before + dirs.len());
-            c.wait_event(down.id, Duration::from_secs(60), "a report after the NATS loss", |e| {
-                e.kind == EventKind::LocalEvent && e.text == next
-            })?;
-            let resumed = nats_killed.elapsed();
-            say(&format!(
-                "+{} reports are applied again: the stream kept a quorum of two (a lost stream \
+                            if n == 1 { "" } else { "s" }
+                        ),
+                        None =>
+                            "found nothing in the stream that engine A had not committed".into(),
+                    }
+                ));
+                let down =
+                    c.wait_event(since, Duration::from_secs(30), "host.down of the victim", |e| {
+                        e.kind == EventKind::HostDown && e.hostname == vname
+                    })?;
+                let reported = killed.elapsed();
+                say(&format!(
+                    "+{} host.down {vname}, from engine B: the crash during the takeover is reported.",
+                    secs(reported)
+                ));
+                check_stop()?;
+                std::thread::sleep(Duration::from_secs(1));
+                println!();
+                let before = sent.load(Ordering::SeqCst);
+                let reader = c.readers[0].name.clone();
+                say(&format!("SIGKILL of packet reader {reader} ({before} reports sent so far)."));
+                let reader_killed = Instant::now();
+                let since = c.last_event_id()?;
+                c.kill_reader(0)?;
+                let next = format!("report-{}", before + 2 * dirs.len());
+                c.wait_event(
+                    since,
+                    Duration::from_secs(60),
+                    "a report after the reader's loss",
+                    |e| e.kind == EventKind::LocalEvent && e.text == next,
+                )?;
+                let moved = reader_killed.elapsed();
+                say(&format!(
+                    "+{} reports are applied again: the nanoprobes that sent to {reader} heard \
+                 nothing for a few seconds, moved to the other reader and sent again what it had \
+                 not acknowledged.",
+                    secs(moved)
+                ));
+                check_stop()?;
+                std::thread::sleep(Duration::from_secs(1));
+                println!();
+                let before = sent.load(Ordering::SeqCst);
+                say(&format!("SIGKILL of NATS server 1 of 3 ({before} reports sent so far)."));
+                let nats_killed = Instant::now();
+                nats.kill(0);
+                let next = format!("report-{}", before + dirs.len());
+                c.wait_event(
+                    down.id,
+                    Duration::from_secs(60),
+                    "a report after the NATS loss",
+                    |e| e.kind == EventKind::LocalEvent && e.text == next,
+                )?;
+                let resumed = nats_killed.elapsed();
+                say(&format!(
+                    "+{} reports are applied again: the stream kept a quorum of two (a lost stream \
                  leader is replaced within seconds; meanwhile the nanoprobes keep the reports).",
-                secs(resumed)
-            ));
-            std::thread::sleep(Duration::from_secs(1));
-            Ok((took_over, reported, resumed))
-        })();
-        sending.store(false, Ordering::SeqCst);
-        result
-    });
-    let (took_over, reported, resumed) = outcome?;
+                    secs(resumed)
+                ));
+                std::thread::sleep(Duration::from_secs(1));
+                Ok((took_over, reported, moved, resumed))
+            })();
+            sending.store(false, Ordering::SeqCst);
+            result
+        },
+    );
+    let (took_over, reported, moved, resumed) = outcome?;
     if let Some(e) = failed.lock().expect("lock").take() {
         bail!("a report could not be sent: {e}");
     }
@@ -259,9 +298,10 @@ fn script(
     ));
     say(&format!(
         "Takeover {} after the kill, crash reported {} after it; reports flowing {} after a \
-         NATS server was lost.",
+         packet reader and {} after a NATS server was lost.",
         secs(took_over),
         secs(reported),
+        secs(moved),
         secs(resumed)
     ));
     Ok(())

@@ -462,7 +462,10 @@ pub async fn run(
             let subjects = crate::reader::Subjects::new(queue);
             let nats = crate::reader::connect(queue, "assim-cma-engine").await?;
             let replies = nats.subscribe(subjects.probe_reply()).await.context("NATS subscribe")?;
-            info!(from = d.shell.next_position(), "following the inbox the packet readers append to");
+            info!(
+                from = d.shell.next_position(),
+                "following the inbox the packet readers append to"
+            );
             (Some(Readers { nats, subjects }), Some(tail), Some(replies))
         }
         _ => (None, None, None),
@@ -666,7 +669,10 @@ async fn start_api(
 
 /// The node id this CMA's identity has must be the one the database was made with: the
 /// nanoprobes pinned that key. The first engine on a database records it.
-pub(crate) fn check_identity(db: &mut crate::store::EngineDb, identity: &Identity) -> anyhow::Result<()> {
+pub(crate) fn check_identity(
+    db: &mut crate::store::EngineDb,
+    identity: &Identity,
+) -> anyhow::Result<()> {
     let mine = identity.node_id().to_string();
     match db.meta(CMA_NODE_ID)? {
         None => db.set_meta(CMA_NODE_ID, &mine),

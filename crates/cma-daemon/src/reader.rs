@@ -126,10 +126,9 @@ pub async fn run(
     config.role = Role::Reader { id };
     config.authority = AuthorityConfig { core, ..AuthorityConfig::default() };
     config.open_enrollment = opts.open_enrollment;
-    let shell: ReaderShell = blocking(|| {
-        Shell::start(config, sealer, EngineInbox::JetStream(inbox), db, now())
-    })
-    .context("cannot start the packet reader")?;
+    let shell: ReaderShell =
+        blocking(|| Shell::start(config, sealer, EngineInbox::JetStream(inbox), db, now()))
+            .context("cannot start the packet reader")?;
     let subjects = Subjects::new(&queue);
     let nats = connect(&queue, "assim-cma-reader").await?;
     let mut mine = nats.subscribe(subjects.out(Some(id))).await.context("NATS subscribe")?;
@@ -146,7 +145,8 @@ pub async fn run(
     let shed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reader_task =
         tokio::spawn(crate::cma::read_packets(socket.clone(), packets_tx, shed.clone()));
-    let mut r = Reader { shell, socket, nats, subjects, last_summary: Instant::now(), delivered: 0 };
+    let mut r =
+        Reader { shell, socket, nats, subjects, last_summary: Instant::now(), delivered: 0 };
     tokio::pin!(shutdown);
     loop {
         let deadline = r.shell.poll_timeout();
@@ -219,8 +219,7 @@ impl Reader {
         while let Some(n) = self.shell.poll_note() {
             if let Note::ProbeReply { node, nonce } = n {
                 let bytes = encode_probe_reply(node, nonce);
-                if let Err(e) = self.nats.publish(self.subjects.probe_reply(), bytes.into()).await
-                {
+                if let Err(e) = self.nats.publish(self.subjects.probe_reply(), bytes.into()).await {
                     debug!(error = %e, "cannot hand a probe answer to the engine");
                 }
             }
@@ -229,8 +228,11 @@ impl Reader {
             self.last_summary = Instant::now();
             let m = self.shell.metrics();
             info!(
-                datagrams_in = m.datagrams_in, records = m.inbox_records, syncs = m.inbox_syncs,
-                delivered = self.delivered, rejects = m.rejects.values().sum::<u64>(),
+                datagrams_in = m.datagrams_in,
+                records = m.inbox_records,
+                syncs = m.inbox_syncs,
+                delivered = self.delivered,
+                rejects = m.rejects.values().sum::<u64>(),
                 "packet reader"
             );
         }
