@@ -569,6 +569,9 @@ async fn state(js: &jetstream::Context, name: &str) -> Result<StreamState, Strin
 
 /// Records a tail holds for its engine before it waits.
 const TAIL_QUEUE: usize = 8192;
+/// A tail that got nothing for this long looks whether records wait in the stream, and makes
+/// its consumer anew if they do.
+const TAIL_STALL: Duration = Duration::from_secs(2);
 
 /// [`JetStreamInbox::tail`]'s task: an ordered consumer from `from`, recreated from the next
 /// position after any failure, until the receiver is dropped.
@@ -595,7 +598,20 @@ async fn tail(
                 .messages()
                 .await
                 .map_err(|e| format!("cannot follow stream {name}: {e}"))?;
-            while let Some(m) = messages.next().await {
+            loop {
+                let m = match tokio::time::timeout(TAIL_STALL, messages.next()).await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(_) => {
+                        // Quiet, or the consumer's server is gone (the client notices only
+                        // after two missed 15 s heartbeats): records waiting mean the latter.
+                        let info = stream.get_info().await;
+                        if info.is_ok_and(|i| i.state.last_sequence < from) {
+                            continue;
+                        }
+                        return Err(format!("following stream {name}: stalled at {from}"));
+                    }
+                };
                 let m = m.map_err(|e| format!("following stream {name}: {e}"))?;
                 let seq = m.info().map_err(|e| format!("stream {name}: {e}"))?.stream_sequence;
                 if seq < from {
