@@ -222,18 +222,13 @@ fn records_acknowledged_by_a_killed_engine_or_through_a_lost_nats_server_are_app
 /// 2,000 for every sender in PostgreSQL — and the event ids run without gap or repeat.
 #[test]
 fn engine_and_nats_kills_under_load_lose_nothing_and_apply_nothing_twice() {
+    use rand::Rng as _;
     use rand::seq::SliceRandom as _;
-    use rand::{Rng as _, SeedableRng as _};
     const SENDERS: usize = 50;
     const REPORTS: u64 = 2000;
     let Some(pg) = Postgres::start() else { return };
     let Some(mut nats) = Nats::cluster() else { return };
-    let seed: u64 = std::env::var("ASSIM_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed} (ASSIM_TEST_SEED={seed} replays the kill schedule)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = engines::seeded_rng();
     pg.create_database("load");
     let store = pg.url("load");
     let queue = nats.url();
@@ -332,17 +327,7 @@ fn engine_and_nats_kills_under_load_lose_nothing_and_apply_nothing_twice() {
         db.applied().unwrap().values().filter(|a| a.through == REPORTS).count() == SENDERS
     });
     println!("the last reports applied {} ms after their acknowledgement", applied.as_millis());
-    let applied = db.applied().unwrap();
-    assert_eq!(applied.len(), SENDERS, "every sender's reports were applied");
-    for (node, a) in &applied {
-        assert_eq!(
-            (a.through, a.count),
-            (REPORTS, REPORTS),
-            "sender {node}: applied through {} in {} applications",
-            a.through,
-            a.count
-        );
-    }
+    engines::assert_applied_once(&db.applied().unwrap(), SENDERS, REPORTS);
     let last = db.last_event_id().unwrap();
     let events = c.events_since(0).unwrap();
     assert_eq!(events.len() as u64, last);

@@ -234,17 +234,7 @@ fn check_applied_once(setup: &Setup, engines: &[Proc], senders: usize, reports: 
         db.applied().unwrap().values().filter(|a| a.through == reports).count() == senders
     });
     println!("the last reports applied {} ms after their acknowledgement", applied.as_millis());
-    let applied = db.applied().unwrap();
-    assert_eq!(applied.len(), senders, "every sender's reports were applied");
-    for (node, a) in &applied {
-        assert_eq!(
-            (a.through, a.count),
-            (reports, reports),
-            "sender {node}: applied through {} in {} applications",
-            a.through,
-            a.count
-        );
-    }
+    engines::assert_applied_once(&db.applied().unwrap(), senders, reports);
     // An engine that took over while a NATS election held up its start may be taken over in
     // turn: read from whichever engine answers.
     let mut events = Vec::new();
@@ -306,18 +296,13 @@ fn two_readers_feed_one_engine_and_a_killed_readers_senders_move_to_the_other() 
 
 #[test]
 fn reader_engine_and_nats_kills_under_load_lose_nothing_and_apply_nothing_twice() {
+    use rand::Rng as _;
     use rand::seq::SliceRandom as _;
-    use rand::{Rng as _, SeedableRng as _};
     const SENDERS: usize = 50;
     const REPORTS: u64 = 2000;
     let Some(pg) = Postgres::start() else { return };
     let Some(mut nats) = Nats::cluster() else { return };
-    let seed: u64 = std::env::var("ASSIM_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed} (ASSIM_TEST_SEED={seed} replays the kill schedule)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = engines::seeded_rng();
     let setup = setup(&pg, &nats, "readers");
     let (mut engines, mut readers, addrs) = start(&setup);
     // A small window: the load outlasts the kills (each takeover waits out the 2 s lease).

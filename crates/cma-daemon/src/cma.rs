@@ -510,6 +510,11 @@ pub async fn run(
                 }
             }
             records = next_records(&mut tail) => {
+                let Some(records) = records else {
+                    // The inbox's client thread is gone: as if the socket's reader stopped.
+                    reader_stopped = true;
+                    break;
+                };
                 let t = now();
                 blocking(|| d.shell.apply_records(t, records));
             }
@@ -557,9 +562,11 @@ pub async fn run(
     bus_task.abort();
     retention_task.abort();
     if reader_stopped {
-        error!("the CMA's packet reader stopped; the CMA stops");
+        let what =
+            if d.socket.is_some() { "packet reader" } else { "follower of the JetStream inbox" };
+        error!("the CMA's {what} stopped; the CMA stops");
         blocking(|| d.shell.stop(now()));
-        anyhow::bail!("the CMA's packet reader stopped (a bug: see the log); restart the CMA");
+        anyhow::bail!("the CMA's {what} stopped (see the log); restart the CMA");
     }
     if let Some(reason) = lost {
         // Nothing more is applied or stored (fencing would refuse it anyway).
@@ -1007,18 +1014,18 @@ impl Readers {
 }
 
 /// The next records the readers appended, as many as are there (at most a turn's worth);
-/// never ready without readers.
+/// never ready without readers; `None` once the follower stopped.
 async fn next_records(
     tail: &mut Option<tokio::sync::mpsc::Receiver<(u64, Vec<u8>)>>,
-) -> Vec<(u64, Vec<u8>)> {
+) -> Option<Vec<(u64, Vec<u8>)>> {
     let Some(tail) = tail else { return std::future::pending().await };
-    let Some(first) = tail.recv().await else { return std::future::pending().await };
+    let first = tail.recv().await?;
     let mut records = vec![first];
     while records.len() < MAX_DATAGRAMS_PER_TURN {
         let Ok(next) = tail.try_recv() else { break };
         records.push(next);
     }
-    records
+    Some(records)
 }
 
 /// The next node's answer to a probe from a reader; never ready without readers.

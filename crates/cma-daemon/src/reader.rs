@@ -209,7 +209,7 @@ impl Reader {
     }
 
     /// Sends the shell's datagrams, hands probe answers to the engine, and logs a summary
-    /// once a minute.
+    /// every ten seconds.
     async fn send_all(&mut self) {
         while let Some(t) = self.shell.poll_transmit() {
             if let Err(e) = self.socket.try_send_to(&t.datagram, t.to) {
@@ -232,7 +232,7 @@ impl Reader {
                 records = m.inbox_records,
                 syncs = m.inbox_syncs,
                 delivered = self.delivered,
-                rejects = m.rejects.values().sum::<u64>(),
+                rejects = ?m.rejects,
                 "packet reader"
             );
         }
@@ -240,7 +240,7 @@ impl Reader {
 }
 
 /// How often a reader logs its counters.
-const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

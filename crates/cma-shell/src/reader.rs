@@ -21,9 +21,11 @@
 //! - **Group commit.** Everything appended in a turn is made durable by one sync; only then is
 //!   any `Ack` sent. A failed sync acknowledges nothing: spooled records are resent by their
 //!   senders; messages without a record number were already acknowledged by the transport, so
-//!   they are handed to the engine without the inbox rather than lost.
+//!   they are handed to the engine without the inbox rather than lost. A packet reader
+//!   (issue 14), which has no engine to hand them to, keeps them and appends them again before
+//!   anything else ([`MAX_RETRY`] at most, the oldest dropped beyond).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use assim_wire::NodeId;
 use assim_wire::msg::{Body, Message};
@@ -33,6 +35,19 @@ use crate::Metrics;
 use crate::record;
 use assim_store::{Inbox, RecordId};
 
+/// Messages without a record number a packet reader keeps for another append, at most.
+pub const MAX_RETRY: usize = 4096;
+
+/// A message without a record number that a packet reader could not make durable: appended
+/// again before anything else.
+#[derive(Debug)]
+struct Retry {
+    encoded: Vec<u8>,
+    node: NodeId,
+    key: [u8; 32],
+    message: Message,
+}
+
 /// A message accepted this turn, waiting for the group commit.
 #[derive(Debug)]
 pub(crate) struct Pending {
@@ -41,6 +56,9 @@ pub(crate) struct Pending {
     pub(crate) node: NodeId,
     pub(crate) key: [u8; 32],
     pub(crate) message: Message,
+    /// A packet reader's message without a record number: its inbox record, to append again
+    /// if the sync fails.
+    encoded: Option<Vec<u8>>,
 }
 
 /// What a group commit hands on.
@@ -107,6 +125,8 @@ pub(crate) struct Reader<I> {
     gaps: bool,
     /// In arrival order, including messages without a record number that the inbox refused.
     pending: Vec<Pending>,
+    /// A packet reader's messages without a record number that are not durable yet.
+    retry: VecDeque<Retry>,
 }
 
 impl<I: Inbox> Reader<I> {
@@ -126,6 +146,7 @@ impl<I: Inbox> Reader<I> {
             acks_due: BTreeSet::new(),
             gaps: false,
             pending: Vec::new(),
+            retry: VecDeque::new(),
         }
     }
 
@@ -138,6 +159,7 @@ impl<I: Inbox> Reader<I> {
         message: Message,
     ) -> Result<(), NotTaken> {
         let record = message.record;
+        self.append_retries();
         if record > 0 && self.paused {
             // Not acknowledged: the sender keeps it in its spool and resends it later.
             return Err(NotTaken::StoreUnavailable);
@@ -162,27 +184,33 @@ impl<I: Inbox> Reader<I> {
             0 => record::encode(node, &key, bytes),
             via => record::with_via(node, &key, bytes, via),
         };
-        match self.inbox.append(&encoded, id) {
+        let append = if self.retry.is_empty() {
+            self.inbox.append(&encoded, id)
+        } else {
+            // Older messages wait for the inbox: none may overtake them.
+            Err(assim_store::InboxError::Storage("earlier messages wait for the inbox".into()))
+        };
+        match append {
             Ok(lsn) => {
                 if record > 0 {
                     self.seen.insert(node, record);
                 }
                 self.note_hello(node, &message);
-                if self.trust_acked_through
-                    && let Some(Body::Hello(h)) = &message.body
-                    && h.acked_through > self.seen.get(&node).copied().unwrap_or(0)
-                {
-                    // Taken and acknowledged by another reader (the node moved here).
-                    self.seen.insert(node, h.acked_through);
-                }
-                self.pending.push(Pending { lsn: Some(lsn), node, key, message });
+                let encoded = (self.trust_acked_through && record == 0).then_some(encoded);
+                self.pending.push(Pending { lsn: Some(lsn), node, key, message, encoded });
                 Ok(())
             }
             Err(e) => {
+                if record == 0 && self.trust_acked_through {
+                    error!(node = %node, error = %e, "cannot append to the inbox; a message without a record number is kept and appended again");
+                    self.note_hello(node, &message);
+                    self.keep_for_retry(Retry { encoded, node, key, message });
+                    return Ok(());
+                }
                 if record == 0 {
                     error!(node = %node, error = %e, "cannot append to the inbox; a message without a record number is applied without it");
                     self.note_hello(node, &message);
-                    self.pending.push(Pending { lsn: None, node, key, message });
+                    self.pending.push(Pending { lsn: None, node, key, message, encoded: None });
                 } else {
                     error!(node = %node, error = %e, "cannot append to the inbox; the record is not acknowledged and will be resent");
                 }
@@ -192,11 +220,13 @@ impl<I: Inbox> Reader<I> {
     }
 
     /// A hello's spool incarnation, at its place in the node's stream (issue 16 item 9): a new
-    /// one resets the node's seen record. Returns whether it did.
+    /// one resets the node's seen record. Returns whether it did. A packet reader then takes
+    /// the hello's `acked_through` as the node's mark: another reader took (and acknowledged)
+    /// the records before it, and the node moved here.
     pub(crate) fn note_hello(&mut self, node: NodeId, message: &Message) -> bool {
         let Some(Body::Hello(h)) = &message.body else { return false };
         let inc = h.spool_incarnation;
-        match incarnation_change(self.incarnations.get(&node).copied(), inc) {
+        let reset = match incarnation_change(self.incarnations.get(&node).copied(), inc) {
             Incarnation::Same => false,
             Incarnation::Adopt => {
                 self.incarnations.insert(node, inc);
@@ -207,6 +237,37 @@ impl<I: Inbox> Reader<I> {
                 self.seen.insert(node, 0);
                 true
             }
+        };
+        if self.trust_acked_through && h.acked_through > self.seen.get(&node).copied().unwrap_or(0)
+        {
+            self.seen.insert(node, h.acked_through);
+        }
+        reset
+    }
+
+    /// Keeps a packet reader's message without a record number for another append, the oldest
+    /// dropped beyond [`MAX_RETRY`].
+    fn keep_for_retry(&mut self, r: Retry) {
+        if self.retry.len() >= MAX_RETRY
+            && let Some(old) = self.retry.pop_front()
+        {
+            error!(node = %old.node, kept = MAX_RETRY, "too many messages wait for the inbox; the oldest is dropped");
+        }
+        self.retry.push_back(r);
+    }
+
+    /// Appends the kept messages again, in order, as far as the inbox takes them.
+    fn append_retries(&mut self) {
+        while let Some(r) = self.retry.front() {
+            let Ok(lsn) = self.inbox.append(&r.encoded, None) else { return };
+            let r = self.retry.pop_front().expect("just looked");
+            self.pending.push(Pending {
+                lsn: Some(lsn),
+                node: r.node,
+                key: r.key,
+                message: r.message,
+                encoded: Some(r.encoded),
+            });
         }
     }
 
@@ -219,6 +280,7 @@ impl<I: Inbox> Reader<I> {
         incarnations: &HashMap<NodeId, u64>,
         metrics: &mut Metrics,
     ) -> Committed {
+        self.append_retries();
         let mut out = Committed { gaps: std::mem::take(&mut self.gaps), ..Committed::default() };
         let pending = std::mem::take(&mut self.pending);
         self.enrolled.clear();
@@ -252,11 +314,23 @@ impl<I: Inbox> Reader<I> {
             // A packet reader: `applied` is only what the engine had stored when this reader
             // started, so the turn's records are taken back one by one instead.
             self.acks_due.clear();
-            for p in &pending {
-                if p.message.record > 0
-                    && let Some(seen) = self.seen.get_mut(&p.node)
-                {
-                    *seen = (*seen).min(p.message.record - 1);
+            let mut kept = Vec::new();
+            for p in pending {
+                if p.message.record > 0 {
+                    if let Some(seen) = self.seen.get_mut(&p.node) {
+                        *seen = (*seen).min(p.message.record - 1);
+                    }
+                } else if let Some(encoded) = p.encoded {
+                    kept.push(Retry { encoded, node: p.node, key: p.key, message: p.message });
+                }
+            }
+            // This turn's were appended before those still waiting could be: they go first.
+            for r in kept.into_iter().rev() {
+                self.retry.push_front(r);
+            }
+            while self.retry.len() > MAX_RETRY {
+                if let Some(old) = self.retry.pop_front() {
+                    error!(node = %old.node, kept = MAX_RETRY, "too many messages wait for the inbox; the oldest is dropped");
                 }
             }
         } else {

@@ -977,12 +977,19 @@ fn issue_14_records_appended_elsewhere_are_applied_first_in_inbox_order() {
     assert_eq!(w.probes[p].acks().last(), Some(&3));
 }
 
-/// One inbox shared by several shells (the JetStream inbox of a cluster, issue 14).
+/// One inbox shared by several shells (the JetStream inbox of a cluster, issue 14); appends
+/// fail while `failing` is set (NATS unreachable).
 #[derive(Clone, Debug)]
-struct SharedInbox(std::rc::Rc<std::cell::RefCell<LogInbox<MemStorage>>>);
+struct SharedInbox(
+    std::rc::Rc<std::cell::RefCell<LogInbox<MemStorage>>>,
+    std::rc::Rc<std::cell::Cell<bool>>,
+);
 
 impl Inbox for SharedInbox {
     fn append(&mut self, record: &[u8], id: Option<RecordId>) -> Result<u64, InboxError> {
+        if self.1.get() {
+            return Err(InboxError::Storage("not connected".into()));
+        }
         self.0.borrow_mut().append(record, id)
     }
     fn sync(&mut self) -> Result<(), InboxError> {
@@ -1015,7 +1022,10 @@ impl Cluster {
         let cma = ident(200);
         let storage = MemStorage::new(1);
         let log = LogInbox::open(move || Ok(storage.clone()), LogConfig::default()).unwrap();
-        let inbox = SharedInbox(std::rc::Rc::new(std::cell::RefCell::new(log)));
+        let inbox = SharedInbox(
+            std::rc::Rc::new(std::cell::RefCell::new(log)),
+            std::rc::Rc::new(std::cell::Cell::new(false)),
+        );
         let base = Instant::now();
         let now = Now { mono: base, wall: Timestamp(EPOCH) };
         let shell = |role: Role, session: u64| {
@@ -1289,4 +1299,49 @@ proptest::proptest! {
         proptest::prop_assert_eq!(Outbound::decode(&out.encode()), Some(out));
         let _ = Outbound::decode(&junk);
     }
+}
+
+/// Issue 14: a hello a packet reader cannot append (NATS unreachable) is neither lost nor
+/// overtaken: the reader takes its `acked_through` at once, keeps it, and appends it before the
+/// node's next records once the inbox works again; the engine gets the hello, then the records.
+#[test]
+fn issue_14_a_readers_hello_that_the_inbox_refused_is_appended_again_first() {
+    let mut c = Cluster::new();
+    let mut p = Probe::new(1, &c.cma, 1);
+    let id = p.id.node_id();
+    let Body::Hello(hello) = p.hello(None) else { unreachable!() };
+    let now = c.now().mono;
+    p.send(0, Body::Hello(hello.clone()), now);
+    p.send(1, status(1), now);
+    c.pump(&mut p, 0);
+    assert_eq!(c.applied(id), vec![1]);
+
+    // The node moves to reader 12 while the inbox refuses appends: its hello (acked through
+    // 1) is kept, record 2 is refused and stays in the node's spool.
+    c.inbox.1.set(true);
+    p.conn = Connection::new(assim_reliable::Config::default(), 2, 1);
+    let now = c.now().mono;
+    p.send(0, Body::Hello(msg::Hello { acked_through: 1, ..hello }), now);
+    p.send(2, status(2), now);
+    c.pump(&mut p, 1);
+    assert_eq!(c.applied(id), vec![1]);
+    assert_eq!(p.acks().last(), Some(&1), "nothing new acknowledged");
+
+    // The inbox works again; the spool resends record 2: the kept hello goes in first, then
+    // record 2 as the next one (not a gap), and the engine applies both in that order.
+    c.inbox.1.set(false);
+    let now = c.now().mono;
+    p.send(2, status(2), now);
+    c.pump(&mut p, 1);
+    assert_eq!(c.applied(id), vec![1, 2]);
+    assert_eq!(p.acks().last(), Some(&2));
+    let kinds: Vec<_> = c
+        .notes
+        .iter()
+        .filter_map(|n| match n {
+            Note::Applied { node, kind, .. } if *node == id => Some(*kind),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, vec!["hello", "peer_status", "hello", "peer_status"]);
 }

@@ -31,3 +31,34 @@ pub fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
     assert!(ok.success(), "kill {sig}");
 }
+
+/// The kill schedule's random numbers: from `ASSIM_TEST_SEED`, or a fresh seed, printed so a
+/// failing run can be replayed.
+pub fn seeded_rng() -> rand::rngs::StdRng {
+    use rand::SeedableRng as _;
+    let seed: u64 = std::env::var("ASSIM_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (ASSIM_TEST_SEED={seed} replays the kill schedule)");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// Every one of `senders` senders' `reports` reports applied exactly once: through and count
+/// `reports` each in the store's applied table.
+pub fn assert_applied_once(
+    applied: &std::collections::BTreeMap<assim_wire::NodeId, assim_store_sqlite::Applied>,
+    senders: usize,
+    reports: u64,
+) {
+    assert_eq!(applied.len(), senders, "every sender's reports were applied");
+    for (node, a) in applied {
+        assert_eq!(
+            (a.through, a.count),
+            (reports, reports),
+            "sender {node}: applied through {} in {} applications",
+            a.through,
+            a.count
+        );
+    }
+}
