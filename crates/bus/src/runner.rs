@@ -39,9 +39,13 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce(&mut dyn EventLog) -> T + Send + 'static,
 ) -> T {
     let s = store.clone();
-    tokio::task::spawn_blocking(move || f(&mut **s.lock().expect("store lock")))
-        .await
-        .expect("store task")
+    match tokio::task::spawn_blocking(move || f(&mut **s.lock().expect("store lock"))).await {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: the runtime shuts down (an engine that lost its lease exits), and this
+        // task goes with it.
+        Err(_) => std::future::pending().await,
+    }
 }
 
 /// The store key listing the sinks the config file declared at the last start.
