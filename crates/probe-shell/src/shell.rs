@@ -191,6 +191,10 @@ pub struct Shell<S: SpoolStorage> {
     goodbye: Option<u64>,
     leave_by: Option<Instant>,
     leaving: bool,
+    /// A hello went out with the last move to another CMA address ([`Shell::fail_over`]).
+    hello_after_move: bool,
+    /// The last hello, until the CMA's connection acknowledged it.
+    hello_in_flight: Option<u64>,
     done: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -262,6 +266,8 @@ impl<S: SpoolStorage> Shell<S> {
             goodbye: None,
             leave_by: None,
             leaving: false,
+            hello_after_move: false,
+            hello_in_flight: None,
             done: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -585,7 +591,9 @@ impl<S: SpoolStorage> Shell<S> {
                     // stop, and our neighbours would then report us down. (A new session is
                     // also another of the CMA's packet readers after a move: it holds nothing
                     // for us either.) Operators and tests look for this message.
-                    if !self.leaving {
+                    if std::mem::take(&mut self.hello_after_move) {
+                        // Said when the node moved here; the frames resent below follow it.
+                    } else if !self.leaving {
                         info!(old, new, "the CMA restarted; registering again");
                         self.stats.rehellos += 1;
                         self.send_hello(true, now);
@@ -594,6 +602,9 @@ impl<S: SpoolStorage> Shell<S> {
                 }
                 RelEvent::Acked(id) => {
                     self.events.push_back(Event::Delivered(id));
+                    if self.hello_in_flight == Some(id) {
+                        self.hello_in_flight = None;
+                    }
                     if self.goodbye == Some(id) {
                         self.goodbye = None;
                         if !self.done {
@@ -861,6 +872,7 @@ impl<S: SpoolStorage> Shell<S> {
         self.cfg.hello.acked_through = self.spool.stats().acked_through;
         let hello = Body::Hello(self.cfg.hello.clone());
         if let Some(id) = self.send_control(hello, now) {
+            self.hello_in_flight = Some(id);
             self.events.push_back(Event::HelloSent { id, restart });
         }
     }
@@ -1547,6 +1559,17 @@ impl<S: SpoolStorage> Shell<S> {
             "the CMA does not answer at this address; trying its next one"
         );
         self.conn.path_changed(now);
+        if !self.leaving {
+            // The CMA there may not know this node: a packet reader that never saw it, whose
+            // hello to the last reader never became durable (issue 14). A hello now (unless one
+            // not yet acknowledged goes there anyway) lets it enrol the node or find it
+            // registered; the restart its first frame shows then needs no second one.
+            if self.hello_in_flight.is_none() {
+                self.stats.rehellos += 1;
+                self.send_hello(true, now);
+            }
+            self.hello_after_move = true;
+        }
     }
 
     /// [`Shell::poll_transmit`], sealed. Needs a sealer; datagrams that cannot be sealed (no
