@@ -291,13 +291,7 @@ impl World {
     }
 
     fn applied(&self, node: NodeId) -> Vec<u64> {
-        self.notes
-            .iter()
-            .filter_map(|n| match n {
-                Note::Applied { node: m, record, .. } if *m == node && *record > 0 => Some(*record),
-                _ => None,
-            })
-            .collect()
+        applied_records(&self.notes, node)
     }
 
     fn crash(&mut self) -> MemStore {
@@ -306,6 +300,17 @@ impl World {
         self.storage.crash(false);
         store
     }
+}
+
+/// The spool records of `node` the notes say were applied, in order.
+fn applied_records(notes: &[Note], node: NodeId) -> Vec<u64> {
+    notes
+        .iter()
+        .filter_map(|n| match n {
+            Note::Applied { node: m, record, .. } if *m == node && *record > 0 => Some(*record),
+            _ => None,
+        })
+        .collect()
 }
 
 fn status(n: u64) -> Body {
@@ -1142,13 +1147,7 @@ impl Cluster {
     }
 
     fn applied(&self, node: NodeId) -> Vec<u64> {
-        self.notes
-            .iter()
-            .filter_map(|n| match n {
-                Note::Applied { node: m, record, .. } if *m == node && *record > 0 => Some(*record),
-                _ => None,
-            })
-            .collect()
+        applied_records(&self.notes, node)
     }
 }
 
