@@ -760,12 +760,10 @@ impl<A: Seal, I: Inbox, S: EngineStore + Tokens> Shell<A, I, S> {
     /// A packet reader's end of a turn: acknowledgements for what the inbox took; the records
     /// themselves are the engine's.
     fn reader_flush(&mut self, now: Now, committed: reader::Committed) {
-        for (lsn, node, _, m) in committed.apply {
+        // A reader's records are all durable here: one the inbox did not take is kept for
+        // another append ([`reader`]), never handed on without a position.
+        for (_, node, _, m) in committed.apply {
             if !matches!(m.body, Some(Body::Hello(_))) {
-                continue;
-            }
-            if lsn.is_none() {
-                error!(node = %node, "a hello could not be appended to the inbox and is lost; the node registers again when it next moves or restarts");
                 continue;
             }
             self.admitted.insert(node);
